@@ -1,0 +1,61 @@
+/// How snapshots are built when raft-rs asks for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotBuild {
+    /// In the poll round that notices the request (deterministic; used by
+    /// the simulation).
+    Inline,
+    /// On a background thread from an engine snapshot; the poll loop picks
+    /// the result up when it is ready (production).
+    Background,
+}
+
+/// Tuning of one node's store. Ticks are logical: the driver decides how
+/// long one is (production: 100 ms).
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub node_id: u64,
+    pub heartbeat_ticks: usize,
+    pub election_ticks: usize,
+    pub max_size_per_msg_bytes: u64,
+    pub max_inflight_msgs: usize,
+    /// Compact a range's log once this many applied entries sit in it.
+    pub compact_log_entries: u64,
+    /// A leader keeps entries a lagging follower still needs, unless the
+    /// follower is this far behind (then it gets a snapshot instead).
+    pub max_log_lag_entries: u64,
+    /// Idle ticks after which a caught-up range stops ticking.
+    pub quiesce_after_ticks: u64,
+    /// Ticks between node-level liveness pings to every peer node.
+    pub node_ping_ticks: u64,
+    /// A ReadIndex request with no answer after this many ticks is re-sent
+    /// (raft-rs drops read requests silently while there is no leader).
+    pub read_retry_ticks: u64,
+    /// ... and failed after this many re-sends.
+    pub read_max_retries: u32,
+    /// Pending proposals plus reads per range; past it, `TooBusy`.
+    pub max_pending_per_range: usize,
+    pub snapshot_build: SnapshotBuild,
+    /// Record every applied entry for the simulation's checkers.
+    pub record_applied: bool,
+}
+
+impl StoreConfig {
+    pub fn new(node_id: u64) -> Self {
+        StoreConfig {
+            node_id,
+            heartbeat_ticks: 1,
+            election_ticks: 10,
+            max_size_per_msg_bytes: 1 << 20,
+            max_inflight_msgs: 256,
+            compact_log_entries: 1024,
+            max_log_lag_entries: 16 * 1024,
+            quiesce_after_ticks: 20,
+            node_ping_ticks: 2,
+            read_retry_ticks: 5,
+            read_max_retries: 6,
+            max_pending_per_range: 4096,
+            snapshot_build: SnapshotBuild::Background,
+            record_applied: false,
+        }
+    }
+}

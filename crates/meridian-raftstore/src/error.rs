@@ -1,0 +1,49 @@
+use meridian_storage::StorageError;
+use thiserror::Error;
+
+/// Errors the store returns to callers. [`RaftstoreError::is_retryable`]
+/// tells a client whether trying again (possibly elsewhere) is safe.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum RaftstoreError {
+    #[error("range {range_id} has no replica on this node")]
+    RangeNotFound { range_id: u64 },
+    #[error("not the leader of range {range_id} (leader hint: {leader_hint:?})")]
+    NotLeader { range_id: u64, leader_hint: Option<u64> },
+    /// The entry was replaced by another leader's: it was certainly not
+    /// applied, so the request can be retried.
+    #[error("proposal in range {range_id} was dropped by a leader change")]
+    ProposalDropped { range_id: u64 },
+    /// The replica was overwritten by a snapshot before the proposal's entry
+    /// was applied here: it may or may not have taken effect.
+    #[error("outcome of proposal in range {range_id} is unknown")]
+    OutcomeUnknown { range_id: u64 },
+    #[error("read in range {range_id} timed out waiting for a quorum")]
+    ReadTimeout { range_id: u64 },
+    #[error("range {range_id} has too many pending requests ({pending})")]
+    TooBusy { range_id: u64, pending: usize },
+    #[error("invalid request for range {range_id}: {reason}")]
+    InvalidRequest { range_id: u64, reason: String },
+    #[error("range {range_id} was removed from this node")]
+    RangeRemoved { range_id: u64 },
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl RaftstoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            RaftstoreError::NotLeader { .. }
+                | RaftstoreError::ProposalDropped { .. }
+                | RaftstoreError::ReadTimeout { .. }
+                | RaftstoreError::TooBusy { .. }
+                | RaftstoreError::RangeRemoved { .. }
+        )
+    }
+}
+
+impl From<StorageError> for RaftstoreError {
+    fn from(e: StorageError) -> Self {
+        RaftstoreError::Storage(e.to_string())
+    }
+}

@@ -1,0 +1,103 @@
+//! One range replica on this node: its `RawNode`, state machine and the
+//! requests waiting on it.
+
+use std::collections::VecDeque;
+
+use meridian_storage::{PeerStorage, RangeDescriptor, ReplicaDesc, ReplicaRole};
+use raft::prelude::ConfState;
+use raft::{RawNode, StateRole};
+
+use crate::state_machine::StateMachine;
+use crate::store::RequestId;
+
+/// A proposal waiting for its entry to be applied.
+pub(crate) struct Proposal {
+    pub index: u64,
+    pub term: u64,
+    /// `None` for the store's own proposals (leaving a joint config).
+    pub id: Option<RequestId>,
+}
+
+/// A linearizable read waiting for its read index to be applied.
+pub(crate) struct PendingRead {
+    pub id: RequestId,
+    pub query: Vec<u8>,
+    pub issued_tick: u64,
+    pub retries: u32,
+    pub index: Option<u64>,
+}
+
+pub(crate) struct Peer {
+    pub raft: RawNode<PeerStorage>,
+    pub sm: Box<dyn StateMachine>,
+    pub desc: RangeDescriptor,
+    pub proposals: VecDeque<Proposal>,
+    pub reads: VecDeque<PendingRead>,
+    /// Consecutive ticks with nothing to do (leader side of quiescence).
+    pub idle_ticks: u64,
+    /// Not ticking until woken by a message, a request or a dead leader.
+    pub quiesced: bool,
+    /// The next heartbeats this leader sends announce quiescence.
+    pub announce_quiesce: bool,
+    /// Removed from the range by a conf change; destroyed after this round.
+    pub pending_destroy: bool,
+}
+
+impl Peer {
+    pub fn range_id(&self) -> u64 {
+        self.desc.range_id
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.raft.state == StateRole::Leader
+    }
+
+    pub fn leader_hint(&self) -> Option<u64> {
+        let l = self.raft.raft.leader_id;
+        (l != 0).then_some(l)
+    }
+
+    pub fn pending(&self) -> usize {
+        self.proposals.len() + self.reads.len()
+    }
+
+    pub fn wake(&mut self) {
+        self.quiesced = false;
+        self.announce_quiesce = false;
+        self.idle_ticks = 0;
+    }
+
+    /// A leader is idle when nothing is pending and every replica has the
+    /// whole log, so going quiet loses nothing.
+    pub fn leader_is_idle(&self) -> bool {
+        if !self.is_leader() || self.pending() > 0 {
+            return false;
+        }
+        let log = &self.raft.raft.raft_log;
+        let last = log.last_index();
+        log.committed == last && self.raft.raft.prs().iter().all(|(_, pr)| pr.matched == last)
+    }
+
+    /// Updates the descriptor after a membership change took effect.
+    pub fn set_conf(&mut self, cs: &ConfState) {
+        let mut replicas: Vec<ReplicaDesc> = Vec::new();
+        let mut add = |node_id: u64, role: ReplicaRole| {
+            if !replicas.iter().any(|r| r.node_id == node_id) {
+                replicas.push(ReplicaDesc { node_id, role });
+            }
+        };
+        for &v in cs.voters.iter().chain(&cs.voters_outgoing) {
+            add(v, ReplicaRole::Voter);
+        }
+        for &l in cs.learners.iter().chain(&cs.learners_next) {
+            add(l, ReplicaRole::Learner);
+        }
+        replicas.sort_by_key(|r| r.node_id);
+        self.desc.replicas = replicas;
+        self.desc.epoch.conf_ver += 1;
+    }
+
+    pub fn in_conf(cs: &ConfState, node_id: u64) -> bool {
+        cs.voters.contains(&node_id) || cs.voters_outgoing.contains(&node_id) || cs.learners.contains(&node_id) || cs.learners_next.contains(&node_id)
+    }
+}

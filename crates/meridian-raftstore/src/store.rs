@@ -1,0 +1,893 @@
+//! The node-level Multi-Raft driver core. See the crate docs for the shape
+//! of a poll round.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use meridian_storage::{build_snapshot, keys, Cf, Engine, PeerStorage, RangeDescriptor, RangeEpoch, StorageError, WriteBatch};
+use meridian_transport::{Feedback, RaftEnvelope, Transport};
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
+use tracing::{debug, info, warn};
+
+use crate::config::{SnapshotBuild, StoreConfig};
+use crate::error::RaftstoreError;
+use crate::logger::raft_logger;
+use crate::peer::{PendingRead, Peer, Proposal};
+use crate::state_machine::{ApplyContext, StateMachineFactory};
+
+/// Identifies a proposal or read handed to the store; its answer comes back
+/// as a [`Completion`] from [`Store::poll`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub id: RequestId,
+    pub range_id: u64,
+    /// The state machine's response, with the index the request was applied
+    /// (or read) at.
+    pub result: Result<(u64, Vec<u8>), RaftstoreError>,
+}
+
+/// An applied entry, recorded for the simulation's checkers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedEntry {
+    pub range_id: u64,
+    pub index: u64,
+    pub term: u64,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeStatus {
+    pub range_id: u64,
+    pub role: StateRole,
+    pub term: u64,
+    pub leader_id: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+    pub first_index: u64,
+    pub epoch: RangeEpoch,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    pub quiesced: bool,
+}
+
+/// Counters an operator (and the group-commit benchmark) watches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreMetrics {
+    pub poll_rounds: u64,
+    pub synced_writes: u64,
+    pub entries_persisted: u64,
+    pub entries_applied: u64,
+    pub messages_sent: u64,
+    pub messages_rejected: u64,
+    pub snapshots_built: u64,
+    pub snapshots_installed: u64,
+    pub proposals_dropped: u64,
+    pub read_timeouts: u64,
+}
+
+/// Concurrent background snapshot builds per node.
+const MAX_SNAPSHOT_JOBS: usize = 4;
+
+struct SnapshotJob {
+    range_id: u64,
+    handle: JoinHandle<Result<Snapshot, StorageError>>,
+}
+
+pub struct Store {
+    cfg: StoreConfig,
+    engine: Arc<dyn Engine>,
+    transport: Arc<dyn Transport>,
+    factory: Arc<dyn StateMachineFactory>,
+    peers: BTreeMap<u64, Peer>,
+    now_tick: u64,
+    next_request: u64,
+    /// Tick at which each peer node was last heard from.
+    last_heard: HashMap<u64, u64>,
+    known_nodes: BTreeSet<u64>,
+    outbox: BTreeMap<u64, Vec<RaftEnvelope>>,
+    completions: Vec<Completion>,
+    applied_log: Vec<AppliedEntry>,
+    snapshot_jobs: Vec<SnapshotJob>,
+    metrics: StoreMetrics,
+}
+
+fn not_found(range_id: u64) -> RaftstoreError {
+    RaftstoreError::RangeNotFound { range_id }
+}
+
+impl Store {
+    /// Writes the initial state of every range in `ranges` that lists this
+    /// node as a replica and is not on disk yet (static bootstrap). Ranges
+    /// already present are left as they are. Returns how many were created.
+    pub fn bootstrap(engine: &dyn Engine, node_id: u64, ranges: &[RangeDescriptor]) -> Result<usize, RaftstoreError> {
+        let mut batch = WriteBatch::new();
+        let mut created = 0;
+        for desc in ranges {
+            if desc.replica(node_id).is_none() || engine.get(Cf::RaftState, &keys::state_key(desc.range_id))?.is_some() {
+                continue;
+            }
+            if engine.get(Cf::RaftState, &keys::tombstone_key(desc.range_id))?.is_some() {
+                continue;
+            }
+            let voters = desc.replicas.iter().map(|r| r.node_id).collect();
+            PeerStorage::bootstrap(&mut batch, desc, voters);
+            created += 1;
+        }
+        if !batch.is_empty() {
+            engine.write(&batch, true)?;
+        }
+        Ok(created)
+    }
+
+    /// Opens every range stored on `engine`. Corruption in any range stops
+    /// the node with an error naming the range: serving from a damaged log
+    /// could lose acknowledged writes.
+    pub fn open(
+        cfg: StoreConfig,
+        engine: Arc<dyn Engine>,
+        transport: Arc<dyn Transport>,
+        factory: Arc<dyn StateMachineFactory>,
+    ) -> Result<Store, RaftstoreError> {
+        let mut store = Store {
+            cfg,
+            engine,
+            transport,
+            factory,
+            peers: BTreeMap::new(),
+            now_tick: 0,
+            next_request: 1,
+            last_heard: HashMap::new(),
+            known_nodes: BTreeSet::new(),
+            outbox: BTreeMap::new(),
+            completions: Vec::new(),
+            applied_log: Vec::new(),
+            snapshot_jobs: Vec::new(),
+            metrics: StoreMetrics::default(),
+        };
+        for desc in PeerStorage::list_ranges(&*store.engine)? {
+            let storage = PeerStorage::open(store.engine.clone(), desc.range_id)?;
+            for r in &desc.replicas {
+                if r.node_id != store.cfg.node_id {
+                    store.known_nodes.insert(r.node_id);
+                }
+            }
+            store.add_peer(desc, storage)?;
+        }
+        info!(node = store.cfg.node_id, ranges = store.peers.len(), "store opened");
+        Ok(store)
+    }
+
+    fn add_peer(&mut self, desc: RangeDescriptor, storage: PeerStorage) -> Result<(), RaftstoreError> {
+        let range_id = desc.range_id;
+        let applied = storage.apply_state().applied_index;
+        let rc = raft::Config {
+            id: self.cfg.node_id,
+            election_tick: self.cfg.election_ticks,
+            heartbeat_tick: self.cfg.heartbeat_ticks,
+            applied,
+            max_size_per_msg: self.cfg.max_size_per_msg_bytes,
+            max_inflight_msgs: self.cfg.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        rc.validate().map_err(|e| RaftstoreError::InvalidRequest { range_id, reason: e.to_string() })?;
+        let raft = RawNode::new(&rc, storage, &raft_logger(self.cfg.node_id, range_id)).map_err(|e| RaftstoreError::Storage(e.to_string()))?;
+        let mut sm = self.factory.create(&desc);
+        sm.reload(&*self.engine, range_id)?;
+        self.peers.insert(
+            range_id,
+            Peer {
+                raft,
+                sm,
+                desc,
+                proposals: VecDeque::new(),
+                reads: VecDeque::new(),
+                idle_ticks: 0,
+                quiesced: false,
+                announce_quiesce: false,
+                pending_destroy: false,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.cfg.node_id
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    pub fn metrics(&self) -> StoreMetrics {
+        self.metrics
+    }
+
+    pub fn range_ids(&self) -> Vec<u64> {
+        self.peers.keys().copied().collect()
+    }
+
+    pub fn descriptor(&self, range_id: u64) -> Option<&RangeDescriptor> {
+        self.peers.get(&range_id).map(|p| &p.desc)
+    }
+
+    pub fn range_status(&self, range_id: u64) -> Option<RangeStatus> {
+        let p = self.peers.get(&range_id)?;
+        let r = &p.raft.raft;
+        let cs = p.raft.store().raft_state().conf_state.clone();
+        Some(RangeStatus {
+            range_id,
+            role: r.state,
+            term: r.term,
+            leader_id: r.leader_id,
+            commit: r.raft_log.committed,
+            applied: p.raft.store().apply_state().applied_index,
+            last_index: r.raft_log.last_index(),
+            first_index: p.raft.store().truncated_index() + 1,
+            epoch: p.desc.epoch,
+            voters: cs.voters,
+            learners: cs.learners,
+            quiesced: p.quiesced,
+        })
+    }
+
+    pub fn statuses(&self) -> Vec<RangeStatus> {
+        self.peers.keys().filter_map(|id| self.range_status(*id)).collect()
+    }
+
+    /// Entries applied since the last call (only with `record_applied`).
+    pub fn take_applied(&mut self) -> Vec<AppliedEntry> {
+        std::mem::take(&mut self.applied_log)
+    }
+
+    fn next_id(&mut self) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        id
+    }
+
+    fn leader_peer(&mut self, range_id: u64) -> Result<&mut Peer, RaftstoreError> {
+        let max = self.cfg.max_pending_per_range;
+        let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
+        if !p.is_leader() {
+            return Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
+        }
+        if p.pending() >= max {
+            return Err(RaftstoreError::TooBusy { range_id, pending: p.pending() });
+        }
+        p.wake();
+        Ok(p)
+    }
+
+    /// Proposes a state-machine command. The answer arrives as a
+    /// [`Completion`] once the entry is applied here.
+    pub fn propose(&mut self, range_id: u64, command: Vec<u8>) -> Result<RequestId, RaftstoreError> {
+        if command.is_empty() {
+            return Err(RaftstoreError::InvalidRequest { range_id, reason: "empty command".into() });
+        }
+        let id = self.next_id();
+        let p = self.leader_peer(range_id)?;
+        let before = p.raft.raft.raft_log.last_index();
+        if p.raft.propose(vec![], command).is_err() || p.raft.raft.raft_log.last_index() == before {
+            // raft-rs refuses proposals during a leadership transfer.
+            return Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
+        }
+        let index = p.raft.raft.raft_log.last_index();
+        p.proposals.push_back(Proposal { index, term: p.raft.raft.term, id: Some(id) });
+        Ok(id)
+    }
+
+    /// Proposes a membership change. Voter changes always go through joint
+    /// consensus, which the leader leaves explicitly once it applies the
+    /// entering entry. Removing the current leader is refused: transfer
+    /// leadership first.
+    pub fn propose_conf_change(&mut self, range_id: u64, mut cc: ConfChangeV2) -> Result<RequestId, RaftstoreError> {
+        let node_id = self.cfg.node_id;
+        let id = self.next_id();
+        let p = self.leader_peer(range_id)?;
+        let invalid = |reason: &str| RaftstoreError::InvalidRequest { range_id, reason: reason.into() };
+        if cc.changes.is_empty() {
+            return Err(invalid("a conf change needs at least one change"));
+        }
+        if cc.changes.iter().any(|c| c.node_id == 0) {
+            return Err(invalid("node id 0 is not a valid replica"));
+        }
+        if cc.changes.iter().any(|c| c.node_id == node_id && c.get_change_type() != ConfChangeType::AddNode) {
+            return Err(invalid("cannot remove or demote the leader; transfer leadership first"));
+        }
+        if !p.raft.raft.prs().conf().voters().outgoing.is_empty() || p.raft.raft.has_pending_conf() {
+            return Err(invalid("another membership change is in progress"));
+        }
+        cc.set_transition(raft::prelude::ConfChangeTransition::Explicit);
+        let before = p.raft.raft.raft_log.last_index();
+        if p.raft.propose_conf_change(vec![], cc).is_err() || p.raft.raft.raft_log.last_index() == before {
+            return Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
+        }
+        let index = p.raft.raft.raft_log.last_index();
+        p.proposals.push_back(Proposal { index, term: p.raft.raft.term, id: Some(id) });
+        Ok(id)
+    }
+
+    /// Starts a linearizable read (ReadIndex). Works on followers too: the
+    /// leader confirms the index, then this replica answers once it has
+    /// applied that far.
+    pub fn read_index(&mut self, range_id: u64, query: Vec<u8>) -> Result<RequestId, RaftstoreError> {
+        let id = self.next_id();
+        let now = self.now_tick;
+        let max = self.cfg.max_pending_per_range;
+        let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
+        if p.pending() >= max {
+            return Err(RaftstoreError::TooBusy { range_id, pending: p.pending() });
+        }
+        p.wake();
+        p.raft.read_index(id.0.to_be_bytes().to_vec());
+        p.reads.push_back(PendingRead { id, query, issued_tick: now, retries: 0, index: None });
+        Ok(id)
+    }
+
+    /// Serializable read from this replica's applied state (may be stale).
+    pub fn read_local(&self, range_id: u64, query: &[u8]) -> Result<Vec<u8>, RaftstoreError> {
+        let p = self.peers.get(&range_id).ok_or_else(|| not_found(range_id))?;
+        Ok(p.sm.read(&*self.engine, range_id, query))
+    }
+
+    pub fn transfer_leader(&mut self, range_id: u64, to: u64) -> Result<(), RaftstoreError> {
+        let p = self.leader_peer(range_id)?;
+        if !p.raft.raft.prs().conf().voters().contains(to) {
+            return Err(RaftstoreError::InvalidRequest { range_id, reason: format!("node {to} is not a voter") });
+        }
+        p.raft.transfer_leader(to);
+        Ok(())
+    }
+
+    /// Starts an election for the range now (tests and planned failover).
+    pub fn campaign(&mut self, range_id: u64) -> Result<(), RaftstoreError> {
+        let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
+        p.wake();
+        p.raft.campaign().map_err(|e| RaftstoreError::InvalidRequest { range_id, reason: e.to_string() })
+    }
+
+    // ---- inputs ----------------------------------------------------------
+
+    /// Handles one inbound envelope. Bad input is counted and logged, never
+    /// a panic.
+    pub fn step(&mut self, env: RaftEnvelope) {
+        let from = env.from_node;
+        if from == 0 || from == self.cfg.node_id || env.to_node != self.cfg.node_id {
+            self.reject(&env, "bad node ids");
+            return;
+        }
+        self.last_heard.insert(from, self.now_tick);
+        self.known_nodes.insert(from);
+        if env.is_node_ping() {
+            return;
+        }
+        let msg = match env.raft_message() {
+            Ok(m) => m,
+            Err(e) => {
+                self.reject(&env, &e.to_string());
+                return;
+            }
+        };
+        if msg.from != from || msg.to != self.cfg.node_id {
+            self.reject(&env, "raft message ids do not match the envelope");
+            return;
+        }
+        if !self.peers.contains_key(&env.range_id) && !self.maybe_create_peer(&env, &msg) {
+            return;
+        }
+        let p = self.peers.get_mut(&env.range_id).expect("present or created");
+        let cs = &p.raft.store().raft_state().conf_state;
+        if env.conf_ver < p.desc.epoch.conf_ver && !Peer::in_conf(cs, from) {
+            debug!(range = env.range_id, from, conf_ver = env.conf_ver, local = p.desc.epoch.conf_ver, "stale message from removed replica");
+            self.metrics.messages_rejected += 1;
+            return;
+        }
+        let mtype = msg.get_msg_type();
+        let quiet_ok = matches!(mtype, MessageType::MsgHeartbeatResponse) || (env.quiesce && mtype == MessageType::MsgHeartbeat);
+        if !quiet_ok {
+            p.wake();
+        }
+        if let Err(e) = p.raft.step(msg) {
+            debug!(range = env.range_id, from, "step: {e}");
+        }
+        if env.quiesce && mtype == MessageType::MsgHeartbeat {
+            let r = &p.raft.raft;
+            if r.state == StateRole::Follower && r.leader_id == from && r.raft_log.committed == r.raft_log.last_index() {
+                p.quiesced = true;
+            }
+        }
+    }
+
+    fn reject(&mut self, env: &RaftEnvelope, why: &str) {
+        self.metrics.messages_rejected += 1;
+        warn!(node = self.cfg.node_id, from = env.from_node, range = env.range_id, "rejected peer message: {why}");
+    }
+
+    /// A leader's message for a range this node does not have: this node
+    /// was just added to it. Create an empty replica that log replication
+    /// or a snapshot will fill — unless the range was removed from here at
+    /// a later epoch than the sender knows.
+    fn maybe_create_peer(&mut self, env: &RaftEnvelope, msg: &Message) -> bool {
+        let range_id = env.range_id;
+        let leaderish = matches!(msg.get_msg_type(), MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot);
+        if !leaderish || range_id == 0 {
+            self.reject(env, "message for an unknown range");
+            return false;
+        }
+        match self.engine.get(Cf::RaftState, &keys::tombstone_key(range_id)) {
+            Ok(Some(raw)) => {
+                let conf_ver = raw.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(u64::MAX);
+                if env.conf_ver <= conf_ver {
+                    self.metrics.messages_rejected += 1;
+                    debug!(range = range_id, "message for a removed replica");
+                    return false;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(range = range_id, "reading tombstone: {e}");
+                return false;
+            }
+        }
+        let desc = RangeDescriptor { range_id, start: env.range_start.clone(), end: env.range_end.clone(), epoch: RangeEpoch::default(), replicas: vec![] };
+        let mut batch = WriteBatch::new();
+        PeerStorage::create_uninitialized(&mut batch, &desc);
+        let created = self
+            .engine
+            .write(&batch, true)
+            .map_err(RaftstoreError::from)
+            .and_then(|_| PeerStorage::open(self.engine.clone(), range_id).map_err(RaftstoreError::from))
+            .and_then(|storage| self.add_peer(desc, storage));
+        match created {
+            Ok(()) => {
+                info!(node = self.cfg.node_id, range = range_id, from = env.from_node, "created replica on leader's request");
+                true
+            }
+            Err(e) => {
+                warn!(range = range_id, "creating replica: {e}");
+                false
+            }
+        }
+    }
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.now_tick += 1;
+        let now = self.now_tick;
+        let dead_after = 2 * self.cfg.election_ticks as u64;
+        let mut timeouts = Vec::new();
+        for p in self.peers.values_mut() {
+            if p.quiesced {
+                // A quiet follower wakes when its leader's node goes silent.
+                let leader = p.raft.raft.leader_id;
+                let heard = self.last_heard.get(&leader).copied().unwrap_or(0);
+                if leader != self.cfg.node_id && now.saturating_sub(heard) > dead_after {
+                    debug!(range = p.range_id(), leader, "leader's node silent; waking");
+                    p.wake();
+                } else {
+                    continue;
+                }
+            }
+            p.raft.tick();
+            if p.leader_is_idle() {
+                p.idle_ticks += 1;
+                if p.idle_ticks >= self.cfg.quiesce_after_ticks {
+                    // One last heartbeat, flagged, tells followers to stop
+                    // ticking too.
+                    p.announce_quiesce = true;
+                    p.raft.ping();
+                    p.quiesced = true;
+                }
+            } else {
+                p.idle_ticks = 0;
+            }
+            // Re-send read requests raft-rs may have dropped.
+            let retry = self.cfg.read_retry_ticks;
+            let max = self.cfg.read_max_retries;
+            let mut i = 0;
+            while i < p.reads.len() {
+                let r = &mut p.reads[i];
+                if r.index.is_none() && now.saturating_sub(r.issued_tick) >= retry {
+                    if r.retries >= max {
+                        let r = p.reads.remove(i).expect("index in bounds");
+                        timeouts.push((p.desc.range_id, r.id));
+                        continue;
+                    }
+                    r.retries += 1;
+                    r.issued_tick = now;
+                    let ctx = r.id.0.to_be_bytes().to_vec();
+                    p.raft.read_index(ctx);
+                }
+                i += 1;
+            }
+        }
+        for (range_id, id) in timeouts {
+            self.metrics.read_timeouts += 1;
+            self.completions.push(Completion { id, range_id, result: Err(RaftstoreError::ReadTimeout { range_id }) });
+        }
+        if now % self.cfg.node_ping_ticks.max(1) == 0 {
+            for &n in &self.known_nodes {
+                self.outbox.entry(n).or_default().push(RaftEnvelope { to_node: n, from_node: self.cfg.node_id, ..Default::default() });
+            }
+        }
+    }
+
+    // ---- the poll round -------------------------------------------------
+
+    /// Runs one round: persist, send, apply. Returns the answers to
+    /// proposals and reads that completed.
+    pub fn poll(&mut self) -> Result<Vec<Completion>, RaftstoreError> {
+        self.metrics.poll_rounds += 1;
+        self.handle_feedback();
+        self.handle_snapshot_requests();
+
+        // Phase 1: collect every ready range into one batch.
+        let mut batch = WriteBatch::new();
+        let mut readies = Vec::new();
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
+        for range_id in ids {
+            let p = self.peers.get_mut(&range_id).expect("listed");
+            if !p.raft.has_ready() {
+                continue;
+            }
+            let mut rd = p.raft.ready();
+            let msgs = rd.take_messages();
+            let mut installed = false;
+            if !rd.snapshot().is_empty() {
+                let snap = rd.snapshot().clone();
+                let desc = p.raft.mut_store().apply_snapshot(&snap, &mut batch)?;
+                p.desc.start = desc.start;
+                p.desc.end = desc.end;
+                p.desc.epoch = desc.epoch.max(p.desc.epoch);
+                p.desc.replicas = desc.replicas;
+                installed = true;
+            }
+            self.metrics.entries_persisted += rd.entries().len() as u64;
+            p.raft.mut_store().append(rd.entries(), &mut batch);
+            if let Some(hs) = rd.hs() {
+                p.raft.mut_store().set_hard_state(hs, &mut batch);
+            }
+            for rs in rd.take_read_states() {
+                if let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) {
+                    let id = u64::from_be_bytes(bytes);
+                    if let Some(r) = p.reads.iter_mut().find(|r| r.id.0 == id) {
+                        r.index = Some(rs.index);
+                    }
+                }
+            }
+            self.queue_messages(range_id, msgs);
+            readies.push((range_id, rd, installed));
+        }
+        // Leader messages go out before the fsync; replies only after it.
+        self.flush_outbox();
+        if !batch.is_empty() {
+            self.engine.write(&batch, true)?;
+            self.metrics.synced_writes += 1;
+        }
+
+        // Phase 2: replies, advance, apply.
+        let mut apply_batch = WriteBatch::new();
+        let mut done = Vec::new();
+        for (range_id, mut rd, installed) in readies {
+            let p = self.peers.get_mut(&range_id).expect("listed");
+            if installed {
+                self.metrics.snapshots_installed += 1;
+                let applied = p.raft.store().apply_state().applied_index;
+                p.sm.reload(&*self.engine, range_id)?;
+                // Proposals the snapshot jumped over: their fate is unknown here.
+                while p.proposals.front().is_some_and(|x| x.index <= applied) {
+                    let x = p.proposals.pop_front().expect("front");
+                    if let Some(id) = x.id {
+                        done.push(Completion { id, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) });
+                    }
+                }
+                info!(node = self.cfg.node_id, range = range_id, index = applied, "installed snapshot");
+            }
+            let persisted = rd.take_persisted_messages();
+            self.queue_messages(range_id, persisted);
+            let committed = rd.take_committed_entries();
+            self.apply_entries(range_id, committed, &mut apply_batch, &mut done)?;
+            let p = self.peers.get_mut(&range_id).expect("listed");
+            let mut light = p.raft.advance_append(rd);
+            if let Some(commit) = light.commit_index() {
+                p.raft.mut_store().set_commit(commit, &mut apply_batch);
+            }
+            let msgs = light.take_messages();
+            self.queue_messages(range_id, msgs);
+            let committed = light.take_committed_entries();
+            self.apply_entries(range_id, committed, &mut apply_batch, &mut done)?;
+            let p = self.peers.get_mut(&range_id).expect("listed");
+            let applied = p.raft.store().apply_state().applied_index;
+            p.raft.advance_apply_to(applied);
+            self.maybe_compact(range_id, &mut apply_batch)?;
+        }
+        // The apply batch carries state-machine data, apply index and commit
+        // index together; it needs no fsync because the log it derives from
+        // is durable and is replayed after a crash.
+        if !apply_batch.is_empty() {
+            self.engine.write(&apply_batch, false)?;
+        }
+        self.answer_reads(&mut done);
+        self.destroy_removed()?;
+        self.flush_outbox();
+        let mut out = std::mem::take(&mut self.completions);
+        out.extend(done);
+        Ok(out)
+    }
+
+    fn apply_entries(&mut self, range_id: u64, entries: Vec<Entry>, batch: &mut WriteBatch, done: &mut Vec<Completion>) -> Result<(), RaftstoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let node_id = self.cfg.node_id;
+        let p = self.peers.get_mut(&range_id).expect("caller checked");
+        let mut overlay = HashMap::new();
+        let mut applied = p.raft.store().apply_state();
+        for e in entries {
+            if e.index <= applied.applied_index {
+                continue;
+            }
+            let mut response = Vec::new();
+            match e.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if !e.data.is_empty() {
+                        let mut ctx = ApplyContext { range_id, engine: &*self.engine, batch, overlay: &mut overlay };
+                        response = p.sm.apply(&mut ctx, e.index, &e.data);
+                        self.metrics.entries_applied += 1;
+                    }
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let cc: Result<ConfChangeV2, String> = if e.get_entry_type() == EntryType::EntryConfChange {
+                        ConfChange::parse_from_bytes(&e.data).map(|c| raft::prelude::ConfChangeI::into_v2(c)).map_err(|x| x.to_string())
+                    } else {
+                        ConfChangeV2::parse_from_bytes(&e.data).map_err(|x| x.to_string())
+                    };
+                    match cc.map_err(|x| x.to_string()).and_then(|cc| p.raft.apply_conf_change(&cc).map_err(|x| x.to_string())) {
+                        Ok(cs) => {
+                            p.set_conf(&cs);
+                            p.raft.mut_store().set_conf_state(cs.clone(), batch);
+                            batch.put(Cf::Meta, keys::state_key(range_id), p.desc.encode());
+                            info!(node = node_id, range = range_id, voters = ?cs.voters, outgoing = ?cs.voters_outgoing, learners = ?cs.learners, conf_ver = p.desc.epoch.conf_ver, "membership changed");
+                            if !Peer::in_conf(&cs, node_id) {
+                                p.pending_destroy = true;
+                            } else if p.is_leader() && !cs.voters_outgoing.is_empty() {
+                                // Leave the joint configuration explicitly.
+                                let before = p.raft.raft.raft_log.last_index();
+                                if p.raft.propose_conf_change(vec![], ConfChangeV2::default()).is_ok() && p.raft.raft.raft_log.last_index() > before {
+                                    let index = p.raft.raft.raft_log.last_index();
+                                    let term = p.raft.raft.term;
+                                    // Keep proposals ordered by index.
+                                    let pos = p.proposals.iter().position(|x| x.index > index).unwrap_or(p.proposals.len());
+                                    p.proposals.insert(pos, Proposal { index, term, id: None });
+                                }
+                            }
+                        }
+                        Err(err) => {
+                            // A committed but invalid change is skipped alike on
+                            // every replica.
+                            warn!(range = range_id, index = e.index, "conf change not applied: {err}");
+                            response = err.into_bytes();
+                        }
+                    }
+                }
+            }
+            applied.applied_index = e.index;
+            applied.applied_term = e.term;
+            while let Some(front) = p.proposals.front() {
+                if front.index > e.index {
+                    break;
+                }
+                let x = p.proposals.pop_front().expect("front");
+                let Some(id) = x.id else { continue };
+                let result = if x.index == e.index && x.term == e.term {
+                    Ok((e.index, std::mem::take(&mut response)))
+                } else {
+                    self.metrics.proposals_dropped += 1;
+                    Err(RaftstoreError::ProposalDropped { range_id })
+                };
+                done.push(Completion { id, range_id, result });
+            }
+            if self.cfg.record_applied {
+                self.applied_log.push(AppliedEntry { range_id, index: e.index, term: e.term, data: e.data.to_vec() });
+            }
+        }
+        p.raft.mut_store().set_applied(applied.applied_index, applied.applied_term, batch);
+        Ok(())
+    }
+
+    fn answer_reads(&mut self, done: &mut Vec<Completion>) {
+        for (range_id, p) in self.peers.iter_mut() {
+            let applied = p.raft.store().apply_state().applied_index;
+            while p.reads.front().is_some_and(|r| r.index.is_some_and(|i| i <= applied)) {
+                let r = p.reads.pop_front().expect("front");
+                let value = p.sm.read(&*self.engine, *range_id, &r.query);
+                done.push(Completion { id: r.id, range_id: *range_id, result: Ok((applied, value)) });
+            }
+            // A read whose index is known but later than an unanswered one
+            // must not wait behind it forever: answer any that are ready.
+            let mut i = 0;
+            while i < p.reads.len() {
+                if p.reads[i].index.is_some_and(|x| x <= applied) {
+                    let r = p.reads.remove(i).expect("index in bounds");
+                    let value = p.sm.read(&*self.engine, *range_id, &r.query);
+                    done.push(Completion { id: r.id, range_id: *range_id, result: Ok((applied, value)) });
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    fn maybe_compact(&mut self, range_id: u64, batch: &mut WriteBatch) -> Result<(), RaftstoreError> {
+        let p = self.peers.get_mut(&range_id).expect("caller checked");
+        let applied = p.raft.store().apply_state().applied_index;
+        let truncated = p.raft.store().truncated_index();
+        if applied.saturating_sub(truncated) < self.cfg.compact_log_entries {
+            return Ok(());
+        }
+        let mut to = applied;
+        if p.is_leader() {
+            // Keep what lagging followers still need, unless they are so far
+            // behind that a snapshot is cheaper.
+            let min_matched = p.raft.raft.prs().iter().map(|(_, pr)| pr.matched).min().unwrap_or(applied);
+            if applied.saturating_sub(min_matched) <= self.cfg.max_log_lag_entries {
+                to = to.min(min_matched);
+            }
+        }
+        if to > truncated {
+            p.raft.mut_store().compact(to, batch)?;
+        }
+        Ok(())
+    }
+
+    fn handle_feedback(&mut self) {
+        let mut fb = Vec::new();
+        self.transport.drain_feedback(&mut fb);
+        for f in fb {
+            match f {
+                Feedback::Unreachable { range_id, to_node } => {
+                    if let Some(p) = self.peers.get_mut(&range_id) {
+                        p.raft.report_unreachable(to_node);
+                    }
+                }
+                Feedback::Snapshot { range_id, to_node, ok } => {
+                    if let Some(p) = self.peers.get_mut(&range_id) {
+                        let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
+                        p.raft.report_snapshot(to_node, status);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Builds the snapshots raft-rs asked for, inline or on background
+    /// threads, and hands finished ones back to the range's storage.
+    fn handle_snapshot_requests(&mut self) {
+        let mut i = 0;
+        while i < self.snapshot_jobs.len() {
+            if self.snapshot_jobs[i].handle.is_finished() {
+                let job = self.snapshot_jobs.swap_remove(i);
+                match job.handle.join() {
+                    Ok(Ok(snap)) => {
+                        if let Some(p) = self.peers.get_mut(&job.range_id) {
+                            self.metrics.snapshots_built += 1;
+                            p.raft.mut_store().set_built_snapshot(snap);
+                        }
+                    }
+                    Ok(Err(e)) => warn!(range = job.range_id, "building snapshot: {e}"),
+                    Err(_) => warn!(range = job.range_id, "snapshot thread panicked"),
+                }
+            } else {
+                i += 1;
+            }
+        }
+        for p in self.peers.values_mut() {
+            let Some(req) = p.raft.store().take_snapshot_request() else { continue };
+            if self.snapshot_jobs.iter().any(|j| j.range_id == req.range_id) {
+                continue;
+            }
+            let st = p.raft.store();
+            let applied = st.apply_state();
+            let mut meta = raft::prelude::SnapshotMetadata::default();
+            meta.index = applied.applied_index;
+            meta.term = applied.applied_term;
+            meta.set_conf_state(st.raft_state().conf_state.clone());
+            let view = self.engine.snapshot();
+            let desc = p.desc.clone();
+            let build = move || -> Result<Snapshot, StorageError> {
+                let data = build_snapshot(&*view, &desc)?;
+                let mut s = Snapshot::default();
+                s.set_metadata(meta);
+                s.set_data(data.into());
+                Ok(s)
+            };
+            match self.cfg.snapshot_build {
+                SnapshotBuild::Inline => match build() {
+                    Ok(s) => {
+                        self.metrics.snapshots_built += 1;
+                        p.raft.mut_store().set_built_snapshot(s);
+                    }
+                    Err(e) => warn!(range = req.range_id, "building snapshot: {e}"),
+                },
+                SnapshotBuild::Background => {
+                    if self.snapshot_jobs.len() >= MAX_SNAPSHOT_JOBS {
+                        continue; // raft-rs asks again later
+                    }
+                    match std::thread::Builder::new().name(format!("snap-{}", req.range_id)).spawn(build) {
+                        Ok(handle) => self.snapshot_jobs.push(SnapshotJob { range_id: req.range_id, handle }),
+                        Err(e) => warn!(range = req.range_id, "spawning snapshot builder: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn destroy_removed(&mut self) -> Result<(), RaftstoreError> {
+        let doomed: Vec<u64> = self.peers.iter().filter(|(_, p)| p.pending_destroy).map(|(id, _)| *id).collect();
+        for range_id in doomed {
+            let p = self.peers.remove(&range_id).expect("listed");
+            let mut batch = WriteBatch::new();
+            let (start, end) = keys::range_span(range_id);
+            for cf in Cf::ALL {
+                batch.delete_range(cf, start.clone(), end.clone());
+            }
+            batch.put(Cf::RaftState, keys::tombstone_key(range_id), p.desc.epoch.conf_ver.to_be_bytes().to_vec());
+            self.engine.write(&batch, true)?;
+            for x in p.proposals.iter().filter_map(|x| x.id) {
+                self.completions.push(Completion { id: x, range_id, result: Err(RaftstoreError::RangeRemoved { range_id }) });
+            }
+            for r in p.reads {
+                self.completions.push(Completion { id: r.id, range_id, result: Err(RaftstoreError::RangeRemoved { range_id }) });
+            }
+            info!(node = self.cfg.node_id, range = range_id, "replica removed and cleaned up");
+        }
+        Ok(())
+    }
+
+    fn queue_messages(&mut self, range_id: u64, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let p = self.peers.get_mut(&range_id).expect("caller checked");
+        let announce = p.announce_quiesce;
+        for m in msgs {
+            let quiesce = announce && m.get_msg_type() == MessageType::MsgHeartbeat;
+            let env = RaftEnvelope {
+                range_id,
+                from_node: self.cfg.node_id,
+                to_node: m.to,
+                conf_ver: p.desc.epoch.conf_ver,
+                version: p.desc.epoch.version,
+                message: m.write_to_bytes().expect("encode raft message"),
+                range_start: p.desc.start.clone(),
+                range_end: p.desc.end.clone(),
+                quiesce,
+            };
+            self.outbox.entry(m.to).or_default().push(env);
+        }
+        if announce {
+            p.announce_quiesce = false;
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        for (to, envs) in std::mem::take(&mut self.outbox) {
+            self.metrics.messages_sent += envs.len() as u64;
+            self.transport.send(to, envs);
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! One conformance suite for every [`Engine`] (TiKV's `engine_traits_tests`
+//! idea). Each check panics with a message naming the property it broke;
+//! `tests/conformance.rs` runs all of them against both engines.
+
+use std::sync::Arc;
+
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, Storage};
+
+use crate::engine::{Cf, Engine, WriteBatch};
+use crate::keys;
+use crate::peer_storage::{build_snapshot, PeerStorage};
+use crate::state::{RangeDescriptor, RangeEpoch};
+
+/// Makes engines for the suite and simulates a restart (kill -9 for the
+/// memory engine, close and reopen for RocksDB).
+pub trait EngineFactory {
+    fn create(&mut self) -> Arc<dyn Engine>;
+    /// Returns what a restarted process would open. `engine` must not be
+    /// used afterwards.
+    fn restart(&mut self, engine: Arc<dyn Engine>) -> Arc<dyn Engine>;
+}
+
+/// Runs every check.
+pub fn run_all(f: &mut dyn EngineFactory) {
+    basic_put_get_delete_scan(f);
+    delete_range_removes_only_its_span(f);
+    batch_across_ranges_is_atomic_and_ordered(f);
+    snapshot_is_isolated_from_later_writes(f);
+    synced_writes_survive_restart(f);
+    peer_storage_append_truncate_compact(f);
+    peer_storage_recovers_after_restart(f);
+    peer_storage_snapshot_install_replaces_data(f);
+    corrupt_log_record_is_reported_at_open(f);
+}
+
+fn collect(e: &dyn Engine, cf: Cf, start: &[u8], end: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    e.scan(cf, start, end, &mut |k, v| {
+        out.push((k.to_vec(), v.to_vec()));
+        true
+    })
+    .expect("scan");
+    out
+}
+
+pub fn basic_put_get_delete_scan(f: &mut dyn EngineFactory) {
+    let e = f.create();
+    let mut b = WriteBatch::new();
+    b.put(Cf::Data, b"b".to_vec(), b"2".to_vec());
+    b.put(Cf::Data, b"a".to_vec(), b"1".to_vec());
+    b.put(Cf::Data, b"c".to_vec(), b"3".to_vec());
+    b.put(Cf::Meta, b"a".to_vec(), b"meta".to_vec());
+    e.write(&b, false).unwrap();
+    assert_eq!(e.get(Cf::Data, b"a").unwrap(), Some(b"1".to_vec()), "get sees a written key");
+    assert_eq!(e.get(Cf::Meta, b"a").unwrap(), Some(b"meta".to_vec()), "column families are separate");
+    assert_eq!(e.get(Cf::RaftLog, b"a").unwrap(), None, "column families are separate");
+    let all = collect(&*e, Cf::Data, b"a", b"c");
+    assert_eq!(all, vec![(b"a".to_vec(), b"1".to_vec()), (b"b".to_vec(), b"2".to_vec())], "scan is ordered and end-exclusive");
+    let mut first = Vec::new();
+    e.scan(Cf::Data, b"", b"z", &mut |k, _| {
+        first.push(k.to_vec());
+        false
+    })
+    .unwrap();
+    assert_eq!(first, vec![b"a".to_vec()], "scan stops when the callback says so");
+    assert!(collect(&*e, Cf::Data, b"c", b"a").is_empty(), "an inverted scan is empty");
+    let mut d = WriteBatch::new();
+    d.delete(Cf::Data, b"b".to_vec());
+    e.write(&d, true).unwrap();
+    assert_eq!(e.get(Cf::Data, b"b").unwrap(), None, "delete removes the key");
+}
+
+pub fn delete_range_removes_only_its_span(f: &mut dyn EngineFactory) {
+    let e = f.create();
+    let mut b = WriteBatch::new();
+    for i in 0u64..10 {
+        b.put(Cf::RaftLog, keys::log_key(1, i), vec![i as u8]);
+        b.put(Cf::RaftLog, keys::log_key(2, i), vec![i as u8]);
+    }
+    e.write(&b, true).unwrap();
+    let mut d = WriteBatch::new();
+    d.delete_range(Cf::RaftLog, keys::log_key(1, 3), keys::log_key(1, 7));
+    e.write(&d, true).unwrap();
+    let (s1, e1) = keys::range_span(1);
+    let left: Vec<u64> = collect(&*e, Cf::RaftLog, &s1, &e1).iter().map(|(k, _)| keys::log_index(k).unwrap()).collect();
+    assert_eq!(left, vec![0, 1, 2, 7, 8, 9], "delete_range is [start, end)");
+    let (s2, e2) = keys::range_span(2);
+    assert_eq!(collect(&*e, Cf::RaftLog, &s2, &e2).len(), 10, "delete_range does not touch other ranges");
+}
+
+pub fn batch_across_ranges_is_atomic_and_ordered(f: &mut dyn EngineFactory) {
+    let e = f.create();
+    let mut b = WriteBatch::new();
+    for r in 1..=3u64 {
+        b.put(Cf::Data, keys::data_key(r, b"k"), b"old".to_vec());
+    }
+    // Later ops in a batch win over earlier ones on the same key.
+    b.put(Cf::Data, keys::data_key(2, b"k"), b"new".to_vec());
+    b.delete(Cf::Data, keys::data_key(3, b"k"));
+    e.write(&b, true).unwrap();
+    let e = f.restart(e);
+    assert_eq!(e.get(Cf::Data, &keys::data_key(1, b"k")).unwrap(), Some(b"old".to_vec()));
+    assert_eq!(e.get(Cf::Data, &keys::data_key(2, b"k")).unwrap(), Some(b"new".to_vec()), "ops apply in batch order");
+    assert_eq!(e.get(Cf::Data, &keys::data_key(3, b"k")).unwrap(), None, "ops apply in batch order");
+}
+
+pub fn snapshot_is_isolated_from_later_writes(f: &mut dyn EngineFactory) {
+    let e = f.create();
+    let mut b = WriteBatch::new();
+    b.put(Cf::Data, b"x".to_vec(), b"1".to_vec());
+    e.write(&b, false).unwrap();
+    let snap = e.snapshot();
+    let mut b = WriteBatch::new();
+    b.put(Cf::Data, b"x".to_vec(), b"2".to_vec());
+    b.put(Cf::Data, b"y".to_vec(), b"2".to_vec());
+    e.write(&b, false).unwrap();
+    assert_eq!(snap.get(Cf::Data, b"x").unwrap(), Some(b"1".to_vec()), "snapshot does not see later writes");
+    let mut n = 0;
+    snap.scan(Cf::Data, b"", b"z", &mut |_, _| {
+        n += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(n, 1, "snapshot scan does not see later keys");
+    assert_eq!(e.get(Cf::Data, b"x").unwrap(), Some(b"2".to_vec()));
+}
+
+pub fn synced_writes_survive_restart(f: &mut dyn EngineFactory) {
+    let e = f.create();
+    let mut b = WriteBatch::new();
+    b.put(Cf::RaftState, b"unsynced-then-synced".to_vec(), b"1".to_vec());
+    e.write(&b, false).unwrap();
+    let mut b = WriteBatch::new();
+    b.put(Cf::RaftState, b"synced".to_vec(), b"2".to_vec());
+    e.write(&b, true).unwrap();
+    let before = e.sync_count();
+    assert!(before >= 1, "sync_count counts synced writes");
+    let e = f.restart(e);
+    assert_eq!(e.get(Cf::RaftState, b"synced").unwrap(), Some(b"2".to_vec()), "a synced write is durable");
+    assert_eq!(
+        e.get(Cf::RaftState, b"unsynced-then-synced").unwrap(),
+        Some(b"1".to_vec()),
+        "a write before a synced write is durable (log order)"
+    );
+}
+
+fn entry(index: u64, term: u64) -> Entry {
+    Entry { index, term, data: format!("e{index}t{term}").into_bytes().into(), ..Default::default() }
+}
+
+fn desc(range_id: u64) -> RangeDescriptor {
+    RangeDescriptor { range_id, start: vec![], end: vec![], epoch: RangeEpoch::default(), replicas: vec![] }
+}
+
+fn bootstrap(e: &Arc<dyn Engine>, range_id: u64) -> PeerStorage {
+    let mut b = WriteBatch::new();
+    PeerStorage::bootstrap(&mut b, &desc(range_id), vec![1, 2, 3]);
+    e.write(&b, true).unwrap();
+    PeerStorage::open(e.clone(), range_id).expect("open bootstrapped range")
+}
+
+fn hs(term: u64, vote: u64, commit: u64) -> HardState {
+    let mut h = HardState::default();
+    h.term = term;
+    h.vote = vote;
+    h.commit = commit;
+    h
+}
+
+fn ctx() -> GetEntriesContext {
+    GetEntriesContext::empty(false)
+}
+
+pub fn peer_storage_append_truncate_compact(f: &mut dyn EngineFactory) {
+    let e = f.create();
+    let mut ps = bootstrap(&e, 7);
+    assert_eq!(ps.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+    assert_eq!((ps.first_index().unwrap(), ps.last_index().unwrap()), (1, 0), "empty log");
+    let mut b = WriteBatch::new();
+    ps.append(&(1..=10).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut b);
+    e.write(&b, true).unwrap();
+    assert_eq!(ps.last_index().unwrap(), 10);
+    assert_eq!(ps.entries(3, 6, None, ctx()).unwrap().iter().map(|e| e.index).collect::<Vec<_>>(), vec![3, 4, 5]);
+    let one = ps.entries(3, 6, 1, ctx()).unwrap();
+    assert_eq!(one.len(), 1, "max_size still returns at least one entry");
+
+    // A new leader overwrites from index 6 with term 2: 7..=10 must go.
+    let mut b = WriteBatch::new();
+    ps.append(&[entry(6, 2)], &mut b);
+    e.write(&b, true).unwrap();
+    assert_eq!(ps.last_index().unwrap(), 6, "conflicting tail truncated");
+    assert_eq!(ps.term(6).unwrap(), 2);
+    assert_eq!(ps.term(5).unwrap(), 1);
+    assert!(e.get(Cf::RaftLog, &keys::log_key(7, 7)).unwrap().is_none(), "truncated entries are deleted on disk");
+
+    let mut b = WriteBatch::new();
+    ps.set_applied(5, 1, &mut b);
+    ps.compact(4, &mut b).unwrap();
+    e.write(&b, true).unwrap();
+    assert_eq!(ps.first_index().unwrap(), 5);
+    assert_eq!(ps.term(4).unwrap(), 1, "term of the truncation point is kept");
+    assert!(matches!(ps.term(3), Err(raft::Error::Store(raft::StorageError::Compacted))));
+    assert!(matches!(ps.entries(4, 6, None, ctx()), Err(raft::Error::Store(raft::StorageError::Compacted))));
+    assert!(matches!(ps.term(7), Err(raft::Error::Store(raft::StorageError::Unavailable))));
+
+    // Snapshot requests are answered "temporarily unavailable" until built.
+    assert!(matches!(ps.snapshot(5, 2), Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))));
+    let req = ps.take_snapshot_request().expect("request recorded");
+    assert_eq!((req.request_index, req.to), (5, 2));
+    let mut snap = Snapshot::default();
+    snap.mut_metadata().index = 5;
+    snap.mut_metadata().term = 1;
+    ps.set_built_snapshot(snap);
+    assert_eq!(ps.snapshot(5, 2).unwrap().get_metadata().index, 5);
+}
+
+pub fn peer_storage_recovers_after_restart(f: &mut dyn EngineFactory) {
+    let e = f.create();
+    let mut ps = bootstrap(&e, 3);
+    let mut b = WriteBatch::new();
+    ps.append(&(1..=6).map(|i| entry(i, 2)).collect::<Vec<_>>(), &mut b);
+    ps.set_hard_state(&hs(2, 1, 6), &mut b);
+    ps.set_applied(4, 2, &mut b);
+    e.write(&b, true).unwrap();
+    let mut b = WriteBatch::new();
+    ps.compact(2, &mut b).unwrap();
+    e.write(&b, true).unwrap();
+    drop(ps);
+    let e = f.restart(e);
+    let ps = PeerStorage::open(e, 3).expect("reopen");
+    let st = ps.initial_state().unwrap();
+    assert_eq!(st.hard_state, hs(2, 1, 6), "hard state recovered");
+    assert_eq!((ps.first_index().unwrap(), ps.last_index().unwrap()), (3, 6), "log bounds recovered");
+    assert_eq!(ps.term(6).unwrap(), 2);
+    assert_eq!(ps.apply_state().applied_index, 4, "apply state recovered");
+    assert!(matches!(PeerStorage::open(ps.engine().clone(), 99), Err(crate::StorageError::RangeNotFound { range_id: 99 })));
+}
+
+pub fn peer_storage_snapshot_install_replaces_data(f: &mut dyn EngineFactory) {
+    let leader_engine = f.create();
+    let mut leader = bootstrap(&leader_engine, 5);
+    let mut b = WriteBatch::new();
+    b.put(Cf::Data, keys::data_key(5, b"a"), b"1".to_vec());
+    b.put(Cf::Data, keys::data_key(5, b"b"), b"2".to_vec());
+    b.put(Cf::Data, keys::data_key(6, b"other"), b"x".to_vec());
+    leader.append(&(1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut b);
+    leader.set_applied(3, 1, &mut b);
+    leader_engine.write(&b, true).unwrap();
+    let view = leader_engine.snapshot();
+    let mut d = desc(5);
+    d.start = b"a".to_vec();
+    let mut snap = Snapshot::default();
+    snap.set_data(build_snapshot(&*view, &d).unwrap().into());
+    snap.mut_metadata().index = 3;
+    snap.mut_metadata().term = 1;
+    snap.mut_metadata().set_conf_state(ConfState { voters: vec![1, 2, 3], ..Default::default() });
+
+    let follower_engine = f.create();
+    let mut follower = bootstrap(&follower_engine, 5);
+    let mut b = WriteBatch::new();
+    b.put(Cf::Data, keys::data_key(5, b"stale"), b"gone".to_vec());
+    follower.append(&[entry(1, 1)], &mut b);
+    follower_engine.write(&b, true).unwrap();
+    let mut b = WriteBatch::new();
+    let got = follower.apply_snapshot(&snap, &mut b).expect("install");
+    follower_engine.write(&b, true).unwrap();
+    assert_eq!(got, d, "descriptor travels with the snapshot");
+    assert_eq!(follower.apply_state().applied_index, 3);
+    assert_eq!((follower.first_index().unwrap(), follower.last_index().unwrap()), (4, 3));
+    let (s, e) = keys::range_span(5);
+    let data = collect(&*follower_engine, Cf::Data, &s, &e);
+    assert_eq!(data, vec![(keys::data_key(5, b"a"), b"1".to_vec()), (keys::data_key(5, b"b"), b"2".to_vec())], "data replaced");
+    assert!(follower_engine.get(Cf::Data, &keys::data_key(6, b"other")).unwrap().is_none(), "other ranges not copied");
+
+    let mut bad = snap.clone();
+    bad.set_data(b"garbage".to_vec().into());
+    let mut b = WriteBatch::new();
+    assert!(follower.apply_snapshot(&bad, &mut b).is_err(), "a corrupt snapshot is rejected");
+}
+
+pub fn corrupt_log_record_is_reported_at_open(f: &mut dyn EngineFactory) {
+    let e = f.create();
+    let mut ps = bootstrap(&e, 11);
+    let mut b = WriteBatch::new();
+    ps.append(&(1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut b);
+    e.write(&b, true).unwrap();
+    let mut b = WriteBatch::new();
+    b.put(Cf::RaftLog, keys::log_key(11, 2), b"not a record".to_vec());
+    e.write(&b, true).unwrap();
+    match PeerStorage::open(e.clone(), 11) {
+        Err(crate::StorageError::Corrupt { range_id: 11, .. }) => {}
+        Err(other) => panic!("expected Corrupt for range 11, got {other}"),
+        Ok(_) => panic!("a corrupt log record must be reported at open"),
+    }
+    let mut b = WriteBatch::new();
+    b.delete(Cf::RaftLog, keys::log_key(11, 2));
+    e.write(&b, true).unwrap();
+    assert!(matches!(PeerStorage::open(e, 11), Err(crate::StorageError::LogGap { range_id: 11, expected: 2, found: 3 })), "a hole in the log is reported");
+}

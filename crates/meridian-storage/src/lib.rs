@@ -1,0 +1,32 @@
+//! Meridian's storage seam.
+//!
+//! ```text
+//!   raftstore ──► PeerStorage (raft::Storage for one range, cached bounds)
+//!                     │ reads                     ▲ staged writes
+//!                     ▼                           │
+//!                 dyn Engine ◄──── WriteBatch (one synced batch per poll round)
+//!                  ├── RocksEngine  (production: RocksDB column families)
+//!                  └── MemEngine    (simulation: models fsync and crashes)
+//! ```
+//!
+//! Every key carries the range id (see [`keys`]), so one engine holds
+//! thousands of ranges and one [`WriteBatch`] can persist a whole poll round
+//! of them atomically. Both engines pass the same conformance suite
+//! ([`conformance`]).
+
+pub mod conformance;
+mod codec;
+mod engine;
+mod error;
+pub mod keys;
+mod mem;
+mod peer_storage;
+mod rocks;
+mod state;
+
+pub use engine::{Cf, Engine, EngineSnapshot, WriteBatch, WriteOp};
+pub use error::{StorageError, StorageResult};
+pub use mem::MemEngine;
+pub use peer_storage::{build_snapshot, PeerStorage, SnapshotRequest};
+pub use rocks::RocksEngine;
+pub use state::{ApplyState, RaftLocalState, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};

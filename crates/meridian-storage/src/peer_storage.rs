@@ -1,0 +1,408 @@
+//! raft-rs [`Storage`] for one range on top of an [`Engine`].
+//!
+//! Writes are *staged* into a caller-owned [`WriteBatch`] so the raftstore
+//! can persist a whole poll round of ranges with one synced write; the
+//! cached bounds here are updated at staging time, which is safe because
+//! raft-rs does not read storage between `ready()` and `advance_append()`.
+
+use std::sync::{Arc, Mutex};
+
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage};
+
+use crate::codec::{Dec, Enc};
+use crate::engine::{Cf, Engine, EngineSnapshot, WriteBatch};
+use crate::error::{StorageError, StorageResult};
+use crate::keys;
+use crate::state::{ApplyState, RaftLocalState, RangeDescriptor};
+
+/// A snapshot raft-rs asked for that is not built yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotRequest {
+    pub range_id: u64,
+    pub request_index: u64,
+    pub to: u64,
+}
+
+#[derive(Default)]
+struct SnapshotSlot {
+    built: Option<Snapshot>,
+    requested: Option<SnapshotRequest>,
+}
+
+pub struct PeerStorage {
+    range_id: u64,
+    engine: Arc<dyn Engine>,
+    raft_state: RaftLocalState,
+    apply_state: ApplyState,
+    last_index: u64,
+    last_term: u64,
+    snapshot: Mutex<SnapshotSlot>,
+}
+
+fn encode_entry(e: &Entry) -> Vec<u8> {
+    Enc::new().bytes(&e.write_to_bytes().expect("encode Entry")).finish()
+}
+
+fn decode_entry(raw: &[u8], range_id: u64) -> StorageResult<Entry> {
+    let mut d = Dec::new(raw, range_id, "log entry")?;
+    let body = d.bytes()?;
+    d.finish()?;
+    Entry::parse_from_bytes(body).map_err(|e| StorageError::Corrupt { range_id, what: format!("log entry: {e}") })
+}
+
+fn store_err(e: StorageError) -> raft::Error {
+    raft::Error::Store(raft::StorageError::Other(Box::new(e)))
+}
+
+impl PeerStorage {
+    /// Writes the initial state of a range created by static bootstrap.
+    pub fn bootstrap(batch: &mut WriteBatch, desc: &RangeDescriptor, voters: Vec<u64>) {
+        let rs = RaftLocalState { conf_state: ConfState { voters, ..Default::default() }, ..Default::default() };
+        batch.put(Cf::RaftState, keys::state_key(desc.range_id), rs.encode());
+        batch.put(Cf::ApplyState, keys::state_key(desc.range_id), ApplyState::default().encode());
+        batch.put(Cf::Meta, keys::state_key(desc.range_id), desc.encode());
+    }
+
+    /// Writes the state of a replica created on demand (a new learner that
+    /// will be filled by log replication or a snapshot).
+    pub fn create_uninitialized(batch: &mut WriteBatch, desc: &RangeDescriptor) {
+        batch.put(Cf::RaftState, keys::state_key(desc.range_id), RaftLocalState::default().encode());
+        batch.put(Cf::ApplyState, keys::state_key(desc.range_id), ApplyState::default().encode());
+        batch.put(Cf::Meta, keys::state_key(desc.range_id), desc.encode());
+    }
+
+    /// Every range id with a descriptor on this engine.
+    pub fn list_ranges(engine: &dyn Engine) -> StorageResult<Vec<RangeDescriptor>> {
+        let mut out = Vec::new();
+        let mut err = None;
+        engine.scan(Cf::Meta, &[], &[0xff; 9], &mut |k, v| {
+            let id = keys::range_of(k).unwrap_or(0);
+            match RangeDescriptor::decode(v, id) {
+                Ok(d) => out.push(d),
+                Err(e) => {
+                    err = Some(e);
+                    return false;
+                }
+            }
+            true
+        })?;
+        match err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Loads a range and verifies its log: every entry's checksum, and that
+    /// indexes are contiguous from the truncation point. Corruption is an
+    /// error naming the range, never a panic.
+    pub fn open(engine: Arc<dyn Engine>, range_id: u64) -> StorageResult<Self> {
+        let key = keys::state_key(range_id);
+        let raw = engine.get(Cf::RaftState, &key)?.ok_or(StorageError::RangeNotFound { range_id })?;
+        let raft_state = RaftLocalState::decode(&raw, range_id)?;
+        let apply_state = match engine.get(Cf::ApplyState, &key)? {
+            Some(raw) => ApplyState::decode(&raw, range_id)?,
+            None => ApplyState::default(),
+        };
+        let (mut last_index, mut last_term) = (raft_state.truncated_index, raft_state.truncated_term);
+        let mut err = None;
+        let start = keys::log_key(range_id, raft_state.truncated_index + 1);
+        let (_, end) = keys::range_span(range_id);
+        engine.scan(Cf::RaftLog, &start, &end, &mut |k, v| {
+            let idx = keys::log_index(k);
+            if idx != Some(last_index + 1) {
+                err = Some(StorageError::LogGap { range_id, expected: last_index + 1, found: idx.unwrap_or(0) });
+                return false;
+            }
+            match decode_entry(v, range_id) {
+                Ok(e) if e.index == last_index + 1 && e.term >= last_term => {
+                    last_index = e.index;
+                    last_term = e.term;
+                    true
+                }
+                Ok(e) => {
+                    err = Some(StorageError::Corrupt { range_id, what: format!("entry {} stored under index {} with term {}", e.index, last_index + 1, e.term) });
+                    false
+                }
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if apply_state.applied_index > last_index.max(raft_state.hard_state.commit) {
+            return Err(StorageError::Corrupt {
+                range_id,
+                what: format!("applied index {} beyond log end {last_index}", apply_state.applied_index),
+            });
+        }
+        Ok(Self { range_id, engine, raft_state, apply_state, last_index, last_term, snapshot: Mutex::default() })
+    }
+
+    pub fn range_id(&self) -> u64 {
+        self.range_id
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    pub fn raft_state(&self) -> &RaftLocalState {
+        &self.raft_state
+    }
+
+    pub fn apply_state(&self) -> ApplyState {
+        self.apply_state
+    }
+
+    pub fn truncated_index(&self) -> u64 {
+        self.raft_state.truncated_index
+    }
+
+    pub fn last_index_cached(&self) -> u64 {
+        self.last_index
+    }
+
+    fn stage_raft_state(&self, batch: &mut WriteBatch) {
+        batch.put(Cf::RaftState, keys::state_key(self.range_id), self.raft_state.encode());
+    }
+
+    /// Stages appending `entries`, truncating any conflicting tail of the
+    /// stored log (raft-rs hands us entries that overwrite from their first
+    /// index on).
+    pub fn append(&mut self, entries: &[Entry], batch: &mut WriteBatch) {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return };
+        assert!(
+            first.index > self.raft_state.truncated_index && first.index <= self.last_index + 1,
+            "range {}: append at {} leaves a gap (truncated {}, last {})",
+            self.range_id,
+            first.index,
+            self.raft_state.truncated_index,
+            self.last_index
+        );
+        for e in entries {
+            batch.put(Cf::RaftLog, keys::log_key(self.range_id, e.index), encode_entry(e));
+        }
+        if last.index < self.last_index {
+            batch.delete_range(Cf::RaftLog, keys::log_key(self.range_id, last.index + 1), keys::log_key(self.range_id, self.last_index + 1));
+        }
+        self.last_index = last.index;
+        self.last_term = last.term;
+    }
+
+    pub fn set_hard_state(&mut self, hs: &HardState, batch: &mut WriteBatch) {
+        self.raft_state.hard_state = hs.clone();
+        self.stage_raft_state(batch);
+    }
+
+    pub fn set_commit(&mut self, commit: u64, batch: &mut WriteBatch) {
+        self.raft_state.hard_state.commit = commit;
+        self.stage_raft_state(batch);
+    }
+
+    pub fn set_conf_state(&mut self, cs: ConfState, batch: &mut WriteBatch) {
+        self.raft_state.conf_state = cs;
+        self.stage_raft_state(batch);
+    }
+
+    pub fn set_applied(&mut self, applied_index: u64, applied_term: u64, batch: &mut WriteBatch) {
+        self.apply_state = ApplyState { applied_index, applied_term };
+        batch.put(Cf::ApplyState, keys::state_key(self.range_id), self.apply_state.encode());
+    }
+
+    /// Stages removal of log entries up to and including `compact_index`,
+    /// which must already be applied.
+    pub fn compact(&mut self, compact_index: u64, batch: &mut WriteBatch) -> StorageResult<()> {
+        if compact_index <= self.raft_state.truncated_index {
+            return Ok(());
+        }
+        assert!(compact_index <= self.apply_state.applied_index, "range {}: compacting unapplied entries", self.range_id);
+        let term = self.term(compact_index).map_err(|e| StorageError::Io(format!("term of {compact_index}: {e}")))?;
+        batch.delete_range(
+            Cf::RaftLog,
+            keys::log_key(self.range_id, self.raft_state.truncated_index + 1),
+            keys::log_key(self.range_id, compact_index + 1),
+        );
+        self.raft_state.truncated_index = compact_index;
+        self.raft_state.truncated_term = term;
+        self.stage_raft_state(batch);
+        Ok(())
+    }
+
+    /// Stages installing `snap`: the log is cleared and restarts after the
+    /// snapshot, the conf state and apply state come from it, and the
+    /// range's data is replaced by the snapshot's payload — all in `batch`,
+    /// so the install is atomic. Returns the descriptor carried by it.
+    pub fn apply_snapshot(&mut self, snap: &Snapshot, batch: &mut WriteBatch) -> StorageResult<RangeDescriptor> {
+        let meta = snap.get_metadata();
+        let desc = stage_snapshot_payload(self.range_id, snap.get_data(), batch)?;
+        let (start, end) = keys::range_span(self.range_id);
+        batch.delete_range(Cf::RaftLog, start, end);
+        self.raft_state.truncated_index = meta.index;
+        self.raft_state.truncated_term = meta.term;
+        self.raft_state.conf_state = meta.get_conf_state().clone();
+        if self.raft_state.hard_state.commit < meta.index {
+            self.raft_state.hard_state.commit = meta.index;
+        }
+        if self.raft_state.hard_state.term < meta.term {
+            self.raft_state.hard_state.term = meta.term;
+        }
+        self.last_index = meta.index;
+        self.last_term = meta.term;
+        self.stage_raft_state(batch);
+        self.set_applied(meta.index, meta.term, batch);
+        batch.put(Cf::Meta, keys::state_key(self.range_id), desc.encode());
+        Ok(desc)
+    }
+
+    /// The snapshot raft-rs is waiting for, if any. The raftstore builds it
+    /// (see [`build_snapshot`]) and hands it back with
+    /// [`PeerStorage::set_built_snapshot`].
+    pub fn take_snapshot_request(&self) -> Option<SnapshotRequest> {
+        self.snapshot.lock().expect("snapshot slot").requested.take()
+    }
+
+    pub fn set_built_snapshot(&self, snap: Snapshot) {
+        self.snapshot.lock().expect("snapshot slot").built = Some(snap);
+    }
+
+    fn read_entries(&self, low: u64, high: u64, max_size: Option<u64>) -> StorageResult<Vec<Entry>> {
+        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+        let mut size = 0u64;
+        let mut err = None;
+        let mut expect = low;
+        self.engine.scan(Cf::RaftLog, &keys::log_key(self.range_id, low), &keys::log_key(self.range_id, high), &mut |_, v| {
+            match decode_entry(v, self.range_id) {
+                Ok(e) => {
+                    if e.index != expect {
+                        err = Some(StorageError::LogGap { range_id: self.range_id, expected: expect, found: e.index });
+                        return false;
+                    }
+                    expect += 1;
+                    size += e.compute_size() as u64;
+                    // Always return at least one entry, as raft-rs requires.
+                    if !out.is_empty() && max_size.is_some_and(|m| size > m) {
+                        return false;
+                    }
+                    out.push(e);
+                    true
+                }
+                Err(e) => {
+                    err = Some(e);
+                    false
+                }
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        if out.is_empty() || (max_size.is_none() && expect != high) {
+            return Err(StorageError::LogGap { range_id: self.range_id, expected: expect, found: high });
+        }
+        Ok(out)
+    }
+}
+
+impl Storage for PeerStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.raft_state.hard_state.clone(), self.raft_state.conf_state.clone()))
+    }
+
+    fn entries(&self, low: u64, high: u64, max_size: impl Into<Option<u64>>, _ctx: GetEntriesContext) -> raft::Result<Vec<Entry>> {
+        if low <= self.raft_state.truncated_index {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > self.last_index + 1 {
+            panic!("range {}: entries high {high} beyond last index {}", self.range_id, self.last_index);
+        }
+        if low >= high {
+            return Ok(Vec::new());
+        }
+        self.read_entries(low, high, max_size.into()).map_err(store_err)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.raft_state.truncated_index {
+            return Ok(self.raft_state.truncated_term);
+        }
+        if idx < self.raft_state.truncated_index {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        if idx == self.last_index {
+            return Ok(self.last_term);
+        }
+        match self.engine.get(Cf::RaftLog, &keys::log_key(self.range_id, idx)).map_err(store_err)? {
+            Some(raw) => Ok(decode_entry(&raw, self.range_id).map_err(store_err)?.term),
+            None => Err(raft::Error::Store(raft::StorageError::Unavailable)),
+        }
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.raft_state.truncated_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let mut slot = self.snapshot.lock().expect("snapshot slot");
+        if let Some(s) = &slot.built {
+            if s.get_metadata().index >= request_index {
+                return Ok(s.clone());
+            }
+        }
+        slot.requested = Some(SnapshotRequest { range_id: self.range_id, request_index, to });
+        Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))
+    }
+}
+
+/// Upper bound on entries in a decoded snapshot payload.
+const MAX_SNAPSHOT_ENTRIES: u64 = 64 << 20;
+
+/// Builds a snapshot payload from an engine snapshot: the range's
+/// descriptor followed by every data key of the range. Runs off the poll
+/// thread; `view` pins the point in time.
+pub fn build_snapshot(view: &dyn EngineSnapshot, desc: &RangeDescriptor) -> StorageResult<Vec<u8>> {
+    let (start, end) = keys::range_span(desc.range_id);
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    view.scan(Cf::Data, &start, &end, &mut |k, v| {
+        pairs.push((k[8..].to_vec(), v.to_vec()));
+        true
+    })?;
+    let mut e = Enc::new();
+    e.bytes(&desc.encode()).u64(pairs.len() as u64);
+    for (k, v) in &pairs {
+        e.bytes(k).bytes(v);
+    }
+    Ok(e.finish())
+}
+
+/// Stages replacing the range's data with a snapshot payload.
+fn stage_snapshot_payload(range_id: u64, payload: &[u8], batch: &mut WriteBatch) -> StorageResult<RangeDescriptor> {
+    let mut d = Dec::new(payload, range_id, "snapshot payload")?;
+    let desc = RangeDescriptor::decode(d.bytes()?, range_id)?;
+    if desc.range_id != range_id {
+        return Err(StorageError::Corrupt { range_id, what: format!("snapshot for range {} delivered to range {range_id}", desc.range_id) });
+    }
+    let n = d.u64()?;
+    if n > MAX_SNAPSHOT_ENTRIES {
+        return Err(StorageError::Corrupt { range_id, what: format!("snapshot claims {n} keys") });
+    }
+    let (start, end) = keys::range_span(range_id);
+    batch.delete_range(Cf::Data, start, end);
+    for _ in 0..n {
+        let k = d.bytes()?;
+        let v = d.bytes()?;
+        batch.put(Cf::Data, keys::data_key(range_id, k), v.to_vec());
+    }
+    d.finish()?;
+    Ok(desc)
+}

@@ -1,0 +1,211 @@
+//! The production engine: one RocksDB instance, one column family per [`Cf`].
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteOptions, DB};
+
+use crate::engine::{Cf, Engine, EngineSnapshot, WriteBatch, WriteOp};
+use crate::error::{StorageError, StorageResult};
+
+/// RocksDB-backed [`Engine`]. Cheap to clone.
+#[derive(Clone)]
+pub struct RocksEngine {
+    db: Arc<DB>,
+    syncs: Arc<AtomicU64>,
+}
+
+fn io(e: rocksdb::Error) -> StorageError {
+    StorageError::Io(e.into_string())
+}
+
+impl RocksEngine {
+    /// Opens (creating if missing) the engine in `dir`.
+    pub fn open(dir: &Path) -> StorageResult<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // The raft log is written once per poll round in one synced batch;
+        // a modest memtable keeps recovery after kill -9 quick.
+        opts.set_max_background_jobs(2);
+        let cfs = Cf::ALL.iter().map(|cf| {
+            let mut o = Options::default();
+            if *cf == Cf::RaftLog {
+                o.set_write_buffer_size(32 << 20);
+            }
+            ColumnFamilyDescriptor::new(cf.name(), o)
+        });
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io)?;
+        Ok(Self { db: Arc::new(db), syncs: Arc::new(AtomicU64::new(0)) })
+    }
+
+    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(cf.name()).expect("column family created at open")
+    }
+}
+
+fn scan_iter<'a>(
+    iter: impl Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>> + 'a,
+    end: &[u8],
+    f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> StorageResult<()> {
+    for item in iter {
+        let (k, v) = item.map_err(io)?;
+        if &*k >= end || !f(&k, &v) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+impl Engine for RocksEngine {
+    fn get(&self, cf: Cf, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(cf), key).map_err(io)
+    }
+
+    fn scan(&self, cf: Cf, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> StorageResult<()> {
+        if start >= end {
+            return Ok(());
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(end.to_vec());
+        let iter = self.db.iterator_cf_opt(self.cf(cf), ro, IteratorMode::From(start, Direction::Forward));
+        scan_iter(iter, end, f)
+    }
+
+    fn write(&self, batch: &WriteBatch, sync: bool) -> StorageResult<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for op in batch.ops() {
+            match op {
+                WriteOp::Put { cf, key, value } => wb.put_cf(self.cf(*cf), key, value),
+                WriteOp::Delete { cf, key } => wb.delete_cf(self.cf(*cf), key),
+                WriteOp::DeleteRange { cf, start, end } => {
+                    if start < end {
+                        wb.delete_range_cf(self.cf(*cf), start, end)
+                    }
+                }
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(wb, &wo).map_err(io)?;
+        if sync {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Box<dyn EngineSnapshot> {
+        RocksSnapshot::start(self.clone())
+    }
+
+    fn sync_count(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+}
+
+/// Entries per message when a snapshot thread streams a scan back.
+const SCAN_CHUNK: usize = 1024;
+
+type Chunk = StorageResult<Vec<(Vec<u8>, Vec<u8>)>>;
+
+enum SnapRequest {
+    Get { cf: Cf, key: Vec<u8>, reply: SyncSender<StorageResult<Option<Vec<u8>>>> },
+    Scan { cf: Cf, start: Vec<u8>, end: Vec<u8>, reply: SyncSender<Chunk> },
+}
+
+/// A RocksDB snapshot owned by a dedicated thread.
+///
+/// rust-rocksdb's snapshot borrows the `DB`, so it cannot travel with an
+/// `Arc<DB>` without `unsafe`. Instead one thread takes the snapshot and
+/// answers reads over bounded channels; the handle waits until the snapshot
+/// exists, so it reflects every write that returned before `snapshot()`.
+/// Dropping the handle ends the thread and releases the snapshot.
+struct RocksSnapshot {
+    requests: SyncSender<SnapRequest>,
+}
+
+impl RocksSnapshot {
+    fn start(engine: RocksEngine) -> Box<dyn EngineSnapshot> {
+        let (req_tx, req_rx) = sync_channel::<SnapRequest>(1);
+        let (ready_tx, ready_rx) = sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("rocks-snapshot".into())
+            .spawn(move || serve_snapshot(engine, req_rx, ready_tx))
+            .expect("spawn snapshot thread");
+        // If the thread died before taking the snapshot, every read on the
+        // handle reports an IO error instead of hanging.
+        let _ = ready_rx.recv();
+        Box::new(RocksSnapshot { requests: req_tx })
+    }
+}
+
+fn serve_snapshot(engine: RocksEngine, requests: Receiver<SnapRequest>, ready: SyncSender<()>) {
+    let snap = engine.db.snapshot();
+    let _ = ready.send(());
+    while let Ok(req) = requests.recv() {
+        match req {
+            SnapRequest::Get { cf, key, reply } => {
+                let _ = reply.send(snap.get_cf(engine.cf(cf), &key).map_err(io));
+            }
+            SnapRequest::Scan { cf, start, end, reply } => {
+                let mut ro = ReadOptions::default();
+                ro.set_iterate_upper_bound(end.clone());
+                let mut chunk = Vec::with_capacity(SCAN_CHUNK);
+                let iter = snap.iterator_cf_opt(engine.cf(cf), ro, IteratorMode::From(&start, Direction::Forward));
+                let mut receiver_gone = false;
+                for item in iter {
+                    match item {
+                        Ok((k, v)) => {
+                            chunk.push((k.into_vec(), v.into_vec()));
+                            if chunk.len() == SCAN_CHUNK && reply.send(Ok(std::mem::take(&mut chunk))).is_err() {
+                                receiver_gone = true;
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(io(e)));
+                            receiver_gone = true;
+                            break;
+                        }
+                    }
+                }
+                if !receiver_gone && !chunk.is_empty() {
+                    let _ = reply.send(Ok(chunk));
+                }
+            }
+        }
+    }
+}
+
+fn snapshot_gone() -> StorageError {
+    StorageError::Io("snapshot thread is gone".into())
+}
+
+impl EngineSnapshot for RocksSnapshot {
+    fn get(&self, cf: Cf, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+        let (tx, rx) = sync_channel(1);
+        self.requests.send(SnapRequest::Get { cf, key: key.to_vec(), reply: tx }).map_err(|_| snapshot_gone())?;
+        rx.recv().map_err(|_| snapshot_gone())?
+    }
+
+    fn scan(&self, cf: Cf, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> StorageResult<()> {
+        if start >= end {
+            return Ok(());
+        }
+        let (tx, rx) = sync_channel(2);
+        self.requests.send(SnapRequest::Scan { cf, start: start.to_vec(), end: end.to_vec(), reply: tx }).map_err(|_| snapshot_gone())?;
+        // The channel closes after the last chunk.
+        while let Ok(chunk) = rx.recv() {
+            for (k, v) in chunk? {
+                if !f(&k, &v) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,24 @@
+//! Meridian's node-to-node transport.
+//!
+//! ```text
+//!  raftstore poll round ──send(to, [RaftEnvelope])──► dyn Transport
+//!        ▲                                              ├── QuicTransport (quinn, TLS, one
+//!        │ inbound RaftEnvelope (bounded channel)       │   connection per peer, snapshots on
+//!        └──────────────────────────────────────────────┤   their own stream)
+//!                                                       └── MemNetwork (simulation: seeded
+//!                                                           drop, delay, reorder, partitions)
+//! ```
+//!
+//! A transport never blocks the poll loop: `send` queues, and delivery
+//! failures come back as [`Feedback`] so the raftstore can call raft-rs's
+//! `report_unreachable` / `report_snapshot`.
+
+mod envelope;
+mod error;
+pub mod mem;
+pub mod quic;
+mod transport;
+
+pub use envelope::{PeerBatch, RaftEnvelope, MAX_FRAME_BYTES};
+pub use error::TransportError;
+pub use transport::{Feedback, Transport};
