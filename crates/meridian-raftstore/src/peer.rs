@@ -67,6 +67,25 @@ impl Peer {
         self.idle_ticks = 0;
     }
 
+    /// Leaves a joint configuration explicitly, once the entering entry is
+    /// applied (raft-rs ignores a conf change proposed while another is
+    /// pending, so this must run after `advance_apply`).
+    pub fn maybe_leave_joint(&mut self) {
+        if !self.is_leader()
+            || self.raft.store().raft_state().conf_state.voters_outgoing.is_empty()
+            || self.raft.raft.has_pending_conf()
+        {
+            return;
+        }
+        let before = self.raft.raft.raft_log.last_index();
+        if self.raft.propose_conf_change(vec![], raft::prelude::ConfChangeV2::default()).is_ok() {
+            let index = self.raft.raft.raft_log.last_index();
+            if index > before {
+                self.proposals.push_back(Proposal { index, term: self.raft.raft.term, id: None });
+            }
+        }
+    }
+
     /// A leader is idle when nothing is pending and every replica has the
     /// whole log, so going quiet loses nothing.
     pub fn leader_is_idle(&self) -> bool {

@@ -98,6 +98,17 @@ pub struct Store {
     metrics: StoreMetrics,
 }
 
+/// Legacy single conf changes (from etcd-era tooling) as a V2 change.
+fn legacy_to_v2(c: ConfChange) -> ConfChangeV2 {
+    let mut single = raft::prelude::ConfChangeSingle::default();
+    single.set_change_type(c.get_change_type());
+    single.node_id = c.node_id;
+    let mut v2 = ConfChangeV2::default();
+    v2.set_changes(vec![single].into());
+    v2.context = c.context;
+    v2
+}
+
 fn not_found(range_id: u64) -> RaftstoreError {
     RaftstoreError::RangeNotFound { range_id }
 }
@@ -308,7 +319,7 @@ impl Store {
         if cc.changes.iter().any(|c| c.node_id == node_id && c.get_change_type() != ConfChangeType::AddNode) {
             return Err(invalid("cannot remove or demote the leader; transfer leadership first"));
         }
-        if !p.raft.raft.prs().conf().voters().outgoing.is_empty() || p.raft.raft.has_pending_conf() {
+        if !p.raft.store().raft_state().conf_state.voters_outgoing.is_empty() || p.raft.raft.has_pending_conf() {
             return Err(invalid("another membership change is in progress"));
         }
         cc.set_transition(raft::prelude::ConfChangeTransition::Explicit);
@@ -483,6 +494,8 @@ impl Store {
                 }
             }
             p.raft.tick();
+            // A leader elected while the range was joint finishes the change.
+            p.maybe_leave_joint();
             if p.leader_is_idle() {
                 p.idle_ticks += 1;
                 if p.idle_ticks >= self.cfg.quiesce_after_ticks {
@@ -519,7 +532,7 @@ impl Store {
             self.metrics.read_timeouts += 1;
             self.completions.push(Completion { id, range_id, result: Err(RaftstoreError::ReadTimeout { range_id }) });
         }
-        if now % self.cfg.node_ping_ticks.max(1) == 0 {
+        if now.is_multiple_of(self.cfg.node_ping_ticks.max(1)) {
             for &n in &self.known_nodes {
                 self.outbox.entry(n).or_default().push(RaftEnvelope { to_node: n, from_node: self.cfg.node_id, ..Default::default() });
             }
@@ -599,8 +612,9 @@ impl Store {
             }
             let persisted = rd.take_persisted_messages();
             self.queue_messages(range_id, persisted);
+            let mut overlay = HashMap::new();
             let committed = rd.take_committed_entries();
-            self.apply_entries(range_id, committed, &mut apply_batch, &mut done)?;
+            self.apply_entries(range_id, committed, &mut apply_batch, &mut overlay, &mut done)?;
             let p = self.peers.get_mut(&range_id).expect("listed");
             let mut light = p.raft.advance_append(rd);
             if let Some(commit) = light.commit_index() {
@@ -609,10 +623,11 @@ impl Store {
             let msgs = light.take_messages();
             self.queue_messages(range_id, msgs);
             let committed = light.take_committed_entries();
-            self.apply_entries(range_id, committed, &mut apply_batch, &mut done)?;
+            self.apply_entries(range_id, committed, &mut apply_batch, &mut overlay, &mut done)?;
             let p = self.peers.get_mut(&range_id).expect("listed");
             let applied = p.raft.store().apply_state().applied_index;
             p.raft.advance_apply_to(applied);
+            p.maybe_leave_joint();
             self.maybe_compact(range_id, &mut apply_batch)?;
         }
         // The apply batch carries state-machine data, apply index and commit
@@ -629,13 +644,22 @@ impl Store {
         Ok(out)
     }
 
-    fn apply_entries(&mut self, range_id: u64, entries: Vec<Entry>, batch: &mut WriteBatch, done: &mut Vec<Completion>) -> Result<(), RaftstoreError> {
+    /// Applies committed entries of one range. `overlay` holds what earlier
+    /// entries of this round staged in `batch` (not yet in the engine), and
+    /// must be shared by every call for the range within one round.
+    fn apply_entries(
+        &mut self,
+        range_id: u64,
+        entries: Vec<Entry>,
+        batch: &mut WriteBatch,
+        overlay: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
+        done: &mut Vec<Completion>,
+    ) -> Result<(), RaftstoreError> {
         if entries.is_empty() {
             return Ok(());
         }
         let node_id = self.cfg.node_id;
         let p = self.peers.get_mut(&range_id).expect("caller checked");
-        let mut overlay = HashMap::new();
         let mut applied = p.raft.store().apply_state();
         for e in entries {
             if e.index <= applied.applied_index {
@@ -645,14 +669,14 @@ impl Store {
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     if !e.data.is_empty() {
-                        let mut ctx = ApplyContext { range_id, engine: &*self.engine, batch, overlay: &mut overlay };
+                        let mut ctx = ApplyContext { range_id, engine: &*self.engine, batch, overlay };
                         response = p.sm.apply(&mut ctx, e.index, &e.data);
                         self.metrics.entries_applied += 1;
                     }
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                     let cc: Result<ConfChangeV2, String> = if e.get_entry_type() == EntryType::EntryConfChange {
-                        ConfChange::parse_from_bytes(&e.data).map(|c| raft::prelude::ConfChangeI::into_v2(c)).map_err(|x| x.to_string())
+                        ConfChange::parse_from_bytes(&e.data).map(legacy_to_v2).map_err(|x| x.to_string())
                     } else {
                         ConfChangeV2::parse_from_bytes(&e.data).map_err(|x| x.to_string())
                     };
@@ -664,16 +688,6 @@ impl Store {
                             info!(node = node_id, range = range_id, voters = ?cs.voters, outgoing = ?cs.voters_outgoing, learners = ?cs.learners, conf_ver = p.desc.epoch.conf_ver, "membership changed");
                             if !Peer::in_conf(&cs, node_id) {
                                 p.pending_destroy = true;
-                            } else if p.is_leader() && !cs.voters_outgoing.is_empty() {
-                                // Leave the joint configuration explicitly.
-                                let before = p.raft.raft.raft_log.last_index();
-                                if p.raft.propose_conf_change(vec![], ConfChangeV2::default()).is_ok() && p.raft.raft.raft_log.last_index() > before {
-                                    let index = p.raft.raft.raft_log.last_index();
-                                    let term = p.raft.raft.term;
-                                    // Keep proposals ordered by index.
-                                    let pos = p.proposals.iter().position(|x| x.index > index).unwrap_or(p.proposals.len());
-                                    p.proposals.insert(pos, Proposal { index, term, id: None });
-                                }
                             }
                         }
                         Err(err) => {
@@ -802,10 +816,12 @@ impl Store {
             }
             let st = p.raft.store();
             let applied = st.apply_state();
-            let mut meta = raft::prelude::SnapshotMetadata::default();
-            meta.index = applied.applied_index;
-            meta.term = applied.applied_term;
-            meta.set_conf_state(st.raft_state().conf_state.clone());
+            let meta = raft::prelude::SnapshotMetadata {
+                index: applied.applied_index,
+                term: applied.applied_term,
+                conf_state: Some(st.raft_state().conf_state.clone()).into(),
+                ..Default::default()
+            };
             let view = self.engine.snapshot();
             let desc = p.desc.clone();
             let build = move || -> Result<Snapshot, StorageError> {

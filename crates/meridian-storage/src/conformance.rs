@@ -161,11 +161,7 @@ fn bootstrap(e: &Arc<dyn Engine>, range_id: u64) -> PeerStorage {
 }
 
 fn hs(term: u64, vote: u64, commit: u64) -> HardState {
-    let mut h = HardState::default();
-    h.term = term;
-    h.vote = vote;
-    h.commit = commit;
-    h
+    HardState { term, vote, commit, ..Default::default() }
 }
 
 fn ctx() -> GetEntriesContext {

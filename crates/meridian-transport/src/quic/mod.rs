@@ -22,9 +22,10 @@
 //! each side owns the lifecycle of what it sends and no dial races need
 //! resolving. One UDP socket (the endpoint) serves both directions.
 //!
-//! Loss is reported, not hidden: whatever cannot be queued, or is queued
-//! while the peer is unreachable, comes back as [`Feedback::Unreachable`]
-//! (or `Snapshot { ok: false }`), and raft retries.
+//! Local drops are reported: whatever cannot be queued, or is queued while
+//! the peer is unreachable, comes back as [`Feedback::Unreachable`] (or
+//! `Snapshot { ok: false }`). Bytes already written when a connection dies
+//! are lost silently, like packets; raft's own retransmission covers both.
 
 mod feedback;
 mod frame;
@@ -212,15 +213,17 @@ impl QuicTransport {
     pub async fn shutdown(&self) {
         self.shared.begin_shutdown();
         let tasks = std::mem::take(&mut *self.shared.tasks.lock().unwrap_or_else(PoisonError::into_inner));
-        let joined = async {
+        let stopped = async {
             for task in tasks {
                 let _ = task.await;
             }
+            // Lets peers see our CONNECTION_CLOSE instead of waiting out
+            // their idle timeout; the socket is released once it is done.
+            self.shared.endpoint.wait_idle().await;
         };
-        if tokio::time::timeout(SHUTDOWN_GRACE, joined).await.is_err() {
-            tracing::warn!(node = self.shared.node_id, "transport tasks did not stop in time");
+        if tokio::time::timeout(SHUTDOWN_GRACE, stopped).await.is_err() {
+            tracing::debug!(node = self.shared.node_id, "connections still draining after the grace period");
         }
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.shared.endpoint.wait_idle()).await;
         tracing::info!(node = self.shared.node_id, "QUIC transport stopped");
     }
 }
@@ -265,7 +268,6 @@ impl Shared {
         let (batches, batches_rx) = mpsc::channel(self.peer_queue_batches);
         let (addr_tx, addr_rx) = watch::channel(addr);
         let task = PeerTask::new(
-            self.node_id,
             to_node,
             self.endpoint.clone(),
             batches_rx,

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::feedback::FeedbackSink;
@@ -34,6 +35,9 @@ use crate::transport::Feedback;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A connection that lived this long was healthy: its loss resets the
+/// backoff. Shorter-lived ones keep backing off.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 /// Snapshots in flight per peer; more are refused (`ok: false`) and raft
 /// retries later. Must stay below the listener's stream limit, leaving
 /// room for the normal stream.
@@ -81,12 +85,14 @@ enum Stop {
     Shutdown,
     /// The peer was removed: its queue sender is gone.
     Removed,
-    /// Connection lost or address changed: redial.
-    Reconnect(String),
+    /// The peer moved: redial at once.
+    AddressChanged,
+    /// Connection lost: redial after backoff.
+    Lost(String),
 }
 
+/// Runs inside a span carrying both node ids.
 pub(crate) struct PeerTask {
-    node_id: u64,
     peer_id: u64,
     endpoint: quinn::Endpoint,
     queue: mpsc::Receiver<Vec<RaftEnvelope>>,
@@ -98,7 +104,6 @@ pub(crate) struct PeerTask {
 
 impl PeerTask {
     pub(crate) fn new(
-        node_id: u64,
         peer_id: u64,
         endpoint: quinn::Endpoint,
         queue: mpsc::Receiver<Vec<RaftEnvelope>>,
@@ -107,7 +112,6 @@ impl PeerTask {
         shutdown: ShutdownSignal,
     ) -> Self {
         PeerTask {
-            node_id,
             peer_id,
             endpoint,
             queue,
@@ -123,13 +127,21 @@ impl PeerTask {
         loop {
             let addr = *self.addr.borrow_and_update();
             let connected = tokio::select! {
+                biased;
                 _ = self.shutdown.wait() => return,
                 r = connect(&self.endpoint, self.peer_id, addr) => r,
             };
             match connected {
                 Ok(conn) => {
-                    tracing::info!(%addr, "connected");
-                    backoff.reset();
+                    // A peer that rejects us after the handshake (e.g. our
+                    // certificate) would otherwise be redialled in a tight
+                    // loop: only a connection that lasted resets the backoff.
+                    let since = Instant::now();
+                    if backoff.is_fresh() {
+                        tracing::info!(%addr, "connected");
+                    } else {
+                        tracing::debug!(%addr, "connected");
+                    }
                     let stop = self.serve(&conn).await;
                     conn.close(quinn::VarInt::from_u32(CLOSE_NORMAL), b"");
                     match stop {
@@ -138,7 +150,19 @@ impl PeerTask {
                             tracing::info!("peer removed");
                             return;
                         }
-                        Stop::Reconnect(reason) => tracing::warn!(%addr, %reason, "disconnected"),
+                        Stop::AddressChanged => {
+                            tracing::info!(old = %addr, new = %*self.addr.borrow(), "peer address changed; redialling");
+                            backoff.reset();
+                            continue;
+                        }
+                        Stop::Lost(reason) if since.elapsed() >= STABLE_CONNECTION => {
+                            tracing::warn!(%addr, %reason, "disconnected");
+                            backoff.reset();
+                        }
+                        Stop::Lost(reason) if backoff.is_fresh() => {
+                            tracing::warn!(%addr, %reason, "connection dropped right after the handshake");
+                        }
+                        Stop::Lost(reason) => tracing::debug!(%addr, %reason, "connection dropped again"),
                     }
                 }
                 Err(e) if backoff.is_fresh() => tracing::warn!(%addr, error = %e, "peer unreachable"),
@@ -157,8 +181,11 @@ impl PeerTask {
         tokio::pin!(sleep);
         loop {
             tokio::select! {
-                _ = &mut sleep => return true,
+                // Shutdown first: it also closes the queue, which must not
+                // be mistaken for the peer's removal.
+                biased;
                 _ = self.shutdown.wait() => return false,
+                _ = &mut sleep => return true,
                 // A new address deserves a dial right away.
                 changed = self.addr.changed() => return changed.is_ok(),
                 batch = self.queue.recv() => match batch {
@@ -172,10 +199,11 @@ impl PeerTask {
     /// Moves batches from the queue onto the connection until it fails.
     async fn serve(&mut self, conn: &quinn::Connection) -> Stop {
         let mut stream = tokio::select! {
+            biased;
             _ = self.shutdown.wait() => return Stop::Shutdown,
             s = conn.open_uni() => match s {
                 Ok(s) => s,
-                Err(e) => return Stop::Reconnect(format!("opening stream: {e}")),
+                Err(e) => return Stop::Lost(format!("opening stream: {e}")),
             },
         };
         // Only fails if the stream is already closed, which the first write
@@ -183,15 +211,17 @@ impl PeerTask {
         let _ = stream.set_priority(NORMAL_STREAM_PRIORITY);
         loop {
             tokio::select! {
+                // Shutdown first: it also closes the queue (see above).
+                biased;
                 _ = self.shutdown.wait() => return Stop::Shutdown,
                 changed = self.addr.changed() => {
-                    return if changed.is_ok() { Stop::Reconnect("address changed".into()) } else { Stop::Removed };
+                    return if changed.is_ok() { Stop::AddressChanged } else { Stop::Removed };
                 }
-                e = conn.closed() => return Stop::Reconnect(e.to_string()),
+                e = conn.closed() => return Stop::Lost(e.to_string()),
                 batch = self.queue.recv() => {
                     let Some(batch) = batch else { return Stop::Removed };
                     if let Err(e) = self.write_batch(conn, &mut stream, batch).await {
-                        return Stop::Reconnect(e);
+                        return Stop::Lost(e);
                     }
                 }
             }

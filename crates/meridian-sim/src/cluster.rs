@@ -1,0 +1,428 @@
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use meridian_raftstore::test_machine::{chain_of, put_command, RegisterMachine};
+use meridian_raftstore::{Completion, RaftstoreError, RangeStatus, RequestId, SnapshotBuild, StateMachine, Store, StoreConfig};
+use meridian_storage::{Engine, MemEngine, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole, RocksEngine};
+use meridian_transport::mem::MemNetwork;
+use meridian_raftstore::raft_types::StateRole;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::checker::Checker;
+
+/// A request's answer: the index it was applied or read at, and the reply.
+pub type Answer = Result<(u64, Vec<u8>), RaftstoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// In-memory engine that models fsync: a crash loses unsynced writes.
+    Mem,
+    /// RocksDB in a temporary directory (slower; real fsyncs).
+    Rocks,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    /// Nodes 1..=nodes exist; the first `initial_voters` host every range.
+    pub nodes: u64,
+    pub initial_voters: u64,
+    pub ranges: u64,
+    pub engine: EngineKind,
+    pub store: StoreConfig,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64) -> Self {
+        let mut store = StoreConfig::new(0);
+        store.snapshot_build = SnapshotBuild::Inline;
+        store.record_applied = true;
+        store.compact_log_entries = 64;
+        store.max_log_lag_entries = 256;
+        SimConfig { seed, nodes: 3, initial_voters: 3, ranges: 1, engine: EngineKind::Mem, store }
+    }
+}
+
+enum NodeEngine {
+    Mem(MemEngine),
+    Rocks { dir: tempfile::TempDir, engine: Option<RocksEngine> },
+}
+
+struct SimNode {
+    engine: NodeEngine,
+    store: Option<Store>,
+}
+
+/// What a proposal was, to record its acknowledgement.
+struct InFlight {
+    range_id: u64,
+    command: Vec<u8>,
+    read: bool,
+    /// For reads of a key whose write was acknowledged before the read
+    /// started: the value a linearizable read must return.
+    expect: Option<Vec<u8>>,
+}
+
+pub struct Cluster {
+    pub cfg: SimConfig,
+    pub rng: ChaCha8Rng,
+    pub net: MemNetwork,
+    pub checker: Checker,
+    now: u64,
+    nodes: BTreeMap<u64, SimNode>,
+    ranges: Vec<RangeDescriptor>,
+    inflight: HashMap<(u64, RequestId), InFlight>,
+    results: HashMap<(u64, RequestId), Answer>,
+    next_key: u64,
+}
+
+fn factory() -> Arc<dyn meridian_raftstore::StateMachineFactory> {
+    Arc::new(|_: &RangeDescriptor| Box::new(RegisterMachine) as Box<dyn StateMachine>)
+}
+
+impl Cluster {
+    pub fn new(cfg: SimConfig) -> Cluster {
+        let net = MemNetwork::new(cfg.seed);
+        let voters: Vec<ReplicaDesc> = (1..=cfg.initial_voters).map(|node_id| ReplicaDesc { node_id, role: ReplicaRole::Voter }).collect();
+        // Range r serves keys with prefix "/r<r>/"; range ids start at 1.
+        let ranges: Vec<RangeDescriptor> = (1..=cfg.ranges)
+            .map(|r| RangeDescriptor {
+                range_id: r,
+                start: format!("/r{r:04}/").into_bytes(),
+                end: format!("/r{r:04}0").into_bytes(),
+                epoch: RangeEpoch { conf_ver: 1, version: 1 },
+                replicas: voters.clone(),
+            })
+            .collect();
+        let mut c = Cluster {
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            net,
+            checker: Checker::default(),
+            now: 0,
+            nodes: BTreeMap::new(),
+            ranges,
+            inflight: HashMap::new(),
+            results: HashMap::new(),
+            next_key: 0,
+            cfg,
+        };
+        for id in 1..=c.cfg.nodes {
+            let engine = match c.cfg.engine {
+                EngineKind::Mem => NodeEngine::Mem(MemEngine::new()),
+                EngineKind::Rocks => {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    NodeEngine::Rocks { engine: Some(RocksEngine::open(dir.path()).expect("open rocksdb")), dir }
+                }
+            };
+            c.nodes.insert(id, SimNode { engine, store: None });
+            c.start(id);
+        }
+        c
+    }
+
+    fn engine_of(&self, id: u64) -> Arc<dyn Engine> {
+        match &self.nodes[&id].engine {
+            NodeEngine::Mem(m) => Arc::new(m.clone()),
+            NodeEngine::Rocks { engine, .. } => Arc::new(engine.clone().expect("engine open")),
+        }
+    }
+
+    fn start(&mut self, id: u64) {
+        if let NodeEngine::Rocks { dir, engine } = &mut self.nodes.get_mut(&id).expect("node").engine {
+            if engine.is_none() {
+                *engine = Some(RocksEngine::open(dir.path()).expect("reopen rocksdb"));
+            }
+        }
+        let engine = self.engine_of(id);
+        Store::bootstrap(&*engine, id, &self.ranges).expect("bootstrap");
+        let mut cfg = self.cfg.store.clone();
+        cfg.node_id = id;
+        let store = Store::open(cfg, engine, Arc::new(self.net.transport(id)), factory()).expect("open store");
+        self.nodes.get_mut(&id).expect("node").store = Some(store);
+        self.net.set_down(id, false);
+    }
+
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    pub fn node_ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    pub fn is_up(&self, id: u64) -> bool {
+        self.nodes.get(&id).is_some_and(|n| n.store.is_some())
+    }
+
+    pub fn store(&self, id: u64) -> Option<&Store> {
+        self.nodes.get(&id)?.store.as_ref()
+    }
+
+    pub fn store_mut(&mut self, id: u64) -> Option<&mut Store> {
+        self.nodes.get_mut(&id)?.store.as_mut()
+    }
+
+    /// kill -9: the process is gone and unsynced writes are lost.
+    pub fn crash(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("node");
+        node.store = None;
+        match &mut node.engine {
+            NodeEngine::Mem(m) => *m = m.crash(),
+            NodeEngine::Rocks { engine, .. } => *engine = None,
+        }
+        self.inflight.retain(|(n, _), _| *n != id);
+        self.net.set_down(id, true);
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        if !self.is_up(id) {
+            self.start(id);
+        }
+    }
+
+    /// One logical tick for the whole cluster.
+    pub fn step(&mut self) {
+        self.now += 1;
+        let now = self.now;
+        for env in self.net.deliver_due(now) {
+            if let Some(s) = self.nodes.get_mut(&env.to_node).and_then(|n| n.store.as_mut()) {
+                s.step(env);
+            }
+        }
+        let ids = self.node_ids();
+        for id in ids {
+            let Some(store) = self.nodes.get_mut(&id).and_then(|n| n.store.as_mut()) else { continue };
+            store.tick();
+            let done = match store.poll() {
+                Ok(d) => d,
+                Err(e) => {
+                    self.checker.fail(format!("step {now}: node {id} poll failed: {e}"));
+                    continue;
+                }
+            };
+            for e in store.take_applied() {
+                self.checker.observe_applied(now, id, &e);
+            }
+            for st in store.statuses() {
+                self.checker.observe_status(now, id, &st);
+            }
+            for c in done {
+                self.complete(id, c);
+            }
+        }
+    }
+
+    fn complete(&mut self, node: u64, c: Completion) {
+        let Some(op) = self.inflight.remove(&(node, c.id)) else { return };
+        match (&c.result, op.read) {
+            (Ok((index, _)), false) => self.checker.observe_ack(self.now, op.range_id, *index, &op.command),
+            (Ok((_, value)), true) => {
+                if let Some(want) = &op.expect {
+                    if value != want {
+                        self.checker.fail(format!(
+                            "step {}: linearizability: read of {} on node {node} returned {:?}, acknowledged value is {:?}",
+                            self.now,
+                            String::from_utf8_lossy(&op.command),
+                            String::from_utf8_lossy(value),
+                            String::from_utf8_lossy(want)
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if self.results.len() < 100_000 {
+            self.results.insert((node, c.id), c.result);
+        }
+    }
+
+    pub fn run(&mut self, steps: u64) {
+        for _ in 0..steps {
+            self.step();
+        }
+    }
+
+    /// Steps until `pred` holds, at most `max_steps`; true if it held.
+    pub fn run_until(&mut self, max_steps: u64, mut pred: impl FnMut(&Cluster) -> bool) -> bool {
+        for _ in 0..max_steps {
+            if pred(self) {
+                return true;
+            }
+            self.step();
+        }
+        pred(self)
+    }
+
+    /// The node that leads `range_id` in the highest term any live node
+    /// knows of.
+    pub fn leader_of(&self, range_id: u64) -> Option<u64> {
+        let mut best: Option<(u64, u64)> = None;
+        for (id, n) in &self.nodes {
+            let Some(st) = n.store.as_ref().and_then(|s| s.range_status(range_id)) else { continue };
+            if st.role == StateRole::Leader && best.is_none_or(|(t, _)| st.term > t) {
+                best = Some((st.term, *id));
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    pub fn status(&self, node: u64, range_id: u64) -> Option<RangeStatus> {
+        self.store(node)?.range_status(range_id)
+    }
+
+    pub fn range_ids(&self) -> Vec<u64> {
+        self.ranges.iter().map(|r| r.range_id).collect()
+    }
+
+    /// A command writing a fresh key in the range, so every acknowledged
+    /// write can be looked up at the end.
+    pub fn fresh_put(&mut self, range_id: u64) -> (Vec<u8>, Vec<u8>) {
+        self.next_key += 1;
+        let key = format!("/r{range_id:04}/k{}", self.next_key).into_bytes();
+        let cmd = put_command(&key, format!("v{}", self.next_key).as_bytes());
+        (key, cmd)
+    }
+
+    /// Proposes on `node`; the answer is kept for [`Cluster::result`].
+    pub fn propose_on(&mut self, node: u64, range_id: u64, command: Vec<u8>) -> Result<RequestId, RaftstoreError> {
+        let store = self.store_mut(node).ok_or(RaftstoreError::RangeNotFound { range_id })?;
+        let id = store.propose(range_id, command.clone())?;
+        self.inflight.insert((node, id), InFlight { range_id, command, read: false, expect: None });
+        Ok(id)
+    }
+
+    /// Proposes to the current leader, if there is one.
+    pub fn propose(&mut self, range_id: u64, command: Vec<u8>) -> Option<(u64, RequestId)> {
+        let leader = self.leader_of(range_id)?;
+        self.propose_on(leader, range_id, command).ok().map(|id| (leader, id))
+    }
+
+    /// Starts a linearizable read. With `expect`, a successful answer that
+    /// differs is recorded as a violation.
+    pub fn read_on(&mut self, node: u64, range_id: u64, key: &[u8], expect: Option<Vec<u8>>) -> Result<RequestId, RaftstoreError> {
+        let store = self.store_mut(node).ok_or(RaftstoreError::RangeNotFound { range_id })?;
+        let id = store.read_index(range_id, key.to_vec())?;
+        self.inflight.insert((node, id), InFlight { range_id, command: key.to_vec(), read: true, expect });
+        Ok(id)
+    }
+
+    pub fn result(&self, node: u64, id: RequestId) -> Option<&Answer> {
+        self.results.get(&(node, id))
+    }
+
+    /// Steps until the request is answered; `None` if it is not within
+    /// `max_steps`.
+    pub fn wait(&mut self, node: u64, id: RequestId, max_steps: u64) -> Option<Answer> {
+        self.run_until(max_steps, |c| c.results.contains_key(&(node, id)));
+        self.results.get(&(node, id)).cloned()
+    }
+
+    /// Waits for the answer to a request made directly on a store (not
+    /// through the cluster helpers).
+    pub fn wait_untracked(&mut self, node: u64, id: RequestId, max_steps: u64) -> Option<Answer> {
+        self.inflight.insert((node, id), InFlight { range_id: 0, command: Vec::new(), read: true, expect: None });
+        self.wait(node, id, max_steps)
+    }
+
+    /// Proposes a fresh put and waits for it, retrying through leader
+    /// changes. Returns the key written.
+    pub fn put_and_wait(&mut self, range_id: u64, max_steps: u64) -> Option<Vec<u8>> {
+        let (key, cmd) = self.fresh_put(range_id);
+        let deadline = self.now + max_steps;
+        while self.now < deadline {
+            if let Some((node, id)) = self.propose(range_id, cmd.clone()) {
+                match self.wait(node, id, deadline.saturating_sub(self.now)) {
+                    Some(Ok(_)) => return Some(key),
+                    _ => continue,
+                }
+            }
+            self.step();
+        }
+        None
+    }
+
+    /// Heals every fault, restarts every node and waits until every replica
+    /// of every range has applied the same log (same applied index and hash
+    /// chain). Then checks that every acknowledged write is present on
+    /// every replica. Returns false (with violations recorded) otherwise.
+    pub fn converge(&mut self, max_steps: u64) -> bool {
+        self.net.heal();
+        for id in self.node_ids() {
+            self.restart(id);
+        }
+        // Wake quiet ranges and make sure each has a leader that committed
+        // in its term, by writing once to every range.
+        for r in self.range_ids() {
+            if self.put_and_wait(r, max_steps).is_none() {
+                self.checker.fail(format!("step {}: range {r} accepted no write after heal", self.now));
+                return false;
+            }
+        }
+        let ok = self.run_until(max_steps, |c| c.replicas_agree());
+        if !ok {
+            self.checker.fail(format!("step {}: replicas did not converge after heal: {}", self.now, self.describe()));
+            return false;
+        }
+        self.check_acked_present()
+    }
+
+    fn replicas_agree(&self) -> bool {
+        for r in self.range_ids() {
+            let mut seen: Option<(u64, u64)> = None;
+            for (id, n) in &self.nodes {
+                let Some(store) = &n.store else { continue };
+                let Some(st) = store.range_status(r) else { continue };
+                let v = (st.applied, chain_of(&**store.engine(), r));
+                if st.applied < st.commit || seen.is_some_and(|s| s != v) {
+                    return false;
+                }
+                seen = Some(v);
+                let _ = id;
+            }
+        }
+        true
+    }
+
+    fn check_acked_present(&mut self) -> bool {
+        let mut missing = Vec::new();
+        for ((range_id, index), cmd) in self.checker.acked() {
+            // "P <key> <value>"
+            let body = &cmd[2..];
+            let sp = body.iter().position(|b| *b == b' ').unwrap_or(body.len());
+            let (key, value) = (&body[..sp], body.get(sp + 1..).unwrap_or(&[]));
+            for (id, n) in &self.nodes {
+                let Some(store) = &n.store else { continue };
+                if store.range_status(*range_id).is_none() {
+                    continue;
+                }
+                let got = store.read_local(*range_id, key).unwrap_or_default();
+                if got != value && missing.len() < 10 {
+                    missing.push(format!("node {id} range {range_id} index {index} key {}", String::from_utf8_lossy(key)));
+                }
+            }
+        }
+        for m in &missing {
+            self.checker.fail(format!("acknowledged write lost: {m}"));
+        }
+        missing.is_empty()
+    }
+
+    /// A one-line summary of every replica, for failure messages.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (id, n) in &self.nodes {
+            let Some(store) = &n.store else {
+                out.push_str(&format!("[n{id} down] "));
+                continue;
+            };
+            for st in store.statuses() {
+                out.push_str(&format!(
+                    "[n{id} r{} {:?} t{} c{} a{} l{} q{}] ",
+                    st.range_id, st.role, st.term, st.commit, st.applied, st.last_index, st.quiesced as u8
+                ));
+            }
+        }
+        out
+    }
+}

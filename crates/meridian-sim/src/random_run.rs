@@ -1,0 +1,134 @@
+//! The randomized run: workload and faults drawn from one seed.
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use meridian_raftstore::test_machine::put_command;
+use meridian_raftstore::RequestId;
+
+use crate::cluster::{Cluster, SimConfig};
+
+struct PendingPut {
+    node: u64,
+    id: RequestId,
+    range_id: u64,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct RunReport {
+    pub seed: u64,
+    pub steps: u64,
+    pub acked_writes: usize,
+    pub reads_checked: u64,
+    pub crashes: u64,
+    pub partitions: u64,
+    pub violations: Vec<String>,
+}
+
+impl RunReport {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Runs `steps` ticks of random writes and reads against `cfg`'s cluster
+/// while a nemesis crashes and restarts nodes, partitions the network
+/// (two-way and one-way), drops and delays messages; then heals, waits for
+/// convergence and checks every invariant.
+pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
+    let seed = cfg.seed;
+    let mut c = Cluster::new(cfg);
+    let mut report = RunReport { seed, steps, ..Default::default() };
+    let ranges = c.range_ids();
+    let nodes = c.node_ids();
+    let majority_down_limit = (nodes.len() as u64 - 1) / 2;
+    // Writes acknowledged so far, to read back: (range, key, value).
+    let mut written: Vec<(u64, Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut pending: Vec<PendingPut> = Vec::new();
+    for _ in 0..steps {
+        // Workload.
+        if c.rng.gen_bool(0.6) {
+            let r = *ranges.choose(&mut c.rng).expect("ranges");
+            let (key, _) = c.fresh_put(r);
+            let value = format!("v{}", c.now()).into_bytes();
+            if let Some((node, id)) = c.propose(r, put_command(&key, &value)) {
+                pending.push(PendingPut { node, id, range_id: r, key, value });
+            }
+        }
+        if !written.is_empty() && c.rng.gen_bool(0.2) {
+            let (r, key, value) = written[c.rng.gen_range(0..written.len())].clone();
+            let node = *nodes.choose(&mut c.rng).expect("nodes");
+            if c.is_up(node) && c.read_on(node, r, &key, Some(value)).is_ok() {
+                report.reads_checked += 1;
+            }
+        }
+        // Nemesis, about every 60 ticks.
+        if c.rng.gen_bool(1.0 / 60.0) {
+            let down: Vec<u64> = nodes.iter().copied().filter(|n| !c.is_up(*n)).collect();
+            match c.rng.gen_range(0..8) {
+                0 | 1 if (down.len() as u64) < majority_down_limit.max(1) => {
+                    let n = *nodes.choose(&mut c.rng).expect("nodes");
+                    c.crash(n);
+                    report.crashes += 1;
+                }
+                2 => {
+                    for n in down {
+                        c.restart(n);
+                    }
+                }
+                3 => {
+                    let mut shuffled = nodes.clone();
+                    shuffled.shuffle(&mut c.rng);
+                    let cut = c.rng.gen_range(1..shuffled.len());
+                    c.net.partition(&shuffled[..cut], &shuffled[cut..]);
+                    report.partitions += 1;
+                }
+                4 => {
+                    // Isolate the leader of a random range.
+                    let r = *ranges.choose(&mut c.rng).expect("ranges");
+                    if let Some(l) = c.leader_of(r) {
+                        let others: Vec<u64> = nodes.iter().copied().filter(|n| *n != l).collect();
+                        c.net.partition(&[l], &others);
+                        report.partitions += 1;
+                    }
+                }
+                5 => {
+                    let a = *nodes.choose(&mut c.rng).expect("nodes");
+                    let b = *nodes.choose(&mut c.rng).expect("nodes");
+                    if a != b {
+                        c.net.block_one_way(a, b);
+                        report.partitions += 1;
+                    }
+                }
+                6 => {
+                    let p = c.rng.gen_range(0.0..0.2);
+                    c.net.set_drop_prob(p);
+                    let hi = c.rng.gen_range(1..6);
+                    c.net.set_delay(1, hi);
+                }
+                _ => c.net.heal(),
+            }
+        }
+        c.step();
+        pending.retain(|p| match c.result(p.node, p.id) {
+            Some(Ok(_)) => {
+                written.push((p.range_id, p.key.clone(), p.value.clone()));
+                false
+            }
+            Some(Err(_)) => false,
+            None => c.is_up(p.node),
+        });
+        if written.len() > 10_000 {
+            written.drain(..5_000);
+        }
+    }
+    c.converge(5_000);
+    report.acked_writes = c.checker.acked_count();
+    report.violations = c.checker.violations().to_vec();
+    if !report.ok() {
+        report.violations.push(format!("final state: {}", c.describe()));
+    }
+    report
+}

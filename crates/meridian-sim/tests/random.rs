@@ -1,0 +1,48 @@
+//! The randomized many-seed run: a 3-node, 8-range cluster under crashes,
+//! partitions, drops and delays, with every invariant checked.
+//!
+//! Short by default (CI). The long run is `make sim-long`, i.e.
+//! `MERIDIAN_SIM_SEEDS=500 MERIDIAN_SIM_STEPS=4000 cargo test --release -p meridian-sim --test random`.
+//! Rerun one seed with `MERIDIAN_SIM_SEED=<seed>`.
+
+use meridian_sim::{random_run, SimConfig};
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn randomized_runs_keep_every_invariant() {
+    let steps = env_u64("MERIDIAN_SIM_STEPS").unwrap_or(1500);
+    let seeds: Vec<u64> = match env_u64("MERIDIAN_SIM_SEED") {
+        Some(s) => vec![s],
+        None => {
+            let n = env_u64("MERIDIAN_SIM_SEEDS").unwrap_or(12);
+            let base = env_u64("MERIDIAN_SIM_BASE_SEED").unwrap_or(1000);
+            (base..base + n).collect()
+        }
+    };
+    let mut failed = Vec::new();
+    let (mut acked, mut crashes, mut partitions, mut reads) = (0, 0, 0, 0);
+    for seed in &seeds {
+        let mut cfg = SimConfig::new(*seed);
+        cfg.ranges = 8;
+        let report = random_run(cfg, steps);
+        acked += report.acked_writes;
+        crashes += report.crashes;
+        partitions += report.partitions;
+        reads += report.reads_checked;
+        if !report.ok() {
+            eprintln!("seed {seed} FAILED:\n  {}", report.violations.join("\n  "));
+            eprintln!("rerun: MERIDIAN_SIM_SEED={seed} MERIDIAN_SIM_STEPS={steps} cargo test -p meridian-sim --test random");
+            failed.push(*seed);
+        }
+    }
+    eprintln!(
+        "simulation: {} seeds x {steps} ticks, {acked} acknowledged writes, {reads} linearizable reads checked, {crashes} crashes, {partitions} partitions, {} failed",
+        seeds.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failing seeds: {failed:?}");
+    assert!(acked > 0, "the workload made no progress at all");
+}
