@@ -37,6 +37,9 @@ pub struct StoreConfig {
     pub snapshot_build: SnapshotBuild,
     /// Record every applied entry for the simulation's checkers.
     pub record_applied: bool,
+    /// Seeds every random choice the store makes (election timeouts), so a
+    /// simulated run replays from its seed. Drivers pass OS entropy.
+    pub seed: u64,
 }
 
 impl StoreConfig {
@@ -56,6 +59,7 @@ impl StoreConfig {
             max_pending_per_range: 4096,
             snapshot_build: SnapshotBuild::Background,
             record_applied: false,
+            seed: 0,
         }
     }
 }

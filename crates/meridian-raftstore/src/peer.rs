@@ -71,10 +71,7 @@ impl Peer {
     /// applied (raft-rs ignores a conf change proposed while another is
     /// pending, so this must run after `advance_apply`).
     pub fn maybe_leave_joint(&mut self) {
-        if !self.is_leader()
-            || self.raft.store().raft_state().conf_state.voters_outgoing.is_empty()
-            || self.raft.raft.has_pending_conf()
-        {
+        if !self.is_leader() || self.raft.store().raft_state().conf_state.voters_outgoing.is_empty() || self.raft.raft.has_pending_conf() {
             return;
         }
         let before = self.raft.raft.raft_log.last_index();
@@ -117,6 +114,9 @@ impl Peer {
     }
 
     pub fn in_conf(cs: &ConfState, node_id: u64) -> bool {
-        cs.voters.contains(&node_id) || cs.voters_outgoing.contains(&node_id) || cs.learners.contains(&node_id) || cs.learners_next.contains(&node_id)
+        cs.voters.contains(&node_id)
+            || cs.voters_outgoing.contains(&node_id)
+            || cs.learners.contains(&node_id)
+            || cs.learners_next.contains(&node_id)
     }
 }

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::config::{SnapshotBuild, StoreConfig};
 use crate::error::RaftstoreError;
 use crate::logger::raft_logger;
-use crate::peer::{PendingRead, Peer, Proposal};
+use crate::peer::{Peer, PendingRead, Proposal};
 use crate::state_machine::{ApplyContext, StateMachineFactory};
 
 /// Identifies a proposal or read handed to the store; its answer comes back
@@ -88,6 +88,10 @@ pub struct Store {
     peers: BTreeMap<u64, Peer>,
     now_tick: u64,
     next_request: u64,
+    /// Incremented durably at every open. Read-index contexts carry it, so
+    /// a late answer to a read from before a restart can never be matched
+    /// to a new read with the same request id.
+    incarnation: u64,
     /// Tick at which each peer node was last heard from.
     last_heard: HashMap<u64, u64>,
     known_nodes: BTreeSet<u64>,
@@ -107,6 +111,29 @@ fn legacy_to_v2(c: ConfChange) -> ConfChangeV2 {
     v2.set_changes(vec![single].into());
     v2.context = c.context;
     v2
+}
+
+/// SplitMix64: a tiny, well-mixed hash for deriving per-replica choices
+/// from the store's seed.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A read-index context: the store's incarnation and the request id.
+fn read_ctx(incarnation: u64, id: RequestId) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&incarnation.to_be_bytes());
+    ctx.extend_from_slice(&id.0.to_be_bytes());
+    ctx
+}
+
+fn parse_read_ctx(ctx: &[u8]) -> Option<(u64, u64)> {
+    let inc = u64::from_be_bytes(ctx.get(..8)?.try_into().ok()?);
+    let id = u64::from_be_bytes(ctx.get(8..16)?.try_into().ok()?);
+    (ctx.len() == 16).then_some((inc, id))
 }
 
 fn not_found(range_id: u64) -> RaftstoreError {
@@ -146,7 +173,9 @@ impl Store {
         transport: Arc<dyn Transport>,
         factory: Arc<dyn StateMachineFactory>,
     ) -> Result<Store, RaftstoreError> {
+        let incarnation = Self::bump_incarnation(&*engine)?;
         let mut store = Store {
+            incarnation,
             cfg,
             engine,
             transport,
@@ -175,12 +204,35 @@ impl Store {
         Ok(store)
     }
 
+    fn bump_incarnation(engine: &dyn Engine) -> Result<u64, RaftstoreError> {
+        // Range id 0 is never a range, so this key collides with nothing.
+        let key = keys::data_key(0, b"incarnation");
+        let prev = match engine.get(Cf::RaftState, &key)? {
+            Some(v) => u64::from_be_bytes(
+                v.as_slice().try_into().map_err(|_| RaftstoreError::Storage("corrupt incarnation record".into()))?,
+            ),
+            None => 0,
+        };
+        let mut batch = WriteBatch::new();
+        batch.put(Cf::RaftState, key, (prev + 1).to_be_bytes().to_vec());
+        engine.write(&batch, true)?;
+        Ok(prev + 1)
+    }
+
     fn add_peer(&mut self, desc: RangeDescriptor, storage: PeerStorage) -> Result<(), RaftstoreError> {
         let range_id = desc.range_id;
         let applied = storage.apply_state().applied_index;
+        // raft-rs draws each election timeout from a thread-local RNG; pin
+        // it to one value per replica drawn from our seed instead, so runs
+        // are reproducible. Replicas still differ, which breaks ties.
+        let election = self.cfg.election_ticks;
+        let spread = splitmix(self.cfg.seed ^ splitmix(self.cfg.node_id ^ splitmix(range_id ^ splitmix(self.incarnation))));
+        let timeout = election + (spread % election as u64) as usize;
         let rc = raft::Config {
             id: self.cfg.node_id,
-            election_tick: self.cfg.election_ticks,
+            election_tick: election,
+            min_election_tick: timeout,
+            max_election_tick: timeout + 1,
             heartbeat_tick: self.cfg.heartbeat_ticks,
             applied,
             max_size_per_msg: self.cfg.max_size_per_msg_bytes,
@@ -191,7 +243,8 @@ impl Store {
             ..Default::default()
         };
         rc.validate().map_err(|e| RaftstoreError::InvalidRequest { range_id, reason: e.to_string() })?;
-        let raft = RawNode::new(&rc, storage, &raft_logger(self.cfg.node_id, range_id)).map_err(|e| RaftstoreError::Storage(e.to_string()))?;
+        let raft =
+            RawNode::new(&rc, storage, &raft_logger(self.cfg.node_id, range_id)).map_err(|e| RaftstoreError::Storage(e.to_string()))?;
         let mut sm = self.factory.create(&desc);
         sm.reload(&*self.engine, range_id)?;
         self.peers.insert(
@@ -339,12 +392,13 @@ impl Store {
         let id = self.next_id();
         let now = self.now_tick;
         let max = self.cfg.max_pending_per_range;
+        let ctx = read_ctx(self.incarnation, id);
         let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
         if p.pending() >= max {
             return Err(RaftstoreError::TooBusy { range_id, pending: p.pending() });
         }
         p.wake();
-        p.raft.read_index(id.0.to_be_bytes().to_vec());
+        p.raft.read_index(ctx);
         p.reads.push_back(PendingRead { id, query, issued_tick: now, retries: 0, index: None });
         Ok(id)
     }
@@ -403,7 +457,13 @@ impl Store {
         let p = self.peers.get_mut(&env.range_id).expect("present or created");
         let cs = &p.raft.store().raft_state().conf_state;
         if env.conf_ver < p.desc.epoch.conf_ver && !Peer::in_conf(cs, from) {
-            debug!(range = env.range_id, from, conf_ver = env.conf_ver, local = p.desc.epoch.conf_ver, "stale message from removed replica");
+            debug!(
+                range = env.range_id,
+                from,
+                conf_ver = env.conf_ver,
+                local = p.desc.epoch.conf_ver,
+                "stale message from removed replica"
+            );
             self.metrics.messages_rejected += 1;
             return;
         }
@@ -454,7 +514,13 @@ impl Store {
                 return false;
             }
         }
-        let desc = RangeDescriptor { range_id, start: env.range_start.clone(), end: env.range_end.clone(), epoch: RangeEpoch::default(), replicas: vec![] };
+        let desc = RangeDescriptor {
+            range_id,
+            start: env.range_start.clone(),
+            end: env.range_end.clone(),
+            epoch: RangeEpoch::default(),
+            replicas: vec![],
+        };
         let mut batch = WriteBatch::new();
         PeerStorage::create_uninitialized(&mut batch, &desc);
         let created = self
@@ -522,8 +588,7 @@ impl Store {
                     }
                     r.retries += 1;
                     r.issued_tick = now;
-                    let ctx = r.id.0.to_be_bytes().to_vec();
-                    p.raft.read_index(ctx);
+                    p.raft.read_index(read_ctx(self.incarnation, r.id));
                 }
                 i += 1;
             }
@@ -575,11 +640,12 @@ impl Store {
                 p.raft.mut_store().set_hard_state(hs, &mut batch);
             }
             for rs in rd.take_read_states() {
-                if let Ok(bytes) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) {
-                    let id = u64::from_be_bytes(bytes);
-                    if let Some(r) = p.reads.iter_mut().find(|r| r.id.0 == id) {
-                        r.index = Some(rs.index);
-                    }
+                let Some((inc, id)) = parse_read_ctx(&rs.request_ctx) else { continue };
+                if inc != self.incarnation {
+                    continue;
+                }
+                if let Some(r) = p.reads.iter_mut().find(|r| r.id.0 == id) {
+                    r.index = Some(rs.index);
                 }
             }
             self.queue_messages(range_id, msgs);

@@ -33,9 +33,8 @@ impl Checker {
             return;
         }
         match self.leaders.insert((st.range_id, st.term), node) {
-            Some(other) if other != node => {
-                self.violation(format!("step {step}: election safety: range {} term {} led by nodes {other} and {node}", st.range_id, st.term))
-            }
+            Some(other) if other != node => self
+                .violation(format!("step {step}: election safety: range {} term {} led by nodes {other} and {node}", st.range_id, st.term)),
             _ => {}
         }
     }
@@ -56,7 +55,8 @@ impl Checker {
             None => {
                 if let Some(cmd) = self.acked.get(&key) {
                     if *cmd != e.data {
-                        let v = format!("step {step}: acknowledged write at range {} index {} replaced by another entry", e.range_id, e.index);
+                        let v =
+                            format!("step {step}: acknowledged write at range {} index {} replaced by another entry", e.range_id, e.index);
                         self.violation(v);
                     }
                 }
@@ -68,6 +68,9 @@ impl Checker {
     /// An acknowledged proposal: the entry at `index` must be `command`
     /// forever.
     pub fn observe_ack(&mut self, step: u64, range_id: u64, index: u64, command: &[u8]) {
+        if std::env::var_os("MERIDIAN_SIM_TRACE").is_some() {
+            eprintln!("step {step}: ack range {range_id} index {index} {}", String::from_utf8_lossy(command));
+        }
         if let Some((_, data)) = self.applied.get(&(range_id, index)) {
             if data.as_slice() != command {
                 self.violation(format!("step {step}: ack for range {range_id} index {index} does not match the applied entry"));

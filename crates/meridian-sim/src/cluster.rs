@@ -1,11 +1,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use meridian_raftstore::raft_types::StateRole;
 use meridian_raftstore::test_machine::{chain_of, put_command, RegisterMachine};
 use meridian_raftstore::{Completion, RaftstoreError, RangeStatus, RequestId, SnapshotBuild, StateMachine, Store, StoreConfig};
 use meridian_storage::{Engine, MemEngine, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole, RocksEngine};
 use meridian_transport::mem::MemNetwork;
-use meridian_raftstore::raft_types::StateRole;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -138,6 +138,7 @@ impl Cluster {
         Store::bootstrap(&*engine, id, &self.ranges).expect("bootstrap");
         let mut cfg = self.cfg.store.clone();
         cfg.node_id = id;
+        cfg.seed = self.cfg.seed;
         let store = Store::open(cfg, engine, Arc::new(self.net.transport(id)), factory()).expect("open store");
         self.nodes.get_mut(&id).expect("node").store = Some(store);
         self.net.set_down(id, false);
@@ -217,11 +218,11 @@ impl Cluster {
         let Some(op) = self.inflight.remove(&(node, c.id)) else { return };
         match (&c.result, op.read) {
             (Ok((index, _)), false) => self.checker.observe_ack(self.now, op.range_id, *index, &op.command),
-            (Ok((_, value)), true) => {
+            (Ok((at, value)), true) => {
                 if let Some(want) = &op.expect {
                     if value != want {
                         self.checker.fail(format!(
-                            "step {}: linearizability: read of {} on node {node} returned {:?}, acknowledged value is {:?}",
+                            "step {}: linearizability: read of {} on node {node} (answered at applied index {at}) returned {:?}, acknowledged value is {:?}",
                             self.now,
                             String::from_utf8_lossy(&op.command),
                             String::from_utf8_lossy(value),

@@ -292,5 +292,8 @@ pub fn corrupt_log_record_is_reported_at_open(f: &mut dyn EngineFactory) {
     let mut b = WriteBatch::new();
     b.delete(Cf::RaftLog, keys::log_key(11, 2));
     e.write(&b, true).unwrap();
-    assert!(matches!(PeerStorage::open(e, 11), Err(crate::StorageError::LogGap { range_id: 11, expected: 2, found: 3 })), "a hole in the log is reported");
+    assert!(
+        matches!(PeerStorage::open(e, 11), Err(crate::StorageError::LogGap { range_id: 11, expected: 2, found: 3 })),
+        "a hole in the log is reported"
+    );
 }

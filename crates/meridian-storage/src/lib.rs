@@ -14,8 +14,8 @@
 //! of them atomically. Both engines pass the same conformance suite
 //! ([`conformance`]).
 
-pub mod conformance;
 mod codec;
+pub mod conformance;
 mod engine;
 mod error;
 pub mod keys;

@@ -44,8 +44,10 @@ fn apply(tables: &mut Tables, batch: &WriteBatch) {
                     continue;
                 }
                 let t = &mut tables[cf.idx()];
-                let doomed: Vec<Vec<u8>> =
-                    t.range::<[u8], _>((Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice()))).map(|(k, _)| k.clone()).collect();
+                let doomed: Vec<Vec<u8>> = t
+                    .range::<[u8], _>((Bound::Included(start.as_slice()), Bound::Excluded(end.as_slice())))
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 for k in doomed {
                     t.remove(&k);
                 }

@@ -122,7 +122,10 @@ impl PeerStorage {
                     true
                 }
                 Ok(e) => {
-                    err = Some(StorageError::Corrupt { range_id, what: format!("entry {} stored under index {} with term {}", e.index, last_index + 1, e.term) });
+                    err = Some(StorageError::Corrupt {
+                        range_id,
+                        what: format!("entry {} stored under index {} with term {}", e.index, last_index + 1, e.term),
+                    });
                     false
                 }
                 Err(e) => {
@@ -188,7 +191,11 @@ impl PeerStorage {
             batch.put(Cf::RaftLog, keys::log_key(self.range_id, e.index), encode_entry(e));
         }
         if last.index < self.last_index {
-            batch.delete_range(Cf::RaftLog, keys::log_key(self.range_id, last.index + 1), keys::log_key(self.range_id, self.last_index + 1));
+            batch.delete_range(
+                Cf::RaftLog,
+                keys::log_key(self.range_id, last.index + 1),
+                keys::log_key(self.range_id, self.last_index + 1),
+            );
         }
         self.last_index = last.index;
         self.last_term = last.term;
@@ -390,7 +397,10 @@ fn stage_snapshot_payload(range_id: u64, payload: &[u8], batch: &mut WriteBatch)
     let mut d = Dec::new(payload, range_id, "snapshot payload")?;
     let desc = RangeDescriptor::decode(d.bytes()?, range_id)?;
     if desc.range_id != range_id {
-        return Err(StorageError::Corrupt { range_id, what: format!("snapshot for range {} delivered to range {range_id}", desc.range_id) });
+        return Err(StorageError::Corrupt {
+            range_id,
+            what: format!("snapshot for range {} delivered to range {range_id}", desc.range_id),
+        });
     }
     let n = d.u64()?;
     if n > MAX_SNAPSHOT_ENTRIES {

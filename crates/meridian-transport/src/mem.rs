@@ -165,8 +165,14 @@ impl MemNetwork {
         let mut g = self.lock();
         if down {
             g.faults.down.insert(node);
+            // In-flight messages of a crashed node are lost; their senders
+            // learn of it as they would from a broken connection.
             let q = std::mem::take(&mut g.queue);
-            g.queue = q.into_iter().filter(|Reverse(m)| m.env.to_node != node && m.env.from_node != node).collect();
+            let (lost, kept): (Vec<_>, Vec<_>) = q.into_iter().partition(|Reverse(m)| m.env.to_node == node || m.env.from_node == node);
+            g.queue = kept.into_iter().collect();
+            for Reverse(m) in lost {
+                g.reject(&m.env);
+            }
         } else {
             g.faults.down.remove(&node);
         }

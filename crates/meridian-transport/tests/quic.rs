@@ -18,10 +18,7 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Runs a test body under its time bound. Set `RUST_LOG=meridian_transport=debug`
 /// to see the transport's logs of a failing run.
 async fn bounded<F: Future<Output = ()>>(f: F) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
     timeout(TEST_TIMEOUT, f).await.expect("test exceeded its time bound");
 }
 
@@ -175,12 +172,7 @@ async fn large_snapshot_is_delivered_intact_without_blocking_heartbeats() {
         assert_eq!(m.get_snapshot().get_data().len(), 5 << 20);
         assert_eq!(m.get_snapshot().get_metadata().index, 42);
 
-        let fb = wait_for_feedback(
-            &a.t,
-            Feedback::Snapshot { range_id: 7, to_node: 2, ok: true },
-            Duration::from_secs(10),
-        )
-        .await;
+        let fb = wait_for_feedback(&a.t, Feedback::Snapshot { range_id: 7, to_node: 2, ok: true }, Duration::from_secs(10)).await;
         assert!(!fb.iter().any(|f| matches!(f, Feedback::Unreachable { .. })), "{fb:?}");
         a.t.shutdown().await;
         b.t.shutdown().await;
@@ -199,13 +191,7 @@ async fn unknown_or_silent_peers_are_reported_unreachable() {
         a.t.send(9, vec![heartbeat(5, 0), snapshot(6, 16)]);
         let mut fb = Vec::new();
         a.t.drain_feedback(&mut fb);
-        assert_eq!(
-            fb,
-            vec![
-                Feedback::Unreachable { range_id: 5, to_node: 9 },
-                Feedback::Snapshot { range_id: 6, to_node: 9, ok: false },
-            ]
-        );
+        assert_eq!(fb, vec![Feedback::Unreachable { range_id: 5, to_node: 9 }, Feedback::Snapshot { range_id: 6, to_node: 9, ok: false },]);
 
         // A known address where nobody listens: free a port and keep it free.
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
@@ -273,8 +259,7 @@ async fn certificates_from_another_ca_are_rejected_both_ways() {
         }
         assert_silent(&mut b.rx, Duration::from_millis(500)).await;
         // The refused sender learns that node 2 is unreachable.
-        wait_for_feedback(&rogue_client.t, Feedback::Unreachable { range_id: 1, to_node: 2 }, Duration::from_secs(15))
-            .await;
+        wait_for_feedback(&rogue_client.t, Feedback::Unreachable { range_id: 1, to_node: 2 }, Duration::from_secs(15)).await;
 
         // Our client → foreign server: the client refuses it and reports.
         let mut rogue_server = start_with(3, any_port(), foreign(3), 1024).unwrap();

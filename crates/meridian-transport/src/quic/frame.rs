@@ -93,11 +93,7 @@ pub(crate) async fn read_frame(
         return Err(TransportError::FrameTooLarge { from_node, len: len_bytes });
     }
     // MAX_FRAME_BYTES <= the budget, so this always completes eventually.
-    let permit = budget
-        .clone()
-        .acquire_many_owned(len)
-        .await
-        .map_err(|_| TransportError::Io("receive budget closed".into()))?;
+    let permit = budget.clone().acquire_many_owned(len).await.map_err(|_| TransportError::Io("receive budget closed".into()))?;
     let mut buf = vec![0u8; len_bytes];
     recv.read_exact(&mut buf).await.map_err(|e| match e {
         quinn::ReadExactError::FinishedEarly(n) => {

@@ -1,21 +1,22 @@
 //! Production transport: raft messages over QUIC (quinn) with mutual TLS.
 //!
 //! ```text
-//!  send(to, Vec<RaftEnvelope>)            never awaits: try_send or drop + Feedback
+//!  send(to, Vec<RaftEnvelope>)      never awaits: try_send, or drop + Feedback
 //!        │
-//!        ▼  bounded mpsc per peer (peer_queue_batches)
-//!  ┌───────────┐  one connection per peer, dialled by us, reconnect with backoff
-//!  │ PeerTask  │──── long-lived uni stream: [u32 LE len][PeerBatch] [len][PeerBatch] …
-//!  │ (peer.rs) │──── one new uni stream per snapshot, 1 MiB chunks, then finish
-//!  └───────────┘            │ ▲ Snapshot{ok}, Unreachable ──► FeedbackSink ──► drain_feedback
-//!                           ▼ │
-//!  ┌────────────────────────────────────────┐
-//!  │ Listener (listener.rs) on the peer:      │ mTLS, from_node checked against the cert,
-//!  │ accept conn → accept uni → read_frame    │ frames ≤ MAX_FRAME_BYTES, shared byte budget
-//!  └────────────────────────────────────────┘
-//!                           │ inbound.send(env).await   (bounded: backpressure to the peer)
-//!                           ▼
-//!                      raftstore
+//!        ▼ bounded mpsc per peer (peer_queue_batches)
+//!  ┌───────────┐  one connection per peer, dialled by us, redialled with backoff
+//!  │ PeerTask  │──► long-lived uni stream: [u32 LE len][PeerBatch][len][PeerBatch]…
+//!  │ (peer.rs) │──► one new uni stream per snapshot: 1 MiB writes, finish, await ack
+//!  └───────────┘──► Unreachable / Snapshot{ok} ──► FeedbackSink ──► drain_feedback
+//!        │ QUIC, to the peer node
+//!        ▼
+//!  ┌─────────────────────────────────────┐
+//!  │ Listener (listener.rs), on the peer │  mTLS; from_node checked against the
+//!  │ accept conn → accept uni → frames   │  certificate; len ≤ MAX_FRAME_BYTES;
+//!  └─────────────────────────────────────┘  shared receive byte budget
+//!        │ inbound.send(env).await  (bounded: backpressure reaches the sender)
+//!        ▼
+//!    raftstore
 //! ```
 //!
 //! Connections are one-way: node A dials B to send, B dials A to send, so
@@ -26,6 +27,11 @@
 //! the peer is unreachable, comes back as [`Feedback::Unreachable`] (or
 //! `Snapshot { ok: false }`). Bytes already written when a connection dies
 //! are lost silently, like packets; raft's own retransmission covers both.
+
+// This module is a driver: it owns sockets, spawns tasks and reads clocks
+// (timeouts, backoff). The simulation transport (`mem`) stays under the
+// workspace's determinism lints.
+#![allow(clippy::disallowed_methods)]
 
 mod feedback;
 mod frame;

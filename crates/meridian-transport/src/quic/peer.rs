@@ -1,12 +1,13 @@
 //! The sending side for one peer: dial, stream batches, redial.
 //!
 //! ```text
-//!   ┌──────────┐ ok  ┌──────────────────────────┐ lost / address changed
-//!   │ connect  │────►│ serve: queue → uni stream │──────────┐
-//!   └──────────┘     └──────────────────────────┘          │
-//!        ▲ failed                                          ▼
-//!        └────────── backoff 50 ms … 2 s: queued batches are dropped
-//!                    and reported Unreachable while waiting
+//!   ┌─────────┐ ok  ┌────────────────────────────┐ address changed
+//!   │ connect │────►│ serve: queue → uni streams │────────────────► connect
+//!   └─────────┘     └────────────────────────────┘
+//!        ▲ failed                  │ lost
+//!        │                         ▼
+//!        └──── backoff 50 ms … 2 s: batches queued meanwhile are
+//!              dropped and reported Unreachable
 //! ```
 //!
 //! Dropping while disconnected is deliberate: raft retransmits from its own
@@ -44,7 +45,7 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 const MAX_SNAPSHOTS_IN_FLIGHT: usize = 4;
 /// Snapshot stream writes are at most this big, so one large snapshot never
 /// claims the whole send buffer at once.
-pub(crate) const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Upper bound for sending and acknowledging one snapshot (64 MiB at
 /// ~250 KiB/s). Past it raft is told `ok: false` and may retry.
 const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(300);
@@ -111,15 +112,7 @@ impl PeerTask {
         feedback: Arc<FeedbackSink>,
         shutdown: ShutdownSignal,
     ) -> Self {
-        PeerTask {
-            peer_id,
-            endpoint,
-            queue,
-            addr,
-            feedback,
-            shutdown,
-            snapshot_slots: Arc::new(Semaphore::new(MAX_SNAPSHOTS_IN_FLIGHT)),
-        }
+        PeerTask { peer_id, endpoint, queue, addr, feedback, shutdown, snapshot_slots: Arc::new(Semaphore::new(MAX_SNAPSHOTS_IN_FLIGHT)) }
     }
 
     pub(crate) async fn run(mut self) {
@@ -230,12 +223,7 @@ impl PeerTask {
 
     /// Writes one `send` call's envelopes: snapshots each to their own
     /// stream (in the background), the rest as frames on `stream`.
-    async fn write_batch(
-        &self,
-        conn: &quinn::Connection,
-        stream: &mut quinn::SendStream,
-        batch: Vec<RaftEnvelope>,
-    ) -> Result<(), String> {
+    async fn write_batch(&self, conn: &quinn::Connection, stream: &mut quinn::SendStream, batch: Vec<RaftEnvelope>) -> Result<(), String> {
         let (snapshots, normal): (Vec<_>, Vec<_>) = batch.into_iter().partition(RaftEnvelope::is_snapshot);
         for snapshot in snapshots {
             self.start_snapshot(conn, snapshot);

@@ -70,19 +70,9 @@ impl std::fmt::Debug for TlsMaterial {
 impl TlsMaterial {
     /// Reads the three PEM files. Contents are validated when the transport
     /// starts (or by [`TlsMaterial::quinn_server_config`]).
-    pub fn from_files(
-        cert_chain: impl AsRef<Path>,
-        key: impl AsRef<Path>,
-        ca: impl AsRef<Path>,
-    ) -> Result<Self, TransportError> {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| TransportError::Tls(format!("reading {}: {e}", p.display())))
-        };
-        Ok(TlsMaterial {
-            cert_chain_pem: read(cert_chain.as_ref())?,
-            key_pem: read(key.as_ref())?,
-            ca_pem: read(ca.as_ref())?,
-        })
+    pub fn from_files(cert_chain: impl AsRef<Path>, key: impl AsRef<Path>, ca: impl AsRef<Path>) -> Result<Self, TransportError> {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| TransportError::Tls(format!("reading {}: {e}", p.display())));
+        Ok(TlsMaterial { cert_chain_pem: read(cert_chain.as_ref())?, key_pem: read(key.as_ref())?, ca_pem: read(ca.as_ref())? })
     }
 
     fn cert_chain(&self) -> Result<Vec<CertificateDer<'static>>, TransportError> {
@@ -96,8 +86,7 @@ impl TlsMaterial {
     }
 
     fn private_key(&self) -> Result<PrivateKeyDer<'static>, TransportError> {
-        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .map_err(|e| TransportError::Tls(format!("private key: {e}")))
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| TransportError::Tls(format!("private key: {e}")))
     }
 
     fn roots(&self) -> Result<Arc<RootCertStore>, TransportError> {
@@ -220,14 +209,12 @@ impl DevCa {
     /// A certificate for `node_id`, valid as both TLS server and client,
     /// with SANs `node-{id}.meridian`, `localhost` and `127.0.0.1`.
     pub fn issue(&self, node_id: u64) -> Result<TlsMaterial, TransportError> {
-        let mut params = rcgen::CertificateParams::new(vec![node_server_name(node_id), "localhost".to_string()])
-            .map_err(rcgen_err)?;
+        let mut params = rcgen::CertificateParams::new(vec![node_server_name(node_id), "localhost".to_string()]).map_err(rcgen_err)?;
         params.subject_alt_names.push(rcgen::SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         params.distinguished_name = rcgen::DistinguishedName::new();
         params.distinguished_name.push(rcgen::DnType::CommonName, format!("meridian node {node_id}"));
         params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages =
-            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         let key = rcgen::KeyPair::generate().map_err(rcgen_err)?;
         let cert = params.signed_by(&key, &self.cert, &self.key).map_err(rcgen_err)?;

@@ -1,0 +1,49 @@
+# Meridian developer commands. `make dev` runs Meridian; `make verify` is
+# what CI runs (formatting, lints, every test). Both install what is missing.
+
+# Reuse a cargo target dir outside the clone when there is one, so a fresh
+# clone does not rebuild RocksDB; cargo creates it when it is not there.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian-target
+export CARGO_TARGET_DIR
+CARGO ?= cargo
+
+.PHONY: setup build dev test verify fmt-check clippy fix sim-long bench-raft clean
+
+setup:
+	@./scripts/setup.sh
+
+build: setup
+	$(CARGO) build -p meridian
+
+# Until the etcd API and `meridian dev` land, this runs the simulated
+# cluster demo (see README).
+dev: setup
+	$(CARGO) run -p meridian -- demo
+
+test: setup
+	$(CARGO) test --workspace
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy: setup
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+verify: setup fmt-check clippy test
+
+fix:
+	$(CARGO) fmt --all
+	$(CARGO) clippy --workspace --all-targets --fix --allow-dirty --allow-staged
+
+# The long many-seed simulation (not in CI).
+sim-long: setup
+	MERIDIAN_SIM_SEEDS=$${SEEDS:-500} MERIDIAN_SIM_STEPS=$${STEPS:-4000} \
+	  $(CARGO) test --release -p meridian-sim --test random -- --nocapture
+
+# Group-commit benchmark: 1, 8 and 64 ranges on a 3-node in-process
+# cluster with RocksDB (see docs/performance.md).
+bench-raft: setup
+	$(CARGO) run --release -p meridian -- bench-raft --ranges 1,8,64
+
+clean:
+	$(CARGO) clean
