@@ -55,6 +55,9 @@ pub struct RangeStatus {
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
     pub quiesced: bool,
+    /// On a leader: each replica's matched index and replication state
+    /// (probe, replicate, snapshot).
+    pub progress: Vec<(u64, u64, String)>,
 }
 
 /// Counters an operator (and the group-commit benchmark) watches.
@@ -305,6 +308,11 @@ impl Store {
             voters: cs.voters,
             learners: cs.learners,
             quiesced: p.quiesced,
+            progress: if p.is_leader() {
+                r.prs().iter().map(|(id, pr)| (*id, pr.matched, format!("{:?}", pr.state))).collect()
+            } else {
+                Vec::new()
+            },
         })
     }
 

@@ -419,8 +419,16 @@ impl Cluster {
             };
             for st in store.statuses() {
                 out.push_str(&format!(
-                    "[n{id} r{} {:?} t{} c{} a{} l{} q{}] ",
-                    st.range_id, st.role, st.term, st.commit, st.applied, st.last_index, st.quiesced as u8
+                    "[n{id} r{} {:?} t{} c{} a{} f{} l{} q{}{}] ",
+                    st.range_id,
+                    st.role,
+                    st.term,
+                    st.commit,
+                    st.applied,
+                    st.first_index,
+                    st.last_index,
+                    st.quiesced as u8,
+                    if st.progress.is_empty() { String::new() } else { format!(" {:?}", st.progress) }
                 ));
             }
         }

@@ -209,6 +209,21 @@ pub fn peer_storage_append_truncate_compact(f: &mut dyn EngineFactory) {
     snap.mut_metadata().term = 1;
     ps.set_built_snapshot(snap);
     assert_eq!(ps.snapshot(5, 2).unwrap().get_metadata().index, 5);
+    assert_eq!(ps.snapshot(0, 3).unwrap().get_metadata().index, 5, "a cached snapshot serves any older request");
+
+    // Once the log is compacted past the cached snapshot, it is useless: a
+    // follower restored from it could not get the entries after it.
+    let mut b = WriteBatch::new();
+    ps.append(&[entry(7, 2), entry(8, 2)], &mut b);
+    ps.set_applied(8, 2, &mut b);
+    e.write(&b, true).unwrap();
+    let mut b = WriteBatch::new();
+    ps.compact(7, &mut b).unwrap();
+    e.write(&b, true).unwrap();
+    assert!(
+        matches!(ps.snapshot(0, 2), Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))),
+        "a snapshot older than the truncation point is not served"
+    );
 }
 
 pub fn peer_storage_recovers_after_restart(f: &mut dyn EngineFactory) {

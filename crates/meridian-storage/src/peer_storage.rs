@@ -361,8 +361,12 @@ impl Storage for PeerStorage {
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let mut slot = self.snapshot.lock().expect("snapshot slot");
+        // A cached snapshot older than the log's truncation point would leave
+        // a gap between it and the first entry we can still send: the
+        // follower could never catch up. Build a fresh one then.
+        let needed = request_index.max(self.raft_state.truncated_index);
         if let Some(s) = &slot.built {
-            if s.get_metadata().index >= request_index {
+            if s.get_metadata().index >= needed {
                 return Ok(s.clone());
             }
         }
