@@ -185,7 +185,8 @@ impl Store {
             factory,
             peers: BTreeMap::new(),
             now_tick: 0,
-            next_request: 1,
+            // Request ids never repeat across restarts of the node.
+            next_request: (incarnation << 32) | 1,
             last_heard: HashMap::new(),
             known_nodes: BTreeSet::new(),
             outbox: BTreeMap::new(),

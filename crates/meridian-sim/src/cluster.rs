@@ -173,6 +173,7 @@ impl Cluster {
             NodeEngine::Rocks { engine, .. } => *engine = None,
         }
         self.inflight.retain(|(n, _), _| *n != id);
+        self.results.retain(|(n, _), _| *n != id);
         self.net.set_down(id, true);
     }
 
