@@ -41,9 +41,43 @@ pub(crate) struct Peer {
     pub announce_quiesce: bool,
     /// Removed from the range by a conf change; destroyed after this round.
     pub pending_destroy: bool,
+    /// Seeded generator for this replica's election timeouts.
+    pub rng_state: u64,
 }
 
+/// SplitMix64: a tiny, well-mixed hash for deriving per-replica choices
+/// from the store's seed.
+pub(crate) fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+
+
 impl Peer {
+    /// raft-rs re-draws the election timeout from a thread-local RNG
+    /// whenever it resets its election timer. Replace each draw with one
+    /// from this replica's seeded generator, so a simulated run replays
+    /// exactly from its seed while timeouts still vary between elections
+    /// (fixed timeouts can livelock two candidates with equal values).
+    pub fn redraw_election_timeout(&mut self) {
+        self.rng_state = self.rng_state.wrapping_add(1);
+        // raft-rs's default range: [election_timeout, 2 * election_timeout).
+        let lo = self.raft.raft.election_timeout();
+        let t = lo + (splitmix(self.rng_state) % lo.max(1) as u64) as usize;
+        self.raft.raft.set_randomized_election_timeout(t);
+    }
+
+    /// Call after every `step`, `tick` or `campaign`: a zero election
+    /// counter means raft-rs may just have reset (and re-drawn) the timer.
+    pub fn after_raft_call(&mut self) {
+        if self.raft.raft.election_elapsed == 0 {
+            self.redraw_election_timeout();
+        }
+    }
+
     pub fn range_id(&self) -> u64 {
         self.desc.range_id
     }

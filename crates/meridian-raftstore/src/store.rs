@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::config::{SnapshotBuild, StoreConfig};
 use crate::error::RaftstoreError;
 use crate::logger::raft_logger;
-use crate::peer::{Peer, PendingRead, Proposal};
+use crate::peer::{splitmix, Peer, PendingRead, Proposal};
 use crate::state_machine::{ApplyContext, StateMachineFactory};
 
 /// Identifies a proposal or read handed to the store; its answer comes back
@@ -114,15 +114,6 @@ fn legacy_to_v2(c: ConfChange) -> ConfChangeV2 {
     v2.set_changes(vec![single].into());
     v2.context = c.context;
     v2
-}
-
-/// SplitMix64: a tiny, well-mixed hash for deriving per-replica choices
-/// from the store's seed.
-fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// A read-index context: the store's incarnation and the request id.
@@ -226,17 +217,9 @@ impl Store {
     fn add_peer(&mut self, desc: RangeDescriptor, storage: PeerStorage) -> Result<(), RaftstoreError> {
         let range_id = desc.range_id;
         let applied = storage.apply_state().applied_index;
-        // raft-rs draws each election timeout from a thread-local RNG; pin
-        // it to one value per replica drawn from our seed instead, so runs
-        // are reproducible. Replicas still differ, which breaks ties.
-        let election = self.cfg.election_ticks;
-        let spread = splitmix(self.cfg.seed ^ splitmix(self.cfg.node_id ^ splitmix(range_id ^ splitmix(self.incarnation))));
-        let timeout = election + (spread % election as u64) as usize;
         let rc = raft::Config {
             id: self.cfg.node_id,
-            election_tick: election,
-            min_election_tick: timeout,
-            max_election_tick: timeout + 1,
+            election_tick: self.cfg.election_ticks,
             heartbeat_tick: self.cfg.heartbeat_ticks,
             applied,
             max_size_per_msg: self.cfg.max_size_per_msg_bytes,
@@ -251,9 +234,8 @@ impl Store {
             RawNode::new(&rc, storage, &raft_logger(self.cfg.node_id, range_id)).map_err(|e| RaftstoreError::Storage(e.to_string()))?;
         let mut sm = self.factory.create(&desc);
         sm.reload(&*self.engine, range_id)?;
-        self.peers.insert(
-            range_id,
-            Peer {
+        let rng_state = splitmix(self.cfg.seed ^ splitmix(self.cfg.node_id ^ splitmix(range_id ^ splitmix(self.incarnation))));
+        let mut peer = Peer {
                 raft,
                 sm,
                 desc,
@@ -263,8 +245,10 @@ impl Store {
                 quiesced: false,
                 announce_quiesce: false,
                 pending_destroy: false,
-            },
-        );
+                rng_state,
+        };
+        peer.redraw_election_timeout();
+        self.peers.insert(range_id, peer);
         Ok(())
     }
 
@@ -431,7 +415,9 @@ impl Store {
     pub fn campaign(&mut self, range_id: u64) -> Result<(), RaftstoreError> {
         let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
         p.wake();
-        p.raft.campaign().map_err(|e| RaftstoreError::InvalidRequest { range_id, reason: e.to_string() })
+        let r = p.raft.campaign().map_err(|e| RaftstoreError::InvalidRequest { range_id, reason: e.to_string() });
+        p.after_raft_call();
+        r
     }
 
     // ---- inputs ----------------------------------------------------------
@@ -484,6 +470,7 @@ impl Store {
         if let Err(e) = p.raft.step(msg) {
             debug!(range = env.range_id, from, "step: {e}");
         }
+        p.after_raft_call();
         if env.quiesce && mtype == MessageType::MsgHeartbeat {
             let r = &p.raft.raft;
             if r.state == StateRole::Follower && r.leader_id == from && r.raft_log.committed == r.raft_log.last_index() {
@@ -569,6 +556,7 @@ impl Store {
                 }
             }
             p.raft.tick();
+            p.after_raft_call();
             // A leader elected while the range was joint finishes the change.
             p.maybe_leave_joint();
             if p.leader_is_idle() {
