@@ -43,6 +43,9 @@ pub(crate) struct Peer {
     pub pending_destroy: bool,
     /// Seeded generator for this replica's election timeouts.
     pub rng_state: u64,
+    /// Tick at which this replica was first seen holding proposals while
+    /// not leading (see `Store::tick`).
+    pub orphaned_since: Option<u64>,
 }
 
 /// SplitMix64: a tiny, well-mixed hash for deriving per-replica choices
@@ -53,8 +56,6 @@ pub(crate) fn splitmix(x: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
-
-
 
 impl Peer {
     /// raft-rs re-draws the election timeout from a thread-local RNG

@@ -203,9 +203,9 @@ impl Store {
         // Range id 0 is never a range, so this key collides with nothing.
         let key = keys::data_key(0, b"incarnation");
         let prev = match engine.get(Cf::RaftState, &key)? {
-            Some(v) => u64::from_be_bytes(
-                v.as_slice().try_into().map_err(|_| RaftstoreError::Storage("corrupt incarnation record".into()))?,
-            ),
+            Some(v) => {
+                u64::from_be_bytes(v.as_slice().try_into().map_err(|_| RaftstoreError::Storage("corrupt incarnation record".into()))?)
+            }
             None => 0,
         };
         let mut batch = WriteBatch::new();
@@ -236,16 +236,17 @@ impl Store {
         sm.reload(&*self.engine, range_id)?;
         let rng_state = splitmix(self.cfg.seed ^ splitmix(self.cfg.node_id ^ splitmix(range_id ^ splitmix(self.incarnation))));
         let mut peer = Peer {
-                raft,
-                sm,
-                desc,
-                proposals: VecDeque::new(),
-                reads: VecDeque::new(),
-                idle_ticks: 0,
-                quiesced: false,
-                announce_quiesce: false,
-                pending_destroy: false,
-                rng_state,
+            raft,
+            sm,
+            desc,
+            proposals: VecDeque::new(),
+            reads: VecDeque::new(),
+            idle_ticks: 0,
+            quiesced: false,
+            announce_quiesce: false,
+            pending_destroy: false,
+            rng_state,
+            orphaned_since: None,
         };
         peer.redraw_election_timeout();
         self.peers.insert(range_id, peer);
@@ -542,7 +543,9 @@ impl Store {
         self.now_tick += 1;
         let now = self.now_tick;
         let dead_after = 2 * self.cfg.election_ticks as u64;
+        let orphan_ticks = 4 * self.cfg.election_ticks as u64;
         let mut timeouts = Vec::new();
+        let mut orphaned = Vec::new();
         for p in self.peers.values_mut() {
             if p.quiesced {
                 // A quiet follower wakes when its leader's node goes silent.
@@ -571,6 +574,25 @@ impl Store {
             } else {
                 p.idle_ticks = 0;
             }
+            // Proposals left behind by a lost leadership are normally settled
+            // when their index is applied (same term: done; other term:
+            // dropped). If the log was cut short of them they would wait
+            // for an index that may never come, so after a while they are
+            // answered "outcome unknown", as etcd answers "leader changed".
+            if p.is_leader() || p.proposals.is_empty() {
+                p.orphaned_since = None;
+            } else {
+                let since = *p.orphaned_since.get_or_insert(now);
+                if now - since > orphan_ticks {
+                    let range_id = p.desc.range_id;
+                    for x in p.proposals.drain(..) {
+                        if let Some(id) = x.id {
+                            orphaned.push(Completion { id, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) });
+                        }
+                    }
+                    p.orphaned_since = None;
+                }
+            }
             // Re-send read requests raft-rs may have dropped.
             let retry = self.cfg.read_retry_ticks;
             let max = self.cfg.read_max_retries;
@@ -590,6 +612,7 @@ impl Store {
                 i += 1;
             }
         }
+        self.completions.extend(orphaned);
         for (range_id, id) in timeouts {
             self.metrics.read_timeouts += 1;
             self.completions.push(Completion { id, range_id, result: Err(RaftstoreError::ReadTimeout { range_id }) });
