@@ -38,12 +38,12 @@ fix:
 # The long many-seed simulation (not in CI).
 sim-long: setup
 	MERIDIAN_SIM_SEEDS=$${SEEDS:-500} MERIDIAN_SIM_STEPS=$${STEPS:-4000} \
-	  $(CARGO) test --release -p meridian-sim --test random -- --nocapture
+	  $(CARGO) test -p meridian-sim --test random -- --nocapture
 
 # Group-commit benchmark: 1, 8 and 64 ranges on a 3-node in-process
 # cluster with RocksDB (see docs/performance.md).
 bench-raft: setup
-	$(CARGO) run --release -p meridian -- bench-raft --ranges 1,8,64
+	$(CARGO) run -p meridian -- bench-raft --ranges 1,8,64 --json
 
 clean:
 	$(CARGO) clean

@@ -309,6 +309,22 @@ impl Cluster {
         Ok(id)
     }
 
+    /// Removes and returns a request's answer (keeps long runs' memory flat).
+    pub fn take_result(&mut self, node: u64, id: RequestId) -> Option<Answer> {
+        self.results.remove(&(node, id))
+    }
+
+    /// Synced writes (fsyncs) over every node's engine so far.
+    pub fn total_syncs(&self) -> u64 {
+        self.nodes
+            .values()
+            .map(|n| match &n.engine {
+                NodeEngine::Mem(m) => m.sync_count(),
+                NodeEngine::Rocks { engine, .. } => engine.as_ref().map_or(0, |e| e.sync_count()),
+            })
+            .sum()
+    }
+
     pub fn result(&self, node: u64, id: RequestId) -> Option<&Answer> {
         self.results.get(&(node, id))
     }

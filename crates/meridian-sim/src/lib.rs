@@ -14,6 +14,7 @@
 //! Everything a run does follows from its seed and logical time, so a
 //! failure prints the seed and rerunning with it replays the same run.
 
+pub mod bench;
 mod checker;
 mod cluster;
 mod random_run;

@@ -112,7 +112,7 @@ pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
             }
         }
         c.step();
-        pending.retain(|p| match c.result(p.node, p.id) {
+        pending.retain(|p| match c.take_result(p.node, p.id) {
             Some(Ok(_)) => {
                 written.push((p.range_id, p.key.clone(), p.value.clone()));
                 false

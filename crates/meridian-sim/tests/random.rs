@@ -2,7 +2,7 @@
 //! partitions, drops and delays, with every invariant checked.
 //!
 //! Short by default (CI). The long run is `make sim-long`, i.e.
-//! `MERIDIAN_SIM_SEEDS=500 MERIDIAN_SIM_STEPS=4000 cargo test --release -p meridian-sim --test random`.
+//! `MERIDIAN_SIM_SEEDS=500 MERIDIAN_SIM_STEPS=4000 cargo test -p meridian-sim --test random`.
 //! Rerun one seed with `MERIDIAN_SIM_SEED=<seed>`.
 
 use meridian_sim::{random_run, SimConfig};
