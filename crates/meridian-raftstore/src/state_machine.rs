@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use meridian_storage::{keys, Cf, Engine, RangeDescriptor, StorageResult, WriteBatch};
 
@@ -10,12 +10,62 @@ pub struct ApplyContext<'a> {
     pub(crate) batch: &'a mut WriteBatch,
     /// Writes staged in `batch` by earlier entries of this round, so an
     /// entry sees the effects of the ones before it.
-    pub(crate) overlay: &'a mut HashMap<Vec<u8>, Option<Vec<u8>>>,
+    pub(crate) overlay: &'a mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    pub(crate) term: u64,
 }
 
 impl ApplyContext<'_> {
     pub fn range_id(&self) -> u64 {
         self.range_id
+    }
+
+    /// Raft term of the entry being applied.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    /// Calls `f` for each key in `[start, end)` (empty `end`: no upper
+    /// bound) in order, seeing this round's staged writes, until it returns
+    /// false.
+    pub fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> StorageResult<()> {
+        let mut base = Vec::new();
+        let (ds, de) = data_bounds(self.range_id, start, end);
+        self.engine.scan(Cf::Data, &ds, &de, &mut |k, v| {
+            base.push((k[8..].to_vec(), v.to_vec()));
+            true
+        })?;
+        let upper = |k: &[u8]| end.is_empty() || k < end;
+        let mut staged = self.overlay.range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded)).take_while(|(k, _)| upper(k)).peekable();
+        let mut base = base.into_iter().peekable();
+        loop {
+            let next_staged = staged.peek().map(|(k, _)| k.as_slice());
+            let next_base = base.peek().map(|(k, _)| k.as_slice());
+            let (key, value): (Vec<u8>, Option<Vec<u8>>) = match (next_base, next_staged) {
+                (None, None) => return Ok(()),
+                (Some(b), Some(s)) if b < s => {
+                    let (k, v) = base.next().expect("peeked");
+                    (k, Some(v))
+                }
+                (Some(b), Some(s)) if b == s => {
+                    base.next();
+                    let (k, v) = staged.next().expect("peeked");
+                    (k.clone(), v.clone())
+                }
+                (Some(_), None) => {
+                    let (k, v) = base.next().expect("peeked");
+                    (k, Some(v))
+                }
+                _ => {
+                    let (k, v) = staged.next().expect("peeked");
+                    (k.clone(), v.clone())
+                }
+            };
+            if let Some(v) = value {
+                if !f(&key, &v) {
+                    return Ok(());
+                }
+            }
+        }
     }
 
     pub fn get(&self, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
@@ -34,6 +84,14 @@ impl ApplyContext<'_> {
         self.batch.delete(Cf::Data, keys::data_key(self.range_id, key));
         self.overlay.insert(key.to_vec(), None);
     }
+}
+
+/// Engine bounds of the user-key interval `[start, end)` of a range's data
+/// (empty `end`: to the end of the range).
+pub fn data_bounds(range_id: u64, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let ds = keys::data_key(range_id, start);
+    let de = if end.is_empty() { keys::range_span(range_id).1 } else { keys::data_key(range_id, end) };
+    (ds, de)
 }
 
 /// The replicated state machine of one range.
@@ -66,5 +124,44 @@ where
 {
     fn create(&self, desc: &RangeDescriptor) -> Box<dyn StateMachine> {
         self(desc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_storage::MemEngine;
+
+    #[test]
+    fn scan_merges_staged_writes_over_the_engine() {
+        let engine = MemEngine::new();
+        let mut b = WriteBatch::new();
+        for k in ["a", "c", "e", "g"] {
+            b.put(Cf::Data, keys::data_key(3, k.as_bytes()), b"old".to_vec());
+        }
+        b.put(Cf::Data, keys::data_key(4, b"b"), b"other range".to_vec());
+        engine.write(&b, true).unwrap();
+        let mut batch = WriteBatch::new();
+        let mut overlay = BTreeMap::new();
+        let mut ctx = ApplyContext { range_id: 3, engine: &engine, batch: &mut batch, overlay: &mut overlay, term: 1 };
+        ctx.put(b"b", b"new");
+        ctx.put(b"c", b"new");
+        ctx.delete(b"e");
+        ctx.put(b"z", b"new");
+        let mut seen = Vec::new();
+        ctx.scan(b"", b"", &mut |k, v| {
+            seen.push(format!("{}={}", String::from_utf8_lossy(k), String::from_utf8_lossy(v)));
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, ["a=old", "b=new", "c=new", "g=old", "z=new"]);
+        let mut bounded = Vec::new();
+        ctx.scan(b"b", b"g", &mut |k, _| {
+            bounded.push(String::from_utf8_lossy(k).into_owned());
+            true
+        })
+        .unwrap();
+        assert_eq!(bounded, ["b", "c"], "bounds apply to staged and stored keys alike");
+        assert_eq!(ctx.get(b"e").unwrap(), None, "a staged delete hides the stored value");
     }
 }

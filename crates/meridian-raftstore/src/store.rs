@@ -698,7 +698,7 @@ impl Store {
             }
             let persisted = rd.take_persisted_messages();
             self.queue_messages(range_id, persisted);
-            let mut overlay = HashMap::new();
+            let mut overlay = BTreeMap::new();
             let committed = rd.take_committed_entries();
             self.apply_entries(range_id, committed, &mut apply_batch, &mut overlay, &mut done)?;
             let p = self.peers.get_mut(&range_id).expect("listed");
@@ -738,7 +738,7 @@ impl Store {
         range_id: u64,
         entries: Vec<Entry>,
         batch: &mut WriteBatch,
-        overlay: &mut HashMap<Vec<u8>, Option<Vec<u8>>>,
+        overlay: &mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
         done: &mut Vec<Completion>,
     ) -> Result<(), RaftstoreError> {
         if entries.is_empty() {
@@ -755,7 +755,7 @@ impl Store {
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     if !e.data.is_empty() {
-                        let mut ctx = ApplyContext { range_id, engine: &*self.engine, batch, overlay };
+                        let mut ctx = ApplyContext { range_id, engine: &*self.engine, batch, overlay, term: e.term };
                         response = p.sm.apply(&mut ctx, e.index, &e.data);
                         self.metrics.entries_applied += 1;
                     }
