@@ -14,7 +14,19 @@ pub struct ApplyContext<'a> {
     pub(crate) term: u64,
 }
 
-impl ApplyContext<'_> {
+impl<'a> ApplyContext<'a> {
+    /// For drivers and state-machine tests: writes go to `batch`, reads see
+    /// `engine` overlaid with `overlay` (what earlier entries staged).
+    pub fn new(
+        range_id: u64,
+        engine: &'a dyn Engine,
+        batch: &'a mut WriteBatch,
+        overlay: &'a mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        term: u64,
+    ) -> Self {
+        ApplyContext { range_id, engine, batch, overlay, term }
+    }
+
     pub fn range_id(&self) -> u64 {
         self.range_id
     }
@@ -35,7 +47,11 @@ impl ApplyContext<'_> {
             true
         })?;
         let upper = |k: &[u8]| end.is_empty() || k < end;
-        let mut staged = self.overlay.range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded)).take_while(|(k, _)| upper(k)).peekable();
+        let mut staged = self
+            .overlay
+            .range::<[u8], _>((std::ops::Bound::Included(start), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| upper(k))
+            .peekable();
         let mut base = base.into_iter().peekable();
         loop {
             let next_staged = staged.peek().map(|(k, _)| k.as_slice());

@@ -1,0 +1,29 @@
+use thiserror::Error;
+
+/// Errors of the KV state machine. Messages match etcd's where a client
+/// library reacts to them.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum KvError {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted { compact_revision: i64 },
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision { revision: i64, current: i64 },
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound { lease_id: i64 },
+    #[error("etcdserver: lease already exists")]
+    LeaseExists { lease_id: i64 },
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey { key: Vec<u8> },
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: {0}")]
+    Invalid(String),
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl From<meridian_storage::StorageError> for KvError {
+    fn from(e: meridian_storage::StorageError) -> Self {
+        KvError::Storage(e.to_string())
+    }
+}

@@ -1,0 +1,136 @@
+//! Record keys inside a range's data. User keys inside history keys are
+//! escaped so that any byte string sorts correctly before its revision.
+
+pub const META: &[u8] = b"m";
+pub const INDEX: u8 = b'k';
+pub const HISTORY: u8 = b'h';
+pub const EVENTS: u8 = b'r';
+pub const LEASE: u8 = b'l';
+pub const ATTACH: u8 = b'a';
+
+pub fn index_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(INDEX);
+    k.extend_from_slice(key);
+    k
+}
+
+/// Bounds of the index for user keys `[start, end)`; an empty `end` means
+/// no upper bound (etcd's range_end "\0").
+pub fn index_bounds(start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let s = index_key(start);
+    let e = if end.is_empty() { vec![INDEX + 1] } else { index_key(end) };
+    (s, e)
+}
+
+/// Order-preserving, prefix-free escaping: 0x00 → 0x00 0xff, end → 0x00 0x01.
+pub fn escape(key: &[u8], out: &mut Vec<u8>) {
+    for &b in key {
+        out.push(b);
+        if b == 0 {
+            out.push(0xff);
+        }
+    }
+    out.extend_from_slice(&[0x00, 0x01]);
+}
+
+/// Inverse of [`escape`]: the key and the rest after it.
+pub fn unescape(buf: &[u8]) -> Option<(Vec<u8>, &[u8])> {
+    let mut key = Vec::new();
+    let mut i = 0;
+    while i + 1 < buf.len() + 1 {
+        let b = *buf.get(i)?;
+        if b == 0 {
+            match *buf.get(i + 1)? {
+                0xff => key.push(0),
+                0x01 => return Some((key, &buf[i + 2..])),
+                _ => return None,
+            }
+            i += 2;
+        } else {
+            key.push(b);
+            i += 1;
+        }
+    }
+    None
+}
+
+pub fn history_key(key: &[u8], rev: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 12);
+    k.push(HISTORY);
+    escape(key, &mut k);
+    k.extend_from_slice(&(rev as u64).to_be_bytes());
+    k
+}
+
+pub fn history_bounds(start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let mut s = vec![HISTORY];
+    escape(start, &mut s);
+    let e = if end.is_empty() {
+        vec![HISTORY + 1]
+    } else {
+        let mut e = vec![HISTORY];
+        escape(end, &mut e);
+        e
+    };
+    (s, e)
+}
+
+/// Splits a history key into user key and revision.
+pub fn parse_history_key(k: &[u8]) -> Option<(Vec<u8>, i64)> {
+    let (key, rest) = unescape(k.strip_prefix(&[HISTORY])?)?;
+    let rev: [u8; 8] = rest.try_into().ok()?;
+    Some((key, u64::from_be_bytes(rev) as i64))
+}
+
+pub fn event_key(rev: i64, sub: i64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(EVENTS);
+    k.extend_from_slice(&(rev as u64).to_be_bytes());
+    k.extend_from_slice(&(sub as u64).to_be_bytes());
+    k
+}
+
+pub fn lease_key(id: i64) -> Vec<u8> {
+    let mut k = vec![LEASE];
+    k.extend_from_slice(&(id as u64).to_be_bytes());
+    k
+}
+
+pub fn attach_key(id: i64, key: &[u8]) -> Vec<u8> {
+    let mut k = vec![ATTACH];
+    k.extend_from_slice(&(id as u64).to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+pub fn attach_prefix(id: i64) -> (Vec<u8>, Vec<u8>) {
+    let s = attach_key(id, b"");
+    let mut e = vec![ATTACH];
+    match (id as u64).checked_add(1) {
+        Some(n) => e.extend_from_slice(&n.to_be_bytes()),
+        None => e = vec![ATTACH + 1],
+    }
+    (s, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_preserves_order_and_roundtrips() {
+        let keys: Vec<&[u8]> = vec![b"", b"\x00", b"\x00\x00", b"\x00\x01", b"a", b"a\x00", b"a\x00b", b"ab", b"b"];
+        let hist: Vec<Vec<u8>> = keys.iter().map(|k| history_key(k, 5)).collect();
+        for w in hist.windows(2) {
+            assert!(w[0] < w[1], "order broken: {:?} !< {:?}", w[0], w[1]);
+        }
+        for k in &keys {
+            assert_eq!(parse_history_key(&history_key(k, 77)), Some((k.to_vec(), 77)));
+        }
+        // Every version of "a" sorts before any version of "a\0".
+        assert!(history_key(b"a", i64::MAX) < history_key(b"a\x00", 0));
+        let (s, e) = history_bounds(b"a", b"b");
+        assert!(history_key(b"a", 1) >= s && history_key(b"ab", 9) < e && history_key(b"b", 0) >= e);
+    }
+}

@@ -1,0 +1,22 @@
+//! The replicated KV state machine of one range: etcd v3 semantics (MVCC
+//! revisions, transactions, leases) over the range's data, with no IO or
+//! clock of its own.
+//!
+//! ```text
+//!  range data (user-key space of ApplyContext)
+//!   m                    meta: current revision, compacted revision
+//!   k ‖ key              latest KeyValue of every live key     (current reads)
+//!   h ‖ esc(key) ‖ rev   every version and tombstone of a key  (historical reads)
+//!   r ‖ rev ‖ sub        every event in revision order         (watch replay)
+//!   l ‖ lease id         lease: TTL, last checkpointed remaining TTL
+//!   a ‖ lease id ‖ key   keys attached to a lease
+//! ```
+
+mod error;
+pub mod keys;
+pub mod mvcc;
+mod read;
+
+pub use error::KvError;
+pub use mvcc::{Event, EventKind, KeyValue, Meta, Mvcc};
+pub use read::{DataRead, EngineRead};

@@ -1,0 +1,485 @@
+//! MVCC over a range's data: revisions, current and historical reads,
+//! write transactions, compaction and leases.
+
+use meridian_raftstore::ApplyContext;
+use prost::Message as _;
+
+use crate::error::KvError;
+use crate::keys;
+use crate::read::DataRead;
+
+/// Wire-compatible with `mvccpb.KeyValue` (same tags), so it converts to
+/// the etcd type by re-encoding or field copy.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct KeyValue {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    pub create_revision: i64,
+    #[prost(int64, tag = "3")]
+    pub mod_revision: i64,
+    #[prost(int64, tag = "4")]
+    pub version: i64,
+    #[prost(bytes = "vec", tag = "5")]
+    pub value: Vec<u8>,
+    #[prost(int64, tag = "6")]
+    pub lease: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Put = 0,
+    Delete = 1,
+}
+
+/// Wire-compatible with `mvccpb.Event`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Event {
+    #[prost(int32, tag = "1")]
+    pub kind: i32,
+    #[prost(message, optional, tag = "2")]
+    pub kv: Option<KeyValue>,
+    #[prost(message, optional, tag = "3")]
+    pub prev_kv: Option<KeyValue>,
+}
+
+impl Event {
+    pub fn is_delete(&self) -> bool {
+        self.kind == EventKind::Delete as i32
+    }
+}
+
+/// The range's MVCC bookkeeping.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct Meta {
+    #[prost(int64, tag = "1")]
+    pub revision: i64,
+    #[prost(int64, tag = "2")]
+    pub compact_revision: i64,
+    #[prost(int64, tag = "3")]
+    pub last_lease_id: i64,
+}
+
+/// A lease record.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct LeaseRecord {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    #[prost(int64, tag = "2")]
+    pub ttl_s: i64,
+    /// Remaining TTL at the last checkpoint; 0 = never checkpointed.
+    #[prost(int64, tag = "3")]
+    pub remaining_ttl_s: i64,
+}
+
+/// History record: a version of a key, or a tombstone.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+struct Version {
+    #[prost(message, optional, tag = "1")]
+    kv: Option<KeyValue>,
+    #[prost(bool, tag = "2")]
+    tombstone: bool,
+}
+
+fn decode<T: prost::Message + Default>(raw: &[u8], what: &str) -> Result<T, KvError> {
+    T::decode(raw).map_err(|e| KvError::Storage(format!("corrupt {what}: {e}")))
+}
+
+/// Entry points of the MVCC layer. Stateless: all state is in the data.
+pub struct Mvcc;
+
+/// Result of a range read before filters, sorting and limits.
+#[derive(Debug, Default, Clone)]
+pub struct RangeResult {
+    pub kvs: Vec<KeyValue>,
+    /// Keys in the range at the revision (not limited).
+    pub count: i64,
+    /// The revision the read was served at.
+    pub revision: i64,
+}
+
+impl Mvcc {
+    pub fn meta(r: &dyn DataRead) -> Result<Meta, KvError> {
+        match r.get(keys::META)? {
+            Some(raw) => decode(&raw, "meta"),
+            None => Ok(Meta::default()),
+        }
+    }
+
+    /// Current value of one key.
+    pub fn get(r: &dyn DataRead, key: &[u8]) -> Result<Option<KeyValue>, KvError> {
+        match r.get(&keys::index_key(key))? {
+            Some(raw) => Ok(Some(decode(&raw, "index entry")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Keys in `[key, end)` (`end` empty: just `key`; `end == [0]`: every
+    /// key ≥ `key`) at `revision` (0: current). `limit` 0 = all; with a
+    /// limit, `count` still counts every key in the range.
+    pub fn range(r: &dyn DataRead, key: &[u8], end: &[u8], revision: i64, limit: usize) -> Result<RangeResult, KvError> {
+        let meta = Self::meta(r)?;
+        let rev = if revision <= 0 { meta.revision } else { revision };
+        if rev > meta.revision {
+            return Err(KvError::FutureRevision { revision: rev, current: meta.revision });
+        }
+        if rev < meta.compact_revision {
+            return Err(KvError::Compacted { compact_revision: meta.compact_revision });
+        }
+        let mut out = RangeResult { revision: meta.revision, ..Default::default() };
+        let keep = |out: &mut RangeResult, kv: KeyValue| {
+            out.count += 1;
+            if limit == 0 || out.kvs.len() < limit {
+                out.kvs.push(kv);
+            }
+        };
+        if end.is_empty() {
+            let kv = if rev == meta.revision { Self::get(r, key)? } else { Self::get_at(r, key, rev)? };
+            if let Some(kv) = kv {
+                keep(&mut out, kv);
+            }
+            return Ok(out);
+        }
+        let end = if end == [0] { &[][..] } else { end };
+        if !end.is_empty() && key >= end {
+            return Ok(out);
+        }
+        if rev == meta.revision {
+            let (s, e) = keys::index_bounds(key, end);
+            let mut err = None;
+            r.scan(&s, &e, &mut |_, v| match decode::<KeyValue>(v, "index entry") {
+                Ok(kv) => {
+                    keep(&mut out, kv);
+                    true
+                }
+                Err(x) => {
+                    err = Some(x);
+                    false
+                }
+            })?;
+            return err.map_or(Ok(out), Err);
+        }
+        // Historical: the last version ≤ rev of every key, unless it is a
+        // tombstone.
+        let (s, e) = keys::history_bounds(key, end);
+        let mut current: Option<(Vec<u8>, Option<KeyValue>)> = None;
+        let mut found: Vec<KeyValue> = Vec::new();
+        let mut err = None;
+        r.scan(&s, &e, &mut |k, v| {
+            let Some((ukey, vrev)) = keys::parse_history_key(k) else {
+                err = Some(KvError::Storage("corrupt history key".into()));
+                return false;
+            };
+            if current.as_ref().is_some_and(|(ck, _)| *ck != ukey) {
+                if let Some((_, Some(kv))) = current.take() {
+                    found.push(kv);
+                }
+            }
+            if vrev > rev {
+                if current.is_none() {
+                    current = Some((ukey, None));
+                }
+                return true;
+            }
+            match decode::<Version>(v, "history entry") {
+                Ok(ver) => current = Some((ukey, if ver.tombstone { None } else { ver.kv })),
+                Err(x) => {
+                    err = Some(x);
+                    return false;
+                }
+            }
+            true
+        })?;
+        if let Some(x) = err {
+            return Err(x);
+        }
+        if let Some((_, Some(kv))) = current {
+            found.push(kv);
+        }
+        for kv in found {
+            keep(&mut out, kv);
+        }
+        Ok(out)
+    }
+
+    fn get_at(r: &dyn DataRead, key: &[u8], rev: i64) -> Result<Option<KeyValue>, KvError> {
+        let s = keys::history_key(key, 0);
+        let e = keys::history_key(key, rev.saturating_add(1));
+        let mut last = None;
+        let mut err = None;
+        r.scan(&s, &e, &mut |_, v| {
+            match decode::<Version>(v, "history entry") {
+                Ok(ver) => last = if ver.tombstone { None } else { ver.kv },
+                Err(x) => {
+                    err = Some(x);
+                    return false;
+                }
+            }
+            true
+        })?;
+        err.map_or(Ok(last), Err)
+    }
+
+    /// Events with revision ≥ `from`, in order, at most `limit`. Errors if
+    /// `from` was compacted away.
+    pub fn events_since(r: &dyn DataRead, from: i64, limit: usize) -> Result<Vec<(i64, Event)>, KvError> {
+        let meta = Self::meta(r)?;
+        if from > 0 && from <= meta.compact_revision {
+            return Err(KvError::Compacted { compact_revision: meta.compact_revision });
+        }
+        let mut out = Vec::new();
+        let mut err = None;
+        r.scan(&keys::event_key(from.max(1), 0), &[keys::EVENTS + 1], &mut |k, v| {
+            let rev = k.get(1..9).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")) as i64).unwrap_or(0);
+            match decode::<Event>(v, "event") {
+                Ok(ev) => out.push((rev, ev)),
+                Err(x) => {
+                    err = Some(x);
+                    return false;
+                }
+            }
+            out.len() < limit
+        })?;
+        err.map_or(Ok(out), Err)
+    }
+
+    pub fn lease(r: &dyn DataRead, id: i64) -> Result<Option<LeaseRecord>, KvError> {
+        match r.get(&keys::lease_key(id))? {
+            Some(raw) => Ok(Some(decode(&raw, "lease")?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn leases(r: &dyn DataRead) -> Result<Vec<LeaseRecord>, KvError> {
+        let mut out = Vec::new();
+        let mut err = None;
+        r.scan(&[keys::LEASE], &[keys::LEASE + 1], &mut |_, v| {
+            match decode::<LeaseRecord>(v, "lease") {
+                Ok(l) => out.push(l),
+                Err(x) => {
+                    err = Some(x);
+                    return false;
+                }
+            }
+            true
+        })?;
+        err.map_or(Ok(out), Err)
+    }
+
+    pub fn lease_keys(r: &dyn DataRead, id: i64) -> Result<Vec<Vec<u8>>, KvError> {
+        let (s, e) = keys::attach_prefix(id);
+        let mut out = Vec::new();
+        r.scan(&s, &e, &mut |k, _| {
+            out.push(k[9..].to_vec());
+            true
+        })?;
+        Ok(out)
+    }
+}
+
+/// One write transaction: every change gets the same main revision
+/// (current + 1) and increasing sub-revisions. Nothing is visible to other
+/// readers until the entry's apply batch is written; if it changes nothing,
+/// the revision does not move.
+pub struct WriteTxn<'c, 'a> {
+    ctx: &'c mut ApplyContext<'a>,
+    meta: Meta,
+    sub: i64,
+    events: Vec<Event>,
+}
+
+impl<'c, 'a> WriteTxn<'c, 'a> {
+    pub fn begin(ctx: &'c mut ApplyContext<'a>) -> Result<Self, KvError> {
+        let meta = Mvcc::meta(ctx)?;
+        Ok(WriteTxn { ctx, meta, sub: 0, events: Vec::new() })
+    }
+
+    /// Reads see this transaction's own earlier writes.
+    pub fn reader(&self) -> &dyn DataRead {
+        &*self.ctx
+    }
+
+    pub fn meta(&self) -> Meta {
+        self.meta
+    }
+
+    fn next_rev(&self) -> i64 {
+        self.meta.revision + 1
+    }
+
+    fn record(&mut self, key: &[u8], version: Version, event: Event) {
+        let rev = self.next_rev();
+        self.ctx.put(&keys::history_key(key, rev), &version.encode_to_vec());
+        self.ctx.put(&keys::event_key(rev, self.sub), &event.encode_to_vec());
+        self.sub += 1;
+        self.events.push(event);
+    }
+
+    /// Puts `key`. `lease` 0 = none; a lease that does not exist is an
+    /// error and changes nothing. Returns the previous value.
+    pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> Result<Option<KeyValue>, KvError> {
+        if key.is_empty() {
+            return Err(KvError::EmptyKey);
+        }
+        if lease != 0 && Mvcc::lease(&*self.ctx, lease)?.is_none() {
+            return Err(KvError::LeaseNotFound { lease_id: lease });
+        }
+        let prev = Mvcc::get(&*self.ctx, key)?;
+        let rev = self.next_rev();
+        let kv = KeyValue {
+            key: key.to_vec(),
+            create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+            mod_revision: rev,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            value: value.to_vec(),
+            lease,
+        };
+        if let Some(p) = &prev {
+            if p.lease != 0 && p.lease != lease {
+                self.ctx.delete(&keys::attach_key(p.lease, key));
+            }
+        }
+        if lease != 0 {
+            self.ctx.put(&keys::attach_key(lease, key), b"");
+        }
+        self.ctx.put(&keys::index_key(key), &kv.encode_to_vec());
+        let event = Event { kind: EventKind::Put as i32, kv: Some(kv.clone()), prev_kv: prev.clone() };
+        self.record(key, Version { kv: Some(kv), tombstone: false }, event);
+        Ok(prev)
+    }
+
+    /// Deletes the keys of `[key, end)` (same conventions as
+    /// [`Mvcc::range`]). Returns the deleted key-values.
+    pub fn delete_range(&mut self, key: &[u8], end: &[u8]) -> Result<Vec<KeyValue>, KvError> {
+        let doomed = Mvcc::range(&*self.ctx, key, end, 0, 0)?.kvs;
+        let rev = self.next_rev();
+        for kv in &doomed {
+            self.ctx.delete(&keys::index_key(&kv.key));
+            if kv.lease != 0 {
+                self.ctx.delete(&keys::attach_key(kv.lease, &kv.key));
+            }
+            let tomb = KeyValue { key: kv.key.clone(), mod_revision: rev, ..Default::default() };
+            let event = Event { kind: EventKind::Delete as i32, kv: Some(tomb), prev_kv: Some(kv.clone()) };
+            self.record(&kv.key, Version { kv: None, tombstone: true }, event);
+        }
+        Ok(doomed)
+    }
+
+    /// Creates a lease. `id` 0 picks the next free id.
+    pub fn grant_lease(&mut self, id: i64, ttl_s: i64) -> Result<LeaseRecord, KvError> {
+        if id < 0 {
+            return Err(KvError::Invalid("lease id must not be negative".into()));
+        }
+        let id = if id == 0 { self.meta.last_lease_id.max(0) + 1 } else { id };
+        if Mvcc::lease(&*self.ctx, id)?.is_some() {
+            return Err(KvError::LeaseExists { lease_id: id });
+        }
+        let rec = LeaseRecord { id, ttl_s, remaining_ttl_s: 0 };
+        self.ctx.put(&keys::lease_key(id), &rec.encode_to_vec());
+        self.meta.last_lease_id = self.meta.last_lease_id.max(id);
+        self.ctx.put(keys::META, &self.meta.encode_to_vec());
+        Ok(rec)
+    }
+
+    /// Deletes a lease and, in the same revision, every key attached to it.
+    pub fn revoke_lease(&mut self, id: i64) -> Result<Vec<KeyValue>, KvError> {
+        if Mvcc::lease(&*self.ctx, id)?.is_none() {
+            return Err(KvError::LeaseNotFound { lease_id: id });
+        }
+        let mut deleted = Vec::new();
+        for key in Mvcc::lease_keys(&*self.ctx, id)? {
+            deleted.extend(self.delete_range(&key, b"")?);
+        }
+        self.ctx.delete(&keys::lease_key(id));
+        Ok(deleted)
+    }
+
+    /// Records the remaining TTL of a lease, so a new leader continues it
+    /// instead of restarting it.
+    pub fn checkpoint_lease(&mut self, id: i64, remaining_ttl_s: i64) -> Result<(), KvError> {
+        let Some(mut rec) = Mvcc::lease(&*self.ctx, id)? else { return Err(KvError::LeaseNotFound { lease_id: id }) };
+        rec.remaining_ttl_s = remaining_ttl_s.clamp(1, rec.ttl_s.max(1));
+        self.ctx.put(&keys::lease_key(id), &rec.encode_to_vec());
+        Ok(())
+    }
+
+    /// Resets a lease's checkpoint after a keepalive (the full TTL applies).
+    pub fn renew_lease(&mut self, id: i64) -> Result<LeaseRecord, KvError> {
+        let Some(mut rec) = Mvcc::lease(&*self.ctx, id)? else { return Err(KvError::LeaseNotFound { lease_id: id }) };
+        if rec.remaining_ttl_s != 0 {
+            rec.remaining_ttl_s = 0;
+            self.ctx.put(&keys::lease_key(id), &rec.encode_to_vec());
+        }
+        Ok(rec)
+    }
+
+    /// Finishes: bumps the revision if anything changed. Returns the
+    /// revision after the transaction and its events.
+    pub fn commit(mut self) -> (i64, Vec<Event>) {
+        if self.sub > 0 {
+            self.meta.revision += 1;
+            self.ctx.put(keys::META, &self.meta.encode_to_vec());
+        }
+        (self.meta.revision, self.events)
+    }
+
+    /// Compacts history below `rev`: keeps, for every key, its latest
+    /// version at or before `rev` (unless that is a tombstone) and all
+    /// later ones; removes older events.
+    pub fn compact(&mut self, rev: i64) -> Result<(), KvError> {
+        if rev <= self.meta.compact_revision {
+            return Err(KvError::Compacted { compact_revision: self.meta.compact_revision });
+        }
+        if rev > self.meta.revision {
+            return Err(KvError::FutureRevision { revision: rev, current: self.meta.revision });
+        }
+        let mut doomed: Vec<Vec<u8>> = Vec::new();
+        let mut last_le: Option<(Vec<u8>, Vec<u8>, bool)> = None; // (user key, history key, tombstone)
+        let mut err = None;
+        self.ctx.scan(&[keys::HISTORY], &[keys::HISTORY + 1], &mut |k, v| {
+            let Some((ukey, vrev)) = keys::parse_history_key(k) else {
+                err = Some(KvError::Storage("corrupt history key".into()));
+                return false;
+            };
+            if vrev > rev {
+                return true;
+            }
+            let tomb = match decode::<Version>(v, "history entry") {
+                Ok(ver) => ver.tombstone,
+                Err(x) => {
+                    err = Some(x);
+                    return false;
+                }
+            };
+            // Of a key's versions at or before `rev`, all but the last go;
+            // the last goes too if it is a tombstone.
+            if let Some((pk, phk, ptomb)) = last_le.take() {
+                if pk == ukey || ptomb {
+                    doomed.push(phk);
+                }
+            }
+            last_le = Some((ukey, k.to_vec(), tomb));
+            true
+        })?;
+        if let Some(x) = err {
+            return Err(x);
+        }
+        if let Some((_, hk, true)) = last_le {
+            doomed.push(hk);
+        }
+        for k in doomed {
+            self.ctx.delete(&k);
+        }
+        let mut events = Vec::new();
+        self.ctx.scan(&keys::event_key(1, 0), &keys::event_key(rev + 1, 0), &mut |k, _| {
+            events.push(k.to_vec());
+            true
+        })?;
+        for k in events {
+            self.ctx.delete(&k);
+        }
+        self.meta.compact_revision = rev;
+        self.ctx.put(keys::META, &self.meta.encode_to_vec());
+        Ok(())
+    }
+}

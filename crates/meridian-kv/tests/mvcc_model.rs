@@ -1,0 +1,140 @@
+//! MVCC against a model: a BTreeMap snapshot per revision. Random puts,
+//! deletes, leases and compactions; every read at every retained revision
+//! must match the model.
+
+use std::collections::BTreeMap;
+
+use meridian_kv::mvcc::WriteTxn;
+use meridian_kv::{EngineRead, KvError, Mvcc};
+use meridian_raftstore::ApplyContext;
+use meridian_storage::{Engine, MemEngine, WriteBatch};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const RANGE: u64 = 9;
+
+/// Runs `f` as one applied entry and writes its batch.
+fn apply<T>(engine: &MemEngine, f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<T, KvError>) -> Result<(T, i64), KvError> {
+    let mut batch = WriteBatch::new();
+    let mut overlay = BTreeMap::new();
+    let mut ctx = ApplyContext::new(RANGE, engine, &mut batch, &mut overlay, 1);
+    let mut txn = WriteTxn::begin(&mut ctx)?;
+    let out = f(&mut txn)?;
+    let (rev, _) = txn.commit();
+    engine.write(&batch, true).unwrap();
+    Ok((out, rev))
+}
+
+fn reader(engine: &MemEngine) -> EngineRead<'_> {
+    EngineRead { engine, range_id: RANGE }
+}
+
+type Model = BTreeMap<Vec<u8>, (Vec<u8>, i64, i64, i64)>; // value, create, mod, version
+
+fn check_range(engine: &MemEngine, model_at: &BTreeMap<i64, Model>, rev: i64, start: &[u8], end: &[u8]) {
+    let got = Mvcc::range(&reader(engine), start, end, rev, 0).unwrap();
+    let model = &model_at[&rev];
+    let want: Vec<_> = model
+        .range(start.to_vec()..)
+        .take_while(|(k, _)| end == [0] || k.as_slice() < end)
+        .map(|(k, (v, c, m, ver))| (k.clone(), v.clone(), *c, *m, *ver))
+        .collect();
+    let have: Vec<_> =
+        got.kvs.iter().map(|kv| (kv.key.clone(), kv.value.clone(), kv.create_revision, kv.mod_revision, kv.version)).collect();
+    assert_eq!(have, want, "range [{start:?}, {end:?}) at revision {rev}");
+    assert_eq!(got.count as usize, want.len());
+}
+
+#[test]
+fn mvcc_matches_model_under_random_ops() {
+    for seed in 0..20u64 {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let engine = MemEngine::new();
+        let mut model: Model = BTreeMap::new();
+        let mut model_at: BTreeMap<i64, Model> = BTreeMap::new();
+        model_at.insert(0, model.clone());
+        let mut rev = 0i64;
+        let mut compacted = 0i64;
+        let key = |rng: &mut ChaCha8Rng| -> Vec<u8> { vec![b'k', rng.gen_range(0..6u8), if rng.gen_bool(0.3) { 0 } else { b'x' }] };
+        for step in 0..300 {
+            match rng.gen_range(0..10) {
+                0..=5 => {
+                    let k = key(&mut rng);
+                    let v = format!("v{step}").into_bytes();
+                    let ((), r) = apply(&engine, |t| t.put(&k, &v, 0).map(|_| ())).unwrap();
+                    rev += 1;
+                    assert_eq!(r, rev, "every put bumps the revision");
+                    let e = model.entry(k).or_insert((vec![], rev, rev, 0));
+                    *e = (v, e.1, rev, e.3 + 1);
+                }
+                6 | 7 => {
+                    let a = key(&mut rng);
+                    let b = key(&mut rng);
+                    let (s, e) = if a <= b { (a, b) } else { (b, a) };
+                    let doomed: Vec<Vec<u8>> = model.range(s.clone()..e.clone()).map(|(k, _)| k.clone()).collect();
+                    let (deleted, r) = apply(&engine, |t| t.delete_range(&s, &e)).unwrap();
+                    assert_eq!(deleted.len(), doomed.len());
+                    if !doomed.is_empty() {
+                        rev += 1;
+                    }
+                    assert_eq!(r, rev, "a delete that removes nothing keeps the revision");
+                    for k in doomed {
+                        model.remove(&k);
+                    }
+                }
+                8 if rev > compacted + 5 => {
+                    let c = rng.gen_range(compacted + 1..=rev);
+                    apply(&engine, |t| t.compact(c)).unwrap();
+                    compacted = c;
+                    let stale = apply(&engine, |t| t.compact(c));
+                    assert!(matches!(stale, Err(KvError::Compacted { .. })), "compacting twice is an error");
+                }
+                _ => {}
+            }
+            model_at.insert(rev, model.clone());
+            // Check a few revisions, old and new.
+            for _ in 0..3 {
+                let at = rng.gen_range(compacted.max(0)..=rev);
+                if at == 0 {
+                    continue;
+                }
+                check_range(&engine, &model_at, at, b"k", &[0]);
+                let k = key(&mut rng);
+                check_range(&engine, &model_at, at, &k, b"k\x04");
+            }
+            if compacted > 1 {
+                let r = Mvcc::range(&reader(&engine), b"k", &[0], compacted - 1, 0);
+                assert!(matches!(r, Err(KvError::Compacted { .. })), "reads below the compaction point fail");
+            }
+            let r = Mvcc::range(&reader(&engine), b"k", &[0], rev + 1, 0);
+            assert!(matches!(r, Err(KvError::FutureRevision { .. })));
+        }
+    }
+}
+
+#[test]
+fn leases_attach_and_revoke_atomically() {
+    let engine = MemEngine::new();
+    let (lease, _) = apply(&engine, |t| t.grant_lease(0, 30)).unwrap();
+    assert_eq!(lease.id, 1, "ids are assigned deterministically");
+    apply(&engine, |t| t.put(b"a", b"1", lease.id).map(|_| ())).unwrap();
+    apply(&engine, |t| t.put(b"b", b"2", lease.id).map(|_| ())).unwrap();
+    apply(&engine, |t| t.put(b"c", b"3", 0).map(|_| ())).unwrap();
+    // Moving a key off the lease detaches it.
+    apply(&engine, |t| t.put(b"b", b"2'", 0).map(|_| ())).unwrap();
+    assert_eq!(Mvcc::lease_keys(&reader(&engine), lease.id).unwrap(), vec![b"a".to_vec()]);
+    let bad = apply(&engine, |t| t.put(b"d", b"4", 99));
+    assert!(matches!(bad, Err(KvError::LeaseNotFound { lease_id: 99 })), "unknown lease on put");
+    assert!(Mvcc::get(&reader(&engine), b"d").unwrap().is_none(), "the failed put changed nothing");
+    let before = Mvcc::meta(&reader(&engine)).unwrap().revision;
+    let (deleted, rev) = apply(&engine, |t| t.revoke_lease(lease.id)).unwrap();
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(rev, before + 1, "revoking deletes attached keys in one revision");
+    assert!(Mvcc::get(&reader(&engine), b"a").unwrap().is_none());
+    assert!(Mvcc::get(&reader(&engine), b"c").unwrap().is_some());
+    assert!(matches!(apply(&engine, |t| t.revoke_lease(lease.id)), Err(KvError::LeaseNotFound { .. })));
+    let events = Mvcc::events_since(&reader(&engine), 1, 100).unwrap();
+    assert_eq!(events.len(), 5, "four puts and one delete");
+    assert!(events.last().unwrap().1.is_delete());
+    assert!(events.windows(2).all(|w| w[0].0 <= w[1].0), "events in revision order");
+}
