@@ -13,6 +13,7 @@
 //! ```
 
 mod error;
+pub mod lease_clock;
 pub mod keys;
 pub mod mvcc;
 mod read;
