@@ -1,0 +1,205 @@
+//! Namespaces and the static range layout: which range owns a key, and
+//! whether a request stays inside one namespace.
+//!
+//! Range 1 is the meta range (reserved for the placement driver; it holds
+//! no client keys). Range 2 serves the root namespace `""`: every key that
+//! no declared namespace claims. Declared namespaces get ranges 3, 4, … in
+//! the order they are declared.
+
+use meridian_storage::{RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
+use thiserror::Error;
+
+pub const META_RANGE_ID: u64 = 1;
+pub const ROOT_RANGE_ID: u64 = 2;
+/// Declared namespaces per cluster (each costs one Raft group per node).
+pub const MAX_NAMESPACES: usize = 1024;
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum RoutingError {
+    #[error("invalid namespace {namespace:?}: {reason}")]
+    InvalidNamespace { namespace: String, reason: String },
+    #[error("request spans namespaces {first:?} and {second:?}; operations must stay inside one namespace")]
+    CrossNamespace { first: String, second: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    pub prefix: Vec<u8>,
+    pub range_id: u64,
+}
+
+/// The routing table: namespaces sorted by prefix.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    namespaces: Vec<Namespace>,
+}
+
+/// The first key after every key with `prefix` (empty: no such key).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
+}
+
+fn ns_name(prefix: &[u8]) -> String {
+    String::from_utf8_lossy(prefix).into_owned()
+}
+
+impl Routing {
+    /// Validates declared namespaces: non-empty, unique, not nested in one
+    /// another (a key must belong to exactly one namespace).
+    pub fn new(declared: &[String]) -> Result<Routing, RoutingError> {
+        if declared.len() > MAX_NAMESPACES {
+            return Err(RoutingError::InvalidNamespace {
+                namespace: String::new(),
+                reason: format!("more than {MAX_NAMESPACES} namespaces"),
+            });
+        }
+        let mut namespaces: Vec<Namespace> = Vec::new();
+        for (i, ns) in declared.iter().enumerate() {
+            let bad = |reason: &str| RoutingError::InvalidNamespace { namespace: ns.clone(), reason: reason.into() };
+            if ns.is_empty() {
+                return Err(bad("the root namespace \"\" exists implicitly; declare only prefixes"));
+            }
+            if namespaces.iter().any(|n| n.prefix == ns.as_bytes()) {
+                return Err(bad("declared twice"));
+            }
+            if let Some(other) = namespaces.iter().find(|n| n.prefix.starts_with(ns.as_bytes()) || ns.as_bytes().starts_with(&n.prefix)) {
+                return Err(bad(&format!("overlaps namespace {:?}", ns_name(&other.prefix))));
+            }
+            namespaces.push(Namespace { prefix: ns.as_bytes().to_vec(), range_id: ROOT_RANGE_ID + 1 + i as u64 });
+        }
+        namespaces.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+        Ok(Routing { namespaces })
+    }
+
+    pub fn namespaces(&self) -> &[Namespace] {
+        &self.namespaces
+    }
+
+    fn declared_for(&self, key: &[u8]) -> Option<&Namespace> {
+        self.namespaces.iter().find(|n| key.starts_with(&n.prefix))
+    }
+
+    /// The range that owns `key`.
+    pub fn range_of_key(&self, key: &[u8]) -> u64 {
+        self.declared_for(key).map_or(ROOT_RANGE_ID, |n| n.range_id)
+    }
+
+    fn name_of_range(&self, range_id: u64) -> String {
+        self.namespaces.iter().find(|n| n.range_id == range_id).map_or_else(String::new, |n| ns_name(&n.prefix))
+    }
+
+    /// The range serving `[key, range_end)` with etcd's conventions (empty
+    /// `range_end`: the single key; `"\0"`: every key ≥ `key`). Errors if the
+    /// interval reaches into another namespace.
+    pub fn range_of_interval(&self, key: &[u8], range_end: &[u8]) -> Result<u64, RoutingError> {
+        let owner = self.range_of_key(key);
+        if range_end.is_empty() {
+            return Ok(owner);
+        }
+        let unbounded = range_end == [0];
+        if !unbounded && range_end <= key {
+            return Ok(owner); // empty interval
+        }
+        let cross = |other: u64| RoutingError::CrossNamespace { first: self.name_of_range(owner), second: self.name_of_range(other) };
+        match self.declared_for(key) {
+            Some(ns) => {
+                let end = prefix_end(&ns.prefix);
+                if unbounded || (!end.is_empty() && range_end > end.as_slice()) {
+                    return Err(cross(ROOT_RANGE_ID));
+                }
+                Ok(owner)
+            }
+            None => {
+                // Root: the interval must not touch any declared namespace.
+                for ns in &self.namespaces {
+                    let (s, e) = (ns.prefix.as_slice(), prefix_end(&ns.prefix));
+                    let starts_before_end = unbounded || s < range_end;
+                    let ends_after_start = e.is_empty() || e.as_slice() > key;
+                    if starts_before_end && ends_after_start {
+                        return Err(cross(ns.range_id));
+                    }
+                }
+                Ok(owner)
+            }
+        }
+    }
+
+    /// Every range to bootstrap, replicated on `nodes`.
+    pub fn initial_ranges(&self, nodes: &[u64]) -> Vec<RangeDescriptor> {
+        let replicas: Vec<ReplicaDesc> = nodes.iter().map(|&node_id| ReplicaDesc { node_id, role: ReplicaRole::Voter }).collect();
+        let epoch = RangeEpoch { conf_ver: 1, version: 1 };
+        let mut out = vec![
+            RangeDescriptor { range_id: META_RANGE_ID, start: vec![], end: vec![], epoch, replicas: replicas.clone() },
+            RangeDescriptor { range_id: ROOT_RANGE_ID, start: vec![], end: vec![], epoch, replicas: replicas.clone() },
+        ];
+        for ns in &self.namespaces {
+            out.push(RangeDescriptor {
+                range_id: ns.range_id,
+                start: ns.prefix.clone(),
+                end: prefix_end(&ns.prefix),
+                epoch,
+                replicas: replicas.clone(),
+            });
+        }
+        out.sort_by_key(|d| d.range_id);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routing() -> Routing {
+        Routing::new(&["/payments/".into(), "/billing/".into()]).unwrap()
+    }
+
+    #[test]
+    fn keys_route_to_their_namespace() {
+        let r = routing();
+        assert_eq!(r.range_of_key(b"/payments/x"), 3);
+        assert_eq!(r.range_of_key(b"/billing/y"), 4);
+        assert_eq!(r.range_of_key(b"/other"), ROOT_RANGE_ID);
+        assert_eq!(r.range_of_key(b"/payments"), ROOT_RANGE_ID, "the prefix itself without its slash is root");
+    }
+
+    #[test]
+    fn intervals_must_stay_inside_one_namespace() {
+        let r = routing();
+        assert_eq!(r.range_of_interval(b"/payments/", &prefix_end(b"/payments/")), Ok(3), "prefix get");
+        assert_eq!(r.range_of_interval(b"/payments/a", b"/payments/b"), Ok(3));
+        assert!(matches!(r.range_of_interval(b"/payments/a", b"/q"), Err(RoutingError::CrossNamespace { .. })));
+        assert!(matches!(r.range_of_interval(b"/a", b"/z"), Err(RoutingError::CrossNamespace { .. })), "root interval covering namespaces");
+        assert!(matches!(r.range_of_interval(b"", &[0]), Err(RoutingError::CrossNamespace { .. })), "get everything spans namespaces");
+        assert_eq!(r.range_of_interval(b"/c", b"/d"), Ok(ROOT_RANGE_ID), "root interval between namespaces");
+        assert_eq!(r.range_of_interval(b"/q", &[0]), Ok(ROOT_RANGE_ID), "root tail after every namespace");
+        let only_root = Routing::new(&[]).unwrap();
+        assert_eq!(only_root.range_of_interval(b"", &[0]), Ok(ROOT_RANGE_ID));
+    }
+
+    #[test]
+    fn bad_namespace_declarations_are_rejected() {
+        assert!(Routing::new(&["".into()]).is_err());
+        assert!(Routing::new(&["/a/".into(), "/a/".into()]).is_err());
+        assert!(Routing::new(&["/a/".into(), "/a/b/".into()]).is_err(), "nested namespaces");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), b"");
+    }
+
+    #[test]
+    fn initial_layout_has_meta_root_and_one_range_per_namespace() {
+        let ranges = routing().initial_ranges(&[1, 2, 3]);
+        let ids: Vec<u64> = ranges.iter().map(|d| d.range_id).collect();
+        assert_eq!(ids, vec![1, 2, 3, 4]);
+        assert_eq!(ranges[2].start, b"/payments/");
+        assert_eq!(ranges[2].end, b"/payments0");
+        assert!(ranges.iter().all(|d| d.replicas.len() == 3));
+    }
+}
