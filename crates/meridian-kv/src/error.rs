@@ -14,6 +14,8 @@ pub enum KvError {
     LeaseExists { lease_id: i64 },
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey { key: Vec<u8> },
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
     #[error("etcdserver: key is not provided")]
     EmptyKey,
     #[error("etcdserver: {0}")]

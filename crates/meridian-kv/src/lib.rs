@@ -12,12 +12,15 @@
 //!   a ‖ lease id ‖ key   keys attached to a lease
 //! ```
 
+pub mod command;
 mod error;
-pub mod lease_clock;
 pub mod keys;
+pub mod lease_clock;
+pub mod machine;
 pub mod mvcc;
 mod read;
 
 pub use error::KvError;
+pub use machine::{EventSink, KvMachine};
 pub use mvcc::{Event, EventKind, KeyValue, Meta, Mvcc};
 pub use read::{DataRead, EngineRead};

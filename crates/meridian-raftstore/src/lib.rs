@@ -31,7 +31,7 @@ pub mod test_machine;
 
 pub use config::{SnapshotBuild, StoreConfig};
 pub use error::RaftstoreError;
-pub use state_machine::{data_bounds, ApplyContext, StateMachine, StateMachineFactory};
+pub use state_machine::{data_bounds, ApplyContext, Savepoint, StateMachine, StateMachineFactory};
 pub use store::{AppliedEntry, Completion, RangeStatus, RequestId, Store, StoreMetrics};
 
 /// raft-rs types callers need (conf changes, roles).

@@ -31,6 +31,17 @@ impl<'a> ApplyContext<'a> {
         self.range_id
     }
 
+    /// Marks the current state so a failed command can be undone with
+    /// [`ApplyContext::rollback`]: a command that fails changes nothing.
+    pub fn savepoint(&self) -> Savepoint {
+        Savepoint { batch_len: self.batch.len(), overlay: self.overlay.clone() }
+    }
+
+    pub fn rollback(&mut self, sp: Savepoint) {
+        self.batch.truncate(sp.batch_len);
+        *self.overlay = sp.overlay;
+    }
+
     /// Raft term of the entry being applied.
     pub fn term(&self) -> u64 {
         self.term
@@ -100,6 +111,12 @@ impl<'a> ApplyContext<'a> {
         self.batch.delete(Cf::Data, keys::data_key(self.range_id, key));
         self.overlay.insert(key.to_vec(), None);
     }
+}
+
+/// See [`ApplyContext::savepoint`].
+pub struct Savepoint {
+    batch_len: usize,
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 /// Engine bounds of the user-key interval `[start, end)` of a range's data
@@ -179,5 +196,12 @@ mod tests {
         .unwrap();
         assert_eq!(bounded, ["b", "c"], "bounds apply to staged and stored keys alike");
         assert_eq!(ctx.get(b"e").unwrap(), None, "a staged delete hides the stored value");
+        let sp = ctx.savepoint();
+        ctx.put(b"a", b"changed");
+        ctx.delete(b"g");
+        ctx.rollback(sp);
+        assert_eq!(ctx.get(b"a").unwrap(), Some(b"old".to_vec()), "rollback undoes staged writes");
+        assert_eq!(ctx.get(b"g").unwrap(), Some(b"old".to_vec()));
+        assert_eq!(batch.len(), 4, "and drops them from the batch");
     }
 }

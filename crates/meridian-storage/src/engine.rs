@@ -98,6 +98,20 @@ impl WriteBatch {
         &self.ops
     }
 
+    /// Drops every op after the first `len` (undoing a failed command).
+    pub fn truncate(&mut self, len: usize) {
+        self.ops.truncate(len);
+        self.size_bytes = self
+            .ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::Put { key, value, .. } => key.len() + value.len(),
+                WriteOp::Delete { key, .. } => key.len(),
+                WriteOp::DeleteRange { start, end, .. } => start.len() + end.len(),
+            })
+            .sum();
+    }
+
     pub fn append(&mut self, other: WriteBatch) {
         self.size_bytes += other.size_bytes;
         self.ops.extend(other.ops);

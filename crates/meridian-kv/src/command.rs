@@ -1,0 +1,287 @@
+//! Commands the KV state machine applies (one per Raft entry) and their
+//! results. They mirror etcd's request messages field by field, so the
+//! server's mapping from the etcd API is a plain copy, while this crate
+//! stays independent of the wire API.
+
+use crate::mvcc::KeyValue;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Command {
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    pub op: Option<Op>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Op {
+    #[prost(message, tag = "1")]
+    Put(PutOp),
+    #[prost(message, tag = "2")]
+    DeleteRange(DeleteOp),
+    #[prost(message, tag = "3")]
+    Txn(TxnOp),
+    #[prost(int64, tag = "4")]
+    Compact(i64),
+    #[prost(message, tag = "5")]
+    LeaseGrant(LeaseGrantOp),
+    #[prost(int64, tag = "6")]
+    LeaseRevoke(i64),
+    #[prost(message, tag = "7")]
+    LeaseCheckpoint(LeaseCheckpointOp),
+    /// A read proposed through the log (not used for ordinary reads, which
+    /// go through ReadIndex).
+    #[prost(message, tag = "8")]
+    Range(RangeOp),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RangeOp {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub range_end: Vec<u8>,
+    #[prost(int64, tag = "3")]
+    pub limit: i64,
+    #[prost(int64, tag = "4")]
+    pub revision: i64,
+    #[prost(bool, tag = "5")]
+    pub keys_only: bool,
+    #[prost(bool, tag = "6")]
+    pub count_only: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PutOp {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+    #[prost(int64, tag = "3")]
+    pub lease: i64,
+    #[prost(bool, tag = "4")]
+    pub prev_kv: bool,
+    #[prost(bool, tag = "5")]
+    pub ignore_value: bool,
+    #[prost(bool, tag = "6")]
+    pub ignore_lease: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeleteOp {
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub range_end: Vec<u8>,
+    #[prost(bool, tag = "3")]
+    pub prev_kv: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Compare {
+    /// 0 EQUAL, 1 GREATER, 2 LESS, 3 NOT_EQUAL (etcd's CompareResult).
+    #[prost(int32, tag = "1")]
+    pub result: i32,
+    /// 0 VERSION, 1 CREATE, 2 MOD, 3 VALUE, 4 LEASE (etcd's CompareTarget).
+    #[prost(int32, tag = "2")]
+    pub target: i32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub range_end: Vec<u8>,
+    /// The operand for VERSION, CREATE, MOD and LEASE targets.
+    #[prost(int64, tag = "5")]
+    pub number: i64,
+    /// The operand for the VALUE target.
+    #[prost(bytes = "vec", tag = "6")]
+    pub value: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RequestOp {
+    #[prost(oneof = "RequestKind", tags = "1, 2, 3, 4")]
+    pub kind: Option<RequestKind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum RequestKind {
+    #[prost(message, tag = "1")]
+    Range(RangeOp),
+    #[prost(message, tag = "2")]
+    Put(PutOp),
+    #[prost(message, tag = "3")]
+    DeleteRange(DeleteOp),
+    #[prost(message, tag = "4")]
+    Txn(TxnOp),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TxnOp {
+    #[prost(message, repeated, tag = "1")]
+    pub compare: Vec<Compare>,
+    #[prost(message, repeated, tag = "2")]
+    pub success: Vec<RequestOp>,
+    #[prost(message, repeated, tag = "3")]
+    pub failure: Vec<RequestOp>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseGrantOp {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    #[prost(int64, tag = "2")]
+    pub ttl_s: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseCheckpointOp {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    #[prost(int64, tag = "2")]
+    pub remaining_ttl_s: i64,
+}
+
+// ---- results ---------------------------------------------------------------
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Outcome {
+    /// Revision of the range after the command.
+    #[prost(int64, tag = "1")]
+    pub revision: i64,
+    #[prost(oneof = "OutcomeKind", tags = "2, 3, 4, 5, 6, 7, 8")]
+    pub kind: Option<OutcomeKind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum OutcomeKind {
+    #[prost(message, tag = "2")]
+    Range(RangeOutcome),
+    #[prost(message, tag = "3")]
+    Put(PutOutcome),
+    #[prost(message, tag = "4")]
+    Delete(DeleteOutcome),
+    #[prost(message, tag = "5")]
+    Txn(TxnOutcome),
+    #[prost(message, tag = "6")]
+    Lease(LeaseOutcome),
+    /// A command that failed: nothing changed. Text as etcd words it.
+    #[prost(message, tag = "7")]
+    Error(ErrorOutcome),
+    #[prost(bool, tag = "8")]
+    Done(bool),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ErrorOutcome {
+    /// 1 compacted, 2 future revision, 3 lease not found, 4 lease exists,
+    /// 5 duplicate key, 6 empty key, 7 invalid, 8 key not found, 9 storage.
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+    #[prost(int64, tag = "3")]
+    pub compact_revision: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RangeOutcome {
+    #[prost(message, repeated, tag = "1")]
+    pub kvs: Vec<KeyValue>,
+    #[prost(bool, tag = "2")]
+    pub more: bool,
+    #[prost(int64, tag = "3")]
+    pub count: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PutOutcome {
+    #[prost(message, optional, tag = "1")]
+    pub prev_kv: Option<KeyValue>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct DeleteOutcome {
+    #[prost(int64, tag = "1")]
+    pub deleted: i64,
+    #[prost(message, repeated, tag = "2")]
+    pub prev_kvs: Vec<KeyValue>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ResponseOp {
+    #[prost(oneof = "ResponseKind", tags = "1, 2, 3, 4")]
+    pub kind: Option<ResponseKind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum ResponseKind {
+    #[prost(message, tag = "1")]
+    Range(RangeOutcome),
+    #[prost(message, tag = "2")]
+    Put(PutOutcome),
+    #[prost(message, tag = "3")]
+    Delete(DeleteOutcome),
+    #[prost(message, tag = "4")]
+    Txn(TxnOutcome),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TxnOutcome {
+    #[prost(bool, tag = "1")]
+    pub succeeded: bool,
+    #[prost(message, repeated, tag = "2")]
+    pub responses: Vec<ResponseOp>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseOutcome {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    #[prost(int64, tag = "2")]
+    pub ttl_s: i64,
+}
+
+/// Read-only queries answered from applied state (after ReadIndex, or
+/// locally for serializable reads).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Query {
+    #[prost(oneof = "QueryKind", tags = "1, 2, 3")]
+    pub kind: Option<QueryKind>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum QueryKind {
+    #[prost(message, tag = "1")]
+    Range(RangeOp),
+    /// Lease time-to-live (with its keys): the lease id.
+    #[prost(int64, tag = "2")]
+    LeaseInfo(i64),
+    #[prost(bool, tag = "3")]
+    Leases(bool),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseInfo {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    #[prost(int64, tag = "2")]
+    pub ttl_s: i64,
+    #[prost(int64, tag = "3")]
+    pub remaining_ttl_s: i64,
+    #[prost(bytes = "vec", repeated, tag = "4")]
+    pub keys: Vec<Vec<u8>>,
+    #[prost(bool, tag = "5")]
+    pub found: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct QueryAnswer {
+    #[prost(int64, tag = "1")]
+    pub revision: i64,
+    #[prost(message, optional, tag = "2")]
+    pub range: Option<RangeOutcome>,
+    #[prost(message, optional, tag = "3")]
+    pub lease: Option<LeaseInfo>,
+    #[prost(int64, repeated, tag = "4")]
+    pub lease_ids: Vec<i64>,
+    #[prost(message, optional, tag = "5")]
+    pub error: Option<ErrorOutcome>,
+}

@@ -1,0 +1,282 @@
+//! [`KvMachine`]: the [`StateMachine`] that applies [`Command`]s with etcd
+//! semantics and answers [`Query`]s.
+
+use std::sync::Arc;
+
+use meridian_raftstore::{ApplyContext, StateMachine};
+use meridian_storage::{Engine, StorageResult};
+use prost::Message as _;
+
+use crate::command::*;
+use crate::error::KvError;
+use crate::mvcc::{Event, KeyValue, Mvcc, WriteTxn};
+use crate::read::{DataRead, EngineRead};
+
+/// Receives the events of every applied write, in revision order, on every
+/// replica (watches are served by any node).
+pub trait EventSink: Send + Sync {
+    fn publish(&self, range_id: u64, revision: i64, events: &[Event]);
+}
+
+/// The etcd-compatible state machine of one range.
+#[derive(Default)]
+pub struct KvMachine {
+    sink: Option<Arc<dyn EventSink>>,
+}
+
+impl KvMachine {
+    pub fn new(sink: Option<Arc<dyn EventSink>>) -> Self {
+        KvMachine { sink }
+    }
+}
+
+pub fn error_outcome(e: &KvError) -> ErrorOutcome {
+    let (code, compact_revision) = match e {
+        KvError::Compacted { compact_revision } => (1, *compact_revision),
+        KvError::FutureRevision { .. } => (2, 0),
+        KvError::LeaseNotFound { .. } => (3, 0),
+        KvError::LeaseExists { .. } => (4, 0),
+        KvError::DuplicateKey { .. } => (5, 0),
+        KvError::EmptyKey => (6, 0),
+        KvError::Invalid(_) => (7, 0),
+        KvError::KeyNotFound => (8, 0),
+        KvError::Storage(_) => (9, 0),
+    };
+    ErrorOutcome { code, message: e.to_string(), compact_revision }
+}
+
+fn cmp_holds(result: i32, ord: std::cmp::Ordering) -> bool {
+    use std::cmp::Ordering::*;
+    match result {
+        0 => ord == Equal,
+        1 => ord == Greater,
+        2 => ord == Less,
+        3 => ord != Equal,
+        _ => false,
+    }
+}
+
+/// etcd's compare: over every key of the interval; a missing single key
+/// compares as zero for numeric targets and fails for VALUE.
+fn compare(r: &dyn DataRead, c: &Compare) -> Result<bool, KvError> {
+    let kvs = Mvcc::range(r, &c.key, &c.range_end, 0, 0)?.kvs;
+    let check = |kv: &KeyValue| -> bool {
+        match c.target {
+            0 => cmp_holds(c.result, kv.version.cmp(&c.number)),
+            1 => cmp_holds(c.result, kv.create_revision.cmp(&c.number)),
+            2 => cmp_holds(c.result, kv.mod_revision.cmp(&c.number)),
+            3 => cmp_holds(c.result, kv.value.as_slice().cmp(c.value.as_slice())),
+            4 => cmp_holds(c.result, kv.lease.cmp(&c.number)),
+            _ => false,
+        }
+    };
+    if kvs.is_empty() {
+        return Ok(c.target != 3 && check(&KeyValue::default()));
+    }
+    Ok(kvs.iter().all(check))
+}
+
+fn in_interval(key: &[u8], start: &[u8], end: &[u8]) -> bool {
+    if end.is_empty() {
+        key == start
+    } else {
+        key >= start && (end == [0] || key < end)
+    }
+}
+
+/// etcd rejects a transaction that writes one key twice in a branch, or
+/// deletes a key it also puts.
+fn check_duplicates(ops: &[RequestOp]) -> Result<(), KvError> {
+    let mut puts: Vec<&[u8]> = Vec::new();
+    let mut dels: Vec<(&[u8], &[u8])> = Vec::new();
+    fn walk<'a>(ops: &'a [RequestOp], puts: &mut Vec<&'a [u8]>, dels: &mut Vec<(&'a [u8], &'a [u8])>) -> Result<(), KvError> {
+        for op in ops {
+            match &op.kind {
+                Some(RequestKind::Put(p)) => {
+                    if puts.contains(&p.key.as_slice()) {
+                        return Err(KvError::DuplicateKey { key: p.key.clone() });
+                    }
+                    puts.push(&p.key);
+                }
+                Some(RequestKind::DeleteRange(d)) => dels.push((&d.key, &d.range_end)),
+                Some(RequestKind::Txn(t)) => {
+                    // Either branch of a nested txn may run; check each with
+                    // the writes around it.
+                    for branch in [&t.success, &t.failure] {
+                        let (mut p2, mut d2) = (puts.clone(), dels.clone());
+                        walk(branch, &mut p2, &mut d2)?;
+                    }
+                }
+                Some(RequestKind::Range(_)) | None => {}
+            }
+        }
+        Ok(())
+    }
+    walk(ops, &mut puts, &mut dels)?;
+    for p in &puts {
+        if dels.iter().any(|(s, e)| in_interval(p, s, e)) {
+            return Err(KvError::DuplicateKey { key: p.to_vec() });
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn range(r: &dyn DataRead, op: &RangeOp) -> Result<RangeOutcome, KvError> {
+    let limit = usize::try_from(op.limit.max(0)).unwrap_or(usize::MAX);
+    let res = Mvcc::range(r, &op.key, &op.range_end, op.revision, limit)?;
+    let more = limit > 0 && res.count as usize > res.kvs.len();
+    let mut kvs = if op.count_only { Vec::new() } else { res.kvs };
+    if op.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
+    }
+    Ok(RangeOutcome { kvs, more, count: res.count })
+}
+
+fn put(txn: &mut WriteTxn<'_, '_>, op: &PutOp) -> Result<PutOutcome, KvError> {
+    let prev = if op.ignore_value || op.ignore_lease { Mvcc::get(txn.reader(), &op.key)? } else { None };
+    if (op.ignore_value || op.ignore_lease) && prev.is_none() {
+        return Err(KvError::KeyNotFound);
+    }
+    let value = if op.ignore_value { prev.as_ref().map(|p| p.value.clone()).unwrap_or_default() } else { op.value.clone() };
+    let lease = if op.ignore_lease { prev.as_ref().map_or(0, |p| p.lease) } else { op.lease };
+    let old = txn.put(&op.key, &value, lease)?;
+    Ok(PutOutcome { prev_kv: if op.prev_kv { old } else { None } })
+}
+
+fn delete(txn: &mut WriteTxn<'_, '_>, op: &DeleteOp) -> Result<DeleteOutcome, KvError> {
+    if op.key.is_empty() {
+        return Err(KvError::EmptyKey);
+    }
+    let gone = txn.delete_range(&op.key, &op.range_end)?;
+    Ok(DeleteOutcome { deleted: gone.len() as i64, prev_kvs: if op.prev_kv { gone } else { Vec::new() } })
+}
+
+fn txn(t: &mut WriteTxn<'_, '_>, op: &TxnOp) -> Result<TxnOutcome, KvError> {
+    let mut succeeded = true;
+    for c in &op.compare {
+        if !compare(t.reader(), c)? {
+            succeeded = false;
+            break;
+        }
+    }
+    let branch = if succeeded { &op.success } else { &op.failure };
+    let mut responses = Vec::with_capacity(branch.len());
+    for r in branch {
+        let kind = match &r.kind {
+            Some(RequestKind::Range(x)) => ResponseKind::Range(range(t.reader(), x)?),
+            Some(RequestKind::Put(x)) => ResponseKind::Put(put(t, x)?),
+            Some(RequestKind::DeleteRange(x)) => ResponseKind::Delete(delete(t, x)?),
+            Some(RequestKind::Txn(x)) => ResponseKind::Txn(txn(t, x)?),
+            None => return Err(KvError::Invalid("empty request op".into())),
+        };
+        responses.push(ResponseOp { kind: Some(kind) });
+    }
+    Ok(TxnOutcome { succeeded, responses })
+}
+
+impl KvMachine {
+    fn execute(&self, ctx: &mut ApplyContext<'_>, cmd: &Command) -> Result<(i64, OutcomeKind, Vec<Event>), KvError> {
+        let op = cmd.op.as_ref().ok_or_else(|| KvError::Invalid("empty command".into()))?;
+        if let Op::Txn(t) = op {
+            check_duplicates(&t.success)?;
+            check_duplicates(&t.failure)?;
+        }
+        let mut w = WriteTxn::begin(ctx)?;
+        let kind = match op {
+            Op::Put(p) => {
+                if p.key.is_empty() {
+                    return Err(KvError::EmptyKey);
+                }
+                OutcomeKind::Put(put(&mut w, p)?)
+            }
+            Op::DeleteRange(d) => OutcomeKind::Delete(delete(&mut w, d)?),
+            Op::Txn(t) => OutcomeKind::Txn(txn(&mut w, t)?),
+            Op::Range(r) => OutcomeKind::Range(range(w.reader(), r)?),
+            Op::Compact(rev) => {
+                w.compact(*rev)?;
+                OutcomeKind::Done(true)
+            }
+            Op::LeaseGrant(g) => {
+                if g.ttl_s <= 0 {
+                    return Err(KvError::Invalid("lease TTL must be positive".into()));
+                }
+                let rec = w.grant_lease(g.id, g.ttl_s)?;
+                OutcomeKind::Lease(LeaseOutcome { id: rec.id, ttl_s: rec.ttl_s })
+            }
+            Op::LeaseRevoke(id) => {
+                w.revoke_lease(*id)?;
+                OutcomeKind::Done(true)
+            }
+            Op::LeaseCheckpoint(c) => {
+                w.checkpoint_lease(c.id, c.remaining_ttl_s)?;
+                OutcomeKind::Done(true)
+            }
+        };
+        let (rev, events) = w.commit();
+        Ok((rev, kind, events))
+    }
+}
+
+impl StateMachine for KvMachine {
+    fn apply(&mut self, ctx: &mut ApplyContext<'_>, _index: u64, command: &[u8]) -> Vec<u8> {
+        let range_id = ctx.range_id();
+        let sp = ctx.savepoint();
+        let result = Command::decode(command)
+            .map_err(|e| KvError::Invalid(format!("undecodable command: {e}")))
+            .and_then(|cmd| self.execute(ctx, &cmd));
+        let outcome = match result {
+            Ok((revision, kind, events)) => {
+                if let (Some(sink), false) = (&self.sink, events.is_empty()) {
+                    sink.publish(range_id, revision, &events);
+                }
+                Outcome { revision, kind: Some(kind) }
+            }
+            Err(e) => {
+                // A failed command changes nothing, on every replica alike.
+                ctx.rollback(sp);
+                let revision = Mvcc::meta(&*ctx).map(|m| m.revision).unwrap_or(0);
+                Outcome { revision, kind: Some(OutcomeKind::Error(error_outcome(&e))) }
+            }
+        };
+        outcome.encode_to_vec()
+    }
+
+    fn reload(&mut self, _engine: &dyn Engine, _range_id: u64) -> StorageResult<()> {
+        Ok(())
+    }
+
+    fn read(&self, engine: &dyn Engine, range_id: u64, query: &[u8]) -> Vec<u8> {
+        let r = EngineRead { engine, range_id };
+        answer(&r, query).encode_to_vec()
+    }
+}
+
+/// Answers a [`Query`] from applied data.
+pub fn answer(r: &dyn DataRead, query: &[u8]) -> QueryAnswer {
+    let run = || -> Result<QueryAnswer, KvError> {
+        let q = Query::decode(query).map_err(|e| KvError::Invalid(format!("undecodable query: {e}")))?;
+        let revision = Mvcc::meta(r)?.revision;
+        let mut a = QueryAnswer { revision, ..Default::default() };
+        match q.kind {
+            Some(QueryKind::Range(op)) => a.range = Some(range(r, &op)?),
+            Some(QueryKind::LeaseInfo(id)) => {
+                a.lease = Some(match Mvcc::lease(r, id)? {
+                    Some(l) => LeaseInfo {
+                        id,
+                        ttl_s: l.ttl_s,
+                        remaining_ttl_s: if l.remaining_ttl_s > 0 { l.remaining_ttl_s } else { l.ttl_s },
+                        keys: Mvcc::lease_keys(r, id)?,
+                        found: true,
+                    },
+                    None => LeaseInfo { id, ttl_s: -1, remaining_ttl_s: -1, found: false, ..Default::default() },
+                })
+            }
+            Some(QueryKind::Leases(_)) => a.lease_ids = Mvcc::leases(r)?.iter().map(|l| l.id).collect(),
+            None => return Err(KvError::Invalid("empty query".into())),
+        }
+        Ok(a)
+    };
+    run().unwrap_or_else(|e| QueryAnswer { error: Some(error_outcome(&e)), ..Default::default() })
+}

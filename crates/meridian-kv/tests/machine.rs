@@ -1,0 +1,156 @@
+//! KvMachine: etcd semantics of commands, failed commands change nothing.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use meridian_kv::command::*;
+use meridian_kv::{Event, EventSink, KvMachine};
+use meridian_raftstore::{ApplyContext, StateMachine};
+use meridian_storage::{Engine, MemEngine, WriteBatch};
+use prost::Message;
+
+const RANGE: u64 = 3;
+
+#[derive(Default)]
+struct Sink(Mutex<Vec<(i64, Event)>>);
+
+impl EventSink for Sink {
+    fn publish(&self, _range: u64, revision: i64, events: &[Event]) {
+        self.0.lock().unwrap().extend(events.iter().map(|e| (revision, e.clone())));
+    }
+}
+
+struct Fixture {
+    engine: MemEngine,
+    sm: KvMachine,
+    sink: Arc<Sink>,
+    index: u64,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let sink = Arc::new(Sink::default());
+        Fixture { engine: MemEngine::new(), sm: KvMachine::new(Some(sink.clone())), sink, index: 0 }
+    }
+
+    fn apply(&mut self, op: Op) -> Outcome {
+        let mut batch = WriteBatch::new();
+        let mut overlay = BTreeMap::new();
+        self.index += 1;
+        let out = {
+            let mut ctx = ApplyContext::new(RANGE, &self.engine, &mut batch, &mut overlay, 1);
+            self.sm.apply(&mut ctx, self.index, &Command { op: Some(op) }.encode_to_vec())
+        };
+        self.engine.write(&batch, false).unwrap();
+        Outcome::decode(out.as_slice()).unwrap()
+    }
+
+    fn get(&self, key: &[u8]) -> RangeOutcome {
+        let q = Query { kind: Some(QueryKind::Range(RangeOp { key: key.to_vec(), ..Default::default() })) };
+        QueryAnswer::decode(self.sm.read(&self.engine, RANGE, &q.encode_to_vec()).as_slice()).unwrap().range.unwrap()
+    }
+}
+
+fn put(key: &str, value: &str) -> Op {
+    Op::Put(PutOp { key: key.into(), value: value.into(), prev_kv: true, ..Default::default() })
+}
+
+fn req_put(key: &str, value: &str) -> RequestOp {
+    RequestOp { kind: Some(RequestKind::Put(PutOp { key: key.into(), value: value.into(), ..Default::default() })) }
+}
+
+fn error_of(o: &Outcome) -> Option<&ErrorOutcome> {
+    match &o.kind {
+        Some(OutcomeKind::Error(e)) => Some(e),
+        _ => None,
+    }
+}
+
+#[test]
+fn put_get_versions_and_prev_kv() {
+    let mut f = Fixture::new();
+    let o = f.apply(put("a", "1"));
+    assert_eq!(o.revision, 1);
+    let o = f.apply(put("a", "2"));
+    assert_eq!(o.revision, 2);
+    match o.kind {
+        Some(OutcomeKind::Put(p)) => assert_eq!(p.prev_kv.unwrap().value, b"1"),
+        other => panic!("{other:?}"),
+    }
+    let kv = &f.get(b"a").kvs[0];
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (1, 2, 2));
+    assert_eq!(f.sink.0.lock().unwrap().len(), 2, "one event per write");
+}
+
+#[test]
+fn txn_compares_and_branches() {
+    let mut f = Fixture::new();
+    f.apply(put("k", "v1"));
+    let cas = |expect: &str, new: &str| {
+        Op::Txn(TxnOp {
+            compare: vec![Compare { result: 0, target: 3, key: b"k".to_vec(), value: expect.into(), ..Default::default() }],
+            success: vec![req_put("k", new)],
+            failure: vec![RequestOp { kind: Some(RequestKind::Range(RangeOp { key: b"k".to_vec(), ..Default::default() })) }],
+        })
+    };
+    let o = f.apply(cas("v1", "v2"));
+    assert!(matches!(o.kind, Some(OutcomeKind::Txn(TxnOutcome { succeeded: true, .. }))));
+    let rev = o.revision;
+    let o = f.apply(cas("v1", "v3"));
+    match &o.kind {
+        Some(OutcomeKind::Txn(t)) => {
+            assert!(!t.succeeded);
+            assert!(matches!(&t.responses[0].kind, Some(ResponseKind::Range(r)) if r.kvs[0].value == b"v2"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(o.revision, rev, "a read-only branch does not bump the revision");
+    // version compare on a missing key compares against 0
+    let o = f.apply(Op::Txn(TxnOp {
+        compare: vec![Compare { result: 0, target: 0, key: b"missing".to_vec(), number: 0, ..Default::default() }],
+        success: vec![req_put("created", "x")],
+        failure: vec![],
+    }));
+    assert!(matches!(o.kind, Some(OutcomeKind::Txn(TxnOutcome { succeeded: true, .. }))), "create-if-absent idiom");
+}
+
+#[test]
+fn failed_commands_change_nothing() {
+    let mut f = Fixture::new();
+    f.apply(put("a", "1"));
+    // Second op fails (unknown lease): the first op must not stay applied.
+    let o = f.apply(Op::Txn(TxnOp {
+        compare: vec![],
+        success: vec![
+            req_put("b", "2"),
+            RequestOp { kind: Some(RequestKind::Put(PutOp { key: b"c".to_vec(), lease: 42, ..Default::default() })) },
+        ],
+        failure: vec![],
+    }));
+    let e = error_of(&o).expect("error outcome");
+    assert_eq!(e.message, "etcdserver: requested lease not found");
+    assert!(f.get(b"b").kvs.is_empty(), "rolled back");
+    assert_eq!(o.revision, 1, "revision unchanged");
+    // Duplicate keys in one txn are rejected, as etcd does.
+    let o = f.apply(Op::Txn(TxnOp { compare: vec![], success: vec![req_put("x", "1"), req_put("x", "2")], failure: vec![] }));
+    assert_eq!(error_of(&o).unwrap().message, "etcdserver: duplicate key given in txn request");
+    assert!(error_of(&f.apply(Op::Put(PutOp::default()))).is_some(), "empty key");
+    assert!(error_of(&f.apply(Op::LeaseGrant(LeaseGrantOp { id: 0, ttl_s: 0 }))).is_some(), "zero TTL");
+    let o = f.apply(Op::Compact(5));
+    assert_eq!(error_of(&o).unwrap().message, "mvcc: required revision is a future revision");
+    assert_eq!(f.sink.0.lock().unwrap().len(), 1, "no events from failed commands");
+}
+
+#[test]
+fn compacted_reads_report_the_compact_revision() {
+    let mut f = Fixture::new();
+    for i in 0..5 {
+        f.apply(put("a", &i.to_string()));
+    }
+    assert!(error_of(&f.apply(Op::Compact(3))).is_none());
+    let q = Query { kind: Some(QueryKind::Range(RangeOp { key: b"a".to_vec(), revision: 2, ..Default::default() })) };
+    let a = QueryAnswer::decode(f.sm.read(&f.engine, RANGE, &q.encode_to_vec()).as_slice()).unwrap();
+    let e = a.error.expect("compacted");
+    assert_eq!((e.code, e.compact_revision), (1, 3));
+    assert_eq!(e.message, "mvcc: required revision has been compacted");
+}
