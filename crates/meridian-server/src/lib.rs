@@ -3,7 +3,18 @@
 //! ```text
 //!  client ──gRPC (etcd v3) / HTTP──► routing: key → namespace → range
 //!                                     │ leader here? ── propose / ReadIndex on the local node
-//!                                     └ otherwise ───── forward to the leader's node
+//!                                     └ otherwise ───── forward to the leader's node (once)
 //! ```
 
+// The server owns the network and the clock: it spawns tasks and measures
+// lease time.
+#![allow(clippy::disallowed_methods)]
+
+pub mod backend;
+pub mod config;
+pub mod convert;
+pub mod error;
+pub mod kv_service;
+pub mod lease_service;
+pub mod maintenance;
 pub mod routing;

@@ -1,0 +1,108 @@
+//! What every API surface (etcd gRPC, HTTP/JSON) shares: routing a request
+//! to its range, proposing or reading through the local node, decoding the
+//! state machine's answer, and building etcd response headers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use meridian_kv::command as c;
+use meridian_proto::etcdserverpb as pb;
+use meridian_raftstore::RangeStatus;
+use prost::Message as _;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+use crate::routing::Routing;
+
+/// The node as the API sees it. Implemented by the production driver and by
+/// test doubles.
+#[tonic::async_trait]
+pub trait RaftAccess: Send + Sync + 'static {
+    /// Proposes a command to the range's leader on this node; answers with
+    /// the state machine's reply once applied.
+    async fn propose(&self, range_id: u64, command: Vec<u8>) -> Result<Vec<u8>, ApiError>;
+    /// Answers a query: after ReadIndex if `linearizable`, else locally.
+    async fn read(&self, range_id: u64, query: Vec<u8>, linearizable: bool) -> Result<Vec<u8>, ApiError>;
+    async fn status(&self) -> Vec<RangeStatus>;
+}
+
+/// Marks a request already forwarded once, so forwarding never loops.
+pub const FORWARDED_HEADER: &str = "x-meridian-forwarded";
+
+pub struct Backend {
+    pub raft: Arc<dyn RaftAccess>,
+    pub routing: Routing,
+    pub cfg: ServerConfig,
+    pub cluster_id: u64,
+    channels: Mutex<HashMap<u64, Channel>>,
+}
+
+impl Backend {
+    pub fn new(raft: Arc<dyn RaftAccess>, cfg: ServerConfig) -> Result<Backend, ApiError> {
+        let routing = Routing::new(&cfg.namespaces)?;
+        // A stable id for the cluster: a hash of its initial members.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for m in &cfg.initial_cluster {
+            for b in m.id.to_le_bytes().iter().chain(m.peer_addr.to_string().as_bytes()) {
+                h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        Ok(Backend { raft, routing, cfg, cluster_id: h, channels: Mutex::new(HashMap::new()) })
+    }
+
+    pub async fn execute(&self, range_id: u64, op: c::Op) -> Result<c::Outcome, ApiError> {
+        let cmd = c::Command { op: Some(op) };
+        let raw = self.raft.propose(range_id, cmd.encode_to_vec()).await?;
+        let out = c::Outcome::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable outcome: {e}")))?;
+        if let Some(c::OutcomeKind::Error(e)) = &out.kind {
+            return Err(ApiError::from_outcome(e));
+        }
+        Ok(out)
+    }
+
+    pub async fn query(&self, range_id: u64, q: c::QueryKind, linearizable: bool) -> Result<c::QueryAnswer, ApiError> {
+        let raw = self.raft.read(range_id, c::Query { kind: Some(q) }.encode_to_vec(), linearizable).await?;
+        let a = c::QueryAnswer::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable answer: {e}")))?;
+        if let Some(e) = &a.error {
+            return Err(ApiError::from_outcome(e));
+        }
+        Ok(a)
+    }
+
+    pub async fn header(&self, range_id: u64, revision: i64) -> pb::ResponseHeader {
+        let term = self.raft.status().await.into_iter().find(|s| s.range_id == range_id).map_or(0, |s| s.term);
+        pb::ResponseHeader { cluster_id: self.cluster_id, member_id: self.cfg.node_id, revision, raft_term: term }
+    }
+
+    /// A gRPC channel to another member's client endpoint, for forwarding
+    /// writes to the range leader.
+    pub fn channel_to(&self, node_id: u64) -> Result<Channel, ApiError> {
+        let mut chans = self.channels.lock().expect("channel cache");
+        if let Some(ch) = chans.get(&node_id) {
+            return Ok(ch.clone());
+        }
+        let m = self.cfg.initial_cluster.iter().find(|m| m.id == node_id).ok_or(ApiError::NoLeader { range_id: 0 })?;
+        let ep = Endpoint::from_shared(format!("http://{}", m.client_addr))
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(10));
+        let ch = ep.connect_lazy();
+        chans.insert(node_id, ch.clone());
+        Ok(ch)
+    }
+}
+
+/// Forwards `req` to the leader when the local node is not it, at most once.
+pub fn forward_target<T>(req: &tonic::Request<T>, err: &ApiError) -> Option<u64> {
+    match err {
+        ApiError::NotLeader { leader, .. } if req.metadata().get(FORWARDED_HEADER).is_none() => Some(*leader),
+        _ => None,
+    }
+}
+
+pub fn forwarded<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    r
+}

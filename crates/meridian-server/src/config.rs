@@ -1,0 +1,150 @@
+//! `meridian server` configuration (TOML file and/or flags).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub peer_addr: SocketAddr,
+    pub client_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TlsPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    /// Every node of the initial cluster, this one included.
+    pub initial_cluster: Vec<Member>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    /// Declared namespaces (key prefixes); each gets its own Raft group.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    /// Peer (QUIC) TLS material signed by the cluster CA.
+    pub tls: TlsPaths,
+    /// One Raft tick; heartbeat = 1 tick, election timeout = 10 ticks.
+    #[serde(default = "default_tick_ms")]
+    pub tick_ms: u64,
+}
+
+fn default_region() -> String {
+    "local".into()
+}
+fn default_zone() -> String {
+    "local-a".into()
+}
+fn default_tick_ms() -> u64 {
+    100
+}
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        let cfg: ServerConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+
+    pub fn me(&self) -> &Member {
+        self.initial_cluster.iter().find(|m| m.id == self.node_id).expect("validated")
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |s: String| Err(ConfigError::Invalid(s));
+        if self.node_id == 0 {
+            return bad("node_id must be at least 1".into());
+        }
+        if !self.initial_cluster.iter().any(|m| m.id == self.node_id) {
+            return bad(format!("node_id {} is not in initial_cluster", self.node_id));
+        }
+        let mut ids: Vec<u64> = self.initial_cluster.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != self.initial_cluster.len() || ids.contains(&0) {
+            return bad("initial_cluster ids must be unique and at least 1".into());
+        }
+        if self.initial_cluster.len() > 9 {
+            return bad("initial_cluster has more than 9 members".into());
+        }
+        if !(10..=10_000).contains(&self.tick_ms) {
+            return bad(format!("tick_ms {} is outside 10..=10000", self.tick_ms));
+        }
+        crate::routing::Routing::new(&self.namespaces).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ServerConfig {
+        let m = |id: u64| Member {
+            id,
+            peer_addr: format!("127.0.0.1:{}", 2380 + id).parse().unwrap(),
+            client_addr: format!("127.0.0.1:{}", 2370 + id).parse().unwrap(),
+            http_addr: format!("127.0.0.1:{}", 8080 + id).parse().unwrap(),
+        };
+        ServerConfig {
+            node_id: 1,
+            data_dir: "/tmp/m1".into(),
+            initial_cluster: vec![m(1), m(2), m(3)],
+            region: "r".into(),
+            zone: "z".into(),
+            namespaces: vec!["/payments/".into()],
+            tls: TlsPaths { cert: "c".into(), key: "k".into(), ca: "ca".into() },
+            tick_ms: 100,
+        }
+    }
+
+    #[test]
+    fn roundtrips_through_toml_and_validates() {
+        let c = sample();
+        let back: ServerConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        back.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_configs_with_clear_errors() {
+        let mut c = sample();
+        c.node_id = 7;
+        assert!(c.validate().unwrap_err().to_string().contains("not in initial_cluster"));
+        let mut c = sample();
+        c.namespaces = vec!["/a/".into(), "/a/b/".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("overlaps"));
+        let mut c = sample();
+        c.tick_ms = 1;
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<ServerConfig>("node_id = 1\nbogus = 2").is_err(), "unknown fields are errors");
+    }
+}

@@ -1,0 +1,265 @@
+//! etcd `Lease` service and the leader-side lease keeper.
+//!
+//! Expiry runs only where a range's leader is, on this process's monotonic
+//! clock ([`LeaseClock`]); an expired lease is revoked through Raft, so
+//! every replica deletes its keys at the same revision.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meridian_kv::command as c;
+use meridian_kv::lease_clock::LeaseClock;
+use meridian_proto::etcdserverpb as pb;
+use meridian_proto::etcdserverpb::lease_client::LeaseClient;
+use meridian_raftstore::raft_types::StateRole;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, warn};
+
+use crate::backend::{forward_target, forwarded, Backend};
+use crate::error::ApiError;
+use crate::routing::ROOT_RANGE_ID;
+
+/// Shortest and longest lease TTLs accepted (etcd's minimum is about
+/// 2 × election timeout; ours is 1 s × 10 ticks at the default tick).
+pub const MIN_TTL_S: i64 = 2;
+pub const MAX_TTL_S: i64 = 9_000_000_000 / 1_000_000; // ~104 days, like etcd's cap
+/// Keepalive responses buffered per stream.
+const KEEPALIVE_BUFFER: usize = 64;
+
+/// Lease clocks of the ranges this node leads, keyed by range with the term
+/// they were built in.
+#[derive(Default)]
+pub struct LeaseKeeper {
+    clocks: Mutex<HashMap<u64, (u64, LeaseClock)>>,
+    epoch: Option<Instant>,
+}
+
+impl LeaseKeeper {
+    pub fn new() -> Self {
+        LeaseKeeper { clocks: Mutex::new(HashMap::new()), epoch: Some(Instant::now()) }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.map_or(0, |e| e.elapsed().as_millis() as u64)
+    }
+
+    fn with<T>(&self, range_id: u64, f: impl FnOnce(&mut LeaseClock, u64) -> T) -> Option<T> {
+        let now = self.now_ms();
+        let mut g = self.clocks.lock().expect("lease keeper");
+        g.get_mut(&range_id).map(|(_, c)| f(c, now))
+    }
+}
+
+pub fn lease_range_of(id: i64) -> u64 {
+    match meridian_kv::mvcc::lease_range(id) {
+        0 => ROOT_RANGE_ID,
+        r => r,
+    }
+}
+
+/// Runs forever: tracks leadership changes, expires leases, checkpoints
+/// long ones. Bounded work per round.
+pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rounds: u64 = 0;
+    loop {
+        tick.tick().await;
+        rounds += 1;
+        let statuses = backend.raft.status().await;
+        // Build clocks for ranges we newly lead; drop the ones we lost.
+        for st in &statuses {
+            let leading = st.role == StateRole::Leader;
+            let known = keeper.clocks.lock().expect("lease keeper").get(&st.range_id).map(|(t, _)| *t);
+            if leading && known != Some(st.term) {
+                match load_clock(&backend, st.range_id, keeper.now_ms()).await {
+                    Ok(clock) => {
+                        keeper.clocks.lock().expect("lease keeper").insert(st.range_id, (st.term, clock));
+                    }
+                    Err(e) => debug!(range = st.range_id, "loading leases: {e}"),
+                }
+            } else if !leading && known.is_some() {
+                keeper.clocks.lock().expect("lease keeper").remove(&st.range_id);
+            }
+        }
+        let ranges: Vec<u64> = keeper.clocks.lock().expect("lease keeper").keys().copied().collect();
+        for range_id in ranges {
+            let now = keeper.now_ms();
+            let expired = keeper.with(range_id, |c, now| c.expired(now)).unwrap_or_default();
+            for id in expired {
+                match backend.execute(range_id, c::Op::LeaseRevoke(id)).await {
+                    Ok(_) | Err(ApiError::LeaseNotFound) => {
+                        keeper.with(range_id, |c, _| c.revoked(id));
+                        debug!(range = range_id, lease = id, "lease expired and revoked");
+                    }
+                    Err(e) => warn!(range = range_id, lease = id, "revoking expired lease: {e}"),
+                }
+            }
+            // Checkpoint long leases every ~5 s so a new leader continues them.
+            if rounds % 10 == 0 {
+                let cps = keeper.with(range_id, |c, now| c.checkpoints(now, 10, 256)).unwrap_or_default();
+                for (id, remaining) in cps {
+                    let op = c::Op::LeaseCheckpoint(c::LeaseCheckpointOp { id, remaining_ttl_s: remaining });
+                    if let Err(e) = backend.execute(range_id, op).await {
+                        debug!(range = range_id, lease = id, "checkpoint: {e}");
+                    }
+                }
+            }
+            let _ = now;
+        }
+    }
+}
+
+async fn load_clock(backend: &Backend, range_id: u64, now_ms: u64) -> Result<LeaseClock, ApiError> {
+    let ids = backend.query(range_id, c::QueryKind::Leases(true), true).await?.lease_ids;
+    let mut recs = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(l) = backend.query(range_id, c::QueryKind::LeaseInfo(id), true).await?.lease {
+            if l.found {
+                recs.push(meridian_kv::mvcc::LeaseRecord { id, ttl_s: l.ttl_s, remaining_ttl_s: l.remaining_ttl_s });
+            }
+        }
+    }
+    Ok(LeaseClock::on_become_leader(now_ms, &recs))
+}
+
+pub struct LeaseService {
+    pub backend: Arc<Backend>,
+    pub keeper: Arc<LeaseKeeper>,
+}
+
+impl LeaseService {
+    fn client(&self, leader: u64) -> Result<LeaseClient<tonic::transport::Channel>, Status> {
+        Ok(LeaseClient::new(self.backend.channel_to(leader)?))
+    }
+
+    async fn keepalive_once(&self, id: i64, already_forwarded: bool) -> Result<i64, ApiError> {
+        let range_id = lease_range_of(id);
+        if let Some(ttl) = self.keeper.with(range_id, |c, now| c.keepalive(now, id)) {
+            return ttl.ok_or(ApiError::LeaseNotFound);
+        }
+        // Not the leader here: ask the leader.
+        let leader = self.backend.raft.status().await.into_iter().find(|s| s.range_id == range_id).map_or(0, |s| s.leader_id);
+        if leader == 0 || leader == self.backend.cfg.node_id || already_forwarded {
+            return Err(ApiError::NoLeader { range_id });
+        }
+        let mut client = self.client(leader).map_err(|s| ApiError::Internal(s.to_string()))?;
+        let req = forwarded(tokio_stream::once(pb::LeaseKeepAliveRequest { id }));
+        let mut stream = client.lease_keep_alive(req).await.map_err(|s| ApiError::Internal(s.message().to_string()))?.into_inner();
+        match stream.next().await {
+            Some(Ok(r)) if r.ttl > 0 => Ok(r.ttl),
+            Some(Ok(_)) => Err(ApiError::LeaseNotFound),
+            Some(Err(s)) => Err(ApiError::Internal(s.message().to_string())),
+            None => Err(ApiError::Timeout),
+        }
+    }
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::lease_server::Lease for LeaseService {
+    async fn lease_grant(&self, req: Request<pb::LeaseGrantRequest>) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let g = req.get_ref();
+        if !(MIN_TTL_S..=MAX_TTL_S).contains(&g.ttl) {
+            // etcd raises short TTLs to its minimum; an absurd TTL is an error.
+            if g.ttl <= 0 || g.ttl > MAX_TTL_S {
+                return Err(ApiError::Invalid(format!("lease TTL {} outside 1..={MAX_TTL_S} seconds", g.ttl)).into());
+            }
+        }
+        let ttl = g.ttl.max(MIN_TTL_S);
+        let range_id = lease_range_of(g.id);
+        match self.backend.execute(range_id, c::Op::LeaseGrant(c::LeaseGrantOp { id: g.id, ttl_s: ttl })).await {
+            Ok(out) => {
+                let (id, ttl) = match out.kind {
+                    Some(c::OutcomeKind::Lease(l)) => (l.id, l.ttl_s),
+                    _ => return Err(ApiError::Internal("unexpected grant outcome".into()).into()),
+                };
+                self.keeper.with(range_id, |c, now| c.granted(now, id, ttl));
+                Ok(Response::new(pb::LeaseGrantResponse { header: Some(self.backend.header(range_id, out.revision).await), id, ttl, error: String::new() }))
+            }
+            Err(e) => match forward_target(&req, &e) {
+                Some(l) => self.client(l)?.lease_grant(forwarded(req.into_inner())).await,
+                None => Err(e.into()),
+            },
+        }
+    }
+
+    async fn lease_revoke(&self, req: Request<pb::LeaseRevokeRequest>) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let id = req.get_ref().id;
+        let range_id = lease_range_of(id);
+        match self.backend.execute(range_id, c::Op::LeaseRevoke(id)).await {
+            Ok(out) => {
+                self.keeper.with(range_id, |c, _| c.revoked(id));
+                Ok(Response::new(pb::LeaseRevokeResponse { header: Some(self.backend.header(range_id, out.revision).await) }))
+            }
+            Err(e) => match forward_target(&req, &e) {
+                Some(l) => self.client(l)?.lease_revoke(forwarded(req.into_inner())).await,
+                None => Err(e.into()),
+            },
+        }
+    }
+
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_keep_alive(&self, req: Request<Streaming<pb::LeaseKeepAliveRequest>>) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let already_forwarded = req.metadata().get(crate::backend::FORWARDED_HEADER).is_some();
+        let mut inbound = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_BUFFER);
+        let svc = LeaseService { backend: self.backend.clone(), keeper: self.keeper.clone() };
+        tokio::spawn(async move {
+            while let Some(msg) = inbound.next().await {
+                let Ok(msg) = msg else { break };
+                let range_id = lease_range_of(msg.id);
+                let resp = match svc.keepalive_once(msg.id, already_forwarded).await {
+                    Ok(ttl) => pb::LeaseKeepAliveResponse { header: Some(svc.backend.header(range_id, 0).await), id: msg.id, ttl },
+                    // etcd answers TTL 0 for a lease that is gone.
+                    Err(ApiError::LeaseNotFound) => pb::LeaseKeepAliveResponse { header: Some(svc.backend.header(range_id, 0).await), id: msg.id, ttl: 0 },
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        break;
+                    }
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(&self, req: Request<pb::LeaseTimeToLiveRequest>) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let r = req.get_ref();
+        let range_id = lease_range_of(r.id);
+        let a = self.backend.query(range_id, c::QueryKind::LeaseInfo(r.id), true).await?;
+        let info = a.lease.unwrap_or_default();
+        let header = Some(self.backend.header(range_id, a.revision).await);
+        if !info.found {
+            return Ok(Response::new(pb::LeaseTimeToLiveResponse { header, id: r.id, ttl: -1, granted_ttl: 0, keys: vec![] }));
+        }
+        let remaining = self.keeper.with(range_id, |c, now| c.remaining_s(now, r.id)).flatten().unwrap_or(info.remaining_ttl_s);
+        Ok(Response::new(pb::LeaseTimeToLiveResponse {
+            header,
+            id: r.id,
+            ttl: remaining,
+            granted_ttl: info.ttl_s,
+            keys: if r.keys { info.keys } else { vec![] },
+        }))
+    }
+
+    async fn lease_leases(&self, _req: Request<pb::LeaseLeasesRequest>) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        let mut leases = Vec::new();
+        let mut revision = 0;
+        let mut ranges: Vec<u64> = vec![ROOT_RANGE_ID];
+        ranges.extend(self.backend.routing.namespaces().iter().map(|n| n.range_id));
+        for range_id in ranges {
+            let a = self.backend.query(range_id, c::QueryKind::Leases(true), true).await?;
+            revision = revision.max(a.revision);
+            leases.extend(a.lease_ids.into_iter().map(|id| pb::LeaseStatus { id }));
+        }
+        Ok(Response::new(pb::LeaseLeasesResponse { header: Some(self.backend.header(ROOT_RANGE_ID, revision).await), leases }))
+    }
+}
