@@ -116,7 +116,8 @@ fn mvcc_matches_model_under_random_ops() {
 fn leases_attach_and_revoke_atomically() {
     let engine = MemEngine::new();
     let (lease, _) = apply(&engine, |t| t.grant_lease(0, 30)).unwrap();
-    assert_eq!(lease.id, 1, "ids are assigned deterministically");
+    assert_eq!(lease.id, (RANGE as i64) << 40 | 1, "ids are assigned deterministically and carry the range");
+    assert_eq!(meridian_kv::mvcc::lease_range(lease.id), RANGE);
     apply(&engine, |t| t.put(b"a", b"1", lease.id).map(|_| ())).unwrap();
     apply(&engine, |t| t.put(b"b", b"2", lease.id).map(|_| ())).unwrap();
     apply(&engine, |t| t.put(b"c", b"3", 0).map(|_| ())).unwrap();
@@ -125,6 +126,8 @@ fn leases_attach_and_revoke_atomically() {
     assert_eq!(Mvcc::lease_keys(&reader(&engine), lease.id).unwrap(), vec![b"a".to_vec()]);
     let bad = apply(&engine, |t| t.put(b"d", b"4", 99));
     assert!(matches!(bad, Err(KvError::LeaseNotFound { lease_id: 99 })), "unknown lease on put");
+    let (second, _) = apply(&engine, |t| t.grant_lease(0, 30)).unwrap();
+    assert_eq!(second.id, lease.id + 1);
     assert!(Mvcc::get(&reader(&engine), b"d").unwrap().is_none(), "the failed put changed nothing");
     let before = Mvcc::meta(&reader(&engine)).unwrap().revision;
     let (deleted, rev) = apply(&engine, |t| t.revoke_lease(lease.id)).unwrap();

@@ -95,7 +95,14 @@ pub fn put_op(p: &pb::PutRequest) -> Result<c::PutOp, ApiError> {
     if p.ignore_lease && p.lease != 0 {
         return Err(ApiError::Invalid("lease is provided".into()));
     }
-    Ok(c::PutOp { key: p.key.clone(), value: p.value.clone(), lease: p.lease, prev_kv: p.prev_kv, ignore_value: p.ignore_value, ignore_lease: p.ignore_lease })
+    Ok(c::PutOp {
+        key: p.key.clone(),
+        value: p.value.clone(),
+        lease: p.lease,
+        prev_kv: p.prev_kv,
+        ignore_value: p.ignore_value,
+        ignore_lease: p.ignore_lease,
+    })
 }
 
 pub fn delete_op(d: &pb::DeleteRangeRequest) -> Result<c::DeleteOp, ApiError> {
@@ -111,7 +118,9 @@ fn compare(x: &pb::Compare) -> Result<c::Compare, ApiError> {
         return Err(ApiError::EmptyKey);
     }
     let (number, value) = match &x.target_union {
-        Some(TargetUnion::Version(n) | TargetUnion::CreateRevision(n) | TargetUnion::ModRevision(n) | TargetUnion::Lease(n)) => (*n, Vec::new()),
+        Some(TargetUnion::Version(n) | TargetUnion::CreateRevision(n) | TargetUnion::ModRevision(n) | TargetUnion::Lease(n)) => {
+            (*n, Vec::new())
+        }
         Some(TargetUnion::Value(v)) => (0, v.clone()),
         None => (0, Vec::new()),
     };
@@ -185,12 +194,14 @@ pub fn txn_response(req: &pb::TxnRequest, out: c::TxnOutcome, header: &pb::Respo
             use pb::request_op::Request;
             use pb::response_op::Response;
             let resp = match (r.kind, &q.request) {
-                (Some(c::ResponseKind::Range(x)), Some(Request::RequestRange(rq))) => Some(Response::ResponseRange(range_response(rq, x, header.clone()))),
+                (Some(c::ResponseKind::Range(x)), Some(Request::RequestRange(rq))) => {
+                    Some(Response::ResponseRange(range_response(rq, x, *header)))
+                }
                 (Some(c::ResponseKind::Put(x)), _) => {
-                    Some(Response::ResponsePut(pb::PutResponse { header: Some(header.clone()), prev_kv: x.prev_kv.map(kv_out) }))
+                    Some(Response::ResponsePut(pb::PutResponse { header: Some(*header), prev_kv: x.prev_kv.map(kv_out) }))
                 }
                 (Some(c::ResponseKind::Delete(x)), _) => Some(Response::ResponseDeleteRange(pb::DeleteRangeResponse {
-                    header: Some(header.clone()),
+                    header: Some(*header),
                     deleted: x.deleted,
                     prev_kvs: x.prev_kvs.into_iter().map(kv_out).collect(),
                 })),
@@ -200,5 +211,5 @@ pub fn txn_response(req: &pb::TxnRequest, out: c::TxnOutcome, header: &pb::Respo
             pb::ResponseOp { response: resp }
         })
         .collect();
-    pb::TxnResponse { header: Some(header.clone()), succeeded: out.succeeded, responses }
+    pb::TxnResponse { header: Some(*header), succeeded: out.succeeded, responses }
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use meridian_kv::command as c;
 use meridian_proto::etcdserverpb as pb;
 use meridian_proto::etcdserverpb::kv_client::KvClient;
-use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 use crate::backend::{forward_target, forwarded, Backend};
@@ -24,7 +23,7 @@ fn check_size<M: prost::Message>(m: &M) -> Result<(), ApiError> {
 }
 
 impl KvService {
-    async fn client(&self, leader: u64) -> Result<KvClient<tonic::transport::Channel>, Status> {
+    async fn client(&self, leader: u64) -> Result<KvClient<tonic::transport::Channel>, ApiError> {
         Ok(KvClient::new(self.backend.channel_to(leader)?))
     }
 }
@@ -74,7 +73,11 @@ impl pb::kv_server::Kv for KvService {
                     Some(c::OutcomeKind::Delete(x)) => (x.deleted, x.prev_kvs.into_iter().map(convert::kv_out).collect()),
                     _ => (0, Vec::new()),
                 };
-                Ok(Response::new(pb::DeleteRangeResponse { header: Some(self.backend.header(range_id, out.revision).await), deleted, prev_kvs }))
+                Ok(Response::new(pb::DeleteRangeResponse {
+                    header: Some(self.backend.header(range_id, out.revision).await),
+                    deleted,
+                    prev_kvs,
+                }))
             }
             Err(e) => match forward_target(&req, &e) {
                 Some(l) => self.client(l).await?.delete_range(forwarded(req.into_inner())).await,
@@ -125,7 +128,9 @@ pub fn check_lease_namespace(lease: i64, key_range: u64) -> Result<(), ApiError>
     let owner = meridian_kv::mvcc::lease_range(lease);
     let owner = if owner == 0 { crate::routing::ROOT_RANGE_ID } else { owner };
     if owner != key_range {
-        return Err(ApiError::CrossNamespace(format!("lease {lease:x} belongs to another namespace (range {owner}) than the key (range {key_range})")));
+        return Err(ApiError::CrossNamespace(format!(
+            "lease {lease:x} belongs to another namespace (range {owner}) than the key (range {key_range})"
+        )));
     }
     Ok(())
 }

@@ -99,7 +99,7 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, interva
                 }
             }
             // Checkpoint long leases every ~5 s so a new leader continues them.
-            if rounds % 10 == 0 {
+            if rounds.is_multiple_of(10) {
                 let cps = keeper.with(range_id, |c, now| c.checkpoints(now, 10, 256)).unwrap_or_default();
                 for (id, remaining) in cps {
                     let op = c::Op::LeaseCheckpoint(c::LeaseCheckpointOp { id, remaining_ttl_s: remaining });
@@ -132,7 +132,7 @@ pub struct LeaseService {
 }
 
 impl LeaseService {
-    fn client(&self, leader: u64) -> Result<LeaseClient<tonic::transport::Channel>, Status> {
+    fn client(&self, leader: u64) -> Result<LeaseClient<tonic::transport::Channel>, ApiError> {
         Ok(LeaseClient::new(self.backend.channel_to(leader)?))
     }
 
@@ -146,7 +146,7 @@ impl LeaseService {
         if leader == 0 || leader == self.backend.cfg.node_id || already_forwarded {
             return Err(ApiError::NoLeader { range_id });
         }
-        let mut client = self.client(leader).map_err(|s| ApiError::Internal(s.to_string()))?;
+        let mut client = self.client(leader)?;
         let req = forwarded(tokio_stream::once(pb::LeaseKeepAliveRequest { id }));
         let mut stream = client.lease_keep_alive(req).await.map_err(|s| ApiError::Internal(s.message().to_string()))?.into_inner();
         match stream.next().await {
@@ -179,7 +179,12 @@ impl pb::lease_server::Lease for LeaseService {
                     _ => return Err(ApiError::Internal("unexpected grant outcome".into()).into()),
                 };
                 self.keeper.with(range_id, |c, now| c.granted(now, id, ttl));
-                Ok(Response::new(pb::LeaseGrantResponse { header: Some(self.backend.header(range_id, out.revision).await), id, ttl, error: String::new() }))
+                Ok(Response::new(pb::LeaseGrantResponse {
+                    header: Some(self.backend.header(range_id, out.revision).await),
+                    id,
+                    ttl,
+                    error: String::new(),
+                }))
             }
             Err(e) => match forward_target(&req, &e) {
                 Some(l) => self.client(l)?.lease_grant(forwarded(req.into_inner())).await,
@@ -205,7 +210,10 @@ impl pb::lease_server::Lease for LeaseService {
 
     type LeaseKeepAliveStream = KeepAliveStream;
 
-    async fn lease_keep_alive(&self, req: Request<Streaming<pb::LeaseKeepAliveRequest>>) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let already_forwarded = req.metadata().get(crate::backend::FORWARDED_HEADER).is_some();
         let mut inbound = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_BUFFER);
@@ -217,7 +225,9 @@ impl pb::lease_server::Lease for LeaseService {
                 let resp = match svc.keepalive_once(msg.id, already_forwarded).await {
                     Ok(ttl) => pb::LeaseKeepAliveResponse { header: Some(svc.backend.header(range_id, 0).await), id: msg.id, ttl },
                     // etcd answers TTL 0 for a lease that is gone.
-                    Err(ApiError::LeaseNotFound) => pb::LeaseKeepAliveResponse { header: Some(svc.backend.header(range_id, 0).await), id: msg.id, ttl: 0 },
+                    Err(ApiError::LeaseNotFound) => {
+                        pb::LeaseKeepAliveResponse { header: Some(svc.backend.header(range_id, 0).await), id: msg.id, ttl: 0 }
+                    }
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
                         break;

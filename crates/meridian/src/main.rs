@@ -1,8 +1,8 @@
 //! The `meridian` binary.
 //!
-//! Today it carries the simulated-cluster demo and the group-commit
-//! benchmark; `server`, `dev` and the client subcommands arrive with the
-//! etcd API (see README).
+//! `server` runs a node, `dev` a local cluster of them, `kv` and `status`
+//! are clients over the etcd v3 API; `demo` and `bench-raft` exercise the
+//! consensus core in one process.
 
 // The binary owns the clock: it times benchmarks and prints progress.
 #![allow(clippy::disallowed_methods)]
@@ -14,6 +14,9 @@ use clap::{Parser, Subcommand};
 use meridian_sim::bench::bench_group_commit;
 use meridian_sim::{random_run, SimConfig};
 
+mod client;
+mod dev;
+
 #[derive(Parser)]
 #[command(name = "meridian", version, about = "Meridian: a geo-sharded coordination service")]
 struct Cli {
@@ -23,6 +26,41 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run one Meridian node (etcd v3 gRPC API, HTTP/JSON, metrics).
+    Server {
+        /// TOML configuration file (see docs/operations.md).
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
+    /// Start a local cluster of real server processes and keep it in the
+    /// foreground until Ctrl-C.
+    Dev {
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        #[arg(long, default_value = "meridian-dev-data")]
+        data_dir: std::path::PathBuf,
+        /// Client ports start here; peer ports at +100, HTTP at +200.
+        #[arg(long, default_value_t = 23790)]
+        base_port: u16,
+        /// Namespaces to declare (comma-separated key prefixes).
+        #[arg(long, value_delimiter = ',')]
+        namespaces: Vec<String>,
+    },
+    /// Key-value operations over the etcd v3 API.
+    Kv {
+        #[arg(long, default_value = "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792")]
+        endpoints: String,
+        #[command(subcommand)]
+        op: KvOp,
+    },
+    /// Node and range status.
+    Status {
+        #[arg(long, default_value = "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792")]
+        endpoints: String,
+        /// HTTP addresses, for the per-range table.
+        #[arg(long)]
+        http: Option<String>,
+    },
     /// Run a whole simulated cluster in this process: nodes, ranges, a
     /// random workload and a nemesis (crashes, partitions, drops), with
     /// every safety invariant checked. Deterministic from --seed.
@@ -61,9 +99,73 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum KvOp {
+    Put {
+        key: String,
+        value: String,
+        #[arg(long, default_value_t = 0)]
+        lease: i64,
+    },
+    Get {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        #[arg(long)]
+        serializable: bool,
+    },
+    Del {
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the tokio runtime")
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    let default = if matches!(std::env::args().nth(1).as_deref(), Some("server")) { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     match Cli::parse().cmd {
+        Cmd::Server { config } => {
+            let cfg = meridian_server::config::ServerConfig::load(&config)?;
+            runtime()?.block_on(meridian_server::server::run(cfg, shutdown_signal()))?;
+            Ok(())
+        }
+        Cmd::Dev { nodes, data_dir, base_port, namespaces } => {
+            runtime()?.block_on(dev::run(dev::DevOptions { nodes, data_dir, base_port, namespaces }))
+        }
+        Cmd::Kv { endpoints, op } => runtime()?.block_on(async move {
+            match op {
+                KvOp::Put { key, value, lease } => client::put(&endpoints, &key, &value, lease).await,
+                KvOp::Get { key, prefix, rev, serializable } => client::get(&endpoints, &key, prefix, rev, serializable).await,
+                KvOp::Del { key, prefix } => client::del(&endpoints, &key, prefix).await,
+            }
+        }),
+        Cmd::Status { endpoints, http } => runtime()?.block_on(client::status(&endpoints, http.as_deref())),
         Cmd::Demo { nodes, ranges, ticks, runs, seed } => demo(nodes, ranges, ticks, runs, seed),
         Cmd::BenchRaft { ranges, inflight, entries, max_secs, json } => bench(&ranges, inflight, entries, max_secs, json),
     }

@@ -1,0 +1,157 @@
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use meridian_raftstore::raft_types::ConfChangeV2;
+use meridian_raftstore::{RaftstoreError, RangeStatus, StoreMetrics};
+use meridian_transport::quic::QuicTransport;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info_span, Instrument as _};
+
+use crate::error::NodeError;
+use crate::node::join_node_thread;
+use crate::store_loop::{Command, Reply};
+
+/// A cheap, cloneable handle to a running node. Every request has the
+/// node's deadline (`request_timeout_ms`) and fails with
+/// [`NodeError::Timeout`] past it, or [`NodeError::Stopped`] once the node
+/// is down.
+///
+/// Dropping every handle stops the node too, without waiting; call
+/// [`NodeHandle::shutdown`] for an orderly stop.
+#[derive(Clone)]
+pub struct NodeHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: u64,
+    commands: mpsc::Sender<Command>,
+    transport: Arc<QuicTransport>,
+    request_timeout: Duration,
+    /// Taken by the first `shutdown`; dropping it (with the last handle)
+    /// stops the loop as well.
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl NodeHandle {
+    pub(crate) fn new(
+        node_id: u64,
+        commands: mpsc::Sender<Command>,
+        transport: Arc<QuicTransport>,
+        request_timeout: Duration,
+        stop: oneshot::Sender<()>,
+        thread: std::thread::JoinHandle<()>,
+    ) -> Self {
+        NodeHandle {
+            inner: Arc::new(Inner {
+                node_id,
+                commands,
+                transport,
+                request_timeout,
+                stop: Mutex::new(Some(stop)),
+                thread: Mutex::new(Some(thread)),
+            }),
+        }
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.inner.node_id
+    }
+
+    /// The bound QUIC address (useful after listening on port 0).
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.inner.transport.local_addr()
+    }
+
+    /// Adds a peer node or changes its address (e.g. it restarted
+    /// elsewhere); a live connection to the old address is redialled.
+    pub fn set_peer_addr(&self, node_id: u64, addr: SocketAddr) {
+        self.inner.transport.set_peer_addr(node_id, addr);
+    }
+
+    /// Proposes a state-machine command to `range_id`, whose leader must be
+    /// this node (else `NodeError::Raft(NotLeader { leader_hint, .. })`).
+    /// Answers the index it was applied at and the state machine's
+    /// response.
+    pub async fn propose(&self, range_id: u64, command: Vec<u8>) -> Result<(u64, Vec<u8>), NodeError> {
+        self.call(|| format!("proposal to range {range_id}"), |reply| Command::Propose { range_id, command, reply }).await
+    }
+
+    /// Answers `query` from this node's replica of `range_id`.
+    /// `linearizable`: after a ReadIndex round confirmed by the leader
+    /// (works on followers); otherwise from the local applied state, which
+    /// may be stale. Answers the applied index the read was served at and
+    /// the value.
+    pub async fn read(&self, range_id: u64, query: Vec<u8>, linearizable: bool) -> Result<(u64, Vec<u8>), NodeError> {
+        self.call(|| format!("read in range {range_id}"), |reply| Command::Read { range_id, query, linearizable, reply }).await
+    }
+
+    /// Proposes a membership change (through joint consensus; see
+    /// `Store::propose_conf_change`). Answers the index the change was
+    /// applied at; a committed change raft rejected is
+    /// `NodeError::Raft(InvalidRequest { .. })`.
+    pub async fn conf_change(&self, range_id: u64, change: ConfChangeV2) -> Result<u64, NodeError> {
+        let (index, response) =
+            self.call(|| format!("conf change in range {range_id}"), |reply| Command::ConfChange { range_id, change, reply }).await?;
+        if response.is_empty() {
+            Ok(index)
+        } else {
+            let reason = String::from_utf8_lossy(&response).into_owned();
+            Err(RaftstoreError::InvalidRequest { range_id, reason }.into())
+        }
+    }
+
+    /// Asks this node, the leader of `range_id`, to hand leadership to
+    /// `to`. Returns once the request is made, not when it took effect.
+    pub async fn transfer_leader(&self, range_id: u64, to: u64) -> Result<(), NodeError> {
+        self.call(|| format!("leader transfer in range {range_id}"), |reply| Command::TransferLeader { range_id, to, reply }).await
+    }
+
+    /// Status of every range replica on this node, by range id.
+    pub async fn status(&self) -> Result<Vec<RangeStatus>, NodeError> {
+        self.call(|| "status".to_string(), |reply| Command::Status { reply }).await
+    }
+
+    pub async fn metrics(&self) -> Result<StoreMetrics, NodeError> {
+        self.call(|| "metrics".to_string(), |reply| Command::Metrics { reply }).await
+    }
+
+    /// Stops the store loop, waits for its thread (RocksDB is closed when
+    /// this returns; the data stays on disk) and shuts the transport down.
+    /// Other clones of this handle get [`NodeError::Stopped`] afterwards.
+    pub async fn shutdown(self) {
+        let span = info_span!("node", node = self.inner.node_id);
+        async {
+            if let Some(stop) = lock(&self.inner.stop).take() {
+                let _ = stop.send(());
+            }
+            let thread = lock(&self.inner.thread).take();
+            if let Some(thread) = thread {
+                join_node_thread(thread).await;
+            }
+            // The node thread shuts the transport down on every exit; this
+            // covers a thread that panicked. Idempotent.
+            self.inner.transport.shutdown().await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn call<T>(&self, what: impl FnOnce() -> String, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        let round_trip = async {
+            self.inner.commands.send(make(reply)).await.map_err(|_| NodeError::Stopped)?;
+            answer.await.map_err(|_| NodeError::Stopped)?
+        };
+        match tokio::time::timeout(self.inner.request_timeout, round_trip).await {
+            Ok(result) => result,
+            Err(_) => Err(NodeError::Timeout { what: what() }),
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! Meridian's production node driver: runs one [`meridian_raftstore::Store`]
+//! on a real node — RocksDB for storage, QUIC for peers, wall-clock ticks.
+//!
+//! ```text
+//!   NodeHandle (Clone; any task)          peers (QUIC, mTLS)
+//!     │ propose / read / conf_change          │
+//!     │ bounded command channel               │ QuicTransport tasks on the
+//!     ▼                                       ▼ caller's (shared) runtime
+//!   ┌──────────────────────────────────────────────────────────────┐
+//!   │ store loop: dedicated OS thread, own current-thread runtime  │
+//!   │   select! { tick interval │ inbound envelopes │ commands }   │
+//!   │   drain what else is queued (bounded), then store.poll()     │
+//!   │     └─ one fsync per round for every range (group commit)    │
+//!   │   completions ──► waiting oneshot senders                    │
+//!   └──────────────────────────────────────────────────────────────┘
+//!            │ RocksEngine (data_dir)        │ Transport::send (never blocks)
+//! ```
+//!
+//! The store does its fsyncs inside `poll`, so it runs on a thread of its
+//! own: a slow disk stalls this node's raft loop, never the shared tokio
+//! runtime that serves clients and the transport.
+
+// This crate is a driver: it owns the clock (tick interval, request
+// deadlines), the thread and runtime the store runs on, and OS entropy for
+// the store's seed. The core crates stay under the determinism lints.
+#![allow(clippy::disallowed_methods)]
+
+mod config;
+mod error;
+mod handle;
+mod node;
+mod store_loop;
+
+pub use config::NodeConfig;
+pub use error::NodeError;
+pub use handle::NodeHandle;
+pub use node::Node;
+pub use store_loop::{COMMAND_QUEUE, INBOUND_QUEUE_ENVELOPES, MAX_COMMANDS_PER_ROUND, MAX_INBOUND_PER_ROUND};

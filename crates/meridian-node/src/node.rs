@@ -1,0 +1,160 @@
+//! Starting a node: transport on the caller's runtime, engine and store on
+//! the node's own thread.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_raftstore::{StateMachineFactory, Store, StoreConfig};
+use meridian_storage::{RangeDescriptor, RocksEngine};
+use meridian_transport::quic::{QuicConfig, QuicTransport};
+use meridian_transport::{RaftEnvelope, Transport};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, info_span, Instrument as _};
+
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::handle::NodeHandle;
+use crate::store_loop::{Command, Exit, StoreLoop, COMMAND_QUEUE, INBOUND_QUEUE_ENVELOPES};
+
+/// Starts nodes; see [`Node::start`].
+#[derive(Debug)]
+pub struct Node;
+
+/// What the node thread needs to open the store and run the loop.
+struct Setup {
+    node_id: u64,
+    data_dir: PathBuf,
+    ranges: Vec<RangeDescriptor>,
+    store: StoreConfig,
+    state_machine: Arc<dyn StateMachineFactory>,
+    transport: Arc<QuicTransport>,
+    inbound: mpsc::Receiver<RaftEnvelope>,
+    commands: mpsc::Receiver<Command>,
+    stop: oneshot::Receiver<()>,
+    tick: Duration,
+    request_timeout: Duration,
+}
+
+impl Node {
+    /// Starts a node: binds the QUIC endpoint, opens RocksDB in
+    /// `data_dir`, bootstraps the configured ranges that are not on disk
+    /// yet, opens the store and starts its loop. Returns once the store is
+    /// open, so errors opening it are returned here.
+    ///
+    /// Must be awaited inside a tokio runtime (multi-thread recommended):
+    /// the transport's tasks run on it. The store itself runs on a
+    /// dedicated OS thread with its own current-thread runtime, so its
+    /// fsyncs never block that runtime.
+    pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
+        cfg.validate()?;
+        let span = info_span!("node", node = cfg.node_id);
+        Self::start_inner(cfg).instrument(span).await
+    }
+
+    async fn start_inner(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
+        let node_id = cfg.node_id;
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_ENVELOPES);
+        let mut quic = QuicConfig::new(node_id, cfg.listen_peer, cfg.tls.clone());
+        quic.peers = cfg.peers.clone();
+        let transport = Arc::new(QuicTransport::start(quic, inbound_tx)?);
+
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let request_timeout = Duration::from_millis(cfg.request_timeout_ms);
+        let setup = Setup {
+            node_id,
+            data_dir: cfg.data_dir,
+            ranges: cfg.ranges,
+            store: cfg.store,
+            state_machine: cfg.state_machine,
+            transport: transport.clone(),
+            inbound: inbound_rx,
+            commands: commands_rx,
+            stop: stop_rx,
+            tick: Duration::from_millis(cfg.tick_ms),
+            request_timeout,
+        };
+        let spawned = std::thread::Builder::new().name(format!("meridian-node-{node_id}")).spawn(move || node_thread(setup, ready_tx));
+        let thread = match spawned {
+            Ok(t) => t,
+            Err(e) => {
+                transport.shutdown().await;
+                return Err(e.into());
+            }
+        };
+        let failed = match ready_rx.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            // The thread died before reporting (a panic; it is logged).
+            Err(_) => Some(NodeError::Stopped),
+        };
+        if let Some(e) = failed {
+            join_node_thread(thread).await;
+            // The thread shuts the transport down itself unless it panicked.
+            transport.shutdown().await;
+            return Err(e);
+        }
+        Ok(NodeHandle::new(node_id, commands_tx, transport, request_timeout, stop_tx, thread))
+    }
+}
+
+/// Waits for the node thread to end without blocking the runtime.
+pub(crate) async fn join_node_thread(thread: std::thread::JoinHandle<()>) {
+    match tokio::task::spawn_blocking(move || thread.join()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => error!("node thread panicked"),
+        Err(e) => error!("joining node thread: {e}"),
+    }
+}
+
+fn node_thread(setup: Setup, ready: oneshot::Sender<Result<(), NodeError>>) {
+    let span = info_span!("node", node = setup.node_id);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e.into()));
+            return;
+        }
+    };
+    runtime.block_on(run_node(setup, ready).instrument(span));
+}
+
+async fn run_node(setup: Setup, ready: oneshot::Sender<Result<(), NodeError>>) {
+    let transport = setup.transport.clone();
+    match open_store(&setup) {
+        Err(e) => {
+            let _ = ready.send(Err(e));
+        }
+        // If `start` was abandoned nobody holds a handle: stop right away.
+        Ok(store) => {
+            if ready.send(Ok(())).is_ok() {
+                let store_loop = StoreLoop::new(store, setup.inbound, setup.commands, setup.stop, setup.tick, setup.request_timeout);
+                match store_loop.run().await {
+                    Exit::Requested => info!("node shutting down"),
+                    Exit::HandlesDropped => info!("every handle dropped; node shutting down"),
+                    Exit::Fatal(e) => error!("store poll failed, stopping the node: {e}"),
+                }
+            }
+        }
+    }
+    // The store (and RocksDB with it) is closed by now; data stays on disk.
+    transport.shutdown().await;
+}
+
+fn open_store(setup: &Setup) -> Result<Store, NodeError> {
+    std::fs::create_dir_all(&setup.data_dir)?;
+    let engine = RocksEngine::open(&setup.data_dir)?;
+    let created = Store::bootstrap(&engine, setup.node_id, &setup.ranges)?;
+    let transport: Arc<dyn Transport> = setup.transport.clone();
+    let store = Store::open(setup.store.clone(), Arc::new(engine), transport, setup.state_machine.clone())?;
+    info!(
+        data_dir = %setup.data_dir.display(),
+        bootstrapped = created,
+        ranges = store.range_ids().len(),
+        peer_addr = %setup.transport.local_addr(),
+        "node started"
+    );
+    Ok(store)
+}

@@ -1,0 +1,381 @@
+//! The store loop: the only code that touches the [`Store`]. It runs on the
+//! node's dedicated thread (see `node.rs`).
+//!
+//! One round: wait for a tick, an inbound envelope or a command; take
+//! whatever else is already queued (bounded); run `Store::poll` once; hand
+//! completions to their waiters. Taking everything queued before polling
+//! is what makes group commit work: every proposal and every append that
+//! arrived during the previous round's fsync shares the next one.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use meridian_raftstore::raft_types::ConfChangeV2;
+use meridian_raftstore::{Completion, RaftstoreError, RangeStatus, RequestId, Store, StoreMetrics};
+use meridian_transport::RaftEnvelope;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+use tracing::{debug, warn};
+
+use crate::error::NodeError;
+
+/// Bound of the channel from the transport's listener to the store loop.
+/// When full, the listener stops reading and QUIC flow control pushes back
+/// on the sending node.
+pub const INBOUND_QUEUE_ENVELOPES: usize = 4096;
+/// Bound of the channel from handles to the store loop; when full, callers
+/// wait (within their deadline).
+pub const COMMAND_QUEUE: usize = 4096;
+/// Envelopes stepped per round at most, so a flood of peer traffic cannot
+/// starve ticks and client commands.
+pub const MAX_INBOUND_PER_ROUND: usize = 1024;
+/// Commands handled per round at most.
+pub const MAX_COMMANDS_PER_ROUND: usize = 1024;
+/// How often waiters are checked for expired deadlines and callers that
+/// gave up.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
+/// The index a request was applied (or read) at, and the state machine's
+/// response.
+pub(crate) type Answer = (u64, Vec<u8>);
+
+/// A request from a handle.
+pub(crate) enum Command {
+    Propose { range_id: u64, command: Vec<u8>, reply: Reply<Answer> },
+    Read { range_id: u64, query: Vec<u8>, linearizable: bool, reply: Reply<Answer> },
+    ConfChange { range_id: u64, change: ConfChangeV2, reply: Reply<Answer> },
+    TransferLeader { range_id: u64, to: u64, reply: Reply<()> },
+    Status { reply: Reply<Vec<RangeStatus>> },
+    Metrics { reply: Reply<StoreMetrics> },
+}
+
+/// A caller waiting for a [`Completion`].
+struct Waiter {
+    reply: Reply<Answer>,
+    deadline: Instant,
+    range_id: u64,
+}
+
+/// Why the loop ended.
+pub(crate) enum Exit {
+    /// `NodeHandle::shutdown`.
+    Requested,
+    /// Every handle was dropped.
+    HandlesDropped,
+    /// `Store::poll` failed: storage IO. The node must not go on.
+    Fatal(RaftstoreError),
+}
+
+pub(crate) struct StoreLoop {
+    store: Store,
+    inbound: mpsc::Receiver<RaftEnvelope>,
+    commands: mpsc::Receiver<Command>,
+    stop: oneshot::Receiver<()>,
+    tick: Duration,
+    /// Waiters the store has not answered by then are failed. Bounded in
+    /// number by the store's `max_pending_per_range` (every waiter is a
+    /// request the store holds).
+    request_timeout: Duration,
+    waiters: HashMap<RequestId, Waiter>,
+}
+
+impl StoreLoop {
+    pub(crate) fn new(
+        store: Store,
+        inbound: mpsc::Receiver<RaftEnvelope>,
+        commands: mpsc::Receiver<Command>,
+        stop: oneshot::Receiver<()>,
+        tick: Duration,
+        request_timeout: Duration,
+    ) -> Self {
+        StoreLoop { store, inbound, commands, stop, tick, request_timeout, waiters: HashMap::new() }
+    }
+
+    /// Runs until shutdown, until every handle is gone, or until a fatal
+    /// storage error. Waiters still pending then get [`NodeError::Stopped`].
+    /// The store (and with it the engine) is dropped on return.
+    pub(crate) async fn run(mut self) -> Exit {
+        let mut ticker = tokio::time::interval(self.tick);
+        // After a stall (a slow fsync), tick at the normal pace again rather
+        // than in a burst: a burst of ticks would fire elections.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
+        let mut inbound_open = true;
+        let exit = loop {
+            tokio::select! {
+                stop = &mut self.stop => {
+                    break if stop.is_ok() { Exit::Requested } else { Exit::HandlesDropped };
+                }
+                _ = ticker.tick() => {
+                    self.store.tick();
+                    let now = Instant::now();
+                    if now >= next_sweep {
+                        self.sweep_waiters(now);
+                        next_sweep = now + SWEEP_INTERVAL;
+                    }
+                }
+                env = self.inbound.recv(), if inbound_open => match env {
+                    Some(env) => self.store.step(env),
+                    None => {
+                        // Only happens once the transport is shutting down.
+                        warn!("transport inbound channel closed");
+                        inbound_open = false;
+                    }
+                },
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd),
+                    None => break Exit::HandlesDropped,
+                },
+            }
+            self.drain_queued(inbound_open);
+            match self.store.poll() {
+                Ok(done) => self.complete(done),
+                Err(e) => break Exit::Fatal(e),
+            }
+        };
+        self.fail_all();
+        exit
+    }
+
+    /// Takes what is already queued, bounded, without waiting.
+    fn drain_queued(&mut self, inbound_open: bool) {
+        if inbound_open {
+            for _ in 1..MAX_INBOUND_PER_ROUND {
+                match self.inbound.try_recv() {
+                    Ok(env) => self.store.step(env),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+        }
+        for _ in 1..MAX_COMMANDS_PER_ROUND {
+            match self.commands.try_recv() {
+                Ok(cmd) => self.handle(cmd),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Propose { range_id, command, reply } => {
+                // A caller that already gave up (deadline) gets no proposal
+                // on its behalf.
+                if !reply.is_closed() {
+                    let r = self.store.propose(range_id, command);
+                    self.wait(range_id, r, reply);
+                }
+            }
+            Command::Read { range_id, query, linearizable: true, reply } => {
+                if !reply.is_closed() {
+                    let r = self.store.read_index(range_id, query);
+                    self.wait(range_id, r, reply);
+                }
+            }
+            Command::Read { range_id, query, linearizable: false, reply } => {
+                let r = self.store.read_local(range_id, &query).map(|value| {
+                    let applied = self.store.range_status(range_id).map_or(0, |s| s.applied);
+                    (applied, value)
+                });
+                let _ = reply.send(r.map_err(NodeError::from));
+            }
+            Command::ConfChange { range_id, change, reply } => {
+                if !reply.is_closed() {
+                    let r = self.store.propose_conf_change(range_id, change);
+                    self.wait(range_id, r, reply);
+                }
+            }
+            Command::TransferLeader { range_id, to, reply } => {
+                let _ = reply.send(self.store.transfer_leader(range_id, to).map_err(NodeError::from));
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(Ok(self.store.statuses()));
+            }
+            Command::Metrics { reply } => {
+                let _ = reply.send(Ok(self.store.metrics()));
+            }
+        }
+    }
+
+    fn wait(&mut self, range_id: u64, submitted: Result<RequestId, RaftstoreError>, reply: Reply<Answer>) {
+        match submitted {
+            Ok(id) => {
+                let deadline = Instant::now() + self.request_timeout;
+                self.waiters.insert(id, Waiter { reply, deadline, range_id });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    fn complete(&mut self, done: Vec<Completion>) {
+        for c in done {
+            // No waiter: its deadline passed, or the caller is gone.
+            if let Some(w) = self.waiters.remove(&c.id) {
+                let _ = w.reply.send(c.result.map_err(NodeError::from));
+            }
+        }
+    }
+
+    /// Fails waiters past their deadline (the store normally answers every
+    /// request, but a reply must never depend on that) and forgets those
+    /// whose caller gave up.
+    fn sweep_waiters(&mut self, now: Instant) {
+        let expired: Vec<RequestId> =
+            self.waiters.iter().filter(|(_, w)| w.reply.is_closed() || now >= w.deadline).map(|(id, _)| *id).collect();
+        for id in expired {
+            let w = self.waiters.remove(&id).expect("listed");
+            if !w.reply.is_closed() {
+                debug!(range = w.range_id, request = id.0, "request unanswered by its deadline");
+                let what = format!("request {} in range {}", id.0, w.range_id);
+                let _ = w.reply.send(Err(NodeError::Timeout { what }));
+            }
+        }
+    }
+
+    fn fail_all(&mut self) {
+        for (_, w) in self.waiters.drain() {
+            let _ = w.reply.send(Err(NodeError::Stopped));
+        }
+        // Commands still queued are dropped with the receiver, which their
+        // callers see as `Stopped`.
+        self.commands.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use meridian_raftstore::test_machine::{put_command, RegisterMachine};
+    use meridian_raftstore::{StateMachine, StateMachineFactory, StoreConfig};
+    use meridian_storage::{
+        Cf, Engine, EngineSnapshot, MemEngine, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole, StorageError, StorageResult,
+        WriteBatch,
+    };
+    use meridian_transport::mem::MemNetwork;
+
+    use super::*;
+
+    /// A MemEngine whose writes fail once `fail` is set: a dying disk.
+    struct FailingEngine {
+        inner: MemEngine,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl Engine for FailingEngine {
+        fn get(&self, cf: Cf, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+            self.inner.get(cf, key)
+        }
+        fn scan(&self, cf: Cf, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> StorageResult<()> {
+            self.inner.scan(cf, start, end, f)
+        }
+        fn write(&self, batch: &WriteBatch, sync: bool) -> StorageResult<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StorageError::Io("injected write failure".into()));
+            }
+            self.inner.write(batch, sync)
+        }
+        fn snapshot(&self) -> Box<dyn EngineSnapshot> {
+            self.inner.snapshot()
+        }
+        fn sync_count(&self) -> u64 {
+            self.inner.sync_count()
+        }
+    }
+
+    /// A store of node 1 with range 1 replicated on `voters`.
+    fn store(voters: &[u64], fail: Arc<AtomicBool>) -> Store {
+        let engine = FailingEngine { inner: MemEngine::new(), fail };
+        let desc = RangeDescriptor {
+            range_id: 1,
+            start: Vec::new(),
+            end: Vec::new(),
+            epoch: RangeEpoch { conf_ver: 1, version: 1 },
+            replicas: voters.iter().map(|&node_id| ReplicaDesc { node_id, role: ReplicaRole::Voter }).collect(),
+        };
+        Store::bootstrap(&engine, 1, &[desc]).unwrap();
+        let factory: Arc<dyn StateMachineFactory> = Arc::new(|_: &RangeDescriptor| Box::new(RegisterMachine) as Box<dyn StateMachine>);
+        let transport = Arc::new(MemNetwork::new(1).transport(1));
+        Store::open(StoreConfig::new(1), Arc::new(engine), transport, factory).unwrap()
+    }
+
+    struct Harness {
+        store_loop: StoreLoop,
+        commands: mpsc::Sender<Command>,
+        _inbound: mpsc::Sender<RaftEnvelope>,
+        stop: oneshot::Sender<()>,
+    }
+
+    fn harness(store: Store, tick: Duration, request_timeout: Duration) -> Harness {
+        let (inbound_tx, inbound_rx) = mpsc::channel(16);
+        let (commands_tx, commands_rx) = mpsc::channel(16);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        Harness {
+            store_loop: StoreLoop::new(store, inbound_rx, commands_rx, stop_rx, tick, request_timeout),
+            commands: commands_tx,
+            _inbound: inbound_tx,
+            stop: stop_tx,
+        }
+    }
+
+    async fn propose(commands: &mpsc::Sender<Command>, value: &[u8]) -> Result<Answer, NodeError> {
+        let (reply, answer) = oneshot::channel();
+        commands.send(Command::Propose { range_id: 1, command: put_command(b"k", value), reply }).await.map_err(|_| NodeError::Stopped)?;
+        answer.await.map_err(|_| NodeError::Stopped)?
+    }
+
+    #[tokio::test]
+    async fn storage_failure_stops_the_loop_and_fails_waiters() {
+        let fail = Arc::new(AtomicBool::new(false));
+        let h = harness(store(&[1], fail.clone()), Duration::from_millis(5), Duration::from_secs(10));
+        let commands = h.commands.clone();
+        let client = async move {
+            // A single voter elects itself after an election timeout.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match propose(&commands, b"ok").await {
+                    Ok(_) => break,
+                    Err(e) => assert!(Instant::now() < deadline, "no leader elected: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            fail.store(true, Ordering::SeqCst);
+            let r = propose(&commands, b"lost").await;
+            assert!(matches!(r, Err(NodeError::Stopped)), "a waiter of a failed poll gets Stopped, got {r:?}");
+            let r = propose(&commands, b"after").await;
+            assert!(matches!(r, Err(NodeError::Stopped)), "requests after a fatal error get Stopped, got {r:?}");
+        };
+        let (exit, ()) =
+            tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(h.store_loop.run(), client) }).await.expect("bounded");
+        assert!(matches!(exit, Exit::Fatal(RaftstoreError::Storage(_))), "the loop stops on a storage error");
+    }
+
+    #[tokio::test]
+    async fn unanswered_requests_fail_at_their_deadline() {
+        // Two voters, the other never answers: no leader, so a ReadIndex
+        // waits (the store itself gives up only after 30 ticks = 3 s).
+        let fail = Arc::new(AtomicBool::new(false));
+        let h = harness(store(&[1, 2], fail), Duration::from_millis(100), Duration::from_millis(100));
+        let commands = h.commands.clone();
+        let client = async move {
+            let (reply, answer) = oneshot::channel();
+            commands.send(Command::Read { range_id: 1, query: b"k".to_vec(), linearizable: true, reply }).await.unwrap();
+            let started = Instant::now();
+            let r = answer.await.expect("answered");
+            assert!(matches!(r, Err(NodeError::Timeout { .. })), "got {r:?}");
+            assert!(started.elapsed() < Duration::from_secs(2), "failed by the sweep, not by the store's own read timeout");
+        };
+        let stop = h.stop;
+        let client = async move {
+            client.await;
+            let _ = stop.send(());
+        };
+        let (exit, ()) =
+            tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(h.store_loop.run(), client) }).await.expect("bounded");
+        assert!(matches!(exit, Exit::Requested));
+    }
+}

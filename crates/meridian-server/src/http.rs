@@ -1,0 +1,233 @@
+//! HTTP/JSON for curl users and health checks, plus Prometheus metrics.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 when every range has a leader, else 503 |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET/PUT/DELETE /v1/kv/{key}` | the key (base64-free: UTF-8 keys and values) |
+//! | `GET /v1/cluster/status` | nodes and ranges |
+//!
+//! Errors: 400 bad input, 404 missing, 409/412 conflict or failed
+//! precondition, 429 with `Retry-After` when overloaded, 503 without quorum.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use meridian_kv::command as c;
+use meridian_raftstore::raft_types::StateRole;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::error::{ApiError, MAX_VALUE_BYTES};
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub backend: Arc<Backend>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/cluster/status", get(cluster_status))
+        .route("/v1/kv/*key", get(kv_get).put(kv_put).delete(kv_delete))
+        .with_state(state)
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+fn error_response(e: ApiError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, Json(ErrorBody { error: e.to_string() })).into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+#[derive(Serialize)]
+struct KvBody {
+    key: String,
+    value: String,
+    create_revision: i64,
+    mod_revision: i64,
+    version: i64,
+    lease: i64,
+}
+
+#[derive(Deserialize, Default)]
+struct KvQuery {
+    #[serde(default)]
+    serializable: bool,
+    #[serde(default)]
+    lease: i64,
+}
+
+async fn kv_get(State(s): State<HttpState>, Path(key): Path<String>, Query(q): Query<KvQuery>) -> Response {
+    let key = key.into_bytes();
+    let range_id = s.backend.routing.range_of_key(&key);
+    let op = c::RangeOp { key: key.clone(), ..Default::default() };
+    match s.backend.query(range_id, c::QueryKind::Range(op), !q.serializable).await {
+        Ok(a) => match a.range.and_then(|r| r.kvs.into_iter().next()) {
+            Some(kv) => Json(KvBody {
+                key: String::from_utf8_lossy(&kv.key).into_owned(),
+                value: String::from_utf8_lossy(&kv.value).into_owned(),
+                create_revision: kv.create_revision,
+                mod_revision: kv.mod_revision,
+                version: kv.version,
+                lease: kv.lease,
+            })
+            .into_response(),
+            None => error_response(ApiError::KeyNotFound),
+        },
+        Err(e) => error_response(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct PutBody {
+    value: String,
+}
+
+async fn kv_put(
+    State(s): State<HttpState>,
+    Path(key): Path<String>,
+    Query(q): Query<KvQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // Accept either a JSON body {"value": "..."} or the raw value.
+    let is_json = headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    let value = if is_json {
+        match serde_json::from_slice::<PutBody>(&body) {
+            Ok(b) => b.value.into_bytes(),
+            Err(e) => return error_response(ApiError::Invalid(format!("malformed JSON body: {e}"))),
+        }
+    } else {
+        body.to_vec()
+    };
+    if value.len() > MAX_VALUE_BYTES {
+        return error_response(ApiError::ValueTooLarge);
+    }
+    let key = key.into_bytes();
+    let range_id = s.backend.routing.range_of_key(&key);
+    if q.lease != 0 {
+        if let Err(e) = crate::kv_service::check_lease_namespace(q.lease, range_id) {
+            return error_response(e);
+        }
+    }
+    let op = c::Op::Put(c::PutOp { key, value, lease: q.lease, ..Default::default() });
+    match s.backend.execute(range_id, op).await {
+        Ok(out) => Json(serde_json::json!({ "revision": out.revision })).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn kv_delete(State(s): State<HttpState>, Path(key): Path<String>) -> Response {
+    let key = key.into_bytes();
+    let range_id = s.backend.routing.range_of_key(&key);
+    match s.backend.execute(range_id, c::Op::DeleteRange(c::DeleteOp { key, range_end: vec![], prev_kv: false })).await {
+        Ok(c::Outcome { kind: Some(c::OutcomeKind::Delete(d)), .. }) if d.deleted == 0 => error_response(ApiError::KeyNotFound),
+        Ok(out) => Json(serde_json::json!({ "revision": out.revision })).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+#[derive(Serialize)]
+struct RangeView {
+    range_id: u64,
+    role: String,
+    term: u64,
+    leader: u64,
+    commit: u64,
+    applied: u64,
+    voters: Vec<u64>,
+    quiesced: bool,
+}
+
+async fn cluster_status(State(s): State<HttpState>) -> Response {
+    let ranges: Vec<RangeView> = s
+        .backend
+        .raft
+        .status()
+        .await
+        .into_iter()
+        .map(|r| RangeView {
+            range_id: r.range_id,
+            role: format!("{:?}", r.role),
+            term: r.term,
+            leader: r.leader_id,
+            commit: r.commit,
+            applied: r.applied,
+            voters: r.voters,
+            quiesced: r.quiesced,
+        })
+        .collect();
+    let members: Vec<serde_json::Value> = s
+        .backend
+        .cfg
+        .initial_cluster
+        .iter()
+        .map(|m| serde_json::json!({"id": m.id, "client_addr": m.client_addr.to_string(), "http_addr": m.http_addr.to_string()}))
+        .collect();
+    Json(serde_json::json!({
+        "node_id": s.backend.cfg.node_id,
+        "region": s.backend.cfg.region,
+        "zone": s.backend.cfg.zone,
+        "members": members,
+        "ranges": ranges,
+    }))
+    .into_response()
+}
+
+async fn readyz(State(s): State<HttpState>) -> Response {
+    let st = s.backend.raft.status().await;
+    let missing: Vec<u64> = st.iter().filter(|r| r.leader_id == 0).map(|r| r.range_id).collect();
+    if st.is_empty() || !missing.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("ranges without a leader: {missing:?}\n")).into_response();
+    }
+    "ready\n".into_response()
+}
+
+async fn metrics(State(s): State<HttpState>) -> Response {
+    use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
+    let reg = Registry::new();
+    let gauge = |name: &str, help: &str| {
+        let g = IntGaugeVec::new(Opts::new(name, help), &["range"]).expect("valid metric");
+        reg.register(Box::new(g.clone())).expect("unique metric");
+        g
+    };
+    let leader = gauge("meridian_range_is_leader", "1 if this node leads the range");
+    let has_leader = gauge("meridian_range_has_leader", "1 if the range knows a leader (alert when 0)");
+    let term = gauge("meridian_range_term", "Raft term of the range");
+    let commit = gauge("meridian_range_commit_index", "Committed index");
+    let applied = gauge("meridian_range_applied_index", "Applied index");
+    let lag = gauge("meridian_range_apply_lag", "commit - applied (alert when it grows)");
+    let quiet = gauge("meridian_range_quiesced", "1 if the range is quiesced");
+    for r in s.backend.raft.status().await {
+        let l = [r.range_id.to_string()];
+        let l: [&str; 1] = [l[0].as_str()];
+        leader.with_label_values(&l).set((r.role == StateRole::Leader) as i64);
+        has_leader.with_label_values(&l).set((r.leader_id != 0) as i64);
+        term.with_label_values(&l).set(r.term as i64);
+        commit.with_label_values(&l).set(r.commit as i64);
+        applied.with_label_values(&l).set(r.applied as i64);
+        lag.with_label_values(&l).set(r.commit.saturating_sub(r.applied) as i64);
+        quiet.with_label_values(&l).set(r.quiesced as i64);
+    }
+    let mut buf = Vec::new();
+    if TextEncoder::new().encode(&reg.gather(), &mut buf).is_err() {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    ([("content-type", "text/plain; version=0.0.4")], buf).into_response()
+}

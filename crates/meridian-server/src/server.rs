@@ -1,0 +1,131 @@
+//! `meridian server`: one node with its Raft store, the etcd gRPC API and
+//! HTTP, until asked to stop.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_kv::KvMachine;
+use meridian_node::{Node, NodeConfig, NodeError, NodeHandle};
+use meridian_proto::etcdserverpb as pb;
+use meridian_raftstore::{RaftstoreError, RangeStatus, StateMachine, StateMachineFactory};
+use meridian_storage::RangeDescriptor;
+use meridian_transport::quic::TlsMaterial;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::backend::{Backend, RaftAccess};
+use crate::config::ServerConfig;
+use crate::error::{ApiError, MAX_REQUEST_BYTES};
+use crate::http::{router, HttpState};
+use crate::kv_service::KvService;
+use crate::lease_service::{run_keeper, LeaseKeeper, LeaseService};
+use crate::maintenance::{ClusterService, MaintenanceService};
+use crate::routing::Routing;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("starting the node: {0}")]
+    Node(#[from] NodeError),
+    #[error("binding {addr}: {reason}")]
+    Bind { addr: String, reason: String },
+}
+
+/// [`RaftAccess`] over the production node.
+pub struct NodeRaft {
+    pub node: NodeHandle,
+}
+
+fn api_err(e: NodeError) -> ApiError {
+    match e {
+        NodeError::Raft(r) => r.into(),
+        NodeError::Timeout { .. } => ApiError::Timeout,
+        NodeError::Stopped => ApiError::from(RaftstoreError::Storage("node stopped".into())),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl RaftAccess for NodeRaft {
+    async fn propose(&self, range_id: u64, command: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+        self.node.propose(range_id, command).await.map(|(_, r)| r).map_err(api_err)
+    }
+
+    async fn read(&self, range_id: u64, query: Vec<u8>, linearizable: bool) -> Result<Vec<u8>, ApiError> {
+        self.node.read(range_id, query, linearizable).await.map(|(_, r)| r).map_err(api_err)
+    }
+
+    async fn status(&self) -> Vec<RangeStatus> {
+        self.node.status().await.unwrap_or_default()
+    }
+}
+
+struct KvFactory;
+
+impl StateMachineFactory for KvFactory {
+    fn create(&self, _desc: &RangeDescriptor) -> Box<dyn StateMachine> {
+        Box::new(KvMachine::new(None))
+    }
+}
+
+/// Runs the server until `shutdown` resolves.
+pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    cfg.validate().map_err(|e| ServerError::Config(e.to_string()))?;
+    let me = cfg.me().clone();
+    let tls = TlsMaterial::from_files(&cfg.tls.cert, &cfg.tls.key, &cfg.tls.ca).map_err(|e| ServerError::Config(e.to_string()))?;
+    let routing = Routing::new(&cfg.namespaces).map_err(|e| ServerError::Config(e.to_string()))?;
+    let ids: Vec<u64> = cfg.initial_cluster.iter().map(|m| m.id).collect();
+    let mut ncfg = NodeConfig::new(cfg.node_id, cfg.data_dir.join("raft"), me.peer_addr, tls, Arc::new(KvFactory));
+    ncfg.peers = cfg.initial_cluster.iter().filter(|m| m.id != cfg.node_id).map(|m| (m.id, m.peer_addr)).collect::<HashMap<_, _>>();
+    ncfg.ranges = routing.initial_ranges(&ids);
+    ncfg.tick_ms = cfg.tick_ms;
+    let node = Node::start(ncfg).await?;
+    let raft: Arc<dyn RaftAccess> = Arc::new(NodeRaft { node: node.clone() });
+    let backend = Arc::new(Backend::new(raft, cfg.clone()).map_err(|e| ServerError::Config(e.to_string()))?);
+    let keeper = Arc::new(LeaseKeeper::new());
+    let keeper_task = tokio::spawn(run_keeper(backend.clone(), keeper.clone(), Duration::from_millis(500)));
+
+    let limit = MAX_REQUEST_BYTES + (64 << 10);
+    let grpc = tonic::transport::Server::builder()
+        .add_service(pb::kv_server::KvServer::new(KvService { backend: backend.clone() }).max_decoding_message_size(limit))
+        .add_service(pb::lease_server::LeaseServer::new(LeaseService { backend: backend.clone(), keeper }).max_decoding_message_size(limit))
+        .add_service(pb::maintenance_server::MaintenanceServer::new(MaintenanceService { backend: backend.clone() }))
+        .add_service(pb::cluster_server::ClusterServer::new(ClusterService { backend: backend.clone() }));
+    let grpc_listener = tokio::net::TcpListener::bind(me.client_addr)
+        .await
+        .map_err(|e| ServerError::Bind { addr: me.client_addr.to_string(), reason: e.to_string() })?;
+    let http_listener = tokio::net::TcpListener::bind(me.http_addr)
+        .await
+        .map_err(|e| ServerError::Bind { addr: me.http_addr.to_string(), reason: e.to_string() })?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut grpc_stop = stop_rx.clone();
+    let grpc_task =
+        tokio::spawn(grpc.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), async move {
+            let _ = grpc_stop.changed().await;
+        }));
+    let mut http_stop = stop_rx.clone();
+    let app = router(HttpState { backend: backend.clone() });
+    let http_task = tokio::spawn(async move {
+        axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .await
+    });
+    info!(node = cfg.node_id, client = %me.client_addr, peer = %me.peer_addr, http = %me.http_addr, "meridian server ready");
+    shutdown.await;
+    info!(node = cfg.node_id, "shutting down");
+    let _ = stop_tx.send(true);
+    keeper_task.abort();
+    if let Ok(Err(e)) = grpc_task.await {
+        warn!("gRPC server: {e}");
+    }
+    if let Ok(Err(e)) = http_task.await {
+        warn!("HTTP server: {e}");
+    }
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Client subcommands over the etcd v3 API (`kv`, `status`).
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use meridian_proto::etcdserverpb as pb;
+use meridian_proto::etcdserverpb::kv_client::KvClient;
+use meridian_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// Connects to the first endpoint that answers.
+pub async fn connect(endpoints: &str) -> Result<Channel> {
+    let mut last = None;
+    for ep in endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let url = if ep.starts_with("http") { ep.to_string() } else { format!("http://{ep}") };
+        match Endpoint::from_shared(url.clone())?.connect_timeout(Duration::from_secs(2)).timeout(Duration::from_secs(10)).connect().await {
+            Ok(ch) => return Ok(ch),
+            Err(e) => last = Some(format!("{url}: {e}")),
+        }
+    }
+    bail!("no endpoint answered ({})", last.unwrap_or_else(|| "no endpoints given".into()))
+}
+
+/// The key just after every key with this prefix.
+fn prefix_end(p: &[u8]) -> Vec<u8> {
+    let mut e = p.to_vec();
+    while let Some(b) = e.pop() {
+        if b < 0xff {
+            e.push(b + 1);
+            return e;
+        }
+    }
+    vec![0]
+}
+
+pub async fn put(endpoints: &str, key: &str, value: &str, lease: i64) -> Result<()> {
+    let mut kv = KvClient::new(connect(endpoints).await?);
+    let r = kv.put(pb::PutRequest { key: key.into(), value: value.into(), lease, ..Default::default() }).await?.into_inner();
+    println!("OK (revision {})", r.header.map_or(0, |h| h.revision));
+    Ok(())
+}
+
+pub async fn get(endpoints: &str, key: &str, prefix: bool, revision: i64, serializable: bool) -> Result<()> {
+    let mut kv = KvClient::new(connect(endpoints).await?);
+    let range_end = if prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
+    let r = kv.range(pb::RangeRequest { key: key.into(), range_end, revision, serializable, ..Default::default() }).await?.into_inner();
+    for kv in r.kvs {
+        println!("{}\n{}", String::from_utf8_lossy(&kv.key), String::from_utf8_lossy(&kv.value));
+    }
+    Ok(())
+}
+
+pub async fn del(endpoints: &str, key: &str, prefix: bool) -> Result<()> {
+    let mut kv = KvClient::new(connect(endpoints).await?);
+    let range_end = if prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
+    let r = kv.delete_range(pb::DeleteRangeRequest { key: key.into(), range_end, prev_kv: false }).await?.into_inner();
+    println!("{}", r.deleted);
+    Ok(())
+}
+
+pub async fn status(endpoints: &str, http: Option<&str>) -> Result<()> {
+    println!("{:<22} {:>8} {:>8} {:>6} {:>10} {:>10}", "endpoint", "member", "leader", "term", "index", "applied");
+    for ep in endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match connect(ep).await {
+            Ok(ch) => match MaintenanceClient::new(ch).status(pb::StatusRequest {}).await {
+                Ok(s) => {
+                    let s = s.into_inner();
+                    let member = s.header.map_or(0, |h| h.member_id);
+                    println!("{ep:<22} {member:>8} {:>8} {:>6} {:>10} {:>10}", s.leader, s.raft_term, s.raft_index, s.raft_applied_index);
+                }
+                Err(e) => println!("{ep:<22} error: {}", e.message()),
+            },
+            Err(e) => println!("{ep:<22} unreachable: {e}"),
+        }
+    }
+    let Some(http) = http else {
+        println!("(add --http=<addr,…> for the per-range table)");
+        return Ok(());
+    };
+    println!();
+    println!("{:>5} {:>6} {:<10} {:>6} {:>7} {:>8} {:>8} {:>6}", "node", "range", "role", "term", "leader", "commit", "applied", "quiet");
+    for h in http.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let body = http_get(h, "/v1/cluster/status").with_context(|| format!("GET http://{h}/v1/cluster/status"))?;
+        let v: serde_json::Value = serde_json::from_str(&body).context("parsing cluster status")?;
+        let node = v["node_id"].as_u64().unwrap_or(0);
+        for r in v["ranges"].as_array().into_iter().flatten() {
+            println!(
+                "{node:>5} {:>6} {:<10} {:>6} {:>7} {:>8} {:>8} {:>6}",
+                r["range_id"],
+                r["role"].as_str().unwrap_or("?"),
+                r["term"],
+                r["leader"],
+                r["commit"],
+                r["applied"],
+                r["quiesced"]
+            );
+        }
+    }
+    Ok(())
+}
+
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let sa: std::net::SocketAddr = addr.parse().context("HTTP address must be host:port")?;
+    let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    let mut out = String::new();
+    s.take(16 << 20).read_to_string(&mut out)?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    // Tolerate chunked encoding: the JSON object is between the first '{' and last '}'.
+    match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if b > a => Ok(body[a..=b].to_string()),
+        _ => bail!("unexpected answer: {}", out.lines().next().unwrap_or("")),
+    }
+}
