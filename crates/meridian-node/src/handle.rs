@@ -132,12 +132,13 @@ impl NodeHandle {
                 let _ = stop.send(());
             }
             let thread = lock(&self.inner.thread).take();
+            // The node thread shuts the transport down on every exit; a
+            // thread that panicked may not have.
             if let Some(thread) = thread {
-                join_node_thread(thread).await;
+                if !join_node_thread(thread).await {
+                    self.inner.transport.shutdown().await;
+                }
             }
-            // The node thread shuts the transport down on every exit; this
-            // covers a thread that panicked. Idempotent.
-            self.inner.transport.shutdown().await;
         }
         .instrument(span)
         .await

@@ -91,8 +91,9 @@ impl Node {
             Err(_) => Some(NodeError::Stopped),
         };
         if let Some(e) = failed {
+            // The thread shuts the transport down itself, except when it
+            // could not build its runtime or panicked. Idempotent.
             join_node_thread(thread).await;
-            // The thread shuts the transport down itself unless it panicked.
             transport.shutdown().await;
             return Err(e);
         }
@@ -100,12 +101,19 @@ impl Node {
     }
 }
 
-/// Waits for the node thread to end without blocking the runtime.
-pub(crate) async fn join_node_thread(thread: std::thread::JoinHandle<()>) {
+/// Waits for the node thread to end without blocking the runtime. False if
+/// it panicked (then it may not have shut the transport down).
+pub(crate) async fn join_node_thread(thread: std::thread::JoinHandle<()>) -> bool {
     match tokio::task::spawn_blocking(move || thread.join()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(_)) => error!("node thread panicked"),
-        Err(e) => error!("joining node thread: {e}"),
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => {
+            error!("node thread panicked");
+            false
+        }
+        Err(e) => {
+            error!("joining node thread: {e}");
+            false
+        }
     }
 }
 

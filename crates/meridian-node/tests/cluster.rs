@@ -220,9 +220,15 @@ impl TestCluster {
         self.client.nodes.insert(id, h);
     }
 
+    /// Stops every node, concurrently: a node whose peer is already gone
+    /// may spend the transport's shutdown grace on connections to it.
     async fn shutdown(self) {
+        let mut stopping = JoinSet::new();
         for (_, h) in self.client.nodes {
-            h.shutdown().await;
+            stopping.spawn(h.shutdown());
+        }
+        while let Some(done) = stopping.join_next().await {
+            done.expect("shutdown task");
         }
     }
 }

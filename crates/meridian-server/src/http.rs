@@ -5,7 +5,7 @@
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 when every range has a leader, else 503 |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET/PUT/DELETE /v1/kv/{key}` | the key (base64-free: UTF-8 keys and values) |
+//! | `GET/PUT/DELETE /v1/kv/{key}` | the key: the rest of the path, percent-decoded (`/v1/kv/%2Fa` is `/a`); UTF-8 values |
 //! | `GET /v1/cluster/status` | nodes and ranges |
 //!
 //! Errors: 400 bad input, 404 missing, 409/412 conflict or failed
@@ -23,7 +23,10 @@ use meridian_kv::command as c;
 use meridian_raftstore::raft_types::StateRole;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Backend;
+use meridian_proto::etcdserverpb as pb;
+use meridian_proto::etcdserverpb::kv_client::KvClient;
+
+use crate::backend::{forwarded, Backend};
 use crate::error::{ApiError, MAX_VALUE_BYTES};
 
 #[derive(Clone)]
@@ -126,19 +129,57 @@ async fn kv_put(
             return error_response(e);
         }
     }
-    let op = c::Op::Put(c::PutOp { key, value, lease: q.lease, ..Default::default() });
+    let op = c::Op::Put(c::PutOp { key: key.clone(), value: value.clone(), lease: q.lease, ..Default::default() });
     match s.backend.execute(range_id, op).await {
         Ok(out) => Json(serde_json::json!({ "revision": out.revision })).into_response(),
+        Err(ApiError::NotLeader { leader, .. }) => {
+            // Forward to the leader over its etcd API.
+            let req = pb::PutRequest { key, value, lease: q.lease, ..Default::default() };
+            match forward_kv(&s, leader).await {
+                Ok(mut kv) => match kv.put(forwarded(req)).await {
+                    Ok(r) => Json(serde_json::json!({ "revision": r.into_inner().header.map_or(0, |h| h.revision) })).into_response(),
+                    Err(st) => status_response(&st),
+                },
+                Err(e) => error_response(e),
+            }
+        }
         Err(e) => error_response(e),
     }
+}
+
+async fn forward_kv(s: &HttpState, leader: u64) -> Result<KvClient<tonic::transport::Channel>, ApiError> {
+    Ok(KvClient::new(s.backend.channel_to(leader)?))
+}
+
+/// A forwarded request's gRPC error as an HTTP answer.
+fn status_response(st: &tonic::Status) -> Response {
+    use tonic::Code;
+    let code = match st.code() {
+        Code::InvalidArgument => 400,
+        Code::NotFound => 404,
+        Code::FailedPrecondition | Code::OutOfRange => 412,
+        Code::ResourceExhausted => 429,
+        Code::Unavailable | Code::DeadlineExceeded => 503,
+        _ => 500,
+    };
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, Json(ErrorBody { error: st.message().to_string() })).into_response()
 }
 
 async fn kv_delete(State(s): State<HttpState>, Path(key): Path<String>) -> Response {
     let key = key.into_bytes();
     let range_id = s.backend.routing.range_of_key(&key);
-    match s.backend.execute(range_id, c::Op::DeleteRange(c::DeleteOp { key, range_end: vec![], prev_kv: false })).await {
+    match s.backend.execute(range_id, c::Op::DeleteRange(c::DeleteOp { key: key.clone(), range_end: vec![], prev_kv: false })).await {
         Ok(c::Outcome { kind: Some(c::OutcomeKind::Delete(d)), .. }) if d.deleted == 0 => error_response(ApiError::KeyNotFound),
         Ok(out) => Json(serde_json::json!({ "revision": out.revision })).into_response(),
+        Err(ApiError::NotLeader { leader, .. }) => match forward_kv(&s, leader).await {
+            Ok(mut kv) => match kv.delete_range(forwarded(pb::DeleteRangeRequest { key, ..Default::default() })).await {
+                Ok(r) if r.get_ref().deleted == 0 => error_response(ApiError::KeyNotFound),
+                Ok(r) => Json(serde_json::json!({ "revision": r.into_inner().header.map_or(0, |h| h.revision) })).into_response(),
+                Err(st) => status_response(&st),
+            },
+            Err(e) => error_response(e),
+        },
         Err(e) => error_response(e),
     }
 }

@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod config;
 pub mod convert;
+pub mod dev_layout;
 pub mod error;
 pub mod http;
 pub mod kv_service;

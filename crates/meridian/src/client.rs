@@ -84,15 +84,16 @@ pub async fn status(endpoints: &str, http: Option<&str>) -> Result<()> {
         let v: serde_json::Value = serde_json::from_str(&body).context("parsing cluster status")?;
         let node = v["node_id"].as_u64().unwrap_or(0);
         for r in v["ranges"].as_array().into_iter().flatten() {
+            let n = |k: &str| r[k].as_u64().unwrap_or(0);
             println!(
                 "{node:>5} {:>6} {:<10} {:>6} {:>7} {:>8} {:>8} {:>6}",
-                r["range_id"],
+                n("range_id"),
                 r["role"].as_str().unwrap_or("?"),
-                r["term"],
-                r["leader"],
-                r["commit"],
-                r["applied"],
-                r["quiesced"]
+                n("term"),
+                n("leader"),
+                n("commit"),
+                n("applied"),
+                r["quiesced"].as_bool().unwrap_or(false)
             );
         }
     }

@@ -6,78 +6,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use meridian_server::config::{Member, ServerConfig, TlsPaths};
-use meridian_transport::quic::DevCa;
+use meridian_server::dev_layout;
 
 pub struct DevOptions {
     pub nodes: u64,
     pub data_dir: PathBuf,
     pub base_port: u16,
     pub namespaces: Vec<String>,
-}
-
-fn addr(port: u32) -> Result<SocketAddr> {
-    let port = u16::try_from(port).context("port out of range: choose a lower --base-port")?;
-    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
-}
-
-pub fn members(nodes: u64, base_port: u16) -> Result<Vec<Member>> {
-    (1..=nodes)
-        .map(|id| {
-            let i = (id - 1) as u32;
-            let b = u32::from(base_port);
-            Ok(Member { id, client_addr: addr(b + i)?, peer_addr: addr(b + 100 + i)?, http_addr: addr(b + 200 + i)? })
-        })
-        .collect()
-}
-
-/// Writes certificates and a config file per node (reusing an existing
-/// cluster's if its layout matches), returns the config paths.
-fn prepare(opts: &DevOptions, members: &[Member]) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(&opts.data_dir).with_context(|| format!("creating {}", opts.data_dir.display()))?;
-    let ca = DevCa::generate().context("generating the dev cluster CA")?;
-    let mut paths = Vec::new();
-    for m in members {
-        let dir = opts.data_dir.join(format!("node-{}", m.id));
-        let cfg_path = dir.join("meridian.toml");
-        if let Ok(existing) = ServerConfig::load(&cfg_path) {
-            if existing.initial_cluster == members && existing.namespaces == opts.namespaces {
-                paths.push(cfg_path);
-                continue;
-            }
-            bail!(
-                "{} holds a cluster with a different layout; remove {} or pick another --data-dir",
-                cfg_path.display(),
-                opts.data_dir.display()
-            );
-        }
-        std::fs::create_dir_all(&dir)?;
-        let tls = ca.issue(m.id).context("issuing a node certificate")?;
-        let write = |name: &str, body: &str| -> Result<PathBuf> {
-            let p = dir.join(name);
-            std::fs::write(&p, body).with_context(|| format!("writing {}", p.display()))?;
-            Ok(p)
-        };
-        let tls_paths = TlsPaths {
-            cert: write("node.pem", &tls.cert_chain_pem)?,
-            key: write("node-key.pem", &tls.key_pem)?,
-            ca: write("ca.pem", &tls.ca_pem)?,
-        };
-        let cfg = ServerConfig {
-            node_id: m.id,
-            data_dir: dir.clone(),
-            initial_cluster: members.to_vec(),
-            region: "local".into(),
-            zone: format!("local-{}", (b'a' + (m.id as u8 - 1) % 3) as char),
-            namespaces: opts.namespaces.clone(),
-            tls: tls_paths,
-            tick_ms: 100,
-        };
-        cfg.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
-        std::fs::write(&cfg_path, cfg.to_toml())?;
-        paths.push(cfg_path);
-    }
-    Ok(paths)
 }
 
 /// GET `path` on `addr`; true on HTTP 200. A tiny client keeps the binary
@@ -114,8 +49,8 @@ pub async fn run(opts: DevOptions) -> Result<()> {
     if !(1..=9).contains(&opts.nodes) {
         bail!("--nodes must be between 1 and 9");
     }
-    let members = members(opts.nodes, opts.base_port)?;
-    let configs = prepare(&opts, &members)?;
+    let members = dev_layout::members(opts.nodes, opts.base_port).map_err(anyhow::Error::msg)?;
+    let configs = dev_layout::write_configs(&opts.data_dir, &members, &opts.namespaces, 100).map_err(anyhow::Error::msg)?;
     let exe = std::env::current_exe().context("locating the meridian binary")?;
     let mut children: Vec<(u64, Child)> = Vec::new();
     for (m, cfg) in members.iter().zip(&configs) {
@@ -166,12 +101,14 @@ pub async fn run(opts: DevOptions) -> Result<()> {
     println!("  ETCDCTL_API=3 etcdctl --endpoints={} put /hello world", endpoints.join(","));
     println!("  ETCDCTL_API=3 etcdctl --endpoints={} get /hello", endpoints.join(","));
     println!("  meridian status --endpoints={} --http={}", endpoints.join(","), http.join(","));
-    println!("  curl http://{}/v1/kv/hello", http[0]);
+    println!("  curl -XPUT http://{}/v1/kv/greeting -d hello; curl http://{}/v1/kv/greeting", http[0], http[1]);
     println!("Ctrl-C stops every node.");
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
             _ = ticker.tick() => {
                 for (id, c) in children.iter_mut() {
                     if let Ok(Some(status)) = c.try_wait() {

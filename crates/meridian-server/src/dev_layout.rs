@@ -1,0 +1,77 @@
+//! The layout of a local development cluster: addresses, certificates from
+//! a throwaway CA, and one config file per node. Used by `meridian dev` and
+//! by the multi-process tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use meridian_transport::quic::DevCa;
+
+use crate::config::{Member, ServerConfig, TlsPaths};
+
+fn addr(port: u32) -> Result<SocketAddr, String> {
+    let port = u16::try_from(port).map_err(|_| format!("port {port} out of range: choose a lower base port"))?;
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// Node `i` (from 1): client port `base + i - 1`, peer `+100`, HTTP `+200`.
+pub fn members(nodes: u64, base_port: u16) -> Result<Vec<Member>, String> {
+    (1..=nodes)
+        .map(|id| {
+            let i = (id - 1) as u32;
+            let b = u32::from(base_port);
+            Ok(Member { id, client_addr: addr(b + i)?, peer_addr: addr(b + 100 + i)?, http_addr: addr(b + 200 + i)? })
+        })
+        .collect()
+}
+
+/// Writes certificates and `meridian.toml` for every node under
+/// `data_dir/node-<id>/`, reusing an existing cluster with the same layout.
+/// Returns the config paths in member order.
+pub fn write_configs(data_dir: &Path, members: &[Member], namespaces: &[String], tick_ms: u64) -> Result<Vec<PathBuf>, String> {
+    let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+    std::fs::create_dir_all(data_dir).map_err(|e| io("creating", data_dir, e))?;
+    let ca = DevCa::generate().map_err(|e| format!("generating the dev cluster CA: {e}"))?;
+    let mut paths = Vec::new();
+    for m in members {
+        let dir = data_dir.join(format!("node-{}", m.id));
+        let cfg_path = dir.join("meridian.toml");
+        if let Ok(existing) = ServerConfig::load(&cfg_path) {
+            if existing.initial_cluster == members && existing.namespaces == namespaces {
+                paths.push(cfg_path);
+                continue;
+            }
+            return Err(format!(
+                "{} holds a cluster with a different layout; remove {} or pick another data dir",
+                cfg_path.display(),
+                data_dir.display()
+            ));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| io("creating", &dir, e))?;
+        let tls = ca.issue(m.id).map_err(|e| format!("issuing a node certificate: {e}"))?;
+        let write = |name: &str, body: &str| -> Result<PathBuf, String> {
+            let p = dir.join(name);
+            std::fs::write(&p, body).map_err(|e| io("writing", &p, e))?;
+            Ok(p)
+        };
+        let tls_paths = TlsPaths {
+            cert: write("node.pem", &tls.cert_chain_pem)?,
+            key: write("node-key.pem", &tls.key_pem)?,
+            ca: write("ca.pem", &tls.ca_pem)?,
+        };
+        let cfg = ServerConfig {
+            node_id: m.id,
+            data_dir: dir.clone(),
+            initial_cluster: members.to_vec(),
+            region: "local".into(),
+            zone: format!("local-{}", (b'a' + ((m.id - 1) % 3) as u8) as char),
+            namespaces: namespaces.to_vec(),
+            tls: tls_paths,
+            tick_ms,
+        };
+        cfg.validate().map_err(|e| e.to_string())?;
+        std::fs::write(&cfg_path, cfg.to_toml()).map_err(|e| io("writing", &cfg_path, e))?;
+        paths.push(cfg_path);
+    }
+    Ok(paths)
+}

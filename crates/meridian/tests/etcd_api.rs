@@ -1,0 +1,345 @@
+//! Real `meridian server` processes on loopback, driven by Debian's
+//! `etcdctl` (ETCDCTL_API=3) and by a tonic etcd client.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use meridian_proto::etcdserverpb as pb;
+use meridian_proto::etcdserverpb::kv_client::KvClient;
+use meridian_server::config::Member;
+use meridian_server::dev_layout;
+
+/// Clusters run one at a time: two cores, three nodes each.
+static SERIAL: Mutex<()> = Mutex::new(());
+static NEXT_BLOCK: AtomicU32 = AtomicU32::new(0);
+
+struct ProcCluster {
+    _dir: tempfile::TempDir,
+    members: Vec<Member>,
+    configs: Vec<PathBuf>,
+    children: Vec<Option<Child>>,
+}
+
+fn free_base_port() -> u16 {
+    // Spread test runs over the port space by pid, and clusters within a run
+    // by a counter; each cluster uses base..base+300.
+    let block = (std::process::id() % 50) * 3 + NEXT_BLOCK.fetch_add(1, Ordering::Relaxed);
+    (21000 + (block % 140) * 300) as u16
+}
+
+impl ProcCluster {
+    fn start(nodes: u64, namespaces: &[&str]) -> ProcCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let members = dev_layout::members(nodes, free_base_port()).unwrap();
+        let ns: Vec<String> = namespaces.iter().map(|s| s.to_string()).collect();
+        let configs = dev_layout::write_configs(dir.path(), &members, &ns, 100).unwrap();
+        let mut c = ProcCluster { _dir: dir, members, configs, children: Vec::new() };
+        for i in 0..c.members.len() {
+            let child = c.spawn(i);
+            c.children.push(Some(child));
+        }
+        c.wait_ready(Duration::from_secs(60));
+        c
+    }
+
+    fn spawn(&self, i: usize) -> Child {
+        let log = self.configs[i].parent().unwrap().join("server.log");
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args(["server", "--config"])
+            .arg(&self.configs[i])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn meridian server")
+    }
+
+    fn wait_ready(&self, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.members.iter().enumerate().all(|(i, m)| self.children[i].is_none() || http_get(m.http_addr, "/readyz").0 == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("cluster not ready within {limit:?}; logs in {}", self.configs[0].parent().unwrap().parent().unwrap().display());
+    }
+
+    fn endpoints(&self) -> String {
+        self.members.iter().map(|m| m.client_addr.to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let child = self.spawn(i);
+        self.children[i] = Some(child);
+    }
+
+    /// The node leading `range_id`, from node HTTP status.
+    fn leader_of(&self, range_id: u64) -> Option<usize> {
+        for (i, m) in self.members.iter().enumerate() {
+            if self.children[i].is_none() {
+                continue;
+            }
+            let (code, body) = http_get(m.http_addr, "/v1/cluster/status");
+            if code != 200 {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            for r in v["ranges"].as_array().unwrap() {
+                if r["range_id"] == range_id && r["role"] == "Leader" {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Drop for ProcCluster {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn http_request(addr: std::net::SocketAddr, method: &str, path: &str, body: &str, content_type: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else { return (0, String::new()) };
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, "", "text/plain")
+}
+
+fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("--command-timeout=10s")
+        .args(args)
+        .output()
+        .expect("etcdctl not found: run ./scripts/setup.sh (installs Debian's etcd-client)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn ok(endpoints: &str, args: &[&str]) -> String {
+    let (success, out) = etcdctl(endpoints, args);
+    assert!(success, "etcdctl {args:?} failed: {out}");
+    out
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+async fn kv_client(c: &ProcCluster, i: usize) -> KvClient<tonic::transport::Channel> {
+    KvClient::connect(format!("http://{}", c.members[i].client_addr)).await.unwrap()
+}
+
+#[test]
+fn etcdctl_kv_txn_history_and_status() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ProcCluster::start(3, &["/payments/"]);
+    let ep = c.endpoints();
+    for i in 0..5 {
+        ok(&ep, &["put", &format!("/app/k{i}"), &format!("v{i}")]);
+    }
+    ok(&ep, &["put", "/app/k0", "v0-new"]);
+    assert_eq!(ok(&ep, &["get", "/app/", "--prefix", "--keys-only"]).lines().filter(|l| !l.is_empty()).count(), 5);
+    let limited = ok(&ep, &["get", "/app/", "--prefix", "--limit=2"]);
+    assert_eq!(limited.lines().filter(|l| !l.is_empty()).count(), 4, "two keys and two values: {limited}");
+    // Historical read: revision 1 is the first put of k0.
+    assert_eq!(ok(&ep, &["get", "/app/k0", "--rev=1", "--print-value-only"]).trim(), "v0");
+    assert_eq!(ok(&ep, &["get", "/app/k0", "--print-value-only"]).trim(), "v0-new");
+    assert_eq!(ok(&ep, &["del", "/app/k4"]).trim(), "1");
+    assert!(ok(&ep, &["get", "/app/k4"]).trim().is_empty());
+    // Txn (interactive input on stdin): compare-and-swap.
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={ep}"))
+        .arg("txn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            use std::io::Write;
+            ch.stdin.take().unwrap().write_all(b"value(\"/app/k1\") = \"v1\"\n\nput /app/k1 swapped\n\nput /app/k1 lost\n\n")?;
+            ch.wait_with_output()
+        })
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("SUCCESS"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(ok(&ep, &["get", "/app/k1", "--print-value-only"]).trim(), "swapped");
+    // Namespaced keys live in their own range and revision sequence.
+    ok(&ep, &["put", "/payments/p1", "x"]);
+    assert_eq!(ok(&ep, &["get", "/payments/", "--prefix", "--print-value-only"]).trim(), "x");
+    let status = ok(&ep, &["endpoint", "status"]);
+    assert_eq!(status.lines().count(), 3, "{status}");
+    let members = ok(&ep, &["member", "list"]);
+    assert_eq!(members.lines().count(), 3, "{members}");
+    // HTTP/JSON: written through a follower, read from another node.
+    let (code, _) = http_request(c.members[2].http_addr, "PUT", "/v1/kv/http-key", "{\"value\":\"from-http\"}", "application/json");
+    assert_eq!(code, 200);
+    let (code, body) = http_get(c.members[1].http_addr, "/v1/kv/http-key");
+    assert_eq!(code, 200);
+    assert!(body.contains("from-http"), "{body}");
+    let (code, body) = http_get(c.members[0].http_addr, "/metrics");
+    assert_eq!(code, 200);
+    assert!(body.contains("meridian_range_has_leader"), "{body}");
+}
+
+#[test]
+fn etcdctl_leases_keepalive_revoke_and_expiry() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ProcCluster::start(3, &[]);
+    let ep = c.endpoints();
+    let grant = ok(&ep, &["lease", "grant", "30"]);
+    let id = grant.split_whitespace().nth(1).expect("lease id").to_string();
+    ok(&ep, &["put", "/leased", "v", &format!("--lease={id}")]);
+    let ttl = ok(&ep, &["lease", "timetolive", &id, "--keys"]);
+    assert!(ttl.contains("/leased") && ttl.contains("granted with TTL(30s)"), "{ttl}");
+    assert!(ok(&ep, &["lease", "list"]).contains(&id));
+    let ka = ok(&ep, &["lease", "keep-alive", "--once", &id]);
+    assert!(ka.contains("keepalived with TTL(30)"), "{ka}");
+    ok(&ep, &["lease", "revoke", &id]);
+    assert!(ok(&ep, &["get", "/leased"]).trim().is_empty(), "revoke deletes attached keys");
+    // A short lease nobody keeps alive expires, and its key goes with it.
+    let grant = ok(&ep, &["lease", "grant", "2"]);
+    let id = grant.split_whitespace().nth(1).unwrap().to_string();
+    ok(&ep, &["put", "/ephemeral", "v", &format!("--lease={id}")]);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) && !ok(&ep, &["get", "/ephemeral"]).trim().is_empty() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ok(&ep, &["get", "/ephemeral"]).trim().is_empty(), "expired lease's key still there");
+    eprintln!("2 s lease expired after {:?}", start.elapsed());
+    let (success, out) = etcdctl(&ep, &["put", "/x", "v", "--lease=123456"]);
+    assert!(!success && out.contains("requested lease not found"), "{out}");
+}
+
+#[test]
+fn leader_kill9_writes_resume_and_nothing_acknowledged_is_lost() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = ProcCluster::start(3, &[]);
+    let ep = c.endpoints();
+    for i in 0..50 {
+        ok(&ep, &["put", &format!("/acked/{i:03}"), "v"]);
+    }
+    let leader = c.leader_of(2).expect("root range leader");
+    c.kill9(leader);
+    let others: Vec<String> = (0..3).filter(|i| *i != leader).map(|i| c.members[i].client_addr.to_string()).collect();
+    let ep2 = others.join(",");
+    let start = Instant::now();
+    let mut resumed = None;
+    while start.elapsed() < Duration::from_secs(20) {
+        if etcdctl(&ep2, &["--command-timeout=1s", "put", "/after-kill", "v"]).0 {
+            resumed = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let resumed = resumed.expect("writes did not resume after killing the leader");
+    eprintln!("writes resumed {resumed:?} after kill -9 of the leader (node {})", leader + 1);
+    assert_eq!(
+        ok(&ep2, &["get", "/acked/", "--prefix", "--keys-only"]).lines().filter(|l| !l.is_empty()).count(),
+        50,
+        "acknowledged writes lost"
+    );
+    // The killed node restarts from its data and catches up.
+    c.restart(leader);
+    c.wait_ready(Duration::from_secs(30));
+    let rt = rt();
+    let got = rt.block_on(async {
+        let mut kv = kv_client(&c, leader).await;
+        let start = Instant::now();
+        loop {
+            let r = kv
+                .range(pb::RangeRequest { key: b"/after-kill".to_vec(), serializable: true, ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
+            if !r.kvs.is_empty() || start.elapsed() > Duration::from_secs(20) {
+                return r.kvs.len();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert_eq!(got, 1, "restarted node did not catch up");
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_changes_nothing() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ProcCluster::start(3, &["/payments/"]);
+    let rt = rt();
+    rt.block_on(async {
+        let mut kv = kv_client(&c, 0).await;
+        kv.put(pb::PutRequest { key: b"/a".to_vec(), value: b"1".to_vec(), ..Default::default() }).await.unwrap();
+        let rev = |r: Option<pb::ResponseHeader>| r.map_or(0, |h| h.revision);
+        let before = rev(kv.range(pb::RangeRequest { key: b"/a".to_vec(), ..Default::default() }).await.unwrap().into_inner().header);
+
+        let big = kv.put(pb::PutRequest { key: b"/big".to_vec(), value: vec![0; 1_100_000], ..Default::default() }).await.unwrap_err();
+        assert_eq!(big.code(), tonic::Code::InvalidArgument, "{big:?}");
+
+        let mut cross = pb::TxnRequest::default();
+        for k in ["/a", "/payments/x"] {
+            cross.success.push(pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: k.into(),
+                    value: b"v".to_vec(),
+                    ..Default::default()
+                })),
+            });
+        }
+        let e = kv.txn(cross).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+
+        let e = kv.put(pb::PutRequest { key: b"/a".to_vec(), value: b"2".to_vec(), lease: 777, ..Default::default() }).await.unwrap_err();
+        assert_eq!((e.code(), e.message()), (tonic::Code::NotFound, "etcdserver: requested lease not found"));
+
+        let e = kv.put(pb::PutRequest { key: vec![], value: b"v".to_vec(), ..Default::default() }).await.unwrap_err();
+        assert_eq!(e.message(), "etcdserver: key is not provided");
+
+        let e = kv.range(pb::RangeRequest { key: b"/a".to_vec(), revision: 1_000_000, ..Default::default() }).await.unwrap_err();
+        assert_eq!(e.message(), "etcdserver: mvcc: required revision is a future revision");
+
+        let after = rev(kv.range(pb::RangeRequest { key: b"/a".to_vec(), ..Default::default() }).await.unwrap().into_inner().header);
+        assert_eq!(before, after, "failed requests changed the revision");
+
+        kv.put(pb::PutRequest { key: b"/a".to_vec(), value: b"3".to_vec(), ..Default::default() }).await.unwrap();
+        kv.compact(pb::CompactionRequest { revision: after + 1, physical: false }).await.unwrap();
+        let e = kv.range(pb::RangeRequest { key: b"/a".to_vec(), revision: after, ..Default::default() }).await.unwrap_err();
+        assert_eq!((e.code(), e.message()), (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"));
+    });
+    let (code, body) = http_request(c.members[0].http_addr, "PUT", "/v1/kv/j", "{not json", "application/json");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("malformed JSON"), "{body}");
+    let (code, _) = http_get(c.members[0].http_addr, "/v1/kv/j");
+    assert_eq!(code, 404, "the malformed request wrote nothing");
+}
