@@ -7,7 +7,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: setup build dev test verify fmt-check clippy fix sim-long bench-raft clean
+.PHONY: setup build dev demo test verify fmt-check clippy fix sim-long bench-raft clean
 
 setup:
 	@./scripts/setup.sh
@@ -15,9 +15,12 @@ setup:
 build: setup
 	$(CARGO) build -p meridian
 
-# Until the etcd API and `meridian dev` land, this runs the simulated
-# cluster demo (see README).
+# A local 3-node cluster of real server processes (Ctrl-C stops it).
 dev: setup
+	$(CARGO) run -p meridian -- dev $(ARGS)
+
+# The simulated cluster: nodes, faults and invariant checks in one process.
+demo: setup
 	$(CARGO) run -p meridian -- demo
 
 test: setup

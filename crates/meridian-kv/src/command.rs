@@ -243,7 +243,7 @@ pub struct LeaseOutcome {
 /// locally for serializable reads).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Query {
-    #[prost(oneof = "QueryKind", tags = "1, 2, 3")]
+    #[prost(oneof = "QueryKind", tags = "1, 2, 3, 4")]
     pub kind: Option<QueryKind>,
 }
 
@@ -256,6 +256,25 @@ pub enum QueryKind {
     LeaseInfo(i64),
     #[prost(bool, tag = "3")]
     Leases(bool),
+    /// Events from a revision on (watch catch-up).
+    #[prost(message, tag = "4")]
+    Events(EventsOp),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EventsOp {
+    #[prost(int64, tag = "1")]
+    pub from_revision: i64,
+    #[prost(uint64, tag = "2")]
+    pub limit: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RevEvent {
+    #[prost(int64, tag = "1")]
+    pub revision: i64,
+    #[prost(message, optional, tag = "2")]
+    pub event: Option<crate::mvcc::Event>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -284,4 +303,6 @@ pub struct QueryAnswer {
     pub lease_ids: Vec<i64>,
     #[prost(message, optional, tag = "5")]
     pub error: Option<ErrorOutcome>,
+    #[prost(message, repeated, tag = "6")]
+    pub events: Vec<RevEvent>,
 }

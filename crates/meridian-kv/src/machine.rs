@@ -12,6 +12,9 @@ use crate::error::KvError;
 use crate::mvcc::{Event, KeyValue, Mvcc, WriteTxn};
 use crate::read::{DataRead, EngineRead};
 
+/// Events returned by one catch-up query (bounded memory per watcher).
+pub const MAX_EVENTS_PER_QUERY: usize = 1000;
+
 /// Receives the events of every applied write, in revision order, on every
 /// replica (watches are served by any node).
 pub trait EventSink: Send + Sync {
@@ -274,6 +277,13 @@ pub fn answer(r: &dyn DataRead, query: &[u8]) -> QueryAnswer {
                 })
             }
             Some(QueryKind::Leases(_)) => a.lease_ids = Mvcc::leases(r)?.iter().map(|l| l.id).collect(),
+            Some(QueryKind::Events(e)) => {
+                let limit = (e.limit as usize).clamp(1, MAX_EVENTS_PER_QUERY);
+                a.events = Mvcc::events_since(r, e.from_revision, limit)?
+                    .into_iter()
+                    .map(|(revision, event)| RevEvent { revision, event: Some(event) })
+                    .collect();
+            }
             None => return Err(KvError::Invalid("empty query".into())),
         }
         Ok(a)

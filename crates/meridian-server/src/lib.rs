@@ -21,3 +21,4 @@ pub mod lease_service;
 pub mod maintenance;
 pub mod routing;
 pub mod server;
+pub mod watch_service;

@@ -23,6 +23,7 @@ use crate::kv_service::KvService;
 use crate::lease_service::{run_keeper, LeaseKeeper, LeaseService};
 use crate::maintenance::{ClusterService, MaintenanceService};
 use crate::routing::Routing;
+use crate::watch_service::{WatchHub, WatchService};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -63,11 +64,13 @@ impl RaftAccess for NodeRaft {
     }
 }
 
-struct KvFactory;
+struct KvFactory {
+    hub: Arc<WatchHub>,
+}
 
 impl StateMachineFactory for KvFactory {
     fn create(&self, _desc: &RangeDescriptor) -> Box<dyn StateMachine> {
-        Box::new(KvMachine::new(None))
+        Box::new(KvMachine::new(Some(self.hub.clone())))
     }
 }
 
@@ -78,7 +81,8 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let tls = TlsMaterial::from_files(&cfg.tls.cert, &cfg.tls.key, &cfg.tls.ca).map_err(|e| ServerError::Config(e.to_string()))?;
     let routing = Routing::new(&cfg.namespaces).map_err(|e| ServerError::Config(e.to_string()))?;
     let ids: Vec<u64> = cfg.initial_cluster.iter().map(|m| m.id).collect();
-    let mut ncfg = NodeConfig::new(cfg.node_id, cfg.data_dir.join("raft"), me.peer_addr, tls, Arc::new(KvFactory));
+    let hub = Arc::new(WatchHub::default());
+    let mut ncfg = NodeConfig::new(cfg.node_id, cfg.data_dir.join("raft"), me.peer_addr, tls, Arc::new(KvFactory { hub: hub.clone() }));
     ncfg.peers = cfg.initial_cluster.iter().filter(|m| m.id != cfg.node_id).map(|m| (m.id, m.peer_addr)).collect::<HashMap<_, _>>();
     ncfg.ranges = routing.initial_ranges(&ids);
     ncfg.tick_ms = cfg.tick_ms;
@@ -92,6 +96,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let grpc = tonic::transport::Server::builder()
         .add_service(pb::kv_server::KvServer::new(KvService { backend: backend.clone() }).max_decoding_message_size(limit))
         .add_service(pb::lease_server::LeaseServer::new(LeaseService { backend: backend.clone(), keeper }).max_decoding_message_size(limit))
+        .add_service(pb::watch_server::WatchServer::new(WatchService { backend: backend.clone(), hub }))
         .add_service(pb::maintenance_server::MaintenanceServer::new(MaintenanceService { backend: backend.clone() }))
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService { backend: backend.clone() }));
     let grpc_listener = tokio::net::TcpListener::bind(me.client_addr)
