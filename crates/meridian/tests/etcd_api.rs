@@ -1,6 +1,9 @@
 //! Real `meridian server` processes on loopback, driven by Debian's
 //! `etcdctl` (ETCDCTL_API=3) and by a tonic etcd client.
 
+// Real processes on real time: this test drives wall clocks by design.
+#![allow(clippy::disallowed_methods)]
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
