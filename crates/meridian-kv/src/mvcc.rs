@@ -93,6 +93,26 @@ pub fn lease_range(id: i64) -> u64 {
     (id >> LEASE_RANGE_SHIFT) as u64
 }
 
+/// Scans `[start, end)` decoding every value as a `T`; the first corrupt
+/// record stops the scan and is the error.
+fn scan_decoded<T: prost::Message + Default>(
+    r: &dyn DataRead,
+    start: &[u8],
+    end: &[u8],
+    what: &str,
+    mut f: impl FnMut(&[u8], T) -> bool,
+) -> Result<(), KvError> {
+    let mut err = None;
+    r.scan(start, end, &mut |k, v| match decode::<T>(v, what) {
+        Ok(x) => f(k, x),
+        Err(e) => {
+            err = Some(e);
+            false
+        }
+    })?;
+    err.map_or(Ok(()), Err)
+}
+
 /// Entry points of the MVCC layer. Stateless: all state is in the data.
 pub struct Mvcc;
 
@@ -154,18 +174,11 @@ impl Mvcc {
         }
         if rev == meta.revision {
             let (s, e) = keys::index_bounds(key, end);
-            let mut err = None;
-            r.scan(&s, &e, &mut |_, v| match decode::<KeyValue>(v, "index entry") {
-                Ok(kv) => {
-                    keep(&mut out, kv);
-                    true
-                }
-                Err(x) => {
-                    err = Some(x);
-                    false
-                }
+            scan_decoded::<KeyValue>(r, &s, &e, "index entry", |_, kv| {
+                keep(&mut out, kv);
+                true
             })?;
-            return err.map_or(Ok(out), Err);
+            return Ok(out);
         }
         // Historical: the last version ≤ rev of every key, unless it is a
         // tombstone.
@@ -214,18 +227,11 @@ impl Mvcc {
         let s = keys::history_key(key, 0);
         let e = keys::history_key(key, rev.saturating_add(1));
         let mut last = None;
-        let mut err = None;
-        r.scan(&s, &e, &mut |_, v| {
-            match decode::<Version>(v, "history entry") {
-                Ok(ver) => last = if ver.tombstone { None } else { ver.kv },
-                Err(x) => {
-                    err = Some(x);
-                    return false;
-                }
-            }
+        scan_decoded::<Version>(r, &s, &e, "history entry", |_, ver| {
+            last = if ver.tombstone { None } else { ver.kv };
             true
         })?;
-        err.map_or(Ok(last), Err)
+        Ok(last)
     }
 
     /// Events with revision ≥ `from`, in order, at most `limit`. Errors if
@@ -236,19 +242,12 @@ impl Mvcc {
             return Err(KvError::Compacted { compact_revision: meta.compact_revision });
         }
         let mut out = Vec::new();
-        let mut err = None;
-        r.scan(&keys::event_key(from.max(1), 0), &[keys::EVENTS + 1], &mut |k, v| {
+        scan_decoded::<Event>(r, &keys::event_key(from.max(1), 0), &[keys::EVENTS + 1], "event", |k, ev| {
             let rev = k.get(1..9).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")) as i64).unwrap_or(0);
-            match decode::<Event>(v, "event") {
-                Ok(ev) => out.push((rev, ev)),
-                Err(x) => {
-                    err = Some(x);
-                    return false;
-                }
-            }
+            out.push((rev, ev));
             out.len() < limit
         })?;
-        err.map_or(Ok(out), Err)
+        Ok(out)
     }
 
     pub fn lease(r: &dyn DataRead, id: i64) -> Result<Option<LeaseRecord>, KvError> {
@@ -260,18 +259,11 @@ impl Mvcc {
 
     pub fn leases(r: &dyn DataRead) -> Result<Vec<LeaseRecord>, KvError> {
         let mut out = Vec::new();
-        let mut err = None;
-        r.scan(&[keys::LEASE], &[keys::LEASE + 1], &mut |_, v| {
-            match decode::<LeaseRecord>(v, "lease") {
-                Ok(l) => out.push(l),
-                Err(x) => {
-                    err = Some(x);
-                    return false;
-                }
-            }
+        scan_decoded::<LeaseRecord>(r, &[keys::LEASE], &[keys::LEASE + 1], "lease", |_, l| {
+            out.push(l);
             true
         })?;
-        err.map_or(Ok(out), Err)
+        Ok(out)
     }
 
     pub fn lease_keys(r: &dyn DataRead, id: i64) -> Result<Vec<Vec<u8>>, KvError> {
