@@ -843,7 +843,11 @@ impl Store {
         if p.is_leader() {
             // Keep what lagging followers still need, unless they are so far
             // behind that a snapshot is cheaper.
-            let min_matched = p.raft.raft.prs().iter().map(|(_, pr)| pr.matched).min().unwrap_or(applied);
+            // Only replicas heard from recently hold the log back: a dead
+            // node must not make the log grow without bound; it catches up
+            // by snapshot when it returns.
+            let min_matched =
+                p.raft.raft.prs().iter().filter(|(_, pr)| pr.recent_active).map(|(_, pr)| pr.matched).min().unwrap_or(applied);
             if applied.saturating_sub(min_matched) <= self.cfg.max_log_lag_entries {
                 to = to.min(min_matched);
             }

@@ -25,6 +25,10 @@ pub trait RaftAccess: Send + Sync + 'static {
     /// Answers a query: after ReadIndex if `linearizable`, else locally.
     async fn read(&self, range_id: u64, query: Vec<u8>, linearizable: bool) -> Result<Vec<u8>, ApiError>;
     async fn status(&self) -> Vec<RangeStatus>;
+    /// Store counters, if the implementation has them.
+    async fn metrics(&self) -> Option<meridian_raftstore::StoreMetrics> {
+        None
+    }
 }
 
 /// Marks a request already forwarded once, so forwarding never loops.

@@ -266,6 +266,24 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         lag.with_label_values(&l).set(r.commit.saturating_sub(r.applied) as i64);
         quiet.with_label_values(&l).set(r.quiesced as i64);
     }
+    if let Some(m) = s.backend.raft.metrics().await {
+        let counters: [(&str, &str, u64); 9] = [
+            ("meridian_store_poll_rounds_total", "Poll rounds of the store", m.poll_rounds),
+            ("meridian_store_synced_writes_total", "fsynced raft writes (one per round with work)", m.synced_writes),
+            ("meridian_store_entries_persisted_total", "Raft entries persisted", m.entries_persisted),
+            ("meridian_store_entries_applied_total", "Entries applied to state machines", m.entries_applied),
+            ("meridian_store_messages_rejected_total", "Malformed, misaddressed or stale peer messages", m.messages_rejected),
+            ("meridian_store_snapshots_built_total", "Snapshots built for followers", m.snapshots_built),
+            ("meridian_store_snapshots_installed_total", "Snapshots installed on this node", m.snapshots_installed),
+            ("meridian_store_proposals_dropped_total", "Proposals lost to leader changes", m.proposals_dropped),
+            ("meridian_store_read_timeouts_total", "Linearizable reads that found no quorum", m.read_timeouts),
+        ];
+        for (name, help, v) in counters {
+            let g = prometheus::IntGauge::new(name, help).expect("valid metric");
+            g.set(v as i64);
+            reg.register(Box::new(g)).expect("unique metric");
+        }
+    }
     let mut buf = Vec::new();
     if TextEncoder::new().encode(&reg.gather(), &mut buf).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();

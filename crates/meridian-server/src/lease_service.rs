@@ -53,6 +53,15 @@ impl LeaseKeeper {
     }
 }
 
+/// A forwarded call's error, back as the error it was.
+fn from_status(s: &Status) -> ApiError {
+    match s.code() {
+        tonic::Code::NotFound => ApiError::LeaseNotFound,
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => ApiError::Timeout,
+        _ => ApiError::Internal(s.message().trim_start_matches("etcdserver: ").to_string()),
+    }
+}
+
 pub fn lease_range_of(id: i64) -> u64 {
     match meridian_kv::mvcc::lease_range(id) {
         0 => ROOT_RANGE_ID,
@@ -136,8 +145,23 @@ impl LeaseService {
         Ok(LeaseClient::new(self.backend.channel_to(leader)?))
     }
 
+    /// Makes sure this node's clock for `range_id` exists if it leads the
+    /// range (the keeper loop may not have noticed a fresh leadership yet).
+    async fn ensure_clock(&self, range_id: u64) {
+        if self.keeper.clocks.lock().expect("lease keeper").contains_key(&range_id) {
+            return;
+        }
+        let st = self.backend.raft.status().await.into_iter().find(|s| s.range_id == range_id);
+        if let Some(st) = st.filter(|s| s.role == StateRole::Leader) {
+            if let Ok(clock) = load_clock(&self.backend, range_id, self.keeper.now_ms()).await {
+                self.keeper.clocks.lock().expect("lease keeper").entry(range_id).or_insert((st.term, clock));
+            }
+        }
+    }
+
     async fn keepalive_once(&self, id: i64, already_forwarded: bool) -> Result<i64, ApiError> {
         let range_id = lease_range_of(id);
+        self.ensure_clock(range_id).await;
         if let Some(ttl) = self.keeper.with(range_id, |c, now| c.keepalive(now, id)) {
             return ttl.ok_or(ApiError::LeaseNotFound);
         }
@@ -148,11 +172,11 @@ impl LeaseService {
         }
         let mut client = self.client(leader)?;
         let req = forwarded(tokio_stream::once(pb::LeaseKeepAliveRequest { id }));
-        let mut stream = client.lease_keep_alive(req).await.map_err(|s| ApiError::Internal(s.message().to_string()))?.into_inner();
+        let mut stream = client.lease_keep_alive(req).await.map_err(|s| from_status(&s))?.into_inner();
         match stream.next().await {
             Some(Ok(r)) if r.ttl > 0 => Ok(r.ttl),
             Some(Ok(_)) => Err(ApiError::LeaseNotFound),
-            Some(Err(s)) => Err(ApiError::Internal(s.message().to_string())),
+            Some(Err(s)) => Err(from_status(&s)),
             None => Err(ApiError::Timeout),
         }
     }
@@ -172,6 +196,7 @@ impl pb::lease_server::Lease for LeaseService {
         }
         let ttl = g.ttl.max(MIN_TTL_S);
         let range_id = lease_range_of(g.id);
+        self.ensure_clock(range_id).await;
         match self.backend.execute(range_id, c::Op::LeaseGrant(c::LeaseGrantOp { id: g.id, ttl_s: ttl })).await {
             Ok(out) => {
                 let (id, ttl) = match out.kind {
@@ -244,6 +269,7 @@ impl pb::lease_server::Lease for LeaseService {
     async fn lease_time_to_live(&self, req: Request<pb::LeaseTimeToLiveRequest>) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let r = req.get_ref();
         let range_id = lease_range_of(r.id);
+        self.ensure_clock(range_id).await;
         let a = self.backend.query(range_id, c::QueryKind::LeaseInfo(r.id), true).await?;
         let info = a.lease.unwrap_or_default();
         let header = Some(self.backend.header(range_id, a.revision).await);

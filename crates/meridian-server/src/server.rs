@@ -62,6 +62,10 @@ impl RaftAccess for NodeRaft {
     async fn status(&self) -> Vec<RangeStatus> {
         self.node.status().await.unwrap_or_default()
     }
+
+    async fn metrics(&self) -> Option<meridian_raftstore::StoreMetrics> {
+        self.node.metrics().await.ok()
+    }
 }
 
 struct KvFactory {

@@ -115,3 +115,104 @@ fn http_get(addr: &str, path: &str) -> Result<String> {
         _ => bail!("unexpected answer: {}", out.lines().next().unwrap_or("")),
     }
 }
+
+/// Streams events of a key or prefix until the stream ends or Ctrl-C.
+pub async fn watch(endpoints: &str, key: &str, prefix: bool, rev: i64, prev_kv: bool) -> Result<()> {
+    use meridian_proto::etcdserverpb::watch_client::WatchClient;
+    let mut client = WatchClient::new(connect(endpoints).await?);
+    let range_end = if prefix { prefix_end(key.as_bytes()) } else { Vec::new() };
+    let create = pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(pb::WatchCreateRequest {
+            key: key.into(),
+            range_end,
+            start_revision: rev,
+            prev_kv,
+            ..Default::default()
+        })),
+    };
+    // Keep the request stream open: closing it would end the watch.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(create).await.ok();
+    let mut stream = client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    loop {
+        let msg = tokio::select! {
+            m = stream.message() => m?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let Some(resp) = msg else { return Ok(()) };
+        if resp.canceled {
+            bail!("watch canceled: {}", resp.cancel_reason);
+        }
+        for ev in resp.events {
+            let kind = if ev.r#type == 1 { "DELETE" } else { "PUT" };
+            let rev = ev.kv.as_ref().map_or(0, |k| k.mod_revision);
+            let kv = ev.kv.unwrap_or_default();
+            print!("{kind} {} rev={rev}", String::from_utf8_lossy(&kv.key));
+            if kind == "PUT" {
+                print!(" value={}", String::from_utf8_lossy(&kv.value));
+            }
+            if let Some(p) = ev.prev_kv {
+                print!(" prev={}", String::from_utf8_lossy(&p.value));
+            }
+            println!();
+        }
+    }
+}
+
+pub enum LeaseCmd {
+    Grant { ttl: i64 },
+    Revoke { id: i64 },
+    KeepAlive { id: i64, once: bool },
+    Ttl { id: i64, keys: bool },
+}
+
+pub async fn lease(endpoints: &str, cmd: LeaseCmd) -> Result<()> {
+    use meridian_proto::etcdserverpb::lease_client::LeaseClient;
+    let mut client = LeaseClient::new(connect(endpoints).await?);
+    match cmd {
+        LeaseCmd::Grant { ttl } => {
+            let r = client.lease_grant(pb::LeaseGrantRequest { ttl, id: 0 }).await?.into_inner();
+            println!("lease {:016x} granted with TTL {}s", r.id, r.ttl);
+        }
+        LeaseCmd::Revoke { id } => {
+            client.lease_revoke(pb::LeaseRevokeRequest { id }).await?;
+            println!("lease {id:016x} revoked");
+        }
+        LeaseCmd::Ttl { id, keys } => {
+            let r = client.lease_time_to_live(pb::LeaseTimeToLiveRequest { id, keys }).await?.into_inner();
+            if r.ttl < 0 {
+                bail!("lease {id:016x} not found (expired or revoked)");
+            }
+            let names: Vec<String> = r.keys.iter().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+            println!("lease {id:016x}: granted {}s, remaining {}s, keys {:?}", r.granted_ttl, r.ttl, names);
+        }
+        LeaseCmd::KeepAlive { id, once } => {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let mut stream = client.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+            loop {
+                tx.send(pb::LeaseKeepAliveRequest { id }).await.context("keepalive stream closed")?;
+                let Some(r) = stream.message().await? else { bail!("keepalive stream ended") };
+                if r.ttl <= 0 {
+                    bail!("lease {id:016x} expired or was revoked");
+                }
+                println!("lease {id:016x} kept alive, TTL {}s", r.ttl);
+                if once {
+                    return Ok(());
+                }
+                // Renew at a third of the TTL, as etcd clients do.
+                let wait = Duration::from_millis((r.ttl as u64 * 1000 / 3).max(500));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses a lease id given in hex (as printed) or decimal.
+pub fn parse_lease_id(s: &str) -> Result<i64> {
+    let t = s.trim_start_matches("0x");
+    i64::from_str_radix(t, 16).or_else(|_| s.parse::<i64>()).with_context(|| format!("bad lease id {s:?}"))
+}

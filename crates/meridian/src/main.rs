@@ -53,6 +53,26 @@ enum Cmd {
         #[command(subcommand)]
         op: KvOp,
     },
+    /// Watch a key or prefix and print its events.
+    Watch {
+        #[arg(long, default_value = "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792")]
+        endpoints: String,
+        key: String,
+        #[arg(long)]
+        prefix: bool,
+        /// Start revision (history replay); 0 = from now.
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        #[arg(long)]
+        prev_kv: bool,
+    },
+    /// Leases: grant, revoke, keepalive, ttl.
+    Lease {
+        #[arg(long, default_value = "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792")]
+        endpoints: String,
+        #[command(subcommand)]
+        op: LeaseOp,
+    },
     /// Node and range status.
     Status {
         #[arg(long, default_value = "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792")]
@@ -123,6 +143,26 @@ enum KvOp {
     },
 }
 
+#[derive(Subcommand)]
+enum LeaseOp {
+    Grant {
+        /// Seconds.
+        ttl: i64,
+    },
+    /// IDs are hexadecimal, as printed by grant.
+    Revoke { id: String },
+    Keepalive {
+        id: String,
+        #[arg(long)]
+        once: bool,
+    },
+    Ttl {
+        id: String,
+        #[arg(long)]
+        keys: bool,
+    },
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the tokio runtime")
 }
@@ -165,6 +205,16 @@ fn main() -> Result<()> {
                 KvOp::Del { key, prefix } => client::del(&endpoints, &key, prefix).await,
             }
         }),
+        Cmd::Watch { endpoints, key, prefix, rev, prev_kv } => runtime()?.block_on(client::watch(&endpoints, &key, prefix, rev, prev_kv)),
+        Cmd::Lease { endpoints, op } => {
+            let cmd = match op {
+                LeaseOp::Grant { ttl } => client::LeaseCmd::Grant { ttl },
+                LeaseOp::Revoke { id } => client::LeaseCmd::Revoke { id: client::parse_lease_id(&id)? },
+                LeaseOp::Keepalive { id, once } => client::LeaseCmd::KeepAlive { id: client::parse_lease_id(&id)?, once },
+                LeaseOp::Ttl { id, keys } => client::LeaseCmd::Ttl { id: client::parse_lease_id(&id)?, keys },
+            };
+            runtime()?.block_on(client::lease(&endpoints, cmd))
+        }
         Cmd::Status { endpoints, http } => runtime()?.block_on(client::status(&endpoints, http.as_deref())),
         Cmd::Demo { nodes, ranges, ticks, runs, seed } => demo(nodes, ranges, ticks, runs, seed),
         Cmd::BenchRaft { ranges, inflight, entries, max_secs, json } => bench(&ranges, inflight, entries, max_secs, json),

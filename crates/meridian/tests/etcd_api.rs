@@ -401,3 +401,137 @@ fn etcdctl_watch_history_prev_kv_and_live_events() {
     let msg = String::from_utf8_lossy(&old.stdout).into_owned() + &String::from_utf8_lossy(&old.stderr);
     assert!(msg.contains("compacted"), "{msg}");
 }
+
+fn metric(c: &ProcCluster, i: usize, name: &str) -> u64 {
+    let (_, body) = http_get(c.members[i].http_addr, "/metrics");
+    body.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn node_down_while_log_compacted_catches_up_by_snapshot() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = ProcCluster::start(3, &[]);
+    let leader = c.leader_of(2).expect("leader");
+    let down = (leader + 1) % 3;
+    c.kill9(down);
+    let live = (0..3).find(|i| *i != down).unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let mut kv = kv_client(&c, live).await;
+        // More than the compaction threshold (1024 entries), so the log the
+        // stopped node needs is gone.
+        for i in 0..1300 {
+            kv.put(pb::PutRequest { key: format!("/bulk/{i:05}").into_bytes(), value: b"v".to_vec(), ..Default::default() }).await.unwrap();
+        }
+    });
+    c.restart(down);
+    c.wait_ready(Duration::from_secs(30));
+    let start = Instant::now();
+    let caught_up = rt.block_on(async {
+        let mut kv = kv_client(&c, down).await;
+        loop {
+            let r = kv
+                .range(pb::RangeRequest {
+                    key: b"/bulk/".to_vec(),
+                    range_end: b"/bulk0".to_vec(),
+                    count_only: true,
+                    serializable: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if r.count == 1300 || start.elapsed() > Duration::from_secs(30) {
+                return r.count;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert_eq!(caught_up, 1300, "restarted node has every key");
+    assert!(metric(&c, down, "meridian_store_snapshots_installed_total") >= 1, "it caught up by installing a snapshot");
+}
+
+#[test]
+fn lease_ttl_survives_leader_change_without_reset_or_shortening() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = ProcCluster::start(3, &[]);
+    let ep = c.endpoints();
+    let id = ok(&ep, &["lease", "grant", "60"]).split_whitespace().nth(1).unwrap().to_string();
+    // Let the leader checkpoint the remaining TTL (every ~5 s).
+    std::thread::sleep(Duration::from_secs(7));
+    let leader = c.leader_of(2).expect("leader");
+    c.kill9(leader);
+    let ep2: String = (0..3).filter(|i| *i != leader).map(|i| c.members[i].client_addr.to_string()).collect::<Vec<_>>().join(",");
+    let start = Instant::now();
+    let mut ttl = None;
+    while start.elapsed() < Duration::from_secs(20) {
+        let (success, out) = etcdctl(&ep2, &["--command-timeout=2s", "lease", "timetolive", &id]);
+        if success {
+            // "lease X granted with TTL(60s), remaining(53s)"
+            ttl = out.split("remaining(").nth(1).and_then(|r| r.split('s').next()).and_then(|n| n.parse::<i64>().ok());
+            if ttl.is_some() {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ttl = ttl.expect("time-to-live after failover");
+    eprintln!("remaining TTL after failover: {ttl}s of 60s");
+    assert!(ttl < 58, "the new leader restarted the lease at its full TTL ({ttl}s)");
+    assert!(ttl > 30, "the new leader shortened the lease ({ttl}s)");
+}
+
+#[test]
+fn etcd_client_crate_kv_watch_lease_txn() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ProcCluster::start(3, &[]);
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.client_addr.to_string()).collect();
+    rt().block_on(async {
+        use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
+        let mut client = Client::connect(&endpoints, None).await.expect("connect");
+        client.put("/lib/a", "1", None).await.unwrap();
+        client.put("/lib/b", "2", None).await.unwrap();
+        let r = client.get("/lib/", Some(GetOptions::new().with_prefix())).await.unwrap();
+        assert_eq!(r.kvs().len(), 2);
+        assert_eq!(r.kvs()[1].value_str().unwrap(), "2");
+
+        let (mut watcher, mut stream) = client.watch("/lib/", Some(WatchOptions::new().with_prefix().with_prev_key())).await.unwrap();
+        client.put("/lib/a", "1b", None).await.unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let m = stream.message().await.unwrap().unwrap();
+                if !m.events().is_empty() {
+                    return m;
+                }
+            }
+        })
+        .await
+        .expect("watch event");
+        let ev = &resp.events()[0];
+        assert_eq!(ev.event_type(), EventType::Put);
+        assert_eq!(ev.kv().unwrap().value_str().unwrap(), "1b");
+        assert_eq!(ev.prev_kv().unwrap().value_str().unwrap(), "1");
+        watcher.cancel().await.unwrap();
+
+        let lease = client.lease_grant(10, None).await.unwrap();
+        client.put("/lib/ttl", "x", Some(PutOptions::new().with_lease(lease.id()))).await.unwrap();
+        let (mut keeper, mut ka) = client.lease_keep_alive(lease.id()).await.unwrap();
+        keeper.keep_alive().await.unwrap();
+        let k = ka.message().await.unwrap().unwrap();
+        assert_eq!(k.ttl(), 10);
+        let ttl = client.lease_time_to_live(lease.id(), None).await.unwrap();
+        assert!(ttl.ttl() > 0 && ttl.ttl() <= 10);
+
+        let txn = Txn::new()
+            .when(vec![Compare::value("/lib/b", CompareOp::Equal, "2")])
+            .and_then(vec![TxnOp::put("/lib/b", "3", None)])
+            .or_else(vec![TxnOp::get("/lib/b", None)]);
+        assert!(client.txn(txn).await.unwrap().succeeded());
+        let r = client.get("/lib/b", None).await.unwrap();
+        assert_eq!(r.kvs()[0].value_str().unwrap(), "3");
+        let members = client.member_list().await.unwrap();
+        assert_eq!(members.members().len(), 3);
+        client.lease_revoke(lease.id()).await.unwrap();
+        assert_eq!(client.get("/lib/ttl", None).await.unwrap().kvs().len(), 0);
+    });
+}
