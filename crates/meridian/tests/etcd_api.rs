@@ -457,8 +457,9 @@ fn lease_ttl_survives_leader_change_without_reset_or_shortening() {
     let mut c = ProcCluster::start(3, &[]);
     let ep = c.endpoints();
     let id = ok(&ep, &["lease", "grant", "60"]).split_whitespace().nth(1).unwrap().to_string();
-    // Let the leader checkpoint the remaining TTL (every ~5 s).
-    std::thread::sleep(Duration::from_secs(7));
+    // The leader checkpoints remaining TTLs every ~5 s; after 12 s at least
+    // one checkpoint is 7 s or more into the lease.
+    std::thread::sleep(Duration::from_secs(12));
     let leader = c.leader_of(2).expect("leader");
     c.kill9(leader);
     let ep2: String = (0..3).filter(|i| *i != leader).map(|i| c.members[i].client_addr.to_string()).collect::<Vec<_>>().join(",");
@@ -477,7 +478,7 @@ fn lease_ttl_survives_leader_change_without_reset_or_shortening() {
     }
     let ttl = ttl.expect("time-to-live after failover");
     eprintln!("remaining TTL after failover: {ttl}s of 60s");
-    assert!(ttl < 58, "the new leader restarted the lease at its full TTL ({ttl}s)");
+    assert!(ttl <= 55, "the new leader restarted the lease from (nearly) its full TTL ({ttl}s)");
     assert!(ttl > 30, "the new leader shortened the lease ({ttl}s)");
 }
 
