@@ -2,7 +2,7 @@
 //! to its range, proposing or reading through the local node, decoding the
 //! state machine's answer, and building etcd response headers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use meridian_kv::command as c;
@@ -40,6 +40,50 @@ pub struct Backend {
     pub cfg: ServerConfig,
     pub cluster_id: u64,
     channels: Mutex<HashMap<u64, Channel>>,
+    /// (operation, result) → (count, total seconds). The key set is small
+    /// and fixed (operation and error kinds), so this stays bounded.
+    requests: Mutex<BTreeMap<RequestKey, RequestTotals>>,
+}
+
+/// (operation, result) of a client request.
+pub type RequestKey = (&'static str, &'static str);
+/// (count, total seconds).
+pub type RequestTotals = (u64, f64);
+
+fn op_name(op: &c::Op) -> &'static str {
+    match op {
+        c::Op::Put(_) => "put",
+        c::Op::DeleteRange(_) => "delete_range",
+        c::Op::Txn(_) => "txn",
+        c::Op::Compact(_) => "compact",
+        c::Op::LeaseGrant(_) => "lease_grant",
+        c::Op::LeaseRevoke(_) => "lease_revoke",
+        c::Op::LeaseCheckpoint(_) => "lease_checkpoint",
+        c::Op::Range(_) => "range_in_log",
+    }
+}
+
+fn query_name(q: &c::QueryKind, linearizable: bool) -> &'static str {
+    match (q, linearizable) {
+        (c::QueryKind::Range(_), true) => "range_linearizable",
+        (c::QueryKind::Range(_), false) => "range_serializable",
+        (c::QueryKind::LeaseInfo(_), _) => "lease_time_to_live",
+        (c::QueryKind::Leases(_), _) => "lease_leases",
+        (c::QueryKind::Events(_), _) => "watch_catch_up",
+    }
+}
+
+fn result_name(r: &Result<impl Sized, ApiError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(ApiError::Compacted { .. } | ApiError::FutureRevision) => "out_of_range",
+        Err(ApiError::LeaseNotFound | ApiError::KeyNotFound) => "not_found",
+        Err(ApiError::NoLeader { .. } | ApiError::NotLeader { .. }) => "no_leader",
+        Err(ApiError::Timeout | ApiError::OutcomeUnknown) => "timeout",
+        Err(ApiError::TooBusy) => "overloaded",
+        Err(ApiError::Internal(_)) => "internal",
+        Err(_) => "invalid",
+    }
 }
 
 impl Backend {
@@ -52,10 +96,30 @@ impl Backend {
                 h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
             }
         }
-        Ok(Backend { raft, routing, cfg, cluster_id: h, channels: Mutex::new(HashMap::new()) })
+        Ok(Backend { raft, routing, cfg, cluster_id: h, channels: Mutex::new(HashMap::new()), requests: Mutex::new(BTreeMap::new()) })
+    }
+
+    fn record(&self, op: &'static str, result: &'static str, started: std::time::Instant) {
+        let mut g = self.requests.lock().expect("request metrics");
+        let e = g.entry((op, result)).or_insert((0, 0.0));
+        e.0 += 1;
+        e.1 += started.elapsed().as_secs_f64();
+    }
+
+    /// Request counters: ((operation, result), (count, total seconds)).
+    pub fn request_metrics(&self) -> Vec<(RequestKey, RequestTotals)> {
+        self.requests.lock().expect("request metrics").iter().map(|(k, v)| (*k, *v)).collect()
     }
 
     pub async fn execute(&self, range_id: u64, op: c::Op) -> Result<c::Outcome, ApiError> {
+        let name = op_name(&op);
+        let started = std::time::Instant::now();
+        let r = self.execute_inner(range_id, op).await;
+        self.record(name, result_name(&r), started);
+        r
+    }
+
+    async fn execute_inner(&self, range_id: u64, op: c::Op) -> Result<c::Outcome, ApiError> {
         let cmd = c::Command { op: Some(op) };
         let raw = self.raft.propose(range_id, cmd.encode_to_vec()).await?;
         let out = c::Outcome::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable outcome: {e}")))?;
@@ -66,6 +130,14 @@ impl Backend {
     }
 
     pub async fn query(&self, range_id: u64, q: c::QueryKind, linearizable: bool) -> Result<c::QueryAnswer, ApiError> {
+        let name = query_name(&q, linearizable);
+        let started = std::time::Instant::now();
+        let r = self.query_inner(range_id, q, linearizable).await;
+        self.record(name, result_name(&r), started);
+        r
+    }
+
+    async fn query_inner(&self, range_id: u64, q: c::QueryKind, linearizable: bool) -> Result<c::QueryAnswer, ApiError> {
         let raw = self.raft.read(range_id, c::Query { kind: Some(q) }.encode_to_vec(), linearizable).await?;
         let a = c::QueryAnswer::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable answer: {e}")))?;
         if let Some(e) = &a.error {

@@ -284,6 +284,17 @@ async fn metrics(State(s): State<HttpState>) -> Response {
             reg.register(Box::new(g)).expect("unique metric");
         }
     }
+    let reqs =
+        prometheus::IntCounterVec::new(Opts::new("meridian_requests_total", "Client requests by operation and result"), &["op", "result"])
+            .expect("valid metric");
+    let secs = prometheus::CounterVec::new(Opts::new("meridian_request_seconds_total", "Time spent serving requests"), &["op", "result"])
+        .expect("valid metric");
+    for ((op, result), (count, total)) in s.backend.request_metrics() {
+        reqs.with_label_values(&[op, result]).inc_by(count);
+        secs.with_label_values(&[op, result]).inc_by(total);
+    }
+    reg.register(Box::new(reqs)).expect("unique metric");
+    reg.register(Box::new(secs)).expect("unique metric");
     let mut buf = Vec::new();
     if TextEncoder::new().encode(&reg.gather(), &mut buf).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
