@@ -78,7 +78,9 @@ fn result_name(r: &Result<impl Sized, ApiError>) -> &'static str {
         Ok(_) => "ok",
         Err(ApiError::Compacted { .. } | ApiError::FutureRevision) => "out_of_range",
         Err(ApiError::LeaseNotFound | ApiError::KeyNotFound) => "not_found",
-        Err(ApiError::NoLeader { .. } | ApiError::NotLeader { .. }) => "no_leader",
+        // Forwarded to the leader by the API layer; counted there as well.
+        Err(ApiError::NotLeader { .. }) => "not_leader",
+        Err(ApiError::NoLeader { .. }) => "no_leader",
         Err(ApiError::Timeout | ApiError::OutcomeUnknown) => "timeout",
         Err(ApiError::TooBusy) => "overloaded",
         Err(ApiError::Internal(_)) => "internal",
