@@ -29,8 +29,10 @@ struct ProcCluster {
 fn free_base_port() -> u16 {
     // Spread test runs over the port space by pid, and clusters within a run
     // by a counter; each cluster uses base..base+300.
-    let block = (std::process::id() % 50) * 3 + NEXT_BLOCK.fetch_add(1, Ordering::Relaxed);
-    (21000 + (block % 140) * 300) as u16
+    // Stay below Linux's ephemeral range (32768+), where outgoing
+    // connections could already hold a port we want to listen on.
+    let block = (std::process::id() % 24) * 3 + NEXT_BLOCK.fetch_add(1, Ordering::Relaxed);
+    (10000 + (block % 73) * 300) as u16
 }
 
 impl ProcCluster {
