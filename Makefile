@@ -7,7 +7,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: setup build dev demo test verify fmt-check clippy fix sim-long bench-raft clean
+.PHONY: setup build dev demo test verify fmt-check clippy fix sim-long bench-raft bench-etcd clean
 
 setup:
 	@./scripts/setup.sh
@@ -47,6 +47,12 @@ sim-long: setup
 # cluster with RocksDB (see docs/performance.md).
 bench-raft: setup
 	$(CARGO) run -p meridian -- bench-raft --ranges 1,8,64 --json
+
+# Meridian and etcd side by side over the etcd API: 3-node clusters of
+# each on 127.0.0.1, every workload on both (see docs/performance.md).
+# Installs etcd-server when missing. DURATION=5 for shorter runs.
+bench-etcd: setup
+	./scripts/bench-vs-etcd.sh
 
 clean:
 	$(CARGO) clean

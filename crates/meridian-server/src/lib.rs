@@ -18,6 +18,7 @@ pub mod error;
 pub mod http;
 pub mod kv_service;
 pub mod lease_service;
+pub mod lock_service;
 pub mod maintenance;
 pub mod routing;
 pub mod server;

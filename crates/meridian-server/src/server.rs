@@ -21,6 +21,7 @@ use crate::error::{ApiError, MAX_REQUEST_BYTES};
 use crate::http::{router, HttpState};
 use crate::kv_service::KvService;
 use crate::lease_service::{run_keeper, LeaseKeeper, LeaseService};
+use crate::lock_service::LockService;
 use crate::maintenance::{ClusterService, MaintenanceService};
 use crate::routing::Routing;
 use crate::watch_service::{WatchHub, WatchService};
@@ -101,6 +102,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
         .add_service(pb::kv_server::KvServer::new(KvService { backend: backend.clone() }).max_decoding_message_size(limit))
         .add_service(pb::lease_server::LeaseServer::new(LeaseService { backend: backend.clone(), keeper }).max_decoding_message_size(limit))
         .add_service(pb::watch_server::WatchServer::new(WatchService { backend: backend.clone(), hub }))
+        .add_service(meridian_proto::v3lockpb::lock_server::LockServer::new(LockService { backend: backend.clone() }))
         .add_service(pb::maintenance_server::MaintenanceServer::new(MaintenanceService { backend: backend.clone() }))
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService { backend: backend.clone() }));
     let grpc_listener = tokio::net::TcpListener::bind(me.client_addr)
@@ -111,10 +113,13 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
         .map_err(|e| ServerError::Bind { addr: me.http_addr.to_string(), reason: e.to_string() })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut grpc_stop = stop_rx.clone();
-    let grpc_task =
-        tokio::spawn(grpc.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc_listener), async move {
-            let _ = grpc_stop.changed().await;
-        }));
+    // TCP_NODELAY on every accepted connection: without it, answers larger
+    // than a segment wait for the client's delayed ACK (~40 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from_listener(grpc_listener, true, Some(Duration::from_secs(60)))
+        .map_err(|e| ServerError::Bind { addr: me.client_addr.to_string(), reason: e.to_string() })?;
+    let grpc_task = tokio::spawn(grpc.serve_with_incoming_shutdown(incoming, async move {
+        let _ = grpc_stop.changed().await;
+    }));
     let mut http_stop = stop_rx.clone();
     let app = router(HttpState { backend: backend.clone() });
     let http_task = tokio::spawn(async move {

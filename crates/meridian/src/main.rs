@@ -1,8 +1,9 @@
 //! The `meridian` binary.
 //!
 //! `server` runs a node, `dev` a local cluster of them, `kv` and `status`
-//! are clients over the etcd v3 API; `demo` and `bench-raft` exercise the
-//! consensus core in one process.
+//! are clients over the etcd v3 API, `bench` a load generator over it (for
+//! Meridian and etcd alike); `demo` and `bench-raft` exercise the consensus
+//! core in one process.
 
 // The binary owns the clock: it times benchmarks and prints progress.
 #![allow(clippy::disallowed_methods)]
@@ -14,6 +15,7 @@ use clap::{Parser, Subcommand};
 use meridian_sim::bench::bench_group_commit;
 use meridian_sim::{random_run, SimConfig};
 
+mod bench;
 mod client;
 mod dev;
 
@@ -97,6 +99,13 @@ enum Cmd {
         runs: u64,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+    },
+    /// Load generator over the etcd v3 API, so the same code measures
+    /// Meridian and etcd: throughput, latency p50/p90/p99/max and errors of
+    /// one workload (see docs/performance.md).
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
     },
     /// Group-commit benchmark: concurrent proposals to N ranges on a
     /// 3-node in-process cluster with RocksDB; reports committed entries
@@ -217,6 +226,7 @@ fn main() -> Result<()> {
         }
         Cmd::Status { endpoints, http } => runtime()?.block_on(client::status(&endpoints, http.as_deref())),
         Cmd::Demo { nodes, ranges, ticks, runs, seed } => demo(nodes, ranges, ticks, runs, seed),
+        Cmd::Bench { args } => runtime()?.block_on(bench::run(args)),
         Cmd::BenchRaft { ranges, inflight, entries, max_secs, json } => bench(&ranges, inflight, entries, max_secs, json),
     }
 }

@@ -540,3 +540,42 @@ fn etcd_client_crate_kv_watch_lease_txn() {
         assert_eq!(client.get("/lib/ttl", None).await.unwrap().kvs().len(), 0);
     });
 }
+
+#[test]
+fn etcdctl_lock_gives_mutual_exclusion() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ProcCluster::start(3, &[]);
+    let log = c.configs[0].parent().unwrap().join("critical-section.log");
+    let script = format!("echo in $$ >> {0}; sleep 0.3; echo out $$ >> {0}", log.display());
+    // Three contenders, each against a different node.
+    let children: Vec<Child> = (0..3)
+        .map(|i| {
+            Command::new("timeout")
+                .args(["30", "etcdctl"])
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={}", c.members[i].client_addr))
+                .args(["lock", "/locks/job", "--", "sh", "-c", &script])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for ch in children {
+        let out = ch.wait_with_output().unwrap();
+        assert!(out.status.success(), "etcdctl lock failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "{text}");
+    for pair in lines.chunks(2) {
+        let (a, b) = (pair[0].split_whitespace().collect::<Vec<_>>(), pair[1].split_whitespace().collect::<Vec<_>>());
+        assert_eq!((a[0], b[0], a[1]), ("in", "out", b[1]), "critical sections overlapped:\n{text}");
+    }
+    let err = rt().block_on(async {
+        use meridian_proto::v3lockpb::{lock_client::LockClient, LockRequest};
+        let mut lc = LockClient::connect(format!("http://{}", c.members[0].client_addr)).await.unwrap();
+        lc.lock(LockRequest { name: vec![], lease: 1 }).await.unwrap_err()
+    });
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "empty lock name: {err:?}");
+}

@@ -1,0 +1,788 @@
+//! `meridian bench`: a load generator over the etcd v3 API, so the same code
+//! measures Meridian and etcd (`scripts/bench-vs-etcd.sh` runs both).
+//!
+//! ```text
+//!   clients (tasks) ──▶ M gRPC channels ──▶ endpoints (channel i → endpoint i mod E)
+//!        │  each: take a request slot (count AND deadline bound), call, time it
+//!        ▼
+//!   latency samples (µs, at most MAX_SAMPLES in all) ──▶ req/s, p50/p90/p99/max, errors
+//!   progress task ──▶ stderr once per second
+//! ```
+//!
+//! Workloads are closed loops: a client sends its next request when the
+//! previous one answered. `watch` is the exception: one writer puts values
+//! carrying their send time (nanoseconds since a shared `Instant`), and W
+//! watchers on the prefix record receive time − send time for every event.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use meridian_proto::etcdserverpb as pb;
+use meridian_proto::etcdserverpb::kv_client::KvClient;
+use meridian_proto::etcdserverpb::watch_client::WatchClient;
+use tonic::transport::{Channel, Endpoint};
+
+pub const MAX_CLIENTS: usize = 10_000;
+pub const MAX_CONNS: usize = 1_000;
+pub const MAX_WATCHERS: usize = 10_000;
+pub const MAX_CAS_KEYS: usize = 1_000;
+pub const MAX_DURATION_SECS: u64 = 3_600;
+pub const MAX_REQUESTS: u64 = 1_000_000_000;
+/// etcd's default request size limit is 1.5 MiB; stay under it.
+pub const MAX_VALUE_SIZE: usize = 1 << 20;
+/// Latency samples kept over all clients (4 MB of `u32`s); requests past
+/// it still count towards throughput.
+pub const MAX_SAMPLES: usize = 1_000_000;
+/// Keys written before the get workloads.
+const GET_KEYS: u64 = 1_000;
+/// Per-request deadline, so that no loop waits forever on a dead server.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// After an error a client waits this long, so a down endpoint is not a
+/// busy loop.
+const ERROR_BACKOFF: Duration = Duration::from_millis(10);
+/// How long watchers may trail the writer's last put before the missing
+/// events are counted as lost.
+const WATCH_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// Unique keys, one put per request.
+    Put,
+    /// Random gets of 1000 pre-written keys, linearizable reads.
+    GetLinearizable,
+    /// Random gets of 1000 pre-written keys, serializable (local) reads.
+    GetSerializable,
+    /// One writer, --watchers watchers on its prefix; event delivery latency.
+    Watch,
+    /// Compare-and-swap (Txn on mod_revision) on --cas-keys keys.
+    TxnCas,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Put => "put",
+            Workload::GetLinearizable => "get-linearizable",
+            Workload::GetSerializable => "get-serializable",
+            Workload::Watch => "watch",
+            Workload::TxnCas => "txn-cas",
+        }
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Comma-separated client endpoints (host:port); connections are spread
+    /// over them round-robin.
+    #[arg(long, default_value = "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792")]
+    pub endpoints: String,
+    #[arg(long, value_enum)]
+    pub workload: Workload,
+    /// Concurrent clients (closed loops), 1..=10000.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// gRPC connections the clients share, 1..=1000.
+    #[arg(long, default_value_t = 4)]
+    pub conns: usize,
+    /// Stop after this many requests (puts, for `watch`)...
+    #[arg(long, default_value_t = 100_000)]
+    pub requests: u64,
+    /// ...or after this many seconds, whichever comes first.
+    #[arg(long, default_value_t = 10)]
+    pub duration_secs: u64,
+    /// Value size in bytes (at least 8 for `watch`: the send time).
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Watchers for the `watch` workload.
+    #[arg(long, default_value_t = 100)]
+    pub watchers: usize,
+    /// Keys the `txn-cas` clients contend on.
+    #[arg(long, default_value_t = 4)]
+    pub cas_keys: usize,
+    /// Name of the system under test, printed with the results.
+    #[arg(long, default_value = "target")]
+    pub label: String,
+    /// Also print the result as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    fn endpoint_list(&self) -> Vec<String> {
+        self.endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.endpoint_list().is_empty() {
+            bail!("--endpoints is empty; give host:port[,host:port…]");
+        }
+        if !(1..=MAX_CLIENTS).contains(&self.clients) {
+            bail!("--clients must be 1..={MAX_CLIENTS}, got {}", self.clients);
+        }
+        if !(1..=MAX_CONNS).contains(&self.conns) {
+            bail!("--conns must be 1..={MAX_CONNS}, got {}", self.conns);
+        }
+        if !(1..=MAX_REQUESTS).contains(&self.requests) {
+            bail!("--requests must be 1..={MAX_REQUESTS}, got {}", self.requests);
+        }
+        if !(1..=MAX_DURATION_SECS).contains(&self.duration_secs) {
+            bail!("--duration-secs must be 1..={MAX_DURATION_SECS}, got {}", self.duration_secs);
+        }
+        let min_value = if self.workload == Workload::Watch { 8 } else { 1 };
+        if !(min_value..=MAX_VALUE_SIZE).contains(&self.value_size) {
+            bail!("--value-size must be {min_value}..={MAX_VALUE_SIZE} for {}, got {}", self.workload.name(), self.value_size);
+        }
+        if !(1..=MAX_WATCHERS).contains(&self.watchers) {
+            bail!("--watchers must be 1..={MAX_WATCHERS}, got {}", self.watchers);
+        }
+        if !(1..=MAX_CAS_KEYS).contains(&self.cas_keys) {
+            bail!("--cas-keys must be 1..={MAX_CAS_KEYS}, got {}", self.cas_keys);
+        }
+        Ok(())
+    }
+}
+
+/// Latency percentiles in microseconds (nearest rank).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Latency {
+    pub samples: usize,
+    pub p50_us: u32,
+    pub p90_us: u32,
+    pub p99_us: u32,
+    pub max_us: u32,
+}
+
+/// The nearest-rank percentile of sorted samples: the smallest sample with
+/// at least `per_mille`/1000 of the samples at or below it. Integer
+/// arithmetic, so p90 of 1..=100 is exactly 90.
+fn nearest_rank(sorted: &[u32], per_mille: usize) -> u32 {
+    let rank = (per_mille * sorted.len()).div_ceil(1000).max(1);
+    sorted[rank - 1]
+}
+
+/// Sorts `samples` in place and returns their percentiles; `None` when empty.
+pub fn percentiles(samples: &mut [u32]) -> Option<Latency> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_unstable();
+    Some(Latency {
+        samples: samples.len(),
+        p50_us: nearest_rank(samples, 500),
+        p90_us: nearest_rank(samples, 900),
+        p99_us: nearest_rank(samples, 990),
+        max_us: samples[samples.len() - 1],
+    })
+}
+
+/// Latency samples of one client, capped so all clients together stay under
+/// [`MAX_SAMPLES`].
+struct Samples {
+    us: Vec<u32>,
+    cap: usize,
+}
+
+impl Samples {
+    fn new(cap: usize) -> Samples {
+        Samples { us: Vec::with_capacity(cap.min(4096)), cap }
+    }
+
+    fn record(&mut self, d: Duration) {
+        if self.us.len() < self.cap {
+            self.us.push(u32::try_from(d.as_micros()).unwrap_or(u32::MAX));
+        }
+    }
+}
+
+/// What the clients of one run share: the request budget, the deadline and
+/// the counters the progress line reads.
+struct Shared {
+    deadline: Instant,
+    limit: u64,
+    issued: AtomicU64,
+    ok: AtomicU64,
+    errors: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn new(limit: u64, duration: Duration) -> Shared {
+        Shared {
+            deadline: Instant::now() + duration,
+            limit,
+            issued: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            first_error: Mutex::new(None),
+        }
+    }
+
+    /// The next request's sequence number, or `None` when the count or the
+    /// time is used up.
+    fn next(&self) -> Option<u64> {
+        if Instant::now() >= self.deadline {
+            return None;
+        }
+        let n = self.issued.fetch_add(1, Ordering::Relaxed);
+        (n < self.limit).then_some(n)
+    }
+
+    /// Counts the outcome of a request sent at `sent`; `Some` on success.
+    fn finish<T>(&self, samples: &mut Samples, sent: Instant, r: Result<tonic::Response<T>, tonic::Status>) -> Option<T> {
+        match r {
+            Ok(resp) => {
+                samples.record(sent.elapsed());
+                self.ok.fetch_add(1, Ordering::Relaxed);
+                Some(resp.into_inner())
+            }
+            Err(status) => {
+                self.error(format!("{:?}: {}", status.code(), status.message()));
+                None
+            }
+        }
+    }
+
+    fn error(&self, msg: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            eprintln!("  first error: {msg}");
+            *first = Some(msg);
+        }
+    }
+}
+
+/// A small seeded generator (SplitMix64): reproducible key choices without
+/// a dependency.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+/// One run's result.
+#[derive(Debug)]
+pub struct Report {
+    pub workload: Workload,
+    pub label: String,
+    pub clients: usize,
+    pub conns: usize,
+    /// Successful requests (delivered events, for `watch`).
+    pub ok: u64,
+    pub errors: u64,
+    pub secs: f64,
+    pub latency: Option<Latency>,
+    /// Workload-specific counters (CAS outcomes, watch events).
+    pub extra: Vec<(&'static str, u64)>,
+}
+
+impl Report {
+    pub fn rate_per_sec(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.ok as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+
+    fn header() -> String {
+        format!(
+            "{:<18} {:<10} {:>7} {:>5} {:>10} {:>7} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8}",
+            "workload", "target", "clients", "conns", "ok", "errors", "secs", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+        )
+    }
+
+    fn row(&self) -> String {
+        let ms = |f: fn(&Latency) -> u32| self.latency.as_ref().map_or("-".to_string(), |l| format!("{:.2}", f(l) as f64 / 1000.0));
+        format!(
+            "{:<18} {:<10} {:>7} {:>5} {:>10} {:>7} {:>7.2} {:>10.0} {:>8} {:>8} {:>8} {:>8}",
+            self.workload.name(),
+            self.label,
+            self.clients,
+            self.conns,
+            self.ok,
+            self.errors,
+            self.secs,
+            self.rate_per_sec(),
+            ms(|l| l.p50_us),
+            ms(|l| l.p90_us),
+            ms(|l| l.p99_us),
+            ms(|l| l.max_us),
+        )
+    }
+
+    fn json(&self) -> String {
+        let mut v = serde_json::json!({
+            "workload": self.workload.name(),
+            "target": self.label,
+            "clients": self.clients,
+            "conns": self.conns,
+            "ok": self.ok,
+            "errors": self.errors,
+            "secs": (self.secs * 1000.0).round() / 1000.0,
+            "ops_per_sec": self.rate_per_sec().round(),
+            "samples": self.latency.map_or(0, |l| l.samples),
+            "p50_us": self.latency.map(|l| l.p50_us),
+            "p90_us": self.latency.map(|l| l.p90_us),
+            "p99_us": self.latency.map(|l| l.p99_us),
+            "max_us": self.latency.map(|l| l.max_us),
+        });
+        for (k, n) in &self.extra {
+            v[*k] = serde_json::json!(n);
+        }
+        v.to_string()
+    }
+}
+
+/// Opens `conns` channels, channel i to endpoint i mod E.
+async fn connect_all(endpoints: &[String], conns: usize) -> Result<Vec<Channel>> {
+    let mut out = Vec::with_capacity(conns);
+    for i in 0..conns {
+        let ep = &endpoints[i % endpoints.len()];
+        let url = if ep.starts_with("http") { ep.clone() } else { format!("http://{ep}") };
+        let ch = Endpoint::from_shared(url.clone())
+            .with_context(|| format!("bad endpoint {ep:?}"))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(REQUEST_TIMEOUT)
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        out.push(ch);
+    }
+    Ok(out)
+}
+
+/// Prints the progress line once per second until aborted.
+fn spawn_progress(label: String, workload: Workload, shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        let mut last = 0;
+        loop {
+            tick.tick().await;
+            let done = shared.ok.load(Ordering::Relaxed);
+            let errors = shared.errors.load(Ordering::Relaxed);
+            eprintln!(
+                "  [{:>3}s] {label} {}: {done} done, {}/s, {errors} errors",
+                started.elapsed().as_secs(),
+                workload.name(),
+                done.saturating_sub(last)
+            );
+            last = done;
+        }
+    })
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    args.validate()?;
+    let channels = connect_all(&args.endpoint_list(), args.conns).await?;
+    eprintln!(
+        "meridian bench: {} on {} ({} clients, {} connections, ≤{} requests, ≤{}s, {}-byte values)",
+        args.workload.name(),
+        args.endpoints,
+        args.clients,
+        args.conns,
+        args.requests,
+        args.duration_secs,
+        args.value_size
+    );
+    let report = match args.workload {
+        Workload::Put => put(&args, &channels).await?,
+        Workload::GetLinearizable => get(&args, &channels, false).await?,
+        Workload::GetSerializable => get(&args, &channels, true).await?,
+        Workload::Watch => watch(&args, &channels).await?,
+        Workload::TxnCas => txn_cas(&args, &channels).await?,
+    };
+    println!("{}", Report::header());
+    println!("{}", report.row());
+    for (k, n) in &report.extra {
+        println!("  {k}: {n}");
+    }
+    if args.json {
+        println!("{}", report.json());
+    }
+    Ok(())
+}
+
+/// Runs `clients` closed-loop tasks made by `make_client(i)` and gathers
+/// their samples into a report.
+async fn closed_loop<F, Fut>(args: &BenchArgs, make_client: F) -> Result<Report>
+where
+    F: Fn(usize, Arc<Shared>, Samples) -> Fut,
+    Fut: std::future::Future<Output = Samples> + Send + 'static,
+{
+    let shared = Arc::new(Shared::new(args.requests, Duration::from_secs(args.duration_secs)));
+    let cap = MAX_SAMPLES / args.clients;
+    let progress = spawn_progress(args.label.clone(), args.workload, shared.clone());
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.clients).map(|i| tokio::spawn(make_client(i, shared.clone(), Samples::new(cap)))).collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.context("a client task panicked")?.us);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    progress.abort();
+    Ok(Report {
+        workload: args.workload,
+        label: args.label.clone(),
+        clients: args.clients,
+        conns: args.conns,
+        ok: shared.ok.load(Ordering::Relaxed),
+        errors: shared.errors.load(Ordering::Relaxed),
+        secs,
+        latency: percentiles(&mut all),
+        extra: Vec::new(),
+    })
+}
+
+async fn put(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
+    let value = vec![b'v'; args.value_size];
+    let report = closed_loop(args, |i, shared, mut samples| {
+        let mut kv = KvClient::new(channels[i % channels.len()].clone());
+        let value = value.clone();
+        async move {
+            while let Some(n) = shared.next() {
+                let req = pb::PutRequest { key: format!("/bench/put/{n:012}").into_bytes(), value: value.clone(), ..Default::default() };
+                let sent = Instant::now();
+                let r = kv.put(req).await;
+                if shared.finish(&mut samples, sent, r).is_none() {
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                }
+            }
+            samples
+        }
+    })
+    .await?;
+    Ok(report)
+}
+
+fn get_key(i: u64) -> Vec<u8> {
+    format!("/bench/get/{i:04}").into_bytes()
+}
+
+async fn get(args: &BenchArgs, channels: &[Channel], serializable: bool) -> Result<Report> {
+    // Pre-populate with a few concurrent writers; any failure stops the run.
+    let writers = channels.len().clamp(1, 16) as u64;
+    let value = vec![b'g'; args.value_size];
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let mut kv = KvClient::new(channels[w as usize].clone());
+        let value = value.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in (w..GET_KEYS).step_by(writers as usize) {
+                kv.put(pb::PutRequest { key: get_key(i), value: value.clone(), ..Default::default() }).await?;
+            }
+            Ok::<_, tonic::Status>(())
+        }));
+    }
+    for t in tasks {
+        t.await.context("a writer task panicked")?.map_err(|s| anyhow::anyhow!("pre-populating {GET_KEYS} keys: {}", s.message()))?;
+    }
+    let report = closed_loop(args, |i, shared, mut samples| {
+        let mut kv = KvClient::new(channels[i % channels.len()].clone());
+        let mut rng = SplitMix(i as u64);
+        async move {
+            while shared.next().is_some() {
+                let req = pb::RangeRequest { key: get_key(rng.below(GET_KEYS)), serializable, ..Default::default() };
+                let sent = Instant::now();
+                let r = kv.range(req).await;
+                match shared.finish(&mut samples, sent, r) {
+                    Some(resp) if resp.kvs.len() != 1 => shared.error(format!("get found {} keys, expected 1", resp.kvs.len())),
+                    Some(_) => {}
+                    None => tokio::time::sleep(ERROR_BACKOFF).await,
+                }
+            }
+            samples
+        }
+    })
+    .await?;
+    Ok(report)
+}
+
+fn cas_key(k: usize) -> Vec<u8> {
+    format!("/bench/cas/{k:04}").into_bytes()
+}
+
+async fn txn_cas(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
+    // Every key starts at a known mod_revision, from the put's header.
+    let mut kv = KvClient::new(channels[0].clone());
+    let mut revs = Vec::with_capacity(args.cas_keys);
+    for k in 0..args.cas_keys {
+        let r = kv
+            .put(pb::PutRequest { key: cas_key(k), value: b"0".to_vec(), ..Default::default() })
+            .await
+            .map_err(|s| anyhow::anyhow!("initialising CAS keys: {}", s.message()))?
+            .into_inner();
+        revs.push(r.header.map_or(0, |h| h.revision));
+    }
+    let succeeded = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let value = vec![b'c'; args.value_size];
+    let mut report = closed_loop(args, |i, shared, mut samples| {
+        let mut kv = KvClient::new(channels[i % channels.len()].clone());
+        let mut rng = SplitMix(i as u64);
+        let mut revs = revs.clone();
+        let (succeeded, failed, value) = (succeeded.clone(), failed.clone(), value.clone());
+        async move {
+            while shared.next().is_some() {
+                // One round trip per attempt: swap if the key is still at the
+                // revision we last saw, else read its current revision.
+                let k = rng.below(revs.len() as u64) as usize;
+                let key = cas_key(k);
+                let req = pb::TxnRequest {
+                    compare: vec![pb::Compare {
+                        result: pb::compare::CompareResult::Equal as i32,
+                        target: pb::compare::CompareTarget::Mod as i32,
+                        key: key.clone(),
+                        target_union: Some(pb::compare::TargetUnion::ModRevision(revs[k])),
+                        range_end: Vec::new(),
+                    }],
+                    success: vec![pb::RequestOp {
+                        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                            key: key.clone(),
+                            value: value.clone(),
+                            ..Default::default()
+                        })),
+                    }],
+                    failure: vec![pb::RequestOp {
+                        request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest { key, ..Default::default() })),
+                    }],
+                };
+                let sent = Instant::now();
+                let r = kv.txn(req).await;
+                let Some(resp) = shared.finish(&mut samples, sent, r) else {
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                    continue;
+                };
+                if resp.succeeded {
+                    succeeded.fetch_add(1, Ordering::Relaxed);
+                    revs[k] = resp.header.map_or(revs[k], |h| h.revision);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    let current = resp.responses.first().and_then(|op| match &op.response {
+                        Some(pb::response_op::Response::ResponseRange(r)) => r.kvs.first().map(|kv| kv.mod_revision),
+                        _ => None,
+                    });
+                    match current {
+                        Some(rev) => revs[k] = rev,
+                        None => shared.error("CAS failure branch returned no key".into()),
+                    }
+                }
+            }
+            samples
+        }
+    })
+    .await?;
+    report.extra = vec![("cas_succeeded", succeeded.load(Ordering::Relaxed)), ("cas_failed", failed.load(Ordering::Relaxed))];
+    Ok(report)
+}
+
+/// What the watchers of one `watch` run share with the writer.
+struct WatchState {
+    /// Send times in the values are nanoseconds since this instant.
+    epoch: Instant,
+    created: AtomicU64,
+    /// Puts the writer saw acknowledged; final once `writer_done` is set.
+    puts_acked: AtomicU64,
+    writer_done: AtomicBool,
+    /// Set when the grace period is over: watchers return what they have.
+    stop: AtomicBool,
+    events: AtomicU64,
+}
+
+async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
+    // A prefix of this run only, so leftovers from earlier runs never count.
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let prefix = format!("/bench/watch/{}-{nonce}/", std::process::id()).into_bytes();
+    let range_end = {
+        let mut e = prefix.clone();
+        if let Some(last) = e.last_mut() {
+            *last += 1; // '/' + 1 = '0': the end of the prefix
+        }
+        e
+    };
+    let state = Arc::new(WatchState {
+        epoch: Instant::now(),
+        created: AtomicU64::new(0),
+        puts_acked: AtomicU64::new(0),
+        writer_done: AtomicBool::new(false),
+        stop: AtomicBool::new(false),
+        events: AtomicU64::new(0),
+    });
+    let shared = Arc::new(Shared::new(args.requests, Duration::from_secs(args.duration_secs)));
+    let cap = MAX_SAMPLES / args.watchers;
+    let mut watchers = Vec::with_capacity(args.watchers);
+    for i in 0..args.watchers {
+        let client = WatchClient::new(channels[i % channels.len()].clone());
+        let (state, shared) = (state.clone(), shared.clone());
+        let create = pb::WatchCreateRequest { key: prefix.clone(), range_end: range_end.clone(), ..Default::default() };
+        watchers.push(tokio::spawn(watcher(client, create, state, shared, Samples::new(cap))));
+    }
+    // The writer starts when every watch exists, so each put is seen by all.
+    let wait_started = Instant::now();
+    while state.created.load(Ordering::Relaxed) < args.watchers as u64 {
+        if wait_started.elapsed() > Duration::from_secs(30) || shared.errors.load(Ordering::Relaxed) > 0 {
+            state.stop.store(true, Ordering::Relaxed);
+            bail!(
+                "only {}/{} watches were created within 30 s ({} errors)",
+                state.created.load(Ordering::Relaxed),
+                args.watchers,
+                shared.errors.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Fresh budget and deadline for the measured part.
+    let shared_w = Arc::new(Shared::new(args.requests, Duration::from_secs(args.duration_secs)));
+    let progress = spawn_progress(args.label.clone(), args.workload, shared_w.clone());
+    let started = Instant::now();
+    let mut kv = KvClient::new(channels[0].clone());
+    let mut put_samples = Samples::new(MAX_SAMPLES);
+    let mut value = vec![b'w'; args.value_size];
+    while let Some(n) = shared_w.next() {
+        let sent = Instant::now();
+        let nanos = u64::try_from(sent.duration_since(state.epoch).as_nanos()).unwrap_or(u64::MAX);
+        value[..8].copy_from_slice(&nanos.to_le_bytes());
+        let mut key = prefix.clone();
+        key.extend_from_slice(format!("{n:012}").as_bytes());
+        let r = kv.put(pb::PutRequest { key, value: value.clone(), ..Default::default() }).await;
+        if shared_w.finish(&mut put_samples, sent, r).is_some() {
+            state.puts_acked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            tokio::time::sleep(ERROR_BACKOFF).await;
+        }
+    }
+    state.writer_done.store(true, Ordering::Relaxed);
+    let grace_end = Instant::now() + WATCH_GRACE;
+    while !watchers.iter().all(|w| w.is_finished()) && Instant::now() < grace_end {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the grace period, events still missing count as lost.
+    state.stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for w in watchers {
+        all.extend(w.await.context("a watcher task panicked")?.us);
+    }
+    state.stop.store(true, Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    progress.abort();
+    let puts = state.puts_acked.load(Ordering::Relaxed);
+    let expected = puts * args.watchers as u64;
+    let events = state.events.load(Ordering::Relaxed);
+    let put_latency = percentiles(&mut put_samples.us);
+    Ok(Report {
+        workload: args.workload,
+        label: args.label.clone(),
+        clients: args.watchers,
+        conns: args.conns,
+        ok: events,
+        errors: shared.errors.load(Ordering::Relaxed) + shared_w.errors.load(Ordering::Relaxed),
+        secs,
+        latency: percentiles(&mut all),
+        extra: vec![
+            ("puts", puts),
+            ("put_p99_us", put_latency.map_or(0, |l| u64::from(l.p99_us))),
+            ("events_expected", expected),
+            ("events_received", events),
+            ("events_missing", expected.saturating_sub(events)),
+        ],
+    })
+}
+
+/// One watch stream: records receive time − send time of every event until
+/// it has seen every acknowledged put, or is told to stop.
+async fn watcher(
+    mut client: WatchClient<Channel>,
+    create: pb::WatchCreateRequest,
+    state: Arc<WatchState>,
+    shared: Arc<Shared>,
+    mut samples: Samples,
+) -> Samples {
+    // Keep the request stream open: closing it would end the watch.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let req = pb::WatchRequest { request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)) };
+    if tx.send(req).await.is_err() {
+        return samples;
+    }
+    let mut stream = match client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => {
+            shared.error(format!("watch: {:?}: {}", s.code(), s.message()));
+            return samples;
+        }
+    };
+    let mut received = 0u64;
+    let mut check = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                let resp = match msg {
+                    Ok(Some(r)) => r,
+                    Ok(None) => { shared.error("watch stream ended".into()); break; }
+                    Err(s) => { shared.error(format!("watch: {:?}: {}", s.code(), s.message())); break; }
+                };
+                let now_ns = u64::try_from(state.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                if resp.created {
+                    state.created.fetch_add(1, Ordering::Relaxed);
+                }
+                if resp.canceled {
+                    shared.error(format!("watch canceled: {}", resp.cancel_reason));
+                    break;
+                }
+                for ev in &resp.events {
+                    let Some(sent_ns) = ev.kv.as_ref().and_then(|kv| kv.value.get(..8)).map(|b| {
+                        let mut a = [0u8; 8];
+                        a.copy_from_slice(b);
+                        u64::from_le_bytes(a)
+                    }) else { continue };
+                    samples.record(Duration::from_nanos(now_ns.saturating_sub(sent_ns)));
+                    received += 1;
+                    state.events.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ = check.tick() => {
+                if state.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                if state.writer_done.load(Ordering::Relaxed) && received >= state.puts_acked.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    samples
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank_on_known_samples() {
+        // 1..=100 shuffled: the k-th percentile is exactly k.
+        let mut s: Vec<u32> = (1..=100).rev().collect();
+        s.swap(3, 70);
+        let l = percentiles(&mut s).unwrap();
+        assert_eq!(l, Latency { samples: 100, p50_us: 50, p90_us: 90, p99_us: 99, max_us: 100 });
+
+        // Ten samples: p50 is the 5th, p90 the 9th, p99 rounds up to the 10th.
+        let mut s = vec![70, 10, 100, 40, 20, 90, 30, 60, 50, 1000];
+        let l = percentiles(&mut s).unwrap();
+        assert_eq!(l, Latency { samples: 10, p50_us: 50, p90_us: 100, p99_us: 1000, max_us: 1000 });
+
+        let mut one = vec![7];
+        assert_eq!(percentiles(&mut one).unwrap(), Latency { samples: 1, p50_us: 7, p90_us: 7, p99_us: 7, max_us: 7 });
+        assert_eq!(percentiles(&mut []), None);
+    }
+}

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Meridian and etcd side by side: the same `meridian bench` workloads over
+# the etcd v3 API against a local 3-node Meridian cluster and a local
+# 3-node etcd cluster, alternating, on 127.0.0.1 only. Everything it starts
+# (processes, temp dirs) goes away on exit; safe to run again.
+#
+#   scripts/bench-vs-etcd.sh [--duration SECS] [--workloads a,b,c]
+#   DURATION=5 CLIENTS=32 CONNS=8 WATCHERS=100 VALUE_SIZE=256 scripts/bench-vs-etcd.sh
+#
+# Ports (override with MERIDIAN_BASE_PORT / ETCD_BASE_PORT): Meridian uses
+# base..base+2 (client), +100 (peer), +200 (HTTP); etcd base..base+2 (client)
+# and base+100.. (peer). The defaults stay below 10000, away from the test
+# suite's ports and the ephemeral range.
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+WORKLOADS=${WORKLOADS:-put,get-linearizable,get-serializable,watch,txn-cas}
+CLIENTS=${CLIENTS:-32}
+CONNS=${CONNS:-8}
+WATCHERS=${WATCHERS:-100}
+VALUE_SIZE=${VALUE_SIZE:-256}
+REQUESTS=${REQUESTS:-10000000}
+MERIDIAN_BASE_PORT=${MERIDIAN_BASE_PORT:-9100}
+ETCD_BASE_PORT=${ETCD_BASE_PORT:-9400}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --duration) DURATION=${2:?--duration needs seconds}; shift 2 ;;
+    --duration=*) DURATION=${1#*=}; shift ;;
+    --workloads) WORKLOADS=${2:?--workloads needs a list}; shift 2 ;;
+    --workloads=*) WORKLOADS=${1#*=}; shift ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "bench-vs-etcd: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$DURATION" in ''|*[!0-9]*) echo "bench-vs-etcd: --duration must be whole seconds" >&2; exit 2 ;; esac
+if [ "$DURATION" -lt 1 ] || [ "$DURATION" -gt 600 ]; then
+  echo "bench-vs-etcd: --duration must be 1..600 seconds" >&2; exit 2
+fi
+
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/meridian-target}
+
+# --- what we need ----------------------------------------------------------
+# etcd-server: the etcd under test; etcd-client: etcdctl, for its health
+# check; jq: the results table. Installed only when missing, as setup.sh does.
+missing=()
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bench-vs-etcd: installing ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # Debian enables the packaged etcd service; this script runs its own members.
+  if [[ " ${missing[*]} " == *" etcd-server "* ]]; then
+    $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
+fi
+ETCD_VERSION=$(etcd --version | awk '/etcd Version/ {print $3}')
+case "$ETCD_VERSION" in
+  3.4.*|3.5.*|3.6.*) ;;
+  *) echo "bench-vs-etcd: etcd $ETCD_VERSION is untested here (the flags used exist in 3.4-3.6)" >&2 ;;
+esac
+
+cargo build -q -p meridian
+MERIDIAN="$CARGO_TARGET_DIR/debug/meridian"
+
+# --- cleanup: every child's process group, then the temp dir ---------------
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/meridian-bench-vs-etcd.XXXXXX")
+PGIDS=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  for pg in "${PGIDS[@]}"; do kill -TERM -- "-$pg" 2>/dev/null || true; done
+  for _ in $(seq 1 100); do
+    local alive=0
+    for pg in "${PGIDS[@]}"; do kill -0 -- "-$pg" 2>/dev/null && alive=1; done
+    [ "$alive" -eq 0 ] && break
+    sleep 0.1
+  done
+  for pg in "${PGIDS[@]}"; do kill -KILL -- "-$pg" 2>/dev/null || true; done
+  rm -rf "$WORK"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in $(seq "$MERIDIAN_BASE_PORT" $((MERIDIAN_BASE_PORT + 2))) $(seq $((MERIDIAN_BASE_PORT + 100)) $((MERIDIAN_BASE_PORT + 102))) \
+         $(seq $((MERIDIAN_BASE_PORT + 200)) $((MERIDIAN_BASE_PORT + 202))) \
+         $(seq "$ETCD_BASE_PORT" $((ETCD_BASE_PORT + 2))) $(seq $((ETCD_BASE_PORT + 100)) $((ETCD_BASE_PORT + 102))); do
+  port_free "$p" || { echo "bench-vs-etcd: port $p on 127.0.0.1 is in use (set MERIDIAN_BASE_PORT / ETCD_BASE_PORT)" >&2; exit 1; }
+done
+
+# `setsid` makes each child the leader of its own process group, so cleanup
+# reaches the servers `meridian dev` starts as well.
+start_group() { setsid "$@" & PGIDS+=("$!"); }
+
+# --- etcd: three members ---------------------------------------------------
+ETCD_EPS=""
+CLUSTER=""
+for i in 0 1 2; do
+  CLUSTER+="${CLUSTER:+,}e$i=http://127.0.0.1:$((ETCD_BASE_PORT + 100 + i))"
+  ETCD_EPS+="${ETCD_EPS:+,}127.0.0.1:$((ETCD_BASE_PORT + i))"
+done
+for i in 0 1 2; do
+  c=$((ETCD_BASE_PORT + i)); p=$((ETCD_BASE_PORT + 100 + i))
+  start_group etcd --name "e$i" --data-dir "$WORK/etcd-$i" \
+    --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
+    --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
+    --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token "bench-$$" \
+    --logger zap --log-level warn >"$WORK/etcd-$i.log" 2>&1
+done
+
+# --- Meridian: three nodes via `meridian dev` --------------------------------
+start_group "$MERIDIAN" dev --data-dir "$WORK/meridian" --base-port "$MERIDIAN_BASE_PORT" >"$WORK/meridian-dev.log" 2>&1
+MERIDIAN_DEV_PID=${PGIDS[-1]}
+MERIDIAN_EPS="127.0.0.1:$MERIDIAN_BASE_PORT,127.0.0.1:$((MERIDIAN_BASE_PORT + 1)),127.0.0.1:$((MERIDIAN_BASE_PORT + 2))"
+
+echo "bench-vs-etcd: waiting for both clusters (data in $WORK)"
+deadline=$((SECONDS + 120))
+until grep -q '^endpoints:' "$WORK/meridian-dev.log" 2>/dev/null; do
+  if [ $SECONDS -ge $deadline ] || ! kill -0 "$MERIDIAN_DEV_PID" 2>/dev/null; then
+    echo "bench-vs-etcd: Meridian did not become ready; its log:" >&2; cat "$WORK/meridian-dev.log" >&2; exit 1
+  fi
+  sleep 0.5
+done
+until ETCDCTL_API=3 etcdctl --endpoints="$ETCD_EPS" --dial-timeout=1s endpoint health >/dev/null 2>&1; do
+  if [ $SECONDS -ge $deadline ]; then
+    echo "bench-vs-etcd: etcd did not become healthy; last log lines:" >&2; tail -n 20 "$WORK"/etcd-*.log >&2; exit 1
+  fi
+  sleep 0.5
+done
+echo "bench-vs-etcd: meridian $MERIDIAN_EPS, etcd $ETCD_VERSION $ETCD_EPS"
+
+# --- the runs --------------------------------------------------------------
+RESULTS="$WORK/results.jsonl"
+: >"$RESULTS"
+run_one() { # target endpoints workload
+  echo "== $3 on $1 (${DURATION}s)"
+  "$MERIDIAN" bench --endpoints "$2" --workload "$3" --label "$1" --clients "$CLIENTS" --conns "$CONNS" \
+    --watchers "$WATCHERS" --value-size "$VALUE_SIZE" --requests "$REQUESTS" --duration-secs "$DURATION" --json | tee "$WORK/last.out"
+  grep '^{' "$WORK/last.out" >>"$RESULTS" || echo "bench-vs-etcd: no result for $3 on $1" >&2
+}
+IFS=',' read -r -a WL <<<"$WORKLOADS"
+for w in "${WL[@]}"; do
+  run_one meridian "$MERIDIAN_EPS" "$w" || echo "bench-vs-etcd: $w on meridian failed" >&2
+  run_one etcd "$ETCD_EPS" "$w" || echo "bench-vs-etcd: $w on etcd failed" >&2
+done
+
+# --- the table -------------------------------------------------------------
+echo
+echo "Meridian vs etcd $ETCD_VERSION, ${DURATION}s per run, $CLIENTS clients over $CONNS connections ($WATCHERS watchers for watch), $VALUE_SIZE-byte values; latencies in ms"
+jq -rs --argjson wl "$(printf '%s\n' "${WL[@]}" | jq -R . | jq -s .)" '
+  def ms: if . == null then "-" else (. / 10 | round / 100 | tostring) end;
+  def ratio(a; b): if (a == null or b == null or b == 0) then "-" else (a / b * 100 | round / 100 | tostring) end;
+  def row: "| " + join(" | ") + " |";
+  (["workload", "Meridian ops/s", "etcd ops/s", "ops/s M/etcd", "Meridian p50", "etcd p50", "Meridian p99", "etcd p99", "p99 M/etcd", "errors M / etcd"] | row),
+  (["---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"] | row),
+  ($wl[] as $w
+   | (map(select(.workload == $w and .target == "meridian")) | first) as $m
+   | (map(select(.workload == $w and .target == "etcd")) | first) as $e
+   | [$w, ($m.ops_per_sec // "-" | tostring), ($e.ops_per_sec // "-" | tostring),
+      ratio($m.ops_per_sec; $e.ops_per_sec),
+      ($m.p50_us | ms), ($e.p50_us | ms), ($m.p99_us | ms), ($e.p99_us | ms),
+      ratio($m.p99_us; $e.p99_us),
+      "\($m.errors // "-") / \($e.errors // "-")"]
+   | row)
+' "$RESULTS"
+echo
+echo "raw results (JSON lines):"
+cat "$RESULTS"
