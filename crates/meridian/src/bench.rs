@@ -76,7 +76,7 @@ impl Workload {
 pub struct BenchArgs {
     /// Comma-separated client endpoints (host:port); connections are spread
     /// over them round-robin.
-    #[arg(long, default_value = "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792")]
+    #[arg(long, default_value = crate::DEV_ENDPOINTS)]
     pub endpoints: String,
     #[arg(long, value_enum)]
     pub workload: Workload,

@@ -101,18 +101,12 @@ pub async fn status(endpoints: &str, http: Option<&str>) -> Result<()> {
 }
 
 fn http_get(addr: &str, path: &str) -> Result<String> {
-    use std::io::{Read, Write};
     let sa: std::net::SocketAddr = addr.parse().context("HTTP address must be host:port")?;
-    let mut s = std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
-    let mut out = String::new();
-    s.take(16 << 20).read_to_string(&mut out)?;
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let (status, body) = crate::http_get::get(sa, path, Duration::from_secs(2), Duration::from_secs(5))?;
     // Tolerate chunked encoding: the JSON object is between the first '{' and last '}'.
     match (body.find('{'), body.rfind('}')) {
         (Some(a), Some(b)) if b > a => Ok(body[a..=b].to_string()),
-        _ => bail!("unexpected answer: {}", out.lines().next().unwrap_or("")),
+        _ => bail!("unexpected answer: HTTP {status}"),
     }
 }
 

@@ -15,17 +15,9 @@ pub struct DevOptions {
     pub namespaces: Vec<String>,
 }
 
-/// GET `path` on `addr`; true on HTTP 200. A tiny client keeps the binary
-/// free of an HTTP client dependency.
+/// True if GET `path` on `addr` answers 200.
 pub fn http_ok(addr: SocketAddr, path: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)) else { return false };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(1000)));
-    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes()).is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    matches!(s.read(&mut buf), Ok(n) if n >= 12 && &buf[9..12] == b"200")
+    matches!(crate::http_get::get(addr, path, Duration::from_millis(300), Duration::from_millis(1000)), Ok((200, _)))
 }
 
 fn stop_all(children: &mut [(u64, Child)]) {

@@ -18,6 +18,10 @@ use meridian_sim::{random_run, SimConfig};
 mod bench;
 mod client;
 mod dev;
+mod http_get;
+
+/// The client endpoints of a default `meridian dev` cluster.
+pub const DEV_ENDPOINTS: &str = "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792";
 
 #[derive(Parser)]
 #[command(name = "meridian", version, about = "Meridian: a geo-sharded coordination service")]
@@ -50,14 +54,14 @@ enum Cmd {
     },
     /// Key-value operations over the etcd v3 API.
     Kv {
-        #[arg(long, default_value = "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792")]
+        #[arg(long, default_value = DEV_ENDPOINTS)]
         endpoints: String,
         #[command(subcommand)]
         op: KvOp,
     },
     /// Watch a key or prefix and print its events.
     Watch {
-        #[arg(long, default_value = "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792")]
+        #[arg(long, default_value = DEV_ENDPOINTS)]
         endpoints: String,
         key: String,
         #[arg(long)]
@@ -70,14 +74,14 @@ enum Cmd {
     },
     /// Leases: grant, revoke, keepalive, ttl.
     Lease {
-        #[arg(long, default_value = "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792")]
+        #[arg(long, default_value = DEV_ENDPOINTS)]
         endpoints: String,
         #[command(subcommand)]
         op: LeaseOp,
     },
     /// Node and range status.
     Status {
-        #[arg(long, default_value = "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792")]
+        #[arg(long, default_value = DEV_ENDPOINTS)]
         endpoints: String,
         /// HTTP addresses, for the per-range table.
         #[arg(long)]
