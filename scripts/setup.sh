@@ -8,7 +8,11 @@ set -euo pipefail
 
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.]'; then
+# libclang itself (libclang.so*, libclang-NN.so*), not libclang-cpp, which
+# other packages pull in and bindgen cannot use.
+if ! compgen -G '/usr/lib/llvm-*/lib/libclang.so*' >/dev/null \
+  && ! compgen -G '/usr/lib/llvm-*/lib/libclang-[0-9]*.so*' >/dev/null \
+  && ! ldconfig -p 2>/dev/null | grep -qE 'libclang(-[0-9.]+)?\.so'; then
   missing+=(libclang-dev)
 fi
 command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
