@@ -7,6 +7,9 @@ use std::path::PathBuf;
 
 const PROTO_FILES: [&str; 4] = ["mvccpb/kv.proto", "etcdserverpb/rpc.proto", "v3lockpb/v3lock.proto", "v3electionpb/v3election.proto"];
 
+/// Meridian's own API (`meridian.v1`), under `proto/meridian/`.
+const NATIVE_FILE: &str = "v1/coordination.proto";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let proto_root = manifest_dir.join("../../proto/etcd");
@@ -17,6 +20,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", file.display());
     }
 
-    tonic_build::configure().build_server(true).build_client(true).compile_protos(&files, &[proto_root])?;
+    let native_root = manifest_dir.join("../../proto/meridian");
+    let native = native_root.join(NATIVE_FILE);
+    println!("cargo:rerun-if-changed={}", native.display());
+    let mut all = files;
+    all.push(native);
+    tonic_build::configure().build_server(true).build_client(true).compile_protos(&all, &[proto_root, native_root])?;
     Ok(())
 }

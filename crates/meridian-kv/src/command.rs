@@ -7,8 +7,12 @@ use crate::mvcc::KeyValue;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
     pub op: Option<Op>,
+    /// The proposer's wall clock (Unix ms), recorded as information only
+    /// ("held since"); nothing decides on it.
+    #[prost(int64, tag = "20")]
+    pub wall_ms: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
@@ -31,6 +35,78 @@ pub enum Op {
     /// go through ReadIndex).
     #[prost(message, tag = "8")]
     Range(RangeOp),
+    /// Join a lock's queue (or take it at once if free).
+    #[prost(message, tag = "9")]
+    LockAcquire(LockAcquireOp),
+    #[prost(message, tag = "10")]
+    LockRelease(LockReleaseOp),
+    /// Leave a lock's queue (the waiter's deadline passed).
+    #[prost(message, tag = "11")]
+    LockCancel(LockCancelOp),
+    /// The leader's clock says this lease expired: revoke it, and put the
+    /// locks it held under lock-delay (a clean revoke does not).
+    #[prost(int64, tag = "12")]
+    LeaseExpire(i64),
+    /// A lock's lock-delay has passed on the leader's clock (the name).
+    #[prost(bytes = "vec", tag = "13")]
+    LockDelayEnd(Vec<u8>),
+    /// An election leader publishes a new value, guarded by its token.
+    #[prost(message, tag = "14")]
+    Proclaim(ProclaimOp),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LockAcquireOp {
+    #[prost(bytes = "vec", tag = "1")]
+    pub name: Vec<u8>,
+    /// The session (a lease of this range).
+    #[prost(int64, tag = "2")]
+    pub session: i64,
+    /// Names this wait, so the server wakes exactly the right request.
+    #[prost(uint64, tag = "3")]
+    pub waiter_id: u64,
+    /// Take the lock only if free; never queue.
+    #[prost(bool, tag = "4")]
+    pub try_only: bool,
+    /// Lock-delay applied if this holder's session expires while holding.
+    #[prost(int64, tag = "5")]
+    pub lock_delay_ms: i64,
+    /// Published with the lock (an election candidate's value).
+    #[prost(bytes = "vec", tag = "6")]
+    pub value: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LockReleaseOp {
+    #[prost(bytes = "vec", tag = "1")]
+    pub name: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    pub session: i64,
+    /// The holder's token; 0 = whatever this session holds.
+    #[prost(int64, tag = "3")]
+    pub token: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LockCancelOp {
+    #[prost(bytes = "vec", tag = "1")]
+    pub name: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    pub session: i64,
+    #[prost(uint64, tag = "3")]
+    pub waiter_id: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProclaimOp {
+    #[prost(bytes = "vec", tag = "1")]
+    pub name: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    pub session: i64,
+    #[prost(int64, tag = "3")]
+    pub token: i64,
+    #[prost(bytes = "vec", tag = "4")]
+    pub value: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -80,7 +156,9 @@ pub struct Compare {
     /// 0 EQUAL, 1 GREATER, 2 LESS, 3 NOT_EQUAL (etcd's CompareResult).
     #[prost(int32, tag = "1")]
     pub result: i32,
-    /// 0 VERSION, 1 CREATE, 2 MOD, 3 VALUE, 4 LEASE (etcd's CompareTarget).
+    /// 0 VERSION, 1 CREATE, 2 MOD, 3 VALUE, 4 LEASE (etcd's CompareTarget);
+    /// 5 LOCK_TOKEN (Meridian's): the token of the current holder of the
+    /// lock named `key` (0 when free), compared with `number`.
     #[prost(int32, tag = "2")]
     pub target: i32,
     #[prost(bytes = "vec", tag = "3")]
@@ -146,7 +224,7 @@ pub struct Outcome {
     /// Revision of the range after the command.
     #[prost(int64, tag = "1")]
     pub revision: i64,
-    #[prost(oneof = "OutcomeKind", tags = "2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "OutcomeKind", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
     pub kind: Option<OutcomeKind>,
 }
 
@@ -167,12 +245,32 @@ pub enum OutcomeKind {
     Error(ErrorOutcome),
     #[prost(bool, tag = "8")]
     Done(bool),
+    #[prost(message, tag = "9")]
+    Lock(LockOutcome),
+}
+
+/// What an acquire (or proclaim) did.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LockOutcome {
+    /// The caller holds the lock now.
+    #[prost(bool, tag = "1")]
+    pub granted: bool,
+    /// The fencing token when granted.
+    #[prost(int64, tag = "2")]
+    pub token: i64,
+    /// Waiters ahead of the caller (0 when granted or not queued).
+    #[prost(uint64, tag = "3")]
+    pub ahead: u64,
+    /// The lock after the command.
+    #[prost(message, optional, tag = "4")]
+    pub lock: Option<crate::locks::LockRecord>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ErrorOutcome {
     /// 1 compacted, 2 future revision, 3 lease not found, 4 lease exists,
-    /// 5 duplicate key, 6 empty key, 7 invalid, 8 key not found, 9 storage.
+    /// 5 duplicate key, 6 empty key, 7 invalid, 8 key not found, 9 storage,
+    /// 10 session not found, 11 lock not held, 12 too many waiters.
     #[prost(int32, tag = "1")]
     pub code: i32,
     #[prost(string, tag = "2")]
@@ -243,7 +341,7 @@ pub struct LeaseOutcome {
 /// locally for serializable reads).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Query {
-    #[prost(oneof = "QueryKind", tags = "1, 2, 3, 4")]
+    #[prost(oneof = "QueryKind", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub kind: Option<QueryKind>,
 }
 
@@ -259,6 +357,23 @@ pub enum QueryKind {
     /// Events from a revision on (watch catch-up).
     #[prost(message, tag = "4")]
     Events(EventsOp),
+    /// One lock: its holder and queue (the name).
+    #[prost(bytes = "vec", tag = "5")]
+    LockDescribe(Vec<u8>),
+    /// Locks from a name on, in name order (deadlock report, listing).
+    #[prost(message, tag = "6")]
+    Locks(LocksOp),
+    /// Locks under lock-delay (the leader times them).
+    #[prost(bool, tag = "7")]
+    DelayedLocks(bool),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LocksOp {
+    #[prost(bytes = "vec", tag = "1")]
+    pub from_name: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub limit: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -305,4 +420,8 @@ pub struct QueryAnswer {
     pub error: Option<ErrorOutcome>,
     #[prost(message, repeated, tag = "6")]
     pub events: Vec<RevEvent>,
+    #[prost(message, optional, tag = "7")]
+    pub lock: Option<crate::locks::LockRecord>,
+    #[prost(message, repeated, tag = "8")]
+    pub locks: Vec<crate::locks::NamedLock>,
 }

@@ -20,6 +20,12 @@ pub enum KvError {
     EmptyKey,
     #[error("etcdserver: {0}")]
     Invalid(String),
+    #[error("meridian: session {session:#x} not found (expired or closed)")]
+    SessionNotFound { session: i64 },
+    #[error("meridian: lock {name:?} is not held by this session with this token")]
+    LockNotHeld { name: String },
+    #[error("meridian: too many waiters on lock {name:?} (limit {limit})")]
+    TooManyWaiters { name: String, limit: usize },
     #[error("storage: {0}")]
     Storage(String),
 }

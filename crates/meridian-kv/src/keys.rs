@@ -7,6 +7,9 @@ pub const HISTORY: u8 = b'h';
 pub const EVENTS: u8 = b'r';
 pub const LEASE: u8 = b'l';
 pub const ATTACH: u8 = b'a';
+pub const LOCK: u8 = b'q';
+pub const SESSION_LOCK: u8 = b's';
+pub const DELAYED_LOCK: u8 = b'd';
 
 pub fn index_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());
@@ -112,6 +115,43 @@ pub fn attach_prefix(id: i64) -> (Vec<u8>, Vec<u8>) {
         None => e = vec![ATTACH + 1],
     }
     (s, e)
+}
+
+/// `q ‖ esc(name)`: a lock's holder and FIFO queue.
+pub fn lock_key(name: &[u8]) -> Vec<u8> {
+    let mut k = vec![LOCK];
+    escape(name, &mut k);
+    k
+}
+
+pub fn parse_lock_key(k: &[u8]) -> Option<Vec<u8>> {
+    let (name, rest) = unescape(k.strip_prefix(&[LOCK])?)?;
+    rest.is_empty().then_some(name)
+}
+
+/// `s ‖ session ‖ name`: the session holds or waits for the lock.
+pub fn session_lock_key(session: i64, name: &[u8]) -> Vec<u8> {
+    let mut k = vec![SESSION_LOCK];
+    k.extend_from_slice(&(session as u64).to_be_bytes());
+    k.extend_from_slice(name);
+    k
+}
+
+pub fn session_lock_prefix(session: i64) -> (Vec<u8>, Vec<u8>) {
+    let s = session_lock_key(session, b"");
+    let mut e = vec![SESSION_LOCK];
+    match (session as u64).checked_add(1) {
+        Some(n) => e.extend_from_slice(&n.to_be_bytes()),
+        None => e = vec![SESSION_LOCK + 1],
+    }
+    (s, e)
+}
+
+/// `d ‖ name`: a lock under lock-delay (its value: the delay in ms).
+pub fn delayed_lock_key(name: &[u8]) -> Vec<u8> {
+    let mut k = vec![DELAYED_LOCK];
+    k.extend_from_slice(name);
+    k
 }
 
 #[cfg(test)]

@@ -9,16 +9,23 @@ use prost::Message as _;
 
 use crate::command::*;
 use crate::error::KvError;
+use crate::locks::{self, LockEvent, Locks};
 use crate::mvcc::{Event, KeyValue, Mvcc, WriteTxn};
 use crate::read::{DataRead, EngineRead};
 
 /// Events returned by one catch-up query (bounded memory per watcher).
 pub const MAX_EVENTS_PER_QUERY: usize = 1000;
+/// Locks listed by one query.
+pub const MAX_LOCKS_PER_QUERY: usize = 10_000;
 
 /// Receives the events of every applied write, in revision order, on every
 /// replica (watches are served by any node).
 pub trait EventSink: Send + Sync {
     fn publish(&self, range_id: u64, revision: i64, events: &[Event]);
+
+    /// Lock holder changes of an applied command (waking blocked acquires,
+    /// election observers).
+    fn publish_locks(&self, _range_id: u64, _revision: i64, _events: &[LockEvent]) {}
 }
 
 /// The etcd-compatible state machine of one range.
@@ -44,6 +51,9 @@ pub fn error_outcome(e: &KvError) -> ErrorOutcome {
         KvError::Invalid(_) => (7, 0),
         KvError::KeyNotFound => (8, 0),
         KvError::Storage(_) => (9, 0),
+        KvError::SessionNotFound { .. } => (10, 0),
+        KvError::LockNotHeld { .. } => (11, 0),
+        KvError::TooManyWaiters { .. } => (12, 0),
     };
     ErrorOutcome { code, message: e.to_string(), compact_revision }
 }
@@ -62,6 +72,9 @@ fn cmp_holds(result: i32, ord: std::cmp::Ordering) -> bool {
 /// etcd's compare: over every key of the interval; a missing single key
 /// compares as zero for numeric targets and fails for VALUE.
 fn compare(r: &dyn DataRead, c: &Compare) -> Result<bool, KvError> {
+    if c.target == 5 {
+        return Ok(cmp_holds(c.result, locks::holder_token(r, &c.key)?.cmp(&c.number)));
+    }
     let kvs = Mvcc::range(r, &c.key, &c.range_end, 0, 0)?.kvs;
     let check = |kv: &KeyValue| -> bool {
         match c.target {
@@ -180,13 +193,14 @@ fn txn(t: &mut WriteTxn<'_, '_>, op: &TxnOp) -> Result<TxnOutcome, KvError> {
 }
 
 impl KvMachine {
-    fn execute(&self, ctx: &mut ApplyContext<'_>, cmd: &Command) -> Result<(i64, OutcomeKind, Vec<Event>), KvError> {
+    fn execute(&self, ctx: &mut ApplyContext<'_>, cmd: &Command) -> Result<Applied, KvError> {
         let op = cmd.op.as_ref().ok_or_else(|| KvError::Invalid("empty command".into()))?;
         if let Op::Txn(t) = op {
             check_duplicates(&t.success)?;
             check_duplicates(&t.failure)?;
         }
         let mut w = WriteTxn::begin(ctx)?;
+        let mut lock_events = Vec::new();
         let kind = match op {
             Op::Put(p) => {
                 if p.key.is_empty() {
@@ -208,18 +222,59 @@ impl KvMachine {
                 let rec = w.grant_lease(g.id, g.ttl_s)?;
                 OutcomeKind::Lease(LeaseOutcome { id: rec.id, ttl_s: rec.ttl_s })
             }
-            Op::LeaseRevoke(id) => {
+            Op::LeaseRevoke(id) | Op::LeaseExpire(id) => {
+                if Mvcc::lease(w.reader(), *id)?.is_none() {
+                    return Err(KvError::LeaseNotFound { lease_id: *id });
+                }
+                let mut l = Locks::new(&mut w, cmd.wall_ms);
+                l.end_session(*id, matches!(op, Op::LeaseExpire(_)))?;
+                lock_events = l.events;
                 w.revoke_lease(*id)?;
                 OutcomeKind::Done(true)
+            }
+            Op::LockAcquire(a) => {
+                let mut l = Locks::new(&mut w, cmd.wall_ms);
+                let out = l.acquire(&a.name, a.session, a.waiter_id, a.try_only, a.lock_delay_ms, &a.value)?;
+                lock_events = l.events;
+                OutcomeKind::Lock(out)
+            }
+            Op::LockRelease(r) => {
+                let mut l = Locks::new(&mut w, cmd.wall_ms);
+                l.release(&r.name, r.session, r.token)?;
+                lock_events = l.events;
+                OutcomeKind::Done(true)
+            }
+            Op::LockCancel(c) => {
+                let mut l = Locks::new(&mut w, cmd.wall_ms);
+                OutcomeKind::Done(l.cancel(&c.name, c.session, c.waiter_id)?)
+            }
+            Op::LockDelayEnd(name) => {
+                let mut l = Locks::new(&mut w, cmd.wall_ms);
+                l.delay_end(name)?;
+                lock_events = l.events;
+                OutcomeKind::Done(true)
+            }
+            Op::Proclaim(p) => {
+                let mut l = Locks::new(&mut w, cmd.wall_ms);
+                let rec = l.proclaim(&p.name, p.session, p.token, &p.value)?;
+                lock_events = l.events;
+                OutcomeKind::Lock(LockOutcome { granted: true, token: p.token, ahead: 0, lock: Some(rec) })
             }
             Op::LeaseCheckpoint(c) => {
                 w.checkpoint_lease(c.id, c.remaining_ttl_s)?;
                 OutcomeKind::Done(true)
             }
         };
-        let (rev, events) = w.commit();
-        Ok((rev, kind, events))
+        let (revision, events) = w.commit();
+        Ok(Applied { revision, kind, events, lock_events })
     }
+}
+
+struct Applied {
+    revision: i64,
+    kind: OutcomeKind,
+    events: Vec<Event>,
+    lock_events: Vec<LockEvent>,
 }
 
 impl StateMachine for KvMachine {
@@ -230,9 +285,14 @@ impl StateMachine for KvMachine {
             .map_err(|e| KvError::Invalid(format!("undecodable command: {e}")))
             .and_then(|cmd| self.execute(ctx, &cmd));
         let outcome = match result {
-            Ok((revision, kind, events)) => {
-                if let (Some(sink), false) = (&self.sink, events.is_empty()) {
-                    sink.publish(range_id, revision, &events);
+            Ok(Applied { revision, kind, events, lock_events }) => {
+                if let Some(sink) = &self.sink {
+                    if !events.is_empty() {
+                        sink.publish(range_id, revision, &events);
+                    }
+                    if !lock_events.is_empty() {
+                        sink.publish_locks(range_id, revision, &lock_events);
+                    }
                 }
                 Outcome { revision, kind: Some(kind) }
             }
@@ -284,6 +344,12 @@ pub fn answer(r: &dyn DataRead, query: &[u8]) -> QueryAnswer {
                     .map(|(revision, event)| RevEvent { revision, event: Some(event) })
                     .collect();
             }
+            Some(QueryKind::LockDescribe(name)) => {
+                locks::validate_name(&name)?;
+                a.lock = Some(locks::describe(r, &name)?.unwrap_or_default());
+            }
+            Some(QueryKind::Locks(op)) => a.locks = locks::list(r, &op.from_name, (op.limit as usize).clamp(1, MAX_LOCKS_PER_QUERY))?,
+            Some(QueryKind::DelayedLocks(_)) => a.locks = locks::delayed(r, MAX_LOCKS_PER_QUERY)?,
             None => return Err(KvError::Invalid("empty query".into())),
         }
         Ok(a)

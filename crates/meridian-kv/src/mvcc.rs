@@ -130,7 +130,11 @@ impl Mvcc {
     pub fn meta(r: &dyn DataRead) -> Result<Meta, KvError> {
         match r.get(keys::META)? {
             Some(raw) => decode(&raw, "meta"),
-            None => Ok(Meta::default()),
+            // Like etcd, an empty range is at revision 1 and its first
+            // write is revision 2: clients rely on it (clientv3's election
+            // recipe waits on keys created before `revision - 1`, where 0
+            // would mean "no bound").
+            None => Ok(Meta { revision: 1, ..Meta::default() }),
         }
     }
 
@@ -286,12 +290,15 @@ pub struct WriteTxn<'c, 'a> {
     meta: Meta,
     sub: i64,
     events: Vec<Event>,
+    /// Something other than a key changed (a lock grant) and must have a
+    /// revision of its own.
+    bump: bool,
 }
 
 impl<'c, 'a> WriteTxn<'c, 'a> {
     pub fn begin(ctx: &'c mut ApplyContext<'a>) -> Result<Self, KvError> {
         let meta = Mvcc::meta(ctx)?;
-        Ok(WriteTxn { ctx, meta, sub: 0, events: Vec::new() })
+        Ok(WriteTxn { ctx, meta, sub: 0, events: Vec::new(), bump: false })
     }
 
     /// Reads see this transaction's own earlier writes.
@@ -303,8 +310,21 @@ impl<'c, 'a> WriteTxn<'c, 'a> {
         self.meta
     }
 
-    fn next_rev(&self) -> i64 {
+    /// The revision this transaction commits at, if it changes anything.
+    pub fn next_rev(&self) -> i64 {
         self.meta.revision + 1
+    }
+
+    /// Makes the transaction take a revision even with no key changed: a
+    /// lock grant's fencing token is that revision.
+    pub fn bump(&mut self) -> i64 {
+        self.bump = true;
+        self.next_rev()
+    }
+
+    /// Raw access to the range's records (lock queues live beside keys).
+    pub(crate) fn ctx(&mut self) -> &mut ApplyContext<'a> {
+        self.ctx
     }
 
     fn record(&mut self, key: &[u8], version: Version, event: Event) {
@@ -419,7 +439,7 @@ impl<'c, 'a> WriteTxn<'c, 'a> {
     /// Finishes: bumps the revision if anything changed. Returns the
     /// revision after the transaction and its events.
     pub fn commit(mut self) -> (i64, Vec<Event>) {
-        if self.sub > 0 {
+        if self.sub > 0 || self.bump {
             self.meta.revision += 1;
             self.ctx.put(keys::META, &self.meta.encode_to_vec());
         }

@@ -39,7 +39,7 @@ impl Fixture {
         self.index += 1;
         let out = {
             let mut ctx = ApplyContext::new(RANGE, &self.engine, &mut batch, &mut overlay, 1);
-            self.sm.apply(&mut ctx, self.index, &Command { op: Some(op) }.encode_to_vec())
+            self.sm.apply(&mut ctx, self.index, &Command { op: Some(op), wall_ms: 0 }.encode_to_vec())
         };
         self.engine.write(&batch, false).unwrap();
         Outcome::decode(out.as_slice()).unwrap()
@@ -70,15 +70,15 @@ fn error_of(o: &Outcome) -> Option<&ErrorOutcome> {
 fn put_get_versions_and_prev_kv() {
     let mut f = Fixture::new();
     let o = f.apply(put("a", "1"));
-    assert_eq!(o.revision, 1);
+    assert_eq!(o.revision, 2, "an empty range is at revision 1: the first write is 2");
     let o = f.apply(put("a", "2"));
-    assert_eq!(o.revision, 2);
+    assert_eq!(o.revision, 3);
     match o.kind {
         Some(OutcomeKind::Put(p)) => assert_eq!(p.prev_kv.unwrap().value, b"1"),
         other => panic!("{other:?}"),
     }
     let kv = &f.get(b"a").kvs[0];
-    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (1, 2, 2));
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
     assert_eq!(f.sink.0.lock().unwrap().len(), 2, "one event per write");
 }
 
@@ -130,7 +130,7 @@ fn failed_commands_change_nothing() {
     let e = error_of(&o).expect("error outcome");
     assert_eq!(e.message, "etcdserver: requested lease not found");
     assert!(f.get(b"b").kvs.is_empty(), "rolled back");
-    assert_eq!(o.revision, 1, "revision unchanged");
+    assert_eq!(o.revision, 2, "revision unchanged");
     // Duplicate keys in one txn are rejected, as etcd does.
     let o = f.apply(Op::Txn(TxnOp { compare: vec![], success: vec![req_put("x", "1"), req_put("x", "2")], failure: vec![] }));
     assert_eq!(error_of(&o).unwrap().message, "etcdserver: duplicate key given in txn request");

@@ -53,7 +53,8 @@ fn mvcc_matches_model_under_random_ops() {
         let mut model: Model = BTreeMap::new();
         let mut model_at: BTreeMap<i64, Model> = BTreeMap::new();
         model_at.insert(0, model.clone());
-        let mut rev = 0i64;
+        model_at.insert(1, model.clone());
+        let mut rev = 1i64; // an empty range is at revision 1, as in etcd
         let mut compacted = 0i64;
         let key = |rng: &mut ChaCha8Rng| -> Vec<u8> { vec![b'k', rng.gen_range(0..6u8), if rng.gen_bool(0.3) { 0 } else { b'x' }] };
         for step in 0..300 {

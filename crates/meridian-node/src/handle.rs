@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info_span, Instrument as _};
 
 use crate::error::NodeError;
+use crate::faults::NetFaults;
 use crate::node::join_node_thread;
 use crate::store_loop::{Command, Reply};
 
@@ -33,6 +34,7 @@ struct Inner {
     /// stops the loop as well.
     stop: Mutex<Option<oneshot::Sender<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    faults: Arc<NetFaults>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -47,6 +49,7 @@ impl NodeHandle {
         request_timeout: Duration,
         stop: oneshot::Sender<()>,
         thread: std::thread::JoinHandle<()>,
+        faults: Arc<NetFaults>,
     ) -> Self {
         NodeHandle {
             inner: Arc::new(Inner {
@@ -56,8 +59,14 @@ impl NodeHandle {
                 request_timeout,
                 stop: Mutex::new(Some(stop)),
                 thread: Mutex::new(Some(thread)),
+                faults,
             }),
         }
+    }
+
+    /// Network fault controls of this node (chaos testing).
+    pub fn faults(&self) -> Arc<NetFaults> {
+        self.inner.faults.clone()
     }
 
     pub fn node_id(&self) -> u64 {

@@ -27,12 +27,14 @@
 
 mod config;
 mod error;
+mod faults;
 mod handle;
 mod node;
 mod store_loop;
 
 pub use config::NodeConfig;
 pub use error::NodeError;
+pub use faults::NetFaults;
 pub use handle::NodeHandle;
 pub use node::Node;
 pub use store_loop::{COMMAND_QUEUE, INBOUND_QUEUE_ENVELOPES, MAX_COMMANDS_PER_ROUND, MAX_INBOUND_PER_ROUND};

@@ -14,6 +14,7 @@ use tracing::{error, info, info_span, Instrument as _};
 
 use crate::config::NodeConfig;
 use crate::error::NodeError;
+use crate::faults::{FaultyTransport, NetFaults};
 use crate::handle::NodeHandle;
 use crate::store_loop::{Command, Exit, StoreLoop, COMMAND_QUEUE, INBOUND_QUEUE_ENVELOPES};
 
@@ -34,6 +35,7 @@ struct Setup {
     stop: oneshot::Receiver<()>,
     tick: Duration,
     request_timeout: Duration,
+    faults: Arc<NetFaults>,
 }
 
 impl Node {
@@ -58,6 +60,7 @@ impl Node {
         let mut quic = QuicConfig::new(node_id, cfg.listen_peer, cfg.tls.clone());
         quic.peers = cfg.peers.clone();
         let transport = Arc::new(QuicTransport::start(quic, inbound_tx)?);
+        let faults = Arc::new(NetFaults::default());
 
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (stop_tx, stop_rx) = oneshot::channel();
@@ -75,6 +78,7 @@ impl Node {
             stop: stop_rx,
             tick: Duration::from_millis(cfg.tick_ms),
             request_timeout,
+            faults: faults.clone(),
         };
         let spawned = std::thread::Builder::new().name(format!("meridian-node-{node_id}")).spawn(move || node_thread(setup, ready_tx));
         let thread = match spawned {
@@ -97,7 +101,7 @@ impl Node {
             transport.shutdown().await;
             return Err(e);
         }
-        Ok(NodeHandle::new(node_id, commands_tx, transport, request_timeout, stop_tx, thread))
+        Ok(NodeHandle::new(node_id, commands_tx, transport, request_timeout, stop_tx, thread, faults))
     }
 }
 
@@ -138,7 +142,8 @@ async fn run_node(setup: Setup, ready: oneshot::Sender<Result<(), NodeError>>) {
         // If `start` was abandoned nobody holds a handle: stop right away.
         Ok(store) => {
             if ready.send(Ok(())).is_ok() {
-                let store_loop = StoreLoop::new(store, setup.inbound, setup.commands, setup.stop, setup.tick, setup.request_timeout);
+                let store_loop = StoreLoop::new(store, setup.inbound, setup.commands, setup.stop, setup.tick, setup.request_timeout)
+                    .with_faults(setup.faults);
                 match store_loop.run().await {
                     Exit::Requested => info!("node shutting down"),
                     Exit::HandlesDropped => info!("every handle dropped; node shutting down"),
@@ -155,7 +160,7 @@ fn open_store(setup: &Setup) -> Result<Store, NodeError> {
     std::fs::create_dir_all(&setup.data_dir)?;
     let engine = RocksEngine::open(&setup.data_dir)?;
     let created = Store::bootstrap(&engine, setup.node_id, &setup.ranges)?;
-    let transport: Arc<dyn Transport> = setup.transport.clone();
+    let transport: Arc<dyn Transport> = Arc::new(FaultyTransport { inner: setup.transport.clone(), faults: setup.faults.clone() });
     let store = Store::open(setup.store.clone(), Arc::new(engine), transport, setup.state_machine.clone())?;
     info!(
         data_dir = %setup.data_dir.display(),

@@ -8,6 +8,7 @@
 //! arrived during the previous round's fsync shares the next one.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_raftstore::raft_types::ConfChangeV2;
@@ -19,6 +20,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::{debug, warn};
 
 use crate::error::NodeError;
+use crate::faults::NetFaults;
 
 /// Bound of the channel from the transport's listener to the store loop.
 /// When full, the listener stops reading and QUIC flow control pushes back
@@ -79,6 +81,8 @@ pub(crate) struct StoreLoop {
     /// request the store holds).
     request_timeout: Duration,
     waiters: HashMap<RequestId, Waiter>,
+    /// Inbound traffic from these peers is dropped (chaos testing).
+    faults: Arc<NetFaults>,
 }
 
 impl StoreLoop {
@@ -90,7 +94,18 @@ impl StoreLoop {
         tick: Duration,
         request_timeout: Duration,
     ) -> Self {
-        StoreLoop { store, inbound, commands, stop, tick, request_timeout, waiters: HashMap::new() }
+        StoreLoop { store, inbound, commands, stop, tick, request_timeout, waiters: HashMap::new(), faults: Arc::default() }
+    }
+
+    pub(crate) fn with_faults(mut self, faults: Arc<NetFaults>) -> Self {
+        self.faults = faults;
+        self
+    }
+
+    fn step(&mut self, env: RaftEnvelope) {
+        if !self.faults.blocks_in(env.from_node) {
+            self.store.step(env);
+        }
     }
 
     /// Runs until shutdown, until every handle is gone, or until a fatal
@@ -117,7 +132,7 @@ impl StoreLoop {
                     }
                 }
                 env = self.inbound.recv(), if inbound_open => match env {
-                    Some(env) => self.store.step(env),
+                    Some(env) => self.step(env),
                     None => {
                         // Only happens once the transport is shutting down.
                         warn!("transport inbound channel closed");
@@ -144,7 +159,7 @@ impl StoreLoop {
         if inbound_open {
             for _ in 1..MAX_INBOUND_PER_ROUND {
                 match self.inbound.try_recv() {
-                    Ok(env) => self.store.step(env),
+                    Ok(env) => self.step(env),
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }

@@ -56,3 +56,10 @@ pub mod v3electionpb {
 
 #[cfg(test)]
 mod wire_tests;
+
+/// `meridian.v1`: Meridian's native sessions, fenced locks and elections.
+pub mod meridian {
+    pub mod v1 {
+        tonic::include_proto!("meridian.v1");
+    }
+}

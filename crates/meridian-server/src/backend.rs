@@ -29,6 +29,20 @@ pub trait RaftAccess: Send + Sync + 'static {
     async fn metrics(&self) -> Option<meridian_raftstore::StoreMetrics> {
         None
     }
+    /// Network fault controls (chaos testing), if the node has them.
+    fn faults(&self) -> Option<std::sync::Arc<meridian_node::NetFaults>> {
+        None
+    }
+    /// Asks the range's leader (on this node) to hand leadership to `to`.
+    async fn transfer_leader(&self, _range_id: u64, _to: u64) -> Result<(), ApiError> {
+        Err(ApiError::Unimplemented("leader transfer".into()))
+    }
+}
+
+/// This process's wall clock in Unix ms: recorded in commands as
+/// information ("held since"), never decided on.
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Marks a request already forwarded once, so forwarding never loops.
@@ -60,6 +74,12 @@ fn op_name(op: &c::Op) -> &'static str {
         c::Op::LeaseRevoke(_) => "lease_revoke",
         c::Op::LeaseCheckpoint(_) => "lease_checkpoint",
         c::Op::Range(_) => "range_in_log",
+        c::Op::LockAcquire(_) => "lock_acquire",
+        c::Op::LockRelease(_) => "lock_release",
+        c::Op::LockCancel(_) => "lock_cancel",
+        c::Op::LeaseExpire(_) => "lease_expire",
+        c::Op::LockDelayEnd(_) => "lock_delay_end",
+        c::Op::Proclaim(_) => "election_proclaim",
     }
 }
 
@@ -70,6 +90,9 @@ fn query_name(q: &c::QueryKind, linearizable: bool) -> &'static str {
         (c::QueryKind::LeaseInfo(_), _) => "lease_time_to_live",
         (c::QueryKind::Leases(_), _) => "lease_leases",
         (c::QueryKind::Events(_), _) => "watch_catch_up",
+        (c::QueryKind::LockDescribe(_), _) => "lock_describe",
+        (c::QueryKind::Locks(_), _) => "lock_list",
+        (c::QueryKind::DelayedLocks(_), _) => "lock_delayed",
     }
 }
 
@@ -77,7 +100,8 @@ fn result_name(r: &Result<impl Sized, ApiError>) -> &'static str {
     match r {
         Ok(_) => "ok",
         Err(ApiError::Compacted { .. } | ApiError::FutureRevision) => "out_of_range",
-        Err(ApiError::LeaseNotFound | ApiError::KeyNotFound) => "not_found",
+        Err(ApiError::LeaseNotFound | ApiError::KeyNotFound | ApiError::SessionNotFound) => "not_found",
+        Err(ApiError::LockNotHeld(_)) => "not_held",
         // Forwarded to the leader by the API layer; counted there as well.
         Err(ApiError::NotLeader { .. }) => "not_leader",
         Err(ApiError::NoLeader { .. }) => "no_leader",
@@ -122,7 +146,7 @@ impl Backend {
     }
 
     async fn execute_inner(&self, range_id: u64, op: c::Op) -> Result<c::Outcome, ApiError> {
-        let cmd = c::Command { op: Some(op) };
+        let cmd = c::Command { op: Some(op), wall_ms: wall_ms() };
         let raw = self.raft.propose(range_id, cmd.encode_to_vec()).await?;
         let out = c::Outcome::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable outcome: {e}")))?;
         if let Some(c::OutcomeKind::Error(e)) = &out.kind {
@@ -140,6 +164,8 @@ impl Backend {
     }
 
     async fn query_inner(&self, range_id: u64, q: c::QueryKind, linearizable: bool) -> Result<c::QueryAnswer, ApiError> {
+        // The chaos suite's deliberately broken mode: skip ReadIndex.
+        let linearizable = linearizable && !self.cfg.debug.unsafe_local_reads;
         let raw = self.raft.read(range_id, c::Query { kind: Some(q) }.encode_to_vec(), linearizable).await?;
         let a = c::QueryAnswer::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable answer: {e}")))?;
         if let Some(e) = &a.error {

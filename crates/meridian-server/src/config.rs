@@ -29,7 +29,7 @@ pub struct TlsPaths {
     pub ca: PathBuf,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub node_id: u64,
@@ -48,6 +48,23 @@ pub struct ServerConfig {
     /// One Raft tick; heartbeat = 1 tick, election timeout = 10 ticks.
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
+    /// Fault injection for chaos testing; all off by default.
+    #[serde(default)]
+    pub debug: DebugConfig,
+}
+
+/// Test-only switches. `faults` exposes `POST /v1/debug/*` (network
+/// partitions, leader transfers, lease-clock rate); the `unsafe_*` ones
+/// deliberately break a guarantee so the chaos suite can prove its checker
+/// catches it. Never set them in production.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DebugConfig {
+    #[serde(default)]
+    pub faults: bool,
+    /// Serve "linearizable" reads from local state without ReadIndex.
+    #[serde(default)]
+    pub unsafe_local_reads: bool,
 }
 
 fn default_region() -> String {
@@ -123,6 +140,7 @@ mod tests {
             namespaces: vec!["/payments/".into()],
             tls: TlsPaths { cert: "c".into(), key: "k".into(), ca: "ca".into() },
             tick_ms: 100,
+            debug: DebugConfig::default(),
         }
     }
 

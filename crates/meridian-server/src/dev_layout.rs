@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use meridian_transport::quic::DevCa;
 
-use crate::config::{Member, ServerConfig, TlsPaths};
+use crate::config::{DebugConfig, Member, ServerConfig, TlsPaths};
 
 fn addr(port: u32) -> Result<SocketAddr, String> {
     let port = u16::try_from(port).map_err(|_| format!("port {port} out of range: choose a lower base port"))?;
@@ -29,6 +29,17 @@ pub fn members(nodes: u64, base_port: u16) -> Result<Vec<Member>, String> {
 /// `data_dir/node-<id>/`, reusing an existing cluster with the same layout.
 /// Returns the config paths in member order.
 pub fn write_configs(data_dir: &Path, members: &[Member], namespaces: &[String], tick_ms: u64) -> Result<Vec<PathBuf>, String> {
+    write_configs_with(data_dir, members, namespaces, tick_ms, &DebugConfig::default())
+}
+
+/// [`write_configs`] with test-only switches (the chaos runner's).
+pub fn write_configs_with(
+    data_dir: &Path,
+    members: &[Member],
+    namespaces: &[String],
+    tick_ms: u64,
+    debug: &DebugConfig,
+) -> Result<Vec<PathBuf>, String> {
     let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
     std::fs::create_dir_all(data_dir).map_err(|e| io("creating", data_dir, e))?;
     let ca = DevCa::generate().map_err(|e| format!("generating the dev cluster CA: {e}"))?;
@@ -68,6 +79,7 @@ pub fn write_configs(data_dir: &Path, members: &[Member], namespaces: &[String],
             namespaces: namespaces.to_vec(),
             tls: tls_paths,
             tick_ms,
+            debug: debug.clone(),
         };
         cfg.validate().map_err(|e| e.to_string())?;
         std::fs::write(&cfg_path, cfg.to_toml()).map_err(|e| io("writing", &cfg_path, e))?;

@@ -54,6 +54,12 @@ pub enum ApiError {
     Unimplemented(String),
     #[error("etcdserver: {0}")]
     Internal(String),
+    #[error("meridian: session not found (expired or closed)")]
+    SessionNotFound,
+    #[error("meridian: {0}")]
+    LockNotHeld(String),
+    #[error("meridian: {0}")]
+    TooManyWaiters(String),
 }
 
 impl ApiError {
@@ -67,6 +73,9 @@ impl ApiError {
             6 => ApiError::EmptyKey,
             8 => ApiError::KeyNotFound,
             7 => ApiError::Invalid(e.message.trim_start_matches("etcdserver: ").to_string()),
+            10 => ApiError::SessionNotFound,
+            11 => ApiError::LockNotHeld(e.message.trim_start_matches("meridian: ").to_string()),
+            12 => ApiError::TooManyWaiters(e.message.trim_start_matches("meridian: ").to_string()),
             _ => ApiError::Internal(e.message.clone()),
         }
     }
@@ -75,8 +84,9 @@ impl ApiError {
         use tonic::Code;
         match self {
             ApiError::Compacted { .. } | ApiError::FutureRevision => Code::OutOfRange,
-            ApiError::LeaseNotFound | ApiError::KeyNotFound => Code::NotFound,
-            ApiError::LeaseExists => Code::FailedPrecondition,
+            ApiError::LeaseNotFound | ApiError::KeyNotFound | ApiError::SessionNotFound => Code::NotFound,
+            ApiError::LeaseExists | ApiError::LockNotHeld(_) => Code::FailedPrecondition,
+            ApiError::TooManyWaiters(_) => Code::ResourceExhausted,
             ApiError::DuplicateKey
             | ApiError::EmptyKey
             | ApiError::TooManyOps
@@ -94,7 +104,9 @@ impl ApiError {
     /// HTTP status for the JSON API.
     pub fn http_status(&self) -> u16 {
         match self {
-            ApiError::LeaseNotFound | ApiError::KeyNotFound => 404,
+            ApiError::LeaseNotFound | ApiError::KeyNotFound | ApiError::SessionNotFound => 404,
+            ApiError::LockNotHeld(_) => 409,
+            ApiError::TooManyWaiters(_) => 429,
             ApiError::Compacted { .. } | ApiError::FutureRevision | ApiError::CrossNamespace(_) | ApiError::LeaseExists => 412,
             ApiError::DuplicateKey => 409,
             ApiError::EmptyKey | ApiError::TooManyOps | ApiError::RequestTooLarge | ApiError::ValueTooLarge | ApiError::Invalid(_) => 400,

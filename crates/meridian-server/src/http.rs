@@ -7,6 +7,7 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET/PUT/DELETE /v1/kv/{key}` | the key: the rest of the path, percent-decoded (`/v1/kv/%2Fa` is `/a`); UTF-8 values |
 //! | `GET /v1/cluster/status` | nodes and ranges |
+//! | `POST /v1/debug/{net,transfer-leader,lease-clock-rate}` | fault injection, only with `[debug] faults = true` (404 otherwise) |
 //!
 //! Errors: 400 bad input, 404 missing, 409/412 conflict or failed
 //! precondition, 429 with `Retry-After` when overloaded, 503 without quorum.
@@ -32,6 +33,8 @@ use crate::error::{ApiError, MAX_VALUE_BYTES};
 #[derive(Clone)]
 pub struct HttpState {
     pub backend: Arc<Backend>,
+    pub locks: Option<Arc<crate::lock_hub::LockHub>>,
+    pub keeper: Option<Arc<crate::lease_service::LeaseKeeper>>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -41,7 +44,73 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/cluster/status", get(cluster_status))
         .route("/v1/kv/*key", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/debug/net", axum::routing::post(debug_net))
+        .route("/v1/debug/transfer-leader", axum::routing::post(debug_transfer_leader))
+        .route("/v1/debug/lease-clock-rate", axum::routing::post(debug_clock_rate))
         .with_state(state)
+}
+
+// ---- fault injection (only with `[debug] faults = true`) ----------------------
+
+#[derive(Deserialize)]
+struct NetFaultsBody {
+    #[serde(default)]
+    block_out: Vec<u64>,
+    #[serde(default)]
+    block_in: Vec<u64>,
+}
+
+/// The answer when fault injection is off (a 404), else `None`.
+fn debug_disabled(s: &HttpState) -> Option<Response> {
+    (!s.backend.cfg.debug.faults).then(|| (StatusCode::NOT_FOUND, "fault injection is off (set [debug] faults = true)\n").into_response())
+}
+
+/// Drops Raft traffic to (`block_out`) and from (`block_in`) peers; empty
+/// lists heal.
+async fn debug_net(State(s): State<HttpState>, Json(body): Json<NetFaultsBody>) -> Response {
+    if let Some(r) = debug_disabled(&s) {
+        return r;
+    }
+    let Some(f) = s.backend.raft.faults() else { return error_response(ApiError::Unimplemented("network faults".into())) };
+    f.set(body.block_out.into_iter().collect(), body.block_in.into_iter().collect());
+    let (out, inn) = f.blocked();
+    tracing::warn!(node = s.backend.cfg.node_id, blocked_out = ?out, blocked_in = ?inn, "fault injection: network");
+    "ok\n".into_response()
+}
+
+#[derive(Deserialize)]
+struct TransferBody {
+    range_id: u64,
+    to: u64,
+}
+
+async fn debug_transfer_leader(State(s): State<HttpState>, Json(body): Json<TransferBody>) -> Response {
+    if let Some(r) = debug_disabled(&s) {
+        return r;
+    }
+    match s.backend.raft.transfer_leader(body.range_id, body.to).await {
+        Ok(()) => "ok\n".into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct RateBody {
+    rate: f64,
+}
+
+async fn debug_clock_rate(State(s): State<HttpState>, Json(body): Json<RateBody>) -> Response {
+    if let Some(r) = debug_disabled(&s) {
+        return r;
+    }
+    let Some(k) = &s.keeper else { return error_response(ApiError::Unimplemented("lease clock".into())) };
+    match k.set_clock_rate(body.rate) {
+        Ok(()) => {
+            tracing::warn!(node = s.backend.cfg.node_id, rate = body.rate, "fault injection: lease clock rate");
+            "ok\n".into_response()
+        }
+        Err(e) => error_response(e),
+    }
 }
 
 #[derive(Serialize)]
@@ -294,6 +363,20 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         secs.with_label_values(&[op, result]).inc_by(total);
     }
     reg.register(Box::new(reqs)).expect("unique metric");
+    if let Some(hub) = &s.locks {
+        let m = hub.metrics();
+        let waiting = prometheus::IntGauge::new("meridian_lock_waiters", "Lock acquires blocked on this node").expect("valid metric");
+        waiting.set(m.waiting as i64);
+        reg.register(Box::new(waiting)).expect("unique metric");
+        let wakeups = prometheus::IntCounter::new("meridian_lock_wakeups_total", "Blocked acquires woken by their grant (one per grant)")
+            .expect("valid metric");
+        wakeups.inc_by(m.wakeups);
+        reg.register(Box::new(wakeups)).expect("unique metric");
+        let dl = gauge("meridian_lock_deadlocks", "Wait-for cycles between sessions found by the last scan (alert when > 0)");
+        for (range, n) in hub.deadlocks() {
+            dl.with_label_values(&[range.to_string().as_str()]).set(n as i64);
+        }
+    }
     reg.register(Box::new(secs)).expect("unique metric");
     let mut buf = Vec::new();
     if TextEncoder::new().encode(&reg.gather(), &mut buf).is_err() {

@@ -15,7 +15,7 @@ pub struct KvService {
     pub backend: Arc<Backend>,
 }
 
-fn check_size<M: prost::Message>(m: &M) -> Result<(), ApiError> {
+pub fn check_size<M: prost::Message>(m: &M) -> Result<(), ApiError> {
     if m.encoded_len() > MAX_REQUEST_BYTES {
         return Err(ApiError::RequestTooLarge);
     }

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 
 use crate::backend::{forward_target, forwarded, Backend};
 use crate::error::ApiError;
+use crate::lock_hub::LockHub;
 use crate::routing::ROOT_RANGE_ID;
 
 /// Shortest and longest lease TTLs accepted (etcd's minimum is about
@@ -34,16 +35,46 @@ const KEEPALIVE_BUFFER: usize = 64;
 #[derive(Default)]
 pub struct LeaseKeeper {
     clocks: Mutex<HashMap<u64, (u64, LeaseClock)>>,
-    epoch: Option<Instant>,
+    clock: Mutex<Option<DriftClock>>,
+}
+
+/// The keeper's monotonic clock in ms. Its rate is 1 unless a chaos test
+/// sets another (`POST /v1/debug/lease-clock-rate`), to show what a fast or
+/// slow clock on a leader does to leases.
+#[derive(Debug, Clone, Copy)]
+struct DriftClock {
+    anchor: Instant,
+    anchor_ms: f64,
+    rate: f64,
+}
+
+impl DriftClock {
+    fn now_ms(&self) -> f64 {
+        self.anchor_ms + self.anchor.elapsed().as_secs_f64() * 1000.0 * self.rate
+    }
 }
 
 impl LeaseKeeper {
     pub fn new() -> Self {
-        LeaseKeeper { clocks: Mutex::new(HashMap::new()), epoch: Some(Instant::now()) }
+        let clock = DriftClock { anchor: Instant::now(), anchor_ms: 0.0, rate: 1.0 };
+        LeaseKeeper { clocks: Mutex::new(HashMap::new()), clock: Mutex::new(Some(clock)) }
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.map_or(0, |e| e.elapsed().as_millis() as u64)
+        self.clock.lock().expect("lease keeper clock").map_or(0, |c| c.now_ms() as u64)
+    }
+
+    /// Runs the lease clock `rate` times as fast as real time from now on
+    /// (fault injection; 0.1..=10).
+    pub fn set_clock_rate(&self, rate: f64) -> Result<(), ApiError> {
+        if !(0.1..=10.0).contains(&rate) {
+            return Err(ApiError::Invalid(format!("clock rate {rate} outside 0.1..=10")));
+        }
+        let mut g = self.clock.lock().expect("lease keeper clock");
+        if let Some(c) = g.as_mut() {
+            *c = DriftClock { anchor: Instant::now(), anchor_ms: c.now_ms(), rate };
+        }
+        Ok(())
     }
 
     fn with<T>(&self, range_id: u64, f: impl FnOnce(&mut LeaseClock, u64) -> T) -> Option<T> {
@@ -71,10 +102,15 @@ pub fn lease_range_of(id: i64) -> u64 {
 
 /// Runs forever: tracks leadership changes, expires leases, checkpoints
 /// long ones. Bounded work per round.
-pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, interval: Duration) {
+pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: Arc<LockHub>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rounds: u64 = 0;
+    // Rounds between checkpoints (~5 s) and deadlock scans (~10 s).
+    let every = |d: Duration| (d.as_millis() / interval.as_millis().max(1)).max(1) as u64;
+    let (checkpoint_every, deadlock_every) = (every(Duration::from_secs(5)), every(Duration::from_secs(10)));
+    // (range, lock name) → when this leader first saw it under lock-delay.
+    let mut delays: HashMap<(u64, Vec<u8>), u64> = HashMap::new();
     loop {
         tick.tick().await;
         rounds += 1;
@@ -93,13 +129,18 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, interva
             } else if !leading && known.is_some() {
                 keeper.clocks.lock().expect("lease keeper").remove(&st.range_id);
             }
+            if !leading {
+                // A later leader times a delay from scratch: never shorter.
+                delays.retain(|(r, _), _| *r != st.range_id);
+            }
         }
         let ranges: Vec<u64> = keeper.clocks.lock().expect("lease keeper").keys().copied().collect();
         for range_id in ranges {
             let now = keeper.now_ms();
             let expired = keeper.with(range_id, |c, now| c.expired(now)).unwrap_or_default();
             for id in expired {
-                match backend.execute(range_id, c::Op::LeaseRevoke(id)).await {
+                // Expiry, not a clean revoke: held locks get lock-delay.
+                match backend.execute(range_id, c::Op::LeaseExpire(id)).await {
                     Ok(_) | Err(ApiError::LeaseNotFound) => {
                         keeper.with(range_id, |c, _| c.revoked(id));
                         debug!(range = range_id, lease = id, "lease expired and revoked");
@@ -107,8 +148,12 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, interva
                     Err(e) => warn!(range = range_id, lease = id, "revoking expired lease: {e}"),
                 }
             }
+            end_lock_delays(&backend, range_id, now, &mut delays).await;
+            if rounds.is_multiple_of(deadlock_every) {
+                scan_deadlocks(&backend, &locks, range_id).await;
+            }
             // Checkpoint long leases every ~5 s so a new leader continues them.
-            if rounds.is_multiple_of(10) {
+            if rounds.is_multiple_of(checkpoint_every) {
                 let cps = keeper.with(range_id, |c, now| c.checkpoints(now, 10, 256)).unwrap_or_default();
                 for (id, remaining) in cps {
                     let op = c::Op::LeaseCheckpoint(c::LeaseCheckpointOp { id, remaining_ttl_s: remaining });
@@ -117,8 +162,45 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, interva
                     }
                 }
             }
-            let _ = now;
         }
+    }
+}
+
+/// Ends lock-delays this leader has timed in full on its own clock.
+async fn end_lock_delays(backend: &Backend, range_id: u64, now: u64, delays: &mut HashMap<(u64, Vec<u8>), u64>) {
+    let delayed = match backend.query(range_id, c::QueryKind::DelayedLocks(true), false).await {
+        Ok(a) => a.locks,
+        Err(e) => {
+            debug!(range = range_id, "listing delayed locks: {e}");
+            return;
+        }
+    };
+    let live: std::collections::HashSet<&[u8]> = delayed.iter().map(|l| l.name.as_slice()).collect();
+    delays.retain(|(r, name), _| *r != range_id || live.contains(name.as_slice()));
+    for l in &delayed {
+        let delay = l.lock.as_ref().map_or(0, |r| r.delay_ms).max(0) as u64;
+        let since = *delays.entry((range_id, l.name.clone())).or_insert(now);
+        if now.saturating_sub(since) >= delay {
+            match backend.execute(range_id, c::Op::LockDelayEnd(l.name.clone())).await {
+                Ok(_) => debug!(range = range_id, lock = %String::from_utf8_lossy(&l.name), "lock-delay over"),
+                Err(e) => debug!(range = range_id, "ending lock-delay: {e}"),
+            }
+        }
+    }
+}
+
+/// Counts wait-for cycles between sessions of a range, for the metric.
+async fn scan_deadlocks(backend: &Backend, hub: &LockHub, range_id: u64) {
+    let q = c::QueryKind::Locks(c::LocksOp { from_name: Vec::new(), limit: meridian_kv::machine::MAX_LOCKS_PER_QUERY as u64 });
+    match backend.query(range_id, q, false).await {
+        Ok(a) => {
+            let cycles = meridian_kv::locks::wait_for_cycles(&a.locks);
+            if !cycles.is_empty() {
+                warn!(range = range_id, cycles = ?cycles, "deadlock: sessions wait for each other's locks");
+            }
+            hub.set_deadlocks(range_id, cycles.len());
+        }
+        Err(e) => debug!(range = range_id, "scanning locks: {e}"),
     }
 }
 
@@ -184,6 +266,40 @@ impl LeaseService {
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<pb::LeaseKeepAliveResponse, Status>> + Send>>;
 
+impl LeaseService {
+    /// Answers each keepalive of `inbound` in order (etcd's stream; also
+    /// the session service's).
+    pub fn keep_alive_stream<S>(&self, inbound: S, already_forwarded: bool) -> KeepAliveStream
+    where
+        S: Stream<Item = Result<pb::LeaseKeepAliveRequest, Status>> + Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_BUFFER);
+        let svc = LeaseService { backend: self.backend.clone(), keeper: self.keeper.clone() };
+        tokio::spawn(async move {
+            tokio::pin!(inbound);
+            while let Some(msg) = inbound.next().await {
+                let Ok(msg) = msg else { break };
+                let range_id = lease_range_of(msg.id);
+                let resp = match svc.keepalive_once(msg.id, already_forwarded).await {
+                    Ok(ttl) => pb::LeaseKeepAliveResponse { header: Some(svc.backend.header(range_id, 0).await), id: msg.id, ttl },
+                    // etcd answers TTL 0 for a lease that is gone.
+                    Err(ApiError::LeaseNotFound) => {
+                        pb::LeaseKeepAliveResponse { header: Some(svc.backend.header(range_id, 0).await), id: msg.id, ttl: 0 }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        break;
+                    }
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::lease_server::Lease for LeaseService {
     async fn lease_grant(&self, req: Request<pb::LeaseGrantRequest>) -> Result<Response<pb::LeaseGrantResponse>, Status> {
@@ -240,30 +356,7 @@ impl pb::lease_server::Lease for LeaseService {
         req: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let already_forwarded = req.metadata().get(crate::backend::FORWARDED_HEADER).is_some();
-        let mut inbound = req.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel(KEEPALIVE_BUFFER);
-        let svc = LeaseService { backend: self.backend.clone(), keeper: self.keeper.clone() };
-        tokio::spawn(async move {
-            while let Some(msg) = inbound.next().await {
-                let Ok(msg) = msg else { break };
-                let range_id = lease_range_of(msg.id);
-                let resp = match svc.keepalive_once(msg.id, already_forwarded).await {
-                    Ok(ttl) => pb::LeaseKeepAliveResponse { header: Some(svc.backend.header(range_id, 0).await), id: msg.id, ttl },
-                    // etcd answers TTL 0 for a lease that is gone.
-                    Err(ApiError::LeaseNotFound) => {
-                        pb::LeaseKeepAliveResponse { header: Some(svc.backend.header(range_id, 0).await), id: msg.id, ttl: 0 }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        break;
-                    }
-                };
-                if tx.send(Ok(resp)).await.is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(self.keep_alive_stream(req.into_inner(), already_forwarded)))
     }
 
     async fn lease_time_to_live(&self, req: Request<pb::LeaseTimeToLiveRequest>) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {

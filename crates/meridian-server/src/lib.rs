@@ -13,13 +13,16 @@
 pub mod backend;
 pub mod config;
 pub mod convert;
+pub mod coordination;
 pub mod dev_layout;
 pub mod error;
 pub mod http;
 pub mod kv_service;
 pub mod lease_service;
+pub mod lock_hub;
 pub mod lock_service;
 pub mod maintenance;
+pub mod native;
 pub mod routing;
 pub mod server;
 pub mod watch_service;

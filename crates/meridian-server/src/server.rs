@@ -9,6 +9,8 @@ use std::time::Duration;
 use meridian_kv::KvMachine;
 use meridian_node::{Node, NodeConfig, NodeError, NodeHandle};
 use meridian_proto::etcdserverpb as pb;
+use meridian_proto::meridian::v1 as api;
+use meridian_proto::v3electionpb;
 use meridian_raftstore::{RaftstoreError, RangeStatus, StateMachine, StateMachineFactory};
 use meridian_storage::RangeDescriptor;
 use meridian_transport::quic::TlsMaterial;
@@ -17,14 +19,20 @@ use tracing::{info, warn};
 
 use crate::backend::{Backend, RaftAccess};
 use crate::config::ServerConfig;
+use crate::coordination::InternalService;
 use crate::error::{ApiError, MAX_REQUEST_BYTES};
 use crate::http::{router, HttpState};
 use crate::kv_service::KvService;
 use crate::lease_service::{run_keeper, LeaseKeeper, LeaseService};
+use crate::lock_hub::{LockHub, Sinks};
 use crate::lock_service::LockService;
 use crate::maintenance::{ClusterService, MaintenanceService};
+use crate::native::{self, EtcdElectionService, NativeElectionService, NativeLockService, SessionService};
 use crate::routing::Routing;
 use crate::watch_service::{WatchHub, WatchService};
+
+/// How often the leader-side keeper expires leases and ends lock-delays.
+const KEEPER_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -67,15 +75,23 @@ impl RaftAccess for NodeRaft {
     async fn metrics(&self) -> Option<meridian_raftstore::StoreMetrics> {
         self.node.metrics().await.ok()
     }
+
+    fn faults(&self) -> Option<Arc<meridian_node::NetFaults>> {
+        Some(self.node.faults())
+    }
+
+    async fn transfer_leader(&self, range_id: u64, to: u64) -> Result<(), ApiError> {
+        self.node.transfer_leader(range_id, to).await.map_err(api_err)
+    }
 }
 
 struct KvFactory {
-    hub: Arc<WatchHub>,
+    sinks: Arc<Sinks>,
 }
 
 impl StateMachineFactory for KvFactory {
     fn create(&self, _desc: &RangeDescriptor) -> Box<dyn StateMachine> {
-        Box::new(KvMachine::new(Some(self.hub.clone())))
+        Box::new(KvMachine::new(Some(self.sinks.clone())))
     }
 }
 
@@ -87,7 +103,9 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let routing = Routing::new(&cfg.namespaces).map_err(|e| ServerError::Config(e.to_string()))?;
     let ids: Vec<u64> = cfg.initial_cluster.iter().map(|m| m.id).collect();
     let hub = Arc::new(WatchHub::default());
-    let mut ncfg = NodeConfig::new(cfg.node_id, cfg.data_dir.join("raft"), me.peer_addr, tls, Arc::new(KvFactory { hub: hub.clone() }));
+    let locks = Arc::new(LockHub::new(cfg.node_id));
+    let sinks = Arc::new(Sinks { watch: hub.clone(), locks: locks.clone() });
+    let mut ncfg = NodeConfig::new(cfg.node_id, cfg.data_dir.join("raft"), me.peer_addr, tls, Arc::new(KvFactory { sinks }));
     ncfg.peers = cfg.initial_cluster.iter().filter(|m| m.id != cfg.node_id).map(|m| (m.id, m.peer_addr)).collect::<HashMap<_, _>>();
     ncfg.ranges = routing.initial_ranges(&ids);
     ncfg.tick_ms = cfg.tick_ms;
@@ -95,16 +113,26 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let raft: Arc<dyn RaftAccess> = Arc::new(NodeRaft { node: node.clone() });
     let backend = Arc::new(Backend::new(raft, cfg.clone()).map_err(|e| ServerError::Config(e.to_string()))?);
     let keeper = Arc::new(LeaseKeeper::new());
-    let keeper_task = tokio::spawn(run_keeper(backend.clone(), keeper.clone(), Duration::from_millis(500)));
+    let keeper_for_http = keeper.clone();
+    let keeper_task = tokio::spawn(run_keeper(backend.clone(), keeper.clone(), locks.clone(), KEEPER_INTERVAL));
+    let coord = native::coordinator(backend.clone(), locks.clone());
 
     let limit = MAX_REQUEST_BYTES + (64 << 10);
     let grpc = tonic::transport::Server::builder()
         .add_service(pb::kv_server::KvServer::new(KvService { backend: backend.clone() }).max_decoding_message_size(limit))
-        .add_service(pb::lease_server::LeaseServer::new(LeaseService { backend: backend.clone(), keeper }).max_decoding_message_size(limit))
+        .add_service(
+            pb::lease_server::LeaseServer::new(LeaseService { backend: backend.clone(), keeper: keeper.clone() })
+                .max_decoding_message_size(limit),
+        )
         .add_service(pb::watch_server::WatchServer::new(WatchService { backend: backend.clone(), hub }))
         .add_service(meridian_proto::v3lockpb::lock_server::LockServer::new(LockService { backend: backend.clone() }))
         .add_service(pb::maintenance_server::MaintenanceServer::new(MaintenanceService { backend: backend.clone() }))
-        .add_service(pb::cluster_server::ClusterServer::new(ClusterService { backend: backend.clone() }));
+        .add_service(pb::cluster_server::ClusterServer::new(ClusterService { backend: backend.clone() }))
+        .add_service(v3electionpb::election_server::ElectionServer::new(EtcdElectionService { coord: coord.clone() }))
+        .add_service(api::session_server::SessionServer::new(SessionService { backend: backend.clone(), keeper }))
+        .add_service(api::lock_server::LockServer::new(NativeLockService { coord: coord.clone() }).max_decoding_message_size(limit))
+        .add_service(api::election_server::ElectionServer::new(NativeElectionService { coord: coord.clone() }))
+        .add_service(api::internal_server::InternalServer::new(InternalService { backend: backend.clone() }));
     let grpc_listener = tokio::net::TcpListener::bind(me.client_addr)
         .await
         .map_err(|e| ServerError::Bind { addr: me.client_addr.to_string(), reason: e.to_string() })?;
@@ -121,7 +149,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
         let _ = grpc_stop.changed().await;
     }));
     let mut http_stop = stop_rx.clone();
-    let app = router(HttpState { backend: backend.clone() });
+    let app = router(HttpState { backend: backend.clone(), locks: Some(locks.clone()), keeper: Some(keeper_for_http) });
     let http_task = tokio::spawn(async move {
         axum::serve(http_listener, app)
             .with_graceful_shutdown(async move {

@@ -17,6 +17,7 @@ use meridian_sim::{random_run, SimConfig};
 
 mod bench;
 mod client;
+mod coord;
 mod dev;
 mod http_get;
 
@@ -78,6 +79,47 @@ enum Cmd {
         endpoints: String,
         #[command(subcommand)]
         op: LeaseOp,
+    },
+    /// Run a command while holding a lock (native FIFO lock, fencing
+    /// token in MERIDIAN_FENCING_TOKEN); or describe locks.
+    ///
+    /// Exit code: the command's; 2 if not acquired within --wait; 3 if the
+    /// lock was lost (the command is sent SIGTERM, then SIGKILL after 5 s).
+    Lock {
+        #[arg(long, default_value = DEV_ENDPOINTS)]
+        endpoints: String,
+        name: String,
+        /// Session TTL in seconds.
+        #[arg(long, default_value_t = 10)]
+        ttl: i64,
+        /// Longest wait in seconds (default: until acquired).
+        #[arg(long)]
+        wait: Option<f64>,
+        /// Lock-delay in ms if this session expires while holding (≤ 60000).
+        #[arg(long, default_value_t = 0)]
+        lock_delay: u64,
+        /// Print the lock's holder and waiters instead of running anything.
+        #[arg(long)]
+        describe: bool,
+        /// With --describe: every lock of NAME's namespace, and deadlocks.
+        #[arg(long)]
+        namespace: bool,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Campaign in an election and print leadership changes (Ctrl-C
+    /// resigns), or --observe the leader.
+    Elect {
+        #[arg(long, default_value = DEV_ENDPOINTS)]
+        endpoints: String,
+        name: String,
+        /// The candidate's value (required unless --observe).
+        value: Option<String>,
+        #[arg(long)]
+        observe: bool,
+        #[arg(long, default_value_t = 10)]
+        ttl: i64,
     },
     /// Node and range status.
     Status {
@@ -227,6 +269,23 @@ fn main() -> Result<()> {
                 LeaseOp::Ttl { id, keys } => client::LeaseCmd::Ttl { id: client::parse_lease_id(&id)?, keys },
             };
             runtime()?.block_on(client::lease(&endpoints, cmd))
+        }
+        Cmd::Lock { endpoints, name, ttl, wait, lock_delay, describe, namespace, command } => {
+            let rt = runtime()?;
+            if describe {
+                return rt.block_on(coord::describe(&endpoints, &name, namespace));
+            }
+            let code = rt.block_on(coord::lock(coord::LockArgs { endpoints, name, ttl, wait, lock_delay_ms: lock_delay, command }))?;
+            std::process::exit(code)
+        }
+        Cmd::Elect { endpoints, name, value, observe, ttl } => {
+            let rt = runtime()?;
+            if observe {
+                return rt.block_on(coord::observe(&endpoints, &name));
+            }
+            let Some(value) = value else { bail!("meridian elect NAME VALUE (or --observe NAME)") };
+            let code = rt.block_on(coord::elect(&endpoints, &name, &value, ttl))?;
+            std::process::exit(code)
         }
         Cmd::Status { endpoints, http } => runtime()?.block_on(client::status(&endpoints, http.as_deref())),
         Cmd::Demo { nodes, ranges, ticks, runs, seed } => demo(nodes, ranges, ticks, runs, seed),

@@ -4,169 +4,13 @@
 // Real processes on real time: this test drives wall clocks by design.
 #![allow(clippy::disallowed_methods)]
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use meridian_proto::etcdserverpb as pb;
-use meridian_proto::etcdserverpb::kv_client::KvClient;
-use meridian_server::config::Member;
-use meridian_server::dev_layout;
 
-/// Clusters run one at a time: two cores, three nodes each.
-static SERIAL: Mutex<()> = Mutex::new(());
-static NEXT_BLOCK: AtomicU32 = AtomicU32::new(0);
-
-struct ProcCluster {
-    _dir: tempfile::TempDir,
-    members: Vec<Member>,
-    configs: Vec<PathBuf>,
-    children: Vec<Option<Child>>,
-}
-
-fn free_base_port() -> u16 {
-    // Spread test runs over the port space by pid, and clusters within a run
-    // by a counter; each cluster uses base..base+300.
-    // Stay below Linux's ephemeral range (32768+), where outgoing
-    // connections could already hold a port we want to listen on.
-    let block = (std::process::id() % 24) * 3 + NEXT_BLOCK.fetch_add(1, Ordering::Relaxed);
-    (10000 + (block % 73) * 300) as u16
-}
-
-impl ProcCluster {
-    fn start(nodes: u64, namespaces: &[&str]) -> ProcCluster {
-        let dir = tempfile::tempdir().unwrap();
-        let members = dev_layout::members(nodes, free_base_port()).unwrap();
-        let ns: Vec<String> = namespaces.iter().map(|s| s.to_string()).collect();
-        let configs = dev_layout::write_configs(dir.path(), &members, &ns, 100).unwrap();
-        let mut c = ProcCluster { _dir: dir, members, configs, children: Vec::new() };
-        for i in 0..c.members.len() {
-            let child = c.spawn(i);
-            c.children.push(Some(child));
-        }
-        c.wait_ready(Duration::from_secs(60));
-        c
-    }
-
-    fn spawn(&self, i: usize) -> Child {
-        let log = self.configs[i].parent().unwrap().join("server.log");
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .args(["server", "--config"])
-            .arg(&self.configs[i])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawn meridian server")
-    }
-
-    fn wait_ready(&self, limit: Duration) {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if self.members.iter().enumerate().all(|(i, m)| self.children[i].is_none() || http_get(m.http_addr, "/readyz").0 == 200) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("cluster not ready within {limit:?}; logs in {}", self.configs[0].parent().unwrap().parent().unwrap().display());
-    }
-
-    fn endpoints(&self) -> String {
-        self.members.iter().map(|m| m.client_addr.to_string()).collect::<Vec<_>>().join(",")
-    }
-
-    fn kill9(&mut self, i: usize) {
-        if let Some(mut c) = self.children[i].take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    fn restart(&mut self, i: usize) {
-        let child = self.spawn(i);
-        self.children[i] = Some(child);
-    }
-
-    /// The node leading `range_id`, from node HTTP status.
-    fn leader_of(&self, range_id: u64) -> Option<usize> {
-        for (i, m) in self.members.iter().enumerate() {
-            if self.children[i].is_none() {
-                continue;
-            }
-            let (code, body) = http_get(m.http_addr, "/v1/cluster/status");
-            if code != 200 {
-                continue;
-            }
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            for r in v["ranges"].as_array().unwrap() {
-                if r["range_id"] == range_id && r["role"] == "Leader" {
-                    return Some(i);
-                }
-            }
-        }
-        None
-    }
-}
-
-impl Drop for ProcCluster {
-    fn drop(&mut self) {
-        for c in self.children.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn http_request(addr: std::net::SocketAddr, method: &str, path: &str, body: &str, content_type: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else { return (0, String::new()) };
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    if s.write_all(req.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
-}
-
-fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    http_request(addr, "GET", path, "", "text/plain")
-}
-
-fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoints}"))
-        .arg("--command-timeout=10s")
-        .args(args)
-        .output()
-        .expect("etcdctl not found: run ./scripts/setup.sh (installs Debian's etcd-client)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-fn ok(endpoints: &str, args: &[&str]) -> String {
-    let (success, out) = etcdctl(endpoints, args);
-    assert!(success, "etcdctl {args:?} failed: {out}");
-    out
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-async fn kv_client(c: &ProcCluster, i: usize) -> KvClient<tonic::transport::Channel> {
-    KvClient::connect(format!("http://{}", c.members[i].client_addr)).await.unwrap()
-}
+mod common;
+use common::*;
 
 #[test]
 fn etcdctl_kv_txn_history_and_status() {
@@ -180,8 +24,9 @@ fn etcdctl_kv_txn_history_and_status() {
     assert_eq!(ok(&ep, &["get", "/app/", "--prefix", "--keys-only"]).lines().filter(|l| !l.is_empty()).count(), 5);
     let limited = ok(&ep, &["get", "/app/", "--prefix", "--limit=2"]);
     assert_eq!(limited.lines().filter(|l| !l.is_empty()).count(), 4, "two keys and two values: {limited}");
-    // Historical read: revision 1 is the first put of k0.
-    assert_eq!(ok(&ep, &["get", "/app/k0", "--rev=1", "--print-value-only"]).trim(), "v0");
+    // Historical read: as in etcd, an empty store is at revision 1, so
+    // revision 2 is the first put of k0.
+    assert_eq!(ok(&ep, &["get", "/app/k0", "--rev=2", "--print-value-only"]).trim(), "v0");
     assert_eq!(ok(&ep, &["get", "/app/k0", "--print-value-only"]).trim(), "v0-new");
     assert_eq!(ok(&ep, &["del", "/app/k4"]).trim(), "1");
     assert!(ok(&ep, &["get", "/app/k4"]).trim().is_empty());
@@ -404,11 +249,6 @@ fn etcdctl_watch_history_prev_kv_and_live_events() {
         .unwrap();
     let msg = String::from_utf8_lossy(&old.stdout).into_owned() + &String::from_utf8_lossy(&old.stderr);
     assert!(msg.contains("compacted"), "{msg}");
-}
-
-fn metric(c: &ProcCluster, i: usize, name: &str) -> u64 {
-    let (_, body) = http_get(c.members[i].http_addr, "/metrics");
-    body.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 #[test]

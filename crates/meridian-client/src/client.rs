@@ -1,0 +1,242 @@
+//! Endpoints, failover and the retry rule.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_proto::etcdserverpb as etcd;
+use meridian_proto::etcdserverpb::kv_client::KvClient;
+use meridian_proto::mvccpb;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tracing::debug;
+
+use crate::error::ClientError;
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` (or `http://host:port`) of any members.
+    pub endpoints: Vec<String>,
+    pub connect_timeout: Duration,
+    /// Deadline of a call that does not wait on purpose (acquires and
+    /// campaigns get their wait on top).
+    pub request_timeout: Duration,
+    /// Attempts per call, over all endpoints.
+    pub max_attempts: u32,
+    /// First pause between attempts; doubles up to 2 s.
+    pub backoff: Duration,
+}
+
+impl ClientConfig {
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
+        let endpoints: Vec<String> = endpoints.into_iter().map(Into::into).collect();
+        ClientConfig {
+            max_attempts: (endpoints.len() as u32 * 2).clamp(3, 10),
+            endpoints,
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Whether a failed call may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Retry {
+    /// Reads, keepalives, per-session idempotent commands.
+    Always,
+    /// Writes: only when the server surely did not propose them.
+    IfNotSent,
+}
+
+/// A cheap handle (clone it freely) to a Meridian cluster.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: ClientConfig,
+    channels: Vec<Channel>,
+    current: AtomicUsize,
+}
+
+/// The server refused before proposing: safe to send again anywhere.
+fn surely_not_applied(s: &Status) -> bool {
+    let m = s.message();
+    s.code() == Code::Unavailable
+        && (m.contains("no leader")
+            || m.contains("not leader")
+            || m.contains("connect")
+            || m.contains("Connection refused")
+            || m.contains("dns error"))
+}
+
+fn transient(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted)
+}
+
+impl Client {
+    /// A client over `endpoints` with default settings. Connections are
+    /// made on first use, so this fails only on malformed addresses. Call
+    /// it inside the Tokio runtime that will use the client.
+    pub async fn connect<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Result<Client, ClientError> {
+        Client::with_config(ClientConfig::new(endpoints))
+    }
+
+    pub fn with_config(cfg: ClientConfig) -> Result<Client, ClientError> {
+        if cfg.endpoints.is_empty() {
+            return Err(ClientError::NoEndpoints);
+        }
+        let mut channels = Vec::with_capacity(cfg.endpoints.len());
+        for e in &cfg.endpoints {
+            let url = if e.contains("://") { e.clone() } else { format!("http://{e}") };
+            let ep = Endpoint::from_shared(url)
+                .map_err(|err| ClientError::InvalidEndpoint { endpoint: e.clone(), reason: err.to_string() })?
+                .connect_timeout(cfg.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5));
+            channels.push(ep.connect_lazy());
+        }
+        Ok(Client { inner: Arc::new(Inner { cfg, channels, current: AtomicUsize::new(0) }) })
+    }
+
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.cfg
+    }
+
+    pub(crate) fn channel(&self) -> (usize, Channel) {
+        let i = self.inner.current.load(Ordering::Relaxed) % self.inner.channels.len();
+        (i, self.inner.channels[i].clone())
+    }
+
+    /// Moves on from endpoint `from` (if nobody else has already).
+    pub(crate) fn rotate(&self, from: usize) {
+        let next = (from + 1) % self.inner.channels.len();
+        let _ = self.inner.current.compare_exchange(from, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Runs `f` on the current endpoint, failing over and retrying as
+    /// `retry` allows, each attempt bounded by `timeout`.
+    pub(crate) async fn call<T, F, Fut>(&self, retry: Retry, timeout: Duration, mut f: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut backoff = self.inner.cfg.backoff;
+        let mut last = String::new();
+        for attempt in 1..=self.inner.cfg.max_attempts {
+            let (i, ch) = self.channel();
+            let status = match tokio::time::timeout(timeout, f(ch)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(s)) => s,
+                Err(_) => Status::deadline_exceeded(format!("no answer within {timeout:?}")),
+            };
+            if !transient(&status) {
+                return Err(ClientError::from_status(&status));
+            }
+            if retry == Retry::IfNotSent && !surely_not_applied(&status) {
+                return Err(ClientError::OutcomeUnknown(status.message().to_string()));
+            }
+            debug!(endpoint = %self.inner.cfg.endpoints[i], attempt, "call failed: {status}; trying the next endpoint");
+            last = status.message().to_string();
+            self.rotate(i);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        Err(ClientError::Unavailable { attempts: self.inner.cfg.max_attempts, message: last })
+    }
+
+    fn timeout(&self) -> Duration {
+        self.inner.cfg.request_timeout
+    }
+
+    // ---- key-value -----------------------------------------------------------
+
+    /// Puts `key`; returns the revision of the write.
+    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<i64, ClientError> {
+        let req = etcd::PutRequest { key: key.into(), value: value.into(), ..Default::default() };
+        let r = self
+            .call(Retry::IfNotSent, self.timeout(), |ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).put(req).await }
+            })
+            .await?;
+        Ok(r.into_inner().header.map_or(0, |h| h.revision))
+    }
+
+    /// The current value of `key` (linearizable).
+    pub async fn get(&self, key: impl Into<Vec<u8>>) -> Result<Option<mvccpb::KeyValue>, ClientError> {
+        let req = etcd::RangeRequest { key: key.into(), ..Default::default() };
+        let r = self
+            .call(Retry::Always, self.timeout(), |ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).range(req).await }
+            })
+            .await?;
+        Ok(r.into_inner().kvs.into_iter().next())
+    }
+
+    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<i64, ClientError> {
+        let req = etcd::DeleteRangeRequest { key: key.into(), ..Default::default() };
+        let r = self
+            .call(Retry::IfNotSent, self.timeout(), |ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).delete_range(req).await }
+            })
+            .await?;
+        Ok(r.into_inner().deleted)
+    }
+
+    pub async fn txn(&self, req: etcd::TxnRequest) -> Result<etcd::TxnResponse, ClientError> {
+        let r = self
+            .call(Retry::IfNotSent, self.timeout(), |ch| {
+                let req = req.clone();
+                async move { KvClient::new(ch).txn(req).await }
+            })
+            .await?;
+        Ok(r.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_endpoints_are_refused_up_front() {
+        assert_eq!(Client::connect(Vec::<String>::new()).await.err(), Some(ClientError::NoEndpoints));
+        assert!(matches!(Client::connect(["http://[::1"]).await, Err(ClientError::InvalidEndpoint { .. })));
+    }
+
+    #[tokio::test]
+    async fn fails_over_and_gives_up_after_bounded_attempts() {
+        // Nothing listens on these ports: every attempt fails to connect,
+        // rotates, and the call ends after max_attempts.
+        let mut cfg = ClientConfig::new(["127.0.0.1:1", "127.0.0.1:2"]);
+        cfg.backoff = Duration::from_millis(1);
+        cfg.max_attempts = 4;
+        let c = Client::with_config(cfg).unwrap();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let r: Result<(), _> = c
+            .call(Retry::Always, Duration::from_secs(2), |ch| {
+                seen.lock().unwrap().push(c.channel().0);
+                async move {
+                    KvClient::new(ch).range(etcd::RangeRequest::default()).await?;
+                    Ok(())
+                }
+            })
+            .await;
+        assert!(matches!(r, Err(ClientError::Unavailable { attempts: 4, .. })), "{r:?}");
+        assert_eq!(*seen.lock().unwrap(), vec![0, 1, 0, 1], "alternates between endpoints");
+    }
+
+    #[test]
+    fn only_unproposed_writes_are_retried() {
+        assert!(surely_not_applied(&Status::unavailable("etcdserver: no leader")));
+        assert!(!surely_not_applied(&Status::unavailable("etcdserver: request timed out, possibly due to previous leader failure")));
+        assert!(!surely_not_applied(&Status::deadline_exceeded("x")));
+    }
+}
