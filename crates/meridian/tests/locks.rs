@@ -114,6 +114,26 @@ fn two_hundred_waiters_one_wakeup_per_release_and_tokens_increase_across_leader_
     let log: Arc<Mutex<Vec<(i64, &'static str)>>> = Arc::default();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let cl = runtime.block_on(async { client(&c) });
+    // A watch connected to the leader's node first: after the kill it must
+    // resume elsewhere from the next revision (no gap, no duplicate).
+    let mut eps = vec![c.members[leader].client_addr.to_string()];
+    eps.extend(c.members.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, m)| m.client_addr.to_string()));
+    let (mut events, writer) = runtime.block_on(async {
+        let wc = Client::with_config(meridian_client::ClientConfig::new(eps)).unwrap();
+        let events = wc.watch("/jobs/w/", "/jobs/w0", 0);
+        let cl = cl.clone();
+        let writer = tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..60 {
+                if let Ok(rev) = cl.put(format!("/jobs/w/{i:03}"), "x").await {
+                    acked.push((format!("/jobs/w/{i:03}"), rev));
+                }
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            acked
+        });
+        (events, writer)
+    });
     let handles: Vec<_> = (0..20)
         .map(|_| {
             let (cl, log) = (cl.clone(), log.clone());
@@ -132,11 +152,28 @@ fn two_hundred_waiters_one_wakeup_per_release_and_tokens_increase_across_leader_
         .collect();
     std::thread::sleep(Duration::from_millis(600));
     c.kill9(leader);
-    runtime.block_on(async {
+    let acked = runtime.block_on(async {
         for h in handles {
             h.await.unwrap();
         }
+        writer.await.unwrap()
     });
+    assert!(acked.len() >= 40, "too few writes acknowledged across the kill: {}", acked.len());
+    let seen = runtime.block_on(async {
+        let mut seen: Vec<(String, i64)> = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while seen.len() < acked.len() && tokio::time::Instant::now() < deadline {
+            if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(1), events.recv()).await {
+                let ev = ev.expect("watch error");
+                seen.push((String::from_utf8_lossy(&ev.kv.key).into_owned(), ev.kv.mod_revision));
+            }
+        }
+        seen
+    });
+    assert!(seen.windows(2).all(|w| w[0].1 < w[1].1), "watch events out of order or duplicated: {seen:?}");
+    for a in &acked {
+        assert!(seen.contains(a), "acknowledged write {a:?} missing from the resumed watch");
+    }
     let log = log.lock().unwrap().clone();
     assert_eq!(log.len(), 40);
     let mut last = 0;
@@ -250,6 +287,26 @@ fn bad_input_is_refused_and_changes_nothing() {
             assert_eq!(r.unwrap_err().code(), tonic::Code::InvalidArgument, "ttl {ttl}");
         }
         assert_eq!(cl.describe_lock("/b/l").await.unwrap().lock, before.lock, "bad input changed the lock");
+        // A deadlock: s holds /b/l and waits for /b/k; other holds /b/k
+        // and waits for /b/l. The namespace describe reports the cycle.
+        let gk = other.lock("/b/k", LockOptions::default()).await.unwrap().unwrap();
+        let (s2, o2) = (s.clone(), other.clone());
+        let w1 =
+            tokio::spawn(async move { s2.lock("/b/k", LockOptions { wait: Some(Duration::from_secs(3)), ..Default::default() }).await });
+        let w2 =
+            tokio::spawn(async move { o2.lock("/b/l", LockOptions { wait: Some(Duration::from_secs(3)), ..Default::default() }).await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ns = cl.describe_namespace("/b/l").await.unwrap();
+        let mut cycle = vec![s.id(), other.id()];
+        cycle.sort();
+        assert_eq!(ns.deadlocks.len(), 1, "{ns:?}");
+        assert_eq!(ns.deadlocks[0].session_ids, cycle);
+        assert_eq!(ns.wait_for.len(), 2);
+        // Both waits run out (not acquired) and leave the queues.
+        assert!(w1.await.unwrap().unwrap().is_none());
+        assert!(w2.await.unwrap().unwrap().is_none());
+        assert!(cl.describe_namespace("/b/l").await.unwrap().deadlocks.is_empty());
+        gk.release().await.unwrap();
         // Double release: the second is refused.
         let token = g.token();
         g.release().await.unwrap();
