@@ -7,6 +7,14 @@
 #   scripts/bench-vs-etcd.sh [--duration SECS] [--workloads a,b,c]
 #   DURATION=5 CLIENTS=32 CONNS=8 WATCHERS=100 VALUE_SIZE=256 scripts/bench-vs-etcd.sh
 #
+# Workloads: put, put-1 (1 client, 1 connection), get-linearizable,
+# get-serializable, watch, watch-1000 (1,000 watchers), txn-cas,
+# lock and lock-contended (Meridian's native lock vs etcd's lock API),
+# lock-etcd-api (the etcd lock API on both), sessions (10,000 leases kept
+# alive; server CPU and memory), ns-1/ns-4/ns-16 (puts over 1/4/16
+# namespaces), failover (puts while the leader is killed with -9; runs last
+# because it leaves each cluster one member short).
+#
 # Ports (override with MERIDIAN_BASE_PORT / ETCD_BASE_PORT): Meridian uses
 # base..base+2 (client), +100 (peer), +200 (HTTP); etcd base..base+2 (client)
 # and base+100.. (peer). The defaults stay below 10000, away from the test
@@ -14,7 +22,8 @@
 set -euo pipefail
 
 DURATION=${DURATION:-10}
-WORKLOADS=${WORKLOADS:-put,get-linearizable,get-serializable,watch,txn-cas}
+WORKLOADS=${WORKLOADS:-put,put-1,get-linearizable,get-serializable,watch,watch-1000,txn-cas,lock,lock-contended,lock-etcd-api,sessions,ns-1,ns-4,ns-16,failover}
+SESSIONS=${SESSIONS:-10000}
 CLIENTS=${CLIENTS:-32}
 CONNS=${CONNS:-8}
 WATCHERS=${WATCHERS:-100}
@@ -29,7 +38,7 @@ while [ $# -gt 0 ]; do
     --duration=*) DURATION=${1#*=}; shift ;;
     --workloads) WORKLOADS=${2:?--workloads needs a list}; shift 2 ;;
     --workloads=*) WORKLOADS=${1#*=}; shift ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "bench-vs-etcd: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -66,8 +75,15 @@ case "$ETCD_VERSION" in
   *) echo "bench-vs-etcd: etcd $ETCD_VERSION is untested here (the flags used exist in 3.4-3.6)" >&2 ;;
 esac
 
-cargo build -q -p meridian
-MERIDIAN="$CARGO_TARGET_DIR/debug/meridian"
+# The whole workspace, as `make verify` builds it: building one package alone
+# unifies features differently and would rebuild RocksDB. MERIDIAN_BIN=path
+# uses a binary already built instead.
+if [ -n "${MERIDIAN_BIN:-}" ]; then
+  MERIDIAN=$MERIDIAN_BIN
+else
+  cargo build -q --workspace --bins
+  MERIDIAN="$CARGO_TARGET_DIR/debug/meridian"
+fi
 
 # --- cleanup: every child's process group, then the temp dir ---------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/meridian-bench-vs-etcd.XXXXXX")
@@ -117,7 +133,8 @@ for i in 0 1 2; do
 done
 
 # --- Meridian: three nodes via `meridian dev` --------------------------------
-start_group "$MERIDIAN" dev --data-dir "$WORK/meridian" --base-port "$MERIDIAN_BASE_PORT" >"$WORK/meridian-dev.log" 2>&1
+NAMESPACES=$(seq -s, -f '/ns%g/' 0 15)
+start_group "$MERIDIAN" dev --data-dir "$WORK/meridian" --base-port "$MERIDIAN_BASE_PORT" --namespaces "$NAMESPACES" >"$WORK/meridian-dev.log" 2>&1
 MERIDIAN_DEV_PID=${PGIDS[-1]}
 MERIDIAN_EPS="127.0.0.1:$MERIDIAN_BASE_PORT,127.0.0.1:$((MERIDIAN_BASE_PORT + 1)),127.0.0.1:$((MERIDIAN_BASE_PORT + 2))"
 
@@ -140,11 +157,51 @@ echo "bench-vs-etcd: meridian $MERIDIAN_EPS, etcd $ETCD_VERSION $ETCD_EPS"
 # --- the runs --------------------------------------------------------------
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
+server_pids() { # target
+  if [ "$1" = meridian ]; then pgrep -f "meridian server --config $WORK/meridian" | paste -sd, -
+  else pgrep -f "etcd --name e[0-9] --data-dir $WORK" | paste -sd, -; fi
+}
+leader_pid() { # target: the pid of the leader of the range holding /bench/put/
+  if [ "$1" = meridian ]; then
+    for i in 0 1 2; do
+      local id
+      id=$(curl -sf "http://127.0.0.1:$((MERIDIAN_BASE_PORT + 200 + i))/v1/cluster/status" \
+        | jq -r '.ranges[] | select(.range_id == 2 and .role == "Leader") | .range_id' 2>/dev/null || true)
+      if [ -n "$id" ]; then pgrep -f "meridian server --config $WORK/meridian/node-$((i + 1))/"; return; fi
+    done
+  else
+    local ep
+    ep=$(ETCDCTL_API=3 etcdctl --endpoints="$ETCD_EPS" endpoint status -w json \
+      | jq -r '.[] | select(.Status.leader == .Status.header.member_id) | .Endpoint')
+    local i=$(( ${ep##*:} - ETCD_BASE_PORT ))
+    pgrep -f "etcd --name e$i --data-dir $WORK"
+  fi
+}
 run_one() { # target endpoints workload
-  echo "== $3 on $1 (${DURATION}s)"
-  "$MERIDIAN" bench --endpoints "$2" --workload "$3" --label "$1" --clients "$CLIENTS" --conns "$CONNS" \
-    --watchers "$WATCHERS" --value-size "$VALUE_SIZE" --requests "$REQUESTS" --duration-secs "$DURATION" --json | tee "$WORK/last.out"
-  grep '^{' "$WORK/last.out" >>"$RESULTS" || echo "bench-vs-etcd: no result for $3 on $1" >&2
+  local target=$1 eps=$2 w=$3
+  local args=(--clients "$CLIENTS" --conns "$CONNS" --watchers "$WATCHERS" --value-size "$VALUE_SIZE" --requests "$REQUESTS")
+  local bw=$w
+  case "$w" in
+    put-1) bw=put; args=(--clients 1 --conns 1 --value-size "$VALUE_SIZE" --requests "$REQUESTS") ;;
+    watch-1000) bw=watch; args=(--clients 1 --conns "$CONNS" --watchers 1000 --value-size "$VALUE_SIZE" --requests "$REQUESTS") ;;
+    lock|lock-contended)
+      if [ "$target" = meridian ]; then bw=lock-native; else bw=lock-etcd; fi
+      [ "$w" = lock-contended ] && args+=(--lock-names 1) ;;
+    lock-etcd-api) bw=lock-etcd ;;
+    sessions) args+=(--sessions "$SESSIONS" --server-pids "$(server_pids "$target")") ;;
+    ns-1|ns-4|ns-16)
+      bw=put; local n=${w#ns-}
+      args+=(--prefixes "$(seq -s, -f '/ns%g/' 0 $((n - 1)))") ;;
+    failover)
+      local pid; pid=$(leader_pid "$target")
+      echo "   (killing the $target leader, pid $pid, after $((DURATION / 3))s)"
+      ( sleep $((DURATION / 3)); kill -9 "$pid" 2>/dev/null ) & ;;
+  esac
+  echo "== $w on $target (${DURATION}s)"
+  "$MERIDIAN" bench --endpoints "$eps" --workload "$bw" --label "$target" "${args[@]}" --duration-secs "$DURATION" --json \
+    | tee "$WORK/last.out"
+  grep '^{' "$WORK/last.out" | jq -c --arg w "$w" '. + {workload: $w}' >>"$RESULTS" \
+    || echo "bench-vs-etcd: no result for $w on $target" >&2
 }
 IFS=',' read -r -a WL <<<"$WORKLOADS"
 for w in "${WL[@]}"; do
@@ -159,8 +216,8 @@ jq -rs --argjson wl "$(printf '%s\n' "${WL[@]}" | jq -R . | jq -s .)" '
   def ms: if . == null then "-" else (. / 10 | round / 100 | tostring) end;
   def ratio(a; b): if (a == null or b == null or b == 0) then "-" else (a / b * 100 | round / 100 | tostring) end;
   def row: "| " + join(" | ") + " |";
-  (["workload", "Meridian ops/s", "etcd ops/s", "ops/s M/etcd", "Meridian p50", "etcd p50", "Meridian p99", "etcd p99", "p99 M/etcd", "errors M / etcd"] | row),
-  (["---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:"] | row),
+  (["workload", "Meridian ops/s", "etcd ops/s", "ops/s M/etcd", "Meridian p50", "etcd p50", "Meridian p99", "etcd p99", "p99 M/etcd", "errors M / etcd", "notes M / etcd"] | row),
+  (["---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---"] | row),
   ($wl[] as $w
    | (map(select(.workload == $w and .target == "meridian")) | first) as $m
    | (map(select(.workload == $w and .target == "etcd")) | first) as $e
@@ -168,7 +225,11 @@ jq -rs --argjson wl "$(printf '%s\n' "${WL[@]}" | jq -R . | jq -s .)" '
       ratio($m.ops_per_sec; $e.ops_per_sec),
       ($m.p50_us | ms), ($e.p50_us | ms), ($m.p99_us | ms), ($e.p99_us | ms),
       ratio($m.p99_us; $e.p99_us),
-      "\($m.errors // "-") / \($e.errors // "-")"]
+      "\($m.errors // "-") / \($e.errors // "-")",
+      ([$m, $e] | map(if . == null then "-" else
+         ([(if .max_gap_ms then "max gap \(.max_gap_ms) ms" else empty end),
+           (if .server_cpu_pct_x10 then "cpu \(.server_cpu_pct_x10 / 10)%, rss \(.server_rss_mib) MiB" else empty end),
+           (if .expired_seen then "expired \(.expired_seen)" else empty end)] | join(", ")) end) | join(" / "))]
    | row)
 ' "$RESULTS"
 echo

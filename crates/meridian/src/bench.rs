@@ -28,6 +28,7 @@ pub const MAX_CLIENTS: usize = 10_000;
 pub const MAX_CONNS: usize = 1_000;
 pub const MAX_WATCHERS: usize = 10_000;
 pub const MAX_CAS_KEYS: usize = 1_000;
+pub const MAX_SESSIONS: usize = 100_000;
 pub const MAX_DURATION_SECS: u64 = 3_600;
 pub const MAX_REQUESTS: u64 = 1_000_000_000;
 /// etcd's default request size limit is 1.5 MiB; stay under it.
@@ -58,6 +59,21 @@ pub enum Workload {
     Watch,
     /// Compare-and-swap (Txn on mod_revision) on --cas-keys keys.
     TxnCas,
+    /// Native lock (meridian.v1): acquire + release per request, each
+    /// client with its own session; --lock-names 0 = one name per client
+    /// (uncontended), N = N shared names (1: contended).
+    LockNative,
+    /// etcd's lock API (v3lockpb): Lock + Unlock per request, each client
+    /// with its own lease; same --lock-names rule.
+    LockEtcd,
+    /// --sessions leases kept alive by keepalive streams (one keepalive per
+    /// lease every TTL/3); reports keepalives/s and, with --server-pids,
+    /// the servers' CPU and memory.
+    Sessions,
+    /// Puts like `put`; meant to run while a leader is killed (the
+    /// bench-vs-etcd script does it): `max_gap_ms` is the longest time no
+    /// write succeeded, as clients saw it.
+    Failover,
 }
 
 impl Workload {
@@ -68,6 +84,10 @@ impl Workload {
             Workload::GetSerializable => "get-serializable",
             Workload::Watch => "watch",
             Workload::TxnCas => "txn-cas",
+            Workload::LockNative => "lock-native",
+            Workload::LockEtcd => "lock-etcd",
+            Workload::Sessions => "sessions",
+            Workload::Failover => "failover",
         }
     }
 }
@@ -101,6 +121,19 @@ pub struct BenchArgs {
     /// Keys the `txn-cas` clients contend on.
     #[arg(long, default_value_t = 4)]
     pub cas_keys: usize,
+    /// Lock names for the lock workloads: 0 = one per client.
+    #[arg(long, default_value_t = 0)]
+    pub lock_names: usize,
+    /// Leases kept alive by `sessions`.
+    #[arg(long, default_value_t = 10_000)]
+    pub sessions: usize,
+    /// Key prefixes `put`/`failover` spread their writes over (e.g.
+    /// /ns0/,/ns1/ for namespaces); default /bench/put/.
+    #[arg(long, value_delimiter = ',')]
+    pub prefixes: Vec<String>,
+    /// Server process ids whose CPU and memory `sessions` reports.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
     /// Name of the system under test, printed with the results.
     #[arg(long, default_value = "target")]
     pub label: String,
@@ -136,6 +169,15 @@ impl BenchArgs {
         }
         if !(1..=MAX_WATCHERS).contains(&self.watchers) {
             bail!("--watchers must be 1..={MAX_WATCHERS}, got {}", self.watchers);
+        }
+        if self.lock_names > MAX_CLIENTS {
+            bail!("--lock-names must be 0..={MAX_CLIENTS}, got {}", self.lock_names);
+        }
+        if !(1..=MAX_SESSIONS).contains(&self.sessions) {
+            bail!("--sessions must be 1..={MAX_SESSIONS}, got {}", self.sessions);
+        }
+        if self.prefixes.len() > 1024 || self.prefixes.iter().any(|p| p.is_empty()) {
+            bail!("--prefixes: at most 1024 non-empty prefixes");
         }
         if !(1..=MAX_CAS_KEYS).contains(&self.cas_keys) {
             bail!("--cas-keys must be 1..={MAX_CAS_KEYS}, got {}", self.cas_keys);
@@ -342,21 +384,27 @@ impl Report {
     }
 }
 
-/// Opens `conns` channels, channel i to endpoint i mod E.
+/// Opens `conns` channels, channel i to endpoint i mod E, each request
+/// bounded by [`REQUEST_TIMEOUT`].
 async fn connect_all(endpoints: &[String], conns: usize) -> Result<Vec<Channel>> {
+    connect_with(endpoints, conns, Some(REQUEST_TIMEOUT)).await
+}
+
+/// `timeout: None` for channels carrying long-lived streams (a channel
+/// timeout would cancel them).
+async fn connect_with(endpoints: &[String], conns: usize, timeout: Option<Duration>) -> Result<Vec<Channel>> {
     let mut out = Vec::with_capacity(conns);
     for i in 0..conns {
         let ep = &endpoints[i % endpoints.len()];
         let url = if ep.starts_with("http") { ep.clone() } else { format!("http://{ep}") };
-        let ch = Endpoint::from_shared(url.clone())
+        let mut e = Endpoint::from_shared(url.clone())
             .with_context(|| format!("bad endpoint {ep:?}"))?
             .connect_timeout(Duration::from_secs(2))
-            .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
-        out.push(ch);
+            .tcp_nodelay(true);
+        if let Some(t) = timeout {
+            e = e.timeout(t);
+        }
+        out.push(e.connect().await.with_context(|| format!("connecting to {url}"))?);
     }
     Ok(out)
 }
@@ -402,6 +450,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         Workload::GetSerializable => get(&args, &channels, true).await?,
         Workload::Watch => watch(&args, &channels).await?,
         Workload::TxnCas => txn_cas(&args, &channels).await?,
+        Workload::LockNative => lock_native(&args, &channels).await?,
+        Workload::LockEtcd => lock_etcd(&args, &channels).await?,
+        Workload::Sessions => sessions(&args, &channels).await?,
+        Workload::Failover => put(&args, &channels).await?,
     };
     println!("{}", Report::header());
     println!("{}", report.row());
@@ -445,16 +497,96 @@ where
     })
 }
 
+/// The longest stretch without a successful request (failover as clients
+/// see it), from successes' completion times in ms since the start.
+struct Gaps {
+    start: Instant,
+    last_ok_ms: AtomicU64,
+    max_gap_ms: AtomicU64,
+}
+
+impl Gaps {
+    fn new() -> Gaps {
+        Gaps { start: Instant::now(), last_ok_ms: AtomicU64::new(0), max_gap_ms: AtomicU64::new(0) }
+    }
+
+    fn ok(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        let last = self.last_ok_ms.fetch_max(now, Ordering::Relaxed);
+        if now > last {
+            self.max_gap_ms.fetch_max(now - last, Ordering::Relaxed);
+        }
+    }
+}
+
 async fn put(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
     let value = vec![b'v'; args.value_size];
-    let report = closed_loop(args, |i, shared, mut samples| {
+    let prefixes: Arc<Vec<String>> =
+        Arc::new(if args.prefixes.is_empty() { vec!["/bench/put/".to_string()] } else { args.prefixes.clone() });
+    let gaps = Arc::new(Gaps::new());
+    let mut report = closed_loop(args, |i, shared, mut samples| {
         let mut kv = KvClient::new(channels[i % channels.len()].clone());
-        let value = value.clone();
+        let (value, prefixes, gaps) = (value.clone(), prefixes.clone(), gaps.clone());
         async move {
             while let Some(n) = shared.next() {
-                let req = pb::PutRequest { key: format!("/bench/put/{n:012}").into_bytes(), value: value.clone(), ..Default::default() };
+                let prefix = &prefixes[n as usize % prefixes.len()];
+                let req = pb::PutRequest { key: format!("{prefix}{n:012}").into_bytes(), value: value.clone(), ..Default::default() };
                 let sent = Instant::now();
                 let r = kv.put(req).await;
+                if shared.finish(&mut samples, sent, r).is_none() {
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                } else {
+                    gaps.ok();
+                }
+            }
+            samples
+        }
+    })
+    .await?;
+    report.extra = vec![("max_gap_ms", gaps.max_gap_ms.load(Ordering::Relaxed)), ("prefixes", prefixes.len() as u64)];
+    Ok(report)
+}
+
+fn lock_name(args: &BenchArgs, client: usize) -> Vec<u8> {
+    let n = if args.lock_names == 0 { client } else { client % args.lock_names };
+    format!("/bench/lock/{n:05}").into_bytes()
+}
+
+/// Session/lease TTL for the lock workloads: outlives the run, no
+/// keepalives needed.
+fn lock_ttl(args: &BenchArgs) -> i64 {
+    (args.duration_secs as i64 + 60).max(60)
+}
+
+async fn lock_native(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
+    use meridian_proto::meridian::v1 as api;
+    let mut sessions = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let mut sc = api::session_client::SessionClient::new(channels[i % channels.len()].clone());
+        let r = sc.create(api::SessionCreateRequest { namespace: b"/bench/lock/".to_vec(), ttl_seconds: lock_ttl(args) }).await;
+        sessions.push(r.context("creating a session (is this a Meridian endpoint?)")?.into_inner().session_id);
+    }
+    let sessions = Arc::new(sessions);
+    let report = closed_loop(args, |i, shared, mut samples| {
+        let mut lc = api::lock_client::LockClient::new(channels[i % channels.len()].clone());
+        let (session, name) = (sessions[i], lock_name(args, i));
+        async move {
+            while shared.next().is_some() {
+                let sent = Instant::now();
+                let req = api::AcquireRequest { name: name.clone(), session_id: session, ..Default::default() };
+                let token = match lc.acquire(req).await {
+                    Ok(r) if r.get_ref().acquired => r.into_inner().token,
+                    Ok(_) => {
+                        shared.error("acquire returned without the lock".into());
+                        continue;
+                    }
+                    Err(s) => {
+                        shared.error(format!("acquire: {:?}: {}", s.code(), s.message()));
+                        tokio::time::sleep(ERROR_BACKOFF).await;
+                        continue;
+                    }
+                };
+                let r = lc.release(api::ReleaseRequest { name: name.clone(), session_id: session, token }).await;
                 if shared.finish(&mut samples, sent, r).is_none() {
                     tokio::time::sleep(ERROR_BACKOFF).await;
                 }
@@ -463,7 +595,203 @@ async fn put(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
         }
     })
     .await?;
+    let mut sc = api::session_client::SessionClient::new(channels[0].clone());
+    for s in sessions.iter() {
+        let _ = sc.close(api::SessionCloseRequest { session_id: *s }).await;
+    }
     Ok(report)
+}
+
+async fn lock_etcd(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
+    use meridian_proto::etcdserverpb::lease_client::LeaseClient;
+    use meridian_proto::v3lockpb;
+    let mut leases = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let mut lc = LeaseClient::new(channels[i % channels.len()].clone());
+        let r = lc.lease_grant(pb::LeaseGrantRequest { ttl: lock_ttl(args), id: 0 }).await.context("granting a lease")?;
+        leases.push(r.into_inner().id);
+    }
+    let leases = Arc::new(leases);
+    let report = closed_loop(args, |i, shared, mut samples| {
+        let mut lc = v3lockpb::lock_client::LockClient::new(channels[i % channels.len()].clone());
+        let (lease, name) = (leases[i], lock_name(args, i));
+        async move {
+            while shared.next().is_some() {
+                let sent = Instant::now();
+                let key = match lc.lock(v3lockpb::LockRequest { name: name.clone(), lease }).await {
+                    Ok(r) => r.into_inner().key,
+                    Err(s) => {
+                        shared.error(format!("lock: {:?}: {}", s.code(), s.message()));
+                        tokio::time::sleep(ERROR_BACKOFF).await;
+                        continue;
+                    }
+                };
+                let r = lc.unlock(v3lockpb::UnlockRequest { key }).await;
+                if shared.finish(&mut samples, sent, r).is_none() {
+                    tokio::time::sleep(ERROR_BACKOFF).await;
+                }
+            }
+            samples
+        }
+    })
+    .await?;
+    let mut lc = LeaseClient::new(channels[0].clone());
+    for id in leases.iter() {
+        let _ = lc.lease_revoke(pb::LeaseRevokeRequest { id: *id }).await;
+    }
+    Ok(report)
+}
+
+/// (utime + stime in clock ticks, RSS in KiB) of a process, from /proc.
+fn proc_usage(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start after ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let cpu = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some((cpu, rss))
+}
+
+async fn sessions(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
+    use meridian_proto::etcdserverpb::lease_client::LeaseClient;
+    const TTL: i64 = 10;
+    eprintln!("  granting {} leases…", args.sessions);
+    let mut ids = Vec::with_capacity(args.sessions);
+    let grant_started = Instant::now();
+    let mut grant_errors = 0u64;
+    // Grants in parallel batches (one task per connection).
+    let per_conn = args.sessions.div_ceil(channels.len());
+    let mut tasks = Vec::new();
+    for (c, ch) in channels.iter().enumerate() {
+        let n = per_conn.min(args.sessions.saturating_sub(c * per_conn));
+        let mut lc = LeaseClient::new(ch.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::with_capacity(n);
+            let mut errors = 0u64;
+            for _ in 0..n {
+                match lc.lease_grant(pb::LeaseGrantRequest { ttl: TTL, id: 0 }).await {
+                    Ok(r) => got.push(r.into_inner().id),
+                    Err(_) => errors += 1,
+                }
+            }
+            (got, errors)
+        }));
+    }
+    for t in tasks {
+        let (got, errors) = t.await.context("a grant task panicked")?;
+        ids.extend(got);
+        grant_errors += errors;
+    }
+    eprintln!(
+        "  {} leases granted in {:.1}s ({grant_errors} errors); keeping them alive",
+        ids.len(),
+        grant_started.elapsed().as_secs_f64()
+    );
+    let before: Vec<Option<(u64, u64)>> = args.server_pids.iter().map(|p| proc_usage(*p)).collect();
+    let ids = Arc::new(ids);
+    let streams = channels.len().min(ids.len()).max(1);
+    let stream_channels = connect_with(&args.endpoint_list(), streams, None).await?;
+    let shared = Arc::new(Shared::new(u64::MAX, Duration::from_secs(args.duration_secs)));
+    let expired = Arc::new(AtomicU64::new(0));
+    let progress = spawn_progress(args.label.clone(), args.workload, shared.clone());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (s, ch) in stream_channels.iter().enumerate() {
+        let mut lc = LeaseClient::new(ch.clone());
+        let mine: Vec<i64> = ids.iter().skip(s).step_by(streams).copied().collect();
+        let (shared, expired) = (shared.clone(), expired.clone());
+        let cap = MAX_SAMPLES / streams;
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Samples::new(cap);
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            // Something to send before the stream opens: some servers (etcd)
+            // answer the call's headers only with the first response.
+            if let Some(first) = mine.first() {
+                let _ = tx.send(pb::LeaseKeepAliveRequest { id: *first }).await;
+            }
+            let mut primed = !mine.is_empty();
+            let mut stream = match lc.lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    shared.error(format!("keepalive stream: {e}"));
+                    return samples;
+                }
+            };
+            // One round = every lease of this stream once; a round every TTL/3.
+            let round = Duration::from_secs(TTL as u64) / 3;
+            while Instant::now() < shared.deadline {
+                let round_start = Instant::now();
+                for chunk in mine.chunks(256) {
+                    let sent = Instant::now();
+                    for (k, id) in chunk.iter().enumerate() {
+                        if k == 0 && std::mem::take(&mut primed) {
+                            continue;
+                        }
+                        if tx.send(pb::LeaseKeepAliveRequest { id: *id }).await.is_err() {
+                            return samples;
+                        }
+                    }
+                    for _ in chunk {
+                        match tokio::time::timeout(REQUEST_TIMEOUT, stream.message()).await {
+                            Ok(Ok(Some(r))) => {
+                                if r.ttl <= 0 {
+                                    expired.fetch_add(1, Ordering::Relaxed);
+                                }
+                                samples.record(sent.elapsed());
+                                shared.ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(Ok(None)) => return samples,
+                            Ok(Err(e)) => {
+                                shared.error(format!("keepalive: {e}"));
+                                return samples;
+                            }
+                            Err(_) => {
+                                shared.error("keepalive timed out".into());
+                                return samples;
+                            }
+                        }
+                    }
+                }
+                let left = round.saturating_sub(round_start.elapsed());
+                tokio::time::sleep(left.min(shared.deadline.saturating_duration_since(Instant::now()))).await;
+            }
+            samples
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.context("a keepalive task panicked")?.us);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    progress.abort();
+    let after: Vec<Option<(u64, u64)>> = args.server_pids.iter().map(|p| proc_usage(*p)).collect();
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut extra = vec![("sessions", ids.len() as u64), ("grant_errors", grant_errors), ("expired_seen", expired.load(Ordering::Relaxed))];
+    let (mut cpu_ticks, mut rss_kib) = (0u64, 0u64);
+    for (b, a) in before.iter().zip(&after) {
+        if let (Some(b), Some(a)) = (b, a) {
+            cpu_ticks += a.0.saturating_sub(b.0);
+            rss_kib += a.1;
+        }
+    }
+    if !args.server_pids.is_empty() {
+        extra.push(("server_cpu_pct_x10", (cpu_ticks as f64 / ticks / secs * 1000.0) as u64));
+        extra.push(("server_rss_mib", rss_kib / 1024));
+    }
+    // The leases expire TTL seconds after the last keepalive.
+    Ok(Report {
+        workload: args.workload,
+        label: args.label.clone(),
+        clients: streams,
+        conns: args.conns,
+        ok: shared.ok.load(Ordering::Relaxed),
+        errors: shared.errors.load(Ordering::Relaxed) + grant_errors,
+        secs,
+        latency: percentiles(&mut all),
+        extra,
+    })
 }
 
 fn get_key(i: u64) -> Vec<u8> {
