@@ -394,6 +394,69 @@ fn etcdctl_elect_hands_over_and_meridian_lock_cli_excludes() {
         assert!(t > last, "tokens must increase:\n{text}");
         last = t;
     }
+    // A `meridian lock` paused past its session TTL: once resumed it sees
+    // the loss, stops its command and exits 3.
+    let marker = c.configs[0].parent().unwrap().join("child-alive");
+    let mut paused = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["lock", "--endpoints", &ep, "--ttl", "2", "/jobs/paused", "--", "sh", "-c"])
+        .arg(format!("while true; do touch {}; sleep 0.2; done", marker.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !marker.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the locked command never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill").args(["-STOP", &paused.id().to_string()]).status();
+    std::thread::sleep(Duration::from_secs(5));
+    let _ = Command::new("kill").args(["-CONT", &paused.id().to_string()]).status();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = paused.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "meridian lock did not notice the lost lock");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut paused.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(3), "exit code 3 for a lost lock: {err}");
+    assert!(err.contains("LOST"), "{err}");
+    // The lock went back: another session can take it.
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["lock", "--endpoints", &ep, "--wait", "10", "/jobs/paused", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // `meridian elect` campaigns; `meridian elect --observe` streams the leader.
+    let mut cand = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["elect", "--endpoints", &ep, "/svc/native", "gamma"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cand_lines = lines_of(&mut cand);
+    let mut cseen = Vec::new();
+    wait_line(&cand_lines, &mut cseen, "ELECTED", Duration::from_secs(20));
+    let mut obs = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["elect", "--endpoints", &ep, "--observe", "/svc/native"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let obs_lines = lines_of(&mut obs);
+    let mut oseen = Vec::new();
+    wait_line(&obs_lines, &mut oseen, "value \"gamma\"", Duration::from_secs(10));
+    // Ctrl-C (SIGTERM) resigns: the observer sees nobody leading.
+    let _ = Command::new("kill").args(["-TERM", &cand.id().to_string()]).status();
+    assert!(cand.wait().unwrap().success(), "resigning exits 0");
+    wait_line(&obs_lines, &mut oseen, "no leader", Duration::from_secs(10));
+    let _ = obs.kill();
+    let _ = obs.wait();
+
     // --describe prints the (now free) lock.
     let out = Command::new(env!("CARGO_BIN_EXE_meridian")).args(["lock", "--endpoints", &ep, "--describe", "/jobs/cli"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("/jobs/cli: free"), "{}", String::from_utf8_lossy(&out.stdout));
