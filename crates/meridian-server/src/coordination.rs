@@ -168,14 +168,17 @@ impl Coordinator {
                     };
                 }
                 _ = recheck.tick() => {
+                    // The local replica may lag (a partition): it can still
+                    // show this session holding from an *earlier* acquire.
+                    // Only a grant naming this very waiter counts here.
                     let (rec, _) = self.describe(range_id, name, false).await?;
-                    if let Some(h) = rec.holder.clone().filter(|h| h.session == session) {
+                    if let Some(h) = rec.holder.clone().filter(|h| h.session == session && h.waiter_id == waiter_id) {
                         guard.disarm();
                         return Ok(self.granted(range_id, name, h).await);
                     }
                     if !rec.waiters.iter().any(|w| w.session == session) {
-                        // Neither holding nor queued: the session ended
-                        // (or this replica lags; the next check decides).
+                        // Neither holding nor queued here: the session ended,
+                        // or this replica lags. A linearizable read decides.
                         let (rec, _) = self.describe(range_id, name, true).await?;
                         if let Some(h) = rec.holder.filter(|h| h.session == session) {
                             guard.disarm();
