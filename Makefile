@@ -7,7 +7,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: setup build dev demo test verify fmt-check clippy fix sim-long bench-raft bench-etcd clean
+.PHONY: setup build dev demo test verify fmt-check clippy fix sim-long bench-raft bench-etcd fuzz clean
 
 setup:
 	@./scripts/setup.sh
@@ -42,6 +42,14 @@ fix:
 sim-long: setup
 	MERIDIAN_SIM_SEEDS=$${SEEDS:-500} MERIDIAN_SIM_STEPS=$${STEPS:-4000} \
 	  $(CARGO) test -p meridian-sim --test random -- --nocapture
+
+# A long fuzzing run of every decoder that takes untrusted bytes (peer
+# frames, raft messages, stored records, KV commands and queries, etcd
+# requests); `make verify` runs a short one. ITERATIONS and SEED override.
+# Debug build on purpose: overflow checks stay on.
+fuzz: setup
+	$(CARGO) build --workspace --bins
+	$(CARGO_TARGET_DIR)/debug/meridian-fuzz --target all --iterations $${ITERATIONS:-1000000} --seed $${SEED:-1}
 
 # Group-commit benchmark: 1, 8 and 64 ranges on a 3-node in-process
 # cluster with RocksDB (see docs/performance.md).

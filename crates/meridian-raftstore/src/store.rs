@@ -208,10 +208,11 @@ impl Store {
             }
             None => 0,
         };
+        let next = prev.checked_add(1).ok_or_else(|| RaftstoreError::Storage("corrupt incarnation record (at its maximum)".into()))?;
         let mut batch = WriteBatch::new();
-        batch.put(Cf::RaftState, key, (prev + 1).to_be_bytes().to_vec());
+        batch.put(Cf::RaftState, key, next.to_be_bytes().to_vec());
         engine.write(&batch, true)?;
-        Ok(prev + 1)
+        Ok(next)
     }
 
     fn add_peer(&mut self, desc: RangeDescriptor, storage: PeerStorage) -> Result<(), RaftstoreError> {

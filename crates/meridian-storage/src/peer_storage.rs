@@ -105,6 +105,7 @@ impl PeerStorage {
             Some(raw) => ApplyState::decode(&raw, range_id)?,
             None => ApplyState::default(),
         };
+        check_bounds(range_id, &raft_state)?;
         let (mut last_index, mut last_term) = (raft_state.truncated_index, raft_state.truncated_term);
         let mut err = None;
         let start = keys::log_key(range_id, raft_state.truncated_index + 1);
@@ -115,8 +116,12 @@ impl PeerStorage {
                 err = Some(StorageError::LogGap { range_id, expected: last_index + 1, found: idx.unwrap_or(0) });
                 return false;
             }
+            if last_index >= MAX_SANE_INDEX {
+                err = Some(StorageError::Corrupt { range_id, what: format!("log reaches index {last_index}") });
+                return false;
+            }
             match decode_entry(v, range_id) {
-                Ok(e) if e.index == last_index + 1 && e.term >= last_term => {
+                Ok(e) if e.index == last_index + 1 && e.term >= last_term && e.term <= MAX_SANE_INDEX => {
                     last_index = e.index;
                     last_term = e.term;
                     true
@@ -137,12 +142,7 @@ impl PeerStorage {
         if let Some(e) = err {
             return Err(e);
         }
-        if apply_state.applied_index > last_index.max(raft_state.hard_state.commit) {
-            return Err(StorageError::Corrupt {
-                range_id,
-                what: format!("applied index {} beyond log end {last_index}", apply_state.applied_index),
-            });
-        }
+        check_states(range_id, &raft_state, &apply_state, last_index)?;
         Ok(Self { range_id, engine, raft_state, apply_state, last_index, last_term, snapshot: Mutex::default() })
     }
 
@@ -419,4 +419,71 @@ fn stage_snapshot_payload(range_id: u64, payload: &[u8], batch: &mut WriteBatch)
     }
     d.finish()?;
     Ok(desc)
+}
+
+/// Indexes and terms at or past this are refused as corrupt at open:
+/// raft-rs adds to them, and no real log gets anywhere near.
+const MAX_SANE_INDEX: u64 = u64::MAX / 2;
+
+fn check_bounds(range_id: u64, rs: &RaftLocalState) -> StorageResult<()> {
+    let hs = &rs.hard_state;
+    for (what, v) in
+        [("truncated index", rs.truncated_index), ("truncated term", rs.truncated_term), ("term", hs.term), ("commit", hs.commit)]
+    {
+        if v >= MAX_SANE_INDEX {
+            return Err(StorageError::Corrupt { range_id, what: format!("{what} {v} out of range") });
+        }
+    }
+    Ok(())
+}
+
+/// What raft-rs needs of the stored state to start without panicking,
+/// checked after the log was read: a bad record is an error naming the
+/// range, never a panic inside raft-rs.
+fn check_states(range_id: u64, rs: &RaftLocalState, apply: &ApplyState, last_index: u64) -> StorageResult<()> {
+    let corrupt = |what: String| Err(StorageError::Corrupt { range_id, what });
+    let (commit, truncated, applied) = (rs.hard_state.commit, rs.truncated_index, apply.applied_index);
+    if commit < truncated || commit > last_index {
+        return corrupt(format!("commit index {commit} outside the log [{truncated}, {last_index}]"));
+    }
+    if applied != 0 && (applied < truncated || applied > commit) {
+        return corrupt(format!("applied index {applied} outside [{truncated}, commit {commit}]"));
+    }
+    check_conf_state(&rs.conf_state).or_else(|what| corrupt(format!("conf state: {what}")))
+}
+
+/// The shape raft-rs's restore accepts: ids non-zero and listed once per
+/// role, no node both voter and learner, a demoted voter in
+/// `learners_next` (not `learners`), `auto_leave` only in a joint config.
+fn check_conf_state(cs: &raft::prelude::ConfState) -> Result<(), String> {
+    use std::collections::HashSet;
+    let set = |name: &str, ids: &[u64]| -> Result<HashSet<u64>, String> {
+        let mut seen = HashSet::with_capacity(ids.len());
+        for &id in ids {
+            if id == 0 {
+                return Err(format!("node id 0 in {name}"));
+            }
+            if !seen.insert(id) {
+                return Err(format!("node {id} twice in {name}"));
+            }
+        }
+        Ok(seen)
+    };
+    let voters = set("voters", &cs.voters)?;
+    let learners = set("learners", &cs.learners)?;
+    let outgoing = set("voters_outgoing", &cs.voters_outgoing)?;
+    let next = set("learners_next", &cs.learners_next)?;
+    if let Some(id) = voters.intersection(&learners).next() {
+        return Err(format!("node {id} is both voter and learner"));
+    }
+    if let Some(id) = outgoing.intersection(&learners).next() {
+        return Err(format!("outgoing voter {id} is a learner (it belongs in learners_next)"));
+    }
+    if let Some(id) = next.iter().find(|id| !outgoing.contains(id) || voters.contains(id)) {
+        return Err(format!("learners_next holds {id}, which is not a demoted outgoing voter"));
+    }
+    if cs.auto_leave && outgoing.is_empty() {
+        return Err("auto_leave outside a joint configuration".into());
+    }
+    Ok(())
 }
