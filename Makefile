@@ -7,7 +7,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: setup build dev demo test verify fmt-check clippy fix sim-long bench-raft bench-etcd fuzz clean
+.PHONY: setup build dev demo test verify fmt-check clippy fix sim-long bench-raft bench-etcd fuzz chaos chaos-soak clean
 
 setup:
 	@./scripts/setup.sh
@@ -50,6 +50,18 @@ sim-long: setup
 fuzz: setup
 	$(CARGO) build --workspace --bins
 	$(CARGO_TARGET_DIR)/debug/meridian-fuzz --target all --iterations $${ITERATIONS:-1000000} --seed $${SEED:-1}
+
+# Chaos suite (chaos/README.md): real processes under kill -9, SIGSTOP,
+# partitions, clock drift and leader transfers; histories checked. About
+# 5 minutes; exits non-zero on any unexpected violation.
+chaos: setup
+	$(CARGO) build --workspace --bins
+	$(CARGO_TARGET_DIR)/debug/meridian-chaos run chaos/scenarios $(ARGS)
+
+# Ten minutes per scenario (not in CI).
+chaos-soak: setup
+	$(CARGO) build --workspace --bins
+	$(CARGO_TARGET_DIR)/debug/meridian-chaos run chaos/soak $(ARGS)
 
 # Group-commit benchmark: 1, 8 and 64 ranges on a 3-node in-process
 # cluster with RocksDB (see docs/performance.md).

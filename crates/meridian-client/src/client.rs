@@ -68,7 +68,10 @@ fn surely_not_applied(s: &Status) -> bool {
     s.code() == Code::Unavailable
         && (m.contains("no leader")
             || m.contains("not leader")
-            || m.contains("connect")
+            // The connection was never made (not "connection reset",
+            // which can come after the request went out).
+            || m.contains("tcp connect error")
+            || m.contains("error trying to connect")
             || m.contains("Connection refused")
             || m.contains("dns error"))
 }
@@ -238,5 +241,7 @@ mod tests {
         assert!(surely_not_applied(&Status::unavailable("etcdserver: no leader")));
         assert!(!surely_not_applied(&Status::unavailable("etcdserver: request timed out, possibly due to previous leader failure")));
         assert!(!surely_not_applied(&Status::deadline_exceeded("x")));
+        assert!(!surely_not_applied(&Status::unavailable("error reading a body from connection: connection reset")));
+        assert!(surely_not_applied(&Status::unavailable("error trying to connect: tcp connect error: Connection refused")));
     }
 }

@@ -277,8 +277,19 @@ impl pb::watch_server::Watch for WatchService {
                     }
                     item = live.recv() => match item {
                         Ok(p) => {
-                            let ids: Vec<i64> = ctx.watchers.iter().filter(|w| w.range_id == p.range_id).map(|w| w.id).collect();
-                            for id in ids {
+                            let ids: Vec<(i64, bool)> = ctx
+                                .watchers
+                                .iter()
+                                .filter(|w| w.range_id == p.range_id)
+                                .map(|w| (w.id, p.revision > w.next_rev))
+                                .collect();
+                            for (id, behind) in ids {
+                                // Revisions between the watcher's next one and
+                                // this event were never published here when
+                                // this replica caught up by installing a
+                                // snapshot: replay them from history first
+                                // (also cheap when they held no events).
+                                if behind && !ctx.catch_up(id).await { return; }
                                 if !ctx.deliver(id, p.revision, &p.events).await { return; }
                             }
                         }

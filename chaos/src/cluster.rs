@@ -1,0 +1,361 @@
+//! A cluster of real `meridian server` processes on loopback: start, kill
+//! -9, pause (SIGSTOP), resume, restart, readiness, leader lookup, and the
+//! nodes' fault-injection routes.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use meridian_server::config::{DebugConfig, Member};
+use meridian_server::dev_layout;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tracing::{debug, warn};
+
+use crate::http;
+
+/// Deadline of one HTTP call to a node.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Candidate base ports tried before giving up.
+const MAX_PORT_PROBES: u64 = 64;
+
+/// What the runner did to a node's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcState {
+    Running,
+    Paused,
+    Dead,
+}
+
+struct Node {
+    member: Member,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+impl Node {
+    fn state(&self) -> ProcState {
+        match (&self.child, self.paused) {
+            (None, _) => ProcState::Dead,
+            (Some(_), true) => ProcState::Paused,
+            (Some(_), false) => ProcState::Running,
+        }
+    }
+
+    fn pid(&self) -> Option<Pid> {
+        self.child.as_ref().map(|c| Pid::from_raw(c.id() as i32))
+    }
+}
+
+pub struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    nodes: Nodes,
+    server_log_filter: String,
+}
+
+/// The node processes; dropping them kills every one.
+struct Nodes(Vec<Node>);
+
+impl std::ops::Deref for Nodes {
+    type Target = Vec<Node>;
+    fn deref(&self) -> &Vec<Node> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Nodes {
+    fn deref_mut(&mut self) -> &mut Vec<Node> {
+        &mut self.0
+    }
+}
+
+/// Cluster-wide settings of a run.
+pub struct ClusterSpec<'a> {
+    pub nodes: u64,
+    pub namespaces: &'a [String],
+    pub tick_ms: u64,
+    pub debug: DebugConfig,
+    /// Seeds the base-port choice.
+    pub port_seed: u64,
+}
+
+impl Cluster {
+    /// Writes the configs and spawns every node (not yet waiting for them).
+    pub fn start(bin: &Path, spec: &ClusterSpec<'_>) -> Result<Cluster> {
+        if !bin.is_file() {
+            bail!(
+                "meridian binary not found at {} (build it: cargo build --workspace --exclude meridian-fuzz, or pass --meridian-bin)",
+                bin.display()
+            );
+        }
+        let dir = tempfile::Builder::new().prefix("meridian-chaos-").tempdir().context("creating the cluster's temp dir")?;
+        let base = free_base_port(spec.nodes, spec.port_seed)?;
+        let members = dev_layout::members(spec.nodes, base).map_err(anyhow::Error::msg)?;
+        let configs =
+            dev_layout::write_configs_with(dir.path(), &members, spec.namespaces, spec.tick_ms, &spec.debug).map_err(anyhow::Error::msg)?;
+        let nodes = members
+            .into_iter()
+            .zip(configs)
+            .map(|(member, config)| {
+                let log = config.parent().expect("config lives in the node dir").join("server.log");
+                Node { member, config, log, child: None, paused: false }
+            })
+            .collect();
+        let nodes = Nodes(nodes);
+        let server_log_filter = std::env::var("MERIDIAN_CHAOS_SERVER_LOG").unwrap_or_else(|_| "info".into());
+        let mut c = Cluster { dir, bin: bin.to_path_buf(), nodes, server_log_filter };
+        for i in 0..c.nodes.len() {
+            c.spawn(i)?;
+        }
+        Ok(c)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn logs(&self) -> Vec<(u64, PathBuf)> {
+        self.nodes.iter().map(|n| (n.member.id, n.log.clone())).collect()
+    }
+
+    /// Keeps the data dir after the run (logs and RocksDB state for a
+    /// post-mortem) and returns its path.
+    pub fn keep_data_dir(self) -> PathBuf {
+        let Cluster { dir, nodes, .. } = self;
+        drop(nodes);
+        dir.keep()
+    }
+
+    /// kill -9 every node (the data dir stays until the cluster is dropped).
+    pub fn stop_all(&mut self) {
+        for n in self.nodes.iter_mut() {
+            stop(n);
+        }
+    }
+
+    pub fn state(&self, i: usize) -> ProcState {
+        self.nodes[i].state()
+    }
+
+    pub fn id(&self, i: usize) -> u64 {
+        self.nodes[i].member.id
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let n = &mut self.nodes[i];
+        let out =
+            std::fs::OpenOptions::new().create(true).append(true).open(&n.log).with_context(|| format!("opening {}", n.log.display()))?;
+        let child = Command::new(&self.bin)
+            .args(["server", "--config"])
+            .arg(&n.config)
+            .env("RUST_LOG", &self.server_log_filter)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("spawning {}", self.bin.display()))?;
+        n.child = Some(child);
+        n.paused = false;
+        Ok(())
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self, i: usize) {
+        stop(&mut self.nodes[i]);
+    }
+
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        if self.nodes[i].child.is_some() {
+            return Ok(());
+        }
+        self.spawn(i)
+    }
+
+    pub fn pause(&mut self, i: usize) -> Result<()> {
+        let n = &mut self.nodes[i];
+        let Some(pid) = n.pid() else { bail!("node {} is not running", n.member.id) };
+        kill(pid, Signal::SIGSTOP).with_context(|| format!("SIGSTOP node {}", n.member.id))?;
+        n.paused = true;
+        Ok(())
+    }
+
+    pub fn resume(&mut self, i: usize) -> Result<()> {
+        let n = &mut self.nodes[i];
+        let Some(pid) = n.pid() else { return Ok(()) };
+        kill(pid, Signal::SIGCONT).with_context(|| format!("SIGCONT node {}", n.member.id))?;
+        n.paused = false;
+        Ok(())
+    }
+
+    /// Whether a node's process exited on its own (a crash, not our kill).
+    pub fn crashed(&mut self) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        for n in self.nodes.iter_mut() {
+            if let Some(c) = &mut n.child {
+                if let Ok(Some(status)) = c.try_wait() {
+                    out.push((n.member.id, status.to_string()));
+                    n.child = None;
+                }
+            }
+        }
+        out
+    }
+
+    pub fn http_addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].member.http_addr
+    }
+
+    pub fn client_addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].member.client_addr
+    }
+
+    /// Nodes answering `/readyz` with 200 (paused and dead ones are not).
+    pub async fn ready(&self, i: usize) -> bool {
+        self.nodes[i].state() == ProcState::Running && matches!(http::get(self.http_addr(i), "/readyz", HTTP_TIMEOUT).await, Ok((200, _)))
+    }
+
+    /// Waits until every running node is ready, at most `limit`.
+    pub async fn wait_ready(&self, limit: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let mut all = true;
+            for i in 0..self.len() {
+                if self.nodes[i].state() == ProcState::Running && !self.ready(i).await {
+                    all = false;
+                    break;
+                }
+            }
+            if all {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("cluster not ready within {limit:?}; logs under {}", self.data_dir().display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The node leading `range_id`: the highest-term claim among running
+    /// nodes (an isolated old leader may still claim an older term).
+    pub async fn leader_of(&self, range_id: u64) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
+        for i in 0..self.len() {
+            if self.nodes[i].state() != ProcState::Running {
+                continue;
+            }
+            let Ok((200, body)) = http::get(self.http_addr(i), "/v1/cluster/status", HTTP_TIMEOUT).await else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { continue };
+            for r in v["ranges"].as_array().into_iter().flatten() {
+                if r["range_id"] == range_id && r["role"] == "Leader" {
+                    let term = r["term"].as_u64().unwrap_or(0);
+                    if best.is_none_or(|(t, _)| term > t) {
+                        best = Some((term, i));
+                    }
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+
+    /// Sets node `i`'s blocked peers (node ids); empty lists heal.
+    pub async fn set_net(&self, i: usize, block_out: &[u64], block_in: &[u64]) -> Result<()> {
+        let body = serde_json::json!({ "block_out": block_out, "block_in": block_in });
+        self.debug_post(i, "/v1/debug/net", &body).await
+    }
+
+    pub async fn set_clock_rate(&self, i: usize, rate: f64) -> Result<()> {
+        self.debug_post(i, "/v1/debug/lease-clock-rate", &serde_json::json!({ "rate": rate })).await
+    }
+
+    /// Asks node `i` (the leader of `range_id`) to hand leadership to `to`.
+    pub async fn transfer_leader(&self, i: usize, range_id: u64, to: u64) -> Result<()> {
+        self.debug_post(i, "/v1/debug/transfer-leader", &serde_json::json!({ "range_id": range_id, "to": to })).await
+    }
+
+    async fn debug_post(&self, i: usize, path: &str, body: &serde_json::Value) -> Result<()> {
+        let (code, text) = http::post_json(self.http_addr(i), path, body, HTTP_TIMEOUT).await?;
+        if code != 200 {
+            bail!("node {} {path}: HTTP {code}: {}", self.id(i), text.trim());
+        }
+        debug!(node = self.id(i), path, %body, "fault injected");
+        Ok(())
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for n in &mut self.0 {
+            stop(n);
+        }
+    }
+}
+
+/// kill -9 and reap (a paused process dies from SIGKILL too).
+fn stop(n: &mut Node) {
+    if let Some(mut c) = n.child.take() {
+        if let Err(e) = c.kill() {
+            warn!(node = n.member.id, "kill: {e}");
+        }
+        let _ = c.wait();
+    }
+    n.paused = false;
+}
+
+/// A base port whose client, peer and HTTP ports are all free.
+///
+/// The multi-process tests use bases `10000 + 300k` and ports at offsets
+/// 0..9, 100..109 and 200..209 of their block; `meridian dev` uses 23790
+/// (offsets 290, 90, 190). Chaos bases sit at offsets 40..80 of a block, so
+/// their ports (offsets 40..89, 140..189, 240..289) never collide with
+/// either, and stay below Linux's ephemeral range (32768+).
+fn free_base_port(nodes: u64, seed: u64) -> Result<u16> {
+    for probe in 0..MAX_PORT_PROBES {
+        let h = splitmix(seed.wrapping_add(probe));
+        let base = 10_000 + (h % 73) * 300 + 40 + ((h / 73) % 5) * 10;
+        let base = u16::try_from(base).expect("below 32000");
+        let ports = (0..nodes).flat_map(|i| [0u64, 100, 200].map(|off| u64::from(base) + off + i));
+        if ports.into_iter().all(|p| TcpListener::bind(("127.0.0.1", p as u16)).is_ok()) {
+            return Ok(base);
+        }
+    }
+    bail!("no free port block found after {MAX_PORT_PROBES} probes")
+}
+
+/// A well-mixed hash of the seed (SplitMix64's finalizer).
+pub fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_ports_avoid_the_test_and_dev_blocks() {
+        for seed in 0..2000 {
+            let h = splitmix(seed);
+            let base = 10_000 + (h % 73) * 300 + 40 + ((h / 73) % 5) * 10;
+            for off in [0, 100, 200] {
+                for i in 0..5 {
+                    let p = base + off + i;
+                    // Tests use offsets 0..9 of each hundred, dev 90..94.
+                    let in_hundred = ((p - 10_000) % 300) % 100;
+                    assert!((40..85).contains(&in_hundred), "port {p}");
+                    assert!(p < 32_000);
+                }
+            }
+        }
+    }
+}
