@@ -37,6 +37,9 @@ const DRIFT_RATES: [f64; 5] = [0.5, 0.75, 1.5, 2.0, 3.0];
 pub enum NemesisKind {
     /// kill -9 a node, restart it after the fault.
     Kill,
+    /// kill -9 a minority at once (1 of 3, 2 of 5; the leader among them
+    /// when one is known), restart them all after the fault.
+    KillMinority,
     /// SIGSTOP a node, SIGCONT after the fault.
     Pause,
     /// Cut a range leader off from every peer, both directions.
@@ -68,6 +71,7 @@ pub struct NemesisEvent {
 /// How to take a fault back.
 enum Undo {
     Restart(usize),
+    RestartAll(Vec<usize>),
     Resume(usize),
     HealNet,
     ClockRate(usize),
@@ -157,6 +161,18 @@ impl Nemesis<'_> {
                 self.cluster.kill9(i);
                 (format!("kill -9 {who} for {secs:.1}s"), Undo::Restart(i))
             }
+            NemesisKind::KillMinority => {
+                let (first, _) = self.target(0.8).await;
+                let mut rest: Vec<usize> = self.running().into_iter().filter(|&j| j != first).collect();
+                rest.shuffle(&mut self.rng);
+                let mut victims = vec![first];
+                victims.extend(rest.into_iter().take(((n - 1) / 2).saturating_sub(1)));
+                for &i in &victims {
+                    self.cluster.kill9(i);
+                }
+                let ids: Vec<u64> = victims.iter().map(|&i| self.cluster.id(i)).collect();
+                (format!("kill -9 minority {ids:?} for {secs:.1}s"), Undo::RestartAll(victims))
+            }
             NemesisKind::Pause => {
                 let (i, who) = self.target(0.7).await;
                 self.cluster.pause(i)?;
@@ -233,6 +249,12 @@ impl Nemesis<'_> {
     async fn undo(&mut self, undo: Undo) -> anyhow::Result<()> {
         match undo {
             Undo::Restart(i) => self.cluster.restart(i),
+            Undo::RestartAll(v) => {
+                for i in v {
+                    self.cluster.restart(i)?;
+                }
+                Ok(())
+            }
             Undo::Resume(i) => self.cluster.resume(i),
             Undo::HealNet => heal_net(self.cluster).await,
             Undo::ClockRate(i) => self.cluster.set_clock_rate(i, 1.0).await,
