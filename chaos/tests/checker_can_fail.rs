@@ -3,17 +3,9 @@
 //! violations. A checker that passes everything would pass this suite too.
 //!
 //! Needs the `meridian` binary next to `meridian-chaos`
-//! (`cargo build --workspace --exclude meridian-fuzz`, or `make test`).
+//! (`cargo build --workspace`, or `make test`).
 
-use std::path::PathBuf;
-use std::process::Command;
-
-fn bins() -> (PathBuf, PathBuf) {
-    let chaos = PathBuf::from(env!("CARGO_BIN_EXE_meridian-chaos"));
-    let meridian = chaos.parent().expect("binary dir").join("meridian");
-    assert!(meridian.is_file(), "{} is missing: run `cargo build --workspace --exclude meridian-fuzz` first", meridian.display());
-    (chaos, meridian)
-}
+mod common;
 
 /// The count `V` of the final `chaos: N runs, V violations` line.
 fn violations(stdout: &str) -> usize {
@@ -23,16 +15,7 @@ fn violations(stdout: &str) -> usize {
 
 #[test]
 fn unsafe_local_reads_are_reported_as_linearizability_violations() {
-    let (chaos, meridian) = bins();
-    let out = tempfile::tempdir().expect("temp dir");
-    let scenario = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/proof-unsafe-reads.toml");
-    let run = Command::new(chaos)
-        .args(["run", scenario, "--duration", "15", "--out"])
-        .arg(out.path())
-        .arg("--meridian-bin")
-        .arg(meridian)
-        .output()
-        .expect("running meridian-chaos");
+    let (run, out) = common::run_scenario("proof-unsafe-reads", 15);
     let stdout = String::from_utf8_lossy(&run.stdout);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "the proof run must pass by finding violations:\n{stdout}\n{stderr}");
