@@ -296,11 +296,13 @@ impl<'t, 'c, 'a> Locks<'t, 'c, 'a> {
         }
         rec.holder = None;
         self.txn.ctx().delete(&keys::session_lock_key(session, name));
-        self.finish_change(name, rec)
+        self.holder_left(name, rec, Vec::new())
     }
 
-    fn finish_change(&mut self, name: &[u8], mut rec: LockRecord) -> Result<(), KvError> {
-        let mut dropped = Vec::new();
+    /// The holder is gone (released, revoked or expired): grant the next
+    /// waiter unless under lock-delay, store and announce the change.
+    /// `dropped` lists waiters already removed without a grant.
+    fn holder_left(&mut self, name: &[u8], mut rec: LockRecord, mut dropped: Vec<u64>) -> Result<(), KvError> {
         let granted = self.grant_next(name, &mut rec, &mut dropped)?;
         if granted == 0 {
             // The holder changed (to nobody): its own revision, so watchers
@@ -338,7 +340,7 @@ impl<'t, 'c, 'a> Locks<'t, 'c, 'a> {
         for name in names {
             self.txn.ctx().delete(&keys::session_lock_key(session, &name));
             let mut rec = self.load(&name)?;
-            let mut dropped: Vec<u64> = rec.waiters.iter().filter(|w| w.session == session).map(|w| w.waiter_id).collect();
+            let dropped: Vec<u64> = rec.waiters.iter().filter(|w| w.session == session).map(|w| w.waiter_id).collect();
             rec.waiters.retain(|w| w.session != session);
             let was_holder = rec.holder.as_ref().is_some_and(|h| h.session == session);
             if was_holder {
@@ -346,12 +348,7 @@ impl<'t, 'c, 'a> Locks<'t, 'c, 'a> {
                 if expired && h.lock_delay_ms > 0 {
                     rec.delay_ms = h.lock_delay_ms;
                 }
-                let granted = self.grant_next(&name, &mut rec, &mut dropped)?;
-                if granted == 0 {
-                    self.txn.bump();
-                }
-                self.store(&name, &rec);
-                self.emit(&name, &rec, granted, dropped);
+                self.holder_left(&name, rec, dropped)?;
             } else {
                 self.store(&name, &rec);
                 if !dropped.is_empty() {
