@@ -12,6 +12,11 @@ pub struct ApplyContext<'a> {
     /// entry sees the effects of the ones before it.
     pub(crate) overlay: &'a mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     pub(crate) term: u64,
+    /// Undo journal for savepoints: each staged write's key and what the
+    /// overlay held for it before (`None`: nothing). A savepoint is a length
+    /// of this journal, so taking one costs nothing however many writes the
+    /// round has staged (cloning the overlay made a round quadratic).
+    pub(crate) undo: Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>,
 }
 
 impl<'a> ApplyContext<'a> {
@@ -24,7 +29,7 @@ impl<'a> ApplyContext<'a> {
         overlay: &'a mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
         term: u64,
     ) -> Self {
-        ApplyContext { range_id, engine, batch, overlay, term }
+        ApplyContext { range_id, engine, batch, overlay, term, undo: Vec::new() }
     }
 
     pub fn range_id(&self) -> u64 {
@@ -34,12 +39,18 @@ impl<'a> ApplyContext<'a> {
     /// Marks the current state so a failed command can be undone with
     /// [`ApplyContext::rollback`]: a command that fails changes nothing.
     pub fn savepoint(&self) -> Savepoint {
-        Savepoint { batch_len: self.batch.len(), overlay: self.overlay.clone() }
+        Savepoint { batch_len: self.batch.len(), undo_len: self.undo.len() }
     }
 
     pub fn rollback(&mut self, sp: Savepoint) {
         self.batch.truncate(sp.batch_len);
-        *self.overlay = sp.overlay;
+        while self.undo.len() > sp.undo_len {
+            let (key, before) = self.undo.pop().expect("length checked");
+            match before {
+                Some(v) => self.overlay.insert(key, v),
+                None => self.overlay.remove(&key),
+            };
+        }
     }
 
     /// Raft term of the entry being applied.
@@ -104,19 +115,24 @@ impl<'a> ApplyContext<'a> {
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
         self.batch.put(Cf::Data, keys::data_key(self.range_id, key), value.to_vec());
-        self.overlay.insert(key.to_vec(), Some(value.to_vec()));
+        self.stage(key, Some(value.to_vec()));
     }
 
     pub fn delete(&mut self, key: &[u8]) {
         self.batch.delete(Cf::Data, keys::data_key(self.range_id, key));
-        self.overlay.insert(key.to_vec(), None);
+        self.stage(key, None);
+    }
+
+    fn stage(&mut self, key: &[u8], value: Option<Vec<u8>>) {
+        let before = self.overlay.insert(key.to_vec(), value);
+        self.undo.push((key.to_vec(), before));
     }
 }
 
 /// See [`ApplyContext::savepoint`].
 pub struct Savepoint {
     batch_len: usize,
-    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    undo_len: usize,
 }
 
 /// Engine bounds of the user-key interval `[start, end)` of a range's data
@@ -176,7 +192,7 @@ mod tests {
         engine.write(&b, true).unwrap();
         let mut batch = WriteBatch::new();
         let mut overlay = BTreeMap::new();
-        let mut ctx = ApplyContext { range_id: 3, engine: &engine, batch: &mut batch, overlay: &mut overlay, term: 1 };
+        let mut ctx = ApplyContext::new(3, &engine, &mut batch, &mut overlay, 1);
         ctx.put(b"b", b"new");
         ctx.put(b"c", b"new");
         ctx.delete(b"e");
@@ -199,9 +215,21 @@ mod tests {
         let sp = ctx.savepoint();
         ctx.put(b"a", b"changed");
         ctx.delete(b"g");
+        ctx.put(b"b", b"changed");
+        ctx.put(b"b", b"changed twice");
+        ctx.delete(b"z");
+        let inner = ctx.savepoint();
+        ctx.put(b"c", b"inner");
+        ctx.rollback(inner);
+        assert_eq!(ctx.get(b"c").unwrap(), Some(b"new".to_vec()), "an inner rollback keeps the outer writes");
+        assert_eq!(ctx.get(b"b").unwrap(), Some(b"changed twice".to_vec()));
         ctx.rollback(sp);
         assert_eq!(ctx.get(b"a").unwrap(), Some(b"old".to_vec()), "rollback undoes staged writes");
         assert_eq!(ctx.get(b"g").unwrap(), Some(b"old".to_vec()));
+        assert_eq!(ctx.get(b"b").unwrap(), Some(b"new".to_vec()), "a key staged before the savepoint gets its staged value back");
+        assert_eq!(ctx.get(b"z").unwrap(), Some(b"new".to_vec()));
+        assert_eq!(ctx.get(b"e").unwrap(), None);
+        assert_eq!(overlay.len(), 4, "keys first staged after the savepoint leave the overlay");
         assert_eq!(batch.len(), 4, "and drops them from the batch");
     }
 }

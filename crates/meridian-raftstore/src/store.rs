@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use meridian_storage::{build_snapshot, keys, Cf, Engine, PeerStorage, RangeDescriptor, RangeEpoch, StorageError, WriteBatch};
+use meridian_storage::{build_snapshot, keys, Cf, Engine, PeerStorage, RangeDescriptor, RangeEpoch, StorageError, Tombstone, WriteBatch};
 use meridian_transport::{Feedback, RaftEnvelope, Transport};
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
@@ -497,21 +497,25 @@ impl Store {
             self.reject(env, "message for an unknown range");
             return false;
         }
-        match self.engine.get(Cf::RaftState, &keys::tombstone_key(range_id)) {
-            Ok(Some(raw)) => {
-                let conf_ver = raw.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(u64::MAX);
-                if env.conf_ver <= conf_ver {
+        let past = match self.engine.get(Cf::RaftState, &keys::tombstone_key(range_id)) {
+            Ok(Some(raw)) => match Tombstone::decode(&raw, range_id) {
+                Ok(t) if env.conf_ver > t.conf_ver => Some(t),
+                Ok(_) => {
                     self.metrics.messages_rejected += 1;
                     debug!(range = range_id, "message for a removed replica");
                     return false;
                 }
-            }
-            Ok(None) => {}
+                Err(e) => {
+                    warn!(range = range_id, "unreadable tombstone, not re-creating the replica: {e}");
+                    return false;
+                }
+            },
+            Ok(None) => None,
             Err(e) => {
                 warn!(range = range_id, "reading tombstone: {e}");
                 return false;
             }
-        }
+        };
         let desc = RangeDescriptor {
             range_id,
             start: env.range_start.clone(),
@@ -520,7 +524,7 @@ impl Store {
             replicas: vec![],
         };
         let mut batch = WriteBatch::new();
-        PeerStorage::create_uninitialized(&mut batch, &desc);
+        PeerStorage::create_uninitialized(&mut batch, &desc, past);
         let created = self
             .engine
             .write(&batch, true)
@@ -529,7 +533,13 @@ impl Store {
             .and_then(|storage| self.add_peer(desc, storage));
         match created {
             Ok(()) => {
-                info!(node = self.cfg.node_id, range = range_id, from = env.from_node, "created replica on leader's request");
+                info!(
+                    node = self.cfg.node_id,
+                    range = range_id,
+                    from = env.from_node,
+                    re_added = past.is_some(),
+                    "created replica on leader's request"
+                );
                 true
             }
             Err(e) => {
@@ -756,7 +766,7 @@ impl Store {
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     if !e.data.is_empty() {
-                        let mut ctx = ApplyContext { range_id, engine: &*self.engine, batch, overlay, term: e.term };
+                        let mut ctx = ApplyContext::new(range_id, &*self.engine, batch, overlay, e.term);
                         response = p.sm.apply(&mut ctx, e.index, &e.data);
                         self.metrics.entries_applied += 1;
                     }
@@ -773,9 +783,9 @@ impl Store {
                             p.raft.mut_store().set_conf_state(cs.clone(), batch);
                             batch.put(Cf::Meta, keys::state_key(range_id), p.desc.encode());
                             info!(node = node_id, range = range_id, voters = ?cs.voters, outgoing = ?cs.voters_outgoing, learners = ?cs.learners, conf_ver = p.desc.epoch.conf_ver, "membership changed");
-                            if !Peer::in_conf(&cs, node_id) {
-                                p.pending_destroy = true;
-                            }
+                            // A later entry of the same round may add this node
+                            // back; only the last word counts.
+                            p.pending_destroy = !Peer::in_conf(&cs, node_id);
                         }
                         Err(err) => {
                             // A committed but invalid change is skipped alike on
@@ -952,7 +962,9 @@ impl Store {
             for cf in Cf::ALL {
                 batch.delete_range(cf, start.clone(), end.clone());
             }
-            batch.put(Cf::RaftState, keys::tombstone_key(range_id), p.desc.epoch.conf_ver.to_be_bytes().to_vec());
+            let hs = &p.raft.raft;
+            let tomb = Tombstone { conf_ver: p.desc.epoch.conf_ver, term: hs.term, vote: hs.vote };
+            batch.put(Cf::RaftState, keys::tombstone_key(range_id), tomb.encode());
             self.engine.write(&batch, true)?;
             for x in p.proposals.iter().filter_map(|x| x.id) {
                 self.completions.push(Completion { id: x, range_id, result: Err(RaftstoreError::RangeRemoved { range_id }) });

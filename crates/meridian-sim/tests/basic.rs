@@ -239,6 +239,23 @@ fn membership_change_under_load() {
     for _ in 0..20 {
         assert!(c.put_and_wait(1, 300).is_some());
     }
+    // Add the removed node back: its tombstone lets the newer epoch re-create
+    // the replica, which starts from the term it had (no second vote in a
+    // term it voted in) and is filled by a snapshot or the log.
+    let term_at_removal = c.status(c.leader_of(1).unwrap(), 1).unwrap().term;
+    conf_change(&mut c, change(ConfChangeType::AddLearnerNode, victim));
+    assert!(
+        c.run_until(800, |c| c.status(victim, 1).is_some_and(|s| s.applied >= 140)),
+        "re-added learner did not catch up: {}",
+        c.describe()
+    );
+    assert!(c.status(victim, 1).unwrap().term >= term_at_removal);
+    conf_change(&mut c, change(ConfChangeType::AddNode, victim));
+    let st = c.status(c.leader_of(1).unwrap(), 1).unwrap();
+    assert!(st.voters.contains(&victim) && st.voters.len() == 4, "{st:?}");
+    for _ in 0..20 {
+        assert!(c.put_and_wait(1, 300).is_some());
+    }
     assert!(c.converge(2000), "{:#?}", c.checker.violations());
     assert_clean(&c);
 }
