@@ -26,6 +26,10 @@ pub trait EventSink: Send + Sync {
     /// Lock holder changes of an applied command (waking blocked acquires,
     /// election observers).
     fn publish_locks(&self, _range_id: u64, _revision: i64, _events: &[LockEvent]) {}
+
+    /// The range's replica left this node: no more events will come from
+    /// it here.
+    fn range_removed(&self, _range_id: u64) {}
 }
 
 /// The etcd-compatible state machine of one range.
@@ -313,6 +317,12 @@ impl StateMachine for KvMachine {
     fn read(&self, engine: &dyn Engine, range_id: u64, query: &[u8]) -> Vec<u8> {
         let r = EngineRead { engine, range_id };
         answer(&r, query).encode_to_vec()
+    }
+
+    fn removed(&mut self, range_id: u64) {
+        if let Some(sink) = &self.sink {
+            sink.range_removed(range_id);
+        }
     }
 }
 

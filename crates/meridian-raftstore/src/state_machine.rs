@@ -16,8 +16,12 @@ pub struct ApplyContext<'a> {
     /// overlay held for it before (`None`: nothing). A savepoint is a length
     /// of this journal, so taking one costs nothing however many writes the
     /// round has staged (cloning the overlay made a round quadratic).
-    pub(crate) undo: Vec<(Vec<u8>, Option<Option<Vec<u8>>>)>,
+    pub(crate) undo: Vec<Undo>,
 }
+
+/// A staged write's key and the overlay entry it replaced (`None`: none;
+/// `Some(None)`: a staged delete).
+pub(crate) type Undo = (Vec<u8>, Option<Option<Vec<u8>>>);
 
 impl<'a> ApplyContext<'a> {
     /// For drivers and state-machine tests: writes go to `batch`, reads see
@@ -160,6 +164,9 @@ pub trait StateMachine: Send {
     /// Answers a query against applied state (linearizable once the
     /// store confirmed the read index; possibly stale otherwise).
     fn read(&self, engine: &dyn Engine, range_id: u64, query: &[u8]) -> Vec<u8>;
+    /// The replica was removed from this node (a membership change) and its
+    /// data deleted: whoever waits on it here must look elsewhere.
+    fn removed(&mut self, _range_id: u64) {}
 }
 
 /// Creates the state machine for a range replica.

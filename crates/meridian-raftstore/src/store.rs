@@ -54,6 +54,9 @@ pub struct RangeStatus {
     pub epoch: RangeEpoch,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
+    /// Non-empty while the range is in a joint configuration (a membership
+    /// change entered, not yet left).
+    pub voters_outgoing: Vec<u64>,
     pub quiesced: bool,
     /// On a leader: each replica's matched index and replication state
     /// (probe, replicate, snapshot).
@@ -294,6 +297,7 @@ impl Store {
             epoch: p.desc.epoch,
             voters: cs.voters,
             learners: cs.learners,
+            voters_outgoing: cs.voters_outgoing,
             quiesced: p.quiesced,
             progress: if p.is_leader() {
                 r.prs().iter().map(|(id, pr)| (*id, pr.matched, format!("{:?}", pr.state))).collect()
@@ -956,7 +960,7 @@ impl Store {
     fn destroy_removed(&mut self) -> Result<(), RaftstoreError> {
         let doomed: Vec<u64> = self.peers.iter().filter(|(_, p)| p.pending_destroy).map(|(id, _)| *id).collect();
         for range_id in doomed {
-            let p = self.peers.remove(&range_id).expect("listed");
+            let mut p = self.peers.remove(&range_id).expect("listed");
             let mut batch = WriteBatch::new();
             let (start, end) = keys::range_span(range_id);
             for cf in Cf::ALL {
@@ -972,6 +976,7 @@ impl Store {
             for r in p.reads {
                 self.completions.push(Completion { id: r.id, range_id, result: Err(RaftstoreError::RangeRemoved { range_id }) });
             }
+            p.sm.removed(range_id);
             info!(node = self.cfg.node_id, range = range_id, "replica removed and cleaned up");
         }
         Ok(())

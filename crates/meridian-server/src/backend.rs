@@ -37,6 +37,11 @@ pub trait RaftAccess: Send + Sync + 'static {
     async fn transfer_leader(&self, _range_id: u64, _to: u64) -> Result<(), ApiError> {
         Err(ApiError::Unimplemented("leader transfer".into()))
     }
+    /// Proposes a membership change on the range's leader (this node);
+    /// answers once the change is applied here.
+    async fn change_membership(&self, _range_id: u64, _change: meridian_raftstore::raft_types::ConfChangeV2) -> Result<(), ApiError> {
+        Err(ApiError::Unimplemented("membership changes".into()))
+    }
 }
 
 /// This process's wall clock in Unix ms: recorded in commands as

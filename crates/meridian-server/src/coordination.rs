@@ -161,10 +161,17 @@ impl Coordinator {
         loop {
             tokio::select! {
                 w = &mut *rx => {
+                    if matches!(w, Ok(Wake::Moved)) {
+                        // The replica left this node. The client retries on
+                        // another member, where the same session's acquire
+                        // takes over its place in the queue; the armed guard
+                        // cancels this wait if it can still reach the range.
+                        return Err(ApiError::NoLeader { range_id });
+                    }
                     guard.disarm();
                     return match w {
                         Ok(Wake::Granted(h)) => Ok(self.granted(range_id, name, h).await),
-                        Ok(Wake::Dropped) | Err(_) => Err(ApiError::SessionNotFound),
+                        _ => Err(ApiError::SessionNotFound),
                     };
                 }
                 _ = recheck.tick() => {

@@ -60,6 +60,12 @@ pub enum ApiError {
     LockNotHeld(String),
     #[error("meridian: {0}")]
     TooManyWaiters(String),
+    #[error("meridian: range {range_id} has no replica on this node")]
+    UnknownRange { range_id: u64 },
+    /// A membership change that does not fit the range's current
+    /// configuration (already a member, not caught up, change in progress).
+    #[error("meridian: {0}")]
+    Membership(String),
 }
 
 impl ApiError {
@@ -93,7 +99,8 @@ impl ApiError {
             | ApiError::RequestTooLarge
             | ApiError::ValueTooLarge
             | ApiError::Invalid(_) => Code::InvalidArgument,
-            ApiError::CrossNamespace(_) => Code::FailedPrecondition,
+            ApiError::CrossNamespace(_) | ApiError::Membership(_) => Code::FailedPrecondition,
+            ApiError::UnknownRange { .. } => Code::NotFound,
             ApiError::NoLeader { .. } | ApiError::NotLeader { .. } | ApiError::Timeout | ApiError::OutcomeUnknown => Code::Unavailable,
             ApiError::TooBusy => Code::ResourceExhausted,
             ApiError::Unimplemented(_) => Code::Unimplemented,
@@ -104,8 +111,8 @@ impl ApiError {
     /// HTTP status for the JSON API.
     pub fn http_status(&self) -> u16 {
         match self {
-            ApiError::LeaseNotFound | ApiError::KeyNotFound | ApiError::SessionNotFound => 404,
-            ApiError::LockNotHeld(_) => 409,
+            ApiError::LeaseNotFound | ApiError::KeyNotFound | ApiError::SessionNotFound | ApiError::UnknownRange { .. } => 404,
+            ApiError::LockNotHeld(_) | ApiError::Membership(_) => 409,
             ApiError::TooManyWaiters(_) => 429,
             ApiError::Compacted { .. } | ApiError::FutureRevision | ApiError::CrossNamespace(_) | ApiError::LeaseExists => 412,
             ApiError::DuplicateKey => 409,

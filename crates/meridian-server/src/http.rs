@@ -7,6 +7,8 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET/PUT/DELETE /v1/kv/{key}` | the key: the rest of the path, percent-decoded (`/v1/kv/%2Fa` is `/a`); UTF-8 values |
 //! | `GET /v1/cluster/status` | nodes and ranges |
+//! | `GET /v1/ranges/{id}/members` | the range's voters and learners as this replica sees them |
+//! | `POST /v1/ranges/{id}/members` | one membership step on the range leader: `{"op": "add-learner" \| "promote" \| "remove", "node_id": N}` (see `membership`) |
 //! | `POST /v1/debug/{net,transfer-leader,lease-clock-rate}` | fault injection, only with `[debug] faults = true` (404 otherwise) |
 //!
 //! Errors: 400 bad input, 404 missing, 409/412 conflict or failed
@@ -44,6 +46,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/cluster/status", get(cluster_status))
         .route("/v1/kv/*key", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/ranges/:range_id/members", get(members_get).post(members_change))
         .route("/v1/debug/net", axum::routing::post(debug_net))
         .route("/v1/debug/transfer-leader", axum::routing::post(debug_transfer_leader))
         .route("/v1/debug/lease-clock-rate", axum::routing::post(debug_clock_rate))
@@ -108,6 +111,41 @@ async fn debug_clock_rate(State(s): State<HttpState>, Json(body): Json<RateBody>
         Ok(()) => {
             tracing::warn!(node = s.backend.cfg.node_id, rate = body.rate, "fault injection: lease clock rate");
             "ok\n".into_response()
+        }
+        Err(e) => error_response(e),
+    }
+}
+
+async fn members_get(State(s): State<HttpState>, Path(range_id): Path<u64>) -> Response {
+    match crate::membership::describe(&s.backend, range_id).await {
+        Ok(m) => Json(m).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberBody {
+    op: crate::membership::MemberOp,
+    node_id: u64,
+}
+
+async fn members_change(State(s): State<HttpState>, Path(range_id): Path<u64>, raw: Bytes) -> Response {
+    let body: MemberBody = match serde_json::from_slice(&raw) {
+        Ok(b) => b,
+        Err(e) => {
+            let why = format!(r#"body must be {{"op": "add-learner" | "promote" | "remove", "node_id": N}}: {e}"#);
+            return error_response(ApiError::Invalid(why));
+        }
+    };
+    match crate::membership::change(&s.backend, range_id, body.op, body.node_id).await {
+        Ok(m) => Json(m).into_response(),
+        Err(ApiError::NotLeader { leader, .. }) => {
+            // Point the operator (or script) at the node that can do it.
+            let http = s.backend.cfg.initial_cluster.iter().find(|m| m.id == leader).map(|m| m.http_addr.to_string());
+            let msg = format!("node {} does not lead range {range_id}; node {leader} does", s.backend.cfg.node_id);
+            let body = serde_json::json!({ "error": msg, "leader": leader, "leader_http": http });
+            (StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response()
         }
         Err(e) => error_response(e),
     }
@@ -262,6 +300,8 @@ struct RangeView {
     commit: u64,
     applied: u64,
     voters: Vec<u64>,
+    learners: Vec<u64>,
+    conf_ver: u64,
     quiesced: bool,
 }
 
@@ -280,6 +320,8 @@ async fn cluster_status(State(s): State<HttpState>) -> Response {
             commit: r.commit,
             applied: r.applied,
             voters: r.voters,
+            learners: r.learners,
+            conf_ver: r.epoch.conf_ver,
             quiesced: r.quiesced,
         })
         .collect();

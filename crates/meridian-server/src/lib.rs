@@ -22,6 +22,7 @@ pub mod lease_service;
 pub mod lock_hub;
 pub mod lock_service;
 pub mod maintenance;
+pub mod membership;
 pub mod native;
 pub mod routing;
 pub mod server;

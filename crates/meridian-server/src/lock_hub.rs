@@ -26,6 +26,9 @@ pub enum Wake {
     Granted(Holder),
     /// Removed from the queue without a grant: its session ended.
     Dropped,
+    /// The range's replica left this node; the wait is still queued in the
+    /// range and the client should ask another member.
+    Moved,
 }
 
 #[derive(Debug)]
@@ -98,6 +101,18 @@ impl LockHub {
         LockHubMetrics { waiting: self.waiters.lock().expect("lock hub").len() as u64, wakeups: self.wakeups.load(Ordering::Relaxed) }
     }
 
+    /// Wakes every waiter of a range whose replica left this node.
+    fn range_removed(&self, range_id: u64) {
+        let mut waiters = self.waiters.lock().expect("lock hub");
+        let moved: Vec<(u64, u64)> = waiters.keys().filter(|(r, _)| *r == range_id).copied().collect();
+        for k in moved {
+            if let Some(tx) = waiters.remove(&k) {
+                let _ = tx.send(Wake::Moved);
+            }
+        }
+        self.deadlocks.lock().expect("lock hub").remove(&range_id);
+    }
+
     fn publish(&self, range_id: u64, revision: i64, events: &[LockEvent]) {
         let mut waiters = self.waiters.lock().expect("lock hub");
         for e in events {
@@ -132,6 +147,11 @@ impl EventSink for Sinks {
 
     fn publish_locks(&self, range_id: u64, revision: i64, events: &[LockEvent]) {
         self.locks.publish(range_id, revision, events);
+    }
+
+    fn range_removed(&self, range_id: u64) {
+        self.watch.range_removed(range_id);
+        self.locks.range_removed(range_id);
     }
 }
 

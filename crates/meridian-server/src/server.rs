@@ -83,6 +83,10 @@ impl RaftAccess for NodeRaft {
     async fn transfer_leader(&self, range_id: u64, to: u64) -> Result<(), ApiError> {
         self.node.transfer_leader(range_id, to).await.map_err(api_err)
     }
+
+    async fn change_membership(&self, range_id: u64, change: meridian_raftstore::raft_types::ConfChangeV2) -> Result<(), ApiError> {
+        self.node.conf_change(range_id, change).await.map(|_| ()).map_err(api_err)
+    }
 }
 
 struct KvFactory {

@@ -41,6 +41,9 @@ pub struct Published {
     pub range_id: u64,
     pub revision: i64,
     pub events: Vec<Event>,
+    /// The range's replica left this node: its watchers here are cancelled
+    /// so their clients re-watch on another member.
+    pub removed: bool,
 }
 
 /// Fan-out of applied events. Publishing never blocks the store thread.
@@ -63,7 +66,11 @@ impl WatchHub {
 impl EventSink for WatchHub {
     fn publish(&self, range_id: u64, revision: i64, events: &[Event]) {
         // No receivers is fine; a full buffer drops the oldest for laggards.
-        let _ = self.tx.send(Arc::new(Published { range_id, revision, events: events.to_vec() }));
+        let _ = self.tx.send(Arc::new(Published { range_id, revision, events: events.to_vec(), removed: false }));
+    }
+
+    fn range_removed(&self, range_id: u64) {
+        let _ = self.tx.send(Arc::new(Published { range_id, revision: 0, events: Vec::new(), removed: true }));
     }
 }
 
@@ -276,6 +283,13 @@ impl pb::watch_server::Watch for WatchService {
                         if !alive { break; }
                     }
                     item = live.recv() => match item {
+                        Ok(p) if p.removed => {
+                            let ids: Vec<(i64, i64)> = ctx.watchers.iter().filter(|w| w.range_id == p.range_id).map(|w| (w.id, w.next_rev)).collect();
+                            for (id, next) in ids {
+                                let reason = format!("range {} no longer has a replica on this node; re-watch from revision {next} on another member", p.range_id);
+                                if !ctx.cancel(id, &reason, 0).await { return; }
+                            }
+                        }
                         Ok(p) => {
                             let ids: Vec<(i64, bool)> = ctx
                                 .watchers

@@ -100,6 +100,62 @@ pub async fn status(endpoints: &str, http: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// `meridian members`: shows a range's configuration, or applies one step
+/// (add-learner, promote, remove) on its leader among the `http` nodes.
+pub fn members(http: &str, range_id: u64, op: Option<&str>, node_id: Option<u64>) -> Result<()> {
+    let addrs: Vec<&str> = http.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+    let path = format!("/v1/ranges/{range_id}/members");
+    let Some(op) = op else {
+        let mut last = None;
+        for a in &addrs {
+            match http_get(a, &path) {
+                Ok(body) => {
+                    println!("{body}");
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        return Err(last.unwrap_or_else(|| anyhow::anyhow!("no --http address given")));
+    };
+    if !matches!(op, "add-learner" | "promote" | "remove") {
+        bail!("unknown step {op:?}: use add-learner, promote or remove");
+    }
+    let Some(node) = node_id else { bail!("{op} needs a node id") };
+    let body = serde_json::json!({ "op": op, "node_id": node }).to_string();
+    let mut targets: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let mut i = 0;
+    let mut last = String::from("no --http address given");
+    // Each node is asked at most once, plus the leader it names.
+    while i < targets.len() && i < addrs.len() + 1 {
+        let sa: std::net::SocketAddr = targets[i].parse().context("HTTP address must be host:port")?;
+        i += 1;
+        let (code, answer) = match crate::http_get::post_json(sa, &path, &body, Duration::from_secs(2), Duration::from_secs(15)) {
+            Ok(r) => r,
+            Err(e) => {
+                last = format!("{sa}: {e}");
+                continue;
+            }
+        };
+        let v: serde_json::Value = serde_json::from_str(answer.trim()).unwrap_or_default();
+        match code {
+            200 => {
+                println!("{}", answer.trim());
+                return Ok(());
+            }
+            421 => {
+                if let Some(leader) = v["leader_http"].as_str() {
+                    targets.insert(i, leader.to_string());
+                }
+                last = v["error"].as_str().unwrap_or("not the leader").to_string();
+            }
+            503 => last = format!("{sa}: {}", v["error"].as_str().unwrap_or("unavailable")),
+            _ => bail!("{op} node {node} in range {range_id}: HTTP {code}: {}", v["error"].as_str().unwrap_or(answer.trim())),
+        }
+    }
+    bail!("{op} node {node} in range {range_id}: no node could do it ({last})")
+}
+
 fn http_get(addr: &str, path: &str) -> Result<String> {
     let sa: std::net::SocketAddr = addr.parse().context("HTTP address must be host:port")?;
     let (status, body) = crate::http_get::get(sa, path, Duration::from_secs(2), Duration::from_secs(5))?;

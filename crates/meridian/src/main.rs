@@ -23,6 +23,8 @@ mod http_get;
 
 /// The client endpoints of a default `meridian dev` cluster.
 pub const DEV_ENDPOINTS: &str = "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792";
+/// The HTTP addresses of `meridian dev`'s default cluster.
+pub const DEV_HTTP: &str = "127.0.0.1:23990,127.0.0.1:23991,127.0.0.1:23992";
 
 #[derive(Parser)]
 #[command(name = "meridian", version, about = "Meridian: a geo-sharded coordination service")]
@@ -120,6 +122,18 @@ enum Cmd {
         observe: bool,
         #[arg(long, default_value_t = 10)]
         ttl: i64,
+    },
+    /// Show or change which nodes hold a range's replicas (one step at a
+    /// time: add-learner, then promote once caught up; or remove).
+    Members {
+        /// HTTP addresses of the cluster's nodes; the change goes to the
+        /// range's leader among them.
+        #[arg(long, default_value = DEV_HTTP)]
+        http: String,
+        range_id: u64,
+        /// add-learner, promote or remove; omit to show the configuration.
+        op: Option<String>,
+        node_id: Option<u64>,
     },
     /// Node and range status.
     Status {
@@ -287,6 +301,7 @@ fn main() -> Result<()> {
             let code = rt.block_on(coord::elect(&endpoints, &name, &value, ttl))?;
             std::process::exit(code)
         }
+        Cmd::Members { http, range_id, op, node_id } => client::members(&http, range_id, op.as_deref(), node_id),
         Cmd::Status { endpoints, http } => runtime()?.block_on(client::status(&endpoints, http.as_deref())),
         Cmd::Demo { nodes, ranges, ticks, runs, seed } => demo(nodes, ranges, ticks, runs, seed),
         Cmd::Bench { args } => runtime()?.block_on(bench::run(args)),
