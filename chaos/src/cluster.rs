@@ -12,12 +12,14 @@ use meridian_server::config::{DebugConfig, Member};
 use meridian_server::dev_layout;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::http;
 
 /// Deadline of one HTTP call to a node.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+/// A membership step answers once the change is applied and left.
+const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Candidate base ports tried before giving up.
 const MAX_PORT_PROBES: u64 = 64;
 
@@ -279,6 +281,49 @@ impl Cluster {
     /// Asks node `i` (the leader of `range_id`) to hand leadership to `to`.
     pub async fn transfer_leader(&self, i: usize, range_id: u64, to: u64) -> Result<()> {
         self.debug_post(i, "/v1/debug/transfer-leader", &serde_json::json!({ "range_id": range_id, "to": to })).await
+    }
+
+    /// One membership step (`add-learner`, `promote`, `remove`) of `node`
+    /// in `range_id`, sent to node `i` (which must lead the range).
+    pub async fn change_member(&self, i: usize, range_id: u64, op: &str, node: u64) -> Result<serde_json::Value> {
+        let path = format!("/v1/ranges/{range_id}/members");
+        let body = serde_json::json!({ "op": op, "node_id": node });
+        let (code, text) = http::post_json(self.http_addr(i), &path, &body, MEMBERSHIP_TIMEOUT).await?;
+        if code != 200 {
+            bail!("node {} {op} {node} in range {range_id}: HTTP {code}: {}", self.id(i), text.trim());
+        }
+        info!(node = self.id(i), range = range_id, op, target = node, "membership change");
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// The voters and learners of `range_id` as its leader sees them.
+    pub async fn members_of(&self, range_id: u64) -> Option<(usize, Vec<u64>, Vec<u64>)> {
+        let l = self.leader_of(range_id).await?;
+        let Ok((200, body)) = http::get(self.http_addr(l), &format!("/v1/ranges/{range_id}/members"), HTTP_TIMEOUT).await else {
+            return None;
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let ids = |k: &str| v[k].as_array().map(|a| a.iter().filter_map(|x| x.as_u64()).collect()).unwrap_or_default();
+        Some((l, ids("voters"), ids("learners")))
+    }
+
+    /// Makes every node a voter of `range_id` again (add as learner, then
+    /// promote once caught up), retrying until `deadline`.
+    pub async fn restore_members(&self, range_id: u64, deadline: tokio::time::Instant) -> Result<()> {
+        let all: Vec<u64> = (0..self.len()).map(|i| self.id(i)).collect();
+        let mut last = String::from("no leader");
+        while tokio::time::Instant::now() < deadline {
+            if let Some((l, voters, learners)) = self.members_of(range_id).await {
+                let Some(&node) = all.iter().find(|n| !voters.contains(n)) else { return Ok(()) };
+                let op = if learners.contains(&node) { "promote" } else { "add-learner" };
+                match self.change_member(l, range_id, op, node).await {
+                    Ok(_) => continue,
+                    Err(e) => last = format!("{e:#}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        bail!("range {range_id} did not get every node back as a voter: {last}")
     }
 
     async fn debug_post(&self, i: usize, path: &str, body: &serde_json::Value) -> Result<()> {

@@ -9,10 +9,9 @@
 //!             one-way         one node's out- or in-traffic     heal
 //!             clock-drift     lease clock ×0.5 … ×3             ×1
 //!             transfer-leader leadership of each workload range (nothing to undo)
+//!             membership      remove a follower's replica of a     add it back as a learner,
+//!                             workload range (load continues)      promote once caught up
 //! ```
-//!
-//! Membership changes are not a fault kind: Meridian has no API to change
-//! a range's voters yet.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +30,9 @@ use crate::scenario::NemesisConfig;
 const MAX_FAULTS: usize = 100_000;
 /// Lease-clock rates clock-drift picks from (the server takes 0.1..=10).
 const DRIFT_RATES: [f64; 5] = [0.5, 0.75, 1.5, 2.0, 3.0];
+/// How long undoing a membership change may take (a learner catching up
+/// under other faults); the heal phase tries again if it runs out.
+const REJOIN_LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -55,6 +57,9 @@ pub enum NemesisKind {
     ClockDrift,
     /// Leadership of each workload range moved to another node.
     TransferLeader,
+    /// A follower's replica of a workload range removed (the range runs
+    /// with one voter fewer), then added back through learner → voter.
+    Membership,
 }
 
 /// A fault as applied, for the report.
@@ -75,6 +80,8 @@ enum Undo {
     Resume(usize),
     HealNet,
     ClockRate(usize),
+    /// Every node a voter of the range again.
+    Rejoin(u64),
     Nothing,
 }
 
@@ -231,6 +238,17 @@ impl Nemesis<'_> {
                 }
                 (format!("transfer leader {}", done.join(", ")), Undo::Nothing)
             }
+            NemesisKind::Membership => {
+                let range = *self.ranges.choose(&mut self.rng).unwrap_or(&2);
+                let Some((l, voters, _)) = self.cluster.members_of(range).await else {
+                    anyhow::bail!("range {range} has no leader to change its membership")
+                };
+                let leader_id = self.cluster.id(l);
+                let followers: Vec<u64> = voters.into_iter().filter(|v| *v != leader_id).collect();
+                let Some(&victim) = followers.choose(&mut self.rng) else { anyhow::bail!("range {range} has no follower to remove") };
+                self.cluster.change_member(l, range, "remove", victim).await?;
+                (format!("remove node {victim} from range {range} for {secs:.1}s, then add it back"), Undo::Rejoin(range))
+            }
         })
     }
 
@@ -258,6 +276,7 @@ impl Nemesis<'_> {
             Undo::Resume(i) => self.cluster.resume(i),
             Undo::HealNet => heal_net(self.cluster).await,
             Undo::ClockRate(i) => self.cluster.set_clock_rate(i, 1.0).await,
+            Undo::Rejoin(range) => self.cluster.restore_members(range, tokio::time::Instant::now() + REJOIN_LIMIT).await,
             Undo::Nothing => Ok(()),
         }
     }

@@ -28,7 +28,9 @@ pub fn summary(r: &RunReport) -> String {
     if r.watch_events > 0 {
         let _ = write!(line, ", {} watch events", r.watch_events);
     }
-    let _ = write!(line, ", {} nemesis events, {} violations", r.nemesis.len(), r.violations());
+    let failed = r.nemesis.iter().filter(|e| e.error.is_some()).count();
+    let failed = if failed > 0 { format!(" ({failed} did not fully apply)") } else { String::new() };
+    let _ = write!(line, ", {} nemesis events{failed}, {} violations", r.nemesis.len(), r.violations());
     let verdict = match (r.expect_violations, r.violations() > 0) {
         (false, false) => "PASS".to_string(),
         (false, true) => "FAIL".to_string(),
@@ -53,6 +55,9 @@ pub fn findings_text(r: &RunReport) -> String {
     }
     for n in &r.verdict.notes {
         let _ = writeln!(out, "  note: {n}");
+    }
+    for e in r.nemesis.iter().filter(|e| e.error.is_some()) {
+        let _ = writeln!(out, "  nemesis: {} -- {}", e.what, e.error.as_deref().unwrap_or_default());
     }
     if let Some(dir) = &r.artifacts {
         let _ = writeln!(out, "  artifacts: {}", dir.display());

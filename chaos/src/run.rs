@@ -334,6 +334,10 @@ async fn heal(cluster: &mut Cluster, s: &Scenario, endpoints: &[SocketAddr]) -> 
     }
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     cluster.wait_ready(remaining).await.map_err(|e| format!("{e:#}"))?;
+    // A membership fault whose undo did not finish: every node a voter again.
+    for range in s.workload_ranges() {
+        cluster.restore_members(range, deadline).await.map_err(|e| format!("{e:#}"))?;
+    }
     let mut prefixes = Vec::new();
     if s.registers.is_some() {
         prefixes.push(REGISTER_PREFIX);
