@@ -39,8 +39,13 @@ pub(crate) struct Peer {
     pub quiesced: bool,
     /// The next heartbeats this leader sends announce quiescence.
     pub announce_quiesce: bool,
-    /// Removed from the range by a conf change; destroyed after this round.
-    pub pending_destroy: bool,
+    /// Not in the range's configuration as of this epoch: it applied its
+    /// own removal, or a member told it so. A dormant replica does not
+    /// tick (no campaigns) and serves nothing, but keeps its log and data:
+    /// replica ids are node ids, so a leader that added this node back may
+    /// already count on entries it acknowledged, and deleting them could
+    /// lose committed writes. A message from a later epoch wakes it.
+    pub dormant_at: Option<u64>,
     /// Seeded generator for this replica's election timeouts.
     pub rng_state: u64,
     /// Tick at which this replica was first seen holding proposals while

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use meridian_storage::{build_snapshot, keys, Cf, Engine, PeerStorage, RangeDescriptor, RangeEpoch, StorageError, Tombstone, WriteBatch};
+use meridian_storage::{build_snapshot, keys, Cf, Engine, PeerStorage, RangeDescriptor, RangeEpoch, StorageError, WriteBatch};
 use meridian_transport::{Feedback, RaftEnvelope, Transport};
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
@@ -58,6 +58,9 @@ pub struct RangeStatus {
     /// change entered, not yet left).
     pub voters_outgoing: Vec<u64>,
     pub quiesced: bool,
+    /// Told it was removed from the range at a later epoch; serves nothing
+    /// until added back.
+    pub dormant: bool,
     /// On a leader: each replica's matched index and replication state
     /// (probe, replicate, snapshot).
     pub progress: Vec<(u64, u64, String)>,
@@ -148,9 +151,6 @@ impl Store {
             if desc.replica(node_id).is_none() || engine.get(Cf::RaftState, &keys::state_key(desc.range_id))?.is_some() {
                 continue;
             }
-            if engine.get(Cf::RaftState, &keys::tombstone_key(desc.range_id))?.is_some() {
-                continue;
-            }
             let voters = desc.replicas.iter().map(|r| r.node_id).collect();
             PeerStorage::bootstrap(&mut batch, desc, voters);
             created += 1;
@@ -239,6 +239,11 @@ impl Store {
         let mut sm = self.factory.create(&desc);
         sm.reload(&*self.engine, range_id)?;
         let rng_state = splitmix(self.cfg.seed ^ splitmix(self.cfg.node_id ^ splitmix(range_id ^ splitmix(self.incarnation))));
+        // A replica that was removed before a restart stays dormant.
+        let cs = &raft.store().raft_state().conf_state;
+        let initialized = !cs.voters.is_empty() || !cs.learners.is_empty();
+        let removed = initialized && !Peer::in_conf(cs, self.cfg.node_id);
+        let dormant_at = removed.then_some(desc.epoch.conf_ver);
         let mut peer = Peer {
             raft,
             sm,
@@ -248,7 +253,7 @@ impl Store {
             idle_ticks: 0,
             quiesced: false,
             announce_quiesce: false,
-            pending_destroy: false,
+            dormant_at,
             rng_state,
             orphaned_since: None,
         };
@@ -299,6 +304,7 @@ impl Store {
             learners: cs.learners,
             voters_outgoing: cs.voters_outgoing,
             quiesced: p.quiesced,
+            dormant: p.dormant_at.is_some(),
             progress: if p.is_leader() {
                 r.prs().iter().map(|(id, pr)| (*id, pr.matched, format!("{:?}", pr.state))).collect()
             } else {
@@ -325,6 +331,9 @@ impl Store {
     fn leader_peer(&mut self, range_id: u64) -> Result<&mut Peer, RaftstoreError> {
         let max = self.cfg.max_pending_per_range;
         let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
+        if p.dormant_at.is_some() {
+            return Err(RaftstoreError::RangeRemoved { range_id });
+        }
         if !p.is_leader() {
             return Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
         }
@@ -393,6 +402,9 @@ impl Store {
         let max = self.cfg.max_pending_per_range;
         let ctx = read_ctx(self.incarnation, id);
         let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
+        if p.dormant_at.is_some() {
+            return Err(RaftstoreError::RangeRemoved { range_id });
+        }
         if p.pending() >= max {
             return Err(RaftstoreError::TooBusy { range_id, pending: p.pending() });
         }
@@ -405,6 +417,10 @@ impl Store {
     /// Serializable read from this replica's applied state (may be stale).
     pub fn read_local(&self, range_id: u64, query: &[u8]) -> Result<Vec<u8>, RaftstoreError> {
         let p = self.peers.get(&range_id).ok_or_else(|| not_found(range_id))?;
+        if p.dormant_at.is_some() {
+            // Removed: its data stopped following the range.
+            return Err(RaftstoreError::RangeRemoved { range_id });
+        }
         Ok(p.sm.read(&*self.engine, range_id, query))
     }
 
@@ -441,6 +457,10 @@ impl Store {
         if env.is_node_ping() {
             return;
         }
+        if env.removed {
+            self.on_removed_hint(&env);
+            return;
+        }
         let msg = match env.raft_message() {
             Ok(m) => m,
             Err(e) => {
@@ -456,6 +476,11 @@ impl Store {
             return;
         }
         let p = self.peers.get_mut(&env.range_id).expect("present or created");
+        if p.dormant_at.is_some_and(|d| env.conf_ver > d) {
+            info!(node = self.cfg.node_id, range = env.range_id, from, conf_ver = env.conf_ver, "replica added back; active again");
+            p.dormant_at = None;
+            p.wake();
+        }
         let cs = &p.raft.store().raft_state().conf_state;
         if env.conf_ver < p.desc.epoch.conf_ver && !Peer::in_conf(cs, from) {
             debug!(
@@ -466,6 +491,11 @@ impl Store {
                 "stale message from removed replica"
             );
             self.metrics.messages_rejected += 1;
+            // It may never have heard of its removal (down or cut off when
+            // it was committed): tell it, so it cleans itself up instead of
+            // campaigning forever.
+            let hint = RaftEnvelope::removed_hint(env.range_id, self.cfg.node_id, from, p.desc.epoch.conf_ver);
+            self.outbox.entry(from).or_default().push(hint);
             return;
         }
         let mtype = msg.get_msg_type();
@@ -485,6 +515,30 @@ impl Store {
         }
     }
 
+    /// A member of the range says this node's replica is not in the
+    /// configuration it applied at a later epoch than this replica knows.
+    /// The replica goes dormant rather than deleting its data: the sender
+    /// may be behind a later change that added this node back (replica ids
+    /// are node ids, so a hint cannot tell the two apart), and deleting a
+    /// voter's log could lose committed entries. A message from an epoch
+    /// past the hint's wakes it (see `step`).
+    fn on_removed_hint(&mut self, env: &RaftEnvelope) {
+        let Some(p) = self.peers.get_mut(&env.range_id) else { return };
+        if env.conf_ver <= p.desc.epoch.conf_ver || p.dormant_at.is_some_and(|d| d >= env.conf_ver) {
+            return;
+        }
+        info!(
+            node = self.cfg.node_id,
+            range = env.range_id,
+            from = env.from_node,
+            local_conf_ver = p.desc.epoch.conf_ver,
+            conf_ver = env.conf_ver,
+            "this replica was removed while it could not hear of it; going dormant"
+        );
+        p.dormant_at = Some(env.conf_ver);
+        p.sm.removed(env.range_id);
+    }
+
     fn reject(&mut self, env: &RaftEnvelope, why: &str) {
         self.metrics.messages_rejected += 1;
         warn!(node = self.cfg.node_id, from = env.from_node, range = env.range_id, "rejected peer message: {why}");
@@ -492,8 +546,8 @@ impl Store {
 
     /// A leader's message for a range this node does not have: this node
     /// was just added to it. Create an empty replica that log replication
-    /// or a snapshot will fill — unless the range was removed from here at
-    /// a later epoch than the sender knows.
+    /// or a snapshot will fill. (A replica removed from here stays, dormant,
+    /// so a later message for it never lands here.)
     fn maybe_create_peer(&mut self, env: &RaftEnvelope, msg: &Message) -> bool {
         let range_id = env.range_id;
         let leaderish = matches!(msg.get_msg_type(), MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot);
@@ -501,25 +555,6 @@ impl Store {
             self.reject(env, "message for an unknown range");
             return false;
         }
-        let past = match self.engine.get(Cf::RaftState, &keys::tombstone_key(range_id)) {
-            Ok(Some(raw)) => match Tombstone::decode(&raw, range_id) {
-                Ok(t) if env.conf_ver > t.conf_ver => Some(t),
-                Ok(_) => {
-                    self.metrics.messages_rejected += 1;
-                    debug!(range = range_id, "message for a removed replica");
-                    return false;
-                }
-                Err(e) => {
-                    warn!(range = range_id, "unreadable tombstone, not re-creating the replica: {e}");
-                    return false;
-                }
-            },
-            Ok(None) => None,
-            Err(e) => {
-                warn!(range = range_id, "reading tombstone: {e}");
-                return false;
-            }
-        };
         let desc = RangeDescriptor {
             range_id,
             start: env.range_start.clone(),
@@ -528,7 +563,7 @@ impl Store {
             replicas: vec![],
         };
         let mut batch = WriteBatch::new();
-        PeerStorage::create_uninitialized(&mut batch, &desc, past);
+        PeerStorage::create_uninitialized(&mut batch, &desc);
         let created = self
             .engine
             .write(&batch, true)
@@ -537,13 +572,7 @@ impl Store {
             .and_then(|storage| self.add_peer(desc, storage));
         match created {
             Ok(()) => {
-                info!(
-                    node = self.cfg.node_id,
-                    range = range_id,
-                    from = env.from_node,
-                    re_added = past.is_some(),
-                    "created replica on leader's request"
-                );
+                info!(node = self.cfg.node_id, range = range_id, from = env.from_node, "created replica on leader's request");
                 true
             }
             Err(e) => {
@@ -562,12 +591,19 @@ impl Store {
         let mut timeouts = Vec::new();
         let mut orphaned = Vec::new();
         for p in self.peers.values_mut() {
+            if p.dormant_at.is_some() {
+                continue;
+            }
             if p.quiesced {
-                // A quiet follower wakes when its leader's node goes silent.
+                // A quiet follower wakes when its leader's node goes silent,
+                // or when it holds requests (proposals stranded by a lost
+                // leadership must still be answered; see below).
                 let leader = p.raft.raft.leader_id;
                 let heard = self.last_heard.get(&leader).copied().unwrap_or(0);
                 if leader != self.cfg.node_id && now.saturating_sub(heard) > dead_after {
                     debug!(range = p.range_id(), leader, "leader's node silent; waking");
+                    p.wake();
+                } else if p.pending() > 0 {
                     p.wake();
                 } else {
                     continue;
@@ -738,7 +774,6 @@ impl Store {
             self.engine.write(&apply_batch, false)?;
         }
         self.answer_reads(&mut done);
-        self.destroy_removed()?;
         self.flush_outbox();
         let mut out = std::mem::take(&mut self.completions);
         out.extend(done);
@@ -787,9 +822,31 @@ impl Store {
                             p.raft.mut_store().set_conf_state(cs.clone(), batch);
                             batch.put(Cf::Meta, keys::state_key(range_id), p.desc.encode());
                             info!(node = node_id, range = range_id, voters = ?cs.voters, outgoing = ?cs.voters_outgoing, learners = ?cs.learners, conf_ver = p.desc.epoch.conf_ver, "membership changed");
-                            // A later entry of the same round may add this node
-                            // back; only the last word counts.
-                            p.pending_destroy = !Peer::in_conf(&cs, node_id);
+                            if Peer::in_conf(&cs, node_id) {
+                                if p.dormant_at.take().is_some() {
+                                    info!(node = node_id, range = range_id, "replica added back; active again");
+                                }
+                            } else if p.dormant_at.is_none() {
+                                p.dormant_at = Some(p.desc.epoch.conf_ver);
+                                if p.raft.raft.state == StateRole::Leader {
+                                    // raft-rs keeps a removed leader leading
+                                    // without its own progress entry; the next
+                                    // persist would panic. Step down: the
+                                    // voters left elect a leader among them.
+                                    let term = p.raft.raft.term;
+                                    p.raft.raft.become_follower(term, raft::INVALID_ID);
+                                }
+                                // Its in-flight proposals may still commit on
+                                // the others; its reads cannot be answered.
+                                for x in p.proposals.drain(..).filter_map(|x| x.id) {
+                                    done.push(Completion { id: x, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) });
+                                }
+                                for r in p.reads.drain(..) {
+                                    done.push(Completion { id: r.id, range_id, result: Err(RaftstoreError::RangeRemoved { range_id }) });
+                                }
+                                p.sm.removed(range_id);
+                                info!(node = node_id, range = range_id, "replica removed from the range; dormant (data kept)");
+                            }
                         }
                         Err(err) => {
                             // A committed but invalid change is skipped alike on
@@ -957,31 +1014,6 @@ impl Store {
         }
     }
 
-    fn destroy_removed(&mut self) -> Result<(), RaftstoreError> {
-        let doomed: Vec<u64> = self.peers.iter().filter(|(_, p)| p.pending_destroy).map(|(id, _)| *id).collect();
-        for range_id in doomed {
-            let mut p = self.peers.remove(&range_id).expect("listed");
-            let mut batch = WriteBatch::new();
-            let (start, end) = keys::range_span(range_id);
-            for cf in Cf::ALL {
-                batch.delete_range(cf, start.clone(), end.clone());
-            }
-            let hs = &p.raft.raft;
-            let tomb = Tombstone { conf_ver: p.desc.epoch.conf_ver, term: hs.term, vote: hs.vote };
-            batch.put(Cf::RaftState, keys::tombstone_key(range_id), tomb.encode());
-            self.engine.write(&batch, true)?;
-            for x in p.proposals.iter().filter_map(|x| x.id) {
-                self.completions.push(Completion { id: x, range_id, result: Err(RaftstoreError::RangeRemoved { range_id }) });
-            }
-            for r in p.reads {
-                self.completions.push(Completion { id: r.id, range_id, result: Err(RaftstoreError::RangeRemoved { range_id }) });
-            }
-            p.sm.removed(range_id);
-            info!(node = self.cfg.node_id, range = range_id, "replica removed and cleaned up");
-        }
-        Ok(())
-    }
-
     fn queue_messages(&mut self, range_id: u64, msgs: Vec<Message>) {
         if msgs.is_empty() {
             return;
@@ -1000,6 +1032,7 @@ impl Store {
                 range_start: p.desc.start.clone(),
                 range_end: p.desc.end.clone(),
                 quiesce,
+                removed: false,
             };
             self.outbox.entry(m.to).or_default().push(env);
         }

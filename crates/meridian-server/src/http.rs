@@ -303,6 +303,7 @@ struct RangeView {
     learners: Vec<u64>,
     conf_ver: u64,
     quiesced: bool,
+    dormant: bool,
 }
 
 async fn cluster_status(State(s): State<HttpState>) -> Response {
@@ -323,6 +324,7 @@ async fn cluster_status(State(s): State<HttpState>) -> Response {
             learners: r.learners,
             conf_ver: r.epoch.conf_ver,
             quiesced: r.quiesced,
+            dormant: r.dormant,
         })
         .collect();
     let members: Vec<serde_json::Value> = s
@@ -344,7 +346,7 @@ async fn cluster_status(State(s): State<HttpState>) -> Response {
 
 async fn readyz(State(s): State<HttpState>) -> Response {
     let st = s.backend.raft.status().await;
-    let missing: Vec<u64> = st.iter().filter(|r| r.leader_id == 0).map(|r| r.range_id).collect();
+    let missing: Vec<u64> = st.iter().filter(|r| r.leader_id == 0 && !r.dormant).map(|r| r.range_id).collect();
     if st.is_empty() || !missing.is_empty() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("ranges without a leader: {missing:?}\n")).into_response();
     }

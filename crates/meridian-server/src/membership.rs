@@ -134,7 +134,8 @@ pub fn plan(st: &RangeStatus, leader: u64, cluster: &[u64], op: MemberOp, node: 
 }
 
 async fn range_status(backend: &Backend, range_id: u64) -> Result<RangeStatus, ApiError> {
-    backend.raft.status().await.into_iter().find(|s| s.range_id == range_id).ok_or(ApiError::UnknownRange { range_id })
+    // A dormant replica (told it was removed) holds no live replica either.
+    backend.raft.status().await.into_iter().find(|s| s.range_id == range_id && !s.dormant).ok_or(ApiError::UnknownRange { range_id })
 }
 
 /// This replica's view of a range's configuration.
@@ -187,6 +188,7 @@ mod tests {
             learners: learners.to_vec(),
             voters_outgoing: vec![],
             quiesced: false,
+            dormant: false,
             progress: progress.iter().map(|(id, m, s)| (*id, *m, s.to_string())).collect(),
         }
     }

@@ -391,6 +391,12 @@ impl Cluster {
             for (id, n) in &self.nodes {
                 let Some(store) = &n.store else { continue };
                 let Some(st) = store.range_status(r) else { continue };
+                if st.dormant {
+                    // Removed from the range (it keeps its data, serves
+                    // nothing); a member is never dormant here, as the
+                    // leader's messages wake it.
+                    continue;
+                }
                 let v = (st.applied, chain_of(&**store.engine(), r));
                 if st.applied < st.commit || seen.is_some_and(|s| s != v) {
                     return false;
@@ -411,7 +417,7 @@ impl Cluster {
             let (key, value) = (&body[..sp], body.get(sp + 1..).unwrap_or(&[]));
             for (id, n) in &self.nodes {
                 let Some(store) = &n.store else { continue };
-                if store.range_status(*range_id).is_none() {
+                if store.range_status(*range_id).is_none_or(|s| s.dormant) {
                     continue;
                 }
                 let got = store.read_local(*range_id, key).unwrap_or_default();

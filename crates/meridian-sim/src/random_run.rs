@@ -24,6 +24,9 @@ pub struct RunReport {
     pub reads_checked: u64,
     pub crashes: u64,
     pub partitions: u64,
+    /// Membership changes proposed (remove a voter, add it back as a
+    /// learner, promote it).
+    pub membership_changes: u64,
     pub violations: Vec<String>,
 }
 
@@ -33,9 +36,39 @@ impl RunReport {
     }
 }
 
+/// One membership step on a random range's leader, moving the range
+/// towards "every node a voter" or, when it is there, removing a follower:
+/// promote a learner if there is one, else add a missing node as a learner,
+/// else remove a random follower. Refusals (a change in progress, no
+/// leader) are part of the game. True when a change was proposed.
+fn membership_step(c: &mut Cluster, ranges: &[u64], nodes: &[u64]) -> bool {
+    use meridian_raftstore::raft_types::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+    let r = *ranges.choose(&mut c.rng).expect("ranges");
+    let Some(l) = c.leader_of(r) else { return false };
+    let Some(st) = c.status(l, r) else { return false };
+    let missing: Vec<u64> = nodes.iter().copied().filter(|n| !st.voters.contains(n) && !st.learners.contains(n)).collect();
+    let followers: Vec<u64> = st.voters.iter().copied().filter(|v| *v != l).collect();
+    let (kind, node) = if let Some(&n) = st.learners.first() {
+        (ConfChangeType::AddNode, n)
+    } else if let Some(&n) = missing.choose(&mut c.rng) {
+        (ConfChangeType::AddLearnerNode, n)
+    } else if let Some(&n) = followers.choose(&mut c.rng) {
+        (ConfChangeType::RemoveNode, n)
+    } else {
+        return false;
+    };
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = node;
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(vec![single].into());
+    c.store_mut(l).is_some_and(|s| s.propose_conf_change(r, cc).is_ok())
+}
+
 /// Runs `steps` ticks of random writes and reads against `cfg`'s cluster
 /// while a nemesis crashes and restarts nodes, partitions the network
-/// (two-way and one-way), drops and delays messages; then heals, waits for
+/// (two-way and one-way), drops and delays messages, and removes and adds
+/// back replicas; then heals, waits for
 /// convergence and checks every invariant.
 pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
     let seed = cfg.seed;
@@ -67,7 +100,7 @@ pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
         // Nemesis, about every 60 ticks.
         if c.rng.gen_bool(1.0 / 60.0) {
             let down: Vec<u64> = nodes.iter().copied().filter(|n| !c.is_up(*n)).collect();
-            match c.rng.gen_range(0..8) {
+            match c.rng.gen_range(0..9) {
                 0 | 1 if (down.len() as u64) < majority_down_limit.max(1) => {
                     let n = *nodes.choose(&mut c.rng).expect("nodes");
                     c.crash(n);
@@ -107,6 +140,11 @@ pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
                     c.net.set_drop_prob(p);
                     let hi = c.rng.gen_range(1..6);
                     c.net.set_delay(1, hi);
+                }
+                7 => {
+                    if membership_step(&mut c, &ranges, &nodes) {
+                        report.membership_changes += 1;
+                    }
                 }
                 _ => c.net.heal(),
             }

@@ -23,7 +23,7 @@ fn randomized_runs_keep_every_invariant() {
         }
     };
     let mut failed = Vec::new();
-    let (mut acked, mut crashes, mut partitions, mut reads) = (0, 0, 0, 0);
+    let (mut acked, mut crashes, mut partitions, mut reads, mut changes) = (0, 0, 0, 0, 0);
     for seed in &seeds {
         let mut cfg = SimConfig::new(*seed);
         cfg.ranges = 8;
@@ -32,6 +32,7 @@ fn randomized_runs_keep_every_invariant() {
         crashes += report.crashes;
         partitions += report.partitions;
         reads += report.reads_checked;
+        changes += report.membership_changes;
         if !report.ok() {
             eprintln!("seed {seed} FAILED:\n  {}", report.violations.join("\n  "));
             eprintln!("rerun: MERIDIAN_SIM_SEED={seed} MERIDIAN_SIM_STEPS={steps} cargo test -p meridian-sim --test random");
@@ -39,7 +40,7 @@ fn randomized_runs_keep_every_invariant() {
         }
     }
     eprintln!(
-        "simulation: {} seeds x {steps} ticks, {acked} acknowledged writes, {reads} linearizable reads checked, {crashes} crashes, {partitions} partitions, {} failed",
+        "simulation: {} seeds x {steps} ticks, {acked} acknowledged writes, {reads} linearizable reads checked, {crashes} crashes, {partitions} partitions, {changes} membership changes, {} failed",
         seeds.len(),
         failed.len()
     );

@@ -32,8 +32,9 @@ pub fn state_key(range_id: u64) -> Vec<u8> {
     range_id.to_be_bytes().to_vec()
 }
 
-/// Marks a range replica that was removed from this node, with the epoch
-/// at removal, so stale messages cannot resurrect it.
+/// Reserved: removed replicas were once marked here. Nothing reads or
+/// writes it now (a removed replica stays, dormant, with its data); the
+/// fuzzer still plants records under it to check that start-up ignores them.
 pub fn tombstone_key(range_id: u64) -> Vec<u8> {
     let mut k = range_id.to_be_bytes().to_vec();
     k.extend_from_slice(b"tomb");

@@ -29,4 +29,4 @@ pub use error::{StorageError, StorageResult};
 pub use mem::MemEngine;
 pub use peer_storage::{build_snapshot, PeerStorage, SnapshotRequest};
 pub use rocks::RocksEngine;
-pub use state::{ApplyState, RaftLocalState, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole, Tombstone};
+pub use state::{ApplyState, RaftLocalState, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};

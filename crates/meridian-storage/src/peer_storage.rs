@@ -15,7 +15,7 @@ use crate::codec::{Dec, Enc};
 use crate::engine::{Cf, Engine, EngineSnapshot, WriteBatch};
 use crate::error::{StorageError, StorageResult};
 use crate::keys;
-use crate::state::{ApplyState, RaftLocalState, RangeDescriptor, Tombstone};
+use crate::state::{ApplyState, RaftLocalState, RangeDescriptor};
 
 /// A snapshot raft-rs asked for that is not built yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,16 +66,9 @@ impl PeerStorage {
     }
 
     /// Writes the state of a replica created on demand (a new learner that
-    /// will be filled by log replication or a snapshot). `past` is what the
-    /// node kept of an earlier replica of the range: the new one starts
-    /// from its term and vote.
-    pub fn create_uninitialized(batch: &mut WriteBatch, desc: &RangeDescriptor, past: Option<Tombstone>) {
-        let mut rs = RaftLocalState::default();
-        if let Some(t) = past {
-            rs.hard_state.term = t.term;
-            rs.hard_state.vote = t.vote;
-        }
-        batch.put(Cf::RaftState, keys::state_key(desc.range_id), rs.encode());
+    /// will be filled by log replication or a snapshot).
+    pub fn create_uninitialized(batch: &mut WriteBatch, desc: &RangeDescriptor) {
+        batch.put(Cf::RaftState, keys::state_key(desc.range_id), RaftLocalState::default().encode());
         batch.put(Cf::ApplyState, keys::state_key(desc.range_id), ApplyState::default().encode());
         batch.put(Cf::Meta, keys::state_key(desc.range_id), desc.encode());
     }

@@ -57,34 +57,6 @@ impl ApplyState {
     }
 }
 
-/// What a node keeps of a range replica it removed: the epoch at removal
-/// (stale messages cannot resurrect the replica) and its last term and
-/// vote. A replica re-created when the node is added back starts from that
-/// term and vote, so it cannot vote twice in a term it already voted in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tombstone {
-    pub conf_ver: u64,
-    pub term: u64,
-    pub vote: u64,
-}
-
-impl Tombstone {
-    pub fn encode(&self) -> Vec<u8> {
-        [self.conf_ver, self.term, self.vote].iter().flat_map(|x| x.to_be_bytes()).collect()
-    }
-
-    /// Reads a tombstone; the 8-byte form (conf_ver only) of earlier
-    /// versions is accepted. Anything else is corrupt.
-    pub fn decode(raw: &[u8], range_id: u64) -> StorageResult<Tombstone> {
-        let word = |i: usize| u64::from_be_bytes(raw[i * 8..i * 8 + 8].try_into().expect("length checked"));
-        match raw.len() {
-            8 => Ok(Tombstone { conf_ver: word(0), term: 0, vote: 0 }),
-            24 => Ok(Tombstone { conf_ver: word(0), term: word(1), vote: word(2) }),
-            n => Err(StorageError::Corrupt { range_id, what: format!("tombstone has {n} bytes, expected 8 or 24") }),
-        }
-    }
-}
-
 /// A range's version: `conf_ver` grows with every membership change,
 /// `version` with every split or merge. Messages and requests carry it so
 /// stale ones can be rejected.
@@ -187,16 +159,6 @@ impl RangeDescriptor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tombstone_round_trips_and_reads_the_old_form() {
-        let t = Tombstone { conf_ver: 7, term: 12, vote: 3 };
-        assert_eq!(Tombstone::decode(&t.encode(), 4).unwrap(), t);
-        let old = Tombstone::decode(&9u64.to_be_bytes(), 4).unwrap();
-        assert_eq!(old, Tombstone { conf_ver: 9, term: 0, vote: 0 });
-        assert!(Tombstone::decode(&[1, 2, 3], 4).is_err());
-        assert!(Tombstone::decode(&[0; 25], 4).is_err());
-    }
 
     #[test]
     fn records_roundtrip() {

@@ -30,6 +30,11 @@ pub struct RaftEnvelope {
     /// Set by a leader on its last heartbeat before its range goes quiet.
     #[prost(bool, tag = "9")]
     pub quiesce: bool,
+    /// "You are not in this range's configuration as of `conf_ver`": the
+    /// answer to a message from a replica that was removed while it could
+    /// not hear of it (no raft message in `message`).
+    #[prost(bool, tag = "10")]
+    pub removed: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -43,6 +48,12 @@ impl RaftEnvelope {
     pub fn raft_message(&self) -> Result<raft::prelude::Message, TransportError> {
         <raft::prelude::Message as protobuf::Message>::parse_from_bytes(&self.message)
             .map_err(|e| TransportError::Malformed { from_node: self.from_node, reason: format!("raft message: {e}") })
+    }
+
+    /// Tells `to` that its replica of `range_id` is not in the range's
+    /// configuration at `conf_ver` (see [`RaftEnvelope::removed`]).
+    pub fn removed_hint(range_id: u64, from_node: u64, to_node: u64, conf_ver: u64) -> Self {
+        RaftEnvelope { range_id, from_node, to_node, conf_ver, removed: true, ..Default::default() }
     }
 
     /// A node-level liveness ping (no range, no raft message). Quiesced

@@ -119,6 +119,7 @@ fn envelope(range_id: u64, m: &Message) -> RaftEnvelope {
         range_start: b"/a/".to_vec(),
         range_end: if range_id.is_multiple_of(2) { Vec::new() } else { b"/z/".to_vec() },
         quiesce: range_id == 2,
+        removed: false,
     }
 }
 
