@@ -81,6 +81,23 @@ struct Version {
     tombstone: bool,
 }
 
+/// Event-log record: which key changed at the revision in its log key, and
+/// the revision of the version it replaced. The values live once, in the
+/// history; a watcher replaying the log reads them from there (storing
+/// them here too made every put write its value four times).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+struct EventRef {
+    #[prost(int32, tag = "1")]
+    kind: i32,
+    /// Tags 2 and 3 held whole key-values in an earlier layout; a record of
+    /// that layout decodes here with an empty `key` and is reported.
+    #[prost(bytes = "vec", tag = "4")]
+    key: Vec<u8>,
+    /// 0: the key did not exist before.
+    #[prost(int64, tag = "5")]
+    prev_rev: i64,
+}
+
 fn decode<T: prost::Message + Default>(raw: &[u8], what: &str) -> Result<T, KvError> {
     T::decode(raw).map_err(|e| KvError::Storage(format!("corrupt {what}: {e}")))
 }
@@ -245,13 +262,40 @@ impl Mvcc {
         if from > 0 && from <= meta.compact_revision {
             return Err(KvError::Compacted { compact_revision: meta.compact_revision });
         }
-        let mut out = Vec::new();
-        scan_decoded::<Event>(r, &keys::event_key(from.max(1), 0), &[keys::EVENTS + 1], "event", |k, ev| {
+        let mut refs = Vec::new();
+        scan_decoded::<EventRef>(r, &keys::event_key(from.max(1), 0), &[keys::EVENTS + 1], "event", |k, ev| {
             let rev = k.get(1..9).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")) as i64).unwrap_or(0);
-            out.push((rev, ev));
-            out.len() < limit
+            refs.push((rev, ev));
+            refs.len() < limit
         })?;
-        Ok(out)
+        refs.into_iter().map(|(rev, ev)| Ok((rev, Self::resolve(r, rev, ev)?))).collect()
+    }
+
+    /// Rebuilds a logged event from the history: the version written at
+    /// `rev` and the one it replaced (compaction keeps both while the event
+    /// is kept: it keeps every key's last version at or before the
+    /// compaction revision).
+    fn resolve(r: &dyn DataRead, rev: i64, ev: EventRef) -> Result<Event, KvError> {
+        if ev.key.is_empty() {
+            return Err(KvError::Storage(format!("event at revision {rev} has no key (written by an older layout?)")));
+        }
+        let version = |at: i64| -> Result<Option<KeyValue>, KvError> {
+            let raw = r.get(&keys::history_key(&ev.key, at))?.ok_or_else(|| {
+                KvError::Storage(format!(
+                    "history of {:?} at revision {at} missing for the event at {rev}",
+                    String::from_utf8_lossy(&ev.key)
+                ))
+            })?;
+            let v: Version = decode(&raw, "history entry")?;
+            Ok(if v.tombstone { None } else { v.kv })
+        };
+        let kv = if ev.kind == EventKind::Delete as i32 {
+            Some(KeyValue { key: ev.key.clone(), mod_revision: rev, ..Default::default() })
+        } else {
+            version(rev)?
+        };
+        let prev_kv = if ev.prev_rev > 0 { version(ev.prev_rev)? } else { None };
+        Ok(Event { kind: ev.kind, kv, prev_kv })
     }
 
     pub fn lease(r: &dyn DataRead, id: i64) -> Result<Option<LeaseRecord>, KvError> {
@@ -330,7 +374,9 @@ impl<'c, 'a> WriteTxn<'c, 'a> {
     fn record(&mut self, key: &[u8], version: Version, event: Event) {
         let rev = self.next_rev();
         self.ctx.put(&keys::history_key(key, rev), &version.encode_to_vec());
-        self.ctx.put(&keys::event_key(rev, self.sub), &event.encode_to_vec());
+        let prev_rev = event.prev_kv.as_ref().map_or(0, |p| p.mod_revision);
+        let logged = EventRef { kind: event.kind, key: key.to_vec(), prev_rev };
+        self.ctx.put(&keys::event_key(rev, self.sub), &logged.encode_to_vec());
         self.sub += 1;
         self.events.push(event);
     }
