@@ -162,7 +162,7 @@ fn replayed_events_equal_the_live_ones() {
             let done = match rng.gen_range(0..10) {
                 0..=5 => txn.put(&k, format!("v{}", rng.gen::<u16>()).as_bytes(), 0).map(|_| ()),
                 6 => txn.put(&k, b"a", 0).and_then(|_| txn.put(&[b'k', 9], b"b", 0)).map(|_| ()),
-                7 | 8 => txn.delete_range(&[b'k'], &[b'k', 3]).map(|_| ()),
+                7 | 8 => txn.delete_range(b"k", &[b'k', 3]).map(|_| ()),
                 _ => {
                     let target = Mvcc::meta(&reader(&engine)).unwrap().revision - rng.gen_range(0..5);
                     txn.compact(target)
