@@ -62,6 +62,24 @@ pub struct Backend {
     /// (operation, result) → (count, total seconds). The key set is small
     /// and fixed (operation and error kinds), so this stays bounded.
     requests: Mutex<BTreeMap<RequestKey, RequestTotals>>,
+    /// Each range's term and leader as of at most [`BRIEF_TTL`] ago, for
+    /// response headers and for routing keepalives. Asking the store thread
+    /// on every answer (and on every watch event delivered, and every
+    /// keepalive on a follower) was a round trip to its busiest thread per
+    /// response.
+    briefs: Mutex<Option<(tokio::time::Instant, HashMap<u64, RangeBrief>)>>,
+}
+
+/// How stale a [`RangeBrief`] may be.
+pub const BRIEF_TTL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What most requests need to know of a range's Raft state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RangeBrief {
+    pub term: u64,
+    /// 0: none known.
+    pub leader: u64,
+    pub leading: bool,
 }
 
 /// (operation, result) of a client request.
@@ -127,7 +145,15 @@ impl Backend {
                 h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
             }
         }
-        Ok(Backend { raft, routing, cfg, cluster_id: h, channels: Mutex::new(HashMap::new()), requests: Mutex::new(BTreeMap::new()) })
+        Ok(Backend {
+            raft,
+            routing,
+            cfg,
+            cluster_id: h,
+            channels: Mutex::new(HashMap::new()),
+            requests: Mutex::new(BTreeMap::new()),
+            briefs: Mutex::new(None),
+        })
     }
 
     fn record(&self, op: &'static str, result: &'static str, started: std::time::Instant) {
@@ -180,8 +206,35 @@ impl Backend {
     }
 
     pub async fn header(&self, range_id: u64, revision: i64) -> pb::ResponseHeader {
-        let term = self.raft.status().await.into_iter().find(|s| s.range_id == range_id).map_or(0, |s| s.term);
+        let term = self.brief(range_id).await.map_or(0, |b| b.term);
         pb::ResponseHeader { cluster_id: self.cluster_id, member_id: self.cfg.node_id, revision, raft_term: term }
+    }
+
+    /// The range's term and leader as of at most [`BRIEF_TTL`] ago; `None`
+    /// without a replica here.
+    pub async fn brief(&self, range_id: u64) -> Option<RangeBrief> {
+        let now = tokio::time::Instant::now();
+        if let Some((at, briefs)) = &*self.briefs.lock().expect("range briefs") {
+            if now.duration_since(*at) < BRIEF_TTL {
+                return briefs.get(&range_id).copied();
+            }
+        }
+        let briefs: HashMap<u64, RangeBrief> = self
+            .raft
+            .status()
+            .await
+            .into_iter()
+            .filter(|s| !s.dormant)
+            .map(|s| {
+                (
+                    s.range_id,
+                    RangeBrief { term: s.term, leader: s.leader_id, leading: s.role == meridian_raftstore::raft_types::StateRole::Leader },
+                )
+            })
+            .collect();
+        let brief = briefs.get(&range_id).copied();
+        *self.briefs.lock().expect("range briefs") = Some((now, briefs));
+        brief
     }
 
     /// A gRPC channel to another member's client endpoint, for forwarding

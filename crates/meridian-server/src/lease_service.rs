@@ -233,10 +233,9 @@ impl LeaseService {
         if self.keeper.clocks.lock().expect("lease keeper").contains_key(&range_id) {
             return;
         }
-        let st = self.backend.raft.status().await.into_iter().find(|s| s.range_id == range_id);
-        if let Some(st) = st.filter(|s| s.role == StateRole::Leader) {
+        if let Some(b) = self.backend.brief(range_id).await.filter(|b| b.leading) {
             if let Ok(clock) = load_clock(&self.backend, range_id, self.keeper.now_ms()).await {
-                self.keeper.clocks.lock().expect("lease keeper").entry(range_id).or_insert((st.term, clock));
+                self.keeper.clocks.lock().expect("lease keeper").entry(range_id).or_insert((b.term, clock));
             }
         }
     }
@@ -248,7 +247,7 @@ impl LeaseService {
             return ttl.ok_or(ApiError::LeaseNotFound);
         }
         // Not the leader here: ask the leader.
-        let leader = self.backend.raft.status().await.into_iter().find(|s| s.range_id == range_id).map_or(0, |s| s.leader_id);
+        let leader = self.backend.brief(range_id).await.map_or(0, |b| b.leader);
         if leader == 0 || leader == self.backend.cfg.node_id || already_forwarded {
             return Err(ApiError::NoLeader { range_id });
         }
