@@ -52,8 +52,9 @@ fuzz: setup
 	$(CARGO_TARGET_DIR)/debug/meridian-fuzz --target all --iterations $${ITERATIONS:-1000000} --seed $${SEED:-1}
 
 # Chaos suite (chaos/README.md): real processes under kill -9, SIGSTOP,
-# partitions, clock drift and leader transfers; histories checked. About
-# 5 minutes; exits non-zero on any unexpected violation.
+# partitions, clock drift, leader transfers and membership changes;
+# histories checked. About
+# 6 minutes; exits non-zero on any unexpected violation.
 chaos: setup
 	$(CARGO) build --workspace --bins
 	$(CARGO_TARGET_DIR)/debug/meridian-chaos run chaos/scenarios $(ARGS)
