@@ -53,8 +53,8 @@ fuzz: setup
 
 # Chaos suite (chaos/README.md): real processes under kill -9, SIGSTOP,
 # partitions, clock drift, leader transfers and membership changes;
-# histories checked. About
-# 6 minutes; exits non-zero on any unexpected violation.
+# histories checked. About 6 minutes; exits non-zero on any unexpected
+# violation.
 chaos: setup
 	$(CARGO) build --workspace --bins
 	$(CARGO_TARGET_DIR)/debug/meridian-chaos run chaos/scenarios $(ARGS)
