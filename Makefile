@@ -41,7 +41,7 @@ fix:
 # The long many-seed simulation (not in CI).
 sim-long: setup
 	MERIDIAN_SIM_SEEDS=$${SEEDS:-500} MERIDIAN_SIM_STEPS=$${STEPS:-4000} \
-	  $(CARGO) test -p meridian-sim --test random -- --nocapture
+	  $(CARGO) test --workspace --test random -- --nocapture
 
 # A long fuzzing run of every decoder that takes untrusted bytes (peer
 # frames, raft messages, stored records, KV commands and queries, etcd

@@ -2,7 +2,7 @@
 //! partitions, drops and delays, with every invariant checked.
 //!
 //! Short by default (CI). The long run is `make sim-long`, i.e.
-//! `MERIDIAN_SIM_SEEDS=500 MERIDIAN_SIM_STEPS=4000 cargo test -p meridian-sim --test random`.
+//! `MERIDIAN_SIM_SEEDS=500 MERIDIAN_SIM_STEPS=4000 cargo test --workspace --test random`.
 //! Rerun one seed with `MERIDIAN_SIM_SEED=<seed>`.
 
 use meridian_sim::{random_run, SimConfig};
@@ -35,7 +35,7 @@ fn randomized_runs_keep_every_invariant() {
         changes += report.membership_changes;
         if !report.ok() {
             eprintln!("seed {seed} FAILED:\n  {}", report.violations.join("\n  "));
-            eprintln!("rerun: MERIDIAN_SIM_SEED={seed} MERIDIAN_SIM_STEPS={steps} cargo test -p meridian-sim --test random");
+            eprintln!("rerun: MERIDIAN_SIM_SEED={seed} MERIDIAN_SIM_STEPS={steps} cargo test --workspace --test random");
             failed.push(*seed);
         }
     }
