@@ -230,6 +230,18 @@ fn membership_change_under_load() {
     conf_change(&mut c, change(ConfChangeType::RemoveNode, victim));
     assert!(c.run_until(300, |c| c.status(victim, 1).is_some_and(|s| s.dormant)), "removed replica did not stop: {}", c.describe());
     assert!(c.store(victim).unwrap().read_local(1, b"k").is_err(), "a removed replica serves no reads");
+    // A crash may lose the (unsynced) apply of its own removal; then no
+    // leader tells it again, and it is the members' *removed* hint, answering
+    // its campaign, that puts it back to sleep.
+    c.crash(victim);
+    c.restart(victim);
+    assert!(
+        c.run_until(500, |c| c.status(victim, 1).is_some_and(|s| s.dormant)),
+        "a removed replica woke up for good after a restart: {}",
+        c.describe()
+    );
+    c.run(100);
+    assert!(c.status(victim, 1).is_some_and(|s| s.dormant && s.role != StateRole::Leader), "{}", c.describe());
     let st = c.status(c.leader_of(1).unwrap(), 1).unwrap();
     assert!(st.voters.contains(&4) && !st.voters.contains(&victim), "{st:?}");
     assert!(st.epoch.conf_ver >= 4, "every change bumps conf_ver: {st:?}");
