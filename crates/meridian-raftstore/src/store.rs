@@ -481,14 +481,6 @@ impl Store {
             p.dormant_at = None;
             p.wake();
         }
-        if p.dormant_at.is_some() && matches!(msg.get_msg_type(), MessageType::MsgRequestVote | MessageType::MsgRequestPreVote) {
-            // Only a candidate with a configuration older than this
-            // replica's removal can ask it: withholding the vote can only
-            // cost liveness, never safety (a candidate at a later epoch
-            // woke it above).
-            self.metrics.messages_rejected += 1;
-            return;
-        }
         let cs = &p.raft.store().raft_state().conf_state;
         if env.conf_ver < p.desc.epoch.conf_ver && !Peer::in_conf(cs, from) {
             debug!(
