@@ -107,38 +107,61 @@ fn in_interval(key: &[u8], start: &[u8], end: &[u8]) -> bool {
 /// etcd rejects a transaction that writes one key twice in a branch, or
 /// deletes a key it also puts.
 fn check_duplicates(ops: &[RequestOp]) -> Result<(), KvError> {
+    writes_of(ops).map(|_| ())
+}
+
+/// Keys put and `[start, end)` intervals deleted by a list of txn ops.
+type TxnWrites<'a> = (Vec<&'a [u8]>, Vec<(&'a [u8], &'a [u8])>);
+
+/// The keys a list of txn ops may put and the intervals it may delete, with
+/// etcd's rule enforced along every path that can run: no key is written
+/// twice (put twice, or put and deleted) in one transaction. A nested txn
+/// contributes the writes of both its branches (either may run) to the
+/// level around it, but its two branches are never checked against each
+/// other (only one runs). One write per key per revision is also what lets
+/// the event log refer to the history by (key, revision).
+fn writes_of(ops: &[RequestOp]) -> Result<TxnWrites<'_>, KvError> {
     let mut puts: Vec<&[u8]> = Vec::new();
     let mut dels: Vec<(&[u8], &[u8])> = Vec::new();
-    fn walk<'a>(ops: &'a [RequestOp], puts: &mut Vec<&'a [u8]>, dels: &mut Vec<(&'a [u8], &'a [u8])>) -> Result<(), KvError> {
-        for op in ops {
-            match &op.kind {
-                Some(RequestKind::Put(p)) => {
-                    if puts.contains(&p.key.as_slice()) {
-                        return Err(KvError::DuplicateKey { key: p.key.clone() });
-                    }
-                    puts.push(&p.key);
+    let clash =
+        |puts: &[&[u8]], dels: &[(&[u8], &[u8])], key: &[u8]| puts.contains(&key) || dels.iter().any(|(s, e)| in_interval(key, s, e));
+    for op in ops {
+        match &op.kind {
+            Some(RequestKind::Put(p)) => {
+                if clash(&puts, &dels, &p.key) {
+                    return Err(KvError::DuplicateKey { key: p.key.clone() });
                 }
-                Some(RequestKind::DeleteRange(d)) => dels.push((&d.key, &d.range_end)),
-                Some(RequestKind::Txn(t)) => {
-                    // Either branch of a nested txn may run; check each with
-                    // the writes around it.
-                    for branch in [&t.success, &t.failure] {
-                        let (mut p2, mut d2) = (puts.clone(), dels.clone());
-                        walk(branch, &mut p2, &mut d2)?;
-                    }
-                }
-                Some(RequestKind::Range(_)) | None => {}
+                puts.push(&p.key);
             }
+            Some(RequestKind::DeleteRange(d)) => {
+                if let Some(k) = puts.iter().find(|k| in_interval(k, &d.key, &d.range_end)) {
+                    return Err(KvError::DuplicateKey { key: k.to_vec() });
+                }
+                dels.push((&d.key, &d.range_end));
+            }
+            Some(RequestKind::Txn(t)) => {
+                let branches = [writes_of(&t.success)?, writes_of(&t.failure)?];
+                for (bp, bd) in &branches {
+                    if let Some(k) = bp.iter().find(|k| clash(&puts, &dels, k)) {
+                        return Err(KvError::DuplicateKey { key: k.to_vec() });
+                    }
+                    if let Some(k) = puts.iter().find(|k| bd.iter().any(|(s, e)| in_interval(k, s, e))) {
+                        return Err(KvError::DuplicateKey { key: k.to_vec() });
+                    }
+                }
+                for (bp, bd) in branches {
+                    for k in bp {
+                        if !puts.contains(&k) {
+                            puts.push(k);
+                        }
+                    }
+                    dels.extend(bd);
+                }
+            }
+            Some(RequestKind::Range(_)) | None => {}
         }
-        Ok(())
     }
-    walk(ops, &mut puts, &mut dels)?;
-    for p in &puts {
-        if dels.iter().any(|(s, e)| in_interval(p, s, e)) {
-            return Err(KvError::DuplicateKey { key: p.to_vec() });
-        }
-    }
-    Ok(())
+    Ok((puts, dels))
 }
 
 pub(crate) fn range(r: &dyn DataRead, op: &RangeOp) -> Result<RangeOutcome, KvError> {

@@ -90,7 +90,7 @@ struct EventRef {
     #[prost(int32, tag = "1")]
     kind: i32,
     /// Tags 2 and 3 held whole key-values in an earlier layout; a record of
-    /// that layout decodes here with an empty `key` and is reported.
+    /// that layout decodes here with an empty `key` and is read as such.
     #[prost(bytes = "vec", tag = "4")]
     key: Vec<u8>,
     /// 0: the key did not exist before.
@@ -262,13 +262,25 @@ impl Mvcc {
         if from > 0 && from <= meta.compact_revision {
             return Err(KvError::Compacted { compact_revision: meta.compact_revision });
         }
-        let mut refs = Vec::new();
-        scan_decoded::<EventRef>(r, &keys::event_key(from.max(1), 0), &[keys::EVENTS + 1], "event", |k, ev| {
+        let mut logged: Vec<(i64, Vec<u8>)> = Vec::new();
+        r.scan(&keys::event_key(from.max(1), 0), &[keys::EVENTS + 1], &mut |k, v| {
             let rev = k.get(1..9).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")) as i64).unwrap_or(0);
-            refs.push((rev, ev));
-            refs.len() < limit
+            logged.push((rev, v.to_vec()));
+            logged.len() < limit
         })?;
-        refs.into_iter().map(|(rev, ev)| Ok((rev, Self::resolve(r, rev, ev)?))).collect()
+        let mut out = Vec::with_capacity(logged.len());
+        for (rev, raw) in logged {
+            let ev: EventRef = decode(&raw, "event")?;
+            let event = if ev.key.is_empty() {
+                // Written by the earlier layout (whole key-values, tags 2
+                // and 3): still readable, e.g. from an older node's snapshot.
+                decode::<Event>(&raw, "event")?
+            } else {
+                Self::resolve(r, rev, ev)?
+            };
+            out.push((rev, event));
+        }
+        Ok(out)
     }
 
     /// Rebuilds a logged event from the history: the version written at
@@ -276,9 +288,6 @@ impl Mvcc {
     /// is kept: it keeps every key's last version at or before the
     /// compaction revision).
     fn resolve(r: &dyn DataRead, rev: i64, ev: EventRef) -> Result<Event, KvError> {
-        if ev.key.is_empty() {
-            return Err(KvError::Storage(format!("event at revision {rev} has no key (written by an older layout?)")));
-        }
         let version = |at: i64| -> Result<Option<KeyValue>, KvError> {
             let raw = r.get(&keys::history_key(&ev.key, at))?.ok_or_else(|| {
                 KvError::Storage(format!(

@@ -154,3 +154,31 @@ fn compacted_reads_report_the_compact_revision() {
     assert_eq!((e.code, e.compact_revision), (1, 3));
     assert_eq!(e.message, "mvcc: required revision has been compacted");
 }
+
+/// etcd's duplicate-key rule through nested transactions: a key may be
+/// written once along any path that can run; a nested txn's two branches
+/// are exclusive, so they may write the same key.
+#[test]
+fn nested_txns_follow_the_duplicate_key_rule() {
+    let mut f = Fixture::new();
+    let del = |k: &str| RequestOp { kind: Some(RequestKind::DeleteRange(DeleteOp { key: k.into(), ..Default::default() })) };
+    let nested = |success: Vec<RequestOp>, failure: Vec<RequestOp>| RequestOp {
+        kind: Some(RequestKind::Txn(TxnOp { compare: vec![], success, failure })),
+    };
+    let txn = |ops: Vec<RequestOp>| Op::Txn(TxnOp { compare: vec![], success: ops, failure: vec![] });
+    let dup = "etcdserver: duplicate key given in txn request";
+    for (what, ops) in [
+        ("nested put, then delete", vec![nested(vec![req_put("k", "1")], vec![]), del("k")]),
+        ("nested put, then put", vec![nested(vec![req_put("k", "1")], vec![]), req_put("k", "2")]),
+        ("put, then nested failure-branch put", vec![req_put("k", "1"), nested(vec![], vec![req_put("k", "2")])]),
+        ("put, then nested delete", vec![req_put("k", "1"), nested(vec![del("k")], vec![])]),
+        ("delete, then nested put", vec![del("k"), nested(vec![req_put("k", "1")], vec![])]),
+    ] {
+        let o = f.apply(txn(ops));
+        assert_eq!(error_of(&o).map(|e| e.message.as_str()), Some(dup), "{what}");
+    }
+    assert!(f.get(b"k").kvs.is_empty(), "refused transactions wrote nothing");
+    let ok = f.apply(txn(vec![nested(vec![req_put("k", "1")], vec![del("k")]), req_put("j", "1")]));
+    assert!(error_of(&ok).is_none(), "exclusive branches may write the same key: {ok:?}");
+    assert_eq!(f.get(b"k").kvs[0].value, b"1");
+}

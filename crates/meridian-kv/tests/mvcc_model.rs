@@ -183,3 +183,25 @@ fn replayed_events_equal_the_live_ones() {
         assert_eq!(replayed, want, "seed {seed}: replay from {from} differs from the live events");
     }
 }
+
+/// Event records of the earlier layout (whole key-values) still replay.
+#[test]
+fn events_of_the_earlier_layout_still_replay() {
+    use meridian_kv::mvcc::{Event, KeyValue};
+    use prost::Message as _;
+    let engine = MemEngine::new();
+    apply(&engine, |t| t.put(b"a", b"1", 0).map(|_| ())).unwrap();
+    let old = Event {
+        kind: 0,
+        kv: Some(KeyValue { key: b"z".to_vec(), value: b"old".to_vec(), mod_revision: 9, ..Default::default() }),
+        prev_kv: None,
+    };
+    let mut b = WriteBatch::new();
+    let key = meridian_storage::keys::data_key(RANGE, &meridian_kv::keys::event_key(9, 0));
+    b.put(meridian_storage::Cf::Data, key, old.encode_to_vec());
+    engine.write(&b, true).unwrap();
+    let events = Mvcc::events_since(&reader(&engine), 1, 10).unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].1.kv.as_ref().unwrap().value, b"1", "new layout resolved from the history");
+    assert_eq!(events[1], (9, old), "old layout read as it was written");
+}

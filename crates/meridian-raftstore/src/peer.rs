@@ -111,7 +111,11 @@ impl Peer {
     /// applied (raft-rs ignores a conf change proposed while another is
     /// pending, so this must run after `advance_apply`).
     pub fn maybe_leave_joint(&mut self) {
-        if !self.is_leader() || self.raft.store().raft_state().conf_state.voters_outgoing.is_empty() || self.raft.raft.has_pending_conf() {
+        if self.dormant_at.is_some()
+            || !self.is_leader()
+            || self.raft.store().raft_state().conf_state.voters_outgoing.is_empty()
+            || self.raft.raft.has_pending_conf()
+        {
             return;
         }
         let before = self.raft.raft.raft_log.last_index();

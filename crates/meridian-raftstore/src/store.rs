@@ -64,6 +64,8 @@ pub struct RangeStatus {
     /// On a leader: each replica's matched index and replication state
     /// (probe, replicate, snapshot).
     pub progress: Vec<(u64, u64, String)>,
+    /// Other nodes this store heard from within two election timeouts.
+    pub live_peers: Vec<u64>,
 }
 
 /// Counters an operator (and the group-commit benchmark) watches.
@@ -112,6 +114,34 @@ pub struct Store {
 }
 
 /// Legacy single conf changes (from etcd-era tooling) as a V2 change.
+/// Puts a replica that is no longer in its range's configuration (as of
+/// `conf_ver`) to sleep; answers what it still held. Safe between `ready()`
+/// and `advance_append`: stepping down creates no messages and changes
+/// neither term nor vote.
+fn go_dormant(p: &mut Peer, conf_ver: u64) -> Vec<Completion> {
+    let range_id = p.desc.range_id;
+    p.dormant_at = Some(conf_ver);
+    if p.raft.raft.state == StateRole::Leader {
+        // raft-rs keeps a removed leader leading without its own progress
+        // entry (the next persist would panic), and a cut-off leader told
+        // of its removal must stop serving leases and reads. Step down: the
+        // voters left elect a leader among them.
+        let term = p.raft.raft.term;
+        p.raft.raft.become_follower(term, raft::INVALID_ID);
+    }
+    // Its in-flight proposals may still commit on the others; its reads
+    // cannot be answered.
+    let mut done = Vec::new();
+    for x in p.proposals.drain(..).filter_map(|x| x.id) {
+        done.push(Completion { id: x, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) });
+    }
+    for r in p.reads.drain(..) {
+        done.push(Completion { id: r.id, range_id, result: Err(RaftstoreError::RangeRemoved { range_id }) });
+    }
+    p.sm.removed(range_id);
+    done
+}
+
 fn legacy_to_v2(c: ConfChange) -> ConfChangeV2 {
     let mut single = raft::prelude::ConfChangeSingle::default();
     single.set_change_type(c.get_change_type());
@@ -310,7 +340,19 @@ impl Store {
             } else {
                 Vec::new()
             },
+            live_peers: self.live_peers(),
         })
+    }
+
+    /// Nodes this store heard from (any message, node pings included)
+    /// within two election timeouts. A quiet range's progress does not show
+    /// a dead follower; this does.
+    fn live_peers(&self) -> Vec<u64> {
+        let window = 2 * self.cfg.election_ticks as u64;
+        let mut live: Vec<u64> =
+            self.last_heard.iter().filter(|(_, t)| self.now_tick.saturating_sub(**t) <= window).map(|(n, _)| *n).collect();
+        live.sort_unstable();
+        live
     }
 
     pub fn statuses(&self) -> Vec<RangeStatus> {
@@ -436,6 +478,9 @@ impl Store {
     /// Starts an election for the range now (tests and planned failover).
     pub fn campaign(&mut self, range_id: u64) -> Result<(), RaftstoreError> {
         let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
+        if p.dormant_at.is_some() {
+            return Err(RaftstoreError::RangeRemoved { range_id });
+        }
         p.wake();
         let r = p.raft.campaign().map_err(|e| RaftstoreError::InvalidRequest { range_id, reason: e.to_string() });
         p.after_raft_call();
@@ -535,8 +580,8 @@ impl Store {
             conf_ver = env.conf_ver,
             "this replica was removed while it could not hear of it; going dormant"
         );
-        p.dormant_at = Some(env.conf_ver);
-        p.sm.removed(env.range_id);
+        let done = go_dormant(p, env.conf_ver);
+        self.completions.extend(done);
     }
 
     fn reject(&mut self, env: &RaftEnvelope, why: &str) {
@@ -827,24 +872,8 @@ impl Store {
                                     info!(node = node_id, range = range_id, "replica added back; active again");
                                 }
                             } else if p.dormant_at.is_none() {
-                                p.dormant_at = Some(p.desc.epoch.conf_ver);
-                                if p.raft.raft.state == StateRole::Leader {
-                                    // raft-rs keeps a removed leader leading
-                                    // without its own progress entry; the next
-                                    // persist would panic. Step down: the
-                                    // voters left elect a leader among them.
-                                    let term = p.raft.raft.term;
-                                    p.raft.raft.become_follower(term, raft::INVALID_ID);
-                                }
-                                // Its in-flight proposals may still commit on
-                                // the others; its reads cannot be answered.
-                                for x in p.proposals.drain(..).filter_map(|x| x.id) {
-                                    done.push(Completion { id: x, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) });
-                                }
-                                for r in p.reads.drain(..) {
-                                    done.push(Completion { id: r.id, range_id, result: Err(RaftstoreError::RangeRemoved { range_id }) });
-                                }
-                                p.sm.removed(range_id);
+                                let at = p.desc.epoch.conf_ver;
+                                done.extend(go_dormant(p, at));
                                 info!(node = node_id, range = range_id, "replica removed from the range; dormant (data kept)");
                             }
                         }

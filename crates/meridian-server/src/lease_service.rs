@@ -117,7 +117,7 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
         let statuses = backend.raft.status().await;
         // Build clocks for ranges we newly lead; drop the ones we lost.
         for st in &statuses {
-            let leading = st.role == StateRole::Leader;
+            let leading = st.role == StateRole::Leader && !st.dormant;
             let known = keeper.clocks.lock().expect("lease keeper").get(&st.range_id).map(|(t, _)| *t);
             if leading && known != Some(st.term) {
                 match load_clock(&backend, st.range_id, keeper.now_ms()).await {

@@ -75,12 +75,15 @@ pub fn plan(st: &RangeStatus, leader: u64, cluster: &[u64], op: MemberOp, node: 
     }
     let is_voter = st.voters.contains(&node);
     let is_learner = st.learners.contains(&node);
+    // Caught up = heard from lately (a quiet range's progress would not
+    // show a dead follower) and replicating within MAX_LAG of the commit.
     let caught_up = |id: u64| {
         id == leader
-            || st
-                .progress
-                .iter()
-                .any(|(p, matched, state)| *p == id && state == "Replicate" && matched.saturating_add(MAX_LAG) >= st.commit)
+            || st.live_peers.contains(&id)
+                && st
+                    .progress
+                    .iter()
+                    .any(|(p, matched, state)| *p == id && state == "Replicate" && matched.saturating_add(MAX_LAG) >= st.commit)
     };
     let kind = match op {
         MemberOp::AddLearner => {
@@ -97,6 +100,7 @@ pub fn plan(st: &RangeStatus, leader: u64, cluster: &[u64], op: MemberOp, node: 
             }
             if !caught_up(node) {
                 let (matched, state) = st.progress.iter().find(|(p, ..)| *p == node).map_or((0, "unknown"), |(_, m, s)| (*m, s.as_str()));
+                let state = if st.live_peers.contains(&node) { state } else { "not heard from lately" };
                 return Err(ApiError::Membership(format!(
                     "node {node} has not caught up with range {range} (matched {matched} of commit {}, {state}); retry when it has",
                     st.commit
@@ -189,6 +193,7 @@ mod tests {
             voters_outgoing: vec![],
             quiesced: false,
             dormant: false,
+            live_peers: vec![2, 3, 4],
             progress: progress.iter().map(|(id, m, s)| (*id, *m, s.to_string())).collect(),
         }
     }
@@ -225,6 +230,12 @@ mod tests {
         assert!(refused(plan(&st, 1, &CLUSTER, MemberOp::Remove, 1)).contains("transfer leadership first"));
         // 3 is down: removing 2 would leave {1, 3} with only the leader caught up.
         assert!(refused(plan(&st, 1, &CLUSTER, MemberOp::Remove, 2)).contains("below its quorum of 2"));
+        // A quiet range still shows a dead follower as replicating; not
+        // having heard from its node lately is what gives it away.
+        let mut quiet = status(&[1, 2, 3], &[], &[(2, 5000, "Replicate"), (3, 5000, "Replicate")]);
+        quiet.live_peers = vec![2];
+        assert!(refused(plan(&quiet, 1, &CLUSTER, MemberOp::Remove, 2)).contains("below its quorum of 2"));
+        assert!(plan(&quiet, 1, &CLUSTER, MemberOp::Remove, 3).is_ok());
         // Removing the lagging one itself is fine: {1, 2} are both caught up.
         assert!(plan(&st, 1, &CLUSTER, MemberOp::Remove, 3).is_ok());
         let mut joint = st.clone();
