@@ -2,58 +2,16 @@
 //! lock-delay, guarded compares, bad input — and a seeded model check.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
 
 use meridian_kv::command::*;
 use meridian_kv::locks::LockRecord;
-use meridian_kv::{Event, EventSink, KvMachine, LockEvent};
-use meridian_raftstore::{ApplyContext, StateMachine};
-use meridian_storage::{Engine, MemEngine, WriteBatch};
-use prost::Message;
+use meridian_kv::LockEvent;
 use rand::{Rng, SeedableRng};
 
-const RANGE: u64 = 3;
-
-#[derive(Default)]
-struct Sink(Mutex<Vec<LockEvent>>);
-
-impl EventSink for Sink {
-    fn publish(&self, _range: u64, _revision: i64, _events: &[Event]) {}
-    fn publish_locks(&self, _range: u64, _revision: i64, events: &[LockEvent]) {
-        self.0.lock().unwrap().extend(events.iter().cloned());
-    }
-}
-
-struct Fixture {
-    engine: MemEngine,
-    sm: KvMachine,
-    sink: Arc<Sink>,
-    index: u64,
-}
+mod common;
+use common::Fixture;
 
 impl Fixture {
-    fn new() -> Self {
-        let sink = Arc::new(Sink::default());
-        Fixture { engine: MemEngine::new(), sm: KvMachine::new(Some(sink.clone())), sink, index: 0 }
-    }
-
-    fn apply(&mut self, op: Op) -> Outcome {
-        let mut batch = WriteBatch::new();
-        let mut overlay = BTreeMap::new();
-        self.index += 1;
-        let out = {
-            let mut ctx = ApplyContext::new(RANGE, &self.engine, &mut batch, &mut overlay, 1);
-            self.sm.apply(&mut ctx, self.index, &Command { op: Some(op), wall_ms: 1000 }.encode_to_vec())
-        };
-        self.engine.write(&batch, false).unwrap();
-        Outcome::decode(out.as_slice()).unwrap()
-    }
-
-    fn query(&self, kind: QueryKind) -> QueryAnswer {
-        let q = Query { kind: Some(kind) };
-        QueryAnswer::decode(self.sm.read(&self.engine, RANGE, &q.encode_to_vec()).as_slice()).unwrap()
-    }
-
     fn describe(&self, name: &str) -> LockRecord {
         self.query(QueryKind::LockDescribe(name.into())).lock.unwrap()
     }
@@ -86,7 +44,7 @@ impl Fixture {
     }
 
     fn events(&self) -> Vec<LockEvent> {
-        std::mem::take(&mut *self.sink.0.lock().unwrap())
+        std::mem::take(&mut *self.sink.locks.lock().unwrap())
     }
 }
 

@@ -1,53 +1,15 @@
 //! KvMachine: etcd semantics of commands, failed commands change nothing.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-
 use meridian_kv::command::*;
-use meridian_kv::{Event, EventSink, KvMachine};
-use meridian_raftstore::{ApplyContext, StateMachine};
-use meridian_storage::{Engine, MemEngine, WriteBatch};
+use meridian_raftstore::StateMachine;
 use prost::Message;
 
-const RANGE: u64 = 3;
-
-#[derive(Default)]
-struct Sink(Mutex<Vec<(i64, Event)>>);
-
-impl EventSink for Sink {
-    fn publish(&self, _range: u64, revision: i64, events: &[Event]) {
-        self.0.lock().unwrap().extend(events.iter().map(|e| (revision, e.clone())));
-    }
-}
-
-struct Fixture {
-    engine: MemEngine,
-    sm: KvMachine,
-    sink: Arc<Sink>,
-    index: u64,
-}
+mod common;
+use common::{Fixture, RANGE};
 
 impl Fixture {
-    fn new() -> Self {
-        let sink = Arc::new(Sink::default());
-        Fixture { engine: MemEngine::new(), sm: KvMachine::new(Some(sink.clone())), sink, index: 0 }
-    }
-
-    fn apply(&mut self, op: Op) -> Outcome {
-        let mut batch = WriteBatch::new();
-        let mut overlay = BTreeMap::new();
-        self.index += 1;
-        let out = {
-            let mut ctx = ApplyContext::new(RANGE, &self.engine, &mut batch, &mut overlay, 1);
-            self.sm.apply(&mut ctx, self.index, &Command { op: Some(op), wall_ms: 0 }.encode_to_vec())
-        };
-        self.engine.write(&batch, false).unwrap();
-        Outcome::decode(out.as_slice()).unwrap()
-    }
-
     fn get(&self, key: &[u8]) -> RangeOutcome {
-        let q = Query { kind: Some(QueryKind::Range(RangeOp { key: key.to_vec(), ..Default::default() })) };
-        QueryAnswer::decode(self.sm.read(&self.engine, RANGE, &q.encode_to_vec()).as_slice()).unwrap().range.unwrap()
+        self.query(QueryKind::Range(RangeOp { key: key.to_vec(), ..Default::default() })).range.unwrap()
     }
 }
 
@@ -79,7 +41,7 @@ fn put_get_versions_and_prev_kv() {
     }
     let kv = &f.get(b"a").kvs[0];
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
-    assert_eq!(f.sink.0.lock().unwrap().len(), 2, "one event per write");
+    assert_eq!(f.sink.events.lock().unwrap().len(), 2, "one event per write");
 }
 
 #[test]
@@ -138,7 +100,7 @@ fn failed_commands_change_nothing() {
     assert!(error_of(&f.apply(Op::LeaseGrant(LeaseGrantOp { id: 0, ttl_s: 0 }))).is_some(), "zero TTL");
     let o = f.apply(Op::Compact(5));
     assert_eq!(error_of(&o).unwrap().message, "mvcc: required revision is a future revision");
-    assert_eq!(f.sink.0.lock().unwrap().len(), 1, "no events from failed commands");
+    assert_eq!(f.sink.events.lock().unwrap().len(), 1, "no events from failed commands");
 }
 
 #[test]
