@@ -7,6 +7,7 @@ use meridian_storage::{PeerStorage, RangeDescriptor, ReplicaDesc, ReplicaRole};
 use raft::prelude::ConfState;
 use raft::{RawNode, StateRole};
 
+use crate::error::RaftstoreError;
 use crate::state_machine::StateMachine;
 use crate::store::RequestId;
 
@@ -155,6 +156,21 @@ impl Peer {
         replicas.sort_by_key(|r| r.node_id);
         self.desc.replicas = replicas;
         self.desc.epoch.conf_ver += 1;
+    }
+
+    /// Refuses requests while dormant: a removed replica's data stopped
+    /// following the range.
+    pub fn serving(&self) -> Result<(), RaftstoreError> {
+        match self.dormant_at {
+            Some(_) => Err(RaftstoreError::RangeRemoved { range_id: self.desc.range_id }),
+            None => Ok(()),
+        }
+    }
+
+    /// Back in the configuration (added again): ticks and serves again.
+    pub fn rejoin(&mut self) {
+        self.dormant_at = None;
+        self.wake();
     }
 
     pub fn in_conf(cs: &ConfState, node_id: u64) -> bool {

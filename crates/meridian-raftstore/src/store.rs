@@ -58,8 +58,8 @@ pub struct RangeStatus {
     /// change entered, not yet left).
     pub voters_outgoing: Vec<u64>,
     pub quiesced: bool,
-    /// Told it was removed from the range at a later epoch; serves nothing
-    /// until added back.
+    /// Not in the range's configuration (it applied its removal, or a
+    /// member told it so): serves nothing until added back.
     pub dormant: bool,
     /// On a leader: each replica's matched index and replication state
     /// (probe, replicate, snapshot).
@@ -113,7 +113,6 @@ pub struct Store {
     metrics: StoreMetrics,
 }
 
-/// Legacy single conf changes (from etcd-era tooling) as a V2 change.
 /// Puts a replica that is no longer in its range's configuration (as of
 /// `conf_ver`) to sleep; answers what it still held. Safe between `ready()`
 /// and `advance_append`: stepping down creates no messages and changes
@@ -142,6 +141,7 @@ fn go_dormant(p: &mut Peer, conf_ver: u64) -> Vec<Completion> {
     done
 }
 
+/// Legacy single conf changes (from etcd-era tooling) as a V2 change.
 fn legacy_to_v2(c: ConfChange) -> ConfChangeV2 {
     let mut single = raft::prelude::ConfChangeSingle::default();
     single.set_change_type(c.get_change_type());
@@ -373,9 +373,7 @@ impl Store {
     fn leader_peer(&mut self, range_id: u64) -> Result<&mut Peer, RaftstoreError> {
         let max = self.cfg.max_pending_per_range;
         let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
-        if p.dormant_at.is_some() {
-            return Err(RaftstoreError::RangeRemoved { range_id });
-        }
+        p.serving()?;
         if !p.is_leader() {
             return Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
         }
@@ -444,9 +442,7 @@ impl Store {
         let max = self.cfg.max_pending_per_range;
         let ctx = read_ctx(self.incarnation, id);
         let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
-        if p.dormant_at.is_some() {
-            return Err(RaftstoreError::RangeRemoved { range_id });
-        }
+        p.serving()?;
         if p.pending() >= max {
             return Err(RaftstoreError::TooBusy { range_id, pending: p.pending() });
         }
@@ -459,10 +455,7 @@ impl Store {
     /// Serializable read from this replica's applied state (may be stale).
     pub fn read_local(&self, range_id: u64, query: &[u8]) -> Result<Vec<u8>, RaftstoreError> {
         let p = self.peers.get(&range_id).ok_or_else(|| not_found(range_id))?;
-        if p.dormant_at.is_some() {
-            // Removed: its data stopped following the range.
-            return Err(RaftstoreError::RangeRemoved { range_id });
-        }
+        p.serving()?;
         Ok(p.sm.read(&*self.engine, range_id, query))
     }
 
@@ -478,9 +471,7 @@ impl Store {
     /// Starts an election for the range now (tests and planned failover).
     pub fn campaign(&mut self, range_id: u64) -> Result<(), RaftstoreError> {
         let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
-        if p.dormant_at.is_some() {
-            return Err(RaftstoreError::RangeRemoved { range_id });
-        }
+        p.serving()?;
         p.wake();
         let r = p.raft.campaign().map_err(|e| RaftstoreError::InvalidRequest { range_id, reason: e.to_string() });
         p.after_raft_call();
@@ -523,8 +514,7 @@ impl Store {
         let p = self.peers.get_mut(&env.range_id).expect("present or created");
         if p.dormant_at.is_some_and(|d| env.conf_ver > d) {
             info!(node = self.cfg.node_id, range = env.range_id, from, conf_ver = env.conf_ver, "replica added back; active again");
-            p.dormant_at = None;
-            p.wake();
+            p.rejoin();
         }
         let cs = &p.raft.store().raft_state().conf_state;
         if env.conf_ver < p.desc.epoch.conf_ver && !Peer::in_conf(cs, from) {
@@ -868,8 +858,9 @@ impl Store {
                             batch.put(Cf::Meta, keys::state_key(range_id), p.desc.encode());
                             info!(node = node_id, range = range_id, voters = ?cs.voters, outgoing = ?cs.voters_outgoing, learners = ?cs.learners, conf_ver = p.desc.epoch.conf_ver, "membership changed");
                             if Peer::in_conf(&cs, node_id) {
-                                if p.dormant_at.take().is_some() {
+                                if p.dormant_at.is_some() {
                                     info!(node = node_id, range = range_id, "replica added back; active again");
+                                    p.rejoin();
                                 }
                             } else if p.dormant_at.is_none() {
                                 let at = p.desc.epoch.conf_ver;
