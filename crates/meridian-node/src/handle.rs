@@ -84,12 +84,18 @@ impl NodeHandle {
         self.inner.transport.set_peer_addr(node_id, addr);
     }
 
-    /// Proposes a state-machine command to `range_id`, whose leader must be
-    /// this node (else `NodeError::Raft(NotLeader { leader_hint, .. })`).
-    /// Answers the index it was applied at and the state machine's
-    /// response.
+    /// Proposes a state-machine command to `range_id`. On a follower it
+    /// goes to the leader inside raft and is answered when applied here;
+    /// with no leader known, `NodeError::Raft(NotLeader { .. })`. Answers
+    /// the index it was applied at and the state machine's response.
     pub async fn propose(&self, range_id: u64, command: Vec<u8>) -> Result<(u64, Vec<u8>), NodeError> {
-        self.call(|| format!("proposal to range {range_id}"), |reply| Command::Propose { range_id, command, reply }).await
+        self.call(|| format!("proposal to range {range_id}"), |reply| Command::Propose { range_id, command, forward: true, reply }).await
+    }
+
+    /// Proposes only if this node leads `range_id` (else
+    /// `NodeError::Raft(NotLeader { leader_hint, .. })`).
+    pub async fn propose_on_leader(&self, range_id: u64, command: Vec<u8>) -> Result<(u64, Vec<u8>), NodeError> {
+        self.call(|| format!("proposal to range {range_id}"), |reply| Command::Propose { range_id, command, forward: false, reply }).await
     }
 
     /// Answers `query` from this node's replica of `range_id`.

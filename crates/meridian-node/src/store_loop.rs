@@ -45,12 +45,36 @@ pub(crate) type Answer = (u64, Vec<u8>);
 
 /// A request from a handle.
 pub(crate) enum Command {
-    Propose { range_id: u64, command: Vec<u8>, reply: Reply<Answer> },
-    Read { range_id: u64, query: Vec<u8>, linearizable: bool, reply: Reply<Answer> },
-    ConfChange { range_id: u64, change: ConfChangeV2, reply: Reply<Answer> },
-    TransferLeader { range_id: u64, to: u64, reply: Reply<()> },
-    Status { reply: Reply<Vec<RangeStatus>> },
-    Metrics { reply: Reply<StoreMetrics> },
+    /// `forward`: a follower hands the proposal to its leader inside raft;
+    /// without it, a follower answers `NotLeader`.
+    Propose {
+        range_id: u64,
+        command: Vec<u8>,
+        forward: bool,
+        reply: Reply<Answer>,
+    },
+    Read {
+        range_id: u64,
+        query: Vec<u8>,
+        linearizable: bool,
+        reply: Reply<Answer>,
+    },
+    ConfChange {
+        range_id: u64,
+        change: ConfChangeV2,
+        reply: Reply<Answer>,
+    },
+    TransferLeader {
+        range_id: u64,
+        to: u64,
+        reply: Reply<()>,
+    },
+    Status {
+        reply: Reply<Vec<RangeStatus>>,
+    },
+    Metrics {
+        reply: Reply<StoreMetrics>,
+    },
 }
 
 /// A caller waiting for a [`Completion`].
@@ -174,11 +198,11 @@ impl StoreLoop {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Propose { range_id, command, reply } => {
+            Command::Propose { range_id, command, forward, reply } => {
                 // A caller that already gave up (deadline) gets no proposal
                 // on its behalf.
                 if !reply.is_closed() {
-                    let r = self.store.propose(range_id, command);
+                    let r = if forward { self.store.propose(range_id, command) } else { self.store.propose_on_leader(range_id, command) };
                     self.wait(range_id, r, reply);
                 }
             }
@@ -339,7 +363,10 @@ mod tests {
 
     async fn propose(commands: &mpsc::Sender<Command>, value: &[u8]) -> Result<Answer, NodeError> {
         let (reply, answer) = oneshot::channel();
-        commands.send(Command::Propose { range_id: 1, command: put_command(b"k", value), reply }).await.map_err(|_| NodeError::Stopped)?;
+        commands
+            .send(Command::Propose { range_id: 1, command: put_command(b"k", value), forward: true, reply })
+            .await
+            .map_err(|_| NodeError::Stopped)?;
         answer.await.map_err(|_| NodeError::Stopped)?
     }
 

@@ -1,7 +1,7 @@
 //! One range replica on this node: its `RawNode`, state machine and the
 //! requests waiting on it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use meridian_storage::{PeerStorage, RangeDescriptor, ReplicaDesc, ReplicaRole};
 use raft::prelude::ConfState;
@@ -19,6 +19,39 @@ pub(crate) struct Proposal {
     pub id: Option<RequestId>,
 }
 
+/// Names the store (node and incarnation) and request that proposed an
+/// entry from a follower; it travels in the entry's `context`. Incarnations
+/// change at every restart, so a tag never matches a request of an earlier
+/// life of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProposalTag {
+    pub node_id: u64,
+    pub incarnation: u64,
+    pub id: RequestId,
+}
+
+impl ProposalTag {
+    const LEN: usize = 24;
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::LEN);
+        out.extend_from_slice(&self.node_id.to_be_bytes());
+        out.extend_from_slice(&self.incarnation.to_be_bytes());
+        out.extend_from_slice(&self.id.0.to_be_bytes());
+        out
+    }
+
+    /// `None` for an entry without a tag (proposed on the leader, or by an
+    /// older version) or with a context of another shape.
+    pub fn decode(ctx: &[u8]) -> Option<ProposalTag> {
+        if ctx.len() != Self::LEN {
+            return None;
+        }
+        let word = |i: usize| u64::from_be_bytes(ctx[i * 8..(i + 1) * 8].try_into().expect("8 bytes"));
+        Some(ProposalTag { node_id: word(0), incarnation: word(1), id: RequestId(word(2)) })
+    }
+}
+
 /// A linearizable read waiting for its read index to be applied.
 pub(crate) struct PendingRead {
     pub id: RequestId,
@@ -32,7 +65,13 @@ pub(crate) struct Peer {
     pub raft: RawNode<PeerStorage>,
     pub sm: Box<dyn StateMachine>,
     pub desc: RangeDescriptor,
+    /// Proposed while leading: matched by (index, term) when applied.
     pub proposals: VecDeque<Proposal>,
+    /// Proposed while following: raft-rs forwarded them to the leader, so
+    /// their index is unknown here. Each entry carries a [`ProposalTag`]
+    /// naming this store; it is matched when this replica applies it. Keyed
+    /// by request id (issue order), valued by the tick it was issued at.
+    pub forwarded: BTreeMap<RequestId, u64>,
     pub reads: VecDeque<PendingRead>,
     /// Consecutive ticks with nothing to do (leader side of quiescence).
     pub idle_ticks: u64,
@@ -99,7 +138,7 @@ impl Peer {
     }
 
     pub fn pending(&self) -> usize {
-        self.proposals.len() + self.reads.len()
+        self.proposals.len() + self.forwarded.len() + self.reads.len()
     }
 
     pub fn wake(&mut self) {

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::config::{SnapshotBuild, StoreConfig};
 use crate::error::RaftstoreError;
 use crate::logger::raft_logger;
-use crate::peer::{splitmix, Peer, PendingRead, Proposal};
+use crate::peer::{splitmix, Peer, PendingRead, Proposal, ProposalTag};
 use crate::state_machine::{ApplyContext, StateMachineFactory};
 
 /// Identifies a proposal or read handed to the store; its answer comes back
@@ -80,6 +80,11 @@ pub struct StoreMetrics {
     pub snapshots_built: u64,
     pub snapshots_installed: u64,
     pub proposals_dropped: u64,
+    /// Proposals a follower handed to its leader inside raft.
+    pub proposals_forwarded: u64,
+    /// ... of which this many were not applied here in time and were
+    /// answered `OutcomeUnknown`.
+    pub forwarded_unknown: u64,
     pub read_timeouts: u64,
 }
 
@@ -131,7 +136,8 @@ fn go_dormant(p: &mut Peer, conf_ver: u64) -> Vec<Completion> {
     // Its in-flight proposals may still commit on the others; its reads
     // cannot be answered.
     let mut done = Vec::new();
-    for x in p.proposals.drain(..).filter_map(|x| x.id) {
+    let forwarded = std::mem::take(&mut p.forwarded).into_keys();
+    for x in p.proposals.drain(..).filter_map(|x| x.id).chain(forwarded) {
         done.push(Completion { id: x, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) });
     }
     for r in p.reads.drain(..) {
@@ -279,6 +285,7 @@ impl Store {
             sm,
             desc,
             proposals: VecDeque::new(),
+            forwarded: BTreeMap::new(),
             reads: VecDeque::new(),
             idle_ticks: 0,
             quiesced: false,
@@ -386,12 +393,52 @@ impl Store {
 
     /// Proposes a state-machine command. The answer arrives as a
     /// [`Completion`] once the entry is applied here.
+    ///
+    /// On a follower the proposal goes to the leader inside raft (a
+    /// `MsgPropose` over the peer transport, batched with the rest of the
+    /// round's traffic), tagged with this store's [`ProposalTag`]; this
+    /// replica answers it when it applies the tagged entry, with the same
+    /// deterministic response the leader computes. A forwarded proposal the
+    /// leader never appended (it lost leadership, or was transferring it) is
+    /// answered `OutcomeUnknown` after [`Store::forward_timeout_ticks`].
     pub fn propose(&mut self, range_id: u64, command: Vec<u8>) -> Result<RequestId, RaftstoreError> {
+        self.propose_inner(range_id, command, true)
+    }
+
+    /// Like [`Store::propose`], but only on the leader: a follower answers
+    /// `NotLeader`. For commands whose caller keeps leader-only state
+    /// alongside the command's effect (the lease keeper's clocks).
+    pub fn propose_on_leader(&mut self, range_id: u64, command: Vec<u8>) -> Result<RequestId, RaftstoreError> {
+        self.propose_inner(range_id, command, false)
+    }
+
+    fn propose_inner(&mut self, range_id: u64, command: Vec<u8>, forward: bool) -> Result<RequestId, RaftstoreError> {
         if command.is_empty() {
             return Err(RaftstoreError::InvalidRequest { range_id, reason: "empty command".into() });
         }
         let id = self.next_id();
-        let p = self.leader_peer(range_id)?;
+        let (node_id, incarnation, now) = (self.cfg.node_id, self.incarnation, self.now_tick);
+        let max = self.cfg.max_pending_per_range;
+        let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
+        p.serving()?;
+        if p.pending() >= max {
+            return Err(RaftstoreError::TooBusy { range_id, pending: p.pending() });
+        }
+        if !p.is_leader() {
+            if !forward || p.raft.raft.leader_id == raft::INVALID_ID {
+                return Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
+            }
+            p.wake();
+            let tag = ProposalTag { node_id, incarnation, id };
+            if p.raft.propose(tag.encode(), command).is_err() {
+                // raft-rs drops it when there is no leader (a candidate).
+                return Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
+            }
+            p.forwarded.insert(id, now);
+            self.metrics.proposals_forwarded += 1;
+            return Ok(id);
+        }
+        p.wake();
         let before = p.raft.raft.raft_log.last_index();
         if p.raft.propose(vec![], command).is_err() || p.raft.raft.raft_log.last_index() == before {
             // raft-rs refuses proposals during a leadership transfer.
@@ -400,6 +447,14 @@ impl Store {
         let index = p.raft.raft.raft_log.last_index();
         p.proposals.push_back(Proposal { index, term: p.raft.raft.term, id: Some(id) });
         Ok(id)
+    }
+
+    /// Ticks after which a proposal forwarded to the leader and not applied
+    /// here is answered `OutcomeUnknown`: two election timeouts, time enough
+    /// for a new leader to be elected and to commit what the old one had
+    /// appended.
+    pub fn forward_timeout_ticks(&self) -> u64 {
+        2 * self.cfg.election_ticks as u64
     }
 
     /// Proposes a membership change. Voter changes always go through joint
@@ -623,6 +678,7 @@ impl Store {
         let now = self.now_tick;
         let dead_after = 2 * self.cfg.election_ticks as u64;
         let orphan_ticks = 4 * self.cfg.election_ticks as u64;
+        let forward_timeout = self.forward_timeout_ticks();
         let mut timeouts = Vec::new();
         let mut orphaned = Vec::new();
         for p in self.peers.values_mut() {
@@ -678,6 +734,20 @@ impl Store {
                     }
                     p.orphaned_since = None;
                 }
+            }
+            // Forwarded proposals the leader dropped (it lost leadership or
+            // was handing it over) never come back as entries.
+            while let Some((&id, &at)) = p.forwarded.first_key_value() {
+                if now.saturating_sub(at) < forward_timeout {
+                    break;
+                }
+                p.forwarded.pop_first();
+                orphaned.push(Completion {
+                    id,
+                    range_id: p.desc.range_id,
+                    result: Err(RaftstoreError::OutcomeUnknown { range_id: p.desc.range_id }),
+                });
+                self.metrics.forwarded_unknown += 1;
             }
             // Re-send read requests raft-rs may have dropped.
             let retry = self.cfg.read_retry_ticks;
@@ -780,6 +850,11 @@ impl Store {
                         done.push(Completion { id, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) });
                     }
                 }
+                // Forwarded proposals: their entries may be among those the
+                // snapshot covers, so they will never be applied here.
+                for id in std::mem::take(&mut p.forwarded).into_keys() {
+                    done.push(Completion { id, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) });
+                }
                 info!(node = self.cfg.node_id, range = range_id, index = applied, "installed snapshot");
             }
             let persisted = rd.take_persisted_messages();
@@ -879,6 +954,11 @@ impl Store {
             }
             applied.applied_index = e.index;
             applied.applied_term = e.term;
+            if let Some(tag) = ProposalTag::decode(&e.context) {
+                if tag.node_id == node_id && tag.incarnation == self.incarnation && p.forwarded.remove(&tag.id).is_some() {
+                    done.push(Completion { id: tag.id, range_id, result: Ok((e.index, std::mem::take(&mut response))) });
+                }
+            }
             while let Some(front) = p.proposals.front() {
                 if front.index > e.index {
                     break;

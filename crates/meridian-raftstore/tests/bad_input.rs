@@ -112,9 +112,16 @@ fn bad_requests_get_clear_errors() {
     assert!(matches!(s.transfer_leader(1, 5), Err(RaftstoreError::InvalidRequest { .. })), "transfer to a non-voter");
     assert_eq!(snapshot_of(&s).2, 4, "nothing was applied");
 
-    // A follower refuses proposals and names the leader it knows of.
+    // A follower that knows of no leader refuses proposals.
     let engine = MemEngine::new();
     let mut f = open(&engine, &[1, 2, 3]).unwrap();
+    match f.propose(1, b"P k v".to_vec()) {
+        Err(e @ RaftstoreError::NotLeader { range_id: 1, leader_hint: None }) => assert!(e.is_retryable()),
+        other => panic!("expected NotLeader without a hint, got {other:?}"),
+    }
+    // One that knows its leader hands the proposal over inside raft. Never
+    // applied here (the leader is silent), it is answered "outcome unknown"
+    // after the forward timeout, not before.
     f.step(env(1, 2, {
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgHeartbeat);
@@ -124,10 +131,21 @@ fn bad_requests_get_clear_errors() {
         m.write_to_bytes().unwrap()
     }));
     f.poll().unwrap();
-    match f.propose(1, b"P k v".to_vec()) {
-        Err(e @ RaftstoreError::NotLeader { range_id: 1, leader_hint: Some(2) }) => assert!(e.is_retryable()),
-        other => panic!("expected NotLeader with hint, got {other:?}"),
+    let id = f.propose(1, b"P k v".to_vec()).expect("a follower with a leader forwards");
+    assert_eq!(f.metrics().proposals_forwarded, 1);
+    let mut answers = Vec::new();
+    for _ in 0..f.forward_timeout_ticks() - 1 {
+        f.tick();
+        answers.extend(f.poll().unwrap());
     }
+    assert!(answers.iter().all(|c| c.id != id), "answered before the timeout: {answers:?}");
+    f.tick();
+    answers.extend(f.poll().unwrap());
+    match answers.iter().find(|c| c.id == id) {
+        Some(c) => assert!(matches!(c.result, Err(RaftstoreError::OutcomeUnknown { range_id: 1 })), "{c:?}"),
+        None => panic!("no answer after the forward timeout"),
+    }
+    assert_eq!(f.metrics().forwarded_unknown, 1);
 }
 
 #[test]

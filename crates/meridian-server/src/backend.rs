@@ -19,9 +19,13 @@ use crate::routing::Routing;
 /// test doubles.
 #[tonic::async_trait]
 pub trait RaftAccess: Send + Sync + 'static {
-    /// Proposes a command to the range's leader on this node; answers with
-    /// the state machine's reply once applied.
+    /// Proposes a command (a follower hands it to the leader inside raft);
+    /// answers with the state machine's reply once applied here.
     async fn propose(&self, range_id: u64, command: Vec<u8>) -> Result<Vec<u8>, ApiError>;
+    /// Proposes only if this node leads the range, else `NotLeader`.
+    async fn propose_on_leader(&self, range_id: u64, command: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+        self.propose(range_id, command).await
+    }
     /// Answers a query: after ReadIndex if `linearizable`, else locally.
     async fn read(&self, range_id: u64, query: Vec<u8>, linearizable: bool) -> Result<Vec<u8>, ApiError>;
     async fn status(&self) -> Vec<RangeStatus>;
@@ -168,17 +172,29 @@ impl Backend {
         self.requests.lock().expect("request metrics").iter().map(|(k, v)| (*k, *v)).collect()
     }
 
+    /// Proposes `op` from this node, leader or follower.
     pub async fn execute(&self, range_id: u64, op: c::Op) -> Result<c::Outcome, ApiError> {
+        self.execute_as(range_id, op, false).await
+    }
+
+    /// Proposes `op` only if this node leads the range (else `NotLeader`,
+    /// for the caller to forward): for operations whose caller updates
+    /// leader-only state with the outcome (the lease keeper).
+    pub async fn execute_on_leader(&self, range_id: u64, op: c::Op) -> Result<c::Outcome, ApiError> {
+        self.execute_as(range_id, op, true).await
+    }
+
+    async fn execute_as(&self, range_id: u64, op: c::Op, leader_only: bool) -> Result<c::Outcome, ApiError> {
         let name = op_name(&op);
         let started = std::time::Instant::now();
-        let r = self.execute_inner(range_id, op).await;
+        let r = self.execute_inner(range_id, op, leader_only).await;
         self.record(name, result_name(&r), started);
         r
     }
 
-    async fn execute_inner(&self, range_id: u64, op: c::Op) -> Result<c::Outcome, ApiError> {
-        let cmd = c::Command { op: Some(op), wall_ms: wall_ms() };
-        let raw = self.raft.propose(range_id, cmd.encode_to_vec()).await?;
+    async fn execute_inner(&self, range_id: u64, op: c::Op, leader_only: bool) -> Result<c::Outcome, ApiError> {
+        let cmd = c::Command { op: Some(op), wall_ms: wall_ms() }.encode_to_vec();
+        let raw = if leader_only { self.raft.propose_on_leader(range_id, cmd).await? } else { self.raft.propose(range_id, cmd).await? };
         let out = c::Outcome::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable outcome: {e}")))?;
         if let Some(c::OutcomeKind::Error(e)) = &out.kind {
             return Err(ApiError::from_outcome(e));

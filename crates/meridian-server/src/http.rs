@@ -380,7 +380,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         quiet.with_label_values(&l).set(r.quiesced as i64);
     }
     if let Some(m) = s.backend.raft.metrics().await {
-        let counters: [(&str, &str, u64); 9] = [
+        let counters: [(&str, &str, u64); 11] = [
             ("meridian_store_poll_rounds_total", "Poll rounds of the store", m.poll_rounds),
             ("meridian_store_synced_writes_total", "fsynced raft writes (one per round with work)", m.synced_writes),
             ("meridian_store_entries_persisted_total", "Raft entries persisted", m.entries_persisted),
@@ -389,6 +389,12 @@ async fn metrics(State(s): State<HttpState>) -> Response {
             ("meridian_store_snapshots_built_total", "Snapshots built for followers", m.snapshots_built),
             ("meridian_store_snapshots_installed_total", "Snapshots installed on this node", m.snapshots_installed),
             ("meridian_store_proposals_dropped_total", "Proposals lost to leader changes", m.proposals_dropped),
+            ("meridian_store_proposals_forwarded_total", "Proposals a follower handed to its leader inside raft", m.proposals_forwarded),
+            (
+                "meridian_store_forwarded_unknown_total",
+                "Forwarded proposals not applied here in time, answered outcome-unknown",
+                m.forwarded_unknown,
+            ),
             ("meridian_store_read_timeouts_total", "Linearizable reads that found no quorum", m.read_timeouts),
         ];
         for (name, help, v) in counters {

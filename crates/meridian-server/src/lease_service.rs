@@ -101,7 +101,10 @@ pub fn lease_range_of(id: i64) -> u64 {
 }
 
 /// Runs forever: tracks leadership changes, expires leases, checkpoints
-/// long ones. Bounded work per round.
+/// long ones. Bounded work per round. Everything it proposes is timed on
+/// this leader's clock, so it proposes only while leading
+/// (`execute_on_leader`): a deposed leader must not hand its expiries to
+/// the new one.
 pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: Arc<LockHub>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -140,7 +143,7 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
             let expired = keeper.with(range_id, |c, now| c.expired(now)).unwrap_or_default();
             for id in expired {
                 // Expiry, not a clean revoke: held locks get lock-delay.
-                match backend.execute(range_id, c::Op::LeaseExpire(id)).await {
+                match backend.execute_on_leader(range_id, c::Op::LeaseExpire(id)).await {
                     Ok(_) | Err(ApiError::LeaseNotFound) => {
                         keeper.with(range_id, |c, _| c.revoked(id));
                         debug!(range = range_id, lease = id, "lease expired and revoked");
@@ -157,7 +160,7 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
                 let cps = keeper.with(range_id, |c, now| c.checkpoints(now, 10, 256)).unwrap_or_default();
                 for (id, remaining) in cps {
                     let op = c::Op::LeaseCheckpoint(c::LeaseCheckpointOp { id, remaining_ttl_s: remaining });
-                    if let Err(e) = backend.execute(range_id, op).await {
+                    if let Err(e) = backend.execute_on_leader(range_id, op).await {
                         debug!(range = range_id, lease = id, "checkpoint: {e}");
                     }
                 }
@@ -181,7 +184,7 @@ async fn end_lock_delays(backend: &Backend, range_id: u64, now: u64, delays: &mu
         let delay = l.lock.as_ref().map_or(0, |r| r.delay_ms).max(0) as u64;
         let since = *delays.entry((range_id, l.name.clone())).or_insert(now);
         if now.saturating_sub(since) >= delay {
-            match backend.execute(range_id, c::Op::LockDelayEnd(l.name.clone())).await {
+            match backend.execute_on_leader(range_id, c::Op::LockDelayEnd(l.name.clone())).await {
                 Ok(_) => debug!(range = range_id, lock = %String::from_utf8_lossy(&l.name), "lock-delay over"),
                 Err(e) => debug!(range = range_id, "ending lock-delay: {e}"),
             }
@@ -312,7 +315,7 @@ impl pb::lease_server::Lease for LeaseService {
         let ttl = g.ttl.max(MIN_TTL_S);
         let range_id = lease_range_of(g.id);
         self.ensure_clock(range_id).await;
-        match self.backend.execute(range_id, c::Op::LeaseGrant(c::LeaseGrantOp { id: g.id, ttl_s: ttl })).await {
+        match self.backend.execute_on_leader(range_id, c::Op::LeaseGrant(c::LeaseGrantOp { id: g.id, ttl_s: ttl })).await {
             Ok(out) => {
                 let (id, ttl) = match out.kind {
                     Some(c::OutcomeKind::Lease(l)) => (l.id, l.ttl_s),
@@ -336,7 +339,7 @@ impl pb::lease_server::Lease for LeaseService {
     async fn lease_revoke(&self, req: Request<pb::LeaseRevokeRequest>) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let id = req.get_ref().id;
         let range_id = lease_range_of(id);
-        match self.backend.execute(range_id, c::Op::LeaseRevoke(id)).await {
+        match self.backend.execute_on_leader(range_id, c::Op::LeaseRevoke(id)).await {
             Ok(out) => {
                 self.keeper.with(range_id, |c, _| c.revoked(id));
                 Ok(Response::new(pb::LeaseRevokeResponse { header: Some(self.backend.header(range_id, out.revision).await) }))

@@ -64,6 +64,10 @@ impl RaftAccess for NodeRaft {
         self.node.propose(range_id, command).await.map(|(_, r)| r).map_err(api_err)
     }
 
+    async fn propose_on_leader(&self, range_id: u64, command: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+        self.node.propose_on_leader(range_id, command).await.map(|(_, r)| r).map_err(api_err)
+    }
+
     async fn read(&self, range_id: u64, query: Vec<u8>, linearizable: bool) -> Result<Vec<u8>, ApiError> {
         self.node.read(range_id, query, linearizable).await.map(|(_, r)| r).map_err(api_err)
     }

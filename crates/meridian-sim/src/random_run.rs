@@ -14,6 +14,8 @@ struct PendingPut {
     range_id: u64,
     key: Vec<u8>,
     value: Vec<u8>,
+    /// Proposed on a follower.
+    forwarded: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -27,6 +29,9 @@ pub struct RunReport {
     /// Membership changes proposed (remove a voter, add it back as a
     /// learner, promote it).
     pub membership_changes: u64,
+    /// Acknowledged writes that a follower proposed (handed to its leader
+    /// inside raft) and answered when it applied them.
+    pub forwarded_acked: u64,
     pub violations: Vec<String>,
 }
 
@@ -86,8 +91,17 @@ pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
             let r = *ranges.choose(&mut c.rng).expect("ranges");
             let (key, _) = c.fresh_put(r);
             let value = format!("v{}", c.now()).into_bytes();
-            if let Some((node, id)) = c.propose(r, put_command(&key, &value)) {
-                pending.push(PendingPut { node, id, range_id: r, key, value });
+            // Half the writes go to a random replica: a follower hands them
+            // to its leader inside raft and answers them when it applies them.
+            let node = *nodes.choose(&mut c.rng).expect("nodes");
+            let proposed = if c.rng.gen_bool(0.5) && c.is_up(node) {
+                c.propose_on(node, r, put_command(&key, &value)).ok().map(|id| (node, id))
+            } else {
+                c.propose(r, put_command(&key, &value))
+            };
+            if let Some((node, id)) = proposed {
+                let forwarded = c.leader_of(r) != Some(node);
+                pending.push(PendingPut { node, id, range_id: r, key, value, forwarded });
             }
         }
         if !written.is_empty() && c.rng.gen_bool(0.2) {
@@ -152,6 +166,7 @@ pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
         c.step();
         pending.retain(|p| match c.take_result(p.node, p.id) {
             Some(Ok(_)) => {
+                report.forwarded_acked += p.forwarded as u64;
                 written.push((p.range_id, p.key.clone(), p.value.clone()));
                 false
             }

@@ -23,7 +23,7 @@ fn randomized_runs_keep_every_invariant() {
         }
     };
     let mut failed = Vec::new();
-    let (mut acked, mut crashes, mut partitions, mut reads, mut changes) = (0, 0, 0, 0, 0);
+    let (mut acked, mut crashes, mut partitions, mut reads, mut changes, mut forwarded) = (0, 0, 0, 0, 0, 0);
     for seed in &seeds {
         let mut cfg = SimConfig::new(*seed);
         cfg.ranges = 8;
@@ -33,6 +33,7 @@ fn randomized_runs_keep_every_invariant() {
         partitions += report.partitions;
         reads += report.reads_checked;
         changes += report.membership_changes;
+        forwarded += report.forwarded_acked;
         if !report.ok() {
             eprintln!("seed {seed} FAILED:\n  {}", report.violations.join("\n  "));
             eprintln!("rerun: MERIDIAN_SIM_SEED={seed} MERIDIAN_SIM_STEPS={steps} cargo test --workspace --test random");
@@ -40,10 +41,11 @@ fn randomized_runs_keep_every_invariant() {
         }
     }
     eprintln!(
-        "simulation: {} seeds x {steps} ticks, {acked} acknowledged writes, {reads} linearizable reads checked, {crashes} crashes, {partitions} partitions, {changes} membership changes, {} failed",
+        "simulation: {} seeds x {steps} ticks, {acked} acknowledged writes ({forwarded} proposed on followers), {reads} linearizable reads checked, {crashes} crashes, {partitions} partitions, {changes} membership changes, {} failed",
         seeds.len(),
         failed.len()
     );
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
     assert!(acked > 0, "the workload made no progress at all");
+    assert!(forwarded > 0, "no write proposed on a follower was acknowledged");
 }
