@@ -19,6 +19,18 @@ pub(crate) struct Proposal {
     pub id: Option<RequestId>,
 }
 
+/// A proposal accepted by `Store::propose`, handed to raft at the start
+/// of the next poll together with the rest of the round's: one `MsgPropose`
+/// per range and round (bounded in bytes), so the leader appends them at
+/// once and replicates them in one `MsgAppend` per follower instead of one
+/// per proposal.
+pub(crate) struct Staged {
+    pub id: RequestId,
+    pub command: Vec<u8>,
+    /// May go to the leader from a follower.
+    pub forward: bool,
+}
+
 /// Names the store (node and incarnation) and request that proposed an
 /// entry from a follower; it travels in the entry's `context`. Incarnations
 /// change at every restart, so a tag never matches a request of an earlier
@@ -65,6 +77,8 @@ pub(crate) struct Peer {
     pub raft: RawNode<PeerStorage>,
     pub sm: Box<dyn StateMachine>,
     pub desc: RangeDescriptor,
+    /// Accepted this round, not yet handed to raft.
+    pub staged: Vec<Staged>,
     /// Proposed while leading: matched by (index, term) when applied.
     pub proposals: VecDeque<Proposal>,
     /// Proposed while following: raft-rs forwarded them to the leader, so
@@ -138,7 +152,7 @@ impl Peer {
     }
 
     pub fn pending(&self) -> usize {
-        self.proposals.len() + self.forwarded.len() + self.reads.len()
+        self.staged.len() + self.proposals.len() + self.forwarded.len() + self.reads.len()
     }
 
     pub fn wake(&mut self) {

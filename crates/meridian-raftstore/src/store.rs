@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::config::{SnapshotBuild, StoreConfig};
 use crate::error::RaftstoreError;
 use crate::logger::raft_logger;
-use crate::peer::{splitmix, Peer, PendingRead, Proposal, ProposalTag};
+use crate::peer::{splitmix, Peer, PendingRead, Proposal, ProposalTag, Staged};
 use crate::state_machine::{ApplyContext, StateMachineFactory};
 
 /// Identifies a proposal or read handed to the store; its answer comes back
@@ -136,6 +136,9 @@ fn go_dormant(p: &mut Peer, conf_ver: u64) -> Vec<Completion> {
     // Its in-flight proposals may still commit on the others; its reads
     // cannot be answered.
     let mut done = Vec::new();
+    for s in p.staged.drain(..) {
+        done.push(Completion { id: s.id, range_id, result: Err(RaftstoreError::RangeRemoved { range_id }) });
+    }
     let forwarded = std::mem::take(&mut p.forwarded).into_keys();
     for x in p.proposals.drain(..).filter_map(|x| x.id).chain(forwarded) {
         done.push(Completion { id: x, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) });
@@ -284,6 +287,7 @@ impl Store {
             raft,
             sm,
             desc,
+            staged: Vec::new(),
             proposals: VecDeque::new(),
             forwarded: BTreeMap::new(),
             reads: VecDeque::new(),
@@ -417,36 +421,95 @@ impl Store {
             return Err(RaftstoreError::InvalidRequest { range_id, reason: "empty command".into() });
         }
         let id = self.next_id();
-        let (node_id, incarnation, now) = (self.cfg.node_id, self.incarnation, self.now_tick);
         let max = self.cfg.max_pending_per_range;
         let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
         p.serving()?;
         if p.pending() >= max {
             return Err(RaftstoreError::TooBusy { range_id, pending: p.pending() });
         }
-        if !p.is_leader() {
-            if !forward || p.raft.raft.leader_id == raft::INVALID_ID {
-                return Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
-            }
-            p.wake();
-            let tag = ProposalTag { node_id, incarnation, id };
-            if p.raft.propose(tag.encode(), command).is_err() {
-                // raft-rs drops it when there is no leader (a candidate).
-                return Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
-            }
-            p.forwarded.insert(id, now);
-            self.metrics.proposals_forwarded += 1;
-            return Ok(id);
-        }
-        p.wake();
-        let before = p.raft.raft.raft_log.last_index();
-        if p.raft.propose(vec![], command).is_err() || p.raft.raft.raft_log.last_index() == before {
-            // raft-rs refuses proposals during a leadership transfer.
+        if !p.is_leader() && (!forward || p.raft.raft.leader_id == raft::INVALID_ID) {
             return Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
         }
-        let index = p.raft.raft.raft_log.last_index();
-        p.proposals.push_back(Proposal { index, term: p.raft.raft.term, id: Some(id) });
+        p.wake();
+        p.staged.push(Staged { id, command, forward });
         Ok(id)
+    }
+
+    /// Hands every range's staged proposals to raft, batched: on a leader
+    /// they are appended at once; on a follower they go to the leader in
+    /// one `MsgPropose`, each entry tagged with this store's
+    /// [`ProposalTag`]. The role may have changed since `propose` accepted
+    /// them (a message stepped in between); what can no longer go anywhere
+    /// is answered `NotLeader`, which is definite: it never reached raft.
+    fn flush_staged(&mut self) {
+        let (node_id, incarnation, now) = (self.cfg.node_id, self.incarnation, self.now_tick);
+        let max_bytes = self.cfg.max_size_per_msg_bytes.max(1) as usize;
+        for (&range_id, p) in self.peers.iter_mut() {
+            if p.staged.is_empty() {
+                continue;
+            }
+            let staged = std::mem::take(&mut p.staged);
+            if let Err(e) = p.serving() {
+                self.completions.extend(staged.into_iter().map(|s| Completion { id: s.id, range_id, result: Err(e.clone()) }));
+                continue;
+            }
+            let leading = p.is_leader();
+            let forwarding = !leading && p.raft.raft.leader_id != raft::INVALID_ID;
+            let mut batch: Vec<Staged> = Vec::new();
+            let mut bytes = 0;
+            let mut it = staged.into_iter().peekable();
+            while let Some(s) = it.next() {
+                if !(leading || (forwarding && s.forward)) {
+                    let result = Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
+                    self.completions.push(Completion { id: s.id, range_id, result });
+                } else {
+                    bytes += s.command.len();
+                    batch.push(s);
+                }
+                let full = bytes >= max_bytes || it.peek().is_none();
+                if !full || batch.is_empty() {
+                    continue;
+                }
+                let chunk = std::mem::take(&mut batch);
+                bytes = 0;
+                let n = chunk.len() as u64;
+                let mut m = Message::default();
+                m.set_msg_type(MessageType::MsgPropose);
+                m.from = node_id;
+                let mut ids = Vec::with_capacity(chunk.len());
+                let entries: Vec<Entry> = chunk
+                    .into_iter()
+                    .map(|s| {
+                        ids.push(s.id);
+                        let mut e = Entry::default();
+                        if !leading {
+                            e.context = ProposalTag { node_id, incarnation, id: s.id }.encode().into();
+                        }
+                        e.data = s.command.into();
+                        e
+                    })
+                    .collect();
+                m.set_entries(entries.into());
+                let before = p.raft.raft.raft_log.last_index();
+                let stepped = p.raft.raft.step(m).is_ok();
+                if leading && stepped && p.raft.raft.raft_log.last_index() == before + n {
+                    let term = p.raft.raft.term;
+                    for (i, id) in ids.into_iter().enumerate() {
+                        p.proposals.push_back(Proposal { index: before + 1 + i as u64, term, id: Some(id) });
+                    }
+                } else if !leading && stepped {
+                    self.metrics.proposals_forwarded += n;
+                    p.forwarded.extend(ids.into_iter().map(|id| (id, now)));
+                } else {
+                    // raft-rs drops proposals during a leadership transfer,
+                    // and on a follower that lost its leader.
+                    for id in ids {
+                        let result = Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
+                        self.completions.push(Completion { id, range_id, result });
+                    }
+                }
+            }
+        }
     }
 
     /// Ticks after which a proposal forwarded to the leader and not applied
@@ -786,6 +849,7 @@ impl Store {
     /// proposals and reads that completed.
     pub fn poll(&mut self) -> Result<Vec<Completion>, RaftstoreError> {
         self.metrics.poll_rounds += 1;
+        self.flush_staged();
         self.handle_feedback();
         self.handle_snapshot_requests();
 

@@ -132,8 +132,8 @@ fn bad_requests_get_clear_errors() {
     }));
     f.poll().unwrap();
     let id = f.propose(1, b"P k v".to_vec()).expect("a follower with a leader forwards");
+    let mut answers = f.poll().unwrap();
     assert_eq!(f.metrics().proposals_forwarded, 1);
-    let mut answers = Vec::new();
     for _ in 0..f.forward_timeout_ticks() - 1 {
         f.tick();
         answers.extend(f.poll().unwrap());

@@ -29,6 +29,7 @@ pub fn run_all(f: &mut dyn EngineFactory) {
     snapshot_is_isolated_from_later_writes(f);
     synced_writes_survive_restart(f);
     peer_storage_append_truncate_compact(f);
+    peer_storage_entry_cache_matches_the_log(f);
     peer_storage_recovers_after_restart(f);
     peer_storage_snapshot_install_replaces_data(f);
     corrupt_log_record_is_reported_at_open(f);
@@ -224,6 +225,63 @@ pub fn peer_storage_append_truncate_compact(f: &mut dyn EngineFactory) {
         matches!(ps.snapshot(0, 2), Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))),
         "a snapshot older than the truncation point is not served"
     );
+}
+
+/// The entry cache answers exactly what the stored log answers: after
+/// every step of a seeded sequence of appends (some overwriting a tail),
+/// applies and compactions, `entries` and `term` of the live storage (served
+/// from its cache where it can) equal those of a storage freshly opened on
+/// the same engine (no cache).
+pub fn peer_storage_entry_cache_matches_the_log(f: &mut dyn EngineFactory) {
+    let e = f.create();
+    let mut ps = bootstrap(&e, 9);
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n.max(1)
+    };
+    let mut term = 1;
+    for step in 0..300 {
+        let mut b = WriteBatch::new();
+        let (first, last) = (ps.first_index().unwrap(), ps.last_index().unwrap());
+        match next(4) {
+            0 if last > ps.raft_state().hard_state.commit => {
+                // A new leader overwrites an uncommitted tail.
+                term += 1;
+                let lo = first.max(ps.raft_state().hard_state.commit + 1);
+                let from = lo + next(last - lo + 1);
+                let n = 1 + next(5);
+                ps.append(&(from..from + n).map(|i| entry(i, term)).collect::<Vec<_>>(), &mut b);
+            }
+            1 if last >= first => {
+                let applied = (ps.apply_state().applied_index.max(first - 1) + 1 + next(4)).min(last);
+                ps.set_commit(applied.max(ps.raft_state().hard_state.commit), &mut b);
+                ps.set_applied(applied, ps.term(applied).unwrap(), &mut b);
+                if next(2) == 0 && applied > first {
+                    ps.compact(applied - 1, &mut b).unwrap();
+                }
+            }
+            _ => {
+                let n = 1 + next(8);
+                ps.append(&(last + 1..=last + n).map(|i| entry(i, term)).collect::<Vec<_>>(), &mut b);
+            }
+        }
+        e.write(&b, true).unwrap();
+        let fresh = PeerStorage::open(e.clone(), 9).unwrap();
+        let (first, last) = (ps.first_index().unwrap(), ps.last_index().unwrap());
+        assert_eq!((first, last), (fresh.first_index().unwrap(), fresh.last_index().unwrap()), "step {step}");
+        for idx in first.saturating_sub(1)..=last {
+            assert_eq!(ps.term(idx).ok(), fresh.term(idx).ok(), "step {step}: term of {idx}");
+        }
+        if last >= first {
+            let low = first + next(last - first + 1);
+            let high = low + 1 + next(last - low + 1);
+            let max = [None, Some(1), Some(40)][next(3) as usize];
+            assert_eq!(ps.entries(low, high, max, ctx()).unwrap(), fresh.entries(low, high, max, ctx()).unwrap(), "step {step}");
+        }
+    }
 }
 
 pub fn peer_storage_recovers_after_restart(f: &mut dyn EngineFactory) {

@@ -39,6 +39,73 @@ pub struct PeerStorage {
     last_index: u64,
     last_term: u64,
     snapshot: Mutex<SnapshotSlot>,
+    cache: EntryCache,
+}
+
+/// Entries most recently appended and not yet applied, so the apply of the
+/// next round (and raft-rs's term lookups) need not read back from the
+/// engine what this replica has just written. Always a contiguous run
+/// ending at the last index, identical to what the log holds there;
+/// bounded by [`EntryCache::MAX_ENTRIES`] and [`EntryCache::MAX_BYTES`]
+/// per range. Entry payloads are reference-counted, so a cached entry
+/// costs its metadata, not a copy of its data.
+#[derive(Default)]
+struct EntryCache {
+    entries: std::collections::VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl EntryCache {
+    const MAX_ENTRIES: usize = 4096;
+    const MAX_BYTES: usize = 4 << 20;
+
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.index)
+    }
+
+    fn get(&self, idx: u64) -> Option<&Entry> {
+        let first = self.first()?;
+        self.entries.get(idx.checked_sub(first)? as usize)
+    }
+
+    /// Mirrors an append to the log: a conflicting tail is replaced.
+    fn append(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else { return };
+        match (self.first(), self.entries.back()) {
+            (Some(lo), Some(hi)) if first.index > lo && first.index <= hi.index + 1 => {
+                while self.entries.back().is_some_and(|e| e.index >= first.index) {
+                    let e = self.entries.pop_back().expect("checked");
+                    self.bytes -= e.data.len();
+                }
+            }
+            _ => self.clear(),
+        }
+        for e in entries {
+            self.bytes += e.data.len();
+            self.entries.push_back(e.clone());
+        }
+        while self.entries.len() > Self::MAX_ENTRIES || (self.bytes > Self::MAX_BYTES && self.entries.len() > 1) {
+            self.pop_front();
+        }
+    }
+
+    /// Drops entries up to and including `idx` (applied or compacted).
+    fn trim_to(&mut self, idx: u64) {
+        while self.first().is_some_and(|f| f <= idx) {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= e.data.len();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
 }
 
 fn encode_entry(e: &Entry) -> Vec<u8> {
@@ -143,7 +210,16 @@ impl PeerStorage {
             return Err(e);
         }
         check_states(range_id, &raft_state, &apply_state, last_index)?;
-        Ok(Self { range_id, engine, raft_state, apply_state, last_index, last_term, snapshot: Mutex::default() })
+        Ok(Self {
+            range_id,
+            engine,
+            raft_state,
+            apply_state,
+            last_index,
+            last_term,
+            snapshot: Mutex::default(),
+            cache: EntryCache::default(),
+        })
     }
 
     pub fn range_id(&self) -> u64 {
@@ -199,6 +275,7 @@ impl PeerStorage {
         }
         self.last_index = last.index;
         self.last_term = last.term;
+        self.cache.append(entries);
     }
 
     pub fn set_hard_state(&mut self, hs: &HardState, batch: &mut WriteBatch) {
@@ -218,6 +295,7 @@ impl PeerStorage {
 
     pub fn set_applied(&mut self, applied_index: u64, applied_term: u64, batch: &mut WriteBatch) {
         self.apply_state = ApplyState { applied_index, applied_term };
+        self.cache.trim_to(applied_index);
         batch.put(Cf::ApplyState, keys::state_key(self.range_id), self.apply_state.encode());
     }
 
@@ -236,6 +314,7 @@ impl PeerStorage {
         );
         self.raft_state.truncated_index = compact_index;
         self.raft_state.truncated_term = term;
+        self.cache.trim_to(compact_index);
         self.stage_raft_state(batch);
         Ok(())
     }
@@ -249,6 +328,7 @@ impl PeerStorage {
         let desc = stage_snapshot_payload(self.range_id, snap.get_data(), batch)?;
         let (start, end) = keys::range_span(self.range_id);
         batch.delete_range(Cf::RaftLog, start, end);
+        self.cache.clear();
         self.raft_state.truncated_index = meta.index;
         self.raft_state.truncated_term = meta.term;
         self.raft_state.conf_state = meta.get_conf_state().clone();
@@ -329,7 +409,22 @@ impl Storage for PeerStorage {
         if low >= high {
             return Ok(Vec::new());
         }
-        self.read_entries(low, high, max_size.into()).map_err(store_err)
+        let max_size = max_size.into();
+        if self.cache.first().is_some_and(|f| f <= low) {
+            // The cache ends at the last index, so it holds [low, high).
+            let mut out = Vec::with_capacity((high - low) as usize);
+            let mut size = 0u64;
+            for idx in low..high {
+                let e = self.cache.get(idx).expect("the cache is contiguous up to the last index");
+                size += e.compute_size() as u64;
+                if !out.is_empty() && max_size.is_some_and(|m| size > m) {
+                    break;
+                }
+                out.push(e.clone());
+            }
+            return Ok(out);
+        }
+        self.read_entries(low, high, max_size).map_err(store_err)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
@@ -344,6 +439,9 @@ impl Storage for PeerStorage {
         }
         if idx == self.last_index {
             return Ok(self.last_term);
+        }
+        if let Some(e) = self.cache.get(idx) {
+            return Ok(e.term);
         }
         match self.engine.get(Cf::RaftLog, &keys::log_key(self.range_id, idx)).map_err(store_err)? {
             Some(raw) => Ok(decode_entry(&raw, self.range_id).map_err(store_err)?.term),
