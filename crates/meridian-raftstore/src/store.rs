@@ -853,9 +853,15 @@ impl Store {
         self.handle_feedback();
         self.handle_snapshot_requests();
 
-        // Phase 1: collect every ready range into one batch.
+        // Phase 1: collect every ready range into one batch. Entries already
+        // persisted here and now committed are applied into the same batch
+        // (raft-rs's documented order: apply, then persist), so a round
+        // costs one engine write, not two. A crash before the write loses
+        // both the new log entries and the apply, atomically; the commit
+        // index and the applied index are always persisted together.
         let mut batch = WriteBatch::new();
         let mut readies = Vec::new();
+        let mut done = Vec::new();
         let ids: Vec<u64> = self.peers.keys().copied().collect();
         for range_id in ids {
             let p = self.peers.get_mut(&range_id).expect("listed");
@@ -889,6 +895,11 @@ impl Store {
                 }
             }
             self.queue_messages(range_id, msgs);
+            // After a snapshot install the state machine reloads from the
+            // engine first (phase 2).
+            let committed = if installed { Vec::new() } else { rd.take_committed_entries() };
+            let mut overlay = BTreeMap::new();
+            self.apply_entries(range_id, committed, &mut batch, &mut overlay, &mut done)?;
             readies.push((range_id, rd, installed));
         }
         // Leader messages go out before the fsync; replies only after it.
@@ -898,9 +909,9 @@ impl Store {
             self.metrics.synced_writes += 1;
         }
 
-        // Phase 2: replies, advance, apply.
+        // Phase 2: replies, advance, apply what the write just made
+        // committable.
         let mut apply_batch = WriteBatch::new();
-        let mut done = Vec::new();
         for (range_id, mut rd, installed) in readies {
             let p = self.peers.get_mut(&range_id).expect("listed");
             if installed {
@@ -955,8 +966,8 @@ impl Store {
     }
 
     /// Applies committed entries of one range. `overlay` holds what earlier
-    /// entries of this round staged in `batch` (not yet in the engine), and
-    /// must be shared by every call for the range within one round.
+    /// entries staged in `batch` (not yet in the engine), and must be
+    /// shared by every call for the range that stages into the same batch.
     fn apply_entries(
         &mut self,
         range_id: u64,
