@@ -31,14 +31,15 @@ pub(crate) struct Staged {
     pub forward: bool,
 }
 
-/// Names the store (node and incarnation) and request that proposed an
-/// entry from a follower; it travels in the entry's `context`. Incarnations
-/// change at every restart, so a tag never matches a request of an earlier
-/// life of the store.
+/// Names the store (node and a nonce drawn at every start) and request
+/// that proposed an entry from a follower; it travels in the entry's
+/// `context`. The nonce mixes the durable incarnation with the store's
+/// seed (OS entropy in production), so a tag never matches a request of an
+/// earlier life of the store, even one whose data directory was wiped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ProposalTag {
     pub node_id: u64,
-    pub incarnation: u64,
+    pub nonce: u64,
     pub id: RequestId,
 }
 
@@ -48,7 +49,7 @@ impl ProposalTag {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::LEN);
         out.extend_from_slice(&self.node_id.to_be_bytes());
-        out.extend_from_slice(&self.incarnation.to_be_bytes());
+        out.extend_from_slice(&self.nonce.to_be_bytes());
         out.extend_from_slice(&self.id.0.to_be_bytes());
         out
     }
@@ -60,7 +61,7 @@ impl ProposalTag {
             return None;
         }
         let word = |i: usize| u64::from_be_bytes(ctx[i * 8..(i + 1) * 8].try_into().expect("8 bytes"));
-        Some(ProposalTag { node_id: word(0), incarnation: word(1), id: RequestId(word(2)) })
+        Some(ProposalTag { node_id: word(0), nonce: word(1), id: RequestId(word(2)) })
     }
 }
 
@@ -79,12 +80,15 @@ pub(crate) struct Peer {
     pub desc: RangeDescriptor,
     /// Accepted this round, not yet handed to raft.
     pub staged: Vec<Staged>,
-    /// Proposed while leading: matched by (index, term) when applied.
+    /// Matched by (index, term) when applied; ordered by index. Proposed
+    /// while leading, or forwarded and since seen in this replica's log.
     pub proposals: VecDeque<Proposal>,
     /// Proposed while following: raft-rs forwarded them to the leader, so
     /// their index is unknown here. Each entry carries a [`ProposalTag`]
-    /// naming this store; it is matched when this replica applies it. Keyed
-    /// by request id (issue order), valued by the tick it was issued at.
+    /// naming this store; when the entry reaches this replica's log it
+    /// moves to `proposals` with its (index, term), and resolves like a
+    /// leader's proposal. Keyed by request id (issue order), valued by the
+    /// tick it was handed over at.
     pub forwarded: BTreeMap<RequestId, u64>,
     pub reads: VecDeque<PendingRead>,
     /// Consecutive ticks with nothing to do (leader side of quiescence).
@@ -105,6 +109,11 @@ pub(crate) struct Peer {
     /// Tick at which this replica was first seen holding proposals while
     /// not leading (see `Store::tick`).
     pub orphaned_since: Option<u64>,
+    /// The applied index when `orphaned_since` was set: progress restarts
+    /// the clock.
+    pub orphan_applied: u64,
+    /// Ticks since a raft message for this range was last stepped.
+    pub silent_ticks: u64,
 }
 
 /// SplitMix64: a tiny, well-mixed hash for deriving per-replica choices

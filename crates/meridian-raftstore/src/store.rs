@@ -88,6 +88,11 @@ pub struct StoreMetrics {
     pub read_timeouts: u64,
 }
 
+/// Bytes of entries a range's leader holds appended but uncommitted; past
+/// it, raft-rs drops new proposals (local ones answer `NotLeader`,
+/// forwarded ones time out as `OutcomeUnknown`).
+pub const MAX_UNCOMMITTED_BYTES: u64 = 32 << 20;
+
 /// Concurrent background snapshot builds per node.
 const MAX_SNAPSHOT_JOBS: usize = 4;
 
@@ -108,6 +113,8 @@ pub struct Store {
     /// a late answer to a read from before a restart can never be matched
     /// to a new read with the same request id.
     incarnation: u64,
+    /// Names this life of the store in [`ProposalTag`]s.
+    tag_nonce: u64,
     /// Tick at which each peer node was last heard from.
     last_heard: HashMap<u64, u64>,
     known_nodes: BTreeSet<u64>,
@@ -210,8 +217,10 @@ impl Store {
         factory: Arc<dyn StateMachineFactory>,
     ) -> Result<Store, RaftstoreError> {
         let incarnation = Self::bump_incarnation(&*engine)?;
+        let tag_nonce = splitmix(cfg.seed ^ splitmix(incarnation));
         let mut store = Store {
             incarnation,
+            tag_nonce,
             cfg,
             engine,
             transport,
@@ -269,6 +278,9 @@ impl Store {
             max_inflight_msgs: self.cfg.max_inflight_msgs,
             check_quorum: true,
             pre_vote: true,
+            // Followers hand proposals over without asking; this bounds what
+            // a leader holds uncommitted (raft-rs drops proposals past it).
+            max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
             read_only_option: ReadOnlyOption::Safe,
             ..Default::default()
         };
@@ -297,6 +309,8 @@ impl Store {
             dormant_at,
             rng_state,
             orphaned_since: None,
+            orphan_applied: 0,
+            silent_ticks: 0,
         };
         peer.redraw_election_timeout();
         self.peers.insert(range_id, peer);
@@ -442,7 +456,7 @@ impl Store {
     /// them (a message stepped in between); what can no longer go anywhere
     /// is answered `NotLeader`, which is definite: it never reached raft.
     fn flush_staged(&mut self) {
-        let (node_id, incarnation, now) = (self.cfg.node_id, self.incarnation, self.now_tick);
+        let (node_id, nonce, now) = (self.cfg.node_id, self.tag_nonce, self.now_tick);
         let max_bytes = self.cfg.max_size_per_msg_bytes.max(1) as usize;
         for (&range_id, p) in self.peers.iter_mut() {
             if p.staged.is_empty() {
@@ -483,7 +497,7 @@ impl Store {
                         ids.push(s.id);
                         let mut e = Entry::default();
                         if !leading {
-                            e.context = ProposalTag { node_id, incarnation, id: s.id }.encode().into();
+                            e.context = ProposalTag { node_id, nonce, id: s.id }.encode().into();
                         }
                         e.data = s.command.into();
                         e
@@ -502,9 +516,15 @@ impl Store {
                     p.forwarded.extend(ids.into_iter().map(|id| (id, now)));
                 } else {
                     // raft-rs drops proposals during a leadership transfer,
-                    // and on a follower that lost its leader.
+                    // on a follower that lost its leader, and on a leader
+                    // holding MAX_UNCOMMITTED_BYTES uncommitted.
+                    let overloaded = leading && p.raft.raft.lead_transferee.is_none();
                     for id in ids {
-                        let result = Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
+                        let result = if overloaded {
+                            Err(RaftstoreError::TooBusy { range_id, pending: p.pending() })
+                        } else {
+                            Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() })
+                        };
                         self.completions.push(Completion { id, range_id, result });
                     }
                 }
@@ -512,10 +532,11 @@ impl Store {
         }
     }
 
-    /// Ticks after which a proposal forwarded to the leader and not applied
-    /// here is answered `OutcomeUnknown`: two election timeouts, time enough
-    /// for a new leader to be elected and to commit what the old one had
-    /// appended.
+    /// Ticks after which a proposal forwarded to the leader and not yet seen
+    /// in this replica's log is answered `OutcomeUnknown`: two election
+    /// timeouts. Under load its entry arrives within a round trip; one that
+    /// has not arrived by then was most likely dropped by a leader that was
+    /// deposed or transferring leadership (raft-rs says nothing of it).
     pub fn forward_timeout_ticks(&self) -> u64 {
         2 * self.cfg.election_ticks as u64
     }
@@ -651,6 +672,7 @@ impl Store {
             self.outbox.entry(from).or_default().push(hint);
             return;
         }
+        p.silent_ticks = 0;
         let mtype = msg.get_msg_type();
         let quiet_ok = matches!(mtype, MessageType::MsgHeartbeatResponse) || (env.quiesce && mtype == MessageType::MsgHeartbeat);
         if !quiet_ok {
@@ -744,9 +766,39 @@ impl Store {
         let forward_timeout = self.forward_timeout_ticks();
         let mut timeouts = Vec::new();
         let mut orphaned = Vec::new();
+        let node_id = self.cfg.node_id;
+        let mut probes = Vec::new();
         for p in self.peers.values_mut() {
             if p.dormant_at.is_some() {
                 continue;
+            }
+            // A learner, or a replica outside its own configuration, never
+            // campaigns. Removed (again, after being added back) before it
+            // caught up, it would wait forever for a leader that no longer
+            // writes to it, serving stale data. So when nothing has come for
+            // the range in a while it asks the voters it knows: a member at
+            // a later epoch answers with a removed hint (it goes dormant), a
+            // live leader simply carries on. The probe is a term-0
+            // heartbeat response, which raft-rs ignores everywhere but on
+            // the leader, where it only marks the replica active.
+            p.silent_ticks += 1;
+            let cs = &p.raft.store().raft_state().conf_state;
+            let initialized = !cs.voters.is_empty() || !cs.learners.is_empty();
+            let votes = cs.voters.contains(&node_id) || cs.voters_outgoing.contains(&node_id);
+            if initialized && !votes && p.silent_ticks > dead_after && p.silent_ticks % dead_after == 1 {
+                let msgs: Vec<Message> = cs
+                    .voters
+                    .iter()
+                    .filter(|&&v| v != node_id)
+                    .map(|&to| {
+                        let mut m = Message::default();
+                        m.set_msg_type(MessageType::MsgHeartbeatResponse);
+                        m.from = node_id;
+                        m.to = to;
+                        m
+                    })
+                    .collect();
+                probes.push((p.range_id(), msgs));
             }
             if p.quiesced {
                 // A quiet follower wakes when its leader's node goes silent,
@@ -784,10 +836,15 @@ impl Store {
             // dropped). If the log was cut short of them they would wait
             // for an index that may never come, so after a while they are
             // answered "outcome unknown", as etcd answers "leader changed".
+            let applied = p.raft.raft.raft_log.applied;
             if p.is_leader() || p.proposals.is_empty() {
                 p.orphaned_since = None;
+            } else if p.orphaned_since.is_none() || p.orphan_applied != applied {
+                // Applying makes progress towards them: restart the clock.
+                p.orphaned_since = Some(now);
+                p.orphan_applied = applied;
             } else {
-                let since = *p.orphaned_since.get_or_insert(now);
+                let since = p.orphaned_since.unwrap_or(now);
                 if now - since > orphan_ticks {
                     let range_id = p.desc.range_id;
                     for x in p.proposals.drain(..) {
@@ -832,6 +889,9 @@ impl Store {
             }
         }
         self.completions.extend(orphaned);
+        for (range_id, msgs) in probes {
+            self.queue_messages(range_id, msgs);
+        }
         for (range_id, id) in timeouts {
             self.metrics.read_timeouts += 1;
             self.completions.push(Completion { id, range_id, result: Err(RaftstoreError::ReadTimeout { range_id }) });
@@ -881,6 +941,19 @@ impl Store {
                 installed = true;
             }
             self.metrics.entries_persisted += rd.entries().len() as u64;
+            // This store's forwarded proposals, now in the log: from here on
+            // they resolve by (index, term), definitely (an entry is
+            // appended once, so another entry at its index means it is gone).
+            if !p.forwarded.is_empty() {
+                for e in rd.entries() {
+                    let Some(tag) = ProposalTag::decode(&e.context) else { continue };
+                    if tag.node_id != self.cfg.node_id || tag.nonce != self.tag_nonce || p.forwarded.remove(&tag.id).is_none() {
+                        continue;
+                    }
+                    let at = p.proposals.partition_point(|x| x.index <= e.index);
+                    p.proposals.insert(at, Proposal { index: e.index, term: e.term, id: Some(tag.id) });
+                }
+            }
             p.raft.mut_store().append(rd.entries(), &mut batch);
             if let Some(hs) = rd.hs() {
                 p.raft.mut_store().set_hard_state(hs, &mut batch);
@@ -1029,11 +1102,6 @@ impl Store {
             }
             applied.applied_index = e.index;
             applied.applied_term = e.term;
-            if let Some(tag) = ProposalTag::decode(&e.context) {
-                if tag.node_id == node_id && tag.incarnation == self.incarnation && p.forwarded.remove(&tag.id).is_some() {
-                    done.push(Completion { id: tag.id, range_id, result: Ok((e.index, std::mem::take(&mut response))) });
-                }
-            }
             while let Some(front) = p.proposals.front() {
                 if front.index > e.index {
                     break;

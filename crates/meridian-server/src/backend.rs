@@ -23,9 +23,7 @@ pub trait RaftAccess: Send + Sync + 'static {
     /// answers with the state machine's reply once applied here.
     async fn propose(&self, range_id: u64, command: Vec<u8>) -> Result<Vec<u8>, ApiError>;
     /// Proposes only if this node leads the range, else `NotLeader`.
-    async fn propose_on_leader(&self, range_id: u64, command: Vec<u8>) -> Result<Vec<u8>, ApiError> {
-        self.propose(range_id, command).await
-    }
+    async fn propose_on_leader(&self, range_id: u64, command: Vec<u8>) -> Result<Vec<u8>, ApiError>;
     /// Answers a query: after ReadIndex if `linearizable`, else locally.
     async fn read(&self, range_id: u64, query: Vec<u8>, linearizable: bool) -> Result<Vec<u8>, ApiError>;
     async fn status(&self) -> Vec<RangeStatus>;

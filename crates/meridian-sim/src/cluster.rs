@@ -442,7 +442,7 @@ impl Cluster {
             };
             for st in store.statuses() {
                 out.push_str(&format!(
-                    "[n{id} r{} {:?} t{} c{} a{} f{} l{} q{}{}] ",
+                    "[n{id} r{} {:?} t{} c{} a{} f{} l{} q{} cv{} v{:?}{}{}] ",
                     st.range_id,
                     st.role,
                     st.term,
@@ -451,6 +451,9 @@ impl Cluster {
                     st.first_index,
                     st.last_index,
                     st.quiesced as u8,
+                    st.epoch.conf_ver,
+                    st.voters,
+                    if st.dormant { " dormant" } else { "" },
                     if st.progress.is_empty() { String::new() } else { format!(" {:?}", st.progress) }
                 ));
             }

@@ -94,13 +94,14 @@ pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
             // Half the writes go to a random replica: a follower hands them
             // to its leader inside raft and answers them when it applies them.
             let node = *nodes.choose(&mut c.rng).expect("nodes");
+            let leader = c.leader_of(r);
             let proposed = if c.rng.gen_bool(0.5) && c.is_up(node) {
                 c.propose_on(node, r, put_command(&key, &value)).ok().map(|id| (node, id))
             } else {
                 c.propose(r, put_command(&key, &value))
             };
             if let Some((node, id)) = proposed {
-                let forwarded = c.leader_of(r) != Some(node);
+                let forwarded = leader != Some(node);
                 pending.push(PendingPut { node, id, range_id: r, key, value, forwarded });
             }
         }

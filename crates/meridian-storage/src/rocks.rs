@@ -49,9 +49,12 @@ impl RocksEngine {
         table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         let cfs = Cf::ALL.iter().map(|cf| {
             let mut o = Options::default();
-            o.set_block_based_table_factory(&table);
             if *cf == Cf::RaftLog {
+                // Read by scans and served mostly from the entry cache: no
+                // filter.
                 o.set_write_buffer_size(32 << 20);
+            } else {
+                o.set_block_based_table_factory(&table);
             }
             ColumnFamilyDescriptor::new(cf.name(), o)
         });
