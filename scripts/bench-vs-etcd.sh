@@ -163,11 +163,15 @@ server_pids() { # target
 }
 leader_pid() { # target: the pid of the leader of the range holding /bench/put/
   if [ "$1" = meridian ]; then
-    for i in 0 1 2; do
-      local id
-      id=$(curl -sf "http://127.0.0.1:$((MERIDIAN_BASE_PORT + 200 + i))/v1/cluster/status" \
-        | jq -r '.ranges[] | select(.range_id == 2 and .role == "Leader") | .range_id' 2>/dev/null || true)
-      if [ -n "$id" ]; then pgrep -f "meridian server --config $WORK/meridian/node-$((i + 1))/"; return; fi
+    # Retried for up to 10 s: an election may be under way.
+    for _ in $(seq 1 20); do
+      for i in 0 1 2; do
+        local id
+        id=$(curl -sf --max-time 2 "http://127.0.0.1:$((MERIDIAN_BASE_PORT + 200 + i))/v1/cluster/status" \
+          | jq -r '.ranges[] | select(.range_id == 2 and .role == "Leader") | .range_id' 2>/dev/null || true)
+        if [ -n "$id" ]; then pgrep -f "meridian server --config $WORK/meridian/node-$((i + 1))/"; return; fi
+      done
+      sleep 0.5
     done
   else
     local ep
@@ -194,6 +198,7 @@ run_one() { # target endpoints workload
       args+=(--prefixes "$(seq -s, -f '/ns%g/' 0 $((n - 1)))") ;;
     failover)
       local pid; pid=$(leader_pid "$target")
+      if [ -z "$pid" ]; then echo "bench-vs-etcd: no $target leader found; failover not run" >&2; return 1; fi
       echo "   (killing the $target leader, pid $pid, after $((DURATION / 3))s)"
       ( sleep $((DURATION / 3)); kill -9 "$pid" 2>/dev/null ) & ;;
   esac

@@ -31,6 +31,13 @@ pub(crate) struct Staged {
     pub forward: bool,
 }
 
+/// When and to whom a proposal was handed over.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Forwarded {
+    pub at_tick: u64,
+    pub leader: u64,
+}
+
 /// Names the store (node and a nonce drawn at every start) and request
 /// that proposed an entry from a follower; it travels in the entry's
 /// `context`. The nonce mixes the durable incarnation with the store's
@@ -87,9 +94,8 @@ pub(crate) struct Peer {
     /// their index is unknown here. Each entry carries a [`ProposalTag`]
     /// naming this store; when the entry reaches this replica's log it
     /// moves to `proposals` with its (index, term), and resolves like a
-    /// leader's proposal. Keyed by request id (issue order), valued by the
-    /// tick it was handed over at.
-    pub forwarded: BTreeMap<RequestId, u64>,
+    /// leader's proposal. Keyed by request id (issue order).
+    pub forwarded: BTreeMap<RequestId, Forwarded>,
     pub reads: VecDeque<PendingRead>,
     /// Consecutive ticks with nothing to do (leader side of quiescence).
     pub idle_ticks: u64,

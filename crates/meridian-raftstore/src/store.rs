@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::config::{SnapshotBuild, StoreConfig};
 use crate::error::RaftstoreError;
 use crate::logger::raft_logger;
-use crate::peer::{splitmix, Peer, PendingRead, Proposal, ProposalTag, Staged};
+use crate::peer::{splitmix, Forwarded, Peer, PendingRead, Proposal, ProposalTag, Staged};
 use crate::state_machine::{ApplyContext, StateMachineFactory};
 
 /// Identifies a proposal or read handed to the store; its answer comes back
@@ -513,7 +513,8 @@ impl Store {
                     }
                 } else if !leading && stepped {
                     self.metrics.proposals_forwarded += n;
-                    p.forwarded.extend(ids.into_iter().map(|id| (id, now)));
+                    let leader = p.raft.raft.leader_id;
+                    p.forwarded.extend(ids.into_iter().map(|id| (id, Forwarded { at_tick: now, leader })));
                 } else {
                     // raft-rs drops proposals during a leadership transfer,
                     // on a follower that lost its leader, and on a leader
@@ -856,19 +857,22 @@ impl Store {
                 }
             }
             // Forwarded proposals the leader dropped (it lost leadership or
-            // was handing it over) never come back as entries.
-            while let Some((&id, &at)) = p.forwarded.first_key_value() {
-                if now.saturating_sub(at) < forward_timeout {
-                    break;
+            // was handing it over) never come back as entries. Those handed
+            // to a leader this replica no longer follows are answered at
+            // once, as etcd answers "leader changed" (their fate is
+            // unknown: the old leader may have replicated them); the rest
+            // after the forward timeout.
+            let range_id = p.desc.range_id;
+            let leader = p.raft.raft.leader_id;
+            let before = p.forwarded.len();
+            p.forwarded.retain(|&id, f| {
+                let keep = f.leader == leader && now.saturating_sub(f.at_tick) < forward_timeout;
+                if !keep {
+                    orphaned.push(Completion { id, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) });
                 }
-                p.forwarded.pop_first();
-                orphaned.push(Completion {
-                    id,
-                    range_id: p.desc.range_id,
-                    result: Err(RaftstoreError::OutcomeUnknown { range_id: p.desc.range_id }),
-                });
-                self.metrics.forwarded_unknown += 1;
-            }
+                keep
+            });
+            self.metrics.forwarded_unknown += (before - p.forwarded.len()) as u64;
             // Re-send read requests raft-rs may have dropped.
             let retry = self.cfg.read_retry_ticks;
             let max = self.cfg.read_max_retries;

@@ -120,21 +120,24 @@ fn bad_requests_get_clear_errors() {
         other => panic!("expected NotLeader without a hint, got {other:?}"),
     }
     // One that knows its leader hands the proposal over inside raft. Never
-    // applied here (the leader is silent), it is answered "outcome unknown"
-    // after the forward timeout, not before.
-    f.step(env(1, 2, {
+    // applied here (the leader keeps sending heartbeats but never the
+    // entry), it is answered "outcome unknown" after the forward timeout,
+    // not before.
+    let heartbeat = |from: u64, term: u64| {
         let mut m = Message::default();
         m.set_msg_type(MessageType::MsgHeartbeat);
-        m.from = 2;
+        m.from = from;
         m.to = 1;
-        m.term = 3;
-        m.write_to_bytes().unwrap()
-    }));
+        m.term = term;
+        env(1, from, m.write_to_bytes().unwrap())
+    };
+    f.step(heartbeat(2, 3));
     f.poll().unwrap();
     let id = f.propose(1, b"P k v".to_vec()).expect("a follower with a leader forwards");
     let mut answers = f.poll().unwrap();
     assert_eq!(f.metrics().proposals_forwarded, 1);
     for _ in 0..f.forward_timeout_ticks() - 1 {
+        f.step(heartbeat(2, 3));
         f.tick();
         answers.extend(f.poll().unwrap());
     }
@@ -146,6 +149,20 @@ fn bad_requests_get_clear_errors() {
         None => panic!("no answer after the forward timeout"),
     }
     assert_eq!(f.metrics().forwarded_unknown, 1);
+    // Handed to a leader that is then replaced: answered at the next tick,
+    // as etcd answers "leader changed".
+    f.step(heartbeat(2, 3));
+    f.poll().unwrap();
+    let id = f.propose(1, b"P k v".to_vec()).unwrap();
+    f.poll().unwrap();
+    f.step(heartbeat(3, 4));
+    f.tick();
+    let answers = f.poll().unwrap();
+    match answers.iter().find(|c| c.id == id) {
+        Some(c) => assert!(matches!(c.result, Err(RaftstoreError::OutcomeUnknown { range_id: 1 })), "{c:?}"),
+        None => panic!("not answered when the leader changed: {answers:?}"),
+    }
+    assert_eq!(f.metrics().forwarded_unknown, 2);
 }
 
 #[test]
