@@ -414,11 +414,12 @@ impl Store {
     ///
     /// On a follower the proposal goes to the leader inside raft (a
     /// `MsgPropose` over the peer transport, batched with the rest of the
-    /// round's traffic), tagged with this store's [`ProposalTag`]; this
-    /// replica answers it when it applies the tagged entry, with the same
-    /// deterministic response the leader computes. A forwarded proposal the
-    /// leader never appended (it lost leadership, or was transferring it) is
-    /// answered `OutcomeUnknown` after [`Store::forward_timeout_ticks`].
+    /// round's traffic), tagged with this store's [`ProposalTag`]; once the
+    /// tagged entry reaches this replica's log it resolves by (index, term)
+    /// like a leader's proposal, with the same deterministic response the
+    /// leader computes. One that never arrives (the leader dropped it) is
+    /// answered `OutcomeUnknown` when this replica stops following that
+    /// leader, or after [`Store::forward_timeout_ticks`].
     pub fn propose(&mut self, range_id: u64, command: Vec<u8>) -> Result<RequestId, RaftstoreError> {
         self.propose_inner(range_id, command, true)
     }
