@@ -82,14 +82,15 @@ pub struct StoreMetrics {
     pub proposals_dropped: u64,
     /// Proposals a follower handed to its leader inside raft.
     pub proposals_forwarded: u64,
-    /// ... of which this many were not applied here in time and were
-    /// answered `OutcomeUnknown`.
+    /// ... of which this many never reached this replica's log, before
+    /// the forward timeout or while it followed the leader they were
+    /// handed to, and were answered `OutcomeUnknown`.
     pub forwarded_unknown: u64,
     pub read_timeouts: u64,
 }
 
 /// Bytes of entries a range's leader holds appended but uncommitted; past
-/// it, raft-rs drops new proposals (local ones answer `NotLeader`,
+/// it, raft-rs drops new proposals (local ones answer `TooBusy`,
 /// forwarded ones time out as `OutcomeUnknown`).
 pub const MAX_UNCOMMITTED_BYTES: u64 = 32 << 20;
 
@@ -396,10 +397,17 @@ impl Store {
     }
 
     fn leader_peer(&mut self, range_id: u64) -> Result<&mut Peer, RaftstoreError> {
+        self.accepting_peer(range_id, false)
+    }
+
+    /// The replica that takes a request: serving, not over its pending
+    /// bound, and the leader — or, with `forward`, any replica that knows
+    /// its leader. Woken, as a request is coming.
+    fn accepting_peer(&mut self, range_id: u64, forward: bool) -> Result<&mut Peer, RaftstoreError> {
         let max = self.cfg.max_pending_per_range;
         let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
         p.serving()?;
-        if !p.is_leader() {
+        if !p.is_leader() && (!forward || p.raft.raft.leader_id == raft::INVALID_ID) {
             return Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
         }
         if p.pending() >= max {
@@ -436,16 +444,7 @@ impl Store {
             return Err(RaftstoreError::InvalidRequest { range_id, reason: "empty command".into() });
         }
         let id = self.next_id();
-        let max = self.cfg.max_pending_per_range;
-        let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
-        p.serving()?;
-        if p.pending() >= max {
-            return Err(RaftstoreError::TooBusy { range_id, pending: p.pending() });
-        }
-        if !p.is_leader() && (!forward || p.raft.raft.leader_id == raft::INVALID_ID) {
-            return Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
-        }
-        p.wake();
+        let p = self.accepting_peer(range_id, forward)?;
         p.staged.push(Staged { id, command, forward });
         Ok(id)
     }

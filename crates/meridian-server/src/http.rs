@@ -392,7 +392,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
             ("meridian_store_proposals_forwarded_total", "Proposals a follower handed to its leader inside raft", m.proposals_forwarded),
             (
                 "meridian_store_forwarded_unknown_total",
-                "Forwarded proposals not applied here in time, answered outcome-unknown",
+                "Forwarded proposals that never reached this replica's log (leader changed or timed out), answered outcome-unknown",
                 m.forwarded_unknown,
             ),
             ("meridian_store_read_timeouts_total", "Linearizable reads that found no quorum", m.read_timeouts),
