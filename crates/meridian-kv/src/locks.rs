@@ -173,6 +173,9 @@ impl<'t, 'c, 'a> Locks<'t, 'c, 'a> {
         Ok(describe(self.txn.reader(), name)?.unwrap_or_default())
     }
 
+    /// Stores the record. The index of delayed locks is kept by the only
+    /// two changes of `delay_ms` ([`Self::set_delay`]), so a grant or a
+    /// release writes no needless tombstone there.
     fn store(&mut self, name: &[u8], rec: &LockRecord) {
         let key = keys::lock_key(name);
         if rec.is_idle() {
@@ -181,8 +184,14 @@ impl<'t, 'c, 'a> Locks<'t, 'c, 'a> {
         } else {
             self.txn.ctx().put(&key, &prost::Message::encode_to_vec(rec));
         }
-        if rec.delay_ms > 0 {
-            self.txn.ctx().put(&keys::delayed_lock_key(name), &rec.delay_ms.to_be_bytes());
+    }
+
+    /// Puts the lock under its lock-delay (`delay_ms` > 0) or ends it (0),
+    /// with the index the keeper scans for delays to end.
+    fn set_delay(&mut self, name: &[u8], rec: &mut LockRecord, delay_ms: i64) {
+        rec.delay_ms = delay_ms;
+        if delay_ms > 0 {
+            self.txn.ctx().put(&keys::delayed_lock_key(name), &delay_ms.to_be_bytes());
         } else {
             self.txn.ctx().delete(&keys::delayed_lock_key(name));
         }
@@ -346,7 +355,7 @@ impl<'t, 'c, 'a> Locks<'t, 'c, 'a> {
             if was_holder {
                 let h = rec.holder.take().expect("checked");
                 if expired && h.lock_delay_ms > 0 {
-                    rec.delay_ms = h.lock_delay_ms;
+                    self.set_delay(&name, &mut rec, h.lock_delay_ms);
                 }
                 self.holder_left(&name, rec, dropped)?;
             } else {
@@ -367,7 +376,7 @@ impl<'t, 'c, 'a> Locks<'t, 'c, 'a> {
         if rec.delay_ms == 0 {
             return Ok(());
         }
-        rec.delay_ms = 0;
+        self.set_delay(name, &mut rec, 0);
         let mut dropped = Vec::new();
         let granted = self.grant_next(name, &mut rec, &mut dropped)?;
         self.store(name, &rec);

@@ -924,6 +924,12 @@ impl Store {
         // both the new log entries and the apply, atomically; the commit
         // index and the applied index are always persisted together.
         let mut batch = WriteBatch::new();
+        // fsync only when raft-rs says it matters (new entries, a snapshot,
+        // a term or vote change), as etcd's MustSync: a commit index that
+        // moved alone is written with the applies it allows, atomically,
+        // so after a crash the persisted commit is never behind the
+        // persisted apply, and both are rebuilt from the durable log.
+        let mut must_sync = false;
         let mut readies = Vec::new();
         let mut done = Vec::new();
         let ids: Vec<u64> = self.peers.keys().copied().collect();
@@ -933,6 +939,7 @@ impl Store {
                 continue;
             }
             let mut rd = p.raft.ready();
+            must_sync |= rd.must_sync();
             let msgs = rd.take_messages();
             let mut installed = false;
             if !rd.snapshot().is_empty() {
@@ -982,8 +989,10 @@ impl Store {
         // Leader messages go out before the fsync; replies only after it.
         self.flush_outbox();
         if !batch.is_empty() {
-            self.engine.write(&batch, true)?;
-            self.metrics.synced_writes += 1;
+            self.engine.write(&batch, must_sync)?;
+            if must_sync {
+                self.metrics.synced_writes += 1;
+            }
         }
 
         // Phase 2: replies, advance, apply what the write just made

@@ -48,6 +48,13 @@ pub struct ServerConfig {
     /// One Raft tick; heartbeat = 1 tick, election timeout = 10 ticks.
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
+    /// Threads of the async runtime (gRPC, HTTP, peer transport); the Raft
+    /// store has its own thread besides. Unset: one per core. Set it lower
+    /// when several nodes share one host (`meridian dev` gives each node
+    /// its share of the cores): runtimes with more threads than cores spend
+    /// their time waking each other (see docs/performance.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
     /// Fault injection for chaos testing; all off by default.
     #[serde(default)]
     pub debug: DebugConfig,
@@ -66,6 +73,9 @@ pub struct DebugConfig {
     #[serde(default)]
     pub unsafe_local_reads: bool,
 }
+
+/// Upper bound of `worker_threads`.
+pub const MAX_WORKER_THREADS: usize = 1024;
 
 fn default_region() -> String {
     "local".into()
@@ -115,6 +125,11 @@ impl ServerConfig {
         if !(10..=10_000).contains(&self.tick_ms) {
             return bad(format!("tick_ms {} is outside 10..=10000", self.tick_ms));
         }
+        if let Some(n) = self.worker_threads {
+            if !(1..=MAX_WORKER_THREADS).contains(&n) {
+                return bad(format!("worker_threads {n} is outside 1..={MAX_WORKER_THREADS}"));
+            }
+        }
         crate::routing::Routing::new(&self.namespaces).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
@@ -140,6 +155,7 @@ mod tests {
             namespaces: vec!["/payments/".into()],
             tls: TlsPaths { cert: "c".into(), key: "k".into(), ca: "ca".into() },
             tick_ms: 100,
+            worker_threads: Some(2),
             debug: DebugConfig::default(),
         }
     }
@@ -163,6 +179,13 @@ mod tests {
         let mut c = sample();
         c.tick_ms = 1;
         assert!(c.validate().is_err());
+        let mut c = sample();
+        c.worker_threads = Some(0);
+        assert!(c.validate().unwrap_err().to_string().contains("worker_threads 0"));
+        let mut c = sample();
+        c.worker_threads = None;
+        let back: ServerConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back.worker_threads, None, "unset stays unset (one thread per core)");
         assert!(toml::from_str::<ServerConfig>("node_id = 1\nbogus = 2").is_err(), "unknown fields are errors");
     }
 }

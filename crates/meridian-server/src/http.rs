@@ -382,7 +382,11 @@ async fn metrics(State(s): State<HttpState>) -> Response {
     if let Some(m) = s.backend.raft.metrics().await {
         let counters: [(&str, &str, u64); 11] = [
             ("meridian_store_poll_rounds_total", "Poll rounds of the store", m.poll_rounds),
-            ("meridian_store_synced_writes_total", "fsynced raft writes (one per round with work)", m.synced_writes),
+            (
+                "meridian_store_synced_writes_total",
+                "fsynced raft writes (one per round that persisted entries, a snapshot or a term/vote change)",
+                m.synced_writes,
+            ),
             ("meridian_store_entries_persisted_total", "Raft entries persisted", m.entries_persisted),
             ("meridian_store_entries_applied_total", "Entries applied to state machines", m.entries_applied),
             ("meridian_store_messages_rejected_total", "Malformed, misaddressed or stale peer messages", m.messages_rejected),

@@ -232,8 +232,17 @@ enum LeaseOp {
     },
 }
 
+/// The async runtime: one thread per core unless `workers` says otherwise.
+fn runtime_with(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    b.enable_all().build().context("starting the tokio runtime")
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the tokio runtime")
+    runtime_with(None)
 }
 
 async fn shutdown_signal() {
@@ -261,7 +270,7 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Server { config } => {
             let cfg = meridian_server::config::ServerConfig::load(&config)?;
-            runtime()?.block_on(meridian_server::server::run(cfg, shutdown_signal()))?;
+            runtime_with(cfg.worker_threads)?.block_on(meridian_server::server::run(cfg, shutdown_signal()))?;
             Ok(())
         }
         Cmd::Dev { nodes, data_dir, base_port, namespaces } => {
