@@ -273,7 +273,21 @@ fn main() -> Result<()> {
     let default = if matches!(std::env::args().nth(1).as_deref(), Some("server")) { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    match Cli::parse().cmd {
+    let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Server { .. } | Cmd::Dev { .. }) {
+        // A client command piped into `head` ends quietly when the pipe
+        // closes (exit status 141, as a Unix tool killed by SIGPIPE), not
+        // with println!'s panic and a backtrace.
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let msg = info.payload().downcast_ref::<String>().map(String::as_str).unwrap_or_default();
+            if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+                std::process::exit(141);
+            }
+            default_hook(info)
+        }));
+    }
+    match cli.cmd {
         Cmd::Server { config } => {
             let cfg = meridian_server::config::ServerConfig::load(&config)?;
             runtime_with(cfg.worker_threads)?.block_on(meridian_server::server::run(cfg, shutdown_signal()))?;
