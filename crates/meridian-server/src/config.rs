@@ -49,10 +49,8 @@ pub struct ServerConfig {
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
     /// Threads of the async runtime (gRPC, HTTP, peer transport); the Raft
-    /// store has its own thread besides. Unset: one per core. Set it lower
-    /// when several nodes share one host (`meridian dev` gives each node
-    /// its share of the cores): runtimes with more threads than cores spend
-    /// their time waking each other (see docs/performance.md).
+    /// store has its own thread besides. Unset: one per core. Lower it to
+    /// leave cores to other processes on a shared host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,
     /// Fault injection for chaos testing; all off by default.

@@ -43,10 +43,6 @@ pub fn write_configs_with(
     let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
     std::fs::create_dir_all(data_dir).map_err(|e| io("creating", data_dir, e))?;
     let ca = DevCa::generate().map_err(|e| format!("generating the dev cluster CA: {e}"))?;
-    // The nodes share this host: each runtime gets its share of the cores,
-    // so the nodes' threads together do not outnumber them.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let worker_threads = (cores / members.len().max(1)).max(1);
     let mut paths = Vec::new();
     for m in members {
         let dir = data_dir.join(format!("node-{}", m.id));
@@ -83,7 +79,7 @@ pub fn write_configs_with(
             namespaces: namespaces.to_vec(),
             tls: tls_paths,
             tick_ms,
-            worker_threads: Some(worker_threads),
+            worker_threads: None,
             debug: debug.clone(),
         };
         cfg.validate().map_err(|e| e.to_string())?;
