@@ -74,6 +74,9 @@ impl NodeConfig {
         // Production runs need no replay from a seed; independent nodes
         // must not draw the same election timeouts.
         store.seed = rand::random();
+        // The store loop's sync thread fsyncs while the store prepares the
+        // next round.
+        store.defer_sync = true;
         NodeConfig {
             node_id,
             data_dir: data_dir.into(),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use meridian_raftstore::raft_types::ConfChangeV2;
 use meridian_raftstore::{Completion, RaftstoreError, RangeStatus, RequestId, Store, StoreMetrics};
+use meridian_storage::{Engine, StorageError};
 use meridian_transport::RaftEnvelope;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
@@ -37,6 +38,10 @@ pub const MAX_COMMANDS_PER_ROUND: usize = 1024;
 /// How often waiters are checked for expired deadlines and callers that
 /// gave up.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
+/// Polls in a row without waiting while the store has work at hand (see
+/// `Store::has_ready`); then the loop waits for input once, so ticks and
+/// shutdown are never starved.
+const MAX_EAGER_POLLS: u32 = 8;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 /// The index a request was applied (or read) at, and the state machine's
@@ -75,6 +80,68 @@ pub(crate) enum Command {
     Metrics {
         reply: Reply<StoreMetrics>,
     },
+}
+
+/// Makes the store's writes durable off the store thread
+/// (`StoreConfig::defer_sync`): one fsync at a time, each covering every
+/// write made before it was asked for, while the store prepares the next
+/// round. Bounded: at most one request in flight.
+struct Syncer {
+    requests: Option<std::sync::mpsc::SyncSender<u64>>,
+    done: mpsc::Receiver<Result<u64, StorageError>>,
+    in_flight: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Syncer {
+    fn start(engine: Arc<dyn Engine>, node_id: u64) -> std::io::Result<Syncer> {
+        let (requests, inbox) = std::sync::mpsc::sync_channel::<u64>(1);
+        let (finished, done) = mpsc::channel(1);
+        let thread = std::thread::Builder::new().name(format!("meridian-sync-{node_id}")).spawn(move || {
+            while let Ok(seq) = inbox.recv() {
+                let r = engine.sync().map(|()| seq);
+                let failed = r.is_err();
+                if finished.blocking_send(r).is_err() || failed {
+                    break;
+                }
+            }
+        })?;
+        Ok(Syncer { requests: Some(requests), done, in_flight: false, thread: Some(thread) })
+    }
+
+    /// Hands the store's sync request to the thread, unless one is in
+    /// flight (the store asks again after the answer).
+    fn request(&mut self, store: &mut Store) -> Result<(), StorageError> {
+        if self.in_flight {
+            return Ok(());
+        }
+        let Some(seq) = store.take_sync_request() else { return Ok(()) };
+        let sent = self.requests.as_ref().is_some_and(|r| r.try_send(seq).is_ok());
+        if !sent {
+            return Err(StorageError::Io("the sync thread stopped".into()));
+        }
+        self.in_flight = true;
+        Ok(())
+    }
+
+    /// The next finished sync; pending forever without a syncer.
+    async fn finished(syncer: &mut Option<Syncer>) -> Result<u64, StorageError> {
+        let Some(s) = syncer.as_mut() else { return std::future::pending().await };
+        let r = s.done.recv().await.unwrap_or_else(|| Err(StorageError::Io("the sync thread stopped".into())));
+        s.in_flight = false;
+        r
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        // Closing the request channel ends the thread after its sync in
+        // flight (whose answer fits in the channel of one).
+        self.requests.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// A caller waiting for a [`Completion`].
@@ -142,36 +209,62 @@ impl StoreLoop {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut next_sweep = Instant::now() + SWEEP_INTERVAL;
         let mut inbound_open = true;
+        let mut syncer = if self.store.config().defer_sync {
+            match Syncer::start(self.store.engine().clone(), self.store.node_id()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.fail_all();
+                    return Exit::Fatal(RaftstoreError::Storage(format!("starting the sync thread: {e}")));
+                }
+            }
+        } else {
+            None
+        };
+        let mut eager = 0;
         let exit = loop {
-            tokio::select! {
-                stop = &mut self.stop => {
-                    break if stop.is_ok() { Exit::Requested } else { Exit::HandlesDropped };
-                }
-                _ = ticker.tick() => {
-                    self.store.tick();
-                    let now = Instant::now();
-                    if now >= next_sweep {
-                        self.sweep_waiters(now);
-                        next_sweep = now + SWEEP_INTERVAL;
+            if self.store.has_ready() && eager < MAX_EAGER_POLLS {
+                eager += 1;
+            } else {
+                eager = 0;
+                tokio::select! {
+                    synced = Syncer::finished(&mut syncer) => match synced {
+                        Ok(seq) => self.store.on_synced(seq),
+                        Err(e) => break Exit::Fatal(e.into()),
+                    },
+                    stop = &mut self.stop => {
+                        break if stop.is_ok() { Exit::Requested } else { Exit::HandlesDropped };
                     }
-                }
-                env = self.inbound.recv(), if inbound_open => match env {
-                    Some(env) => self.step(env),
-                    None => {
-                        // Only happens once the transport is shutting down.
-                        warn!("transport inbound channel closed");
-                        inbound_open = false;
+                    _ = ticker.tick() => {
+                        self.store.tick();
+                        let now = Instant::now();
+                        if now >= next_sweep {
+                            self.sweep_waiters(now);
+                            next_sweep = now + SWEEP_INTERVAL;
+                        }
                     }
-                },
-                cmd = self.commands.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd),
-                    None => break Exit::HandlesDropped,
-                },
+                    env = self.inbound.recv(), if inbound_open => match env {
+                        Some(env) => self.step(env),
+                        None => {
+                            // Only happens once the transport is shutting down.
+                            warn!("transport inbound channel closed");
+                            inbound_open = false;
+                        }
+                    },
+                    cmd = self.commands.recv() => match cmd {
+                        Some(cmd) => self.handle(cmd),
+                        None => break Exit::HandlesDropped,
+                    },
+                }
             }
             self.drain_queued(inbound_open);
             match self.store.poll() {
                 Ok(done) => self.complete(done),
                 Err(e) => break Exit::Fatal(e),
+            }
+            if let Some(s) = syncer.as_mut() {
+                if let Err(e) = s.request(&mut self.store) {
+                    break Exit::Fatal(e.into());
+                }
             }
         };
         self.fail_all();
@@ -317,6 +410,12 @@ mod tests {
                 return Err(StorageError::Io("injected write failure".into()));
             }
             self.inner.write(batch, sync)
+        }
+        fn sync(&self) -> StorageResult<()> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StorageError::Io("injected sync failure".into()));
+            }
+            self.inner.sync()
         }
         fn snapshot(&self) -> Box<dyn EngineSnapshot> {
             self.inner.snapshot()

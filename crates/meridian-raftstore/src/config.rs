@@ -40,6 +40,12 @@ pub struct StoreConfig {
     /// Seeds every random choice the store makes (election timeouts), so a
     /// simulated run replays from its seed. Drivers pass OS entropy.
     pub seed: u64,
+    /// Who makes a round's writes durable. `false`: `poll` syncs the
+    /// engine itself before it returns. `true`: the driver does, off the
+    /// store's thread ([`crate::Store::take_sync_request`],
+    /// [`crate::Store::on_synced`]), so the next round is prepared while
+    /// the fsync runs.
+    pub defer_sync: bool,
 }
 
 impl StoreConfig {
@@ -60,6 +66,7 @@ impl StoreConfig {
             snapshot_build: SnapshotBuild::Background,
             record_applied: false,
             seed: 0,
+            defer_sync: false,
         }
     }
 }

@@ -81,8 +81,20 @@ pub(crate) struct PendingRead {
     pub index: Option<u64>,
 }
 
+/// A Ready handed back to raft-rs with `advance_append_async`: written to
+/// the engine, durable once a sync covers `seq`. Until then raft-rs does
+/// not count its entries as persisted and its messages stay here (a
+/// follower's acknowledgements and votes must follow the fsync).
+pub(crate) struct UnsyncedReady {
+    pub number: u64,
+    pub seq: u64,
+    pub messages: Vec<raft::prelude::Message>,
+}
+
 pub(crate) struct Peer {
     pub raft: RawNode<PeerStorage>,
+    /// Readies written but not known durable yet, in ready order.
+    pub unsynced: VecDeque<UnsyncedReady>,
     pub sm: Box<dyn StateMachine>,
     pub desc: RangeDescriptor,
     /// Accepted this round, not yet handed to raft.

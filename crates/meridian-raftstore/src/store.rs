@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use crate::config::{SnapshotBuild, StoreConfig};
 use crate::error::RaftstoreError;
 use crate::logger::raft_logger;
-use crate::peer::{splitmix, Forwarded, Peer, PendingRead, Proposal, ProposalTag, Staged};
+use crate::peer::{splitmix, Forwarded, Peer, PendingRead, Proposal, ProposalTag, Staged, UnsyncedReady};
 use crate::state_machine::{ApplyContext, StateMachineFactory};
 
 /// Identifies a proposal or read handed to the store; its answer comes back
@@ -124,6 +124,13 @@ pub struct Store {
     applied_log: Vec<AppliedEntry>,
     snapshot_jobs: Vec<SnapshotJob>,
     metrics: StoreMetrics,
+    /// Sync sequence: every round whose write raft needs durable takes the
+    /// next number; `synced_seq` is the highest a finished engine sync
+    /// covered. Readies wait in `Peer::unsynced` for their number.
+    write_seq: u64,
+    synced_seq: u64,
+    /// `defer_sync`: a sync of `write_seq` is wanted, not yet handed out.
+    sync_wanted: bool,
 }
 
 /// Puts a replica that is no longer in its range's configuration (as of
@@ -159,6 +166,17 @@ fn go_dormant(p: &mut Peer, conf_ver: u64) -> Vec<Completion> {
 }
 
 /// Legacy single conf changes (from etcd-era tooling) as a V2 change.
+/// Tells raft-rs how far the state machine applied, as far as raft-rs
+/// allows: a snapshot installed but not yet synced is applied here before
+/// raft-rs counts it as persisted.
+fn advance_applied(p: &mut Peer) {
+    let log = &p.raft.raft.raft_log;
+    let to = p.raft.store().apply_state().applied_index.min(log.committed).min(log.persisted);
+    if to > log.applied {
+        p.raft.advance_apply_to(to);
+    }
+}
+
 fn legacy_to_v2(c: ConfChange) -> ConfChangeV2 {
     let mut single = raft::prelude::ConfChangeSingle::default();
     single.set_change_type(c.get_change_type());
@@ -237,6 +255,9 @@ impl Store {
             applied_log: Vec::new(),
             snapshot_jobs: Vec::new(),
             metrics: StoreMetrics::default(),
+            write_seq: 0,
+            synced_seq: 0,
+            sync_wanted: false,
         };
         for desc in PeerStorage::list_ranges(&*store.engine)? {
             let storage = PeerStorage::open(store.engine.clone(), desc.range_id)?;
@@ -298,6 +319,7 @@ impl Store {
         let dormant_at = removed.then_some(desc.epoch.conf_ver);
         let mut peer = Peer {
             raft,
+            unsynced: VecDeque::new(),
             sm,
             desc,
             staged: Vec::new(),
@@ -912,23 +934,60 @@ impl Store {
     /// Runs one round: persist, send, apply. Returns the answers to
     /// proposals and reads that completed.
     pub fn poll(&mut self) -> Result<Vec<Completion>, RaftstoreError> {
+        let mut out = self.poll_round()?;
+        // Syncing inline, the round's own sync may have released work (a
+        // leader counting its entries, a single voter committing): handle
+        // it now rather than at the next wake-up.
+        if !self.cfg.defer_sync && self.has_ready() {
+            out.extend(self.poll_round()?);
+        }
+        Ok(out)
+    }
+
+    /// True when a poll would find work without anything new arriving: a
+    /// Ready raft-rs holds, or Readies a finished sync made durable. A
+    /// driver polls again at once then.
+    pub fn has_ready(&self) -> bool {
+        let synced = self.synced_seq;
+        self.peers.values().any(|p| p.raft.has_ready() || p.unsynced.front().is_some_and(|u| u.seq <= synced))
+    }
+
+    /// With `defer_sync`: the sequence number a sync should cover now, if
+    /// one is wanted and was not handed out yet. The driver calls
+    /// [`Engine::sync`] (every write so far returned before this call),
+    /// then [`Store::on_synced`] with the number.
+    pub fn take_sync_request(&mut self) -> Option<u64> {
+        std::mem::take(&mut self.sync_wanted).then_some(self.write_seq)
+    }
+
+    /// A sync asked for by [`Store::take_sync_request`] returned: every
+    /// write up to `seq` is durable. The next poll tells raft-rs and sends
+    /// the messages that waited for it.
+    pub fn on_synced(&mut self, seq: u64) {
+        debug_assert!(seq <= self.write_seq, "a sync of a write never made");
+        if seq > self.synced_seq {
+            self.synced_seq = seq;
+            self.metrics.synced_writes += 1;
+        }
+    }
+
+    fn poll_round(&mut self) -> Result<Vec<Completion>, RaftstoreError> {
         self.metrics.poll_rounds += 1;
+        self.release_synced();
         self.flush_staged();
         self.handle_feedback();
         self.handle_snapshot_requests();
 
-        // Phase 1: collect every ready range into one batch. Entries already
-        // persisted here and now committed are applied into the same batch
-        // (raft-rs's documented order: apply, then persist), so a round
-        // costs one engine write, not two. A crash before the write loses
-        // both the new log entries and the apply, atomically; the commit
-        // index and the applied index are always persisted together.
+        // Phase 1: collect every ready range into one batch. Committed
+        // entries (raft-rs hands out only entries already durable here)
+        // are applied into the same batch, so a round costs one engine
+        // write. The write is not synced: a crash loses a suffix of the
+        // writes, and commit index, applies and new entries go together.
+        // What raft needs durable (new entries, a snapshot, a term or vote
+        // change: raft-rs's must_sync, as etcd's MustSync) is synced after
+        // the write, by `poll` or by the driver; until then raft-rs does
+        // not count those entries and a follower's replies wait.
         let mut batch = WriteBatch::new();
-        // fsync only when raft-rs says it matters (new entries, a snapshot,
-        // a term or vote change), as etcd's MustSync: a commit index that
-        // moved alone is written with the applies it allows, atomically,
-        // so after a crash the persisted commit is never behind the
-        // persisted apply, and both are rebuilt from the durable log.
         let mut must_sync = false;
         let mut readies = Vec::new();
         let mut done = Vec::new();
@@ -986,17 +1045,23 @@ impl Store {
             self.apply_entries(range_id, committed, &mut batch, &mut overlay, &mut done)?;
             readies.push((range_id, rd, installed));
         }
-        // Leader messages go out before the fsync; replies only after it.
+        // Leader messages go out before the write; replies after the sync.
         self.flush_outbox();
         if !batch.is_empty() {
-            self.engine.write(&batch, must_sync)?;
-            if must_sync {
-                self.metrics.synced_writes += 1;
+            self.engine.write(&batch, false)?;
+        }
+        if must_sync {
+            self.write_seq += 1;
+            if self.cfg.defer_sync {
+                self.sync_wanted = true;
+            } else {
+                self.engine.sync()?;
+                self.on_synced(self.write_seq);
             }
         }
 
-        // Phase 2: replies, advance, apply what the write just made
-        // committable.
+        // Phase 2: hand the readies back to raft-rs, to be counted as
+        // persisted once their sync is done.
         let mut apply_batch = WriteBatch::new();
         for (range_id, mut rd, installed) in readies {
             let p = self.peers.get_mut(&range_id).expect("listed");
@@ -1018,29 +1083,19 @@ impl Store {
                 }
                 info!(node = self.cfg.node_id, range = range_id, index = applied, "installed snapshot");
             }
-            let persisted = rd.take_persisted_messages();
-            self.queue_messages(range_id, persisted);
-            let mut overlay = BTreeMap::new();
-            let committed = rd.take_committed_entries();
-            self.apply_entries(range_id, committed, &mut apply_batch, &mut overlay, &mut done)?;
-            let p = self.peers.get_mut(&range_id).expect("listed");
-            let mut light = p.raft.advance_append(rd);
-            if let Some(commit) = light.commit_index() {
-                p.raft.mut_store().set_commit(commit, &mut apply_batch);
-            }
-            let msgs = light.take_messages();
-            self.queue_messages(range_id, msgs);
-            let committed = light.take_committed_entries();
-            self.apply_entries(range_id, committed, &mut apply_batch, &mut overlay, &mut done)?;
-            let p = self.peers.get_mut(&range_id).expect("listed");
-            let applied = p.raft.store().apply_state().applied_index;
-            p.raft.advance_apply_to(applied);
+            let messages = rd.take_persisted_messages();
+            let number = rd.number();
+            p.raft.advance_append_async(rd);
+            // A Ready with nothing to make durable still waits behind
+            // earlier ones: raft-rs counts Readies as persisted in order.
+            p.unsynced.push_back(UnsyncedReady { number, seq: self.write_seq, messages });
+            advance_applied(p);
             p.maybe_leave_joint();
             self.maybe_compact(range_id, &mut apply_batch)?;
         }
-        // The apply batch carries state-machine data, apply index and commit
-        // index together; it needs no fsync because the log it derives from
-        // is durable and is replayed after a crash.
+        self.release_synced();
+        // Log compaction: it needs no sync (compacted entries are applied
+        // and their effects are in the engine).
         if !apply_batch.is_empty() {
             self.engine.write(&apply_batch, false)?;
         }
@@ -1049,6 +1104,27 @@ impl Store {
         let mut out = std::mem::take(&mut self.completions);
         out.extend(done);
         Ok(out)
+    }
+
+    /// Tells raft-rs which Readies a finished sync made durable (in order)
+    /// and queues the messages they held back.
+    fn release_synced(&mut self) {
+        let synced = self.synced_seq;
+        let ids: Vec<u64> =
+            self.peers.iter().filter(|(_, p)| p.unsynced.front().is_some_and(|u| u.seq <= synced)).map(|(id, _)| *id).collect();
+        for range_id in ids {
+            let p = self.peers.get_mut(&range_id).expect("listed");
+            let mut last = 0;
+            let mut msgs = Vec::new();
+            while p.unsynced.front().is_some_and(|u| u.seq <= synced) {
+                let u = p.unsynced.pop_front().expect("front");
+                last = u.number;
+                msgs.extend(u.messages);
+            }
+            p.raft.on_persist_ready(last);
+            advance_applied(p);
+            self.queue_messages(range_id, msgs);
+        }
     }
 
     /// Applies committed entries of one range. `overlay` holds what earlier

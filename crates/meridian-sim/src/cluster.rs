@@ -6,7 +6,7 @@ use meridian_raftstore::test_machine::{chain_of, put_command, RegisterMachine};
 use meridian_raftstore::{Completion, RaftstoreError, RangeStatus, RequestId, SnapshotBuild, StateMachine, Store, StoreConfig};
 use meridian_storage::{Engine, MemEngine, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole, RocksEngine};
 use meridian_transport::mem::MemNetwork;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::checker::Checker;
@@ -40,6 +40,8 @@ impl SimConfig {
         store.record_applied = true;
         store.compact_log_entries = 64;
         store.max_log_lag_entries = 256;
+        // As production: the driver syncs (see `Cluster::step`).
+        store.defer_sync = true;
         SimConfig { seed, nodes: 3, initial_voters: 3, ranges: 1, engine: EngineKind::Mem, store }
     }
 }
@@ -52,6 +54,9 @@ enum NodeEngine {
 struct SimNode {
     engine: NodeEngine,
     store: Option<Store>,
+    /// A sync the store asked for, in flight until the given step (a crash
+    /// before then loses what it would have made durable): (seq, due).
+    pending_sync: Option<(u64, u64)>,
 }
 
 /// What a proposal was, to record its acknowledgement.
@@ -79,6 +84,13 @@ pub struct Cluster {
 
 fn factory() -> Arc<dyn meridian_raftstore::StateMachineFactory> {
     Arc::new(|_: &RangeDescriptor| Box::new(RegisterMachine) as Box<dyn StateMachine>)
+}
+
+fn engine_sync(engine: &NodeEngine) -> Result<(), meridian_storage::StorageError> {
+    match engine {
+        NodeEngine::Mem(m) => m.sync(),
+        NodeEngine::Rocks { engine, .. } => engine.as_ref().map_or(Ok(()), |e| e.sync()),
+    }
 }
 
 impl Cluster {
@@ -115,7 +127,7 @@ impl Cluster {
                     NodeEngine::Rocks { engine: Some(RocksEngine::open(dir.path()).expect("open rocksdb")), dir }
                 }
             };
-            c.nodes.insert(id, SimNode { engine, store: None });
+            c.nodes.insert(id, SimNode { engine, store: None, pending_sync: None });
             c.start(id);
         }
         c
@@ -168,6 +180,7 @@ impl Cluster {
     pub fn crash(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).expect("node");
         node.store = None;
+        node.pending_sync = None;
         match &mut node.engine {
             NodeEngine::Mem(m) => *m = m.crash(),
             NodeEngine::Rocks { engine, .. } => *engine = None,
@@ -194,25 +207,74 @@ impl Cluster {
         }
         let ids = self.node_ids();
         for id in ids {
-            let Some(store) = self.nodes.get_mut(&id).and_then(|n| n.store.as_mut()) else { continue };
-            store.tick();
-            let done = match store.poll() {
-                Ok(d) => d,
-                Err(e) => {
-                    self.checker.fail(format!("step {now}: node {id} poll failed: {e}"));
-                    continue;
+            let Some(node) = self.nodes.get_mut(&id) else { continue };
+            let Some(store) = node.store.as_mut() else { continue };
+            // A sync in flight finishes when it is due.
+            if let Some((seq, due)) = node.pending_sync {
+                if due <= now {
+                    node.pending_sync = None;
+                    if let Err(e) = engine_sync(&node.engine) {
+                        self.checker.fail(format!("step {now}: node {id} sync failed: {e}"));
+                        continue;
+                    }
+                    store.on_synced(seq);
                 }
-            };
-            for e in store.take_applied() {
-                self.checker.observe_applied(now, id, &e);
             }
-            for st in store.statuses() {
-                self.checker.observe_status(now, id, &st);
+            store.tick();
+            if !self.poll_node(id) {
+                continue;
             }
-            for c in done {
-                self.complete(id, c);
+            // This round's sync: done within the step half of the time
+            // (then what it released is polled at once), else 1-3 steps
+            // later, so crashes also land between a write and its fsync.
+            let delay = if self.rng.gen_bool(0.5) { 0 } else { self.rng.gen_range(1..=3) };
+            let node = self.nodes.get_mut(&id).expect("node");
+            let Some(store) = node.store.as_mut() else { continue };
+            let Some(seq) = store.take_sync_request() else { continue };
+            if delay > 0 || node.pending_sync.is_some() {
+                // One sync in flight at a time, as the node's sync thread;
+                // it covers every write made before it finishes.
+                let due = node.pending_sync.map_or(now + delay.max(1), |(_, d)| d);
+                node.pending_sync = Some((seq, due));
+                continue;
+            }
+            if let Err(e) = engine_sync(&node.engine) {
+                self.checker.fail(format!("step {now}: node {id} sync failed: {e}"));
+                continue;
+            }
+            store.on_synced(seq);
+            if self.poll_node(id) {
+                // What that poll wrote syncs at the next step.
+                let node = self.nodes.get_mut(&id).expect("node");
+                if let Some(seq) = node.store.as_mut().and_then(|s| s.take_sync_request()) {
+                    node.pending_sync = Some((seq, now + 1));
+                }
             }
         }
+    }
+
+    /// Polls node `id` once and hands its results to the checker; false if
+    /// the poll failed (recorded as a violation).
+    fn poll_node(&mut self, id: u64) -> bool {
+        let now = self.now;
+        let Some(store) = self.nodes.get_mut(&id).and_then(|n| n.store.as_mut()) else { return false };
+        let done = match store.poll() {
+            Ok(d) => d,
+            Err(e) => {
+                self.checker.fail(format!("step {now}: node {id} poll failed: {e}"));
+                return false;
+            }
+        };
+        for e in store.take_applied() {
+            self.checker.observe_applied(now, id, &e);
+        }
+        for st in store.statuses() {
+            self.checker.observe_status(now, id, &st);
+        }
+        for c in done {
+            self.complete(id, c);
+        }
+        true
     }
 
     fn complete(&mut self, node: u64, c: Completion) {

@@ -25,6 +25,9 @@ pub struct RunReport {
     pub acked_writes: usize,
     pub reads_checked: u64,
     pub crashes: u64,
+    /// Every node crashed at once (a zone losing power): only what was
+    /// synced survives anywhere.
+    pub power_losses: u64,
     pub partitions: u64,
     /// Membership changes proposed (remove a voter, add it back as a
     /// learner, promote it).
@@ -71,7 +74,8 @@ fn membership_step(c: &mut Cluster, ranges: &[u64], nodes: &[u64]) -> bool {
 }
 
 /// Runs `steps` ticks of random writes and reads against `cfg`'s cluster
-/// while a nemesis crashes and restarts nodes, partitions the network
+/// while a nemesis crashes and restarts nodes (also all at once),
+/// partitions the network
 /// (two-way and one-way), drops and delays messages, and removes and adds
 /// back replicas; then heals, waits for
 /// convergence and checks every invariant.
@@ -115,7 +119,7 @@ pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
         // Nemesis, about every 60 ticks.
         if c.rng.gen_bool(1.0 / 60.0) {
             let down: Vec<u64> = nodes.iter().copied().filter(|n| !c.is_up(*n)).collect();
-            match c.rng.gen_range(0..9) {
+            match c.rng.gen_range(0..10) {
                 0 | 1 if (down.len() as u64) < majority_down_limit.max(1) => {
                     let n = *nodes.choose(&mut c.rng).expect("nodes");
                     c.crash(n);
@@ -160,6 +164,14 @@ pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
                     if membership_step(&mut c, &ranges, &nodes) {
                         report.membership_changes += 1;
                     }
+                }
+                8 if c.rng.gen_bool(0.3) => {
+                    for &n in &nodes {
+                        if c.is_up(n) {
+                            c.crash(n);
+                        }
+                    }
+                    report.power_losses += 1;
                 }
                 _ => c.net.heal(),
             }

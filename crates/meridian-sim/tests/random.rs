@@ -23,13 +23,14 @@ fn randomized_runs_keep_every_invariant() {
         }
     };
     let mut failed = Vec::new();
-    let (mut acked, mut crashes, mut partitions, mut reads, mut changes, mut forwarded) = (0, 0, 0, 0, 0, 0);
+    let (mut acked, mut crashes, mut partitions, mut reads, mut changes, mut forwarded, mut power) = (0, 0, 0, 0, 0, 0, 0);
     for seed in &seeds {
         let mut cfg = SimConfig::new(*seed);
         cfg.ranges = 8;
         let report = random_run(cfg, steps);
         acked += report.acked_writes;
         crashes += report.crashes;
+        power += report.power_losses;
         partitions += report.partitions;
         reads += report.reads_checked;
         changes += report.membership_changes;
@@ -41,11 +42,12 @@ fn randomized_runs_keep_every_invariant() {
         }
     }
     eprintln!(
-        "simulation: {} seeds x {steps} ticks, {acked} acknowledged writes ({forwarded} proposed on followers), {reads} linearizable reads checked, {crashes} crashes, {partitions} partitions, {changes} membership changes, {} failed",
+        "simulation: {} seeds x {steps} ticks, {acked} acknowledged writes ({forwarded} proposed on followers), {reads} linearizable reads checked, {crashes} crashes, {power} power losses (all nodes), {partitions} partitions, {changes} membership changes, {} failed",
         seeds.len(),
         failed.len()
     );
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
     assert!(acked > 0, "the workload made no progress at all");
     assert!(forwarded > 0, "no write proposed on a follower was acknowledged");
+    assert!(seeds.len() < 20 || power > 0, "no run lost power on every node");
 }

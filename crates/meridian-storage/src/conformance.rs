@@ -28,6 +28,7 @@ pub fn run_all(f: &mut dyn EngineFactory) {
     batch_across_ranges_is_atomic_and_ordered(f);
     snapshot_is_isolated_from_later_writes(f);
     synced_writes_survive_restart(f);
+    sync_makes_earlier_writes_durable(f);
     peer_storage_append_truncate_compact(f);
     peer_storage_entry_cache_matches_the_log(f);
     peer_storage_recovers_after_restart(f);
@@ -144,6 +145,18 @@ pub fn synced_writes_survive_restart(f: &mut dyn EngineFactory) {
         Some(b"1".to_vec()),
         "a write before a synced write is durable (log order)"
     );
+}
+
+pub fn sync_makes_earlier_writes_durable(f: &mut dyn EngineFactory) {
+    let e = f.create();
+    let mut b = WriteBatch::new();
+    b.put(Cf::RaftState, b"written-then-synced".to_vec(), b"1".to_vec());
+    e.write(&b, false).unwrap();
+    let before = e.sync_count();
+    e.sync().unwrap();
+    assert_eq!(e.sync_count(), before + 1, "sync_count counts syncs");
+    let e = f.restart(e);
+    assert_eq!(e.get(Cf::RaftState, b"written-then-synced").unwrap(), Some(b"1".to_vec()), "sync made the earlier write durable");
 }
 
 fn entry(index: u64, term: u64) -> Entry {

@@ -132,12 +132,19 @@ pub trait EngineSnapshot: Send + Sync {
 ///   of it is visible or none of it.
 /// - A batch written with `sync = true` is durable when `write` returns, and
 ///   so is every batch written before it (write-ahead-log order).
+/// - Every batch whose `write` returned before [`Engine::sync`] was called
+///   is durable when `sync` returns. `sync` may run on another thread
+///   while writes go on; those may or may not be covered.
+/// - After a crash, what survives is a prefix of the writes, in order.
 /// - Reads observe every batch whose `write` has returned.
 pub trait Engine: Send + Sync + 'static {
     fn get(&self, cf: Cf, key: &[u8]) -> StorageResult<Option<Vec<u8>>>;
     /// Calls `f` for each key in `[start, end)` in order until it returns false.
     fn scan(&self, cf: Cf, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> StorageResult<()>;
     fn write(&self, batch: &WriteBatch, sync: bool) -> StorageResult<()>;
+    /// Makes every write that returned before this call durable (one fsync
+    /// of the write-ahead log), without blocking writers meanwhile.
+    fn sync(&self) -> StorageResult<()>;
     fn snapshot(&self) -> Box<dyn EngineSnapshot>;
     /// Number of synced writes so far (one fsync each): the group-commit
     /// benchmark divides committed entries by this.

@@ -124,6 +124,16 @@ impl Engine for MemEngine {
         Ok(())
     }
 
+    fn sync(&self) -> StorageResult<()> {
+        let mut inner = self.inner.lock().expect("mem engine lock");
+        let pending = std::mem::take(&mut inner.unsynced);
+        for b in &pending {
+            apply(&mut inner.durable, b);
+        }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn snapshot(&self) -> Box<dyn EngineSnapshot> {
         let current = self.inner.lock().expect("mem engine lock").current.clone();
         Box::new(MemSnapshot { tables: current })
