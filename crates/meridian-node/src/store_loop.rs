@@ -124,6 +124,22 @@ impl Syncer {
         Ok(())
     }
 
+    /// Hands the store what finished syncs covered, without waiting.
+    fn collect(&mut self, store: &mut Store) -> Result<(), StorageError> {
+        loop {
+            match self.done.try_recv() {
+                Ok(r) => {
+                    self.in_flight = false;
+                    store.on_synced(r?);
+                }
+                Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    return if self.in_flight { Err(StorageError::Io("the sync thread stopped".into())) } else { Ok(()) };
+                }
+            }
+        }
+    }
+
     /// The next finished sync; pending forever without a syncer.
     async fn finished(syncer: &mut Option<Syncer>) -> Result<u64, StorageError> {
         let Some(s) = syncer.as_mut() else { return std::future::pending().await };
@@ -262,7 +278,9 @@ impl StoreLoop {
                 Err(e) => break Exit::Fatal(e),
             }
             if let Some(s) = syncer.as_mut() {
-                if let Err(e) = s.request(&mut self.store) {
+                // A sync that finished meanwhile frees the thread for the
+                // next one now, not when the select gets to it.
+                if let Err(e) = s.collect(&mut self.store).and_then(|()| s.request(&mut self.store)) {
                     break Exit::Fatal(e.into());
                 }
             }
@@ -392,10 +410,12 @@ mod tests {
 
     use super::*;
 
-    /// A MemEngine whose writes fail once `fail` is set: a dying disk.
+    /// A MemEngine whose writes and syncs fail once `fail` is set (only
+    /// its syncs, with `only_sync`): a dying disk.
     struct FailingEngine {
         inner: MemEngine,
         fail: Arc<AtomicBool>,
+        only_sync: bool,
     }
 
     impl Engine for FailingEngine {
@@ -406,7 +426,7 @@ mod tests {
             self.inner.scan(cf, start, end, f)
         }
         fn write(&self, batch: &WriteBatch, sync: bool) -> StorageResult<()> {
-            if self.fail.load(Ordering::SeqCst) {
+            if self.fail.load(Ordering::SeqCst) && !self.only_sync {
                 return Err(StorageError::Io("injected write failure".into()));
             }
             self.inner.write(batch, sync)
@@ -427,7 +447,13 @@ mod tests {
 
     /// A store of node 1 with range 1 replicated on `voters`.
     fn store(voters: &[u64], fail: Arc<AtomicBool>) -> Store {
-        let engine = FailingEngine { inner: MemEngine::new(), fail };
+        store_with(voters, fail, false, false)
+    }
+
+    /// `defer_sync`: the loop's sync thread makes writes durable, as on a
+    /// node; `only_sync`: `fail` breaks syncs, not writes.
+    fn store_with(voters: &[u64], fail: Arc<AtomicBool>, defer_sync: bool, only_sync: bool) -> Store {
+        let engine = FailingEngine { inner: MemEngine::new(), fail, only_sync };
         let desc = RangeDescriptor {
             range_id: 1,
             start: Vec::new(),
@@ -438,7 +464,9 @@ mod tests {
         Store::bootstrap(&engine, 1, &[desc]).unwrap();
         let factory: Arc<dyn StateMachineFactory> = Arc::new(|_: &RangeDescriptor| Box::new(RegisterMachine) as Box<dyn StateMachine>);
         let transport = Arc::new(MemNetwork::new(1).transport(1));
-        Store::open(StoreConfig::new(1), Arc::new(engine), transport, factory).unwrap()
+        let mut cfg = StoreConfig::new(1);
+        cfg.defer_sync = defer_sync;
+        Store::open(cfg, Arc::new(engine), transport, factory).unwrap()
     }
 
     struct Harness {
@@ -471,8 +499,22 @@ mod tests {
 
     #[tokio::test]
     async fn storage_failure_stops_the_loop_and_fails_waiters() {
+        storage_failure_case(false, false).await;
+    }
+
+    #[tokio::test]
+    async fn with_the_sync_thread_writes_commit_and_a_failed_write_stops_the_loop() {
+        storage_failure_case(true, false).await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_sync_on_the_sync_thread_stops_the_loop_and_fails_waiters() {
+        storage_failure_case(true, true).await;
+    }
+
+    async fn storage_failure_case(defer_sync: bool, only_sync: bool) {
         let fail = Arc::new(AtomicBool::new(false));
-        let h = harness(store(&[1], fail.clone()), Duration::from_millis(5), Duration::from_secs(10));
+        let h = harness(store_with(&[1], fail.clone(), defer_sync, only_sync), Duration::from_millis(5), Duration::from_secs(10));
         let commands = h.commands.clone();
         let client = async move {
             // A single voter elects itself after an election timeout.

@@ -384,7 +384,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
             ("meridian_store_poll_rounds_total", "Poll rounds of the store", m.poll_rounds),
             (
                 "meridian_store_synced_writes_total",
-                "fsynced raft writes (one per round that persisted entries, a snapshot or a term/vote change)",
+                "fsyncs of the raft log (each covers every round written before it that persisted entries, a snapshot or a term/vote change)",
                 m.synced_writes,
             ),
             ("meridian_store_entries_persisted_total", "Raft entries persisted", m.entries_persisted),

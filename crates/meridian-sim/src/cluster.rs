@@ -54,9 +54,17 @@ enum NodeEngine {
 struct SimNode {
     engine: NodeEngine,
     store: Option<Store>,
-    /// A sync the store asked for, in flight until the given step (a crash
-    /// before then loses what it would have made durable): (seq, due).
-    pending_sync: Option<(u64, u64)>,
+    /// The sync in flight, as the node's sync thread runs it (one at a
+    /// time): it covers the writes made before it began (`mark`) and
+    /// finishes at step `due`; a crash before then loses them.
+    pending_sync: Option<PendingSync>,
+}
+
+#[derive(Clone, Copy)]
+struct PendingSync {
+    seq: u64,
+    mark: u64,
+    due: u64,
 }
 
 /// What a proposal was, to record its acknowledgement.
@@ -86,9 +94,22 @@ fn factory() -> Arc<dyn meridian_raftstore::StateMachineFactory> {
     Arc::new(|_: &RangeDescriptor| Box::new(RegisterMachine) as Box<dyn StateMachine>)
 }
 
-fn engine_sync(engine: &NodeEngine) -> Result<(), meridian_storage::StorageError> {
+/// Where a sync starting now ends: what it will cover.
+fn engine_mark(engine: &NodeEngine) -> u64 {
     match engine {
-        NodeEngine::Mem(m) => m.sync(),
+        NodeEngine::Mem(m) => m.written(),
+        NodeEngine::Rocks { .. } => 0,
+    }
+}
+
+/// Finishes a sync that began at `mark`. RocksDB (a crash there only
+/// reopens, losing nothing) syncs everything.
+fn engine_sync(engine: &NodeEngine, mark: u64) -> Result<(), meridian_storage::StorageError> {
+    match engine {
+        NodeEngine::Mem(m) => {
+            m.sync_upto(mark);
+            Ok(())
+        }
         NodeEngine::Rocks { engine, .. } => engine.as_ref().map_or(Ok(()), |e| e.sync()),
     }
 }
@@ -176,13 +197,19 @@ impl Cluster {
         self.nodes.get_mut(&id)?.store.as_mut()
     }
 
-    /// kill -9: the process is gone and unsynced writes are lost.
+    /// kill -9: the process is gone and unsynced writes are lost, except
+    /// a random prefix of them that reached the disk anyway.
     pub fn crash(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).expect("node");
         node.store = None;
         node.pending_sync = None;
         match &mut node.engine {
-            NodeEngine::Mem(m) => *m = m.crash(),
+            // The log keeps a prefix of the writes: some unsynced ones may
+            // have reached the disk.
+            NodeEngine::Mem(m) => {
+                let keep = self.rng.gen_range(0..=m.unsynced_batches());
+                *m = m.crash_keeping(keep);
+            }
             NodeEngine::Rocks { engine, .. } => *engine = None,
         }
         self.inflight.retain(|(n, _), _| *n != id);
@@ -210,14 +237,14 @@ impl Cluster {
             let Some(node) = self.nodes.get_mut(&id) else { continue };
             let Some(store) = node.store.as_mut() else { continue };
             // A sync in flight finishes when it is due.
-            if let Some((seq, due)) = node.pending_sync {
-                if due <= now {
+            if let Some(p) = node.pending_sync {
+                if p.due <= now {
                     node.pending_sync = None;
-                    if let Err(e) = engine_sync(&node.engine) {
+                    if let Err(e) = engine_sync(&node.engine, p.mark) {
                         self.checker.fail(format!("step {now}: node {id} sync failed: {e}"));
                         continue;
                     }
-                    store.on_synced(seq);
+                    store.on_synced(p.seq);
                 }
             }
             store.tick();
@@ -229,16 +256,18 @@ impl Cluster {
             // later, so crashes also land between a write and its fsync.
             let delay = if self.rng.gen_bool(0.5) { 0 } else { self.rng.gen_range(1..=3) };
             let node = self.nodes.get_mut(&id).expect("node");
-            let Some(store) = node.store.as_mut() else { continue };
-            let Some(seq) = store.take_sync_request() else { continue };
-            if delay > 0 || node.pending_sync.is_some() {
-                // One sync in flight at a time, as the node's sync thread;
-                // it covers every write made before it finishes.
-                let due = node.pending_sync.map_or(now + delay.max(1), |(_, d)| d);
-                node.pending_sync = Some((seq, due));
+            // One sync in flight at a time: the store keeps asking.
+            if node.pending_sync.is_some() {
                 continue;
             }
-            if let Err(e) = engine_sync(&node.engine) {
+            let Some(store) = node.store.as_mut() else { continue };
+            let Some(seq) = store.take_sync_request() else { continue };
+            let mark = engine_mark(&node.engine);
+            if delay > 0 {
+                node.pending_sync = Some(PendingSync { seq, mark, due: now + delay });
+                continue;
+            }
+            if let Err(e) = engine_sync(&node.engine, mark) {
                 self.checker.fail(format!("step {now}: node {id} sync failed: {e}"));
                 continue;
             }
@@ -246,8 +275,9 @@ impl Cluster {
             if self.poll_node(id) {
                 // What that poll wrote syncs at the next step.
                 let node = self.nodes.get_mut(&id).expect("node");
+                let mark = engine_mark(&node.engine);
                 if let Some(seq) = node.store.as_mut().and_then(|s| s.take_sync_request()) {
-                    node.pending_sync = Some((seq, now + 1));
+                    node.pending_sync = Some(PendingSync { seq, mark, due: now + 1 });
                 }
             }
         }

@@ -20,6 +20,8 @@ struct Inner {
     durable: Tables,
     /// Batches written without sync since the last synced write.
     unsynced: Vec<WriteBatch>,
+    /// Batches written so far, synced or not: marks for [`MemEngine::sync_upto`].
+    written: u64,
 }
 
 /// See the module docs. Cloning shares the same storage (like reopening the
@@ -75,12 +77,45 @@ impl MemEngine {
     /// Simulates kill -9 / power loss: every write not covered by a synced
     /// write is lost. The returned engine is what a restarted node finds.
     pub fn crash(&self) -> MemEngine {
+        self.crash_keeping(0)
+    }
+
+    /// A crash after which the first `n` unsynced batches happened to
+    /// reach the disk anyway (the log keeps a prefix of the writes).
+    pub fn crash_keeping(&self, n: usize) -> MemEngine {
         let inner = self.inner.lock().expect("mem engine lock");
-        let durable = inner.durable.clone();
+        let mut durable = inner.durable.clone();
+        for b in inner.unsynced.iter().take(n) {
+            apply(&mut durable, b);
+        }
         MemEngine {
-            inner: Arc::new(Mutex::new(Inner { current: durable.clone(), durable, unsynced: Vec::new() })),
+            inner: Arc::new(Mutex::new(Inner { current: durable.clone(), durable, unsynced: Vec::new(), written: inner.written })),
             syncs: Arc::new(AtomicU64::new(self.syncs.load(Ordering::Relaxed))),
         }
+    }
+
+    /// Batches not covered by a sync yet.
+    pub fn unsynced_batches(&self) -> usize {
+        self.inner.lock().expect("mem engine lock").unsynced.len()
+    }
+
+    /// Batches written so far: a mark for [`MemEngine::sync_upto`].
+    pub fn written(&self) -> u64 {
+        self.inner.lock().expect("mem engine lock").written
+    }
+
+    /// A sync that started when [`MemEngine::written`] was `mark`: makes
+    /// durable the batches written before then, not later ones (as an
+    /// fsync covers what was written before it began).
+    pub fn sync_upto(&self, mark: u64) {
+        let mut inner = self.inner.lock().expect("mem engine lock");
+        let first_unsynced = inner.written - inner.unsynced.len() as u64;
+        let n = mark.saturating_sub(first_unsynced).min(inner.unsynced.len() as u64) as usize;
+        let covered: Vec<WriteBatch> = inner.unsynced.drain(..n).collect();
+        for b in &covered {
+            apply(&mut inner.durable, b);
+        }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Flips bits in the stored value of `key`, to test corruption handling.
@@ -111,6 +146,7 @@ impl Engine for MemEngine {
     fn write(&self, batch: &WriteBatch, sync: bool) -> StorageResult<()> {
         let mut inner = self.inner.lock().expect("mem engine lock");
         apply(&mut inner.current, batch);
+        inner.written += 1;
         if sync {
             let pending = std::mem::take(&mut inner.unsynced);
             for b in &pending {

@@ -70,3 +70,27 @@ fn mem_engine_crash_loses_only_unsynced_writes() {
     assert!(after.get(Cf::Data, b"synced").unwrap().is_some());
     assert!(after.get(Cf::Data, b"unsynced").unwrap().is_none());
 }
+
+#[test]
+fn mem_engine_sync_upto_covers_only_earlier_writes_and_crashes_keep_a_prefix() {
+    use meridian_storage::{Cf, WriteBatch};
+    let put = |e: &MemEngine, k: &[u8]| {
+        let mut b = WriteBatch::new();
+        b.put(Cf::Data, k.to_vec(), b"v".to_vec());
+        e.write(&b, false).unwrap();
+    };
+    let e = MemEngine::new();
+    put(&e, b"a");
+    let mark = e.written();
+    put(&e, b"b");
+    e.sync_upto(mark);
+    assert_eq!(e.unsynced_batches(), 1, "the write after the sync began is not covered");
+    let after = e.crash();
+    assert!(after.get(Cf::Data, b"a").unwrap().is_some());
+    assert!(after.get(Cf::Data, b"b").unwrap().is_none());
+    put(&e, b"c");
+    put(&e, b"d");
+    let after = e.crash_keeping(2);
+    assert!(after.get(Cf::Data, b"b").unwrap().is_some() && after.get(Cf::Data, b"c").unwrap().is_some());
+    assert!(after.get(Cf::Data, b"d").unwrap().is_none(), "a prefix survives, not the rest");
+}
