@@ -109,9 +109,7 @@ pub fn batch_across_ranges_is_atomic_and_ordered(f: &mut dyn EngineFactory) {
 
 pub fn snapshot_is_isolated_from_later_writes(f: &mut dyn EngineFactory) {
     let e = f.create();
-    let mut b = WriteBatch::new();
-    b.put(Cf::Data, b"x".to_vec(), b"1".to_vec());
-    e.write(&b, false).unwrap();
+    write_one(&*e, Cf::Data, b"x", b"1", false);
     let snap = e.snapshot();
     let mut b = WriteBatch::new();
     b.put(Cf::Data, b"x".to_vec(), b"2".to_vec());
@@ -130,12 +128,8 @@ pub fn snapshot_is_isolated_from_later_writes(f: &mut dyn EngineFactory) {
 
 pub fn synced_writes_survive_restart(f: &mut dyn EngineFactory) {
     let e = f.create();
-    let mut b = WriteBatch::new();
-    b.put(Cf::RaftState, b"unsynced-then-synced".to_vec(), b"1".to_vec());
-    e.write(&b, false).unwrap();
-    let mut b = WriteBatch::new();
-    b.put(Cf::RaftState, b"synced".to_vec(), b"2".to_vec());
-    e.write(&b, true).unwrap();
+    write_one(&*e, Cf::RaftState, b"unsynced-then-synced", b"1", false);
+    write_one(&*e, Cf::RaftState, b"synced", b"2", true);
     let before = e.sync_count();
     assert!(before >= 1, "sync_count counts synced writes");
     let e = f.restart(e);
@@ -147,11 +141,16 @@ pub fn synced_writes_survive_restart(f: &mut dyn EngineFactory) {
     );
 }
 
+/// Writes one key in a batch of its own.
+fn write_one(e: &dyn Engine, cf: Cf, key: &[u8], value: &[u8], sync: bool) {
+    let mut b = WriteBatch::new();
+    b.put(cf, key.to_vec(), value.to_vec());
+    e.write(&b, sync).unwrap();
+}
+
 pub fn sync_makes_earlier_writes_durable(f: &mut dyn EngineFactory) {
     let e = f.create();
-    let mut b = WriteBatch::new();
-    b.put(Cf::RaftState, b"written-then-synced".to_vec(), b"1".to_vec());
-    e.write(&b, false).unwrap();
+    write_one(&*e, Cf::RaftState, b"written-then-synced", b"1", false);
     let before = e.sync_count();
     e.sync().unwrap();
     assert_eq!(e.sync_count(), before + 1, "sync_count counts syncs");
