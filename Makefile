@@ -25,6 +25,9 @@ demo: setup
 
 test: setup
 	$(CARGO) test --workspace
+	@# `make dev`, `make demo` and the README run `cargo run -p meridian`:
+	@# it must resolve to the meridian binary.
+	$(CARGO) run -q -p meridian -- --version
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

@@ -8,17 +8,20 @@
 //!     ▼                                       ▼ caller's (shared) runtime
 //!   ┌──────────────────────────────────────────────────────────────┐
 //!   │ store loop: dedicated OS thread, own current-thread runtime  │
-//!   │   select! { tick interval │ inbound envelopes │ commands }   │
+//!   │   select! { tick │ inbound envelopes │ commands │ synced }   │
 //!   │   drain what else is queued (bounded), then store.poll()     │
-//!   │     └─ one fsync per round for every range (group commit)    │
+//!   │     └─ one write per round for every range (group commit)    │
 //!   │   completions ──► waiting oneshot senders                    │
+//!   │   sync request ──► sync thread: one fsync at a time, each    │
+//!   │     covering every round written before it began             │
 //!   └──────────────────────────────────────────────────────────────┘
 //!            │ RocksEngine (data_dir)        │ Transport::send (never blocks)
 //! ```
 //!
-//! The store does its fsyncs inside `poll`, so it runs on a thread of its
-//! own: a slow disk stalls this node's raft loop, never the shared tokio
-//! runtime that serves clients and the transport.
+//! The store runs on a thread of its own and its fsyncs on another: a slow
+//! disk delays this node's acknowledgements, never the shared tokio
+//! runtime that serves clients and the transport, and the store prepares
+//! the next round while the disk syncs.
 
 // This crate is a driver: it owns the clock (tick interval, request
 // deadlines), the thread and runtime the store runs on, and OS entropy for

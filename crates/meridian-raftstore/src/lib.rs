@@ -9,12 +9,15 @@
 //!                  │ time = ticks it is given)│  harness or tokio task) calls
 //!                  └────────────┬─────────────┘  poll() once per round
 //!   poll():                     │
+//!   0. Readies a finished sync made durable: on_persist_ready, send the
+//!      follower/candidate replies they held back
 //!   1. every range with a Ready: send leader messages now, stage entries,
-//!      hard state and snapshots into ONE WriteBatch
-//!   2. engine.write(batch, sync = true)        ← one fsync per round
-//!   3. send follower/candidate replies (persisted messages), advance,
-//!      apply committed entries (commit index persisted with the apply
-//!      batch), answer proposals and reads
+//!      hard state, snapshots and the applies of committed entries into
+//!      ONE WriteBatch
+//!   2. engine.write(batch, sync = false); if raft must_sync, the round
+//!      takes a sync number: synced by the driver's sync thread
+//!      (defer_sync) or by poll itself before it returns
+//!   3. advance_append_async; answer proposals and reads
 //! ```
 //!
 //! The store never spawns, sleeps or reads a clock: ticks, inbound
