@@ -165,7 +165,6 @@ fn go_dormant(p: &mut Peer, conf_ver: u64) -> Vec<Completion> {
     done
 }
 
-/// Legacy single conf changes (from etcd-era tooling) as a V2 change.
 /// Tells raft-rs how far the state machine applied, as far as raft-rs
 /// allows: a snapshot installed but not yet synced is applied here before
 /// raft-rs counts it as persisted.
@@ -177,6 +176,7 @@ fn advance_applied(p: &mut Peer) {
     }
 }
 
+/// Legacy single conf changes (from etcd-era tooling) as a V2 change.
 fn legacy_to_v2(c: ConfChange) -> ConfChangeV2 {
     let mut single = raft::prelude::ConfChangeSingle::default();
     single.set_change_type(c.get_change_type());
@@ -931,7 +931,8 @@ impl Store {
 
     // ---- the poll round -------------------------------------------------
 
-    /// Runs one round: persist, send, apply. Returns the answers to
+    /// Runs one round: persist, send, apply (two when syncing inline and
+    /// the round's sync released more work). Returns the answers to
     /// proposals and reads that completed.
     pub fn poll(&mut self) -> Result<Vec<Completion>, RaftstoreError> {
         let mut out = self.poll_round()?;
