@@ -88,7 +88,8 @@ pub(crate) enum Command {
 /// round. Bounded: at most one request in flight.
 struct Syncer {
     requests: Option<std::sync::mpsc::SyncSender<u64>>,
-    done: mpsc::Receiver<Result<u64, StorageError>>,
+    /// (sequence number, microseconds the fsync took)
+    done: mpsc::Receiver<Result<(u64, u64), StorageError>>,
     in_flight: bool,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -99,7 +100,8 @@ impl Syncer {
         let (finished, done) = mpsc::channel(1);
         let thread = std::thread::Builder::new().name(format!("meridian-sync-{node_id}")).spawn(move || {
             while let Ok(seq) = inbox.recv() {
-                let r = engine.sync().map(|()| seq);
+                let started = Instant::now();
+                let r = engine.sync().map(|()| (seq, started.elapsed().as_micros() as u64));
                 let failed = r.is_err();
                 if finished.blocking_send(r).is_err() || failed {
                     break;
@@ -130,7 +132,9 @@ impl Syncer {
             match self.done.try_recv() {
                 Ok(r) => {
                     self.in_flight = false;
-                    store.on_synced(r?);
+                    let (seq, micros) = r?;
+                    store.record_sync_time(micros);
+                    store.on_synced(seq);
                 }
                 Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
                 Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -140,8 +144,9 @@ impl Syncer {
         }
     }
 
-    /// The next finished sync; pending forever without a syncer.
-    async fn finished(syncer: &mut Option<Syncer>) -> Result<u64, StorageError> {
+    /// The next finished sync, with its duration in microseconds; pending
+    /// forever without a syncer.
+    async fn finished(syncer: &mut Option<Syncer>) -> Result<(u64, u64), StorageError> {
         let Some(s) = syncer.as_mut() else { return std::future::pending().await };
         let r = s.done.recv().await.unwrap_or_else(|| Err(StorageError::Io("the sync thread stopped".into())));
         s.in_flight = false;
@@ -244,7 +249,10 @@ impl StoreLoop {
                 eager = 0;
                 tokio::select! {
                     synced = Syncer::finished(&mut syncer) => match synced {
-                        Ok(seq) => self.store.on_synced(seq),
+                        Ok((seq, micros)) => {
+                            self.store.record_sync_time(micros);
+                            self.store.on_synced(seq);
+                        }
                         Err(e) => break Exit::Fatal(e.into()),
                     },
                     stop = &mut self.stop => {

@@ -406,6 +406,13 @@ async fn metrics(State(s): State<HttpState>) -> Response {
             g.set(v as i64);
             reg.register(Box::new(g)).expect("unique metric");
         }
+        let sync_secs = prometheus::Counter::new(
+            "meridian_store_sync_seconds_total",
+            "Time spent in raft log fsyncs; divided by meridian_store_synced_writes_total, the mean fsync latency",
+        )
+        .expect("valid metric");
+        sync_secs.inc_by(m.sync_micros as f64 / 1e6);
+        reg.register(Box::new(sync_secs)).expect("unique metric");
     }
     let reqs =
         prometheus::IntCounterVec::new(Opts::new("meridian_requests_total", "Client requests by operation and result"), &["op", "result"])

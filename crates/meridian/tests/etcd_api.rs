@@ -67,6 +67,16 @@ fn etcdctl_kv_txn_history_and_status() {
     // raft, so the leader does not see those requests).
     let bodies: Vec<String> = c.members.iter().map(|m| http_get(m.http_addr, "/metrics").1).collect();
     assert!(bodies.iter().any(|b| b.contains("meridian_requests_total{op=\"put\",result=\"ok\"}")), "no node counted a put: {bodies:?}");
+    // Every node's sync thread made the writes durable and timed it.
+    for b in &bodies {
+        let secs: f64 = b
+            .lines()
+            .find(|l| l.starts_with("meridian_store_sync_seconds_total "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert!(secs > 0.0, "no fsync time recorded: {b}");
+    }
 }
 
 #[test]
