@@ -133,8 +133,7 @@ impl Syncer {
                 Ok(r) => {
                     self.in_flight = false;
                     let (seq, micros) = r?;
-                    store.record_sync_time(micros);
-                    store.on_synced(seq);
+                    store.on_synced(seq, micros);
                 }
                 Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
                 Err(mpsc::error::TryRecvError::Disconnected) => {
@@ -249,10 +248,7 @@ impl StoreLoop {
                 eager = 0;
                 tokio::select! {
                     synced = Syncer::finished(&mut syncer) => match synced {
-                        Ok((seq, micros)) => {
-                            self.store.record_sync_time(micros);
-                            self.store.on_synced(seq);
-                        }
+                        Ok((seq, micros)) => self.store.on_synced(seq, micros),
                         Err(e) => break Exit::Fatal(e.into()),
                     },
                     stop = &mut self.stop => {

@@ -964,21 +964,17 @@ impl Store {
         std::mem::take(&mut self.sync_wanted).then_some(self.write_seq)
     }
 
-    /// A sync asked for by [`Store::take_sync_request`] returned: every
-    /// write up to `seq` is durable. The next poll tells raft-rs and sends
-    /// the messages that waited for it.
-    pub fn on_synced(&mut self, seq: u64) {
+    /// A sync asked for by [`Store::take_sync_request`] returned after
+    /// `micros` (the driver's measurement: the store reads no clock):
+    /// every write up to `seq` is durable. The next poll tells raft-rs and
+    /// sends the messages that waited for it.
+    pub fn on_synced(&mut self, seq: u64, micros: u64) {
         debug_assert!(seq <= self.write_seq, "a sync of a write never made");
+        self.metrics.sync_micros += micros;
         if seq > self.synced_seq {
             self.synced_seq = seq;
             self.metrics.synced_writes += 1;
         }
-    }
-
-    /// The driver's sync thread reports how long a sync took (the store
-    /// itself reads no clock).
-    pub fn record_sync_time(&mut self, micros: u64) {
-        self.metrics.sync_micros += micros;
     }
 
     fn poll_round(&mut self) -> Result<Vec<Completion>, RaftstoreError> {
@@ -1066,7 +1062,7 @@ impl Store {
                 self.sync_wanted = true;
             } else {
                 self.engine.sync()?;
-                self.on_synced(self.write_seq);
+                self.on_synced(self.write_seq, 0);
             }
         }
 

@@ -234,19 +234,12 @@ impl Cluster {
         }
         let ids = self.node_ids();
         for id in ids {
-            let Some(node) = self.nodes.get_mut(&id) else { continue };
-            let Some(store) = node.store.as_mut() else { continue };
             // A sync in flight finishes when it is due.
-            if let Some(p) = node.pending_sync {
-                if p.due <= now {
-                    node.pending_sync = None;
-                    if let Err(e) = engine_sync(&node.engine, p.mark) {
-                        self.checker.fail(format!("step {now}: node {id} sync failed: {e}"));
-                        continue;
-                    }
-                    store.on_synced(p.seq);
-                }
+            let due = self.nodes.get(&id).and_then(|n| n.pending_sync).is_some_and(|p| p.due <= now);
+            if due && !self.finish_sync(id) {
+                continue;
             }
+            let Some(store) = self.store_mut(id) else { continue };
             store.tick();
             if !self.poll_node(id) {
                 continue;
@@ -255,32 +248,41 @@ impl Cluster {
             // (then what it released is polled at once), else 1-3 steps
             // later, so crashes also land between a write and its fsync.
             let delay = if self.rng.gen_bool(0.5) { 0 } else { self.rng.gen_range(1..=3) };
-            let node = self.nodes.get_mut(&id).expect("node");
-            // One sync in flight at a time: the store keeps asking.
-            if node.pending_sync.is_some() {
-                continue;
-            }
-            let Some(store) = node.store.as_mut() else { continue };
-            let Some(seq) = store.take_sync_request() else { continue };
-            let mark = engine_mark(&node.engine);
-            if delay > 0 {
-                node.pending_sync = Some(PendingSync { seq, mark, due: now + delay });
-                continue;
-            }
-            if let Err(e) = engine_sync(&node.engine, mark) {
-                self.checker.fail(format!("step {now}: node {id} sync failed: {e}"));
-                continue;
-            }
-            store.on_synced(seq);
-            if self.poll_node(id) {
+            if self.start_sync(id, now + delay) && delay == 0 && self.finish_sync(id) && self.poll_node(id) {
                 // What that poll wrote syncs at the next step.
-                let node = self.nodes.get_mut(&id).expect("node");
-                let mark = engine_mark(&node.engine);
-                if let Some(seq) = node.store.as_mut().and_then(|s| s.take_sync_request()) {
-                    node.pending_sync = Some(PendingSync { seq, mark, due: now + 1 });
-                }
+                self.start_sync(id, now + 1);
             }
         }
+    }
+
+    /// Starts the sync node `id`'s store asks for, due at step `due`,
+    /// unless one is in flight (one at a time, as the node's sync thread:
+    /// the store keeps asking). It covers the writes made so far.
+    fn start_sync(&mut self, id: u64, due: u64) -> bool {
+        let node = self.nodes.get_mut(&id).expect("node");
+        if node.pending_sync.is_some() {
+            return false;
+        }
+        let mark = engine_mark(&node.engine);
+        let Some(seq) = node.store.as_mut().and_then(|s| s.take_sync_request()) else { return false };
+        node.pending_sync = Some(PendingSync { seq, mark, due });
+        true
+    }
+
+    /// Finishes node `id`'s sync in flight: what it covers becomes durable
+    /// and the store hears of it. False if it failed (recorded).
+    fn finish_sync(&mut self, id: u64) -> bool {
+        let now = self.now;
+        let node = self.nodes.get_mut(&id).expect("node");
+        let Some(p) = node.pending_sync.take() else { return true };
+        if let Err(e) = engine_sync(&node.engine, p.mark) {
+            self.checker.fail(format!("step {now}: node {id} sync failed: {e}"));
+            return false;
+        }
+        if let Some(store) = node.store.as_mut() {
+            store.on_synced(p.seq, 0);
+        }
+        true
     }
 
     /// Polls node `id` once and hands its results to the checker; false if
