@@ -118,38 +118,39 @@ impl Syncer {
             return Ok(());
         }
         let Some(seq) = store.take_sync_request() else { return Ok(()) };
-        let sent = self.requests.as_ref().is_some_and(|r| r.try_send(seq).is_ok());
-        if !sent {
-            return Err(StorageError::Io("the sync thread stopped".into()));
-        }
         self.in_flight = true;
-        Ok(())
+        if self.requests.as_ref().is_some_and(|r| r.try_send(seq).is_ok()) {
+            return Ok(());
+        }
+        self.settle(store, None)
     }
 
     /// Hands the store what finished syncs covered, without waiting.
     fn collect(&mut self, store: &mut Store) -> Result<(), StorageError> {
         loop {
             match self.done.try_recv() {
-                Ok(r) => {
-                    self.in_flight = false;
-                    let (seq, micros) = r?;
-                    store.on_synced(seq, micros);
-                }
+                Ok(r) => self.settle(store, Some(r))?,
                 Err(mpsc::error::TryRecvError::Empty) => return Ok(()),
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    return if self.in_flight { Err(StorageError::Io("the sync thread stopped".into())) } else { Ok(()) };
-                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return if self.in_flight { self.settle(store, None) } else { Ok(()) },
             }
         }
     }
 
-    /// The next finished sync, with its duration in microseconds; pending
+    /// Hands the store one finished sync; `None`: the thread is gone.
+    fn settle(&mut self, store: &mut Store, r: Option<Result<(u64, u64), StorageError>>) -> Result<(), StorageError> {
+        self.in_flight = false;
+        let (seq, micros) = r.unwrap_or_else(|| Err(StorageError::Io("the sync thread stopped".into())))?;
+        store.on_synced(seq, micros);
+        Ok(())
+    }
+
+    /// The next answer of the sync thread (`None`: it is gone); pending
     /// forever without a syncer.
-    async fn finished(syncer: &mut Option<Syncer>) -> Result<(u64, u64), StorageError> {
-        let Some(s) = syncer.as_mut() else { return std::future::pending().await };
-        let r = s.done.recv().await.unwrap_or_else(|| Err(StorageError::Io("the sync thread stopped".into())));
-        s.in_flight = false;
-        r
+    async fn finished(syncer: &mut Option<Syncer>) -> Option<Result<(u64, u64), StorageError>> {
+        match syncer.as_mut() {
+            Some(s) => s.done.recv().await,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -247,10 +248,12 @@ impl StoreLoop {
             } else {
                 eager = 0;
                 tokio::select! {
-                    synced = Syncer::finished(&mut syncer) => match synced {
-                        Ok((seq, micros)) => self.store.on_synced(seq, micros),
-                        Err(e) => break Exit::Fatal(e.into()),
-                    },
+                    synced = Syncer::finished(&mut syncer) => {
+                        let settled = syncer.as_mut().expect("answers come from a syncer").settle(&mut self.store, synced);
+                        if let Err(e) = settled {
+                            break Exit::Fatal(e.into());
+                        }
+                    }
                     stop = &mut self.stop => {
                         break if stop.is_ok() { Exit::Requested } else { Exit::HandlesDropped };
                     }

@@ -161,12 +161,7 @@ impl Engine for MemEngine {
     }
 
     fn sync(&self) -> StorageResult<()> {
-        let mut inner = self.inner.lock().expect("mem engine lock");
-        let pending = std::mem::take(&mut inner.unsynced);
-        for b in &pending {
-            apply(&mut inner.durable, b);
-        }
-        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.sync_upto(self.written());
         Ok(())
     }
 
