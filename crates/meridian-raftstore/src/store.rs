@@ -32,6 +32,14 @@ pub struct Completion {
     pub result: Result<(u64, Vec<u8>), RaftstoreError>,
 }
 
+impl Completion {
+    /// A request whose fate this replica cannot know (it may still be
+    /// applied elsewhere).
+    fn unknown(id: RequestId, range_id: u64) -> Completion {
+        Completion { id, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) }
+    }
+}
+
 /// An applied entry, recorded for the simulation's checkers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedEntry {
@@ -159,7 +167,7 @@ fn go_dormant(p: &mut Peer, conf_ver: u64) -> Vec<Completion> {
     }
     let forwarded = std::mem::take(&mut p.forwarded).into_keys();
     for x in p.proposals.drain(..).filter_map(|x| x.id).chain(forwarded) {
-        done.push(Completion { id: x, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) });
+        done.push(Completion::unknown(x, range_id));
     }
     for r in p.reads.drain(..) {
         done.push(Completion { id: r.id, range_id, result: Err(RaftstoreError::RangeRemoved { range_id }) });
@@ -875,7 +883,7 @@ impl Store {
                     let range_id = p.desc.range_id;
                     for x in p.proposals.drain(..) {
                         if let Some(id) = x.id {
-                            orphaned.push(Completion { id, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) });
+                            orphaned.push(Completion::unknown(id, range_id));
                         }
                     }
                     p.orphaned_since = None;
@@ -893,7 +901,7 @@ impl Store {
             p.forwarded.retain(|&id, f| {
                 let keep = f.leader == leader && now.saturating_sub(f.at_tick) < forward_timeout;
                 if !keep {
-                    orphaned.push(Completion { id, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) });
+                    orphaned.push(Completion::unknown(id, range_id));
                 }
                 keep
             });
@@ -1079,13 +1087,13 @@ impl Store {
                 while p.proposals.front().is_some_and(|x| x.index <= applied) {
                     let x = p.proposals.pop_front().expect("front");
                     if let Some(id) = x.id {
-                        done.push(Completion { id, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) });
+                        done.push(Completion::unknown(id, range_id));
                     }
                 }
                 // Forwarded proposals: their entries may be among those the
                 // snapshot covers, so they will never be applied here.
                 for id in std::mem::take(&mut p.forwarded).into_keys() {
-                    done.push(Completion { id, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) });
+                    done.push(Completion::unknown(id, range_id));
                 }
                 info!(node = self.cfg.node_id, range = range_id, index = applied, "installed snapshot");
             }
