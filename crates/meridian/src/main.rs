@@ -333,7 +333,15 @@ fn main() -> Result<()> {
         Cmd::Members { http, range_id, op, node_id } => client::members(&http, range_id, op.as_deref(), node_id),
         Cmd::Status { endpoints, http } => runtime()?.block_on(client::status(&endpoints, http.as_deref())),
         Cmd::Demo { nodes, ranges, ticks, runs, seed } => demo(nodes, ranges, ticks, runs, seed),
-        Cmd::Bench { args } => runtime()?.block_on(bench::run(args)),
+        Cmd::Bench { args } => {
+            args.validate()?;
+            let rt = if args.threads == 1 {
+                tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?
+            } else {
+                runtime_with(Some(args.threads))?
+            };
+            rt.block_on(bench::run(args))
+        }
         Cmd::BenchRaft { ranges, inflight, entries, max_secs, json } => bench(&ranges, inflight, entries, max_secs, json),
     }
 }
