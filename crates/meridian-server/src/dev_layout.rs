@@ -79,7 +79,7 @@ pub fn write_configs_with(
             namespaces: namespaces.to_vec(),
             tls: tls_paths,
             tick_ms,
-            worker_threads: None,
+            worker_threads: std::env::var("MERIDIAN_EXP_WORKERS").ok().and_then(|v| v.parse().ok()),
             debug: debug.clone(),
         };
         cfg.validate().map_err(|e| e.to_string())?;

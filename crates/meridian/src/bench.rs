@@ -29,6 +29,7 @@ pub const MAX_CONNS: usize = 1_000;
 pub const MAX_WATCHERS: usize = 10_000;
 pub const MAX_CAS_KEYS: usize = 1_000;
 pub const MAX_THREADS: usize = 64;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_SESSIONS: usize = 100_000;
 pub const MAX_DURATION_SECS: u64 = 3_600;
 pub const MAX_REQUESTS: u64 = 1_000_000_000;
@@ -409,14 +410,62 @@ async fn connect_with(endpoints: &[String], conns: usize, timeout: Option<Durati
         let url = if ep.starts_with("http") { ep.clone() } else { format!("http://{ep}") };
         let mut e = Endpoint::from_shared(url.clone())
             .with_context(|| format!("bad endpoint {ep:?}"))?
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         if let Some(t) = timeout {
             e = e.timeout(t);
         }
-        out.push(e.connect().await.with_context(|| format!("connecting to {url}"))?);
+        let connector = tower::service_fn(|uri: tonic::transport::Uri| async move {
+            let authority = uri.authority().ok_or_else(|| std::io::Error::other(format!("no host:port in {uri}")))?;
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(authority.as_str()))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {authority} timed out")))??;
+            tcp.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Unvectored(tcp)))
+        });
+        out.push(e.connect_with_connector(connector).await.with_context(|| format!("connecting to {url}"))?);
     }
     Ok(out)
+}
+
+/// A TCP stream that tells HTTP/2 it has no vectored writes. h2 then
+/// copies a frame of up to 1 KiB into its write buffer instead of chaining
+/// every payload over 256 bytes (a 256-byte put is one), and a chained
+/// payload makes it flush before it takes the next frame: one `writev` per
+/// request. Copied, the requests that clients send in one turn of the
+/// runtime go out in one write.
+struct Unvectored(tokio::net::TcpStream);
+
+impl tokio::io::AsyncRead for Unvectored {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Unvectored {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
 }
 
 /// Prints the progress line once per second until aborted.

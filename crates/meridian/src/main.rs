@@ -240,6 +240,9 @@ enum LeaseOp {
 
 /// The async runtime: one thread per core unless `workers` says otherwise.
 fn runtime_with(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    if workers == Some(1) && std::env::var("MERIDIAN_EXP_CT").is_ok() {
+        return tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime");
+    }
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {
         b.worker_threads(n);
