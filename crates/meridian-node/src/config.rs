@@ -39,6 +39,16 @@ pub struct NodeConfig {
     /// `store.node_id` must equal `node_id`.
     pub store: StoreConfig,
     pub state_machine: Arc<dyn StateMachineFactory>,
+    /// Where the store loop runs. False (the default): on a thread of its
+    /// own, with its own runtime. True: as a task on the runtime that
+    /// calls [`Node::start`](crate::Node::start), which must then outlive
+    /// the node. On a current-thread runtime that puts gRPC, the peer
+    /// transport and the store on one thread, and a request crosses no
+    /// thread until its fsync (on the sync thread, in both modes): the
+    /// cheapest way to run several nodes on few cores. A poll round then
+    /// holds that thread while it writes to RocksDB, so leave this off
+    /// where the runtime must answer quickly under load.
+    pub store_on_runtime: bool,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -53,6 +63,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("tick_ms", &self.tick_ms)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("store", &self.store)
+            .field("store_on_runtime", &self.store_on_runtime)
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +99,7 @@ impl NodeConfig {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             store,
             state_machine,
+            store_on_runtime: false,
         }
     }
 

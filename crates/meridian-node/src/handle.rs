@@ -10,7 +10,7 @@ use tracing::{info_span, Instrument as _};
 
 use crate::error::NodeError;
 use crate::faults::NetFaults;
-use crate::node::join_node_thread;
+use crate::node::StoreRunner;
 use crate::store_loop::{Command, Reply};
 
 /// A cheap, cloneable handle to a running node. Every request has the
@@ -33,7 +33,7 @@ struct Inner {
     /// Taken by the first `shutdown`; dropping it (with the last handle)
     /// stops the loop as well.
     stop: Mutex<Option<oneshot::Sender<()>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    runner: Mutex<Option<StoreRunner>>,
     faults: Arc<NetFaults>,
 }
 
@@ -48,7 +48,7 @@ impl NodeHandle {
         transport: Arc<QuicTransport>,
         request_timeout: Duration,
         stop: oneshot::Sender<()>,
-        thread: std::thread::JoinHandle<()>,
+        runner: StoreRunner,
         faults: Arc<NetFaults>,
     ) -> Self {
         NodeHandle {
@@ -58,7 +58,7 @@ impl NodeHandle {
                 transport,
                 request_timeout,
                 stop: Mutex::new(Some(stop)),
-                thread: Mutex::new(Some(thread)),
+                runner: Mutex::new(Some(runner)),
                 faults,
             }),
         }
@@ -137,7 +137,7 @@ impl NodeHandle {
         self.call(|| "metrics".to_string(), |reply| Command::Metrics { reply }).await
     }
 
-    /// Stops the store loop, waits for its thread (RocksDB is closed when
+    /// Stops the store loop, waits for it to end (RocksDB is closed when
     /// this returns; the data stays on disk) and shuts the transport down.
     /// Other clones of this handle get [`NodeError::Stopped`] afterwards.
     pub async fn shutdown(self) {
@@ -146,11 +146,11 @@ impl NodeHandle {
             if let Some(stop) = lock(&self.inner.stop).take() {
                 let _ = stop.send(());
             }
-            let thread = lock(&self.inner.thread).take();
-            // The node thread shuts the transport down on every exit; a
-            // thread that panicked may not have.
-            if let Some(thread) = thread {
-                if !join_node_thread(thread).await {
+            let runner = lock(&self.inner.runner).take();
+            // The store loop shuts the transport down on every exit; one
+            // that panicked may not have.
+            if let Some(runner) = runner {
+                if !runner.join().await {
                     self.inner.transport.shutdown().await;
                 }
             }

@@ -44,10 +44,11 @@ impl Node {
     /// yet, opens the store and starts its loop. Returns once the store is
     /// open, so errors opening it are returned here.
     ///
-    /// Must be awaited inside a tokio runtime (multi-thread recommended):
-    /// the transport's tasks run on it. The store itself runs on a
-    /// dedicated OS thread with its own current-thread runtime, so its
-    /// fsyncs never block that runtime.
+    /// Must be awaited inside a tokio runtime: the transport's tasks run
+    /// on it. The store loop runs on a dedicated OS thread with its own
+    /// current-thread runtime, or with
+    /// [`NodeConfig::store_on_runtime`] as a task on this runtime. Its
+    /// fsyncs run on a sync thread in both cases, never on a runtime.
     pub async fn start(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         cfg.validate()?;
         let span = info_span!("node", node = cfg.node_id);
@@ -80,43 +81,60 @@ impl Node {
             request_timeout,
             faults: faults.clone(),
         };
-        let spawned = std::thread::Builder::new().name(format!("meridian-node-{node_id}")).spawn(move || node_thread(setup, ready_tx));
-        let thread = match spawned {
-            Ok(t) => t,
-            Err(e) => {
-                transport.shutdown().await;
-                return Err(e.into());
+        let runner = if cfg.store_on_runtime {
+            let span = info_span!("node", node = node_id);
+            StoreRunner::Task(tokio::spawn(run_node(setup, ready_tx).instrument(span)))
+        } else {
+            let spawned =
+                std::thread::Builder::new().name(format!("meridian-node-{node_id}")).spawn(move || node_thread(setup, ready_tx));
+            match spawned {
+                Ok(t) => StoreRunner::Thread(t),
+                Err(e) => {
+                    transport.shutdown().await;
+                    return Err(e.into());
+                }
             }
         };
         let failed = match ready_rx.await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
-            // The thread died before reporting (a panic; it is logged).
+            // The store loop died before reporting (a panic; it is logged).
             Err(_) => Some(NodeError::Stopped),
         };
         if let Some(e) = failed {
-            // The thread shuts the transport down itself, except when it
-            // could not build its runtime or panicked. Idempotent.
-            join_node_thread(thread).await;
+            // The store loop shuts the transport down itself, except when
+            // it could not build its runtime or panicked. Idempotent.
+            runner.join().await;
             transport.shutdown().await;
             return Err(e);
         }
-        Ok(NodeHandle::new(node_id, commands_tx, transport, request_timeout, stop_tx, thread, faults))
+        Ok(NodeHandle::new(node_id, commands_tx, transport, request_timeout, stop_tx, runner, faults))
     }
 }
 
-/// Waits for the node thread to end without blocking the runtime. False if
-/// it panicked (then it may not have shut the transport down).
-pub(crate) async fn join_node_thread(thread: std::thread::JoinHandle<()>) -> bool {
-    match tokio::task::spawn_blocking(move || thread.join()).await {
-        Ok(Ok(())) => true,
-        Ok(Err(_)) => {
-            error!("node thread panicked");
-            false
-        }
-        Err(e) => {
-            error!("joining node thread: {e}");
-            false
+/// Where the store loop runs (see [`NodeConfig::store_on_runtime`]).
+pub(crate) enum StoreRunner {
+    Thread(std::thread::JoinHandle<()>),
+    Task(tokio::task::JoinHandle<()>),
+}
+
+impl StoreRunner {
+    /// Waits for the store loop to end without blocking the runtime. False
+    /// if it panicked (then it may not have shut the transport down).
+    pub(crate) async fn join(self) -> bool {
+        let ended = match self {
+            StoreRunner::Thread(thread) => match tokio::task::spawn_blocking(move || thread.join()).await {
+                Ok(r) => r.map_err(|_| "panicked".to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            StoreRunner::Task(task) => task.await.map_err(|e| e.to_string()),
+        };
+        match ended {
+            Ok(()) => true,
+            Err(e) => {
+                error!("store loop of the node: {e}");
+                false
+            }
         }
     }
 }

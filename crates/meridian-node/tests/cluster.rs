@@ -169,16 +169,23 @@ struct TestCluster {
     ranges: Vec<RangeDescriptor>,
     dirs: BTreeMap<u64, TempDir>,
     client: Client,
+    /// NodeConfig::store_on_runtime for every node.
+    store_on_runtime: bool,
 }
 
 impl TestCluster {
     async fn start(nodes: u64, range_count: u64) -> TestCluster {
+        Self::start_with(nodes, range_count, false).await
+    }
+
+    async fn start_with(nodes: u64, range_count: u64, store_on_runtime: bool) -> TestCluster {
         let ids: Vec<u64> = (1..=nodes).collect();
         let mut c = TestCluster {
             ca: DevCa::generate().expect("dev CA"),
             ranges: ranges(range_count, &ids),
             dirs: BTreeMap::new(),
             client: Client { nodes: BTreeMap::new() },
+            store_on_runtime,
         };
         for &id in &ids {
             c.dirs.insert(id, tempfile::tempdir().expect("temp dir"));
@@ -202,6 +209,7 @@ impl TestCluster {
         cfg.ranges = self.ranges.clone();
         cfg.tick_ms = TICK_MS;
         cfg.request_timeout_ms = 2_000;
+        cfg.store_on_runtime = self.store_on_runtime;
         cfg
     }
 
@@ -281,8 +289,20 @@ async fn three_nodes_elect_and_replicate_over_quic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_node_killed_writes_resume_and_restart_catches_up() {
+    leader_killed_then_restarted(false).await;
+}
+
+/// The same with every store loop a task on one current-thread runtime
+/// (as `meridian dev` runs each node): nothing may wait for the runtime's
+/// only thread while holding it.
+#[tokio::test(flavor = "current_thread")]
+async fn leader_node_killed_and_restarted_with_every_store_on_one_thread() {
+    leader_killed_then_restarted(true).await;
+}
+
+async fn leader_killed_then_restarted(store_on_runtime: bool) {
     bounded(async {
-        let mut c = TestCluster::start(3, 2).await;
+        let mut c = TestCluster::start_with(3, 2, store_on_runtime).await;
         c.client.wait_for_leaders(1..=2).await;
         for i in 0..10 {
             c.client.put(1, &key(1, &format!("before{i}")), b"x").await;

@@ -48,9 +48,13 @@ pub struct ServerConfig {
     /// One Raft tick; heartbeat = 1 tick, election timeout = 10 ticks.
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
-    /// Threads of the async runtime (gRPC, HTTP, peer transport); the Raft
-    /// store has its own thread besides. Unset: one per core. Lower it to
-    /// leave cores to other processes on a shared host.
+    /// Threads of the async runtime (gRPC, HTTP, peer transport). Unset:
+    /// one per core, and the Raft store loop has a thread of its own
+    /// besides. 1: the node runs single-threaded: gRPC, the peer transport
+    /// and the store loop share one thread (only fsyncs and RocksDB's
+    /// background jobs run elsewhere), so a request crosses no thread
+    /// until its fsync. That is the cheapest setting where several nodes
+    /// share few cores (`meridian dev` uses it); see docs/operations.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,
     /// Fault injection for chaos testing; all off by default.
@@ -86,6 +90,12 @@ fn default_tick_ms() -> u64 {
 }
 
 impl ServerConfig {
+    /// `worker_threads = 1`: one current-thread runtime carries the whole
+    /// node, the store loop included.
+    pub fn single_threaded(&self) -> bool {
+        self.worker_threads == Some(1)
+    }
+
     pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
@@ -184,6 +194,11 @@ mod tests {
         c.worker_threads = None;
         let back: ServerConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back.worker_threads, None, "unset stays unset (one thread per core)");
+        assert!(!back.single_threaded());
+        c.worker_threads = Some(1);
+        assert!(c.single_threaded(), "one worker: the store loop shares the runtime's thread");
+        c.worker_threads = Some(2);
+        assert!(!c.single_threaded());
         assert!(toml::from_str::<ServerConfig>("node_id = 1\nbogus = 2").is_err(), "unknown fields are errors");
     }
 }

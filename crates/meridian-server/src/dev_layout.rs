@@ -79,7 +79,9 @@ pub fn write_configs_with(
             namespaces: namespaces.to_vec(),
             tls: tls_paths,
             tick_ms,
-            worker_threads: std::env::var("MERIDIAN_EXP_WORKERS").ok().and_then(|v| v.parse().ok()),
+            // Several nodes share the machine's cores: each runs on one
+            // thread (ServerConfig::single_threaded).
+            worker_threads: Some(1),
             debug: debug.clone(),
         };
         cfg.validate().map_err(|e| e.to_string())?;

@@ -117,6 +117,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     ncfg.peers = cfg.initial_cluster.iter().filter(|m| m.id != cfg.node_id).map(|m| (m.id, m.peer_addr)).collect::<HashMap<_, _>>();
     ncfg.ranges = routing.initial_ranges(&ids);
     ncfg.tick_ms = cfg.tick_ms;
+    ncfg.store_on_runtime = cfg.single_threaded();
     let node = Node::start(ncfg).await?;
     let raft: Arc<dyn RaftAccess> = Arc::new(NodeRaft { node: node.clone() });
     let backend = Arc::new(Backend::new(raft, cfg.clone()).map_err(|e| ServerError::Config(e.to_string()))?);

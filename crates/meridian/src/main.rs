@@ -240,14 +240,15 @@ enum LeaseOp {
 
 /// The async runtime: one thread per core unless `workers` says otherwise.
 fn runtime_with(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
-    if workers == Some(1) && std::env::var("MERIDIAN_EXP_CT").is_ok() {
-        return tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime");
-    }
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {
         b.worker_threads(n);
     }
     b.enable_all().build().context("starting the tokio runtime")
+}
+
+fn current_thread_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -293,7 +294,8 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Server { config } => {
             let cfg = meridian_server::config::ServerConfig::load(&config)?;
-            runtime_with(cfg.worker_threads)?.block_on(meridian_server::server::run(cfg, shutdown_signal()))?;
+            let rt = if cfg.single_threaded() { current_thread_runtime()? } else { runtime_with(cfg.worker_threads)? };
+            rt.block_on(meridian_server::server::run(cfg, shutdown_signal()))?;
             Ok(())
         }
         Cmd::Dev { nodes, data_dir, base_port, namespaces } => {
@@ -338,11 +340,7 @@ fn main() -> Result<()> {
         Cmd::Demo { nodes, ranges, ticks, runs, seed } => demo(nodes, ranges, ticks, runs, seed),
         Cmd::Bench { args } => {
             args.validate()?;
-            let rt = if args.threads == 1 {
-                tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?
-            } else {
-                runtime_with(Some(args.threads))?
-            };
+            let rt = if args.threads == 1 { current_thread_runtime()? } else { runtime_with(Some(args.threads))? };
             rt.block_on(bench::run(args))
         }
         Cmd::BenchRaft { ranges, inflight, entries, max_secs, json } => bench(&ranges, inflight, entries, max_secs, json),
