@@ -19,6 +19,11 @@
 # base..base+2 (client), +100 (peer), +200 (HTTP); etcd base..base+2 (client)
 # and base+100.. (peer). The defaults stay below 10000, away from the test
 # suite's ports and the ephemeral range.
+#
+# Threads: `meridian dev` runs each node single-threaded (worker_threads =
+# 1, docs/operations.md); etcd runs with Go's default GOMAXPROCS (one per
+# core). ETCD_GOMAXPROCS=1 runs the etcd members single-threaded too, for
+# the comparison like for like.
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -31,6 +36,8 @@ VALUE_SIZE=${VALUE_SIZE:-256}
 REQUESTS=${REQUESTS:-10000000}
 MERIDIAN_BASE_PORT=${MERIDIAN_BASE_PORT:-9100}
 ETCD_BASE_PORT=${ETCD_BASE_PORT:-9400}
+ETCD_GOMAXPROCS=${ETCD_GOMAXPROCS:-}
+case "$ETCD_GOMAXPROCS" in ''|[1-9]|[1-9][0-9]) ;; *) echo "bench-vs-etcd: ETCD_GOMAXPROCS must be 1..99 or unset" >&2; exit 2 ;; esac
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -38,7 +45,7 @@ while [ $# -gt 0 ]; do
     --duration=*) DURATION=${1#*=}; shift ;;
     --workloads) WORKLOADS=${2:?--workloads needs a list}; shift 2 ;;
     --workloads=*) WORKLOADS=${1#*=}; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "bench-vs-etcd: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -125,7 +132,7 @@ for i in 0 1 2; do
 done
 for i in 0 1 2; do
   c=$((ETCD_BASE_PORT + i)); p=$((ETCD_BASE_PORT + 100 + i))
-  start_group etcd --name "e$i" --data-dir "$WORK/etcd-$i" \
+  start_group env ${ETCD_GOMAXPROCS:+GOMAXPROCS=$ETCD_GOMAXPROCS} etcd --name "e$i" --data-dir "$WORK/etcd-$i" \
     --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
     --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
     --initial-cluster "$CLUSTER" --initial-cluster-state new --initial-cluster-token "bench-$$" \
@@ -216,7 +223,7 @@ done
 
 # --- the table -------------------------------------------------------------
 echo
-echo "Meridian vs etcd $ETCD_VERSION, ${DURATION}s per run, $CLIENTS clients over $CONNS connections ($WATCHERS watchers for watch), $VALUE_SIZE-byte values; latencies in ms"
+echo "Meridian (one thread per node) vs etcd $ETCD_VERSION (GOMAXPROCS ${ETCD_GOMAXPROCS:-default}), ${DURATION}s per run, $CLIENTS clients over $CONNS connections ($WATCHERS watchers for watch), $VALUE_SIZE-byte values; latencies in ms"
 jq -rs --argjson wl "$(printf '%s\n' "${WL[@]}" | jq -R . | jq -s .)" '
   def ms: if . == null then "-" else (. / 10 | round / 100 | tostring) end;
   def ratio(a; b): if (a == null or b == null or b == 0) then "-" else (a / b * 100 | round / 100 | tostring) end;
