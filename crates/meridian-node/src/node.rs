@@ -85,8 +85,7 @@ impl Node {
             let span = info_span!("node", node = node_id);
             StoreRunner::Task(tokio::spawn(run_node(setup, ready_tx).instrument(span)))
         } else {
-            let spawned =
-                std::thread::Builder::new().name(format!("meridian-node-{node_id}")).spawn(move || node_thread(setup, ready_tx));
+            let spawned = std::thread::Builder::new().name(format!("meridian-node-{node_id}")).spawn(move || node_thread(setup, ready_tx));
             match spawned {
                 Ok(t) => StoreRunner::Thread(t),
                 Err(e) => {
