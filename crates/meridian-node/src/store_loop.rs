@@ -42,6 +42,9 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 /// `Store::has_ready`); then the loop waits for input once, so ticks and
 /// shutdown are never starved.
 const MAX_EAGER_POLLS: u32 = 8;
+/// How long shutdown waits for the sync thread's fsync in flight before it
+/// leaves the thread behind (a hung disk must not hang shutdown).
+const SYNC_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, NodeError>>;
 /// The index a request was applied (or read) at, and the state machine's
@@ -92,6 +95,7 @@ struct Syncer {
     done: mpsc::Receiver<Result<(u64, u64), StorageError>>,
     in_flight: bool,
     thread: Option<std::thread::JoinHandle<()>>,
+    join_timeout: Duration,
 }
 
 impl Syncer {
@@ -108,7 +112,7 @@ impl Syncer {
                 }
             }
         })?;
-        Ok(Syncer { requests: Some(requests), done, in_flight: false, thread: Some(thread) })
+        Ok(Syncer { requests: Some(requests), done, in_flight: false, thread: Some(thread), join_timeout: SYNC_JOIN_TIMEOUT })
     }
 
     /// Hands the store's sync request to the thread, unless one is in
@@ -159,8 +163,17 @@ impl Drop for Syncer {
         // Closing the request channel ends the thread after its sync in
         // flight (whose answer fits in the channel of one).
         self.requests.take();
-        if let Some(t) = self.thread.take() {
+        let Some(t) = self.thread.take() else { return };
+        // Blocks the loop's thread (on a single-threaded node, the node's
+        // only one), but only until the bound.
+        let deadline = Instant::now() + self.join_timeout;
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if t.is_finished() {
             let _ = t.join();
+        } else {
+            warn!("the sync thread is still in an fsync after {:?}; shutting down without it", self.join_timeout);
         }
     }
 }
@@ -542,6 +555,65 @@ mod tests {
         let (exit, ()) =
             tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(h.store_loop.run(), client) }).await.expect("bounded");
         assert!(matches!(exit, Exit::Fatal(RaftstoreError::Storage(_))), "the loop stops on a storage error");
+    }
+
+    /// An engine whose sync blocks until `release` is dropped: a hung disk.
+    struct HangingSync {
+        inner: MemEngine,
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Engine for HangingSync {
+        fn get(&self, cf: Cf, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
+            self.inner.get(cf, key)
+        }
+        fn scan(&self, cf: Cf, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> StorageResult<()> {
+            self.inner.scan(cf, start, end, f)
+        }
+        fn write(&self, batch: &WriteBatch, sync: bool) -> StorageResult<()> {
+            self.inner.write(batch, sync)
+        }
+        fn sync(&self) -> StorageResult<()> {
+            let _ = self.release.lock().expect("release").recv();
+            self.inner.sync()
+        }
+        fn snapshot(&self) -> Box<dyn EngineSnapshot> {
+            self.inner.snapshot()
+        }
+        fn sync_count(&self) -> u64 {
+            self.inner.sync_count()
+        }
+    }
+
+    #[test]
+    fn a_hung_fsync_delays_shutdown_only_up_to_the_bound() {
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let engine = Arc::new(HangingSync { inner: MemEngine::new(), release: std::sync::Mutex::new(hold) });
+        let mut s = Syncer::start(engine, 1).expect("sync thread");
+        s.join_timeout = Duration::from_millis(200);
+        s.requests.as_ref().expect("open").try_send(1).expect("first request fits");
+        let started = Instant::now();
+        drop(s);
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(200), "waited for the fsync up to the bound, took {took:?}");
+        assert!(took < Duration::from_secs(5), "left the hung thread behind at the bound, took {took:?}");
+        // The disk comes back: the thread ends by itself.
+        drop(release);
+    }
+
+    #[test]
+    fn shutdown_waits_for_an_fsync_that_returns() {
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let engine = Arc::new(HangingSync { inner: MemEngine::new(), release: std::sync::Mutex::new(hold) });
+        let s = Syncer::start(engine.clone(), 1).expect("sync thread");
+        s.requests.as_ref().expect("open").try_send(1).expect("first request fits");
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(release);
+        });
+        drop(s);
+        releaser.join().unwrap();
+        assert_eq!(engine.sync_count(), 1, "the fsync in flight finished before shutdown went on");
     }
 
     #[tokio::test]
