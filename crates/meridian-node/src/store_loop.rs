@@ -431,11 +431,14 @@ mod tests {
     use super::*;
 
     /// A MemEngine whose writes and syncs fail once `fail` is set (only
-    /// its syncs, with `only_sync`): a dying disk.
+    /// its syncs, with `only_sync`): a dying disk. With `hold_syncs`, each
+    /// sync first blocks until the sender of that channel is dropped: a
+    /// hung disk.
     struct FailingEngine {
         inner: MemEngine,
         fail: Arc<AtomicBool>,
         only_sync: bool,
+        hold_syncs: Option<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
     }
 
     impl Engine for FailingEngine {
@@ -452,6 +455,9 @@ mod tests {
             self.inner.write(batch, sync)
         }
         fn sync(&self) -> StorageResult<()> {
+            if let Some(hold) = &self.hold_syncs {
+                let _ = hold.lock().expect("hold").recv();
+            }
             if self.fail.load(Ordering::SeqCst) {
                 return Err(StorageError::Io("injected sync failure".into()));
             }
@@ -473,7 +479,7 @@ mod tests {
     /// `defer_sync`: the loop's sync thread makes writes durable, as on a
     /// node; `only_sync`: `fail` breaks syncs, not writes.
     fn store_with(voters: &[u64], fail: Arc<AtomicBool>, defer_sync: bool, only_sync: bool) -> Store {
-        let engine = FailingEngine { inner: MemEngine::new(), fail, only_sync };
+        let engine = FailingEngine { inner: MemEngine::new(), fail, only_sync, hold_syncs: None };
         let desc = RangeDescriptor {
             range_id: 1,
             start: Vec::new(),
@@ -557,38 +563,21 @@ mod tests {
         assert!(matches!(exit, Exit::Fatal(RaftstoreError::Storage(_))), "the loop stops on a storage error");
     }
 
-    /// An engine whose sync blocks until `release` is dropped: a hung disk.
-    struct HangingSync {
-        inner: MemEngine,
-        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
-    }
-
-    impl Engine for HangingSync {
-        fn get(&self, cf: Cf, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
-            self.inner.get(cf, key)
-        }
-        fn scan(&self, cf: Cf, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> StorageResult<()> {
-            self.inner.scan(cf, start, end, f)
-        }
-        fn write(&self, batch: &WriteBatch, sync: bool) -> StorageResult<()> {
-            self.inner.write(batch, sync)
-        }
-        fn sync(&self) -> StorageResult<()> {
-            let _ = self.release.lock().expect("release").recv();
-            self.inner.sync()
-        }
-        fn snapshot(&self) -> Box<dyn EngineSnapshot> {
-            self.inner.snapshot()
-        }
-        fn sync_count(&self) -> u64 {
-            self.inner.sync_count()
-        }
+    /// An engine whose syncs block until the returned sender is dropped.
+    fn hanging_sync() -> (Arc<FailingEngine>, std::sync::mpsc::Sender<()>) {
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let engine = FailingEngine {
+            inner: MemEngine::new(),
+            fail: Arc::new(AtomicBool::new(false)),
+            only_sync: true,
+            hold_syncs: Some(std::sync::Mutex::new(hold)),
+        };
+        (Arc::new(engine), release)
     }
 
     #[test]
     fn a_hung_fsync_delays_shutdown_only_up_to_the_bound() {
-        let (release, hold) = std::sync::mpsc::channel::<()>();
-        let engine = Arc::new(HangingSync { inner: MemEngine::new(), release: std::sync::Mutex::new(hold) });
+        let (engine, release) = hanging_sync();
         let mut s = Syncer::start(engine, 1).expect("sync thread");
         s.join_timeout = Duration::from_millis(200);
         s.requests.as_ref().expect("open").try_send(1).expect("first request fits");
@@ -603,8 +592,7 @@ mod tests {
 
     #[test]
     fn shutdown_waits_for_an_fsync_that_returns() {
-        let (release, hold) = std::sync::mpsc::channel::<()>();
-        let engine = Arc::new(HangingSync { inner: MemEngine::new(), release: std::sync::Mutex::new(hold) });
+        let (engine, release) = hanging_sync();
         let s = Syncer::start(engine.clone(), 1).expect("sync thread");
         s.requests.as_ref().expect("open").try_send(1).expect("first request fits");
         let releaser = std::thread::spawn(move || {
