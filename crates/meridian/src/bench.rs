@@ -29,7 +29,6 @@ pub const MAX_CONNS: usize = 1_000;
 pub const MAX_WATCHERS: usize = 10_000;
 pub const MAX_CAS_KEYS: usize = 1_000;
 pub const MAX_THREADS: usize = 64;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_SESSIONS: usize = 100_000;
 pub const MAX_DURATION_SECS: u64 = 3_600;
 pub const MAX_REQUESTS: u64 = 1_000_000_000;
@@ -408,18 +407,15 @@ async fn connect_with(endpoints: &[String], conns: usize, timeout: Option<Durati
     for i in 0..conns {
         let ep = &endpoints[i % endpoints.len()];
         let url = if ep.starts_with("http") { ep.clone() } else { format!("http://{ep}") };
-        let mut e = Endpoint::from_shared(url.clone())
-            .with_context(|| format!("bad endpoint {ep:?}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+        let mut e =
+            Endpoint::from_shared(url.clone()).with_context(|| format!("bad endpoint {ep:?}"))?.connect_timeout(Duration::from_secs(2));
         if let Some(t) = timeout {
             e = e.timeout(t);
         }
         let connector = tower::service_fn(|uri: tonic::transport::Uri| async move {
             let authority = uri.authority().ok_or_else(|| std::io::Error::other(format!("no host:port in {uri}")))?;
-            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(authority.as_str()))
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {authority} timed out")))??;
+            // tonic bounds this by the endpoint's connect_timeout.
+            let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
             tcp.set_nodelay(true)?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Unvectored(tcp)))
         });
