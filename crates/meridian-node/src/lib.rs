@@ -7,7 +7,8 @@
 //!     │ bounded command channel               │ QuicTransport tasks on the
 //!     ▼                                       ▼ caller's (shared) runtime
 //!   ┌──────────────────────────────────────────────────────────────┐
-//!   │ store loop: dedicated OS thread, own current-thread runtime  │
+//!   │ store loop: dedicated OS thread with its own current-thread  │
+//!   │   runtime, or a task on the caller's (store_on_runtime)      │
 //!   │   select! { tick │ inbound envelopes │ commands │ synced }   │
 //!   │   drain what else is queued (bounded), then store.poll()     │
 //!   │     └─ one write per round for every range (group commit)    │
@@ -18,10 +19,12 @@
 //!            │ RocksEngine (data_dir)        │ Transport::send (never blocks)
 //! ```
 //!
-//! The store runs on a thread of its own and its fsyncs on another: a slow
-//! disk delays this node's acknowledgements, never the shared tokio
-//! runtime that serves clients and the transport, and the store prepares
-//! the next round while the disk syncs.
+//! By default the store runs on a thread of its own; with
+//! [`NodeConfig::store_on_runtime`] it is a task on the caller's runtime
+//! (on a current-thread runtime the whole node shares one thread). Its
+//! fsyncs run on a sync thread in both modes: a slow disk delays this
+//! node's acknowledgements, never a runtime that serves clients and the
+//! transport, and the store prepares the next round while the disk syncs.
 
 // This crate is a driver: it owns the clock (tick interval, request
 // deadlines), the thread and runtime the store runs on, and OS entropy for

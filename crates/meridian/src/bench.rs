@@ -486,8 +486,9 @@ fn spawn_progress(label: String, workload: Workload, shared: Arc<Shared>) -> tok
     })
 }
 
+/// Runs one workload. `args` are validated by the caller, which needs
+/// `--threads` before the runtime exists.
 pub async fn run(args: BenchArgs) -> Result<()> {
-    args.validate()?;
     let channels = connect_all(&args.endpoint_list(), args.conns).await?;
     eprintln!(
         "meridian bench: {} on {} ({} clients, {} connections, ≤{} requests, ≤{}s, {}-byte values)",

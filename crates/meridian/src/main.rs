@@ -238,17 +238,20 @@ enum LeaseOp {
     },
 }
 
-/// The async runtime: one thread per core unless `workers` says otherwise.
+/// The async runtime: one thread per core unless `workers` says otherwise;
+/// one worker is a current-thread runtime (no thread besides the caller's
+/// to hand work to), as `ServerConfig::single_threaded` expects.
 fn runtime_with(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        b.worker_threads(n);
-    }
+    let mut b = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     b.enable_all().build().context("starting the tokio runtime")
-}
-
-fn current_thread_runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -294,8 +297,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Server { config } => {
             let cfg = meridian_server::config::ServerConfig::load(&config)?;
-            let rt = if cfg.single_threaded() { current_thread_runtime()? } else { runtime_with(cfg.worker_threads)? };
-            rt.block_on(meridian_server::server::run(cfg, shutdown_signal()))?;
+            runtime_with(cfg.worker_threads)?.block_on(meridian_server::server::run(cfg, shutdown_signal()))?;
             Ok(())
         }
         Cmd::Dev { nodes, data_dir, base_port, namespaces } => {
@@ -339,9 +341,9 @@ fn main() -> Result<()> {
         Cmd::Status { endpoints, http } => runtime()?.block_on(client::status(&endpoints, http.as_deref())),
         Cmd::Demo { nodes, ranges, ticks, runs, seed } => demo(nodes, ranges, ticks, runs, seed),
         Cmd::Bench { args } => {
+            // Validated before the runtime is built: it has --threads threads.
             args.validate()?;
-            let rt = if args.threads == 1 { current_thread_runtime()? } else { runtime_with(Some(args.threads))? };
-            rt.block_on(bench::run(args))
+            runtime_with(Some(args.threads))?.block_on(bench::run(args))
         }
         Cmd::BenchRaft { ranges, inflight, entries, max_secs, json } => bench(&ranges, inflight, entries, max_secs, json),
     }
