@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_raftstore::{StateMachineFactory, Store, StoreConfig};
-use meridian_storage::{RangeDescriptor, RocksEngine};
+use meridian_storage::{CachedEngine, Cf, RangeDescriptor, RocksEngine, DEFAULT_READ_CACHE_BYTES};
 use meridian_transport::quic::{QuicConfig, QuicTransport};
 use meridian_transport::{RaftEnvelope, Transport};
 use tokio::sync::{mpsc, oneshot};
@@ -178,7 +178,10 @@ fn open_store(setup: &Setup) -> Result<Store, NodeError> {
     let engine = RocksEngine::open(&setup.data_dir)?;
     let created = Store::bootstrap(&engine, setup.node_id, &setup.ranges)?;
     let transport: Arc<dyn Transport> = Arc::new(FaultyTransport { inner: setup.transport.clone(), faults: setup.faults.clone() });
-    let store = Store::open(setup.store.clone(), Arc::new(engine), transport, setup.state_machine.clone())?;
+    // Applying commands reads the records it changes; the cache answers
+    // the hot ones without RocksDB (see meridian_storage's cache module).
+    let engine = Arc::new(CachedEngine::new(engine, Cf::Data, DEFAULT_READ_CACHE_BYTES));
+    let store = Store::open(setup.store.clone(), engine, transport, setup.state_machine.clone())?;
     info!(
         data_dir = %setup.data_dir.display(),
         bootstrapped = created,

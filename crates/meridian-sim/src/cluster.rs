@@ -4,7 +4,7 @@ use std::sync::Arc;
 use meridian_raftstore::raft_types::StateRole;
 use meridian_raftstore::test_machine::{chain_of, put_command, RegisterMachine};
 use meridian_raftstore::{Completion, RaftstoreError, RangeStatus, RequestId, SnapshotBuild, StateMachine, Store, StoreConfig};
-use meridian_storage::{Engine, MemEngine, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole, RocksEngine};
+use meridian_storage::{CachedEngine, Cf, Engine, MemEngine, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole, RocksEngine};
 use meridian_transport::mem::MemNetwork;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -45,6 +45,9 @@ impl SimConfig {
         SimConfig { seed, nodes: 3, initial_voters: 3, ranges: 1, engine: EngineKind::Mem, store }
     }
 }
+
+/// Read cache of a simulated node: small, so eviction is exercised.
+const SIM_READ_CACHE_BYTES: usize = 4 << 10;
 
 enum NodeEngine {
     Mem(MemEngine),
@@ -154,10 +157,15 @@ impl Cluster {
         c
     }
 
+    /// The engine a (re)started store gets: behind a read cache as on a
+    /// real node, with a fresh cache per start (a process's memory) and a
+    /// bound small enough that entries are evicted all along.
     fn engine_of(&self, id: u64) -> Arc<dyn Engine> {
         match &self.nodes[&id].engine {
-            NodeEngine::Mem(m) => Arc::new(m.clone()),
-            NodeEngine::Rocks { engine, .. } => Arc::new(engine.clone().expect("engine open")),
+            NodeEngine::Mem(m) => Arc::new(CachedEngine::new(m.clone(), Cf::Data, SIM_READ_CACHE_BYTES)),
+            NodeEngine::Rocks { engine, .. } => {
+                Arc::new(CachedEngine::new(engine.clone().expect("engine open"), Cf::Data, SIM_READ_CACHE_BYTES))
+            }
         }
     }
 

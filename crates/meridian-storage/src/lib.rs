@@ -5,6 +5,8 @@
 //!                     │ reads                     ▲ staged writes
 //!                     ▼                           │
 //!                 dyn Engine ◄──── WriteBatch (one synced batch per poll round)
+//!                  ├── CachedEngine (a bounded cache of data point reads,
+//!                  │                 in front of either engine below)
 //!                  ├── RocksEngine  (production: RocksDB column families)
 //!                  └── MemEngine    (simulation: models fsync and crashes)
 //! ```
@@ -14,6 +16,7 @@
 //! of them atomically. Both engines pass the same conformance suite
 //! ([`conformance`]).
 
+mod cache;
 mod codec;
 pub mod conformance;
 mod engine;
@@ -24,6 +27,7 @@ mod peer_storage;
 mod rocks;
 mod state;
 
+pub use cache::{CacheStats, CachedEngine, DEFAULT_READ_CACHE_BYTES};
 pub use engine::{Cf, Engine, EngineSnapshot, WriteBatch, WriteOp};
 pub use error::{StorageError, StorageResult};
 pub use mem::MemEngine;

@@ -3,17 +3,28 @@
 use std::sync::Arc;
 
 use meridian_storage::conformance::{run_all, EngineFactory};
-use meridian_storage::{Engine, MemEngine, RocksEngine};
+use meridian_storage::{CachedEngine, Cf, Engine, MemEngine, RocksEngine};
 
 struct Mem {
     live: Vec<MemEngine>,
+    /// Bound of a read cache in front of each engine (None: no cache).
+    cache: Option<usize>,
+}
+
+impl Mem {
+    fn wrap(&self, e: MemEngine) -> Arc<dyn Engine> {
+        match self.cache {
+            Some(bytes) => Arc::new(CachedEngine::new(e, Cf::Data, bytes)),
+            None => Arc::new(e),
+        }
+    }
 }
 
 impl EngineFactory for Mem {
     fn create(&mut self) -> Arc<dyn Engine> {
         let e = MemEngine::new();
         self.live.push(e.clone());
-        Arc::new(e)
+        self.wrap(e)
     }
 
     fn restart(&mut self, engine: Arc<dyn Engine>) -> Arc<dyn Engine> {
@@ -23,12 +34,22 @@ impl EngineFactory for Mem {
         drop(engine);
         let crashed = self.live[idx].crash();
         self.live[idx] = crashed.clone();
-        Arc::new(crashed)
+        self.wrap(crashed)
     }
 }
 
 struct Rocks {
     dirs: Vec<tempfile::TempDir>,
+    cache: Option<usize>,
+}
+
+impl Rocks {
+    fn wrap(&self, e: RocksEngine) -> Arc<dyn Engine> {
+        match self.cache {
+            Some(bytes) => Arc::new(CachedEngine::new(e, Cf::Data, bytes)),
+            None => Arc::new(e),
+        }
+    }
 }
 
 impl EngineFactory for Rocks {
@@ -36,24 +57,37 @@ impl EngineFactory for Rocks {
         let dir = tempfile::tempdir().unwrap();
         let e = RocksEngine::open(dir.path()).unwrap();
         self.dirs.push(dir);
-        Arc::new(e)
+        self.wrap(e)
     }
 
     fn restart(&mut self, engine: Arc<dyn Engine>) -> Arc<dyn Engine> {
         drop(engine);
         let dir = self.dirs.last().unwrap().path();
-        Arc::new(RocksEngine::open(dir).expect("reopen rocksdb"))
+        let e = RocksEngine::open(dir).expect("reopen rocksdb");
+        self.wrap(e)
     }
 }
 
 #[test]
 fn mem_engine_conformance() {
-    run_all(&mut Mem { live: Vec::new() });
+    run_all(&mut Mem { live: Vec::new(), cache: None });
+}
+
+/// The read cache changes no answer: the whole suite again through it, with
+/// a bound small enough that entries are evicted all along.
+#[test]
+fn cached_mem_engine_conformance() {
+    run_all(&mut Mem { live: Vec::new(), cache: Some(512) });
+}
+
+#[test]
+fn cached_rocks_engine_conformance() {
+    run_all(&mut Rocks { dirs: Vec::new(), cache: Some(512) });
 }
 
 #[test]
 fn rocks_engine_conformance() {
-    run_all(&mut Rocks { dirs: Vec::new() });
+    run_all(&mut Rocks { dirs: Vec::new(), cache: None });
 }
 
 #[test]
