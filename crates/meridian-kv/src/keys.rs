@@ -11,6 +11,13 @@ pub const LOCK: u8 = b'q';
 pub const SESSION_LOCK: u8 = b's';
 pub const DELAYED_LOCK: u8 = b'd';
 
+/// Records that commands read on every use: the meta record (each
+/// command), leases (each lock command checks its session) and lock queues.
+/// A user's key is read once per write and is not among them.
+pub fn is_hot(key: &[u8]) -> bool {
+    key == META || matches!(key.first(), Some(&LEASE | &LOCK))
+}
+
 pub fn index_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());
     k.push(INDEX);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_raftstore::{StateMachineFactory, Store, StoreConfig};
-use meridian_storage::{CachedEngine, Cf, RangeDescriptor, RocksEngine, DEFAULT_READ_CACHE_BYTES};
+use meridian_storage::{keys, CachedEngine, Cf, RangeDescriptor, RocksEngine, DEFAULT_READ_CACHE_BYTES};
 use meridian_transport::quic::{QuicConfig, QuicTransport};
 use meridian_transport::{RaftEnvelope, Transport};
 use tokio::sync::{mpsc, oneshot};
@@ -180,7 +180,11 @@ fn open_store(setup: &Setup) -> Result<Store, NodeError> {
     let transport: Arc<dyn Transport> = Arc::new(FaultyTransport { inner: setup.transport.clone(), faults: setup.faults.clone() });
     // Applying commands reads the records it changes; the cache answers
     // the hot ones without RocksDB (see meridian_storage's cache module).
-    let engine = Arc::new(CachedEngine::new(engine, Cf::Data, DEFAULT_READ_CACHE_BYTES));
+    let machines = setup.state_machine.clone();
+    let engine = Arc::new(
+        CachedEngine::new(engine, Cf::Data, DEFAULT_READ_CACHE_BYTES)
+            .admitting(move |key| keys::user_key(key).is_some_and(|k| machines.hot_record(k))),
+    );
     let store = Store::open(setup.store.clone(), engine, transport, setup.state_machine.clone())?;
     info!(
         data_dir = %setup.data_dir.display(),

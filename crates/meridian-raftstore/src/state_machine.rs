@@ -172,6 +172,13 @@ pub trait StateMachine: Send {
 /// Creates the state machine for a range replica.
 pub trait StateMachineFactory: Send + Sync {
     fn create(&self, desc: &RangeDescriptor) -> Box<dyn StateMachine>;
+
+    /// Whether the record at `key` (the machine's own key, without the
+    /// range prefix) is read again and again by commands — a lock's queue,
+    /// a lease — so the node keeps it in its read cache. None by default.
+    fn hot_record(&self, _key: &[u8]) -> bool {
+        false
+    }
 }
 
 impl<F> StateMachineFactory for F

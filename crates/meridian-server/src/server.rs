@@ -101,6 +101,10 @@ impl StateMachineFactory for KvFactory {
     fn create(&self, _desc: &RangeDescriptor) -> Box<dyn StateMachine> {
         Box::new(KvMachine::new(Some(self.sinks.clone())))
     }
+
+    fn hot_record(&self, key: &[u8]) -> bool {
+        meridian_kv::keys::is_hot(key)
+    }
 }
 
 /// Runs the server until `shutdown` resolves.

@@ -8,10 +8,14 @@
 //! the immutable memtables and level-0 files when the memtable was just
 //! switched. This cache answers them from a hash map.
 //!
+//! - **Only hot records.** The owner names the keys worth caching (for a
+//!   node: the records its state machine reads again and again, see
+//!   `StateMachineFactory::hot_record`); other keys pass straight through,
+//!   at the cost of one call of that predicate. A user's key, read once
+//!   per put, would only push the hot records out.
 //! - **Filled by reads, kept by writes.** A read that misses stores what
 //!   the engine answered (an absent key too). A write changes a cached
-//!   key's entry (a delete records the absence) and does not add keys, so
-//!   write-only records (history, events) do not push out the hot ones.
+//!   key's entry (a delete records the absence) and does not add keys.
 //! - **Always the engine's state.** Every write goes through this wrapper
 //!   and updates the cache under the same lock that the write to the inner
 //!   engine is made under, and a miss reads the engine under that lock too;
@@ -123,18 +127,34 @@ impl ReadCache {
     }
 }
 
+/// Which keys a [`CachedEngine`] caches.
+type Admit = dyn Fn(&[u8]) -> bool + Send + Sync;
+
 /// `inner` with a [`ReadCache`] of `cf`'s point reads. Every write to the
 /// inner engine must go through this wrapper.
 pub struct CachedEngine<E> {
     inner: E,
     cf: Cf,
+    admit: Box<Admit>,
     cache: Mutex<ReadCache>,
 }
 
 impl<E: Engine> CachedEngine<E> {
-    /// Caches reads of `cf` up to `capacity_bytes` (0: caches nothing).
+    /// Caches reads of every key of `cf`, up to `capacity_bytes` (0:
+    /// caches nothing).
     pub fn new(inner: E, cf: Cf, capacity_bytes: usize) -> Self {
-        CachedEngine { inner, cf, cache: Mutex::new(ReadCache { capacity: capacity_bytes, ..Default::default() }) }
+        CachedEngine {
+            inner,
+            cf,
+            admit: Box::new(|_| true),
+            cache: Mutex::new(ReadCache { capacity: capacity_bytes, ..Default::default() }),
+        }
+    }
+
+    /// Caches only the keys of `cf` for which `admit` is true.
+    pub fn admitting(mut self, admit: impl Fn(&[u8]) -> bool + Send + Sync + 'static) -> Self {
+        self.admit = Box::new(admit);
+        self
     }
 
     pub fn stats(&self) -> CacheStats {
@@ -159,7 +179,7 @@ impl<E: Engine> CachedEngine<E> {
 
 impl<E: Engine> Engine for CachedEngine<E> {
     fn get(&self, cf: Cf, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
-        if cf != self.cf {
+        if cf != self.cf || !(self.admit)(key) {
             return self.inner.get(cf, key);
         }
         let mut c = self.lock();
@@ -187,8 +207,8 @@ impl<E: Engine> Engine for CachedEngine<E> {
         }
         for op in batch.ops() {
             match op {
-                WriteOp::Put { cf, key, value } if *cf == self.cf => c.update(key, Some(value)),
-                WriteOp::Delete { cf, key } if *cf == self.cf => c.update(key, None),
+                WriteOp::Put { cf, key, value } if *cf == self.cf && (self.admit)(key) => c.update(key, Some(value)),
+                WriteOp::Delete { cf, key } if *cf == self.cf && (self.admit)(key) => c.update(key, None),
                 WriteOp::DeleteRange { cf, start, end } if *cf == self.cf => c.remove_span(start, end),
                 _ => {}
             }
@@ -244,6 +264,19 @@ mod tests {
         assert_eq!(e.get(Cf::Meta, b"a").unwrap().as_deref(), Some(&b"m"[..]));
         assert_eq!(e.get(Cf::Data, b"a").unwrap(), None);
         assert_eq!(e.stats().entries, 2);
+    }
+
+    #[test]
+    fn only_admitted_keys_are_cached() {
+        let e = CachedEngine::new(MemEngine::new(), Cf::Data, 1 << 20).admitting(|k| k.starts_with(b"hot"));
+        put(&e, Cf::Data, b"hot1", b"1");
+        put(&e, Cf::Data, b"cold1", b"1");
+        assert_eq!(e.get(Cf::Data, b"hot1").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(e.get(Cf::Data, b"cold1").unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(e.get(Cf::Data, b"cold2").unwrap(), None);
+        put(&e, Cf::Data, b"cold1", b"2");
+        assert_eq!(e.get(Cf::Data, b"cold1").unwrap().as_deref(), Some(&b"2"[..]));
+        assert_eq!(e.stats(), CacheStats { hits: 0, misses: 1, entries: 1, bytes: cost(b"hot1", &Some(Arc::from(&b"1"[..]))) });
     }
 
     #[test]

@@ -48,6 +48,11 @@ pub fn data_key(range_id: u64, user_key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The state machine's own key inside a [`data_key`].
+pub fn user_key(data_key: &[u8]) -> Option<&[u8]> {
+    data_key.get(8..)
+}
+
 /// Range id of any key laid out by this module.
 pub fn range_of(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(..8)?.try_into().ok()?))
