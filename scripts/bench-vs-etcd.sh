@@ -165,7 +165,7 @@ echo "bench-vs-etcd: meridian $MERIDIAN_EPS, etcd $ETCD_VERSION $ETCD_EPS"
 RESULTS="$WORK/results.jsonl"
 : >"$RESULTS"
 server_pids() { # target
-  if [ "$1" = meridian ]; then pgrep -f "meridian server --config $WORK/meridian" | paste -sd, -
+  if [ "$1" = meridian ]; then pgrep -f -- "server --config $WORK/meridian" | paste -sd, -
   else pgrep -f "etcd --name e[0-9] --data-dir $WORK" | paste -sd, -; fi
 }
 leader_pid() { # target: the pid of the leader of the range holding /bench/put/
@@ -176,7 +176,7 @@ leader_pid() { # target: the pid of the leader of the range holding /bench/put/
         local id
         id=$(curl -sf --max-time 2 "http://127.0.0.1:$((MERIDIAN_BASE_PORT + 200 + i))/v1/cluster/status" \
           | jq -r '.ranges[] | select(.range_id == 2 and .role == "Leader") | .range_id' 2>/dev/null || true)
-        if [ -n "$id" ]; then pgrep -f "meridian server --config $WORK/meridian/node-$((i + 1))/"; return; fi
+        if [ -n "$id" ]; then pgrep -f -- "server --config $WORK/meridian/node-$((i + 1))/"; return; fi
       done
       sleep 0.5
     done
