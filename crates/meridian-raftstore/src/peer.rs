@@ -173,8 +173,11 @@ impl Peer {
         self.raft.raft.state == StateRole::Leader
     }
 
+    /// Where a request refused here should go: the leader, or — on a
+    /// leader handing over, which refuses proposals meanwhile — the node it
+    /// hands over to (naming itself would only bring the request back).
     pub fn leader_hint(&self) -> Option<u64> {
-        let l = self.raft.raft.leader_id;
+        let l = self.raft.raft.lead_transferee.unwrap_or(self.raft.raft.leader_id);
         (l != 0).then_some(l)
     }
 

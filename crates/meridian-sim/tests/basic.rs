@@ -141,6 +141,32 @@ fn leader_transfer_moves_leadership() {
     assert_clean(&c);
 }
 
+/// A leader handing over refuses proposals until the transfer ends; its
+/// `NotLeader` names the node it hands over to, not itself.
+#[test]
+fn proposal_refused_during_a_transfer_names_the_transferee() {
+    let mut c = cluster(9, 1);
+    assert!(c.put_and_wait(1, 300).is_some());
+    let leader = c.leader_of(1).unwrap();
+    let target = c.node_ids().into_iter().find(|n| *n != leader).unwrap();
+    // Caught up, then down: the transfer starts and stays pending until
+    // raft-rs gives it up after an election timeout.
+    assert!(c.put_and_wait(1, 300).is_some());
+    c.run(20);
+    c.crash(target);
+    c.store_mut(leader).unwrap().transfer_leader(1, target).unwrap();
+    c.step();
+    let (_, cmd) = c.fresh_put(1);
+    let id = c.propose_on(leader, 1, cmd).unwrap();
+    match c.wait(leader, id, 5) {
+        Some(Err(RaftstoreError::NotLeader { leader_hint, .. })) => assert_eq!(leader_hint, Some(target)),
+        other => panic!("expected NotLeader naming node {target}, got {other:?}\n{}", c.describe()),
+    }
+    // The transfer times out; the old leader takes proposals again.
+    c.restart(target);
+    assert!(c.put_and_wait(1, 600).is_some(), "{}", c.describe());
+}
+
 #[test]
 fn quiesced_range_wakes_and_elects_after_leader_dies() {
     let mut c = cluster(8, 4);
