@@ -143,6 +143,20 @@ pub(crate) fn splitmix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// An election timeout in `[lo, lo + lo / 2)` ticks from `random`; below 4
+/// ticks, raft-rs's own `[lo, 2 * lo)`, so that short timeouts still vary.
+///
+/// raft-rs draws from `[lo, 2 * lo)`. Half that spread keeps candidates
+/// apart just as well here — with pre-vote, the first follower to time out
+/// wins unless another fires within one message delay of it — and takes
+/// the slowest quarter off the time a range goes without a leader after its
+/// leader dies: at 10 ticks of 100 ms, the first of two followers times
+/// out after at most 1.5 s instead of 2 s.
+pub fn election_timeout_draw(lo: usize, random: u64) -> usize {
+    let spread = if lo < 4 { lo.max(1) } else { lo / 2 };
+    lo + (random % spread as u64) as usize
+}
+
 impl Peer {
     /// raft-rs re-draws the election timeout from a thread-local RNG
     /// whenever it resets its election timer. Replace each draw with one
@@ -151,9 +165,7 @@ impl Peer {
     /// (fixed timeouts can livelock two candidates with equal values).
     pub fn redraw_election_timeout(&mut self) {
         self.rng_state = self.rng_state.wrapping_add(1);
-        // raft-rs's default range: [election_timeout, 2 * election_timeout).
-        let lo = self.raft.raft.election_timeout();
-        let t = lo + (splitmix(self.rng_state) % lo.max(1) as u64) as usize;
+        let t = election_timeout_draw(self.raft.raft.election_timeout(), splitmix(self.rng_state));
         self.raft.raft.set_randomized_election_timeout(t);
     }
 
@@ -261,5 +273,24 @@ impl Peer {
             || cs.voters_outgoing.contains(&node_id)
             || cs.learners.contains(&node_id)
             || cs.learners_next.contains(&node_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn election_timeouts_cover_half_the_base_above_it() {
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..1_000 {
+            seen.insert(election_timeout_draw(10, splitmix(i)));
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![10, 11, 12, 13, 14]);
+        // Short bases keep raft-rs's range, so they still vary.
+        let three: std::collections::BTreeSet<_> = (0..100).map(|i| election_timeout_draw(3, splitmix(i))).collect();
+        assert_eq!(three.into_iter().collect::<Vec<_>>(), vec![3, 4, 5]);
+        let four: std::collections::BTreeSet<_> = (0..100).map(|i| election_timeout_draw(4, splitmix(i))).collect();
+        assert_eq!(four.into_iter().collect::<Vec<_>>(), vec![4, 5]);
     }
 }

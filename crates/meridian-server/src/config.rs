@@ -45,7 +45,8 @@ pub struct ServerConfig {
     pub namespaces: Vec<String>,
     /// Peer (QUIC) TLS material signed by the cluster CA.
     pub tls: TlsPaths,
-    /// One Raft tick; heartbeat = 1 tick, election timeout = 10 ticks.
+    /// One Raft tick; heartbeat = 1 tick, election timeout = 10-15 ticks
+    /// (drawn anew at every reset of the election timer).
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
     /// Threads of the async runtime (gRPC, HTTP, peer transport). Unset:
