@@ -223,7 +223,17 @@ impl LockClient {
                     let input = MutexInput::Release { token: token as u64 };
                     match r {
                         Ok(Ok(())) => log.mutex_ops.push(Operation::completed(self.id, input, MutexOutput::Released, call, ret)),
-                        _ => log.mutex_ops.push(Operation::unknown(self.id, input, call)),
+                        _ => {
+                            // The lock may still be held by this session: an
+                            // acquire on it would be answered with the same
+                            // grant (acquire is idempotent per session).
+                            // Abandon the session, so it ends and frees the
+                            // lock; the next grant goes to a new session.
+                            log.mutex_ops.push(Operation::unknown(self.id, input, call));
+                            if let Some(old) = session.take() {
+                                close_quietly(old).await;
+                            }
+                        }
                     }
                 }
                 Some(g) => {
