@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use meridian_storage::{build_snapshot, keys, Cf, Engine, PeerStorage, RangeDescriptor, RangeEpoch, StorageError, WriteBatch};
+use meridian_storage::{
+    build_snapshot, keys, Cf, Engine, EntryCacheBudget, PeerStorage, RangeDescriptor, RangeEpoch, StorageError, WriteBatch,
+};
 use meridian_transport::{Feedback, RaftEnvelope, Transport};
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
@@ -142,6 +144,8 @@ pub struct Store {
     synced_seq: u64,
     /// `defer_sync`: a sync of `write_seq` is wanted, not yet handed out.
     sync_wanted: bool,
+    /// Shared by the entry caches of every range here.
+    entry_cache_budget: EntryCacheBudget,
 }
 
 /// Puts a replica that is no longer in its range's configuration (as of
@@ -269,6 +273,7 @@ impl Store {
             write_seq: 0,
             synced_seq: 0,
             sync_wanted: false,
+            entry_cache_budget: EntryCacheBudget::new(EntryCacheBudget::DEFAULT_BYTES),
         };
         for desc in PeerStorage::list_ranges(&*store.engine)? {
             let storage = PeerStorage::open(store.engine.clone(), desc.range_id)?;
@@ -299,8 +304,9 @@ impl Store {
         Ok(next)
     }
 
-    fn add_peer(&mut self, desc: RangeDescriptor, storage: PeerStorage) -> Result<(), RaftstoreError> {
+    fn add_peer(&mut self, desc: RangeDescriptor, mut storage: PeerStorage) -> Result<(), RaftstoreError> {
         let range_id = desc.range_id;
+        storage.set_cache_budget(self.entry_cache_budget.clone());
         let applied = storage.apply_state().applied_index;
         let rc = raft::Config {
             id: self.cfg.node_id,

@@ -31,6 +31,6 @@ pub use cache::{CacheStats, CachedEngine, DEFAULT_READ_CACHE_BYTES};
 pub use engine::{Cf, Engine, EngineSnapshot, WriteBatch, WriteOp};
 pub use error::{StorageError, StorageResult};
 pub use mem::MemEngine;
-pub use peer_storage::{build_snapshot, PeerStorage, SnapshotRequest};
+pub use peer_storage::{build_snapshot, EntryCacheBudget, PeerStorage, SnapshotRequest};
 pub use rocks::RocksEngine;
 pub use state::{ApplyState, RaftLocalState, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};

@@ -5,6 +5,7 @@
 //! cached bounds here are updated at staging time, which is safe because
 //! raft-rs does not read storage between `ready()` and `advance_append()`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use protobuf::Message as _;
@@ -42,17 +43,48 @@ pub struct PeerStorage {
     cache: EntryCache,
 }
 
+/// Bytes of entry payload that the entry caches of every range on one
+/// node may hold together. Cloned into each [`PeerStorage`] of the node
+/// ([`PeerStorage::set_cache_budget`]); a cache over the budget gives up
+/// its oldest entries first (keeping one), so a node's total stays within
+/// the budget plus one entry per range.
+#[derive(Clone, Debug)]
+pub struct EntryCacheBudget {
+    used: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl EntryCacheBudget {
+    /// A node's default: sixteen ranges' worth of the 4 MiB per-range bound.
+    pub const DEFAULT_BYTES: usize = 64 << 20;
+
+    pub fn new(limit: usize) -> Self {
+        EntryCacheBudget { used: Arc::new(AtomicUsize::new(0)), limit }
+    }
+
+    /// Bytes held now over every cache sharing this budget.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn over(&self) -> bool {
+        self.used() > self.limit
+    }
+}
+
 /// Entries most recently appended and not yet applied, so the apply of the
 /// next round (and raft-rs's term lookups) need not read back from the
 /// engine what this replica has just written. Always a contiguous run
 /// ending at the last index, identical to what the log holds there;
 /// bounded by [`EntryCache::MAX_ENTRIES`] and [`EntryCache::MAX_BYTES`]
-/// per range. Entry payloads are reference-counted, so a cached entry
-/// costs its metadata, not a copy of its data.
+/// per range, and by the node's [`EntryCacheBudget`] if it has one. Entry
+/// payloads are reference-counted, so a cached entry costs its metadata,
+/// not a copy of its data.
 #[derive(Default)]
 struct EntryCache {
     entries: std::collections::VecDeque<Entry>,
     bytes: usize,
+    budget: Option<EntryCacheBudget>,
 }
 
 impl EntryCache {
@@ -68,6 +100,30 @@ impl EntryCache {
         self.entries.get(idx.checked_sub(first)? as usize)
     }
 
+    /// Counts `bytes` in (`grow`) or out of this cache and its budget.
+    fn account(&mut self, bytes: usize, grow: bool) {
+        if grow {
+            self.bytes += bytes;
+        } else {
+            self.bytes -= bytes;
+        }
+        if let Some(b) = &self.budget {
+            if grow {
+                b.used.fetch_add(bytes, Ordering::Relaxed);
+            } else {
+                b.used.fetch_sub(bytes, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn set_budget(&mut self, budget: EntryCacheBudget) {
+        let bytes = self.bytes;
+        self.account(bytes, false);
+        self.budget = Some(budget);
+        self.account(bytes, true);
+        self.shrink();
+    }
+
     /// Mirrors an append to the log: a conflicting tail is replaced.
     fn append(&mut self, entries: &[Entry]) {
         let Some(first) = entries.first() else { return };
@@ -75,16 +131,21 @@ impl EntryCache {
             (Some(lo), Some(hi)) if first.index > lo && first.index <= hi.index + 1 => {
                 while self.entries.back().is_some_and(|e| e.index >= first.index) {
                     let e = self.entries.pop_back().expect("checked");
-                    self.bytes -= e.data.len();
+                    self.account(e.data.len(), false);
                 }
             }
             _ => self.clear(),
         }
         for e in entries {
-            self.bytes += e.data.len();
+            self.account(e.data.len(), true);
             self.entries.push_back(e.clone());
         }
-        while self.entries.len() > Self::MAX_ENTRIES || (self.bytes > Self::MAX_BYTES && self.entries.len() > 1) {
+        self.shrink();
+    }
+
+    fn shrink(&mut self) {
+        let over = |c: &Self| c.bytes > Self::MAX_BYTES || c.budget.as_ref().is_some_and(EntryCacheBudget::over);
+        while self.entries.len() > Self::MAX_ENTRIES || (self.entries.len() > 1 && over(self)) {
             self.pop_front();
         }
     }
@@ -98,13 +159,20 @@ impl EntryCache {
 
     fn pop_front(&mut self) {
         if let Some(e) = self.entries.pop_front() {
-            self.bytes -= e.data.len();
+            self.account(e.data.len(), false);
         }
     }
 
     fn clear(&mut self) {
         self.entries.clear();
-        self.bytes = 0;
+        let bytes = self.bytes;
+        self.account(bytes, false);
+    }
+}
+
+impl Drop for EntryCache {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -224,6 +292,11 @@ impl PeerStorage {
 
     pub fn range_id(&self) -> u64 {
         self.range_id
+    }
+
+    /// Counts this range's entry cache against the node's `budget`.
+    pub fn set_cache_budget(&mut self, budget: EntryCacheBudget) {
+        self.cache.set_budget(budget);
     }
 
     pub fn engine(&self) -> &Arc<dyn Engine> {
@@ -584,4 +657,42 @@ fn check_conf_state(cs: &raft::prelude::ConfState) -> Result<(), String> {
         return Err("auto_leave outside a joint configuration".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod cache_budget_tests {
+    use super::*;
+
+    fn entries(from: u64, n: u64, size: usize) -> Vec<Entry> {
+        (from..from + n).map(|index| Entry { index, term: 1, data: vec![0; size].into(), ..Default::default() }).collect()
+    }
+
+    #[test]
+    fn caches_sharing_a_budget_stay_within_it_and_give_it_back() {
+        let budget = EntryCacheBudget::new(1_000);
+        let (mut a, mut b) = (EntryCache::default(), EntryCache::default());
+        a.set_budget(budget.clone());
+        b.set_budget(budget.clone());
+        a.append(&entries(1, 10, 200));
+        assert_eq!((a.entries.len(), budget.used()), (5, 1_000), "a keeps its newest entries within the budget");
+        assert_eq!(a.first(), Some(6));
+        b.append(&entries(1, 3, 200));
+        assert_eq!(b.entries.len(), 1, "b keeps one entry over a full budget");
+        assert_eq!(budget.used(), 1_200);
+        a.trim_to(8);
+        assert_eq!(budget.used(), 400 + 200);
+        b.append(&entries(4, 2, 200));
+        assert_eq!((b.entries.len(), budget.used()), (3, 1_000));
+        b.append(&entries(6, 1, 200));
+        assert_eq!((b.entries.len(), budget.used()), (3, 1_000), "b gives up its oldest");
+        drop(a);
+        assert_eq!(budget.used(), 600, "a dropped cache gives its bytes back");
+        b.clear();
+        assert_eq!(budget.used(), 0);
+        // A cache that joins a budget brings its bytes along.
+        let mut c = EntryCache::default();
+        c.append(&entries(1, 3, 100));
+        c.set_budget(budget.clone());
+        assert_eq!(budget.used(), 300);
+    }
 }
