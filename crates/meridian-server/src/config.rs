@@ -45,8 +45,9 @@ pub struct ServerConfig {
     pub namespaces: Vec<String>,
     /// Peer (QUIC) TLS material signed by the cluster CA.
     pub tls: TlsPaths,
-    /// One Raft tick; heartbeat = 1 tick, election timeout = 10-15 ticks
-    /// (drawn anew at every reset of the election timer).
+    /// One Raft tick (default [`DEFAULT_TICK_MS`]); heartbeat = 1 tick,
+    /// election timeout = 10-15 ticks, drawn anew at every reset of the
+    /// election timer (0.5-0.75 s at the default).
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
     /// Threads of the async runtime (gRPC, HTTP, peer transport). Unset:
@@ -86,8 +87,13 @@ fn default_region() -> String {
 fn default_zone() -> String {
     "local-a".into()
 }
+/// Default Raft tick: a leader that dies is replaced after 0.5-0.75 s.
+/// Groups whose members are far apart (round trips over ~20 ms) want a
+/// longer tick; see docs/operations.md.
+pub const DEFAULT_TICK_MS: u64 = 50;
+
 fn default_tick_ms() -> u64 {
-    100
+    DEFAULT_TICK_MS
 }
 
 impl ServerConfig {

@@ -24,7 +24,7 @@ use crate::lock_hub::LockHub;
 use crate::routing::ROOT_RANGE_ID;
 
 /// Shortest and longest lease TTLs accepted (etcd's minimum is about
-/// 2 × election timeout; ours is 1 s × 10 ticks at the default tick).
+/// 2 × election timeout; ours is at most 0.75 s at the default tick).
 pub const MIN_TTL_S: i64 = 2;
 pub const MAX_TTL_S: i64 = 9_000_000_000 / 1_000_000; // ~104 days, like etcd's cap
 /// Keepalive responses buffered per stream.

@@ -42,7 +42,8 @@ pub async fn run(opts: DevOptions) -> Result<()> {
         bail!("--nodes must be between 1 and 9");
     }
     let members = dev_layout::members(opts.nodes, opts.base_port).map_err(anyhow::Error::msg)?;
-    let configs = dev_layout::write_configs(&opts.data_dir, &members, &opts.namespaces, 100).map_err(anyhow::Error::msg)?;
+    let configs = dev_layout::write_configs(&opts.data_dir, &members, &opts.namespaces, meridian_server::config::DEFAULT_TICK_MS)
+        .map_err(anyhow::Error::msg)?;
     let exe = std::env::current_exe().context("locating the meridian binary")?;
     let mut children: Vec<(u64, Child)> = Vec::new();
     for (m, cfg) in members.iter().zip(&configs) {

@@ -38,7 +38,7 @@ impl ProcCluster {
         let dir = tempfile::tempdir().unwrap();
         let members = dev_layout::members(nodes, free_base_port()).unwrap();
         let ns: Vec<String> = namespaces.iter().map(|s| s.to_string()).collect();
-        let configs = dev_layout::write_configs(dir.path(), &members, &ns, 100).unwrap();
+        let configs = dev_layout::write_configs(dir.path(), &members, &ns, meridian_server::config::DEFAULT_TICK_MS).unwrap();
         let mut c = ProcCluster { _dir: dir, members, configs, children: Vec::new() };
         for i in 0..c.members.len() {
             let child = c.spawn(i);
