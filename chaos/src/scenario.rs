@@ -130,8 +130,9 @@ pub enum Workload {
 fn default_nodes() -> u64 {
     3
 }
+/// The server's default, so the scenarios test what users run.
 fn default_tick_ms() -> u64 {
-    100
+    meridian_server::config::DEFAULT_TICK_MS
 }
 fn default_namespaces() -> Vec<String> {
     vec![REGISTER_PREFIX.into(), LOCK_PREFIX.into()]
