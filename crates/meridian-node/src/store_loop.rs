@@ -237,7 +237,13 @@ impl StoreLoop {
     /// storage error. Waiters still pending then get [`NodeError::Stopped`].
     /// The store (and with it the engine) is dropped on return.
     pub(crate) async fn run(mut self) -> Exit {
-        let mut ticker = tokio::time::interval(self.tick);
+        // Tick at a phase of this node's own (from its seed) within the
+        // tick: nodes started together would otherwise tick in step, and
+        // two followers that drew the same election timeout would campaign
+        // at the same instant and split the vote.
+        let tick_nanos = u64::try_from(self.tick.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let phase = Duration::from_nanos(self.store.config().seed % tick_nanos);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, self.tick);
         // After a stall (a slow fsync), tick at the normal pace again rather
         // than in a burst: a burst of ticks would fire elections.
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -422,54 +428,11 @@ mod tests {
 
     use meridian_raftstore::test_machine::{put_command, RegisterMachine};
     use meridian_raftstore::{StateMachine, StateMachineFactory, StoreConfig};
-    use meridian_storage::{
-        Cf, Engine, EngineSnapshot, MemEngine, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole, StorageError, StorageResult,
-        WriteBatch,
-    };
+    use meridian_storage::failing::FailingEngine;
+    use meridian_storage::{Engine, MemEngine, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
     use meridian_transport::mem::MemNetwork;
 
     use super::*;
-
-    /// A MemEngine whose writes and syncs fail once `fail` is set (only
-    /// its syncs, with `only_sync`): a dying disk. With `hold_syncs`, each
-    /// sync first blocks until the sender of that channel is dropped: a
-    /// hung disk.
-    struct FailingEngine {
-        inner: MemEngine,
-        fail: Arc<AtomicBool>,
-        only_sync: bool,
-        hold_syncs: Option<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
-    }
-
-    impl Engine for FailingEngine {
-        fn get(&self, cf: Cf, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
-            self.inner.get(cf, key)
-        }
-        fn scan(&self, cf: Cf, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> StorageResult<()> {
-            self.inner.scan(cf, start, end, f)
-        }
-        fn write(&self, batch: &WriteBatch, sync: bool) -> StorageResult<()> {
-            if self.fail.load(Ordering::SeqCst) && !self.only_sync {
-                return Err(StorageError::Io("injected write failure".into()));
-            }
-            self.inner.write(batch, sync)
-        }
-        fn sync(&self) -> StorageResult<()> {
-            if let Some(hold) = &self.hold_syncs {
-                let _ = hold.lock().expect("hold").recv();
-            }
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(StorageError::Io("injected sync failure".into()));
-            }
-            self.inner.sync()
-        }
-        fn snapshot(&self) -> Box<dyn EngineSnapshot> {
-            self.inner.snapshot()
-        }
-        fn sync_count(&self) -> u64 {
-            self.inner.sync_count()
-        }
-    }
 
     /// A store of node 1 with range 1 replicated on `voters`.
     fn store(voters: &[u64], fail: Arc<AtomicBool>) -> Store {

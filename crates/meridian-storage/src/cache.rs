@@ -330,42 +330,13 @@ mod tests {
         assert!(e.stats().bytes <= 10 * per_entry);
     }
 
-    /// An engine whose writes fail on demand.
-    struct Refusing {
-        inner: MemEngine,
-        refuse: std::sync::atomic::AtomicBool,
-    }
-
-    impl Engine for Refusing {
-        fn get(&self, cf: Cf, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
-            self.inner.get(cf, key)
-        }
-        fn scan(&self, cf: Cf, s: &[u8], e: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> StorageResult<()> {
-            self.inner.scan(cf, s, e, f)
-        }
-        fn write(&self, batch: &WriteBatch, sync: bool) -> StorageResult<()> {
-            if self.refuse.load(std::sync::atomic::Ordering::Relaxed) {
-                return Err(crate::StorageError::Io("refused".into()));
-            }
-            self.inner.write(batch, sync)
-        }
-        fn sync(&self) -> StorageResult<()> {
-            self.inner.sync()
-        }
-        fn snapshot(&self) -> Box<dyn EngineSnapshot> {
-            self.inner.snapshot()
-        }
-        fn sync_count(&self) -> u64 {
-            self.inner.sync_count()
-        }
-    }
-
     #[test]
     fn a_refused_write_changes_no_answer() {
-        let e = CachedEngine::new(Refusing { inner: MemEngine::new(), refuse: false.into() }, Cf::Data, 1 << 20);
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let e = CachedEngine::new(crate::failing::FailingEngine::new(fail.clone()), Cf::Data, 1 << 20);
         put(&e, Cf::Data, b"a", b"1");
         e.get(Cf::Data, b"a").unwrap();
-        e.inner().refuse.store(true, std::sync::atomic::Ordering::Relaxed);
+        fail.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut b = WriteBatch::new();
         b.put(Cf::Data, b"a".to_vec(), b"2".to_vec());
         assert!(e.write(&b, true).is_err());

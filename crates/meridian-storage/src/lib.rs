@@ -21,6 +21,7 @@ mod codec;
 pub mod conformance;
 mod engine;
 mod error;
+pub mod failing;
 pub mod keys;
 mod mem;
 mod peer_storage;
