@@ -11,12 +11,11 @@ struct Mem {
     cache: Option<usize>,
 }
 
-impl Mem {
-    fn wrap(&self, e: MemEngine) -> Arc<dyn Engine> {
-        match self.cache {
-            Some(bytes) => Arc::new(CachedEngine::new(e, Cf::Data, bytes)),
-            None => Arc::new(e),
-        }
+/// `e`, behind a read cache of `cache` bytes if one is asked for.
+fn wrap<E: Engine>(e: E, cache: Option<usize>) -> Arc<dyn Engine> {
+    match cache {
+        Some(bytes) => Arc::new(CachedEngine::new(e, Cf::Data, bytes)),
+        None => Arc::new(e),
     }
 }
 
@@ -24,7 +23,7 @@ impl EngineFactory for Mem {
     fn create(&mut self) -> Arc<dyn Engine> {
         let e = MemEngine::new();
         self.live.push(e.clone());
-        self.wrap(e)
+        wrap(e, self.cache)
     }
 
     fn restart(&mut self, engine: Arc<dyn Engine>) -> Arc<dyn Engine> {
@@ -34,7 +33,7 @@ impl EngineFactory for Mem {
         drop(engine);
         let crashed = self.live[idx].crash();
         self.live[idx] = crashed.clone();
-        self.wrap(crashed)
+        wrap(crashed, self.cache)
     }
 }
 
@@ -43,28 +42,19 @@ struct Rocks {
     cache: Option<usize>,
 }
 
-impl Rocks {
-    fn wrap(&self, e: RocksEngine) -> Arc<dyn Engine> {
-        match self.cache {
-            Some(bytes) => Arc::new(CachedEngine::new(e, Cf::Data, bytes)),
-            None => Arc::new(e),
-        }
-    }
-}
-
 impl EngineFactory for Rocks {
     fn create(&mut self) -> Arc<dyn Engine> {
         let dir = tempfile::tempdir().unwrap();
         let e = RocksEngine::open(dir.path()).unwrap();
         self.dirs.push(dir);
-        self.wrap(e)
+        wrap(e, self.cache)
     }
 
     fn restart(&mut self, engine: Arc<dyn Engine>) -> Arc<dyn Engine> {
         drop(engine);
         let dir = self.dirs.last().unwrap().path();
         let e = RocksEngine::open(dir).expect("reopen rocksdb");
-        self.wrap(e)
+        wrap(e, self.cache)
     }
 }
 
