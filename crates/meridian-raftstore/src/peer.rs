@@ -150,8 +150,8 @@ pub(crate) fn splitmix(x: u64) -> u64 {
 /// apart just as well here — with pre-vote, the first follower to time out
 /// wins unless another fires within one message delay of it — and takes
 /// the slowest quarter off the time a range goes without a leader after its
-/// leader dies: at 10 ticks of 100 ms, the first of two followers times
-/// out after at most 1.5 s instead of 2 s.
+/// leader dies: at 10 ticks of the default 50 ms, the first of two
+/// followers times out after at most 0.75 s instead of 1 s.
 pub fn election_timeout_draw(lo: usize, random: u64) -> usize {
     let spread = if lo < 4 { lo.max(1) } else { lo / 2 };
     lo + (random % spread as u64) as usize
