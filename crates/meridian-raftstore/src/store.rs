@@ -100,6 +100,13 @@ pub struct StoreMetrics {
     /// Microseconds the driver's sync thread spent in log fsyncs (its
     /// own measurement; 0 when `poll` syncs inline).
     pub sync_micros: u64,
+    /// Bytes held now by the entry caches of every range here.
+    pub entry_cache_bytes: u64,
+    /// The engine's read cache of hot records, if it has one: reads it
+    /// answered, reads that went to the engine, bytes held now.
+    pub read_cache_hits: u64,
+    pub read_cache_misses: u64,
+    pub read_cache_bytes: u64,
 }
 
 /// Bytes of entries a range's leader holds appended but uncommitted; past
@@ -370,7 +377,12 @@ impl Store {
     }
 
     pub fn metrics(&self) -> StoreMetrics {
-        self.metrics
+        let mut m = self.metrics;
+        m.entry_cache_bytes = self.entry_cache_budget.used() as u64;
+        if let Some(c) = self.engine.cache_stats() {
+            (m.read_cache_hits, m.read_cache_misses, m.read_cache_bytes) = (c.hits, c.misses, c.bytes as u64);
+        }
+        m
     }
 
     pub fn range_ids(&self) -> Vec<u64> {

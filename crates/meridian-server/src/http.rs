@@ -380,7 +380,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         quiet.with_label_values(&l).set(r.quiesced as i64);
     }
     if let Some(m) = s.backend.raft.metrics().await {
-        let counters: [(&str, &str, u64); 11] = [
+        let counters: [(&str, &str, u64); 15] = [
             ("meridian_store_poll_rounds_total", "Poll rounds of the store", m.poll_rounds),
             (
                 "meridian_store_synced_writes_total",
@@ -400,6 +400,10 @@ async fn metrics(State(s): State<HttpState>) -> Response {
                 m.forwarded_unknown,
             ),
             ("meridian_store_read_timeouts_total", "Linearizable reads that found no quorum", m.read_timeouts),
+            ("meridian_store_entry_cache_bytes", "Bytes held by the raft entry caches of every range (bounded per node)", m.entry_cache_bytes),
+            ("meridian_read_cache_hits_total", "Reads of hot records (leases, lock queues, meta) answered by the read cache", m.read_cache_hits),
+            ("meridian_read_cache_misses_total", "Reads of hot records that went to RocksDB", m.read_cache_misses),
+            ("meridian_read_cache_bytes", "Bytes held by the read cache of hot records (bounded)", m.read_cache_bytes),
         ];
         for (name, help, v) in counters {
             let g = prometheus::IntGauge::new(name, help).expect("valid metric");

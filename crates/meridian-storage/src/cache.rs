@@ -227,6 +227,10 @@ impl<E: Engine> Engine for CachedEngine<E> {
     fn sync_count(&self) -> u64 {
         self.inner.sync_count()
     }
+
+    fn cache_stats(&self) -> Option<CacheStats> {
+        Some(self.stats())
+    }
 }
 
 #[cfg(test)]

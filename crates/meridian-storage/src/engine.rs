@@ -149,4 +149,8 @@ pub trait Engine: Send + Sync + 'static {
     /// Number of synced writes so far (one fsync each): the group-commit
     /// benchmark divides committed entries by this.
     fn sync_count(&self) -> u64;
+    /// Counts of a read cache in front of the engine, if it has one.
+    fn cache_stats(&self) -> Option<crate::CacheStats> {
+        None
+    }
 }
