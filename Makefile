@@ -1,5 +1,7 @@
-# Meridian developer commands. `make dev` runs Meridian; `make verify` is
-# what CI runs (formatting, lints, every test). Both install what is missing.
+# Meridian developer commands. `make dev` runs Meridian (installing what is
+# missing first); `make setup verify` is what CI runs: `setup` installs what
+# is missing, `verify` (formatting, lints, docs, the core crates' dependency
+# rule, every test) only reads and builds, and installs nothing.
 
 # Reuse a cargo target dir outside the clone when there is one, so a fresh
 # clone does not rebuild RocksDB; cargo creates it when it is not there.
@@ -7,7 +9,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: setup build dev demo test verify fmt-check clippy fix sim-long bench-raft bench-etcd fuzz chaos chaos-soak clean
+.PHONY: setup build dev demo test verify fmt-check clippy doc core-deps fix sim-long bench-raft bench-etcd fuzz chaos chaos-soak clean
 
 setup:
 	@./scripts/setup.sh
@@ -23,7 +25,7 @@ dev: setup
 demo: setup
 	$(CARGO) run -p meridian -- demo
 
-test: setup
+test:
 	$(CARGO) test --workspace
 	@# `make dev`, `make demo` and the README run `cargo run -p meridian`:
 	@# it must resolve to the meridian binary.
@@ -32,10 +34,18 @@ test: setup
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
-clippy: setup
+clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-verify: setup fmt-check clippy test
+# Every crate's docs build with no warning (broken links included).
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
+
+# The core crates depend on no IO stack (docs/architecture.md).
+core-deps:
+	./scripts/check-core-deps.sh
+
+verify: fmt-check clippy doc core-deps test
 
 fix:
 	$(CARGO) fmt --all

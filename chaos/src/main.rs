@@ -58,7 +58,7 @@ enum Cmd {
         /// Runs per scenario, with seeds seed, seed+1, ...
         #[arg(long, default_value_t = 1)]
         runs: u64,
-        /// Where runs with violations leave their artifacts (<out>/<scenario>-<seed>/).
+        /// Where runs with violations leave their artifacts (OUT/SCENARIO-SEED/).
         #[arg(long, default_value = "target/chaos")]
         out: PathBuf,
         /// The meridian binary (default: next to this one).

@@ -281,7 +281,11 @@ impl LockClient {
         let outcome = match r {
             Ok(Ok(Some(_))) => WriteOutcome::Accepted,
             Ok(Ok(None)) => WriteOutcome::Rejected,
-            Ok(Err(ClientError::Rejected { code, .. })) if code != tonic::Code::Internal && code != tonic::Code::Unknown => {
+            // A storage failure (DataLoss) on the replica that answered is no
+            // refusal of the request: its outcome elsewhere is unknown.
+            Ok(Err(ClientError::Rejected { code, .. }))
+                if !matches!(code, tonic::Code::Internal | tonic::Code::Unknown | tonic::Code::DataLoss) =>
+            {
                 WriteOutcome::Refused
             }
             other => {

@@ -14,6 +14,7 @@ use meridian_check::Operation;
 use meridian_proto::etcdserverpb::kv_client::KvClient;
 use meridian_proto::etcdserverpb::{compare, request_op, Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
 use meridian_proto::mvccpb::KeyValue;
+use meridian_proto::ErrorCode;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tonic::transport::{Channel, Endpoint};
@@ -92,8 +93,14 @@ pub fn surely_not_applied(s: &Status) -> bool {
         // Too busy: refused at admission.
         Code::ResourceExhausted => true,
         Code::Unavailable => {
-            m.contains("etcdserver: no leader")
-                || m.contains("etcdserver: not leader")
+            // By the member's code; a status without one by etcd's
+            // wording (its wire contract).
+            let leadership = match meridian_proto::error_code(s) {
+                Some(code) => matches!(code, ErrorCode::NoLeader | ErrorCode::NotLeader),
+                None => m.starts_with("etcdserver: no leader") || m.starts_with("etcdserver: not leader"),
+            };
+            leadership
+                // The transport library's texts: never connected.
                 || m.contains("tcp connect error")
                 || m.contains("Connection refused")
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use meridian_proto::etcdserverpb as etcd;
 use meridian_proto::etcdserverpb::kv_client::KvClient;
 use meridian_proto::mvccpb;
+use meridian_proto::ErrorCode;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use tracing::debug;
@@ -66,14 +67,24 @@ struct Inner {
 fn surely_not_applied(s: &Status) -> bool {
     let m = s.message();
     s.code() == Code::Unavailable
-        && (m.contains("no leader")
-            || m.contains("not leader")
+        && (refused_for_leadership(s)
             // The connection was never made (not "connection reset",
-            // which can come after the request went out).
+            // which can come after the request went out). These texts are
+            // the transport library's, not a Meridian server's.
             || m.contains("tcp connect error")
             || m.contains("error trying to connect")
             || m.contains("Connection refused")
             || m.contains("dns error"))
+}
+
+/// "No leader" / "not leader": by the code a Meridian member attaches;
+/// a status without one (an etcd server) by etcd's wording, which is its
+/// wire contract (etcd's own client decides by it too).
+fn refused_for_leadership(s: &Status) -> bool {
+    match meridian_proto::error_code(s) {
+        Some(code) => matches!(code, ErrorCode::NoLeader | ErrorCode::NotLeader),
+        None => matches!(s.message(), "etcdserver: no leader" | "etcdserver: not leader"),
+    }
 }
 
 fn transient(s: &Status) -> bool {
@@ -243,5 +254,15 @@ mod tests {
         assert!(!surely_not_applied(&Status::deadline_exceeded("x")));
         assert!(!surely_not_applied(&Status::unavailable("error reading a body from connection: connection reset")));
         assert!(surely_not_applied(&Status::unavailable("error trying to connect: tcp connect error: Connection refused")));
+    }
+
+    /// A Meridian member's refusal is judged by its code, not its text.
+    #[test]
+    fn a_typed_refusal_is_judged_by_its_code() {
+        let typed = |code, text| meridian_proto::with_error_code(Status::unavailable(text), code);
+        assert!(surely_not_applied(&typed(ErrorCode::NoLeader, "anything")));
+        assert!(surely_not_applied(&typed(ErrorCode::NotLeader, "anything")));
+        assert!(!surely_not_applied(&typed(ErrorCode::OutcomeUnknown, "etcdserver: no leader")));
+        assert!(!surely_not_applied(&typed(ErrorCode::NodeStopped, "etcdserver: server stopped")));
     }
 }

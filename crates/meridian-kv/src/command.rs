@@ -1,7 +1,10 @@
 //! Commands the KV state machine applies (one per Raft entry) and their
 //! results. They mirror etcd's request messages field by field, so the
 //! server's mapping from the etcd API is a plain copy, while this crate
-//! stays independent of the wire API.
+//! stays independent of the wire API (it shares only the error codes of
+//! `meridian-codes`).
+
+use meridian_storage::KeyInterval;
 
 use crate::mvcc::KeyValue;
 
@@ -268,10 +271,9 @@ pub struct LockOutcome {
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ErrorOutcome {
-    /// 1 compacted, 2 future revision, 3 lease not found, 4 lease exists,
-    /// 5 duplicate key, 6 empty key, 7 invalid, 8 key not found, 9 storage,
-    /// 10 session not found, 11 lock not held, 12 too many waiters.
-    #[prost(int32, tag = "1")]
+    /// A [`meridian_codes::ErrorCode`] of the state machine (1-12); read it
+    /// typed with `code()`.
+    #[prost(enumeration = "meridian_codes::ErrorCode", tag = "1")]
     pub code: i32,
     #[prost(string, tag = "2")]
     pub message: String,
@@ -424,4 +426,50 @@ pub struct QueryAnswer {
     pub lock: Option<crate::locks::LockRecord>,
     #[prost(message, repeated, tag = "8")]
     pub locks: Vec<crate::locks::NamedLock>,
+}
+
+/// The keys `op` touches (every compare and every branch of a Txn, nested
+/// ones included; lock and election names), so the store can refuse a
+/// command routed to a range that does not hold them. Lease and compaction
+/// commands touch no key.
+pub fn op_keys(op: &Op) -> Vec<KeyInterval> {
+    let mut out = Vec::new();
+    match op {
+        Op::Put(p) => out.push(KeyInterval::key(&p.key)),
+        Op::DeleteRange(d) => out.push(KeyInterval::range(&d.key, &d.range_end)),
+        Op::Range(r) => out.push(KeyInterval::range(&r.key, &r.range_end)),
+        Op::Txn(t) => txn_keys(t, &mut out),
+        Op::LockAcquire(l) => out.push(KeyInterval::key(&l.name)),
+        Op::LockRelease(l) => out.push(KeyInterval::key(&l.name)),
+        Op::LockCancel(l) => out.push(KeyInterval::key(&l.name)),
+        Op::Proclaim(p) => out.push(KeyInterval::key(&p.name)),
+        Op::LockDelayEnd(name) => out.push(KeyInterval::key(name)),
+        Op::Compact(_) | Op::LeaseGrant(_) | Op::LeaseRevoke(_) | Op::LeaseCheckpoint(_) | Op::LeaseExpire(_) => {}
+    }
+    out
+}
+
+fn txn_keys(t: &TxnOp, out: &mut Vec<KeyInterval>) {
+    out.extend(t.compare.iter().map(|c| KeyInterval::range(&c.key, &c.range_end)));
+    for r in t.success.iter().chain(&t.failure) {
+        match &r.kind {
+            Some(RequestKind::Range(x)) => out.push(KeyInterval::range(&x.key, &x.range_end)),
+            Some(RequestKind::Put(x)) => out.push(KeyInterval::key(&x.key)),
+            Some(RequestKind::DeleteRange(x)) => out.push(KeyInterval::range(&x.key, &x.range_end)),
+            Some(RequestKind::Txn(x)) => txn_keys(x, out),
+            None => {}
+        }
+    }
+}
+
+/// The keys a query reads (see [`op_keys`]); lease, event and listing
+/// queries name none.
+pub fn query_keys(q: &QueryKind) -> Vec<KeyInterval> {
+    match q {
+        QueryKind::Range(r) => vec![KeyInterval::range(&r.key, &r.range_end)],
+        QueryKind::LockDescribe(name) => vec![KeyInterval::key(name)],
+        QueryKind::LeaseInfo(_) | QueryKind::Leases(_) | QueryKind::Events(_) | QueryKind::Locks(_) | QueryKind::DelayedLocks(_) => {
+            Vec::new()
+        }
+    }
 }

@@ -1,3 +1,4 @@
+use meridian_codes::ErrorCode;
 use thiserror::Error;
 
 /// Errors of the KV state machine. Messages match etcd's where a client
@@ -28,6 +29,27 @@ pub enum KvError {
     TooManyWaiters { name: String, limit: usize },
     #[error("storage: {0}")]
     Storage(String),
+}
+
+impl KvError {
+    /// The one mapping from a state-machine error to its shared code (what
+    /// an `ErrorOutcome` carries across replicas and members).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            KvError::Compacted { .. } => ErrorCode::Compacted,
+            KvError::FutureRevision { .. } => ErrorCode::FutureRevision,
+            KvError::LeaseNotFound { .. } => ErrorCode::LeaseNotFound,
+            KvError::LeaseExists { .. } => ErrorCode::LeaseExists,
+            KvError::DuplicateKey { .. } => ErrorCode::DuplicateKey,
+            KvError::KeyNotFound => ErrorCode::KeyNotFound,
+            KvError::EmptyKey => ErrorCode::EmptyKey,
+            KvError::Invalid(_) => ErrorCode::Invalid,
+            KvError::SessionNotFound { .. } => ErrorCode::SessionNotFound,
+            KvError::LockNotHeld { .. } => ErrorCode::LockNotHeld,
+            KvError::TooManyWaiters { .. } => ErrorCode::TooManyWaiters,
+            KvError::Storage(_) => ErrorCode::Storage,
+        }
+    }
 }
 
 impl From<meridian_storage::StorageError> for KvError {

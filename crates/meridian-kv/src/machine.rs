@@ -45,21 +45,11 @@ impl KvMachine {
 }
 
 pub fn error_outcome(e: &KvError) -> ErrorOutcome {
-    let (code, compact_revision) = match e {
-        KvError::Compacted { compact_revision } => (1, *compact_revision),
-        KvError::FutureRevision { .. } => (2, 0),
-        KvError::LeaseNotFound { .. } => (3, 0),
-        KvError::LeaseExists { .. } => (4, 0),
-        KvError::DuplicateKey { .. } => (5, 0),
-        KvError::EmptyKey => (6, 0),
-        KvError::Invalid(_) => (7, 0),
-        KvError::KeyNotFound => (8, 0),
-        KvError::Storage(_) => (9, 0),
-        KvError::SessionNotFound { .. } => (10, 0),
-        KvError::LockNotHeld { .. } => (11, 0),
-        KvError::TooManyWaiters { .. } => (12, 0),
+    let compact_revision = match e {
+        KvError::Compacted { compact_revision } => *compact_revision,
+        _ => 0,
     };
-    ErrorOutcome { code, message: e.to_string(), compact_revision }
+    ErrorOutcome { code: e.code() as i32, message: e.to_string(), compact_revision }
 }
 
 fn cmp_holds(result: i32, ord: std::cmp::Ordering) -> bool {

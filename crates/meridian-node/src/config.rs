@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use meridian_raftstore::{SnapshotBuild, StateMachineFactory, StoreConfig};
 use meridian_storage::RangeDescriptor;
-use meridian_transport::quic::TlsMaterial;
+use meridian_transport_quic::TlsMaterial;
 
 use crate::error::NodeError;
 
@@ -27,8 +27,9 @@ pub struct NodeConfig {
     /// [`NodeHandle::set_peer_addr`](crate::NodeHandle::set_peer_addr).
     pub peers: HashMap<u64, SocketAddr>,
     pub tls: TlsMaterial,
-    /// Static bootstrap: ranges listing this node are created on first
-    /// start; ranges already on disk are left as they are.
+    /// Bootstrap: the ranges listing this node are created on the node's
+    /// first start (an empty data directory) and ignored on every later
+    /// one (`Store::bootstrap`).
     pub ranges: Vec<RangeDescriptor>,
     /// Wall-clock length of one store tick (election and heartbeat timing
     /// are counted in ticks).
@@ -80,7 +81,7 @@ impl NodeConfig {
         state_machine: Arc<dyn StateMachineFactory>,
     ) -> Self {
         let mut store = StoreConfig::new(node_id);
-        store.snapshot_build = SnapshotBuild::Background;
+        store.snapshot_build = SnapshotBuild::Deferred;
         store.record_applied = false;
         // Production runs need no replay from a seed; independent nodes
         // must not draw the same election timeouts.

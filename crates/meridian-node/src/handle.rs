@@ -3,8 +3,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use meridian_raftstore::raft_types::ConfChangeV2;
-use meridian_raftstore::{RaftstoreError, RangeStatus, StoreMetrics};
-use meridian_transport::quic::QuicTransport;
+use meridian_raftstore::{RaftstoreError, RangeRequest, RangeStatus, StoreMetrics};
+use meridian_transport_quic::QuicTransport;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info_span, Instrument as _};
 
@@ -88,14 +88,16 @@ impl NodeHandle {
     /// goes to the leader inside raft and is answered when applied here;
     /// with no leader known, `NodeError::Raft(NotLeader { .. })`. Answers
     /// the index it was applied at and the state machine's response.
-    pub async fn propose(&self, range_id: u64, command: Vec<u8>) -> Result<(u64, Vec<u8>), NodeError> {
-        self.call(|| format!("proposal to range {range_id}"), |reply| Command::Propose { range_id, command, forward: true, reply }).await
+    pub async fn propose(&self, req: RangeRequest, command: Vec<u8>) -> Result<(u64, Vec<u8>), NodeError> {
+        let range_id = req.range_id;
+        self.call(|| format!("proposal to range {range_id}"), |reply| Command::Propose { req, command, forward: true, reply }).await
     }
 
     /// Proposes only if this node leads `range_id` (else
     /// `NodeError::Raft(NotLeader { leader_hint, .. })`).
-    pub async fn propose_on_leader(&self, range_id: u64, command: Vec<u8>) -> Result<(u64, Vec<u8>), NodeError> {
-        self.call(|| format!("proposal to range {range_id}"), |reply| Command::Propose { range_id, command, forward: false, reply }).await
+    pub async fn propose_on_leader(&self, req: RangeRequest, command: Vec<u8>) -> Result<(u64, Vec<u8>), NodeError> {
+        let range_id = req.range_id;
+        self.call(|| format!("proposal to range {range_id}"), |reply| Command::Propose { req, command, forward: false, reply }).await
     }
 
     /// Answers `query` from this node's replica of `range_id`.
@@ -103,17 +105,19 @@ impl NodeHandle {
     /// (works on followers); otherwise from the local applied state, which
     /// may be stale. Answers the applied index the read was served at and
     /// the value.
-    pub async fn read(&self, range_id: u64, query: Vec<u8>, linearizable: bool) -> Result<(u64, Vec<u8>), NodeError> {
-        self.call(|| format!("read in range {range_id}"), |reply| Command::Read { range_id, query, linearizable, reply }).await
+    pub async fn read(&self, req: RangeRequest, query: Vec<u8>, linearizable: bool) -> Result<(u64, Vec<u8>), NodeError> {
+        let range_id = req.range_id;
+        self.call(|| format!("read in range {range_id}"), |reply| Command::Read { req, query, linearizable, reply }).await
     }
 
     /// Proposes a membership change (through joint consensus; see
     /// `Store::propose_conf_change`). Answers the index the change was
     /// applied at; a committed change raft rejected is
     /// `NodeError::Raft(InvalidRequest { .. })`.
-    pub async fn conf_change(&self, range_id: u64, change: ConfChangeV2) -> Result<u64, NodeError> {
+    pub async fn conf_change(&self, req: RangeRequest, change: ConfChangeV2) -> Result<u64, NodeError> {
+        let range_id = req.range_id;
         let (index, response) =
-            self.call(|| format!("conf change in range {range_id}"), |reply| Command::ConfChange { range_id, change, reply }).await?;
+            self.call(|| format!("conf change in range {range_id}"), |reply| Command::ConfChange { req, change, reply }).await?;
         if response.is_empty() {
             Ok(index)
         } else {

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_raftstore::{StateMachineFactory, Store, StoreConfig};
-use meridian_storage::{keys, CachedEngine, Cf, RangeDescriptor, RocksEngine, DEFAULT_READ_CACHE_BYTES};
-use meridian_transport::quic::{QuicConfig, QuicTransport};
+use meridian_storage::{keys, CachedEngine, Cf, RangeDescriptor, DEFAULT_READ_CACHE_BYTES};
+use meridian_storage_rocks::RocksEngine;
 use meridian_transport::{RaftEnvelope, Transport};
+use meridian_transport_quic::{QuicConfig, QuicTransport};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, info_span, Instrument as _};
 
@@ -176,7 +177,7 @@ async fn run_node(setup: Setup, ready: oneshot::Sender<Result<(), NodeError>>) {
 fn open_store(setup: &Setup) -> Result<Store, NodeError> {
     std::fs::create_dir_all(&setup.data_dir)?;
     let engine = RocksEngine::open(&setup.data_dir)?;
-    let created = Store::bootstrap(&engine, setup.node_id, &setup.ranges)?;
+    let bootstrap = Store::bootstrap(&engine, setup.node_id, &setup.ranges)?;
     let transport: Arc<dyn Transport> = Arc::new(FaultyTransport { inner: setup.transport.clone(), faults: setup.faults.clone() });
     // Applying commands reads the records it changes; the cache answers
     // the hot ones without RocksDB (see meridian_storage's cache module).
@@ -188,7 +189,7 @@ fn open_store(setup: &Setup) -> Result<Store, NodeError> {
     let store = Store::open(setup.store.clone(), engine, transport, setup.state_machine.clone())?;
     info!(
         data_dir = %setup.data_dir.display(),
-        bootstrapped = created,
+        bootstrap = ?bootstrap,
         ranges = store.range_ids().len(),
         peer_addr = %setup.transport.local_addr(),
         "node started"

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_raftstore::raft_types::ConfChangeV2;
-use meridian_raftstore::{Completion, RaftstoreError, RangeStatus, RequestId, Store, StoreMetrics};
+use meridian_raftstore::{Completion, RaftstoreError, RangeRequest, RangeStatus, RequestId, Store, StoreMetrics};
 use meridian_storage::{Engine, StorageError};
 use meridian_transport::RaftEnvelope;
 use tokio::sync::mpsc::error::TryRecvError;
@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::error::NodeError;
 use crate::faults::NetFaults;
+use crate::snapshot_builders::SnapshotBuilders;
 
 /// Bound of the channel from the transport's listener to the store loop.
 /// When full, the listener stops reading and QUIC flow control pushes back
@@ -56,19 +57,19 @@ pub(crate) enum Command {
     /// `forward`: a follower hands the proposal to its leader inside raft;
     /// without it, a follower answers `NotLeader`.
     Propose {
-        range_id: u64,
+        req: RangeRequest,
         command: Vec<u8>,
         forward: bool,
         reply: Reply<Answer>,
     },
     Read {
-        range_id: u64,
+        req: RangeRequest,
         query: Vec<u8>,
         linearizable: bool,
         reply: Reply<Answer>,
     },
     ConfChange {
-        range_id: u64,
+        req: RangeRequest,
         change: ConfChangeV2,
         reply: Reply<Answer>,
     },
@@ -260,6 +261,7 @@ impl StoreLoop {
         } else {
             None
         };
+        let mut snapshots = SnapshotBuilders::default();
         let mut eager = 0;
         let exit = loop {
             if self.store.has_ready() && eager < MAX_EAGER_POLLS {
@@ -303,6 +305,7 @@ impl StoreLoop {
                 Ok(done) => self.complete(done),
                 Err(e) => break Exit::Fatal(e),
             }
+            snapshots.turn(&mut self.store);
             if let Some(s) = syncer.as_mut() {
                 // A sync that finished meanwhile frees the thread for the
                 // next one now, not when the select gets to it.
@@ -335,30 +338,34 @@ impl StoreLoop {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Propose { range_id, command, forward, reply } => {
+            Command::Propose { req, command, forward, reply } => {
+                let range_id = req.range_id;
                 // A caller that already gave up (deadline) gets no proposal
                 // on its behalf.
                 if !reply.is_closed() {
-                    let r = if forward { self.store.propose(range_id, command) } else { self.store.propose_on_leader(range_id, command) };
+                    let r = if forward { self.store.propose(req, command) } else { self.store.propose_on_leader(req, command) };
                     self.wait(range_id, r, reply);
                 }
             }
-            Command::Read { range_id, query, linearizable: true, reply } => {
+            Command::Read { req, query, linearizable: true, reply } => {
+                let range_id = req.range_id;
                 if !reply.is_closed() {
-                    let r = self.store.read_index(range_id, query);
+                    let r = self.store.read_index(req, query);
                     self.wait(range_id, r, reply);
                 }
             }
-            Command::Read { range_id, query, linearizable: false, reply } => {
-                let r = self.store.read_local(range_id, &query).map(|value| {
+            Command::Read { req, query, linearizable: false, reply } => {
+                let range_id = req.range_id;
+                let r = self.store.read_local(req, &query).map(|value| {
                     let applied = self.store.range_status(range_id).map_or(0, |s| s.applied);
                     (applied, value)
                 });
                 let _ = reply.send(r.map_err(NodeError::from));
             }
-            Command::ConfChange { range_id, change, reply } => {
+            Command::ConfChange { req, change, reply } => {
+                let range_id = req.range_id;
                 if !reply.is_closed() {
-                    let r = self.store.propose_conf_change(range_id, change);
+                    let r = self.store.propose_conf_change(req, change);
                     self.wait(range_id, r, reply);
                 }
             }
@@ -434,6 +441,11 @@ mod tests {
 
     use super::*;
 
+    /// A request to the tests' range 1 at its bootstrap epoch.
+    fn range_one() -> RangeRequest {
+        RangeRequest::new(1, RangeEpoch { conf_ver: 1, version: 1 })
+    }
+
     /// A store of node 1 with range 1 replicated on `voters`.
     fn store(voters: &[u64], fail: Arc<AtomicBool>) -> Store {
         store_with(voters, fail, false, false)
@@ -480,7 +492,7 @@ mod tests {
     async fn propose(commands: &mpsc::Sender<Command>, value: &[u8]) -> Result<Answer, NodeError> {
         let (reply, answer) = oneshot::channel();
         commands
-            .send(Command::Propose { range_id: 1, command: put_command(b"k", value), forward: true, reply })
+            .send(Command::Propose { req: range_one(), command: put_command(b"k", value), forward: true, reply })
             .await
             .map_err(|_| NodeError::Stopped)?;
         answer.await.map_err(|_| NodeError::Stopped)?
@@ -576,7 +588,7 @@ mod tests {
         let commands = h.commands.clone();
         let client = async move {
             let (reply, answer) = oneshot::channel();
-            commands.send(Command::Read { range_id: 1, query: b"k".to_vec(), linearizable: true, reply }).await.unwrap();
+            commands.send(Command::Read { req: range_one(), query: b"k".to_vec(), linearizable: true, reply }).await.unwrap();
             let started = Instant::now();
             let r = answer.await.expect("answered");
             assert!(matches!(r, Err(NodeError::Timeout { .. })), "got {r:?}");

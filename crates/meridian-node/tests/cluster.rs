@@ -14,9 +14,15 @@ use std::time::Duration;
 use meridian_node::{Node, NodeConfig, NodeError, NodeHandle};
 use meridian_raftstore::raft_types::StateRole;
 use meridian_raftstore::test_machine::{put_command, RegisterMachine};
-use meridian_raftstore::{RaftstoreError, StateMachine, StateMachineFactory, StoreMetrics};
+use meridian_raftstore::{RaftstoreError, RangeRequest, StateMachine, StateMachineFactory, StoreMetrics};
 use meridian_storage::{RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
-use meridian_transport::quic::DevCa;
+use meridian_transport_quic::DevCa;
+
+/// A request to `range_id` at the epoch every range here is bootstrapped
+/// with (no membership changes in these tests).
+fn at_bootstrap(range_id: u64) -> RangeRequest {
+    RangeRequest::new(range_id, RangeEpoch { conf_ver: 1, version: 1 })
+}
 use tempfile::TempDir;
 use tokio::task::JoinSet;
 use tokio::time::{sleep, timeout, Instant};
@@ -109,7 +115,7 @@ impl Client {
                 sleep(Duration::from_millis(TICK_MS)).await;
                 continue;
             };
-            match h.propose(range_id, put_command(k, v)).await {
+            match h.propose(at_bootstrap(range_id), put_command(k, v)).await {
                 Ok((index, _)) => return index,
                 Err(e) => {
                     assert_retryable(&e);
@@ -128,7 +134,7 @@ impl Client {
     async fn read(&self, node: u64, range_id: u64, k: &[u8]) -> (u64, Vec<u8>) {
         let deadline = Instant::now() + OP_DEADLINE;
         loop {
-            match self.nodes[&node].read(range_id, k.to_vec(), true).await {
+            match self.nodes[&node].read(at_bootstrap(range_id), k.to_vec(), true).await {
                 Ok(answer) => return answer,
                 Err(e) => {
                     assert_retryable(&e);
@@ -363,7 +369,7 @@ async fn synced_writes_per_poll_round() {
             let h = c.client.nodes[&leaders[&r]].clone();
             for i in 0..PER_RANGE {
                 let h = h.clone();
-                proposals.spawn(async move { h.propose(r, put_command(&key(r, &format!("k{i}")), b"v")).await });
+                proposals.spawn(async move { h.propose(at_bootstrap(r), put_command(&key(r, &format!("k{i}")), b"v")).await });
             }
         }
         let mut acked = 0;

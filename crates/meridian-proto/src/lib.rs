@@ -63,3 +63,20 @@ pub mod meridian {
         tonic::include_proto!("meridian.v1");
     }
 }
+
+pub use meridian_codes::{ErrorCode, ReplicaState, ERROR_CODE_KEY};
+
+/// The [`ErrorCode`] a status from a Meridian member names in its
+/// `meridian-error-code` metadata (`None`: it names none, e.g. the
+/// transport failed before a member answered, or one this build does not
+/// know).
+pub fn error_code(s: &tonic::Status) -> Option<ErrorCode> {
+    s.metadata().get(ERROR_CODE_KEY)?.to_str().ok().and_then(ErrorCode::from_str_name)
+}
+
+/// `s` carrying `code` in its metadata (what every Meridian error status
+/// does; see [`error_code`]).
+pub fn with_error_code(mut s: tonic::Status, code: ErrorCode) -> tonic::Status {
+    s.metadata_mut().insert(ERROR_CODE_KEY, tonic::metadata::MetadataValue::from_static(code.as_str_name()));
+    s
+}

@@ -4,9 +4,10 @@ pub enum SnapshotBuild {
     /// In the poll round that notices the request (deterministic; used by
     /// the simulation).
     Inline,
-    /// On a background thread from an engine snapshot; the poll loop picks
-    /// the result up when it is ready (production).
-    Background,
+    /// Handed to the driver as a [`crate::SnapshotTask`] (built from an
+    /// engine snapshot) to run off the poll loop, for instance on a thread
+    /// of its own; the store itself spawns nothing (production).
+    Deferred,
 }
 
 /// Tuning of one node's store. Ticks are logical: the driver decides how
@@ -63,7 +64,7 @@ impl StoreConfig {
             read_retry_ticks: 5,
             read_max_retries: 6,
             max_pending_per_range: 4096,
-            snapshot_build: SnapshotBuild::Background,
+            snapshot_build: SnapshotBuild::Inline,
             record_applied: false,
             seed: 0,
             defer_sync: false,

@@ -1,4 +1,4 @@
-use meridian_storage::StorageError;
+use meridian_storage::{RangeEpoch, StorageError};
 use thiserror::Error;
 
 /// Errors the store returns to callers. [`RaftstoreError::is_retryable`]
@@ -25,11 +25,33 @@ pub enum RaftstoreError {
     InvalidRequest { range_id: u64, reason: String },
     #[error("range {range_id} was removed from this node")]
     RangeRemoved { range_id: u64 },
+    /// The request named another epoch than the replica's: the caller's
+    /// route is stale (a membership change, a split or a merge happened
+    /// since). Refresh the route and retry.
+    #[error("range {range_id} is at epoch {current:?}, not the one the request names")]
+    EpochMismatch { range_id: u64, current: RangeEpoch },
+    /// A key of the request lies outside the range's span: the caller
+    /// routed it to the wrong range. Refresh the route and retry.
+    #[error("key {key:?} is not in range {range_id}")]
+    KeyNotInRange { range_id: u64, key: Vec<u8> },
+    /// The data directory cannot be used by this node or this build
+    /// (another node's, another on-disk format); nothing was changed.
+    #[error("incompatible data directory: {reason}")]
+    IncompatibleData { reason: String },
+    /// Fatal, not retryable: the engine failed (IO) or holds a corrupt
+    /// record. The node stops rather than serve from a store it cannot
+    /// trust; callers see a stopped node and go elsewhere.
     #[error("storage: {0}")]
     Storage(String),
 }
 
 impl RaftstoreError {
+    /// True for the errors after which this store must not go on
+    /// ([`RaftstoreError::Storage`]); kept apart from the retryable ones.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, RaftstoreError::Storage(_) | RaftstoreError::IncompatibleData { .. })
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -38,6 +60,8 @@ impl RaftstoreError {
                 | RaftstoreError::ReadTimeout { .. }
                 | RaftstoreError::TooBusy { .. }
                 | RaftstoreError::RangeRemoved { .. }
+                | RaftstoreError::EpochMismatch { .. }
+                | RaftstoreError::KeyNotInRange { .. }
         )
     }
 }

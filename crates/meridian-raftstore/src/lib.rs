@@ -34,11 +34,15 @@ pub mod test_machine;
 
 pub use config::{SnapshotBuild, StoreConfig};
 pub use error::RaftstoreError;
+pub use meridian_codes::ReplicaState;
 pub use state_machine::{data_bounds, ApplyContext, Savepoint, StateMachine, StateMachineFactory};
-pub use store::{AppliedEntry, Completion, RangeStatus, RequestId, Store, StoreMetrics};
+pub use store::{
+    AppliedEntry, Bootstrap, Completion, RangeRequest, RangeStatus, RequestId, SnapshotTask, Store, StoreMetrics, MAX_SNAPSHOT_BUILDS,
+    STORE_FORMAT,
+};
 
 /// raft-rs types callers need (conf changes, roles).
 pub mod raft_types {
-    pub use raft::prelude::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
+    pub use raft::prelude::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Snapshot};
     pub use raft::StateRole;
 }

@@ -3,10 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
+use meridian_codes::ReplicaState;
 use meridian_storage::{
-    build_snapshot, keys, Cf, Engine, EntryCacheBudget, PeerStorage, RangeDescriptor, RangeEpoch, StorageError, WriteBatch,
+    build_snapshot, keys, Cf, Engine, EntryCacheBudget, KeyInterval, PeerStorage, RangeDescriptor, RangeEpoch, StorageError, WriteBatch,
 };
 use meridian_transport::{Feedback, RaftEnvelope, Transport};
 use protobuf::Message as _;
@@ -19,6 +19,67 @@ use crate::error::RaftstoreError;
 use crate::logger::raft_logger;
 use crate::peer::{splitmix, Forwarded, Peer, PendingRead, Proposal, ProposalTag, Staged, UnsyncedReady};
 use crate::state_machine::{ApplyContext, StateMachineFactory};
+
+/// What every request handed to the store names: the range, the epoch the
+/// caller's route has for it, and the keys it touches. The store refuses a
+/// request whose epoch is not the replica's ([`RaftstoreError::EpochMismatch`])
+/// or whose keys lie outside the range's span
+/// ([`RaftstoreError::KeyNotInRange`]), before it changes anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeRequest {
+    pub range_id: u64,
+    pub epoch: RangeEpoch,
+    pub keys: Vec<KeyInterval>,
+}
+
+impl RangeRequest {
+    /// A request to `range_id` at `epoch` that names no keys (admin
+    /// commands, lease commands).
+    pub fn new(range_id: u64, epoch: RangeEpoch) -> Self {
+        RangeRequest { range_id, epoch, keys: Vec::new() }
+    }
+
+    /// The same request, touching `keys`.
+    pub fn with_keys(mut self, keys: Vec<KeyInterval>) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// Refuses the request if it does not fit `desc`.
+    fn check(&self, desc: &RangeDescriptor) -> Result<(), RaftstoreError> {
+        if self.epoch != desc.epoch {
+            return Err(RaftstoreError::EpochMismatch { range_id: desc.range_id, current: desc.epoch });
+        }
+        match self.keys.iter().find(|k| !desc.contains_interval(k)) {
+            Some(k) => Err(RaftstoreError::KeyNotInRange { range_id: desc.range_id, key: k.key.clone() }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The on-disk format this build reads and writes, recorded at bootstrap.
+/// Format 1: before the bootstrap record (ranges were created again on
+/// every start).
+pub const STORE_FORMAT: u64 = 2;
+
+/// Where the bootstrap record lives (range id 0 is never a range).
+const BOOTSTRAP_KEY: &[u8] = b"bootstrap";
+
+/// (format, node id) of a bootstrap record.
+fn decode_bootstrap(raw: &[u8]) -> Option<(u64, u64)> {
+    let format = u64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
+    let node = u64::from_be_bytes(raw.get(8..16)?.try_into().ok()?);
+    (raw.len() == 16).then_some((format, node))
+}
+
+/// What [`Store::bootstrap`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// The engine was empty: these many replicas were created.
+    Created(usize),
+    /// The engine was bootstrapped before: nothing was created.
+    Existing,
+}
 
 /// Identifies a proposal or read handed to the store; its answer comes back
 /// as a [`Completion`] from [`Store::poll`].
@@ -61,6 +122,9 @@ pub struct RangeStatus {
     pub applied: u64,
     pub last_index: u64,
     pub first_index: u64,
+    /// The span the replica serves (`end` empty: to the end of the keyspace).
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
     pub epoch: RangeEpoch,
     pub voters: Vec<u64>,
     pub learners: Vec<u64>,
@@ -71,11 +135,19 @@ pub struct RangeStatus {
     /// Not in the range's configuration (it applied its removal, or a
     /// member told it so): serves nothing until added back.
     pub dormant: bool,
-    /// On a leader: each replica's matched index and replication state
-    /// (probe, replicate, snapshot).
-    pub progress: Vec<(u64, u64, String)>,
+    /// On a leader: each replica's matched index and replication state.
+    pub progress: Vec<(u64, u64, ReplicaState)>,
     /// Other nodes this store heard from within two election timeouts.
     pub live_peers: Vec<u64>,
+}
+
+/// raft-rs's progress state as the shared [`ReplicaState`].
+fn replica_state(s: raft::ProgressState) -> ReplicaState {
+    match s {
+        raft::ProgressState::Probe => ReplicaState::Probe,
+        raft::ProgressState::Replicate => ReplicaState::Replicate,
+        raft::ProgressState::Snapshot => ReplicaState::Snapshot,
+    }
 }
 
 /// Counters an operator (and the group-commit benchmark) watches.
@@ -114,12 +186,32 @@ pub struct StoreMetrics {
 /// forwarded ones time out as `OutcomeUnknown`).
 pub const MAX_UNCOMMITTED_BYTES: u64 = 32 << 20;
 
-/// Concurrent background snapshot builds per node.
-const MAX_SNAPSHOT_JOBS: usize = 4;
+/// Snapshot builds handed to the driver and not yet answered, per node
+/// (each holds an engine snapshot, which pins files on disk).
+pub const MAX_SNAPSHOT_BUILDS: usize = 4;
 
-struct SnapshotJob {
-    range_id: u64,
-    handle: JoinHandle<Result<Snapshot, StorageError>>,
+/// A snapshot build that the store hands to its driver
+/// ([`SnapshotBuild::Deferred`]): the driver runs [`SnapshotTask::build`]
+/// wherever it likes (a thread of its own) and gives the result back with
+/// [`Store::on_snapshot_built`]. The task reads only the engine snapshot it
+/// holds, so it may run concurrently with the poll loop.
+pub struct SnapshotTask {
+    /// The range the snapshot is for.
+    pub range_id: u64,
+    build: Box<dyn FnOnce() -> Result<Snapshot, StorageError> + Send>,
+}
+
+impl std::fmt::Debug for SnapshotTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotTask").field("range_id", &self.range_id).finish_non_exhaustive()
+    }
+}
+
+impl SnapshotTask {
+    /// Builds the snapshot (reads the engine snapshot; may take long).
+    pub fn build(self) -> Result<Snapshot, StorageError> {
+        (self.build)()
+    }
 }
 
 pub struct Store {
@@ -142,7 +234,10 @@ pub struct Store {
     outbox: BTreeMap<u64, Vec<RaftEnvelope>>,
     completions: Vec<Completion>,
     applied_log: Vec<AppliedEntry>,
-    snapshot_jobs: Vec<SnapshotJob>,
+    /// Builds waiting for the driver to take them ([`Store::take_snapshot_tasks`]).
+    snapshot_tasks: Vec<SnapshotTask>,
+    /// Ranges whose build the driver holds (taken, not yet answered).
+    snapshot_in_flight: BTreeSet<u64>,
     metrics: StoreMetrics,
     /// Sync sequence: every round whose write raft needs durable takes the
     /// next number; `synced_seq` is the highest a finished engine sync
@@ -228,24 +323,53 @@ fn not_found(range_id: u64) -> RaftstoreError {
 }
 
 impl Store {
-    /// Writes the initial state of every range in `ranges` that lists this
-    /// node as a replica and is not on disk yet (static bootstrap). Ranges
-    /// already present are left as they are. Returns how many were created.
-    pub fn bootstrap(engine: &dyn Engine, node_id: u64, ranges: &[RangeDescriptor]) -> Result<usize, RaftstoreError> {
+    /// Bootstraps this node's store **once**: on an empty engine, creates the
+    /// replicas of `ranges` that list `node_id` and records, in the same
+    /// synced write, that the engine was bootstrapped (by which node, in
+    /// which on-disk format). Every later start finds the record and
+    /// creates nothing, whatever `ranges` says: the ranges on disk, their
+    /// descriptors and a replica that was removed stay as they are.
+    ///
+    /// Refuses (changing nothing) an engine bootstrapped by another node,
+    /// one in another on-disk format, and one that holds ranges but no
+    /// record (written before the record existed: format 1).
+    pub fn bootstrap(engine: &dyn Engine, node_id: u64, ranges: &[RangeDescriptor]) -> Result<Bootstrap, RaftstoreError> {
+        let key = keys::data_key(0, BOOTSTRAP_KEY);
+        if let Some(raw) = engine.get(Cf::RaftState, &key)? {
+            let (format, by) = decode_bootstrap(&raw).ok_or_else(|| RaftstoreError::Storage("corrupt bootstrap record".into()))?;
+            if format != STORE_FORMAT {
+                return Err(RaftstoreError::IncompatibleData {
+                    reason: format!(
+                        "the data directory is in on-disk format {format}; this build reads format {STORE_FORMAT} and does not migrate: start the node on an empty data directory"
+                    ),
+                });
+            }
+            if by != node_id {
+                return Err(RaftstoreError::IncompatibleData {
+                    reason: format!("the data directory belongs to node {by}, not node {node_id}"),
+                });
+            }
+            return Ok(Bootstrap::Existing);
+        }
+        if !PeerStorage::list_ranges(engine)?.is_empty() {
+            return Err(RaftstoreError::IncompatibleData {
+                reason: format!(
+                    "the data directory holds ranges in on-disk format 1 (before ranges were recorded at bootstrap); this build reads format {STORE_FORMAT} and does not migrate: start the node on an empty data directory"
+                ),
+            });
+        }
         let mut batch = WriteBatch::new();
         let mut created = 0;
-        for desc in ranges {
-            if desc.replica(node_id).is_none() || engine.get(Cf::RaftState, &keys::state_key(desc.range_id))?.is_some() {
-                continue;
-            }
+        for desc in ranges.iter().filter(|d| d.replica(node_id).is_some()) {
             let voters = desc.replicas.iter().map(|r| r.node_id).collect();
             PeerStorage::bootstrap(&mut batch, desc, voters);
             created += 1;
         }
-        if !batch.is_empty() {
-            engine.write(&batch, true)?;
-        }
-        Ok(created)
+        let mut record = STORE_FORMAT.to_be_bytes().to_vec();
+        record.extend_from_slice(&node_id.to_be_bytes());
+        batch.put(Cf::RaftState, key, record);
+        engine.write(&batch, true)?;
+        Ok(Bootstrap::Created(created))
     }
 
     /// Opens every range stored on `engine`. Corruption in any range stops
@@ -275,7 +399,8 @@ impl Store {
             outbox: BTreeMap::new(),
             completions: Vec::new(),
             applied_log: Vec::new(),
-            snapshot_jobs: Vec::new(),
+            snapshot_tasks: Vec::new(),
+            snapshot_in_flight: BTreeSet::new(),
             metrics: StoreMetrics::default(),
             write_seq: 0,
             synced_seq: 0,
@@ -393,6 +518,13 @@ impl Store {
         self.peers.get(&range_id).map(|p| &p.desc)
     }
 
+    /// A request to `range_id` at the epoch of this store's replica, naming
+    /// no keys: what a caller with an up-to-date route would send (tests,
+    /// the simulation). Without a replica here, the default epoch.
+    pub fn request(&self, range_id: u64) -> RangeRequest {
+        RangeRequest::new(range_id, self.descriptor(range_id).map(|d| d.epoch).unwrap_or_default())
+    }
+
     pub fn range_status(&self, range_id: u64) -> Option<RangeStatus> {
         let p = self.peers.get(&range_id)?;
         let r = &p.raft.raft;
@@ -406,6 +538,8 @@ impl Store {
             applied: p.raft.store().apply_state().applied_index,
             last_index: r.raft_log.last_index(),
             first_index: p.raft.store().truncated_index() + 1,
+            start: p.desc.start.clone(),
+            end: p.desc.end.clone(),
             epoch: p.desc.epoch,
             voters: cs.voters,
             learners: cs.learners,
@@ -413,7 +547,7 @@ impl Store {
             quiesced: p.quiesced,
             dormant: p.dormant_at.is_some(),
             progress: if p.is_leader() {
-                r.prs().iter().map(|(id, pr)| (*id, pr.matched, format!("{:?}", pr.state))).collect()
+                r.prs().iter().map(|(id, pr)| (*id, pr.matched, replica_state(pr.state))).collect()
             } else {
                 Vec::new()
             },
@@ -473,29 +607,31 @@ impl Store {
     ///
     /// On a follower the proposal goes to the leader inside raft (a
     /// `MsgPropose` over the peer transport, batched with the rest of the
-    /// round's traffic), tagged with this store's [`ProposalTag`]; once the
+    /// round's traffic), tagged with this store's `ProposalTag`; once the
     /// tagged entry reaches this replica's log it resolves by (index, term)
     /// like a leader's proposal, with the same deterministic response the
     /// leader computes. One that never arrives (the leader dropped it) is
     /// answered `OutcomeUnknown` when this replica stops following that
     /// leader, or after [`Store::forward_timeout_ticks`].
-    pub fn propose(&mut self, range_id: u64, command: Vec<u8>) -> Result<RequestId, RaftstoreError> {
-        self.propose_inner(range_id, command, true)
+    pub fn propose(&mut self, req: RangeRequest, command: Vec<u8>) -> Result<RequestId, RaftstoreError> {
+        self.propose_inner(req, command, true)
     }
 
     /// Like [`Store::propose`], but only on the leader: a follower answers
     /// `NotLeader`. For commands whose caller keeps leader-only state
     /// alongside the command's effect (the lease keeper's clocks).
-    pub fn propose_on_leader(&mut self, range_id: u64, command: Vec<u8>) -> Result<RequestId, RaftstoreError> {
-        self.propose_inner(range_id, command, false)
+    pub fn propose_on_leader(&mut self, req: RangeRequest, command: Vec<u8>) -> Result<RequestId, RaftstoreError> {
+        self.propose_inner(req, command, false)
     }
 
-    fn propose_inner(&mut self, range_id: u64, command: Vec<u8>, forward: bool) -> Result<RequestId, RaftstoreError> {
+    fn propose_inner(&mut self, req: RangeRequest, command: Vec<u8>, forward: bool) -> Result<RequestId, RaftstoreError> {
+        let range_id = req.range_id;
         if command.is_empty() {
             return Err(RaftstoreError::InvalidRequest { range_id, reason: "empty command".into() });
         }
         let id = self.next_id();
         let p = self.accepting_peer(range_id, forward)?;
+        req.check(&p.desc)?;
         p.staged.push(Staged { id, command, forward });
         Ok(id)
     }
@@ -597,10 +733,12 @@ impl Store {
     /// consensus, which the leader leaves explicitly once it applies the
     /// entering entry. Removing the current leader is refused: transfer
     /// leadership first.
-    pub fn propose_conf_change(&mut self, range_id: u64, mut cc: ConfChangeV2) -> Result<RequestId, RaftstoreError> {
+    pub fn propose_conf_change(&mut self, req: RangeRequest, mut cc: ConfChangeV2) -> Result<RequestId, RaftstoreError> {
+        let range_id = req.range_id;
         let node_id = self.cfg.node_id;
         let id = self.next_id();
         let p = self.leader_peer(range_id)?;
+        req.check(&p.desc)?;
         let invalid = |reason: &str| RaftstoreError::InvalidRequest { range_id, reason: reason.into() };
         if cc.changes.is_empty() {
             return Err(invalid("a conf change needs at least one change"));
@@ -627,13 +765,15 @@ impl Store {
     /// Starts a linearizable read (ReadIndex). Works on followers too: the
     /// leader confirms the index, then this replica answers once it has
     /// applied that far.
-    pub fn read_index(&mut self, range_id: u64, query: Vec<u8>) -> Result<RequestId, RaftstoreError> {
+    pub fn read_index(&mut self, req: RangeRequest, query: Vec<u8>) -> Result<RequestId, RaftstoreError> {
+        let range_id = req.range_id;
         let id = self.next_id();
         let now = self.now_tick;
         let max = self.cfg.max_pending_per_range;
         let ctx = read_ctx(self.incarnation, id);
         let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
         p.serving()?;
+        req.check(&p.desc)?;
         if p.pending() >= max {
             return Err(RaftstoreError::TooBusy { range_id, pending: p.pending() });
         }
@@ -644,9 +784,11 @@ impl Store {
     }
 
     /// Serializable read from this replica's applied state (may be stale).
-    pub fn read_local(&self, range_id: u64, query: &[u8]) -> Result<Vec<u8>, RaftstoreError> {
+    pub fn read_local(&self, req: RangeRequest, query: &[u8]) -> Result<Vec<u8>, RaftstoreError> {
+        let range_id = req.range_id;
         let p = self.peers.get(&range_id).ok_or_else(|| not_found(range_id))?;
         p.serving()?;
+        req.check(&p.desc)?;
         Ok(p.sm.read(&*self.engine, range_id, query))
     }
 
@@ -1314,32 +1456,21 @@ impl Store {
         }
     }
 
-    /// Builds the snapshots raft-rs asked for, inline or on background
-    /// threads, and hands finished ones back to the range's storage.
+    /// Builds the snapshots raft-rs asked for: inline, or as tasks for the
+    /// driver ([`SnapshotBuild::Deferred`]), at most
+    /// [`MAX_SNAPSHOT_BUILDS`] outstanding.
     fn handle_snapshot_requests(&mut self) {
-        let mut i = 0;
-        while i < self.snapshot_jobs.len() {
-            if self.snapshot_jobs[i].handle.is_finished() {
-                let job = self.snapshot_jobs.swap_remove(i);
-                match job.handle.join() {
-                    Ok(Ok(snap)) => {
-                        if let Some(p) = self.peers.get_mut(&job.range_id) {
-                            self.metrics.snapshots_built += 1;
-                            p.raft.mut_store().set_built_snapshot(snap);
-                        }
-                    }
-                    Ok(Err(e)) => warn!(range = job.range_id, "building snapshot: {e}"),
-                    Err(_) => warn!(range = job.range_id, "snapshot thread panicked"),
-                }
-            } else {
-                i += 1;
-            }
-        }
         for p in self.peers.values_mut() {
-            let Some(req) = p.raft.store().take_snapshot_request() else { continue };
-            if self.snapshot_jobs.iter().any(|j| j.range_id == req.range_id) {
+            let range_id = p.desc.range_id;
+            let outstanding = self.snapshot_in_flight.contains(&range_id) || self.snapshot_tasks.iter().any(|t| t.range_id == range_id);
+            if outstanding {
                 continue;
             }
+            let deferred = self.cfg.snapshot_build == SnapshotBuild::Deferred;
+            if deferred && self.snapshot_in_flight.len() + self.snapshot_tasks.len() >= MAX_SNAPSHOT_BUILDS {
+                break; // raft-rs asks again later
+            }
+            let Some(req) = p.raft.store().take_snapshot_request() else { continue };
             let st = p.raft.store();
             let applied = st.apply_state();
             let meta = raft::prelude::SnapshotMetadata {
@@ -1357,24 +1488,41 @@ impl Store {
                 s.set_data(data.into());
                 Ok(s)
             };
-            match self.cfg.snapshot_build {
-                SnapshotBuild::Inline => match build() {
-                    Ok(s) => {
-                        self.metrics.snapshots_built += 1;
-                        p.raft.mut_store().set_built_snapshot(s);
-                    }
-                    Err(e) => warn!(range = req.range_id, "building snapshot: {e}"),
-                },
-                SnapshotBuild::Background => {
-                    if self.snapshot_jobs.len() >= MAX_SNAPSHOT_JOBS {
-                        continue; // raft-rs asks again later
-                    }
-                    match std::thread::Builder::new().name(format!("snap-{}", req.range_id)).spawn(build) {
-                        Ok(handle) => self.snapshot_jobs.push(SnapshotJob { range_id: req.range_id, handle }),
-                        Err(e) => warn!(range = req.range_id, "spawning snapshot builder: {e}"),
-                    }
+            if deferred {
+                self.snapshot_tasks.push(SnapshotTask { range_id: req.range_id, build: Box::new(build) });
+                continue;
+            }
+            match build() {
+                Ok(s) => {
+                    self.metrics.snapshots_built += 1;
+                    p.raft.mut_store().set_built_snapshot(s);
+                }
+                Err(e) => warn!(range = req.range_id, "building snapshot: {e}"),
+            }
+        }
+    }
+
+    /// The snapshot builds waiting for the driver ([`SnapshotBuild::Deferred`]).
+    /// Each must be answered with [`Store::on_snapshot_built`]; until then
+    /// the store asks for no other build of that range.
+    pub fn take_snapshot_tasks(&mut self) -> Vec<SnapshotTask> {
+        let tasks = std::mem::take(&mut self.snapshot_tasks);
+        self.snapshot_in_flight.extend(tasks.iter().map(|t| t.range_id));
+        tasks
+    }
+
+    /// The result of a build taken with [`Store::take_snapshot_tasks`]. A
+    /// failed build is logged; raft-rs asks again later.
+    pub fn on_snapshot_built(&mut self, range_id: u64, result: Result<Snapshot, StorageError>) {
+        self.snapshot_in_flight.remove(&range_id);
+        match result {
+            Ok(snap) => {
+                if let Some(p) = self.peers.get_mut(&range_id) {
+                    self.metrics.snapshots_built += 1;
+                    p.raft.mut_store().set_built_snapshot(snap);
                 }
             }
+            Err(e) => warn!(range = range_id, "building snapshot: {e}"),
         }
     }
 

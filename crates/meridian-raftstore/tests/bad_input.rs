@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use meridian_raftstore::test_machine::{put_command, RegisterMachine};
-use meridian_raftstore::{RaftstoreError, SnapshotBuild, StateMachine, StateMachineFactory, Store, StoreConfig};
-use meridian_storage::{keys, Cf, MemEngine, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
+use meridian_raftstore::{Bootstrap, RaftstoreError, SnapshotBuild, StateMachine, StateMachineFactory, Store, StoreConfig};
+use meridian_storage::{keys, Cf, Engine, MemEngine, PeerStorage, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole, WriteBatch};
 use meridian_transport::mem::MemNetwork;
 use meridian_transport::RaftEnvelope;
 use protobuf::Message as _;
@@ -38,7 +38,7 @@ fn leader_store(engine: &MemEngine) -> Store {
     s.campaign(1).unwrap();
     for i in 0..3 {
         s.poll().unwrap();
-        s.propose(1, put_command(format!("k{i}").as_bytes(), b"v")).unwrap();
+        s.propose(s.request(1), put_command(format!("k{i}").as_bytes(), b"v")).unwrap();
     }
     for _ in 0..3 {
         s.poll().unwrap();
@@ -106,16 +106,16 @@ fn stale_epoch_message_from_a_removed_replica_is_rejected() {
 fn bad_requests_get_clear_errors() {
     let engine = MemEngine::new();
     let mut s = leader_store(&engine);
-    assert!(matches!(s.propose(1, vec![]), Err(RaftstoreError::InvalidRequest { range_id: 1, .. })));
-    assert!(matches!(s.propose(77, b"P k v".to_vec()), Err(RaftstoreError::RangeNotFound { range_id: 77 })));
-    assert!(matches!(s.read_index(77, b"k".to_vec()), Err(RaftstoreError::RangeNotFound { range_id: 77 })));
+    assert!(matches!(s.propose(s.request(1), vec![]), Err(RaftstoreError::InvalidRequest { range_id: 1, .. })));
+    assert!(matches!(s.propose(s.request(77), b"P k v".to_vec()), Err(RaftstoreError::RangeNotFound { range_id: 77 })));
+    assert!(matches!(s.read_index(s.request(77), b"k".to_vec()), Err(RaftstoreError::RangeNotFound { range_id: 77 })));
     assert!(matches!(s.transfer_leader(1, 5), Err(RaftstoreError::InvalidRequest { .. })), "transfer to a non-voter");
     assert_eq!(snapshot_of(&s).2, 4, "nothing was applied");
 
     // A follower that knows of no leader refuses proposals.
     let engine = MemEngine::new();
     let mut f = open(&engine, &[1, 2, 3]).unwrap();
-    match f.propose(1, b"P k v".to_vec()) {
+    match f.propose(f.request(1), b"P k v".to_vec()) {
         Err(e @ RaftstoreError::NotLeader { range_id: 1, leader_hint: None }) => assert!(e.is_retryable()),
         other => panic!("expected NotLeader without a hint, got {other:?}"),
     }
@@ -133,7 +133,7 @@ fn bad_requests_get_clear_errors() {
     };
     f.step(heartbeat(2, 3));
     f.poll().unwrap();
-    let id = f.propose(1, b"P k v".to_vec()).expect("a follower with a leader forwards");
+    let id = f.propose(f.request(1), b"P k v".to_vec()).expect("a follower with a leader forwards");
     let mut answers = f.poll().unwrap();
     assert_eq!(f.metrics().proposals_forwarded, 1);
     for _ in 0..f.forward_timeout_ticks() - 1 {
@@ -153,7 +153,7 @@ fn bad_requests_get_clear_errors() {
     // as etcd answers "leader changed".
     f.step(heartbeat(2, 3));
     f.poll().unwrap();
-    let id = f.propose(1, b"P k v".to_vec()).unwrap();
+    let id = f.propose(f.request(1), b"P k v".to_vec()).unwrap();
     f.poll().unwrap();
     f.step(heartbeat(3, 4));
     f.tick();
@@ -186,6 +186,39 @@ fn acknowledged_writes_survive_restart_of_a_single_node() {
         s.poll().unwrap();
     }
     for i in 0..3 {
-        assert_eq!(s.read_local(1, format!("k{i}").as_bytes()).unwrap(), b"v", "k{i} survived kill -9");
+        assert_eq!(s.read_local(s.request(1), format!("k{i}").as_bytes()).unwrap(), b"v", "k{i} survived kill -9");
     }
+}
+
+/// A node is bootstrapped once: a later start with other ranges (a
+/// reordered or extended config) creates nothing and leaves every range as
+/// it was.
+#[test]
+fn bootstrap_happens_once() {
+    let engine = MemEngine::new();
+    assert_eq!(Store::bootstrap(&engine, 1, &[desc(1, &[1])]).unwrap(), Bootstrap::Created(1));
+    let before = PeerStorage::list_ranges(&engine).unwrap();
+    let mut other = desc(1, &[1, 2]);
+    other.end = b"z".to_vec();
+    assert_eq!(Store::bootstrap(&engine, 1, &[other, desc(2, &[1])]).unwrap(), Bootstrap::Existing);
+    assert_eq!(PeerStorage::list_ranges(&engine).unwrap(), before, "the ranges on disk are unchanged");
+}
+
+/// Another node's data directory, and one written before the bootstrap
+/// record existed (format 1), are refused with a clear error, unchanged.
+#[test]
+fn a_foreign_or_old_data_directory_is_refused() {
+    let engine = MemEngine::new();
+    Store::bootstrap(&engine, 1, &[desc(1, &[1])]).unwrap();
+    let err = Store::bootstrap(&engine, 2, &[desc(1, &[2])]).unwrap_err();
+    assert!(matches!(&err, RaftstoreError::IncompatibleData { reason } if reason.contains("belongs to node 1")), "{err}");
+
+    let old = MemEngine::new();
+    let mut batch = WriteBatch::new();
+    PeerStorage::bootstrap(&mut batch, &desc(1, &[1]), vec![1]);
+    old.write(&batch, true).unwrap();
+    let before = PeerStorage::list_ranges(&old).unwrap();
+    let err = Store::bootstrap(&old, 1, &[desc(1, &[1])]).unwrap_err();
+    assert!(matches!(&err, RaftstoreError::IncompatibleData { reason } if reason.contains("format 1")), "{err}");
+    assert_eq!(PeerStorage::list_ranges(&old).unwrap(), before);
 }

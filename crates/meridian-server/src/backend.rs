@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use meridian_kv::command as c;
 use meridian_proto::etcdserverpb as pb;
-use meridian_raftstore::RangeStatus;
+use meridian_raftstore::{RangeRequest, RangeStatus};
+use meridian_storage::{KeyInterval, RangeEpoch};
 use prost::Message as _;
 use tonic::transport::{Channel, Endpoint};
 
@@ -20,12 +21,14 @@ use crate::routing::Routing;
 #[tonic::async_trait]
 pub trait RaftAccess: Send + Sync + 'static {
     /// Proposes a command (a follower hands it to the leader inside raft);
-    /// answers with the state machine's reply once applied here.
-    async fn propose(&self, range_id: u64, command: Vec<u8>) -> Result<Vec<u8>, ApiError>;
+    /// answers with the state machine's reply once applied here. Refused
+    /// (`EpochMismatch`, `KeyNotInRange`) when `req` does not fit the
+    /// replica.
+    async fn propose(&self, req: RangeRequest, command: Vec<u8>) -> Result<Vec<u8>, ApiError>;
     /// Proposes only if this node leads the range, else `NotLeader`.
-    async fn propose_on_leader(&self, range_id: u64, command: Vec<u8>) -> Result<Vec<u8>, ApiError>;
+    async fn propose_on_leader(&self, req: RangeRequest, command: Vec<u8>) -> Result<Vec<u8>, ApiError>;
     /// Answers a query: after ReadIndex if `linearizable`, else locally.
-    async fn read(&self, range_id: u64, query: Vec<u8>, linearizable: bool) -> Result<Vec<u8>, ApiError>;
+    async fn read(&self, req: RangeRequest, query: Vec<u8>, linearizable: bool) -> Result<Vec<u8>, ApiError>;
     async fn status(&self) -> Vec<RangeStatus>;
     /// Store counters, if the implementation has them.
     async fn metrics(&self) -> Option<meridian_raftstore::StoreMetrics> {
@@ -41,7 +44,7 @@ pub trait RaftAccess: Send + Sync + 'static {
     }
     /// Proposes a membership change on the range's leader (this node);
     /// answers once the change is applied here.
-    async fn change_membership(&self, _range_id: u64, _change: meridian_raftstore::raft_types::ConfChangeV2) -> Result<(), ApiError> {
+    async fn change_membership(&self, _req: RangeRequest, _change: meridian_raftstore::raft_types::ConfChangeV2) -> Result<(), ApiError> {
         Err(ApiError::Unimplemented("membership changes".into()))
     }
 }
@@ -70,6 +73,11 @@ pub struct Backend {
     /// keepalive on a follower) was a round trip to its busiest thread per
     /// response.
     briefs: Mutex<Option<(tokio::time::Instant, HashMap<u64, RangeBrief>)>>,
+    /// The route cache: the epoch each range had when this node last
+    /// learned it. Every request names it; a replica at another epoch
+    /// refuses, and the refusal's epoch replaces the cached one (bounded:
+    /// one entry per range).
+    epochs: Mutex<HashMap<u64, RangeEpoch>>,
 }
 
 /// How stale a [`RangeBrief`] may be.
@@ -132,6 +140,9 @@ fn result_name(r: &Result<impl Sized, ApiError>) -> &'static str {
         Err(ApiError::NoLeader { .. }) => "no_leader",
         Err(ApiError::Timeout | ApiError::OutcomeUnknown) => "timeout",
         Err(ApiError::TooBusy) => "overloaded",
+        Err(ApiError::NodeStopped) => "stopped",
+        Err(ApiError::Storage(_)) => "storage",
+        Err(ApiError::EpochMismatch { .. } | ApiError::KeyNotInRange { .. }) => "stale_route",
         Err(ApiError::Internal(_)) => "internal",
         Err(_) => "invalid",
     }
@@ -155,6 +166,7 @@ impl Backend {
             channels: Mutex::new(HashMap::new()),
             requests: Mutex::new(BTreeMap::new()),
             briefs: Mutex::new(None),
+            epochs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -191,13 +203,63 @@ impl Backend {
     }
 
     async fn execute_inner(&self, range_id: u64, op: c::Op, leader_only: bool) -> Result<c::Outcome, ApiError> {
+        let keys = c::op_keys(&op);
         let cmd = c::Command { op: Some(op), wall_ms: wall_ms() }.encode_to_vec();
-        let raw = if leader_only { self.raft.propose_on_leader(range_id, cmd).await? } else { self.raft.propose(range_id, cmd).await? };
+        let raw = self.propose_command(range_id, keys, cmd, leader_only).await?;
         let out = c::Outcome::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable outcome: {e}")))?;
         if let Some(c::OutcomeKind::Error(e)) = &out.kind {
             return Err(ApiError::from_outcome(e));
         }
         Ok(out)
+    }
+
+    /// Proposes an encoded command that touches `keys` at the range's cached
+    /// epoch; a stale epoch is refreshed from the refusal and the proposal
+    /// retried once (a refused proposal changed nothing).
+    pub async fn propose_command(
+        &self,
+        range_id: u64,
+        keys: Vec<KeyInterval>,
+        cmd: Vec<u8>,
+        leader_only: bool,
+    ) -> Result<Vec<u8>, ApiError> {
+        let mut attempt = 0;
+        loop {
+            let req = self.route(range_id, keys.clone()).await;
+            let r =
+                if leader_only { self.raft.propose_on_leader(req, cmd.clone()).await } else { self.raft.propose(req, cmd.clone()).await };
+            match r {
+                Err(ApiError::EpochMismatch { range_id, current }) if attempt == 0 => self.learn_epoch(range_id, current),
+                r => return r,
+            }
+            attempt += 1;
+        }
+    }
+
+    /// A request to `range_id` touching `keys`, at the epoch the route cache
+    /// has (filled from this node's replica on a miss).
+    pub async fn route(&self, range_id: u64, keys: Vec<KeyInterval>) -> RangeRequest {
+        let cached = self.epochs.lock().expect("route cache").get(&range_id).copied();
+        let epoch = match cached {
+            Some(e) => e,
+            None => {
+                let statuses = self.raft.status().await;
+                let mut epochs = self.epochs.lock().expect("route cache");
+                for st in &statuses {
+                    epochs.entry(st.range_id).or_insert(st.epoch);
+                }
+                // No replica here: the default epoch, which any replica
+                // refuses with its own (the retry then carries that).
+                epochs.get(&range_id).copied().unwrap_or_default()
+            }
+        };
+        RangeRequest { range_id, epoch, keys }
+    }
+
+    /// The epoch a replica refused a request with becomes the route's.
+    pub fn learn_epoch(&self, range_id: u64, current: RangeEpoch) {
+        tracing::debug!(range = range_id, ?current, "route epoch refreshed");
+        self.epochs.lock().expect("route cache").insert(range_id, current);
     }
 
     pub async fn query(&self, range_id: u64, q: c::QueryKind, linearizable: bool) -> Result<c::QueryAnswer, ApiError> {
@@ -211,7 +273,17 @@ impl Backend {
     async fn query_inner(&self, range_id: u64, q: c::QueryKind, linearizable: bool) -> Result<c::QueryAnswer, ApiError> {
         // The chaos suite's deliberately broken mode: skip ReadIndex.
         let linearizable = linearizable && !self.cfg.debug.unsafe_local_reads;
-        let raw = self.raft.read(range_id, c::Query { kind: Some(q) }.encode_to_vec(), linearizable).await?;
+        let keys = c::query_keys(&q);
+        let query = c::Query { kind: Some(q) }.encode_to_vec();
+        let mut attempt = 0;
+        let raw = loop {
+            let req = self.route(range_id, keys.clone()).await;
+            match self.raft.read(req, query.clone(), linearizable).await {
+                Err(ApiError::EpochMismatch { range_id, current }) if attempt == 0 => self.learn_epoch(range_id, current),
+                r => break r?,
+            }
+            attempt += 1;
+        };
         let a = c::QueryAnswer::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable answer: {e}")))?;
         if let Some(e) = &a.error {
             return Err(ApiError::from_outcome(e));

@@ -44,14 +44,6 @@ pub struct Coordinator {
     pub hub: Arc<LockHub>,
 }
 
-/// A forwarded proposal's failure, back as an API error.
-fn status_error(s: &Status) -> ApiError {
-    match s.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ApiError::Timeout,
-        _ => ApiError::Internal(s.message().to_string()),
-    }
-}
-
 /// Leaves the queue if the wait ends without a grant (deadline passed,
 /// or the caller went away and the request future was dropped).
 struct WaitGuard {
@@ -95,7 +87,7 @@ impl Coordinator {
                 let cmd = c::Command { op: Some(op), wall_ms: crate::backend::wall_ms() };
                 let mut client = InternalClient::new(self.backend.channel_to(leader)?);
                 let req = forwarded(api::ProposeRequest { range_id, command: cmd.encode_to_vec() });
-                let raw = client.propose(req).await.map_err(|s| status_error(&s))?.into_inner().outcome;
+                let raw = client.propose(req).await.map_err(|s| ApiError::from_status(&s))?.into_inner().outcome;
                 let out = c::Outcome::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable outcome: {e}")))?;
                 match &out.kind {
                     Some(c::OutcomeKind::Error(e)) => Err(ApiError::from_outcome(e)),
@@ -108,7 +100,7 @@ impl Coordinator {
 
     /// The range of a lock name, checking the session lives there too.
     pub fn lock_range(&self, name: &[u8], session: i64) -> Result<u64, ApiError> {
-        locks::validate_name(name).map_err(|e| ApiError::Invalid(e.to_string().trim_start_matches("etcdserver: ").into()))?;
+        locks::validate_name(name)?;
         let range_id = self.backend.routing.range_of_key(name);
         if session != 0 && lease_range_of(session) != range_id {
             return Err(ApiError::CrossNamespace(format!(
@@ -249,7 +241,8 @@ impl api::internal_server::Internal for InternalService {
         if !allowed {
             return Err(ApiError::Invalid("only lock commands are forwarded".into()).into());
         }
-        let outcome = self.backend.raft.propose(r.range_id, cmd.encode_to_vec()).await?;
+        let keys = cmd.op.as_ref().map(c::op_keys).unwrap_or_default();
+        let outcome = self.backend.propose_command(r.range_id, keys, cmd.encode_to_vec(), false).await?;
         Ok(Response::new(api::ProposeResponse { outcome }))
     }
 }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use meridian_transport::quic::DevCa;
+use meridian_transport_quic::DevCa;
 
 use crate::config::{DebugConfig, Member, ServerConfig, TlsPaths};
 
@@ -48,7 +48,13 @@ pub fn write_configs_with(
         let dir = data_dir.join(format!("node-{}", m.id));
         let cfg_path = dir.join("meridian.toml");
         if let Ok(existing) = ServerConfig::load(&cfg_path) {
-            if existing.initial_cluster == members && existing.namespaces == namespaces {
+            // The same namespaces in another order are the same layout.
+            let sorted = |v: &[String]| {
+                let mut v = v.to_vec();
+                v.sort();
+                v
+            };
+            if existing.initial_cluster == members && sorted(&existing.namespaces) == sorted(namespaces) {
                 paths.push(cfg_path);
                 continue;
             }

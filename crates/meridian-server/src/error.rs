@@ -2,7 +2,9 @@
 //! so client libraries react as they do to etcd) and to HTTP codes.
 
 use meridian_kv::command::ErrorOutcome;
+use meridian_proto::{error_code as status_code, ErrorCode};
 use meridian_raftstore::RaftstoreError;
+use meridian_storage::RangeEpoch;
 use thiserror::Error;
 
 use crate::routing::RoutingError;
@@ -66,23 +68,120 @@ pub enum ApiError {
     /// configuration (already a member, not caught up, change in progress).
     #[error("meridian: {0}")]
     Membership(String),
+    /// The node is shut down, or stopped itself after a fatal storage
+    /// error: retry on another member. etcd's wording and code for a
+    /// stopped server.
+    #[error("etcdserver: server stopped")]
+    NodeStopped,
+    /// A corrupt or unreadable record, or an engine IO error, on this
+    /// replica: fatal for it, not a bug of the request and not retried here.
+    #[error("meridian: storage: {0}")]
+    Storage(String),
+    /// The route named a stale epoch of the range; the backend refreshes
+    /// its route and retries once before a client sees this.
+    #[error("meridian: range {range_id} changed (now at conf_ver {} version {}); retry", current.conf_ver, current.version)]
+    EpochMismatch { range_id: u64, current: RangeEpoch },
+    /// A key was routed to a range that does not hold it.
+    #[error("meridian: key {key:?} is not in range {range_id}; retry")]
+    KeyNotInRange { range_id: u64, key: String },
 }
 
 impl ApiError {
+    /// The state machine's refusal, typed by its code.
     pub fn from_outcome(e: &ErrorOutcome) -> ApiError {
-        match e.code {
-            1 => ApiError::Compacted { compact_revision: e.compact_revision },
-            2 => ApiError::FutureRevision,
-            3 => ApiError::LeaseNotFound,
-            4 => ApiError::LeaseExists,
-            5 => ApiError::DuplicateKey,
-            6 => ApiError::EmptyKey,
-            8 => ApiError::KeyNotFound,
-            7 => ApiError::Invalid(e.message.trim_start_matches("etcdserver: ").to_string()),
-            10 => ApiError::SessionNotFound,
-            11 => ApiError::LockNotHeld(e.message.trim_start_matches("meridian: ").to_string()),
-            12 => ApiError::TooManyWaiters(e.message.trim_start_matches("meridian: ").to_string()),
-            _ => ApiError::Internal(e.message.clone()),
+        match e.code() {
+            ErrorCode::Compacted => ApiError::Compacted { compact_revision: e.compact_revision },
+            code => ApiError::from_code(code, &e.message),
+        }
+    }
+
+    /// A peer member's error status (a forwarded request's answer) back as
+    /// the error it was: by the `meridian-error-code` it carries, or, when
+    /// it has none (the transport failed before a member answered), by its
+    /// gRPC code alone.
+    pub fn from_status(s: &tonic::Status) -> ApiError {
+        match status_code(s) {
+            Some(code) => ApiError::from_code(code, s.message()),
+            None => match s.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ApiError::Timeout,
+                _ => ApiError::Internal(s.message().trim_start_matches("etcdserver: ").to_string()),
+            },
+        }
+    }
+
+    /// The error a code names; `message` fills the variants that carry
+    /// text (their prefix is the variant's own, so it is not doubled). A
+    /// leader hint does not survive the trip: a forwarded request is
+    /// never forwarded again.
+    fn from_code(code: ErrorCode, message: &str) -> ApiError {
+        let text = |prefix: &str| message.strip_prefix(prefix).unwrap_or(message).to_string();
+        match code {
+            ErrorCode::Compacted => ApiError::Compacted { compact_revision: 0 },
+            ErrorCode::FutureRevision => ApiError::FutureRevision,
+            ErrorCode::LeaseNotFound => ApiError::LeaseNotFound,
+            ErrorCode::LeaseExists => ApiError::LeaseExists,
+            ErrorCode::DuplicateKey => ApiError::DuplicateKey,
+            ErrorCode::EmptyKey => ApiError::EmptyKey,
+            ErrorCode::Invalid => ApiError::Invalid(text("etcdserver: ")),
+            ErrorCode::KeyNotFound => ApiError::KeyNotFound,
+            ErrorCode::Storage => {
+                let m = message.strip_prefix("meridian: ").unwrap_or(message);
+                ApiError::Storage(m.strip_prefix("storage: ").unwrap_or(m).to_string())
+            }
+            ErrorCode::SessionNotFound => ApiError::SessionNotFound,
+            ErrorCode::LockNotHeld => ApiError::LockNotHeld(text("meridian: ")),
+            ErrorCode::TooManyWaiters => ApiError::TooManyWaiters(text("meridian: ")),
+            ErrorCode::TooManyOps => ApiError::TooManyOps,
+            ErrorCode::RequestTooLarge => ApiError::RequestTooLarge,
+            ErrorCode::ValueTooLarge => ApiError::ValueTooLarge,
+            ErrorCode::CrossNamespace => ApiError::CrossNamespace(message.to_string()),
+            ErrorCode::NoLeader | ErrorCode::NotLeader => ApiError::NoLeader { range_id: 0 },
+            ErrorCode::Timeout => ApiError::Timeout,
+            ErrorCode::TooBusy => ApiError::TooBusy,
+            ErrorCode::OutcomeUnknown => ApiError::OutcomeUnknown,
+            ErrorCode::Unimplemented => ApiError::Unimplemented(text("etcdserver: not implemented: ")),
+            ErrorCode::UnknownRange => ApiError::UnknownRange { range_id: 0 },
+            ErrorCode::Membership => ApiError::Membership(text("meridian: ")),
+            ErrorCode::NodeStopped => ApiError::NodeStopped,
+            // A peer's route went stale: the forwarded request is retried
+            // by the client, with its own route.
+            ErrorCode::EpochMismatch => ApiError::EpochMismatch { range_id: 0, current: RangeEpoch::default() },
+            ErrorCode::KeyNotInRange => ApiError::KeyNotInRange { range_id: 0, key: String::new() },
+            ErrorCode::Internal | ErrorCode::Unspecified => ApiError::Internal(text("etcdserver: ")),
+        }
+    }
+
+    /// The one mapping from an error to its shared code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::Compacted { .. } => ErrorCode::Compacted,
+            ApiError::FutureRevision => ErrorCode::FutureRevision,
+            ApiError::LeaseNotFound => ErrorCode::LeaseNotFound,
+            ApiError::LeaseExists => ErrorCode::LeaseExists,
+            ApiError::DuplicateKey => ErrorCode::DuplicateKey,
+            ApiError::EmptyKey => ErrorCode::EmptyKey,
+            ApiError::KeyNotFound => ErrorCode::KeyNotFound,
+            ApiError::TooManyOps => ErrorCode::TooManyOps,
+            ApiError::RequestTooLarge => ErrorCode::RequestTooLarge,
+            ApiError::ValueTooLarge => ErrorCode::ValueTooLarge,
+            ApiError::Invalid(_) => ErrorCode::Invalid,
+            ApiError::CrossNamespace(_) => ErrorCode::CrossNamespace,
+            ApiError::NoLeader { .. } => ErrorCode::NoLeader,
+            ApiError::NotLeader { .. } => ErrorCode::NotLeader,
+            ApiError::Timeout => ErrorCode::Timeout,
+            ApiError::TooBusy => ErrorCode::TooBusy,
+            ApiError::OutcomeUnknown => ErrorCode::OutcomeUnknown,
+            ApiError::Unimplemented(_) => ErrorCode::Unimplemented,
+            ApiError::Internal(_) => ErrorCode::Internal,
+            ApiError::SessionNotFound => ErrorCode::SessionNotFound,
+            ApiError::LockNotHeld(_) => ErrorCode::LockNotHeld,
+            ApiError::TooManyWaiters(_) => ErrorCode::TooManyWaiters,
+            ApiError::UnknownRange { .. } => ErrorCode::UnknownRange,
+            ApiError::Membership(_) => ErrorCode::Membership,
+            ApiError::NodeStopped => ErrorCode::NodeStopped,
+            ApiError::Storage(_) => ErrorCode::Storage,
+            ApiError::EpochMismatch { .. } => ErrorCode::EpochMismatch,
+            ApiError::KeyNotInRange { .. } => ErrorCode::KeyNotInRange,
         }
     }
 
@@ -101,9 +200,16 @@ impl ApiError {
             | ApiError::Invalid(_) => Code::InvalidArgument,
             ApiError::CrossNamespace(_) | ApiError::Membership(_) => Code::FailedPrecondition,
             ApiError::UnknownRange { .. } => Code::NotFound,
-            ApiError::NoLeader { .. } | ApiError::NotLeader { .. } | ApiError::Timeout | ApiError::OutcomeUnknown => Code::Unavailable,
+            ApiError::NoLeader { .. }
+            | ApiError::NotLeader { .. }
+            | ApiError::Timeout
+            | ApiError::OutcomeUnknown
+            | ApiError::NodeStopped
+            | ApiError::EpochMismatch { .. }
+            | ApiError::KeyNotInRange { .. } => Code::Unavailable,
             ApiError::TooBusy => Code::ResourceExhausted,
             ApiError::Unimplemented(_) => Code::Unimplemented,
+            ApiError::Storage(_) => Code::DataLoss,
             ApiError::Internal(_) => Code::Internal,
         }
     }
@@ -118,16 +224,28 @@ impl ApiError {
             ApiError::DuplicateKey => 409,
             ApiError::EmptyKey | ApiError::TooManyOps | ApiError::RequestTooLarge | ApiError::ValueTooLarge | ApiError::Invalid(_) => 400,
             ApiError::TooBusy => 429,
-            ApiError::NoLeader { .. } | ApiError::NotLeader { .. } | ApiError::Timeout | ApiError::OutcomeUnknown => 503,
+            ApiError::NoLeader { .. }
+            | ApiError::NotLeader { .. }
+            | ApiError::Timeout
+            | ApiError::OutcomeUnknown
+            | ApiError::NodeStopped => 503,
             ApiError::Unimplemented(_) => 501,
-            ApiError::Internal(_) => 500,
+            ApiError::Internal(_) | ApiError::Storage(_) => 500,
+            ApiError::EpochMismatch { .. } | ApiError::KeyNotInRange { .. } => 503,
         }
     }
 }
 
 impl From<ApiError> for tonic::Status {
     fn from(e: ApiError) -> tonic::Status {
-        tonic::Status::new(e.grpc_code(), e.to_string())
+        let code = e.code();
+        meridian_proto::with_error_code(tonic::Status::new(e.grpc_code(), e.to_string()), code)
+    }
+}
+
+impl From<meridian_kv::KvError> for ApiError {
+    fn from(e: meridian_kv::KvError) -> ApiError {
+        ApiError::from_outcome(&meridian_kv::machine::error_outcome(&e))
     }
 }
 
@@ -147,7 +265,12 @@ impl From<RaftstoreError> for ApiError {
             RaftstoreError::OutcomeUnknown { .. } => ApiError::OutcomeUnknown,
             RaftstoreError::TooBusy { .. } => ApiError::TooBusy,
             RaftstoreError::InvalidRequest { reason, .. } => ApiError::Invalid(reason),
-            RaftstoreError::Storage(s) => ApiError::Internal(s),
+            RaftstoreError::Storage(s) => ApiError::Storage(s),
+            RaftstoreError::IncompatibleData { reason } => ApiError::Storage(reason),
+            RaftstoreError::EpochMismatch { range_id, current } => ApiError::EpochMismatch { range_id, current },
+            RaftstoreError::KeyNotInRange { range_id, key } => {
+                ApiError::KeyNotInRange { range_id, key: String::from_utf8_lossy(&key).into_owned() }
+            }
         }
     }
 }
@@ -166,5 +289,78 @@ mod tests {
         let s: tonic::Status = ApiError::from(RaftstoreError::NotLeader { range_id: 2, leader_hint: None }).into();
         assert_eq!(s.code(), tonic::Code::Unavailable);
         assert_eq!(ApiError::TooBusy.http_status(), 429);
+    }
+
+    fn every_error() -> Vec<ApiError> {
+        vec![
+            ApiError::Compacted { compact_revision: 0 },
+            ApiError::FutureRevision,
+            ApiError::LeaseNotFound,
+            ApiError::LeaseExists,
+            ApiError::DuplicateKey,
+            ApiError::EmptyKey,
+            ApiError::KeyNotFound,
+            ApiError::TooManyOps,
+            ApiError::RequestTooLarge,
+            ApiError::ValueTooLarge,
+            ApiError::Invalid("bad range".into()),
+            ApiError::CrossNamespace("spans /a/ and /b/".into()),
+            ApiError::NoLeader { range_id: 0 },
+            ApiError::Timeout,
+            ApiError::TooBusy,
+            ApiError::OutcomeUnknown,
+            ApiError::Unimplemented("defragment".into()),
+            ApiError::Internal("bug".into()),
+            ApiError::SessionNotFound,
+            ApiError::LockNotHeld("lock \"a\" is not held".into()),
+            ApiError::TooManyWaiters("too many".into()),
+            ApiError::UnknownRange { range_id: 0 },
+            ApiError::Membership("node 4 is already a voter".into()),
+            ApiError::NodeStopped,
+            ApiError::Storage("corrupt record".into()),
+            ApiError::EpochMismatch { range_id: 0, current: RangeEpoch::default() },
+            ApiError::KeyNotInRange { range_id: 0, key: String::new() },
+        ]
+    }
+
+    /// A forwarded request's error comes back from the member that
+    /// answered it as the same error, decided by its code, never its text.
+    #[test]
+    fn every_error_survives_a_trip_through_a_status() {
+        for e in every_error() {
+            let s: tonic::Status = e.clone().into();
+            assert_eq!(status_code(&s), Some(e.code()), "{e:?}");
+            assert_eq!(ApiError::from_status(&s), e, "{e:?}");
+        }
+        // A leader hint does not survive the trip (a forwarded request is
+        // never forwarded again).
+        let s: tonic::Status = ApiError::NotLeader { range_id: 3, leader: 2 }.into();
+        assert_eq!(ApiError::from_status(&s), ApiError::NoLeader { range_id: 0 });
+    }
+
+    /// The state machine's codes and the server's never collide.
+    #[test]
+    fn codes_are_distinct() {
+        let codes: std::collections::BTreeSet<i32> = every_error().iter().map(|e| e.code() as i32).collect();
+        assert_eq!(codes.len(), every_error().len());
+    }
+
+    /// A status with no code (the transport failed before any member
+    /// answered) is judged by its gRPC code alone.
+    #[test]
+    fn an_untyped_status_is_judged_by_its_grpc_code() {
+        assert_eq!(ApiError::from_status(&tonic::Status::unavailable("tcp connect error")), ApiError::Timeout);
+        assert_eq!(ApiError::from_status(&tonic::Status::unknown("etcdserver: boom")), ApiError::Internal("boom".into()));
+    }
+
+    /// A stopped node is retryable elsewhere, a broken disk is not a bug:
+    /// neither is `Internal`.
+    #[test]
+    fn a_stopped_node_and_a_storage_failure_are_not_internal() {
+        assert_eq!((ApiError::NodeStopped.grpc_code(), ApiError::NodeStopped.http_status()), (tonic::Code::Unavailable, 503));
+        let storage = ApiError::from(RaftstoreError::Storage("io: disk gone".into()));
+        assert_eq!((storage.grpc_code(), storage.http_status()), (tonic::Code::DataLoss, 500));
+        let outcome = meridian_kv::machine::error_outcome(&meridian_kv::KvError::Storage("corrupt lease".into()));
+        assert_eq!(ApiError::from_outcome(&outcome), ApiError::Storage("corrupt lease".into()));
     }
 }

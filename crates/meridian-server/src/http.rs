@@ -258,19 +258,10 @@ async fn forward_kv(s: &HttpState, leader: u64) -> Result<KvClient<tonic::transp
     Ok(KvClient::new(s.backend.channel_to(leader)?))
 }
 
-/// A forwarded request's gRPC error as an HTTP answer.
+/// A forwarded request's gRPC error as an HTTP answer: the same status
+/// and headers as the error it names (one table: `ApiError::http_status`).
 fn status_response(st: &tonic::Status) -> Response {
-    use tonic::Code;
-    let code = match st.code() {
-        Code::InvalidArgument => 400,
-        Code::NotFound => 404,
-        Code::FailedPrecondition | Code::OutOfRange => 412,
-        Code::ResourceExhausted => 429,
-        Code::Unavailable | Code::DeadlineExceeded => 503,
-        _ => 500,
-    };
-    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(ErrorBody { error: st.message().to_string() })).into_response()
+    error_response(ApiError::from_status(st))
 }
 
 async fn kv_delete(State(s): State<HttpState>, Path(key): Path<String>) -> Response {

@@ -84,15 +84,6 @@ impl LeaseKeeper {
     }
 }
 
-/// A forwarded call's error, back as the error it was.
-fn from_status(s: &Status) -> ApiError {
-    match s.code() {
-        tonic::Code::NotFound => ApiError::LeaseNotFound,
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => ApiError::Timeout,
-        _ => ApiError::Internal(s.message().trim_start_matches("etcdserver: ").to_string()),
-    }
-}
-
 pub fn lease_range_of(id: i64) -> u64 {
     match meridian_kv::mvcc::lease_range(id) {
         0 => ROOT_RANGE_ID,
@@ -256,11 +247,11 @@ impl LeaseService {
         }
         let mut client = self.client(leader)?;
         let req = forwarded(tokio_stream::once(pb::LeaseKeepAliveRequest { id }));
-        let mut stream = client.lease_keep_alive(req).await.map_err(|s| from_status(&s))?.into_inner();
+        let mut stream = client.lease_keep_alive(req).await.map_err(|s| ApiError::from_status(&s))?.into_inner();
         match stream.next().await {
             Some(Ok(r)) if r.ttl > 0 => Ok(r.ttl),
             Some(Ok(_)) => Err(ApiError::LeaseNotFound),
-            Some(Err(s)) => Err(from_status(&s)),
+            Some(Err(s)) => Err(ApiError::from_status(&s)),
             None => Err(ApiError::Timeout),
         }
     }

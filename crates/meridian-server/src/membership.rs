@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use meridian_raftstore::raft_types::{ConfChangeSingle, ConfChangeType, ConfChangeV2, StateRole};
-use meridian_raftstore::RangeStatus;
+use meridian_raftstore::{RangeStatus, ReplicaState};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
@@ -80,10 +80,9 @@ pub fn plan(st: &RangeStatus, leader: u64, cluster: &[u64], op: MemberOp, node: 
     let caught_up = |id: u64| {
         id == leader
             || st.live_peers.contains(&id)
-                && st
-                    .progress
-                    .iter()
-                    .any(|(p, matched, state)| *p == id && state == "Replicate" && matched.saturating_add(MAX_LAG) >= st.commit)
+                && st.progress.iter().any(|(p, matched, state)| {
+                    *p == id && *state == ReplicaState::Replicate && matched.saturating_add(MAX_LAG) >= st.commit
+                })
     };
     let kind = match op {
         MemberOp::AddLearner => {
@@ -99,8 +98,12 @@ pub fn plan(st: &RangeStatus, leader: u64, cluster: &[u64], op: MemberOp, node: 
                 return Err(ApiError::Membership(format!("node {node} {why} (range {range})")));
             }
             if !caught_up(node) {
-                let (matched, state) = st.progress.iter().find(|(p, ..)| *p == node).map_or((0, "unknown"), |(_, m, s)| (*m, s.as_str()));
-                let state = if st.live_peers.contains(&node) { state } else { "not heard from lately" };
+                let (matched, state) = st.progress.iter().find(|(p, ..)| *p == node).map_or((0, None), |(_, m, s)| (*m, Some(*s)));
+                let state = match state {
+                    _ if !st.live_peers.contains(&node) => "not heard from lately".to_string(),
+                    Some(s) => format!("{s:?}"),
+                    None => "unknown".to_string(),
+                };
                 return Err(ApiError::Membership(format!(
                     "node {node} has not caught up with range {range} (matched {matched} of commit {}, {state}); retry when it has",
                     st.commit
@@ -162,7 +165,9 @@ pub async fn change(backend: &Backend, range_id: u64, op: MemberOp, node: u64) -
     let cluster: Vec<u64> = backend.cfg.initial_cluster.iter().map(|m| m.id).collect();
     let cc = plan(&st, me, &cluster, op, node)?;
     tracing::info!(node = me, range = range_id, ?op, target = node, "membership change");
-    backend.raft.change_membership(range_id, cc).await?;
+    // Planned against `st`: a change that landed in between (another
+    // conf_ver) refuses this one rather than stack on top of it.
+    backend.raft.change_membership(meridian_raftstore::RangeRequest::new(range_id, st.epoch), cc).await?;
     let deadline = tokio::time::Instant::now() + LEAVE_JOINT_WAIT;
     loop {
         let st = range_status(backend, range_id).await?;
@@ -177,6 +182,16 @@ pub async fn change(backend: &Backend, range_id: u64, op: MemberOp, node: u64) -
 mod tests {
     use super::*;
 
+    /// The state as raft-rs's progress names it in the cases below.
+    fn replica_state(name: &str) -> ReplicaState {
+        match name {
+            "Probe" => ReplicaState::Probe,
+            "Replicate" => ReplicaState::Replicate,
+            "Snapshot" => ReplicaState::Snapshot,
+            other => panic!("no replica state {other:?}"),
+        }
+    }
+
     fn status(voters: &[u64], learners: &[u64], progress: &[(u64, u64, &str)]) -> RangeStatus {
         RangeStatus {
             range_id: 2,
@@ -187,6 +202,8 @@ mod tests {
             applied: 5000,
             last_index: 5000,
             first_index: 1,
+            start: vec![],
+            end: vec![],
             epoch: Default::default(),
             voters: voters.to_vec(),
             learners: learners.to_vec(),
@@ -194,7 +211,7 @@ mod tests {
             quiesced: false,
             dormant: false,
             live_peers: vec![2, 3, 4],
-            progress: progress.iter().map(|(id, m, s)| (*id, *m, s.to_string())).collect(),
+            progress: progress.iter().map(|(id, m, s)| (*id, *m, replica_state(s))).collect(),
         }
     }
 

@@ -83,7 +83,7 @@ impl api::session_server::Session for SessionService {
                     let g = resp.into_inner();
                     return Ok(Response::new(api::SessionCreateResponse { header: g.header, session_id: g.id, ttl_seconds: g.ttl }));
                 }
-                Err(s) if s.message().contains("lease already exists") => continue,
+                Err(s) if meridian_proto::error_code(&s) == Some(meridian_proto::ErrorCode::LeaseExists) => continue,
                 Err(s) => return Err(s),
             }
         }

@@ -3,8 +3,12 @@
 //!
 //! Range 1 is the meta range (reserved for the placement driver; it holds
 //! no client keys). Range 2 serves the root namespace `""`: every key that
-//! no declared namespace claims. Declared namespaces get ranges 3, 4, … in
-//! the order they are declared.
+//! no declared namespace claims. At the cluster's bootstrap the declared
+//! namespaces get ranges 3, 4, … in the order of their prefixes — never of
+//! their position in a config file, so two nodes whose files list them in
+//! other orders agree, and reordering a list renumbers nothing. After the
+//! bootstrap the ranges on disk are the record: a config that does not
+//! match them is refused at start-up ([`Routing::check_against`]).
 
 use meridian_storage::{RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
 use thiserror::Error;
@@ -20,6 +24,8 @@ pub enum RoutingError {
     InvalidNamespace { namespace: String, reason: String },
     #[error("request spans namespaces {first:?} and {second:?}; operations must stay inside one namespace")]
     CrossNamespace { first: String, second: String },
+    #[error("the configured namespaces do not match the ranges on disk: {reason}")]
+    LayoutMismatch { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +56,15 @@ fn ns_name(prefix: &[u8]) -> String {
     String::from_utf8_lossy(prefix).into_owned()
 }
 
+fn names(ranges: &[&(u64, Vec<u8>, Vec<u8>)]) -> String {
+    let names: Vec<String> = ranges.iter().map(|(_, start, _)| format!("{:?}", ns_name(start))).collect();
+    if names.is_empty() {
+        "no namespace".into()
+    } else {
+        names.join(", ")
+    }
+}
+
 impl Routing {
     /// Validates declared namespaces: non-empty, unique, not nested in one
     /// another (a key must belong to exactly one namespace).
@@ -61,7 +76,7 @@ impl Routing {
             });
         }
         let mut namespaces: Vec<Namespace> = Vec::new();
-        for (i, ns) in declared.iter().enumerate() {
+        for ns in declared {
             let bad = |reason: &str| RoutingError::InvalidNamespace { namespace: ns.clone(), reason: reason.into() };
             if ns.is_empty() {
                 return Err(bad("the root namespace \"\" exists implicitly; declare only prefixes"));
@@ -72,9 +87,12 @@ impl Routing {
             if let Some(other) = namespaces.iter().find(|n| n.prefix.starts_with(ns.as_bytes()) || ns.as_bytes().starts_with(&n.prefix)) {
                 return Err(bad(&format!("overlaps namespace {:?}", ns_name(&other.prefix))));
             }
-            namespaces.push(Namespace { prefix: ns.as_bytes().to_vec(), range_id: ROOT_RANGE_ID + 1 + i as u64 });
+            namespaces.push(Namespace { prefix: ns.as_bytes().to_vec(), range_id: 0 });
         }
         namespaces.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+        for (i, ns) in namespaces.iter_mut().enumerate() {
+            ns.range_id = ROOT_RANGE_ID + 1 + i as u64;
+        }
         Ok(Routing { namespaces })
     }
 
@@ -131,6 +149,47 @@ impl Routing {
         }
     }
 
+    /// Checks this layout against the ranges a node holds on disk (`local`:
+    /// range id, start, end), which are the record once the cluster is
+    /// bootstrapped: every range on disk must be the namespace of the same
+    /// id here, and on a node that was bootstrapped with the cluster (it
+    /// holds the meta and root ranges) every namespace here must be on disk.
+    /// A node added later may hold a subset. Errors name what differs; a
+    /// reordered list differs in nothing.
+    pub fn check_against(&self, local: &[(u64, Vec<u8>, Vec<u8>)]) -> Result<(), RoutingError> {
+        let mismatch = |reason: String| RoutingError::LayoutMismatch { reason };
+        let on_disk: Vec<&(u64, Vec<u8>, Vec<u8>)> = local.iter().filter(|(id, ..)| *id > ROOT_RANGE_ID).collect();
+        for (id, start, _) in &on_disk {
+            match self.namespaces.iter().find(|n| n.prefix == *start) {
+                Some(ns) if ns.range_id == *id => {}
+                Some(ns) => {
+                    return Err(mismatch(format!(
+                        "namespace {:?} is range {id} on disk but range {} in this config (a namespace was added or dropped)",
+                        ns_name(start),
+                        ns.range_id
+                    )))
+                }
+                None => {
+                    return Err(mismatch(format!(
+                        "range {id} on disk serves namespace {:?}, which this config does not declare; namespaces cannot be removed yet",
+                        ns_name(start)
+                    )))
+                }
+            }
+        }
+        let founding = [META_RANGE_ID, ROOT_RANGE_ID].iter().all(|r| local.iter().any(|(id, ..)| id == r));
+        if founding {
+            if let Some(ns) = self.namespaces.iter().find(|n| !on_disk.iter().any(|(_, start, _)| *start == n.prefix)) {
+                return Err(mismatch(format!(
+                    "namespace {:?} is not in this cluster (it was bootstrapped with {}); namespaces cannot be added to a running cluster yet",
+                    ns_name(&ns.prefix),
+                    names(&on_disk)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Every range to bootstrap, replicated on `nodes`.
     pub fn initial_ranges(&self, nodes: &[u64]) -> Vec<RangeDescriptor> {
         let replicas: Vec<ReplicaDesc> = nodes.iter().map(|&node_id| ReplicaDesc { node_id, role: ReplicaRole::Voter }).collect();
@@ -164,8 +223,8 @@ mod tests {
     #[test]
     fn keys_route_to_their_namespace() {
         let r = routing();
-        assert_eq!(r.range_of_key(b"/payments/x"), 3);
-        assert_eq!(r.range_of_key(b"/billing/y"), 4);
+        assert_eq!(r.range_of_key(b"/payments/x"), 4);
+        assert_eq!(r.range_of_key(b"/billing/y"), 3);
         assert_eq!(r.range_of_key(b"/other"), ROOT_RANGE_ID);
         assert_eq!(r.range_of_key(b"/payments"), ROOT_RANGE_ID, "the prefix itself without its slash is root");
     }
@@ -173,8 +232,8 @@ mod tests {
     #[test]
     fn intervals_must_stay_inside_one_namespace() {
         let r = routing();
-        assert_eq!(r.range_of_interval(b"/payments/", &prefix_end(b"/payments/")), Ok(3), "prefix get");
-        assert_eq!(r.range_of_interval(b"/payments/a", b"/payments/b"), Ok(3));
+        assert_eq!(r.range_of_interval(b"/payments/", &prefix_end(b"/payments/")), Ok(4), "prefix get");
+        assert_eq!(r.range_of_interval(b"/payments/a", b"/payments/b"), Ok(4));
         assert!(matches!(r.range_of_interval(b"/payments/a", b"/q"), Err(RoutingError::CrossNamespace { .. })));
         assert!(matches!(r.range_of_interval(b"/a", b"/z"), Err(RoutingError::CrossNamespace { .. })), "root interval covering namespaces");
         assert!(matches!(r.range_of_interval(b"", &[0]), Err(RoutingError::CrossNamespace { .. })), "get everything spans namespaces");
@@ -198,8 +257,42 @@ mod tests {
         let ranges = routing().initial_ranges(&[1, 2, 3]);
         let ids: Vec<u64> = ranges.iter().map(|d| d.range_id).collect();
         assert_eq!(ids, vec![1, 2, 3, 4]);
-        assert_eq!(ranges[2].start, b"/payments/");
-        assert_eq!(ranges[2].end, b"/payments0");
+        assert_eq!(ranges[3].start, b"/payments/");
+        assert_eq!(ranges[3].end, b"/payments0");
         assert!(ranges.iter().all(|d| d.replicas.len() == 3));
+    }
+
+    fn on_disk(r: &Routing) -> Vec<(u64, Vec<u8>, Vec<u8>)> {
+        r.initial_ranges(&[1]).into_iter().map(|d| (d.range_id, d.start, d.end)).collect()
+    }
+
+    /// Range ids follow the prefixes, not the position in the config: a
+    /// reordered list is the same layout, on disk and in routing.
+    #[test]
+    fn reordered_namespaces_keep_their_range_ids() {
+        let a = routing();
+        let b = Routing::new(&["/billing/".into(), "/payments/".into()]).unwrap();
+        assert_eq!(a.namespaces(), b.namespaces());
+        assert_eq!(b.check_against(&on_disk(&a)), Ok(()));
+        assert_eq!(a.check_against(&[]), Ok(()), "an empty data directory has nothing to contradict");
+    }
+
+    /// A namespace added to or dropped from the config of a bootstrapped
+    /// cluster would renumber ranges over existing data: refused, named.
+    #[test]
+    fn an_extended_or_shrunk_config_is_refused_by_name() {
+        let disk = on_disk(&routing());
+        let extended = Routing::new(&["/payments/".into(), "/billing/".into(), "/audit/".into()]).unwrap();
+        let err = extended.check_against(&disk).unwrap_err().to_string();
+        assert!(err.contains("range 3 on disk but range 4"), "{err}");
+        let appended = Routing::new(&["/payments/".into(), "/billing/".into(), "/zoo/".into()]).unwrap();
+        let err = appended.check_against(&disk).unwrap_err().to_string();
+        assert!(err.contains("\"/zoo/\" is not in this cluster"), "{err}");
+        let shrunk = Routing::new(&["/payments/".into()]).unwrap();
+        let err = shrunk.check_against(&disk).unwrap_err().to_string();
+        assert!(err.contains("\"/billing/\"") && err.contains("does not declare"), "{err}");
+        // A node added after the bootstrap may hold a subset.
+        let subset: Vec<_> = disk.iter().filter(|(id, ..)| *id == 3).cloned().collect();
+        assert_eq!(routing().check_against(&subset), Ok(()));
     }
 }

@@ -11,9 +11,9 @@ use meridian_node::{Node, NodeConfig, NodeError, NodeHandle};
 use meridian_proto::etcdserverpb as pb;
 use meridian_proto::meridian::v1 as api;
 use meridian_proto::v3electionpb;
-use meridian_raftstore::{RaftstoreError, RangeStatus, StateMachine, StateMachineFactory};
+use meridian_raftstore::{RangeRequest, RangeStatus, StateMachine, StateMachineFactory};
 use meridian_storage::RangeDescriptor;
-use meridian_transport::quic::TlsMaterial;
+use meridian_transport_quic::TlsMaterial;
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -53,23 +53,24 @@ fn api_err(e: NodeError) -> ApiError {
     match e {
         NodeError::Raft(r) => r.into(),
         NodeError::Timeout { .. } => ApiError::Timeout,
-        NodeError::Stopped => ApiError::from(RaftstoreError::Storage("node stopped".into())),
+        NodeError::Stopped => ApiError::NodeStopped,
+        NodeError::Storage(e) => ApiError::Storage(e.to_string()),
         other => ApiError::Internal(other.to_string()),
     }
 }
 
 #[tonic::async_trait]
 impl RaftAccess for NodeRaft {
-    async fn propose(&self, range_id: u64, command: Vec<u8>) -> Result<Vec<u8>, ApiError> {
-        self.node.propose(range_id, command).await.map(|(_, r)| r).map_err(api_err)
+    async fn propose(&self, req: RangeRequest, command: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+        self.node.propose(req, command).await.map(|(_, r)| r).map_err(api_err)
     }
 
-    async fn propose_on_leader(&self, range_id: u64, command: Vec<u8>) -> Result<Vec<u8>, ApiError> {
-        self.node.propose_on_leader(range_id, command).await.map(|(_, r)| r).map_err(api_err)
+    async fn propose_on_leader(&self, req: RangeRequest, command: Vec<u8>) -> Result<Vec<u8>, ApiError> {
+        self.node.propose_on_leader(req, command).await.map(|(_, r)| r).map_err(api_err)
     }
 
-    async fn read(&self, range_id: u64, query: Vec<u8>, linearizable: bool) -> Result<Vec<u8>, ApiError> {
-        self.node.read(range_id, query, linearizable).await.map(|(_, r)| r).map_err(api_err)
+    async fn read(&self, req: RangeRequest, query: Vec<u8>, linearizable: bool) -> Result<Vec<u8>, ApiError> {
+        self.node.read(req, query, linearizable).await.map(|(_, r)| r).map_err(api_err)
     }
 
     async fn status(&self) -> Vec<RangeStatus> {
@@ -88,8 +89,8 @@ impl RaftAccess for NodeRaft {
         self.node.transfer_leader(range_id, to).await.map_err(api_err)
     }
 
-    async fn change_membership(&self, range_id: u64, change: meridian_raftstore::raft_types::ConfChangeV2) -> Result<(), ApiError> {
-        self.node.conf_change(range_id, change).await.map(|_| ()).map_err(api_err)
+    async fn change_membership(&self, req: RangeRequest, change: meridian_raftstore::raft_types::ConfChangeV2) -> Result<(), ApiError> {
+        self.node.conf_change(req, change).await.map(|_| ()).map_err(api_err)
     }
 }
 
@@ -123,6 +124,15 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     ncfg.tick_ms = cfg.tick_ms;
     ncfg.store_on_runtime = cfg.single_threaded();
     let node = Node::start(ncfg).await?;
+    // The ranges on disk are the record once the cluster is bootstrapped:
+    // a config whose namespaces differ (added, dropped) would route keys
+    // to another namespace's group. Refuse it before serving anything.
+    let local: Vec<(u64, Vec<u8>, Vec<u8>)> =
+        node.status().await.map_err(|e| ServerError::Config(e.to_string()))?.into_iter().map(|s| (s.range_id, s.start, s.end)).collect();
+    if let Err(e) = routing.check_against(&local) {
+        node.shutdown().await;
+        return Err(ServerError::Config(e.to_string()));
+    }
     let raft: Arc<dyn RaftAccess> = Arc::new(NodeRaft { node: node.clone() });
     let backend = Arc::new(Backend::new(raft, cfg.clone()).map_err(|e| ServerError::Config(e.to_string()))?);
     let keeper = Arc::new(LeaseKeeper::new());

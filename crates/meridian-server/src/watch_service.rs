@@ -118,8 +118,10 @@ pub struct WatchService {
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
 
-async fn current_revision(backend: &Backend, range_id: u64) -> Result<i64, ApiError> {
-    let q = c::QueryKind::Range(c::RangeOp { key: vec![0], count_only: true, ..Default::default() });
+/// The range's current revision, read by counting `key` (any key the
+/// range holds: the store refuses a probe of a key outside its span).
+async fn current_revision(backend: &Backend, range_id: u64, key: &[u8]) -> Result<i64, ApiError> {
+    let q = c::QueryKind::Range(c::RangeOp { key: key.to_vec(), count_only: true, ..Default::default() });
     Ok(backend.query(range_id, q, false).await?.revision)
 }
 
@@ -172,7 +174,7 @@ impl StreamCtx {
         let start = if r.start_revision > 0 {
             r.start_revision
         } else {
-            match current_revision(&self.backend, range_id).await {
+            match current_revision(&self.backend, range_id, &r.key).await {
                 Ok(rev) => rev + 1,
                 Err(e) => return self.send(fail(e.to_string())).await,
             }
@@ -273,8 +275,9 @@ impl pb::watch_server::Watch for WatchService {
                             Some(RequestUnion::CreateRequest(r)) => ctx.create(r).await,
                             Some(RequestUnion::CancelRequest(r)) => ctx.cancel(r.watch_id, "", 0).await,
                             Some(RequestUnion::ProgressRequest(_)) => {
-                                let range_id = ctx.watchers.first().map_or(crate::routing::ROOT_RANGE_ID, |w| w.range_id);
-                                let rev = current_revision(&ctx.backend, range_id).await.unwrap_or(0);
+                                let (range_id, key) =
+                                    ctx.watchers.first().map_or((crate::routing::ROOT_RANGE_ID, vec![0]), |w| (w.range_id, w.key.clone()));
+                                let rev = current_revision(&ctx.backend, range_id, &key).await.unwrap_or(0);
                                 let header = ctx.header(range_id, rev).await;
                                 ctx.send(pb::WatchResponse { header: Some(header), watch_id: -1, ..Default::default() }).await
                             }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use meridian_raftstore::raft_types::StateRole;
 use meridian_raftstore::test_machine::{chain_of, put_command, RegisterMachine};
 use meridian_raftstore::{Completion, RaftstoreError, RangeStatus, RequestId, SnapshotBuild, StateMachine, Store, StoreConfig};
-use meridian_storage::{CachedEngine, Cf, Engine, MemEngine, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole, RocksEngine};
+use meridian_storage::{CachedEngine, Cf, Engine, MemEngine, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
+use meridian_storage_rocks::RocksEngine;
 use meridian_transport::mem::MemNetwork;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -391,7 +392,7 @@ impl Cluster {
     /// Proposes on `node`; the answer is kept for [`Cluster::result`].
     pub fn propose_on(&mut self, node: u64, range_id: u64, command: Vec<u8>) -> Result<RequestId, RaftstoreError> {
         let store = self.store_mut(node).ok_or(RaftstoreError::RangeNotFound { range_id })?;
-        let id = store.propose(range_id, command.clone())?;
+        let id = store.propose(store.request(range_id), command.clone())?;
         self.inflight.insert((node, id), InFlight { range_id, command, read: false, expect: None });
         Ok(id)
     }
@@ -406,7 +407,7 @@ impl Cluster {
     /// differs is recorded as a violation.
     pub fn read_on(&mut self, node: u64, range_id: u64, key: &[u8], expect: Option<Vec<u8>>) -> Result<RequestId, RaftstoreError> {
         let store = self.store_mut(node).ok_or(RaftstoreError::RangeNotFound { range_id })?;
-        let id = store.read_index(range_id, key.to_vec())?;
+        let id = store.read_index(store.request(range_id), key.to_vec())?;
         self.inflight.insert((node, id), InFlight { range_id, command: key.to_vec(), read: true, expect });
         Ok(id)
     }
@@ -522,7 +523,7 @@ impl Cluster {
                 if store.range_status(*range_id).is_none_or(|s| s.dormant) {
                     continue;
                 }
-                let got = store.read_local(*range_id, key).unwrap_or_default();
+                let got = store.read_local(store.request(*range_id), key).unwrap_or_default();
                 if got != value && missing.len() < 10 {
                     missing.push(format!("node {id} range {range_id} index {index} key {}", String::from_utf8_lossy(key)));
                 }

@@ -70,7 +70,7 @@ fn membership_step(c: &mut Cluster, ranges: &[u64], nodes: &[u64]) -> bool {
     single.node_id = node;
     let mut cc = ConfChangeV2::default();
     cc.set_changes(vec![single].into());
-    c.store_mut(l).is_some_and(|s| s.propose_conf_change(r, cc).is_ok())
+    c.store_mut(l).is_some_and(|s| s.propose_conf_change(s.request(r), cc).is_ok())
 }
 
 /// Runs `steps` ticks of random writes and reads against `cfg`'s cluster

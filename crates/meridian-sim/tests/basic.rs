@@ -3,6 +3,21 @@
 use meridian_raftstore::raft_types::{ConfChangeSingle, ConfChangeType, ConfChangeV2, StateRole};
 use meridian_raftstore::RaftstoreError;
 use meridian_sim::{Cluster, SimConfig};
+use meridian_storage::KeyInterval;
+
+/// A local read on `store`'s replica at its own epoch.
+fn read_local(store: &meridian_raftstore::Store, range_id: u64, key: &[u8]) -> Result<Vec<u8>, RaftstoreError> {
+    store.read_local(store.request(range_id), key)
+}
+
+/// A conf change on `store`'s replica at its own epoch.
+fn conf_change_on(
+    store: &mut meridian_raftstore::Store,
+    range_id: u64,
+    cc: ConfChangeV2,
+) -> Result<meridian_raftstore::RequestId, RaftstoreError> {
+    store.propose_conf_change(store.request(range_id), cc)
+}
 
 fn cluster(seed: u64, ranges: u64) -> Cluster {
     let mut cfg = SimConfig::new(seed);
@@ -76,7 +91,7 @@ fn minority_side_of_a_partition_commits_nothing() {
     c.net.heal();
     assert!(c.converge(1000));
     for n in c.node_ids() {
-        assert!(c.store(n).unwrap().read_local(1, &stranded_key).unwrap().is_empty(), "node {n} applied the minority's write");
+        assert!(read_local(c.store(n).unwrap(), 1, &stranded_key).unwrap().is_empty(), "node {n} applied the minority's write");
     }
     assert_clean(&c);
 }
@@ -88,7 +103,7 @@ fn linearizable_read_sees_acknowledged_write_on_every_node() {
     c.run(5);
     let value = {
         let leader = c.leader_of(1).unwrap();
-        c.store(leader).unwrap().read_local(1, &key).unwrap()
+        read_local(c.store(leader).unwrap(), 1, &key).unwrap()
     };
     for n in c.node_ids() {
         let id = c.read_on(n, 1, &key, Some(value.clone())).unwrap();
@@ -211,7 +226,7 @@ fn conf_change(c: &mut Cluster, cc: ConfChangeV2) {
             c.run(10);
             continue;
         };
-        let id = match c.store_mut(leader).unwrap().propose_conf_change(1, cc.clone()) {
+        let id = match conf_change_on(c.store_mut(leader).unwrap(), 1, cc.clone()) {
             Ok(id) => id,
             Err(e) => {
                 eprintln!("conf change refused: {e}");
@@ -255,7 +270,7 @@ fn membership_change_under_load() {
     }
     conf_change(&mut c, change(ConfChangeType::RemoveNode, victim));
     assert!(c.run_until(300, |c| c.status(victim, 1).is_some_and(|s| s.dormant)), "removed replica did not stop: {}", c.describe());
-    assert!(c.store(victim).unwrap().read_local(1, b"k").is_err(), "a removed replica serves no reads");
+    assert!(read_local(c.store(victim).unwrap(), 1, b"k").is_err(), "a removed replica serves no reads");
     // A crash may lose the (unsynced) apply of its own removal; then no
     // leader tells it again, and it is the members' *removed* hint, answering
     // its campaign, that puts it back to sleep.
@@ -273,7 +288,7 @@ fn membership_change_under_load() {
     assert!(st.epoch.conf_ver >= 4, "every change bumps conf_ver: {st:?}");
     // The leader cannot remove itself.
     let leader = c.leader_of(1).unwrap();
-    let err = c.store_mut(leader).unwrap().propose_conf_change(1, change(ConfChangeType::RemoveNode, leader)).unwrap_err();
+    let err = conf_change_on(c.store_mut(leader).unwrap(), 1, change(ConfChangeType::RemoveNode, leader)).unwrap_err();
     assert!(matches!(err, RaftstoreError::InvalidRequest { .. }));
     for _ in 0..20 {
         assert!(c.put_and_wait(1, 300).is_some());
@@ -293,5 +308,48 @@ fn membership_change_under_load() {
         assert!(c.put_and_wait(1, 300).is_some());
     }
     assert!(c.converge(2000), "{:#?}", c.checker.violations());
+    assert_clean(&c);
+}
+
+/// A request names the epoch its route has: once a membership change has
+/// moved the range on, the old epoch is refused (with the current one, so
+/// the caller can refresh and retry) and nothing is proposed; a key outside
+/// the range's span is refused too.
+#[test]
+fn stale_epoch_and_foreign_keys_are_refused() {
+    let mut cfg = SimConfig::new(21);
+    cfg.nodes = 4;
+    cfg.initial_voters = 3;
+    let mut c = Cluster::new(cfg);
+    assert!(c.put_and_wait(1, 300).is_some());
+    let leader = c.leader_of(1).unwrap();
+    let before = c.store(leader).unwrap().descriptor(1).unwrap().epoch;
+    conf_change(&mut c, change(ConfChangeType::AddLearnerNode, 4));
+    let leader = c.leader_of(1).unwrap();
+    let current = c.store(leader).unwrap().descriptor(1).unwrap().epoch;
+    assert!(current.conf_ver > before.conf_ver, "a membership change bumps conf_ver: {before:?} -> {current:?}");
+
+    let (_, cmd) = c.fresh_put(1);
+    let applied = c.status(leader, 1).unwrap().last_index;
+    let store = c.store_mut(leader).unwrap();
+    let stale = meridian_raftstore::RangeRequest::new(1, before);
+    for refused in [
+        store.propose(stale.clone(), cmd.clone()).map(|_| ()),
+        store.read_index(stale.clone(), b"k".to_vec()).map(|_| ()),
+        store.read_local(stale.clone(), b"k").map(|_| ()),
+        store.propose_conf_change(stale.clone(), change(ConfChangeType::AddNode, 4)).map(|_| ()),
+    ] {
+        assert_eq!(refused, Err(RaftstoreError::EpochMismatch { range_id: 1, current }));
+    }
+    let outside = meridian_raftstore::RangeRequest::new(1, current).with_keys(vec![KeyInterval::key(b"/r0002/x")]);
+    assert_eq!(
+        store.propose(outside, cmd.clone()).map(|_| ()),
+        Err(RaftstoreError::KeyNotInRange { range_id: 1, key: b"/r0002/x".to_vec() })
+    );
+    c.run(10);
+    assert_eq!(c.status(leader, 1).unwrap().last_index, applied, "a refused request changed nothing");
+    let inside = meridian_raftstore::RangeRequest::new(1, current).with_keys(vec![KeyInterval::range(b"/r0001/", b"/r00010")]);
+    let id = c.store_mut(leader).unwrap().propose(inside, cmd).expect("the current epoch and the range's own keys are accepted");
+    assert!(matches!(c.wait_untracked(leader, id, 300), Some(Ok(_))));
     assert_clean(&c);
 }

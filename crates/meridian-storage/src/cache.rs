@@ -130,7 +130,7 @@ impl ReadCache {
 /// Which keys a [`CachedEngine`] caches.
 type Admit = dyn Fn(&[u8]) -> bool + Send + Sync;
 
-/// `inner` with a [`ReadCache`] of `cf`'s point reads. Every write to the
+/// `inner` with a `ReadCache` of `cf`'s point reads. Every write to the
 /// inner engine must go through this wrapper.
 pub struct CachedEngine<E> {
     inner: E,

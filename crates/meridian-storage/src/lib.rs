@@ -7,14 +7,16 @@
 //!                 dyn Engine ◄──── WriteBatch (one synced batch per poll round)
 //!                  ├── CachedEngine (a bounded cache of data point reads,
 //!                  │                 in front of either engine below)
-//!                  ├── RocksEngine  (production: RocksDB column families)
+//!                  ├── RocksEngine  (production, crate meridian-storage-rocks)
 //!                  └── MemEngine    (simulation: models fsync and crashes)
 //! ```
 //!
 //! Every key carries the range id (see [`keys`]), so one engine holds
 //! thousands of ranges and one [`WriteBatch`] can persist a whole poll round
 //! of them atomically. Both engines pass the same conformance suite
-//! ([`conformance`]).
+//! ([`conformance`]). This crate depends on no IO stack: the RocksDB engine
+//! is the `meridian-storage-rocks` crate, so the core crates above it cannot
+//! reach RocksDB even by accident.
 
 mod cache;
 mod codec;
@@ -25,7 +27,6 @@ pub mod failing;
 pub mod keys;
 mod mem;
 mod peer_storage;
-mod rocks;
 mod state;
 
 pub use cache::{CacheStats, CachedEngine, DEFAULT_READ_CACHE_BYTES};
@@ -33,5 +34,4 @@ pub use engine::{Cf, Engine, EngineSnapshot, WriteBatch, WriteOp};
 pub use error::{StorageError, StorageResult};
 pub use mem::MemEngine;
 pub use peer_storage::{build_snapshot, EntryCacheBudget, PeerStorage, SnapshotRequest};
-pub use rocks::RocksEngine;
-pub use state::{ApplyState, RaftLocalState, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
+pub use state::{ApplyState, KeyInterval, RaftLocalState, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};

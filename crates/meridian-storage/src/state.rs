@@ -114,9 +114,43 @@ pub struct RangeDescriptor {
 /// corruption, not a configuration.
 const MAX_REPLICAS: u64 = 64;
 
+/// Keys a request touches, with etcd's conventions: an empty `range_end`
+/// is the single key `key`; `[0]` is every key from `key` on; a `range_end`
+/// at or below `key` is an empty interval (only `key` is checked).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyInterval {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+}
+
+impl KeyInterval {
+    /// The single key `key`.
+    pub fn key(key: &[u8]) -> Self {
+        KeyInterval { key: key.to_vec(), range_end: Vec::new() }
+    }
+
+    /// `[key, range_end)` with etcd's conventions.
+    pub fn range(key: &[u8], range_end: &[u8]) -> Self {
+        KeyInterval { key: key.to_vec(), range_end: range_end.to_vec() }
+    }
+}
+
 impl RangeDescriptor {
     pub fn contains_key(&self, key: &[u8]) -> bool {
         key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
+    }
+
+    /// Whether every key of `k` lies in this range's span.
+    pub fn contains_interval(&self, k: &KeyInterval) -> bool {
+        if !self.contains_key(&k.key) {
+            return false;
+        }
+        match k.range_end.as_slice() {
+            [] => true,
+            [0] => self.end.is_empty(),
+            end if end <= k.key.as_slice() => true, // an empty interval
+            end => self.end.is_empty() || end <= self.end.as_slice(),
+        }
     }
 
     pub fn replica(&self, node_id: u64) -> Option<&ReplicaDesc> {
@@ -159,6 +193,20 @@ impl RangeDescriptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contains_interval_follows_etcds_conventions() {
+        let d = RangeDescriptor { range_id: 3, start: b"/a/".to_vec(), end: b"/a0".to_vec(), ..Default::default() };
+        assert!(d.contains_interval(&KeyInterval::key(b"/a/x")));
+        assert!(!d.contains_interval(&KeyInterval::key(b"/b/x")));
+        assert!(d.contains_interval(&KeyInterval::range(b"/a/", b"/a0")), "the whole prefix");
+        assert!(!d.contains_interval(&KeyInterval::range(b"/a/", b"/b")), "past the end");
+        assert!(!d.contains_interval(&KeyInterval::range(b"/a/", &[0])), "from a key on, unbounded");
+        assert!(d.contains_interval(&KeyInterval::range(b"/a/x", b"/a/")), "empty: only the key counts");
+        assert!(!d.contains_interval(&KeyInterval::range(b"/", b"/a/x")), "starts before the span");
+        let everything = RangeDescriptor { range_id: 2, ..Default::default() };
+        assert!(everything.contains_interval(&KeyInterval::range(b"", &[0])));
+    }
 
     #[test]
     fn records_roundtrip() {

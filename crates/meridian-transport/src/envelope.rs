@@ -1,5 +1,6 @@
-//! Wire types of `proto/meridian/peer.proto`, derived by hand with prost
-//! (the file is the source of truth; field numbers must match it).
+//! Wire types of `proto/meridian/peer.proto`, compiled from the file by
+//! `build.rs` (so they cannot drift from it), and what the transports do
+//! with them.
 
 use prost::Message as _;
 
@@ -9,39 +10,12 @@ use crate::error::TransportError;
 /// chunk. Anything larger is rejected before allocation.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct RaftEnvelope {
-    #[prost(uint64, tag = "1")]
-    pub range_id: u64,
-    #[prost(uint64, tag = "2")]
-    pub from_node: u64,
-    #[prost(uint64, tag = "3")]
-    pub to_node: u64,
-    #[prost(uint64, tag = "4")]
-    pub conf_ver: u64,
-    #[prost(uint64, tag = "5")]
-    pub version: u64,
-    #[prost(bytes = "vec", tag = "6")]
-    pub message: Vec<u8>,
-    #[prost(bytes = "vec", tag = "7")]
-    pub range_start: Vec<u8>,
-    #[prost(bytes = "vec", tag = "8")]
-    pub range_end: Vec<u8>,
-    /// Set by a leader on its last heartbeat before its range goes quiet.
-    #[prost(bool, tag = "9")]
-    pub quiesce: bool,
-    /// "You are not in this range's configuration as of `conf_ver`": the
-    /// answer to a message from a replica that was removed while it could
-    /// not hear of it (no raft message in `message`).
-    #[prost(bool, tag = "10")]
-    pub removed: bool,
+mod wire {
+    #![allow(missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/meridian.peer.v1.rs"));
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PeerBatch {
-    #[prost(message, repeated, tag = "1")]
-    pub envelopes: Vec<RaftEnvelope>,
-}
+pub use wire::{PeerBatch, RaftEnvelope};
 
 impl RaftEnvelope {
     /// Decodes the inner raft-rs message.

@@ -1,8 +1,12 @@
-//! Meridian's node-to-node transport.
+//! Meridian's node-to-node transport seam: the [`Transport`] trait, the
+//! wire envelope and the in-memory network of the simulation. It depends
+//! on no IO stack (no tokio, quinn or rustls), so the core crates that use
+//! it stay IO-free by construction; the QUIC driver is the
+//! `meridian-transport-quic` crate.
 //!
 //! ```text
 //!  raftstore poll round ──send(to, [RaftEnvelope])──► dyn Transport
-//!        ▲                                              ├── QuicTransport (quinn, TLS, one
+//!        ▲                                              ├── QuicTransport (quinn, mTLS, one
 //!        │ inbound RaftEnvelope (bounded channel)       │   connection per peer, snapshots on
 //!        └──────────────────────────────────────────────┤   their own stream)
 //!                                                       └── MemNetwork (simulation: seeded
@@ -16,7 +20,6 @@
 mod envelope;
 mod error;
 pub mod mem;
-pub mod quic;
 mod transport;
 
 pub use envelope::{PeerBatch, RaftEnvelope, MAX_FRAME_BYTES};

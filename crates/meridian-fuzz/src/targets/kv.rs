@@ -21,8 +21,6 @@ use crate::target::{Target, Verdict};
 
 /// The fixture's range id (lease ids it picks carry it in their top bits).
 pub const RANGE: u64 = 3;
-/// Error code of `ErrorOutcome` for storage errors: "corrupt record".
-const STORAGE_ERROR: i32 = 9;
 
 #[derive(Default)]
 struct CountingSink(AtomicU64);
@@ -213,7 +211,7 @@ fn probe_queries() -> Vec<Vec<u8>> {
 fn check_answer(raw: &[u8], what: &str) -> Result<QueryAnswer, String> {
     let a = QueryAnswer::decode(raw).map_err(|e| format!("answer undecodable: {what}: {e}"))?;
     match &a.error {
-        Some(e) if e.code == STORAGE_ERROR => Err(format!("storage error on read: {what}: {}", e.message)),
+        Some(e) if e.code() == meridian_codes::ErrorCode::Storage => Err(format!("storage error on read: {what}: {}", e.message)),
         _ => Ok(a),
     }
 }

@@ -193,10 +193,10 @@ pub fn real_store_frames() -> Vec<Frame> {
     s.campaign(1).expect("campaign");
     s.poll().expect("poll");
     let cmd = |op: Op| Command { op: Some(op), wall_ms: 0 }.encode_to_vec();
-    s.propose(1, cmd(Op::LeaseGrant(LeaseGrantOp { id: 7, ttl_s: 60 }))).expect("propose");
+    s.propose(s.request(1), cmd(Op::LeaseGrant(LeaseGrantOp { id: 7, ttl_s: 60 }))).expect("propose");
     for i in 0..6 {
         let put = PutOp { key: format!("k{i}").into_bytes(), value: vec![b'v'; i], lease: 7 * (i as i64 % 2), ..Default::default() };
-        s.propose(1, cmd(Op::Put(put))).expect("propose");
+        s.propose(s.request(1), cmd(Op::Put(put))).expect("propose");
         s.poll().expect("poll");
     }
     let mut single = ConfChangeSingle::default();
@@ -204,13 +204,13 @@ pub fn real_store_frames() -> Vec<Frame> {
     single.node_id = 4;
     let mut cc = ConfChangeV2::default();
     cc.mut_changes().push(single);
-    s.propose_conf_change(1, cc).expect("conf change");
+    s.propose_conf_change(s.request(1), cc).expect("conf change");
     for _ in 0..6 {
         s.poll().expect("poll");
     }
     // Entries after the compaction, so the stored log is not empty.
     for i in 0..4 {
-        s.propose(1, cmd(Op::Put(PutOp { key: format!("late{i}").into_bytes(), ..Default::default() }))).expect("propose");
+        s.propose(s.request(1), cmd(Op::Put(PutOp { key: format!("late{i}").into_bytes(), ..Default::default() }))).expect("propose");
         s.poll().expect("poll");
     }
     for _ in 0..3 {

@@ -23,13 +23,13 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
-use super::feedback::FeedbackSink;
-use super::frame::{encode_frame, envelope_frame_bytes, split_into_frames};
-use super::tls::node_server_name;
-use super::{ShutdownSignal, CLOSE_NORMAL};
-use crate::envelope::{PeerBatch, RaftEnvelope, MAX_FRAME_BYTES};
-use crate::error::TransportError;
-use crate::transport::Feedback;
+use crate::feedback::FeedbackSink;
+use crate::frame::{encode_frame, envelope_frame_bytes, split_into_frames};
+use crate::tls::node_server_name;
+use crate::{ShutdownSignal, CLOSE_NORMAL};
+use meridian_transport::Feedback;
+use meridian_transport::TransportError;
+use meridian_transport::{PeerBatch, RaftEnvelope, MAX_FRAME_BYTES};
 
 /// A dial that has not completed by then is treated as failed, so messages
 /// queued behind it are reported instead of waiting out the idle timeout.

@@ -24,7 +24,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::RootCertStore;
 
-use crate::error::TransportError;
+use meridian_transport::TransportError;
 
 /// ALPN protocol id; bumped if the framing ever changes incompatibly.
 pub const ALPN_PROTOCOL: &[u8] = b"meridian-raft/1";

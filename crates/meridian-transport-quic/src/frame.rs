@@ -11,8 +11,8 @@ use bytes::Bytes;
 use prost::Message as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::envelope::{PeerBatch, RaftEnvelope, MAX_FRAME_BYTES};
-use crate::error::TransportError;
+use meridian_transport::TransportError;
+use meridian_transport::{PeerBatch, RaftEnvelope, MAX_FRAME_BYTES};
 
 /// Bytes of the length prefix.
 pub(crate) const FRAME_HEADER_BYTES: usize = 4;

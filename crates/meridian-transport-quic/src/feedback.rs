@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 
-use crate::envelope::RaftEnvelope;
-use crate::transport::Feedback;
+use meridian_transport::Feedback;
+use meridian_transport::RaftEnvelope;
 
 /// Entries kept between drains. Feedback is idempotent advice to raft, so
 /// losing the excess (after deduplication) is harmless; growing without

@@ -1,4 +1,7 @@
-//! Production transport: raft messages over QUIC (quinn) with mutual TLS.
+//! Meridian's production transport: raft messages over QUIC (quinn) with
+//! mutual TLS. The [`Transport`] trait, the envelope and the in-memory
+//! network live in `meridian-transport`, which depends on no IO stack; this
+//! crate is the driver that owns sockets, tasks and clocks.
 //!
 //! ```text
 //!  send(to, Vec<RaftEnvelope>)      never awaits: try_send, or drop + Feedback
@@ -28,7 +31,7 @@
 //! `Snapshot { ok: false }`). Bytes already written when a connection dies
 //! are lost silently, like packets; raft's own retransmission covers both.
 
-// This module is a driver: it owns sockets, spawns tasks and reads clocks
+// This crate is a driver: it owns sockets, spawns tasks and reads clocks
 // (timeouts, backoff). The simulation transport (`mem`) stays under the
 // workspace's determinism lints.
 #![allow(clippy::disallowed_methods)]
@@ -49,9 +52,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-use crate::envelope::RaftEnvelope;
-use crate::error::TransportError;
-use crate::transport::{Feedback, Transport};
+use meridian_transport::{Feedback, RaftEnvelope, Transport, TransportError};
 
 pub use tls::{node_server_name, DevCa, TlsMaterial, ALPN_PROTOCOL};
 

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use meridian_storage::conformance::{run_all, EngineFactory};
-use meridian_storage::{CachedEngine, Cf, Engine, MemEngine, RocksEngine};
+use meridian_storage::{CachedEngine, Cf, Engine, MemEngine};
+use meridian_storage_rocks::RocksEngine;
 
 struct Mem {
     live: Vec<MemEngine>,

@@ -14,11 +14,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tracing::Instrument as _;
 
-use super::frame::{read_frame, ReceivedFrame};
-use super::tls::PeerIdentity;
-use super::{ShutdownSignal, CLOSE_NORMAL};
-use crate::envelope::RaftEnvelope;
-use crate::error::TransportError;
+use crate::frame::{read_frame, ReceivedFrame};
+use crate::tls::PeerIdentity;
+use crate::{ShutdownSignal, CLOSE_NORMAL};
+use meridian_transport::RaftEnvelope;
+use meridian_transport::TransportError;
 
 /// Concurrent inbound connections, handshakes included. A cluster needs one
 /// per peer; the rest is headroom for restarts (old connections linger

@@ -1,4 +1,10 @@
 //! The production engine: one RocksDB instance, one column family per [`Cf`].
+//!
+//! A driver crate: it owns files and a thread (the snapshot server), so it
+//! opts out of the core crates' determinism lints. The `Engine` trait, the
+//! in-memory engine and the conformance suite are in `meridian-storage`.
+
+#![allow(clippy::disallowed_methods)]
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,8 +14,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteOptions, DB};
 
-use crate::engine::{Cf, Engine, EngineSnapshot, WriteBatch, WriteOp};
-use crate::error::{StorageError, StorageResult};
+use meridian_storage::{Cf, Engine, EngineSnapshot, WriteBatch, WriteOp};
+use meridian_storage::{StorageError, StorageResult};
 
 /// Bound of the block cache one engine (one node) shares over its column
 /// families.

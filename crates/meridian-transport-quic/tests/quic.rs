@@ -6,8 +6,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use meridian_transport::quic::{node_server_name, DevCa, QuicConfig, QuicTransport, TlsMaterial};
 use meridian_transport::{Feedback, PeerBatch, RaftEnvelope, Transport};
+use meridian_transport_quic::{node_server_name, DevCa, QuicConfig, QuicTransport, TlsMaterial};
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use tokio::sync::mpsc;
