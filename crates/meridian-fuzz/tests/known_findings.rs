@@ -27,6 +27,7 @@ const RANGE: u64 = 1;
 fn stored(rs: RaftLocalState, apply: ApplyState, entries: &[(u64, u64)]) -> MemEngine {
     let desc = RangeDescriptor {
         range_id: RANGE,
+        namespace_id: RANGE,
         start: Vec::new(),
         end: Vec::new(),
         epoch: RangeEpoch { conf_ver: 1, version: 1 },

@@ -323,12 +323,12 @@ impl StateMachine for KvMachine {
         outcome.encode_to_vec()
     }
 
-    fn reload(&mut self, _engine: &dyn Engine, _range_id: u64) -> StorageResult<()> {
+    fn reload(&mut self, _engine: &dyn Engine, _namespace_id: u64) -> StorageResult<()> {
         Ok(())
     }
 
-    fn read(&self, engine: &dyn Engine, range_id: u64, query: &[u8]) -> Vec<u8> {
-        let r = EngineRead { engine, range_id };
+    fn read(&self, engine: &dyn Engine, namespace_id: u64, query: &[u8]) -> Vec<u8> {
+        let r = EngineRead { engine, namespace_id };
         answer(&r, query).encode_to_vec()
     }
 

@@ -102,12 +102,14 @@ fn decode<T: prost::Message + Default>(raw: &[u8], what: &str) -> Result<T, KvEr
     T::decode(raw).map_err(|e| KvError::Storage(format!("corrupt {what}: {e}")))
 }
 
-/// Lease ids carry their range id above this bit.
-pub const LEASE_RANGE_SHIFT: u32 = 40;
+/// Lease ids carry their namespace id above this bit (the namespace, not
+/// the range: a lease stays valid when its namespace moves).
+pub const LEASE_NAMESPACE_SHIFT: u32 = 40;
 
-/// The range a lease id belongs to (0: not encoded, e.g. a client-chosen id).
-pub fn lease_range(id: i64) -> u64 {
-    (id >> LEASE_RANGE_SHIFT) as u64
+/// The namespace a lease id belongs to (0: not encoded, e.g. a
+/// client-chosen id).
+pub fn lease_namespace(id: i64) -> u64 {
+    (id >> LEASE_NAMESPACE_SHIFT) as u64
 }
 
 /// Scans `[start, end)` decoding every value as a `T`; the first corrupt
@@ -441,20 +443,20 @@ impl<'c, 'a> WriteTxn<'c, 'a> {
     }
 
     /// Creates a lease. `id` 0 picks the next free id, which carries the
-    /// range id in its top bits (see [`lease_range`]) so any node can route
-    /// a lease to the range that owns it.
+    /// namespace id in its top bits (see [`lease_namespace`]) so any node
+    /// can route a lease to the range that serves its namespace.
     pub fn grant_lease(&mut self, id: i64, ttl_s: i64) -> Result<LeaseRecord, KvError> {
         if id < 0 {
             return Err(KvError::Invalid("lease id must not be negative".into()));
         }
-        let range_id = self.ctx.range_id() as i64;
-        let id = if id == 0 { (range_id << LEASE_RANGE_SHIFT) | (self.meta.last_lease_id.max(0) + 1) } else { id };
+        let namespace_id = self.ctx.namespace_id() as i64;
+        let id = if id == 0 { (namespace_id << LEASE_NAMESPACE_SHIFT) | (self.meta.last_lease_id.max(0) + 1) } else { id };
         if Mvcc::lease(&*self.ctx, id)?.is_some() {
             return Err(KvError::LeaseExists { lease_id: id });
         }
         let rec = LeaseRecord { id, ttl_s, remaining_ttl_s: 0 };
         self.ctx.put(&keys::lease_key(id), &rec.encode_to_vec());
-        self.meta.last_lease_id = self.meta.last_lease_id.max(id & ((1 << LEASE_RANGE_SHIFT) - 1));
+        self.meta.last_lease_id = self.meta.last_lease_id.max(id & ((1 << LEASE_NAMESPACE_SHIFT) - 1));
         self.ctx.put(keys::META, &self.meta.encode_to_vec());
         Ok(rec)
     }

@@ -19,19 +19,19 @@ impl DataRead for ApplyContext<'_> {
     }
 }
 
-/// Reads applied data of one range straight from the engine.
+/// Reads applied data of one namespace straight from the engine.
 pub struct EngineRead<'a> {
     pub engine: &'a dyn Engine,
-    pub range_id: u64,
+    pub namespace_id: u64,
 }
 
 impl DataRead for EngineRead<'_> {
     fn get(&self, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
-        self.engine.get(Cf::Data, &skeys::data_key(self.range_id, key))
+        self.engine.get(Cf::Data, &skeys::data_key(self.namespace_id, key))
     }
 
     fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> StorageResult<()> {
-        let (s, e) = data_bounds(self.range_id, start, end);
+        let (s, e) = data_bounds(self.namespace_id, start, end);
         self.engine.scan(Cf::Data, &s, &e, &mut |k, v| f(&k[8..], v))
     }
 }

@@ -26,7 +26,7 @@ fn apply<T>(engine: &MemEngine, f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<
 }
 
 fn reader(engine: &MemEngine) -> EngineRead<'_> {
-    EngineRead { engine, range_id: RANGE }
+    EngineRead { engine, namespace_id: RANGE }
 }
 
 type Model = BTreeMap<Vec<u8>, (Vec<u8>, i64, i64, i64)>; // value, create, mod, version
@@ -118,7 +118,7 @@ fn leases_attach_and_revoke_atomically() {
     let engine = MemEngine::new();
     let (lease, _) = apply(&engine, |t| t.grant_lease(0, 30)).unwrap();
     assert_eq!(lease.id, (RANGE as i64) << 40 | 1, "ids are assigned deterministically and carry the range");
-    assert_eq!(meridian_kv::mvcc::lease_range(lease.id), RANGE);
+    assert_eq!(meridian_kv::mvcc::lease_namespace(lease.id), RANGE);
     apply(&engine, |t| t.put(b"a", b"1", lease.id).map(|_| ())).unwrap();
     apply(&engine, |t| t.put(b"b", b"2", lease.id).map(|_| ())).unwrap();
     apply(&engine, |t| t.put(b"c", b"3", 0).map(|_| ())).unwrap();

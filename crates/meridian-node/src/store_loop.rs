@@ -457,6 +457,7 @@ mod tests {
         let engine = FailingEngine { inner: MemEngine::new(), fail, only_sync, hold_syncs: None };
         let desc = RangeDescriptor {
             range_id: 1,
+            namespace_id: 1,
             start: Vec::new(),
             end: Vec::new(),
             epoch: RangeEpoch { conf_ver: 1, version: 1 },

@@ -48,6 +48,7 @@ fn ranges(n: u64, voters: &[u64]) -> Vec<RangeDescriptor> {
     (1..=n)
         .map(|r| RangeDescriptor {
             range_id: r,
+            namespace_id: r,
             start: format!("/r{r:04}/").into_bytes(),
             end: format!("/r{r:04}0").into_bytes(),
             epoch: RangeEpoch { conf_ver: 1, version: 1 },

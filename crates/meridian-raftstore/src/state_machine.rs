@@ -2,10 +2,14 @@ use std::collections::BTreeMap;
 
 use meridian_storage::{keys, Cf, Engine, RangeDescriptor, StorageResult, WriteBatch};
 
-/// What a state machine may touch while applying one entry: its own range's
-/// data, through a batch that is written atomically with the apply index.
+/// What a state machine may touch while applying one entry: the data of the
+/// namespace its range serves, through a batch that is written atomically
+/// with the apply index.
 pub struct ApplyContext<'a> {
     pub(crate) range_id: u64,
+    /// Whose data records the entry reads and writes
+    /// ([`RangeDescriptor::namespace_id`]).
+    pub(crate) namespace_id: u64,
     pub(crate) engine: &'a dyn Engine,
     pub(crate) batch: &'a mut WriteBatch,
     /// Writes staged in `batch` by earlier entries of this round, so an
@@ -25,7 +29,9 @@ pub(crate) type Undo = (Vec<u8>, Option<Option<Vec<u8>>>);
 
 impl<'a> ApplyContext<'a> {
     /// For drivers and state-machine tests: writes go to `batch`, reads see
-    /// `engine` overlaid with `overlay` (what earlier entries staged).
+    /// `engine` overlaid with `overlay` (what earlier entries staged). The
+    /// range serves the namespace of its own id, as every range does at
+    /// bootstrap; [`ApplyContext::for_namespace`] names another.
     pub fn new(
         range_id: u64,
         engine: &'a dyn Engine,
@@ -33,11 +39,22 @@ impl<'a> ApplyContext<'a> {
         overlay: &'a mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
         term: u64,
     ) -> Self {
-        ApplyContext { range_id, engine, batch, overlay, term, undo: Vec::new() }
+        ApplyContext { range_id, namespace_id: range_id, engine, batch, overlay, term, undo: Vec::new() }
+    }
+
+    /// The same context over the data of `namespace_id`.
+    pub fn for_namespace(mut self, namespace_id: u64) -> Self {
+        self.namespace_id = namespace_id;
+        self
     }
 
     pub fn range_id(&self) -> u64 {
         self.range_id
+    }
+
+    /// The namespace whose data this entry reads and writes.
+    pub fn namespace_id(&self) -> u64 {
+        self.namespace_id
     }
 
     /// Marks the current state so a failed command can be undone with
@@ -67,7 +84,7 @@ impl<'a> ApplyContext<'a> {
     /// false.
     pub fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> StorageResult<()> {
         let mut base = Vec::new();
-        let (ds, de) = data_bounds(self.range_id, start, end);
+        let (ds, de) = data_bounds(self.namespace_id, start, end);
         self.engine.scan(Cf::Data, &ds, &de, &mut |k, v| {
             base.push((k[8..].to_vec(), v.to_vec()));
             true
@@ -114,16 +131,16 @@ impl<'a> ApplyContext<'a> {
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
         }
-        self.engine.get(Cf::Data, &keys::data_key(self.range_id, key))
+        self.engine.get(Cf::Data, &keys::data_key(self.namespace_id, key))
     }
 
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
-        self.batch.put(Cf::Data, keys::data_key(self.range_id, key), value.to_vec());
+        self.batch.put(Cf::Data, keys::data_key(self.namespace_id, key), value.to_vec());
         self.stage(key, Some(value.to_vec()));
     }
 
     pub fn delete(&mut self, key: &[u8]) {
-        self.batch.delete(Cf::Data, keys::data_key(self.range_id, key));
+        self.batch.delete(Cf::Data, keys::data_key(self.namespace_id, key));
         self.stage(key, None);
     }
 
@@ -139,11 +156,11 @@ pub struct Savepoint {
     undo_len: usize,
 }
 
-/// Engine bounds of the user-key interval `[start, end)` of a range's data
-/// (empty `end`: to the end of the range).
-pub fn data_bounds(range_id: u64, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let ds = keys::data_key(range_id, start);
-    let de = if end.is_empty() { keys::range_span(range_id).1 } else { keys::data_key(range_id, end) };
+/// Engine bounds of the record-key interval `[start, end)` of a namespace's
+/// data (empty `end`: to the end of the namespace).
+pub fn data_bounds(namespace_id: u64, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let ds = keys::data_key(namespace_id, start);
+    let de = if end.is_empty() { keys::range_span(namespace_id).1 } else { keys::data_key(namespace_id, end) };
     (ds, de)
 }
 
@@ -159,11 +176,13 @@ pub fn data_bounds(range_id: u64, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>
 ///   panic: the entry is committed and must be applied everywhere alike.
 pub trait StateMachine: Send {
     fn apply(&mut self, ctx: &mut ApplyContext<'_>, index: u64, command: &[u8]) -> Vec<u8>;
-    /// Rebuilds in-memory state from the engine (after restart or snapshot).
-    fn reload(&mut self, engine: &dyn Engine, range_id: u64) -> StorageResult<()>;
-    /// Answers a query against applied state (linearizable once the
-    /// store confirmed the read index; possibly stale otherwise).
-    fn read(&self, engine: &dyn Engine, range_id: u64, query: &[u8]) -> Vec<u8>;
+    /// Rebuilds in-memory state from the engine (after restart or
+    /// snapshot), from the data of `namespace_id`.
+    fn reload(&mut self, engine: &dyn Engine, namespace_id: u64) -> StorageResult<()>;
+    /// Answers a query against applied state of `namespace_id`
+    /// (linearizable once the store confirmed the read index; possibly
+    /// stale otherwise).
+    fn read(&self, engine: &dyn Engine, namespace_id: u64, query: &[u8]) -> Vec<u8>;
     /// The replica was removed from this node (a membership change) and its
     /// data deleted: whoever waits on it here must look elsewhere.
     fn removed(&mut self, _range_id: u64) {}

@@ -59,8 +59,9 @@ impl RangeRequest {
 
 /// The on-disk format this build reads and writes, recorded at bootstrap.
 /// Format 1: before the bootstrap record (ranges were created again on
-/// every start).
-pub const STORE_FORMAT: u64 = 2;
+/// every start). Format 2: data keyed by range id. Format 3: data keyed by
+/// namespace id (descriptors name it).
+pub const STORE_FORMAT: u64 = 3;
 
 /// Where the bootstrap record lives (range id 0 is never a range).
 const BOOTSTRAP_KEY: &[u8] = b"bootstrap";
@@ -122,6 +123,8 @@ pub struct RangeStatus {
     pub applied: u64,
     pub last_index: u64,
     pub first_index: u64,
+    /// The namespace whose data the replica holds.
+    pub namespace_id: u64,
     /// The span the replica serves (`end` empty: to the end of the keyspace).
     pub start: Vec<u8>,
     pub end: Vec<u8>,
@@ -459,7 +462,7 @@ impl Store {
         let raft =
             RawNode::new(&rc, storage, &raft_logger(self.cfg.node_id, range_id)).map_err(|e| RaftstoreError::Storage(e.to_string()))?;
         let mut sm = self.factory.create(&desc);
-        sm.reload(&*self.engine, range_id)?;
+        sm.reload(&*self.engine, desc.namespace_id)?;
         let rng_state = splitmix(self.cfg.seed ^ splitmix(self.cfg.node_id ^ splitmix(range_id ^ splitmix(self.incarnation))));
         // A replica that was removed before a restart stays dormant.
         let cs = &raft.store().raft_state().conf_state;
@@ -538,6 +541,7 @@ impl Store {
             applied: p.raft.store().apply_state().applied_index,
             last_index: r.raft_log.last_index(),
             first_index: p.raft.store().truncated_index() + 1,
+            namespace_id: p.desc.namespace_id,
             start: p.desc.start.clone(),
             end: p.desc.end.clone(),
             epoch: p.desc.epoch,
@@ -789,7 +793,7 @@ impl Store {
         let p = self.peers.get(&range_id).ok_or_else(|| not_found(range_id))?;
         p.serving()?;
         req.check(&p.desc)?;
-        Ok(p.sm.read(&*self.engine, range_id, query))
+        Ok(p.sm.read(&*self.engine, p.desc.namespace_id, query))
     }
 
     pub fn transfer_leader(&mut self, range_id: u64, to: u64) -> Result<(), RaftstoreError> {
@@ -926,6 +930,7 @@ impl Store {
         }
         let desc = RangeDescriptor {
             range_id,
+            namespace_id: range_id,
             start: env.range_start.clone(),
             end: env.range_end.clone(),
             epoch: RangeEpoch::default(),
@@ -1178,6 +1183,7 @@ impl Store {
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot().clone();
                 let desc = p.raft.mut_store().apply_snapshot(&snap, &mut batch)?;
+                p.desc.namespace_id = desc.namespace_id;
                 p.desc.start = desc.start;
                 p.desc.end = desc.end;
                 p.desc.epoch = desc.epoch.max(p.desc.epoch);
@@ -1242,7 +1248,7 @@ impl Store {
             if installed {
                 self.metrics.snapshots_installed += 1;
                 let applied = p.raft.store().apply_state().applied_index;
-                p.sm.reload(&*self.engine, range_id)?;
+                p.sm.reload(&*self.engine, p.desc.namespace_id)?;
                 // Proposals the snapshot jumped over: their fate is unknown here.
                 while p.proposals.front().is_some_and(|x| x.index <= applied) {
                     let x = p.proposals.pop_front().expect("front");
@@ -1326,7 +1332,8 @@ impl Store {
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     if !e.data.is_empty() {
-                        let mut ctx = ApplyContext::new(range_id, &*self.engine, batch, overlay, e.term);
+                        let namespace_id = p.desc.namespace_id;
+                        let mut ctx = ApplyContext::new(range_id, &*self.engine, batch, overlay, e.term).for_namespace(namespace_id);
                         response = p.sm.apply(&mut ctx, e.index, &e.data);
                         self.metrics.entries_applied += 1;
                     }
@@ -1392,7 +1399,7 @@ impl Store {
             let applied = p.raft.store().apply_state().applied_index;
             while p.reads.front().is_some_and(|r| r.index.is_some_and(|i| i <= applied)) {
                 let r = p.reads.pop_front().expect("front");
-                let value = p.sm.read(&*self.engine, *range_id, &r.query);
+                let value = p.sm.read(&*self.engine, p.desc.namespace_id, &r.query);
                 done.push(Completion { id: r.id, range_id: *range_id, result: Ok((applied, value)) });
             }
             // A read whose index is known but later than an unanswered one
@@ -1401,7 +1408,7 @@ impl Store {
             while i < p.reads.len() {
                 if p.reads[i].index.is_some_and(|x| x <= applied) {
                     let r = p.reads.remove(i).expect("index in bounds");
-                    let value = p.sm.read(&*self.engine, *range_id, &r.query);
+                    let value = p.sm.read(&*self.engine, p.desc.namespace_id, &r.query);
                     done.push(Completion { id: r.id, range_id: *range_id, result: Ok((applied, value)) });
                 } else {
                     i += 1;

@@ -53,12 +53,12 @@ impl StateMachine for RegisterMachine {
         old
     }
 
-    fn reload(&mut self, _engine: &dyn Engine, _range_id: u64) -> StorageResult<()> {
+    fn reload(&mut self, _engine: &dyn Engine, _namespace_id: u64) -> StorageResult<()> {
         Ok(())
     }
 
-    fn read(&self, engine: &dyn Engine, range_id: u64, query: &[u8]) -> Vec<u8> {
-        engine.get(Cf::Data, &keys::data_key(range_id, query)).ok().flatten().unwrap_or_default()
+    fn read(&self, engine: &dyn Engine, namespace_id: u64, query: &[u8]) -> Vec<u8> {
+        engine.get(Cf::Data, &keys::data_key(namespace_id, query)).ok().flatten().unwrap_or_default()
     }
 }
 

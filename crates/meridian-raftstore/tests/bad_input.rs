@@ -18,6 +18,7 @@ fn factory() -> Arc<dyn StateMachineFactory> {
 fn desc(range_id: u64, voters: &[u64]) -> RangeDescriptor {
     RangeDescriptor {
         range_id,
+        namespace_id: range_id,
         start: vec![],
         end: vec![],
         epoch: RangeEpoch { conf_ver: 1, version: 1 },

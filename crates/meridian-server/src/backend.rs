@@ -3,12 +3,13 @@
 //! state machine's answer, and building etcd response headers.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use meridian_kv::command as c;
 use meridian_proto::etcdserverpb as pb;
 use meridian_raftstore::{RangeRequest, RangeStatus};
-use meridian_storage::{KeyInterval, RangeEpoch};
+use meridian_storage::{KeyInterval, RangeDescriptor, RangeEpoch};
 use prost::Message as _;
 use tonic::transport::{Channel, Endpoint};
 
@@ -60,9 +61,13 @@ pub const FORWARDED_HEADER: &str = "x-meridian-forwarded";
 
 pub struct Backend {
     pub raft: Arc<dyn RaftAccess>,
-    pub routing: Routing,
+    /// The route table: from the config until the meta range's catalog is
+    /// read, from the catalog's descriptors after ([`Backend::install_routes`]).
+    routing: RwLock<Arc<Routing>>,
     pub cfg: ServerConfig,
-    pub cluster_id: u64,
+    /// The cluster id recorded in the meta range (random, chosen once at the
+    /// cluster's bootstrap); 0 until this member has read it.
+    cluster_id: AtomicU64,
     channels: Mutex<HashMap<u64, Channel>>,
     /// (operation, result) → (count, total seconds). The key set is small
     /// and fixed (operation and error kinds), so this stays bounded.
@@ -151,23 +156,41 @@ fn result_name(r: &Result<impl Sized, ApiError>) -> &'static str {
 impl Backend {
     pub fn new(raft: Arc<dyn RaftAccess>, cfg: ServerConfig) -> Result<Backend, ApiError> {
         let routing = Routing::new(&cfg.namespaces)?;
-        // A stable id for the cluster: a hash of its initial members.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for m in &cfg.initial_cluster {
-            for b in m.id.to_le_bytes().iter().chain(m.peer_addr.to_string().as_bytes()) {
-                h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-            }
-        }
         Ok(Backend {
             raft,
-            routing,
+            routing: RwLock::new(Arc::new(routing)),
             cfg,
-            cluster_id: h,
+            cluster_id: AtomicU64::new(0),
             channels: Mutex::new(HashMap::new()),
             requests: Mutex::new(BTreeMap::new()),
             briefs: Mutex::new(None),
             epochs: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The route table now.
+    pub fn routing(&self) -> Arc<Routing> {
+        self.routing.read().expect("route table").clone()
+    }
+
+    /// The cluster id recorded in the meta range (0: not read yet).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(Ordering::Relaxed)
+    }
+
+    /// Adopts the meta range's catalog: its cluster id, routes built from
+    /// its descriptors, and their epochs where the route cache has none
+    /// newer.
+    pub fn install_routes(&self, cluster_id: u64, routing: Routing, ranges: &[RangeDescriptor]) {
+        self.cluster_id.store(cluster_id, Ordering::Relaxed);
+        *self.routing.write().expect("route table") = Arc::new(routing);
+        let mut epochs = self.epochs.lock().expect("route cache");
+        for d in ranges {
+            let e = epochs.entry(d.range_id).or_insert(d.epoch);
+            if d.epoch.conf_ver >= e.conf_ver && d.epoch.version >= e.version {
+                *e = d.epoch;
+            }
+        }
     }
 
     fn record(&self, op: &'static str, result: &'static str, started: std::time::Instant) {
@@ -293,7 +316,7 @@ impl Backend {
 
     pub async fn header(&self, range_id: u64, revision: i64) -> pb::ResponseHeader {
         let term = self.brief(range_id).await.map_or(0, |b| b.term);
-        pb::ResponseHeader { cluster_id: self.cluster_id, member_id: self.cfg.node_id, revision, raft_term: term }
+        pb::ResponseHeader { cluster_id: self.cluster_id(), member_id: self.cfg.node_id, revision, raft_term: term }
     }
 
     /// The range's term and leader as of at most [`BRIEF_TTL`] ago; `None`

@@ -101,8 +101,8 @@ impl Coordinator {
     /// The range of a lock name, checking the session lives there too.
     pub fn lock_range(&self, name: &[u8], session: i64) -> Result<u64, ApiError> {
         locks::validate_name(name)?;
-        let range_id = self.backend.routing.range_of_key(name);
-        if session != 0 && lease_range_of(session) != range_id {
+        let range_id = self.backend.routing().range_of_key(name);
+        if session != 0 && lease_range_of(&self.backend.routing(), session) != range_id {
             return Err(ApiError::CrossNamespace(format!(
                 "session {session:#x} belongs to another namespace than lock {:?}; create the session in the lock's namespace",
                 String::from_utf8_lossy(name)

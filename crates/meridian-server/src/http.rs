@@ -185,7 +185,7 @@ struct KvQuery {
 
 async fn kv_get(State(s): State<HttpState>, Path(key): Path<String>, Query(q): Query<KvQuery>) -> Response {
     let key = key.into_bytes();
-    let range_id = s.backend.routing.range_of_key(&key);
+    let range_id = s.backend.routing().range_of_key(&key);
     let op = c::RangeOp { key: key.clone(), ..Default::default() };
     match s.backend.query(range_id, c::QueryKind::Range(op), !q.serializable).await {
         Ok(a) => match a.range.and_then(|r| r.kvs.into_iter().next()) {
@@ -230,9 +230,9 @@ async fn kv_put(
         return error_response(ApiError::ValueTooLarge);
     }
     let key = key.into_bytes();
-    let range_id = s.backend.routing.range_of_key(&key);
+    let range_id = s.backend.routing().range_of_key(&key);
     if q.lease != 0 {
-        if let Err(e) = crate::kv_service::check_lease_namespace(q.lease, range_id) {
+        if let Err(e) = crate::kv_service::check_lease_namespace(&s.backend.routing(), q.lease, range_id) {
             return error_response(e);
         }
     }
@@ -266,7 +266,7 @@ fn status_response(st: &tonic::Status) -> Response {
 
 async fn kv_delete(State(s): State<HttpState>, Path(key): Path<String>) -> Response {
     let key = key.into_bytes();
-    let range_id = s.backend.routing.range_of_key(&key);
+    let range_id = s.backend.routing().range_of_key(&key);
     match s.backend.execute(range_id, c::Op::DeleteRange(c::DeleteOp { key: key.clone(), range_end: vec![], prev_kv: false })).await {
         Ok(c::Outcome { kind: Some(c::OutcomeKind::Delete(d)), .. }) if d.deleted == 0 => error_response(ApiError::KeyNotFound),
         Ok(out) => Json(serde_json::json!({ "revision": out.revision })).into_response(),

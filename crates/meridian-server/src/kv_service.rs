@@ -33,7 +33,7 @@ impl pb::kv_server::Kv for KvService {
     async fn range(&self, req: Request<pb::RangeRequest>) -> Result<Response<pb::RangeResponse>, Status> {
         let r = req.get_ref();
         check_size(r)?;
-        let range_id = self.backend.routing.range_of_interval(&r.key, &r.range_end).map_err(ApiError::from)?;
+        let range_id = self.backend.routing().range_of_interval(&r.key, &r.range_end).map_err(ApiError::from)?;
         let a = self.backend.query(range_id, c::QueryKind::Range(convert::range_op(r)), !r.serializable).await?;
         let header = self.backend.header(range_id, a.revision).await;
         Ok(Response::new(convert::range_response(r, a.range.unwrap_or_default(), header)))
@@ -43,9 +43,9 @@ impl pb::kv_server::Kv for KvService {
         let p = req.get_ref();
         check_size(p)?;
         let op = convert::put_op(p)?;
-        let range_id = self.backend.routing.range_of_key(&p.key);
+        let range_id = self.backend.routing().range_of_key(&p.key);
         if p.lease != 0 {
-            check_lease_namespace(p.lease, range_id)?;
+            check_lease_namespace(&self.backend.routing(), p.lease, range_id)?;
         }
         match self.backend.execute(range_id, c::Op::Put(op)).await {
             Ok(out) => {
@@ -66,7 +66,7 @@ impl pb::kv_server::Kv for KvService {
         let d = req.get_ref();
         check_size(d)?;
         let op = convert::delete_op(d)?;
-        let range_id = self.backend.routing.range_of_interval(&d.key, &d.range_end).map_err(ApiError::from)?;
+        let range_id = self.backend.routing().range_of_interval(&d.key, &d.range_end).map_err(ApiError::from)?;
         match self.backend.execute(range_id, c::Op::DeleteRange(op)).await {
             Ok(out) => {
                 let (deleted, prev_kvs) = match out.kind {
@@ -92,7 +92,7 @@ impl pb::kv_server::Kv for KvService {
         let mut intervals = Vec::new();
         let mut ops = 0;
         let op = convert::txn_op(t, &mut intervals, &mut ops)?;
-        let range_id = convert::single_range(&self.backend.routing, &intervals)?;
+        let range_id = convert::single_range(&self.backend.routing(), &intervals)?;
         match self.backend.execute(range_id, c::Op::Txn(op)).await {
             Ok(out) => {
                 let header = self.backend.header(range_id, out.revision).await;
@@ -124,9 +124,8 @@ impl pb::kv_server::Kv for KvService {
 
 /// A lease lives in one namespace's range; keys of other namespaces cannot
 /// use it.
-pub fn check_lease_namespace(lease: i64, key_range: u64) -> Result<(), ApiError> {
-    let owner = meridian_kv::mvcc::lease_range(lease);
-    let owner = if owner == 0 { crate::routing::ROOT_RANGE_ID } else { owner };
+pub fn check_lease_namespace(routing: &crate::routing::Routing, lease: i64, key_range: u64) -> Result<(), ApiError> {
+    let owner = routing.range_of_lease(lease);
     if owner != key_range {
         return Err(ApiError::CrossNamespace(format!(
             "lease {lease:x} belongs to another namespace (range {owner}) than the key (range {key_range})"

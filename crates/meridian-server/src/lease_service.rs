@@ -84,11 +84,9 @@ impl LeaseKeeper {
     }
 }
 
-pub fn lease_range_of(id: i64) -> u64 {
-    match meridian_kv::mvcc::lease_range(id) {
-        0 => ROOT_RANGE_ID,
-        r => r,
-    }
+/// The range that owns lease `id`, by the namespace in its top bits.
+pub fn lease_range_of(routing: &crate::routing::Routing, id: i64) -> u64 {
+    routing.range_of_lease(id)
 }
 
 /// Runs forever: tracks leadership changes, expires leases, checkpoints
@@ -235,7 +233,7 @@ impl LeaseService {
     }
 
     async fn keepalive_once(&self, id: i64, already_forwarded: bool) -> Result<i64, ApiError> {
-        let range_id = lease_range_of(id);
+        let range_id = lease_range_of(&self.backend.routing(), id);
         self.ensure_clock(range_id).await;
         if let Some(ttl) = self.keeper.with(range_id, |c, now| c.keepalive(now, id)) {
             return ttl.ok_or(ApiError::LeaseNotFound);
@@ -272,7 +270,7 @@ impl LeaseService {
             tokio::pin!(inbound);
             while let Some(msg) = inbound.next().await {
                 let Ok(msg) = msg else { break };
-                let range_id = lease_range_of(msg.id);
+                let range_id = lease_range_of(&svc.backend.routing(), msg.id);
                 let resp = match svc.keepalive_once(msg.id, already_forwarded).await {
                     Ok(ttl) => pb::LeaseKeepAliveResponse { header: Some(svc.backend.header(range_id, 0).await), id: msg.id, ttl },
                     // etcd answers TTL 0 for a lease that is gone.
@@ -304,7 +302,7 @@ impl pb::lease_server::Lease for LeaseService {
             }
         }
         let ttl = g.ttl.max(MIN_TTL_S);
-        let range_id = lease_range_of(g.id);
+        let range_id = lease_range_of(&self.backend.routing(), g.id);
         self.ensure_clock(range_id).await;
         match self.backend.execute_on_leader(range_id, c::Op::LeaseGrant(c::LeaseGrantOp { id: g.id, ttl_s: ttl })).await {
             Ok(out) => {
@@ -329,7 +327,7 @@ impl pb::lease_server::Lease for LeaseService {
 
     async fn lease_revoke(&self, req: Request<pb::LeaseRevokeRequest>) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let id = req.get_ref().id;
-        let range_id = lease_range_of(id);
+        let range_id = lease_range_of(&self.backend.routing(), id);
         match self.backend.execute_on_leader(range_id, c::Op::LeaseRevoke(id)).await {
             Ok(out) => {
                 self.keeper.with(range_id, |c, _| c.revoked(id));
@@ -354,7 +352,7 @@ impl pb::lease_server::Lease for LeaseService {
 
     async fn lease_time_to_live(&self, req: Request<pb::LeaseTimeToLiveRequest>) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let r = req.get_ref();
-        let range_id = lease_range_of(r.id);
+        let range_id = lease_range_of(&self.backend.routing(), r.id);
         self.ensure_clock(range_id).await;
         let a = self.backend.query(range_id, c::QueryKind::LeaseInfo(r.id), true).await?;
         let info = a.lease.unwrap_or_default();
@@ -376,7 +374,7 @@ impl pb::lease_server::Lease for LeaseService {
         let mut leases = Vec::new();
         let mut revision = 0;
         let mut ranges: Vec<u64> = vec![ROOT_RANGE_ID];
-        ranges.extend(self.backend.routing.namespaces().iter().map(|n| n.range_id));
+        ranges.extend(self.backend.routing().namespaces().iter().map(|n| n.range_id));
         for range_id in ranges {
             let a = self.backend.query(range_id, c::QueryKind::Leases(true), true).await?;
             revision = revision.max(a.revision);

@@ -23,6 +23,7 @@ pub mod lock_hub;
 pub mod lock_service;
 pub mod maintenance;
 pub mod membership;
+pub mod meta;
 pub mod native;
 pub mod routing;
 pub mod server;

@@ -55,8 +55,8 @@ impl v3lockpb::lock_server::Lock for LockService {
         prefix.push(b'/');
         let mut key = prefix.clone();
         key.extend_from_slice(format!("{:x}", r.lease).as_bytes());
-        let range_id = self.backend.routing.range_of_interval(&prefix, &prefix_end(&prefix)).map_err(ApiError::from)?;
-        crate::kv_service::check_lease_namespace(r.lease, range_id)?;
+        let range_id = self.backend.routing().range_of_interval(&prefix, &prefix_end(&prefix)).map_err(ApiError::from)?;
+        crate::kv_service::check_lease_namespace(&self.backend.routing(), r.lease, range_id)?;
         let mut kv = self.kv()?;
         // Enqueue: create our key unless this lease already has it.
         let put = pb::RequestOp {

@@ -172,6 +172,11 @@ pub async fn change(backend: &Backend, range_id: u64, op: MemberOp, node: u64) -
     loop {
         let st = range_status(backend, range_id).await?;
         if st.voters_outgoing.is_empty() || tokio::time::Instant::now() >= deadline {
+            // The meta range records the new descriptor (best effort: a
+            // failure is logged, and the next change publishes again).
+            if let Err(e) = crate::meta::publish(backend, &crate::server::descriptor_of(&st)).await {
+                tracing::warn!(range = range_id, "recording the new descriptor in the meta range: {e}");
+            }
             return Ok(Membership::from(&st));
         }
         tokio::time::sleep(POLL).await;
@@ -202,6 +207,7 @@ mod tests {
             applied: 5000,
             last_index: 5000,
             first_index: 1,
+            namespace_id: 2,
             start: vec![],
             end: vec![],
             epoch: Default::default(),

@@ -73,11 +73,11 @@ impl api::session_server::Session for SessionService {
         if !(MIN_TTL_S..=MAX_TTL_S).contains(&r.ttl_seconds) {
             return Err(ApiError::Invalid(format!("session TTL {} s outside {MIN_TTL_S}..={MAX_TTL_S} s", r.ttl_seconds)).into());
         }
-        let range_id = self.backend.routing.range_of_key(&r.namespace);
-        // The id carries the namespace's range, so every node routes it.
+        let namespace_id = self.backend.routing().namespace_of_key(&r.namespace);
+        // The id carries the namespace, so every node routes it.
         for _ in 0..4 {
-            let low: i64 = rand::thread_rng().gen_range(1..(1i64 << meridian_kv::mvcc::LEASE_RANGE_SHIFT));
-            let id = ((range_id as i64) << meridian_kv::mvcc::LEASE_RANGE_SHIFT) | low;
+            let low: i64 = rand::thread_rng().gen_range(1..(1i64 << meridian_kv::mvcc::LEASE_NAMESPACE_SHIFT));
+            let id = ((namespace_id as i64) << meridian_kv::mvcc::LEASE_NAMESPACE_SHIFT) | low;
             match self.leases().lease_grant(Request::new(pb::LeaseGrantRequest { ttl: r.ttl_seconds, id })).await {
                 Ok(resp) => {
                     let g = resp.into_inner();
@@ -126,7 +126,7 @@ impl api::lock_server::Lock for NativeLockService {
             return Err(ApiError::ValueTooLarge.into());
         }
         let a = self.coord.acquire(&r.name, r.session_id, r.try_once, wait_of(r.wait_ms)?, r.lock_delay_ms, r.value).await?;
-        let range_id = self.coord.backend.routing.range_of_key(&r.name);
+        let range_id = self.coord.backend.routing().range_of_key(&r.name);
         Ok(Response::new(api::AcquireResponse {
             header: Some(self.coord.backend.header(range_id, a.revision).await),
             acquired: a.acquired,
@@ -138,14 +138,14 @@ impl api::lock_server::Lock for NativeLockService {
     async fn release(&self, req: Request<api::ReleaseRequest>) -> Result<Response<api::ReleaseResponse>, Status> {
         let r = req.into_inner();
         let rev = self.coord.release(&r.name, r.session_id, r.token).await?;
-        let range_id = self.coord.backend.routing.range_of_key(&r.name);
+        let range_id = self.coord.backend.routing().range_of_key(&r.name);
         Ok(Response::new(api::ReleaseResponse { header: Some(self.coord.backend.header(range_id, rev).await) }))
     }
 
     async fn describe(&self, req: Request<api::DescribeRequest>) -> Result<Response<api::DescribeResponse>, Status> {
         let r = req.into_inner();
         let backend = &self.coord.backend;
-        let range_id = backend.routing.range_of_key(&r.name);
+        let range_id = backend.routing().range_of_key(&r.name);
         if !r.namespace {
             let (rec, revision) = self.coord.describe(self.coord.lock_range(&r.name, 0)?, &r.name, true).await?;
             return Ok(Response::new(api::DescribeResponse {
@@ -180,7 +180,7 @@ impl api::lock_server::Lock for NativeLockService {
         let mut ops = 0;
         let inner = convert::txn_op(&user, &mut intervals, &mut ops)?;
         let range_id = self.coord.lock_range(&r.name, 0)?;
-        if !intervals.is_empty() && convert::single_range(&self.coord.backend.routing, &intervals)? != range_id {
+        if !intervals.is_empty() && convert::single_range(&self.coord.backend.routing(), &intervals)? != range_id {
             return Err(ApiError::CrossNamespace("a guarded txn must stay in its lock's namespace".into()).into());
         }
         let guard = c::Compare { result: 0, target: 5, key: r.name.clone(), number: r.token, ..Default::default() };
@@ -284,7 +284,7 @@ impl api::election_server::Election for NativeElectionService {
             return Err(ApiError::ValueTooLarge.into());
         }
         let a = self.coord.acquire(&r.name, r.session_id, false, wait_of(r.wait_ms)?, 0, r.value).await?;
-        let range_id = self.coord.backend.routing.range_of_key(&r.name);
+        let range_id = self.coord.backend.routing().range_of_key(&r.name);
         Ok(Response::new(api::CampaignResponse {
             header: Some(self.coord.backend.header(range_id, a.revision).await),
             elected: a.acquired,
@@ -296,14 +296,14 @@ impl api::election_server::Election for NativeElectionService {
         let r = req.into_inner();
         let l = r.leader.ok_or_else(|| ApiError::Invalid("leader key is missing".into()))?;
         let rev = self.coord.proclaim(&l.name, l.session_id, l.token, r.value).await?;
-        let range_id = self.coord.backend.routing.range_of_key(&l.name);
+        let range_id = self.coord.backend.routing().range_of_key(&l.name);
         Ok(Response::new(api::ProclaimResponse { header: Some(self.coord.backend.header(range_id, rev).await) }))
     }
 
     async fn resign(&self, req: Request<api::ResignRequest>) -> Result<Response<api::ResignResponse>, Status> {
         let l = req.into_inner().leader.ok_or_else(|| ApiError::Invalid("leader key is missing".into()))?;
         let rev = self.coord.release(&l.name, l.session_id, l.token).await?;
-        let range_id = self.coord.backend.routing.range_of_key(&l.name);
+        let range_id = self.coord.backend.routing().range_of_key(&l.name);
         Ok(Response::new(api::ResignResponse { header: Some(self.coord.backend.header(range_id, rev).await) }))
     }
 
@@ -379,7 +379,7 @@ impl ev::election_server::Election for EtcdElectionService {
         if !a.acquired {
             return Err(Status::deadline_exceeded("etcdserver: request timed out"));
         }
-        let range_id = self.coord.backend.routing.range_of_key(&r.name);
+        let range_id = self.coord.backend.routing().range_of_key(&r.name);
         Ok(Response::new(ev::CampaignResponse {
             header: Some(self.coord.backend.header(range_id, a.revision).await),
             leader: Some(ev::LeaderKey { key: etcd_key(&r.name, r.lease), name: r.name, rev: a.token, lease: r.lease }),
@@ -393,7 +393,7 @@ impl ev::election_server::Election for EtcdElectionService {
             ApiError::LockNotHeld(_) => not_leader(),
             e => e.into(),
         })?;
-        let range_id = self.coord.backend.routing.range_of_key(&l.name);
+        let range_id = self.coord.backend.routing().range_of_key(&l.name);
         Ok(Response::new(ev::ProclaimResponse { header: Some(self.coord.backend.header(range_id, rev).await) }))
     }
 
@@ -422,7 +422,7 @@ impl ev::election_server::Election for EtcdElectionService {
 
     async fn resign(&self, req: Request<ev::ResignRequest>) -> Result<Response<ev::ResignResponse>, Status> {
         let l = req.into_inner().leader.ok_or_else(|| ApiError::Invalid("leader key is missing".into()))?;
-        let range_id = self.coord.backend.routing.range_of_key(&l.name);
+        let range_id = self.coord.backend.routing().range_of_key(&l.name);
         let rev = match self.coord.release(&l.name, l.lease, l.rev).await {
             Ok(rev) => rev,
             // etcd: resigning when no longer leader is not an error.

@@ -32,12 +32,17 @@ pub enum RoutingError {
 pub struct Namespace {
     pub prefix: Vec<u8>,
     pub range_id: u64,
+    /// The id its data, revisions, leases and locks are kept under
+    /// (`RangeDescriptor::namespace_id`); at bootstrap, its range's id.
+    pub namespace_id: u64,
 }
 
 /// The routing table: namespaces sorted by prefix.
 #[derive(Debug, Clone)]
 pub struct Routing {
     namespaces: Vec<Namespace>,
+    /// The root namespace's id (its range's, at bootstrap).
+    root_namespace_id: u64,
 }
 
 /// The first key after every key with `prefix` (empty: no such key).
@@ -87,13 +92,43 @@ impl Routing {
             if let Some(other) = namespaces.iter().find(|n| n.prefix.starts_with(ns.as_bytes()) || ns.as_bytes().starts_with(&n.prefix)) {
                 return Err(bad(&format!("overlaps namespace {:?}", ns_name(&other.prefix))));
             }
-            namespaces.push(Namespace { prefix: ns.as_bytes().to_vec(), range_id: 0 });
+            namespaces.push(Namespace { prefix: ns.as_bytes().to_vec(), range_id: 0, namespace_id: 0 });
         }
         namespaces.sort_by(|a, b| a.prefix.cmp(&b.prefix));
         for (i, ns) in namespaces.iter_mut().enumerate() {
             ns.range_id = ROOT_RANGE_ID + 1 + i as u64;
+            ns.namespace_id = ns.range_id;
         }
-        Ok(Routing { namespaces })
+        Ok(Routing { namespaces, root_namespace_id: ROOT_RANGE_ID })
+    }
+
+    /// The route table the meta range's descriptors describe: every range
+    /// above the root serves the namespace its span starts with. Refuses a
+    /// catalog without the meta or root range, or whose namespace spans are
+    /// not whole prefixes or overlap.
+    pub fn from_descriptors(ranges: &[RangeDescriptor]) -> Result<Routing, RoutingError> {
+        let bad = |reason: String| RoutingError::LayoutMismatch { reason };
+        for id in [META_RANGE_ID, ROOT_RANGE_ID] {
+            if !ranges.iter().any(|d| d.range_id == id) {
+                return Err(bad(format!("the catalog has no range {id}")));
+            }
+        }
+        let mut namespaces: Vec<Namespace> = Vec::new();
+        for d in ranges.iter().filter(|d| d.range_id > ROOT_RANGE_ID) {
+            if d.start.is_empty() || d.end != prefix_end(&d.start) {
+                return Err(bad(format!("range {} spans {:?}..{:?}, not one namespace", d.range_id, ns_name(&d.start), ns_name(&d.end))));
+            }
+            if let Some(other) = namespaces.iter().find(|n| n.prefix.starts_with(&d.start) || d.start.starts_with(&n.prefix)) {
+                return Err(bad(format!("ranges {} and {} overlap", other.range_id, d.range_id)));
+            }
+            namespaces.push(Namespace { prefix: d.start.clone(), range_id: d.range_id, namespace_id: d.namespace_id });
+        }
+        if namespaces.len() > MAX_NAMESPACES {
+            return Err(bad(format!("more than {MAX_NAMESPACES} namespaces")));
+        }
+        namespaces.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+        let root = ranges.iter().find(|d| d.range_id == ROOT_RANGE_ID).expect("checked above");
+        Ok(Routing { namespaces, root_namespace_id: root.namespace_id })
     }
 
     pub fn namespaces(&self) -> &[Namespace] {
@@ -107,6 +142,22 @@ impl Routing {
     /// The range that owns `key`.
     pub fn range_of_key(&self, key: &[u8]) -> u64 {
         self.declared_for(key).map_or(ROOT_RANGE_ID, |n| n.range_id)
+    }
+
+    /// The namespace id of `key`'s namespace.
+    pub fn namespace_of_key(&self, key: &[u8]) -> u64 {
+        self.declared_for(key).map_or(self.root_namespace_id, |n| n.namespace_id)
+    }
+
+    /// The range serving namespace `namespace_id` (0, or an id no range
+    /// serves: the root's, where client-chosen lease ids live).
+    pub fn range_of_namespace(&self, namespace_id: u64) -> u64 {
+        self.namespaces.iter().find(|n| n.namespace_id == namespace_id).map_or(ROOT_RANGE_ID, |n| n.range_id)
+    }
+
+    /// The range that owns lease `id` (its namespace is in its top bits).
+    pub fn range_of_lease(&self, id: i64) -> u64 {
+        self.range_of_namespace(meridian_kv::mvcc::lease_namespace(id))
     }
 
     fn name_of_range(&self, range_id: u64) -> String {
@@ -159,23 +210,11 @@ impl Routing {
     pub fn check_against(&self, local: &[(u64, Vec<u8>, Vec<u8>)]) -> Result<(), RoutingError> {
         let mismatch = |reason: String| RoutingError::LayoutMismatch { reason };
         let on_disk: Vec<&(u64, Vec<u8>, Vec<u8>)> = local.iter().filter(|(id, ..)| *id > ROOT_RANGE_ID).collect();
-        for (id, start, _) in &on_disk {
-            match self.namespaces.iter().find(|n| n.prefix == *start) {
-                Some(ns) if ns.range_id == *id => {}
-                Some(ns) => {
-                    return Err(mismatch(format!(
-                        "namespace {:?} is range {id} on disk but range {} in this config (a namespace was added or dropped)",
-                        ns_name(start),
-                        ns.range_id
-                    )))
-                }
-                None => {
-                    return Err(mismatch(format!(
-                        "range {id} on disk serves namespace {:?}, which this config does not declare; namespaces cannot be removed yet",
-                        ns_name(start)
-                    )))
-                }
-            }
+        if let Some((id, start, _)) = on_disk.iter().find(|(_, start, _)| !self.namespaces.iter().any(|n| n.prefix == *start)) {
+            return Err(mismatch(format!(
+                "range {id} on disk serves namespace {:?}, which this config does not declare; namespaces cannot be removed yet",
+                ns_name(start)
+            )));
         }
         let founding = [META_RANGE_ID, ROOT_RANGE_ID].iter().all(|r| local.iter().any(|(id, ..)| id == r));
         if founding {
@@ -187,6 +226,15 @@ impl Routing {
                 )));
             }
         }
+        for (id, start, _) in &on_disk {
+            if let Some(ns) = self.namespaces.iter().find(|n| n.prefix == *start && n.range_id != *id) {
+                return Err(mismatch(format!(
+                    "namespace {:?} is range {id} on disk but range {} in this config (a namespace was added or dropped)",
+                    ns_name(start),
+                    ns.range_id
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -195,12 +243,27 @@ impl Routing {
         let replicas: Vec<ReplicaDesc> = nodes.iter().map(|&node_id| ReplicaDesc { node_id, role: ReplicaRole::Voter }).collect();
         let epoch = RangeEpoch { conf_ver: 1, version: 1 };
         let mut out = vec![
-            RangeDescriptor { range_id: META_RANGE_ID, start: vec![], end: vec![], epoch, replicas: replicas.clone() },
-            RangeDescriptor { range_id: ROOT_RANGE_ID, start: vec![], end: vec![], epoch, replicas: replicas.clone() },
+            RangeDescriptor {
+                range_id: META_RANGE_ID,
+                namespace_id: META_RANGE_ID,
+                start: vec![],
+                end: vec![],
+                epoch,
+                replicas: replicas.clone(),
+            },
+            RangeDescriptor {
+                range_id: ROOT_RANGE_ID,
+                namespace_id: ROOT_RANGE_ID,
+                start: vec![],
+                end: vec![],
+                epoch,
+                replicas: replicas.clone(),
+            },
         ];
         for ns in &self.namespaces {
             out.push(RangeDescriptor {
                 range_id: ns.range_id,
+                namespace_id: ns.namespace_id,
                 start: ns.prefix.clone(),
                 end: prefix_end(&ns.prefix),
                 epoch,
@@ -277,6 +340,23 @@ mod tests {
         assert_eq!(a.check_against(&[]), Ok(()), "an empty data directory has nothing to contradict");
     }
 
+    /// Routes come from the recorded descriptors, whatever their ids.
+    #[test]
+    fn routes_come_from_descriptors() {
+        let mut ranges = routing().initial_ranges(&[1]);
+        for d in ranges.iter_mut().filter(|d| d.range_id > ROOT_RANGE_ID) {
+            d.range_id += 4; // ids another bootstrap might have recorded
+        }
+        let r = Routing::from_descriptors(&ranges).unwrap();
+        assert_eq!(r.range_of_key(b"/billing/x"), 7);
+        assert_eq!(r.range_of_key(b"/payments/x"), 8);
+        assert_eq!(r.range_of_key(b"/else"), ROOT_RANGE_ID);
+        assert!(Routing::from_descriptors(&ranges[1..]).is_err(), "no meta range");
+        let mut torn = ranges.clone();
+        torn[2].end = b"/z".to_vec();
+        assert!(Routing::from_descriptors(&torn).is_err(), "a span that is not one namespace");
+    }
+
     /// A namespace added to or dropped from the config of a bootstrapped
     /// cluster would renumber ranges over existing data: refused, named.
     #[test]
@@ -284,7 +364,10 @@ mod tests {
         let disk = on_disk(&routing());
         let extended = Routing::new(&["/payments/".into(), "/billing/".into(), "/audit/".into()]).unwrap();
         let err = extended.check_against(&disk).unwrap_err().to_string();
-        assert!(err.contains("range 3 on disk but range 4"), "{err}");
+        assert!(err.contains("\"/audit/\" is not in this cluster"), "{err}");
+        let subset: Vec<_> = disk.iter().filter(|(id, ..)| *id == 3).cloned().collect();
+        let err = extended.check_against(&subset).unwrap_err().to_string();
+        assert!(err.contains("range 3 on disk but range 4"), "a node holding a subset sees the renumbering: {err}");
         let appended = Routing::new(&["/payments/".into(), "/billing/".into(), "/zoo/".into()]).unwrap();
         let err = appended.check_against(&disk).unwrap_err().to_string();
         assert!(err.contains("\"/zoo/\" is not in this cluster"), "{err}");

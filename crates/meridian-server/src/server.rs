@@ -12,10 +12,10 @@ use meridian_proto::etcdserverpb as pb;
 use meridian_proto::meridian::v1 as api;
 use meridian_proto::v3electionpb;
 use meridian_raftstore::{RangeRequest, RangeStatus, StateMachine, StateMachineFactory};
-use meridian_storage::RangeDescriptor;
+use meridian_storage::{RangeDescriptor, ReplicaDesc, ReplicaRole};
 use meridian_transport_quic::TlsMaterial;
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::backend::{Backend, RaftAccess};
 use crate::config::ServerConfig;
@@ -27,8 +27,9 @@ use crate::lease_service::{run_keeper, LeaseKeeper, LeaseService};
 use crate::lock_hub::{LockHub, Sinks};
 use crate::lock_service::LockService;
 use crate::maintenance::{ClusterService, MaintenanceService};
+use crate::meta;
 use crate::native::{self, EtcdElectionService, NativeElectionService, NativeLockService, SessionService};
-use crate::routing::Routing;
+use crate::routing::{Routing, META_RANGE_ID};
 use crate::watch_service::{WatchHub, WatchService};
 
 /// How often the leader-side keeper expires leases and ends lock-delays.
@@ -108,6 +109,38 @@ impl StateMachineFactory for KvFactory {
     }
 }
 
+/// The descriptor a replica's status describes.
+pub fn descriptor_of(s: &RangeStatus) -> RangeDescriptor {
+    let role = |id: &u64| if s.learners.contains(id) { ReplicaRole::Learner } else { ReplicaRole::Voter };
+    let mut ids: Vec<u64> = s.voters.iter().chain(&s.learners).chain(&s.voters_outgoing).copied().collect();
+    ids.sort_unstable();
+    ids.dedup();
+    RangeDescriptor {
+        range_id: s.range_id,
+        namespace_id: s.namespace_id,
+        start: s.start.clone(),
+        end: s.end.clone(),
+        epoch: s.epoch,
+        replicas: ids.iter().map(|id| ReplicaDesc { node_id: *id, role: role(id) }).collect(),
+    }
+}
+
+/// Reads (or, on a new cluster, records) the meta range's catalog and
+/// adopts it: the cluster id and the routes. Runs beside the server, as
+/// range 1 may still be electing its first leader.
+async fn load_catalog(backend: Arc<Backend>) {
+    let statuses = backend.raft.status().await;
+    if !statuses.iter().any(|s| s.range_id == META_RANGE_ID && !s.dormant) {
+        info!("no replica of the meta range here; routes stay those of the config");
+        return;
+    }
+    let local: Vec<RangeDescriptor> = statuses.iter().filter(|s| !s.dormant).map(descriptor_of).collect();
+    match meta::load_or_bootstrap(&backend, &local).await.and_then(|c| meta::install(&backend, &c).map(|()| c)) {
+        Ok(c) => info!(cluster_id = %format!("{:#018x}", c.cluster_id), ranges = c.ranges.len(), "catalog read from the meta range"),
+        Err(e) => error!("reading the catalog from the meta range: {e}; routes stay those of the config"),
+    }
+}
+
 /// Runs the server until `shutdown` resolves.
 pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     cfg.validate().map_err(|e| ServerError::Config(e.to_string()))?;
@@ -138,6 +171,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let keeper = Arc::new(LeaseKeeper::new());
     let keeper_for_http = keeper.clone();
     let keeper_task = tokio::spawn(run_keeper(backend.clone(), keeper.clone(), locks.clone(), KEEPER_INTERVAL));
+    let catalog_task = tokio::spawn(load_catalog(backend.clone()));
     let coord = native::coordinator(backend.clone(), locks.clone());
 
     let limit = MAX_REQUEST_BYTES + (64 << 10);
@@ -185,6 +219,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     info!(node = cfg.node_id, "shutting down");
     let _ = stop_tx.send(true);
     keeper_task.abort();
+    catalog_task.abort();
     if let Ok(Err(e)) = grpc_task.await {
         warn!("gRPC server: {e}");
     }

@@ -167,7 +167,7 @@ impl StreamCtx {
         if self.watchers.iter().any(|w| w.id == id) {
             return self.send(fail("etcdserver: duplicate watch ID provided".into())).await;
         }
-        let range_id = match self.backend.routing.range_of_interval(&r.key, &r.range_end) {
+        let range_id = match self.backend.routing().range_of_interval(&r.key, &r.range_end) {
             Ok(x) => x,
             Err(e) => return self.send(fail(e.to_string())).await,
         };

@@ -126,6 +126,7 @@ impl Cluster {
         let ranges: Vec<RangeDescriptor> = (1..=cfg.ranges)
             .map(|r| RangeDescriptor {
                 range_id: r,
+                namespace_id: r,
                 start: format!("/r{r:04}/").into_bytes(),
                 end: format!("/r{r:04}0").into_bytes(),
                 epoch: RangeEpoch { conf_ver: 1, version: 1 },

@@ -1,5 +1,25 @@
-//! Key layout. Every key starts with the range id in big-endian so that one
-//! range's records are contiguous and ordered.
+//! Key layout. Raft's records (log, hard state, apply state, descriptor)
+//! start with the **range** id; the state machine's data records start with
+//! the **namespace** id ([`crate::RangeDescriptor::namespace_id`]). Both in
+//! big-endian, so one range's (one namespace's) records are contiguous and
+//! ordered.
+//!
+//! ```text
+//!  cf raft_log / raft_state / apply_state / meta:  range_id(8) ++ …
+//!  cf data:                                        namespace_id(8) ++ record key
+//!      record keys (meridian-kv): m                 the revision counter, compaction, lease ids
+//!                                 k<key>            current version of a key
+//!                                 h<key><rev>       MVCC history
+//!                                 r<rev>            the event log (watches)
+//!                                 l<lease> a<…>     leases and their keys
+//!                                 q<name> s<…> d<…> lock queues, sessions' locks, lock-delay
+//! ```
+//!
+//! Because data, revisions, leases and locks belong to the namespace, a
+//! namespace moves to another Raft group by a descriptor change and a
+//! snapshot of its `namespace_id` span: no key is rewritten, its revision
+//! sequence (and so every fencing token) continues, its lease ids stay
+//! valid. At bootstrap a namespace's id is the id of its first range.
 
 pub fn range_prefix(range_id: u64) -> [u8; 8] {
     range_id.to_be_bytes()
@@ -41,9 +61,11 @@ pub fn tombstone_key(range_id: u64) -> Vec<u8> {
     k
 }
 
-pub fn data_key(range_id: u64, user_key: &[u8]) -> Vec<u8> {
+/// A state-machine record of namespace `namespace_id` (for the store's own
+/// records under id 0, a key no namespace uses).
+pub fn data_key(namespace_id: u64, user_key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + user_key.len());
-    k.extend_from_slice(&range_id.to_be_bytes());
+    k.extend_from_slice(&namespace_id.to_be_bytes());
     k.extend_from_slice(user_key);
     k
 }

@@ -553,7 +553,8 @@ const MAX_SNAPSHOT_ENTRIES: u64 = 64 << 20;
 /// descriptor followed by every data key of the range. Runs off the poll
 /// thread; `view` pins the point in time.
 pub fn build_snapshot(view: &dyn EngineSnapshot, desc: &RangeDescriptor) -> StorageResult<Vec<u8>> {
-    let (start, end) = keys::range_span(desc.range_id);
+    // The data of the namespace the range serves (not of the range id).
+    let (start, end) = keys::range_span(desc.namespace_id);
     let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     view.scan(Cf::Data, &start, &end, &mut |k, v| {
         pairs.push((k[8..].to_vec(), v.to_vec()));
@@ -581,12 +582,13 @@ fn stage_snapshot_payload(range_id: u64, payload: &[u8], batch: &mut WriteBatch)
     if n > MAX_SNAPSHOT_ENTRIES {
         return Err(StorageError::Corrupt { range_id, what: format!("snapshot claims {n} keys") });
     }
-    let (start, end) = keys::range_span(range_id);
+    // The snapshot replaces the data of the namespace it carries.
+    let (start, end) = keys::range_span(desc.namespace_id);
     batch.delete_range(Cf::Data, start, end);
     for _ in 0..n {
         let k = d.bytes()?;
         let v = d.bytes()?;
-        batch.put(Cf::Data, keys::data_key(range_id, k), v.to_vec());
+        batch.put(Cf::Data, keys::data_key(desc.namespace_id, k), v.to_vec());
     }
     d.finish()?;
     Ok(desc)

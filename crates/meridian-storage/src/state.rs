@@ -98,10 +98,19 @@ pub struct ReplicaDesc {
     pub role: ReplicaRole,
 }
 
-/// Which keys a range serves, at which epoch, on which nodes.
+/// Which keys a range serves, at which epoch, on which nodes, and under
+/// which namespace its data lives.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RangeDescriptor {
     pub range_id: u64,
+    /// The namespace whose data the range serves: every data record (keys,
+    /// MVCC history, the revision counter, leases, lock queues) is stored
+    /// under this id, not under the range id (see [`crate::keys`]), so the
+    /// namespace can move to another Raft group by a descriptor change and
+    /// a snapshot, with no key rewritten and no revision reset. Assigned
+    /// once, when the namespace is created (at bootstrap: the id of the
+    /// range that first serves it).
+    pub namespace_id: u64,
     /// Inclusive start of the user-key span.
     pub start: Vec<u8>,
     /// Exclusive end; empty means "to the end of the keyspace".
@@ -165,6 +174,7 @@ impl RangeDescriptor {
         for r in &self.replicas {
             e.u64(r.node_id).u64(r.role.code());
         }
+        e.u64(self.namespace_id);
         e.finish()
     }
 
@@ -185,8 +195,9 @@ impl RangeDescriptor {
             let role = ReplicaRole::from_code(d.u64()?).ok_or_else(|| corrupt("unknown role"))?;
             replicas.push(ReplicaDesc { node_id, role });
         }
+        let namespace_id = d.u64()?;
         d.finish()?;
-        Ok(Self { range_id: id, start, end, epoch, replicas })
+        Ok(Self { range_id: id, namespace_id, start, end, epoch, replicas })
     }
 }
 
@@ -223,6 +234,7 @@ mod tests {
 
         let d = RangeDescriptor {
             range_id: 4,
+            namespace_id: 4,
             start: b"/a/".to_vec(),
             end: b"/b/".to_vec(),
             epoch: RangeEpoch { conf_ver: 2, version: 1 },

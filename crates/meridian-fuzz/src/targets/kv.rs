@@ -37,7 +37,7 @@ impl EventSink for CountingSink {
 /// The id the fixture's `LeaseGrant { id: 0 }` is given: the range id in
 /// the top bits, one past the largest id granted before (9).
 fn auto_lease() -> i64 {
-    ((RANGE as i64) << meridian_kv::mvcc::LEASE_RANGE_SHIFT) | 10
+    ((RANGE as i64) << meridian_kv::mvcc::LEASE_NAMESPACE_SHIFT) | 10
 }
 
 fn cmd(op: Op) -> Command {

@@ -160,6 +160,7 @@ fn engine_with(frames: &[Frame]) -> MemEngine {
 fn descriptor(range_id: u64, voters: &[u64]) -> RangeDescriptor {
     RangeDescriptor {
         range_id,
+        namespace_id: range_id,
         start: Vec::new(),
         end: Vec::new(),
         epoch: RangeEpoch { conf_ver: 1, version: 1 },
@@ -295,6 +296,7 @@ fn structured_state(rng: &mut ChaCha8Rng) -> Vec<Frame> {
     let replicas = voters.iter().map(|&node_id| ReplicaDesc { node_id, role: ReplicaRole::Voter }).collect();
     let desc = RangeDescriptor {
         range_id: if rng.gen_bool(0.9) { u64::from(range) } else { interesting_u64(rng) },
+        namespace_id: if rng.gen_bool(0.9) { u64::from(range) } else { interesting_u64(rng) },
         start: if rng.gen_bool(0.5) { Vec::new() } else { b"/m/".to_vec() },
         end: if rng.gen_bool(0.5) { Vec::new() } else { b"/a/".to_vec() },
         epoch: RangeEpoch { conf_ver: edge(rng, 1), version: edge(rng, 1) },

@@ -1,0 +1,238 @@
+//! The catalog in the meta range (range 1): the cluster id and every range's
+//! descriptor, written once when the cluster is bootstrapped and the source
+//! of truth for descriptors from then on.
+//!
+//! ```text
+//!  range 1 (KvMachine, no client can route to it)
+//!    \0meridian/cluster            → cluster id (u64 BE, random, never 0)
+//!    \0meridian/range/<id u64 BE>  → RangeDescriptor::encode()
+//! ```
+//!
+//! Every founding member proposes the same conditional Txn once range 1 has
+//! a leader: "if the cluster key does not exist, write it and the
+//! descriptors". The first to commit wins; the others read what it wrote,
+//! so every member ends up with one random cluster id and one set of
+//! descriptors. The server's routes are then built from those descriptors
+//! ([`Routing::from_descriptors`]). A membership change publishes the
+//! range's new descriptor ([`publish`]); a publication never moves an epoch
+//! back.
+
+use std::time::Duration;
+
+use meridian_kv::command as c;
+use meridian_storage::RangeDescriptor;
+use tracing::{info, warn};
+
+use crate::backend::Backend;
+use crate::error::ApiError;
+use crate::routing::{Routing, META_RANGE_ID};
+
+/// The cluster id's key.
+pub const CLUSTER_KEY: &[u8] = b"\0meridian/cluster";
+/// Prefix of the descriptor keys.
+pub const RANGE_PREFIX: &[u8] = b"\0meridian/range/";
+/// Descriptors read in one catalog read at most (the catalog has one per
+/// range; a larger answer is corruption or a bug, refused).
+pub const MAX_CATALOG_RANGES: usize = 4096;
+/// Pause between attempts while range 1 has no leader yet.
+const RETRY: Duration = Duration::from_millis(200);
+/// How often a member still waiting for the catalog says so.
+const WAITING_LOG_EVERY: u32 = 25;
+
+/// What the meta range records of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Catalog {
+    pub cluster_id: u64,
+    /// By range id.
+    pub ranges: Vec<RangeDescriptor>,
+}
+
+/// The key of `range_id`'s descriptor.
+pub fn range_key(range_id: u64) -> Vec<u8> {
+    let mut k = RANGE_PREFIX.to_vec();
+    k.extend_from_slice(&range_id.to_be_bytes());
+    k
+}
+
+fn put(key: Vec<u8>, value: Vec<u8>) -> c::RequestOp {
+    c::RequestOp { kind: Some(c::RequestKind::Put(c::PutOp { key, value, ..Default::default() })) }
+}
+
+/// The bootstrap Txn: if no cluster id is recorded, record `cluster_id` and
+/// `ranges`; either way, read the cluster id back.
+pub fn bootstrap_txn(cluster_id: u64, ranges: &[RangeDescriptor]) -> c::TxnOp {
+    // CREATE revision 0: the key does not exist.
+    let absent = c::Compare { result: 0, target: 1, key: CLUSTER_KEY.to_vec(), number: 0, ..Default::default() };
+    let mut success = vec![put(CLUSTER_KEY.to_vec(), cluster_id.to_be_bytes().to_vec())];
+    success.extend(ranges.iter().map(|d| put(range_key(d.range_id), d.encode())));
+    c::TxnOp { compare: vec![absent], success, failure: vec![] }
+}
+
+/// Decodes a catalog from the key-values of range 1 under `\0meridian/`
+/// (`None`: no cluster id recorded yet).
+pub fn decode(kvs: &[meridian_kv::KeyValue]) -> Result<Option<Catalog>, String> {
+    let mut cluster_id = None;
+    let mut ranges = Vec::new();
+    for kv in kvs {
+        if kv.key == CLUSTER_KEY {
+            let raw: [u8; 8] = kv.value.as_slice().try_into().map_err(|_| "corrupt cluster id record".to_string())?;
+            cluster_id = Some(u64::from_be_bytes(raw));
+        } else if let Some(id) = kv.key.strip_prefix(RANGE_PREFIX) {
+            let id: [u8; 8] = id.try_into().map_err(|_| format!("corrupt descriptor key {:?}", kv.key))?;
+            let id = u64::from_be_bytes(id);
+            let d = RangeDescriptor::decode(&kv.value, id).map_err(|e| e.to_string())?;
+            if d.range_id != id {
+                return Err(format!("descriptor of range {} stored under range {id}", d.range_id));
+            }
+            ranges.push(d);
+        }
+    }
+    ranges.sort_by_key(|d| d.range_id);
+    Ok(cluster_id.map(|cluster_id| Catalog { cluster_id, ranges }))
+}
+
+/// Reads the catalog from range 1 (`linearizable`: through the leader;
+/// otherwise this member's replica).
+pub async fn read(backend: &Backend, linearizable: bool) -> Result<Option<Catalog>, ApiError> {
+    let mut end = b"\0meridian".to_vec();
+    end.push(b'/' + 1);
+    let op = c::RangeOp { key: b"\0meridian/".to_vec(), range_end: end, limit: MAX_CATALOG_RANGES as i64 + 1, ..Default::default() };
+    let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), linearizable).await?;
+    let kvs = a.range.map(|r| r.kvs).unwrap_or_default();
+    if kvs.len() > MAX_CATALOG_RANGES {
+        return Err(ApiError::Internal(format!("the catalog holds more than {MAX_CATALOG_RANGES} records")));
+    }
+    decode(&kvs).map_err(ApiError::Storage)
+}
+
+/// The catalog, bootstrapping it from `local` (this member's descriptors)
+/// with a fresh random cluster id if no member did yet. Retries while range 1
+/// has no leader; gives up only on errors a retry cannot cure.
+pub async fn load_or_bootstrap(backend: &Backend, local: &[RangeDescriptor]) -> Result<Catalog, ApiError> {
+    if let Ok(Some(c)) = read(backend, false).await {
+        return Ok(c);
+    }
+    let fresh_id = loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            break id;
+        }
+    };
+    let txn = bootstrap_txn(fresh_id, local);
+    let mut attempts = 0u32;
+    loop {
+        match backend.execute(META_RANGE_ID, c::Op::Txn(txn.clone())).await {
+            Ok(_) => match read(backend, true).await {
+                Ok(Some(c)) => return Ok(c),
+                Ok(None) => return Err(ApiError::Internal("the catalog bootstrap committed but reads back empty".into())),
+                Err(e) if retryable(&e) => {}
+                Err(e) => return Err(e),
+            },
+            Err(e) if retryable(&e) => {}
+            Err(e) => return Err(e),
+        }
+        attempts += 1;
+        if attempts.is_multiple_of(WAITING_LOG_EVERY) {
+            info!(attempts, "waiting for the meta range to elect a leader to record the catalog");
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+fn retryable(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::NoLeader { .. }
+            | ApiError::NotLeader { .. }
+            | ApiError::Timeout
+            | ApiError::OutcomeUnknown
+            | ApiError::TooBusy
+            | ApiError::EpochMismatch { .. }
+            | ApiError::NodeStopped
+    )
+}
+
+/// Records `desc` as its range's descriptor, unless the catalog already
+/// holds a newer one (an epoch never goes back). Best effort: the caller
+/// logs a failure; the next change publishes again.
+pub async fn publish(backend: &Backend, desc: &RangeDescriptor) -> Result<(), ApiError> {
+    let key = range_key(desc.range_id);
+    let op = c::RangeOp { key: key.clone(), ..Default::default() };
+    let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), true).await?;
+    let current = a.range.and_then(|r| r.kvs.into_iter().next());
+    let guard = match &current {
+        Some(kv) => {
+            let old = RangeDescriptor::decode(&kv.value, desc.range_id).map_err(|e| ApiError::Storage(e.to_string()))?;
+            if old.epoch.conf_ver >= desc.epoch.conf_ver && old.epoch.version >= desc.epoch.version {
+                return Ok(()); // as new or newer already
+            }
+            // MOD revision unchanged since the read: no publication raced us.
+            c::Compare { result: 0, target: 2, key: key.clone(), number: kv.mod_revision, ..Default::default() }
+        }
+        None => c::Compare { result: 0, target: 1, key: key.clone(), number: 0, ..Default::default() },
+    };
+    let txn = c::TxnOp { compare: vec![guard], success: vec![put(key, desc.encode())], failure: vec![] };
+    match backend.execute(META_RANGE_ID, c::Op::Txn(txn)).await? {
+        c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), .. } if !t.succeeded => {
+            warn!(range = desc.range_id, "descriptor publication raced another; the next change publishes again");
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Installs `catalog` in `backend`: the cluster id, the routes built from
+/// its descriptors and their epochs in the route cache.
+pub fn install(backend: &Backend, catalog: &Catalog) -> Result<(), ApiError> {
+    let routing = Routing::from_descriptors(&catalog.ranges).map_err(|e| ApiError::Storage(e.to_string()))?;
+    backend.install_routes(catalog.cluster_id, routing, &catalog.ranges);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_storage::{RangeEpoch, ReplicaDesc, ReplicaRole};
+
+    use super::*;
+
+    fn desc(range_id: u64, start: &[u8], end: &[u8]) -> RangeDescriptor {
+        RangeDescriptor {
+            range_id,
+            namespace_id: range_id,
+            start: start.to_vec(),
+            end: end.to_vec(),
+            epoch: RangeEpoch { conf_ver: 1, version: 1 },
+            replicas: vec![ReplicaDesc { node_id: 1, role: ReplicaRole::Voter }],
+        }
+    }
+
+    fn kvs_of(txn: &c::TxnOp) -> Vec<meridian_kv::KeyValue> {
+        txn.success
+            .iter()
+            .filter_map(|r| match &r.kind {
+                Some(c::RequestKind::Put(p)) => {
+                    Some(meridian_kv::KeyValue { key: p.key.clone(), value: p.value.clone(), ..Default::default() })
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_bootstrap_txn_records_what_decode_reads() {
+        let ranges = vec![desc(1, b"", b""), desc(2, b"", b""), desc(3, b"/a/", b"/a0")];
+        let txn = bootstrap_txn(0xfeed, &ranges);
+        assert_eq!(txn.compare.len(), 1, "written only if no cluster id is recorded yet");
+        let catalog = decode(&kvs_of(&txn)).unwrap().expect("a cluster id");
+        assert_eq!(catalog, Catalog { cluster_id: 0xfeed, ranges });
+        assert_eq!(decode(&[]).unwrap(), None, "nothing recorded yet");
+    }
+
+    #[test]
+    fn a_corrupt_catalog_is_an_error_not_a_guess() {
+        let bad_id = meridian_kv::KeyValue { key: CLUSTER_KEY.to_vec(), value: vec![1, 2], ..Default::default() };
+        assert!(decode(&[bad_id]).is_err());
+        let misplaced = meridian_kv::KeyValue { key: range_key(4), value: desc(3, b"/a/", b"/a0").encode(), ..Default::default() };
+        assert!(decode(&[misplaced]).is_err());
+    }
+}
