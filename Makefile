@@ -23,7 +23,7 @@ dev: setup
 
 # The simulated cluster: nodes, faults and invariant checks in one process.
 demo: setup
-	$(CARGO) run -p meridian -- demo
+	$(CARGO) run -p meridian-sim -- demo
 
 test:
 	$(CARGO) test --workspace
@@ -80,7 +80,7 @@ chaos-soak: setup
 # Group-commit benchmark: 1, 8 and 64 ranges on a 3-node in-process
 # cluster with RocksDB (see docs/performance.md).
 bench-raft: setup
-	$(CARGO) run -p meridian -- bench-raft --ranges 1,8,64 --json
+	$(CARGO) run -p meridian-sim -- bench-raft --ranges 1,8,64 --json
 
 # Meridian and etcd side by side over the etcd API: 3-node clusters of
 # each on 127.0.0.1, every workload on both (see docs/performance.md).
