@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use meridian_kv::command as c;
+use meridian_membership::{NodeDirectory, NodeRecord};
 use meridian_proto::etcdserverpb as pb;
 use meridian_raftstore::{RangeRequest, RangeStatus};
 use meridian_storage::{KeyInterval, RangeDescriptor, RangeEpoch};
@@ -68,7 +69,12 @@ pub struct Backend {
     /// The cluster id recorded in the meta range (random, chosen once at the
     /// cluster's bootstrap); 0 until this member has read it.
     cluster_id: AtomicU64,
-    channels: Mutex<HashMap<u64, Channel>>,
+    /// Every node this one knows: seeded from the initial cluster, then the
+    /// meta range's node records (labels, addresses of nodes that joined).
+    directory: RwLock<NodeDirectory>,
+    /// Channels to other members' client endpoints, with the address each
+    /// was dialled at.
+    channels: Mutex<HashMap<u64, (String, Channel)>>,
     /// (operation, result) → (count, total seconds). The key set is small
     /// and fixed (operation and error kinds), so this stays bounded.
     requests: Mutex<BTreeMap<RequestKey, RequestTotals>>,
@@ -156,7 +162,12 @@ fn result_name(r: &Result<impl Sized, ApiError>) -> &'static str {
 impl Backend {
     pub fn new(raft: Arc<dyn RaftAccess>, cfg: ServerConfig) -> Result<Backend, ApiError> {
         let routing = Routing::new(&cfg.namespaces)?;
+        let mut directory = NodeDirectory::new();
+        for m in &cfg.initial_cluster {
+            directory.upsert(cfg.node_record(m)).map_err(|e| ApiError::Invalid(e.to_string()))?;
+        }
         Ok(Backend {
+            directory: RwLock::new(directory),
             raft,
             routing: RwLock::new(Arc::new(routing)),
             cfg,
@@ -171,6 +182,30 @@ impl Backend {
     /// The route table now.
     pub fn routing(&self) -> Arc<Routing> {
         self.routing.read().expect("route table").clone()
+    }
+
+    /// A copy of what the directory knows of `node_id`.
+    pub fn node(&self, node_id: u64) -> Option<NodeRecord> {
+        self.directory.read().expect("node directory").get(node_id).cloned()
+    }
+
+    /// Every node the directory knows, in id order.
+    pub fn nodes(&self) -> Vec<NodeRecord> {
+        self.directory.read().expect("node directory").iter().cloned().collect()
+    }
+
+    /// Adds or updates a node record (from the meta range); the channel
+    /// to a node whose client address changed is dialled anew.
+    pub fn learn_node(&self, record: NodeRecord) -> Result<(), ApiError> {
+        let (id, addr) = (record.id, record.client_addr.clone());
+        let changed = self.directory.write().expect("node directory").upsert(record).map_err(|e| ApiError::Invalid(e.to_string()))?;
+        if changed {
+            let mut chans = self.channels.lock().expect("channel cache");
+            if chans.get(&id).is_some_and(|(a, _)| *a != addr) {
+                chans.remove(&id);
+            }
+        }
+        Ok(())
     }
 
     /// The cluster id recorded in the meta range (0: not read yet).
@@ -350,16 +385,16 @@ impl Backend {
     /// writes to the range leader.
     pub fn channel_to(&self, node_id: u64) -> Result<Channel, ApiError> {
         let mut chans = self.channels.lock().expect("channel cache");
-        if let Some(ch) = chans.get(&node_id) {
+        if let Some((_, ch)) = chans.get(&node_id) {
             return Ok(ch.clone());
         }
-        let m = self.cfg.initial_cluster.iter().find(|m| m.id == node_id).ok_or(ApiError::NoLeader { range_id: 0 })?;
+        let m = self.node(node_id).ok_or(ApiError::NoLeader { range_id: 0 })?;
         let ep = Endpoint::from_shared(format!("http://{}", m.client_addr))
             .map_err(|e| ApiError::Internal(e.to_string()))?
             .connect_timeout(std::time::Duration::from_secs(2))
             .timeout(std::time::Duration::from_secs(10));
         let ch = ep.connect_lazy();
-        chans.insert(node_id, ch.clone());
+        chans.insert(node_id, (m.client_addr.clone(), ch.clone()));
         Ok(ch)
     }
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use meridian_membership::{Labels, Liveness, NodeDirectory, NodeIdentity, NodeRecord, NodeRole, MAX_NODES};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -40,6 +41,13 @@ pub struct ServerConfig {
     pub region: String,
     #[serde(default = "default_zone")]
     pub zone: String,
+    /// The machine (failure domain below the zone); default `node-<id>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// `data` (the default). `witness` nodes come with the geography work
+    /// and are refused until then.
+    #[serde(default)]
+    pub role: NodeRole,
     /// Declared namespaces (key prefixes); each gets its own Raft group.
     #[serde(default)]
     pub namespaces: Vec<String>,
@@ -62,6 +70,11 @@ pub struct ServerConfig {
     /// Fault injection for chaos testing; all off by default.
     #[serde(default)]
     pub debug: DebugConfig,
+    /// `meridian server --relabel`: accept labels other than the ones the
+    /// data directory recorded (never read from a file, so it cannot stay
+    /// on by accident).
+    #[serde(skip)]
+    pub relabel: bool,
 }
 
 /// Test-only switches. `faults` exposes `POST /v1/debug/*` (network
@@ -116,6 +129,35 @@ impl ServerConfig {
         toml::to_string_pretty(self).expect("config serializes")
     }
 
+    /// This node's labels.
+    pub fn labels(&self) -> Labels {
+        Labels {
+            region: self.region.clone(),
+            zone: self.zone.clone(),
+            host: self.host.clone().unwrap_or_else(|| format!("node-{}", self.node_id)),
+        }
+    }
+
+    /// What this node is, as persisted with its data.
+    pub fn identity(&self) -> NodeIdentity {
+        NodeIdentity { node_id: self.node_id, labels: self.labels(), role: self.role }
+    }
+
+    /// The directory record of initial member `m` (labels known for this
+    /// node only; the others' come from their records in the meta range).
+    pub fn node_record(&self, m: &Member) -> NodeRecord {
+        let me = m.id == self.node_id;
+        NodeRecord {
+            id: m.id,
+            peer_addr: m.peer_addr.to_string(),
+            client_addr: m.client_addr.to_string(),
+            http_addr: m.http_addr.to_string(),
+            labels: if me { self.labels() } else { Labels::default() },
+            role: if me { self.role } else { NodeRole::Data },
+            liveness: if me { Liveness::Alive } else { Liveness::Unknown },
+        }
+    }
+
     pub fn me(&self) -> &Member {
         self.initial_cluster.iter().find(|m| m.id == self.node_id).expect("validated")
     }
@@ -134,8 +176,19 @@ impl ServerConfig {
         if ids.len() != self.initial_cluster.len() || ids.contains(&0) {
             return bad("initial_cluster ids must be unique and at least 1".into());
         }
-        if self.initial_cluster.len() > 9 {
-            return bad("initial_cluster has more than 9 members".into());
+        if self.initial_cluster.len() > MAX_NODES {
+            return bad(format!("initial_cluster has more than {MAX_NODES} members"));
+        }
+        if self.role == NodeRole::Witness {
+            return bad(
+                "role = \"witness\" is not supported yet (witness replicas come with the geography work); use role = \"data\"".into()
+            );
+        }
+        for m in &self.initial_cluster {
+            let rec = self.node_record(m);
+            if let Err(e) = NodeDirectory::new().upsert(rec) {
+                return bad(e.to_string());
+            }
         }
         if !(10..=10_000).contains(&self.tick_ms) {
             return bad(format!("tick_ms {} is outside 10..=10000", self.tick_ms));
@@ -172,6 +225,9 @@ mod tests {
             tick_ms: 100,
             worker_threads: Some(2),
             debug: DebugConfig::default(),
+            host: None,
+            role: NodeRole::Data,
+            relabel: false,
         }
     }
 

@@ -89,6 +89,9 @@ pub fn write_configs_with(
             // thread (ServerConfig::single_threaded).
             worker_threads: Some(1),
             debug: debug.clone(),
+            host: None,
+            role: Default::default(),
+            relabel: false,
         };
         cfg.validate().map_err(|e| e.to_string())?;
         std::fs::write(&cfg_path, cfg.to_toml()).map_err(|e| io("writing", &cfg_path, e))?;

@@ -142,7 +142,7 @@ async fn members_change(State(s): State<HttpState>, Path(range_id): Path<u64>, r
         Ok(m) => Json(m).into_response(),
         Err(ApiError::NotLeader { leader, .. }) => {
             // Point the operator (or script) at the node that can do it.
-            let http = s.backend.cfg.initial_cluster.iter().find(|m| m.id == leader).map(|m| m.http_addr.to_string());
+            let http = s.backend.node(leader).map(|m| m.http_addr);
             let msg = format!("node {} does not lead range {range_id}; node {leader} does", s.backend.cfg.node_id);
             let body = serde_json::json!({ "error": msg, "leader": leader, "leader_http": http });
             (StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response()
@@ -320,10 +320,19 @@ async fn cluster_status(State(s): State<HttpState>) -> Response {
         .collect();
     let members: Vec<serde_json::Value> = s
         .backend
-        .cfg
-        .initial_cluster
+        .nodes()
         .iter()
-        .map(|m| serde_json::json!({"id": m.id, "client_addr": m.client_addr.to_string(), "http_addr": m.http_addr.to_string()}))
+        .map(|m| {
+            serde_json::json!({
+                "id": m.id,
+                "client_addr": m.client_addr,
+                "http_addr": m.http_addr,
+                "region": m.labels.region,
+                "zone": m.labels.zone,
+                "host": m.labels.host,
+                "role": m.role,
+            })
+        })
         .collect();
     Json(serde_json::json!({
         "node_id": s.backend.cfg.node_id,

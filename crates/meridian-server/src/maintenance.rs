@@ -105,8 +105,7 @@ impl pb::cluster_server::Cluster for ClusterService {
     async fn member_list(&self, _r: Request<pb::MemberListRequest>) -> Result<Response<pb::MemberListResponse>, Status> {
         let members = self
             .backend
-            .cfg
-            .initial_cluster
+            .nodes()
             .iter()
             .map(|m| pb::Member {
                 id: m.id,

@@ -162,7 +162,7 @@ pub async fn change(backend: &Backend, range_id: u64, op: MemberOp, node: u64) -
             leader => ApiError::NotLeader { range_id, leader },
         });
     }
-    let cluster: Vec<u64> = backend.cfg.initial_cluster.iter().map(|m| m.id).collect();
+    let cluster: Vec<u64> = backend.nodes().iter().map(|m| m.id).collect();
     let cc = plan(&st, me, &cluster, op, node)?;
     tracing::info!(node = me, range = range_id, ?op, target = node, "membership change");
     // Planned against `st`: a change that landed in between (another

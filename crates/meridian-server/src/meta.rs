@@ -5,6 +5,7 @@
 //! ```text
 //!  range 1 (KvMachine, no client can route to it)
 //!    \0meridian/cluster            → cluster id (u64 BE, random, never 0)
+//!    \0meridian/node/<id u64 BE>   → the node's directory record (JSON)
 //!    \0meridian/range/<id u64 BE>  → RangeDescriptor::encode()
 //! ```
 //!
@@ -20,6 +21,7 @@
 use std::time::Duration;
 
 use meridian_kv::command as c;
+use meridian_membership::NodeRecord;
 use meridian_storage::RangeDescriptor;
 use tracing::{info, warn};
 
@@ -31,6 +33,8 @@ use crate::routing::{Routing, META_RANGE_ID};
 pub const CLUSTER_KEY: &[u8] = b"\0meridian/cluster";
 /// Prefix of the descriptor keys.
 pub const RANGE_PREFIX: &[u8] = b"\0meridian/range/";
+/// Prefix of the node records.
+pub const NODE_PREFIX: &[u8] = b"\0meridian/node/";
 /// Descriptors read in one catalog read at most (the catalog has one per
 /// range; a larger answer is corruption or a bug, refused).
 pub const MAX_CATALOG_RANGES: usize = 4096;
@@ -91,18 +95,95 @@ pub fn decode(kvs: &[meridian_kv::KeyValue]) -> Result<Option<Catalog>, String> 
     Ok(cluster_id.map(|cluster_id| Catalog { cluster_id, ranges }))
 }
 
+/// The records of range 1 under `prefix`, at most `limit` (more is an
+/// error, not a truncated answer).
+async fn scan(backend: &Backend, prefix: &[u8], limit: usize, linearizable: bool) -> Result<Vec<meridian_kv::KeyValue>, ApiError> {
+    let op =
+        c::RangeOp { key: prefix.to_vec(), range_end: crate::routing::prefix_end(prefix), limit: limit as i64 + 1, ..Default::default() };
+    let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), linearizable).await?;
+    let kvs = a.range.map(|r| r.kvs).unwrap_or_default();
+    if kvs.len() > limit {
+        return Err(ApiError::Internal(format!(
+            "the meta range holds more than {limit} records under {:?}",
+            String::from_utf8_lossy(prefix)
+        )));
+    }
+    Ok(kvs)
+}
+
 /// Reads the catalog from range 1 (`linearizable`: through the leader;
 /// otherwise this member's replica).
 pub async fn read(backend: &Backend, linearizable: bool) -> Result<Option<Catalog>, ApiError> {
-    let mut end = b"\0meridian".to_vec();
-    end.push(b'/' + 1);
-    let op = c::RangeOp { key: b"\0meridian/".to_vec(), range_end: end, limit: MAX_CATALOG_RANGES as i64 + 1, ..Default::default() };
-    let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), linearizable).await?;
-    let kvs = a.range.map(|r| r.kvs).unwrap_or_default();
-    if kvs.len() > MAX_CATALOG_RANGES {
-        return Err(ApiError::Internal(format!("the catalog holds more than {MAX_CATALOG_RANGES} records")));
-    }
+    let mut kvs = scan(backend, CLUSTER_KEY, 1, linearizable).await?;
+    kvs.retain(|kv| kv.key == CLUSTER_KEY);
+    kvs.extend(scan(backend, RANGE_PREFIX, MAX_CATALOG_RANGES, linearizable).await?);
     decode(&kvs).map_err(ApiError::Storage)
+}
+
+/// A node's record as the meta range keeps it.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NodeWire {
+    id: u64,
+    peer_addr: String,
+    client_addr: String,
+    http_addr: String,
+    labels: meridian_membership::Labels,
+    role: meridian_membership::NodeRole,
+}
+
+fn node_key(id: u64) -> Vec<u8> {
+    let mut k = NODE_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// Records this node (its addresses, labels and role) in the meta range, so
+/// every member's directory learns them.
+pub async fn register_node(backend: &Backend, n: &NodeRecord) -> Result<(), ApiError> {
+    let wire = NodeWire {
+        id: n.id,
+        peer_addr: n.peer_addr.clone(),
+        client_addr: n.client_addr.clone(),
+        http_addr: n.http_addr.clone(),
+        labels: n.labels.clone(),
+        role: n.role,
+    };
+    let value = serde_json::to_vec(&wire).map_err(|e| ApiError::Internal(e.to_string()))?;
+    backend.execute(META_RANGE_ID, c::Op::Put(c::PutOp { key: node_key(n.id), value, ..Default::default() })).await?;
+    Ok(())
+}
+
+/// Every node record of the meta range, into `backend`'s directory. A
+/// record that does not decode or fit is skipped with a warning (advice,
+/// not authority: nothing depends on it for safety).
+pub async fn refresh_nodes(backend: &Backend) -> Result<usize, ApiError> {
+    let kvs = scan(backend, NODE_PREFIX, meridian_membership::MAX_NODES, false).await?;
+    let mut learned = 0;
+    for kv in kvs {
+        let rec = match serde_json::from_slice::<NodeWire>(&kv.value) {
+            // This node knows itself better than its record (which may
+            // predate a --relabel that is being registered).
+            Ok(w) if w.id == backend.cfg.node_id => continue,
+            Ok(w) => NodeRecord {
+                id: w.id,
+                peer_addr: w.peer_addr,
+                client_addr: w.client_addr,
+                http_addr: w.http_addr,
+                labels: w.labels,
+                role: w.role,
+                liveness: meridian_membership::Liveness::Unknown,
+            },
+            Err(e) => {
+                warn!("undecodable node record {:?}: {e}", kv.key);
+                continue;
+            }
+        };
+        match backend.learn_node(rec) {
+            Ok(()) => learned += 1,
+            Err(e) => warn!("node record refused: {e}"),
+        }
+    }
+    Ok(learned)
 }
 
 /// The catalog, bootstrapping it from `local` (this member's descriptors)

@@ -137,8 +137,64 @@ async fn load_catalog(backend: Arc<Backend>) {
     let local: Vec<RangeDescriptor> = statuses.iter().filter(|s| !s.dormant).map(descriptor_of).collect();
     match meta::load_or_bootstrap(&backend, &local).await.and_then(|c| meta::install(&backend, &c).map(|()| c)) {
         Ok(c) => info!(cluster_id = %format!("{:#018x}", c.cluster_id), ranges = c.ranges.len(), "catalog read from the meta range"),
-        Err(e) => error!("reading the catalog from the meta range: {e}; routes stay those of the config"),
+        Err(e) => {
+            error!("reading the catalog from the meta range: {e}; routes stay those of the config");
+            return;
+        }
     }
+    // This node's record, then everyone's, again and again: the directory
+    // learns labels and addresses (of nodes added later too).
+    let me = backend.node(backend.cfg.node_id).expect("the directory holds this node");
+    let mut registered = false;
+    loop {
+        if !registered {
+            match meta::register_node(&backend, &me).await {
+                Ok(()) => registered = true,
+                Err(e) => warn!("recording this node in the meta range: {e}; retrying"),
+            }
+        }
+        if let Err(e) = meta::refresh_nodes(&backend).await {
+            warn!("reading node records from the meta range: {e}");
+        }
+        tokio::time::sleep(NODE_REFRESH).await;
+    }
+}
+
+/// How often the node directory is refreshed from the meta range.
+const NODE_REFRESH: Duration = Duration::from_secs(10);
+
+/// The identity file beside the data: node id, labels, role.
+const IDENTITY_FILE: &str = "identity.toml";
+
+/// Checks this node's configured identity against the one its data
+/// directory recorded, and records it on a new directory (or on
+/// `--relabel`). Nothing is written when the check fails.
+fn check_identity(cfg: &ServerConfig) -> Result<(), ServerError> {
+    let path = cfg.data_dir.join(IDENTITY_FILE);
+    let stored: Option<meridian_membership::NodeIdentity> = match std::fs::read_to_string(&path) {
+        Ok(text) => Some(toml::from_str(&text).map_err(|e| ServerError::Config(format!("{}: {e}", path.display())))?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(ServerError::Config(format!("reading {}: {e}", path.display()))),
+    };
+    let write = cfg.identity().reconcile(stored.as_ref(), cfg.relabel).map_err(|e| ServerError::Config(e.to_string()))?;
+    if let Some(id) = write {
+        if stored.is_some() {
+            info!(labels = ?id.labels, "relabelled (--relabel)");
+        }
+        let text = toml::to_string_pretty(&id).map_err(|e| ServerError::Config(e.to_string()))?;
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ServerError::Config(format!("creating {}: {e}", cfg.data_dir.display())))?;
+        // Written whole or not at all: a temporary file, synced, renamed.
+        let tmp = path.with_extension("toml.tmp");
+        let io = |e: std::io::Error| ServerError::Config(format!("writing {}: {e}", path.display()));
+        {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(text.as_bytes()).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io)?;
+    }
+    Ok(())
 }
 
 /// Runs the server until `shutdown` resolves.
@@ -146,6 +202,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     cfg.validate().map_err(|e| ServerError::Config(e.to_string()))?;
     let me = cfg.me().clone();
     let tls = TlsMaterial::from_files(&cfg.tls.cert, &cfg.tls.key, &cfg.tls.ca).map_err(|e| ServerError::Config(e.to_string()))?;
+    check_identity(&cfg)?;
     let routing = Routing::new(&cfg.namespaces).map_err(|e| ServerError::Config(e.to_string()))?;
     let ids: Vec<u64> = cfg.initial_cluster.iter().map(|m| m.id).collect();
     let hub = Arc::new(WatchHub::default());

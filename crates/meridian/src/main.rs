@@ -42,6 +42,11 @@ enum Cmd {
         /// TOML configuration file (see docs/operations.md).
         #[arg(long)]
         config: std::path::PathBuf,
+        /// Accept labels (region, zone, host) other than the ones this
+        /// node's data directory recorded; without it such a restart is
+        /// refused, as replicas were placed by the old labels.
+        #[arg(long)]
+        relabel: bool,
     },
     /// Start a local cluster of real server processes and keep it in the
     /// foreground until Ctrl-C.
@@ -255,8 +260,9 @@ fn main() -> Result<()> {
         }));
     }
     match cli.cmd {
-        Cmd::Server { config } => {
-            let cfg = meridian_server::config::ServerConfig::load(&config)?;
+        Cmd::Server { config, relabel } => {
+            let mut cfg = meridian_server::config::ServerConfig::load(&config)?;
+            cfg.relabel = relabel;
             runtime_with(cfg.worker_threads)?.block_on(meridian_server::server::run(cfg, shutdown_signal()))?;
             Ok(())
         }

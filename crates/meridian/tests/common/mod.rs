@@ -49,11 +49,17 @@ impl ProcCluster {
     }
 
     pub fn spawn(&self, i: usize) -> Child {
+        self.spawn_with(i, &[])
+    }
+
+    /// `meridian server --config … <extra>` for node `i`.
+    pub fn spawn_with(&self, i: usize, extra: &[&str]) -> Child {
         let log = self.configs[i].parent().unwrap().join("server.log");
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         Command::new(env!("CARGO_BIN_EXE_meridian"))
             .args(["server", "--config"])
             .arg(&self.configs[i])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
