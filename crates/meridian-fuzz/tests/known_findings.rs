@@ -90,7 +90,7 @@ fn f1_peer_storage_open_rejects_truncated_index_at_u64_max() {
     assert_error_not_panic("PeerStorage::open", || PeerStorage::open(Arc::new(engine), RANGE).map(drop).map_err(|e| e.to_string()));
 }
 
-/// F2 — meridian-raftstore `Store::bump_incarnation` (store.rs,
+/// F2 — meridian-raftstore `Store::bump_incarnation` (store/mod.rs,
 /// `prev + 1`): the incarnation record is 8 raw bytes with no checksum;
 /// all-ones overflows.
 #[test]

@@ -1,15 +1,24 @@
 //! One range replica on this node: its `RawNode`, state machine and the
 //! requests waiting on it.
+//!
+//! Work that touches one range alone is a method of [`Peer`] here (ticks,
+//! the parts of a Ready that are the range's own, conf changes, dormancy,
+//! compaction, answering reads, the invariant check); the `Store` (in
+//! `store/`) drives it across ranges and owns what ranges share: the
+//! outbox, completions, metrics, the engine and the sync sequence.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use meridian_storage::{PeerStorage, RangeDescriptor, ReplicaDesc, ReplicaRole};
-use raft::prelude::ConfState;
-use raft::{RawNode, StateRole};
+use meridian_storage::{keys, Cf, Engine, PeerStorage, RangeDescriptor, ReplicaDesc, ReplicaRole, WriteBatch};
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
+use raft::{RawNode, ReadState, StateRole};
+use tracing::{info, warn};
 
+use crate::config::StoreConfig;
 use crate::error::RaftstoreError;
 use crate::state_machine::StateMachine;
-use crate::store::RequestId;
+use crate::store::{Completion, RequestId};
 
 /// A proposal waiting for its entry to be applied.
 pub(crate) struct Proposal {
@@ -81,6 +90,20 @@ pub(crate) struct PendingRead {
     pub index: Option<u64>,
 }
 
+/// A read-index context: the store's incarnation and the request id.
+pub(crate) fn read_ctx(incarnation: u64, id: RequestId) -> Vec<u8> {
+    let mut ctx = Vec::with_capacity(16);
+    ctx.extend_from_slice(&incarnation.to_be_bytes());
+    ctx.extend_from_slice(&id.0.to_be_bytes());
+    ctx
+}
+
+fn parse_read_ctx(ctx: &[u8]) -> Option<(u64, u64)> {
+    let inc = u64::from_be_bytes(ctx.get(..8)?.try_into().ok()?);
+    let id = u64::from_be_bytes(ctx.get(8..16)?.try_into().ok()?);
+    (ctx.len() == 16).then_some((inc, id))
+}
+
 /// A Ready handed back to raft-rs with `advance_append_async`: written to
 /// the engine, durable once a sync covers `seq`. Until then raft-rs does
 /// not count its entries as persisted and its messages stay here (a
@@ -125,7 +148,7 @@ pub(crate) struct Peer {
     /// Seeded generator for this replica's election timeouts.
     pub rng_state: u64,
     /// Tick at which this replica was first seen holding proposals while
-    /// not leading (see `Store::tick`).
+    /// not leading (see `Peer::settle_orphans`).
     pub orphaned_since: Option<u64>,
     /// The applied index when `orphaned_since` was set: progress restarts
     /// the clock.
@@ -155,6 +178,17 @@ pub(crate) fn splitmix(x: u64) -> u64 {
 pub fn election_timeout_draw(lo: usize, random: u64) -> usize {
     let spread = if lo < 4 { lo.max(1) } else { lo / 2 };
     lo + (random % spread as u64) as usize
+}
+
+/// Legacy single conf changes (from etcd-era tooling) as a V2 change.
+fn legacy_to_v2(c: ConfChange) -> ConfChangeV2 {
+    let mut single = raft::prelude::ConfChangeSingle::default();
+    single.set_change_type(c.get_change_type());
+    single.node_id = c.node_id;
+    let mut v2 = ConfChangeV2::default();
+    v2.set_changes(vec![single].into());
+    v2.context = c.context;
+    v2
 }
 
 impl Peer {
@@ -273,6 +307,367 @@ impl Peer {
             || cs.voters_outgoing.contains(&node_id)
             || cs.learners.contains(&node_id)
             || cs.learners_next.contains(&node_id)
+    }
+
+    /// Puts a replica that is no longer in its range's configuration (as of
+    /// `conf_ver`) to sleep; answers what it still held. Safe between `ready()`
+    /// and `advance_append`: stepping down creates no messages and changes
+    /// neither term nor vote.
+    pub fn go_dormant(&mut self, conf_ver: u64) -> Vec<Completion> {
+        let range_id = self.desc.range_id;
+        self.dormant_at = Some(conf_ver);
+        if self.raft.raft.state == StateRole::Leader {
+            // raft-rs keeps a removed leader leading without its own progress
+            // entry (the next persist would panic), and a cut-off leader told
+            // of its removal must stop serving leases and reads. Step down: the
+            // voters left elect a leader among them.
+            let term = self.raft.raft.term;
+            self.raft.raft.become_follower(term, raft::INVALID_ID);
+        }
+        // Its in-flight proposals may still commit on the others; its reads
+        // cannot be answered.
+        let mut done = Vec::new();
+        for s in self.staged.drain(..) {
+            done.push(Completion { id: s.id, range_id, result: Err(RaftstoreError::RangeRemoved { range_id }) });
+        }
+        let forwarded = std::mem::take(&mut self.forwarded).into_keys();
+        for x in self.proposals.drain(..).filter_map(|x| x.id).chain(forwarded) {
+            done.push(Completion::unknown(x, range_id));
+        }
+        for r in self.reads.drain(..) {
+            done.push(Completion { id: r.id, range_id, result: Err(RaftstoreError::RangeRemoved { range_id }) });
+        }
+        self.sm.removed(range_id);
+        done
+    }
+
+    // ---- ticks (driven by `Store::tick`) ---------------------------------
+
+    /// Counts a tick without raft traffic for the range; returns the probes
+    /// a replica that does not vote sends when the range stays silent.
+    pub fn silence_probes(&mut self, node_id: u64, dead_after: u64) -> Option<Vec<Message>> {
+        // A learner, or a replica outside its own configuration, never
+        // campaigns. Removed (again, after being added back) before it
+        // caught up, it would wait forever for a leader that no longer
+        // writes to it, serving stale data. So when nothing has come for
+        // the range in a while it asks the voters it knows: a member at
+        // a later epoch answers with a removed hint (it goes dormant), a
+        // live leader simply carries on. The probe is a term-0
+        // heartbeat response, which raft-rs ignores everywhere but on
+        // the leader, where it only marks the replica active.
+        self.silent_ticks += 1;
+        let cs = &self.raft.store().raft_state().conf_state;
+        let initialized = !cs.voters.is_empty() || !cs.learners.is_empty();
+        let votes = cs.voters.contains(&node_id) || cs.voters_outgoing.contains(&node_id);
+        if initialized && !votes && self.silent_ticks > dead_after && self.silent_ticks % dead_after == 1 {
+            let msgs: Vec<Message> = cs
+                .voters
+                .iter()
+                .filter(|&&v| v != node_id)
+                .map(|&to| {
+                    let mut m = Message::default();
+                    m.set_msg_type(MessageType::MsgHeartbeatResponse);
+                    m.from = node_id;
+                    m.to = to;
+                    m
+                })
+                .collect();
+            return Some(msgs);
+        }
+        None
+    }
+
+    /// Ticks raft; a leader with nothing to do for `quiesce_after_ticks`
+    /// ticks goes quiet.
+    pub fn tick_raft(&mut self, quiesce_after_ticks: u64) {
+        self.raft.tick();
+        self.after_raft_call();
+        // A leader elected while the range was joint finishes the change.
+        self.maybe_leave_joint();
+        if self.leader_is_idle() {
+            self.idle_ticks += 1;
+            if self.idle_ticks >= quiesce_after_ticks {
+                // One last heartbeat, flagged, tells followers to stop
+                // ticking too.
+                self.announce_quiesce = true;
+                self.raft.ping();
+                self.quiesced = true;
+            }
+        } else {
+            self.idle_ticks = 0;
+        }
+    }
+
+    /// Answers, into `out`, the proposals a lost leadership stranded for
+    /// more than `orphan_ticks` ticks without progress.
+    pub fn settle_orphans(&mut self, now: u64, orphan_ticks: u64, out: &mut Vec<Completion>) {
+        // Proposals left behind by a lost leadership are normally settled
+        // when their index is applied (same term: done; other term:
+        // dropped). If the log was cut short of them they would wait
+        // for an index that may never come, so after a while they are
+        // answered "outcome unknown", as etcd answers "leader changed".
+        let applied = self.raft.raft.raft_log.applied;
+        if self.is_leader() || self.proposals.is_empty() {
+            self.orphaned_since = None;
+        } else if self.orphaned_since.is_none() || self.orphan_applied != applied {
+            // Applying makes progress towards them: restart the clock.
+            self.orphaned_since = Some(now);
+            self.orphan_applied = applied;
+        } else {
+            let since = self.orphaned_since.unwrap_or(now);
+            if now - since > orphan_ticks {
+                let range_id = self.desc.range_id;
+                for x in self.proposals.drain(..) {
+                    if let Some(id) = x.id {
+                        out.push(Completion::unknown(id, range_id));
+                    }
+                }
+                self.orphaned_since = None;
+            }
+        }
+    }
+
+    /// Answers, into `out`, the forwarded proposals that will not come back;
+    /// returns how many.
+    pub fn expire_forwarded(&mut self, now: u64, forward_timeout: u64, out: &mut Vec<Completion>) -> u64 {
+        // Forwarded proposals the leader dropped (it lost leadership or
+        // was handing it over) never come back as entries. Those handed
+        // to a leader this replica no longer follows are answered at
+        // once, as etcd answers "leader changed" (their fate is
+        // unknown: the old leader may have replicated them); the rest
+        // after the forward timeout.
+        let range_id = self.desc.range_id;
+        let leader = self.raft.raft.leader_id;
+        let before = self.forwarded.len();
+        self.forwarded.retain(|&id, f| {
+            let keep = f.leader == leader && now.saturating_sub(f.at_tick) < forward_timeout;
+            if !keep {
+                out.push(Completion::unknown(id, range_id));
+            }
+            keep
+        });
+        (before - self.forwarded.len()) as u64
+    }
+
+    /// Re-sends, every `retry` ticks, the read requests raft-rs may have
+    /// dropped; after `max` retries a read times out (its range and id go
+    /// to `timeouts`).
+    pub fn retry_reads(&mut self, now: u64, retry: u64, max: u32, incarnation: u64, timeouts: &mut Vec<(u64, RequestId)>) {
+        // Re-send read requests raft-rs may have dropped.
+        let mut i = 0;
+        while i < self.reads.len() {
+            let r = &mut self.reads[i];
+            if r.index.is_none() && now.saturating_sub(r.issued_tick) >= retry {
+                if r.retries >= max {
+                    let r = self.reads.remove(i).expect("index in bounds");
+                    timeouts.push((self.desc.range_id, r.id));
+                    continue;
+                }
+                r.retries += 1;
+                r.issued_tick = now;
+                self.raft.read_index(read_ctx(incarnation, r.id));
+            }
+            i += 1;
+        }
+    }
+
+    // ---- a Ready (driven by `Store::poll`) -------------------------------
+
+    /// Stages the install of a snapshot a Ready carries into `batch`, and
+    /// takes the span, epoch and replicas it describes.
+    pub fn stage_snapshot(&mut self, snap: &Snapshot, batch: &mut WriteBatch) -> Result<(), RaftstoreError> {
+        let desc = self.raft.mut_store().apply_snapshot(snap, batch)?;
+        self.desc.namespace_id = desc.namespace_id;
+        self.desc.start = desc.start;
+        self.desc.end = desc.end;
+        self.desc.epoch = desc.epoch.max(self.desc.epoch);
+        self.desc.replicas = desc.replicas;
+        Ok(())
+    }
+
+    /// Moves this store's forwarded proposals found among a Ready's new
+    /// `entries` (tagged by node `node_id`, nonce `nonce`) to `proposals`.
+    pub fn adopt_forwarded(&mut self, entries: &[Entry], node_id: u64, nonce: u64) {
+        // This store's forwarded proposals, now in the log: from here on
+        // they resolve by (index, term), definitely (an entry is
+        // appended once, so another entry at its index means it is gone).
+        if !self.forwarded.is_empty() {
+            for e in entries {
+                let Some(tag) = ProposalTag::decode(&e.context) else { continue };
+                if tag.node_id != node_id || tag.nonce != nonce || self.forwarded.remove(&tag.id).is_none() {
+                    continue;
+                }
+                let at = self.proposals.partition_point(|x| x.index <= e.index);
+                self.proposals.insert(at, Proposal { index: e.index, term: e.term, id: Some(tag.id) });
+            }
+        }
+    }
+
+    /// Records the read indexes raft-rs confirmed for this store's reads
+    /// (of this `incarnation`).
+    pub fn record_read_states(&mut self, read_states: Vec<ReadState>, incarnation: u64) {
+        for rs in read_states {
+            let Some((inc, id)) = parse_read_ctx(&rs.request_ctx) else { continue };
+            if inc != incarnation {
+                continue;
+            }
+            if let Some(r) = self.reads.iter_mut().find(|r| r.id.0 == id) {
+                r.index = Some(rs.index);
+            }
+        }
+    }
+
+    /// After an installed snapshot reached the engine: the state machine
+    /// reloads from it, and the proposals it covers are answered.
+    pub fn reload_after_snapshot(&mut self, engine: &dyn Engine, node_id: u64, done: &mut Vec<Completion>) -> Result<(), RaftstoreError> {
+        let range_id = self.desc.range_id;
+        let applied = self.raft.store().apply_state().applied_index;
+        self.sm.reload(engine, self.desc.namespace_id)?;
+        // Proposals the snapshot jumped over: their fate is unknown here.
+        while self.proposals.front().is_some_and(|x| x.index <= applied) {
+            let x = self.proposals.pop_front().expect("front");
+            if let Some(id) = x.id {
+                done.push(Completion::unknown(id, range_id));
+            }
+        }
+        // Forwarded proposals: their entries may be among those the
+        // snapshot covers, so they will never be applied here.
+        for id in std::mem::take(&mut self.forwarded).into_keys() {
+            done.push(Completion::unknown(id, range_id));
+        }
+        info!(node = node_id, range = range_id, index = applied, "installed snapshot");
+        Ok(())
+    }
+
+    /// Tells raft-rs how far the state machine applied, as far as raft-rs
+    /// allows: a snapshot installed but not yet synced is applied here before
+    /// raft-rs counts it as persisted.
+    pub fn advance_applied(&mut self) {
+        let log = &self.raft.raft.raft_log;
+        let to = self.raft.store().apply_state().applied_index.min(log.committed).min(log.persisted);
+        if to > log.applied {
+            self.raft.advance_apply_to(to);
+        }
+    }
+
+    /// Applies a committed conf change entry (legacy or V2) on this node
+    /// (`node_id`), staging the new configuration and descriptor into
+    /// `batch`. Returns the entry's response: empty, or why the change was
+    /// not applied.
+    pub fn apply_conf_change_entry(&mut self, e: &Entry, node_id: u64, batch: &mut WriteBatch, done: &mut Vec<Completion>) -> Vec<u8> {
+        let range_id = self.desc.range_id;
+        let cc: Result<ConfChangeV2, String> = if e.get_entry_type() == EntryType::EntryConfChange {
+            ConfChange::parse_from_bytes(&e.data).map(legacy_to_v2).map_err(|x| x.to_string())
+        } else {
+            ConfChangeV2::parse_from_bytes(&e.data).map_err(|x| x.to_string())
+        };
+        match cc.map_err(|x| x.to_string()).and_then(|cc| self.raft.apply_conf_change(&cc).map_err(|x| x.to_string())) {
+            Ok(cs) => {
+                self.set_conf(&cs);
+                self.raft.mut_store().set_conf_state(cs.clone(), batch);
+                batch.put(Cf::Meta, keys::state_key(range_id), self.desc.encode());
+                info!(node = node_id, range = range_id, voters = ?cs.voters, outgoing = ?cs.voters_outgoing, learners = ?cs.learners, conf_ver = self.desc.epoch.conf_ver, "membership changed");
+                if Peer::in_conf(&cs, node_id) {
+                    if self.dormant_at.is_some() {
+                        info!(node = node_id, range = range_id, "replica added back; active again");
+                        self.rejoin();
+                    }
+                } else if self.dormant_at.is_none() {
+                    let at = self.desc.epoch.conf_ver;
+                    done.extend(self.go_dormant(at));
+                    info!(node = node_id, range = range_id, "replica removed from the range; dormant (data kept)");
+                }
+                Vec::new()
+            }
+            Err(err) => {
+                // A committed but invalid change is skipped alike on
+                // every replica.
+                warn!(range = range_id, index = e.index, "conf change not applied: {err}");
+                err.into_bytes()
+            }
+        }
+    }
+
+    /// Compacts the log up to the applied index once `cfg.compact_log_entries`
+    /// applied entries are kept, staging it into `batch`.
+    pub fn maybe_compact(&mut self, cfg: &StoreConfig, batch: &mut WriteBatch) -> Result<(), RaftstoreError> {
+        let applied = self.raft.store().apply_state().applied_index;
+        let truncated = self.raft.store().truncated_index();
+        if applied.saturating_sub(truncated) < cfg.compact_log_entries {
+            return Ok(());
+        }
+        let mut to = applied;
+        if self.is_leader() {
+            // Keep what lagging followers still need, unless they are so far
+            // behind that a snapshot is cheaper.
+            // Only replicas heard from recently hold the log back: a dead
+            // node must not make the log grow without bound; it catches up
+            // by snapshot when it returns.
+            let min_matched =
+                self.raft.raft.prs().iter().filter(|(_, pr)| pr.recent_active).map(|(_, pr)| pr.matched).min().unwrap_or(applied);
+            if applied.saturating_sub(min_matched) <= cfg.max_log_lag_entries {
+                to = to.min(min_matched);
+            }
+        }
+        if to > truncated {
+            self.raft.mut_store().compact(to, batch)?;
+        }
+        Ok(())
+    }
+
+    /// Answers, into `done`, the reads whose read index this replica has
+    /// applied, reading the state machine from `engine`.
+    pub fn answer_reads(&mut self, engine: &dyn Engine, done: &mut Vec<Completion>) {
+        let range_id = self.desc.range_id;
+        let applied = self.raft.store().apply_state().applied_index;
+        while self.reads.front().is_some_and(|r| r.index.is_some_and(|i| i <= applied)) {
+            let r = self.reads.pop_front().expect("front");
+            let value = self.sm.read(engine, self.desc.namespace_id, &r.query);
+            done.push(Completion { id: r.id, range_id, result: Ok((applied, value)) });
+        }
+        // A read whose index is known but later than an unanswered one
+        // must not wait behind it forever: answer any that are ready.
+        let mut i = 0;
+        while i < self.reads.len() {
+            if self.reads[i].index.is_some_and(|x| x <= applied) {
+                let r = self.reads.remove(i).expect("index in bounds");
+                let value = self.sm.read(engine, self.desc.namespace_id, &r.query);
+                done.push(Completion { id: r.id, range_id, result: Ok((applied, value)) });
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    // ---- checks ---------------------------------------------------------
+
+    /// Checks the range's log and apply invariants, panicking with the
+    /// range id and the numbers when one does not hold: raft-rs's applied
+    /// ≤ committed ≤ last index, the stored applied index ≤ committed, and
+    /// nothing truncated that is not applied. Debug and test builds only:
+    /// `Store::poll` calls it for every range after each poll.
+    ///
+    /// An uninitialized replica (created for a leader's message, not yet
+    /// filled) has every number 0, which satisfies all of them.
+    #[cfg(debug_assertions)]
+    pub(crate) fn validate(&self) {
+        let range_id = self.desc.range_id;
+        let log = &self.raft.raft.raft_log;
+        let (applied, committed, last) = (log.applied, log.committed, log.last_index());
+        assert!(
+            applied <= committed && committed <= last,
+            "range {range_id}: raft log out of order: applied {applied}, committed {committed}, last index {last}"
+        );
+        let stored_applied = self.raft.store().apply_state().applied_index;
+        assert!(
+            stored_applied <= committed,
+            "range {range_id}: stored applied index {stored_applied} is past the committed index {committed}"
+        );
+        let truncated = self.raft.store().truncated_index();
+        assert!(
+            truncated <= stored_applied,
+            "range {range_id}: log truncated to {truncated}, past the stored applied index {stored_applied} (compacted unapplied entries)"
+        );
     }
 }
 

@@ -1,0 +1,546 @@
+//! The node-level Multi-Raft driver core. See the crate docs for the shape
+//! of a poll round.
+//!
+//! This file holds the [`Store`] itself, the public types it takes and
+//! hands out ([`RangeRequest`], [`Completion`], [`RangeStatus`],
+//! [`StoreMetrics`], [`Bootstrap`], [`SnapshotTask`]), bootstrapping and
+//! opening a store, and its read-only accessors. The rest of `impl Store`
+//! is split by concern, one file each:
+//!
+//! - `propose.rs`: accepting proposals, staging them and handing each
+//!   round's to raft (`flush_staged`), conf changes, leader transfer and
+//!   campaigns;
+//! - `read.rs`: linearizable (ReadIndex) and local reads, answering them;
+//! - `step.rs`: inbound envelopes, replicas created for a leader's
+//!   message, removed hints;
+//! - `poll.rs`: the poll round (the Ready contract, the round's write) and
+//!   the sync sequence (`take_sync_request` / `on_synced` /
+//!   `release_synced`);
+//! - `apply.rs`: applying committed entries and answering their proposals;
+//! - `snapshot.rs`: building the snapshots raft-rs asks for, inline or as
+//!   driver tasks;
+//! - `outbox.rs`: outgoing messages (queue, flush) and the transport's
+//!   feedback;
+//! - `liveness.rs`: logical time (`tick`), node pings, quiescence and which
+//!   nodes were heard from.
+//!
+//! Work on a single range is a method of `Peer` (`peer.rs`); these files
+//! drive it across ranges and own what ranges share.
+
+mod apply;
+mod liveness;
+mod outbox;
+mod poll;
+mod propose;
+mod read;
+mod snapshot;
+mod step;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use meridian_codes::ReplicaState;
+use meridian_storage::{
+    keys, Cf, Engine, EntryCacheBudget, KeyInterval, PeerStorage, RangeDescriptor, RangeEpoch, StorageError, WriteBatch,
+};
+use meridian_transport::{RaftEnvelope, Transport};
+use raft::prelude::Snapshot;
+use raft::{RawNode, ReadOnlyOption, StateRole};
+use tracing::info;
+
+use crate::config::StoreConfig;
+use crate::error::RaftstoreError;
+use crate::logger::raft_logger;
+use crate::peer::{splitmix, Peer};
+use crate::state_machine::StateMachineFactory;
+
+/// What every request handed to the store names: the range, the epoch the
+/// caller's route has for it, and the keys it touches. The store refuses a
+/// request whose epoch is not the replica's ([`RaftstoreError::EpochMismatch`])
+/// or whose keys lie outside the range's span
+/// ([`RaftstoreError::KeyNotInRange`]), before it changes anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangeRequest {
+    pub range_id: u64,
+    pub epoch: RangeEpoch,
+    pub keys: Vec<KeyInterval>,
+}
+
+impl RangeRequest {
+    /// A request to `range_id` at `epoch` that names no keys (admin
+    /// commands, lease commands).
+    pub fn new(range_id: u64, epoch: RangeEpoch) -> Self {
+        RangeRequest { range_id, epoch, keys: Vec::new() }
+    }
+
+    /// The same request, touching `keys`.
+    pub fn with_keys(mut self, keys: Vec<KeyInterval>) -> Self {
+        self.keys = keys;
+        self
+    }
+
+    /// Refuses the request if it does not fit `desc`.
+    fn check(&self, desc: &RangeDescriptor) -> Result<(), RaftstoreError> {
+        if self.epoch != desc.epoch {
+            return Err(RaftstoreError::EpochMismatch { range_id: desc.range_id, current: desc.epoch });
+        }
+        match self.keys.iter().find(|k| !desc.contains_interval(k)) {
+            Some(k) => Err(RaftstoreError::KeyNotInRange { range_id: desc.range_id, key: k.key.clone() }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The on-disk format this build reads and writes, recorded at bootstrap.
+/// Format 1: before the bootstrap record (ranges were created again on
+/// every start). Format 2: data keyed by range id. Format 3: data keyed by
+/// namespace id (descriptors name it).
+pub const STORE_FORMAT: u64 = 3;
+
+/// Where the bootstrap record lives (range id 0 is never a range).
+const BOOTSTRAP_KEY: &[u8] = b"bootstrap";
+
+/// (format, node id) of a bootstrap record.
+fn decode_bootstrap(raw: &[u8]) -> Option<(u64, u64)> {
+    let format = u64::from_be_bytes(raw.get(..8)?.try_into().ok()?);
+    let node = u64::from_be_bytes(raw.get(8..16)?.try_into().ok()?);
+    (raw.len() == 16).then_some((format, node))
+}
+
+/// What [`Store::bootstrap`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// The engine was empty: these many replicas were created.
+    Created(usize),
+    /// The engine was bootstrapped before: nothing was created.
+    Existing,
+}
+
+/// Identifies a proposal or read handed to the store; its answer comes back
+/// as a [`Completion`] from [`Store::poll`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub id: RequestId,
+    pub range_id: u64,
+    /// The state machine's response, with the index the request was applied
+    /// (or read) at.
+    pub result: Result<(u64, Vec<u8>), RaftstoreError>,
+}
+
+impl Completion {
+    /// A request whose fate this replica cannot know (it may still be
+    /// applied elsewhere).
+    pub(crate) fn unknown(id: RequestId, range_id: u64) -> Completion {
+        Completion { id, range_id, result: Err(RaftstoreError::OutcomeUnknown { range_id }) }
+    }
+}
+
+/// An applied entry, recorded for the simulation's checkers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedEntry {
+    pub range_id: u64,
+    pub index: u64,
+    pub term: u64,
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RangeStatus {
+    pub range_id: u64,
+    pub role: StateRole,
+    pub term: u64,
+    pub leader_id: u64,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+    pub first_index: u64,
+    /// The namespace whose data the replica holds.
+    pub namespace_id: u64,
+    /// The span the replica serves (`end` empty: to the end of the keyspace).
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
+    pub epoch: RangeEpoch,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Non-empty while the range is in a joint configuration (a membership
+    /// change entered, not yet left).
+    pub voters_outgoing: Vec<u64>,
+    pub quiesced: bool,
+    /// Not in the range's configuration (it applied its removal, or a
+    /// member told it so): serves nothing until added back.
+    pub dormant: bool,
+    /// On a leader: each replica's matched index and replication state.
+    pub progress: Vec<(u64, u64, ReplicaState)>,
+    /// Other nodes this store heard from within two election timeouts.
+    pub live_peers: Vec<u64>,
+}
+
+/// raft-rs's progress state as the shared [`ReplicaState`].
+fn replica_state(s: raft::ProgressState) -> ReplicaState {
+    match s {
+        raft::ProgressState::Probe => ReplicaState::Probe,
+        raft::ProgressState::Replicate => ReplicaState::Replicate,
+        raft::ProgressState::Snapshot => ReplicaState::Snapshot,
+    }
+}
+
+/// Counters an operator (and the group-commit benchmark) watches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreMetrics {
+    pub poll_rounds: u64,
+    pub synced_writes: u64,
+    pub entries_persisted: u64,
+    pub entries_applied: u64,
+    pub messages_sent: u64,
+    pub messages_rejected: u64,
+    pub snapshots_built: u64,
+    pub snapshots_installed: u64,
+    pub proposals_dropped: u64,
+    /// Proposals a follower handed to its leader inside raft.
+    pub proposals_forwarded: u64,
+    /// ... of which this many never reached this replica's log, before
+    /// the forward timeout or while it followed the leader they were
+    /// handed to, and were answered `OutcomeUnknown`.
+    pub forwarded_unknown: u64,
+    pub read_timeouts: u64,
+    /// Microseconds the driver's sync thread spent in log fsyncs (its
+    /// own measurement; 0 when `poll` syncs inline).
+    pub sync_micros: u64,
+    /// Bytes held now by the entry caches of every range here.
+    pub entry_cache_bytes: u64,
+    /// The engine's read cache of hot records, if it has one: reads it
+    /// answered, reads that went to the engine, bytes held now.
+    pub read_cache_hits: u64,
+    pub read_cache_misses: u64,
+    pub read_cache_bytes: u64,
+}
+
+/// Bytes of entries a range's leader holds appended but uncommitted; past
+/// it, raft-rs drops new proposals (local ones answer `TooBusy`,
+/// forwarded ones time out as `OutcomeUnknown`).
+pub const MAX_UNCOMMITTED_BYTES: u64 = 32 << 20;
+
+/// Snapshot builds handed to the driver and not yet answered, per node
+/// (each holds an engine snapshot, which pins files on disk).
+pub const MAX_SNAPSHOT_BUILDS: usize = 4;
+
+/// A snapshot build that the store hands to its driver
+/// ([`SnapshotBuild::Deferred`]): the driver runs [`SnapshotTask::build`]
+/// wherever it likes (a thread of its own) and gives the result back with
+/// [`Store::on_snapshot_built`]. The task reads only the engine snapshot it
+/// holds, so it may run concurrently with the poll loop.
+///
+/// [`SnapshotBuild::Deferred`]: crate::SnapshotBuild::Deferred
+pub struct SnapshotTask {
+    /// The range the snapshot is for.
+    pub range_id: u64,
+    build: Box<dyn FnOnce() -> Result<Snapshot, StorageError> + Send>,
+}
+
+impl std::fmt::Debug for SnapshotTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotTask").field("range_id", &self.range_id).finish_non_exhaustive()
+    }
+}
+
+impl SnapshotTask {
+    /// Builds the snapshot (reads the engine snapshot; may take long).
+    pub fn build(self) -> Result<Snapshot, StorageError> {
+        (self.build)()
+    }
+}
+
+pub struct Store {
+    cfg: StoreConfig,
+    engine: Arc<dyn Engine>,
+    transport: Arc<dyn Transport>,
+    factory: Arc<dyn StateMachineFactory>,
+    peers: BTreeMap<u64, Peer>,
+    now_tick: u64,
+    next_request: u64,
+    /// Incremented durably at every open. Read-index contexts carry it, so
+    /// a late answer to a read from before a restart can never be matched
+    /// to a new read with the same request id.
+    incarnation: u64,
+    /// Names this life of the store in [`ProposalTag`]s.
+    ///
+    /// [`ProposalTag`]: crate::peer::ProposalTag
+    tag_nonce: u64,
+    /// Tick at which each peer node was last heard from.
+    last_heard: HashMap<u64, u64>,
+    known_nodes: BTreeSet<u64>,
+    outbox: BTreeMap<u64, Vec<RaftEnvelope>>,
+    completions: Vec<Completion>,
+    applied_log: Vec<AppliedEntry>,
+    /// Builds waiting for the driver to take them ([`Store::take_snapshot_tasks`]).
+    snapshot_tasks: Vec<SnapshotTask>,
+    /// Ranges whose build the driver holds (taken, not yet answered).
+    snapshot_in_flight: BTreeSet<u64>,
+    metrics: StoreMetrics,
+    /// Sync sequence: every round whose write raft needs durable takes the
+    /// next number; `synced_seq` is the highest a finished engine sync
+    /// covered. Readies wait in `Peer::unsynced` for their number.
+    write_seq: u64,
+    synced_seq: u64,
+    /// `defer_sync`: a sync of `write_seq` is wanted, not yet handed out.
+    sync_wanted: bool,
+    /// Shared by the entry caches of every range here.
+    entry_cache_budget: EntryCacheBudget,
+}
+
+fn not_found(range_id: u64) -> RaftstoreError {
+    RaftstoreError::RangeNotFound { range_id }
+}
+
+impl Store {
+    /// Bootstraps this node's store **once**: on an empty engine, creates the
+    /// replicas of `ranges` that list `node_id` and records, in the same
+    /// synced write, that the engine was bootstrapped (by which node, in
+    /// which on-disk format). Every later start finds the record and
+    /// creates nothing, whatever `ranges` says: the ranges on disk, their
+    /// descriptors and a replica that was removed stay as they are.
+    ///
+    /// Refuses (changing nothing) an engine bootstrapped by another node,
+    /// one in another on-disk format, and one that holds ranges but no
+    /// record (written before the record existed: format 1).
+    pub fn bootstrap(engine: &dyn Engine, node_id: u64, ranges: &[RangeDescriptor]) -> Result<Bootstrap, RaftstoreError> {
+        let key = keys::data_key(0, BOOTSTRAP_KEY);
+        if let Some(raw) = engine.get(Cf::RaftState, &key)? {
+            let (format, by) = decode_bootstrap(&raw).ok_or_else(|| RaftstoreError::Storage("corrupt bootstrap record".into()))?;
+            if format != STORE_FORMAT {
+                return Err(RaftstoreError::IncompatibleData {
+                    reason: format!(
+                        "the data directory is in on-disk format {format}; this build reads format {STORE_FORMAT} and does not migrate: start the node on an empty data directory"
+                    ),
+                });
+            }
+            if by != node_id {
+                return Err(RaftstoreError::IncompatibleData {
+                    reason: format!("the data directory belongs to node {by}, not node {node_id}"),
+                });
+            }
+            return Ok(Bootstrap::Existing);
+        }
+        if !PeerStorage::list_ranges(engine)?.is_empty() {
+            return Err(RaftstoreError::IncompatibleData {
+                reason: format!(
+                    "the data directory holds ranges in on-disk format 1 (before ranges were recorded at bootstrap); this build reads format {STORE_FORMAT} and does not migrate: start the node on an empty data directory"
+                ),
+            });
+        }
+        let mut batch = WriteBatch::new();
+        let mut created = 0;
+        for desc in ranges.iter().filter(|d| d.replica(node_id).is_some()) {
+            let voters = desc.replicas.iter().map(|r| r.node_id).collect();
+            PeerStorage::bootstrap(&mut batch, desc, voters);
+            created += 1;
+        }
+        let mut record = STORE_FORMAT.to_be_bytes().to_vec();
+        record.extend_from_slice(&node_id.to_be_bytes());
+        batch.put(Cf::RaftState, key, record);
+        engine.write(&batch, true)?;
+        Ok(Bootstrap::Created(created))
+    }
+
+    /// Opens every range stored on `engine`. Corruption in any range stops
+    /// the node with an error naming the range: serving from a damaged log
+    /// could lose acknowledged writes.
+    pub fn open(
+        cfg: StoreConfig,
+        engine: Arc<dyn Engine>,
+        transport: Arc<dyn Transport>,
+        factory: Arc<dyn StateMachineFactory>,
+    ) -> Result<Store, RaftstoreError> {
+        let incarnation = Self::bump_incarnation(&*engine)?;
+        let tag_nonce = splitmix(cfg.seed ^ splitmix(incarnation));
+        let mut store = Store {
+            incarnation,
+            tag_nonce,
+            cfg,
+            engine,
+            transport,
+            factory,
+            peers: BTreeMap::new(),
+            now_tick: 0,
+            // Request ids never repeat across restarts of the node.
+            next_request: (incarnation << 32) | 1,
+            last_heard: HashMap::new(),
+            known_nodes: BTreeSet::new(),
+            outbox: BTreeMap::new(),
+            completions: Vec::new(),
+            applied_log: Vec::new(),
+            snapshot_tasks: Vec::new(),
+            snapshot_in_flight: BTreeSet::new(),
+            metrics: StoreMetrics::default(),
+            write_seq: 0,
+            synced_seq: 0,
+            sync_wanted: false,
+            entry_cache_budget: EntryCacheBudget::new(EntryCacheBudget::DEFAULT_BYTES),
+        };
+        for desc in PeerStorage::list_ranges(&*store.engine)? {
+            let storage = PeerStorage::open(store.engine.clone(), desc.range_id)?;
+            for r in &desc.replicas {
+                if r.node_id != store.cfg.node_id {
+                    store.known_nodes.insert(r.node_id);
+                }
+            }
+            store.add_peer(desc, storage)?;
+        }
+        info!(node = store.cfg.node_id, ranges = store.peers.len(), "store opened");
+        Ok(store)
+    }
+
+    fn bump_incarnation(engine: &dyn Engine) -> Result<u64, RaftstoreError> {
+        // Range id 0 is never a range, so this key collides with nothing.
+        let key = keys::data_key(0, b"incarnation");
+        let prev = match engine.get(Cf::RaftState, &key)? {
+            Some(v) => {
+                u64::from_be_bytes(v.as_slice().try_into().map_err(|_| RaftstoreError::Storage("corrupt incarnation record".into()))?)
+            }
+            None => 0,
+        };
+        let next = prev.checked_add(1).ok_or_else(|| RaftstoreError::Storage("corrupt incarnation record (at its maximum)".into()))?;
+        let mut batch = WriteBatch::new();
+        batch.put(Cf::RaftState, key, next.to_be_bytes().to_vec());
+        engine.write(&batch, true)?;
+        Ok(next)
+    }
+
+    fn add_peer(&mut self, desc: RangeDescriptor, mut storage: PeerStorage) -> Result<(), RaftstoreError> {
+        let range_id = desc.range_id;
+        storage.set_cache_budget(self.entry_cache_budget.clone());
+        let applied = storage.apply_state().applied_index;
+        let rc = raft::Config {
+            id: self.cfg.node_id,
+            election_tick: self.cfg.election_ticks,
+            heartbeat_tick: self.cfg.heartbeat_ticks,
+            applied,
+            max_size_per_msg: self.cfg.max_size_per_msg_bytes,
+            max_inflight_msgs: self.cfg.max_inflight_msgs,
+            check_quorum: true,
+            pre_vote: true,
+            // Followers hand proposals over without asking; this bounds what
+            // a leader holds uncommitted (raft-rs drops proposals past it).
+            max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
+            read_only_option: ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        rc.validate().map_err(|e| RaftstoreError::InvalidRequest { range_id, reason: e.to_string() })?;
+        let raft =
+            RawNode::new(&rc, storage, &raft_logger(self.cfg.node_id, range_id)).map_err(|e| RaftstoreError::Storage(e.to_string()))?;
+        let mut sm = self.factory.create(&desc);
+        sm.reload(&*self.engine, desc.namespace_id)?;
+        let rng_state = splitmix(self.cfg.seed ^ splitmix(self.cfg.node_id ^ splitmix(range_id ^ splitmix(self.incarnation))));
+        // A replica that was removed before a restart stays dormant.
+        let cs = &raft.store().raft_state().conf_state;
+        let initialized = !cs.voters.is_empty() || !cs.learners.is_empty();
+        let removed = initialized && !Peer::in_conf(cs, self.cfg.node_id);
+        let dormant_at = removed.then_some(desc.epoch.conf_ver);
+        let mut peer = Peer {
+            raft,
+            unsynced: VecDeque::new(),
+            sm,
+            desc,
+            staged: Vec::new(),
+            proposals: VecDeque::new(),
+            forwarded: BTreeMap::new(),
+            reads: VecDeque::new(),
+            idle_ticks: 0,
+            quiesced: false,
+            announce_quiesce: false,
+            dormant_at,
+            rng_state,
+            orphaned_since: None,
+            orphan_applied: 0,
+            silent_ticks: 0,
+        };
+        peer.redraw_election_timeout();
+        self.peers.insert(range_id, peer);
+        Ok(())
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.cfg.node_id
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    pub fn metrics(&self) -> StoreMetrics {
+        let mut m = self.metrics;
+        m.entry_cache_bytes = self.entry_cache_budget.used() as u64;
+        if let Some(c) = self.engine.cache_stats() {
+            (m.read_cache_hits, m.read_cache_misses, m.read_cache_bytes) = (c.hits, c.misses, c.bytes as u64);
+        }
+        m
+    }
+
+    pub fn range_ids(&self) -> Vec<u64> {
+        self.peers.keys().copied().collect()
+    }
+
+    pub fn descriptor(&self, range_id: u64) -> Option<&RangeDescriptor> {
+        self.peers.get(&range_id).map(|p| &p.desc)
+    }
+
+    /// A request to `range_id` at the epoch of this store's replica, naming
+    /// no keys: what a caller with an up-to-date route would send (tests,
+    /// the simulation). Without a replica here, the default epoch.
+    pub fn request(&self, range_id: u64) -> RangeRequest {
+        RangeRequest::new(range_id, self.descriptor(range_id).map(|d| d.epoch).unwrap_or_default())
+    }
+
+    pub fn range_status(&self, range_id: u64) -> Option<RangeStatus> {
+        let p = self.peers.get(&range_id)?;
+        let r = &p.raft.raft;
+        let cs = p.raft.store().raft_state().conf_state.clone();
+        Some(RangeStatus {
+            range_id,
+            role: r.state,
+            term: r.term,
+            leader_id: r.leader_id,
+            commit: r.raft_log.committed,
+            applied: p.raft.store().apply_state().applied_index,
+            last_index: r.raft_log.last_index(),
+            first_index: p.raft.store().truncated_index() + 1,
+            namespace_id: p.desc.namespace_id,
+            start: p.desc.start.clone(),
+            end: p.desc.end.clone(),
+            epoch: p.desc.epoch,
+            voters: cs.voters,
+            learners: cs.learners,
+            voters_outgoing: cs.voters_outgoing,
+            quiesced: p.quiesced,
+            dormant: p.dormant_at.is_some(),
+            progress: if p.is_leader() {
+                r.prs().iter().map(|(id, pr)| (*id, pr.matched, replica_state(pr.state))).collect()
+            } else {
+                Vec::new()
+            },
+            live_peers: self.live_peers(),
+        })
+    }
+
+    pub fn statuses(&self) -> Vec<RangeStatus> {
+        self.peers.keys().filter_map(|id| self.range_status(*id)).collect()
+    }
+
+    /// Entries applied since the last call (only with `record_applied`).
+    pub fn take_applied(&mut self) -> Vec<AppliedEntry> {
+        std::mem::take(&mut self.applied_log)
+    }
+
+    fn next_id(&mut self) -> RequestId {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        id
+    }
+}
