@@ -46,17 +46,8 @@ fn labels_are_learned_persisted_and_changed_only_with_relabel() {
 
     c.kill9(2);
     set_zone(&c, 2, "local-z");
-    let mut child = c.spawn(2);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "a node restarted with other labels kept running");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (status, log) = c.start_expecting_exit(2, Duration::from_secs(30));
     assert!(!status.success(), "refused without --relabel");
-    let log = std::fs::read_to_string(c.configs[2].parent().unwrap().join("server.log")).unwrap();
     assert!(log.contains("--relabel"), "the refusal says how to proceed: {log}");
 
     c.children[2] = Some(c.spawn_with(2, &["--relabel"]));

@@ -91,17 +91,8 @@ fn reordered_namespaces_keep_their_data_and_an_added_one_is_refused() {
 
     c.kill9(0);
     set_namespaces(&c, 0, r#"["/a/", "/b/", "/0/"]"#);
-    let mut child = c.spawn(0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "a node with an added namespace kept running");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (status, log) = c.start_expecting_exit(0, Duration::from_secs(30));
     assert!(!status.success(), "refused at start");
-    let log = std::fs::read_to_string(c.configs[0].parent().unwrap().join("server.log")).unwrap();
     assert!(log.contains("\"/0/\"") && log.contains("namespaces do not match"), "the refusal names the namespace: {log}");
     assert_eq!(ok(&ep, &["get", "/a/k", "--print-value-only"]).trim(), "in-a", "the others still serve");
 }

@@ -67,6 +67,26 @@ impl ProcCluster {
             .expect("spawn meridian server")
     }
 
+    /// Starts node `i` and waits for it to exit (a start that must be
+    /// refused): its exit status and its log. Panics if it keeps running
+    /// past `limit`.
+    pub fn start_expecting_exit(&self, i: usize, limit: Duration) -> (std::process::ExitStatus, String) {
+        let mut child = self.spawn(i);
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("node {} kept running past {limit:?}", self.members[i].id);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let log = std::fs::read_to_string(self.configs[i].parent().unwrap().join("server.log")).unwrap_or_default();
+        (status, log)
+    }
+
     pub fn wait_ready(&self, limit: Duration) {
         let start = Instant::now();
         while start.elapsed() < limit {
