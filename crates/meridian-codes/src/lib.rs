@@ -11,6 +11,8 @@
 //! Every crate names a refusal by this enum; none keeps a table of numbers
 //! by hand, and none decides by the text of a message.
 
+#![deny(missing_docs)]
+
 mod wire {
     #![allow(missing_docs)]
     include!(concat!(env!("OUT_DIR"), "/meridian.v1.rs"));

@@ -11,14 +11,32 @@ use crate::identity::check_host_port;
 /// node, a peer connection when it holds a replica with us).
 pub const MAX_NODES: usize = 4096;
 
+/// Why the directory refused a record (it changed nothing).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DirectoryError {
+    /// Node ids start at 1.
     #[error("node id 0 is not a valid node id")]
     ZeroId,
+    /// The directory holds [`MAX_NODES`] nodes and this one is new.
     #[error("the directory holds {max} nodes already; node {node_id} does not fit")]
-    Full { node_id: u64, max: usize },
+    Full {
+        /// The node that did not fit.
+        node_id: u64,
+        /// The bound.
+        max: usize,
+    },
+    /// An address is not `host:port`.
     #[error("node {node_id}: {field} address {addr:?} is not host:port ({reason})")]
-    InvalidAddress { node_id: u64, field: &'static str, addr: String, reason: String },
+    InvalidAddress {
+        /// The node whose record it is.
+        node_id: u64,
+        /// Which address: `peer`, `client` or `http`.
+        field: &'static str,
+        /// The address as given.
+        addr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// What a node does. Witnesses vote and keep the log but serve no data
@@ -26,16 +44,21 @@ pub enum DirectoryError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeRole {
+    /// Holds replicas with data and serves clients.
     #[default]
     Data,
+    /// Votes and keeps the log of the ranges it is in; keeps no data.
     Witness,
 }
 
 /// Where a node is. The placement driver spreads replicas over them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub struct Labels {
+    /// The cloud region (or data centre).
     pub region: String,
+    /// The availability zone inside the region.
     pub zone: String,
+    /// The machine.
     pub host: String,
 }
 
@@ -46,15 +69,18 @@ pub enum Liveness {
     /// Not heard of yet.
     #[default]
     Unknown,
+    /// Heard from lately.
     Alive,
     /// Not heard from lately.
     Suspect,
+    /// Considered gone (by the failure detector, to come).
     Dead,
 }
 
 /// One node as the directory knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeRecord {
+    /// The node's id (never 0).
     pub id: u64,
     /// `host:port` others dial for raft traffic.
     pub peer_addr: String,
@@ -62,8 +88,11 @@ pub struct NodeRecord {
     pub client_addr: String,
     /// `host:port` of its HTTP endpoint.
     pub http_addr: String,
+    /// Where it is.
     pub labels: Labels,
+    /// What it does.
     pub role: NodeRole,
+    /// How alive it seems to this node.
     pub liveness: Liveness,
 }
 
@@ -92,6 +121,7 @@ pub struct NodeDirectory {
 }
 
 impl NodeDirectory {
+    /// An empty directory.
     pub fn new() -> Self {
         Self::default()
     }
@@ -118,10 +148,12 @@ impl NodeDirectory {
         }
     }
 
+    /// The record of `id`, if known.
     pub fn get(&self, id: u64) -> Option<&NodeRecord> {
         self.nodes.get(&id)
     }
 
+    /// Whether `id` is known.
     pub fn contains(&self, id: u64) -> bool {
         self.nodes.contains_key(&id)
     }
@@ -148,14 +180,17 @@ impl NodeDirectory {
         self.nodes.values()
     }
 
+    /// Every known id, in order.
     pub fn ids(&self) -> Vec<u64> {
         self.nodes.keys().copied().collect()
     }
 
+    /// How many nodes are known.
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
 
+    /// Whether no node is known.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }

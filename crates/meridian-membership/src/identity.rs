@@ -11,22 +11,48 @@ use crate::directory::{Labels, NodeRole};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeIdentity {
+    /// The node's id.
     pub node_id: u64,
+    /// Its labels, as replicas were placed by them.
     pub labels: Labels,
+    /// Its role (never changes).
     pub role: NodeRole,
 }
 
+/// Why a node may not start on a data directory with this identity.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum IdentityError {
+    /// The directory is another node's.
     #[error("the data directory belongs to node {stored}, not node {configured}")]
-    OtherNode { stored: u64, configured: u64 },
+    OtherNode {
+        /// The id the directory recorded.
+        stored: u64,
+        /// The id configured now.
+        configured: u64,
+    },
     #[error(
         "node {node_id} was started with labels {stored:?} and is configured with {configured:?}; \
          replicas were placed by the old labels: start it with --relabel to change them"
     )]
-    Relabel { node_id: u64, stored: Box<Labels>, configured: Box<Labels> },
+    /// Other labels than recorded, without `--relabel`.
+    Relabel {
+        /// The node.
+        node_id: u64,
+        /// The labels the directory recorded.
+        stored: Box<Labels>,
+        /// The labels configured now.
+        configured: Box<Labels>,
+    },
+    /// Another role than recorded.
     #[error("node {node_id} was started as a {stored:?} node and is configured as a {configured:?} node; a node's role cannot change")]
-    Role { node_id: u64, stored: NodeRole, configured: NodeRole },
+    Role {
+        /// The node.
+        node_id: u64,
+        /// The role the directory recorded.
+        stored: NodeRole,
+        /// The role configured now.
+        configured: NodeRole,
+    },
 }
 
 impl NodeIdentity {

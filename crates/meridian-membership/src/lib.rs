@@ -15,6 +15,8 @@
 //! says. It does no IO: addresses are kept as `host:port` text (DNS names
 //! allowed) and resolved by whoever dials, at every dial.
 
+#![deny(missing_docs)]
+
 mod directory;
 mod identity;
 
