@@ -51,10 +51,15 @@ fix:
 	$(CARGO) fmt --all
 	$(CARGO) clippy --workspace --all-targets --fix --allow-dirty --allow-staged
 
-# The long many-seed simulation (not in CI).
+# The long many-seed simulations (not in CI): the register run, then the
+# KV run (locks, leases, lock-delay, event streams). SEEDS and STEPS
+# override both, KV_SEEDS and KV_STEPS the KV run alone;
+# MERIDIAN_SIM_BASE_SEED in the environment moves the seeds.
 sim-long: setup
 	MERIDIAN_SIM_SEEDS=$${SEEDS:-500} MERIDIAN_SIM_STEPS=$${STEPS:-4000} \
 	  $(CARGO) test --workspace --test random -- --nocapture
+	MERIDIAN_SIM_SEEDS=$${KV_SEEDS:-$${SEEDS:-500}} MERIDIAN_SIM_STEPS=$${KV_STEPS:-$${STEPS:-4000}} \
+	  $(CARGO) test --workspace --test kv_random -- --nocapture
 
 # A long fuzzing run of every decoder that takes untrusted bytes (peer
 # frames, raft messages, stored records, KV commands and queries, etcd

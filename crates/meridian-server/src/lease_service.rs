@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meridian_kv::command as c;
-use meridian_kv::lease_clock::LeaseClock;
+use meridian_kv::lease_clock::{LeaseClock, LockDelayTimer};
 use meridian_proto::etcdserverpb as pb;
 use meridian_proto::etcdserverpb::lease_client::LeaseClient;
 use meridian_raftstore::raft_types::StateRole;
@@ -101,8 +101,8 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
     // Rounds between checkpoints (~5 s) and deadlock scans (~10 s).
     let every = |d: Duration| (d.as_millis() / interval.as_millis().max(1)).max(1) as u64;
     let (checkpoint_every, deadlock_every) = (every(Duration::from_secs(5)), every(Duration::from_secs(10)));
-    // (range, lock name) → when this leader first saw it under lock-delay.
-    let mut delays: HashMap<(u64, Vec<u8>), u64> = HashMap::new();
+    // range → the lock-delays this leader times there.
+    let mut delays: HashMap<u64, LockDelayTimer> = HashMap::new();
     loop {
         tick.tick().await;
         rounds += 1;
@@ -123,7 +123,7 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
             }
             if !leading {
                 // A later leader times a delay from scratch: never shorter.
-                delays.retain(|(r, _), _| *r != st.range_id);
+                delays.remove(&st.range_id);
             }
         }
         let ranges: Vec<u64> = keeper.clocks.lock().expect("lease keeper").keys().copied().collect();
@@ -140,7 +140,7 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
                     Err(e) => warn!(range = range_id, lease = id, "revoking expired lease: {e}"),
                 }
             }
-            end_lock_delays(&backend, range_id, now, &mut delays).await;
+            end_lock_delays(&backend, range_id, now, delays.entry(range_id).or_default()).await;
             if rounds.is_multiple_of(deadlock_every) {
                 scan_deadlocks(&backend, &locks, range_id).await;
             }
@@ -159,7 +159,7 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
 }
 
 /// Ends lock-delays this leader has timed in full on its own clock.
-async fn end_lock_delays(backend: &Backend, range_id: u64, now: u64, delays: &mut HashMap<(u64, Vec<u8>), u64>) {
+async fn end_lock_delays(backend: &Backend, range_id: u64, now: u64, timer: &mut LockDelayTimer) {
     let delayed = match backend.query(range_id, c::QueryKind::DelayedLocks(true), false).await {
         Ok(a) => a.locks,
         Err(e) => {
@@ -167,17 +167,14 @@ async fn end_lock_delays(backend: &Backend, range_id: u64, now: u64, delays: &mu
             return;
         }
     };
-    let live: std::collections::HashSet<&[u8]> = delayed.iter().map(|l| l.name.as_slice()).collect();
-    delays.retain(|(r, name), _| *r != range_id || live.contains(name.as_slice()));
-    for l in &delayed {
-        let delay = l.lock.as_ref().map_or(0, |r| r.delay_ms).max(0) as u64;
-        let since = *delays.entry((range_id, l.name.clone())).or_insert(now);
-        if now.saturating_sub(since) >= delay {
-            match backend.execute_on_leader(range_id, c::Op::LockDelayEnd(l.name.clone())).await {
-                Ok(_) => debug!(range = range_id, lock = %String::from_utf8_lossy(&l.name), "lock-delay over"),
-                Err(e) => debug!(range = range_id, "ending lock-delay: {e}"),
-            }
+    let delayed: Vec<(Vec<u8>, i64)> = delayed.into_iter().map(|l| (l.name, l.lock.map_or(0, |r| r.delay_ms))).collect();
+    for name in timer.due(now, &delayed) {
+        match backend.execute_on_leader(range_id, c::Op::LockDelayEnd(name.clone())).await {
+            Ok(_) => debug!(range = range_id, lock = %String::from_utf8_lossy(&name), "lock-delay over"),
+            Err(e) => debug!(range = range_id, "ending lock-delay: {e}"),
         }
+        // A delay under this name from now on is a new one.
+        timer.ended(&name);
     }
 }
 

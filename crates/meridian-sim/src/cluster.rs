@@ -3,8 +3,10 @@ use std::sync::Arc;
 
 use meridian_raftstore::raft_types::StateRole;
 use meridian_raftstore::test_machine::{chain_of, put_command, RegisterMachine};
-use meridian_raftstore::{Completion, RaftstoreError, RangeStatus, RequestId, SnapshotBuild, StateMachine, Store, StoreConfig};
-use meridian_storage::{CachedEngine, Cf, Engine, MemEngine, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
+use meridian_raftstore::{
+    Completion, RaftstoreError, RangeStatus, RequestId, SnapshotBuild, StateMachine, StateMachineFactory, Store, StoreConfig,
+};
+use meridian_storage::{keys, CachedEngine, Cf, Engine, MemEngine, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
 use meridian_storage_rocks::RocksEngine;
 use meridian_transport::mem::MemNetwork;
 use rand::{Rng, SeedableRng};
@@ -71,6 +73,28 @@ struct PendingSync {
     due: u64,
 }
 
+/// The state machines a cluster's stores run: a factory per node start
+/// (called again at every restart, so a driver can tell incarnations
+/// apart), and whether the read cache admits only the records the factory
+/// calls hot (as a node does) or every key (the register simulation).
+pub struct Machines {
+    factory: Box<dyn Fn(u64) -> Arc<dyn StateMachineFactory>>,
+    hot_records_only: bool,
+}
+
+impl Machines {
+    /// The register machine of `test_machine` on every node.
+    pub fn register() -> Self {
+        Machines { factory: Box::new(|_| factory()), hot_records_only: false }
+    }
+
+    /// `factory(node_id)` at every start of a node; the read cache keeps
+    /// only the records the factory calls hot, as on a real node.
+    pub fn per_node(factory: impl Fn(u64) -> Arc<dyn StateMachineFactory> + 'static) -> Self {
+        Machines { factory: Box::new(factory), hot_records_only: true }
+    }
+}
+
 /// What a proposal was, to record its acknowledgement.
 struct InFlight {
     range_id: u64,
@@ -92,6 +116,7 @@ pub struct Cluster {
     inflight: HashMap<(u64, RequestId), InFlight>,
     results: HashMap<(u64, RequestId), Answer>,
     next_key: u64,
+    machines: Machines,
 }
 
 fn factory() -> Arc<dyn meridian_raftstore::StateMachineFactory> {
@@ -120,6 +145,11 @@ fn engine_sync(engine: &NodeEngine, mark: u64) -> Result<(), meridian_storage::S
 
 impl Cluster {
     pub fn new(cfg: SimConfig) -> Cluster {
+        Cluster::with_machines(cfg, Machines::register())
+    }
+
+    /// A cluster whose stores run `machines` instead of the register machine.
+    pub fn with_machines(cfg: SimConfig, machines: Machines) -> Cluster {
         let net = MemNetwork::new(cfg.seed);
         let voters: Vec<ReplicaDesc> = (1..=cfg.initial_voters).map(|node_id| ReplicaDesc { node_id, role: ReplicaRole::Voter }).collect();
         // Range r serves keys with prefix "/r<r>/"; range ids start at 1.
@@ -143,6 +173,7 @@ impl Cluster {
             inflight: HashMap::new(),
             results: HashMap::new(),
             next_key: 0,
+            machines,
             cfg,
         };
         for id in 1..=c.cfg.nodes {
@@ -162,12 +193,18 @@ impl Cluster {
     /// The engine a (re)started store gets: behind a read cache as on a
     /// real node, with a fresh cache per start (a process's memory) and a
     /// bound small enough that entries are evicted all along.
-    fn engine_of(&self, id: u64) -> Arc<dyn Engine> {
-        match &self.nodes[&id].engine {
-            NodeEngine::Mem(m) => Arc::new(CachedEngine::new(m.clone(), Cf::Data, SIM_READ_CACHE_BYTES)),
-            NodeEngine::Rocks { engine, .. } => {
-                Arc::new(CachedEngine::new(engine.clone().expect("engine open"), Cf::Data, SIM_READ_CACHE_BYTES))
+    fn engine_of(&self, id: u64, machines: &Arc<dyn StateMachineFactory>) -> Arc<dyn Engine> {
+        fn cached<E: Engine + 'static>(e: E, hot: Option<Arc<dyn StateMachineFactory>>) -> Arc<dyn Engine> {
+            let c = CachedEngine::new(e, Cf::Data, SIM_READ_CACHE_BYTES);
+            match hot {
+                Some(m) => Arc::new(c.admitting(move |key| keys::user_key(key).is_some_and(|k| m.hot_record(k)))),
+                None => Arc::new(c),
             }
+        }
+        let hot = self.machines.hot_records_only.then(|| machines.clone());
+        match &self.nodes[&id].engine {
+            NodeEngine::Mem(m) => cached(m.clone(), hot),
+            NodeEngine::Rocks { engine, .. } => cached(engine.clone().expect("engine open"), hot),
         }
     }
 
@@ -177,12 +214,13 @@ impl Cluster {
                 *engine = Some(RocksEngine::open(dir.path()).expect("reopen rocksdb"));
             }
         }
-        let engine = self.engine_of(id);
+        let machines = (self.machines.factory)(id);
+        let engine = self.engine_of(id, &machines);
         Store::bootstrap(&*engine, id, &self.ranges).expect("bootstrap");
         let mut cfg = self.cfg.store.clone();
         cfg.node_id = id;
         cfg.seed = self.cfg.seed;
-        let store = Store::open(cfg, engine, Arc::new(self.net.transport(id)), factory()).expect("open store");
+        let store = Store::open(cfg, engine, Arc::new(self.net.transport(id)), machines).expect("open store");
         self.nodes.get_mut(&id).expect("node").store = Some(store);
         self.net.set_down(id, false);
     }
@@ -396,6 +434,30 @@ impl Cluster {
         let id = store.propose(store.request(range_id), command.clone())?;
         self.inflight.insert((node, id), InFlight { range_id, command, read: false, expect: None });
         Ok(id)
+    }
+
+    /// Proposes on `node` only if it leads the range (no forwarding), as
+    /// the lease keeper and lease grants do.
+    pub fn propose_on_leader(&mut self, node: u64, range_id: u64, command: Vec<u8>) -> Result<RequestId, RaftstoreError> {
+        let store = self.store_mut(node).ok_or(RaftstoreError::RangeNotFound { range_id })?;
+        let id = store.propose_on_leader(store.request(range_id), command.clone())?;
+        self.inflight.insert((node, id), InFlight { range_id, command, read: false, expect: None });
+        Ok(id)
+    }
+
+    /// Every serving replica of every range has applied all it knows
+    /// committed, and the replicas of a range agree on that index.
+    pub fn replicas_caught_up(&self) -> bool {
+        self.range_ids().into_iter().all(|r| {
+            let applied: Vec<(u64, u64)> = self
+                .nodes
+                .values()
+                .filter_map(|n| n.store.as_ref()?.range_status(r))
+                .filter(|st| !st.dormant)
+                .map(|st| (st.applied, st.commit))
+                .collect();
+            applied.iter().all(|(a, c)| a >= c && *a == applied[0].0)
+        })
     }
 
     /// Proposes to the current leader, if there is one.

@@ -13,12 +13,20 @@
 //!
 //! Everything a run does follows from its seed and logical time, so a
 //! failure prints the seed and rerunning with it replays the same run.
+//!
+//! Two randomized runs share the cluster and its nemesis: [`random_run`]
+//! over a register machine (raft safety, durability, linearizable reads)
+//! and [`kv_random_run`] over `meridian_kv::KvMachine` with the server's
+//! lease keeper on simulated time (locks, fencing tokens, lease expiry,
+//! lock-delay, event streams; see [`kv`]).
 
 pub mod bench;
 mod checker;
 mod cluster;
+pub mod kv;
 mod random_run;
 
 pub use checker::Checker;
-pub use cluster::{Answer, Cluster, EngineKind, SimConfig};
+pub use cluster::{Answer, Cluster, EngineKind, Machines, SimConfig};
+pub use kv::{kv_random_run, KvRunReport};
 pub use random_run::{random_run, RunReport};

@@ -73,6 +73,83 @@ fn membership_step(c: &mut Cluster, ranges: &[u64], nodes: &[u64]) -> bool {
     c.store_mut(l).is_some_and(|s| s.propose_conf_change(s.request(r), cc).is_ok())
 }
 
+/// Faults injected by [`nemesis_step`] over a run.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FaultCounts {
+    pub crashes: u64,
+    pub power_losses: u64,
+    pub partitions: u64,
+    pub membership_changes: u64,
+}
+
+/// The nemesis, about every 60 ticks: crashes a node (never a majority at
+/// once), restarts the crashed ones, partitions (random halves, an isolated
+/// leader, one-way links), sets drops and delays, changes membership, cuts
+/// power to every node, or heals. Shared by every randomized run, so they
+/// all face the same faults.
+pub(crate) fn nemesis_step(c: &mut Cluster, ranges: &[u64], nodes: &[u64], faults: &mut FaultCounts) {
+    let majority_down_limit = (nodes.len() as u64 - 1) / 2;
+    if c.rng.gen_bool(1.0 / 60.0) {
+        let down: Vec<u64> = nodes.iter().copied().filter(|n| !c.is_up(*n)).collect();
+        match c.rng.gen_range(0..10) {
+            0 | 1 if (down.len() as u64) < majority_down_limit.max(1) => {
+                let n = *nodes.choose(&mut c.rng).expect("nodes");
+                c.crash(n);
+                faults.crashes += 1;
+            }
+            2 => {
+                for n in down {
+                    c.restart(n);
+                }
+            }
+            3 => {
+                let mut shuffled = nodes.to_vec();
+                shuffled.shuffle(&mut c.rng);
+                let cut = c.rng.gen_range(1..shuffled.len());
+                c.net.partition(&shuffled[..cut], &shuffled[cut..]);
+                faults.partitions += 1;
+            }
+            4 => {
+                // Isolate the leader of a random range.
+                let r = *ranges.choose(&mut c.rng).expect("ranges");
+                if let Some(l) = c.leader_of(r) {
+                    let others: Vec<u64> = nodes.iter().copied().filter(|n| *n != l).collect();
+                    c.net.partition(&[l], &others);
+                    faults.partitions += 1;
+                }
+            }
+            5 => {
+                let a = *nodes.choose(&mut c.rng).expect("nodes");
+                let b = *nodes.choose(&mut c.rng).expect("nodes");
+                if a != b {
+                    c.net.block_one_way(a, b);
+                    faults.partitions += 1;
+                }
+            }
+            6 => {
+                let p = c.rng.gen_range(0.0..0.2);
+                c.net.set_drop_prob(p);
+                let hi = c.rng.gen_range(1..6);
+                c.net.set_delay(1, hi);
+            }
+            7 => {
+                if membership_step(c, ranges, nodes) {
+                    faults.membership_changes += 1;
+                }
+            }
+            8 if c.rng.gen_bool(0.3) => {
+                for &n in nodes {
+                    if c.is_up(n) {
+                        c.crash(n);
+                    }
+                }
+                faults.power_losses += 1;
+            }
+            _ => c.net.heal(),
+        }
+    }
+}
+
 /// Runs `steps` ticks of random writes and reads against `cfg`'s cluster
 /// while a nemesis crashes and restarts nodes (also all at once),
 /// partitions the network
@@ -85,7 +162,7 @@ pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
     let mut report = RunReport { seed, steps, ..Default::default() };
     let ranges = c.range_ids();
     let nodes = c.node_ids();
-    let majority_down_limit = (nodes.len() as u64 - 1) / 2;
+    let mut faults = FaultCounts::default();
     // Writes acknowledged so far, to read back: (range, key, value).
     let mut written: Vec<(u64, Vec<u8>, Vec<u8>)> = Vec::new();
     let mut pending: Vec<PendingPut> = Vec::new();
@@ -116,66 +193,7 @@ pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
                 report.reads_checked += 1;
             }
         }
-        // Nemesis, about every 60 ticks.
-        if c.rng.gen_bool(1.0 / 60.0) {
-            let down: Vec<u64> = nodes.iter().copied().filter(|n| !c.is_up(*n)).collect();
-            match c.rng.gen_range(0..10) {
-                0 | 1 if (down.len() as u64) < majority_down_limit.max(1) => {
-                    let n = *nodes.choose(&mut c.rng).expect("nodes");
-                    c.crash(n);
-                    report.crashes += 1;
-                }
-                2 => {
-                    for n in down {
-                        c.restart(n);
-                    }
-                }
-                3 => {
-                    let mut shuffled = nodes.clone();
-                    shuffled.shuffle(&mut c.rng);
-                    let cut = c.rng.gen_range(1..shuffled.len());
-                    c.net.partition(&shuffled[..cut], &shuffled[cut..]);
-                    report.partitions += 1;
-                }
-                4 => {
-                    // Isolate the leader of a random range.
-                    let r = *ranges.choose(&mut c.rng).expect("ranges");
-                    if let Some(l) = c.leader_of(r) {
-                        let others: Vec<u64> = nodes.iter().copied().filter(|n| *n != l).collect();
-                        c.net.partition(&[l], &others);
-                        report.partitions += 1;
-                    }
-                }
-                5 => {
-                    let a = *nodes.choose(&mut c.rng).expect("nodes");
-                    let b = *nodes.choose(&mut c.rng).expect("nodes");
-                    if a != b {
-                        c.net.block_one_way(a, b);
-                        report.partitions += 1;
-                    }
-                }
-                6 => {
-                    let p = c.rng.gen_range(0.0..0.2);
-                    c.net.set_drop_prob(p);
-                    let hi = c.rng.gen_range(1..6);
-                    c.net.set_delay(1, hi);
-                }
-                7 => {
-                    if membership_step(&mut c, &ranges, &nodes) {
-                        report.membership_changes += 1;
-                    }
-                }
-                8 if c.rng.gen_bool(0.3) => {
-                    for &n in &nodes {
-                        if c.is_up(n) {
-                            c.crash(n);
-                        }
-                    }
-                    report.power_losses += 1;
-                }
-                _ => c.net.heal(),
-            }
-        }
+        nemesis_step(&mut c, &ranges, &nodes, &mut faults);
         c.step();
         pending.retain(|p| match c.take_result(p.node, p.id) {
             Some(Ok(_)) => {
@@ -191,6 +209,8 @@ pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
         }
     }
     c.converge(5_000);
+    (report.crashes, report.power_losses, report.partitions, report.membership_changes) =
+        (faults.crashes, faults.power_losses, faults.partitions, faults.membership_changes);
     report.acked_writes = c.checker.acked_count();
     report.violations = c.checker.violations().to_vec();
     if !report.ok() {
