@@ -25,8 +25,10 @@ mod checker;
 mod cluster;
 pub mod kv;
 mod random_run;
+mod seeds;
 
 pub use checker::Checker;
 pub use cluster::{Answer, Cluster, EngineKind, Machines, SimConfig};
 pub use kv::{kv_random_run, KvRunReport};
 pub use random_run::{random_run, RunReport};
+pub use seeds::seeds_from_env;

@@ -9,21 +9,9 @@
 
 use meridian_sim::{kv_random_run, SimConfig};
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn kv_randomized_runs_keep_locks_leases_and_event_streams_safe() {
-    let steps = env_u64("MERIDIAN_SIM_STEPS").unwrap_or(1500);
-    let seeds: Vec<u64> = match env_u64("MERIDIAN_SIM_SEED") {
-        Some(s) => vec![s],
-        None => {
-            let n = env_u64("MERIDIAN_SIM_SEEDS").unwrap_or(20);
-            let base = env_u64("MERIDIAN_SIM_BASE_SEED").unwrap_or(7000);
-            (base..base + n).collect()
-        }
-    };
+    let (seeds, steps) = meridian_sim::seeds_from_env(20, 7000, 1500);
     let mut failed = Vec::new();
     let mut known = Vec::new();
     let mut total = meridian_sim::kv::KvStats::default();

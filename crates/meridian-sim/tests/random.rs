@@ -7,21 +7,9 @@
 
 use meridian_sim::{random_run, SimConfig};
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn randomized_runs_keep_every_invariant() {
-    let steps = env_u64("MERIDIAN_SIM_STEPS").unwrap_or(1500);
-    let seeds: Vec<u64> = match env_u64("MERIDIAN_SIM_SEED") {
-        Some(s) => vec![s],
-        None => {
-            let n = env_u64("MERIDIAN_SIM_SEEDS").unwrap_or(12);
-            let base = env_u64("MERIDIAN_SIM_BASE_SEED").unwrap_or(1000);
-            (base..base + n).collect()
-        }
-    };
+    let (seeds, steps) = meridian_sim::seeds_from_env(12, 1000, 1500);
     let mut failed = Vec::new();
     let (mut acked, mut crashes, mut partitions, mut reads, mut changes, mut forwarded, mut power) = (0, 0, 0, 0, 0, 0, 0);
     for seed in &seeds {
