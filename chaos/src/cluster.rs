@@ -213,11 +213,11 @@ impl Cluster {
     }
 
     pub fn http_addr(&self, i: usize) -> SocketAddr {
-        self.nodes[i].member.http_addr
+        self.nodes[i].member.http_addr.parse().expect("the dev layout's addresses are socket addresses")
     }
 
     pub fn client_addr(&self, i: usize) -> SocketAddr {
-        self.nodes[i].member.client_addr
+        self.nodes[i].member.client_addr.parse().expect("the dev layout's addresses are socket addresses")
     }
 
     /// Nodes answering `/readyz` with 200 (paused and dead ones are not).

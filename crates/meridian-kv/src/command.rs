@@ -216,8 +216,14 @@ pub struct LeaseGrantOp {
 pub struct LeaseCheckpointOp {
     #[prost(int64, tag = "1")]
     pub id: i64,
+    /// The remaining TTL on the leader's clock; 0 resets the checkpoint (a
+    /// keepalive renewed the lease in full).
     #[prost(int64, tag = "2")]
     pub remaining_ttl_s: i64,
+    /// The lease's reset count the leader knew when it computed this
+    /// checkpoint; one below the record's is stale and ignored.
+    #[prost(uint64, tag = "3")]
+    pub resets: u64,
 }
 
 // ---- results ---------------------------------------------------------------
@@ -337,6 +343,9 @@ pub struct LeaseOutcome {
     pub id: i64,
     #[prost(int64, tag = "2")]
     pub ttl_s: i64,
+    /// The record's checkpoint reset count after the command.
+    #[prost(uint64, tag = "3")]
+    pub resets: u64,
 }
 
 /// Read-only queries answered from applied state (after ReadIndex, or
@@ -406,6 +415,12 @@ pub struct LeaseInfo {
     pub keys: Vec<Vec<u8>>,
     #[prost(bool, tag = "5")]
     pub found: bool,
+    /// The remaining TTL above comes from a checkpoint (not reset since).
+    #[prost(bool, tag = "6")]
+    pub checkpointed: bool,
+    /// The record's checkpoint reset count.
+    #[prost(uint64, tag = "7")]
+    pub resets: u64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -7,6 +7,22 @@
 //! long lease live forever through repeated elections. Expiry is proposed
 //! as a revoke through Raft; nothing here touches the data. The leader
 //! times lock-delays the same way ([`LockDelayTimer`]).
+//!
+//! A keepalive renews a lease in the leader's memory. Once the leader has
+//! checkpointed a lease, that is not enough: the next leader would continue
+//! the older checkpoint and expire the lease before the TTL the keepalive
+//! promised. So a keepalive of a checkpointed lease ([`LeaseClock::needs_reset`])
+//! is answered only after a reset (a `LeaseCheckpoint` of 0 s) has applied.
+//! Checkpoints and resets race in the log, so each checkpoint carries the
+//! record's reset count the leader knew when it computed it, and one
+//! computed before a reset applied is ignored:
+//!
+//! ```text
+//!  leader clock        log                        record (remaining, resets)
+//!  checkpoint 20 s  →  Checkpoint{20, resets 0}   (20, 0)
+//!  keepalive (30 s) →  Checkpoint{0}  (reset)     (0, 1)   → answer TTL 30
+//!  late checkpoint  →  Checkpoint{17, resets 0}   (0, 1)   stale: ignored
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,10 +33,20 @@ pub const MAX_EXPIRED_PER_CALL: usize = 1000;
 
 #[derive(Debug, Default)]
 pub struct LeaseClock {
-    /// lease id → (deadline ms, ttl s)
-    leases: BTreeMap<i64, (u64, i64)>,
+    leases: BTreeMap<i64, Tracked>,
     /// (deadline, id), for finding the next expiries in order.
     by_deadline: BTreeSet<(u64, i64)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Tracked {
+    deadline_ms: u64,
+    ttl_s: i64,
+    /// The record's checkpoint reset count as this leader knows it.
+    resets: u64,
+    /// The reset count of the latest checkpoint this leader computed (or
+    /// found in the record): the record may hold a remaining TTL from it.
+    checkpoint_at: Option<u64>,
 }
 
 impl LeaseClock {
@@ -28,21 +54,33 @@ impl LeaseClock {
     pub fn on_become_leader(now_ms: u64, leases: &[LeaseRecord]) -> Self {
         let mut c = LeaseClock::default();
         for l in leases {
-            let secs = if l.remaining_ttl_s > 0 { l.remaining_ttl_s } else { l.ttl_s };
-            c.set(l.id, now_ms + secs.max(1) as u64 * 1000, l.ttl_s);
+            let checkpointed = l.remaining_ttl_s > 0;
+            let secs = if checkpointed { l.remaining_ttl_s } else { l.ttl_s };
+            let t = Tracked {
+                deadline_ms: now_ms + secs.max(1) as u64 * 1000,
+                ttl_s: l.ttl_s,
+                resets: l.resets,
+                checkpoint_at: checkpointed.then_some(l.resets),
+            };
+            c.set(l.id, t);
         }
         c
     }
 
-    fn set(&mut self, id: i64, deadline_ms: u64, ttl_s: i64) {
-        if let Some((old, _)) = self.leases.insert(id, (deadline_ms, ttl_s)) {
-            self.by_deadline.remove(&(old, id));
+    fn set(&mut self, id: i64, t: Tracked) {
+        if let Some(old) = self.leases.insert(id, t) {
+            self.by_deadline.remove(&(old.deadline_ms, id));
         }
-        self.by_deadline.insert((deadline_ms, id));
+        self.by_deadline.insert((t.deadline_ms, id));
+    }
+
+    fn renew(&mut self, now_ms: u64, id: i64, ttl_s: i64) {
+        let t = self.leases.get(&id).copied().unwrap_or(Tracked { deadline_ms: 0, ttl_s, resets: 0, checkpoint_at: None });
+        self.set(id, Tracked { deadline_ms: now_ms + ttl_s.max(1) as u64 * 1000, ttl_s, ..t });
     }
 
     pub fn granted(&mut self, now_ms: u64, id: i64, ttl_s: i64) {
-        self.set(id, now_ms + ttl_s.max(1) as u64 * 1000, ttl_s);
+        self.renew(now_ms, id, ttl_s);
     }
 
     /// A keepalive: the lease lives a full TTL from now. Returns the TTL,
@@ -50,25 +88,49 @@ impl LeaseClock {
     /// deadline, where [`Self::expired`] lists it and its expiry may be in
     /// flight already — renewing it would promise a TTL the expiry is about
     /// to break.
+    ///
+    /// To ensure correctness: if [`Self::needs_reset`] then says so, answer
+    /// the keepalive only once a reset of the lease's checkpoint has applied.
     pub fn keepalive(&mut self, now_ms: u64, id: i64) -> Option<i64> {
-        let (deadline, ttl) = *self.leases.get(&id)?;
-        if deadline <= now_ms {
+        let t = *self.leases.get(&id)?;
+        if t.deadline_ms <= now_ms {
             return None;
         }
-        self.set(id, now_ms + ttl.max(1) as u64 * 1000, ttl);
-        Some(ttl)
+        self.renew(now_ms, id, t.ttl_s);
+        Some(t.ttl_s)
+    }
+
+    /// The lease's record may hold a remaining TTL from a checkpoint that a
+    /// keepalive answered now would outlive: reset it through the log
+    /// (`LeaseCheckpoint` with 0 s) before answering.
+    pub fn needs_reset(&self, id: i64) -> bool {
+        self.leases.get(&id).is_some_and(|t| t.checkpoint_at.is_some_and(|at| at >= t.resets))
+    }
+
+    /// A reset of lease `id`'s checkpoint applied; the record's reset count
+    /// is now `resets`. Checkpoints computed before are stale in the log.
+    pub fn reset_applied(&mut self, id: i64, resets: u64) {
+        if let Some(t) = self.leases.get_mut(&id) {
+            t.resets = t.resets.max(resets);
+        }
+    }
+
+    /// The record's reset count this leader knows, for a checkpoint of
+    /// lease `id` computed now (0 for an unknown lease).
+    pub fn resets(&self, id: i64) -> u64 {
+        self.leases.get(&id).map_or(0, |t| t.resets)
     }
 
     pub fn revoked(&mut self, id: i64) {
-        if let Some((d, _)) = self.leases.remove(&id) {
-            self.by_deadline.remove(&(d, id));
+        if let Some(t) = self.leases.remove(&id) {
+            self.by_deadline.remove(&(t.deadline_ms, id));
         }
     }
 
     /// Remaining whole seconds (rounded up) of a tracked lease.
     pub fn remaining_s(&self, now_ms: u64, id: i64) -> Option<i64> {
-        let (d, _) = self.leases.get(&id)?;
-        Some((d.saturating_sub(now_ms)).div_ceil(1000) as i64)
+        let t = self.leases.get(&id)?;
+        Some((t.deadline_ms.saturating_sub(now_ms)).div_ceil(1000) as i64)
     }
 
     /// Leases whose deadline has passed, oldest first, at most
@@ -78,15 +140,17 @@ impl LeaseClock {
         self.by_deadline.iter().take_while(|(d, _)| *d <= now_ms).take(MAX_EXPIRED_PER_CALL).map(|(_, id)| *id).collect()
     }
 
-    /// Remaining TTLs worth checkpointing: leases longer than `min_ttl_s`,
-    /// so a new leader continues them instead of starting over.
-    pub fn checkpoints(&self, now_ms: u64, min_ttl_s: i64, max: usize) -> Vec<(i64, i64)> {
-        self.leases
-            .iter()
-            .filter(|(_, (_, ttl))| *ttl > min_ttl_s)
-            .map(|(id, (d, _))| (*id, (d.saturating_sub(now_ms)).div_ceil(1000).max(1) as i64))
-            .take(max)
-            .collect()
+    /// Remaining TTLs worth checkpointing, `(id, remaining s)`: leases
+    /// longer than `min_ttl_s`, so a new leader continues them instead of
+    /// starting over. Propose each with the reset count [`Self::resets`]
+    /// gives; from now on a keepalive of these leases needs a reset.
+    pub fn checkpoints(&mut self, now_ms: u64, min_ttl_s: i64, max: usize) -> Vec<(i64, i64)> {
+        let mut out = Vec::new();
+        for (id, t) in self.leases.iter_mut().filter(|(_, t)| t.ttl_s > min_ttl_s).take(max) {
+            t.checkpoint_at = Some(t.resets);
+            out.push((*id, (t.deadline_ms.saturating_sub(now_ms)).div_ceil(1000).max(1) as i64));
+        }
+        out
     }
 
     pub fn len(&self) -> usize {
@@ -142,7 +206,7 @@ mod tests {
     use super::*;
 
     fn rec(id: i64, ttl_s: i64, remaining_ttl_s: i64) -> LeaseRecord {
-        LeaseRecord { id, ttl_s, remaining_ttl_s }
+        LeaseRecord { id, ttl_s, remaining_ttl_s, resets: 0 }
     }
 
     #[test]
@@ -193,28 +257,54 @@ mod tests {
         assert!(t.due(2_300, &[(l.clone(), 1_000)]).is_empty());
     }
 
-    /// The known open bug the KV simulation reports (seed 7017): a
-    /// keepalive after a checkpoint renews the lease in the leader's memory
-    /// only, and the next leader continues the older checkpointed TTL.
+    /// Found by the KV simulation (seed 7017): a keepalive after a
+    /// checkpoint renewed the lease in the leader's memory only, and the
+    /// next leader continued the older checkpointed TTL — expiring the
+    /// lease 4.7 s before the TTL the keepalive promised. Now the keepalive
+    /// asks for a reset first, and the next leader starts from the reset
+    /// record.
     #[test]
-    #[ignore = "known bug: a keepalive after a lease checkpoint is lost in a leader change"]
     fn keepalive_after_a_checkpoint_outlives_a_leader_change() {
         let mut old = LeaseClock::default();
         old.granted(0, 1, 30);
+        assert!(!old.needs_reset(1), "never checkpointed: answered from memory");
         let cp = old.checkpoints(5_000, 10, 10);
         assert_eq!(cp, vec![(1, 25)]);
         // The checkpoint applies; then the client's keepalive promises
         // the lease until 36 s.
         assert_eq!(old.keepalive(6_000, 1), Some(30));
-        let new = LeaseClock::on_become_leader(7_000, &[rec(1, 30, cp[0].1)]);
-        assert!(new.expired(35_999).is_empty(), "the next leader expires it at 32 s, before the promised 36 s");
+        assert!(old.needs_reset(1), "the record holds 25 s: the keepalive must reset it first");
+        // The reset applied (the record: no checkpoint, one reset).
+        old.reset_applied(1, 1);
+        assert!(!old.needs_reset(1));
+        let new = LeaseClock::on_become_leader(7_000, &[LeaseRecord { id: 1, ttl_s: 30, remaining_ttl_s: 0, resets: 1 }]);
+        assert!(new.expired(35_999).is_empty(), "the next leader must not expire it before the promised 36 s");
+    }
+
+    /// A checkpoint computed before a reset applied carries the older count
+    /// (the log ignores it); one computed after carries the new count, and
+    /// the next keepalive needs a reset again.
+    #[test]
+    fn checkpoints_carry_the_reset_count_they_were_computed_at() {
+        let mut c = LeaseClock::on_become_leader(0, &[LeaseRecord { id: 1, ttl_s: 60, remaining_ttl_s: 40, resets: 2 }]);
+        assert!(c.needs_reset(1), "a checkpoint found in the record");
+        assert_eq!(c.resets(1), 2);
+        c.reset_applied(1, 3);
+        assert!(!c.needs_reset(1));
+        c.reset_applied(1, 1);
+        assert_eq!(c.resets(1), 3, "a late answer never lowers the count");
+        c.checkpoints(1_000, 10, 10);
+        assert!(c.needs_reset(1));
+        assert_eq!(c.resets(1), 3);
+        assert_eq!(c.resets(99), 0, "unknown lease");
+        assert!(!c.needs_reset(99));
     }
 
     #[test]
     fn new_leader_continues_checkpointed_leases() {
         // Checkpointed with 20 s left of 600: a new leader must not restart
         // it at 600 (which repeated elections would do forever) ...
-        let c = LeaseClock::on_become_leader(1_000, &[rec(7, 600, 20), rec(8, 30, 0)]);
+        let mut c = LeaseClock::on_become_leader(1_000, &[rec(7, 600, 20), rec(8, 30, 0)]);
         assert_eq!(c.remaining_s(1_000, 7), Some(20));
         // ... and a lease never checkpointed gets its full TTL, never less.
         assert_eq!(c.remaining_s(1_000, 8), Some(30));

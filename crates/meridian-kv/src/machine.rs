@@ -237,7 +237,7 @@ impl KvMachine {
                     return Err(KvError::Invalid("lease TTL must be positive".into()));
                 }
                 let rec = w.grant_lease(g.id, g.ttl_s)?;
-                OutcomeKind::Lease(LeaseOutcome { id: rec.id, ttl_s: rec.ttl_s })
+                OutcomeKind::Lease(LeaseOutcome { id: rec.id, ttl_s: rec.ttl_s, resets: rec.resets })
             }
             Op::LeaseRevoke(id) | Op::LeaseExpire(id) => {
                 if Mvcc::lease(w.reader(), *id)?.is_none() {
@@ -278,8 +278,8 @@ impl KvMachine {
                 OutcomeKind::Lock(LockOutcome { granted: true, token: p.token, ahead: 0, lock: Some(rec) })
             }
             Op::LeaseCheckpoint(c) => {
-                w.checkpoint_lease(c.id, c.remaining_ttl_s)?;
-                OutcomeKind::Done(true)
+                let rec = w.checkpoint_lease(c.id, c.remaining_ttl_s, c.resets)?;
+                OutcomeKind::Lease(LeaseOutcome { id: rec.id, ttl_s: rec.ttl_s, resets: rec.resets })
             }
         };
         let (revision, events) = w.commit();
@@ -355,6 +355,8 @@ pub fn answer(r: &dyn DataRead, query: &[u8]) -> QueryAnswer {
                         remaining_ttl_s: if l.remaining_ttl_s > 0 { l.remaining_ttl_s } else { l.ttl_s },
                         keys: Mvcc::lease_keys(r, id)?,
                         found: true,
+                        checkpointed: l.remaining_ttl_s > 0,
+                        resets: l.resets,
                     },
                     None => LeaseInfo { id, ttl_s: -1, remaining_ttl_s: -1, found: false, ..Default::default() },
                 })

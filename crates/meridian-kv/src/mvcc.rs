@@ -67,9 +67,16 @@ pub struct LeaseRecord {
     pub id: i64,
     #[prost(int64, tag = "2")]
     pub ttl_s: i64,
-    /// Remaining TTL at the last checkpoint; 0 = never checkpointed.
+    /// Remaining TTL at the last checkpoint; 0 = never checkpointed, or
+    /// reset by a keepalive since.
     #[prost(int64, tag = "3")]
     pub remaining_ttl_s: i64,
+    /// Checkpoint resets applied so far (a keepalive after a checkpoint
+    /// resets it through the log before it is answered). A checkpoint
+    /// computed at a lower count is older than a keepalive that was
+    /// answered, and is ignored.
+    #[prost(uint64, tag = "4")]
+    pub resets: u64,
 }
 
 /// History record: a version of a key, or a tombstone.
@@ -454,7 +461,7 @@ impl<'c, 'a> WriteTxn<'c, 'a> {
         if Mvcc::lease(&*self.ctx, id)?.is_some() {
             return Err(KvError::LeaseExists { lease_id: id });
         }
-        let rec = LeaseRecord { id, ttl_s, remaining_ttl_s: 0 };
+        let rec = LeaseRecord { id, ttl_s, remaining_ttl_s: 0, resets: 0 };
         self.ctx.put(&keys::lease_key(id), &rec.encode_to_vec());
         self.meta.last_lease_id = self.meta.last_lease_id.max(id & ((1 << LEASE_NAMESPACE_SHIFT) - 1));
         self.ctx.put(keys::META, &self.meta.encode_to_vec());
@@ -474,22 +481,23 @@ impl<'c, 'a> WriteTxn<'c, 'a> {
         Ok(deleted)
     }
 
-    /// Records the remaining TTL of a lease, so a new leader continues it
-    /// instead of restarting it.
-    pub fn checkpoint_lease(&mut self, id: i64, remaining_ttl_s: i64) -> Result<(), KvError> {
+    /// Applies a lease checkpoint (see [`crate::command::LeaseCheckpointOp`]):
+    /// records the remaining TTL so a new leader continues the lease
+    /// instead of restarting it, or — `remaining_ttl_s` 0 — resets it after
+    /// a keepalive, so the full TTL applies again. A checkpoint computed at
+    /// a reset count below the record's is stale (a keepalive was answered
+    /// since) and changes nothing. Answers the record as it stands.
+    pub fn checkpoint_lease(&mut self, id: i64, remaining_ttl_s: i64, resets: u64) -> Result<LeaseRecord, KvError> {
         let Some(mut rec) = Mvcc::lease(&*self.ctx, id)? else { return Err(KvError::LeaseNotFound { lease_id: id }) };
-        rec.remaining_ttl_s = remaining_ttl_s.clamp(1, rec.ttl_s.max(1));
-        self.ctx.put(&keys::lease_key(id), &rec.encode_to_vec());
-        Ok(())
-    }
-
-    /// Resets a lease's checkpoint after a keepalive (the full TTL applies).
-    pub fn renew_lease(&mut self, id: i64) -> Result<LeaseRecord, KvError> {
-        let Some(mut rec) = Mvcc::lease(&*self.ctx, id)? else { return Err(KvError::LeaseNotFound { lease_id: id }) };
-        if rec.remaining_ttl_s != 0 {
+        if remaining_ttl_s == 0 {
             rec.remaining_ttl_s = 0;
-            self.ctx.put(&keys::lease_key(id), &rec.encode_to_vec());
+            rec.resets += 1;
+        } else if resets >= rec.resets {
+            rec.remaining_ttl_s = remaining_ttl_s.clamp(1, rec.ttl_s.max(1));
+        } else {
+            return Ok(rec);
         }
+        self.ctx.put(&keys::lease_key(id), &rec.encode_to_vec());
         Ok(rec)
     }
 

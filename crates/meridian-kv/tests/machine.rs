@@ -144,3 +144,41 @@ fn nested_txns_follow_the_duplicate_key_rule() {
     assert!(error_of(&ok).is_none(), "exclusive branches may write the same key: {ok:?}");
     assert_eq!(f.get(b"k").kvs[0].value, b"1");
 }
+
+fn lease_info(f: &Fixture, id: i64) -> LeaseInfo {
+    f.query(QueryKind::LeaseInfo(id)).lease.expect("lease info")
+}
+
+fn checkpoint(f: &mut Fixture, id: i64, remaining_ttl_s: i64, resets: u64) -> LeaseOutcome {
+    match f.apply(Op::LeaseCheckpoint(LeaseCheckpointOp { id, remaining_ttl_s, resets })).kind {
+        Some(OutcomeKind::Lease(l)) => l,
+        other => panic!("checkpoint answered {other:?}"),
+    }
+}
+
+/// A keepalive after a checkpoint resets it through the log; a checkpoint
+/// the leader computed before that reset applied (it raced the keepalive
+/// in the log) must not bring the older remaining TTL back.
+#[test]
+fn checkpoint_older_than_a_reset_changes_nothing() {
+    let mut f = Fixture::new();
+    let id = match f.apply(Op::LeaseGrant(LeaseGrantOp { id: 0, ttl_s: 60 })).kind {
+        Some(OutcomeKind::Lease(l)) => l.id,
+        other => panic!("grant answered {other:?}"),
+    };
+    assert!(!lease_info(&f, id).checkpointed);
+    assert_eq!(checkpoint(&mut f, id, 40, 0).resets, 0);
+    let info = lease_info(&f, id);
+    assert!(info.checkpointed && info.remaining_ttl_s == 40, "{info:?}");
+    // The reset: the full TTL applies again, and the count goes up.
+    assert_eq!(checkpoint(&mut f, id, 0, 0).resets, 1);
+    let info = lease_info(&f, id);
+    assert!(!info.checkpointed && info.remaining_ttl_s == 60 && info.resets == 1, "{info:?}");
+    // A stale checkpoint (computed at count 0) arrives late: ignored.
+    assert_eq!(checkpoint(&mut f, id, 38, 0).resets, 1);
+    assert!(!lease_info(&f, id).checkpointed, "a stale checkpoint was applied");
+    // One computed after the reset applies.
+    checkpoint(&mut f, id, 30, 1);
+    let info = lease_info(&f, id);
+    assert!(info.checkpointed && info.remaining_ttl_s == 30, "{info:?}");
+}

@@ -23,9 +23,10 @@ pub struct NodeConfig {
     /// UDP address of the QUIC endpoint; port 0 picks one (see
     /// [`NodeHandle::peer_addr`](crate::NodeHandle::peer_addr)).
     pub listen_peer: SocketAddr,
-    /// Peer nodes' QUIC addresses. More can be added later with
+    /// Peer nodes' advertised QUIC addresses, `host:port` (DNS names are
+    /// resolved at every dial). More can be added later with
     /// [`NodeHandle::set_peer_addr`](crate::NodeHandle::set_peer_addr).
-    pub peers: HashMap<u64, SocketAddr>,
+    pub peers: HashMap<u64, String>,
     pub tls: TlsMaterial,
     /// Bootstrap: the ranges listing this node are created on the node's
     /// first start (an empty data directory) and ignored on every later

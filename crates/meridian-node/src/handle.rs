@@ -79,8 +79,9 @@ impl NodeHandle {
     }
 
     /// Adds a peer node or changes its address (e.g. it restarted
-    /// elsewhere); a live connection to the old address is redialled.
-    pub fn set_peer_addr(&self, node_id: u64, addr: SocketAddr) {
+    /// elsewhere): `host:port` or a socket address. A live connection to
+    /// the old address is redialled.
+    pub fn set_peer_addr(&self, node_id: u64, addr: impl ToString) {
         self.inner.transport.set_peer_addr(node_id, addr);
     }
 

@@ -212,7 +212,7 @@ impl TestCluster {
     fn config(&self, id: u64, peers: HashMap<u64, std::net::SocketAddr>) -> NodeConfig {
         let tls = self.ca.issue(id).expect("issue certificate");
         let mut cfg = NodeConfig::new(id, self.dirs[&id].path(), "127.0.0.1:0".parse().expect("addr"), tls, factory());
-        cfg.peers = peers;
+        cfg.peers = peers.into_iter().map(|(id, a)| (id, a.to_string())).collect();
         cfg.ranges = self.ranges.clone();
         cfg.tick_ms = TICK_MS;
         cfg.request_timeout_ms = 2_000;

@@ -36,6 +36,9 @@ pub trait RaftAccess: Send + Sync + 'static {
     async fn metrics(&self) -> Option<meridian_raftstore::StoreMetrics> {
         None
     }
+    /// Where to dial node `node_id`'s Raft traffic (`host:port`, resolved
+    /// at every dial): the node directory learned or changed it.
+    fn set_peer_addr(&self, _node_id: u64, _peer_addr: &str) {}
     /// Network fault controls (chaos testing), if the node has them.
     fn faults(&self) -> Option<std::sync::Arc<meridian_node::NetFaults>> {
         None
@@ -194,11 +197,15 @@ impl Backend {
         self.directory.read().expect("node directory").iter().cloned().collect()
     }
 
-    /// Adds or updates a node record (from the meta range); the channel
-    /// to a node whose client address changed is dialled anew.
+    /// Adds or updates a node record (from the meta range, or a node that
+    /// joined): the transport dials its peer address from now on, and the
+    /// channel to a node whose client address changed is dialled anew.
     pub fn learn_node(&self, record: NodeRecord) -> Result<(), ApiError> {
-        let (id, addr) = (record.id, record.client_addr.clone());
+        let (id, addr, peer) = (record.id, record.client_addr.clone(), record.peer_addr.clone());
         let changed = self.directory.write().expect("node directory").upsert(record).map_err(|e| ApiError::Invalid(e.to_string()))?;
+        if changed && id != self.cfg.node_id {
+            self.raft.set_peer_addr(id, &peer);
+        }
         if changed {
             let mut chans = self.channels.lock().expect("channel cache");
             if chans.get(&id).is_some_and(|(a, _)| *a != addr) {

@@ -1,6 +1,6 @@
 //! `meridian server` configuration (TOML file and/or flags).
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use meridian_membership::{Labels, Liveness, NodeDirectory, NodeIdentity, NodeRecord, NodeRole, MAX_NODES};
@@ -15,12 +15,24 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A node's advertised addresses: `host:port` each, DNS names allowed —
+/// what other nodes and clients dial (resolved at every dial). What a node
+/// binds is its `listen_*` addresses (default: its advertised ones,
+/// resolved at start).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Member {
     pub id: u64,
-    pub peer_addr: SocketAddr,
-    pub client_addr: SocketAddr,
-    pub http_addr: SocketAddr,
+    pub peer_addr: String,
+    pub client_addr: String,
+    pub http_addr: String,
+}
+
+/// The socket addresses a node binds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddrs {
+    pub peer: SocketAddr,
+    pub client: SocketAddr,
+    pub http: SocketAddr,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -35,8 +47,25 @@ pub struct TlsPaths {
 pub struct ServerConfig {
     pub node_id: u64,
     pub data_dir: PathBuf,
-    /// Every node of the initial cluster, this one included.
+    /// Every node of the initial cluster, this one included. With `join`,
+    /// this node's own entry only (its advertised addresses).
+    #[serde(default)]
     pub initial_cluster: Vec<Member>,
+    /// Client (gRPC) addresses of members of a running cluster, `host:port`
+    /// (`meridian server --join`): instead of bootstrapping with
+    /// `initial_cluster`, the node registers itself through the first that
+    /// answers and holds no replica until it is added to a range.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub join: Vec<String>,
+    /// What to bind, when it differs from the advertised addresses (a pod
+    /// advertises its DNS name and binds `0.0.0.0`). Unset: the advertised
+    /// address, resolved at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_peer_addr: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_client_addr: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_http_addr: Option<SocketAddr>,
     #[serde(default = "default_region")]
     pub region: String,
     #[serde(default = "default_zone")]
@@ -90,6 +119,9 @@ pub struct DebugConfig {
     #[serde(default)]
     pub unsafe_local_reads: bool,
 }
+
+/// Addresses `join` may list (any one member is enough).
+pub const MAX_JOIN_ADDRS: usize = 16;
 
 /// Upper bound of `worker_threads`.
 pub const MAX_WORKER_THREADS: usize = 1024;
@@ -162,6 +194,38 @@ impl ServerConfig {
         self.initial_cluster.iter().find(|m| m.id == self.node_id).expect("validated")
     }
 
+    /// Joins a running cluster (`join`) instead of bootstrapping one.
+    pub fn joining(&self) -> bool {
+        !self.join.is_empty()
+    }
+
+    /// What this node binds: each `listen_*` address, or else the
+    /// advertised one resolved now (an IPv4 address first).
+    pub fn listen(&self) -> Result<ListenAddrs, ConfigError> {
+        let me = self.me();
+        let pick = |explicit: Option<SocketAddr>, advertised: &str, field: &str| -> Result<SocketAddr, ConfigError> {
+            if let Some(a) = explicit {
+                return Ok(a);
+            }
+            let addrs: Vec<SocketAddr> = advertised
+                .to_socket_addrs()
+                .map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "the advertised {field} address {advertised} does not resolve ({e}); set listen_{field}_addr to what this node binds"
+                    ))
+                })?
+                .collect();
+            addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied().ok_or_else(|| {
+                ConfigError::Invalid(format!("the advertised {field} address {advertised} resolves to nothing; set listen_{field}_addr"))
+            })
+        };
+        Ok(ListenAddrs {
+            peer: pick(self.listen_peer_addr, &me.peer_addr, "peer")?,
+            client: pick(self.listen_client_addr, &me.client_addr, "client")?,
+            http: pick(self.listen_http_addr, &me.http_addr, "http")?,
+        })
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |s: String| Err(ConfigError::Invalid(s));
         if self.node_id == 0 {
@@ -178,6 +242,17 @@ impl ServerConfig {
         }
         if self.initial_cluster.len() > MAX_NODES {
             return bad(format!("initial_cluster has more than {MAX_NODES} members"));
+        }
+        if self.joining() {
+            if self.initial_cluster.len() != 1 {
+                return bad("with join, initial_cluster lists this node only (its advertised addresses); the cluster's members come from the node it joins through".into());
+            }
+            if self.join.len() > MAX_JOIN_ADDRS {
+                return bad(format!("join lists more than {MAX_JOIN_ADDRS} addresses"));
+            }
+            for a in &self.join {
+                meridian_membership::check_host_port(a).map_err(|e| ConfigError::Invalid(format!("join address {a:?}: {e}")))?;
+            }
         }
         if self.role == NodeRole::Witness {
             return bad(
@@ -228,6 +303,10 @@ mod tests {
             host: None,
             role: NodeRole::Data,
             relabel: false,
+            join: Vec::new(),
+            listen_peer_addr: None,
+            listen_client_addr: None,
+            listen_http_addr: None,
         }
     }
 

@@ -245,4 +245,8 @@ impl api::internal_server::Internal for InternalService {
         let outcome = self.backend.propose_command(r.range_id, keys, cmd.encode_to_vec(), false).await?;
         Ok(Response::new(api::ProposeResponse { outcome }))
     }
+
+    async fn join(&self, req: Request<api::JoinRequest>) -> Result<Response<api::JoinResponse>, Status> {
+        crate::join::handle(&self.backend, req.into_inner()).await.map(Response::new).map_err(Status::from)
+    }
 }

@@ -9,9 +9,9 @@ use meridian_transport_quic::DevCa;
 
 use crate::config::{DebugConfig, Member, ServerConfig, TlsPaths};
 
-fn addr(port: u32) -> Result<SocketAddr, String> {
+fn addr(port: u32) -> Result<String, String> {
     let port = u16::try_from(port).map_err(|_| format!("port {port} out of range: choose a lower base port"))?;
-    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)).to_string())
 }
 
 /// Node `i` (from 1): client port `base + i - 1`, peer `+100`, HTTP `+200`.
@@ -40,9 +40,22 @@ pub fn write_configs_with(
     tick_ms: u64,
     debug: &DebugConfig,
 ) -> Result<Vec<PathBuf>, String> {
+    let ca = DevCa::generate().map_err(|e| format!("generating the dev cluster CA: {e}"))?;
+    write_configs_signed(data_dir, members, namespaces, tick_ms, debug, &ca)
+}
+
+/// [`write_configs_with`], the certificates signed by `ca` (so that a node
+/// added later, [`write_join_config`], can be signed by it too).
+pub fn write_configs_signed(
+    data_dir: &Path,
+    members: &[Member],
+    namespaces: &[String],
+    tick_ms: u64,
+    debug: &DebugConfig,
+    ca: &DevCa,
+) -> Result<Vec<PathBuf>, String> {
     let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
     std::fs::create_dir_all(data_dir).map_err(|e| io("creating", data_dir, e))?;
-    let ca = DevCa::generate().map_err(|e| format!("generating the dev cluster CA: {e}"))?;
     let mut paths = Vec::new();
     for m in members {
         let dir = data_dir.join(format!("node-{}", m.id));
@@ -64,38 +77,74 @@ pub fn write_configs_with(
                 data_dir.display()
             ));
         }
-        std::fs::create_dir_all(&dir).map_err(|e| io("creating", &dir, e))?;
-        let tls = ca.issue(m.id).map_err(|e| format!("issuing a node certificate: {e}"))?;
-        let write = |name: &str, body: &str| -> Result<PathBuf, String> {
-            let p = dir.join(name);
-            std::fs::write(&p, body).map_err(|e| io("writing", &p, e))?;
-            Ok(p)
-        };
-        let tls_paths = TlsPaths {
-            cert: write("node.pem", &tls.cert_chain_pem)?,
-            key: write("node-key.pem", &tls.key_pem)?,
-            ca: write("ca.pem", &tls.ca_pem)?,
-        };
-        let cfg = ServerConfig {
-            node_id: m.id,
-            data_dir: dir.clone(),
-            initial_cluster: members.to_vec(),
-            region: "local".into(),
-            zone: format!("local-{}", (b'a' + ((m.id - 1) % 3) as u8) as char),
-            namespaces: namespaces.to_vec(),
-            tls: tls_paths,
-            tick_ms,
-            // Several nodes share the machine's cores: each runs on one
-            // thread (ServerConfig::single_threaded).
-            worker_threads: Some(1),
-            debug: debug.clone(),
-            host: None,
-            role: Default::default(),
-            relabel: false,
-        };
-        cfg.validate().map_err(|e| e.to_string())?;
-        std::fs::write(&cfg_path, cfg.to_toml()).map_err(|e| io("writing", &cfg_path, e))?;
+        let cfg = node_config(&dir, m, members.to_vec(), Vec::new(), namespaces, tick_ms, debug, ca)?;
+        write_config(&cfg_path, &cfg)?;
         paths.push(cfg_path);
     }
     Ok(paths)
+}
+
+/// Writes `dir/meridian.toml` (and certificates; the data goes there too)
+/// for `me`, a node that joins a running cluster through `join` (client
+/// addresses) instead of bootstrapping: its `initial_cluster` lists itself
+/// only.
+pub fn write_join_config(dir: &Path, me: &Member, join: &[String], tick_ms: u64, ca: &DevCa) -> Result<PathBuf, String> {
+    let cfg = node_config(dir, me, vec![me.clone()], join.to_vec(), &[], tick_ms, &DebugConfig::default(), ca)?;
+    let cfg_path = dir.join("meridian.toml");
+    write_config(&cfg_path, &cfg)?;
+    Ok(cfg_path)
+}
+
+fn write_config(path: &Path, cfg: &ServerConfig) -> Result<(), String> {
+    cfg.validate().map_err(|e| e.to_string())?;
+    std::fs::write(path, cfg.to_toml()).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
+/// Node `m`'s certificates under `dir`, and its config.
+#[allow(clippy::too_many_arguments)]
+fn node_config(
+    dir: &Path,
+    m: &Member,
+    initial_cluster: Vec<Member>,
+    join: Vec<String>,
+    namespaces: &[String],
+    tick_ms: u64,
+    debug: &DebugConfig,
+    ca: &DevCa,
+) -> Result<ServerConfig, String> {
+    let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
+    std::fs::create_dir_all(dir).map_err(|e| io("creating", dir, e))?;
+    let tls = ca.issue(m.id).map_err(|e| format!("issuing a node certificate: {e}"))?;
+    let write = |name: &str, body: &str| -> Result<PathBuf, String> {
+        let p = dir.join(name);
+        std::fs::write(&p, body).map_err(|e| io("writing", &p, e))?;
+        Ok(p)
+    };
+    let tls_paths = TlsPaths {
+        cert: write("node.pem", &tls.cert_chain_pem)?,
+        key: write("node-key.pem", &tls.key_pem)?,
+        ca: write("ca.pem", &tls.ca_pem)?,
+    };
+    let cfg = ServerConfig {
+        node_id: m.id,
+        data_dir: dir.to_path_buf(),
+        initial_cluster,
+        region: "local".into(),
+        zone: format!("local-{}", (b'a' + ((m.id - 1) % 3) as u8) as char),
+        namespaces: namespaces.to_vec(),
+        tls: tls_paths,
+        tick_ms,
+        // Several nodes share the machine's cores: each runs on one
+        // thread (ServerConfig::single_threaded).
+        worker_threads: Some(1),
+        debug: debug.clone(),
+        host: None,
+        role: Default::default(),
+        relabel: false,
+        join,
+        listen_peer_addr: None,
+        listen_client_addr: None,
+        listen_http_addr: None,
+    };
+    Ok(cfg)
 }

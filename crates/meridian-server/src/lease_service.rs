@@ -146,9 +146,11 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
             }
             // Checkpoint long leases every ~5 s so a new leader continues them.
             if rounds.is_multiple_of(checkpoint_every) {
-                let cps = keeper.with(range_id, |c, now| c.checkpoints(now, 10, 256)).unwrap_or_default();
-                for (id, remaining) in cps {
-                    let op = c::Op::LeaseCheckpoint(c::LeaseCheckpointOp { id, remaining_ttl_s: remaining });
+                let cps: Vec<(i64, i64, u64)> = keeper
+                    .with(range_id, |c, now| c.checkpoints(now, 10, 256).into_iter().map(|(id, r)| (id, r, c.resets(id))).collect())
+                    .unwrap_or_default();
+                for (id, remaining, resets) in cps {
+                    let op = c::Op::LeaseCheckpoint(c::LeaseCheckpointOp { id, remaining_ttl_s: remaining, resets });
                     if let Err(e) = backend.execute_on_leader(range_id, op).await {
                         debug!(range = range_id, lease = id, "checkpoint: {e}");
                     }
@@ -199,7 +201,8 @@ async fn load_clock(backend: &Backend, range_id: u64, now_ms: u64) -> Result<Lea
     for id in ids {
         if let Some(l) = backend.query(range_id, c::QueryKind::LeaseInfo(id), true).await?.lease {
             if l.found {
-                recs.push(meridian_kv::mvcc::LeaseRecord { id, ttl_s: l.ttl_s, remaining_ttl_s: l.remaining_ttl_s });
+                let remaining_ttl_s = if l.checkpointed { l.remaining_ttl_s } else { 0 };
+                recs.push(meridian_kv::mvcc::LeaseRecord { id, ttl_s: l.ttl_s, remaining_ttl_s, resets: l.resets });
             }
         }
     }
@@ -232,8 +235,18 @@ impl LeaseService {
     async fn keepalive_once(&self, id: i64, already_forwarded: bool) -> Result<i64, ApiError> {
         let range_id = lease_range_of(&self.backend.routing(), id);
         self.ensure_clock(range_id).await;
-        if let Some(ttl) = self.keeper.with(range_id, |c, now| c.keepalive(now, id)) {
-            return ttl.ok_or(ApiError::LeaseNotFound);
+        if let Some(renewed) = self.keeper.with(range_id, |c, now| c.keepalive(now, id).map(|ttl| (ttl, c.needs_reset(id)))) {
+            let (ttl, reset) = renewed.ok_or(ApiError::LeaseNotFound)?;
+            if reset {
+                // The record holds a checkpoint this renewal outlives: the
+                // next leader would continue it. Reset it in the log first.
+                let op = c::Op::LeaseCheckpoint(c::LeaseCheckpointOp { id, remaining_ttl_s: 0, resets: 0 });
+                let out = self.backend.execute_on_leader(range_id, op).await?;
+                if let Some(c::OutcomeKind::Lease(l)) = out.kind {
+                    self.keeper.with(range_id, |c, _| c.reset_applied(id, l.resets));
+                }
+            }
+            return Ok(ttl);
         }
         // Not the leader here: ask the leader.
         let leader = self.backend.brief(range_id).await.map_or(0, |b| b.leader);

@@ -17,6 +17,7 @@ pub mod coordination;
 pub mod dev_layout;
 pub mod error;
 pub mod http;
+pub mod join;
 pub mod kv_service;
 pub mod lease_service;
 pub mod lock_hub;

@@ -82,6 +82,10 @@ impl RaftAccess for NodeRaft {
         self.node.metrics().await.ok()
     }
 
+    fn set_peer_addr(&self, node_id: u64, peer_addr: &str) {
+        self.node.set_peer_addr(node_id, peer_addr);
+    }
+
     fn faults(&self) -> Option<Arc<meridian_node::NetFaults>> {
         Some(self.node.faults())
     }
@@ -131,6 +135,10 @@ pub fn descriptor_of(s: &RangeStatus) -> RangeDescriptor {
 async fn load_catalog(backend: Arc<Backend>) {
     let statuses = backend.raft.status().await;
     if !statuses.iter().any(|s| s.range_id == META_RANGE_ID && !s.dormant) {
+        if backend.cfg.joining() {
+            crate::join::run_joined(backend).await;
+            return;
+        }
         info!("no replica of the meta range here; routes stay those of the config");
         return;
     }
@@ -142,8 +150,14 @@ async fn load_catalog(backend: Arc<Backend>) {
             return;
         }
     }
-    // This node's record, then everyone's, again and again: the directory
-    // learns labels and addresses (of nodes added later too).
+    refresh_from_meta(backend).await
+}
+
+/// This node's record, then everyone's, and the catalog, again and again
+/// from this node's replica of the meta range: the directory learns labels
+/// and addresses (of nodes added later too), the routes follow the
+/// descriptors.
+pub(crate) async fn refresh_from_meta(backend: Arc<Backend>) {
     let me = backend.node(backend.cfg.node_id).expect("the directory holds this node");
     let mut registered = false;
     loop {
@@ -155,6 +169,15 @@ async fn load_catalog(backend: Arc<Backend>) {
         }
         if let Err(e) = meta::refresh_nodes(&backend).await {
             warn!("reading node records from the meta range: {e}");
+        }
+        match meta::read(&backend, false).await {
+            Ok(Some(c)) => {
+                if let Err(e) = meta::install(&backend, &c) {
+                    warn!("installing the catalog: {e}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => warn!("reading the catalog from the meta range: {e}"),
         }
         tokio::time::sleep(NODE_REFRESH).await;
     }
@@ -201,6 +224,7 @@ fn check_identity(cfg: &ServerConfig) -> Result<(), ServerError> {
 pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
     cfg.validate().map_err(|e| ServerError::Config(e.to_string()))?;
     let me = cfg.me().clone();
+    let listen = cfg.listen().map_err(|e| ServerError::Config(e.to_string()))?;
     let tls = TlsMaterial::from_files(&cfg.tls.cert, &cfg.tls.key, &cfg.tls.ca).map_err(|e| ServerError::Config(e.to_string()))?;
     check_identity(&cfg)?;
     let routing = Routing::new(&cfg.namespaces).map_err(|e| ServerError::Config(e.to_string()))?;
@@ -208,9 +232,10 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let hub = Arc::new(WatchHub::default());
     let locks = Arc::new(LockHub::new(cfg.node_id));
     let sinks = Arc::new(Sinks { watch: hub.clone(), locks: locks.clone() });
-    let mut ncfg = NodeConfig::new(cfg.node_id, cfg.data_dir.join("raft"), me.peer_addr, tls, Arc::new(KvFactory { sinks }));
-    ncfg.peers = cfg.initial_cluster.iter().filter(|m| m.id != cfg.node_id).map(|m| (m.id, m.peer_addr)).collect::<HashMap<_, _>>();
-    ncfg.ranges = routing.initial_ranges(&ids);
+    let mut ncfg = NodeConfig::new(cfg.node_id, cfg.data_dir.join("raft"), listen.peer, tls, Arc::new(KvFactory { sinks }));
+    ncfg.peers = cfg.initial_cluster.iter().filter(|m| m.id != cfg.node_id).map(|m| (m.id, m.peer_addr.clone())).collect::<HashMap<_, _>>();
+    // A joining node creates no range: it is added to ranges later.
+    ncfg.ranges = if cfg.joining() { Vec::new() } else { routing.initial_ranges(&ids) };
     ncfg.tick_ms = cfg.tick_ms;
     ncfg.store_on_runtime = cfg.single_threaded();
     let node = Node::start(ncfg).await?;
@@ -247,18 +272,18 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
         .add_service(api::lock_server::LockServer::new(NativeLockService { coord: coord.clone() }).max_decoding_message_size(limit))
         .add_service(api::election_server::ElectionServer::new(NativeElectionService { coord: coord.clone() }))
         .add_service(api::internal_server::InternalServer::new(InternalService { backend: backend.clone() }));
-    let grpc_listener = tokio::net::TcpListener::bind(me.client_addr)
+    let grpc_listener = tokio::net::TcpListener::bind(listen.client)
         .await
-        .map_err(|e| ServerError::Bind { addr: me.client_addr.to_string(), reason: e.to_string() })?;
-    let http_listener = tokio::net::TcpListener::bind(me.http_addr)
+        .map_err(|e| ServerError::Bind { addr: listen.client.to_string(), reason: e.to_string() })?;
+    let http_listener = tokio::net::TcpListener::bind(listen.http)
         .await
-        .map_err(|e| ServerError::Bind { addr: me.http_addr.to_string(), reason: e.to_string() })?;
+        .map_err(|e| ServerError::Bind { addr: listen.http.to_string(), reason: e.to_string() })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut grpc_stop = stop_rx.clone();
     // TCP_NODELAY on every accepted connection: without it, answers larger
     // than a segment wait for the client's delayed ACK (~40 ms).
     let incoming = tonic::transport::server::TcpIncoming::from_listener(grpc_listener, true, Some(Duration::from_secs(60)))
-        .map_err(|e| ServerError::Bind { addr: me.client_addr.to_string(), reason: e.to_string() })?;
+        .map_err(|e| ServerError::Bind { addr: listen.client.to_string(), reason: e.to_string() })?;
     let grpc_task = tokio::spawn(grpc.serve_with_incoming_shutdown(incoming, async move {
         let _ = grpc_stop.changed().await;
     }));
@@ -271,7 +296,12 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
             })
             .await
     });
-    info!(node = cfg.node_id, client = %me.client_addr, peer = %me.peer_addr, http = %me.http_addr, "meridian server ready");
+    info!(
+        node = cfg.node_id,
+        client = %me.client_addr, peer = %me.peer_addr, http = %me.http_addr,
+        listen_client = %listen.client, listen_peer = %listen.peer, listen_http = %listen.http,
+        "meridian server ready"
+    );
     shutdown.await;
     info!(node = cfg.node_id, "shutting down");
     let _ = stop_tx.send(true);

@@ -22,6 +22,11 @@
 //!    raftstore
 //! ```
 //!
+//! Peers are known by `host:port` (DNS names allowed). A peer's address is
+//! resolved at every dial, reconnects included, so a node that comes back
+//! under the same name at another IP (a rescheduled pod) is found again
+//! ([`Resolve`]; [`DnsResolver`] by default).
+//!
 //! Connections are one-way: node A dials B to send, B dials A to send, so
 //! each side owns the lifecycle of what it sends and no dial races need
 //! resolving. One UDP socket (the endpoint) serves both directions.
@@ -40,6 +45,7 @@ mod feedback;
 mod frame;
 mod listener;
 mod peer;
+mod resolve;
 mod tls;
 
 use std::collections::HashMap;
@@ -54,6 +60,7 @@ use tracing::Instrument as _;
 
 use meridian_transport::{Feedback, RaftEnvelope, Transport, TransportError};
 
+pub use resolve::{DnsResolver, Resolve, ResolveFuture};
 pub use tls::{node_server_name, DevCa, TlsMaterial, ALPN_PROTOCOL};
 
 use feedback::FeedbackSink;
@@ -79,8 +86,11 @@ pub struct QuicConfig {
     pub node_id: u64,
     /// Address to listen on; port 0 picks one (see [`QuicTransport::local_addr`]).
     pub listen: SocketAddr,
-    /// Known peers. More can be added with [`QuicTransport::set_peer_addr`].
-    pub peers: HashMap<u64, SocketAddr>,
+    /// Known peers, `host:port` each (resolved at every dial). More can be
+    /// added with [`QuicTransport::set_peer_addr`].
+    pub peers: HashMap<u64, String>,
+    /// Turns a peer's `host:port` into addresses to dial.
+    pub resolver: Arc<dyn Resolve>,
     pub tls: TlsMaterial,
     /// Bound of each peer's send queue, in batches; full means dropped
     /// (and reported). Default [`DEFAULT_PEER_QUEUE_BATCHES`].
@@ -90,7 +100,14 @@ pub struct QuicConfig {
 impl QuicConfig {
     /// A config with no peers and the default queue bound.
     pub fn new(node_id: u64, listen: SocketAddr, tls: TlsMaterial) -> Self {
-        QuicConfig { node_id, listen, peers: HashMap::new(), tls, peer_queue_batches: DEFAULT_PEER_QUEUE_BATCHES }
+        QuicConfig {
+            node_id,
+            listen,
+            peers: HashMap::new(),
+            resolver: Arc::new(DnsResolver),
+            tls,
+            peer_queue_batches: DEFAULT_PEER_QUEUE_BATCHES,
+        }
     }
 }
 
@@ -108,12 +125,12 @@ impl ShutdownSignal {
 /// A peer's send queue and the address its task dials.
 struct PeerQueue {
     batches: mpsc::Sender<Vec<RaftEnvelope>>,
-    addr: watch::Sender<SocketAddr>,
+    addr: watch::Sender<String>,
 }
 
 #[derive(Default)]
 struct PeerTable {
-    addrs: HashMap<u64, SocketAddr>,
+    addrs: HashMap<u64, String>,
     /// Created on first send; a task per entry.
     queues: HashMap<u64, PeerQueue>,
 }
@@ -122,6 +139,7 @@ struct Shared {
     node_id: u64,
     local_addr: SocketAddr,
     endpoint: quinn::Endpoint,
+    resolver: Arc<dyn Resolve>,
     /// `send` may run on a thread outside the runtime; tasks are spawned here.
     runtime: tokio::runtime::Handle,
     peer_queue_batches: usize,
@@ -177,6 +195,7 @@ impl QuicTransport {
                 node_id: config.node_id,
                 local_addr,
                 endpoint,
+                resolver: config.resolver,
                 runtime,
                 peer_queue_batches: config.peer_queue_batches,
                 peers: Mutex::new(PeerTable { addrs: config.peers, queues: HashMap::new() }),
@@ -196,13 +215,19 @@ impl QuicTransport {
         self.shared.local_addr
     }
 
-    /// Adds a peer or changes its address. A live connection to the old
-    /// address is closed and the peer is redialled.
-    pub fn set_peer_addr(&self, node_id: u64, addr: SocketAddr) {
+    /// Adds a peer or changes its address (`host:port`, or a socket
+    /// address). A live connection to the old address is closed and the
+    /// peer is redialled; the same address again changes nothing.
+    pub fn set_peer_addr(&self, node_id: u64, addr: impl ToString) {
+        let addr = addr.to_string();
         let mut peers = self.shared.lock_peers();
-        peers.addrs.insert(node_id, addr);
+        peers.addrs.insert(node_id, addr.clone());
         if let Some(queue) = peers.queues.get(&node_id) {
-            queue.addr.send_if_modified(|current| std::mem::replace(current, addr) != addr);
+            queue.addr.send_if_modified(|current| {
+                let changed = *current != addr;
+                *current = addr;
+                changed
+            });
         }
     }
 
@@ -271,12 +296,13 @@ impl Shared {
                 return Some(queue.batches.clone());
             }
         }
-        let addr = *peers.addrs.get(&to_node)?;
+        let addr = peers.addrs.get(&to_node)?.clone();
         let (batches, batches_rx) = mpsc::channel(self.peer_queue_batches);
         let (addr_tx, addr_rx) = watch::channel(addr);
         let task = PeerTask::new(
             to_node,
             self.endpoint.clone(),
+            self.resolver.clone(),
             batches_rx,
             addr_rx,
             self.feedback.clone(),

@@ -14,7 +14,6 @@
 //! log, so stale heartbeats and appends queued during an outage would only
 //! delay the fresh ones after it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +24,7 @@ use tracing::Instrument as _;
 
 use crate::feedback::FeedbackSink;
 use crate::frame::{encode_frame, envelope_frame_bytes, split_into_frames};
+use crate::resolve::Resolve;
 use crate::tls::node_server_name;
 use crate::{ShutdownSignal, CLOSE_NORMAL};
 use meridian_transport::Feedback;
@@ -96,8 +96,10 @@ enum Stop {
 pub(crate) struct PeerTask {
     peer_id: u64,
     endpoint: quinn::Endpoint,
+    resolver: Arc<dyn Resolve>,
     queue: mpsc::Receiver<Vec<RaftEnvelope>>,
-    addr: watch::Receiver<SocketAddr>,
+    /// `host:port`, resolved at every dial.
+    addr: watch::Receiver<String>,
     feedback: Arc<FeedbackSink>,
     shutdown: ShutdownSignal,
     snapshot_slots: Arc<Semaphore>,
@@ -107,22 +109,24 @@ impl PeerTask {
     pub(crate) fn new(
         peer_id: u64,
         endpoint: quinn::Endpoint,
+        resolver: Arc<dyn Resolve>,
         queue: mpsc::Receiver<Vec<RaftEnvelope>>,
-        addr: watch::Receiver<SocketAddr>,
+        addr: watch::Receiver<String>,
         feedback: Arc<FeedbackSink>,
         shutdown: ShutdownSignal,
     ) -> Self {
-        PeerTask { peer_id, endpoint, queue, addr, feedback, shutdown, snapshot_slots: Arc::new(Semaphore::new(MAX_SNAPSHOTS_IN_FLIGHT)) }
+        let snapshot_slots = Arc::new(Semaphore::new(MAX_SNAPSHOTS_IN_FLIGHT));
+        PeerTask { peer_id, endpoint, resolver, queue, addr, feedback, shutdown, snapshot_slots }
     }
 
     pub(crate) async fn run(mut self) {
         let mut backoff = Backoff::new();
         loop {
-            let addr = *self.addr.borrow_and_update();
+            let addr = self.addr.borrow_and_update().clone();
             let connected = tokio::select! {
                 biased;
                 _ = self.shutdown.wait() => return,
-                r = connect(&self.endpoint, self.peer_id, addr) => r,
+                r = connect(&self.endpoint, &*self.resolver, self.peer_id, &addr) => r,
             };
             match connected {
                 Ok(conn) => {
@@ -292,8 +296,25 @@ impl PeerTask {
     }
 }
 
-async fn connect(endpoint: &quinn::Endpoint, peer_id: u64, addr: SocketAddr) -> Result<quinn::Connection, TransportError> {
+/// Resolves `host_port` afresh (a name may point elsewhere since the last
+/// dial) and dials the first address of the endpoint's family.
+async fn connect(
+    endpoint: &quinn::Endpoint,
+    resolver: &dyn Resolve,
+    peer_id: u64,
+    host_port: &str,
+) -> Result<quinn::Connection, TransportError> {
     let err = |reason: String| TransportError::Connect { node_id: peer_id, reason };
+    let ipv4 = endpoint.local_addr().map_or(true, |a| a.is_ipv4());
+    let resolved = match tokio::time::timeout(CONNECT_TIMEOUT, resolver.resolve(host_port)).await {
+        Ok(r) => r.map_err(|e| err(format!("resolving {host_port}: {e}")))?,
+        Err(_) => return Err(err(format!("resolving {host_port}: no answer within {CONNECT_TIMEOUT:?}"))),
+    };
+    let Some(addr) = resolved.iter().copied().find(|a| a.is_ipv4() == ipv4) else {
+        let family = if ipv4 { "IPv4" } else { "IPv6" };
+        return Err(err(format!("{host_port} resolves to no {family} address (got {resolved:?})")));
+    };
+    tracing::trace!(%host_port, %addr, "dialling");
     // The server name pins the peer's identity, not just the CA.
     let connecting = endpoint.connect(addr, &node_server_name(peer_id)).map_err(|e| err(e.to_string()))?;
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {

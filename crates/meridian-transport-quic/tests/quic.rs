@@ -397,3 +397,48 @@ fn start_outside_a_runtime_is_an_error() {
     let config = QuicConfig { peers: HashMap::new(), ..QuicConfig::new(1, any_port(), ca.issue(1).unwrap()) };
     assert!(QuicTransport::start(config, tx).is_err());
 }
+
+/// A name service whose answers the test changes (a pod rescheduled under
+/// the same DNS name at another IP).
+#[derive(Debug, Default)]
+struct MovableNames(std::sync::Mutex<HashMap<String, SocketAddr>>);
+
+impl meridian_transport_quic::Resolve for MovableNames {
+    fn resolve<'a>(&'a self, host_port: &'a str) -> meridian_transport_quic::ResolveFuture<'a> {
+        let found = self.0.lock().unwrap().get(host_port).copied();
+        Box::pin(async move { found.map(|a| vec![a]).ok_or_else(|| format!("{host_port}: no such name")) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_known_by_name_is_found_again_at_its_new_address() {
+    bounded(async {
+        let ca = DevCa::generate().unwrap();
+        let names = std::sync::Arc::new(MovableNames::default());
+        let (tx, _rx) = mpsc::channel(4096);
+        let mut config = QuicConfig::new(1, any_port(), ca.issue(1).unwrap());
+        config.resolver = names.clone();
+        let a = QuicTransport::start(config, tx).unwrap();
+        let mut b1 = start(&ca, 2);
+        names.0.lock().unwrap().insert("meridian-2.meridian:2380".into(), b1.t.local_addr());
+        a.set_peer_addr(2, "meridian-2.meridian:2380");
+        a.send(2, vec![heartbeat(1, 1)]);
+        recv_n(&mut b1.rx, 1).await;
+
+        // Node 2 goes away and comes back elsewhere under the same name:
+        // nobody tells the transport, the name now points at the new place.
+        b1.t.shutdown().await;
+        let mut b2 = start(&ca, 2);
+        names.0.lock().unwrap().insert("meridian-2.meridian:2380".into(), b2.t.local_addr());
+        let delivered = loop {
+            a.send(2, vec![heartbeat(1, 2)]);
+            if let Ok(Some(env)) = timeout(Duration::from_millis(100), b2.rx.recv()).await {
+                break env;
+            }
+        };
+        assert_eq!(seq_of(&delivered), 2, "the redial resolved the name again");
+        a.shutdown().await;
+        b2.t.shutdown().await;
+    })
+    .await;
+}

@@ -1,6 +1,5 @@
 //! `meridian dev`: a local cluster of real `meridian server` processes.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,7 +15,10 @@ pub struct DevOptions {
 }
 
 /// True if GET `path` on `addr` answers 200.
-pub fn http_ok(addr: SocketAddr, path: &str) -> bool {
+/// `GET path` on `addr` (`host:port`) answers 200.
+pub fn http_ok(addr: &str, path: &str) -> bool {
+    use std::net::ToSocketAddrs as _;
+    let Some(addr) = addr.to_socket_addrs().ok().and_then(|mut a| a.next()) else { return false };
     matches!(crate::http_get::get(addr, path, Duration::from_millis(300), Duration::from_millis(1000)), Ok((200, _)))
 }
 
@@ -65,7 +67,7 @@ pub async fn run(opts: DevOptions) -> Result<()> {
     let started = Instant::now();
     let mut last_report = 0;
     loop {
-        let ready = members.iter().filter(|m| http_ok(m.http_addr, "/readyz")).count();
+        let ready = members.iter().filter(|m| http_ok(&m.http_addr, "/readyz")).count();
         if ready == members.len() {
             break;
         }

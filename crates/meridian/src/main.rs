@@ -47,6 +47,13 @@ enum Cmd {
         /// refused, as replicas were placed by the old labels.
         #[arg(long)]
         relabel: bool,
+        /// Join a running cluster through any of these members' client
+        /// addresses (HOST:PORT, comma-separated) instead of bootstrapping
+        /// one: the node registers itself and holds no replica until it is
+        /// added to a range (`meridian members`). Overrides `join` in the
+        /// config; `initial_cluster` then lists this node only.
+        #[arg(long, value_delimiter = ',')]
+        join: Vec<String>,
     },
     /// Start a local cluster of real server processes and keep it in the
     /// foreground until Ctrl-C.
@@ -260,9 +267,12 @@ fn main() -> Result<()> {
         }));
     }
     match cli.cmd {
-        Cmd::Server { config, relabel } => {
+        Cmd::Server { config, relabel, join } => {
             let mut cfg = meridian_server::config::ServerConfig::load(&config)?;
             cfg.relabel = relabel;
+            if !join.is_empty() {
+                cfg.join = join;
+            }
             runtime_with(cfg.worker_threads)?.block_on(meridian_server::server::run(cfg, shutdown_signal()))?;
             Ok(())
         }

@@ -54,18 +54,18 @@ fn etcdctl_kv_txn_history_and_status() {
     let members = ok(&ep, &["member", "list"]);
     assert_eq!(members.lines().count(), 3, "{members}");
     // HTTP/JSON: written through a follower, read from another node.
-    let (code, _) = http_request(c.members[2].http_addr, "PUT", "/v1/kv/http-key", "{\"value\":\"from-http\"}", "application/json");
+    let (code, _) = http_request(&c.members[2].http_addr, "PUT", "/v1/kv/http-key", "{\"value\":\"from-http\"}", "application/json");
     assert_eq!(code, 200);
-    let (code, body) = http_get(c.members[1].http_addr, "/v1/kv/http-key");
+    let (code, body) = http_get(&c.members[1].http_addr, "/v1/kv/http-key");
     assert_eq!(code, 200);
     assert!(body.contains("from-http"), "{body}");
-    let (code, body) = http_get(c.members[0].http_addr, "/metrics");
+    let (code, body) = http_get(&c.members[0].http_addr, "/metrics");
     assert_eq!(code, 200);
     assert!(body.contains("meridian_range_has_leader"), "{body}");
     // The nodes etcdctl's balancer picked counted the puts they served
     // (a follower proposes too: it hands the entry to the leader inside
     // raft, so the leader does not see those requests).
-    let bodies: Vec<String> = c.members.iter().map(|m| http_get(m.http_addr, "/metrics").1).collect();
+    let bodies: Vec<String> = c.members.iter().map(|m| http_get(&m.http_addr, "/metrics").1).collect();
     assert!(bodies.iter().any(|b| b.contains("meridian_requests_total{op=\"put\",result=\"ok\"}")), "no node counted a put: {bodies:?}");
     // Every node's sync thread made the writes durable and timed it.
     for b in &bodies {
@@ -206,10 +206,10 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         let e = kv.range(pb::RangeRequest { key: b"/a".to_vec(), revision: after, ..Default::default() }).await.unwrap_err();
         assert_eq!((e.code(), e.message()), (tonic::Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"));
     });
-    let (code, body) = http_request(c.members[0].http_addr, "PUT", "/v1/kv/j", "{not json", "application/json");
+    let (code, body) = http_request(&c.members[0].http_addr, "PUT", "/v1/kv/j", "{not json", "application/json");
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("malformed JSON"), "{body}");
-    let (code, _) = http_get(c.members[0].http_addr, "/v1/kv/j");
+    let (code, _) = http_get(&c.members[0].http_addr, "/v1/kv/j");
     assert_eq!(code, 404, "the malformed request wrote nothing");
 }
 

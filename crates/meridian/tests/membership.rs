@@ -19,13 +19,13 @@ use common::*;
 const RANGE: u64 = 2;
 
 fn members(c: &ProcCluster, i: usize) -> serde_json::Value {
-    let (code, body) = http_get(c.members[i].http_addr, &format!("/v1/ranges/{RANGE}/members"));
+    let (code, body) = http_get(&c.members[i].http_addr, &format!("/v1/ranges/{RANGE}/members"));
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
 
 fn change(c: &ProcCluster, i: usize, body: &str) -> (u16, serde_json::Value) {
-    let (code, text) = http_request(c.members[i].http_addr, "POST", &format!("/v1/ranges/{RANGE}/members"), body, "application/json");
+    let (code, text) = http_request(&c.members[i].http_addr, "POST", &format!("/v1/ranges/{RANGE}/members"), body, "application/json");
     (code, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
 }
 
@@ -62,7 +62,7 @@ fn replica_removed_and_added_back_under_writes_and_a_watch() {
         assert!(v["error"].as_str().unwrap_or_default().contains(says), "{body}: {v}");
     }
     let (code, _) =
-        http_request(c.members[leader].http_addr, "POST", "/v1/ranges/999/members", r#"{"op":"remove","node_id":2}"#, "application/json");
+        http_request(&c.members[leader].http_addr, "POST", "/v1/ranges/999/members", r#"{"op":"remove","node_id":2}"#, "application/json");
     assert_eq!(code, 404);
     assert_eq!(members(&c, leader)["conf_ver"].as_u64().unwrap(), conf_ver, "refusals changed the configuration");
 
@@ -129,7 +129,7 @@ fn replica_removed_and_added_back_under_writes_and_a_watch() {
     let after: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!ids(&after["voters"]).contains(&victim_id), "{after}");
     let t = Instant::now();
-    while http_get(c.members[victim].http_addr, &format!("/v1/ranges/{RANGE}/members")).0 != 404 {
+    while http_get(&c.members[victim].http_addr, &format!("/v1/ranges/{RANGE}/members")).0 != 404 {
         assert!(t.elapsed() < Duration::from_secs(20), "the victim kept its replica");
         std::thread::sleep(Duration::from_millis(100));
     }

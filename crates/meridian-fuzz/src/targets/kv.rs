@@ -96,7 +96,7 @@ fn fixture() -> (MemEngine, i64, Vec<Command>) {
         cmd(acquire(b"L2", 9, 3, 5000)),
         cmd(Op::LeaseExpire(9)),
         cmd(acquire(b"L2", 8, 4, 0)),
-        cmd(Op::LeaseCheckpoint(LeaseCheckpointOp { id: 8, remaining_ttl_s: 2 })),
+        cmd(Op::LeaseCheckpoint(LeaseCheckpointOp { id: 8, remaining_ttl_s: 2, resets: 0 })),
     ];
     let mut token = 0;
     for (i, c) in prelude.iter().enumerate() {
@@ -156,7 +156,10 @@ fn command_seeds(token: i64, prelude: &[Command]) -> Vec<Vec<u8>> {
         Op::LeaseRevoke(7),
         Op::LeaseRevoke(auto_lease()),
         Op::LeaseExpire(8),
-        Op::LeaseCheckpoint(LeaseCheckpointOp { id: 7, remaining_ttl_s: 30 }),
+        Op::LeaseCheckpoint(LeaseCheckpointOp { id: 7, remaining_ttl_s: 30, resets: 0 }),
+        // A keepalive's reset, then a checkpoint it made stale.
+        Op::LeaseCheckpoint(LeaseCheckpointOp { id: 7, remaining_ttl_s: 0, resets: 0 }),
+        Op::LeaseCheckpoint(LeaseCheckpointOp { id: 7, remaining_ttl_s: 12, resets: 0 }),
         Op::Range(range_op(b"a", b"\x00", 0)),
         Op::Range(RangeOp { key: b"\x00".to_vec(), range_end: vec![0], limit: 2, revision: 6, keys_only: true, count_only: false }),
         acquire(b"L1", 9, 5, 0),

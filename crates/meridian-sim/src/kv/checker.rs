@@ -72,11 +72,6 @@ struct Promise {
 #[derive(Default)]
 pub struct KvChecker {
     violations: Vec<String>,
-    /// Violations of the one known open bug (see [`Self::known`]).
-    known: Vec<String>,
-    /// lease id → its latest expiry proposal timed a deadline taken from a
-    /// checkpoint (that leader never renewed it itself).
-    expiry_from_checkpoint: HashMap<i64, bool>,
     pub stats: KvStats,
     /// (range, index) → the entry as first applied.
     entries: HashMap<(u64, u64), Canon>,
@@ -118,17 +113,6 @@ impl KvChecker {
 
     pub fn violations(&self) -> &[String] {
         &self.violations
-    }
-
-    /// Early expiries explained by the known gap between lease checkpoints
-    /// and keepalives: a keepalive acknowledged after a checkpoint lives
-    /// only in the leader's memory, so a new leader continues the lease
-    /// from the older checkpointed remaining TTL and expires it before
-    /// the TTL the keepalive promised (the expiring leader's deadline came
-    /// from a checkpoint it never renewed). Not counted as violations;
-    /// `tests/kv_random.rs` prints them and an ignored test fails on them.
-    pub fn known(&self) -> &[String] {
-        &self.known
     }
 
     /// A violation the run found itself (liveness, convergence).
@@ -425,28 +409,14 @@ impl KvChecker {
             until - expired_ms,
             p.sent_ms
         );
-        if self.expiry_from_checkpoint.get(&id).copied().unwrap_or(false) {
-            self.known.push(format!("{v} (known: the expiring leader continued it from a checkpoint older than the keepalive)"));
-        } else {
-            self.fail(v);
-        }
+        self.fail(v);
     }
 
     /// The keeper of `node` proposes to expire lease `id` at `now_ms`; its
     /// own clock saw the last keepalive or grant of it at `last_seen_ms`
     /// (or, building its clock at leadership start, continued it as if
-    /// renewed then — `from_checkpoint` when it continued a checkpointed
-    /// remaining TTL). Its clock must agree that a TTL passed.
-    pub fn observe_expiry_proposal(
-        &mut self,
-        now_ms: u64,
-        node: u64,
-        id: i64,
-        ttl_s: i64,
-        last_seen_ms: Option<u64>,
-        from_checkpoint: bool,
-    ) {
-        self.expiry_from_checkpoint.insert(id, from_checkpoint);
+    /// renewed then). Its clock must agree that a TTL passed.
+    pub fn observe_expiry_proposal(&mut self, now_ms: u64, node: u64, id: i64, ttl_s: i64, last_seen_ms: Option<u64>) {
         if let Some(seen) = last_seen_ms {
             if now_ms < seen + ttl_s as u64 * 1000 {
                 self.fail(format!(
@@ -597,19 +567,14 @@ mod tests {
         assert!(c.violations().is_empty(), "{:?}", c.violations());
     }
 
+    /// Seed 7017's history: the expiring leader continued the lease from a
+    /// checkpoint older than an acknowledged keepalive. Once a known gap,
+    /// now a violation like any early expiry.
     #[test]
-    fn early_expiry_from_a_checkpoint_is_reported_as_the_known_gap_only() {
+    fn early_expiry_from_a_checkpoint_fails() {
         let mut c = KvChecker::default();
         c.observe_lease_promise(5_000, 42, 30, 5_000);
-        c.observe_expiry_proposal(33_000, 2, 42, 30, Some(0), true);
-        c.observe_applied(33_000, &entry(2, 9, Op::LeaseExpire(42), 4, vec![]));
-        assert!(c.violations().is_empty(), "{:?}", c.violations());
-        assert_eq!(c.known().len(), 1, "still reported");
-        // The same early expiry by a clock that was not continued from a
-        // checkpoint is a violation.
-        let mut c = KvChecker::default();
-        c.observe_lease_promise(5_000, 42, 30, 5_000);
-        c.observe_expiry_proposal(33_000, 2, 42, 30, Some(0), false);
+        c.observe_expiry_proposal(33_000, 2, 42, 30, Some(0));
         c.observe_applied(33_000, &entry(2, 9, Op::LeaseExpire(42), 4, vec![]));
         assert!(c.violations().iter().any(|v| v.contains("2000 ms early")), "{:?}", c.violations());
     }
@@ -634,9 +599,9 @@ mod tests {
     #[test]
     fn expiry_proposed_early_by_the_leaders_own_clock_fails() {
         let mut c = KvChecker::default();
-        c.observe_expiry_proposal(5_000, 1, 42, 5, Some(0), false);
+        c.observe_expiry_proposal(5_000, 1, 42, 5, Some(0));
         assert!(c.violations().is_empty());
-        c.observe_expiry_proposal(4_000, 1, 42, 5, Some(1_000), false);
+        c.observe_expiry_proposal(4_000, 1, 42, 5, Some(1_000));
         assert!(c.violations().iter().any(|v| v.contains("proposed to expire lease 42")), "{:?}", c.violations());
     }
 

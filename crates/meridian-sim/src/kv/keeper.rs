@@ -13,7 +13,10 @@
 //!   and ended (`LockDelayEnd`) once the delay passed;
 //! - every 50 rounds (5 s) long leases' remaining TTLs are checkpointed.
 //!
-//! Keepalives are answered from the clock alone, as the server does.
+//! Keepalives are answered from the clock alone, as the server does —
+//! except a keepalive of a lease this leader checkpointed, which first
+//! resets the checkpoint through the log (`LeaseCheckpoint` of 0 s) and is
+//! answered when that applies.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -36,6 +39,17 @@ pub const CHECKPOINT_MIN_TTL_S: i64 = 10;
 const MAX_CHECKPOINTS: usize = 256;
 /// Delayed locks read per round (the query's bound).
 const MAX_DELAYED: usize = 10_000;
+
+/// A keepalive the clock renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewed {
+    /// Answered at once with this TTL.
+    Now(i64),
+    /// Answered with `ttl_s` once the reset of the lease's checkpoint,
+    /// proposed as `req` on this node, applies (see
+    /// [`Keeper::reset_applied`]).
+    AfterReset { ttl_s: i64, req: RequestId },
+}
 
 /// Why a keepalive was not answered with a TTL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,9 +87,8 @@ pub struct Keeper {
     /// Checkpoints in flight (answers are only collected).
     checkpointing: Vec<RequestId>,
     /// (range, lease) → when this leader last renewed it (a keepalive, a
-    /// grant, or building its clock), and whether its deadline still comes
-    /// from a checkpoint. For the checker's view of this clock.
-    seen_ms: HashMap<(u64, i64), (u64, bool)>,
+    /// grant, or building its clock). For the checker's view of this clock.
+    seen_ms: HashMap<(u64, i64), u64>,
     rounds: u64,
 }
 
@@ -112,23 +125,41 @@ impl Keeper {
     }
 
     /// The server's `keepalive_once` on this node: renews from this node's
-    /// clock, whether or not raft still makes it the leader.
-    pub fn keepalive(&mut self, now_ms: u64, range_id: u64, id: i64) -> Result<i64, KeepaliveRefused> {
+    /// clock, whether or not raft still makes it the leader; a lease it
+    /// checkpointed is answered only after a reset through the log.
+    pub fn keepalive(&mut self, c: &mut Cluster, now_ms: u64, range_id: u64, id: i64) -> Result<Renewed, KeepaliveRefused> {
+        let node = self.node;
         let (_, clock) = self.clocks.get_mut(&range_id).ok_or(KeepaliveRefused::NotLeader)?;
         let before = clock.remaining_s(now_ms, id);
-        let ttl = clock.keepalive(now_ms, id).ok_or(KeepaliveRefused::LeaseNotFound)?;
+        let ttl_s = clock.keepalive(now_ms, id).ok_or(KeepaliveRefused::LeaseNotFound)?;
+        let reset = clock.needs_reset(id);
         if tracing_on() {
-            eprintln!("{now_ms} ms: node {} keepalive of lease {id} (range {range_id}): {before:?} s were left", self.node);
+            eprintln!("{now_ms} ms: node {node} keepalive of lease {id} (range {range_id}): {before:?} s were left, reset {reset}");
         }
-        self.seen_ms.insert((range_id, id), (now_ms, false));
-        Ok(ttl)
+        self.seen_ms.insert((range_id, id), now_ms);
+        if !reset {
+            return Ok(Renewed::Now(ttl_s));
+        }
+        let op = Op::LeaseCheckpoint(LeaseCheckpointOp { id, remaining_ttl_s: 0, resets: 0 });
+        // Refused (no longer leader, say): the server's stream fails and
+        // the client asks again, elsewhere.
+        let req = c.propose_on_leader(node, range_id, command(op, now_ms)).map_err(|_| KeepaliveRefused::NotLeader)?;
+        Ok(Renewed::AfterReset { ttl_s, req })
+    }
+
+    /// The reset a keepalive proposed applied: the record's reset count is
+    /// now `resets`.
+    pub fn reset_applied(&mut self, range_id: u64, id: i64, resets: u64) {
+        if let Some((_, clock)) = self.clocks.get_mut(&range_id) {
+            clock.reset_applied(id, resets);
+        }
     }
 
     /// A grant this node proposed was applied (the server's `lease_grant`).
     pub fn granted(&mut self, now_ms: u64, range_id: u64, id: i64, ttl_s: i64) {
         if let Some((_, clock)) = self.clocks.get_mut(&range_id) {
             clock.granted(now_ms, id, ttl_s);
-            self.seen_ms.insert((range_id, id), (now_ms, false));
+            self.seen_ms.insert((range_id, id), now_ms);
         }
     }
 
@@ -173,12 +204,16 @@ impl Keeper {
             self.expire(c, r, now_ms, checker, counts);
             self.end_lock_delays(c, r, now_ms, counts);
             if self.rounds.is_multiple_of(CHECKPOINT_EVERY_ROUNDS) {
-                let cps = self.clocks[&r].1.checkpoints(now_ms, CHECKPOINT_MIN_TTL_S, MAX_CHECKPOINTS);
-                for (id, remaining_ttl_s) in cps {
-                    let op = Op::LeaseCheckpoint(LeaseCheckpointOp { id, remaining_ttl_s });
+                let clock = &mut self.clocks.get_mut(&r).expect("clock").1;
+                let cps = clock.checkpoints(now_ms, CHECKPOINT_MIN_TTL_S, MAX_CHECKPOINTS);
+                let cps: Vec<(i64, i64, u64)> = cps.into_iter().map(|(id, left)| (id, left, clock.resets(id))).collect();
+                for (id, remaining_ttl_s, resets) in cps {
+                    let op = Op::LeaseCheckpoint(LeaseCheckpointOp { id, remaining_ttl_s, resets });
                     if let Ok(req) = c.propose_on_leader(node, r, command(op, now_ms)) {
                         if tracing_on() {
-                            eprintln!("{now_ms} ms: node {node} checkpoints lease {id} (range {r}) at {remaining_ttl_s} s");
+                            eprintln!(
+                                "{now_ms} ms: node {node} checkpoints lease {id} (range {r}) at {remaining_ttl_s} s ({resets} resets)"
+                            );
                         }
                         self.checkpointing.push(req);
                         counts.checkpoints_proposed += 1;
@@ -212,7 +247,7 @@ impl Keeper {
                 // if renewed a TTL before the deadline it gets.
                 let left_s = if l.remaining_ttl_s > 0 { l.remaining_ttl_s } else { l.ttl_s };
                 let renewed_ms = (now_ms + left_s as u64 * 1000).saturating_sub(l.ttl_s as u64 * 1000);
-                self.seen_ms.insert((r, l.id), (renewed_ms, l.remaining_ttl_s > 0));
+                self.seen_ms.insert((r, l.id), renewed_ms);
             }
             if tracing_on() {
                 eprintln!("{now_ms} ms: node {node} leads range {r} in term {term}: clock of leases {leases:?}");
@@ -256,7 +291,7 @@ impl Keeper {
                 .map(|l| l.ttl_s);
             if let Some(ttl_s) = ttl_s {
                 let seen = self.seen_ms.get(&(r, id)).copied();
-                checker.observe_expiry_proposal(now_ms, node, id, ttl_s, seen.map(|(ms, _)| ms), seen.is_some_and(|(_, cp)| cp));
+                checker.observe_expiry_proposal(now_ms, node, id, ttl_s, seen);
             }
             // Expiry, not a clean revoke: held locks get lock-delay.
             if let Ok(req) = c.propose_on_leader(node, r, command(Op::LeaseExpire(id), now_ms)) {

@@ -64,8 +64,6 @@ pub struct KvRunReport {
     pub partitions: u64,
     pub membership_changes: u64,
     pub violations: Vec<String>,
-    /// Early expiries of the known checkpoint gap ([`KvChecker::known`]).
-    pub known: Vec<String>,
 }
 
 impl KvRunReport {
@@ -375,6 +373,5 @@ pub fn kv_random_run(cfg: SimConfig, steps: u64) -> KvRunReport {
         partitions: faults.partitions,
         membership_changes: faults.membership_changes,
         violations,
-        known: sim.checker.known().to_vec(),
     }
 }

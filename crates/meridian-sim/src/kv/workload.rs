@@ -12,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::checker::KvChecker;
-use super::keeper::{outcome_of, KeepaliveRefused, Keeper};
+use super::keeper::{outcome_of, KeepaliveRefused, Keeper, Renewed};
 use super::recorder::{AppliedKv, Published};
 use super::TICK_MS;
 use crate::cluster::Cluster;
@@ -27,6 +27,9 @@ const SESSIONS_PER_RANGE: usize = 4;
 /// Lock names and keys per range: few, so they are contended.
 const LOCK_NAMES: u64 = 3;
 const KEYS: u64 = 12;
+/// Ticks a client waits for a keepalive held back by a checkpoint reset
+/// before it sends another (the server's stream failed or hangs).
+const RESET_WAIT_TICKS: u64 = 20;
 
 /// What the clients did, for the run's report.
 #[derive(Debug, Default, Clone, Copy)]
@@ -34,6 +37,8 @@ pub struct WorkloadCounts {
     pub lease_grants: u64,
     pub keepalives: u64,
     pub late_keepalives: u64,
+    /// Keepalives answered only after a reset of the lease's checkpoint.
+    pub checkpoint_resets: u64,
     pub abandoned: u64,
     pub revoked: u64,
     pub acquires: u64,
@@ -47,6 +52,8 @@ struct Session {
     /// The node this client sends keepalives to (it moves on a refusal).
     target: u64,
     next_keepalive: u64,
+    /// A keepalive waits for its checkpoint reset: the tick it was sent.
+    resetting: Option<u64>,
     /// Lock name → token, as this client knows.
     holds: BTreeMap<Vec<u8>, i64>,
     /// Lock name → (waiter id, since tick).
@@ -54,9 +61,28 @@ struct Session {
 }
 
 enum Kind {
-    Grant { range_id: u64, ttl_s: i64, sent_ms: u64 },
-    Acquire { id: i64, name: Vec<u8>, waiter_id: u64, try_only: bool },
-    Revoke { range_id: u64, id: i64 },
+    Grant {
+        range_id: u64,
+        ttl_s: i64,
+        sent_ms: u64,
+    },
+    Acquire {
+        id: i64,
+        name: Vec<u8>,
+        waiter_id: u64,
+        try_only: bool,
+    },
+    Revoke {
+        range_id: u64,
+        id: i64,
+    },
+    /// A keepalive answered once its checkpoint reset applies.
+    Keepalive {
+        range_id: u64,
+        id: i64,
+        ttl_s: i64,
+        sent_ms: u64,
+    },
     Other,
 }
 
@@ -157,25 +183,23 @@ impl Workload {
                 }
             }
         }
-        if self.sessions[i].next_keepalive <= now {
+        let waiting = self.sessions[i].resetting.is_some_and(|sent| now < sent + RESET_WAIT_TICKS);
+        if self.sessions[i].next_keepalive <= now && !waiting {
             let target = self.sessions[i].target;
+            self.sessions[i].resetting = None;
             let answer = match keepers.get_mut(&target) {
-                Some(k) if c.is_up(target) => k.keepalive(now_ms, r, id),
+                Some(k) if c.is_up(target) => k.keepalive(c, now_ms, r, id),
                 _ => Err(KeepaliveRefused::NotLeader),
             };
             match answer {
-                Ok(ttl) => {
+                Ok(Renewed::Now(ttl)) => {
                     self.counts.keepalives += 1;
                     checker.observe_lease_promise(now_ms, id, ttl, now_ms);
-                    let ttl_ticks = ttl as u64 * 1000 / TICK_MS;
-                    let next = if c.rng.gen_bool(0.03) {
-                        // A pause (GC, SIGSTOP): the next keepalive may be late.
-                        self.counts.late_keepalives += 1;
-                        c.rng.gen_range(ttl_ticks * 7 / 10..=ttl_ticks * 13 / 10)
-                    } else {
-                        c.rng.gen_range(ttl_ticks / 4..=ttl_ticks / 2)
-                    };
-                    self.sessions[i].next_keepalive = now + next.max(1);
+                    self.schedule_keepalive(c, i, now, ttl);
+                }
+                Ok(Renewed::AfterReset { ttl_s, req }) => {
+                    self.sessions[i].resetting = Some(now);
+                    self.pending.push(Pending { node: target, req, kind: Kind::Keepalive { range_id: r, id, ttl_s, sent_ms: now_ms } });
                 }
                 Err(KeepaliveRefused::NotLeader) => {
                     // Ask the leader the cluster knows of, else anyone.
@@ -219,6 +243,52 @@ impl Workload {
             self.propose_any(c, r, nodes, op, now_ms, Kind::Other);
         }
         true
+    }
+
+    /// The next keepalive of session `i`, after one answered with `ttl`.
+    fn schedule_keepalive(&mut self, c: &mut Cluster, i: usize, now: u64, ttl: i64) {
+        let ttl_ticks = ttl as u64 * 1000 / TICK_MS;
+        let next = if c.rng.gen_bool(0.03) {
+            // A pause (GC, SIGSTOP): the next keepalive may be late.
+            self.counts.late_keepalives += 1;
+            c.rng.gen_range(ttl_ticks * 7 / 10..=ttl_ticks * 13 / 10)
+        } else {
+            c.rng.gen_range(ttl_ticks / 4..=ttl_ticks / 2)
+        };
+        self.sessions[i].next_keepalive = now + next.max(1);
+    }
+
+    /// A keepalive held back by its checkpoint reset was answered: with the
+    /// TTL if the reset applied, else the client asks again.
+    fn reset_answered(
+        &mut self,
+        c: &mut Cluster,
+        keepers: &mut BTreeMap<u64, Keeper>,
+        checker: &mut KvChecker,
+        p: &Pending,
+        out: Option<Outcome>,
+    ) {
+        let Kind::Keepalive { range_id, id, ttl_s, sent_ms } = p.kind else { return };
+        let now = c.now();
+        let applied = match out.and_then(|o| o.kind) {
+            Some(OutcomeKind::Lease(l)) => Some(l.resets),
+            _ => None,
+        };
+        if let Some(resets) = applied {
+            if let Some(k) = keepers.get_mut(&p.node) {
+                k.reset_applied(range_id, id, resets);
+            }
+            self.counts.keepalives += 1;
+            self.counts.checkpoint_resets += 1;
+            checker.observe_lease_promise(now * TICK_MS, id, ttl_s, sent_ms);
+        }
+        let Some(i) = self.sessions.iter().position(|s| s.id == id) else { return };
+        self.sessions[i].resetting = None;
+        if applied.is_some() {
+            self.schedule_keepalive(c, i, now, ttl_s);
+        } else {
+            self.sessions[i].next_keepalive = now;
+        }
     }
 
     fn write(&mut self, c: &mut Cluster, r: u64, nodes: &[u64], now_ms: u64) {
@@ -266,6 +336,10 @@ impl Workload {
                 }
                 continue;
             };
+            if matches!(p.kind, Kind::Keepalive { .. }) {
+                self.reset_answered(c, keepers, checker, &p, outcome_of(&answer));
+                continue;
+            }
             let Some(out) = outcome_of(&answer) else { continue };
             if let Some(r) = self.range_of(&p.kind) {
                 let rev = self.revision.entry(r).or_default();
@@ -284,6 +358,7 @@ impl Workload {
                         id: l.id,
                         target: p.node,
                         next_keepalive: next,
+                        resetting: None,
                         holds: BTreeMap::new(),
                         waits: BTreeMap::new(),
                     });

@@ -19,6 +19,8 @@ static NEXT_BLOCK: AtomicU32 = AtomicU32::new(0);
 
 pub struct ProcCluster {
     _dir: tempfile::TempDir,
+    /// Signs every node's certificate (nodes added later too).
+    ca: meridian_transport_quic::DevCa,
     pub members: Vec<Member>,
     pub configs: Vec<PathBuf>,
     pub children: Vec<Option<Child>>,
@@ -35,17 +37,39 @@ pub fn free_base_port() -> u16 {
 
 impl ProcCluster {
     pub fn start(nodes: u64, namespaces: &[&str]) -> ProcCluster {
+        Self::start_members(dev_layout::members(nodes, free_base_port()).unwrap(), namespaces)
+    }
+
+    /// A cluster of `members` (their advertised addresses as given: DNS
+    /// names allowed).
+    pub fn start_members(members: Vec<Member>, namespaces: &[&str]) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
-        let members = dev_layout::members(nodes, free_base_port()).unwrap();
         let ns: Vec<String> = namespaces.iter().map(|s| s.to_string()).collect();
-        let configs = dev_layout::write_configs(dir.path(), &members, &ns, meridian_server::config::DEFAULT_TICK_MS).unwrap();
-        let mut c = ProcCluster { _dir: dir, members, configs, children: Vec::new() };
+        let ca = meridian_transport_quic::DevCa::generate().unwrap();
+        let debug = meridian_server::config::DebugConfig::default();
+        let tick_ms = meridian_server::config::DEFAULT_TICK_MS;
+        let configs = dev_layout::write_configs_signed(dir.path(), &members, &ns, tick_ms, &debug, &ca).unwrap();
+        let mut c = ProcCluster { _dir: dir, ca, members, configs, children: Vec::new() };
         for i in 0..c.members.len() {
             let child = c.spawn(i);
             c.children.push(Some(child));
         }
         c.wait_ready(Duration::from_secs(60));
         c
+    }
+
+    /// Starts node `member`, which joins through member 0 (`join` in its
+    /// config) instead of bootstrapping; answers its index. Not waited for.
+    pub fn add_joining(&mut self, member: Member) -> usize {
+        let join = vec![self.members[0].client_addr.clone()];
+        let dir = self._dir.path().join(format!("joined-{}", self.members.len()));
+        let path = dev_layout::write_join_config(&dir, &member, &join, meridian_server::config::DEFAULT_TICK_MS, &self.ca).unwrap();
+        self.members.push(member);
+        self.configs.push(path);
+        let i = self.members.len() - 1;
+        let child = self.spawn(i);
+        self.children.push(Some(child));
+        i
     }
 
     pub fn spawn(&self, i: usize) -> Child {
@@ -90,7 +114,7 @@ impl ProcCluster {
     pub fn wait_ready(&self, limit: Duration) {
         let start = Instant::now();
         while start.elapsed() < limit {
-            if self.members.iter().enumerate().all(|(i, m)| self.children[i].is_none() || http_get(m.http_addr, "/readyz").0 == 200) {
+            if self.members.iter().enumerate().all(|(i, m)| self.children[i].is_none() || http_get(&m.http_addr, "/readyz").0 == 200) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -120,7 +144,7 @@ impl ProcCluster {
             if self.children[i].is_none() {
                 continue;
             }
-            let (code, body) = http_get(m.http_addr, "/v1/cluster/status");
+            let (code, body) = http_get(&m.http_addr, "/v1/cluster/status");
             if code != 200 {
                 continue;
             }
@@ -144,9 +168,13 @@ impl Drop for ProcCluster {
     }
 }
 
-pub fn http_request(addr: std::net::SocketAddr, method: &str, path: &str, body: &str, content_type: &str) -> (u16, String) {
+/// One HTTP/1.1 request to `addr` (`host:port`); status 0 when it cannot
+/// connect.
+pub fn http_request(addr: &str, method: &str, path: &str, body: &str, content_type: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else { return (0, String::new()) };
+    use std::net::ToSocketAddrs as _;
+    let Some(sock) = addr.to_socket_addrs().ok().and_then(|mut a| a.next()) else { return (0, String::new()) };
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&sock, Duration::from_millis(500)) else { return (0, String::new()) };
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
@@ -162,7 +190,7 @@ pub fn http_request(addr: std::net::SocketAddr, method: &str, path: &str, body: 
     (code, body)
 }
 
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     http_request(addr, "GET", path, "", "text/plain")
 }
 
@@ -193,6 +221,6 @@ pub async fn kv_client(c: &ProcCluster, i: usize) -> KvClient<tonic::transport::
 }
 
 pub fn metric(c: &ProcCluster, i: usize, name: &str) -> u64 {
-    let (_, body) = http_get(c.members[i].http_addr, "/metrics");
+    let (_, body) = http_get(&c.members[i].http_addr, "/metrics");
     body.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
