@@ -10,7 +10,7 @@ use meridian_kv::command as c;
 use meridian_membership::{NodeDirectory, NodeRecord};
 use meridian_proto::etcdserverpb as pb;
 use meridian_raftstore::{RangeRequest, RangeStatus};
-use meridian_storage::{KeyInterval, RangeDescriptor, RangeEpoch};
+use meridian_storage::{KeyInterval, RangeDescriptor, RangeEpoch, ReplicaRole};
 use prost::Message as _;
 use tonic::transport::{Channel, Endpoint};
 
@@ -92,6 +92,11 @@ pub struct Backend {
     /// refuses, and the refusal's epoch replaces the cached one (bounded:
     /// one entry per range).
     epochs: Mutex<HashMap<u64, RangeEpoch>>,
+    /// range → the nodes holding a replica of it, voters first, as
+    /// the catalog says: where a request for a range this node holds no
+    /// replica of is forwarded ([`Backend::elsewhere`]). One entry per
+    /// range of the catalog (bounded like it).
+    replicas: Mutex<HashMap<u64, Vec<u64>>>,
 }
 
 /// How stale a [`RangeBrief`] may be.
@@ -179,6 +184,7 @@ impl Backend {
             requests: Mutex::new(BTreeMap::new()),
             briefs: Mutex::new(None),
             epochs: Mutex::new(HashMap::new()),
+            replicas: Mutex::new(HashMap::new()),
         })
     }
 
@@ -226,6 +232,15 @@ impl Backend {
     pub fn install_routes(&self, cluster_id: u64, routing: Routing, ranges: &[RangeDescriptor]) {
         self.cluster_id.store(cluster_id, Ordering::Relaxed);
         *self.routing.write().expect("route table") = Arc::new(routing);
+        {
+            let mut replicas = self.replicas.lock().expect("replica lists");
+            replicas.clear();
+            for d in ranges {
+                let mut nodes: Vec<(bool, u64)> = d.replicas.iter().map(|r| (r.role != ReplicaRole::Voter, r.node_id)).collect();
+                nodes.sort_unstable();
+                replicas.insert(d.range_id, nodes.into_iter().map(|(_, n)| n).collect());
+            }
+        }
         let mut epochs = self.epochs.lock().expect("route cache");
         for d in ranges {
             let e = epochs.entry(d.range_id).or_insert(d.epoch);
@@ -270,7 +285,10 @@ impl Backend {
     async fn execute_inner(&self, range_id: u64, op: c::Op, leader_only: bool) -> Result<c::Outcome, ApiError> {
         let keys = c::op_keys(&op);
         let cmd = c::Command { op: Some(op), wall_ms: wall_ms() }.encode_to_vec();
-        let raw = self.propose_command(range_id, keys, cmd, leader_only).await?;
+        let raw = match self.propose_command(range_id, keys, cmd, leader_only).await {
+            Ok(raw) => raw,
+            Err(e) => return Err(self.elsewhere(range_id, e).await),
+        };
         let out = c::Outcome::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable outcome: {e}")))?;
         if let Some(c::OutcomeKind::Error(e)) = &out.kind {
             return Err(ApiError::from_outcome(e));
@@ -345,7 +363,8 @@ impl Backend {
             let req = self.route(range_id, keys.clone()).await;
             match self.raft.read(req, query.clone(), linearizable).await {
                 Err(ApiError::EpochMismatch { range_id, current }) if attempt == 0 => self.learn_epoch(range_id, current),
-                r => break r?,
+                Err(e) => return Err(self.elsewhere(range_id, e).await),
+                Ok(raw) => break raw,
             }
             attempt += 1;
         };
@@ -359,6 +378,25 @@ impl Backend {
     pub async fn header(&self, range_id: u64, revision: i64) -> pb::ResponseHeader {
         let term = self.brief(range_id).await.map_or(0, |b| b.term);
         pb::ResponseHeader { cluster_id: self.cluster_id(), member_id: self.cfg.node_id, revision, raft_term: term }
+    }
+
+    /// A request for `range_id` failed with `e`. On a node that joined
+    /// (`--join`) and holds no replica of the range, the answer becomes
+    /// `NotLeader` naming a node that holds one, per the catalog, so the
+    /// service forwards the request there (once). Any other error stands —
+    /// and a founding member whose replica was removed keeps refusing
+    /// (`Unavailable`), as it always has: whether every node should forward
+    /// is the placement driver's decision to make.
+    async fn elsewhere(&self, range_id: u64, e: ApiError) -> ApiError {
+        if !self.cfg.joining() || !matches!(e, ApiError::NoLeader { .. }) || self.brief(range_id).await.is_some() {
+            return e;
+        }
+        let me = self.cfg.node_id;
+        let to = self.replicas.lock().expect("replica lists").get(&range_id).and_then(|r| r.iter().copied().find(|n| *n != me));
+        match to {
+            Some(node) => ApiError::NotLeader { range_id, leader: node },
+            None => e,
+        }
     }
 
     /// The range's term and leader as of at most [`BRIEF_TTL`] ago; `None`

@@ -34,9 +34,17 @@ impl pb::kv_server::Kv for KvService {
         let r = req.get_ref();
         check_size(r)?;
         let range_id = self.backend.routing().range_of_interval(&r.key, &r.range_end).map_err(ApiError::from)?;
-        let a = self.backend.query(range_id, c::QueryKind::Range(convert::range_op(r)), !r.serializable).await?;
-        let header = self.backend.header(range_id, a.revision).await;
-        Ok(Response::new(convert::range_response(r, a.range.unwrap_or_default(), header)))
+        match self.backend.query(range_id, c::QueryKind::Range(convert::range_op(r)), !r.serializable).await {
+            Ok(a) => {
+                let header = self.backend.header(range_id, a.revision).await;
+                Ok(Response::new(convert::range_response(r, a.range.unwrap_or_default(), header)))
+            }
+            // No replica of the range here (a node that joined): ask one.
+            Err(e) => match forward_target(&req, &e) {
+                Some(node) => self.client(node).await?.range(forwarded(req.into_inner())).await,
+                None => Err(e.into()),
+            },
+        }
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {

@@ -45,6 +45,7 @@ impl RaftEnvelope {
 }
 
 impl PeerBatch {
+    /// The frame's bytes (without the length prefix the QUIC stream adds).
     pub fn encode_frame(&self) -> Vec<u8> {
         self.encode_to_vec()
     }

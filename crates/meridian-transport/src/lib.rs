@@ -17,6 +17,8 @@
 //! failures come back as [`Feedback`] so the raftstore can call raft-rs's
 //! `report_unreachable` / `report_snapshot`.
 
+#![deny(missing_docs)]
+
 mod envelope;
 mod error;
 pub mod mem;

@@ -20,12 +20,14 @@ pub const MAX_IN_FLIGHT: usize = 200_000;
 /// Feedback entries kept per node between drains.
 const MAX_FEEDBACK: usize = 10_000;
 
+/// The faults the simulated network applies now.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
     /// Probability that any message is silently lost.
     pub drop_prob: f64,
     /// Each message is delayed a uniform number of ticks in this range.
     pub min_delay: u64,
+    /// Upper end of the delay range, in ticks.
     pub max_delay: u64,
     /// Directed pairs (from, to) that cannot talk.
     pub blocked: BTreeSet<(u64, u64)>,
@@ -33,10 +35,15 @@ pub struct Faults {
     pub down: BTreeSet<u64>,
 }
 
+/// Messages counted by the simulated network since it was made.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NetStats {
+    /// Handed to `send`.
     pub sent: u64,
+    /// Delivered by `deliver_due`.
     pub delivered: u64,
+    /// Lost: dropped at random, blocked, over the in-flight bound, or to or
+    /// from a crashed node.
     pub dropped: u64,
 }
 
@@ -103,6 +110,8 @@ pub struct MemNetwork {
 }
 
 impl MemNetwork {
+    /// A clean network (no loss, one tick of delay) whose randomness comes
+    /// from `seed` alone, so a run replays from it.
     pub fn new(seed: u64) -> Self {
         MemNetwork {
             inner: Arc::new(Mutex::new(Inner {
@@ -121,14 +130,18 @@ impl MemNetwork {
         self.inner.lock().expect("mem network lock")
     }
 
+    /// Node `node_id`'s [`Transport`] on this network.
     pub fn transport(&self, node_id: u64) -> MemTransport {
         MemTransport { node_id, net: self.clone() }
     }
 
+    /// Loses each message with probability `p` (clamped to 0..=1).
     pub fn set_drop_prob(&self, p: f64) {
         self.lock().faults.drop_prob = p.clamp(0.0, 1.0);
     }
 
+    /// Delays each message a uniform number of ticks in
+    /// `min_ticks..=max_ticks` (at least one).
     pub fn set_delay(&self, min_ticks: u64, max_ticks: u64) {
         let mut g = self.lock();
         g.faults.min_delay = min_ticks.max(1);
@@ -147,6 +160,7 @@ impl MemNetwork {
     }
 
     /// Messages from `from` to `to` are lost; the reverse direction works.
+    /// Cuts the direction `from` → `to` only.
     pub fn block_one_way(&self, from: u64, to: u64) {
         self.lock().faults.blocked.insert((from, to));
     }
@@ -178,10 +192,12 @@ impl MemNetwork {
         }
     }
 
+    /// The faults in force now.
     pub fn faults(&self) -> Faults {
         self.lock().faults.clone()
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> NetStats {
         self.lock().stats
     }

@@ -5,10 +5,22 @@ use crate::envelope::RaftEnvelope;
 pub enum Feedback {
     /// A message of `range_id` to `to_node` could not be delivered: call
     /// `report_unreachable(to_node)` on that range.
-    Unreachable { range_id: u64, to_node: u64 },
+    Unreachable {
+        /// The range the message was for.
+        range_id: u64,
+        /// The node it did not reach.
+        to_node: u64,
+    },
     /// A snapshot for `range_id` to `to_node` finished (or failed): call
     /// `report_snapshot`.
-    Snapshot { range_id: u64, to_node: u64, ok: bool },
+    Snapshot {
+        /// The range the snapshot was of.
+        range_id: u64,
+        /// The node it was sent to.
+        to_node: u64,
+        /// Delivered whole (false: lost or refused; raft sends another).
+        ok: bool,
+    },
 }
 
 /// Sends raft messages to other nodes.

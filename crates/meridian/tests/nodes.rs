@@ -137,10 +137,12 @@ fn a_node_that_joins_is_listed_everywhere_and_holds_no_replica_until_added() {
 
     // Added to range 2 as a learner, it receives the range (so the leader
     // dials it at the address it registered) and catches up.
-    // Written through the founding members: a node with no replica of a
-    // range answers its clients "no replica here" instead of forwarding.
-    let founders: Vec<String> = c.members[..3].iter().map(|m| m.client_addr.clone()).collect();
-    ok(&founders.join(","), &["put", "/j/k", "before"]);
+    // With no replica yet, it serves its clients by forwarding to a node
+    // that holds the range (the catalog's replica list).
+    let e4 = c.members[j].client_addr.clone();
+    ok(&e4, &["put", "/j/k", "before"]);
+    assert!(ok(&e4, &["get", "/j/k"]).contains("before"), "a linearizable read through the joined node");
+    assert!(ok(&c.members[0].client_addr, &["get", "/j/k"]).contains("before"));
     let leader = c.leader_of(2).expect("range 2 has a leader");
     let (code, body) = http_request(
         &c.members[leader].http_addr,
@@ -151,7 +153,6 @@ fn a_node_that_joins_is_listed_everywhere_and_holds_no_replica_until_added() {
     );
     assert_eq!(code, 200, "{body}");
     wait_until("node 4 holds range 2", Duration::from_secs(30), || status_of(&c, j).is_some_and(|(_, r)| r.contains(&2)));
-    let e4 = c.members[j].client_addr.clone();
     wait_until("node 4 serves what was written before it joined", Duration::from_secs(30), || {
         etcdctl(&e4, &["get", "/j/k", "--consistency=s"]).1.contains("before")
     });
