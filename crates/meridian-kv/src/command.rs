@@ -226,6 +226,14 @@ pub struct LeaseCheckpointOp {
     pub resets: u64,
 }
 
+impl LeaseCheckpointOp {
+    /// The reset a keepalive of a checkpointed lease proposes before it is
+    /// answered: the full TTL applies again.
+    pub fn reset(id: i64) -> Self {
+        LeaseCheckpointOp { id, remaining_ttl_s: 0, resets: 0 }
+    }
+}
+
 // ---- results ---------------------------------------------------------------
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -26,6 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::command::LeaseCheckpointOp;
 use crate::mvcc::LeaseRecord;
 
 /// Leases expiring per call, so one poll never proposes without bound.
@@ -151,6 +152,13 @@ impl LeaseClock {
             out.push((*id, (t.deadline_ms.saturating_sub(now_ms)).div_ceil(1000).max(1) as i64));
         }
         out
+    }
+
+    /// [`Self::checkpoints`] as the commands to propose, each with the
+    /// reset count it was computed at.
+    pub fn checkpoint_ops(&mut self, now_ms: u64, min_ttl_s: i64, max: usize) -> Vec<LeaseCheckpointOp> {
+        let cps = self.checkpoints(now_ms, min_ttl_s, max);
+        cps.into_iter().map(|(id, remaining_ttl_s)| LeaseCheckpointOp { id, remaining_ttl_s, resets: self.resets(id) }).collect()
     }
 
     pub fn len(&self) -> usize {

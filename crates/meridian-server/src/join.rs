@@ -25,7 +25,7 @@ use tracing::{info, warn};
 use crate::backend::{forwarded, Backend};
 use crate::error::ApiError;
 use crate::meta;
-use crate::routing::{Routing, META_RANGE_ID};
+use crate::routing::META_RANGE_ID;
 
 /// Pause between join attempts until one succeeds.
 const RETRY: Duration = Duration::from_secs(1);
@@ -128,8 +128,7 @@ fn adopt(backend: &Backend, resp: api::JoinResponse) -> Result<(), ApiError> {
     for raw in resp.ranges.iter().take(meta::MAX_CATALOG_RANGES) {
         ranges.push(RangeDescriptor::decode(raw, 0).map_err(|e| ApiError::Storage(format!("a joined member's descriptor: {e}")))?);
     }
-    let routing = Routing::from_descriptors(&ranges).map_err(|e| ApiError::Storage(e.to_string()))?;
-    backend.install_routes(resp.cluster_id, routing, &ranges);
+    meta::install(backend, &meta::Catalog { cluster_id: resp.cluster_id, ranges })?;
     for n in resp.nodes.iter().take(meridian_membership::MAX_NODES) {
         if n.id == backend.cfg.node_id {
             continue;

@@ -146,12 +146,10 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
             }
             // Checkpoint long leases every ~5 s so a new leader continues them.
             if rounds.is_multiple_of(checkpoint_every) {
-                let cps: Vec<(i64, i64, u64)> = keeper
-                    .with(range_id, |c, now| c.checkpoints(now, 10, 256).into_iter().map(|(id, r)| (id, r, c.resets(id))).collect())
-                    .unwrap_or_default();
-                for (id, remaining, resets) in cps {
-                    let op = c::Op::LeaseCheckpoint(c::LeaseCheckpointOp { id, remaining_ttl_s: remaining, resets });
-                    if let Err(e) = backend.execute_on_leader(range_id, op).await {
+                let cps = keeper.with(range_id, |c, now| c.checkpoint_ops(now, 10, 256)).unwrap_or_default();
+                for cp in cps {
+                    let id = cp.id;
+                    if let Err(e) = backend.execute_on_leader(range_id, c::Op::LeaseCheckpoint(cp)).await {
                         debug!(range = range_id, lease = id, "checkpoint: {e}");
                     }
                 }
@@ -240,7 +238,7 @@ impl LeaseService {
             if reset {
                 // The record holds a checkpoint this renewal outlives: the
                 // next leader would continue it. Reset it in the log first.
-                let op = c::Op::LeaseCheckpoint(c::LeaseCheckpointOp { id, remaining_ttl_s: 0, resets: 0 });
+                let op = c::Op::LeaseCheckpoint(c::LeaseCheckpointOp::reset(id));
                 let out = self.backend.execute_on_leader(range_id, op).await?;
                 if let Some(c::OutcomeKind::Lease(l)) = out.kind {
                     self.keeper.with(range_id, |c, _| c.reset_applied(id, l.resets));

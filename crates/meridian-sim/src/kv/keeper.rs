@@ -140,7 +140,7 @@ impl Keeper {
         if !reset {
             return Ok(Renewed::Now(ttl_s));
         }
-        let op = Op::LeaseCheckpoint(LeaseCheckpointOp { id, remaining_ttl_s: 0, resets: 0 });
+        let op = Op::LeaseCheckpoint(LeaseCheckpointOp::reset(id));
         // Refused (no longer leader, say): the server's stream fails and
         // the client asks again, elsewhere.
         let req = c.propose_on_leader(node, range_id, command(op, now_ms)).map_err(|_| KeepaliveRefused::NotLeader)?;
@@ -204,12 +204,10 @@ impl Keeper {
             self.expire(c, r, now_ms, checker, counts);
             self.end_lock_delays(c, r, now_ms, counts);
             if self.rounds.is_multiple_of(CHECKPOINT_EVERY_ROUNDS) {
-                let clock = &mut self.clocks.get_mut(&r).expect("clock").1;
-                let cps = clock.checkpoints(now_ms, CHECKPOINT_MIN_TTL_S, MAX_CHECKPOINTS);
-                let cps: Vec<(i64, i64, u64)> = cps.into_iter().map(|(id, left)| (id, left, clock.resets(id))).collect();
-                for (id, remaining_ttl_s, resets) in cps {
-                    let op = Op::LeaseCheckpoint(LeaseCheckpointOp { id, remaining_ttl_s, resets });
-                    if let Ok(req) = c.propose_on_leader(node, r, command(op, now_ms)) {
+                let cps = self.clocks.get_mut(&r).expect("clock").1.checkpoint_ops(now_ms, CHECKPOINT_MIN_TTL_S, MAX_CHECKPOINTS);
+                for cp in cps {
+                    let LeaseCheckpointOp { id, remaining_ttl_s, resets } = cp;
+                    if let Ok(req) = c.propose_on_leader(node, r, command(Op::LeaseCheckpoint(cp), now_ms)) {
                         if tracing_on() {
                             eprintln!(
                                 "{now_ms} ms: node {node} checkpoints lease {id} (range {r}) at {remaining_ttl_s} s ({resets} resets)"
