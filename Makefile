@@ -9,7 +9,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: setup build dev demo test verify fmt-check clippy doc core-deps fix sim-long bench-raft bench-etcd fuzz chaos chaos-soak clean
+.PHONY: setup build dev demo test verify fmt-check clippy doc core-deps fix sim-long bench-raft bench-etcd bench-snapshot fuzz chaos chaos-soak clean
 
 setup:
 	@./scripts/setup.sh
@@ -86,6 +86,12 @@ chaos-soak: setup
 # cluster with RocksDB (see docs/performance.md).
 bench-raft: setup
 	$(CARGO) run -p meridian-sim -- bench-raft --ranges 1,8,64 --json
+
+# A large namespace sent to a new replica by streamed snapshot, on real
+# processes: time and the sender's and receiver's peak RSS (see
+# docs/performance.md). MB sets the MiB of values written (default 1024).
+bench-snapshot: setup
+	MERIDIAN_SNAPSHOT_BENCH_MB=$${MB:-1024} $(CARGO) test -p meridian --test snapshot_bench -- --ignored --nocapture
 
 # Meridian and etcd side by side over the etcd API: 3-node clusters of
 # each on 127.0.0.1, every workload on both (see docs/performance.md).

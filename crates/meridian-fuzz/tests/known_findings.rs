@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use meridian_fuzz::targets::storage::entry_record;
 use meridian_kv::KvMachine;
-use meridian_raftstore::{SnapshotBuild, StateMachine, StateMachineFactory, Store, StoreConfig};
+use meridian_raftstore::{StateMachine, StateMachineFactory, Store, StoreConfig};
 use meridian_storage::{
     keys, ApplyState, Cf, Engine, MemEngine, PeerStorage, RaftLocalState, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole, WriteBatch,
 };
@@ -57,8 +57,7 @@ fn local_state(term: u64, commit: u64, voters: Vec<u64>, learners: Vec<u64>, tru
 
 /// What a restarting node does: open the store and run past an election.
 fn restart(engine: MemEngine) -> Result<(), String> {
-    let mut cfg = StoreConfig::new(1);
-    cfg.snapshot_build = SnapshotBuild::Inline;
+    let cfg = StoreConfig::new(1);
     let factory: Arc<dyn StateMachineFactory> = Arc::new(|_: &RangeDescriptor| Box::new(KvMachine::new(None)) as Box<dyn StateMachine>);
     let net = MemNetwork::new(0);
     let mut store = Store::open(cfg, Arc::new(engine), Arc::new(net.transport(1)), factory).map_err(|e| e.to_string())?;

@@ -3,7 +3,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use meridian_raftstore::{SnapshotBuild, StateMachineFactory, StoreConfig};
+use meridian_raftstore::{StateMachineFactory, StoreConfig};
 use meridian_storage::RangeDescriptor;
 use meridian_transport_quic::TlsMaterial;
 
@@ -71,9 +71,8 @@ impl std::fmt::Debug for NodeConfig {
 }
 
 impl NodeConfig {
-    /// Production defaults: 100 ms ticks, 5 s request deadline, snapshots
-    /// built in the background, the store seeded from OS entropy, no peers
-    /// and no ranges yet.
+    /// Production defaults: 100 ms ticks, 5 s request deadline, the store
+    /// seeded from OS entropy, no peers and no ranges yet.
     pub fn new(
         node_id: u64,
         data_dir: impl Into<PathBuf>,
@@ -82,7 +81,6 @@ impl NodeConfig {
         state_machine: Arc<dyn StateMachineFactory>,
     ) -> Self {
         let mut store = StoreConfig::new(node_id);
-        store.snapshot_build = SnapshotBuild::Deferred;
         store.record_applied = false;
         // Production runs need no replay from a seed; independent nodes
         // must not draw the same election timeouts.

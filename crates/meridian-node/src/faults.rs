@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
-use meridian_transport::{Feedback, RaftEnvelope, Transport};
+use meridian_transport::{Feedback, RaftEnvelope, SnapshotStream, Transport, TransportError};
 
 /// Peers whose traffic is dropped, per direction.
 #[derive(Debug, Default)]
@@ -47,7 +47,29 @@ impl<T: Transport> Transport for FaultyTransport<T> {
         }
     }
 
+    fn send_snapshot(&self, to_node: u64, stream: Box<dyn SnapshotStream>) {
+        if self.faults.blocks_out(to_node) {
+            // As a cut link would: the stream fails, and raft hears of it.
+            self.inner.send_snapshot(to_node, Box::new(Blocked(stream.range_id())));
+        } else {
+            self.inner.send_snapshot(to_node, stream);
+        }
+    }
+
     fn drain_feedback(&self, out: &mut Vec<Feedback>) {
         self.inner.drain_feedback(out);
+    }
+}
+
+/// A snapshot stream on a blocked link: fails at its first read.
+struct Blocked(u64);
+
+impl SnapshotStream for Blocked {
+    fn range_id(&self) -> u64 {
+        self.0
+    }
+
+    fn next_envelope(&mut self) -> Result<Option<RaftEnvelope>, TransportError> {
+        Err(TransportError::Io("link blocked by a chaos fault".into()))
     }
 }

@@ -36,7 +36,6 @@ mod error;
 mod faults;
 mod handle;
 mod node;
-mod snapshot_builders;
 mod store_loop;
 
 pub use config::NodeConfig;

@@ -17,7 +17,7 @@ use crate::config::NodeConfig;
 use crate::error::NodeError;
 use crate::faults::{FaultyTransport, NetFaults};
 use crate::handle::NodeHandle;
-use crate::store_loop::{Command, Exit, StoreLoop, COMMAND_QUEUE, INBOUND_QUEUE_ENVELOPES};
+use crate::store_loop::{Command, Exit, StoreLoop, COMMAND_QUEUE, INBOUND_QUEUE_ENVELOPES, INBOUND_SNAPSHOT_ENVELOPES};
 
 /// Starts nodes; see [`Node::start`].
 #[derive(Debug)]
@@ -32,6 +32,7 @@ struct Setup {
     state_machine: Arc<dyn StateMachineFactory>,
     transport: Arc<QuicTransport>,
     inbound: mpsc::Receiver<RaftEnvelope>,
+    snapshot_inbound: mpsc::Receiver<RaftEnvelope>,
     commands: mpsc::Receiver<Command>,
     stop: oneshot::Receiver<()>,
     tick: Duration,
@@ -59,8 +60,10 @@ impl Node {
     async fn start_inner(cfg: NodeConfig) -> Result<NodeHandle, NodeError> {
         let node_id = cfg.node_id;
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_ENVELOPES);
+        let (snapshot_tx, snapshot_rx) = mpsc::channel(INBOUND_SNAPSHOT_ENVELOPES);
         let mut quic = QuicConfig::new(node_id, cfg.listen_peer, cfg.tls.clone());
         quic.peers = cfg.peers.clone();
+        quic.snapshot_inbound = Some(snapshot_tx);
         let transport = Arc::new(QuicTransport::start(quic, inbound_tx)?);
         let faults = Arc::new(NetFaults::default());
 
@@ -76,6 +79,7 @@ impl Node {
             state_machine: cfg.state_machine,
             transport: transport.clone(),
             inbound: inbound_rx,
+            snapshot_inbound: snapshot_rx,
             commands: commands_rx,
             stop: stop_rx,
             tick: Duration::from_millis(cfg.tick_ms),
@@ -161,6 +165,7 @@ async fn run_node(setup: Setup, ready: oneshot::Sender<Result<(), NodeError>>) {
         Ok(store) => {
             if ready.send(Ok(())).is_ok() {
                 let store_loop = StoreLoop::new(store, setup.inbound, setup.commands, setup.stop, setup.tick, setup.request_timeout)
+                    .with_snapshot_inbound(setup.snapshot_inbound)
                     .with_faults(setup.faults);
                 match store_loop.run().await {
                     Exit::Requested => info!("node shutting down"),

@@ -22,12 +22,20 @@ use tracing::{debug, warn};
 
 use crate::error::NodeError;
 use crate::faults::NetFaults;
-use crate::snapshot_builders::SnapshotBuilders;
 
 /// Bound of the channel from the transport's listener to the store loop.
 /// When full, the listener stops reading and QUIC flow control pushes back
 /// on the sending node.
 pub const INBOUND_QUEUE_ENVELOPES: usize = 4096;
+/// Bound of the queue of snapshot stream envelopes (chunks of about 1 MiB,
+/// and the `MsgSnapshot` that ends each stream). Kept apart from the raft
+/// queue and small, so received snapshot data held in memory is bounded by
+/// a few chunks: a full queue stops the transport reading the stream, and
+/// QUIC flow control stops the sender.
+pub const INBOUND_SNAPSHOT_ENVELOPES: usize = 8;
+/// Snapshot chunks staged per round at most (each an engine write of up to
+/// a chunk), so a transfer never starves the raft traffic.
+const MAX_SNAPSHOT_ENVELOPES_PER_ROUND: usize = 4;
 /// Bound of the channel from handles to the store loop; when full, callers
 /// wait (within their deadline).
 pub const COMMAND_QUEUE: usize = 4096;
@@ -199,6 +207,8 @@ pub(crate) enum Exit {
 pub(crate) struct StoreLoop {
     store: Store,
     inbound: mpsc::Receiver<RaftEnvelope>,
+    /// Snapshot streams' envelopes ([`INBOUND_SNAPSHOT_ENVELOPES`]).
+    snapshots: Option<mpsc::Receiver<RaftEnvelope>>,
     commands: mpsc::Receiver<Command>,
     stop: oneshot::Receiver<()>,
     tick: Duration,
@@ -211,6 +221,14 @@ pub(crate) struct StoreLoop {
     faults: Arc<NetFaults>,
 }
 
+/// The next envelope of the snapshot queue (never called without one).
+async fn recv_snapshot(rx: &mut Option<mpsc::Receiver<RaftEnvelope>>) -> Option<RaftEnvelope> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => None,
+    }
+}
+
 impl StoreLoop {
     pub(crate) fn new(
         store: Store,
@@ -220,7 +238,24 @@ impl StoreLoop {
         tick: Duration,
         request_timeout: Duration,
     ) -> Self {
-        StoreLoop { store, inbound, commands, stop, tick, request_timeout, waiters: HashMap::new(), faults: Arc::default() }
+        StoreLoop {
+            store,
+            inbound,
+            snapshots: None,
+            commands,
+            stop,
+            tick,
+            request_timeout,
+            waiters: HashMap::new(),
+            faults: Arc::default(),
+        }
+    }
+
+    /// Takes snapshot streams' envelopes from their own queue (see
+    /// [`INBOUND_SNAPSHOT_ENVELOPES`]).
+    pub(crate) fn with_snapshot_inbound(mut self, snapshots: mpsc::Receiver<RaftEnvelope>) -> Self {
+        self.snapshots = Some(snapshots);
+        self
     }
 
     pub(crate) fn with_faults(mut self, faults: Arc<NetFaults>) -> Self {
@@ -261,7 +296,6 @@ impl StoreLoop {
         } else {
             None
         };
-        let mut snapshots = SnapshotBuilders::default();
         let mut eager = 0;
         let exit = loop {
             if self.store.has_ready() && eager < MAX_EAGER_POLLS {
@@ -294,6 +328,10 @@ impl StoreLoop {
                             inbound_open = false;
                         }
                     },
+                    env = recv_snapshot(&mut self.snapshots), if self.snapshots.is_some() => match env {
+                        Some(env) => self.step(env),
+                        None => self.snapshots = None,
+                    },
                     cmd = self.commands.recv() => match cmd {
                         Some(cmd) => self.handle(cmd),
                         None => break Exit::HandlesDropped,
@@ -305,7 +343,6 @@ impl StoreLoop {
                 Ok(done) => self.complete(done),
                 Err(e) => break Exit::Fatal(e),
             }
-            snapshots.turn(&mut self.store);
             if let Some(s) = syncer.as_mut() {
                 // A sync that finished meanwhile frees the thread for the
                 // next one now, not when the select gets to it.
@@ -320,6 +357,14 @@ impl StoreLoop {
 
     /// Takes what is already queued, bounded, without waiting.
     fn drain_queued(&mut self, inbound_open: bool) {
+        for _ in 1..MAX_SNAPSHOT_ENVELOPES_PER_ROUND {
+            let Some(rx) = self.snapshots.as_mut() else { break };
+            match rx.try_recv() {
+                Ok(env) => self.step(env),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => self.snapshots = None,
+            }
+        }
         if inbound_open {
             for _ in 1..MAX_INBOUND_PER_ROUND {
                 match self.inbound.try_recv() {

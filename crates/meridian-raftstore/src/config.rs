@@ -1,15 +1,3 @@
-/// How snapshots are built when raft-rs asks for one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SnapshotBuild {
-    /// In the poll round that notices the request (deterministic; used by
-    /// the simulation).
-    Inline,
-    /// Handed to the driver as a [`crate::SnapshotTask`] (built from an
-    /// engine snapshot) to run off the poll loop, for instance on a thread
-    /// of its own; the store itself spawns nothing (production).
-    Deferred,
-}
-
 /// Tuning of one node's store. Ticks are logical: the driver decides how
 /// long one is (production: 100 ms).
 #[derive(Debug, Clone)]
@@ -35,7 +23,13 @@ pub struct StoreConfig {
     pub read_max_retries: u32,
     /// Pending proposals plus reads per range; past it, `TooBusy`.
     pub max_pending_per_range: usize,
-    pub snapshot_build: SnapshotBuild,
+    /// Bytes of keys and values per chunk of a streamed snapshot
+    /// (default [`meridian_storage::snapshot::SNAPSHOT_CHUNK_BYTES`]; the
+    /// simulation cuts small chunks so its snapshots have many).
+    pub snapshot_chunk_bytes: usize,
+    /// Bytes of a received snapshot moved into place per poll round
+    /// (default [`meridian_storage::snapshot::INSTALL_STEP_BYTES`]).
+    pub install_step_bytes: usize,
     /// Record every applied entry for the simulation's checkers.
     pub record_applied: bool,
     /// Seeds every random choice the store makes (election timeouts), so a
@@ -64,7 +58,8 @@ impl StoreConfig {
             read_retry_ticks: 5,
             read_max_retries: 6,
             max_pending_per_range: 4096,
-            snapshot_build: SnapshotBuild::Inline,
+            snapshot_chunk_bytes: meridian_storage::snapshot::SNAPSHOT_CHUNK_BYTES,
+            install_step_bytes: meridian_storage::snapshot::INSTALL_STEP_BYTES,
             record_applied: false,
             seed: 0,
             defer_sync: false,

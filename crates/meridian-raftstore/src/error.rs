@@ -25,6 +25,10 @@ pub enum RaftstoreError {
     InvalidRequest { range_id: u64, reason: String },
     #[error("range {range_id} was removed from this node")]
     RangeRemoved { range_id: u64 },
+    /// The replica is moving a received snapshot into place: it serves
+    /// nothing until that is done (a moment; retry, or ask another).
+    #[error("range {range_id} is installing a snapshot")]
+    SnapshotInstalling { range_id: u64 },
     /// The request named another epoch than the replica's: the caller's
     /// route is stale (a membership change, a split or a merge happened
     /// since). Refresh the route and retry.
@@ -60,6 +64,7 @@ impl RaftstoreError {
                 | RaftstoreError::ReadTimeout { .. }
                 | RaftstoreError::TooBusy { .. }
                 | RaftstoreError::RangeRemoved { .. }
+                | RaftstoreError::SnapshotInstalling { .. }
                 | RaftstoreError::EpochMismatch { .. }
                 | RaftstoreError::KeyNotInRange { .. }
         )

@@ -20,6 +20,12 @@
 //!   3. advance_append_async; answer proposals and reads
 //! ```
 //!
+//! Snapshots stream (see `store/snapshot.rs` and
+//! [`meridian_storage::snapshot`]): the leader pins an engine view and the
+//! transport reads it chunk by chunk as the network takes it; the follower
+//! stages chunks as they arrive, accepts the `MsgSnapshot` only once all
+//! did, and moves the staged data into place a bounded step per round.
+//!
 //! The store never spawns, sleeps or reads a clock: ticks, inbound
 //! messages and proposals are its inputs, so the simulation harness can
 //! replay any run from its seed.
@@ -32,13 +38,13 @@ mod state_machine;
 mod store;
 pub mod test_machine;
 
-pub use config::{SnapshotBuild, StoreConfig};
+pub use config::StoreConfig;
 pub use error::RaftstoreError;
 pub use meridian_codes::ReplicaState;
 pub use state_machine::{data_bounds, ApplyContext, Savepoint, StateMachine, StateMachineFactory};
 pub use store::{
-    AppliedEntry, Bootstrap, Completion, RangeRequest, RangeStatus, RequestId, SnapshotTask, Store, StoreMetrics, MAX_SNAPSHOT_BUILDS,
-    STORE_FORMAT,
+    AppliedEntry, Bootstrap, Completion, RangeRequest, RangeStatus, RequestId, Store, StoreMetrics, MAX_INCOMING_SNAPSHOTS,
+    PINNED_SNAPSHOT_TICKS, STORE_FORMAT,
 };
 
 /// raft-rs types callers need (conf changes, roles).

@@ -155,6 +155,12 @@ pub(crate) struct Peer {
     pub orphan_applied: u64,
     /// Ticks since a raft message for this range was last stepped.
     pub silent_ticks: u64,
+    /// Moving a received snapshot's staged data into place, into this
+    /// namespace: not polled for Readies and serving nothing until done
+    /// (`Store::continue_installs`).
+    pub installing: Option<u64>,
+    /// The engine view the snapshot built last reads from (leader side).
+    pub pinned: Option<crate::store::PinnedSnapshot>,
 }
 
 /// SplitMix64: a tiny, well-mixed hash for deriving per-replica choices
@@ -287,13 +293,17 @@ impl Peer {
         self.desc.epoch.conf_ver += 1;
     }
 
-    /// Refuses requests while dormant: a removed replica's data stopped
-    /// following the range.
+    /// Refuses requests while dormant (a removed replica's data stopped
+    /// following the range) or installing a snapshot (its data is not all
+    /// in place).
     pub fn serving(&self) -> Result<(), RaftstoreError> {
-        match self.dormant_at {
-            Some(_) => Err(RaftstoreError::RangeRemoved { range_id: self.desc.range_id }),
-            None => Ok(()),
+        if self.dormant_at.is_some() {
+            return Err(RaftstoreError::RangeRemoved { range_id: self.desc.range_id });
         }
+        if self.installing.is_some() {
+            return Err(RaftstoreError::SnapshotInstalling { range_id: self.desc.range_id });
+        }
+        Ok(())
     }
 
     /// Back in the configuration (added again): ticks and serves again.
@@ -618,6 +628,9 @@ impl Peer {
     /// Answers, into `done`, the reads whose read index this replica has
     /// applied, reading the state machine from `engine`.
     pub fn answer_reads(&mut self, engine: &dyn Engine, done: &mut Vec<Completion>) {
+        if self.installing.is_some() {
+            return;
+        }
         let range_id = self.desc.range_id;
         let applied = self.raft.store().apply_state().applied_index;
         while self.reads.front().is_some_and(|r| r.index.is_some_and(|i| i <= applied)) {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use meridian_raftstore::test_machine::{put_command, RegisterMachine};
-use meridian_raftstore::{Bootstrap, RaftstoreError, SnapshotBuild, StateMachine, StateMachineFactory, Store, StoreConfig};
+use meridian_raftstore::{Bootstrap, RaftstoreError, StateMachine, StateMachineFactory, Store, StoreConfig};
 use meridian_storage::{keys, Cf, Engine, MemEngine, PeerStorage, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole, WriteBatch};
 use meridian_transport::mem::MemNetwork;
 use meridian_transport::RaftEnvelope;
@@ -28,8 +28,7 @@ fn desc(range_id: u64, voters: &[u64]) -> RangeDescriptor {
 
 fn open(engine: &MemEngine, voters: &[u64]) -> Result<Store, RaftstoreError> {
     Store::bootstrap(engine, 1, &[desc(1, voters)])?;
-    let mut cfg = StoreConfig::new(1);
-    cfg.snapshot_build = SnapshotBuild::Inline;
+    let cfg = StoreConfig::new(1);
     Store::open(cfg, Arc::new(engine.clone()), Arc::new(MemNetwork::new(1).transport(1)), factory())
 }
 

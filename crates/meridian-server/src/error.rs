@@ -260,7 +260,9 @@ impl From<RaftstoreError> for ApiError {
         match e {
             RaftstoreError::NotLeader { range_id, leader_hint: Some(leader) } => ApiError::NotLeader { range_id, leader },
             RaftstoreError::NotLeader { range_id, leader_hint: None } => ApiError::NoLeader { range_id },
-            RaftstoreError::RangeNotFound { range_id } | RaftstoreError::RangeRemoved { range_id } => ApiError::NoLeader { range_id },
+            RaftstoreError::RangeNotFound { range_id }
+            | RaftstoreError::RangeRemoved { range_id }
+            | RaftstoreError::SnapshotInstalling { range_id } => ApiError::NoLeader { range_id },
             RaftstoreError::ProposalDropped { .. } | RaftstoreError::ReadTimeout { .. } => ApiError::Timeout,
             RaftstoreError::OutcomeUnknown { .. } => ApiError::OutcomeUnknown,
             RaftstoreError::TooBusy { .. } => ApiError::TooBusy,

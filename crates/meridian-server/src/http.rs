@@ -295,6 +295,8 @@ struct RangeView {
     conf_ver: u64,
     quiesced: bool,
     dormant: bool,
+    /// Moving a received snapshot into place (serves nothing until done).
+    installing: bool,
 }
 
 async fn cluster_status(State(s): State<HttpState>) -> Response {
@@ -316,6 +318,7 @@ async fn cluster_status(State(s): State<HttpState>) -> Response {
             conf_ver: r.epoch.conf_ver,
             quiesced: r.quiesced,
             dormant: r.dormant,
+            installing: r.installing,
         })
         .collect();
     let members: Vec<serde_json::Value> = s
@@ -380,7 +383,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         quiet.with_label_values(&l).set(r.quiesced as i64);
     }
     if let Some(m) = s.backend.raft.metrics().await {
-        let counters: [(&str, &str, u64); 15] = [
+        let counters: [(&str, &str, u64); 20] = [
             ("meridian_store_poll_rounds_total", "Poll rounds of the store", m.poll_rounds),
             (
                 "meridian_store_synced_writes_total",
@@ -392,6 +395,19 @@ async fn metrics(State(s): State<HttpState>) -> Response {
             ("meridian_store_messages_rejected_total", "Malformed, misaddressed or stale peer messages", m.messages_rejected),
             ("meridian_store_snapshots_built_total", "Snapshots built for followers", m.snapshots_built),
             ("meridian_store_snapshots_installed_total", "Snapshots installed on this node", m.snapshots_installed),
+            ("meridian_store_snapshots_sent_total", "Snapshot streams handed to the transport", m.snapshots_sent),
+            ("meridian_store_snapshot_chunks_received_total", "Chunks of received snapshots staged", m.snapshot_chunks_received),
+            ("meridian_store_snapshot_bytes_received_total", "Bytes of received snapshot chunks staged", m.snapshot_bytes_received),
+            (
+                "meridian_store_snapshots_abandoned_total",
+                "Received snapshot transfers given up (gap, corrupt chunk, wrong total, silence, or refused by raft)",
+                m.snapshots_abandoned,
+            ),
+            (
+                "meridian_store_snapshot_chunks_refused_total",
+                "Snapshot chunks refused (too many transfers at once, or the range busy installing)",
+                m.snapshot_chunks_refused,
+            ),
             ("meridian_store_proposals_dropped_total", "Proposals lost to leader changes", m.proposals_dropped),
             ("meridian_store_proposals_forwarded_total", "Proposals a follower handed to its leader inside raft", m.proposals_forwarded),
             (

@@ -199,6 +199,7 @@ mod tests {
 
     fn status(voters: &[u64], learners: &[u64], progress: &[(u64, u64, &str)]) -> RangeStatus {
         RangeStatus {
+            installing: false,
             range_id: 2,
             role: StateRole::Leader,
             term: 3,

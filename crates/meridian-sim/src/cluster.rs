@@ -3,9 +3,7 @@ use std::sync::Arc;
 
 use meridian_raftstore::raft_types::StateRole;
 use meridian_raftstore::test_machine::{chain_of, put_command, RegisterMachine};
-use meridian_raftstore::{
-    Completion, RaftstoreError, RangeStatus, RequestId, SnapshotBuild, StateMachine, StateMachineFactory, Store, StoreConfig,
-};
+use meridian_raftstore::{Completion, RaftstoreError, RangeStatus, RequestId, StateMachine, StateMachineFactory, Store, StoreConfig};
 use meridian_storage::{keys, CachedEngine, Cf, Engine, MemEngine, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
 use meridian_storage_rocks::RocksEngine;
 use meridian_transport::mem::MemNetwork;
@@ -39,7 +37,11 @@ pub struct SimConfig {
 impl SimConfig {
     pub fn new(seed: u64) -> Self {
         let mut store = StoreConfig::new(0);
-        store.snapshot_build = SnapshotBuild::Inline;
+        // Small chunks and install steps, so a snapshot here streams in
+        // many chunks and moves into place over several rounds, as a large
+        // one does in production.
+        store.snapshot_chunk_bytes = 256;
+        store.install_step_bytes = 1024;
         store.record_applied = true;
         store.compact_log_entries = 64;
         store.max_log_lag_entries = 256;

@@ -144,6 +144,82 @@ fn snapshot_catch_up_after_compaction() {
     assert_clean(&c);
 }
 
+/// Records as (key, value) pairs.
+type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Every record of namespace `ns` on `node`, and how many staged
+/// snapshot records it holds.
+fn namespace_data(c: &Cluster, node: u64, ns: u64) -> (Records, usize) {
+    use meridian_storage::{keys, Cf};
+    let engine = c.store(node).unwrap().engine();
+    let (s, e) = keys::range_span(ns);
+    let mut data = Vec::new();
+    engine
+        .scan(Cf::Data, &s, &e, &mut |k, v| {
+            data.push((k.to_vec(), v.to_vec()));
+            true
+        })
+        .unwrap();
+    let mut staged = 0;
+    engine
+        .scan(Cf::SnapStage, &[], &[0xff; 9], &mut |_, _| {
+            staged += 1;
+            true
+        })
+        .unwrap();
+    (data, staged)
+}
+
+/// A follower that must catch up by snapshot over a lossy link: streams
+/// are cut half-way again and again, and until one arrives whole its data
+/// stays exactly as it was (staged chunks are invisible); once the network
+/// heals a snapshot streams in many chunks, installs over several rounds,
+/// and nothing staged is left behind.
+#[test]
+fn a_snapshot_cut_half_way_leaves_nothing_and_a_whole_one_installs() {
+    let mut c = cluster(61, 1);
+    assert!(c.put_and_wait(1, 300).is_some());
+    assert!(c.converge(500));
+    let leader = c.leader_of(1).unwrap();
+    let lagger = c.node_ids().into_iter().find(|n| *n != leader).unwrap();
+    let ns = c.status(lagger, 1).unwrap().namespace_id;
+    c.crash(lagger);
+    for _ in 0..300 {
+        assert!(c.put_and_wait(1, 300).is_some());
+    }
+    assert!(c.status(leader, 1).unwrap().first_index > 200, "log was compacted on the leader");
+    // Cut off at first, the restarted node applies what its own log holds.
+    let others: Vec<u64> = c.node_ids().into_iter().filter(|n| *n != lagger).collect();
+    c.net.partition(&[lagger], &others);
+    c.restart(lagger);
+    c.run(20);
+    let (before, _) = namespace_data(&c, lagger, ns);
+    // Then every envelope is lost with probability 0.3: a stream of tens
+    // of chunks is all but never delivered whole.
+    c.net.heal();
+    c.net.set_drop_prob(0.3);
+    for _ in 0..600 {
+        c.step();
+        let st = c.status(lagger, 1).unwrap();
+        if st.installing || c.store(lagger).unwrap().metrics().snapshots_installed > 0 {
+            break;
+        }
+        assert_eq!(namespace_data(&c, lagger, ns).0, before, "staged chunks never show in the range's data");
+    }
+    let m = c.store(lagger).unwrap().metrics();
+    assert!(m.snapshot_chunks_received > 0, "chunks arrived: {m:?}");
+    assert!(m.snapshots_abandoned > 0, "cut transfers were given up: {m:?}");
+    c.net.heal();
+    assert!(c.converge(3000), "{:#?}\n{}", c.checker.violations(), c.describe());
+    let m = c.store(lagger).unwrap().metrics();
+    assert!(m.snapshots_installed >= 1, "the follower caught up by snapshot: {m:?}");
+    assert!(m.snapshot_chunks_received > 10, "snapshots streamed in many chunks: {m:?}");
+    let (after, staged) = namespace_data(&c, lagger, ns);
+    assert_eq!(after, namespace_data(&c, leader, ns).0, "the follower holds the leader's data");
+    assert_eq!(staged, 0, "nothing staged is left behind");
+    assert_clean(&c);
+}
+
 #[test]
 fn leader_transfer_moves_leadership() {
     let mut c = cluster(7, 1);

@@ -9,7 +9,8 @@ use raft::{GetEntriesContext, Storage};
 
 use crate::engine::{Cf, Engine, WriteBatch};
 use crate::keys;
-use crate::peer_storage::{build_snapshot, PeerStorage};
+use crate::peer_storage::PeerStorage;
+use crate::snapshot::{clear_staged, encode_snapshot_header, finish_install, pending_install, stage_chunk, SnapshotReader};
 use crate::state::{RangeDescriptor, RangeEpoch};
 
 /// Makes engines for the suite and simulates a restart (kill -9 for the
@@ -34,7 +35,24 @@ pub fn run_all(f: &mut dyn EngineFactory) {
     peer_storage_recovers_after_restart(f);
     peer_storage_snapshot_install_replaces_data(f);
     a_namespace_moves_to_another_range_with_its_keys_unchanged(f);
+    a_transfer_cut_half_way_leaves_the_data_as_it_was(f);
+    an_install_cut_by_a_crash_is_finished_at_restart(f);
     corrupt_log_record_is_reported_at_open(f);
+}
+
+/// Streams the data of `desc`'s namespace from `source` into `target`'s
+/// staging, in chunks of `chunk_bytes`, and returns the snapshot header
+/// raft would carry (metadata left for the caller).
+fn stream(source: &dyn Engine, desc: &RangeDescriptor, target: &dyn Engine, chunk_bytes: usize) -> Snapshot {
+    let mut r = SnapshotReader::new(Arc::from(source.snapshot()), desc).with_chunk_bytes(chunk_bytes);
+    while let Some(c) = r.next_chunk().expect("read chunk") {
+        let mut b = WriteBatch::new();
+        stage_chunk(desc.range_id, &c.data, &mut b).expect("stage chunk");
+        target.write(&b, false).expect("write chunk");
+    }
+    let mut snap = Snapshot::default();
+    snap.set_data(encode_snapshot_header(desc).into());
+    snap
 }
 
 fn collect(e: &dyn Engine, cf: Cf, start: &[u8], end: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -335,19 +353,19 @@ pub fn a_namespace_moves_to_another_range_with_its_keys_unchanged(f: &mut dyn En
     source.write(&b, true).unwrap();
     let mut d = desc(12);
     d.namespace_id = 9;
-    let mut snap = Snapshot::default();
-    snap.set_data(build_snapshot(&*source.snapshot(), &d).unwrap().into());
-    snap.mut_metadata().index = 2;
-    snap.mut_metadata().term = 1;
 
     let target = f.create();
     let mut b = WriteBatch::new();
     b.put(Cf::Data, keys::data_key(10, b"k/a"), b"a neighbour".to_vec());
     target.write(&b, true).unwrap();
     let mut new = bootstrap(&target, 12);
+    let mut snap = stream(&*source, &d, &*target, 1 << 20);
+    snap.mut_metadata().index = 2;
+    snap.mut_metadata().term = 1;
     let mut b = WriteBatch::new();
     let got = new.apply_snapshot(&snap, &mut b).expect("install");
     target.write(&b, true).unwrap();
+    assert!(finish_install(&*target, 12).unwrap(), "the install was pending until its data moved");
     assert_eq!(got.namespace_id, 9, "the descriptor names the namespace it moved");
     let (s, e) = keys::range_span(9);
     assert_eq!(
@@ -369,14 +387,8 @@ pub fn peer_storage_snapshot_install_replaces_data(f: &mut dyn EngineFactory) {
     leader.append(&(1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>(), &mut b);
     leader.set_applied(3, 1, &mut b);
     leader_engine.write(&b, true).unwrap();
-    let view = leader_engine.snapshot();
     let mut d = desc(5);
     d.start = b"a".to_vec();
-    let mut snap = Snapshot::default();
-    snap.set_data(build_snapshot(&*view, &d).unwrap().into());
-    snap.mut_metadata().index = 3;
-    snap.mut_metadata().term = 1;
-    snap.mut_metadata().set_conf_state(ConfState { voters: vec![1, 2, 3], ..Default::default() });
 
     let follower_engine = f.create();
     let mut follower = bootstrap(&follower_engine, 5);
@@ -384,9 +396,15 @@ pub fn peer_storage_snapshot_install_replaces_data(f: &mut dyn EngineFactory) {
     b.put(Cf::Data, keys::data_key(5, b"stale"), b"gone".to_vec());
     follower.append(&[entry(1, 1)], &mut b);
     follower_engine.write(&b, true).unwrap();
+    // One key per chunk: the install moves several chunks' worth.
+    let mut snap = stream(&*leader_engine, &d, &*follower_engine, 1);
+    snap.mut_metadata().index = 3;
+    snap.mut_metadata().term = 1;
+    snap.mut_metadata().set_conf_state(ConfState { voters: vec![1, 2, 3], ..Default::default() });
     let mut b = WriteBatch::new();
     let got = follower.apply_snapshot(&snap, &mut b).expect("install");
     follower_engine.write(&b, true).unwrap();
+    finish_install(&*follower_engine, 5).unwrap();
     assert_eq!(got, d, "descriptor travels with the snapshot");
     assert_eq!(follower.apply_state().applied_index, 3);
     assert_eq!((follower.first_index().unwrap(), follower.last_index().unwrap()), (4, 3));
@@ -399,6 +417,80 @@ pub fn peer_storage_snapshot_install_replaces_data(f: &mut dyn EngineFactory) {
     bad.set_data(b"garbage".to_vec().into());
     let mut b = WriteBatch::new();
     assert!(follower.apply_snapshot(&bad, &mut b).is_err(), "a corrupt snapshot is rejected");
+}
+
+/// A transfer cut half-way (the sender died, a chunk was lost) leaves the
+/// range's data, log and state as they were: received chunks are only
+/// staged, and clearing them leaves nothing behind.
+pub fn a_transfer_cut_half_way_leaves_the_data_as_it_was(f: &mut dyn EngineFactory) {
+    let leader = f.create();
+    let mut b = WriteBatch::new();
+    for i in 0..50u32 {
+        b.put(Cf::Data, keys::data_key(5, format!("new/{i:03}").as_bytes()), vec![1; 100]);
+    }
+    leader.write(&b, true).unwrap();
+    let follower = f.create();
+    let mut ps = bootstrap(&follower, 5);
+    let mut b = WriteBatch::new();
+    b.put(Cf::Data, keys::data_key(5, b"old"), b"kept".to_vec());
+    ps.append(&[entry(1, 1)], &mut b);
+    follower.write(&b, true).unwrap();
+    let all = |e: &dyn Engine| (collect(e, Cf::Data, &[], &[0xff; 9]), collect(e, Cf::RaftState, &[], &[0xff; 9]));
+    let before = all(&*follower);
+    let mut r = SnapshotReader::new(Arc::from(leader.snapshot()), &desc(5)).with_chunk_bytes(500);
+    for _ in 0..3 {
+        let c = r.next_chunk().unwrap().expect("a chunk");
+        assert!(!c.last, "the transfer is cut before its end");
+        let mut b = WriteBatch::new();
+        stage_chunk(5, &c.data, &mut b).unwrap();
+        follower.write(&b, false).unwrap();
+    }
+    assert_eq!(all(&*follower), before, "staged chunks change nothing a read sees");
+    drop(ps);
+    let follower = f.restart(follower);
+    assert_eq!(pending_install(&*follower, 5).unwrap(), None, "no install was decided");
+    let mut b = WriteBatch::new();
+    clear_staged(5, &mut b);
+    follower.write(&b, true).unwrap();
+    assert!(collect(&*follower, Cf::SnapStage, &[], &[0xff; 9]).is_empty(), "nothing left behind");
+    assert_eq!(all(&*follower), before, "data and raft state as they were");
+    let ps = PeerStorage::open(follower.clone(), 5).expect("reopen");
+    assert_eq!(ps.last_index().unwrap(), 1);
+}
+
+/// Once the install is decided (its synced write holds the marker), a
+/// crash while the staged data moves into place loses nothing: the next
+/// start finishes the move, and the range holds exactly the snapshot.
+pub fn an_install_cut_by_a_crash_is_finished_at_restart(f: &mut dyn EngineFactory) {
+    let leader = f.create();
+    let mut b = WriteBatch::new();
+    for i in 0..200u32 {
+        b.put(Cf::Data, keys::data_key(5, format!("k/{i:03}").as_bytes()), vec![i as u8; 64]);
+    }
+    leader.write(&b, true).unwrap();
+    let follower = f.create();
+    let mut ps = bootstrap(&follower, 5);
+    let mut b = WriteBatch::new();
+    b.put(Cf::Data, keys::data_key(5, b"stale"), b"gone".to_vec());
+    follower.write(&b, true).unwrap();
+    let mut snap = stream(&*leader, &desc(5), &*follower, 1_000);
+    snap.mut_metadata().index = 9;
+    snap.mut_metadata().term = 2;
+    snap.mut_metadata().set_conf_state(ConfState { voters: vec![1, 2, 3], ..Default::default() });
+    let mut b = WriteBatch::new();
+    ps.apply_snapshot(&snap, &mut b).expect("install");
+    follower.write(&b, true).unwrap();
+    // Part of the move, then the crash.
+    assert!(!crate::snapshot::move_staged(&*follower, 5, 5, 2_000).unwrap(), "more than one step");
+    drop(ps);
+    let follower = f.restart(follower);
+    assert_eq!(pending_install(&*follower, 5).unwrap(), Some(5), "the decided install survives the crash");
+    assert!(finish_install(&*follower, 5).unwrap());
+    let (s, e) = keys::range_span(5);
+    assert_eq!(collect(&*follower, Cf::Data, &s, &e), collect(&*leader, Cf::Data, &s, &e), "exactly the snapshot's data");
+    assert!(collect(&*follower, Cf::SnapStage, &[], &[0xff; 9]).is_empty(), "staging empty, marker gone");
+    let ps = PeerStorage::open(follower, 5).expect("reopen");
+    assert_eq!(ps.apply_state().applied_index, 9);
 }
 
 pub fn corrupt_log_record_is_reported_at_open(f: &mut dyn EngineFactory) {

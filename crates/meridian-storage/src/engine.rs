@@ -12,12 +12,17 @@ pub enum Cf {
     ApplyState,
     /// Range descriptors.
     Meta,
-    /// State-machine data: `range_id ++ user key` → value.
+    /// State-machine data: `namespace_id ++ record key` → value.
     Data,
+    /// A streamed snapshot on its way in (see [`crate::snapshot`]):
+    /// `range_id ++ 0x01 ++ record key` for received data, and
+    /// `range_id ++ 0x00`, the install marker, while an accepted snapshot
+    /// is moved into [`Cf::Data`].
+    SnapStage,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 5] = [Cf::RaftLog, Cf::RaftState, Cf::ApplyState, Cf::Meta, Cf::Data];
+    pub const ALL: [Cf; 6] = [Cf::RaftLog, Cf::RaftState, Cf::ApplyState, Cf::Meta, Cf::Data, Cf::SnapStage];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -26,6 +31,7 @@ impl Cf {
             Cf::ApplyState => "apply_state",
             Cf::Meta => "meta",
             Cf::Data => "data",
+            Cf::SnapStage => "snap_stage",
         }
     }
 

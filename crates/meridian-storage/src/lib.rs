@@ -27,11 +27,12 @@ pub mod failing;
 pub mod keys;
 mod mem;
 mod peer_storage;
+pub mod snapshot;
 mod state;
 
 pub use cache::{CacheStats, CachedEngine, DEFAULT_READ_CACHE_BYTES};
 pub use engine::{Cf, Engine, EngineSnapshot, WriteBatch, WriteOp};
 pub use error::{StorageError, StorageResult};
 pub use mem::MemEngine;
-pub use peer_storage::{build_snapshot, EntryCacheBudget, PeerStorage, SnapshotRequest};
+pub use peer_storage::{EntryCacheBudget, PeerStorage, SnapshotRequest};
 pub use state::{ApplyState, KeyInterval, RaftLocalState, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};

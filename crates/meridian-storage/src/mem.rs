@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use crate::engine::{Cf, Engine, EngineSnapshot, WriteBatch, WriteOp};
 use crate::error::StorageResult;
 
-type Tables = [BTreeMap<Vec<u8>, Vec<u8>>; 5];
+type Tables = [BTreeMap<Vec<u8>, Vec<u8>>; Cf::ALL.len()];
 
 #[derive(Default)]
 struct Inner {

@@ -13,7 +13,7 @@ use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage};
 
 use crate::codec::{Dec, Enc};
-use crate::engine::{Cf, Engine, EngineSnapshot, WriteBatch};
+use crate::engine::{Cf, Engine, WriteBatch};
 use crate::error::{StorageError, StorageResult};
 use crate::keys;
 use crate::state::{ApplyState, RaftLocalState, RangeDescriptor};
@@ -392,13 +392,19 @@ impl PeerStorage {
         Ok(())
     }
 
-    /// Stages installing `snap`: the log is cleared and restarts after the
-    /// snapshot, the conf state and apply state come from it, and the
-    /// range's data is replaced by the snapshot's payload — all in `batch`,
-    /// so the install is atomic. Returns the descriptor carried by it.
+    /// Stages installing `snap`, whose data was received and staged
+    /// whole beforehand ([`crate::snapshot`]): the log is cleared and
+    /// restarts after the snapshot, the conf state and apply state come
+    /// from it, the namespace's data is deleted and the install marker
+    /// written — all in `batch`, so the decision is atomic. The staged data
+    /// is then moved into place ([`crate::snapshot::move_staged`]) before
+    /// the range serves again. Returns the descriptor carried by it.
     pub fn apply_snapshot(&mut self, snap: &Snapshot, batch: &mut WriteBatch) -> StorageResult<RangeDescriptor> {
         let meta = snap.get_metadata();
-        let desc = stage_snapshot_payload(self.range_id, snap.get_data(), batch)?;
+        let desc = crate::snapshot::decode_snapshot_header(self.range_id, snap.get_data())?;
+        let (start, end) = keys::range_span(desc.namespace_id);
+        batch.delete_range(Cf::Data, start, end);
+        crate::snapshot::put_install_marker(self.range_id, desc.namespace_id, batch);
         let (start, end) = keys::range_span(self.range_id);
         batch.delete_range(Cf::RaftLog, start, end);
         self.cache.clear();
@@ -420,7 +426,7 @@ impl PeerStorage {
     }
 
     /// The snapshot raft-rs is waiting for, if any. The raftstore builds it
-    /// (see [`build_snapshot`]) and hands it back with
+    /// (a header; the data streams, see [`crate::snapshot`]) and hands it back with
     /// [`PeerStorage::set_built_snapshot`].
     pub fn take_snapshot_request(&self) -> Option<SnapshotRequest> {
         self.snapshot.lock().expect("snapshot slot").requested.take()
@@ -428,6 +434,12 @@ impl PeerStorage {
 
     pub fn set_built_snapshot(&self, snap: Snapshot) {
         self.snapshot.lock().expect("snapshot slot").built = Some(snap);
+    }
+
+    /// Forgets the built snapshot (its pinned engine view is being let
+    /// go): raft-rs's next request builds a new one.
+    pub fn clear_built_snapshot(&self) {
+        self.snapshot.lock().expect("snapshot slot").built = None;
     }
 
     fn read_entries(&self, low: u64, high: u64, max_size: Option<u64>) -> StorageResult<Vec<Entry>> {
@@ -544,54 +556,6 @@ impl Storage for PeerStorage {
         slot.requested = Some(SnapshotRequest { range_id: self.range_id, request_index, to });
         Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))
     }
-}
-
-/// Upper bound on entries in a decoded snapshot payload.
-const MAX_SNAPSHOT_ENTRIES: u64 = 64 << 20;
-
-/// Builds a snapshot payload from an engine snapshot: the range's
-/// descriptor followed by every data key of the range. Runs off the poll
-/// thread; `view` pins the point in time.
-pub fn build_snapshot(view: &dyn EngineSnapshot, desc: &RangeDescriptor) -> StorageResult<Vec<u8>> {
-    // The data of the namespace the range serves (not of the range id).
-    let (start, end) = keys::range_span(desc.namespace_id);
-    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    view.scan(Cf::Data, &start, &end, &mut |k, v| {
-        pairs.push((k[8..].to_vec(), v.to_vec()));
-        true
-    })?;
-    let mut e = Enc::new();
-    e.bytes(&desc.encode()).u64(pairs.len() as u64);
-    for (k, v) in &pairs {
-        e.bytes(k).bytes(v);
-    }
-    Ok(e.finish())
-}
-
-/// Stages replacing the range's data with a snapshot payload.
-fn stage_snapshot_payload(range_id: u64, payload: &[u8], batch: &mut WriteBatch) -> StorageResult<RangeDescriptor> {
-    let mut d = Dec::new(payload, range_id, "snapshot payload")?;
-    let desc = RangeDescriptor::decode(d.bytes()?, range_id)?;
-    if desc.range_id != range_id {
-        return Err(StorageError::Corrupt {
-            range_id,
-            what: format!("snapshot for range {} delivered to range {range_id}", desc.range_id),
-        });
-    }
-    let n = d.u64()?;
-    if n > MAX_SNAPSHOT_ENTRIES {
-        return Err(StorageError::Corrupt { range_id, what: format!("snapshot claims {n} keys") });
-    }
-    // The snapshot replaces the data of the namespace it carries.
-    let (start, end) = keys::range_span(desc.namespace_id);
-    batch.delete_range(Cf::Data, start, end);
-    for _ in 0..n {
-        let k = d.bytes()?;
-        let v = d.bytes()?;
-        batch.put(Cf::Data, keys::data_key(desc.namespace_id, k), v.to_vec());
-    }
-    d.finish()?;
-    Ok(desc)
 }
 
 /// Indexes and terms at or past this are refused as corrupt at open:

@@ -33,6 +33,7 @@ impl FeedbackSink {
     }
 
     /// Reports that `env` was not delivered.
+    #[cfg(test)]
     pub(crate) fn dropped(&self, env: &RaftEnvelope) {
         self.push(undelivered(env));
     }
@@ -44,6 +45,14 @@ impl FeedbackSink {
             if p.order.len() < MAX_FEEDBACK && p.seen.insert(f) {
                 p.order.push(f);
             }
+        }
+    }
+
+    /// Reports that an item of a peer's queue was not sent.
+    pub(crate) fn undelivered(&self, to_node: u64, out: &crate::peer::Outgoing) {
+        match out {
+            crate::peer::Outgoing::Batch(envs) => self.dropped_all(envs),
+            crate::peer::Outgoing::Snapshot(s) => self.push(Feedback::Snapshot { range_id: s.range_id(), to_node, ok: false }),
         }
     }
 

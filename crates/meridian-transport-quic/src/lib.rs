@@ -5,11 +5,13 @@
 //!
 //! ```text
 //!  send(to, Vec<RaftEnvelope>)      never awaits: try_send, or drop + Feedback
+//!  send_snapshot(to, SnapshotStream) the same; the stream is read later
 //!        │
 //!        ▼ bounded mpsc per peer (peer_queue_batches)
 //!  ┌───────────┐  one connection per peer, dialled by us, redialled with backoff
 //!  │ PeerTask  │──► long-lived uni stream: [u32 LE len][PeerBatch][len][PeerBatch]…
-//!  │ (peer.rs) │──► one new uni stream per snapshot: 1 MiB writes, finish, await ack
+//!  │ (peer.rs) │──► one new uni stream per snapshot: its chunk frames read as the
+//!  │           │    stream takes them (≤ 1 MiB each), the MsgSnapshot, finish, await ack
 //!  └───────────┘──► Unreachable / Snapshot{ok} ──► FeedbackSink ──► drain_feedback
 //!        │ QUIC, to the peer node
 //!        ▼
@@ -58,14 +60,14 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-use meridian_transport::{Feedback, RaftEnvelope, Transport, TransportError};
+use meridian_transport::{Feedback, RaftEnvelope, SnapshotStream, Transport, TransportError};
 
 pub use resolve::{DnsResolver, Resolve, ResolveFuture};
 pub use tls::{node_server_name, DevCa, TlsMaterial, ALPN_PROTOCOL};
 
 use feedback::FeedbackSink;
 use listener::Listener;
-use peer::PeerTask;
+use peer::{Outgoing, PeerTask};
 
 /// Default bound of each peer's send queue, in `send` calls (batches).
 pub const DEFAULT_PEER_QUEUE_BATCHES: usize = 1024;
@@ -95,6 +97,12 @@ pub struct QuicConfig {
     /// Bound of each peer's send queue, in batches; full means dropped
     /// (and reported). Default [`DEFAULT_PEER_QUEUE_BATCHES`].
     pub peer_queue_batches: usize,
+    /// Where envelopes of snapshot streams (chunks and the `MsgSnapshot`
+    /// ending each) go, in stream order; `None`: the inbound channel. A
+    /// small queue here bounds the snapshot data a receiver buffers: when
+    /// it is full the stream is not read, and QUIC flow control stops the
+    /// sender.
+    pub snapshot_inbound: Option<mpsc::Sender<RaftEnvelope>>,
 }
 
 impl QuicConfig {
@@ -107,6 +115,7 @@ impl QuicConfig {
             resolver: Arc::new(DnsResolver),
             tls,
             peer_queue_batches: DEFAULT_PEER_QUEUE_BATCHES,
+            snapshot_inbound: None,
         }
     }
 }
@@ -124,7 +133,7 @@ impl ShutdownSignal {
 
 /// A peer's send queue and the address its task dials.
 struct PeerQueue {
-    batches: mpsc::Sender<Vec<RaftEnvelope>>,
+    batches: mpsc::Sender<Outgoing>,
     addr: watch::Sender<String>,
 }
 
@@ -182,6 +191,7 @@ impl QuicTransport {
         let listener = Listener {
             node_id: config.node_id,
             endpoint: endpoint.clone(),
+            snapshot_inbound: config.snapshot_inbound.clone().unwrap_or_else(|| inbound.clone()),
             inbound,
             shutdown: ShutdownSignal(shutdown_rx),
             budget: Arc::new(Semaphore::new(RECV_BUDGET_BYTES)),
@@ -286,7 +296,7 @@ impl Shared {
 
     /// The queue for `to_node`, starting its task on first use. `None` if
     /// the node has no address or the transport is shutting down.
-    fn queue_for(&self, to_node: u64) -> Option<mpsc::Sender<Vec<RaftEnvelope>>> {
+    fn queue_for(&self, to_node: u64) -> Option<mpsc::Sender<Outgoing>> {
         let mut peers = self.lock_peers();
         if *self.shutdown.borrow() {
             return None;
@@ -300,6 +310,7 @@ impl Shared {
         let (batches, batches_rx) = mpsc::channel(self.peer_queue_batches);
         let (addr_tx, addr_rx) = watch::channel(addr);
         let task = PeerTask::new(
+            self.node_id,
             to_node,
             self.endpoint.clone(),
             self.resolver.clone(),
@@ -334,13 +345,27 @@ impl Transport for QuicTransport {
             self.shared.feedback.dropped_all(&envelopes);
             return;
         };
-        if let Err(e) = queue.try_send(envelopes) {
-            let (why, envelopes) = match e {
+        if let Err(e) = queue.try_send(Outgoing::Batch(envelopes)) {
+            let (why, out) = match e {
                 TrySendError::Full(v) => ("queue full", v),
                 TrySendError::Closed(v) => ("peer task stopped", v),
             };
-            tracing::debug!(node = self.shared.node_id, to_node, n = envelopes.len(), why, "dropped");
-            self.shared.feedback.dropped_all(&envelopes);
+            tracing::debug!(node = self.shared.node_id, to_node, why, "dropped");
+            self.shared.feedback.undelivered(to_node, &out);
+        }
+    }
+
+    fn send_snapshot(&self, to_node: u64, stream: Box<dyn SnapshotStream>) {
+        let range_id = stream.range_id();
+        let failed = Feedback::Snapshot { range_id, to_node, ok: false };
+        let Some(queue) = self.shared.queue_for(to_node) else {
+            tracing::debug!(node = self.shared.node_id, to_node, range_id, "no address for node; snapshot not sent");
+            self.shared.feedback.push(failed);
+            return;
+        };
+        if queue.try_send(Outgoing::Snapshot(stream)).is_err() {
+            tracing::debug!(node = self.shared.node_id, to_node, range_id, "peer queue full; snapshot not sent");
+            self.shared.feedback.push(failed);
         }
     }
 

@@ -36,6 +36,9 @@ pub(crate) struct Listener {
     pub(crate) node_id: u64,
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) inbound: mpsc::Sender<RaftEnvelope>,
+    /// Envelopes of snapshot streams, in stream order (see
+    /// `QuicConfig::snapshot_inbound`).
+    pub(crate) snapshot_inbound: mpsc::Sender<RaftEnvelope>,
     pub(crate) shutdown: ShutdownSignal,
     /// Bytes of frames buffered across all streams.
     pub(crate) budget: Arc<Semaphore>,
@@ -45,14 +48,15 @@ pub(crate) struct Listener {
 struct StreamContext {
     node_id: u64,
     inbound: mpsc::Sender<RaftEnvelope>,
+    snapshot_inbound: mpsc::Sender<RaftEnvelope>,
     shutdown: ShutdownSignal,
     budget: Arc<Semaphore>,
 }
 
 impl Listener {
     pub(crate) async fn run(self) {
-        let Listener { node_id, endpoint, inbound, mut shutdown, budget } = self;
-        let ctx = Arc::new(StreamContext { node_id, inbound, shutdown: shutdown.clone(), budget });
+        let Listener { node_id, endpoint, inbound, snapshot_inbound, mut shutdown, budget } = self;
+        let ctx = Arc::new(StreamContext { node_id, inbound, snapshot_inbound, shutdown: shutdown.clone(), budget });
         let slots = Arc::new(Semaphore::new(MAX_INBOUND_CONNECTIONS));
         loop {
             let incoming = tokio::select! {
@@ -157,9 +161,12 @@ async fn read_stream(ctx: Arc<StreamContext>, identity: Arc<PeerIdentity>, mut r
                 tracing::warn!(to_node = env.to_node, from_node = env.from_node, "envelope for another node; dropped");
                 continue;
             }
+            // A snapshot stream's envelopes all take the snapshot queue, so
+            // its MsgSnapshot stays behind its chunks.
+            let queue = if env.is_snapshot_chunk() || env.is_snapshot() { &ctx.snapshot_inbound } else { &ctx.inbound };
             tokio::select! {
                 _ = shutdown.wait() => return,
-                sent = ctx.inbound.send(env) => if sent.is_err() {
+                sent = queue.send(env) => if sent.is_err() {
                     tracing::debug!("inbound channel closed");
                     return;
                 },

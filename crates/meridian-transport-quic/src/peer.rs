@@ -29,7 +29,14 @@ use crate::tls::node_server_name;
 use crate::{ShutdownSignal, CLOSE_NORMAL};
 use meridian_transport::Feedback;
 use meridian_transport::TransportError;
-use meridian_transport::{PeerBatch, RaftEnvelope, MAX_FRAME_BYTES};
+use meridian_transport::{PeerBatch, RaftEnvelope, SnapshotStream, MAX_FRAME_BYTES};
+
+/// What a peer's send queue holds: one poll round's messages, or a
+/// snapshot to stream.
+pub(crate) enum Outgoing {
+    Batch(Vec<RaftEnvelope>),
+    Snapshot(Box<dyn SnapshotStream>),
+}
 
 /// A dial that has not completed by then is treated as failed, so messages
 /// queued behind it are reported instead of waiting out the idle timeout.
@@ -43,12 +50,11 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 /// retries later. Must stay below the listener's stream limit, leaving
 /// room for the normal stream.
 const MAX_SNAPSHOTS_IN_FLIGHT: usize = 4;
-/// Snapshot stream writes are at most this big, so one large snapshot never
-/// claims the whole send buffer at once.
-const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
-/// Upper bound for sending and acknowledging one snapshot (64 MiB at
-/// ~250 KiB/s). Past it raft is told `ok: false` and may retry.
-const SNAPSHOT_SEND_TIMEOUT: Duration = Duration::from_secs(300);
+/// A snapshot stream that makes no progress for this long (no chunk read,
+/// written or, at the end, acknowledged) is abandoned and raft is told
+/// `ok: false`. A slow stream that keeps moving is never cut: a large
+/// range on a thin link may take many minutes.
+const SNAPSHOT_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The normal stream is sent before snapshot streams (priority 0), so
 /// heartbeats are not stuck behind snapshot bytes.
 const NORMAL_STREAM_PRIORITY: i32 = 1;
@@ -94,10 +100,11 @@ enum Stop {
 
 /// Runs inside a span carrying both node ids.
 pub(crate) struct PeerTask {
+    node_id: u64,
     peer_id: u64,
     endpoint: quinn::Endpoint,
     resolver: Arc<dyn Resolve>,
-    queue: mpsc::Receiver<Vec<RaftEnvelope>>,
+    queue: mpsc::Receiver<Outgoing>,
     /// `host:port`, resolved at every dial.
     addr: watch::Receiver<String>,
     feedback: Arc<FeedbackSink>,
@@ -106,17 +113,19 @@ pub(crate) struct PeerTask {
 }
 
 impl PeerTask {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        node_id: u64,
         peer_id: u64,
         endpoint: quinn::Endpoint,
         resolver: Arc<dyn Resolve>,
-        queue: mpsc::Receiver<Vec<RaftEnvelope>>,
+        queue: mpsc::Receiver<Outgoing>,
         addr: watch::Receiver<String>,
         feedback: Arc<FeedbackSink>,
         shutdown: ShutdownSignal,
     ) -> Self {
         let snapshot_slots = Arc::new(Semaphore::new(MAX_SNAPSHOTS_IN_FLIGHT));
-        PeerTask { peer_id, endpoint, resolver, queue, addr, feedback, shutdown, snapshot_slots }
+        PeerTask { node_id, peer_id, endpoint, resolver, queue, addr, feedback, shutdown, snapshot_slots }
     }
 
     pub(crate) async fn run(mut self) {
@@ -185,8 +194,8 @@ impl PeerTask {
                 _ = &mut sleep => return true,
                 // A new address deserves a dial right away.
                 changed = self.addr.changed() => return changed.is_ok(),
-                batch = self.queue.recv() => match batch {
-                    Some(batch) => self.feedback.dropped_all(&batch),
+                out = self.queue.recv() => match out {
+                    Some(out) => self.feedback.undelivered(self.peer_id, &out),
                     None => return false,
                 },
             }
@@ -215,23 +224,21 @@ impl PeerTask {
                     return if changed.is_ok() { Stop::AddressChanged } else { Stop::Removed };
                 }
                 e = conn.closed() => return Stop::Lost(e.to_string()),
-                batch = self.queue.recv() => {
-                    let Some(batch) = batch else { return Stop::Removed };
-                    if let Err(e) = self.write_batch(conn, &mut stream, batch).await {
-                        return Stop::Lost(e);
+                out = self.queue.recv() => match out {
+                    None => return Stop::Removed,
+                    Some(Outgoing::Snapshot(snapshot)) => self.start_snapshot(conn, snapshot),
+                    Some(Outgoing::Batch(batch)) => {
+                        if let Err(e) = self.write_batch(&mut stream, batch).await {
+                            return Stop::Lost(e);
+                        }
                     }
-                }
+                },
             }
         }
     }
 
-    /// Writes one `send` call's envelopes: snapshots each to their own
-    /// stream (in the background), the rest as frames on `stream`.
-    async fn write_batch(&self, conn: &quinn::Connection, stream: &mut quinn::SendStream, batch: Vec<RaftEnvelope>) -> Result<(), String> {
-        let (snapshots, normal): (Vec<_>, Vec<_>) = batch.into_iter().partition(RaftEnvelope::is_snapshot);
-        for snapshot in snapshots {
-            self.start_snapshot(conn, snapshot);
-        }
+    /// Writes one `send` call's envelopes as frames on `stream`.
+    async fn write_batch(&self, stream: &mut quinn::SendStream, normal: Vec<RaftEnvelope>) -> Result<(), String> {
         let (frames, too_large) = split_into_frames(normal);
         for env in &too_large {
             tracing::warn!(range_id = env.range_id, bytes = env.message.len(), "message exceeds MAX_FRAME_BYTES; dropped");
@@ -251,41 +258,35 @@ impl PeerTask {
         Ok(())
     }
 
-    /// Sends a snapshot on its own stream without holding up the queue;
-    /// reports `Feedback::Snapshot` when it is acknowledged or has failed.
-    fn start_snapshot(&self, conn: &quinn::Connection, env: RaftEnvelope) {
-        let (range_id, to_node) = (env.range_id, env.to_node);
-        if envelope_frame_bytes(&env) > MAX_FRAME_BYTES {
-            tracing::warn!(range_id, bytes = env.message.len(), "snapshot exceeds MAX_FRAME_BYTES; not sent");
-            self.feedback.dropped(&env);
-            return;
-        }
+    /// Streams a snapshot on a stream of its own without holding up the
+    /// queue; reports `Feedback::Snapshot` when it is acknowledged or has
+    /// failed.
+    fn start_snapshot(&self, conn: &quinn::Connection, snapshot: Box<dyn SnapshotStream>) {
+        let (range_id, to_node) = (snapshot.range_id(), self.peer_id);
         let Ok(slot) = self.snapshot_slots.clone().try_acquire_owned() else {
             tracing::debug!(range_id, "too many snapshots in flight; refused");
-            self.feedback.dropped(&env);
+            self.feedback.push(Feedback::Snapshot { range_id, to_node, ok: false });
             return;
         };
         let conn = conn.clone();
         let feedback = self.feedback.clone();
         let mut shutdown = self.shutdown.clone();
-        let span = tracing::info_span!("snapshot", range_id);
+        let node_id = self.node_id;
+        let span = tracing::info_span!("snapshot", range_id, to_node);
         tokio::spawn(
             async move {
                 let _slot = slot;
-                let bytes = env.message.len();
                 let result = tokio::select! {
                     _ = shutdown.wait() => Err(TransportError::Io("shutting down".into())),
-                    r = tokio::time::timeout(SNAPSHOT_SEND_TIMEOUT, send_snapshot(&conn, env)) => {
-                        r.unwrap_or_else(|_| Err(TransportError::Io("timed out".into())))
-                    }
+                    r = send_snapshot(&conn, node_id, to_node, snapshot) => r,
                 };
                 let ok = match result {
-                    Ok(()) => {
-                        tracing::debug!(bytes, "snapshot delivered");
+                    Ok(bytes) => {
+                        tracing::info!(bytes, "snapshot delivered");
                         true
                     }
                     Err(e) => {
-                        tracing::warn!(bytes, error = %e, "snapshot failed");
+                        tracing::warn!(error = %e, "snapshot failed");
                         false
                     }
                 };
@@ -324,25 +325,55 @@ async fn connect(
     }
 }
 
-/// One snapshot = one stream holding one frame. Done when the peer has
-/// acknowledged every byte of the finished stream; a peer that rejects the
-/// frame stops the stream instead, which is reported as a failure.
-async fn send_snapshot(conn: &quinn::Connection, env: RaftEnvelope) -> Result<(), TransportError> {
+/// One snapshot = one stream: a frame per chunk, read from `snapshot` only
+/// as fast as the stream takes them (QUIC flow control paces the reads, so
+/// a chunk or two is in memory at a time), then the MsgSnapshot's frame.
+/// Done when the peer has acknowledged every byte of the finished stream;
+/// a peer that rejects a frame stops the stream instead, which is reported
+/// as a failure. Returns the bytes sent.
+async fn send_snapshot(
+    conn: &quinn::Connection,
+    node_id: u64,
+    to_node: u64,
+    snapshot: Box<dyn SnapshotStream>,
+) -> Result<u64, TransportError> {
     let io = |what: &str, e: &dyn std::fmt::Display| TransportError::Io(format!("{what}: {e}"));
-    let frame: Bytes = encode_frame(&PeerBatch { envelopes: vec![env] });
+    let stalled = |what: &str| TransportError::Io(format!("{what}: no progress in {SNAPSHOT_STALL_TIMEOUT:?}"));
     let mut stream = conn.open_uni().await.map_err(|e| io("opening snapshot stream", &e))?;
-    let mut offset = 0;
-    while offset < frame.len() {
-        let end = (offset + SNAPSHOT_CHUNK_BYTES).min(frame.len());
-        // `slice` shares the buffer: no copy per chunk.
-        stream.write_chunk(frame.slice(offset..end)).await.map_err(|e| io("writing snapshot", &e))?;
-        offset = end;
+    let mut source = Some(snapshot);
+    let mut sent = 0u64;
+    loop {
+        // Reading a chunk scans storage: off the async threads.
+        let mut s = source.take().expect("put back every turn");
+        let read = tokio::task::spawn_blocking(move || {
+            let next = s.next_envelope();
+            (s, next)
+        });
+        let (s, next) = match tokio::time::timeout(SNAPSHOT_STALL_TIMEOUT, read).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(io("reading the snapshot", &e)),
+            Err(_) => return Err(stalled("reading the snapshot")),
+        };
+        source = Some(s);
+        let Some(mut env) = next? else { break };
+        env.from_node = node_id;
+        env.to_node = to_node;
+        if envelope_frame_bytes(&env) > MAX_FRAME_BYTES {
+            return Err(TransportError::Io(format!("a snapshot frame of {} bytes exceeds MAX_FRAME_BYTES", envelope_frame_bytes(&env))));
+        }
+        let frame: Bytes = encode_frame(&PeerBatch { envelopes: vec![env] });
+        sent += frame.len() as u64;
+        match tokio::time::timeout(SNAPSHOT_STALL_TIMEOUT, stream.write_chunk(frame)).await {
+            Ok(r) => r.map_err(|e| io("writing snapshot", &e))?,
+            Err(_) => return Err(stalled("writing snapshot")),
+        }
     }
     stream.finish().map_err(|e| io("finishing snapshot stream", &e))?;
-    match stream.stopped().await {
-        Ok(None) => Ok(()),
-        Ok(Some(code)) => Err(TransportError::Io(format!("peer rejected the snapshot stream (code {code})"))),
-        Err(e) => Err(io("awaiting snapshot acknowledgement", &e)),
+    match tokio::time::timeout(SNAPSHOT_STALL_TIMEOUT, stream.stopped()).await {
+        Ok(Ok(None)) => Ok(sent),
+        Ok(Ok(Some(code))) => Err(TransportError::Io(format!("peer rejected the snapshot stream (code {code})"))),
+        Ok(Err(e)) => Err(io("awaiting snapshot acknowledgement", &e)),
+        Err(_) => Err(stalled("awaiting snapshot acknowledgement")),
     }
 }
 

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use meridian_transport::{Feedback, PeerBatch, RaftEnvelope, Transport};
+use meridian_transport::{Feedback, PeerBatch, RaftEnvelope, SnapshotChunk, Transport};
 use meridian_transport_quic::{node_server_name, DevCa, QuicConfig, QuicTransport, TlsMaterial};
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
@@ -146,6 +146,31 @@ async fn batches_flow_both_ways_in_send_order() {
     .await;
 }
 
+/// A snapshot of `chunks` chunks of `chunk_bytes` each, then its MsgSnapshot.
+struct ChunkedSnapshot {
+    range_id: u64,
+    chunks: u64,
+    chunk_bytes: usize,
+    next: u64,
+}
+
+impl meridian_transport::SnapshotStream for ChunkedSnapshot {
+    fn range_id(&self) -> u64 {
+        self.range_id
+    }
+
+    fn next_envelope(&mut self) -> Result<Option<RaftEnvelope>, meridian_transport::TransportError> {
+        let seq = self.next;
+        self.next += 1;
+        if seq < self.chunks {
+            let data = (0..self.chunk_bytes).map(|i| ((i as u64 + seq) % 251) as u8).collect();
+            let chunk = SnapshotChunk { index: 42, term: 3, seq, data, last: seq + 1 == self.chunks, total_keys: 0 };
+            return Ok(Some(RaftEnvelope { range_id: self.range_id, chunk: Some(chunk), ..Default::default() }));
+        }
+        Ok((seq == self.chunks).then(|| snapshot(self.range_id, 16)))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_snapshot_is_delivered_intact_without_blocking_heartbeats() {
     bounded(async {
@@ -156,21 +181,26 @@ async fn large_snapshot_is_delivered_intact_without_blocking_heartbeats() {
         a.t.send(2, vec![heartbeat(8, 0)]);
         assert_eq!(seq_of(&recv_n(&mut b.rx, 1).await[0]), 0);
 
-        let snap = snapshot(7, 5 << 20);
-        let sent_bytes = snap.message.clone();
-        a.t.send(2, vec![snap]);
+        let chunks = 5;
+        a.t.send_snapshot(2, Box::new(ChunkedSnapshot { range_id: 7, chunks, chunk_bytes: 1 << 20, next: 0 }));
         for seq in 1..=20 {
             a.t.send(2, vec![heartbeat(8, seq)]);
         }
-        let got = recv_n(&mut b.rx, 21).await;
-        let (snaps, beats): (Vec<_>, Vec<_>) = got.into_iter().partition(RaftEnvelope::is_snapshot);
-        assert_eq!(beats.iter().map(seq_of).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
-        assert_eq!(snaps.len(), 1);
-        assert_eq!((snaps[0].range_id, snaps[0].from_node, snaps[0].to_node), (7, 1, 2));
-        assert!(snaps[0].message == sent_bytes, "snapshot bytes differ");
-        let m = snaps[0].raft_message().unwrap();
-        assert_eq!(m.get_snapshot().get_data().len(), 5 << 20);
-        assert_eq!(m.get_snapshot().get_metadata().index, 42);
+        let got = recv_n(&mut b.rx, 20 + chunks as usize + 1).await;
+        let (snaps, rest): (Vec<_>, Vec<_>) = got.into_iter().partition(|e| e.range_id == 7);
+        let beats: Vec<_> = rest.iter().map(seq_of).collect();
+        assert_eq!(beats, (1..=20).collect::<Vec<_>>(), "heartbeats all arrive, in order, beside the snapshot");
+        assert_eq!(snaps.len(), chunks as usize + 1);
+        for (seq, env) in snaps[..chunks as usize].iter().enumerate() {
+            let c = env.chunk.as_ref().expect("chunks come first");
+            assert_eq!(c.seq, seq as u64, "chunks arrive in order");
+            assert_eq!((env.from_node, env.to_node), (1, 2));
+            let want: Vec<u8> = (0..1usize << 20).map(|i| ((i as u64 + seq as u64) % 251) as u8).collect();
+            assert!(c.data == want, "chunk {seq} bytes differ");
+        }
+        let last = snaps.last().unwrap();
+        assert!(last.is_snapshot(), "the MsgSnapshot comes last");
+        assert_eq!(last.raft_message().unwrap().get_snapshot().get_metadata().index, 42);
 
         let fb = wait_for_feedback(&a.t, Feedback::Snapshot { range_id: 7, to_node: 2, ok: true }, Duration::from_secs(10)).await;
         assert!(!fb.iter().any(|f| matches!(f, Feedback::Unreachable { .. })), "{fb:?}");

@@ -7,7 +7,8 @@ use prost::Message as _;
 use crate::error::TransportError;
 
 /// Largest frame a peer may send: a batch of raft messages or one snapshot
-/// chunk. Anything larger is rejected before allocation.
+/// chunk (about 1 MiB, more only for a single larger value). Anything
+/// larger is rejected before allocation.
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
 
 mod wire {
@@ -15,7 +16,7 @@ mod wire {
     include!(concat!(env!("OUT_DIR"), "/meridian.peer.v1.rs"));
 }
 
-pub use wire::{PeerBatch, RaftEnvelope};
+pub use wire::{PeerBatch, RaftEnvelope, SnapshotChunk};
 
 impl RaftEnvelope {
     /// Decodes the inner raft-rs message.
@@ -34,6 +35,11 @@ impl RaftEnvelope {
     /// ranges rely on these to notice that their leader's node died.
     pub fn is_node_ping(&self) -> bool {
         self.range_id == 0 && self.message.is_empty()
+    }
+
+    /// True if this carries a piece of a streamed snapshot's data.
+    pub fn is_snapshot_chunk(&self) -> bool {
+        self.chunk.is_some()
     }
 
     /// True if this carries a raft snapshot (sent on its own stream).

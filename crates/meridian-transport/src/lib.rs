@@ -24,6 +24,6 @@ mod error;
 pub mod mem;
 mod transport;
 
-pub use envelope::{PeerBatch, RaftEnvelope, MAX_FRAME_BYTES};
+pub use envelope::{PeerBatch, RaftEnvelope, SnapshotChunk, MAX_FRAME_BYTES};
 pub use error::TransportError;
-pub use transport::{Feedback, Transport};
+pub use transport::{Feedback, SnapshotStream, Transport};

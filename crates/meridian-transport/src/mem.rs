@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::envelope::RaftEnvelope;
-use crate::transport::{Feedback, Transport};
+use crate::transport::{Feedback, SnapshotStream, Transport};
 
 /// Messages in flight beyond this are dropped (and reported unreachable).
 pub const MAX_IN_FLIGHT: usize = 200_000;
@@ -94,6 +94,10 @@ impl Inner {
 
     fn reject(&mut self, env: &RaftEnvelope) {
         self.stats.dropped += 1;
+        if env.is_snapshot_chunk() {
+            // Its stream's MsgSnapshot, cut off with it, reports the loss.
+            return;
+        }
         let f = if env.is_snapshot() {
             Feedback::Snapshot { range_id: env.range_id, to_node: env.to_node, ok: false }
         } else {
@@ -260,6 +264,51 @@ impl Transport for MemTransport {
         }
     }
 
+    /// Reads the whole stream at once (simulated snapshots are small) and
+    /// puts its envelopes in flight with one delivery time, in order, as
+    /// one QUIC stream would carry them. Random loss cuts the stream: the
+    /// envelopes before the lost one arrive, none after it, and the sender
+    /// is told the snapshot failed.
+    fn send_snapshot(&self, to_node: u64, mut stream: Box<dyn SnapshotStream>) {
+        let range_id = stream.range_id();
+        let failed = Feedback::Snapshot { range_id, to_node, ok: false };
+        let mut envs = Vec::new();
+        loop {
+            match stream.next_envelope() {
+                Ok(Some(env)) => envs.push(env),
+                Ok(None) => break,
+                Err(_) => {
+                    self.net.lock().push_feedback(self.node_id, failed);
+                    return;
+                }
+            }
+        }
+        let mut g = self.net.lock();
+        g.stats.sent += envs.len() as u64;
+        if g.blocked(self.node_id, to_node) || g.queue.len() + envs.len() > MAX_IN_FLIGHT {
+            g.stats.dropped += envs.len() as u64;
+            g.push_feedback(self.node_id, failed);
+            return;
+        }
+        let (lo, hi) = (g.faults.min_delay, g.faults.max_delay);
+        let delay = if hi > lo { g.rng.gen_range(lo..=hi) } else { lo };
+        let at = g.now + delay;
+        let p = g.faults.drop_prob;
+        let total = envs.len();
+        for (i, mut env) in envs.into_iter().enumerate() {
+            if p > 0.0 && g.rng.gen_bool(p) {
+                g.stats.dropped += (total - i) as u64;
+                g.push_feedback(self.node_id, failed);
+                return;
+            }
+            env.from_node = self.node_id;
+            env.to_node = to_node;
+            g.seq += 1;
+            let seq = g.seq;
+            g.queue.push(Reverse(InFlight { at, seq, env }));
+        }
+    }
+
     fn drain_feedback(&self, out: &mut Vec<Feedback>) {
         if let Some(v) = self.net.lock().feedback.remove(&self.node_id) {
             out.extend(v);
@@ -322,6 +371,65 @@ mod tests {
         sorted.sort();
         assert_ne!(order, sorted, "random delays reorder messages");
         assert!(order.len() < 200, "some messages were dropped");
+    }
+
+    struct Stream(Vec<RaftEnvelope>);
+    impl SnapshotStream for Stream {
+        fn range_id(&self) -> u64 {
+            9
+        }
+        fn next_envelope(&mut self) -> Result<Option<RaftEnvelope>, crate::TransportError> {
+            Ok((!self.0.is_empty()).then(|| self.0.remove(0)))
+        }
+    }
+
+    fn snapshot_stream(chunks: u64) -> Box<Stream> {
+        let mut envs: Vec<RaftEnvelope> = (0..chunks)
+            .map(|seq| RaftEnvelope {
+                range_id: 9,
+                chunk: Some(crate::SnapshotChunk { seq, last: seq + 1 == chunks, ..Default::default() }),
+                ..Default::default()
+            })
+            .collect();
+        let mut m = raft::prelude::Message::default();
+        m.set_msg_type(raft::prelude::MessageType::MsgSnapshot);
+        envs.push(RaftEnvelope { range_id: 9, message: protobuf::Message::write_to_bytes(&m).unwrap(), ..Default::default() });
+        Box::new(Stream(envs))
+    }
+
+    #[test]
+    fn a_snapshot_stream_arrives_in_order_or_is_cut_and_reported() {
+        let net = MemNetwork::new(3);
+        net.set_delay(1, 30);
+        let t = net.transport(1);
+        t.send_snapshot(2, snapshot_stream(20));
+        let got = net.deliver_due(100);
+        let seqs: Vec<u64> = got.iter().filter_map(|e| e.chunk.as_ref().map(|c| c.seq)).collect();
+        assert_eq!(seqs, (0..20).collect::<Vec<_>>(), "chunks in order despite random delays");
+        assert!(got.last().unwrap().is_snapshot(), "the MsgSnapshot comes last");
+        let mut fb = Vec::new();
+        t.drain_feedback(&mut fb);
+        assert_eq!(fb, vec![Feedback::Snapshot { range_id: 9, to_node: 2, ok: true }]);
+
+        // With loss, some stream is cut: a prefix arrives, never the
+        // MsgSnapshot, and the sender hears of the failure.
+        net.set_drop_prob(0.2);
+        let mut cut = 0;
+        for _ in 0..20 {
+            t.send_snapshot(2, snapshot_stream(20));
+            let got = net.deliver_due(u64::MAX / 2);
+            let mut fb = Vec::new();
+            t.drain_feedback(&mut fb);
+            if got.last().is_some_and(RaftEnvelope::is_snapshot) {
+                assert_eq!(got.len(), 21);
+                continue;
+            }
+            cut += 1;
+            let seqs: Vec<u64> = got.iter().filter_map(|e| e.chunk.as_ref().map(|c| c.seq)).collect();
+            assert_eq!(seqs, (0..got.len() as u64).collect::<Vec<_>>(), "a cut stream delivers a prefix");
+            assert_eq!(fb, vec![Feedback::Snapshot { range_id: 9, to_node: 2, ok: false }]);
+        }
+        assert!(cut > 0, "at 20% loss per envelope, some of 20 streams of 21 are cut");
     }
 
     #[test]

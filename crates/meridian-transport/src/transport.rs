@@ -1,4 +1,5 @@
 use crate::envelope::RaftEnvelope;
+use crate::error::TransportError;
 
 /// Delivery outcome the raftstore must tell raft-rs about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -23,6 +24,23 @@ pub enum Feedback {
     },
 }
 
+/// A snapshot on its way out, read as the transport sends it: the
+/// snapshot's chunk envelopes ([`RaftEnvelope::chunk`]) in order, then the
+/// envelope of the raft `MsgSnapshot` itself, last. Each envelope names its
+/// sender and receiver already.
+///
+/// Reading it is storage IO (a scan of a pinned engine snapshot, one chunk
+/// at a time): a driver calls it where blocking is allowed, and only as
+/// fast as the network takes the chunks, so at most a chunk or two is in
+/// memory however large the range.
+pub trait SnapshotStream: Send {
+    /// The range the snapshot is of.
+    fn range_id(&self) -> u64;
+    /// The next envelope, `Ok(None)` after the last. An error ends the
+    /// transfer (reported as `Feedback::Snapshot { ok: false }`).
+    fn next_envelope(&mut self) -> Result<Option<RaftEnvelope>, TransportError>;
+}
+
 /// Sends raft messages to other nodes.
 ///
 /// To ensure correctness:
@@ -31,9 +49,16 @@ pub enum Feedback {
 ///   loss; it does not tolerate a stuck poll loop.
 /// - Messages to one node are delivered in send order, except snapshots,
 ///   which travel on their own stream.
+/// - A snapshot stream's envelopes arrive in their order, or the stream
+///   ends early; either way the sender gets one `Feedback::Snapshot`.
+/// - Snapshots in flight are bounded per peer; one over the bound is
+///   refused with `Feedback::Snapshot { ok: false }`.
 pub trait Transport: Send + Sync + 'static {
     /// Queues one poll round's messages for `to_node`.
     fn send(&self, to_node: u64, envelopes: Vec<RaftEnvelope>);
+    /// Sends one snapshot to `to_node` on a stream of its own, reading
+    /// `stream` as the peer takes it. Never blocks the caller.
+    fn send_snapshot(&self, to_node: u64, stream: Box<dyn SnapshotStream>);
     /// Moves feedback gathered since the last call into `out`.
     fn drain_feedback(&self, out: &mut Vec<Feedback>);
 }

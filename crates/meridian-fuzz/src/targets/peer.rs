@@ -99,7 +99,8 @@ pub fn raft_messages() -> Vec<Message> {
     s.mut_metadata().mut_conf_state().learners = vec![4];
     s.mut_metadata().mut_conf_state().voters_outgoing = vec![1, 2];
     s.mut_metadata().mut_conf_state().auto_leave = true;
-    s.data = crate::targets::storage::snapshot_payload_seed().into();
+    let desc = meridian_storage::RangeDescriptor { range_id: 1, namespace_id: 1, ..Default::default() };
+    s.data = meridian_storage::snapshot::encode_snapshot_header(&desc).into();
     out.push(snap);
 
     let mut tl = msg(MessageType::MsgTimeoutNow, 2, 1, 5);
@@ -120,7 +121,22 @@ fn envelope(range_id: u64, m: &Message) -> RaftEnvelope {
         range_end: if range_id.is_multiple_of(2) { Vec::new() } else { b"/z/".to_vec() },
         quiesce: range_id == 2,
         removed: false,
+        chunk: None,
     }
+}
+
+/// A chunk of a streamed snapshot, as a leader sends it before its
+/// `MsgSnapshot`.
+fn chunk_envelope() -> RaftEnvelope {
+    let chunk = meridian_transport::SnapshotChunk {
+        index: 100,
+        term: 5,
+        seq: 0,
+        data: crate::targets::storage::snapshot_payload_seed(),
+        last: true,
+        total_keys: 3,
+    };
+    RaftEnvelope { range_id: 1, from_node: 2, to_node: 1, conf_ver: 3, version: 2, chunk: Some(chunk), ..Default::default() }
 }
 
 /// `PeerBatch::decode_frame`, then for every envelope what the receiver
@@ -133,7 +149,7 @@ impl Target for PeerFrame {
     }
 
     fn describe(&self) -> &'static str {
-        "meridian_transport::PeerBatch::decode_frame + RaftEnvelope::{raft_message, is_snapshot, is_node_ping}"
+        "meridian_transport::PeerBatch::decode_frame + RaftEnvelope::{raft_message, is_snapshot, is_node_ping} + a chunk's stage_chunk"
     }
 
     fn seeds(&self) -> Vec<Vec<u8>> {
@@ -144,6 +160,7 @@ impl Target for PeerFrame {
         seeds.push(all.encode_frame());
         let ping = RaftEnvelope { from_node: 2, to_node: 1, ..Default::default() };
         seeds.push(PeerBatch { envelopes: vec![ping.clone(), ping] }.encode_frame());
+        seeds.push(PeerBatch { envelopes: vec![chunk_envelope()] }.encode_frame());
         seeds.push(Vec::new());
         seeds
     }
@@ -152,7 +169,12 @@ impl Target for PeerFrame {
         let Ok(batch) = PeerBatch::decode_frame(2, input) else { return Ok(Verdict::Rejected) };
         let mut any_raft = false;
         for env in &batch.envelopes {
-            std::hint::black_box((env.is_node_ping(), env.is_snapshot()));
+            std::hint::black_box((env.is_node_ping(), env.is_snapshot(), env.is_snapshot_chunk()));
+            if let Some(c) = &env.chunk {
+                // What the receiver stages: the chunk's pairs.
+                let mut b = meridian_storage::WriteBatch::new();
+                any_raft |= meridian_storage::snapshot::stage_chunk(env.range_id, &c.data, &mut b).is_ok();
+            }
             if let Ok(m) = env.raft_message() {
                 any_raft = true;
                 std::hint::black_box((m.get_entries().len(), m.get_snapshot().get_metadata().index));

@@ -28,10 +28,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use meridian_kv::KvMachine;
-use meridian_raftstore::{SnapshotBuild, StateMachine, StateMachineFactory, Store, StoreConfig};
+use meridian_raftstore::{StateMachine, StateMachineFactory, Store, StoreConfig};
+use meridian_storage::snapshot::{encode_snapshot_header, finish_install, stage_chunk, SnapshotReader};
 use meridian_storage::{
-    build_snapshot, keys, ApplyState, Cf, Engine, MemEngine, PeerStorage, RaftLocalState, RangeDescriptor, RangeEpoch, ReplicaDesc,
-    ReplicaRole, WriteBatch,
+    keys, ApplyState, Cf, Engine, MemEngine, PeerStorage, RaftLocalState, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole, WriteBatch,
 };
 use meridian_transport::mem::MemNetwork;
 use protobuf::Message as _;
@@ -174,7 +174,6 @@ fn kv_factory() -> Arc<dyn StateMachineFactory> {
 
 fn store_config() -> StoreConfig {
     let mut cfg = StoreConfig::new(1);
-    cfg.snapshot_build = SnapshotBuild::Inline;
     cfg.compact_log_entries = 8;
     cfg
 }
@@ -549,7 +548,11 @@ fn restart(engine: MemEngine) -> Option<Store> {
 
 // ---- snapshot payloads -------------------------------------------------------
 
-/// A real snapshot payload (`build_snapshot`) of range 1 with a few keys.
+/// Flag bit: the payload is a snapshot header (the data of a raft
+/// `MsgSnapshot`), not a chunk of snapshot data.
+const HEADER: u8 = 4;
+
+/// A real snapshot chunk (`SnapshotReader`) of range 1 with a few keys.
 pub fn snapshot_payload_seed() -> Vec<u8> {
     let engine = MemEngine::new();
     let mut b = WriteBatch::new();
@@ -557,13 +560,19 @@ pub fn snapshot_payload_seed() -> Vec<u8> {
         b.put(Cf::Data, keys::data_key(1, k), v.to_vec());
     }
     engine.write(&b, true).expect("write");
-    build_snapshot(&*engine.snapshot(), &descriptor(1, &[1, 2, 3])).expect("build snapshot")
+    first_chunk(&engine)
+}
+
+fn first_chunk(engine: &MemEngine) -> Vec<u8> {
+    let mut r = SnapshotReader::new(Arc::from(engine.snapshot()), &descriptor(1, &[1, 2, 3]));
+    r.next_chunk().expect("read chunk").expect("one chunk at least").data
 }
 
 /// Snapshot input: `flags:u8 ‖ payload`; flag bit 0 seals the payload's
-/// checksum, bit 1 the embedded descriptor record's.
+/// checksum, bit 1 a header's embedded descriptor record's, bit 2 says the
+/// payload is a header.
 fn seal_snapshot(flags: u8, payload: &mut [u8]) {
-    if flags & 2 != 0 && payload.len() > 9 {
+    if flags & HEADER != 0 && flags & 2 != 0 && payload.len() > 9 {
         let len = u64::from_le_bytes(payload[1..9].try_into().expect("8 bytes"));
         if let Some(end) = usize::try_from(len).ok().and_then(|l| l.checked_add(9)).filter(|&e| e <= payload.len()) {
             seal(&mut payload[9..end]);
@@ -574,9 +583,10 @@ fn seal_snapshot(flags: u8, payload: &mut [u8]) {
     }
 }
 
-/// `PeerStorage::apply_snapshot` with a snapshot whose data is the input:
-/// the payload a leader sends inside a raft `MsgSnapshot`. A payload it
-/// accepts must leave storage that opens again.
+/// What a follower does with a snapshot's bytes from the network: a chunk
+/// of data (`snapshot::stage_chunk`), or the header a `MsgSnapshot`
+/// carries (`PeerStorage::apply_snapshot`), then the install is finished
+/// and the storage must open again.
 pub struct SnapshotPayload;
 
 impl Target for SnapshotPayload {
@@ -585,15 +595,17 @@ impl Target for SnapshotPayload {
     }
 
     fn describe(&self) -> &'static str {
-        "meridian_storage::PeerStorage::apply_snapshot (snapshot payload decoding) + reopen"
+        "meridian_storage::snapshot::stage_chunk and PeerStorage::apply_snapshot (snapshot chunk and header decoding) + install + reopen"
     }
 
     fn seeds(&self) -> Vec<Vec<u8>> {
-        let mut real = vec![SEAL | 2];
+        let mut real = vec![SEAL];
         real.extend(snapshot_payload_seed());
-        let mut empty = vec![SEAL | 2];
-        empty.extend(build_snapshot(&*MemEngine::new().snapshot(), &descriptor(1, &[1])).expect("build"));
-        vec![real, empty]
+        let mut empty = vec![SEAL];
+        empty.extend(first_chunk(&MemEngine::new()));
+        let mut header = vec![SEAL | 2 | HEADER];
+        header.extend(encode_snapshot_header(&descriptor(1, &[1])));
+        vec![real, empty, header]
     }
 
     fn is_protobuf(&self) -> bool {
@@ -601,12 +613,18 @@ impl Target for SnapshotPayload {
     }
 
     fn generate(&self, rng: &mut ChaCha8Rng) -> Option<Vec<u8>> {
-        // desc ‖ n ‖ (key, value)* with an edge-value count and lengths.
-        let desc = descriptor(if rng.gen_bool(0.9) { 1 } else { interesting_u64(rng) }, &[1]).encode();
-        let mut fields = (desc.len() as u64).to_le_bytes().to_vec();
-        fields.extend_from_slice(&desc);
+        if rng.gen_bool(0.3) {
+            // A header: len ‖ descriptor record.
+            let desc = descriptor(if rng.gen_bool(0.9) { 1 } else { interesting_u64(rng) }, &[1]).encode();
+            let mut fields = (desc.len() as u64).to_le_bytes().to_vec();
+            fields.extend_from_slice(&desc);
+            let mut input = vec![SEAL | 2 | HEADER];
+            input.extend(record(&fields));
+            return Some(input);
+        }
+        // A chunk: n ‖ (key, value)* with an edge-value count and lengths.
         let pairs = rng.gen_range(0..6u64);
-        fields.extend_from_slice(&(if rng.gen_bool(0.7) { pairs } else { interesting_u64(rng) }).to_le_bytes());
+        let mut fields = (if rng.gen_bool(0.7) { pairs } else { interesting_u64(rng) }).to_le_bytes().to_vec();
         for _ in 0..pairs {
             for _ in 0..2 {
                 let len = rng.gen_range(0..8u64);
@@ -614,7 +632,7 @@ impl Target for SnapshotPayload {
                 fields.extend((0..len).map(|_| rng.gen::<u8>()));
             }
         }
-        let mut input = vec![SEAL | 2];
+        let mut input = vec![SEAL];
         input.extend(record(&fields));
         Some(input)
     }
@@ -638,16 +656,27 @@ impl Target for SnapshotPayload {
         let shared: Arc<dyn Engine> = Arc::new(engine.clone());
         let mut ps = PeerStorage::open(shared.clone(), 1).map_err(|e| format!("fixture: {e}"))?;
 
+        let header = if flags & HEADER != 0 {
+            payload
+        } else {
+            let mut batch = WriteBatch::new();
+            if stage_chunk(1, &payload, &mut batch).is_err() {
+                return Ok(Verdict::Rejected);
+            }
+            engine.write(&batch, false).map_err(|e| format!("fixture: {e}"))?;
+            encode_snapshot_header(&descriptor(1, &[1]))
+        };
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 10;
         snap.mut_metadata().term = 2;
         snap.mut_metadata().mut_conf_state().voters = vec![1];
-        snap.data = payload.into();
+        snap.data = header.into();
         let mut batch = WriteBatch::new();
         if ps.apply_snapshot(&snap, &mut batch).is_err() {
             return Ok(Verdict::Rejected);
         }
         engine.write(&batch, true).map_err(|e| format!("fixture: {e}"))?;
+        finish_install(&engine, 1).map_err(|e| format!("finishing the install: {e}"))?;
         let reopened = PeerStorage::open(shared, 1).map_err(|e| format!("reopen after snapshot: {e}"))?;
         exercise_storage(&reopened)?;
         PeerStorage::list_ranges(&engine).map_err(|e| format!("reopen after snapshot: list_ranges: {e}"))?;

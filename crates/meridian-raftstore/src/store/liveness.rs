@@ -51,6 +51,8 @@ impl Store {
             p.retry_reads(now, self.cfg.read_retry_ticks, self.cfg.read_max_retries, self.incarnation, &mut timeouts);
         }
         self.completions.extend(orphaned);
+        self.expire_incoming();
+        self.unpin_old_snapshots();
         for (range_id, msgs) in probes {
             self.queue_messages(range_id, msgs);
         }

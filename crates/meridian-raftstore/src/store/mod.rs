@@ -3,7 +3,7 @@
 //!
 //! This file holds the [`Store`] itself, the public types it takes and
 //! hands out ([`RangeRequest`], [`Completion`], [`RangeStatus`],
-//! [`StoreMetrics`], [`Bootstrap`], [`SnapshotTask`]), bootstrapping and
+//! [`StoreMetrics`], [`Bootstrap`]), bootstrapping and
 //! opening a store, and its read-only accessors. The rest of `impl Store`
 //! is split by concern, one file each:
 //!
@@ -17,8 +17,11 @@
 //!   the sync sequence (`take_sync_request` / `on_synced` /
 //!   `release_synced`);
 //! - `apply.rs`: applying committed entries and answering their proposals;
-//! - `snapshot.rs`: building the snapshots raft-rs asks for, inline or as
-//!   driver tasks;
+//! - `snapshot.rs`: the snapshots raft-rs asks for (a pinned engine view
+//!   and a header), streaming them out, and moving a received one into
+//!   place a bounded step per round;
+//! - `incoming.rs`: snapshot chunks as they arrive, staged; a
+//!   `MsgSnapshot` accepted only once its chunks all did;
 //! - `outbox.rs`: outgoing messages (queue, flush) and the transport's
 //!   feedback;
 //! - `liveness.rs`: logical time (`tick`), node pings, quiescence and which
@@ -28,6 +31,7 @@
 //! drive it across ranges and own what ranges share.
 
 mod apply;
+mod incoming;
 mod liveness;
 mod outbox;
 mod poll;
@@ -40,11 +44,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use meridian_codes::ReplicaState;
-use meridian_storage::{
-    keys, Cf, Engine, EntryCacheBudget, KeyInterval, PeerStorage, RangeDescriptor, RangeEpoch, StorageError, WriteBatch,
-};
+use meridian_storage::snapshot::{clear_staged, finish_install};
+use meridian_storage::{keys, Cf, Engine, EntryCacheBudget, KeyInterval, PeerStorage, RangeDescriptor, RangeEpoch, WriteBatch};
 use meridian_transport::{RaftEnvelope, Transport};
-use raft::prelude::Snapshot;
 use raft::{RawNode, ReadOnlyOption, StateRole};
 use tracing::info;
 
@@ -53,6 +55,8 @@ use crate::error::RaftstoreError;
 use crate::logger::raft_logger;
 use crate::peer::{splitmix, Peer};
 use crate::state_machine::StateMachineFactory;
+use incoming::IncomingSnapshots;
+pub(crate) use snapshot::PinnedSnapshot;
 
 /// What every request handed to the store names: the range, the epoch the
 /// caller's route has for it, and the keys it touches. The store refuses a
@@ -172,6 +176,8 @@ pub struct RangeStatus {
     /// Not in the range's configuration (it applied its removal, or a
     /// member told it so): serves nothing until added back.
     pub dormant: bool,
+    /// Moving a received snapshot into place: serves nothing until done.
+    pub installing: bool,
     /// On a leader: each replica's matched index and replication state.
     pub progress: Vec<(u64, u64, ReplicaState)>,
     /// Other nodes this store heard from within two election timeouts.
@@ -198,6 +204,16 @@ pub struct StoreMetrics {
     pub messages_rejected: u64,
     pub snapshots_built: u64,
     pub snapshots_installed: u64,
+    /// Snapshot streams handed to the transport (one per follower sent to).
+    pub snapshots_sent: u64,
+    /// Chunks of received snapshots staged, and their bytes.
+    pub snapshot_chunks_received: u64,
+    pub snapshot_bytes_received: u64,
+    /// Received transfers given up (a gap, a corrupt chunk, a wrong total,
+    /// silence, or raft refused the snapshot), and chunks refused (over the
+    /// bound of transfers, or for a range busy installing).
+    pub snapshots_abandoned: u64,
+    pub snapshot_chunks_refused: u64,
     pub proposals_dropped: u64,
     /// Proposals a follower handed to its leader inside raft.
     pub proposals_forwarded: u64,
@@ -223,35 +239,20 @@ pub struct StoreMetrics {
 /// forwarded ones time out as `OutcomeUnknown`).
 pub const MAX_UNCOMMITTED_BYTES: u64 = 32 << 20;
 
-/// Snapshot builds handed to the driver and not yet answered, per node
-/// (each holds an engine snapshot, which pins files on disk).
-pub const MAX_SNAPSHOT_BUILDS: usize = 4;
+/// Received snapshots being staged at once, per node (each holds staged
+/// records on disk until it completes or is given up). A transfer for
+/// another range past it is refused; raft sends the snapshot again.
+pub const MAX_INCOMING_SNAPSHOTS: usize = 4;
 
-/// A snapshot build that the store hands to its driver
-/// ([`SnapshotBuild::Deferred`]): the driver runs [`SnapshotTask::build`]
-/// wherever it likes (a thread of its own) and gives the result back with
-/// [`Store::on_snapshot_built`]. The task reads only the engine snapshot it
-/// holds, so it may run concurrently with the poll loop.
-///
-/// [`SnapshotBuild::Deferred`]: crate::SnapshotBuild::Deferred
-pub struct SnapshotTask {
-    /// The range the snapshot is for.
-    pub range_id: u64,
-    build: Box<dyn FnOnce() -> Result<Snapshot, StorageError> + Send>,
-}
+/// Ticks a leader keeps a built snapshot's engine view pinned (and the
+/// snapshot offered to raft-rs) after building it. Streams in flight hold
+/// their own reference; past this, raft-rs's next request builds afresh,
+/// so an engine view never pins old files on disk for long.
+pub const PINNED_SNAPSHOT_TICKS: u64 = 600;
 
-impl std::fmt::Debug for SnapshotTask {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SnapshotTask").field("range_id", &self.range_id).finish_non_exhaustive()
-    }
-}
-
-impl SnapshotTask {
-    /// Builds the snapshot (reads the engine snapshot; may take long).
-    pub fn build(self) -> Result<Snapshot, StorageError> {
-        (self.build)()
-    }
-}
+/// Ticks without a chunk after which a received transfer is given up and
+/// its staged records deleted (the sender died or gave up).
+pub const INCOMING_SNAPSHOT_IDLE_TICKS: u64 = 600;
 
 pub struct Store {
     cfg: StoreConfig,
@@ -275,10 +276,8 @@ pub struct Store {
     outbox: BTreeMap<u64, Vec<RaftEnvelope>>,
     completions: Vec<Completion>,
     applied_log: Vec<AppliedEntry>,
-    /// Builds waiting for the driver to take them ([`Store::take_snapshot_tasks`]).
-    snapshot_tasks: Vec<SnapshotTask>,
-    /// Ranges whose build the driver holds (taken, not yet answered).
-    snapshot_in_flight: BTreeSet<u64>,
+    /// Snapshots being received, by range (see `incoming.rs`).
+    incoming: IncomingSnapshots,
     metrics: StoreMetrics,
     /// Sync sequence: every round whose write raft needs durable takes the
     /// next number; `synced_seq` is the highest a finished engine sync
@@ -372,8 +371,7 @@ impl Store {
             outbox: BTreeMap::new(),
             completions: Vec::new(),
             applied_log: Vec::new(),
-            snapshot_tasks: Vec::new(),
-            snapshot_in_flight: BTreeSet::new(),
+            incoming: IncomingSnapshots::default(),
             metrics: StoreMetrics::default(),
             write_seq: 0,
             synced_seq: 0,
@@ -381,6 +379,16 @@ impl Store {
             entry_cache_budget: EntryCacheBudget::new(EntryCacheBudget::DEFAULT_BYTES),
         };
         for desc in PeerStorage::list_ranges(&*store.engine)? {
+            // A snapshot install the last life decided but did not finish is
+            // finished now; staged chunks of a transfer that never completed
+            // are deleted (raft sends the snapshot again).
+            if finish_install(&*store.engine, desc.range_id)? {
+                info!(node = store.cfg.node_id, range = desc.range_id, "finished a snapshot install cut short by the last stop");
+            } else {
+                let mut batch = WriteBatch::new();
+                clear_staged(desc.range_id, &mut batch);
+                store.engine.write(&batch, false)?;
+            }
             let storage = PeerStorage::open(store.engine.clone(), desc.range_id)?;
             for r in &desc.replicas {
                 if r.node_id != store.cfg.node_id {
@@ -456,6 +464,8 @@ impl Store {
             orphaned_since: None,
             orphan_applied: 0,
             silent_ticks: 0,
+            installing: None,
+            pinned: None,
         };
         peer.redraw_election_timeout();
         self.peers.insert(range_id, peer);
@@ -520,6 +530,7 @@ impl Store {
             voters_outgoing: cs.voters_outgoing,
             quiesced: p.quiesced,
             dormant: p.dormant_at.is_some(),
+            installing: p.installing.is_some(),
             progress: if p.is_leader() {
                 r.prs().iter().map(|(id, pr)| (*id, pr.matched, replica_state(pr.state))).collect()
             } else {

@@ -1,7 +1,8 @@
 //! Outgoing messages and what the transport reports back: raft messages
 //! are queued per destination node as envelopes (`queue_messages`, which
 //! also flags a quiescing leader's last heartbeat), sent in one batch per
-//! node (`flush_outbox`), and the transport's feedback (unreachable
+//! node (`flush_outbox`) — snapshots each as a stream of their own
+//! (`snapshot.rs`) — and the transport's feedback (unreachable
 //! nodes, snapshot deliveries) goes back to raft-rs (`handle_feedback`).
 
 use meridian_transport::{Feedback, RaftEnvelope};
@@ -18,6 +19,7 @@ impl Store {
         }
         let p = self.peers.get_mut(&range_id).expect("caller checked");
         let announce = p.announce_quiesce;
+        let mut snapshots = Vec::new();
         for m in msgs {
             let quiesce = announce && m.get_msg_type() == MessageType::MsgHeartbeat;
             let env = RaftEnvelope {
@@ -31,11 +33,21 @@ impl Store {
                 range_end: p.desc.end.clone(),
                 quiesce,
                 removed: false,
+                chunk: None,
             };
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                // Streams on its own (see `snapshot.rs`).
+                let meta = m.get_snapshot().get_metadata();
+                snapshots.push((env, meta.index, meta.term));
+                continue;
+            }
             self.outbox.entry(m.to).or_default().push(env);
         }
         if announce {
             p.announce_quiesce = false;
+        }
+        for (env, index, term) in snapshots {
+            self.send_snapshot(range_id, env, index, term);
         }
     }
 

@@ -36,11 +36,11 @@ impl Store {
     }
 
     /// True when a poll would find work without anything new arriving: a
-    /// Ready raft-rs holds, or Readies a finished sync made durable. A
-    /// driver polls again at once then.
+    /// Ready raft-rs holds, Readies a finished sync made durable, or a
+    /// snapshot install with steps left. A driver polls again at once then.
     pub fn has_ready(&self) -> bool {
         let synced = self.synced_seq;
-        self.peers.values().any(|p| p.raft.has_ready() || p.unsynced.front().is_some_and(|u| u.seq <= synced))
+        self.peers.values().any(|p| p.installing.is_some() || p.raft.has_ready() || p.unsynced.front().is_some_and(|u| u.seq <= synced))
     }
 
     /// With `defer_sync`: the sequence number a sync should cover now, if
@@ -69,6 +69,9 @@ impl Store {
     fn poll_round(&mut self) -> Result<Vec<Completion>, RaftstoreError> {
         self.metrics.poll_rounds += 1;
         self.release_synced();
+        let mut installed = Vec::new();
+        self.continue_installs(&mut installed)?;
+        self.completions.extend(installed);
         self.flush_staged();
         self.handle_feedback();
         self.handle_snapshot_requests();
@@ -110,11 +113,14 @@ impl Store {
         // Phase 2: hand the readies back to raft-rs, to be counted as
         // persisted once their sync is done.
         let mut apply_batch = WriteBatch::new();
+        let mut installs = Vec::new();
         for (range_id, mut rd, installed) in readies {
             let p = self.peers.get_mut(&range_id).expect("listed");
             if installed {
-                self.metrics.snapshots_installed += 1;
-                p.reload_after_snapshot(&*self.engine, self.cfg.node_id, &mut done)?;
+                // Decided and written: the staged data moves into place
+                // from here, a step per round (the first one below).
+                p.installing = Some(p.desc.namespace_id);
+                installs.push(range_id);
             }
             let messages = rd.take_persisted_messages();
             let number = rd.number();
@@ -127,6 +133,9 @@ impl Store {
             p.maybe_compact(&self.cfg, &mut apply_batch)?;
         }
         self.release_synced();
+        for range_id in installs {
+            self.install_step(range_id, &mut done)?;
+        }
         // Log compaction: it needs no sync (compacted entries are applied
         // and their effects are in the engine).
         if !apply_batch.is_empty() {
@@ -151,7 +160,9 @@ impl Store {
         done: &mut Vec<Completion>,
     ) -> Result<Option<(Ready, bool)>, RaftstoreError> {
         let p = self.peers.get_mut(&range_id).expect("listed");
-        if !p.raft.has_ready() {
+        // An install in progress holds the range's Readies back: nothing
+        // is applied or answered before its data is all in place.
+        if p.installing.is_some() || !p.raft.has_ready() {
             return Ok(None);
         }
         let mut rd = p.raft.ready();
@@ -159,6 +170,12 @@ impl Store {
         let mut installed = false;
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
+            let index = snap.get_metadata().index;
+            if !self.incoming.take_accepted(range_id, index) {
+                return Err(RaftstoreError::Storage(format!(
+                    "range {range_id}: the snapshot at index {index} reached a Ready without its data staged"
+                )));
+            }
             p.stage_snapshot(&snap, batch)?;
             installed = true;
         }

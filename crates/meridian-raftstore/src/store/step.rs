@@ -17,7 +17,7 @@ use crate::peer::Peer;
 impl Store {
     /// Handles one inbound envelope. Bad input is counted and logged, never
     /// a panic.
-    pub fn step(&mut self, env: RaftEnvelope) {
+    pub fn step(&mut self, mut env: RaftEnvelope) {
         let from = env.from_node;
         if from == 0 || from == self.cfg.node_id || env.to_node != self.cfg.node_id {
             self.reject(&env, "bad node ids");
@@ -32,6 +32,10 @@ impl Store {
             self.on_removed_hint(&env);
             return;
         }
+        if let Some(chunk) = env.chunk.take() {
+            self.on_snapshot_chunk(env.range_id, from, chunk);
+            return;
+        }
         let msg = match env.raft_message() {
             Ok(m) => m,
             Err(e) => {
@@ -42,6 +46,14 @@ impl Store {
         if msg.from != from || msg.to != self.cfg.node_id {
             self.reject(&env, "raft message ids do not match the envelope");
             return;
+        }
+        let mtype = msg.get_msg_type();
+        let snapshot_index = (mtype == MessageType::MsgSnapshot).then(|| msg.get_snapshot().get_metadata().index);
+        if let Some(index) = snapshot_index {
+            let term = msg.get_snapshot().get_metadata().term;
+            if !self.snapshot_data_ready(env.range_id, from, index, term) {
+                return;
+            }
         }
         if !self.peers.contains_key(&env.range_id) && !self.maybe_create_peer(&env, &msg) {
             return;
@@ -69,7 +81,6 @@ impl Store {
             return;
         }
         p.silent_ticks = 0;
-        let mtype = msg.get_msg_type();
         let quiet_ok = matches!(mtype, MessageType::MsgHeartbeatResponse) || (env.quiesce && mtype == MessageType::MsgHeartbeat);
         if !quiet_ok {
             p.wake();
@@ -78,6 +89,10 @@ impl Store {
             debug!(range = env.range_id, from, "step: {e}");
         }
         p.after_raft_call();
+        if let Some(index) = snapshot_index {
+            self.after_snapshot_step(env.range_id, index);
+        }
+        let Some(p) = self.peers.get_mut(&env.range_id) else { return };
         if env.quiesce && mtype == MessageType::MsgHeartbeat {
             let r = &p.raft.raft;
             if r.state == StateRole::Follower && r.leader_id == from && r.raft_log.committed == r.raft_log.last_index() {

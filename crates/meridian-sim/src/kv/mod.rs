@@ -174,7 +174,7 @@ impl KvSim {
         let now_ms = self.now_ms();
         for n in self.c.node_ids() {
             let Some(store) = self.c.store(n) else { continue };
-            for st in store.statuses().into_iter().filter(|s| !s.dormant) {
+            for st in store.statuses().into_iter().filter(|s| !s.dormant && !s.installing) {
                 let r = st.range_id;
                 let ask = |kind: QueryKind| -> Option<QueryAnswer> {
                     let q = Query { kind: Some(kind) }.encode_to_vec();
