@@ -91,7 +91,7 @@ bench-raft: setup
 # processes: time and the sender's and receiver's peak RSS (see
 # docs/performance.md). MB sets the MiB of values written (default 1024).
 bench-snapshot: setup
-	MERIDIAN_SNAPSHOT_BENCH_MB=$${MB:-1024} $(CARGO) test -p meridian --test snapshot_bench -- --ignored --nocapture
+	MERIDIAN_SNAPSHOT_BENCH_MB=$${MB:-1024} $(CARGO) test --workspace --test snapshot_bench -- --ignored --nocapture
 
 # Meridian and etcd side by side over the etcd API: 3-node clusters of
 # each on 127.0.0.1, every workload on both (see docs/performance.md).

@@ -43,8 +43,8 @@ pub use error::RaftstoreError;
 pub use meridian_codes::ReplicaState;
 pub use state_machine::{data_bounds, ApplyContext, Savepoint, StateMachine, StateMachineFactory};
 pub use store::{
-    AppliedEntry, Bootstrap, Completion, RangeRequest, RangeStatus, RequestId, Store, StoreMetrics, MAX_INCOMING_SNAPSHOTS,
-    PINNED_SNAPSHOT_TICKS, STORE_FORMAT,
+    AppliedEntry, Bootstrap, Completion, RangeRequest, RangeStatus, RequestId, Store, StoreMetrics, INITIAL_LOG_INDEX,
+    MAX_INCOMING_SNAPSHOTS, PINNED_SNAPSHOT_TICKS, STORE_FORMAT,
 };
 
 /// raft-rs types callers need (conf changes, roles).

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use meridian_raftstore::test_machine::{put_command, RegisterMachine};
-use meridian_raftstore::{Bootstrap, RaftstoreError, StateMachine, StateMachineFactory, Store, StoreConfig};
+use meridian_raftstore::{Bootstrap, RaftstoreError, StateMachine, StateMachineFactory, Store, StoreConfig, INITIAL_LOG_INDEX};
 use meridian_storage::{keys, Cf, Engine, MemEngine, PeerStorage, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole, WriteBatch};
 use meridian_transport::mem::MemNetwork;
 use meridian_transport::RaftEnvelope;
@@ -43,7 +43,7 @@ fn leader_store(engine: &MemEngine) -> Store {
     for _ in 0..3 {
         s.poll().unwrap();
     }
-    assert_eq!(s.range_status(1).unwrap().applied, 4, "leader no-op plus three writes");
+    assert_eq!(s.range_status(1).unwrap().applied, INITIAL_LOG_INDEX + 4, "leader no-op plus three writes");
     s
 }
 
@@ -110,7 +110,7 @@ fn bad_requests_get_clear_errors() {
     assert!(matches!(s.propose(s.request(77), b"P k v".to_vec()), Err(RaftstoreError::RangeNotFound { range_id: 77 })));
     assert!(matches!(s.read_index(s.request(77), b"k".to_vec()), Err(RaftstoreError::RangeNotFound { range_id: 77 })));
     assert!(matches!(s.transfer_leader(1, 5), Err(RaftstoreError::InvalidRequest { .. })), "transfer to a non-voter");
-    assert_eq!(snapshot_of(&s).2, 4, "nothing was applied");
+    assert_eq!(snapshot_of(&s).2, INITIAL_LOG_INDEX + 4, "nothing was applied");
 
     // A follower that knows of no leader refuses proposals.
     let engine = MemEngine::new();
@@ -131,13 +131,13 @@ fn bad_requests_get_clear_errors() {
         m.term = term;
         env(1, from, m.write_to_bytes().unwrap())
     };
-    f.step(heartbeat(2, 3));
+    f.step(heartbeat(2, INITIAL_LOG_INDEX + 3));
     f.poll().unwrap();
     let id = f.propose(f.request(1), b"P k v".to_vec()).expect("a follower with a leader forwards");
     let mut answers = f.poll().unwrap();
     assert_eq!(f.metrics().proposals_forwarded, 1);
     for _ in 0..f.forward_timeout_ticks() - 1 {
-        f.step(heartbeat(2, 3));
+        f.step(heartbeat(2, INITIAL_LOG_INDEX + 3));
         f.tick();
         answers.extend(f.poll().unwrap());
     }
@@ -151,11 +151,11 @@ fn bad_requests_get_clear_errors() {
     assert_eq!(f.metrics().forwarded_unknown, 1);
     // Handed to a leader that is then replaced: answered at the next tick,
     // as etcd answers "leader changed".
-    f.step(heartbeat(2, 3));
+    f.step(heartbeat(2, INITIAL_LOG_INDEX + 3));
     f.poll().unwrap();
     let id = f.propose(f.request(1), b"P k v".to_vec()).unwrap();
     f.poll().unwrap();
-    f.step(heartbeat(3, 4));
+    f.step(heartbeat(3, INITIAL_LOG_INDEX + 4));
     f.tick();
     let answers = f.poll().unwrap();
     match answers.iter().find(|c| c.id == id) {
@@ -170,7 +170,7 @@ fn corrupt_log_record_at_startup_is_a_clear_error() {
     let engine = MemEngine::new();
     drop(leader_store(&engine));
     let crashed = engine.crash();
-    crashed.corrupt(Cf::RaftLog, &keys::log_key(1, 2));
+    crashed.corrupt(Cf::RaftLog, &keys::log_key(1, INITIAL_LOG_INDEX + 2));
     let err = open(&crashed, &[1]).err().expect("opening a corrupt log must fail");
     let msg = err.to_string();
     assert!(msg.contains("range 1") && msg.contains("checksum"), "unclear error: {msg}");

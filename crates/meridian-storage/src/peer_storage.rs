@@ -192,11 +192,30 @@ fn store_err(e: StorageError) -> raft::Error {
 }
 
 impl PeerStorage {
-    /// Writes the initial state of a range created by static bootstrap.
+    /// Writes the initial state of a range created by static bootstrap,
+    /// with an empty log starting at index 1.
     pub fn bootstrap(batch: &mut WriteBatch, desc: &RangeDescriptor, voters: Vec<u64>) {
-        let rs = RaftLocalState { conf_state: ConfState { voters, ..Default::default() }, ..Default::default() };
+        Self::bootstrap_at(batch, desc, voters, 0);
+    }
+
+    /// Writes the initial state of a range created by static bootstrap as
+    /// if a snapshot at `index` (and term `index`) holding the configuration
+    /// `voters` and no data had been installed: the log starts after it.
+    ///
+    /// With `index > 0` no replica added later can take the log from its
+    /// start, where the initial configuration is not: the leader has no
+    /// entry at or before `index` to send, so a new replica always gets a
+    /// snapshot first, and with it the configuration (as TiKV's
+    /// `RAFT_INIT_LOG_INDEX`).
+    pub fn bootstrap_at(batch: &mut WriteBatch, desc: &RangeDescriptor, voters: Vec<u64>, index: u64) {
+        let rs = RaftLocalState {
+            hard_state: HardState { term: index, commit: index, ..Default::default() },
+            conf_state: ConfState { voters, ..Default::default() },
+            truncated_index: index,
+            truncated_term: index,
+        };
         batch.put(Cf::RaftState, keys::state_key(desc.range_id), rs.encode());
-        batch.put(Cf::ApplyState, keys::state_key(desc.range_id), ApplyState::default().encode());
+        batch.put(Cf::ApplyState, keys::state_key(desc.range_id), ApplyState { applied_index: index, applied_term: index }.encode());
         batch.put(Cf::Meta, keys::state_key(desc.range_id), desc.encode());
     }
 
@@ -238,7 +257,8 @@ impl PeerStorage {
         let raft_state = RaftLocalState::decode(&raw, range_id)?;
         let apply_state = match engine.get(Cf::ApplyState, &key)? {
             Some(raw) => ApplyState::decode(&raw, range_id)?,
-            None => ApplyState::default(),
+            // Never written: nothing is applied past the log's start.
+            None => ApplyState { applied_index: raft_state.truncated_index, applied_term: raft_state.truncated_term },
         };
         check_bounds(range_id, &raft_state)?;
         let (mut last_index, mut last_term) = (raft_state.truncated_index, raft_state.truncated_term);
@@ -583,7 +603,9 @@ fn check_states(range_id: u64, rs: &RaftLocalState, apply: &ApplyState, last_ind
     if commit < truncated || commit > last_index {
         return corrupt(format!("commit index {commit} outside the log [{truncated}, {last_index}]"));
     }
-    if applied != 0 && (applied < truncated || applied > commit) {
+    // Nothing is truncated that was not applied (an install sets both to
+    // the snapshot's index), so applied 0 with a truncated log is corrupt.
+    if applied < truncated || applied > commit {
         return corrupt(format!("applied index {applied} outside [{truncated}, commit {commit}]"));
     }
     check_conf_state(&rs.conf_state).or_else(|what| corrupt(format!("conf state: {what}")))

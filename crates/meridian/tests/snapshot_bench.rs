@@ -48,6 +48,13 @@ fn range_view(c: &ProcCluster, i: usize, range_id: u64) -> Option<serde_json::Va
     v["ranges"].as_array()?.iter().find(|r| r["range_id"] == range_id).cloned()
 }
 
+/// Whether member `i` lists node `id`.
+fn knows_node(c: &ProcCluster, i: usize, id: u64) -> bool {
+    let (code, body) = http_get(&c.members[i].http_addr, "/v1/cluster/status");
+    let v: serde_json::Value = if code == 200 { serde_json::from_str(&body).unwrap_or_default() } else { return false };
+    v["members"].as_array().is_some_and(|m| m.iter().any(|m| m["id"] == id))
+}
+
 #[test]
 #[ignore = "a benchmark: make bench-snapshot"]
 fn bench_a_large_namespace_streams_to_a_new_replica() {
@@ -94,13 +101,13 @@ fn bench_a_large_namespace_streams_to_a_new_replica() {
     let m4 = meridian_server::dev_layout::members(4, free_base_port()).unwrap().pop().unwrap();
     let j = c.add_joining(m4);
     let receiver_pid = c.children[j].as_ref().unwrap().id();
+    // Every member must know node 4 before the leader can dial it (the
+    // meta range is re-read every 10 s).
     let deadline = Instant::now() + Duration::from_secs(60);
-    while http_get(&c.members[j].http_addr, "/readyz").0 != 200 {
-        assert!(Instant::now() < deadline, "node 4 did not start");
-        std::thread::sleep(Duration::from_millis(100));
+    while !(0..3).all(|i| knows_node(&c, i, 4)) {
+        assert!(Instant::now() < deadline, "the members did not learn of node 4");
+        std::thread::sleep(Duration::from_millis(200));
     }
-    // Every member must know node 4 before the leader can dial it.
-    std::thread::sleep(Duration::from_secs(11));
     let receiver_before = rss_kib(receiver_pid);
 
     let started = Instant::now();

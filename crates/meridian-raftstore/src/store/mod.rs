@@ -101,6 +101,14 @@ impl RangeRequest {
 /// namespace id (descriptors name it).
 pub const STORE_FORMAT: u64 = 3;
 
+/// Where the log of a range created at bootstrap starts (after it): a
+/// replica added later can never be sent the log from its start, where
+/// the initial configuration is not, so it gets a snapshot first, which
+/// carries the configuration (see `PeerStorage::bootstrap_at`). Before
+/// this, a replica added to a young range replayed the log from index 1
+/// with no configuration and could not apply the conf changes in it.
+pub const INITIAL_LOG_INDEX: u64 = 5;
+
 /// Where the bootstrap record lives (range id 0 is never a range).
 const BOOTSTRAP_KEY: &[u8] = b"bootstrap";
 
@@ -334,7 +342,7 @@ impl Store {
         let mut created = 0;
         for desc in ranges.iter().filter(|d| d.replica(node_id).is_some()) {
             let voters = desc.replicas.iter().map(|r| r.node_id).collect();
-            PeerStorage::bootstrap(&mut batch, desc, voters);
+            PeerStorage::bootstrap_at(&mut batch, desc, voters, INITIAL_LOG_INDEX);
             created += 1;
         }
         let mut record = STORE_FORMAT.to_be_bytes().to_vec();
