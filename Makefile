@@ -89,9 +89,10 @@ bench-raft: setup
 
 # A large namespace sent to a new replica by streamed snapshot, on real
 # processes: time and the sender's and receiver's peak RSS (see
-# docs/performance.md). MB sets the MiB of values written (default 1024).
+# docs/performance.md). MB sets the MiB of values written (default 512: a
+# 1 GiB namespace, as MVCC keeps each value twice).
 bench-snapshot: setup
-	MERIDIAN_SNAPSHOT_BENCH_MB=$${MB:-1024} $(CARGO) test --workspace --test snapshot_bench -- --ignored --nocapture
+	MERIDIAN_SNAPSHOT_BENCH_MB=$${MB:-512} $(CARGO) test --workspace --test snapshot_bench -- --ignored --nocapture
 
 # Meridian and etcd side by side over the etcd API: 3-node clusters of
 # each on 127.0.0.1, every workload on both (see docs/performance.md).

@@ -155,8 +155,13 @@ impl Engine for RocksEngine {
     }
 }
 
-/// Entries per message when a snapshot thread streams a scan back.
+/// Entries per message when a snapshot thread streams a scan back...
 const SCAN_CHUNK: usize = 1024;
+/// ... or fewer, once they hold this many bytes: with the channel's two
+/// messages in flight, a scan holds at most about three of these however
+/// large the values (1,024 values of 256 KiB made a message 256 MiB, and a
+/// snapshot stream reading a chunk at a time pinned three of them).
+const SCAN_CHUNK_BYTES: usize = 256 << 10;
 
 type Chunk = StorageResult<Vec<(Vec<u8>, Vec<u8>)>>;
 
@@ -203,15 +208,20 @@ fn serve_snapshot(engine: RocksEngine, requests: Receiver<SnapRequest>, ready: S
                 let mut ro = ReadOptions::default();
                 ro.set_iterate_upper_bound(end.clone());
                 let mut chunk = Vec::with_capacity(SCAN_CHUNK);
+                let mut bytes = 0;
                 let iter = snap.iterator_cf_opt(engine.cf(cf), ro, IteratorMode::From(&start, Direction::Forward));
                 let mut receiver_gone = false;
                 for item in iter {
                     match item {
                         Ok((k, v)) => {
+                            bytes += k.len() + v.len();
                             chunk.push((k.into_vec(), v.into_vec()));
-                            if chunk.len() == SCAN_CHUNK && reply.send(Ok(std::mem::take(&mut chunk))).is_err() {
-                                receiver_gone = true;
-                                break;
+                            if chunk.len() == SCAN_CHUNK || bytes >= SCAN_CHUNK_BYTES {
+                                bytes = 0;
+                                if reply.send(Ok(std::mem::take(&mut chunk))).is_err() {
+                                    receiver_gone = true;
+                                    break;
+                                }
                             }
                         }
                         Err(e) => {

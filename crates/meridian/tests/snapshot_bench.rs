@@ -1,7 +1,8 @@
 //! Benchmark (not part of `make verify`; `make bench-snapshot` runs it):
 //! a large namespace sent to a new replica by streamed snapshot, on real
 //! processes. Fills namespace `/big/` of a 3-node cluster with
-//! `MERIDIAN_SNAPSHOT_BENCH_MB` MiB of values (default 1024), starts a
+//! `MERIDIAN_SNAPSHOT_BENCH_MB` MiB of values (default 512, which MVCC
+//! stores twice: a 1 GiB namespace), starts a
 //! fourth node that joins, adds it to the namespace's range as a learner,
 //! and measures how long until it has installed the snapshot and applied
 //! what the leader had committed, with the resident memory (VmRSS, sampled
@@ -59,7 +60,7 @@ fn knows_node(c: &ProcCluster, i: usize, id: u64) -> bool {
 #[ignore = "a benchmark: make bench-snapshot"]
 fn bench_a_large_namespace_streams_to_a_new_replica() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mib: usize = std::env::var("MERIDIAN_SNAPSHOT_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let mib: usize = std::env::var("MERIDIAN_SNAPSHOT_BENCH_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
     assert!((1..=16 << 10).contains(&mib), "MERIDIAN_SNAPSHOT_BENCH_MB must be 1..16384");
     let mut c = ProcCluster::start(3, &["/big/"]);
     let leader = c.leader_of(BIG_RANGE).expect("the namespace's range has a leader");
