@@ -42,10 +42,16 @@ const ENTRY_OVERHEAD: usize = 64;
 /// Hit and miss counts of a [`CachedEngine`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
+    /// Reads of cached keys answered from the cache, since it was made.
     pub hits: u64,
+    /// Reads of cacheable keys that went to the inner engine, since it
+    /// was made. Reads of other column families, or of keys the cache does
+    /// not admit, count as neither.
     pub misses: u64,
-    /// Entries and bytes held now.
+    /// Entries held now (absent keys included).
     pub entries: usize,
+    /// Bytes held now, as the bound counts them: keys twice, values, and a
+    /// fixed overhead per entry.
     pub bytes: usize,
 }
 
@@ -157,11 +163,14 @@ impl<E: Engine> CachedEngine<E> {
         self
     }
 
+    /// Hit and miss counts so far, and what the cache holds now.
     pub fn stats(&self) -> CacheStats {
         let c = self.lock();
         CacheStats { hits: c.hits, misses: c.misses, entries: c.map.len(), bytes: c.bytes }
     }
 
+    /// The wrapped engine. Write only through this wrapper, or the cache
+    /// goes stale.
     pub fn inner(&self) -> &E {
         &self.inner
     }

@@ -16,6 +16,7 @@ use crate::state::{RangeDescriptor, RangeEpoch};
 /// Makes engines for the suite and simulates a restart (kill -9 for the
 /// memory engine, close and reopen for RocksDB).
 pub trait EngineFactory {
+    /// A new, empty engine, independent of every other it made.
     fn create(&mut self) -> Arc<dyn Engine>;
     /// Returns what a restarted process would open. `engine` must not be
     /// used afterwards.
@@ -65,6 +66,8 @@ fn collect(e: &dyn Engine, cf: Cf, start: &[u8], end: &[u8]) -> Vec<(Vec<u8>, Ve
     out
 }
 
+/// Put, get, delete and scan: scans are ordered, end-exclusive and stop
+/// when the callback says so; column families are separate.
 pub fn basic_put_get_delete_scan(f: &mut dyn EngineFactory) {
     let e = f.create();
     let mut b = WriteBatch::new();
@@ -92,6 +95,7 @@ pub fn basic_put_get_delete_scan(f: &mut dyn EngineFactory) {
     assert_eq!(e.get(Cf::Data, b"b").unwrap(), None, "delete removes the key");
 }
 
+/// `delete_range` removes exactly `[start, end)` and nothing of other ranges.
 pub fn delete_range_removes_only_its_span(f: &mut dyn EngineFactory) {
     let e = f.create();
     let mut b = WriteBatch::new();
@@ -110,6 +114,8 @@ pub fn delete_range_removes_only_its_span(f: &mut dyn EngineFactory) {
     assert_eq!(collect(&*e, Cf::RaftLog, &s2, &e2).len(), 10, "delete_range does not touch other ranges");
 }
 
+/// A batch spanning ranges survives a restart whole, its ops applied in
+/// order (a later op on a key wins).
 pub fn batch_across_ranges_is_atomic_and_ordered(f: &mut dyn EngineFactory) {
     let e = f.create();
     let mut b = WriteBatch::new();
@@ -126,6 +132,7 @@ pub fn batch_across_ranges_is_atomic_and_ordered(f: &mut dyn EngineFactory) {
     assert_eq!(e.get(Cf::Data, &keys::data_key(3, b"k")).unwrap(), None, "ops apply in batch order");
 }
 
+/// An engine snapshot sees neither later writes nor later keys.
 pub fn snapshot_is_isolated_from_later_writes(f: &mut dyn EngineFactory) {
     let e = f.create();
     write_one(&*e, Cf::Data, b"x", b"1", false);
@@ -145,6 +152,8 @@ pub fn snapshot_is_isolated_from_later_writes(f: &mut dyn EngineFactory) {
     assert_eq!(e.get(Cf::Data, b"x").unwrap(), Some(b"2".to_vec()));
 }
 
+/// A synced write survives a restart, and so does an unsynced one written
+/// before it (log order); `sync_count` counts synced writes.
 pub fn synced_writes_survive_restart(f: &mut dyn EngineFactory) {
     let e = f.create();
     write_one(&*e, Cf::RaftState, b"unsynced-then-synced", b"1", false);
@@ -167,6 +176,8 @@ fn write_one(e: &dyn Engine, cf: Cf, key: &[u8], value: &[u8], sync: bool) {
     e.write(&b, sync).unwrap();
 }
 
+/// [`Engine::sync`] makes earlier unsynced writes durable and counts in
+/// `sync_count`.
 pub fn sync_makes_earlier_writes_durable(f: &mut dyn EngineFactory) {
     let e = f.create();
     write_one(&*e, Cf::RaftState, b"written-then-synced", b"1", false);
@@ -200,6 +211,8 @@ fn ctx() -> GetEntriesContext {
     GetEntriesContext::empty(false)
 }
 
+/// [`PeerStorage`] appends, truncates a conflicting tail, compacts, and
+/// answers snapshot requests only with a built snapshot that covers them.
 pub fn peer_storage_append_truncate_compact(f: &mut dyn EngineFactory) {
     let e = f.create();
     let mut ps = bootstrap(&e, 7);
@@ -315,6 +328,8 @@ pub fn peer_storage_entry_cache_matches_the_log(f: &mut dyn EngineFactory) {
     }
 }
 
+/// [`PeerStorage`] reopens after a restart with its hard state, log bounds,
+/// terms and apply state; a range never stored is `RangeNotFound`.
 pub fn peer_storage_recovers_after_restart(f: &mut dyn EngineFactory) {
     let e = f.create();
     let mut ps = bootstrap(&e, 3);
@@ -377,6 +392,8 @@ pub fn a_namespace_moves_to_another_range_with_its_keys_unchanged(f: &mut dyn En
     assert!(target.get(Cf::Data, &keys::data_key(12, b"k/a")).unwrap().is_none(), "nothing is keyed by the new range id");
 }
 
+/// Installing a streamed snapshot replaces the range's data and log, takes
+/// the descriptor it carries, and a corrupt snapshot is rejected.
 pub fn peer_storage_snapshot_install_replaces_data(f: &mut dyn EngineFactory) {
     let leader_engine = f.create();
     let mut leader = bootstrap(&leader_engine, 5);
@@ -493,6 +510,8 @@ pub fn an_install_cut_by_a_crash_is_finished_at_restart(f: &mut dyn EngineFactor
     assert_eq!(ps.apply_state().applied_index, 9);
 }
 
+/// A corrupt log record is `Corrupt` at open, and a missing one is `LogGap`,
+/// both naming the range.
 pub fn corrupt_log_record_is_reported_at_open(f: &mut dyn EngineFactory) {
     let e = f.create();
     let mut ps = bootstrap(&e, 11);

@@ -22,8 +22,12 @@ pub enum Cf {
 }
 
 impl Cf {
+    /// Every column family, in declaration order: the ones an engine
+    /// creates or opens.
     pub const ALL: [Cf; 6] = [Cf::RaftLog, Cf::RaftState, Cf::ApplyState, Cf::Meta, Cf::Data, Cf::SnapStage];
 
+    /// The column family's name in RocksDB. Part of the on-disk format:
+    /// an existing database is opened by these names.
     pub fn name(self) -> &'static str {
         match self {
             Cf::RaftLog => "raft_log",
@@ -43,19 +47,29 @@ impl Cf {
 /// One write in a [`WriteBatch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
+    /// Sets `key` to `value`, replacing any earlier value.
     Put {
+        /// The column family written.
         cf: Cf,
+        /// The key set.
         key: Vec<u8>,
+        /// Its new value.
         value: Vec<u8>,
     },
+    /// Removes `key`; a missing key is no error.
     Delete {
+        /// The column family written.
         cf: Cf,
+        /// The key removed.
         key: Vec<u8>,
     },
     /// Deletes every key in `[start, end)`.
     DeleteRange {
+        /// The column family written.
         cf: Cf,
+        /// First key deleted (inclusive).
         start: Vec<u8>,
+        /// End of the span (exclusive); at or below `start` deletes nothing.
         end: Vec<u8>,
     },
 }
@@ -68,38 +82,46 @@ pub struct WriteBatch {
 }
 
 impl WriteBatch {
+    /// An empty batch.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Appends a [`WriteOp::Put`] of `key` → `value` in `cf`.
     pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
         self.size_bytes += key.len() + value.len();
         self.ops.push(WriteOp::Put { cf, key, value });
     }
 
+    /// Appends a [`WriteOp::Delete`] of `key` in `cf`.
     pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
         self.size_bytes += key.len();
         self.ops.push(WriteOp::Delete { cf, key });
     }
 
+    /// Appends a [`WriteOp::DeleteRange`] of `[start, end)` in `cf`.
     pub fn delete_range(&mut self, cf: Cf, start: Vec<u8>, end: Vec<u8>) {
         self.size_bytes += start.len() + end.len();
         self.ops.push(WriteOp::DeleteRange { cf, start, end });
     }
 
+    /// Whether the batch holds no op.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
 
+    /// Number of ops (not bytes: see [`WriteBatch::size_bytes`]).
     pub fn len(&self) -> usize {
         self.ops.len()
     }
 
-    /// Approximate payload size, for batch-size limits.
+    /// Approximate payload size in bytes (keys and values, no per-op
+    /// overhead), for batch-size limits.
     pub fn size_bytes(&self) -> usize {
         self.size_bytes
     }
 
+    /// The ops in the order they apply: a later op on a key wins.
     pub fn ops(&self) -> &[WriteOp] {
         &self.ops
     }
@@ -118,6 +140,7 @@ impl WriteBatch {
             .sum();
     }
 
+    /// Moves every op of `other` to the end of this batch, after its own.
     pub fn append(&mut self, other: WriteBatch) {
         self.size_bytes += other.size_bytes;
         self.ops.extend(other.ops);
@@ -126,6 +149,7 @@ impl WriteBatch {
 
 /// A consistent, read-only view of the engine at one point in time.
 pub trait EngineSnapshot: Send + Sync {
+    /// The value of `key` in `cf` as of the snapshot, `None` if absent.
     fn get(&self, cf: Cf, key: &[u8]) -> StorageResult<Option<Vec<u8>>>;
     /// Calls `f` for each key in `[start, end)` in order until it returns false.
     fn scan(&self, cf: Cf, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> StorageResult<()>;
@@ -144,13 +168,22 @@ pub trait EngineSnapshot: Send + Sync {
 /// - After a crash, what survives is a prefix of the writes, in order.
 /// - Reads observe every batch whose `write` has returned.
 pub trait Engine: Send + Sync + 'static {
+    /// The value of `key` in `cf`, `None` if absent. Sees every batch whose
+    /// [`Engine::write`] has returned, synced or not.
     fn get(&self, cf: Cf, key: &[u8]) -> StorageResult<Option<Vec<u8>>>;
     /// Calls `f` for each key in `[start, end)` in order until it returns false.
     fn scan(&self, cf: Cf, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> StorageResult<()>;
+    /// Applies `batch` atomically, its ops in order. With `sync`, the batch
+    /// and every one written before it are durable when this returns
+    /// (one fsync); without, they become durable at the next synced write
+    /// or [`Engine::sync`].
     fn write(&self, batch: &WriteBatch, sync: bool) -> StorageResult<()>;
     /// Makes every write that returned before this call durable (one fsync
     /// of the write-ahead log), without blocking writers meanwhile.
     fn sync(&self) -> StorageResult<()>;
+    /// A consistent read-only view of the engine now, unaffected by later
+    /// writes. Holding it keeps that state alive in the engine, so drop it
+    /// when done.
     fn snapshot(&self) -> Box<dyn EngineSnapshot>;
     /// Number of synced writes so far (one fsync each): the group-commit
     /// benchmark divides committed entries by this.

@@ -14,9 +14,18 @@ use crate::MemEngine;
 /// sync first blocks until the sender of that channel is dropped: a hung
 /// disk.
 pub struct FailingEngine {
+    /// The engine that holds the data and serves every call that does not
+    /// fail.
     pub inner: MemEngine,
+    /// Once set, writes and syncs (only syncs, with `only_sync`) return
+    /// [`StorageError::Io`]; shared so a test can flip it while the engine
+    /// is in use.
     pub fail: Arc<AtomicBool>,
+    /// With `fail` set, fail only [`Engine::sync`], not writes (synced or
+    /// not).
     pub only_sync: bool,
+    /// If set, each sync waits on this channel first: it blocks until a
+    /// message arrives or the sender is dropped.
     pub hold_syncs: Option<Mutex<Receiver<()>>>,
 }
 

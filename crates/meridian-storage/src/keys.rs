@@ -21,6 +21,7 @@
 //! sequence (and so every fencing token) continues, its lease ids stay
 //! valid. At bootstrap a namespace's id is the id of its first range.
 
+/// The 8-byte big-endian prefix every Raft record of `range_id` starts with.
 pub fn range_prefix(range_id: u64) -> [u8; 8] {
     range_id.to_be_bytes()
 }
@@ -35,6 +36,8 @@ pub fn range_span(range_id: u64) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
+/// Key of the log entry at `index` of `range_id` in [`crate::Cf::RaftLog`]:
+/// `range_id ++ index`, both big-endian, so entries sort by index.
 pub fn log_key(range_id: u64, index: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(16);
     k.extend_from_slice(&range_id.to_be_bytes());
@@ -48,6 +51,8 @@ pub fn log_index(key: &[u8]) -> Option<u64> {
     (key.len() == 16).then(|| u64::from_be_bytes(tail))
 }
 
+/// Key of `range_id`'s single record in [`crate::Cf::RaftState`],
+/// [`crate::Cf::ApplyState`] and [`crate::Cf::Meta`]: the bare range prefix.
 pub fn state_key(range_id: u64) -> Vec<u8> {
     range_id.to_be_bytes().to_vec()
 }

@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! Meridian's storage seam.
 //!
 //! ```text

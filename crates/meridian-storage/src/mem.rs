@@ -70,6 +70,7 @@ fn scan_table(t: &BTreeMap<Vec<u8>, Vec<u8>>, start: &[u8], end: &[u8], f: &mut 
 }
 
 impl MemEngine {
+    /// An empty engine with nothing written.
     pub fn new() -> Self {
         Self::default()
     }

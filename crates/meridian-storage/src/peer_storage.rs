@@ -21,8 +21,12 @@ use crate::state::{ApplyState, RaftLocalState, RangeDescriptor};
 /// A snapshot raft-rs asked for that is not built yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotRequest {
+    /// The range to snapshot.
     pub range_id: u64,
+    /// The log index raft-rs asked for: the snapshot must cover at least
+    /// this index (and the log's truncation point).
     pub request_index: u64,
+    /// Node id of the follower the snapshot is for.
     pub to: u64,
 }
 
@@ -32,6 +36,12 @@ struct SnapshotSlot {
     requested: Option<SnapshotRequest>,
 }
 
+/// One range's Raft storage: raft-rs's [`Storage`] over the range's records
+/// in an [`Engine`], with the log's bounds, the raft and apply state, and
+/// the most recently appended entries cached in memory. Changes are staged
+/// into a caller-owned [`WriteBatch`] and the in-memory state moves on at
+/// once, so the caller writes the batch before raft-rs reads storage again
+/// (see the module docs).
 pub struct PeerStorage {
     range_id: u64,
     engine: Arc<dyn Engine>,
@@ -58,6 +68,8 @@ impl EntryCacheBudget {
     /// A node's default: sixteen ranges' worth of the 4 MiB per-range bound.
     pub const DEFAULT_BYTES: usize = 64 << 20;
 
+    /// A budget of `limit` bytes of entry payload, none used yet. Clones
+    /// share it.
     pub fn new(limit: usize) -> Self {
         EntryCacheBudget { used: Arc::new(AtomicUsize::new(0)), limit }
     }
@@ -310,6 +322,7 @@ impl PeerStorage {
         })
     }
 
+    /// The range this storage serves.
     pub fn range_id(&self) -> u64 {
         self.range_id
     }
@@ -319,22 +332,31 @@ impl PeerStorage {
         self.cache.set_budget(budget);
     }
 
+    /// The engine the range's records live in.
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
     }
 
+    /// The raft local state as staged (it may not be written yet).
     pub fn raft_state(&self) -> &RaftLocalState {
         &self.raft_state
     }
 
+    /// The apply state as staged (it may not be written yet).
     pub fn apply_state(&self) -> ApplyState {
         self.apply_state
     }
 
+    /// The log's truncation point (see
+    /// [`RaftLocalState::truncated_index`]): the first stored entry is the
+    /// one after it.
     pub fn truncated_index(&self) -> u64 {
         self.raft_state.truncated_index
     }
 
+    /// Index of the last log entry, staged or written (the truncation
+    /// point if the log is empty). Unlike [`Storage::last_index`] it
+    /// cannot fail.
     pub fn last_index_cached(&self) -> u64 {
         self.last_index
     }
@@ -345,7 +367,8 @@ impl PeerStorage {
 
     /// Stages appending `entries`, truncating any conflicting tail of the
     /// stored log (raft-rs hands us entries that overwrite from their first
-    /// index on).
+    /// index on). Panics if the entries would leave a gap: the first must
+    /// follow the truncation point and be at most one past the last index.
     pub fn append(&mut self, entries: &[Entry], batch: &mut WriteBatch) {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else { return };
         assert!(
@@ -371,21 +394,26 @@ impl PeerStorage {
         self.cache.append(entries);
     }
 
+    /// Stages `hs` as the range's hard state.
     pub fn set_hard_state(&mut self, hs: &HardState, batch: &mut WriteBatch) {
         self.raft_state.hard_state = hs.clone();
         self.stage_raft_state(batch);
     }
 
+    /// Stages a new commit index, keeping the rest of the hard state.
     pub fn set_commit(&mut self, commit: u64, batch: &mut WriteBatch) {
         self.raft_state.hard_state.commit = commit;
         self.stage_raft_state(batch);
     }
 
+    /// Stages `cs` as the range's membership configuration.
     pub fn set_conf_state(&mut self, cs: ConfState, batch: &mut WriteBatch) {
         self.raft_state.conf_state = cs;
         self.stage_raft_state(batch);
     }
 
+    /// Stages the apply state: entries up to `applied_index` (of term
+    /// `applied_term`) are applied, so the entry cache drops them.
     pub fn set_applied(&mut self, applied_index: u64, applied_term: u64, batch: &mut WriteBatch) {
         self.apply_state = ApplyState { applied_index, applied_term };
         self.cache.trim_to(applied_index);
@@ -452,6 +480,10 @@ impl PeerStorage {
         self.snapshot.lock().expect("snapshot slot").requested.take()
     }
 
+    /// Hands over the snapshot built for a [`SnapshotRequest`], replacing
+    /// any earlier one: raft-rs's [`Storage::snapshot`] calls get it for as
+    /// long as it covers both the index they ask for and the log's
+    /// truncation point.
     pub fn set_built_snapshot(&self, snap: Snapshot) {
         self.snapshot.lock().expect("snapshot slot").built = Some(snap);
     }

@@ -10,21 +10,27 @@ use crate::error::{StorageError, StorageResult};
 /// plus where the log was truncated.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RaftLocalState {
+    /// Current term, vote and commit index.
     pub hard_state: HardState,
+    /// The membership configuration in effect.
     pub conf_state: ConfState,
     /// Index and term of the last entry removed by compaction or covered by
     /// an installed snapshot. The first stored entry is `truncated_index + 1`.
     pub truncated_index: u64,
+    /// Term of the entry at `truncated_index`.
     pub truncated_term: u64,
 }
 
 impl RaftLocalState {
+    /// The checksummed record stored in [`crate::Cf::RaftState`].
     pub fn encode(&self) -> Vec<u8> {
         let hs = self.hard_state.write_to_bytes().expect("encode HardState");
         let cs = self.conf_state.write_to_bytes().expect("encode ConfState");
         Enc::new().bytes(&hs).bytes(&cs).u64(self.truncated_index).u64(self.truncated_term).finish()
     }
 
+    /// Decodes what [`RaftLocalState::encode`] wrote; a bad record is
+    /// [`StorageError::Corrupt`] naming `range_id`.
     pub fn decode(raw: &[u8], range_id: u64) -> StorageResult<Self> {
         let mut d = Dec::new(raw, range_id, "raft local state")?;
         let bad = |e: protobuf::ProtobufError| StorageError::Corrupt { range_id, what: format!("raft local state: {e}") };
@@ -40,15 +46,20 @@ impl RaftLocalState {
 /// How far a range's state machine has applied its log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ApplyState {
+    /// Index of the last log entry applied to the state machine.
     pub applied_index: u64,
+    /// Term of that entry.
     pub applied_term: u64,
 }
 
 impl ApplyState {
+    /// The checksummed record stored in [`crate::Cf::ApplyState`].
     pub fn encode(&self) -> Vec<u8> {
         Enc::new().u64(self.applied_index).u64(self.applied_term).finish()
     }
 
+    /// Decodes what [`ApplyState::encode`] wrote; a bad record is
+    /// [`StorageError::Corrupt`] naming `range_id`.
     pub fn decode(raw: &[u8], range_id: u64) -> StorageResult<Self> {
         let mut d = Dec::new(raw, range_id, "apply state")?;
         let s = Self { applied_index: d.u64()?, applied_term: d.u64()? };
@@ -62,14 +73,21 @@ impl ApplyState {
 /// stale ones can be rejected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RangeEpoch {
+    /// Membership version: incremented by every configuration change.
     pub conf_ver: u64,
+    /// Key-span version: incremented by every split or merge.
     pub version: u64,
 }
 
+/// What a replica is in its range's Raft group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReplicaRole {
+    /// Votes and counts toward the quorum.
     Voter,
+    /// Receives the log but does not vote (e.g. a new replica catching up).
     Learner,
+    /// Votes and keeps the log but holds no data. Nothing assigns this role
+    /// yet: the stored format has room for witness replicas.
     Witness,
 }
 
@@ -92,9 +110,12 @@ impl ReplicaRole {
     }
 }
 
+/// One replica of a range: the node holding it and its role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ReplicaDesc {
+    /// The node the replica lives on (also its Raft peer id).
     pub node_id: u64,
+    /// Its role in the Raft group.
     pub role: ReplicaRole,
 }
 
@@ -102,6 +123,8 @@ pub struct ReplicaDesc {
 /// which namespace its data lives.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RangeDescriptor {
+    /// The range (Raft group) this describes; its Raft records are keyed
+    /// by it.
     pub range_id: u64,
     /// The namespace whose data the range serves: every data record (keys,
     /// MVCC history, the revision counter, leases, lock queues) is stored
@@ -115,7 +138,9 @@ pub struct RangeDescriptor {
     pub start: Vec<u8>,
     /// Exclusive end; empty means "to the end of the keyspace".
     pub end: Vec<u8>,
+    /// The range's version, for rejecting stale messages and requests.
     pub epoch: RangeEpoch,
+    /// The range's replicas and their roles.
     pub replicas: Vec<ReplicaDesc>,
 }
 
@@ -128,7 +153,9 @@ const MAX_REPLICAS: u64 = 64;
 /// at or below `key` is an empty interval (only `key` is checked).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyInterval {
+    /// The first (or only) key.
     pub key: Vec<u8>,
+    /// Exclusive end, with the conventions above.
     pub range_end: Vec<u8>,
 }
 
@@ -145,6 +172,7 @@ impl KeyInterval {
 }
 
 impl RangeDescriptor {
+    /// Whether `key` lies in `[start, end)` (an empty `end`: unbounded).
     pub fn contains_key(&self, key: &[u8]) -> bool {
         key >= self.start.as_slice() && (self.end.is_empty() || key < self.end.as_slice())
     }
@@ -162,10 +190,13 @@ impl RangeDescriptor {
         }
     }
 
+    /// The replica on node `node_id`, if the range has one there.
     pub fn replica(&self, node_id: u64) -> Option<&ReplicaDesc> {
         self.replicas.iter().find(|r| r.node_id == node_id)
     }
 
+    /// The checksummed record stored in [`crate::Cf::Meta`] (and carried in
+    /// a snapshot's header).
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc::new();
         e.u64(self.range_id).bytes(&self.start).bytes(&self.end);
@@ -178,6 +209,10 @@ impl RangeDescriptor {
         e.finish()
     }
 
+    /// Decodes what [`RangeDescriptor::encode`] wrote. A bad record
+    /// (including an unknown role or implausibly many replicas) is
+    /// [`StorageError::Corrupt`] naming `range_id`; the decoded
+    /// `range_id` field is whatever the record holds.
     pub fn decode(raw: &[u8], range_id: u64) -> StorageResult<Self> {
         let mut d = Dec::new(raw, range_id, "range descriptor")?;
         let corrupt = |what: &str| StorageError::Corrupt { range_id, what: format!("range descriptor: {what}") };
