@@ -2,10 +2,21 @@
 /// long one is (production: 100 ms).
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
+    /// This node's id: its raft id in every range it holds a replica of.
     pub node_id: u64,
+    /// Ticks between a leader's heartbeats (raft-rs `heartbeat_tick`).
     pub heartbeat_ticks: usize,
+    /// Ticks a follower waits without hearing a leader before it campaigns
+    /// (raft-rs `election_tick`; each wait is drawn from
+    /// `[election_ticks, 1.5 * election_ticks)`). Also scales the store's
+    /// timeouts: forwarded proposals and the liveness window wait two of
+    /// these.
     pub election_ticks: usize,
+    /// Bytes of entries per append message (raft-rs `max_size_per_msg`),
+    /// and of staged proposals a follower forwards in one `MsgPropose`.
     pub max_size_per_msg_bytes: u64,
+    /// Append messages a leader keeps in flight to one follower before it
+    /// waits for acknowledgements (raft-rs `max_inflight_msgs`).
     pub max_inflight_msgs: usize,
     /// Compact a range's log once this many applied entries sit in it.
     pub compact_log_entries: u64,
@@ -44,6 +55,8 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
+    /// The defaults for node `node_id` (production tuning; no deferred
+    /// sync, no applied-entry recording, seed 0).
     pub fn new(node_id: u64) -> Self {
         StoreConfig {
             node_id,

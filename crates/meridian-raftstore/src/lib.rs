@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! Meridian's Multi-Raft store: one [`Store`] per node drives many ranges,
 //! each a raft-rs `RawNode` over a [`meridian_storage::PeerStorage`].
 //!

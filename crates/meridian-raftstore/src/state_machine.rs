@@ -48,6 +48,7 @@ impl<'a> ApplyContext<'a> {
         self
     }
 
+    /// The range whose entry is being applied.
     pub fn range_id(&self) -> u64 {
         self.range_id
     }
@@ -63,6 +64,8 @@ impl<'a> ApplyContext<'a> {
         Savepoint { batch_len: self.batch.len(), undo_len: self.undo.len() }
     }
 
+    /// Undoes every write staged since `sp` was taken (in the batch and
+    /// as later reads see them); writes staged before it stay.
     pub fn rollback(&mut self, sp: Savepoint) {
         self.batch.truncate(sp.batch_len);
         while self.undo.len() > sp.undo_len {
@@ -127,6 +130,9 @@ impl<'a> ApplyContext<'a> {
         }
     }
 
+    /// The value of `key` in the namespace's data (`None`: absent), seeing
+    /// this round's staged writes and deletes. Errs only if the engine
+    /// read fails.
     pub fn get(&self, key: &[u8]) -> StorageResult<Option<Vec<u8>>> {
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
@@ -134,11 +140,15 @@ impl<'a> ApplyContext<'a> {
         self.engine.get(Cf::Data, &keys::data_key(self.namespace_id, key))
     }
 
+    /// Stages a write of `key` in the namespace's data: durable with the
+    /// round's batch, visible to later reads of this round at once.
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
         self.batch.put(Cf::Data, keys::data_key(self.namespace_id, key), value.to_vec());
         self.stage(key, Some(value.to_vec()));
     }
 
+    /// Stages a delete of `key` in the namespace's data, like
+    /// [`ApplyContext::put`].
     pub fn delete(&mut self, key: &[u8]) {
         self.batch.delete(Cf::Data, keys::data_key(self.namespace_id, key));
         self.stage(key, None);
@@ -175,6 +185,9 @@ pub fn data_bounds(namespace_id: u64, start: &[u8], end: &[u8]) -> (Vec<u8>, Vec
 /// - A command it cannot parse is answered with an error response, not a
 ///   panic: the entry is committed and must be applied everywhere alike.
 pub trait StateMachine: Send {
+    /// Applies the committed `command` at log `index`, writing through
+    /// `ctx`, and returns the response the proposer gets. Called once per
+    /// non-empty normal entry, in log order (never for conf changes).
     fn apply(&mut self, ctx: &mut ApplyContext<'_>, index: u64, command: &[u8]) -> Vec<u8>;
     /// Rebuilds in-memory state from the engine (after restart or
     /// snapshot), from the data of `namespace_id`.
@@ -190,6 +203,9 @@ pub trait StateMachine: Send {
 
 /// Creates the state machine for a range replica.
 pub trait StateMachineFactory: Send + Sync {
+    /// A state machine for the replica `desc` describes (called when the
+    /// store opens or creates the replica; its state comes from
+    /// [`StateMachine::reload`] next).
     fn create(&self, desc: &RangeDescriptor) -> Box<dyn StateMachine>;
 
     /// Whether the record at `key` (the machine's own key, without the

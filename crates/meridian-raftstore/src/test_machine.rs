@@ -10,11 +10,17 @@ use meridian_storage::{keys, Cf, Engine, StorageResult};
 
 use crate::state_machine::{ApplyContext, StateMachine};
 
+/// The key under which the machine keeps its hash chain (the value a
+/// query for it answers, 8 bytes little-endian). Commands cannot write it.
 pub const CHAIN_KEY: &[u8] = b"\x00chain";
 
+/// The register store (see the module docs). Keeps no in-memory state: all
+/// of it is in the range's data.
 #[derive(Default)]
 pub struct RegisterMachine;
 
+/// The command that puts `value` at `key` (`key` must be non-empty and
+/// hold no space: the first space ends it).
 pub fn put_command(key: &[u8], value: &[u8]) -> Vec<u8> {
     let mut c = Vec::with_capacity(3 + key.len() + value.len());
     c.extend_from_slice(b"P ");

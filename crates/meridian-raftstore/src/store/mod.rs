@@ -65,8 +65,13 @@ pub(crate) use snapshot::PinnedSnapshot;
 /// ([`RaftstoreError::KeyNotInRange`]), before it changes anything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RangeRequest {
+    /// The range the request is for.
     pub range_id: u64,
+    /// The range's epoch as the caller's route has it; must equal the
+    /// replica's.
     pub epoch: RangeEpoch,
+    /// The keys the request touches; each must lie in the range's span.
+    /// Empty for requests that touch no keys.
     pub keys: Vec<KeyInterval>,
 }
 
@@ -133,9 +138,13 @@ pub enum Bootstrap {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub u64);
 
+/// The answer to a proposal or read, handed out by [`Store::poll`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Completion {
+    /// The request answered: the id [`Store::propose`],
+    /// [`Store::read_index`] or another request method returned.
     pub id: RequestId,
+    /// The range the request went to.
     pub range_id: u64,
     /// The state machine's response, with the index the request was applied
     /// (or read) at.
@@ -153,33 +162,55 @@ impl Completion {
 /// An applied entry, recorded for the simulation's checkers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedEntry {
+    /// The range whose log holds the entry.
     pub range_id: u64,
+    /// The entry's log index.
     pub index: u64,
+    /// The entry's raft term.
     pub term: u64,
+    /// The entry's payload: the command (empty for a leader's empty entry;
+    /// the encoded change for a conf change).
     pub data: Vec<u8>,
 }
 
+/// A snapshot of one replica's state, from [`Store::range_status`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RangeStatus {
+    /// The range.
     pub range_id: u64,
+    /// This replica's raft role.
     pub role: StateRole,
+    /// This replica's current raft term.
     pub term: u64,
+    /// The leader this replica knows of (0: none).
     pub leader_id: u64,
+    /// Highest log index this replica knows is committed.
     pub commit: u64,
+    /// Highest log index applied to the state machine.
     pub applied: u64,
+    /// Index of the last entry in this replica's log (appended, possibly
+    /// not yet durable).
     pub last_index: u64,
+    /// Index of the first entry still in the log (entries before it were
+    /// compacted away).
     pub first_index: u64,
     /// The namespace whose data the replica holds.
     pub namespace_id: u64,
     /// The span the replica serves (`end` empty: to the end of the keyspace).
     pub start: Vec<u8>,
+    /// Exclusive end of that span (empty: unbounded).
     pub end: Vec<u8>,
+    /// The epoch requests to the replica must name.
     pub epoch: RangeEpoch,
+    /// Node ids of the voters (of the incoming configuration while joint).
     pub voters: Vec<u64>,
+    /// Node ids of the learners.
     pub learners: Vec<u64>,
     /// Non-empty while the range is in a joint configuration (a membership
     /// change entered, not yet left).
     pub voters_outgoing: Vec<u64>,
+    /// The range is idle and caught up and has stopped ticking, until a
+    /// request or message wakes it.
     pub quiesced: bool,
     /// Not in the range's configuration (it applied its removal, or a
     /// member told it so): serves nothing until added back.
@@ -204,24 +235,41 @@ fn replica_state(s: raft::ProgressState) -> ReplicaState {
 /// Counters an operator (and the group-commit benchmark) watches.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StoreMetrics {
+    /// Poll rounds run (a [`Store::poll`] may run two).
     pub poll_rounds: u64,
+    /// Engine syncs that made new writes durable (each covers the writes
+    /// of one or more rounds).
     pub synced_writes: u64,
+    /// Raft log entries written.
     pub entries_persisted: u64,
+    /// Commands applied to state machines (empty entries and conf changes
+    /// not counted).
     pub entries_applied: u64,
+    /// Envelopes handed to the transport (raft messages, node pings,
+    /// removed hints; snapshot streams not counted).
     pub messages_sent: u64,
+    /// Inbound messages dropped: malformed or misaddressed, from a removed
+    /// replica, for a range not here (and not a leader's), or a
+    /// `MsgSnapshot` whose data had not all arrived.
     pub messages_rejected: u64,
+    /// Snapshots built for raft-rs (an engine view pinned for each).
     pub snapshots_built: u64,
+    /// Received snapshots moved into place in full.
     pub snapshots_installed: u64,
     /// Snapshot streams handed to the transport (one per follower sent to).
     pub snapshots_sent: u64,
     /// Chunks of received snapshots staged, and their bytes.
     pub snapshot_chunks_received: u64,
+    /// Bytes of data in the received snapshot chunks staged.
     pub snapshot_bytes_received: u64,
     /// Received transfers given up (a gap, a corrupt chunk, a wrong total,
     /// silence, or raft refused the snapshot), and chunks refused (over the
     /// bound of transfers, or for a range busy installing).
     pub snapshots_abandoned: u64,
+    /// Received snapshot chunks refused (see above).
     pub snapshot_chunks_refused: u64,
+    /// Proposals answered [`RaftstoreError::ProposalDropped`] (their entry
+    /// was replaced by another leader's).
     pub proposals_dropped: u64,
     /// Proposals a follower handed to its leader inside raft.
     pub proposals_forwarded: u64,
@@ -229,6 +277,7 @@ pub struct StoreMetrics {
     /// the forward timeout or while it followed the leader they were
     /// handed to, and were answered `OutcomeUnknown`.
     pub forwarded_unknown: u64,
+    /// Reads answered [`RaftstoreError::ReadTimeout`].
     pub read_timeouts: u64,
     /// Microseconds the driver's sync thread spent in log fsyncs (its
     /// own measurement; 0 when `poll` syncs inline).
@@ -238,7 +287,9 @@ pub struct StoreMetrics {
     /// The engine's read cache of hot records, if it has one: reads it
     /// answered, reads that went to the engine, bytes held now.
     pub read_cache_hits: u64,
+    /// Reads the engine's read cache passed to the engine (see above).
     pub read_cache_misses: u64,
+    /// Bytes the engine's read cache holds now (see above).
     pub read_cache_bytes: u64,
 }
 
@@ -262,6 +313,9 @@ pub const PINNED_SNAPSHOT_TICKS: u64 = 600;
 /// its staged records deleted (the sender died or gave up).
 pub const INCOMING_SNAPSHOT_IDLE_TICKS: u64 = 600;
 
+/// One node's Multi-Raft store: every range replica on the node, driven
+/// by its caller through inputs (requests, inbound envelopes, ticks) and
+/// [`Store::poll`] rounds. See the crate docs for the shape of a round.
 pub struct Store {
     cfg: StoreConfig,
     engine: Arc<dyn Engine>,
@@ -480,18 +534,23 @@ impl Store {
         Ok(())
     }
 
+    /// This node's id.
     pub fn node_id(&self) -> u64 {
         self.cfg.node_id
     }
 
+    /// The configuration the store was opened with.
     pub fn config(&self) -> &StoreConfig {
         &self.cfg
     }
 
+    /// The engine every replica here stores its log and data in.
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
     }
 
+    /// The counters since the store was opened, with the entry-cache and
+    /// read-cache gauges read now.
     pub fn metrics(&self) -> StoreMetrics {
         let mut m = self.metrics;
         m.entry_cache_bytes = self.entry_cache_budget.used() as u64;
@@ -501,10 +560,14 @@ impl Store {
         m
     }
 
+    /// Ids of the ranges with a replica here (dormant ones included), in
+    /// ascending order.
     pub fn range_ids(&self) -> Vec<u64> {
         self.peers.keys().copied().collect()
     }
 
+    /// The descriptor of this node's replica of `range_id` (span, epoch,
+    /// replicas), or `None` without one.
     pub fn descriptor(&self, range_id: u64) -> Option<&RangeDescriptor> {
         self.peers.get(&range_id).map(|p| &p.desc)
     }
@@ -516,6 +579,8 @@ impl Store {
         RangeRequest::new(range_id, self.descriptor(range_id).map(|d| d.epoch).unwrap_or_default())
     }
 
+    /// The state of this node's replica of `range_id`, or `None` without
+    /// one.
     pub fn range_status(&self, range_id: u64) -> Option<RangeStatus> {
         let p = self.peers.get(&range_id)?;
         let r = &p.raft.raft;
@@ -548,6 +613,7 @@ impl Store {
         })
     }
 
+    /// [`Store::range_status`] of every replica here, by ascending range id.
     pub fn statuses(&self) -> Vec<RangeStatus> {
         self.peers.keys().filter_map(|id| self.range_status(*id)).collect()
     }

@@ -193,6 +193,12 @@ impl Store {
         Ok(id)
     }
 
+    /// Asks the range's leader (this replica) to hand leadership to the
+    /// voter `to`; done once `to` wins an election, which
+    /// [`Store::range_status`] shows (raft-rs gives up after an election
+    /// timeout). Errs as [`Store::propose_on_leader`] does if this replica
+    /// cannot take a request, and with `InvalidRequest` if `to` is not a
+    /// voter.
     pub fn transfer_leader(&mut self, range_id: u64, to: u64) -> Result<(), RaftstoreError> {
         let p = self.leader_peer(range_id)?;
         if !p.raft.raft.prs().conf().voters().contains(to) {
