@@ -8,8 +8,11 @@ use meridian_storage::KeyInterval;
 
 use crate::mvcc::KeyValue;
 
+/// One command of the log (one Raft entry): an [`Op`] and when it was
+/// proposed. The machine answers it with an encoded [`Outcome`].
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
+    /// What to do; `None` is invalid.
     #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
     pub op: Option<Op>,
     /// The proposer's wall clock (Unix ms), recorded as information only
@@ -18,20 +21,32 @@ pub struct Command {
     pub wall_ms: i64,
 }
 
+/// The commands the machine applies. Each changes the range in one
+/// revision, or, if it fails, changes nothing.
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum Op {
+    /// Put one key (etcd's Put).
     #[prost(message, tag = "1")]
     Put(PutOp),
+    /// Delete a key or an interval of keys (etcd's DeleteRange).
     #[prost(message, tag = "2")]
     DeleteRange(DeleteOp),
+    /// Compares, then one branch of requests, all at one revision (etcd's Txn).
     #[prost(message, tag = "3")]
     Txn(TxnOp),
+    /// Compact the history below this revision (etcd's Compact): it must be
+    /// above the last compaction and at most the current revision.
     #[prost(int64, tag = "4")]
     Compact(i64),
+    /// Create a lease (etcd's LeaseGrant).
     #[prost(message, tag = "5")]
     LeaseGrant(LeaseGrantOp),
+    /// Revoke a lease (the id): delete it and its keys in one revision, and
+    /// end its session's locks without lock-delay (etcd's LeaseRevoke).
     #[prost(int64, tag = "6")]
     LeaseRevoke(i64),
+    /// Record a lease's remaining TTL, or reset it (see
+    /// [`LeaseCheckpointOp`]).
     #[prost(message, tag = "7")]
     LeaseCheckpoint(LeaseCheckpointOp),
     /// A read proposed through the log (not used for ordinary reads, which
@@ -41,6 +56,7 @@ pub enum Op {
     /// Join a lock's queue (or take it at once if free).
     #[prost(message, tag = "9")]
     LockAcquire(LockAcquireOp),
+    /// Release a held lock; the head waiter is granted at once.
     #[prost(message, tag = "10")]
     LockRelease(LockReleaseOp),
     /// Leave a lock's queue (the waiter's deadline passed).
@@ -58,8 +74,12 @@ pub enum Op {
     Proclaim(ProclaimOp),
 }
 
+/// Take a lock for a session, or queue the session for it
+/// ([`Op::LockAcquire`]).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LockAcquireOp {
+    /// The lock's name: a key of the range, 1 to
+    /// [`MAX_LOCK_NAME`](crate::locks::MAX_LOCK_NAME) bytes.
     #[prost(bytes = "vec", tag = "1")]
     pub name: Vec<u8>,
     /// The session (a lease of this range).
@@ -79,10 +99,13 @@ pub struct LockAcquireOp {
     pub value: Vec<u8>,
 }
 
+/// Release a lock ([`Op::LockRelease`]).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LockReleaseOp {
+    /// The lock's name.
     #[prost(bytes = "vec", tag = "1")]
     pub name: Vec<u8>,
+    /// The holder's session (a lease of this range).
     #[prost(int64, tag = "2")]
     pub session: i64,
     /// The holder's token; 0 = whatever this session holds.
@@ -90,70 +113,105 @@ pub struct LockReleaseOp {
     pub token: i64,
 }
 
+/// Withdraw a queued acquire ([`Op::LockCancel`]); a waiter granted in the
+/// meantime is left holding.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LockCancelOp {
+    /// The lock's name.
     #[prost(bytes = "vec", tag = "1")]
     pub name: Vec<u8>,
+    /// The waiter's session.
     #[prost(int64, tag = "2")]
     pub session: i64,
+    /// The waiter, as its [`LockAcquireOp::waiter_id`] named it.
     #[prost(uint64, tag = "3")]
     pub waiter_id: u64,
 }
 
+/// Replace the value the holder of a lock publishes ([`Op::Proclaim`]).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ProclaimOp {
+    /// The lock's name.
     #[prost(bytes = "vec", tag = "1")]
     pub name: Vec<u8>,
+    /// The holder's session.
     #[prost(int64, tag = "2")]
     pub session: i64,
+    /// The holder's fencing token; it must be the current holder's.
     #[prost(int64, tag = "3")]
     pub token: i64,
+    /// The new value, at most
+    /// [`MAX_LOCK_VALUE`](crate::locks::MAX_LOCK_VALUE) bytes.
     #[prost(bytes = "vec", tag = "4")]
     pub value: Vec<u8>,
 }
 
+/// A read of a key or an interval of keys (etcd's RangeRequest, without
+/// sorting or filters).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RangeOp {
+    /// The key, or the first key of the interval.
     #[prost(bytes = "vec", tag = "1")]
     pub key: Vec<u8>,
+    /// The end of the interval, exclusive: empty reads `key` alone; `"\0"`
+    /// (a single zero byte) reads every key ≥ `key`.
     #[prost(bytes = "vec", tag = "2")]
     pub range_end: Vec<u8>,
+    /// Most key-values returned; 0 (or negative): no limit.
     #[prost(int64, tag = "3")]
     pub limit: i64,
+    /// The revision to read at; 0 (or negative): the current one. A revision
+    /// below the last compaction or above the current one is an error.
     #[prost(int64, tag = "4")]
     pub revision: i64,
+    /// Return keys without their values.
     #[prost(bool, tag = "5")]
     pub keys_only: bool,
+    /// Return only the count, no key-values.
     #[prost(bool, tag = "6")]
     pub count_only: bool,
 }
 
+/// A write of one key (etcd's PutRequest).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PutOp {
+    /// The key; must not be empty.
     #[prost(bytes = "vec", tag = "1")]
     pub key: Vec<u8>,
+    /// The new value (ignored with `ignore_value`).
     #[prost(bytes = "vec", tag = "2")]
     pub value: Vec<u8>,
+    /// The lease to attach the key to; 0: none. The lease must exist.
     #[prost(int64, tag = "3")]
     pub lease: i64,
+    /// Return the key-value the put replaced.
     #[prost(bool, tag = "4")]
     pub prev_kv: bool,
+    /// Keep the key's current value (`value` is ignored); the key must exist.
     #[prost(bool, tag = "5")]
     pub ignore_value: bool,
+    /// Keep the key's current lease (`lease` is ignored); the key must exist.
     #[prost(bool, tag = "6")]
     pub ignore_lease: bool,
 }
 
+/// A delete of a key or an interval of keys (etcd's DeleteRangeRequest).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct DeleteOp {
+    /// The key, or the first key of the interval; must not be empty.
     #[prost(bytes = "vec", tag = "1")]
     pub key: Vec<u8>,
+    /// The end of the interval, exclusive, as in [`RangeOp::range_end`].
     #[prost(bytes = "vec", tag = "2")]
     pub range_end: Vec<u8>,
+    /// Return the deleted key-values.
     #[prost(bool, tag = "3")]
     pub prev_kv: bool,
 }
 
+/// One condition of a [`TxnOp`] (etcd's Compare): `target` of every key in
+/// the interval, compared with the operand by `result`. With no key there,
+/// numeric targets compare 0 and VALUE fails.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Compare {
     /// 0 EQUAL, 1 GREATER, 2 LESS, 3 NOT_EQUAL (etcd's CompareResult).
@@ -164,8 +222,12 @@ pub struct Compare {
     /// lock named `key` (0 when free), compared with `number`.
     #[prost(int32, tag = "2")]
     pub target: i32,
+    /// The key, or the first key of the interval; for LOCK_TOKEN the lock's
+    /// name.
     #[prost(bytes = "vec", tag = "3")]
     pub key: Vec<u8>,
+    /// The end of the interval, exclusive, as in [`RangeOp::range_end`];
+    /// ignored by LOCK_TOKEN.
     #[prost(bytes = "vec", tag = "4")]
     pub range_end: Vec<u8>,
     /// The operand for VERSION, CREATE, MOD and LEASE targets.
@@ -176,44 +238,66 @@ pub struct Compare {
     pub value: Vec<u8>,
 }
 
+/// One request of a transaction branch (etcd's RequestOp).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RequestOp {
+    /// The request; `None` fails the transaction if its branch runs.
     #[prost(oneof = "RequestKind", tags = "1, 2, 3, 4")]
     pub kind: Option<RequestKind>,
 }
 
+/// The requests a transaction branch holds.
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum RequestKind {
+    /// A read; it sees the branch's earlier writes.
     #[prost(message, tag = "1")]
     Range(RangeOp),
+    /// A put.
     #[prost(message, tag = "2")]
     Put(PutOp),
+    /// A delete.
     #[prost(message, tag = "3")]
     DeleteRange(DeleteOp),
+    /// A nested transaction.
     #[prost(message, tag = "4")]
     Txn(TxnOp),
 }
 
+/// A transaction (etcd's TxnRequest): if every compare holds, `success`
+/// runs, else `failure`, in order, at one revision. A failing request fails
+/// the whole transaction; no key may be written twice in it
+/// ([`KvError::DuplicateKey`](crate::KvError::DuplicateKey)).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TxnOp {
+    /// The conditions, all of which must hold (none: `success` runs).
     #[prost(message, repeated, tag = "1")]
     pub compare: Vec<Compare>,
+    /// The requests run when every compare holds.
     #[prost(message, repeated, tag = "2")]
     pub success: Vec<RequestOp>,
+    /// The requests run otherwise.
     #[prost(message, repeated, tag = "3")]
     pub failure: Vec<RequestOp>,
 }
 
+/// A lease grant (etcd's LeaseGrantRequest).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LeaseGrantOp {
+    /// The id to create; 0: the next free id, carrying the namespace id (see
+    /// [`lease_namespace`](crate::mvcc::lease_namespace)). Must not be negative
+    /// nor in use.
     #[prost(int64, tag = "1")]
     pub id: i64,
+    /// Time to live, in seconds; must be positive.
     #[prost(int64, tag = "2")]
     pub ttl_s: i64,
 }
 
+/// A lease checkpoint or reset ([`Op::LeaseCheckpoint`]; see
+/// [`crate::lease_clock`]).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LeaseCheckpointOp {
+    /// The lease.
     #[prost(int64, tag = "1")]
     pub id: i64,
     /// The remaining TTL on the leader's clock; 0 resets the checkpoint (a
@@ -236,32 +320,43 @@ impl LeaseCheckpointOp {
 
 // ---- results ---------------------------------------------------------------
 
+/// What a command did: the result of its Raft entry, encoded.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Outcome {
     /// Revision of the range after the command.
     #[prost(int64, tag = "1")]
     pub revision: i64,
+    /// The command's result; [`OutcomeKind::Error`] if it failed.
     #[prost(oneof = "OutcomeKind", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
     pub kind: Option<OutcomeKind>,
 }
 
+/// The result of each kind of command.
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum OutcomeKind {
+    /// Of [`Op::Range`].
     #[prost(message, tag = "2")]
     Range(RangeOutcome),
+    /// Of [`Op::Put`].
     #[prost(message, tag = "3")]
     Put(PutOutcome),
+    /// Of [`Op::DeleteRange`].
     #[prost(message, tag = "4")]
     Delete(DeleteOutcome),
+    /// Of [`Op::Txn`].
     #[prost(message, tag = "5")]
     Txn(TxnOutcome),
+    /// Of a lease grant or checkpoint: the record after it.
     #[prost(message, tag = "6")]
     Lease(LeaseOutcome),
     /// A command that failed: nothing changed. Text as etcd words it.
     #[prost(message, tag = "7")]
     Error(ErrorOutcome),
+    /// Of a compaction, lease revoke or expiry, lock release or lock-delay end
+    /// (always `true`); of a lock cancel, whether the waiter was removed.
     #[prost(bool, tag = "8")]
     Done(bool),
+    /// Of a lock acquire or proclaim.
     #[prost(message, tag = "9")]
     Lock(LockOutcome),
 }
@@ -283,72 +378,99 @@ pub struct LockOutcome {
     pub lock: Option<crate::locks::LockRecord>,
 }
 
+/// A failed command or query: its error, as the client gets it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ErrorOutcome {
     /// A [`meridian_codes::ErrorCode`] of the state machine (1-12); read it
     /// typed with `code()`.
     #[prost(enumeration = "meridian_codes::ErrorCode", tag = "1")]
     pub code: i32,
+    /// The error's text (etcd's wording where etcd has the error).
     #[prost(string, tag = "2")]
     pub message: String,
+    /// The compaction revision, for a `Compacted` error; 0 otherwise.
     #[prost(int64, tag = "3")]
     pub compact_revision: i64,
 }
 
+/// The result of a read (etcd's RangeResponse, without header).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RangeOutcome {
+    /// The key-values read, in key order, at most `limit`: none with
+    /// `count_only`, values empty with `keys_only`.
     #[prost(message, repeated, tag = "1")]
     pub kvs: Vec<KeyValue>,
+    /// The interval holds more keys than `limit` returned.
     #[prost(bool, tag = "2")]
     pub more: bool,
+    /// The keys in the interval at the revision read, regardless of `limit`.
     #[prost(int64, tag = "3")]
     pub count: i64,
 }
 
+/// The result of a put (etcd's PutResponse, without header).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct PutOutcome {
+    /// The key-value before the put, if `prev_kv` was asked and the key
+    /// existed.
     #[prost(message, optional, tag = "1")]
     pub prev_kv: Option<KeyValue>,
 }
 
+/// The result of a delete (etcd's DeleteRangeResponse, without header).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct DeleteOutcome {
+    /// The number of keys deleted.
     #[prost(int64, tag = "1")]
     pub deleted: i64,
+    /// The deleted key-values, if `prev_kv` was asked.
     #[prost(message, repeated, tag = "2")]
     pub prev_kvs: Vec<KeyValue>,
 }
 
+/// The result of one request of a transaction branch (etcd's ResponseOp).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ResponseOp {
+    /// The result, of the request's kind.
     #[prost(oneof = "ResponseKind", tags = "1, 2, 3, 4")]
     pub kind: Option<ResponseKind>,
 }
 
+/// The results a transaction branch returns.
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum ResponseKind {
+    /// Of a read.
     #[prost(message, tag = "1")]
     Range(RangeOutcome),
+    /// Of a put.
     #[prost(message, tag = "2")]
     Put(PutOutcome),
+    /// Of a delete.
     #[prost(message, tag = "3")]
     Delete(DeleteOutcome),
+    /// Of a nested transaction.
     #[prost(message, tag = "4")]
     Txn(TxnOutcome),
 }
 
+/// The result of a transaction (etcd's TxnResponse, without header).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TxnOutcome {
+    /// Every compare held: `success` ran (else `failure` did).
     #[prost(bool, tag = "1")]
     pub succeeded: bool,
+    /// One result per request of the branch that ran, in order.
     #[prost(message, repeated, tag = "2")]
     pub responses: Vec<ResponseOp>,
 }
 
+/// The lease after a grant or checkpoint.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LeaseOutcome {
+    /// The lease's id (the one picked, if the grant asked for 0).
     #[prost(int64, tag = "1")]
     pub id: i64,
+    /// The lease's granted TTL, in seconds.
     #[prost(int64, tag = "2")]
     pub ttl_s: i64,
     /// The record's checkpoint reset count after the command.
@@ -360,17 +482,21 @@ pub struct LeaseOutcome {
 /// locally for serializable reads).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Query {
+    /// The query; `None` is invalid.
     #[prost(oneof = "QueryKind", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub kind: Option<QueryKind>,
 }
 
+/// The queries the machine answers.
 #[derive(Clone, PartialEq, prost::Oneof)]
 pub enum QueryKind {
+    /// A read (etcd's Range, at a revision or the current one).
     #[prost(message, tag = "1")]
     Range(RangeOp),
     /// Lease time-to-live (with its keys): the lease id.
     #[prost(int64, tag = "2")]
     LeaseInfo(i64),
+    /// The ids of every lease of the range (the flag is ignored).
     #[prost(bool, tag = "3")]
     Leases(bool),
     /// Events from a revision on (watch catch-up).
@@ -387,40 +513,62 @@ pub enum QueryKind {
     DelayedLocks(bool),
 }
 
+/// A listing of locks ([`QueryKind::Locks`]).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LocksOp {
+    /// The first name listed (inclusive).
     #[prost(bytes = "vec", tag = "1")]
     pub from_name: Vec<u8>,
+    /// Most locks listed; clamped to 1 to
+    /// [`MAX_LOCKS_PER_QUERY`](crate::machine::MAX_LOCKS_PER_QUERY).
     #[prost(uint64, tag = "2")]
     pub limit: u64,
 }
 
+/// A read of the event log ([`QueryKind::Events`]).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EventsOp {
+    /// The first revision (inclusive); 0: from the oldest event kept. One at
+    /// or below the last compaction is an error.
     #[prost(int64, tag = "1")]
     pub from_revision: i64,
+    /// Most events returned (not revisions: a revision's events may be cut);
+    /// clamped to 1 to
+    /// [`MAX_EVENTS_PER_QUERY`](crate::machine::MAX_EVENTS_PER_QUERY).
     #[prost(uint64, tag = "2")]
     pub limit: u64,
 }
 
+/// One event of the log, with the revision that wrote it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RevEvent {
+    /// The revision of the write.
     #[prost(int64, tag = "1")]
     pub revision: i64,
+    /// The event (always set).
     #[prost(message, optional, tag = "2")]
     pub event: Option<crate::mvcc::Event>,
 }
 
+/// A lease as replicated state knows it (etcd's LeaseTimeToLive); the
+/// leader's [`LeaseClock`](crate::lease_clock::LeaseClock) knows its actual
+/// remaining TTL.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct LeaseInfo {
+    /// The lease asked for.
     #[prost(int64, tag = "1")]
     pub id: i64,
+    /// The granted TTL, in seconds; -1 if not found.
     #[prost(int64, tag = "2")]
     pub ttl_s: i64,
+    /// The remaining TTL of the last checkpoint, else the granted TTL, in
+    /// seconds; -1 if not found.
     #[prost(int64, tag = "3")]
     pub remaining_ttl_s: i64,
+    /// The keys attached to the lease.
     #[prost(bytes = "vec", repeated, tag = "4")]
     pub keys: Vec<Vec<u8>>,
+    /// The lease exists.
     #[prost(bool, tag = "5")]
     pub found: bool,
     /// The remaining TTL above comes from a checkpoint (not reset since).
@@ -431,22 +579,32 @@ pub struct LeaseInfo {
     pub resets: u64,
 }
 
+/// The answer to a [`Query`]: the field of the query's kind is set.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct QueryAnswer {
+    /// The range's current revision when answered (0 with an error).
     #[prost(int64, tag = "1")]
     pub revision: i64,
+    /// Of [`QueryKind::Range`].
     #[prost(message, optional, tag = "2")]
     pub range: Option<RangeOutcome>,
+    /// Of [`QueryKind::LeaseInfo`].
     #[prost(message, optional, tag = "3")]
     pub lease: Option<LeaseInfo>,
+    /// Of [`QueryKind::Leases`].
     #[prost(int64, repeated, tag = "4")]
     pub lease_ids: Vec<i64>,
+    /// The query failed; the other fields are empty.
     #[prost(message, optional, tag = "5")]
     pub error: Option<ErrorOutcome>,
+    /// Of [`QueryKind::Events`], in revision order.
     #[prost(message, repeated, tag = "6")]
     pub events: Vec<RevEvent>,
+    /// Of [`QueryKind::LockDescribe`] (an empty record if the lock is idle).
     #[prost(message, optional, tag = "7")]
     pub lock: Option<crate::locks::LockRecord>,
+    /// Of [`QueryKind::Locks`] and [`QueryKind::DelayedLocks`], in name
+    /// order.
     #[prost(message, repeated, tag = "8")]
     pub locks: Vec<crate::locks::NamedLock>,
 }

@@ -5,28 +5,75 @@ use thiserror::Error;
 /// library reacts to them.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum KvError {
+    /// The revision asked for is compacted away: a read below the last
+    /// compaction, events from at or below it, or a compaction not above it.
     #[error("mvcc: required revision has been compacted")]
-    Compacted { compact_revision: i64 },
+    Compacted {
+        /// The revision of the last compaction.
+        compact_revision: i64,
+    },
+    /// The revision asked for (a read or a compaction) is above the
+    /// range's current revision.
     #[error("mvcc: required revision is a future revision")]
-    FutureRevision { revision: i64, current: i64 },
+    FutureRevision {
+        /// The revision asked for.
+        revision: i64,
+        /// The range's current revision.
+        current: i64,
+    },
+    /// The lease (of a put, revoke or checkpoint) does not exist: never
+    /// granted, or revoked or expired since.
     #[error("etcdserver: requested lease not found")]
-    LeaseNotFound { lease_id: i64 },
+    LeaseNotFound {
+        /// The lease asked for.
+        lease_id: i64,
+    },
+    /// A grant asked for a lease id that is in use.
     #[error("etcdserver: lease already exists")]
-    LeaseExists { lease_id: i64 },
+    LeaseExists {
+        /// The id asked for.
+        lease_id: i64,
+    },
+    /// A transaction writes one key twice (put twice, or put and deleted).
     #[error("etcdserver: duplicate key given in txn request")]
-    DuplicateKey { key: Vec<u8> },
+    DuplicateKey {
+        /// The key written twice.
+        key: Vec<u8>,
+    },
+    /// A put with `ignore_value` or `ignore_lease` names a key that does
+    /// not exist.
     #[error("etcdserver: key not found")]
     KeyNotFound,
+    /// A put or delete gave an empty key.
     #[error("etcdserver: key is not provided")]
     EmptyKey,
+    /// The command or query is malformed or out of bounds (the text says
+    /// how); it can never succeed as given.
     #[error("etcdserver: {0}")]
     Invalid(String),
+    /// A lock command's session (lease) does not exist.
     #[error("meridian: session {session:#x} not found (expired or closed)")]
-    SessionNotFound { session: i64 },
+    SessionNotFound {
+        /// The session asked for.
+        session: i64,
+    },
+    /// A release or proclaim of a lock that the session does not hold
+    /// (or holds under another token).
     #[error("meridian: lock {name:?} is not held by this session with this token")]
-    LockNotHeld { name: String },
+    LockNotHeld {
+        /// The lock's name (lossy UTF-8).
+        name: String,
+    },
+    /// The lock's queue is full ([`crate::locks::MAX_WAITERS`]); the
+    /// acquire was not queued.
     #[error("meridian: too many waiters on lock {name:?} (limit {limit})")]
-    TooManyWaiters { name: String, limit: usize },
+    TooManyWaiters {
+        /// The lock's name (lossy UTF-8).
+        name: String,
+        /// Most waiters a lock may queue.
+        limit: usize,
+    },
+    /// The storage engine failed, or a stored record does not decode.
     #[error("storage: {0}")]
     Storage(String),
 }

@@ -1,14 +1,24 @@
 //! Record keys inside a range's data. User keys inside history keys are
 //! escaped so that any byte string sorts correctly before its revision.
 
+/// `m`: the meta record ([`crate::mvcc::Meta`]).
 pub const META: &[u8] = b"m";
+/// Prefix of the index: the latest [`KeyValue`](crate::mvcc::KeyValue) of
+/// every live key.
 pub const INDEX: u8 = b'k';
+/// Prefix of the history: every version and tombstone of every key.
 pub const HISTORY: u8 = b'h';
+/// Prefix of the event log, in revision order.
 pub const EVENTS: u8 = b'r';
+/// Prefix of the lease records.
 pub const LEASE: u8 = b'l';
+/// Prefix of the keys attached to leases.
 pub const ATTACH: u8 = b'a';
+/// Prefix of the lock records.
 pub const LOCK: u8 = b'q';
+/// Prefix of the locks each session holds or waits for.
 pub const SESSION_LOCK: u8 = b's';
+/// Prefix of the locks under lock-delay.
 pub const DELAYED_LOCK: u8 = b'd';
 
 /// Records that commands read on every use: the meta record (each
@@ -18,6 +28,7 @@ pub fn is_hot(key: &[u8]) -> bool {
     key == META || matches!(key.first(), Some(&LEASE | &LOCK))
 }
 
+/// `k ‖ key`: the index record of a user key.
 pub fn index_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());
     k.push(INDEX);
@@ -65,6 +76,8 @@ pub fn unescape(buf: &[u8]) -> Option<(Vec<u8>, &[u8])> {
     None
 }
 
+/// `h ‖ esc(key) ‖ rev`: the version (or tombstone) of `key` written at
+/// revision `rev`.
 pub fn history_key(key: &[u8], rev: i64) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 12);
     k.push(HISTORY);
@@ -73,6 +86,8 @@ pub fn history_key(key: &[u8], rev: i64) -> Vec<u8> {
     k
 }
 
+/// Bounds of the history for user keys `[start, end)`; an empty `end`
+/// means no upper bound.
 pub fn history_bounds(start: &[u8], end: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let mut s = vec![HISTORY];
     escape(start, &mut s);
@@ -93,6 +108,7 @@ pub fn parse_history_key(k: &[u8]) -> Option<(Vec<u8>, i64)> {
     Some((key, u64::from_be_bytes(rev) as i64))
 }
 
+/// `r ‖ rev ‖ sub`: the event of sub-revision `sub` of revision `rev`.
 pub fn event_key(rev: i64, sub: i64) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
     k.push(EVENTS);
@@ -101,12 +117,14 @@ pub fn event_key(rev: i64, sub: i64) -> Vec<u8> {
     k
 }
 
+/// `l ‖ id`: the record of lease `id`.
 pub fn lease_key(id: i64) -> Vec<u8> {
     let mut k = vec![LEASE];
     k.extend_from_slice(&(id as u64).to_be_bytes());
     k
 }
 
+/// `a ‖ id ‖ key`: `key` is attached to lease `id`.
 pub fn attach_key(id: i64, key: &[u8]) -> Vec<u8> {
     let mut k = vec![ATTACH];
     k.extend_from_slice(&(id as u64).to_be_bytes());
@@ -114,6 +132,7 @@ pub fn attach_key(id: i64, key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Bounds `[start, end)` of the keys attached to lease `id`.
 pub fn attach_prefix(id: i64) -> (Vec<u8>, Vec<u8>) {
     let s = attach_key(id, b"");
     let mut e = vec![ATTACH];
@@ -131,6 +150,7 @@ pub fn lock_key(name: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The lock name in a [`lock_key`]; `None` if `k` is not one.
 pub fn parse_lock_key(k: &[u8]) -> Option<Vec<u8>> {
     let (name, rest) = unescape(k.strip_prefix(&[LOCK])?)?;
     rest.is_empty().then_some(name)
@@ -144,6 +164,7 @@ pub fn session_lock_key(session: i64, name: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Bounds `[start, end)` of the locks `session` holds or waits for.
 pub fn session_lock_prefix(session: i64) -> (Vec<u8>, Vec<u8>) {
     let s = session_lock_key(session, b"");
     let mut e = vec![SESSION_LOCK];

@@ -32,6 +32,8 @@ use crate::mvcc::LeaseRecord;
 /// Leases expiring per call, so one poll never proposes without bound.
 pub const MAX_EXPIRED_PER_CALL: usize = 1000;
 
+/// The range leader's lease deadlines, in milliseconds of the monotonic
+/// clock it is handed (see the module docs).
 #[derive(Debug, Default)]
 pub struct LeaseClock {
     leases: BTreeMap<i64, Tracked>,
@@ -80,6 +82,8 @@ impl LeaseClock {
         self.set(id, Tracked { deadline_ms: now_ms + ttl_s.max(1) as u64 * 1000, ttl_s, ..t });
     }
 
+    /// A lease was granted (its grant applied): it lives `ttl_s` seconds from
+    /// `now_ms`.
     pub fn granted(&mut self, now_ms: u64, id: i64, ttl_s: i64) {
         self.renew(now_ms, id, ttl_s);
     }
@@ -122,6 +126,7 @@ impl LeaseClock {
         self.leases.get(&id).map_or(0, |t| t.resets)
     }
 
+    /// Stops tracking lease `id` (its revoke or expiry applied).
     pub fn revoked(&mut self, id: i64) {
         if let Some(t) = self.leases.remove(&id) {
             self.by_deadline.remove(&(t.deadline_ms, id));
@@ -161,10 +166,12 @@ impl LeaseClock {
         cps.into_iter().map(|(id, remaining_ttl_s)| LeaseCheckpointOp { id, remaining_ttl_s, resets: self.resets(id) }).collect()
     }
 
+    /// The number of leases tracked.
     pub fn len(&self) -> usize {
         self.leases.len()
     }
 
+    /// No lease is tracked.
     pub fn is_empty(&self) -> bool {
         self.leases.is_empty()
     }

@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! The replicated KV state machine of one range: etcd v3 semantics (MVCC
 //! revisions, transactions, leases) over the range's data, with no IO or
 //! clock of its own.

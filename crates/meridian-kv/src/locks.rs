@@ -43,6 +43,7 @@ pub const MAX_LOCK_DELAY_MS: i64 = 60_000;
 /// The current holder of a lock.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Holder {
+    /// The holding session (a lease of the range).
     #[prost(int64, tag = "1")]
     pub session: i64,
     /// Fencing token: the revision of the grant.
@@ -51,10 +52,14 @@ pub struct Holder {
     /// Proposer's wall clock at the grant (information only).
     #[prost(int64, tag = "3")]
     pub since_wall_ms: i64,
+    /// The value the holder publishes (an election leader's).
     #[prost(bytes = "vec", tag = "4")]
     pub value: Vec<u8>,
+    /// The acquire that was granted (a retried acquire renames it).
     #[prost(uint64, tag = "5")]
     pub waiter_id: u64,
+    /// Lock-delay, in ms, put on the lock if the holder's session expires
+    /// while it holds.
     #[prost(int64, tag = "6")]
     pub lock_delay_ms: i64,
 }
@@ -62,14 +67,19 @@ pub struct Holder {
 /// A queued acquire.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Waiter {
+    /// The waiting session (a lease of the range).
     #[prost(int64, tag = "1")]
     pub session: i64,
+    /// Names the acquire, so the server wakes exactly that request.
     #[prost(uint64, tag = "2")]
     pub waiter_id: u64,
+    /// The value published if granted.
     #[prost(bytes = "vec", tag = "3")]
     pub value: Vec<u8>,
+    /// Lock-delay, in ms, applied once granted (see [`Holder::lock_delay_ms`]).
     #[prost(int64, tag = "4")]
     pub lock_delay_ms: i64,
+    /// Proposer's wall clock when queued, Unix ms (information only).
     #[prost(int64, tag = "5")]
     pub since_wall_ms: i64,
 }
@@ -77,8 +87,10 @@ pub struct Waiter {
 /// A lock's replicated state.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct LockRecord {
+    /// The holder; `None` while the lock is free or under lock-delay.
     #[prost(message, optional, tag = "1")]
     pub holder: Option<Holder>,
+    /// Queued acquires, in FIFO order (head first); at most [`MAX_WAITERS`].
     #[prost(message, repeated, tag = "2")]
     pub waiters: Vec<Waiter>,
     /// Lock-delay in force (the last holder's session expired); the value
@@ -93,10 +105,13 @@ impl LockRecord {
     }
 }
 
+/// A lock and its name, as listings return it.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct NamedLock {
+    /// The lock's name.
     #[prost(bytes = "vec", tag = "1")]
     pub name: Vec<u8>,
+    /// The lock's state.
     #[prost(message, optional, tag = "2")]
     pub lock: Option<LockRecord>,
 }
@@ -105,6 +120,7 @@ pub struct NamedLock {
 /// the node serving a blocked acquire (or an election observer) hears it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LockEvent {
+    /// The lock's name.
     pub name: Vec<u8>,
     /// The holder after the command.
     pub holder: Option<Holder>,
@@ -114,6 +130,7 @@ pub struct LockEvent {
     pub dropped_waiters: Vec<u64>,
 }
 
+/// Checks a lock name: not empty, at most [`MAX_LOCK_NAME`] bytes.
 pub fn validate_name(name: &[u8]) -> Result<(), KvError> {
     if name.is_empty() {
         return Err(KvError::Invalid("lock name is empty".into()));
@@ -128,6 +145,8 @@ fn decode_record(raw: &[u8]) -> Result<LockRecord, KvError> {
     prost::Message::decode(raw).map_err(|e| KvError::Storage(format!("corrupt lock record: {e}")))
 }
 
+/// The record of lock `name`; `None` if it is idle (idle locks are not
+/// stored).
 pub fn describe(r: &dyn DataRead, name: &[u8]) -> Result<Option<LockRecord>, KvError> {
     r.get(&keys::lock_key(name))?.map(|raw| decode_record(&raw)).transpose()
 }
@@ -161,10 +180,13 @@ pub fn delayed(r: &dyn DataRead, limit: usize) -> Result<Vec<NamedLock>, KvError
 pub struct Locks<'t, 'c, 'a> {
     txn: &'t mut WriteTxn<'c, 'a>,
     wall_ms: i64,
+    /// The lock changes of the commands applied so far, in order.
     pub events: Vec<LockEvent>,
 }
 
 impl<'t, 'c, 'a> Locks<'t, 'c, 'a> {
+    /// Lock commands in `txn`; `wall_ms` is the proposer's wall clock (Unix
+    /// ms), recorded as information only.
     pub fn new(txn: &'t mut WriteTxn<'c, 'a>, wall_ms: i64) -> Self {
         Locks { txn, wall_ms, events: Vec::new() }
     }
@@ -234,6 +256,11 @@ impl<'t, 'c, 'a> Locks<'t, 'c, 'a> {
         self.events.push(LockEvent { name: name.to_vec(), holder: rec.holder.clone(), granted_waiter, dropped_waiters });
     }
 
+    /// Acquires lock `name` for `session`: granted at once if free (no holder,
+    /// no lock-delay, no waiters), else queued at the tail, unless `try_only`
+    /// (then only the outcome). An acquire by a session that already holds or
+    /// waits is idempotent: it renames the request `waiter_id`. Errors: bad
+    /// name, value or lock-delay, unknown session, [`MAX_WAITERS`] reached.
     pub fn acquire(
         &mut self,
         name: &[u8],

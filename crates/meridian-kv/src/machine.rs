@@ -21,6 +21,8 @@ pub const MAX_LOCKS_PER_QUERY: usize = 10_000;
 /// Receives the events of every applied write, in revision order, on every
 /// replica (watches are served by any node).
 pub trait EventSink: Send + Sync {
+    /// The events of one applied write, in order; `revision` is the range's
+    /// revision after it. Not called for a command that wrote no key.
     fn publish(&self, range_id: u64, revision: i64, events: &[Event]);
 
     /// Lock holder changes of an applied command (waking blocked acquires,
@@ -39,11 +41,13 @@ pub struct KvMachine {
 }
 
 impl KvMachine {
+    /// A machine that publishes its events to `sink`, if any.
     pub fn new(sink: Option<Arc<dyn EventSink>>) -> Self {
         KvMachine { sink }
     }
 }
 
+/// The [`ErrorOutcome`] that reports `e`.
 pub fn error_outcome(e: &KvError) -> ErrorOutcome {
     let compact_revision = match e {
         KvError::Compacted { compact_revision } => *compact_revision,

@@ -12,38 +12,52 @@ use crate::read::DataRead;
 /// the etcd type by re-encoding or field copy.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct KeyValue {
+    /// The key.
     #[prost(bytes = "vec", tag = "1")]
     pub key: Vec<u8>,
+    /// The revision of the key's latest creation.
     #[prost(int64, tag = "2")]
     pub create_revision: i64,
+    /// The revision of the key's latest write.
     #[prost(int64, tag = "3")]
     pub mod_revision: i64,
+    /// Writes since the key's latest creation (1 at creation).
     #[prost(int64, tag = "4")]
     pub version: i64,
+    /// The value.
     #[prost(bytes = "vec", tag = "5")]
     pub value: Vec<u8>,
+    /// The lease the key is attached to; 0: none.
     #[prost(int64, tag = "6")]
     pub lease: i64,
 }
 
+/// The kind of an [`Event`] (`mvccpb.Event.EventType`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
+    /// A key was written.
     Put = 0,
+    /// A key was deleted.
     Delete = 1,
 }
 
 /// Wire-compatible with `mvccpb.Event`.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Event {
+    /// An [`EventKind`], as `i32`.
     #[prost(int32, tag = "1")]
     pub kind: i32,
+    /// The key-value after the event; for a delete, only the key and
+    /// `mod_revision` (the revision of the delete).
     #[prost(message, optional, tag = "2")]
     pub kv: Option<KeyValue>,
+    /// The key-value before the event; `None` if the key did not exist.
     #[prost(message, optional, tag = "3")]
     pub prev_kv: Option<KeyValue>,
 }
 
 impl Event {
+    /// The event is a delete.
     pub fn is_delete(&self) -> bool {
         self.kind == EventKind::Delete as i32
     }
@@ -52,10 +66,14 @@ impl Event {
 /// The range's MVCC bookkeeping.
 #[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
 pub struct Meta {
+    /// The range's current revision (1 while the range is empty).
     #[prost(int64, tag = "1")]
     pub revision: i64,
+    /// The revision of the last compaction; 0: none.
     #[prost(int64, tag = "2")]
     pub compact_revision: i64,
+    /// The highest lease sequence number granted (the bits below
+    /// [`LEASE_NAMESPACE_SHIFT`]), from which grants of id 0 pick the next.
     #[prost(int64, tag = "3")]
     pub last_lease_id: i64,
 }
@@ -63,8 +81,10 @@ pub struct Meta {
 /// A lease record.
 #[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
 pub struct LeaseRecord {
+    /// The lease's id.
     #[prost(int64, tag = "1")]
     pub id: i64,
+    /// The granted TTL, in seconds.
     #[prost(int64, tag = "2")]
     pub ttl_s: i64,
     /// Remaining TTL at the last checkpoint; 0 = never checkpointed, or
@@ -145,6 +165,7 @@ pub struct Mvcc;
 /// Result of a range read before filters, sorting and limits.
 #[derive(Debug, Default, Clone)]
 pub struct RangeResult {
+    /// The key-values, in key order, at most the limit.
     pub kvs: Vec<KeyValue>,
     /// Keys in the range at the revision (not limited).
     pub count: i64,
@@ -153,6 +174,7 @@ pub struct RangeResult {
 }
 
 impl Mvcc {
+    /// The range's meta record (revision 1 for an empty range).
     pub fn meta(r: &dyn DataRead) -> Result<Meta, KvError> {
         match r.get(keys::META)? {
             Some(raw) => decode(&raw, "meta"),
@@ -316,6 +338,7 @@ impl Mvcc {
         Ok(Event { kind: ev.kind, kv, prev_kv })
     }
 
+    /// The record of lease `id`; `None` if it does not exist.
     pub fn lease(r: &dyn DataRead, id: i64) -> Result<Option<LeaseRecord>, KvError> {
         match r.get(&keys::lease_key(id))? {
             Some(raw) => Ok(Some(decode(&raw, "lease")?)),
@@ -323,6 +346,7 @@ impl Mvcc {
         }
     }
 
+    /// Every lease record, in id order.
     pub fn leases(r: &dyn DataRead) -> Result<Vec<LeaseRecord>, KvError> {
         let mut out = Vec::new();
         scan_decoded::<LeaseRecord>(r, &[keys::LEASE], &[keys::LEASE + 1], "lease", |_, l| {
@@ -332,6 +356,7 @@ impl Mvcc {
         Ok(out)
     }
 
+    /// The keys attached to lease `id`, in key order.
     pub fn lease_keys(r: &dyn DataRead, id: i64) -> Result<Vec<Vec<u8>>, KvError> {
         let (s, e) = keys::attach_prefix(id);
         let mut out = Vec::new();
@@ -358,6 +383,7 @@ pub struct WriteTxn<'c, 'a> {
 }
 
 impl<'c, 'a> WriteTxn<'c, 'a> {
+    /// Starts a transaction on the apply context of the entry.
     pub fn begin(ctx: &'c mut ApplyContext<'a>) -> Result<Self, KvError> {
         let meta = Mvcc::meta(ctx)?;
         Ok(WriteTxn { ctx, meta, sub: 0, events: Vec::new(), bump: false })
@@ -368,6 +394,8 @@ impl<'c, 'a> WriteTxn<'c, 'a> {
         &*self.ctx
     }
 
+    /// The meta record as this transaction left it (`revision` is the one
+    /// before the commit).
     pub fn meta(&self) -> Meta {
         self.meta
     }
