@@ -293,6 +293,12 @@ impl Peer {
         self.desc.epoch.conf_ver += 1;
     }
 
+    /// True if raft-rs holds an accepted snapshot at `index` that no Ready
+    /// has handed out yet.
+    pub fn holds_pending_snapshot(&self, index: u64) -> bool {
+        self.raft.raft.raft_log.unstable.snapshot.as_ref().is_some_and(|s| s.get_metadata().index == index)
+    }
+
     /// Refuses requests while dormant (a removed replica's data stopped
     /// following the range) or installing a snapshot (its data is not all
     /// in place).

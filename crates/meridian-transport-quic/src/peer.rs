@@ -358,8 +358,9 @@ async fn send_snapshot(
         let Some(mut env) = next? else { break };
         env.from_node = node_id;
         env.to_node = to_node;
-        if envelope_frame_bytes(&env) > MAX_FRAME_BYTES {
-            return Err(TransportError::Io(format!("a snapshot frame of {} bytes exceeds MAX_FRAME_BYTES", envelope_frame_bytes(&env))));
+        let bytes = envelope_frame_bytes(&env);
+        if bytes > MAX_FRAME_BYTES {
+            return Err(TransportError::Io(format!("a snapshot frame of {bytes} bytes exceeds MAX_FRAME_BYTES")));
         }
         let frame: Bytes = encode_frame(&PeerBatch { envelopes: vec![env] });
         sent += frame.len() as u64;

@@ -88,6 +88,16 @@ impl Inner {
         }
     }
 
+    /// A delivery delay drawn from the faults' range, in ticks.
+    fn draw_delay(&mut self) -> u64 {
+        let (lo, hi) = (self.faults.min_delay, self.faults.max_delay);
+        if hi > lo {
+            self.rng.gen_range(lo..=hi)
+        } else {
+            lo
+        }
+    }
+
     fn blocked(&self, from: u64, to: u64) -> bool {
         self.faults.down.contains(&from) || self.faults.down.contains(&to) || self.faults.blocked.contains(&(from, to))
     }
@@ -255,9 +265,7 @@ impl Transport for MemTransport {
                 }
                 continue;
             }
-            let (lo, hi) = (g.faults.min_delay, g.faults.max_delay);
-            let delay = if hi > lo { g.rng.gen_range(lo..=hi) } else { lo };
-            let at = g.now + delay;
+            let at = g.now + g.draw_delay();
             g.seq += 1;
             let seq = g.seq;
             g.queue.push(Reverse(InFlight { at, seq, env }));
@@ -290,9 +298,7 @@ impl Transport for MemTransport {
             g.push_feedback(self.node_id, failed);
             return;
         }
-        let (lo, hi) = (g.faults.min_delay, g.faults.max_delay);
-        let delay = if hi > lo { g.rng.gen_range(lo..=hi) } else { lo };
-        let at = g.now + delay;
+        let at = g.now + g.draw_delay();
         let p = g.faults.drop_prob;
         let total = envs.len();
         for (i, mut env) in envs.into_iter().enumerate() {

@@ -164,10 +164,7 @@ impl Store {
     /// range's next Ready installs it; if raft-rs refused it (this replica
     /// is already past it), its staged data is deleted.
     pub(super) fn after_snapshot_step(&mut self, range_id: u64, index: u64) {
-        let accepted = self
-            .peers
-            .get(&range_id)
-            .is_some_and(|p| p.raft.raft.raft_log.unstable.snapshot.as_ref().is_some_and(|s| s.get_metadata().index == index));
+        let accepted = self.peers.get(&range_id).is_some_and(|p| p.holds_pending_snapshot(index));
         if accepted {
             if let Some(t) = self.incoming.transfers.get_mut(&range_id) {
                 t.accepted = true;
@@ -185,10 +182,7 @@ impl Store {
         let mut dead = Vec::new();
         for (range_id, t) in &self.incoming.transfers {
             if t.accepted {
-                let held = self
-                    .peers
-                    .get(range_id)
-                    .is_some_and(|p| p.raft.raft.raft_log.unstable.snapshot.as_ref().is_some_and(|s| s.get_metadata().index == t.index));
+                let held = self.peers.get(range_id).is_some_and(|p| p.holds_pending_snapshot(t.index));
                 if !held {
                     dead.push((*range_id, "raft no longer holds the accepted snapshot"));
                 }

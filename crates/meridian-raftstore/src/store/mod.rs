@@ -440,6 +440,8 @@ impl Store {
             sync_wanted: false,
             entry_cache_budget: EntryCacheBudget::new(EntryCacheBudget::DEFAULT_BYTES),
         };
+        // One write for every range's leftover staging, not one per range.
+        let mut unstaged = WriteBatch::new();
         for desc in PeerStorage::list_ranges(&*store.engine)? {
             // A snapshot install the last life decided but did not finish is
             // finished now; staged chunks of a transfer that never completed
@@ -447,9 +449,7 @@ impl Store {
             if finish_install(&*store.engine, desc.range_id)? {
                 info!(node = store.cfg.node_id, range = desc.range_id, "finished a snapshot install cut short by the last stop");
             } else {
-                let mut batch = WriteBatch::new();
-                clear_staged(desc.range_id, &mut batch);
-                store.engine.write(&batch, false)?;
+                clear_staged(desc.range_id, &mut unstaged);
             }
             let storage = PeerStorage::open(store.engine.clone(), desc.range_id)?;
             for r in &desc.replicas {
@@ -459,6 +459,7 @@ impl Store {
             }
             store.add_peer(desc, storage)?;
         }
+        store.engine.write(&unstaged, false)?;
         info!(node = store.cfg.node_id, ranges = store.peers.len(), "store opened");
         Ok(store)
     }
