@@ -25,7 +25,10 @@ dev: setup
 demo: setup
 	$(CARGO) run -p meridian-sim -- demo
 
+# The multi-process tests (tests/, chaos/tests) run the binaries from the
+# target dir: build them first, so they are never stale.
 test:
+	$(CARGO) build --workspace --bins
 	$(CARGO) test --workspace
 	@# `make dev`, `make demo` and the README run `cargo run -p meridian`:
 	@# it must resolve to the meridian binary.
@@ -92,6 +95,7 @@ bench-raft: setup
 # docs/performance.md). MB sets the MiB of values written (default 512: a
 # 1 GiB namespace, as MVCC keeps each value twice).
 bench-snapshot: setup
+	$(CARGO) build --workspace --bins
 	MERIDIAN_SNAPSHOT_BENCH_MB=$${MB:-512} $(CARGO) test --workspace --test snapshot_bench -- --ignored --nocapture
 
 # Meridian and etcd side by side over the etcd API: 3-node clusters of

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use meridian_codes::seeded::splitmix64;
 use meridian_server::config::{DebugConfig, Member};
 use meridian_server::dev_layout;
 use nix::sys::signal::{kill, Signal};
@@ -364,7 +365,7 @@ fn stop(n: &mut Node) {
 /// either, and stay below Linux's ephemeral range (32768+).
 fn free_base_port(nodes: u64, seed: u64) -> Result<u16> {
     for probe in 0..MAX_PORT_PROBES {
-        let h = splitmix(seed.wrapping_add(probe));
+        let h = splitmix64(seed.wrapping_add(probe));
         let base = 10_000 + (h % 73) * 300 + 40 + ((h / 73) % 5) * 10;
         let base = u16::try_from(base).expect("below 32000");
         let ports = (0..nodes).flat_map(|i| [0u64, 100, 200].map(|off| u64::from(base) + off + i));
@@ -375,14 +376,6 @@ fn free_base_port(nodes: u64, seed: u64) -> Result<u16> {
     bail!("no free port block found after {MAX_PORT_PROBES} probes")
 }
 
-/// A well-mixed hash of the seed (SplitMix64's finalizer).
-pub fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,7 +383,7 @@ mod tests {
     #[test]
     fn base_ports_avoid_the_test_and_dev_blocks() {
         for seed in 0..2000 {
-            let h = splitmix(seed);
+            let h = splitmix64(seed);
             let base = 10_000 + (h % 73) * 300 + 40 + ((h / 73) % 5) * 10;
             for off in [0, 100, 200] {
                 for i in 0..5 {

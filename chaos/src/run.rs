@@ -29,13 +29,14 @@ use tracing::warn;
 
 use crate::checks::{self, Finding, Verdict};
 use crate::clock::RunClock;
-use crate::cluster::{splitmix, Cluster, ClusterSpec, ProcState};
+use crate::cluster::{Cluster, ClusterSpec, ProcState};
 use crate::nemesis::{self, Nemesis, NemesisEvent};
 use crate::report;
 use crate::scenario::{Scenario, LOCK_PREFIX, REGISTER_PREFIX};
 use crate::workload::locks::{self, LockClient, LockCounters, LockLog};
 use crate::workload::register::{self, Counters, RegisterClient, RegisterOp};
 use crate::workload::watch::{self, WatchLog};
+use meridian_codes::seeded::{fnv1a64, splitmix64};
 
 /// Longest wait for a fresh cluster to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -106,7 +107,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         namespaces: &s.namespaces,
         tick_ms: s.tick_ms,
         debug: DebugConfig { faults: true, unsafe_local_reads: s.unsafe_local_reads },
-        port_seed: splitmix(opts.seed) ^ splitmix(s.name.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)))),
+        port_seed: splitmix64(opts.seed) ^ splitmix64(fnv1a64(s.name.as_bytes())),
     };
     let mut cluster = Cluster::start(&opts.bin, &spec)?;
     let (records, counts) = match rt.block_on(drive(s, opts, &mut cluster)) {

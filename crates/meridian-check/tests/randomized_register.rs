@@ -3,19 +3,7 @@
 
 use meridian_check::models::{Register, RegisterInput as In, RegisterOutput as Out};
 use meridian_check::{check, check_partitioned, Budget, CheckResult, History, Operation};
-
-/// SplitMix64: a seeded generator so every run replays from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) % n
-    }
-}
+use meridian_codes::seeded::SplitMix64;
 
 const KEYS: [&str; 3] = ["a", "b", "c"];
 
@@ -24,7 +12,7 @@ const KEYS: [&str; 3] = ["a", "b", "c"];
 /// so each overlaps about five neighbours. Written values are unique. One in
 /// twenty responses is lost (the operation still took effect).
 fn generate(seed: u64, n: u64) -> History<In, Out> {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut values = std::collections::HashMap::new();
     let mut ops = Vec::new();
     for i in 0..n {
@@ -69,7 +57,7 @@ fn wrote(op: &Operation<In, Out>) -> Option<u64> {
 /// by that key (or absent). Returns whether the new result is provably stale:
 /// its write completed before another completed write to the key was
 /// invoked, which completed before the read was invoked.
-fn corrupt_one_read(history: &mut History<In, Out>, rng: &mut Rng) -> Option<bool> {
+fn corrupt_one_read(history: &mut History<In, Out>, rng: &mut SplitMix64) -> Option<bool> {
     let reads: Vec<usize> = (0..history.ops.len()).filter(|&i| matches!(history.ops[i].output, Some(Out::Read(_)))).collect();
     let r = reads[rng.below(reads.len() as u64) as usize];
     let (key, read_call) = (history.ops[r].input.key().to_owned(), history.ops[r].call);
@@ -101,7 +89,7 @@ fn generated_histories_pass_and_corrupted_reads_are_caught() {
         let mut history = generate(seed, 90);
         let verdict = check_partitioned(&Register, &history, Budget::default()).unwrap();
         assert_eq!(verdict, CheckResult::Ok, "seed {seed}: a sequential execution was rejected");
-        let mut rng = Rng(seed ^ 0xdead_beef);
+        let mut rng = SplitMix64::new(seed ^ 0xdead_beef);
         let Some(provably_stale) = corrupt_one_read(&mut history, &mut rng) else { continue };
         mutated += 1;
         let verdict = check_partitioned(&Register, &history, Budget::default()).unwrap();

@@ -32,6 +32,7 @@
 mod client;
 mod error;
 mod fence;
+pub mod http;
 mod session;
 mod watch;
 

@@ -10,8 +10,13 @@
 //!
 //! Every crate names a refusal by this enum; none keeps a table of numbers
 //! by hand, and none decides by the text of a message.
+//!
+//! It also holds the one seeded hash ([`seeded`]) that every crate derives
+//! reproducible choices from, since every crate already depends on it.
 
 #![deny(missing_docs)]
+
+pub mod seeded;
 
 mod wire {
     #![allow(missing_docs)]

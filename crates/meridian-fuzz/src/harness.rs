@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use meridian_codes::seeded::{fnv1a64, splitmix64};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -230,21 +231,10 @@ pub fn hex(bytes: &[u8], max: usize) -> String {
 
 // ---- input generation ------------------------------------------------------
 
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
-}
-
 /// The RNG of one input. Keyed by the target's *name*, so adding a target
 /// does not change the inputs of the others.
 pub fn input_rng(seed: u64, target: &str, iteration: u64) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(splitmix(seed ^ splitmix(fnv(target) ^ splitmix(iteration))))
+    ChaCha8Rng::seed_from_u64(splitmix64(seed ^ splitmix64(fnv1a64(target.as_bytes()) ^ splitmix64(iteration))))
 }
 
 /// Input `iteration` of `target` under `seed`: pure random bytes, a

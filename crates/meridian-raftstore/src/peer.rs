@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use meridian_codes::seeded::splitmix64;
 use meridian_storage::{keys, Cf, Engine, PeerStorage, RangeDescriptor, ReplicaDesc, ReplicaRole, WriteBatch};
 use protobuf::Message as _;
 use raft::prelude::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot};
@@ -163,15 +164,6 @@ pub(crate) struct Peer {
     pub pinned: Option<crate::store::PinnedSnapshot>,
 }
 
-/// SplitMix64: a tiny, well-mixed hash for deriving per-replica choices
-/// from the store's seed.
-pub(crate) fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// An election timeout in `[lo, lo + lo / 2)` ticks from `random`; below 4
 /// ticks, raft-rs's own `[lo, 2 * lo)`, so that short timeouts still vary.
 ///
@@ -205,7 +197,7 @@ impl Peer {
     /// (fixed timeouts can livelock two candidates with equal values).
     pub fn redraw_election_timeout(&mut self) {
         self.rng_state = self.rng_state.wrapping_add(1);
-        let t = election_timeout_draw(self.raft.raft.election_timeout(), splitmix(self.rng_state));
+        let t = election_timeout_draw(self.raft.raft.election_timeout(), splitmix64(self.rng_state));
         self.raft.raft.set_randomized_election_timeout(t);
     }
 
@@ -698,13 +690,13 @@ mod tests {
     fn election_timeouts_cover_half_the_base_above_it() {
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..1_000 {
-            seen.insert(election_timeout_draw(10, splitmix(i)));
+            seen.insert(election_timeout_draw(10, splitmix64(i)));
         }
         assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![10, 11, 12, 13, 14]);
         // Short bases keep raft-rs's range, so they still vary.
-        let three: std::collections::BTreeSet<_> = (0..100).map(|i| election_timeout_draw(3, splitmix(i))).collect();
+        let three: std::collections::BTreeSet<_> = (0..100).map(|i| election_timeout_draw(3, splitmix64(i))).collect();
         assert_eq!(three.into_iter().collect::<Vec<_>>(), vec![3, 4, 5]);
-        let four: std::collections::BTreeSet<_> = (0..100).map(|i| election_timeout_draw(4, splitmix(i))).collect();
+        let four: std::collections::BTreeSet<_> = (0..100).map(|i| election_timeout_draw(4, splitmix64(i))).collect();
         assert_eq!(four.into_iter().collect::<Vec<_>>(), vec![4, 5]);
     }
 }

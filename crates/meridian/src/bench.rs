@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use meridian_codes::seeded::SplitMix64;
 use meridian_proto::etcdserverpb as pb;
 use meridian_proto::etcdserverpb::kv_client::KvClient;
 use meridian_proto::etcdserverpb::watch_client::WatchClient;
@@ -303,20 +304,6 @@ impl Shared {
             eprintln!("  first error: {msg}");
             *first = Some(msg);
         }
-    }
-}
-
-/// A small seeded generator (SplitMix64): reproducible key choices without
-/// a dependency.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
     }
 }
 
@@ -883,7 +870,7 @@ async fn get(args: &BenchArgs, channels: &[Channel], serializable: bool) -> Resu
     }
     let report = closed_loop(args, |i, shared, mut samples| {
         let mut kv = KvClient::new(channels[i % channels.len()].clone());
-        let mut rng = SplitMix(i as u64);
+        let mut rng = SplitMix64::new(i as u64);
         async move {
             while shared.next().is_some() {
                 let req = pb::RangeRequest { key: get_key(rng.below(GET_KEYS)), serializable, ..Default::default() };
@@ -923,7 +910,7 @@ async fn txn_cas(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
     let value = vec![b'c'; args.value_size];
     let mut report = closed_loop(args, |i, shared, mut samples| {
         let mut kv = KvClient::new(channels[i % channels.len()].clone());
-        let mut rng = SplitMix(i as u64);
+        let mut rng = SplitMix64::new(i as u64);
         let mut revs = revs.clone();
         let (succeeded, failed, value) = (succeeded.clone(), failed.clone(), value.clone());
         async move {

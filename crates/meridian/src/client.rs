@@ -128,9 +128,9 @@ pub fn members(http: &str, range_id: u64, op: Option<&str>, node_id: Option<u64>
     let mut last = String::from("no --http address given");
     // Each node is asked at most once, plus the leader it names.
     while i < targets.len() && i < addrs.len() + 1 {
-        let sa: std::net::SocketAddr = targets[i].parse().context("HTTP address must be host:port")?;
+        let sa = targets[i].clone();
         i += 1;
-        let (code, answer) = match crate::http_get::post_json(sa, &path, &body, Duration::from_secs(2), Duration::from_secs(15)) {
+        let (code, answer) = match meridian_client::http::post_json(sa.as_str(), &path, &body, Duration::from_secs(15)) {
             Ok(r) => r,
             Err(e) => {
                 last = format!("{sa}: {e}");
@@ -157,13 +157,11 @@ pub fn members(http: &str, range_id: u64, op: Option<&str>, node_id: Option<u64>
 }
 
 fn http_get(addr: &str, path: &str) -> Result<String> {
-    let sa: std::net::SocketAddr = addr.parse().context("HTTP address must be host:port")?;
-    let (status, body) = crate::http_get::get(sa, path, Duration::from_secs(2), Duration::from_secs(5))?;
-    // Tolerate chunked encoding: the JSON object is between the first '{' and last '}'.
-    match (body.find('{'), body.rfind('}')) {
-        (Some(a), Some(b)) if b > a => Ok(body[a..=b].to_string()),
-        _ => bail!("unexpected answer: HTTP {status}"),
+    let (status, body) = meridian_client::http::get(addr, path, Duration::from_secs(5))?;
+    if !body.trim_start().starts_with('{') {
+        bail!("unexpected answer: HTTP {status}");
     }
+    Ok(body)
 }
 
 /// Streams events of a key or prefix until the stream ends or Ctrl-C.

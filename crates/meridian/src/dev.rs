@@ -14,12 +14,9 @@ pub struct DevOptions {
     pub namespaces: Vec<String>,
 }
 
-/// True if GET `path` on `addr` answers 200.
-/// `GET path` on `addr` (`host:port`) answers 200.
+/// True if `GET path` on `addr` (`host:port`) answers 200.
 pub fn http_ok(addr: &str, path: &str) -> bool {
-    use std::net::ToSocketAddrs as _;
-    let Some(addr) = addr.to_socket_addrs().ok().and_then(|mut a| a.next()) else { return false };
-    matches!(crate::http_get::get(addr, path, Duration::from_millis(300), Duration::from_millis(1000)), Ok((200, _)))
+    matches!(meridian_client::http::get(addr, path, Duration::from_millis(1000)), Ok((200, _)))
 }
 
 fn stop_all(children: &mut [(u64, Child)]) {

@@ -21,7 +21,6 @@ mod bench;
 mod client;
 mod coord;
 mod dev;
-mod http_get;
 
 /// The client endpoints of a default `meridian dev` cluster.
 pub const DEV_ENDPOINTS: &str = "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792";

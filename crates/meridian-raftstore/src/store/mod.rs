@@ -53,9 +53,10 @@ use tracing::info;
 use crate::config::StoreConfig;
 use crate::error::RaftstoreError;
 use crate::logger::raft_logger;
-use crate::peer::{splitmix, Peer};
+use crate::peer::Peer;
 use crate::state_machine::StateMachineFactory;
 use incoming::IncomingSnapshots;
+use meridian_codes::seeded::splitmix64;
 pub(crate) use snapshot::PinnedSnapshot;
 
 /// What every request handed to the store names: the range, the epoch the
@@ -416,7 +417,7 @@ impl Store {
         factory: Arc<dyn StateMachineFactory>,
     ) -> Result<Store, RaftstoreError> {
         let incarnation = Self::bump_incarnation(&*engine)?;
-        let tag_nonce = splitmix(cfg.seed ^ splitmix(incarnation));
+        let tag_nonce = splitmix64(cfg.seed ^ splitmix64(incarnation));
         let mut store = Store {
             incarnation,
             tag_nonce,
@@ -504,7 +505,7 @@ impl Store {
             RawNode::new(&rc, storage, &raft_logger(self.cfg.node_id, range_id)).map_err(|e| RaftstoreError::Storage(e.to_string()))?;
         let mut sm = self.factory.create(&desc);
         sm.reload(&*self.engine, desc.namespace_id)?;
-        let rng_state = splitmix(self.cfg.seed ^ splitmix(self.cfg.node_id ^ splitmix(range_id ^ splitmix(self.incarnation))));
+        let rng_state = splitmix64(self.cfg.seed ^ splitmix64(self.cfg.node_id ^ splitmix64(range_id ^ splitmix64(self.incarnation))));
         // A replica that was removed before a restart stays dormant.
         let cs = &raft.store().raft_state().conf_state;
         let initialized = !cs.voters.is_empty() || !cs.learners.is_empty();

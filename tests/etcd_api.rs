@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use meridian_proto::etcdserverpb as pb;
 
-mod common;
-use common::*;
+use meridian_tests::*;
 
 #[test]
 fn etcdctl_kv_txn_history_and_status() {

@@ -7,8 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-mod common;
-use common::*;
+use meridian_tests::*;
 
 /// Node `node_id`'s zone as member `i`'s directory has it.
 fn zone_seen_by(c: &ProcCluster, i: usize, node_id: u64) -> Option<String> {

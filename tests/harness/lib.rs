@@ -1,9 +1,20 @@
-//! Shared harness of the multi-process tests: real `meridian server`
-//! processes on loopback, etcdctl, HTTP.
+//! The one harness of Meridian's multi-process tests: a cluster of real
+//! `meridian server` processes on loopback ([`ProcCluster`]), the paths of
+//! the workspace's binaries ([`binary`]), etcdctl, and the node HTTP routes
+//! through Meridian's one small HTTP client (`meridian_client::http`).
+//!
+//! The tests run the binaries cargo built into the same target directory:
+//! `make test` (and `make verify`) builds them first. Running one test file
+//! by hand, build them too:
+//!
+//! ```text
+//! cargo build -p meridian --bins && cargo test -p meridian-tests --test locks
+//! ```
 
-#![allow(dead_code)]
+// Real processes on real time: the harness reads wall clocks by design.
+#![allow(clippy::disallowed_methods)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -17,6 +28,38 @@ use meridian_server::dev_layout;
 pub static SERIAL: Mutex<()> = Mutex::new(());
 static NEXT_BLOCK: AtomicU32 = AtomicU32::new(0);
 
+/// Deadline of one HTTP call to a node.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The path of the workspace binary `name` (`meridian`, `billing-cron`):
+/// in `$MERIDIAN_BIN_DIR` when that is set, else in the target directory
+/// this test was built into. Panics, saying how to build it, when it is not
+/// there.
+pub fn binary(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("MERIDIAN_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        // A test runs as <target>/<profile>/deps/<test>-<hash>.
+        None => {
+            let exe = std::env::current_exe().expect("locating the test binary");
+            exe.parent().and_then(Path::parent).expect("test binary inside <target>/<profile>/deps").to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} not found: build the binaries first (`cargo build -p meridian --bins`; `make test` does), or set MERIDIAN_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// The `meridian` binary.
+pub fn meridian_bin() -> PathBuf {
+    binary("meridian")
+}
+
+/// A cluster of real `meridian server` processes on loopback, each with
+/// its config and log in a temporary directory; killed when dropped.
 pub struct ProcCluster {
     _dir: tempfile::TempDir,
     /// Signs every node's certificate (nodes added later too).
@@ -26,6 +69,7 @@ pub struct ProcCluster {
     pub children: Vec<Option<Child>>,
 }
 
+/// The first of a block of free-looking ports for one cluster.
 pub fn free_base_port() -> u16 {
     // Spread test runs over the port space by pid, and clusters within a run
     // by a counter; each cluster uses base..base+300.
@@ -80,7 +124,7 @@ impl ProcCluster {
     pub fn spawn_with(&self, i: usize, extra: &[&str]) -> Child {
         let log = self.configs[i].parent().unwrap().join("server.log");
         let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        Command::new(env!("CARGO_BIN_EXE_meridian"))
+        Command::new(meridian_bin())
             .args(["server", "--config"])
             .arg(&self.configs[i])
             .args(extra)
@@ -168,32 +212,19 @@ impl Drop for ProcCluster {
     }
 }
 
-/// One HTTP/1.1 request to `addr` (`host:port`); status 0 when it cannot
-/// connect.
+/// One HTTP/1.1 request to `addr` (`host:port`); status 0 when there is
+/// no answer (a node that is down or not listening yet).
 pub fn http_request(addr: &str, method: &str, path: &str, body: &str, content_type: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    use std::net::ToSocketAddrs as _;
-    let Some(sock) = addr.to_socket_addrs().ok().and_then(|mut a| a.next()) else { return (0, String::new()) };
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&sock, Duration::from_millis(500)) else { return (0, String::new()) };
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    if s.write_all(req.as_bytes()).is_err() {
-        return (0, String::new());
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let code = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
+    use meridian_client::http;
+    http::request(addr, method, path, Some(http::Body { content_type, bytes: body.as_bytes() }), HTTP_TIMEOUT).unwrap_or((0, String::new()))
 }
 
+/// `GET path` on `addr`; status 0 when there is no answer.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     http_request(addr, "GET", path, "", "text/plain")
 }
 
+/// Runs `etcdctl` (v3) against `endpoints`: success and its output.
 pub fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
@@ -206,20 +237,24 @@ pub fn etcdctl(endpoints: &str, args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Runs `etcdctl`, which must succeed: its output.
 pub fn ok(endpoints: &str, args: &[&str]) -> String {
     let (success, out) = etcdctl(endpoints, args);
     assert!(success, "etcdctl {args:?} failed: {out}");
     out
 }
 
+/// A current-thread tokio runtime for a test's async parts.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
+/// A KV client to node `i`.
 pub async fn kv_client(c: &ProcCluster, i: usize) -> KvClient<tonic::transport::Channel> {
     KvClient::connect(format!("http://{}", c.members[i].client_addr)).await.unwrap()
 }
 
+/// The value of metric `name` on node `i` (0 when absent).
 pub fn metric(c: &ProcCluster, i: usize, name: &str) -> u64 {
     let (_, body) = http_get(&c.members[i].http_addr, "/metrics");
     body.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)

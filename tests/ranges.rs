@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use meridian_proto::etcdserverpb as pb;
 
-mod common;
-use common::*;
+use meridian_tests::*;
 
 /// Every node's answer header names the cluster id, once it has read it
 /// from the meta range.

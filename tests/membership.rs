@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use meridian_client::Client;
 
-mod common;
-use common::*;
+use meridian_tests::*;
 
 const RANGE: u64 = 2;
 
@@ -83,7 +82,7 @@ fn replica_removed_and_added_back_under_writes_and_a_watch() {
         let (seen, stop) = (seen.clone(), stop_watch.clone());
         let order = order.clone();
         std::thread::spawn(move || {
-            common::rt().block_on(async {
+            meridian_tests::rt().block_on(async {
                 let cl = Client::with_config(meridian_client::ClientConfig::new(order)).unwrap();
                 let mut w = cl.watch("/m/", "/m0", start_rev);
                 let deadline = Instant::now() + Duration::from_secs(120);
@@ -102,7 +101,7 @@ fn replica_removed_and_added_back_under_writes_and_a_watch() {
     let writer = {
         let (acked, stop) = (acked.clone(), stop.clone());
         std::thread::spawn(move || {
-            common::rt().block_on(async {
+            meridian_tests::rt().block_on(async {
                 let cl = Client::with_config(meridian_client::ClientConfig::new(all)).unwrap();
                 for n in 0..20_000 {
                     if stop.load(Ordering::SeqCst) {
@@ -121,7 +120,7 @@ fn replica_removed_and_added_back_under_writes_and_a_watch() {
 
     // Remove the victim's replica (through the CLI, which finds the leader).
     let http: Vec<String> = c.members.iter().map(|m| m.http_addr.to_string()).collect();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+    let out = std::process::Command::new(meridian_bin())
         .args(["members", "--http", &http.join(","), &RANGE.to_string(), "remove", &victim_id.to_string()])
         .output()
         .unwrap();

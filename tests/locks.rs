@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use meridian_client::{api, Client, ClientError, Fence, LockOptions};
 
-mod common;
-use common::*;
+use meridian_tests::*;
 
 fn client(c: &ProcCluster) -> Client {
     let eps: Vec<String> = c.members.iter().map(|m| m.client_addr.to_string()).collect();
@@ -377,7 +376,7 @@ fn etcdctl_elect_hands_over_and_meridian_lock_cli_excludes() {
     let script = format!("echo in $MERIDIAN_FENCING_TOKEN >> {0}; sleep 0.3; echo out $MERIDIAN_FENCING_TOKEN >> {0}", log.display());
     let runs: Vec<Child> = (0..3)
         .map(|i| {
-            Command::new(env!("CARGO_BIN_EXE_meridian"))
+            Command::new(meridian_bin())
                 .args(["lock", "--endpoints", &c.members[i].client_addr.to_string(), "/jobs/cli", "--", "sh", "-c", &script])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -403,7 +402,7 @@ fn etcdctl_elect_hands_over_and_meridian_lock_cli_excludes() {
     // A `meridian lock` paused past its session TTL: once resumed it sees
     // the loss, stops its command and exits 3.
     let marker = c.configs[0].parent().unwrap().join("child-alive");
-    let mut paused = Command::new(env!("CARGO_BIN_EXE_meridian"))
+    let mut paused = Command::new(meridian_bin())
         .args(["lock", "--endpoints", &ep, "--ttl", "2", "/jobs/paused", "--", "sh", "-c"])
         .arg(format!("while true; do touch {}; sleep 0.2; done", marker.display()))
         .stdout(Stdio::null())
@@ -431,14 +430,12 @@ fn etcdctl_elect_hands_over_and_meridian_lock_cli_excludes() {
     assert_eq!(status.code(), Some(3), "exit code 3 for a lost lock: {err}");
     assert!(err.contains("LOST"), "{err}");
     // The lock went back: another session can take it.
-    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(["lock", "--endpoints", &ep, "--wait", "10", "/jobs/paused", "--", "true"])
-        .output()
-        .unwrap();
+    let out =
+        Command::new(meridian_bin()).args(["lock", "--endpoints", &ep, "--wait", "10", "/jobs/paused", "--", "true"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // `meridian elect` campaigns; `meridian elect --observe` streams the leader.
-    let mut cand = Command::new(env!("CARGO_BIN_EXE_meridian"))
+    let mut cand = Command::new(meridian_bin())
         .args(["elect", "--endpoints", &ep, "/svc/native", "gamma"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -447,7 +444,7 @@ fn etcdctl_elect_hands_over_and_meridian_lock_cli_excludes() {
     let cand_lines = lines_of(&mut cand);
     let mut cseen = Vec::new();
     wait_line(&cand_lines, &mut cseen, "ELECTED", Duration::from_secs(20));
-    let mut obs = Command::new(env!("CARGO_BIN_EXE_meridian"))
+    let mut obs = Command::new(meridian_bin())
         .args(["elect", "--endpoints", &ep, "--observe", "/svc/native"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -464,7 +461,7 @@ fn etcdctl_elect_hands_over_and_meridian_lock_cli_excludes() {
     let _ = obs.wait();
 
     // --describe prints the (now free) lock.
-    let out = Command::new(env!("CARGO_BIN_EXE_meridian")).args(["lock", "--endpoints", &ep, "--describe", "/jobs/cli"]).output().unwrap();
+    let out = Command::new(meridian_bin()).args(["lock", "--endpoints", &ep, "--describe", "/jobs/cli"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("/jobs/cli: free"), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
@@ -474,7 +471,7 @@ fn billing_cron_kill9_and_sigstop_holder_fenced_out() {
     let c = ProcCluster::start(3, &["/billing/"]);
     let ledger = c.configs[0].parent().unwrap().join("ledger");
     let cron = |name: &str, ignore: bool| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_billing-cron"));
+        let mut cmd = Command::new(binary("billing-cron"));
         cmd.args(["--endpoints", &c.endpoints(), "--instance", name, "--ledger-dir"]).arg(&ledger).args([
             "--customers",
             "30",

@@ -16,8 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-mod common;
-use common::*;
+use meridian_tests::*;
 
 use meridian_proto::etcdserverpb::{PutRequest, RangeRequest};
 use meridian_server::routing::ROOT_RANGE_ID;
