@@ -15,7 +15,8 @@ use meridian_tests::*;
 fn etcdctl_kv_txn_history_and_status() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let c = ProcCluster::start(3, &["/payments/"]);
-    let ep = c.endpoints();
+    // Endpoints as URLs, as etcd's docs write them.
+    let ep = c.url_endpoints();
     for i in 0..5 {
         ok(&ep, &["put", &format!("/app/k{i}"), &format!("v{i}")]);
     }
@@ -86,7 +87,8 @@ fn etcdctl_kv_txn_history_and_status() {
 fn etcdctl_leases_keepalive_revoke_and_expiry() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let c = ProcCluster::start(3, &[]);
-    let ep = c.endpoints();
+    // Endpoints as URLs, as etcd's docs write them.
+    let ep = c.url_endpoints();
     let grant = ok(&ep, &["lease", "grant", "30"]);
     let id = grant.split_whitespace().nth(1).expect("lease id").to_string();
     ok(&ep, &["put", "/leased", "v", &format!("--lease={id}")]);
@@ -216,7 +218,8 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
 fn etcdctl_watch_history_prev_kv_and_live_events() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let c = ProcCluster::start(3, &[]);
-    let ep = c.endpoints();
+    // Endpoints as URLs, as etcd's docs write them.
+    let ep = c.url_endpoints();
     ok(&ep, &["put", "/w/a", "v1"]);
     ok(&ep, &["put", "/w/a", "v2"]);
     ok(&ep, &["del", "/w/a"]);
@@ -409,7 +412,7 @@ fn etcdctl_lock_gives_mutual_exclusion() {
             Command::new("timeout")
                 .args(["30", "etcdctl"])
                 .env("ETCDCTL_API", "3")
-                .arg(format!("--endpoints={}", c.members[i].client_addr))
+                .arg(format!("--endpoints=http://{}", c.members[i].client_addr))
                 .args(["lock", "/locks/job", "--", "sh", "-c", &script])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -434,4 +437,33 @@ fn etcdctl_lock_gives_mutual_exclusion() {
         lc.lock(LockRequest { name: vec![], lease: 1 }).await.unwrap_err()
     });
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "empty lock name: {err:?}");
+}
+
+#[test]
+fn every_authority_form_etcd_clients_send_is_accepted() {
+    use prost::Message as _;
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ProcCluster::start(3, &[]);
+    let addr = c.members[0].client_addr.to_string();
+    ok(&c.url_endpoints(), &["put", "/forms/k", "v"]);
+    // etcdctl 3.4 sends the endpoint as written: both forms work.
+    for ep in [c.url_endpoints(), c.endpoints(), format!("http://{addr}")] {
+        assert_eq!(ok(&ep, &["get", "/forms/k", "--print-value-only"]).trim(), "v", "endpoints {ep}");
+        ok(&ep, &["endpoint", "status"]);
+    }
+    // Forms other Go clients send (grpc targets, etcd 3.5's several-endpoint
+    // authority, unix sockets), sent by hand since no Rust client lets them through.
+    let req = meridian_proto::etcdserverpb::RangeRequest { key: b"/forms/k".to_vec(), ..Default::default() }.encode_to_vec();
+    for authority in [
+        addr.clone(),
+        format!("http://{addr}"),
+        format!("https://{addr}/"),
+        format!("passthrough:///{addr}"),
+        format!("#initially=[http://{addr};http://127.0.0.9:1]"),
+        "unix:///var/run/etcd.sock".to_string(),
+    ] {
+        let reply = raw_grpc_call(&addr, &authority, "/etcdserverpb.KV/Range", &req).unwrap_or_else(|e| panic!("{authority}: {e}"));
+        let resp = meridian_proto::etcdserverpb::RangeResponse::decode(&reply[5..]).expect("a RangeResponse");
+        assert_eq!(resp.kvs[0].value, b"v", "{authority}");
+    }
 }

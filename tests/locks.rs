@@ -333,7 +333,7 @@ fn etcdctl_elect_hands_over_and_meridian_lock_cli_excludes() {
     let elect = |i: usize, proposal: &str| {
         Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", c.members[i].client_addr))
+            .arg(format!("--endpoints=http://{}", c.members[i].client_addr))
             .args(["elect", "/svc/leader", proposal])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -352,7 +352,7 @@ fn etcdctl_elect_hands_over_and_meridian_lock_cli_excludes() {
     // (SIGTERM: etcdctl closes its session on the way out).
     let mut listen = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={ep}"))
+        .arg(format!("--endpoints={}", c.url_endpoints()))
         .args(["elect", "-l", "/svc/leader"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

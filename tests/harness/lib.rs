@@ -166,8 +166,15 @@ impl ProcCluster {
         panic!("cluster not ready within {limit:?}; logs in {}", self.configs[0].parent().unwrap().parent().unwrap().display());
     }
 
+    /// The client addresses as `host:port,…`.
     pub fn endpoints(&self) -> String {
         self.members.iter().map(|m| m.client_addr.to_string()).collect::<Vec<_>>().join(",")
+    }
+
+    /// The client addresses as URLs, `http://host:port,…`: the form etcd's
+    /// docs, Kubernetes' `--etcd-servers` and most scripts use.
+    pub fn url_endpoints(&self) -> String {
+        self.members.iter().map(|m| format!("http://{}", m.client_addr)).collect::<Vec<_>>().join(",")
     }
 
     pub fn kill9(&mut self, i: usize) {
@@ -258,4 +265,63 @@ pub async fn kv_client(c: &ProcCluster, i: usize) -> KvClient<tonic::transport::
 pub fn metric(c: &ProcCluster, i: usize, name: &str) -> u64 {
     let (_, body) = http_get(&c.members[i].http_addr, "/metrics");
     body.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// One gRPC call by hand over HTTP/2 with prior knowledge, sending
+/// `authority` verbatim as `:authority` (forms no Rust client library
+/// lets through, such as `passthrough:///host:port`). Answers the first
+/// DATA payload of the reply (the length-prefixed message), or why there
+/// was none (a stream reset, a GOAWAY, a closed connection, a timeout).
+pub fn raw_grpc_call(addr: &str, authority: &str, path: &str, message: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Write};
+    fn frame(out: &mut Vec<u8>, frame_type: u8, flags: u8, stream: u32, payload: &[u8]) {
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[frame_type, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+    // HPACK literals without indexing, plain strings (lengths < 127).
+    let mut block = Vec::new();
+    for (n, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", authority),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        block.extend_from_slice(&[0, n.len() as u8]);
+        block.extend_from_slice(n.as_bytes());
+        block.push(v.len() as u8);
+        block.extend_from_slice(v.as_bytes());
+    }
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(message);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 0x4, 0, 0, &[]);
+    frame(&mut out, 0x1, 0x4, 1, &block);
+    frame(&mut out, 0x0, 0x1, 1, &body);
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    s.write_all(&out).map_err(|e| e.to_string())?;
+    loop {
+        let mut head = [0u8; 9];
+        s.read_exact(&mut head).map_err(|e| format!("reading a frame: {e}"))?;
+        let len = (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).map_err(|e| format!("reading a frame: {e}"))?;
+        match head[3] {
+            0x0 if stream == 1 && !payload.is_empty() => return Ok(payload),
+            0x3 if stream == 1 => return Err(format!("stream reset, error code {:?}", &payload)),
+            0x7 => return Err(format!("GOAWAY {:?}", &payload)),
+            0x4 if head[4] & 0x1 == 0 => {
+                let mut ack = Vec::new();
+                frame(&mut ack, 0x4, 0x1, 0, &[]);
+                s.write_all(&ack).map_err(|e| e.to_string())?;
+            }
+            _ => {}
+        }
+    }
 }

@@ -284,6 +284,9 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     // than a segment wait for the client's delayed ACK (~40 ms).
     let incoming = tonic::transport::server::TcpIncoming::from_listener(grpc_listener, true, Some(Duration::from_secs(60)))
         .map_err(|e| ServerError::Bind { addr: listen.client.to_string(), reason: e.to_string() })?;
+    // etcd's Go clients send endpoints written as URLs as `:authority`,
+    // which hyper refuses: see crate::authority.
+    let incoming = tokio_stream::StreamExt::map(incoming, |conn| conn.map(crate::authority::AuthorityFix::new));
     let grpc_task = tokio::spawn(grpc.serve_with_incoming_shutdown(incoming, async move {
         let _ = grpc_stop.changed().await;
     }));

@@ -1,6 +1,7 @@
 //! Every fuzz target, by the kind of untrusted bytes it takes.
 
 pub mod etcd;
+pub mod http2;
 pub mod kv;
 pub mod peer;
 pub mod storage;
@@ -8,8 +9,17 @@ pub mod storage;
 use crate::target::Target;
 
 /// Names of every target, in the order `all` builds them.
-pub const NAMES: [&str; 8] =
-    ["peer-frame", "raft-message", "storage-records", "store-open", "snapshot-payload", "kv-command", "kv-query", "etcd-requests"];
+pub const NAMES: [&str; 9] = [
+    "peer-frame",
+    "raft-message",
+    "storage-records",
+    "store-open",
+    "snapshot-payload",
+    "kv-command",
+    "kv-query",
+    "etcd-requests",
+    "http2-authority",
+];
 
 /// Builds one target (some build a fixture: a small store or KV range).
 pub fn by_name(name: &str) -> Option<Box<dyn Target>> {
@@ -22,6 +32,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn Target>> {
         "kv-command" => Box::new(kv::KvCommand::new()),
         "kv-query" => Box::new(kv::KvQuery::new()),
         "etcd-requests" => Box::new(etcd::EtcdRequests),
+        "http2-authority" => Box::new(http2::Http2Authority),
         _ => return None,
     };
     Some(t)
