@@ -528,15 +528,20 @@ pub struct LocksOp {
 /// A read of the event log ([`QueryKind::Events`]).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EventsOp {
-    /// The first revision (inclusive); 0: from the oldest event kept. One at
-    /// or below the last compaction is an error.
+    /// The first revision (inclusive); 0: from the oldest event kept. One
+    /// below the last compaction is an error; the compaction revision itself
+    /// is readable (as etcd lets a watch start there).
     #[prost(int64, tag = "1")]
     pub from_revision: i64,
-    /// Most events returned (not revisions: a revision's events may be cut);
-    /// clamped to 1 to
-    /// [`MAX_EVENTS_PER_QUERY`](crate::machine::MAX_EVENTS_PER_QUERY).
+    /// Most events returned (not revisions: a revision's events may be cut,
+    /// and the next page goes on from [`RevEvent::sub`] + 1); clamped to 1
+    /// to [`MAX_EVENTS_PER_QUERY`](crate::machine::MAX_EVENTS_PER_QUERY).
     #[prost(uint64, tag = "2")]
     pub limit: u64,
+    /// Within `from_revision`, the first event's position (its sub-revision);
+    /// 0: the whole revision.
+    #[prost(int64, tag = "3")]
+    pub from_sub: i64,
 }
 
 /// One event of the log, with the revision that wrote it.
@@ -548,6 +553,9 @@ pub struct RevEvent {
     /// The event (always set).
     #[prost(message, optional, tag = "2")]
     pub event: Option<crate::mvcc::Event>,
+    /// The event's position within its revision (0, 1, …).
+    #[prost(int64, tag = "3")]
+    pub sub: i64,
 }
 
 /// A lease as replicated state knows it (etcd's LeaseTimeToLive); the

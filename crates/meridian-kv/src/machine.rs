@@ -368,9 +368,9 @@ pub fn answer(r: &dyn DataRead, query: &[u8]) -> QueryAnswer {
             Some(QueryKind::Leases(_)) => a.lease_ids = Mvcc::leases(r)?.iter().map(|l| l.id).collect(),
             Some(QueryKind::Events(e)) => {
                 let limit = (e.limit as usize).clamp(1, MAX_EVENTS_PER_QUERY);
-                a.events = Mvcc::events_since(r, e.from_revision, limit)?
+                a.events = Mvcc::events_from(r, e.from_revision, e.from_sub, limit)?
                     .into_iter()
-                    .map(|(revision, event)| RevEvent { revision, event: Some(event) })
+                    .map(|(revision, sub, event)| RevEvent { revision, event: Some(event), sub })
                     .collect();
             }
             Some(QueryKind::LockDescribe(name)) => {

@@ -287,29 +287,40 @@ impl Mvcc {
     }
 
     /// Events with revision ≥ `from`, in order, at most `limit`. Errors if
-    /// `from` was compacted away.
+    /// `from` was compacted away (is below the compaction revision).
     pub fn events_since(r: &dyn DataRead, from: i64, limit: usize) -> Result<Vec<(i64, Event)>, KvError> {
+        Ok(Self::events_from(r, from, 0, limit)?.into_iter().map(|(rev, _, e)| (rev, e)).collect())
+    }
+
+    /// Events from position `(from, from_sub)` on (revision, then the
+    /// event's sub-revision), in order, at most `limit`, each with its
+    /// revision and sub-revision. Errors if `from` is below the compaction
+    /// revision; events of the compaction revision itself are kept (a put
+    /// there is its key's kept version), without the `prev_kv` compaction
+    /// removed, as etcd serves them.
+    pub fn events_from(r: &dyn DataRead, from: i64, from_sub: i64, limit: usize) -> Result<Vec<(i64, i64, Event)>, KvError> {
         let meta = Self::meta(r)?;
-        if from > 0 && from <= meta.compact_revision {
+        if from > 0 && from < meta.compact_revision {
             return Err(KvError::Compacted { compact_revision: meta.compact_revision });
         }
-        let mut logged: Vec<(i64, Vec<u8>)> = Vec::new();
-        r.scan(&keys::event_key(from.max(1), 0), &[keys::EVENTS + 1], &mut |k, v| {
-            let rev = k.get(1..9).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")) as i64).unwrap_or(0);
-            logged.push((rev, v.to_vec()));
+        let mut logged: Vec<(i64, i64, Vec<u8>)> = Vec::new();
+        let start = if from > 0 { keys::event_key(from, from_sub.max(0)) } else { keys::event_key(1, 0) };
+        r.scan(&start, &[keys::EVENTS + 1], &mut |k, v| {
+            let word = |at: usize| k.get(at..at + 8).map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")) as i64);
+            logged.push((word(1), word(9), v.to_vec()));
             logged.len() < limit
         })?;
         let mut out = Vec::with_capacity(logged.len());
-        for (rev, raw) in logged {
+        for (rev, sub, raw) in logged {
             let ev: EventRef = decode(&raw, "event")?;
             let event = if ev.key.is_empty() {
                 // Written by the earlier layout (whole key-values, tags 2
                 // and 3): still readable, e.g. from an older node's snapshot.
                 decode::<Event>(&raw, "event")?
             } else {
-                Self::resolve(r, rev, ev)?
+                Self::resolve(r, rev, ev, meta.compact_revision)?
             };
-            out.push((rev, event));
+            out.push((rev, sub, event));
         }
         Ok(out)
     }
@@ -318,7 +329,7 @@ impl Mvcc {
     /// `rev` and the one it replaced (compaction keeps both while the event
     /// is kept: it keeps every key's last version at or before the
     /// compaction revision).
-    fn resolve(r: &dyn DataRead, rev: i64, ev: EventRef) -> Result<Event, KvError> {
+    fn resolve(r: &dyn DataRead, rev: i64, ev: EventRef, compact_revision: i64) -> Result<Event, KvError> {
         let version = |at: i64| -> Result<Option<KeyValue>, KvError> {
             let raw = r.get(&keys::history_key(&ev.key, at))?.ok_or_else(|| {
                 KvError::Storage(format!(
@@ -334,7 +345,9 @@ impl Mvcc {
         } else {
             version(rev)?
         };
-        let prev_kv = if ev.prev_rev > 0 { version(ev.prev_rev)? } else { None };
+        // An event at the compaction revision lost its previous version to
+        // the compaction (it was below it).
+        let prev_kv = if ev.prev_rev > 0 && rev > compact_revision { version(ev.prev_rev)? } else { None };
         Ok(Event { kind: ev.kind, kv, prev_kv })
     }
 
@@ -541,7 +554,8 @@ impl<'c, 'a> WriteTxn<'c, 'a> {
 
     /// Compacts history below `rev`: keeps, for every key, its latest
     /// version at or before `rev` (unless that is a tombstone) and all
-    /// later ones; removes older events.
+    /// later ones; removes the events below `rev` (those of `rev` itself
+    /// stay, so a watch may start at the compaction revision, as in etcd).
     pub fn compact(&mut self, rev: i64) -> Result<(), KvError> {
         if rev <= self.meta.compact_revision {
             return Err(KvError::Compacted { compact_revision: self.meta.compact_revision });
@@ -587,7 +601,7 @@ impl<'c, 'a> WriteTxn<'c, 'a> {
             self.ctx.delete(&k);
         }
         let mut events = Vec::new();
-        self.ctx.scan(&keys::event_key(1, 0), &keys::event_key(rev + 1, 0), &mut |k, _| {
+        self.ctx.scan(&keys::event_key(1, 0), &keys::event_key(rev, 0), &mut |k, _| {
             events.push(k.to_vec());
             true
         })?;

@@ -10,6 +10,13 @@
 //! A stream that falls more than [`HUB_CAPACITY`] batches behind is not
 //! allowed to grow memory: its watchers are cancelled with a reason telling
 //! the client to re-watch from the revision it has.
+//!
+//! As etcd does: history replayed at creation goes out in as few responses
+//! as [`MAX_WATCH_RESPONSE_BYTES`] and [`MAX_REVISIONS_PER_RESPONSE`] allow,
+//! never splitting one revision's events (a revision larger than the limit
+//! goes out whole, or in fragments when the watch asked for `fragment`);
+//! live events go out one revision per response. A watch may start at the
+//! compaction revision; below it, it is cancelled with `compact_revision`.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,6 +42,16 @@ pub const MAX_WATCHERS_PER_STREAM: usize = 1024;
 const STREAM_BUFFER: usize = 256;
 /// How often watchers with `progress_notify` hear the current revision.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// Largest response of replayed history (and fragment size): etcd's default
+/// request limit, which its server fragments by.
+pub const MAX_WATCH_RESPONSE_BYTES: usize = crate::error::MAX_REQUEST_BYTES;
+/// Most revisions in one response of replayed history (etcd's
+/// `watchBatchMaxRevs`).
+pub const MAX_REVISIONS_PER_RESPONSE: usize = 1000;
+/// Events read from the log per query while replaying.
+const EVENTS_PER_PAGE: u64 = 1000;
+/// etcd's reason for a watch below the compaction revision.
+const COMPACTED_REASON: &str = "etcdserver: mvcc: required revision has been compacted";
 
 #[derive(Debug)]
 pub struct Published {
@@ -85,6 +102,8 @@ struct Watcher {
     no_put: bool,
     no_delete: bool,
     progress: bool,
+    /// Responses over [`MAX_WATCH_RESPONSE_BYTES`] go out in fragments.
+    fragment: bool,
 }
 
 impl Watcher {
@@ -98,17 +117,49 @@ impl Watcher {
 
     /// The client-visible events of one revision.
     fn select(&self, events: &[Event]) -> Vec<mvccpb::Event> {
-        events
-            .iter()
-            .filter(|e| e.kv.as_ref().is_some_and(|kv| self.matches(&kv.key)))
-            .filter(|e| !(e.is_delete() && self.no_delete || !e.is_delete() && self.no_put))
-            .map(|e| mvccpb::Event {
-                r#type: e.kind,
-                kv: e.kv.clone().map(kv_out),
-                prev_kv: if self.prev_kv { e.prev_kv.clone().map(kv_out) } else { None },
-            })
-            .collect()
+        events.iter().filter_map(|e| self.select_one(e)).collect()
     }
+
+    /// The client-visible form of `e`, if this watcher sees it.
+    fn select_one(&self, e: &Event) -> Option<mvccpb::Event> {
+        if !e.kv.as_ref().is_some_and(|kv| self.matches(&kv.key)) || (e.is_delete() && self.no_delete || !e.is_delete() && self.no_put) {
+            return None;
+        }
+        Some(mvccpb::Event {
+            r#type: e.kind,
+            kv: e.kv.clone().map(kv_out),
+            prev_kv: if self.prev_kv { e.prev_kv.clone().map(kv_out) } else { None },
+        })
+    }
+}
+
+/// Replayed events waiting to go out as one response: whole revisions.
+#[derive(Default)]
+struct Batch {
+    events: Vec<mvccpb::Event>,
+    bytes: usize,
+    revisions: usize,
+    /// The newest revision in the batch.
+    last: i64,
+}
+
+/// Splits `events` into fragments of at most `limit` encoded bytes each
+/// (a single larger event is a fragment of its own).
+fn fragments(events: Vec<mvccpb::Event>, limit: usize) -> Vec<Vec<mvccpb::Event>> {
+    use prost::Message as _;
+    let mut out = vec![Vec::new()];
+    let mut bytes = 0;
+    for e in events {
+        let n = e.encoded_len() + 4;
+        let last = out.last_mut().expect("never empty");
+        if !last.is_empty() && bytes + n > limit {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += n;
+        out.last_mut().expect("never empty").push(e);
+    }
+    out
 }
 
 pub struct WatchService {
@@ -141,8 +192,10 @@ impl StreamCtx {
         self.backend.header(range_id, revision).await
     }
 
+    /// Cancels watcher `id` and tells the client; a watcher that does not
+    /// exist (any more) is not answered, as etcd does.
     async fn cancel(&mut self, id: i64, reason: &str, compact_revision: i64) -> bool {
-        let range_id = self.watchers.iter().find(|w| w.id == id).map_or(crate::routing::ROOT_RANGE_ID, |w| w.range_id);
+        let Some(range_id) = self.watchers.iter().find(|w| w.id == id).map(|w| w.range_id) else { return true };
         self.watchers.retain(|w| w.id != id);
         let header = self.header(range_id, 0).await;
         self.send(pb::WatchResponse {
@@ -157,20 +210,32 @@ impl StreamCtx {
     }
 
     async fn create(&mut self, r: pb::WatchCreateRequest) -> bool {
-        let id = if r.watch_id > 0 { r.watch_id } else { self.next_id };
-        self.next_id = self.next_id.max(id) + 1;
+        // A refused watch is answered created and canceled with id -1, as
+        // etcd answers it, and changes nothing (the next id is not taken).
         let fail =
-            |reason: String| pb::WatchResponse { watch_id: id, created: true, canceled: true, cancel_reason: reason, ..Default::default() };
+            |reason: String| pb::WatchResponse { watch_id: -1, created: true, canceled: true, cancel_reason: reason, ..Default::default() };
         if self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
             return self.send(fail(format!("too many watchers on one stream (max {MAX_WATCHERS_PER_STREAM})"))).await;
         }
-        if self.watchers.iter().any(|w| w.id == id) {
-            return self.send(fail("etcdserver: duplicate watch ID provided".into())).await;
+        if r.watch_id > 0 && self.watchers.iter().any(|w| w.id == r.watch_id) {
+            return self.send(fail("mvcc: duplicate watch ID provided on the WatchStream".into())).await;
+        }
+        // An empty range end watches one key, [0] every key from `key` on;
+        // any other end must lie above the key.
+        if !r.range_end.is_empty() && r.range_end != [0] && r.range_end <= r.key {
+            return self.send(fail("mvcc: watcher range is empty".into())).await;
+        }
+        // Negative revisions are refused as etcd refuses revisions below
+        // its compaction (etcd-io/etcd#20693).
+        if r.start_revision < 0 {
+            return self.send(fail(COMPACTED_REASON.into())).await;
         }
         let range_id = match self.backend.routing().range_of_interval(&r.key, &r.range_end) {
             Ok(x) => x,
             Err(e) => return self.send(fail(e.to_string())).await,
         };
+        let id = if r.watch_id > 0 { r.watch_id } else { self.next_id };
+        self.next_id = self.next_id.max(id) + 1;
         let start = if r.start_revision > 0 {
             r.start_revision
         } else {
@@ -189,6 +254,7 @@ impl StreamCtx {
             no_put: r.filters.contains(&0),
             no_delete: r.filters.contains(&1),
             progress: r.progress_notify,
+            fragment: r.fragment,
         };
         let header = self.header(range_id, start - 1).await;
         if !self.send(pb::WatchResponse { header: Some(header), watch_id: id, created: true, ..Default::default() }).await {
@@ -198,44 +264,117 @@ impl StreamCtx {
         self.catch_up(id).await
     }
 
-    /// Replays history from the watcher's next revision, in bounded pages.
+    /// Replays history from the watcher's next revision: reads the log in
+    /// pages (resuming inside a revision when a page ends there) and sends
+    /// whole revisions, batched ([`Batch`]).
     async fn catch_up(&mut self, id: i64) -> bool {
+        let Some(w) = self.watchers.iter().find(|w| w.id == id) else { return true };
+        let (range_id, fragment) = (w.range_id, w.fragment);
+        let filter = Watcher { id, range_id, key: w.key.clone(), range_end: w.range_end.clone(), ..*w };
+        let mut cursor = (filter.next_rev, 0i64);
+        let mut batch = Batch::default();
+        // The revision being assembled: its number, selected events and their size.
+        let (mut rev, mut rev_events, mut rev_bytes): (i64, Vec<mvccpb::Event>, usize) = (0, Vec::new(), 0);
         loop {
-            let Some(w) = self.watchers.iter().find(|w| w.id == id) else { return true };
-            let (range_id, from) = (w.range_id, w.next_rev);
-            let q = c::QueryKind::Events(c::EventsOp { from_revision: from, limit: 1000 });
-            let a = match self.backend.query(range_id, q, false).await {
-                Ok(a) => a,
-                Err(ApiError::Compacted { compact_revision }) => {
-                    return self.cancel(id, "etcdserver: mvcc: required revision has been compacted", compact_revision).await;
-                }
+            let q = c::QueryKind::Events(c::EventsOp { from_revision: cursor.0, from_sub: cursor.1, limit: EVENTS_PER_PAGE });
+            let page = match self.backend.query(range_id, q, false).await {
+                Ok(a) => a.events,
+                Err(ApiError::Compacted { compact_revision }) => return self.cancel(id, COMPACTED_REASON, compact_revision).await,
                 Err(e) => return self.cancel(id, &e.to_string(), 0).await,
             };
-            if a.events.is_empty() {
-                return true;
-            }
-            let last = a.events.last().map_or(from, |e| e.revision);
-            // Group by revision so each response is one revision's events.
-            let mut i = 0;
-            while i < a.events.len() {
-                let rev = a.events[i].revision;
-                let mut j = i;
-                while j < a.events.len() && a.events[j].revision == rev {
-                    j += 1;
+            let more = page.len() as u64 == EVENTS_PER_PAGE;
+            for e in page {
+                if e.revision != rev {
+                    if !self.end_revision(id, &mut batch, rev, std::mem::take(&mut rev_events), rev_bytes).await {
+                        return false;
+                    }
+                    (rev, rev_bytes) = (e.revision, 0);
                 }
-                let evs: Vec<Event> = a.events[i..j].iter().filter_map(|e| e.event.clone()).collect();
-                if !self.deliver(id, rev, &evs).await {
-                    return false;
+                cursor = (e.revision, e.sub + 1);
+                if let Some(ev) = e.event.as_ref().and_then(|ev| filter.select_one(ev)) {
+                    rev_bytes += prost::Message::encoded_len(&ev) + 4;
+                    rev_events.push(ev);
                 }
-                i = j;
+                // A revision too large for one response, with fragments
+                // asked for: full fragments go out now (memory stays
+                // bounded); the last, partial one stays, to end the revision.
+                if fragment && rev_bytes > MAX_WATCH_RESPONSE_BYTES {
+                    if !self.flush(id, &mut batch).await {
+                        return false;
+                    }
+                    let mut pieces = fragments(std::mem::take(&mut rev_events), MAX_WATCH_RESPONSE_BYTES);
+                    rev_events = pieces.pop().expect("fragments are never empty");
+                    rev_bytes = rev_events.iter().map(|e| prost::Message::encoded_len(e) + 4).sum();
+                    let header = self.header(range_id, rev).await;
+                    for events in pieces {
+                        let r = pb::WatchResponse { header: Some(header), watch_id: id, events, fragment: true, ..Default::default() };
+                        if !self.send(r).await {
+                            return false;
+                        }
+                    }
+                }
             }
-            if let Some(w) = self.watchers.iter_mut().find(|w| w.id == id) {
-                w.next_rev = w.next_rev.max(last + 1);
-            }
-            if a.events.len() < 1000 {
-                return true;
+            if !more {
+                break;
             }
         }
+        if !self.end_revision(id, &mut batch, rev, rev_events, rev_bytes).await || !self.flush(id, &mut batch).await {
+            return false;
+        }
+        if let Some(w) = self.watchers.iter_mut().find(|w| w.id == id) {
+            w.next_rev = w.next_rev.max(rev + 1);
+        }
+        true
+    }
+
+    /// Adds revision `rev`'s selected events to `batch`, sending the batch
+    /// first when they would not fit in it.
+    async fn end_revision(&mut self, id: i64, batch: &mut Batch, rev: i64, events: Vec<mvccpb::Event>, bytes: usize) -> bool {
+        if rev == 0 {
+            return true;
+        }
+        if !events.is_empty() {
+            let full = batch.bytes + bytes > MAX_WATCH_RESPONSE_BYTES || batch.revisions >= MAX_REVISIONS_PER_RESPONSE;
+            if !batch.events.is_empty() && full && !self.flush(id, batch).await {
+                return false;
+            }
+            batch.events.extend(events);
+            batch.bytes += bytes;
+            batch.revisions += 1;
+        }
+        batch.last = rev;
+        true
+    }
+
+    /// Sends what `batch` holds (if anything) and notes the watcher has
+    /// seen up to its last revision.
+    async fn flush(&mut self, id: i64, batch: &mut Batch) -> bool {
+        let b = std::mem::take(batch);
+        let Some(w) = self.watchers.iter_mut().find(|w| w.id == id) else { return true };
+        if b.last > 0 {
+            w.next_rev = w.next_rev.max(b.last + 1);
+        }
+        if b.events.is_empty() {
+            return true;
+        }
+        let (range_id, fragment) = (w.range_id, w.fragment);
+        self.send_events(id, range_id, b.last, b.events, fragment).await
+    }
+
+    /// Sends `events` as one response — or, when the watcher asked for
+    /// fragments and they exceed the limit, as fragments, all but the last
+    /// marked `fragment`.
+    async fn send_events(&mut self, id: i64, range_id: u64, revision: i64, events: Vec<mvccpb::Event>, fragment: bool) -> bool {
+        let header = self.header(range_id, revision).await;
+        let pieces = if fragment { fragments(events, MAX_WATCH_RESPONSE_BYTES) } else { vec![events] };
+        let n = pieces.len();
+        for (i, events) in pieces.into_iter().enumerate() {
+            let r = pb::WatchResponse { header: Some(header), watch_id: id, events, fragment: i + 1 < n, ..Default::default() };
+            if !self.send(r).await {
+                return false;
+            }
+        }
+        true
     }
 
     async fn deliver(&mut self, id: i64, revision: i64, events: &[Event]) -> bool {
@@ -245,12 +384,87 @@ impl StreamCtx {
         }
         w.next_rev = revision + 1;
         let selected = w.select(events);
-        let range_id = w.range_id;
+        let (range_id, fragment) = (w.range_id, w.fragment);
         if selected.is_empty() {
             return true;
         }
-        let header = self.header(range_id, revision).await;
-        self.send(pb::WatchResponse { header: Some(header), watch_id: id, events: selected, ..Default::default() }).await
+        self.send_events(id, range_id, revision, selected, fragment).await
+    }
+
+    /// Answers a `WatchProgressRequest` as etcd does: a response with watch
+    /// id -1 and the current revision, meaning every event up to it has been
+    /// sent — so events already published are delivered first. A stream
+    /// with no watcher gets no answer (etcd sends none either).
+    async fn progress(&mut self, live: &mut broadcast::Receiver<Arc<Published>>) -> bool {
+        let Some((range_id, key)) = self.watchers.first().map(|w| (w.range_id, w.key.clone())) else { return true };
+        let Ok(rev) = current_revision(&self.backend, range_id, &key).await else { return true };
+        // Everything applied up to `rev` was published before it could be
+        // read: drain what this stream has not handled yet.
+        loop {
+            let item = match live.try_recv() {
+                Ok(p) => Ok(p),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => Err(broadcast::error::RecvError::Lagged(n)),
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Closed) => return false,
+            };
+            if !self.on_live(item).await {
+                return false;
+            }
+        }
+        if self.watchers.is_empty() {
+            return true;
+        }
+        let header = self.header(range_id, rev).await;
+        self.send(pb::WatchResponse { header: Some(header), watch_id: -1, ..Default::default() }).await
+    }
+
+    /// Handles one item of the live event feed; false when the stream is
+    /// over (the client left or the feed closed).
+    async fn on_live(&mut self, item: Result<Arc<Published>, broadcast::error::RecvError>) -> bool {
+        match item {
+            Ok(p) if p.removed => {
+                let ids: Vec<(i64, i64)> = self.watchers.iter().filter(|w| w.range_id == p.range_id).map(|w| (w.id, w.next_rev)).collect();
+                for (id, next) in ids {
+                    let reason = format!(
+                        "range {} no longer has a replica on this node; re-watch from revision {next} on another member",
+                        p.range_id
+                    );
+                    if !self.cancel(id, &reason, 0).await {
+                        return false;
+                    }
+                }
+                true
+            }
+            Ok(p) => {
+                let ids: Vec<(i64, bool)> =
+                    self.watchers.iter().filter(|w| w.range_id == p.range_id).map(|w| (w.id, p.revision > w.next_rev)).collect();
+                for (id, behind) in ids {
+                    // Revisions between the watcher's next one and this event
+                    // were never published here when this replica caught up by
+                    // installing a snapshot: replay them from history first
+                    // (also cheap when they held no events).
+                    if behind && !self.catch_up(id).await {
+                        return false;
+                    }
+                    if !self.deliver(id, p.revision, &p.events).await {
+                        return false;
+                    }
+                }
+                true
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                // Too slow: cancel rather than buffer without bound.
+                let ids: Vec<(i64, i64)> = self.watchers.iter().map(|w| (w.id, w.next_rev)).collect();
+                for (id, next) in ids {
+                    let reason = format!("watcher too slow ({n} event batches dropped); re-watch from revision {next}");
+                    if !self.cancel(id, &reason, 0).await {
+                        return false;
+                    }
+                }
+                true
+            }
+            Err(broadcast::error::RecvError::Closed) => false,
+        }
     }
 }
 
@@ -274,52 +488,12 @@ impl pb::watch_server::Watch for WatchService {
                         let alive = match msg.request_union {
                             Some(RequestUnion::CreateRequest(r)) => ctx.create(r).await,
                             Some(RequestUnion::CancelRequest(r)) => ctx.cancel(r.watch_id, "", 0).await,
-                            Some(RequestUnion::ProgressRequest(_)) => {
-                                let (range_id, key) =
-                                    ctx.watchers.first().map_or((crate::routing::ROOT_RANGE_ID, vec![0]), |w| (w.range_id, w.key.clone()));
-                                let rev = current_revision(&ctx.backend, range_id, &key).await.unwrap_or(0);
-                                let header = ctx.header(range_id, rev).await;
-                                ctx.send(pb::WatchResponse { header: Some(header), watch_id: -1, ..Default::default() }).await
-                            }
+                            Some(RequestUnion::ProgressRequest(_)) => ctx.progress(&mut live).await,
                             None => true,
                         };
                         if !alive { break; }
                     }
-                    item = live.recv() => match item {
-                        Ok(p) if p.removed => {
-                            let ids: Vec<(i64, i64)> = ctx.watchers.iter().filter(|w| w.range_id == p.range_id).map(|w| (w.id, w.next_rev)).collect();
-                            for (id, next) in ids {
-                                let reason = format!("range {} no longer has a replica on this node; re-watch from revision {next} on another member", p.range_id);
-                                if !ctx.cancel(id, &reason, 0).await { return; }
-                            }
-                        }
-                        Ok(p) => {
-                            let ids: Vec<(i64, bool)> = ctx
-                                .watchers
-                                .iter()
-                                .filter(|w| w.range_id == p.range_id)
-                                .map(|w| (w.id, p.revision > w.next_rev))
-                                .collect();
-                            for (id, behind) in ids {
-                                // Revisions between the watcher's next one and
-                                // this event were never published here when
-                                // this replica caught up by installing a
-                                // snapshot: replay them from history first
-                                // (also cheap when they held no events).
-                                if behind && !ctx.catch_up(id).await { return; }
-                                if !ctx.deliver(id, p.revision, &p.events).await { return; }
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Lagged(n)) => {
-                            // Too slow: cancel rather than buffer without bound.
-                            let ids: Vec<(i64, i64)> = ctx.watchers.iter().map(|w| (w.id, w.next_rev)).collect();
-                            for (id, next) in ids {
-                                let reason = format!("watcher too slow ({n} event batches dropped); re-watch from revision {next}");
-                                if !ctx.cancel(id, &reason, 0).await { return; }
-                            }
-                        }
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    },
+                    item = live.recv() => if !ctx.on_live(item).await { break },
                     _ = progress.tick() => {
                         let ranges: Vec<(i64, u64, i64)> = ctx.watchers.iter().filter(|w| w.progress).map(|w| (w.id, w.range_id, w.next_rev)).collect();
                         for (id, range_id, next) in ranges {

@@ -187,8 +187,8 @@ fn query_seeds() -> Vec<Vec<u8>> {
         QueryKind::LeaseInfo(auto_lease()),
         QueryKind::LeaseInfo(12345),
         QueryKind::Leases(true),
-        QueryKind::Events(EventsOp { from_revision: 0, limit: 0 }),
-        QueryKind::Events(EventsOp { from_revision: 5, limit: 3 }),
+        QueryKind::Events(EventsOp { from_revision: 0, limit: 0, from_sub: 0 }),
+        QueryKind::Events(EventsOp { from_revision: 5, limit: 3, from_sub: 2 }),
         QueryKind::LockDescribe(b"L1".to_vec()),
         QueryKind::Locks(LocksOp { from_name: Vec::new(), limit: 0 }),
         QueryKind::DelayedLocks(true),
@@ -202,7 +202,7 @@ fn probe_queries() -> Vec<Vec<u8>> {
     [
         QueryKind::Range(RangeOp { key: vec![0], range_end: vec![0], ..Default::default() }),
         QueryKind::Leases(true),
-        QueryKind::Events(EventsOp { from_revision: 0, limit: 1000 }),
+        QueryKind::Events(EventsOp { from_revision: 0, limit: 1000, from_sub: 0 }),
         QueryKind::Locks(LocksOp { from_name: Vec::new(), limit: 0 }),
         QueryKind::DelayedLocks(true),
     ]

@@ -10,15 +10,21 @@
 //!
 //! [`AuthorityFix`] sits between the accepted TCP stream and hyper, on the
 //! client-to-server direction only. It follows the HTTP/2 frames
-//! ([`Rewriter`]), decodes every header block with the connection's HPACK
-//! state, and forwards blocks untouched while their authority is valid. From
-//! the first block whose authority is not valid, it replaces that value by
-//! its `host:port` (or drops it when there is none — nothing in Meridian
-//! routes by authority) and re-encodes that block and every later one as
-//! plain literals, so hyper's decoder never needs the client's dynamic
-//! table. A connection that does not start with the HTTP/2 preface passes
-//! through untouched; a malformed frame sequence closes the connection, as
-//! hyper would.
+//! ([`Rewriter`]) up to the end of the connection's first header block and
+//! decodes it with the connection's HPACK state:
+//! - its authority is valid (every Rust, Java and bare-endpoint client):
+//!   the block is forwarded untouched and the connection is handed to hyper
+//!   as it is, at no further cost. A gRPC client keeps one authority per
+//!   connection, so its later requests carry the same one;
+//! - it is not: that value is replaced by the `host:port` inside it (or
+//!   dropped when there is none — nothing in Meridian routes by authority),
+//!   and that block and every later one of the connection are decoded and
+//!   re-encoded as plain literals, so hyper's decoder never needs the
+//!   client's dynamic table.
+//!
+//! A connection that does not start with the HTTP/2 preface passes through
+//! untouched; a malformed frame sequence closes the connection, as hyper
+//! would.
 
 mod hpack;
 
@@ -67,7 +73,7 @@ pub enum RewriteError {
     /// Padding longer than the frame, or a PRIORITY field cut short.
     #[error("malformed HEADERS frame on stream {stream_id}")]
     BadHeadersFrame { stream_id: u32 },
-    /// A header block above [`MAX_HEADER_BLOCK`].
+    /// A header block above the bound (1 MiB).
     #[error("header block on stream {stream_id} longer than {limit} bytes")]
     BlockTooLarge { stream_id: u32, limit: usize },
 }
@@ -108,7 +114,8 @@ pub struct Rewriter {
     buf: Vec<u8>,
     block: Option<Block>,
     decoder: hpack::Decoder,
-    /// True once a block has been re-encoded: every later one is too.
+    /// True once a block has been re-encoded: every later one is too. (A
+    /// first block that needs nothing ends the rewriter's work instead.)
     rewriting: bool,
     /// Header blocks whose authority was replaced or dropped.
     pub rewritten: u64,
@@ -260,7 +267,9 @@ impl Rewriter {
         let pos = headers.iter().position(|(n, _)| n == b":authority");
         let valid = pos.is_none_or(|i| axum::http::uri::Authority::try_from(headers[i].1.as_slice()).is_ok());
         if valid && !self.rewriting {
+            // The first block is fine: hand the connection over untouched.
             out.extend_from_slice(&block.original);
+            self.stage = Stage::Passthrough;
             return Ok(());
         }
         if !valid {
@@ -480,6 +489,7 @@ mod tests {
             let mut rw = Rewriter::new();
             assert_eq!(run(&mut rw, &input, step), input, "step {step}");
             assert_eq!(rw.rewritten, 0);
+            assert!(rw.is_passthrough(), "a valid first block hands the connection over");
         }
     }
 

@@ -1,0 +1,226 @@
+//! Watch semantics as etcd's clients rely on them, on real processes:
+//! replayed history batched (whole revisions, as few responses as the size
+//! limit allows), a watch from the compaction revision, fragments, filters,
+//! cancel by id, progress requests, and bad input refused as etcd refuses
+//! it. The `etcd-client` crate for what a library user does, a raw tonic
+//! stream where the test needs fields that crate hides (`fragment`).
+
+// Real processes on real time.
+#![allow(clippy::disallowed_methods)]
+
+use std::time::Duration;
+
+use meridian_proto::etcdserverpb as pb;
+use meridian_proto::etcdserverpb::watch_client::WatchClient;
+use meridian_tests::*;
+
+/// One raw watch stream to a node.
+struct RawWatch {
+    tx: tokio::sync::mpsc::Sender<pb::WatchRequest>,
+    rx: tonic::Streaming<pb::WatchResponse>,
+}
+
+impl RawWatch {
+    async fn open(c: &ProcCluster, i: usize) -> RawWatch {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", c.members[i].client_addr)).unwrap().connect().await.unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let rx = WatchClient::new(ch)
+            .max_decoding_message_size(64 << 20)
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        RawWatch { tx, rx }
+    }
+
+    async fn send(&self, r: pb::watch_request::RequestUnion) {
+        self.tx.send(pb::WatchRequest { request_union: Some(r) }).await.unwrap();
+    }
+
+    async fn create(&self, r: pb::WatchCreateRequest) {
+        self.send(pb::watch_request::RequestUnion::CreateRequest(r)).await;
+    }
+
+    async fn next(&mut self) -> pb::WatchResponse {
+        tokio::time::timeout(Duration::from_secs(15), self.rx.message())
+            .await
+            .expect("a watch response in time")
+            .unwrap()
+            .expect("stream open")
+    }
+
+    /// True if nothing arrives within `d`.
+    async fn quiet_for(&mut self, d: Duration) -> bool {
+        tokio::time::timeout(d, self.rx.message()).await.is_err()
+    }
+}
+
+fn prefix_end(p: &[u8]) -> Vec<u8> {
+    let mut e = p.to_vec();
+    *e.last_mut().unwrap() += 1;
+    e
+}
+
+#[test]
+fn history_is_batched_and_the_compaction_revision_is_watchable_with_etcd_client() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ProcCluster::start(3, &[]);
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.client_addr.to_string()).collect();
+    rt().block_on(async {
+        use etcd_client::{Client, CompactionOptions, WatchOptions};
+        let mut client = Client::connect(&endpoints, None).await.unwrap();
+        let first = client.put("/h/k", "v1", None).await.unwrap().header().unwrap().revision();
+        client.put("/h/k", "v2", None).await.unwrap();
+        // Two puts, then a watch from the first: one response, both events.
+        let (_w, mut stream) = client.watch("/h/k", Some(WatchOptions::new().with_start_revision(first))).await.unwrap();
+        let mut resp = stream.message().await.unwrap().unwrap();
+        while resp.created() && resp.events().is_empty() {
+            resp = stream.message().await.unwrap().unwrap();
+        }
+        let values: Vec<&str> = resp.events().iter().map(|e| e.kv().unwrap().value_str().unwrap()).collect();
+        assert_eq!(values, ["v1", "v2"], "both replayed events in one response");
+
+        // Compact at the last put: a watch from there streams it; one
+        // revision lower is compacted.
+        let last = client.put("/h/k", "v3", None).await.unwrap().header().unwrap().revision();
+        client.compact(last, Some(CompactionOptions::new().with_physical())).await.unwrap();
+        let (_w, mut stream) = client.watch("/h/k", Some(WatchOptions::new().with_start_revision(last))).await.unwrap();
+        let mut resp = stream.message().await.unwrap().unwrap();
+        while resp.created() && resp.events().is_empty() && !resp.canceled() {
+            resp = stream.message().await.unwrap().unwrap();
+        }
+        assert!(!resp.canceled(), "a watch at the compaction revision is valid: {resp:?}");
+        assert_eq!(resp.events()[0].kv().unwrap().value_str().unwrap(), "v3");
+        let (_w, mut stream) = client.watch("/h/k", Some(WatchOptions::new().with_start_revision(last - 1))).await.unwrap();
+        let mut resp = stream.message().await.unwrap().unwrap();
+        while !resp.canceled() {
+            resp = stream.message().await.unwrap().unwrap();
+        }
+        assert_eq!(resp.compact_revision(), last);
+    });
+}
+
+#[test]
+fn fragments_filters_cancel_progress_and_bad_input_as_etcd() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ProcCluster::start(3, &[]);
+    rt().block_on(async {
+        let mut kv = kv_client(&c, 0).await;
+        // Four 500 KB values, one revision each.
+        let big = vec![b'x'; 500 << 10];
+        let mut revs = Vec::new();
+        for i in 0..4 {
+            let r = kv.put(pb::PutRequest { key: format!("/big/{i}").into(), value: big.clone(), ..Default::default() }).await.unwrap();
+            revs.push(r.into_inner().header.unwrap().revision);
+        }
+        let watch_big = |start: i64, prev_kv: bool, fragment: bool| pb::WatchCreateRequest {
+            key: b"/big/".to_vec(),
+            range_end: prefix_end(b"/big/"),
+            start_revision: start,
+            prev_kv,
+            fragment,
+            ..Default::default()
+        };
+
+        // Replay of 2 MB over four revisions: batched under the limit, and
+        // no revision split between responses.
+        let mut w = RawWatch::open(&c, 0).await;
+        w.create(watch_big(revs[0], false, false)).await;
+        assert!(w.next().await.created);
+        let (mut seen, mut responses) = (Vec::new(), 0);
+        while seen.len() < 4 {
+            let r = w.next().await;
+            responses += 1;
+            seen.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+        }
+        assert_eq!(seen, revs);
+        assert!((2..=3).contains(&responses), "{responses} responses for 2 MB of history");
+
+        // One revision of 2 MB (a delete with prev_kv): whole without
+        // `fragment`, in fragments with it.
+        let del = kv
+            .delete_range(pb::DeleteRangeRequest { key: b"/big/".to_vec(), range_end: prefix_end(b"/big/"), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision;
+        let mut whole = RawWatch::open(&c, 1).await;
+        whole.create(watch_big(del, true, false)).await;
+        assert!(whole.next().await.created);
+        let r = whole.next().await;
+        assert_eq!((r.events.len(), r.fragment), (4, false));
+        assert!(r.events.iter().all(|e| e.prev_kv.as_ref().is_some_and(|p| p.value.len() == 500 << 10)));
+        // Node 2 has applied the delete: its watch replays it from history
+        // (the path that streams fragments as it reads).
+        let mut kv2 = kv_client(&c, 2).await;
+        while kv2
+            .range(pb::RangeRequest { key: b"/big/0".to_vec(), serializable: true, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .header
+            .unwrap()
+            .revision
+            < del
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut frag = RawWatch::open(&c, 2).await;
+        frag.create(watch_big(del, true, true)).await;
+        assert!(frag.next().await.created);
+        let mut pieces = Vec::new();
+        loop {
+            let r = frag.next().await;
+            let more = r.fragment;
+            pieces.push(r.events.len());
+            if !more {
+                break;
+            }
+        }
+        assert!(pieces.len() >= 2, "fragments: {pieces:?}");
+        assert_eq!(pieces.iter().sum::<usize>(), 4);
+
+        // NOPUT: only the delete arrives.
+        let mut f = RawWatch::open(&c, 0).await;
+        f.create(pb::WatchCreateRequest { key: b"/f/a".to_vec(), filters: vec![0], watch_id: 7, ..Default::default() }).await;
+        let created = f.next().await;
+        assert_eq!((created.created, created.watch_id), (true, 7));
+        kv.put(pb::PutRequest { key: b"/f/a".to_vec(), value: b"1".to_vec(), ..Default::default() }).await.unwrap();
+        kv.delete_range(pb::DeleteRangeRequest { key: b"/f/a".to_vec(), ..Default::default() }).await.unwrap();
+        let r = f.next().await;
+        assert_eq!(r.events.iter().map(|e| e.r#type).collect::<Vec<_>>(), [1], "only the DELETE");
+
+        // Bad input: etcd's answers, and nothing changes.
+        f.create(pb::WatchCreateRequest { key: b"/f/b".to_vec(), watch_id: 7, ..Default::default() }).await;
+        let r = f.next().await;
+        assert_eq!((r.created, r.canceled, r.watch_id), (true, true, -1));
+        assert_eq!(r.cancel_reason, "mvcc: duplicate watch ID provided on the WatchStream");
+        f.create(pb::WatchCreateRequest { key: b"/f/b".to_vec(), range_end: b"/f/a".to_vec(), ..Default::default() }).await;
+        let r = f.next().await;
+        assert_eq!((r.canceled, r.watch_id, r.cancel_reason.as_str()), (true, -1, "mvcc: watcher range is empty"));
+        f.create(pb::WatchCreateRequest { key: b"/f/b".to_vec(), start_revision: -1, ..Default::default() }).await;
+        let r = f.next().await;
+        assert_eq!(
+            (r.canceled, r.watch_id, r.cancel_reason.as_str()),
+            (true, -1, "etcdserver: mvcc: required revision has been compacted")
+        );
+
+        // Cancel of an unknown id: no answer (a progress request's answer
+        // comes next); cancel of watcher 7: canceled, with its id.
+        f.send(pb::watch_request::RequestUnion::CancelRequest(pb::WatchCancelRequest { watch_id: 999 })).await;
+        f.send(pb::watch_request::RequestUnion::ProgressRequest(pb::WatchProgressRequest {})).await;
+        let r = f.next().await;
+        assert_eq!((r.watch_id, r.canceled, r.events.len()), (-1, false, 0), "a progress answer, not a cancel: {r:?}");
+        assert!(r.header.unwrap().revision >= del + 2);
+        f.send(pb::watch_request::RequestUnion::CancelRequest(pb::WatchCancelRequest { watch_id: 7 })).await;
+        let r = f.next().await;
+        assert_eq!((r.watch_id, r.canceled), (7, true));
+
+        // A stream with no watcher gets no progress answer.
+        let mut empty = RawWatch::open(&c, 0).await;
+        empty.send(pb::watch_request::RequestUnion::ProgressRequest(pb::WatchProgressRequest {})).await;
+        assert!(empty.quiet_for(Duration::from_secs(1)).await);
+    });
+}
