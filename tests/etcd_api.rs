@@ -467,3 +467,48 @@ fn every_authority_form_etcd_clients_send_is_accepted() {
         assert_eq!(resp.kvs[0].value, b"v", "{authority}");
     }
 }
+
+/// The ranges node `i` leads, from its HTTP status.
+fn ranges_led_by(c: &ProcCluster, i: usize) -> Vec<u64> {
+    let (_, body) = http_get(&c.members[i].http_addr, "/v1/cluster/status");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["ranges"].as_array().unwrap().iter().filter(|r| r["role"] == "Leader").map(|r| r["range_id"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn etcdctl_move_leader_hands_every_range_led_there_to_the_target() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ProcCluster::start(3, &["/payments/"]);
+    let ep = c.url_endpoints();
+    let root = meridian_server::routing::ROOT_RANGE_ID;
+    let l = c.leader_of(root).expect("a root leader");
+    let led = ranges_led_by(&c, l);
+    assert!(led.contains(&root));
+    let t = (l + 1) % 3;
+    // Not a member: etcd's error, and nothing moves.
+    let (success, out) = etcdctl(&ep, &["move-leader", "ff"]);
+    assert!(!success && out.contains("bad leader transferee"), "{out}");
+    assert_eq!(ranges_led_by(&c, l), led, "a refused move moves nothing");
+    // To a member: every range led there is led by the target when
+    // etcdctl returns.
+    let out = ok(&ep, &["move-leader", &format!("{:x}", c.members[t].id)]);
+    assert!(out.contains("Leadership transferred"), "{out}");
+    let now = ranges_led_by(&c, t);
+    assert!(led.iter().all(|r| now.contains(r)), "led before by node {l}: {led:?}; by the target now: {now:?}");
+    // Writes go on.
+    ok(&ep, &["put", "/after-move", "v"]);
+    ok(&ep, &["put", "/payments/p", "v"]);
+    // `endpoint hashkv`: every replica hashes the same once it has applied
+    // the writes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = ok(&ep, &["endpoint", "hashkv"]);
+        let hashes: Vec<&str> = out.lines().filter_map(|l| l.split(", ").nth(1)).collect();
+        assert_eq!(hashes.len(), 3, "{out}");
+        if hashes.iter().all(|h| *h == hashes[0]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas still differ: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

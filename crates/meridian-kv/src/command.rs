@@ -483,7 +483,7 @@ pub struct LeaseOutcome {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Query {
     /// The query; `None` is invalid.
-    #[prost(oneof = "QueryKind", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "QueryKind", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     pub kind: Option<QueryKind>,
 }
 
@@ -511,6 +511,32 @@ pub enum QueryKind {
     /// Locks under lock-delay (the leader times them).
     #[prost(bool, tag = "7")]
     DelayedLocks(bool),
+    /// A hash of the key-value history (etcd's HashKV).
+    #[prost(message, tag = "8")]
+    HashKv(HashKvOp),
+}
+
+/// A hash of the key-value history up to a revision ([`QueryKind::HashKv`]).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HashKvOp {
+    /// The last revision hashed; 0: the current one.
+    #[prost(int64, tag = "1")]
+    pub revision: i64,
+}
+
+/// The answer to a [`QueryKind::HashKv`].
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HashKvOutcome {
+    /// CRC-32 (IEEE) over every stored version (key and record) at or
+    /// below `hash_revision`, in key order.
+    #[prost(uint32, tag = "1")]
+    pub hash: u32,
+    /// The range's compaction revision.
+    #[prost(int64, tag = "2")]
+    pub compact_revision: i64,
+    /// The last revision hashed.
+    #[prost(int64, tag = "3")]
+    pub hash_revision: i64,
 }
 
 /// A listing of locks ([`QueryKind::Locks`]).
@@ -615,6 +641,9 @@ pub struct QueryAnswer {
     /// order.
     #[prost(message, repeated, tag = "8")]
     pub locks: Vec<crate::locks::NamedLock>,
+    /// Of [`QueryKind::HashKv`].
+    #[prost(message, optional, tag = "9")]
+    pub hash: Option<HashKvOutcome>,
 }
 
 /// The keys `op` touches (every compare and every branch of a Txn, nested
@@ -657,8 +686,11 @@ pub fn query_keys(q: &QueryKind) -> Vec<KeyInterval> {
     match q {
         QueryKind::Range(r) => vec![KeyInterval::range(&r.key, &r.range_end)],
         QueryKind::LockDescribe(name) => vec![KeyInterval::key(name)],
-        QueryKind::LeaseInfo(_) | QueryKind::Leases(_) | QueryKind::Events(_) | QueryKind::Locks(_) | QueryKind::DelayedLocks(_) => {
-            Vec::new()
-        }
+        QueryKind::LeaseInfo(_)
+        | QueryKind::Leases(_)
+        | QueryKind::Events(_)
+        | QueryKind::Locks(_)
+        | QueryKind::DelayedLocks(_)
+        | QueryKind::HashKv(_) => Vec::new(),
     }
 }

@@ -373,6 +373,7 @@ pub fn answer(r: &dyn DataRead, query: &[u8]) -> QueryAnswer {
                     .map(|(revision, sub, event)| RevEvent { revision, event: Some(event), sub })
                     .collect();
             }
+            Some(QueryKind::HashKv(op)) => a.hash = Some(Mvcc::hash_kv(r, op.revision)?),
             Some(QueryKind::LockDescribe(name)) => {
                 locks::validate_name(&name)?;
                 a.lock = Some(locks::describe(r, &name)?.unwrap_or_default());

@@ -286,6 +286,31 @@ impl Mvcc {
         Ok(last)
     }
 
+    /// A hash of every stored version (its history key and record) at or
+    /// below `revision` (0: the current revision), in key order: equal on
+    /// every replica that applied the same log, different when a replica's
+    /// data differs. What compaction removed is not hashed, so replicas
+    /// compare equal at any revision at or above their compaction.
+    pub fn hash_kv(r: &dyn DataRead, revision: i64) -> Result<crate::command::HashKvOutcome, KvError> {
+        let meta = Self::meta(r)?;
+        let rev = if revision <= 0 { meta.revision } else { revision };
+        if rev > meta.revision {
+            return Err(KvError::FutureRevision { revision: rev, current: meta.revision });
+        }
+        if rev < meta.compact_revision {
+            return Err(KvError::Compacted { compact_revision: meta.compact_revision });
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        r.scan(&[keys::HISTORY], &[keys::HISTORY + 1], &mut |k, v| {
+            if keys::parse_history_key(k).is_none_or(|(_, vrev)| vrev <= rev) {
+                hasher.update(k);
+                hasher.update(v);
+            }
+            true
+        })?;
+        Ok(crate::command::HashKvOutcome { hash: hasher.finalize(), compact_revision: meta.compact_revision, hash_revision: rev })
+    }
+
     /// Events with revision ≥ `from`, in order, at most `limit`. Errors if
     /// `from` was compacted away (is below the compaction revision).
     pub fn events_since(r: &dyn DataRead, from: i64, limit: usize) -> Result<Vec<(i64, Event)>, KvError> {

@@ -145,6 +145,7 @@ fn query_name(q: &c::QueryKind, linearizable: bool) -> &'static str {
         (c::QueryKind::LockDescribe(_), _) => "lock_describe",
         (c::QueryKind::Locks(_), _) => "lock_list",
         (c::QueryKind::DelayedLocks(_), _) => "lock_delayed",
+        (c::QueryKind::HashKv(_), _) => "hash_kv",
     }
 }
 

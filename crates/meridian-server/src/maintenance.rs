@@ -12,6 +12,8 @@ use crate::routing::ROOT_RANGE_ID;
 
 /// The etcd API version Meridian speaks.
 pub const ETCD_API_VERSION: &str = "3.5.0";
+/// How long `MoveLeader` waits for the target to lead every range handed to it.
+const MOVE_LEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct MaintenanceService {
     pub backend: Arc<Backend>,
@@ -30,6 +32,34 @@ fn dir_size(path: &std::path::Path, depth: u32) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+impl MaintenanceService {
+    /// The hash etcd's `HashKV` answers: over every range this member holds
+    /// a replica of (in range order, each range's id and its history hash),
+    /// each at its current revision — or, with `revision` > 0, the root
+    /// range alone at that revision (revisions are per range). Answers the
+    /// hash, and the root range's compaction and hashed revisions.
+    async fn replica_hash(&self, revision: i64) -> Result<(u32, i64, i64), ApiError> {
+        let mut ranges: Vec<u64> = self.backend.raft.status().await.iter().map(|s| s.range_id).collect();
+        ranges.sort_unstable();
+        if revision > 0 {
+            ranges.retain(|r| *r == ROOT_RANGE_ID);
+        }
+        let mut hasher = crc32fast::Hasher::new();
+        let (mut compact, mut hashed) = (0, 0);
+        for range_id in ranges {
+            let rev = if range_id == ROOT_RANGE_ID { revision.max(0) } else { 0 };
+            let q = meridian_kv::command::QueryKind::HashKv(meridian_kv::command::HashKvOp { revision: rev });
+            let h = self.backend.query(range_id, q, false).await?.hash.unwrap_or_default();
+            if range_id == ROOT_RANGE_ID {
+                (compact, hashed) = (h.compact_revision, h.hash_revision);
+            }
+            hasher.update(&range_id.to_be_bytes());
+            hasher.update(&h.hash.to_be_bytes());
+        }
+        Ok((hasher.finalize(), compact, hashed))
+    }
 }
 
 fn unimplemented(what: &str) -> Status {
@@ -65,12 +95,22 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         Err(unimplemented("defragment: RocksDB compacts in the background"))
     }
 
+    /// etcd's `Hash` (meant for testing): the same hash as `HashKV` at the
+    /// current revisions.
     async fn hash(&self, _r: Request<pb::HashRequest>) -> Result<Response<pb::HashResponse>, Status> {
-        Err(unimplemented("hash"))
+        let (hash, _, rev) = self.replica_hash(0).await?;
+        Ok(Response::new(pb::HashResponse { header: Some(self.backend.header(ROOT_RANGE_ID, rev).await), hash }))
     }
 
-    async fn hash_kv(&self, _r: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
-        Err(unimplemented("hashkv"))
+    /// etcd's `HashKV` (`etcdctl endpoint hashkv`): see `replica_hash`.
+    async fn hash_kv(&self, r: Request<pb::HashKvRequest>) -> Result<Response<pb::HashKvResponse>, Status> {
+        let (hash, compact_revision, hash_revision) = self.replica_hash(r.into_inner().revision).await?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.backend.header(ROOT_RANGE_ID, hash_revision).await),
+            hash,
+            compact_revision,
+            hash_revision,
+        }))
     }
 
     type SnapshotStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
@@ -79,8 +119,52 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         Err(unimplemented("snapshot: use the data directory backup procedure"))
     }
 
-    async fn move_leader(&self, _r: Request<pb::MoveLeaderRequest>) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        Err(unimplemented("move-leader: leadership is per range; use meridian drill"))
+    /// etcd's `MoveLeader`, per range: every range this member leads and
+    /// the target holds a voter of is handed to the target, and the answer
+    /// comes once the target leads them all. Sent to a member that leads
+    /// nothing: `etcdserver: not leader` (etcdctl asks the root range's
+    /// leader, from `Status`). A target that is not a member, or holds no
+    /// voter of any range led here: `etcdserver: bad leader transferee`,
+    /// and nothing moves.
+    async fn move_leader(&self, r: Request<pb::MoveLeaderRequest>) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let target = r.into_inner().target_id;
+        let me = self.backend.cfg.node_id;
+        let bad = || -> Status { ApiError::Invalid("bad leader transferee".into()).into() };
+        if !self.backend.nodes().iter().any(|n| n.id == target) {
+            return Err(bad());
+        }
+        let status = self.backend.raft.status().await;
+        let led: Vec<&meridian_raftstore::RangeStatus> = status.iter().filter(|s| s.leader_id == me).collect();
+        if led.is_empty() {
+            let leader = status.iter().find(|s| s.range_id == ROOT_RANGE_ID).map_or(0, |s| s.leader_id);
+            return Err(ApiError::NotLeader { range_id: ROOT_RANGE_ID, leader }.into());
+        }
+        let header = Some(self.backend.header(ROOT_RANGE_ID, 0).await);
+        if target == me {
+            return Ok(Response::new(pb::MoveLeaderResponse { header }));
+        }
+        let moving: Vec<u64> = led.iter().filter(|s| s.voters.contains(&target)).map(|s| s.range_id).collect();
+        if moving.is_empty() {
+            return Err(bad());
+        }
+        for &range_id in &moving {
+            tracing::info!(range = range_id, from = me, to = target, "move-leader: transferring");
+            self.backend.raft.transfer_leader(range_id, target).await.map_err(Status::from)?;
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let now = self.backend.raft.status().await;
+            let pending: Vec<u64> =
+                moving.iter().copied().filter(|id| !now.iter().any(|s| s.range_id == *id && s.leader_id == target)).collect();
+            if pending.is_empty() {
+                return Ok(Response::new(pb::MoveLeaderResponse { header }));
+            }
+            if started.elapsed() >= MOVE_LEADER_TIMEOUT {
+                tracing::warn!(?pending, to = target, "move-leader: transfer took too long");
+                return Err(ApiError::Timeout.into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     async fn downgrade(&self, _r: Request<pb::DowngradeRequest>) -> Result<Response<pb::DowngradeResponse>, Status> {

@@ -192,6 +192,8 @@ fn query_seeds() -> Vec<Vec<u8>> {
         QueryKind::LockDescribe(b"L1".to_vec()),
         QueryKind::Locks(LocksOp { from_name: Vec::new(), limit: 0 }),
         QueryKind::DelayedLocks(true),
+        QueryKind::HashKv(HashKvOp { revision: 0 }),
+        QueryKind::HashKv(HashKvOp { revision: 3 }),
     ];
     kinds.into_iter().map(|k| Query { kind: Some(k) }.encode_to_vec()).collect()
 }
