@@ -476,7 +476,7 @@ fn ranges_led_by(c: &ProcCluster, i: usize) -> Vec<u64> {
 }
 
 #[test]
-fn etcdctl_move_leader_hands_every_range_led_there_to_the_target() {
+fn etcdctl_move_leader_hashkv_and_defrag() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let c = ProcCluster::start(3, &["/payments/"]);
     let ep = c.url_endpoints();
@@ -511,4 +511,9 @@ fn etcdctl_move_leader_hands_every_range_led_there_to_the_target() {
         assert!(Instant::now() < deadline, "replicas still differ: {out}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // `defrag` on every member; the data stays and writes go on.
+    let out = ok(&ep, &["defrag"]);
+    assert_eq!(out.matches("Finished defragmenting etcd member").count(), 3, "{out}");
+    assert_eq!(ok(&ep, &["get", "/payments/p", "--print-value-only"]).trim(), "v");
+    ok(&ep, &["put", "/after-defrag", "v"]);
 }

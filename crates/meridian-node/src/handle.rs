@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use meridian_raftstore::raft_types::ConfChangeV2;
 use meridian_raftstore::{RaftstoreError, RangeRequest, RangeStatus, StoreMetrics};
+use meridian_storage_rocks::Compactor;
 use meridian_transport_quic::QuicTransport;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info_span, Instrument as _};
@@ -35,6 +36,20 @@ struct Inner {
     stop: Mutex<Option<oneshot::Sender<()>>>,
     runner: Mutex<Option<StoreRunner>>,
     faults: Arc<NetFaults>,
+    /// Serializes `defragment` calls.
+    compactor: tokio::sync::Mutex<Compactor>,
+}
+
+/// What a started node hands to its [`NodeHandle`].
+pub(crate) struct HandleParts {
+    pub node_id: u64,
+    pub commands: mpsc::Sender<Command>,
+    pub transport: Arc<QuicTransport>,
+    pub request_timeout: Duration,
+    pub stop: oneshot::Sender<()>,
+    pub runner: StoreRunner,
+    pub faults: Arc<NetFaults>,
+    pub compactor: Compactor,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -42,26 +57,32 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl NodeHandle {
-    pub(crate) fn new(
-        node_id: u64,
-        commands: mpsc::Sender<Command>,
-        transport: Arc<QuicTransport>,
-        request_timeout: Duration,
-        stop: oneshot::Sender<()>,
-        runner: StoreRunner,
-        faults: Arc<NetFaults>,
-    ) -> Self {
+    pub(crate) fn new(p: HandleParts) -> Self {
         NodeHandle {
             inner: Arc::new(Inner {
-                node_id,
-                commands,
-                transport,
-                request_timeout,
-                stop: Mutex::new(Some(stop)),
-                runner: Mutex::new(Some(runner)),
-                faults,
+                node_id: p.node_id,
+                commands: p.commands,
+                transport: p.transport,
+                request_timeout: p.request_timeout,
+                stop: Mutex::new(Some(p.stop)),
+                runner: Mutex::new(Some(p.runner)),
+                faults: p.faults,
+                compactor: tokio::sync::Mutex::new(p.compactor),
             }),
         }
+    }
+
+    /// Compacts the engine's files (etcd's `Defragment`) on the blocking
+    /// pool while the node keeps serving; one at a time per node (a second
+    /// call waits for the first).
+    pub async fn defragment(&self) -> Result<(), NodeError> {
+        let guard = self.inner.compactor.lock().await;
+        let compactor = guard.clone();
+        let started = std::time::Instant::now();
+        let r = tokio::task::spawn_blocking(move || compactor.compact_all()).await.map_err(|_| NodeError::Stopped)?;
+        tracing::info!(node = self.inner.node_id, secs = started.elapsed().as_secs_f64(), ok = r.is_ok(), "defragment finished");
+        drop(guard);
+        Ok(r?)
     }
 
     /// Network fault controls of this node (chaos testing).

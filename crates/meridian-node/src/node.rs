@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use meridian_raftstore::{StateMachineFactory, Store, StoreConfig};
 use meridian_storage::{keys, CachedEngine, Cf, RangeDescriptor, DEFAULT_READ_CACHE_BYTES};
-use meridian_storage_rocks::RocksEngine;
+use meridian_storage_rocks::{Compactor, RocksEngine};
 use meridian_transport::{RaftEnvelope, Transport};
 use meridian_transport_quic::{QuicConfig, QuicTransport};
 use tokio::sync::{mpsc, oneshot};
@@ -99,20 +99,31 @@ impl Node {
                 }
             }
         };
-        let failed = match ready_rx.await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e),
+        let opened = match ready_rx.await {
+            Ok(r) => r,
             // The store loop died before reporting (a panic; it is logged).
-            Err(_) => Some(NodeError::Stopped),
+            Err(_) => Err(NodeError::Stopped),
         };
-        if let Some(e) = failed {
-            // The store loop shuts the transport down itself, except when
-            // it could not build its runtime or panicked. Idempotent.
-            runner.join().await;
-            transport.shutdown().await;
-            return Err(e);
-        }
-        Ok(NodeHandle::new(node_id, commands_tx, transport, request_timeout, stop_tx, runner, faults))
+        let compactor = match opened {
+            Ok(c) => c,
+            Err(e) => {
+                // The store loop shuts the transport down itself, except
+                // when it could not build its runtime or panicked. Idempotent.
+                runner.join().await;
+                transport.shutdown().await;
+                return Err(e);
+            }
+        };
+        Ok(NodeHandle::new(crate::handle::HandleParts {
+            node_id,
+            commands: commands_tx,
+            transport,
+            request_timeout,
+            stop: stop_tx,
+            runner,
+            faults,
+            compactor,
+        }))
     }
 }
 
@@ -143,7 +154,7 @@ impl StoreRunner {
     }
 }
 
-fn node_thread(setup: Setup, ready: oneshot::Sender<Result<(), NodeError>>) {
+fn node_thread(setup: Setup, ready: oneshot::Sender<Result<Compactor, NodeError>>) {
     let span = info_span!("node", node = setup.node_id);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
         Ok(rt) => rt,
@@ -155,15 +166,15 @@ fn node_thread(setup: Setup, ready: oneshot::Sender<Result<(), NodeError>>) {
     runtime.block_on(run_node(setup, ready).instrument(span));
 }
 
-async fn run_node(setup: Setup, ready: oneshot::Sender<Result<(), NodeError>>) {
+async fn run_node(setup: Setup, ready: oneshot::Sender<Result<Compactor, NodeError>>) {
     let transport = setup.transport.clone();
     match open_store(&setup) {
         Err(e) => {
             let _ = ready.send(Err(e));
         }
         // If `start` was abandoned nobody holds a handle: stop right away.
-        Ok(store) => {
-            if ready.send(Ok(())).is_ok() {
+        Ok((store, compactor)) => {
+            if ready.send(Ok(compactor)).is_ok() {
                 let store_loop = StoreLoop::new(store, setup.inbound, setup.commands, setup.stop, setup.tick, setup.request_timeout)
                     .with_snapshot_inbound(setup.snapshot_inbound)
                     .with_faults(setup.faults);
@@ -179,9 +190,10 @@ async fn run_node(setup: Setup, ready: oneshot::Sender<Result<(), NodeError>>) {
     transport.shutdown().await;
 }
 
-fn open_store(setup: &Setup) -> Result<Store, NodeError> {
+fn open_store(setup: &Setup) -> Result<(Store, Compactor), NodeError> {
     std::fs::create_dir_all(&setup.data_dir)?;
     let engine = RocksEngine::open(&setup.data_dir)?;
+    let compactor = engine.compactor();
     let bootstrap = Store::bootstrap(&engine, setup.node_id, &setup.ranges)?;
     let transport: Arc<dyn Transport> = Arc::new(FaultyTransport { inner: setup.transport.clone(), faults: setup.faults.clone() });
     // Applying commands reads the records it changes; the cache answers
@@ -199,5 +211,5 @@ fn open_store(setup: &Setup) -> Result<Store, NodeError> {
         peer_addr = %setup.transport.local_addr(),
         "node started"
     );
-    Ok(store)
+    Ok((store, compactor))
 }

@@ -47,6 +47,10 @@ pub trait RaftAccess: Send + Sync + 'static {
     async fn transfer_leader(&self, _range_id: u64, _to: u64) -> Result<(), ApiError> {
         Err(ApiError::Unimplemented("leader transfer".into()))
     }
+    /// Compacts the storage engine's files (etcd's `Defragment`).
+    async fn defragment(&self) -> Result<(), ApiError> {
+        Err(ApiError::Unimplemented("defragment".into()))
+    }
     /// Proposes a membership change on the range's leader (this node);
     /// answers once the change is applied here.
     async fn change_membership(&self, _req: RangeRequest, _change: meridian_raftstore::raft_types::ConfChangeV2) -> Result<(), ApiError> {

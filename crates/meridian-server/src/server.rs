@@ -90,6 +90,10 @@ impl RaftAccess for NodeRaft {
         Some(self.node.faults())
     }
 
+    async fn defragment(&self) -> Result<(), ApiError> {
+        self.node.defragment().await.map_err(api_err)
+    }
+
     async fn transfer_leader(&self, range_id: u64, to: u64) -> Result<(), ApiError> {
         self.node.transfer_leader(range_id, to).await.map_err(api_err)
     }
