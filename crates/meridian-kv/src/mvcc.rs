@@ -78,6 +78,21 @@ pub struct Meta {
     pub last_lease_id: i64,
 }
 
+impl Meta {
+    /// The revision a read of `revision` (0 or less: the current one) sees:
+    /// refused when it is in the future or below the compaction.
+    fn readable(&self, revision: i64) -> Result<i64, KvError> {
+        let rev = if revision <= 0 { self.revision } else { revision };
+        if rev > self.revision {
+            return Err(KvError::FutureRevision { revision: rev, current: self.revision });
+        }
+        if rev < self.compact_revision {
+            return Err(KvError::Compacted { compact_revision: self.compact_revision });
+        }
+        Ok(rev)
+    }
+}
+
 /// A lease record.
 #[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
 pub struct LeaseRecord {
@@ -199,13 +214,7 @@ impl Mvcc {
     /// limit, `count` still counts every key in the range.
     pub fn range(r: &dyn DataRead, key: &[u8], end: &[u8], revision: i64, limit: usize) -> Result<RangeResult, KvError> {
         let meta = Self::meta(r)?;
-        let rev = if revision <= 0 { meta.revision } else { revision };
-        if rev > meta.revision {
-            return Err(KvError::FutureRevision { revision: rev, current: meta.revision });
-        }
-        if rev < meta.compact_revision {
-            return Err(KvError::Compacted { compact_revision: meta.compact_revision });
-        }
+        let rev = meta.readable(revision)?;
         let mut out = RangeResult { revision: meta.revision, ..Default::default() };
         let keep = |out: &mut RangeResult, kv: KeyValue| {
             out.count += 1;
@@ -293,13 +302,7 @@ impl Mvcc {
     /// compare equal at any revision at or above their compaction.
     pub fn hash_kv(r: &dyn DataRead, revision: i64) -> Result<crate::command::HashKvOutcome, KvError> {
         let meta = Self::meta(r)?;
-        let rev = if revision <= 0 { meta.revision } else { revision };
-        if rev > meta.revision {
-            return Err(KvError::FutureRevision { revision: rev, current: meta.revision });
-        }
-        if rev < meta.compact_revision {
-            return Err(KvError::Compacted { compact_revision: meta.compact_revision });
-        }
+        let rev = meta.readable(revision)?;
         let mut hasher = crc32fast::Hasher::new();
         r.scan(&[keys::HISTORY], &[keys::HISTORY + 1], &mut |k, v| {
             if keys::parse_history_key(k).is_none_or(|(_, vrev)| vrev <= rev) {
