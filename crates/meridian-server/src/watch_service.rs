@@ -282,7 +282,8 @@ impl StreamCtx {
                 Err(ApiError::Compacted { compact_revision }) => return self.cancel(id, COMPACTED_REASON, compact_revision).await,
                 Err(e) => return self.cancel(id, &e.to_string(), 0).await,
             };
-            let more = page.len() as u64 == EVENTS_PER_PAGE;
+            // A full page (as the state machine clamps it) may have more behind it.
+            let more = page.len() as u64 >= EVENTS_PER_PAGE.min(meridian_kv::machine::MAX_EVENTS_PER_QUERY as u64);
             for e in page {
                 if e.revision != rev {
                     if !self.end_revision(id, &mut batch, rev, std::mem::take(&mut rev_events), rev_bytes).await {
@@ -394,7 +395,9 @@ impl StreamCtx {
     /// Answers a `WatchProgressRequest` as etcd does: a response with watch
     /// id -1 and the current revision, meaning every event up to it has been
     /// sent — so events already published are delivered first. A stream
-    /// with no watcher gets no answer (etcd sends none either).
+    /// with no watcher gets no answer (etcd sends none either). Revisions
+    /// are per range: the revision is that of the stream's first watcher's
+    /// range (etcd has one).
     async fn progress(&mut self, live: &mut broadcast::Receiver<Arc<Published>>) -> bool {
         let Some((range_id, key)) = self.watchers.first().map(|w| (w.range_id, w.key.clone())) else { return true };
         let Ok(rev) = current_revision(&self.backend, range_id, &key).await else { return true };
@@ -414,7 +417,10 @@ impl StreamCtx {
         if self.watchers.is_empty() {
             return true;
         }
-        let header = self.header(range_id, rev).await;
+        // Never below what was just delivered (events applied after the
+        // revision was read may have been drained too).
+        let delivered = self.watchers.iter().filter(|w| w.range_id == range_id).map(|w| w.next_rev - 1).max().unwrap_or(0);
+        let header = self.header(range_id, rev.max(delivered)).await;
         self.send(pb::WatchResponse { header: Some(header), watch_id: -1, ..Default::default() }).await
     }
 

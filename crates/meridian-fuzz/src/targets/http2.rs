@@ -33,13 +33,18 @@ fn plain_block(authority: &str) -> Vec<u8> {
 /// Runs `input` through a fresh rewriter in pieces of `step` bytes.
 fn feed(input: &[u8], step: usize) -> (Vec<u8>, Result<(), String>) {
     let mut rw = Rewriter::new();
-    let mut out = Vec::new();
-    for piece in input.chunks(step) {
-        if let Err(e) = rw.feed(piece, &mut out) {
-            return (out, Err(e.to_string()));
+    let (mut out, mut all) = (Vec::new(), Vec::new());
+    for mut piece in input.chunks(step) {
+        while !piece.is_empty() {
+            match rw.feed(piece, &mut out) {
+                // Bounded output per call: drain it, feed the rest.
+                Ok(n) => piece = &piece[n..],
+                Err(e) => return (all, Err(e.to_string())),
+            }
+            all.append(&mut out);
         }
     }
-    (out, Ok(()))
+    (all, Ok(()))
 }
 
 pub struct Http2Authority;

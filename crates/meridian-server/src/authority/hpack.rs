@@ -30,6 +30,10 @@ pub enum HpackError {
     /// The decoded headers exceed the bound on one block.
     #[error("decoded header list longer than {limit} bytes")]
     ListTooLarge { limit: usize },
+    /// A dynamic table size update after a header field (RFC 7541 §4.2
+    /// allows them only at the start of a block).
+    #[error("dynamic table size update after a header field")]
+    LateSizeUpdate,
 }
 
 /// The static table (RFC 7541, Appendix A), indices 1..=61.
@@ -231,11 +235,18 @@ fn write_int(out: &mut Vec<u8>, flags: u8, n: u8, mut v: usize) {
 
 /// Encodes `headers` as literals without indexing, with literal names and
 /// no Huffman coding: a block any decoder reads without touching its
-/// dynamic table.
+/// dynamic table. (Tests build blocks with it.)
+#[cfg(test)]
 pub fn encode_plain(headers: &[Header]) -> Vec<u8> {
+    encode_plain_marked(headers, &[])
+}
+
+/// [`encode_plain`], with the headers whose `sensitive` entry is true as
+/// never-indexed literals (as the client marked them).
+pub fn encode_plain_marked(headers: &[Header], sensitive: &[bool]) -> Vec<u8> {
     let mut out = Vec::with_capacity(headers.iter().map(|(n, v)| n.len() + v.len() + 8).sum());
-    for (name, value) in headers {
-        out.push(0x00);
+    for (i, (name, value)) in headers.iter().enumerate() {
+        out.push(if sensitive.get(i).copied().unwrap_or(false) { 0x10 } else { 0x00 });
         write_int(&mut out, 0, 7, name.len());
         out.extend_from_slice(name);
         write_int(&mut out, 0, 7, value.len());
@@ -301,15 +312,27 @@ impl Decoder {
     }
 
     /// Decodes one complete header block.
-    pub fn decode(&mut self, mut src: &[u8]) -> Result<Vec<Header>, HpackError> {
+    #[cfg(test)]
+    pub fn decode(&mut self, src: &[u8]) -> Result<Vec<Header>, HpackError> {
+        Ok(self.decode_marked(src)?.0)
+    }
+
+    /// [`Decoder::decode`], also telling which headers were sent as
+    /// never-indexed literals (sensitive values).
+    pub fn decode_marked(&mut self, mut src: &[u8]) -> Result<(Vec<Header>, Vec<bool>), HpackError> {
         let mut out = Vec::new();
+        let mut sensitive = Vec::new();
         let mut total = 0usize;
         while let Some(&b) = src.first() {
+            let mut never_indexed = false;
             let header = if b & 0x80 != 0 {
                 let (index, rest) = read_int(src, 7)?;
                 src = rest;
                 self.get(index)?
             } else if b & 0xe0 == 0x20 {
+                if !out.is_empty() {
+                    return Err(HpackError::LateSizeUpdate);
+                }
                 let (size, rest) = read_int(src, 5)?;
                 src = rest;
                 if size > self.limit {
@@ -322,6 +345,7 @@ impl Decoder {
                 // Literal: with incremental indexing (01), without (0000)
                 // or never indexed (0001).
                 let (prefix, indexed) = if b & 0xc0 == 0x40 { (6, true) } else { (4, false) };
+                never_indexed = b & 0xf0 == 0x10;
                 let (index, rest) = read_int(src, prefix)?;
                 let (name, rest) = if index == 0 { read_string(rest)? } else { (self.get(index)?.0, rest) };
                 let (value, rest) = read_string(rest)?;
@@ -337,8 +361,9 @@ impl Decoder {
                 return Err(HpackError::ListTooLarge { limit: self.max_list });
             }
             out.push(header);
+            sensitive.push(never_indexed);
         }
-        Ok(out)
+        Ok((out, sensitive))
     }
 }
 
@@ -404,6 +429,9 @@ mod tests {
         // Huffman: EOS inside the data, and padding of zeros.
         assert_eq!(huffman_decode(&[0xff, 0xff, 0xff, 0xfc]), Err(HpackError::BadHuffman));
         assert_eq!(huffman_decode(&[0x00]), Err(HpackError::BadHuffman));
+        assert_eq!(d.decode(&[0x82, 0x20]), Err(HpackError::LateSizeUpdate));
+        let (_, marked) = d.decode_marked(&[0x82, 0x10, 0x01, b'a', 0x01, b'b']).unwrap();
+        assert_eq!(marked, [false, true], "never-indexed literals are reported");
         let mut small = Decoder::new(4096, 40);
         assert_eq!(small.decode(&encode_plain(&[h("a", "b"), h("c", "d")])), Err(HpackError::ListTooLarge { limit: 40 }));
     }

@@ -50,9 +50,19 @@ const FLAG_PRIORITY: u8 = 0x20;
 const MAX_OUT_FRAME: usize = 16_384;
 /// The server's HPACK table size: hyper announces none, so the default.
 const HPACK_TABLE_SIZE: usize = 4096;
-/// Bound on one header block, encoded (all its frames) and decoded: far
-/// above what any client sends; past it the connection is closed.
-const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// Bound on one header block, encoded (all its frames): far above what
+/// any client sends; past it the connection is closed.
+const MAX_HEADER_BLOCK: usize = 256 << 10;
+/// Bound on one header block decoded (RFC 7541 sizes: name + value + 32 a
+/// field), well above hyper's own header list limit, so a block that only
+/// indexes a large table entry many times cannot blow up here.
+const MAX_DECODED_BLOCK: usize = 64 << 10;
+/// Largest HEADERS or CONTINUATION payload accepted: the frame size hyper
+/// announces (HTTP/2's default); a client may not send more.
+const MAX_IN_HEADER_FRAME: usize = 16_384;
+/// `feed` stops at a frame boundary once this much output waits, so one
+/// read cannot expand into an unbounded buffer.
+const OUT_SOFT_CAP: usize = 256 << 10;
 /// Bytes read from the socket at once.
 const READ_CHUNK: usize = 16 << 10;
 
@@ -73,9 +83,12 @@ pub enum RewriteError {
     /// Padding longer than the frame, or a PRIORITY field cut short.
     #[error("malformed HEADERS frame on stream {stream_id}")]
     BadHeadersFrame { stream_id: u32 },
-    /// A header block above the bound (1 MiB).
+    /// A header block above the bound (256 KiB).
     #[error("header block on stream {stream_id} longer than {limit} bytes")]
     BlockTooLarge { stream_id: u32, limit: usize },
+    /// A HEADERS or CONTINUATION frame above the frame size hyper announced.
+    #[error("header frame on stream {stream_id} of {len} bytes (max {limit})")]
+    FrameTooLarge { stream_id: u32, len: usize, limit: usize },
 }
 
 /// Where the rewriter is in the byte stream.
@@ -134,7 +147,7 @@ impl Rewriter {
             stage: Stage::Preface { matched: 0 },
             buf: Vec::new(),
             block: None,
-            decoder: hpack::Decoder::new(HPACK_TABLE_SIZE, MAX_HEADER_BLOCK),
+            decoder: hpack::Decoder::new(HPACK_TABLE_SIZE, MAX_DECODED_BLOCK),
             rewriting: false,
             rewritten: 0,
         }
@@ -146,13 +159,20 @@ impl Rewriter {
     }
 
     /// Consumes `input` and appends what to pass on to `out` (a partial
-    /// frame is held until the rest arrives).
-    pub fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), RewriteError> {
+    /// frame is held until the rest arrives). Stops early, at a frame
+    /// boundary, once `out` holds 256 KiB: answers how many
+    /// bytes of `input` it consumed (the caller feeds the rest later).
+    pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, RewriteError> {
+        let total = input.len();
+        let mut input = input;
         while !input.is_empty() {
+            if out.len() >= OUT_SOFT_CAP && matches!(self.stage, Stage::FrameHeader) && self.buf.is_empty() {
+                break;
+            }
             match self.stage {
                 Stage::Passthrough => {
                     out.extend_from_slice(input);
-                    return Ok(());
+                    return Ok(total);
                 }
                 Stage::Preface { matched } => {
                     let n = input.len().min(PREFACE.len() - matched);
@@ -195,7 +215,7 @@ impl Rewriter {
                 }
             }
         }
-        Ok(())
+        Ok(total - input.len())
     }
 
     fn on_frame_header(&mut self, head: [u8; FRAME_HEADER_LEN], out: &mut Vec<u8>) -> Result<(), RewriteError> {
@@ -207,6 +227,9 @@ impl Rewriter {
             return Err(RewriteError::BadContinuation { stream_id, frame_type });
         }
         if header_frame {
+            if len > MAX_IN_HEADER_FRAME {
+                return Err(RewriteError::FrameTooLarge { stream_id, len, limit: MAX_IN_HEADER_FRAME });
+            }
             let held = self.block.as_ref().map_or(0, |b| b.original.len());
             if held + FRAME_HEADER_LEN + len > MAX_HEADER_BLOCK {
                 return Err(RewriteError::BlockTooLarge { stream_id, limit: MAX_HEADER_BLOCK });
@@ -262,8 +285,8 @@ impl Rewriter {
             return Ok(());
         }
         let block = self.block.take().expect("a block is being assembled");
-        let mut headers =
-            self.decoder.decode(&block.fragments).map_err(|source| RewriteError::Hpack { stream_id: block.stream_id, source })?;
+        let (mut headers, mut sensitive) =
+            self.decoder.decode_marked(&block.fragments).map_err(|source| RewriteError::Hpack { stream_id: block.stream_id, source })?;
         let pos = headers.iter().position(|(n, _)| n == b":authority");
         let valid = pos.is_none_or(|i| axum::http::uri::Authority::try_from(headers[i].1.as_slice()).is_ok());
         if valid && !self.rewriting {
@@ -285,12 +308,13 @@ impl Rewriter {
                 Some(v) => headers[i].1 = v,
                 None => {
                     headers.remove(i);
+                    sensitive.remove(i);
                 }
             }
             self.rewritten += 1;
         }
         self.rewriting = true;
-        write_header_frames(&block, &hpack::encode_plain(&headers), out);
+        write_header_frames(&block, &hpack::encode_plain_marked(&headers, &sensitive), out);
         Ok(())
     }
 }
@@ -358,12 +382,24 @@ pub struct AuthorityFix<S> {
     out: Vec<u8>,
     out_pos: usize,
     chunk: Box<[u8]>,
+    /// Bytes of `chunk` read but not fed yet (`feed` stopped at its cap):
+    /// `chunk[fed..filled]`.
+    fed: usize,
+    filled: usize,
 }
 
 impl<S> AuthorityFix<S> {
     /// Wraps a freshly accepted connection.
     pub fn new(inner: S) -> Self {
-        AuthorityFix { inner, rewriter: Rewriter::new(), out: Vec::new(), out_pos: 0, chunk: vec![0; READ_CHUNK].into_boxed_slice() }
+        AuthorityFix {
+            inner,
+            rewriter: Rewriter::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
+            fed: 0,
+            filled: 0,
+        }
     }
 }
 
@@ -378,21 +414,38 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
                 if this.out_pos == this.out.len() {
                     this.out.clear();
                     this.out_pos = 0;
+                    if this.out.capacity() > 4 * READ_CHUNK {
+                        this.out = Vec::new();
+                    }
                 }
                 return Poll::Ready(Ok(()));
             }
+            if this.fed < this.filled {
+                // Input left over from a read the rewriter stopped short in.
+                let n = this.rewriter.feed(&this.chunk[this.fed..this.filled], &mut this.out).map_err(invalid)?;
+                this.fed += n;
+                continue;
+            }
             if this.rewriter.is_passthrough() {
+                if this.out.capacity() > 0 {
+                    this.out = Vec::new();
+                }
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
             let mut rb = ReadBuf::new(&mut this.chunk);
             ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-            if rb.filled().is_empty() {
+            let filled = rb.filled().len();
+            if filled == 0 {
                 // End of stream; a partial frame held back dies with it.
                 return Poll::Ready(Ok(()));
             }
-            this.rewriter.feed(rb.filled(), &mut this.out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            (this.fed, this.filled) = (0, filled);
         }
     }
+}
+
+fn invalid(e: RewriteError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
@@ -443,17 +496,45 @@ mod tests {
             .collect()
     }
 
+    /// Turns a block of `encode_plain` literals (0x00, new name) into
+    /// literals with incremental indexing (0x40, new name).
+    fn mark_incremental(block: &mut [u8]) {
+        let mut i = 0;
+        while i < block.len() {
+            assert_eq!(block[i], 0x00);
+            block[i] = 0x40;
+            let name_len = usize::from(block[i + 1]);
+            let value_len = usize::from(block[i + 2 + name_len]);
+            i += 3 + name_len + value_len;
+        }
+    }
+
     /// Feeds `input` in pieces of `step` bytes; answers the output.
     fn run(rw: &mut Rewriter, input: &[u8], step: usize) -> Vec<u8> {
-        let mut out = Vec::new();
-        for piece in input.chunks(step) {
-            rw.feed(piece, &mut out).unwrap();
+        let (mut out, mut all) = (Vec::new(), Vec::new());
+        for mut piece in input.chunks(step) {
+            while !piece.is_empty() {
+                let n = rw.feed(piece, &mut out).unwrap();
+                piece = &piece[n..];
+                all.append(&mut out);
+            }
         }
-        out
+        all
     }
 
     /// The header blocks of `bytes` (frames after the preface), decoded.
     fn blocks(bytes: &[u8]) -> Vec<(u32, u8, Vec<hpack::Header>)> {
+        decode_blocks(bytes, false)
+    }
+
+    /// [`blocks`] with a fresh decoder for every block: succeeds only if no
+    /// block relies on a dynamic table (what a rewrite must produce). Also
+    /// checks no frame exceeds [`MAX_OUT_FRAME`].
+    fn plain_blocks(bytes: &[u8]) -> Vec<(u32, u8, Vec<hpack::Header>)> {
+        decode_blocks(bytes, true)
+    }
+
+    fn decode_blocks(bytes: &[u8], fresh: bool) -> Vec<(u32, u8, Vec<hpack::Header>)> {
         let mut d = hpack::Decoder::new(4096, 1 << 20);
         let mut rest = &bytes[PREFACE.len()..];
         let mut out = Vec::new();
@@ -463,6 +544,9 @@ mod tests {
             let (t, flags, sid) = (rest[3], rest[4], u32::from_be_bytes([rest[5], rest[6], rest[7], rest[8]]));
             let mut payload = &rest[9..9 + len];
             rest = &rest[9 + len..];
+            if fresh && (t == TYPE_HEADERS || t == TYPE_CONTINUATION) {
+                assert!(len <= MAX_OUT_FRAME, "a header frame of {len} bytes");
+            }
             if t == TYPE_HEADERS {
                 if flags & FLAG_PRIORITY != 0 {
                     payload = &payload[5..];
@@ -473,6 +557,9 @@ mod tests {
             }
             if (t == TYPE_HEADERS || t == TYPE_CONTINUATION) && flags & FLAG_END_HEADERS != 0 {
                 let (sid, f, block) = pending.take().unwrap();
+                if fresh {
+                    d = hpack::Decoder::new(4096, 1 << 20);
+                }
                 out.push((sid, f, d.decode(&block).unwrap()));
             }
         }
@@ -506,8 +593,11 @@ mod tests {
         first.extend([0, 0, 0]);
         input.extend(frame(TYPE_HEADERS, FLAG_PADDED | FLAG_PRIORITY | FLAG_END_STREAM, 1, &first));
         input.extend(frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, b));
-        // Stream 3: a valid authority, after a rewrite: re-encoded too.
-        input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &hpack::encode_plain(&request("example.com:1"))));
+        // Stream 3: a valid authority, after a rewrite: re-encoded too
+        // (sent as literals with incremental indexing, it comes out plain).
+        let mut indexed = hpack::encode_plain(&request("example.com:1"));
+        mark_incremental(&mut indexed);
+        input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &indexed));
         // Stream 5: no host at all: the authority is dropped.
         input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 5, &hpack::encode_plain(&request("#initially=[a;b]"))));
         input.extend(frame(0x0, 0, 5, b"data"));
@@ -515,7 +605,7 @@ mod tests {
             let mut rw = Rewriter::new();
             let out = run(&mut rw, &input, step);
             assert_eq!(rw.rewritten, 2, "step {step}");
-            let got = blocks(&out);
+            let got = plain_blocks(&out);
             assert_eq!(got.len(), 3);
             assert_eq!((got[0].0, got[0].1 & (FLAG_END_STREAM | FLAG_PRIORITY)), (1, FLAG_END_STREAM | FLAG_PRIORITY));
             assert_eq!(got[0].2, request("127.0.0.1:23790"));
@@ -529,7 +619,69 @@ mod tests {
 
     #[test]
     fn dynamic_table_references_survive_the_rewrite() {
-        // RFC 7541 C.4: the second block indexes the first's authority.
+        // Block 1 adds its URL authority to the client's dynamic table
+        // (literal with incremental indexing, name :authority); block 2
+        // refers to it by index 62. Both come out plain and fixed.
+        let url = b"http://127.0.0.1:1";
+        let mut b1 = vec![0x83, 0x86, 0x84, 0x41, url.len() as u8];
+        b1.extend_from_slice(url);
+        let b2 = [0x83, 0x86, 0x84, 0xbe];
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &b1));
+        input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &b2));
+        for step in [1, 4, 1 << 20] {
+            let mut rw = Rewriter::new();
+            let got = plain_blocks(&run(&mut rw, &input, step));
+            assert_eq!(rw.rewritten, 2);
+            for (_, _, headers) in &got {
+                assert_eq!(headers[3], (b":authority".to_vec(), b"127.0.0.1:1".to_vec()));
+            }
+        }
+    }
+
+    #[test]
+    fn output_per_feed_is_bounded_and_oversized_blocks_refused() {
+        // Block 1: a URL authority (rewriting on) and a 3,000-byte header
+        // added to the table; then 100 blocks that each index it 15 times:
+        // 4.5 MB decoded from about 3 KB of input.
+        let mut b1 = vec![0x83, 0x86, 0x84, 0x41, 8];
+        b1.extend_from_slice(b"http://a");
+        b1.extend_from_slice(&[0x40, 1, b'x', 0x7f, 0xb9, 0x16]); // name "x", value length 127 + 0x39 + (0x16 << 7) = 3000
+        b1.extend(std::iter::repeat_n(b'v', 3000));
+        let mut input = PREFACE.to_vec();
+        input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &b1));
+        for i in 0..100u32 {
+            input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 3 + 2 * i, &[0xbe; 15]));
+        }
+        let mut rw = Rewriter::new();
+        let mut out = Vec::new();
+        let n = rw.feed(&input, &mut out).unwrap();
+        assert!(n < input.len(), "stopped early");
+        assert!(out.len() < OUT_SOFT_CAP + 2 * MAX_DECODED_BLOCK, "{} bytes out", out.len());
+        // The rest goes through in later calls, each bounded.
+        let mut rest = &input[n..];
+        while !rest.is_empty() {
+            out.clear();
+            let n = rw.feed(rest, &mut out).unwrap();
+            assert!(out.len() < OUT_SOFT_CAP + 2 * MAX_DECODED_BLOCK);
+            rest = &rest[n..];
+        }
+        // A block decoding past the bound, and a header frame past the
+        // frame size, close the connection.
+        let mut big = PREFACE.to_vec();
+        big.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &b1));
+        big.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 3, &[0xbe; 22]));
+        let mut rw = Rewriter::new();
+        assert!(matches!(rw.feed(&big, &mut Vec::new()), Err(RewriteError::Hpack { stream_id: 3, .. })));
+        let mut huge = PREFACE.to_vec();
+        huge.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &vec![0x82; MAX_IN_HEADER_FRAME + 1]));
+        let mut rw = Rewriter::new();
+        assert!(matches!(rw.feed(&huge, &mut Vec::new()), Err(RewriteError::FrameTooLarge { .. })));
+    }
+
+    #[test]
+    fn huffman_blocks_with_a_valid_authority_pass_untouched() {
+        // RFC 7541 C.4: Huffman strings, the second block indexes the first's authority.
         let hex = |s: &str| -> Vec<u8> {
             let s: String = s.split_whitespace().collect();
             (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
@@ -557,7 +709,7 @@ mod tests {
         }
         let mut rw = Rewriter::new();
         let out = run(&mut rw, &input, 4096);
-        let got = blocks(&out);
+        let got = plain_blocks(&out);
         assert_eq!(got[0].2[3].1, b"10.0.0.1:2379");
         assert_eq!(got[0].2[5].1.len(), 40_000);
     }
@@ -580,7 +732,7 @@ mod tests {
         let mut input = PREFACE.to_vec();
         input.extend(frame(TYPE_HEADERS, 0, 1, &hpack::encode_plain(&request("a:1"))));
         input.extend(frame(0x0, 0, 1, b"x"));
-        assert_eq!(rw.feed(&input, &mut out), Err(RewriteError::BadContinuation { stream_id: 1, frame_type: 0 }));
+        assert_eq!(rw.feed(&input, &mut out).map(|_| ()), Err(RewriteError::BadContinuation { stream_id: 1, frame_type: 0 }));
         let mut rw = Rewriter::new();
         let mut input = PREFACE.to_vec();
         input.extend(frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, b""));
@@ -588,7 +740,7 @@ mod tests {
         let mut rw = Rewriter::new();
         let mut input = PREFACE.to_vec();
         input.extend(frame(TYPE_HEADERS, FLAG_PADDED | FLAG_END_HEADERS, 1, &[9, 1, 2]));
-        assert_eq!(rw.feed(&input, &mut out), Err(RewriteError::BadHeadersFrame { stream_id: 1 }));
+        assert_eq!(rw.feed(&input, &mut out).map(|_| ()), Err(RewriteError::BadHeadersFrame { stream_id: 1 }));
         let mut rw = Rewriter::new();
         let mut input = PREFACE.to_vec();
         input.extend(frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &[0x80]));
