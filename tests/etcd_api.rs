@@ -517,3 +517,75 @@ fn etcdctl_move_leader_hashkv_and_defrag() {
     assert_eq!(ok(&ep, &["get", "/payments/p", "--print-value-only"]).trim(), "v");
     ok(&ep, &["put", "/after-defrag", "v"]);
 }
+
+/// etcd's Lock API (what every etcd client library's `lock()` calls):
+/// contenders on every node never overlap, each grant's fencing token (its
+/// key's create revision) is above the previous one, a waiter wakes when
+/// the holder unlocks, and `etcdctl lock` (the same recipe over KV and
+/// Watch) waits for a Lock API holder.
+#[test]
+fn etcd_lock_api_excludes_across_nodes_and_excludes_etcdctl_lock() {
+    use meridian_proto::etcdserverpb::lease_client::LeaseClient;
+    use meridian_proto::v3lockpb::{lock_client::LockClient, LockRequest, UnlockRequest};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ProcCluster::start(3, &[]);
+    let addrs: Vec<String> = c.members.iter().map(|m| format!("http://{}", m.client_addr)).collect();
+    rt().block_on(async {
+        let holders = Arc::new(AtomicUsize::new(0));
+        let tokens = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let (addr, holders, tokens) = (addrs[i % 3].clone(), holders.clone(), tokens.clone());
+            tasks.push(tokio::spawn(async move {
+                let lease =
+                    LeaseClient::connect(addr.clone()).await.unwrap().lease_grant(pb::LeaseGrantRequest { ttl: 30, id: 0 }).await.unwrap();
+                let lease = lease.into_inner().id;
+                let mut lc = LockClient::connect(addr.clone()).await.unwrap();
+                let mut kv = pb::kv_client::KvClient::connect(addr).await.unwrap();
+                for _ in 0..5 {
+                    let key = lc.lock(LockRequest { name: b"/jobs/etcd-api".to_vec(), lease }).await.unwrap().into_inner().key;
+                    assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two holders at once");
+                    let token = kv.range(pb::RangeRequest { key: key.clone(), ..Default::default() }).await.unwrap().into_inner().kvs[0]
+                        .create_revision;
+                    tokens.lock().unwrap().push(token);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    holders.fetch_sub(1, Ordering::SeqCst);
+                    lc.unlock(UnlockRequest { key }).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(60), t).await.expect("every contender done in time").unwrap();
+        }
+        let tokens = tokens.lock().unwrap().clone();
+        assert_eq!(tokens.len(), 30);
+        assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens in grant order must increase: {tokens:?}");
+
+        // A Lock API holder keeps `etcdctl lock` waiting until it unlocks.
+        let lease =
+            LeaseClient::connect(addrs[0].clone()).await.unwrap().lease_grant(pb::LeaseGrantRequest { ttl: 30, id: 0 }).await.unwrap();
+        let mut lc = LockClient::connect(addrs[0].clone()).await.unwrap();
+        let key = lc.lock(LockRequest { name: b"/jobs/mixed".to_vec(), lease: lease.into_inner().id }).await.unwrap().into_inner().key;
+        let mut waiter = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", addrs[1]))
+            .args(["lock", "/jobs/mixed", "--", "echo", "got-it"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(waiter.try_wait().unwrap().is_none(), "etcdctl lock got the lock while the Lock API held it");
+        lc.unlock(UnlockRequest { key }).await.unwrap();
+        let started = Instant::now();
+        while waiter.try_wait().unwrap().is_none() {
+            assert!(started.elapsed() < Duration::from_secs(10), "etcdctl lock never got the released lock");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut out = String::new();
+        std::io::Read::read_to_string(waiter.stdout.as_mut().unwrap(), &mut out).unwrap();
+        assert!(out.contains("got-it"), "{out}");
+    });
+}

@@ -6,6 +6,13 @@
 //!
 //! This is the etcd-compatible surface; Meridian's native lock (one Raft
 //! command per acquire, FIFO queue, lock-delay) lives in `meridian.v1`.
+//!
+//! As etcd's own server does it: one transaction enqueues the caller and
+//! reads the current owner, so an uncontended acquire is one round through
+//! Raft. A waiter sleeps until this node applies a delete under the lock's
+//! prefix (the watch hub's feed), then checks on its local replica whether
+//! anyone is still ahead of it; a slow re-check covers a node that holds no
+//! replica of the lock's range, or a feed that lagged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,14 +26,18 @@ use tonic::{Request, Response, Status};
 use crate::backend::Backend;
 use crate::error::ApiError;
 
-/// How often a waiter re-checks whether its predecessor is gone.
-const RECHECK: Duration = Duration::from_millis(50);
+/// How often a waiter re-checks without having seen a delete (a node with
+/// no replica of the range sees none).
+const RECHECK: Duration = Duration::from_millis(500);
 /// Longest a Lock call waits before answering DEADLINE_EXCEEDED (clients
 /// retry; etcdctl's own timeout is usually shorter).
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
 pub struct LockService {
     pub backend: Arc<Backend>,
+    /// Applied events on this node: a waiter wakes on a delete under its
+    /// lock's prefix.
+    pub hub: Arc<crate::watch_service::WatchHub>,
 }
 
 impl LockService {
@@ -57,13 +68,20 @@ impl v3lockpb::lock_server::Lock for LockService {
         key.extend_from_slice(format!("{:x}", r.lease).as_bytes());
         let range_id = self.backend.routing().range_of_interval(&prefix, &prefix_end(&prefix)).map_err(ApiError::from)?;
         crate::kv_service::check_lease_namespace(&self.backend.routing(), r.lease, range_id)?;
+        // Subscribed before enqueueing: no delete after it is missed.
+        let mut live = self.hub.subscribe();
         let mut kv = self.kv()?;
-        // Enqueue: create our key unless this lease already has it.
-        let put = pb::RequestOp {
-            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest { key: key.clone(), lease: r.lease, ..Default::default() })),
-        };
-        let get = pb::RequestOp {
-            request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest { key: key.clone(), ..Default::default() })),
+        // Enqueue (create our key unless this lease already has it) and read
+        // the owner — the oldest key under the prefix — in one transaction.
+        let op = |r: pb::request_op::Request| pb::RequestOp { request: Some(r) };
+        let owner = pb::RangeRequest {
+            key: prefix.clone(),
+            range_end: prefix_end(&prefix),
+            sort_target: pb::range_request::SortTarget::Create as i32,
+            sort_order: pb::range_request::SortOrder::Ascend as i32,
+            limit: 1,
+            keys_only: true,
+            ..Default::default()
         };
         let absent = pb::Compare {
             result: pb::compare::CompareResult::Equal as i32,
@@ -72,28 +90,73 @@ impl v3lockpb::lock_server::Lock for LockService {
             target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
             range_end: vec![],
         };
-        kv.txn(pb::TxnRequest { compare: vec![absent], success: vec![put], failure: vec![get] }).await?;
-        let mine = kv.range(pb::RangeRequest { key: key.clone(), ..Default::default() }).await?.into_inner();
-        let my_rev = mine.kvs.first().map(|k| k.create_revision).ok_or(ApiError::LeaseNotFound)?;
+        let txn = kv
+            .txn(pb::TxnRequest {
+                compare: vec![absent],
+                success: vec![
+                    op(pb::request_op::Request::RequestPut(pb::PutRequest { key: key.clone(), lease: r.lease, ..Default::default() })),
+                    op(pb::request_op::Request::RequestRange(owner.clone())),
+                ],
+                failure: vec![
+                    op(pb::request_op::Request::RequestRange(pb::RangeRequest { key: key.clone(), ..Default::default() })),
+                    op(pb::request_op::Request::RequestRange(owner)),
+                ],
+            })
+            .await?
+            .into_inner();
+        let range_of = |i: usize| match txn.responses.get(i).and_then(|r| r.response.as_ref()) {
+            Some(pb::response_op::Response::ResponseRange(r)) => Some(r.clone()),
+            _ => None,
+        };
+        let my_rev = if txn.succeeded {
+            txn.header.as_ref().map_or(0, |h| h.revision)
+        } else {
+            range_of(0).and_then(|r| r.kvs.first().map(|k| k.create_revision)).ok_or(ApiError::LeaseNotFound)?
+        };
+        let owner_rev = range_of(1).and_then(|r| r.kvs.first().map(|k| k.create_revision));
+        if owner_rev == Some(my_rev) {
+            return Ok(Response::new(v3lockpb::LockResponse { header: txn.header, key }));
+        }
         // Wait until no key under the prefix was created before ours.
         let deadline = tokio::time::Instant::now() + MAX_WAIT;
         loop {
-            // The newest waiter ahead of us (etcd counts ignore filters, so
-            // look at the key-values, not the count).
-            let older = kv
-                .range(pb::RangeRequest {
-                    key: prefix.clone(),
-                    range_end: prefix_end(&prefix),
-                    max_create_revision: my_rev - 1,
-                    sort_target: pb::range_request::SortTarget::Create as i32,
-                    sort_order: pb::range_request::SortOrder::Descend as i32,
-                    limit: 1,
-                    keys_only: true,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            if older.kvs.is_empty() {
+            // Woken by a delete under the prefix applied here, or the timer.
+            let wake = tokio::time::sleep(RECHECK);
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    _ = &mut wake => break,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Err(Status::deadline_exceeded("etcdserver: request timed out waiting for the lock"));
+                    }
+                    item = live.recv() => match item {
+                        Ok(p) if p.range_id == range_id
+                            && p.events.iter().any(|e| e.is_delete() && e.kv.as_ref().is_some_and(|kv| kv.key.starts_with(&prefix))) => break,
+                        Ok(_) => {}
+                        // Lagged: re-check now; closed: the timer paces us.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => wake.as_mut().await,
+                    },
+                }
+            }
+            // The newest waiter ahead of us, on this node's replica when it
+            // has applied our key (then every older key's creation, and any
+            // delete it shows, are real); else through the leader. (etcd
+            // counts ignore filters, so look at the key-values.)
+            let older = pb::RangeRequest {
+                key: prefix.clone(),
+                range_end: prefix_end(&prefix),
+                max_create_revision: my_rev - 1,
+                sort_target: pb::range_request::SortTarget::Create as i32,
+                sort_order: pb::range_request::SortOrder::Descend as i32,
+                limit: 1,
+                keys_only: true,
+                ..Default::default()
+            };
+            let local = kv.range(pb::RangeRequest { serializable: true, ..older.clone() }).await?.into_inner();
+            let ahead =
+                if local.header.as_ref().is_some_and(|h| h.revision >= my_rev) { local } else { kv.range(older).await?.into_inner() };
+            if ahead.kvs.is_empty() {
                 // Still ours? (our lease may have expired while waiting)
                 let me = kv.range(pb::RangeRequest { key: key.clone(), ..Default::default() }).await?.into_inner();
                 if me.kvs.first().map(|k| k.create_revision) != Some(my_rev) {
@@ -101,10 +164,6 @@ impl v3lockpb::lock_server::Lock for LockService {
                 }
                 return Ok(Response::new(v3lockpb::LockResponse { header: me.header, key }));
             }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Status::deadline_exceeded("etcdserver: request timed out waiting for the lock"));
-            }
-            tokio::time::sleep(RECHECK).await;
         }
     }
 

@@ -267,8 +267,8 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
             pb::lease_server::LeaseServer::new(LeaseService { backend: backend.clone(), keeper: keeper.clone() })
                 .max_decoding_message_size(limit),
         )
-        .add_service(pb::watch_server::WatchServer::new(WatchService { backend: backend.clone(), hub }))
-        .add_service(meridian_proto::v3lockpb::lock_server::LockServer::new(LockService { backend: backend.clone() }))
+        .add_service(pb::watch_server::WatchServer::new(WatchService { backend: backend.clone(), hub: hub.clone() }))
+        .add_service(meridian_proto::v3lockpb::lock_server::LockServer::new(LockService { backend: backend.clone(), hub: hub.clone() }))
         .add_service(pb::maintenance_server::MaintenanceServer::new(MaintenanceService { backend: backend.clone() }))
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService { backend: backend.clone() }))
         .add_service(v3electionpb::election_server::ElectionServer::new(EtcdElectionService { coord: coord.clone() }))
