@@ -155,6 +155,9 @@ fn a_node_that_joins_is_listed_everywhere_and_holds_no_replica_until_added() {
     wait_until("node 4 serves what was written before it joined", Duration::from_secs(30), || {
         etcdctl(&e4, &["get", "/j/k", "--consistency=s"]).1.contains("before")
     });
+    // A learner of the root range is what etcd's status calls a learner.
+    assert!(ok(&e4, &["endpoint", "status", "-w", "json"]).contains("\"isLearner\":true"), "node 4 reports itself a learner");
+    assert!(!ok(&c.members[0].client_addr, &["endpoint", "status", "-w", "json"]).contains("isLearner"), "a voter does not");
     // A node id already taken by a member is refused, and says why.
     let mut clash = meridian_server::dev_layout::members(2, free_base_port()).unwrap().pop().unwrap();
     clash.id = 2;

@@ -76,6 +76,8 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     async fn status(&self, _r: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let st = self.backend.raft.status().await.into_iter().find(|s| s.range_id == ROOT_RANGE_ID);
         let size = dir_size(&self.backend.cfg.data_dir, 0) as i64;
+        // A learner of the root range is what etcd calls a learner member.
+        let is_learner = st.as_ref().is_some_and(|s| s.learners.contains(&self.backend.cfg.node_id));
         let (leader, index, term, applied) = st.map_or((0, 0, 0, 0), |s| (s.leader_id, s.commit, s.term, s.applied));
         Ok(Response::new(pb::StatusResponse {
             header: Some(self.backend.header(ROOT_RANGE_ID, 0).await),
@@ -87,7 +89,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_applied_index: applied,
             errors: vec![],
             db_size_in_use: size,
-            is_learner: false,
+            is_learner,
         }))
     }
 
