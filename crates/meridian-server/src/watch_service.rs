@@ -459,11 +459,14 @@ impl StreamCtx {
                 true
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                // Too slow: cancel rather than buffer without bound.
+                // Too slow: cancel rather than buffer without bound, with
+                // `compact_revision` set to the revision to resume from —
+                // etcd's handshake: clients see ErrCompacted and re-watch
+                // from it (its history is still there), missing nothing.
                 let ids: Vec<(i64, i64)> = self.watchers.iter().map(|w| (w.id, w.next_rev)).collect();
                 for (id, next) in ids {
                     let reason = format!("watcher too slow ({n} event batches dropped); re-watch from revision {next}");
-                    if !self.cancel(id, &reason, 0).await {
+                    if !self.cancel(id, &reason, next).await {
                         return false;
                     }
                 }
