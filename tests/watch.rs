@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use meridian_proto::etcdserverpb as pb;
 use meridian_proto::etcdserverpb::watch_client::WatchClient;
+use meridian_server::routing::prefix_end;
 use meridian_tests::*;
 
 /// One raw watch stream to a node.
@@ -53,12 +54,6 @@ impl RawWatch {
     async fn quiet_for(&mut self, d: Duration) -> bool {
         tokio::time::timeout(d, self.rx.message()).await.is_err()
     }
-}
-
-fn prefix_end(p: &[u8]) -> Vec<u8> {
-    let mut e = p.to_vec();
-    *e.last_mut().unwrap() += 1;
-    e
 }
 
 #[test]

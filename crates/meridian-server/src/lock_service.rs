@@ -104,16 +104,14 @@ impl v3lockpb::lock_server::Lock for LockService {
             })
             .await?
             .into_inner();
-        let range_of = |i: usize| match txn.responses.get(i).and_then(|r| r.response.as_ref()) {
-            Some(pb::response_op::Response::ResponseRange(r)) => Some(r.clone()),
+        // The create revision of the first key the i-th range op returned.
+        let first_created = |i: usize| match txn.responses.get(i).and_then(|r| r.response.as_ref()) {
+            Some(pb::response_op::Response::ResponseRange(r)) => r.kvs.first().map(|k| k.create_revision),
             _ => None,
         };
-        let my_rev = if txn.succeeded {
-            txn.header.as_ref().map_or(0, |h| h.revision)
-        } else {
-            range_of(0).and_then(|r| r.kvs.first().map(|k| k.create_revision)).ok_or(ApiError::LeaseNotFound)?
-        };
-        let owner_rev = range_of(1).and_then(|r| r.kvs.first().map(|k| k.create_revision));
+        let my_rev =
+            if txn.succeeded { txn.header.as_ref().map_or(0, |h| h.revision) } else { first_created(0).ok_or(ApiError::LeaseNotFound)? };
+        let owner_rev = first_created(1);
         if owner_rev == Some(my_rev) {
             return Ok(Response::new(v3lockpb::LockResponse { header: txn.header, key }));
         }
