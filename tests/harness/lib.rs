@@ -67,6 +67,9 @@ pub struct ProcCluster {
     pub members: Vec<Member>,
     pub configs: Vec<PathBuf>,
     pub children: Vec<Option<Child>>,
+    /// Flags every `meridian server` of this cluster gets after its
+    /// `--config` (at every start and restart).
+    pub server_args: Vec<String>,
 }
 
 /// The first of a block of free-looking ports for one cluster.
@@ -87,13 +90,23 @@ impl ProcCluster {
     /// A cluster of `members` (their advertised addresses as given: DNS
     /// names allowed).
     pub fn start_members(members: Vec<Member>, namespaces: &[&str]) -> ProcCluster {
+        Self::start_members_with(members, namespaces, &[])
+    }
+
+    /// A cluster whose servers all get `server_args` after `--config`.
+    pub fn start_with_args(nodes: u64, namespaces: &[&str], server_args: &[&str]) -> ProcCluster {
+        Self::start_members_with(dev_layout::members(nodes, free_base_port()).unwrap(), namespaces, server_args)
+    }
+
+    fn start_members_with(members: Vec<Member>, namespaces: &[&str], server_args: &[&str]) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
         let ns: Vec<String> = namespaces.iter().map(|s| s.to_string()).collect();
         let ca = meridian_transport_quic::DevCa::generate().unwrap();
         let debug = meridian_server::config::DebugConfig::default();
         let tick_ms = meridian_server::config::DEFAULT_TICK_MS;
         let configs = dev_layout::write_configs_signed(dir.path(), &members, &ns, tick_ms, &debug, &ca).unwrap();
-        let mut c = ProcCluster { _dir: dir, ca, members, configs, children: Vec::new() };
+        let server_args = server_args.iter().map(|s| s.to_string()).collect();
+        let mut c = ProcCluster { _dir: dir, ca, members, configs, children: Vec::new(), server_args };
         for i in 0..c.members.len() {
             let child = c.spawn(i);
             c.children.push(Some(child));
@@ -127,6 +140,7 @@ impl ProcCluster {
         Command::new(meridian_bin())
             .args(["server", "--config"])
             .arg(&self.configs[i])
+            .args(&self.server_args)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())

@@ -101,6 +101,9 @@ pub struct Backend {
     /// replica of is forwarded ([`Backend::elsewhere`]). One entry per
     /// range of the catalog (bounded like it).
     replicas: Mutex<HashMap<u64, Vec<u64>>>,
+    /// The raised alarms, this member's engine size and its space quota
+    /// (see [`crate::alarms`]).
+    pub alarms: crate::alarms::AlarmState,
 }
 
 /// How stale a [`RangeBrief`] may be.
@@ -166,6 +169,8 @@ fn result_name(r: &Result<impl Sized, ApiError>) -> &'static str {
         Err(ApiError::TooBusy) => "overloaded",
         Err(ApiError::NodeStopped) => "stopped",
         Err(ApiError::Storage(_)) => "storage",
+        Err(ApiError::NoSpace) => "no_space",
+        Err(ApiError::Corrupt) => "corrupt",
         Err(ApiError::EpochMismatch { .. } | ApiError::KeyNotInRange { .. }) => "stale_route",
         Err(ApiError::Internal(_)) => "internal",
         Err(_) => "invalid",
@@ -183,13 +188,14 @@ impl Backend {
             directory: RwLock::new(directory),
             raft,
             routing: RwLock::new(Arc::new(routing)),
-            cfg,
             cluster_id: AtomicU64::new(0),
             channels: Mutex::new(HashMap::new()),
             requests: Mutex::new(BTreeMap::new()),
             briefs: Mutex::new(None),
             epochs: Mutex::new(HashMap::new()),
             replicas: Mutex::new(HashMap::new()),
+            alarms: crate::alarms::AlarmState::new(cfg.node_id, cfg.quota()),
+            cfg,
         })
     }
 
@@ -289,7 +295,10 @@ impl Backend {
 
     async fn execute_inner(&self, range_id: u64, op: c::Op, leader_only: bool) -> Result<c::Outcome, ApiError> {
         let keys = c::op_keys(&op);
-        let cmd = c::Command { op: Some(op), wall_ms: wall_ms() }.encode_to_vec();
+        let cmd = c::Command { op: Some(op), wall_ms: wall_ms() };
+        let cost = cmd.encoded_len();
+        self.admit(range_id, cmd.op.as_ref().expect("set above"), cost).await?;
+        let cmd = cmd.encode_to_vec();
         let raw = match self.propose_command(range_id, keys, cmd, leader_only).await {
             Ok(raw) => raw,
             Err(e) => return Err(self.elsewhere(range_id, e).await),

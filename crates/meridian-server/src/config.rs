@@ -96,6 +96,14 @@ pub struct ServerConfig {
     /// share few cores (`meridian dev` uses it); see docs/operations.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,
+    /// The space quota of this member's engine files, in bytes (etcd's
+    /// `--quota-backend-bytes`): 0, the default, means etcd's default of
+    /// 2 GiB; a negative value turns the quota off. A write that would
+    /// pass it raises the NOSPACE alarm, which refuses writes that grow
+    /// the data on every member until an operator disarms it (see
+    /// docs/operations.md).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quota_backend_bytes: i64,
     /// Fault injection for chaos testing; all off by default.
     #[serde(default)]
     pub debug: DebugConfig,
@@ -126,6 +134,10 @@ pub const MAX_JOIN_ADDRS: usize = 16;
 /// Upper bound of `worker_threads`.
 pub const MAX_WORKER_THREADS: usize = 1024;
 
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
 fn default_region() -> String {
     "local".into()
 }
@@ -144,6 +156,15 @@ fn default_tick_ms() -> u64 {
 impl ServerConfig {
     /// `worker_threads = 1`: one current-thread runtime carries the whole
     /// node, the store loop included.
+    /// The space quota in bytes (`None`: off); see `quota_backend_bytes`.
+    pub fn quota(&self) -> Option<u64> {
+        match self.quota_backend_bytes {
+            0 => Some(crate::alarms::DEFAULT_QUOTA_BACKEND_BYTES),
+            n if n < 0 => None,
+            n => Some(n as u64),
+        }
+    }
+
     pub fn single_threaded(&self) -> bool {
         self.worker_threads == Some(1)
     }
@@ -300,6 +321,7 @@ mod tests {
             tick_ms: 100,
             worker_threads: Some(2),
             debug: DebugConfig::default(),
+            quota_backend_bytes: 0,
             host: None,
             role: NodeRole::Data,
             relabel: false,
@@ -308,6 +330,16 @@ mod tests {
             listen_client_addr: None,
             listen_http_addr: None,
         }
+    }
+
+    #[test]
+    fn the_quota_defaults_to_etcds_and_a_negative_one_is_off() {
+        let mut c = sample();
+        assert_eq!(c.quota(), Some(2 << 30));
+        c.quota_backend_bytes = 8 << 20;
+        assert_eq!(c.quota(), Some(8 << 20));
+        c.quota_backend_bytes = -1;
+        assert_eq!(c.quota(), None);
     }
 
     #[test]

@@ -241,6 +241,9 @@ impl api::internal_server::Internal for InternalService {
         if !allowed {
             return Err(ApiError::Invalid("only lock commands are forwarded".into()).into());
         }
+        if let Some(op) = &cmd.op {
+            self.backend.admit(r.range_id, op, r.command.len()).await?;
+        }
         let keys = cmd.op.as_ref().map(c::op_keys).unwrap_or_default();
         let outcome = self.backend.propose_command(r.range_id, keys, cmd.encode_to_vec(), false).await?;
         Ok(Response::new(api::ProposeResponse { outcome }))

@@ -138,6 +138,7 @@ fn node_config(
         // thread (ServerConfig::single_threaded).
         worker_threads: Some(1),
         debug: debug.clone(),
+        quota_backend_bytes: 0,
         host: None,
         role: Default::default(),
         relabel: false,

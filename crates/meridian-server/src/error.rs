@@ -84,6 +84,15 @@ pub enum ApiError {
     /// A key was routed to a range that does not hold it.
     #[error("meridian: key {key:?} is not in range {range_id}; retry")]
     KeyNotInRange { range_id: u64, key: String },
+    /// A write that grows the data while a NOSPACE alarm is raised, or
+    /// that would take this member's engine files past its quota.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// A CORRUPT alarm is raised: no key-value request is served.
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
 }
 
 impl ApiError {
@@ -147,6 +156,9 @@ impl ApiError {
             // by the client, with its own route.
             ErrorCode::EpochMismatch => ApiError::EpochMismatch { range_id: 0, current: RangeEpoch::default() },
             ErrorCode::KeyNotInRange => ApiError::KeyNotInRange { range_id: 0, key: String::new() },
+            ErrorCode::NoSpace => ApiError::NoSpace,
+            ErrorCode::Corrupt => ApiError::Corrupt,
+            ErrorCode::MemberNotFound => ApiError::MemberNotFound,
             ErrorCode::Internal | ErrorCode::Unspecified => ApiError::Internal(text("etcdserver: ")),
         }
     }
@@ -182,6 +194,9 @@ impl ApiError {
             ApiError::Storage(_) => ErrorCode::Storage,
             ApiError::EpochMismatch { .. } => ErrorCode::EpochMismatch,
             ApiError::KeyNotInRange { .. } => ErrorCode::KeyNotInRange,
+            ApiError::NoSpace => ErrorCode::NoSpace,
+            ApiError::Corrupt => ErrorCode::Corrupt,
+            ApiError::MemberNotFound => ErrorCode::MemberNotFound,
         }
     }
 
@@ -207,9 +222,10 @@ impl ApiError {
             | ApiError::NodeStopped
             | ApiError::EpochMismatch { .. }
             | ApiError::KeyNotInRange { .. } => Code::Unavailable,
-            ApiError::TooBusy => Code::ResourceExhausted,
+            ApiError::TooBusy | ApiError::NoSpace => Code::ResourceExhausted,
+            ApiError::MemberNotFound => Code::NotFound,
             ApiError::Unimplemented(_) => Code::Unimplemented,
-            ApiError::Storage(_) => Code::DataLoss,
+            ApiError::Storage(_) | ApiError::Corrupt => Code::DataLoss,
             ApiError::Internal(_) => Code::Internal,
         }
     }
@@ -217,7 +233,12 @@ impl ApiError {
     /// HTTP status for the JSON API.
     pub fn http_status(&self) -> u16 {
         match self {
-            ApiError::LeaseNotFound | ApiError::KeyNotFound | ApiError::SessionNotFound | ApiError::UnknownRange { .. } => 404,
+            ApiError::LeaseNotFound
+            | ApiError::KeyNotFound
+            | ApiError::SessionNotFound
+            | ApiError::UnknownRange { .. }
+            | ApiError::MemberNotFound => 404,
+            ApiError::NoSpace => 507,
             ApiError::LockNotHeld(_) | ApiError::Membership(_) => 409,
             ApiError::TooManyWaiters(_) => 429,
             ApiError::Compacted { .. } | ApiError::FutureRevision | ApiError::CrossNamespace(_) | ApiError::LeaseExists => 412,
@@ -230,7 +251,7 @@ impl ApiError {
             | ApiError::OutcomeUnknown
             | ApiError::NodeStopped => 503,
             ApiError::Unimplemented(_) => 501,
-            ApiError::Internal(_) | ApiError::Storage(_) => 500,
+            ApiError::Internal(_) | ApiError::Storage(_) | ApiError::Corrupt => 500,
             ApiError::EpochMismatch { .. } | ApiError::KeyNotInRange { .. } => 503,
         }
     }
@@ -322,6 +343,9 @@ mod tests {
             ApiError::Storage("corrupt record".into()),
             ApiError::EpochMismatch { range_id: 0, current: RangeEpoch::default() },
             ApiError::KeyNotInRange { range_id: 0, key: String::new() },
+            ApiError::NoSpace,
+            ApiError::Corrupt,
+            ApiError::MemberNotFound,
         ]
     }
 

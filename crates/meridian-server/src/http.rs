@@ -382,6 +382,33 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         lag.with_label_values(&l).set(r.commit.saturating_sub(r.applied) as i64);
         quiet.with_label_values(&l).set(r.quiesced as i64);
     }
+    {
+        let alarms = IntGaugeVec::new(
+            Opts::new(
+                "meridian_alarms_raised",
+                "Alarms raised in the cluster, by type (NOSPACE: writes that grow the data are refused; alert when > 0)",
+            ),
+            &["alarm"],
+        )
+        .expect("valid metric");
+        reg.register(Box::new(alarms.clone())).expect("unique metric");
+        let raised = s.backend.alarms.raised();
+        for kind in [crate::alarms::AlarmKind::NoSpace, crate::alarms::AlarmKind::Corrupt] {
+            alarms.with_label_values(&[kind.name()]).set(raised.iter().filter(|a| a.kind == kind).count() as i64);
+        }
+        let engine =
+            prometheus::IntGauge::new("meridian_engine_bytes", "Size of this member's engine files (tables, write-ahead logs, manifests)")
+                .expect("valid metric");
+        engine.set(s.backend.alarms.engine_bytes() as i64);
+        reg.register(Box::new(engine)).expect("unique metric");
+        let quota = prometheus::IntGauge::new(
+            "meridian_quota_backend_bytes",
+            "This member's space quota (0: none); alert as meridian_engine_bytes nears it",
+        )
+        .expect("valid metric");
+        quota.set(s.backend.alarms.quota().unwrap_or(0) as i64);
+        reg.register(Box::new(quota)).expect("unique metric");
+    }
     if let Some(m) = s.backend.raft.metrics().await {
         let counters: [(&str, &str, u64); 20] = [
             ("meridian_store_poll_rounds_total", "Poll rounds of the store", m.poll_rounds),

@@ -10,6 +10,7 @@
 // lease time.
 #![allow(clippy::disallowed_methods)]
 
+pub mod alarms;
 pub mod authority;
 pub mod backend;
 pub mod config;

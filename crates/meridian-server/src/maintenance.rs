@@ -6,7 +6,8 @@ use std::sync::Arc;
 use meridian_proto::etcdserverpb as pb;
 use tonic::{Request, Response, Status};
 
-use crate::backend::Backend;
+use crate::alarms::{self, Alarm, AlarmKind};
+use crate::backend::{forward_target, forwarded, Backend};
 use crate::error::ApiError;
 use crate::routing::ROOT_RANGE_ID;
 
@@ -35,6 +36,35 @@ fn dir_size(path: &std::path::Path, depth: u32) -> u64 {
 }
 
 impl MaintenanceService {
+    async fn alarm_inner(&self, r: &pb::AlarmRequest) -> Result<Vec<pb::AlarmMember>, ApiError> {
+        use pb::alarm_request::AlarmAction;
+        let action = AlarmAction::try_from(r.action)
+            .map_err(|_| ApiError::Invalid(format!("unknown alarm action {} (GET 0, ACTIVATE 1, DEACTIVATE 2)", r.action)))?;
+        let kind = AlarmKind::from_number(r.alarm)?;
+        match (action, kind) {
+            (AlarmAction::Get, _) => {
+                let all = alarms::list(&self.backend, true).await?;
+                self.backend.alarms.replace(all.clone());
+                Ok(all.into_iter().filter(|a| kind.is_none_or(|k| a.kind == k)).map(Alarm::to_pb).collect())
+            }
+            // etcd: activating or deactivating NONE changes nothing.
+            (_, None) => Ok(Vec::new()),
+            (AlarmAction::Activate, Some(kind)) => {
+                if self.backend.node(r.member_id).is_none() {
+                    return Err(ApiError::MemberNotFound);
+                }
+                let alarm = Alarm { member: r.member_id, kind };
+                alarms::activate(&self.backend, alarm).await?;
+                Ok(vec![alarm.to_pb()])
+            }
+            (AlarmAction::Deactivate, Some(kind)) => {
+                let alarm = Alarm { member: r.member_id, kind };
+                let was = alarms::deactivate(&self.backend, alarm).await?;
+                Ok(if was { vec![alarm.to_pb()] } else { Vec::new() })
+            }
+        }
+    }
+
     /// The hash etcd's `HashKV` answers: over every range this member holds
     /// a replica of (in range order, each range's id and its history hash),
     /// each at its current revision — or, with `revision` > 0, the root
@@ -68,14 +98,29 @@ fn unimplemented(what: &str) -> Status {
 
 #[tonic::async_trait]
 impl pb::maintenance_server::Maintenance for MaintenanceService {
-    async fn alarm(&self, _r: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
-        // Meridian raises no etcd-style alarms (space quota is enforced per request).
-        Ok(Response::new(pb::AlarmResponse { header: Some(self.backend.header(ROOT_RANGE_ID, 0).await), alarms: vec![] }))
+    /// etcd's `Alarm` (`etcdctl alarm list|disarm`): GET lists the raised
+    /// alarms (of one type, or all for NONE), ACTIVATE raises one for a
+    /// member, DEACTIVATE disarms one; each answers the alarms it found or
+    /// changed. See [`crate::alarms`]. An action or type etcd does not
+    /// define, or ACTIVATE for a member the cluster does not have, is
+    /// refused and changes nothing.
+    async fn alarm(&self, r: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        match self.alarm_inner(r.get_ref()).await {
+            Ok(alarms) => Ok(Response::new(pb::AlarmResponse { header: Some(self.backend.header(ROOT_RANGE_ID, 0).await), alarms })),
+            Err(e) => match forward_target(&r, &e) {
+                Some(node) => {
+                    let mut client = pb::maintenance_client::MaintenanceClient::new(self.backend.channel_to(node)?);
+                    client.alarm(forwarded(r.into_inner())).await
+                }
+                None => Err(e.into()),
+            },
+        }
     }
 
     async fn status(&self, _r: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let st = self.backend.raft.status().await.into_iter().find(|s| s.range_id == ROOT_RANGE_ID);
         let size = dir_size(&self.backend.cfg.data_dir, 0) as i64;
+        let errors = self.backend.alarms.raised().into_iter().map(Alarm::status_error).collect();
         // A learner of the root range is what etcd calls a learner member.
         let is_learner = st.as_ref().is_some_and(|s| s.learners.contains(&self.backend.cfg.node_id));
         let (leader, index, term, applied) = st.map_or((0, 0, 0, 0), |s| (s.leader_id, s.commit, s.term, s.applied));
@@ -87,7 +132,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_index: index,
             raft_term: term,
             raft_applied_index: applied,
-            errors: vec![],
+            errors,
             db_size_in_use: size,
             is_learner,
         }))

@@ -258,6 +258,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let keeper_for_http = keeper.clone();
     let keeper_task = tokio::spawn(run_keeper(backend.clone(), keeper.clone(), locks.clone(), KEEPER_INTERVAL));
     let catalog_task = tokio::spawn(load_catalog(backend.clone()));
+    let alarm_task = tokio::spawn(crate::alarms::monitor(backend.clone()));
     let coord = native::coordinator(backend.clone(), locks.clone());
 
     let limit = MAX_REQUEST_BYTES + (64 << 10);
@@ -314,6 +315,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let _ = stop_tx.send(true);
     keeper_task.abort();
     catalog_task.abort();
+    alarm_task.abort();
     if let Ok(Err(e)) = grpc_task.await {
         warn!("gRPC server: {e}");
     }

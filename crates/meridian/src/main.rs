@@ -53,6 +53,11 @@ enum Cmd {
         /// config; `initial_cluster` then lists this node only.
         #[arg(long, value_delimiter = ',')]
         join: Vec<String>,
+        /// Space quota of this member's engine files in bytes (etcd's
+        /// flag): 0 is etcd's default of 2 GiB, a negative value turns it
+        /// off. Overrides `quota_backend_bytes` in the config.
+        #[arg(long, allow_negative_numbers = true)]
+        quota_backend_bytes: Option<i64>,
     },
     /// Start a local cluster of real server processes and keep it in the
     /// foreground until Ctrl-C.
@@ -266,9 +271,12 @@ fn main() -> Result<()> {
         }));
     }
     match cli.cmd {
-        Cmd::Server { config, relabel, join } => {
+        Cmd::Server { config, relabel, join, quota_backend_bytes } => {
             let mut cfg = meridian_server::config::ServerConfig::load(&config)?;
             cfg.relabel = relabel;
+            if let Some(q) = quota_backend_bytes {
+                cfg.quota_backend_bytes = q;
+            }
             if !join.is_empty() {
                 cfg.join = join;
             }
