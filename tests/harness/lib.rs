@@ -99,6 +99,18 @@ impl ProcCluster {
     }
 
     fn start_members_with(members: Vec<Member>, namespaces: &[&str], server_args: &[&str]) -> ProcCluster {
+        let mut c = Self::prepare_members(members, namespaces, server_args);
+        c.launch();
+        c
+    }
+
+    /// A cluster of `nodes` whose configs (and certificates) are written
+    /// but whose servers are not started yet ([`ProcCluster::launch`]).
+    pub fn prepare(nodes: u64, namespaces: &[&str]) -> ProcCluster {
+        Self::prepare_members(dev_layout::members(nodes, free_base_port()).unwrap(), namespaces, &[])
+    }
+
+    fn prepare_members(members: Vec<Member>, namespaces: &[&str], server_args: &[&str]) -> ProcCluster {
         let dir = tempfile::tempdir().unwrap();
         let ns: Vec<String> = namespaces.iter().map(|s| s.to_string()).collect();
         let ca = meridian_transport_quic::DevCa::generate().unwrap();
@@ -106,13 +118,16 @@ impl ProcCluster {
         let tick_ms = meridian_server::config::DEFAULT_TICK_MS;
         let configs = dev_layout::write_configs_signed(dir.path(), &members, &ns, tick_ms, &debug, &ca).unwrap();
         let server_args = server_args.iter().map(|s| s.to_string()).collect();
-        let mut c = ProcCluster { _dir: dir, ca, members, configs, children: Vec::new(), server_args };
-        for i in 0..c.members.len() {
-            let child = c.spawn(i);
-            c.children.push(Some(child));
+        ProcCluster { _dir: dir, ca, members, configs, children: Vec::new(), server_args }
+    }
+
+    /// Starts every server of a prepared cluster and waits until they serve.
+    pub fn launch(&mut self) {
+        for i in 0..self.members.len() {
+            let child = self.spawn(i);
+            self.children.push(Some(child));
         }
-        c.wait_ready(Duration::from_secs(60));
-        c
+        self.wait_ready(Duration::from_secs(60));
     }
 
     /// Starts node `member`, which joins through member 0 (`join` in its

@@ -159,6 +159,11 @@ impl NodeHandle {
         self.call(|| "status".to_string(), |reply| Command::Status { reply }).await
     }
 
+    /// `range_id`'s data pinned at its applied index (a backup reads it).
+    pub async fn range_view(&self, range_id: u64) -> Result<meridian_raftstore::RangeView, NodeError> {
+        self.call(|| format!("view of range {range_id}"), |reply| Command::RangeView { range_id, reply }).await
+    }
+
     pub async fn metrics(&self) -> Result<StoreMetrics, NodeError> {
         self.call(|| "metrics".to_string(), |reply| Command::Metrics { reply }).await
     }

@@ -190,6 +190,24 @@ async fn run_node(setup: Setup, ready: oneshot::Sender<Result<Compactor, NodeErr
     transport.shutdown().await;
 }
 
+/// Writes a new store in `dir` (a backup being restored): bootstraps the
+/// replicas of `ranges` that list `node_id`, as a first start would, then
+/// lets `fill` write their data. Every write is synced before this
+/// returns; a node started on `dir` afterwards serves what `fill` wrote.
+pub fn create_store(
+    dir: &std::path::Path,
+    node_id: u64,
+    ranges: &[meridian_storage::RangeDescriptor],
+    fill: &mut dyn FnMut(&dyn meridian_storage::Engine) -> Result<(), NodeError>,
+) -> Result<(), NodeError> {
+    std::fs::create_dir_all(dir)?;
+    let engine = RocksEngine::open(dir)?;
+    Store::bootstrap(&engine, node_id, ranges)?;
+    fill(&engine)?;
+    meridian_storage::Engine::sync(&engine)?;
+    Ok(())
+}
+
 fn open_store(setup: &Setup) -> Result<(Store, Compactor), NodeError> {
     std::fs::create_dir_all(&setup.data_dir)?;
     let engine = RocksEngine::open(&setup.data_dir)?;

@@ -92,6 +92,10 @@ pub(crate) enum Command {
     Metrics {
         reply: Reply<StoreMetrics>,
     },
+    RangeView {
+        range_id: u64,
+        reply: Reply<meridian_raftstore::RangeView>,
+    },
 }
 
 /// Makes the store's writes durable off the store thread
@@ -422,6 +426,9 @@ impl StoreLoop {
             }
             Command::Metrics { reply } => {
                 let _ = reply.send(Ok(self.store.metrics()));
+            }
+            Command::RangeView { range_id, reply } => {
+                let _ = reply.send(self.store.range_view(range_id).map_err(NodeError::from));
             }
         }
     }

@@ -51,6 +51,11 @@ pub trait RaftAccess: Send + Sync + 'static {
     async fn defragment(&self) -> Result<(), ApiError> {
         Err(ApiError::Unimplemented("defragment".into()))
     }
+    /// The range's data pinned at its applied index on this node (a
+    /// backup reads it).
+    async fn range_view(&self, _range_id: u64) -> Result<meridian_raftstore::RangeView, ApiError> {
+        Err(ApiError::Unimplemented("range backup".into()))
+    }
     /// Proposes a membership change on the range's leader (this node);
     /// answers once the change is applied here.
     async fn change_membership(&self, _req: RangeRequest, _change: meridian_raftstore::raft_types::ConfChangeV2) -> Result<(), ApiError> {
@@ -230,6 +235,14 @@ impl Backend {
             }
         }
         Ok(())
+    }
+
+    /// Every range of the catalog with the nodes holding a replica of it,
+    /// voters first, by range id (empty until the catalog is read).
+    pub fn catalog_replicas(&self) -> Vec<(u64, Vec<u64>)> {
+        let mut v: Vec<(u64, Vec<u64>)> = self.replicas.lock().expect("replica lists").iter().map(|(k, n)| (*k, n.clone())).collect();
+        v.sort_unstable_by_key(|(id, _)| *id);
+        v
     }
 
     /// The cluster id recorded in the meta range (0: not read yet).

@@ -249,6 +249,16 @@ impl api::internal_server::Internal for InternalService {
         Ok(Response::new(api::ProposeResponse { outcome }))
     }
 
+    type RangeBackupStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<api::RangeBackupChunk, Status>> + Send + 'static>>;
+
+    async fn range_backup(&self, req: Request<api::RangeBackupRequest>) -> Result<Response<Self::RangeBackupStream>, Status> {
+        if req.metadata().get(FORWARDED_HEADER).is_none() {
+            return Err(Status::permission_denied("meridian.v1.Internal is for forwarding between members"));
+        }
+        let rx = crate::backup::range_backup(&self.backend, req.into_inner().range_id).await?;
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
     async fn join(&self, req: Request<api::JoinRequest>) -> Result<Response<api::JoinResponse>, Status> {
         crate::join::handle(&self.backend, req.into_inner()).await.map(Response::new).map_err(Status::from)
     }

@@ -13,6 +13,7 @@
 pub mod alarms;
 pub mod authority;
 pub mod backend;
+pub mod backup;
 pub mod config;
 pub mod convert;
 pub mod coordination;

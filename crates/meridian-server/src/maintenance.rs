@@ -168,8 +168,12 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     type SnapshotStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
 
+    /// etcd's `Snapshot` (`etcdctl snapshot save FILE`): a backup of every
+    /// namespace in Meridian's format ([`crate::backup`]); restore it with
+    /// `meridian snapshot restore`.
     async fn snapshot(&self, _r: Request<pb::SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(unimplemented("snapshot: use the data directory backup procedure"))
+        let rx = crate::backup::snapshot(self.backend.clone()).await?;
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     /// etcd's `MoveLeader`, per range: every range this member leads and

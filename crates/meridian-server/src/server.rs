@@ -94,6 +94,10 @@ impl RaftAccess for NodeRaft {
         self.node.defragment().await.map_err(api_err)
     }
 
+    async fn range_view(&self, range_id: u64) -> Result<meridian_raftstore::RangeView, ApiError> {
+        self.node.range_view(range_id).await.map_err(api_err)
+    }
+
     async fn transfer_leader(&self, range_id: u64, to: u64) -> Result<(), ApiError> {
         self.node.transfer_leader(range_id, to).await.map_err(api_err)
     }

@@ -192,6 +192,29 @@ pub fn stage_chunk(range_id: u64, data: &[u8], batch: &mut WriteBatch) -> Storag
     Ok(n)
 }
 
+/// Writes one chunk (as [`SnapshotReader`] cut it) straight into
+/// `namespace_id`'s data in `batch`: a backup restored into an engine no
+/// replica serves yet. Returns the number of keys it held; a corrupt chunk
+/// is an error and writes nothing.
+pub fn restore_chunk(namespace_id: u64, data: &[u8], batch: &mut WriteBatch) -> StorageResult<u64> {
+    let mut d = Dec::new(data, namespace_id, "backup chunk")?;
+    let n = d.u64()?;
+    if n > MAX_CHUNK_PAIRS {
+        return Err(StorageError::Corrupt { range_id: namespace_id, what: format!("backup chunk claims {n} keys") });
+    }
+    let mut pairs = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let k = d.bytes()?;
+        let v = d.bytes()?;
+        pairs.push((k, v));
+    }
+    d.finish()?;
+    for (k, v) in pairs {
+        batch.put(Cf::Data, keys::data_key(namespace_id, k), v.to_vec());
+    }
+    Ok(n)
+}
+
 /// Stages deleting every staged record of `range_id` (a transfer that
 /// was abandoned or replaced). The install marker is not touched.
 pub fn clear_staged(range_id: u64, batch: &mut WriteBatch) {

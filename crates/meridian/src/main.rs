@@ -21,6 +21,7 @@ mod bench;
 mod client;
 mod coord;
 mod dev;
+mod snapshot;
 
 /// The client endpoints of a default `meridian dev` cluster.
 pub const DEV_ENDPOINTS: &str = "127.0.0.1:23790,127.0.0.1:23791,127.0.0.1:23792";
@@ -153,6 +154,12 @@ enum Cmd {
         op: Option<String>,
         node_id: Option<u64>,
     },
+    /// Backups: save one from a running cluster, check one, or restore one
+    /// into a new member's data directory (docs/operations.md, "Backups").
+    Snapshot {
+        #[command(subcommand)]
+        op: SnapshotOp,
+    },
     /// Node and range status.
     Status {
         #[arg(long, default_value = DEV_ENDPOINTS)]
@@ -167,6 +174,38 @@ enum Cmd {
     Bench {
         #[command(flatten)]
         args: bench::BenchArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotOp {
+    /// Stream a backup of every namespace from a member into FILE (what
+    /// `etcdctl snapshot save` does), then check it.
+    Save {
+        #[arg(long, default_value = DEV_ENDPOINTS)]
+        endpoints: String,
+        file: std::path::PathBuf,
+    },
+    /// Check every frame of a backup and print what it holds.
+    Status {
+        file: std::path::PathBuf,
+        /// `json` for a machine-readable answer.
+        #[arg(short = 'o', long, default_value = "table")]
+        output: String,
+    },
+    /// Write the data directory of one member of a new cluster from a
+    /// backup; run it for every member, each with its own config, then
+    /// start them.
+    Restore {
+        file: std::path::PathBuf,
+        /// The member's server config (node id, initial cluster,
+        /// namespaces, data_dir).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Write here instead of the config's data_dir (then point
+        /// data_dir at it before starting).
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
     },
 }
 
@@ -321,6 +360,14 @@ fn main() -> Result<()> {
             std::process::exit(code)
         }
         Cmd::Members { http, range_id, op, node_id } => client::members(&http, range_id, op.as_deref(), node_id),
+        Cmd::Snapshot { op } => match op {
+            SnapshotOp::Save { endpoints, file } => runtime()?.block_on(snapshot::save(&endpoints, &file)),
+            SnapshotOp::Status { file, output } => match output.as_str() {
+                "json" | "table" => snapshot::status(&file, output == "json"),
+                other => anyhow::bail!("unknown output {other:?}: table or json"),
+            },
+            SnapshotOp::Restore { file, config, data_dir } => snapshot::restore(&file, &config, data_dir.as_deref()),
+        },
         Cmd::Status { endpoints, http } => runtime()?.block_on(client::status(&endpoints, http.as_deref())),
         Cmd::Bench { args } => {
             // Validated before the runtime is built: it has --threads threads.

@@ -174,6 +174,26 @@ pub struct AppliedEntry {
     pub data: Vec<u8>,
 }
 
+/// A range's data pinned at its applied index ([`Store::range_view`]).
+#[derive(Clone)]
+pub struct RangeView {
+    /// The replica's descriptor.
+    pub desc: RangeDescriptor,
+    /// The index the view holds the state of.
+    pub applied_index: u64,
+    /// The term of that entry.
+    pub applied_term: u64,
+    /// The engine as of that index; the range's records are those of
+    /// `desc.namespace_id`.
+    pub view: Arc<dyn meridian_storage::EngineSnapshot>,
+}
+
+impl std::fmt::Debug for RangeView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RangeView").field("desc", &self.desc).field("applied_index", &self.applied_index).finish_non_exhaustive()
+    }
+}
+
 /// A snapshot of one replica's state, from [`Store::range_status`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RangeStatus {
@@ -549,6 +569,27 @@ impl Store {
     /// The engine every replica here stores its log and data in.
     pub fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
+    }
+
+    /// A view of `range_id`'s data as of its applied index, for a backup:
+    /// taken between rounds, where the engine holds exactly the applied
+    /// state. Refused for a replica that is removed (dormant) or moving a
+    /// received snapshot into place.
+    pub fn range_view(&self, range_id: u64) -> Result<RangeView, RaftstoreError> {
+        let p = self.peers.get(&range_id).ok_or_else(|| not_found(range_id))?;
+        if p.dormant_at.is_some() {
+            return Err(RaftstoreError::RangeRemoved { range_id });
+        }
+        if p.installing.is_some() {
+            return Err(RaftstoreError::SnapshotInstalling { range_id });
+        }
+        let applied = p.raft.store().apply_state();
+        Ok(RangeView {
+            desc: p.desc.clone(),
+            applied_index: applied.applied_index,
+            applied_term: applied.applied_term,
+            view: Arc::from(self.engine.snapshot()),
+        })
     }
 
     /// The counters since the store was opened, with the entry-cache and
