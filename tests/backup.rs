@@ -130,6 +130,11 @@ fn etcdctl_snapshot_save_from_a_member_without_replicas_restores_a_new_cluster_i
     let narrow = ProcCluster::prepare(1, &[]);
     let (good, out) = meridian(&["snapshot", "restore", file.to_str().unwrap(), "--config", narrow.configs[0].to_str().unwrap()]);
     assert!(!good && out.contains("/payments/"), "{out}");
+    // One whose namespaces would number the backed-up ones differently
+    // (lease ids carry their namespace's id).
+    let shifted = ProcCluster::prepare(1, &["/a/", "/payments/"]);
+    let (good, out) = meridian(&["snapshot", "restore", file.to_str().unwrap(), "--config", shifted.configs[0].to_str().unwrap()]);
+    assert!(!good && out.contains("declare exactly the namespaces"), "{out}");
 
     // Restore every member of a new cluster, start it.
     for cfg in &fresh.configs {

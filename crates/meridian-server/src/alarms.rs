@@ -30,9 +30,12 @@
 //! member still over its quota raises it again.
 //!
 //! The check runs on the member a request arrives at, before proposing,
-//! with its copy of the list: a write racing the alarm's raising may still
-//! commit (as a write racing etcd's quota check may), which costs at most
-//! one write per member in flight, never an acknowledged write.
+//! with its copy of the list and its engine size as last measured: writes
+//! admitted in the second before a member measures its files past the
+//! quota, or before another member re-reads a raised alarm, still commit
+//! (a write racing etcd's quota check may too). The quota is a bound an
+//! operator alerts near (`meridian_engine_bytes`), not an exact one; no
+//! acknowledged write is ever lost to it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -172,6 +175,9 @@ pub struct AlarmState {
     me: u64,
     /// Sorted, at most [`MAX_ALARMS`].
     raised: RwLock<Vec<Alarm>>,
+    /// Bumped by every change this member made itself, so a re-read that
+    /// started before it (and may predate it) does not undo it.
+    changes: AtomicU64,
     engine_bytes: AtomicU64,
     /// `None`: no quota.
     quota: Option<u64>,
@@ -181,7 +187,14 @@ pub struct AlarmState {
 
 impl AlarmState {
     pub fn new(me: u64, quota: Option<u64>) -> AlarmState {
-        AlarmState { me, raised: RwLock::new(Vec::new()), engine_bytes: AtomicU64::new(0), quota, raising: AtomicBool::new(false) }
+        AlarmState {
+            me,
+            raised: RwLock::new(Vec::new()),
+            changes: AtomicU64::new(0),
+            engine_bytes: AtomicU64::new(0),
+            quota,
+            raising: AtomicBool::new(false),
+        }
     }
 
     /// The raised alarms, sorted.
@@ -197,8 +210,30 @@ impl AlarmState {
         *self.raised.write().expect("alarms") = alarms;
     }
 
+    /// A mark to pass to [`AlarmState::replace_unless_changed`] taken
+    /// before reading the list.
+    pub fn mark(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// Replaces the list with `alarms`, read after `mark` was taken,
+    /// unless this member raised or disarmed an alarm since (the read may
+    /// predate that change; the next one will not).
+    pub fn replace_unless_changed(&self, mark: u64, mut alarms: Vec<Alarm>) -> bool {
+        alarms.sort_unstable();
+        alarms.dedup();
+        alarms.truncate(MAX_ALARMS);
+        let mut g = self.raised.write().expect("alarms");
+        if self.changes.load(Ordering::Acquire) != mark {
+            return false;
+        }
+        *g = alarms;
+        true
+    }
+
     fn insert(&self, alarm: Alarm) {
         let mut g = self.raised.write().expect("alarms");
+        self.changes.fetch_add(1, Ordering::AcqRel);
         if let Err(at) = g.binary_search(&alarm) {
             if g.len() < MAX_ALARMS {
                 g.insert(at, alarm);
@@ -207,7 +242,9 @@ impl AlarmState {
     }
 
     fn remove(&self, alarm: Alarm) {
-        self.raised.write().expect("alarms").retain(|a| *a != alarm);
+        let mut g = self.raised.write().expect("alarms");
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        g.retain(|a| *a != alarm);
     }
 
     /// This member's engine files, in bytes, as last measured.
@@ -354,9 +391,10 @@ impl Backend {
 
 /// Each [`MONITOR_EVERY`]: measures this member's engine files, raises
 /// NOSPACE when they passed the quota, and re-reads the alarms — from this
-/// member's replica of the meta range, or, on a member without one, from a
-/// member that has one.
+/// member's replica of the meta range, or, when that cannot answer (no
+/// replica here, or a removed one), from a member holding one.
 pub async fn monitor(backend: Arc<Backend>) {
+    let mut failures = 0u32;
     loop {
         let dir = backend.cfg.data_dir.clone();
         let bytes = tokio::task::spawn_blocking(move || engine_bytes(&dir)).await.unwrap_or(0);
@@ -365,31 +403,66 @@ pub async fn monitor(backend: Arc<Backend>) {
         if backend.alarms.over_quota(0) && !backend.alarms.raised().contains(&me) {
             backend.raise_no_space().await;
         }
+        let mark = backend.alarms.mark();
         match refresh(&backend).await {
-            Ok(alarms) => backend.alarms.replace(alarms),
-            Err(e) => tracing::debug!("re-reading the alarms: {e}"),
+            Ok(alarms) => {
+                backend.alarms.replace_unless_changed(mark, alarms);
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                // Warned every 30 failures: this member may be missing a
+                // raised alarm while it cannot read them.
+                if failures % 30 == 1 {
+                    warn!(failures, "re-reading the alarms: {e}");
+                }
+            }
         }
         tokio::time::sleep(MONITOR_EVERY).await;
     }
 }
 
+/// The alarms, from this member's replica of the meta range or, failing
+/// that, from the members the catalog says hold one.
 async fn refresh(backend: &Backend) -> Result<Vec<Alarm>, ApiError> {
-    match list(backend, false).await {
-        Err(ApiError::NotLeader { leader, .. }) => {
-            let mut client = pb::maintenance_client::MaintenanceClient::new(backend.channel_to(leader)?);
-            let req =
-                crate::backend::forwarded(pb::AlarmRequest { action: pb::alarm_request::AlarmAction::Get as i32, ..Default::default() });
-            let resp = client.alarm(req).await.map_err(|s| ApiError::from_status(&s))?.into_inner();
-            let mut alarms = Vec::new();
-            for m in resp.alarms {
-                if let Ok(Some(kind)) = AlarmKind::from_number(m.alarm) {
-                    alarms.push(Alarm { member: m.member_id, kind });
+    let local = match list(backend, false).await {
+        Ok(alarms) => return Ok(alarms),
+        Err(e) => e,
+    };
+    let mut holders: Vec<u64> = match &local {
+        ApiError::NotLeader { leader, .. } => vec![*leader],
+        _ => Vec::new(),
+    };
+    let me = backend.cfg.node_id;
+    for (range_id, nodes) in backend.catalog_replicas() {
+        if range_id == META_RANGE_ID {
+            for n in nodes {
+                if n != me && !holders.contains(&n) {
+                    holders.push(n);
                 }
             }
-            Ok(alarms)
         }
-        r => r,
     }
+    let mut last = local;
+    for node in holders {
+        match ask(backend, node).await {
+            Ok(alarms) => return Ok(alarms),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Member `node`'s answer to `Alarm` GET.
+async fn ask(backend: &Backend, node: u64) -> Result<Vec<Alarm>, ApiError> {
+    let mut client = pb::maintenance_client::MaintenanceClient::new(backend.channel_to(node)?);
+    let req = crate::backend::forwarded(pb::AlarmRequest { action: pb::alarm_request::AlarmAction::Get as i32, ..Default::default() });
+    let resp = client.alarm(req).await.map_err(|s| ApiError::from_status(&s))?.into_inner();
+    Ok(resp
+        .alarms
+        .into_iter()
+        .filter_map(|m| AlarmKind::from_number(m.alarm).ok().flatten().map(|kind| Alarm { member: m.member_id, kind }))
+        .collect())
 }
 
 #[cfg(test)]
@@ -479,6 +552,22 @@ mod tests {
         assert_eq!(s.admit(&c::Op::DeleteRange(c::DeleteOp::default()), 1), Err(Refusal::Corrupt));
         assert_eq!(s.admit(&c::Op::LeaseExpire(4), 1), Ok(()));
         assert_eq!(s.admit(&c::Op::LeaseCheckpoint(c::LeaseCheckpointOp::default()), 1), Ok(()));
+    }
+
+    #[test]
+    fn a_re_read_older_than_a_change_made_here_does_not_undo_it() {
+        let s = AlarmState::new(1, None);
+        let raised = Alarm { member: 2, kind: AlarmKind::NoSpace };
+        let mark = s.mark();
+        s.insert(raised); // raised here while a re-read was in flight
+        assert!(!s.replace_unless_changed(mark, vec![]), "the stale (empty) list is dropped");
+        assert_eq!(s.raised(), vec![raised]);
+        let mark = s.mark();
+        assert!(s.replace_unless_changed(mark, vec![raised]));
+        let mark = s.mark();
+        s.remove(raised); // disarmed here
+        assert!(!s.replace_unless_changed(mark, vec![raised]), "a re-read from before the disarm");
+        assert!(s.raised().is_empty());
     }
 
     #[test]

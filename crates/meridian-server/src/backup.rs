@@ -68,6 +68,22 @@ pub const MAX_FRAME_BYTES: usize = 16 << 20;
 pub const MAX_BACKUP_RANGES: usize = 256;
 /// Messages buffered between the reader of a range and the stream out.
 const STREAM_BUFFER: usize = 4;
+/// Backups one member streams at once (each pins its ranges' engine views
+/// on their members until its client has read them).
+pub const MAX_CONCURRENT_BACKUPS: usize = 2;
+/// Longest wait for the next chunk of a range (a member that stopped
+/// answering) before the backup fails.
+const CHUNK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// HTTP/2 flow-control window of each remote range's stream: what a range
+/// waiting its turn may have in flight (the connection's window is large
+/// enough for every range at once, so waiting ranges never stall the
+/// one being read).
+const REMOTE_STREAM_WINDOW: u32 = 256 << 10;
+
+fn backups_in_flight() -> Arc<tokio::sync::Semaphore> {
+    static SEM: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
+    SEM.get_or_init(|| Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_BACKUPS))).clone()
+}
 
 const KIND_HEADER: u8 = 1;
 const KIND_RECORDS: u8 = 2;
@@ -488,6 +504,18 @@ pub fn restore(file: &Path, cfg: &ServerConfig, progress: &mut dyn FnMut(&str)) 
                 s.range_id
             )));
         };
+        // Lease ids carry their namespace id, and every member must give a
+        // range the same data: the layout must be the backed-up one.
+        if d.range_id != s.range_id || d.namespace_id != s.namespace_id {
+            return Err(BackupError::Restore(format!(
+                "namespace {} was range {} (namespace id {}) in the backed-up cluster but would be range {} (namespace id {}) with this config: declare exactly the namespaces the backup lists (`meridian snapshot status`)",
+                s.namespace(),
+                s.range_id,
+                s.namespace_id,
+                d.range_id,
+                d.namespace_id
+            )));
+        }
         namespace_of.insert(s.range_id, d.namespace_id);
     }
     let staging = cfg.data_dir.join("raft.restoring");
@@ -620,25 +648,71 @@ enum Source {
     Remote(Box<tonic::Streaming<api::RangeBackupChunk>>),
 }
 
-/// Opens `range_id` for a backup: this member's replica, or the first of
-/// `holders` that answers.
-async fn open_range(backend: &Backend, range_id: u64, holders: &[u64]) -> Result<(RangeSection, Source), ApiError> {
+/// A channel to `node` for one backup's remote range streams: its own
+/// connection, whose window holds every range at once (see
+/// [`REMOTE_STREAM_WINDOW`]), so ranges waiting their turn neither stall
+/// the one being read nor the member's other traffic.
+fn backup_channel(backend: &Backend, node: u64) -> Result<tonic::transport::Channel, ApiError> {
+    let m = backend.node(node).ok_or(ApiError::NoLeader { range_id: 0 })?;
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{}", m.client_addr))
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .initial_stream_window_size(REMOTE_STREAM_WINDOW)
+        .initial_connection_window_size(REMOTE_STREAM_WINDOW.saturating_mul(MAX_BACKUP_RANGES as u32 + 1))
+        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
+    Ok(ep.connect_lazy())
+}
+
+/// Opens `range_id` for a backup from the freshest replica that answers:
+/// the range's leader (here or on its member), then this member's replica,
+/// then the other members holding one.
+async fn open_range(
+    backend: &Backend,
+    range_id: u64,
+    holders: &[u64],
+    channels: &mut std::collections::HashMap<u64, tonic::transport::Channel>,
+) -> Result<(RangeSection, Source), ApiError> {
     let me = backend.cfg.node_id;
-    if holders.contains(&me) || holders.is_empty() {
-        if let Ok(view) = backend.raft.range_view(range_id).await {
-            return Ok((section_of(&view)?, Source::Local(view)));
-        }
+    let brief = backend.brief(range_id).await;
+    let mut order: Vec<u64> = Vec::new();
+    match brief {
+        Some(b) if b.leading => order.push(me),
+        Some(b) if b.leader != 0 => order.push(b.leader),
+        _ => {}
     }
+    if brief.is_some() || holders.is_empty() {
+        order.push(me);
+    }
+    order.extend(holders.iter().copied());
+    let mut seen = std::collections::HashSet::new();
+    order.retain(|n| seen.insert(*n));
     let mut last = ApiError::NoLeader { range_id };
-    for &node in holders.iter().filter(|n| **n != me) {
+    for node in order {
         let attempt = async {
-            let mut client = api::internal_client::InternalClient::new(backend.channel_to(node)?);
+            if node == me {
+                let view = backend.raft.range_view(range_id).await?;
+                return Ok((section_of(&view)?, Source::Local(view)));
+            }
+            let ch = match channels.get(&node) {
+                Some(ch) => ch.clone(),
+                None => {
+                    let ch = backup_channel(backend, node)?;
+                    channels.insert(node, ch.clone());
+                    ch
+                }
+            };
+            let mut client = api::internal_client::InternalClient::new(ch).max_decoding_message_size(MAX_FRAME_BYTES);
             let mut stream = client
                 .range_backup(forwarded(api::RangeBackupRequest { range_id }))
                 .await
                 .map_err(|s| ApiError::from_status(&s))?
                 .into_inner();
-            let first = stream.message().await.map_err(|s| ApiError::from_status(&s))?.ok_or(ApiError::Timeout)?;
+            let first = tokio::time::timeout(CHUNK_TIMEOUT, stream.message())
+                .await
+                .map_err(|_| ApiError::Timeout)?
+                .map_err(|s| ApiError::from_status(&s))?
+                .ok_or(ApiError::Timeout)?;
             let section: RangeSection =
                 serde_json::from_slice(&first.header).map_err(|e| ApiError::Internal(format!("range header from node {node}: {e}")))?;
             Ok::<_, ApiError>((section, Source::Remote(Box::new(stream))))
@@ -672,9 +746,11 @@ pub async fn snapshot(backend: Arc<Backend>) -> Result<mpsc::Receiver<Result<pb:
     if ranges.len() > MAX_BACKUP_RANGES {
         return Err(ApiError::Invalid(format!("a backup holds at most {MAX_BACKUP_RANGES} ranges; the cluster has {}", ranges.len())));
     }
+    let permit = backups_in_flight().try_acquire_owned().map_err(|_| ApiError::TooBusy)?;
+    let mut channels = std::collections::HashMap::new();
     let mut sources = Vec::with_capacity(ranges.len());
     for (range_id, holders) in &ranges {
-        sources.push(open_range(&backend, *range_id, holders).await?);
+        sources.push(open_range(&backend, *range_id, holders, &mut channels).await?);
     }
     let header = BackupHeader {
         format: FORMAT,
@@ -687,6 +763,7 @@ pub async fn snapshot(backend: Arc<Backend>) -> Result<mpsc::Receiver<Result<pb:
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let blob = |blob: Vec<u8>, more: bool| pb::SnapshotResponse { header: None, remaining_bytes: u64::from(more), blob };
     tokio::spawn(async move {
+        let _permit = permit;
         let (mut w, mut first) = FrameWriter::start();
         first.extend(w.header(&header));
         if tx.send(Ok(blob(first, true))).await.is_err() {
@@ -716,7 +793,17 @@ pub async fn snapshot(backend: Arc<Backend>) -> Result<mpsc::Receiver<Result<pb:
                 }
             }
             loop {
-                match crx.recv().await {
+                // A client that went away, or a range that stopped
+                // answering, ends the backup (and lets go of every view).
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    n = tokio::time::timeout(CHUNK_TIMEOUT, crx.recv()) => n,
+                };
+                let Ok(next) = next else {
+                    let _ = tx.send(Err(ApiError::Timeout.into())).await;
+                    return;
+                };
+                match next {
                     Some(Ok((records, last, total))) => {
                         let mut out = w.records(range_id, &records);
                         if last {

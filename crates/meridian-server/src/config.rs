@@ -154,8 +154,6 @@ fn default_tick_ms() -> u64 {
 }
 
 impl ServerConfig {
-    /// `worker_threads = 1`: one current-thread runtime carries the whole
-    /// node, the store loop included.
     /// The space quota in bytes (`None`: off); see `quota_backend_bytes`.
     pub fn quota(&self) -> Option<u64> {
         match self.quota_backend_bytes {
@@ -165,6 +163,8 @@ impl ServerConfig {
         }
     }
 
+    /// `worker_threads = 1`: one current-thread runtime carries the whole
+    /// node, the store loop included.
     pub fn single_threaded(&self) -> bool {
         self.worker_threads == Some(1)
     }

@@ -122,13 +122,15 @@ pub fn restore(file: &Path, config: &Path, data_dir: Option<&Path>) -> Result<()
         cfg.data_dir = d.to_path_buf();
     }
     let r = backup::restore(file, &cfg, &mut |line| eprintln!("{line}"))?;
-    println!(
-        "restored {} ranges, {} keys into {} for node {}; start it with `meridian server --config {}`",
-        r.ranges,
-        r.keys,
-        r.data_dir.display(),
-        cfg.node_id,
-        config.display()
-    );
+    println!("restored {} ranges, {} keys into {} for node {}", r.ranges, r.keys, r.data_dir.display(), cfg.node_id);
+    match data_dir {
+        None => println!("start it with `meridian server --config {}`", config.display()),
+        Some(d) => println!(
+            "set data_dir = {:?} in {}, then start it with `meridian server --config {}`",
+            d.display().to_string(),
+            config.display(),
+            config.display()
+        ),
+    }
     Ok(())
 }

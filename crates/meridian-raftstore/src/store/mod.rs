@@ -573,17 +573,18 @@ impl Store {
 
     /// A view of `range_id`'s data as of its applied index, for a backup:
     /// taken between rounds, where the engine holds exactly the applied
-    /// state. Refused for a replica that is removed (dormant) or moving a
-    /// received snapshot into place.
+    /// state. Refused for a replica that is removed (dormant), holds no
+    /// data yet (created to receive a snapshot) or is moving a received
+    /// snapshot into place.
     pub fn range_view(&self, range_id: u64) -> Result<RangeView, RaftstoreError> {
         let p = self.peers.get(&range_id).ok_or_else(|| not_found(range_id))?;
         if p.dormant_at.is_some() {
             return Err(RaftstoreError::RangeRemoved { range_id });
         }
-        if p.installing.is_some() {
+        let applied = p.raft.store().apply_state();
+        if p.installing.is_some() || applied.applied_index < INITIAL_LOG_INDEX {
             return Err(RaftstoreError::SnapshotInstalling { range_id });
         }
-        let applied = p.raft.store().apply_state();
         Ok(RangeView {
             desc: p.desc.clone(),
             applied_index: applied.applied_index,
