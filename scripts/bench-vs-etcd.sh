@@ -8,7 +8,9 @@
 #   DURATION=5 CLIENTS=32 CONNS=8 WATCHERS=100 VALUE_SIZE=256 scripts/bench-vs-etcd.sh
 #
 # Workloads: put, put-1 (1 client, 1 connection), get-linearizable,
-# get-serializable, watch, watch-1000 (1,000 watchers), txn-cas,
+# get-serializable, watch, watch-1000 (1,000 watchers), watch-1k and
+# watch-10k (1,000 / 10,000 watchers on one prefix over 100 streams, 1,000
+# puts/s), watch-idle-100k (server memory per idle watching), txn-cas,
 # lock and lock-contended (Meridian's native lock vs etcd's lock API),
 # lock-etcd-api (the etcd lock API on both), sessions (10,000 leases kept
 # alive; server CPU and memory), ns-1/ns-4/ns-16 (puts over 1/4/16
@@ -195,6 +197,12 @@ run_one() { # target endpoints workload
   case "$w" in
     put-1) bw=put; args=(--clients 1 --conns 1 --value-size "$VALUE_SIZE" --requests "$REQUESTS") ;;
     watch-1000) bw=watch; args=(--clients 1 --conns "$CONNS" --watchers 1000 --value-size "$VALUE_SIZE" --requests "$REQUESTS") ;;
+    # Issue 15, part 4: watchers on one prefix over 100 streams, 1,000 puts/s.
+    watch-1k|watch-10k)
+      bw=watch; local n=1000; [ "$w" = watch-10k ] && n=10000
+      args=(--clients 1 --conns "$CONNS" --watchers "$n" --watch-streams 100 --put-rate 1000 --value-size "$VALUE_SIZE" --requests "$REQUESTS") ;;
+    # Server memory per idle watching at 100,000 watchings over 100 streams.
+    watch-idle-100k) bw=watch-idle; args=(--clients 1 --conns "$CONNS" --watchers 100000 --watch-streams 100) ;;
     lock|lock-contended)
       if [ "$target" = meridian ]; then bw=lock-native; else bw=lock-etcd; fi
       [ "$w" = lock-contended ] && args+=(--lock-names 1) ;;
@@ -209,6 +217,9 @@ run_one() { # target endpoints workload
       echo "   (killing the $target leader, pid $pid, after $((DURATION / 3))s)"
       ( sleep $((DURATION / 3)); kill -9 "$pid" 2>/dev/null ) & ;;
   esac
+  # Server CPU per operation, for every workload but sessions (which
+  # reports CPU and memory itself).
+  [ "$w" = sessions ] || args+=(--server-pids "$(server_pids "$target")")
   echo "== $w on $target (${DURATION}s)"
   "$MERIDIAN" bench --endpoints "$eps" --workload "$bw" --label "$target" "${args[@]}" --duration-secs "$DURATION" --json \
     | tee "$WORK/last.out"
@@ -241,6 +252,9 @@ jq -rs --argjson wl "$(printf '%s\n' "${WL[@]}" | jq -R . | jq -s .)" '
       ([$m, $e] | map(if . == null then "-" else
          ([(if .max_gap_ms then "max gap \(.max_gap_ms) ms" else empty end),
            (if .server_cpu_pct_x10 then "cpu \(.server_cpu_pct_x10 / 10)%, rss \(.server_rss_mib) MiB" else empty end),
+           (if .server_cpu_us_per_op then "cpu \(.server_cpu_us_per_op) µs/op" else empty end),
+           (if .rss_per_watching_bytes then "\(.rss_per_watching_bytes) B/watching" else empty end),
+           (if .events_missing then "missing \(.events_missing)" else empty end),
            (if .expired_seen then "expired \(.expired_seen)" else empty end)] | join(", ")) end) | join(" / "))]
    | row)
 ' "$RESULTS"

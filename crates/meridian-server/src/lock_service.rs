@@ -9,22 +9,27 @@
 //!
 //! As etcd's own server does it: one transaction enqueues the caller and
 //! reads the current owner, so an uncontended acquire is one round through
-//! Raft. A waiter sleeps until this node applies a delete under the lock's
-//! prefix (the watch hub's feed), then checks on its local replica whether
-//! anyone is still ahead of it; a slow re-check covers a node that holds no
-//! replica of the lock's range, or a feed that lagged.
+//! Raft. A waiter looks up the key just ahead of its own (its predecessor)
+//! and sleeps until this node applies that key's delete (the watch hub's
+//! feed): a release wakes one waiter, not the whole queue. Woken, it looks
+//! again — on its local replica once that has applied its own key; a slow
+//! re-check covers a node that holds no replica of the lock's range, or a
+//! feed that lagged.
+//!
+//! The service calls the KV service in process (no loopback gRPC), which
+//! forwards to the range's leader as it does for clients.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_proto::etcdserverpb as pb;
-use meridian_proto::etcdserverpb::kv_client::KvClient;
+use meridian_proto::etcdserverpb::kv_server::Kv as _;
 use meridian_proto::v3lockpb;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::backend::Backend;
 use crate::error::ApiError;
+use crate::kv_service::KvService;
 
 /// How often a waiter re-checks without having seen a delete (a node with
 /// no replica of the range sees none).
@@ -41,10 +46,27 @@ pub struct LockService {
 }
 
 impl LockService {
-    /// The node's own etcd KV endpoint: writes there are forwarded to the
-    /// range leader by the KV service.
-    fn kv(&self) -> Result<KvClient<Channel>, ApiError> {
-        Ok(KvClient::new(self.backend.channel_to(self.backend.cfg.node_id)?))
+    /// The KV service, in process: its writes and linearizable reads go to
+    /// the range's leader as clients' do.
+    fn kv(&self) -> LocalKv {
+        LocalKv(KvService { backend: self.backend.clone() })
+    }
+}
+
+/// The etcd KV API called in process.
+struct LocalKv(KvService);
+
+impl LocalKv {
+    async fn txn(&self, r: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
+        self.0.txn(Request::new(r)).await.map(Response::into_inner)
+    }
+
+    async fn range(&self, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+        self.0.range(Request::new(r)).await.map(Response::into_inner)
+    }
+
+    async fn delete_range(&self, r: pb::DeleteRangeRequest) -> Result<pb::DeleteRangeResponse, Status> {
+        self.0.delete_range(Request::new(r)).await.map(Response::into_inner)
     }
 }
 
@@ -70,7 +92,7 @@ impl v3lockpb::lock_server::Lock for LockService {
         crate::kv_service::check_lease_namespace(&self.backend.routing(), r.lease, range_id)?;
         // Subscribed before enqueueing: no delete after it is missed.
         let mut live = self.hub.subscribe();
-        let mut kv = self.kv()?;
+        let kv = self.kv();
         // Enqueue (create our key unless this lease already has it) and read
         // the owner — the oldest key under the prefix — in one transaction.
         let op = |r: pb::request_op::Request| pb::RequestOp { request: Some(r) };
@@ -102,8 +124,7 @@ impl v3lockpb::lock_server::Lock for LockService {
                     op(pb::request_op::Request::RequestRange(owner)),
                 ],
             })
-            .await?
-            .into_inner();
+            .await?;
         // The create revision of the first key the i-th range op returned.
         let first_created = |i: usize| match txn.responses.get(i).and_then(|r| r.response.as_ref()) {
             Some(pb::response_op::Response::ResponseRange(r)) => r.kvs.first().map(|k| k.create_revision),
@@ -118,25 +139,6 @@ impl v3lockpb::lock_server::Lock for LockService {
         // Wait until no key under the prefix was created before ours.
         let deadline = tokio::time::Instant::now() + MAX_WAIT;
         loop {
-            // Woken by a delete under the prefix applied here, or the timer.
-            let wake = tokio::time::sleep(RECHECK);
-            tokio::pin!(wake);
-            loop {
-                tokio::select! {
-                    _ = &mut wake => break,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        return Err(Status::deadline_exceeded("etcdserver: request timed out waiting for the lock"));
-                    }
-                    item = live.recv() => match item {
-                        Ok(p) if p.range_id == range_id
-                            && p.events.iter().any(|e| e.is_delete() && e.kv.as_ref().is_some_and(|kv| kv.key.starts_with(&prefix))) => break,
-                        Ok(_) => {}
-                        // Lagged: re-check now; closed: the timer paces us.
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(tokio::sync::broadcast::error::RecvError::Closed) => wake.as_mut().await,
-                    },
-                }
-            }
             // The newest waiter ahead of us, on this node's replica when it
             // has applied our key (then every older key's creation, and any
             // delete it shows, are real); else through the leader. (etcd
@@ -151,16 +153,35 @@ impl v3lockpb::lock_server::Lock for LockService {
                 keys_only: true,
                 ..Default::default()
             };
-            let local = kv.range(pb::RangeRequest { serializable: true, ..older.clone() }).await?.into_inner();
-            let ahead =
-                if local.header.as_ref().is_some_and(|h| h.revision >= my_rev) { local } else { kv.range(older).await?.into_inner() };
-            if ahead.kvs.is_empty() {
+            let local = kv.range(pb::RangeRequest { serializable: true, ..older.clone() }).await?;
+            let ahead = if local.header.as_ref().is_some_and(|h| h.revision >= my_rev) { local } else { kv.range(older).await? };
+            let Some(predecessor) = ahead.kvs.into_iter().next().map(|kv| kv.key) else {
                 // Still ours? (our lease may have expired while waiting)
-                let me = kv.range(pb::RangeRequest { key: key.clone(), ..Default::default() }).await?.into_inner();
+                let me = kv.range(pb::RangeRequest { key: key.clone(), ..Default::default() }).await?;
                 if me.kvs.first().map(|k| k.create_revision) != Some(my_rev) {
                     return Err(ApiError::LeaseNotFound.into());
                 }
                 return Ok(Response::new(v3lockpb::LockResponse { header: me.header, key }));
+            };
+            // Woken by the predecessor's delete applied here (subscribed
+            // before enqueueing: none is missed), or the timer.
+            let wake = tokio::time::sleep(RECHECK);
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    _ = &mut wake => break,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Err(Status::deadline_exceeded("etcdserver: request timed out waiting for the lock"));
+                    }
+                    item = live.recv() => match item {
+                        Ok(p) if p.range_id == range_id
+                            && p.events.iter().any(|e| e.is_delete() && e.kv.as_ref().is_some_and(|kv| kv.key == predecessor)) => break,
+                        Ok(_) => {}
+                        // Lagged: re-check now; closed: the timer paces us.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => wake.as_mut().await,
+                    },
+                }
             }
         }
     }
@@ -170,7 +191,7 @@ impl v3lockpb::lock_server::Lock for LockService {
         if key.is_empty() {
             return Err(ApiError::EmptyKey.into());
         }
-        let r = self.kv()?.delete_range(pb::DeleteRangeRequest { key, ..Default::default() }).await?.into_inner();
+        let r = self.kv().delete_range(pb::DeleteRangeRequest { key, ..Default::default() }).await?;
         Ok(Response::new(v3lockpb::UnlockResponse { header: r.header }))
     }
 }

@@ -27,7 +27,13 @@ use tonic::transport::{Channel, Endpoint};
 
 pub const MAX_CLIENTS: usize = 10_000;
 pub const MAX_CONNS: usize = 1_000;
-pub const MAX_WATCHERS: usize = 10_000;
+pub const MAX_WATCHERS: usize = 100_000;
+/// Upper bound of `--watch-streams`.
+pub const MAX_WATCH_STREAMS: usize = 10_000;
+/// Upper bound of `--put-rate` (puts per second).
+pub const MAX_PUT_RATE: u64 = 1_000_000;
+/// Puts a paced writer (`--put-rate`) has in flight at most.
+const MAX_PUTS_IN_FLIGHT: usize = 256;
 pub const MAX_CAS_KEYS: usize = 1_000;
 pub const MAX_THREADS: usize = 64;
 pub const MAX_SESSIONS: usize = 100_000;
@@ -59,6 +65,10 @@ pub enum Workload {
     GetSerializable,
     /// One writer, --watchers watchers on its prefix; event delivery latency.
     Watch,
+    /// --watchers idle watchings (each on a key of its own, over
+    /// --watch-streams streams) and no writes: with --server-pids, the
+    /// servers' memory per watching (`rss_per_watching_bytes`).
+    WatchIdle,
     /// Compare-and-swap (Txn on mod_revision) on --cas-keys keys.
     TxnCas,
     /// Native lock (meridian.v1): acquire + release per request, each
@@ -85,6 +95,7 @@ impl Workload {
             Workload::GetLinearizable => "get-linearizable",
             Workload::GetSerializable => "get-serializable",
             Workload::Watch => "watch",
+            Workload::WatchIdle => "watch-idle",
             Workload::TxnCas => "txn-cas",
             Workload::LockNative => "lock-native",
             Workload::LockEtcd => "lock-etcd",
@@ -117,9 +128,18 @@ pub struct BenchArgs {
     /// Value size in bytes (at least 8 for `watch`: the send time).
     #[arg(long, default_value_t = 256)]
     pub value_size: usize,
-    /// Watchers for the `watch` workload.
+    /// Watchers for the `watch` workloads.
     #[arg(long, default_value_t = 100)]
     pub watchers: usize,
+    /// Streams the watchers share (each stream carries several watches):
+    /// 0 = one stream per watcher (`watch`), 100 (`watch-idle`).
+    #[arg(long, default_value_t = 0)]
+    pub watch_streams: usize,
+    /// Puts per second of the `watch` writer: 0 = each put as soon as the
+    /// previous one is acknowledged; R > 0 = paced at R/s, up to 256 in
+    /// flight.
+    #[arg(long, default_value_t = 0)]
+    pub put_rate: u64,
     /// Keys the `txn-cas` clients contend on.
     #[arg(long, default_value_t = 4)]
     pub cas_keys: usize,
@@ -133,7 +153,9 @@ pub struct BenchArgs {
     /// /ns0/,/ns1/ for namespaces); default /bench/put/.
     #[arg(long, value_delimiter = ',')]
     pub prefixes: Vec<String>,
-    /// Server process ids whose CPU and memory `sessions` reports.
+    /// Server process ids: every workload reports their CPU time per
+    /// successful operation (`server_cpu_us_per_op`, over the whole run,
+    /// setup included); `sessions` reports their CPU and memory.
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
     /// Name of the system under test, printed with the results.
@@ -177,6 +199,16 @@ impl BenchArgs {
         }
         if !(1..=MAX_WATCHERS).contains(&self.watchers) {
             bail!("--watchers must be 1..={MAX_WATCHERS}, got {}", self.watchers);
+        }
+        if self.watch_streams > MAX_WATCH_STREAMS || self.watch_streams > self.watchers {
+            bail!(
+                "--watch-streams must be 0..={} (and at most --watchers), got {}",
+                MAX_WATCH_STREAMS.min(self.watchers),
+                self.watch_streams
+            );
+        }
+        if self.put_rate > MAX_PUT_RATE {
+            bail!("--put-rate must be 0..={MAX_PUT_RATE}, got {}", self.put_rate);
         }
         if self.lock_names > MAX_CLIENTS {
             bail!("--lock-names must be 0..={MAX_CLIENTS}, got {}", self.lock_names);
@@ -487,17 +519,28 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         args.duration_secs,
         args.value_size
     );
-    let report = match args.workload {
+    // `sessions` measures the servers itself, around its keepalive phase.
+    let measure_cpu = args.workload != Workload::Sessions;
+    let cpu_before: Vec<Option<(u64, u64)>> =
+        if measure_cpu { args.server_pids.iter().map(|p| proc_usage(*p)).collect() } else { Vec::new() };
+    let mut report = match args.workload {
         Workload::Put => put(&args, &channels).await?,
         Workload::GetLinearizable => get(&args, &channels, false).await?,
         Workload::GetSerializable => get(&args, &channels, true).await?,
         Workload::Watch => watch(&args, &channels).await?,
+        Workload::WatchIdle => watch_idle(&args, &channels).await?,
         Workload::TxnCas => txn_cas(&args, &channels).await?,
         Workload::LockNative => lock_native(&args, &channels).await?,
         Workload::LockEtcd => lock_etcd(&args, &channels).await?,
         Workload::Sessions => sessions(&args, &channels).await?,
         Workload::Failover => put(&args, &channels).await?,
     };
+    if !cpu_before.is_empty() {
+        let after: Vec<Option<(u64, u64)>> = args.server_pids.iter().map(|p| proc_usage(*p)).collect();
+        // USER_HZ is 100 on Linux: a tick is 10,000 µs.
+        let ticks: u64 = cpu_before.iter().zip(&after).filter_map(|(b, a)| Some(a.as_ref()?.0.saturating_sub(b.as_ref()?.0))).sum();
+        report.extra.push(("server_cpu_us_per_op", ticks * 10_000 / report.ok.max(1)));
+    }
     println!("{}", Report::header());
     println!("{}", report.row());
     for (k, n) in &report.extra {
@@ -1001,12 +1044,16 @@ async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
     });
     let shared = Arc::new(Shared::new(args.requests, Duration::from_secs(args.duration_secs)));
     let cap = MAX_SAMPLES / args.watchers;
-    let mut watchers = Vec::with_capacity(args.watchers);
-    for i in 0..args.watchers {
+    // One stream per watcher, or the watchers spread over --watch-streams.
+    let streams = if args.watch_streams == 0 { args.watchers } else { args.watch_streams };
+    let mut watchers = Vec::with_capacity(streams);
+    for i in 0..streams {
+        let per_stream = args.watchers / streams + usize::from(i < args.watchers % streams);
         let client = WatchClient::new(channels[i % channels.len()].clone());
         let (state, shared) = (state.clone(), shared.clone());
         let create = pb::WatchCreateRequest { key: prefix.clone(), range_end: range_end.clone(), ..Default::default() };
-        watchers.push(tokio::spawn(watcher(client, create, state, shared, Samples::new(cap))));
+        let creates = vec![create; per_stream];
+        watchers.push(tokio::spawn(watcher(client, creates, state, shared, Samples::new(cap * per_stream))));
     }
     // The writer starts when every watch exists, so each put is seen by all.
     let wait_started = Instant::now();
@@ -1026,21 +1073,54 @@ async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
     let shared_w = Arc::new(Shared::new(args.requests, Duration::from_secs(args.duration_secs)));
     let progress = spawn_progress(args.label.clone(), args.workload, shared_w.clone());
     let started = Instant::now();
-    let mut kv = KvClient::new(channels[0].clone());
     let mut put_samples = Samples::new(MAX_SAMPLES);
-    let mut value = vec![b'w'; args.value_size];
-    while let Some(n) = shared_w.next() {
-        let sent = Instant::now();
-        let nanos = u64::try_from(sent.duration_since(state.epoch).as_nanos()).unwrap_or(u64::MAX);
-        value[..8].copy_from_slice(&nanos.to_le_bytes());
-        let mut key = prefix.clone();
-        key.extend_from_slice(format!("{n:012}").as_bytes());
-        let r = kv.put(pb::PutRequest { key, value: value.clone(), ..Default::default() }).await;
-        if shared_w.finish(&mut put_samples, sent, r).is_some() {
-            state.puts_acked.fetch_add(1, Ordering::Relaxed);
-        } else {
-            tokio::time::sleep(ERROR_BACKOFF).await;
+    if args.put_rate == 0 {
+        let mut kv = KvClient::new(channels[0].clone());
+        let mut value = vec![b'w'; args.value_size];
+        while let Some(n) = shared_w.next() {
+            let sent = Instant::now();
+            let nanos = u64::try_from(sent.duration_since(state.epoch).as_nanos()).unwrap_or(u64::MAX);
+            value[..8].copy_from_slice(&nanos.to_le_bytes());
+            let mut key = prefix.clone();
+            key.extend_from_slice(format!("{n:012}").as_bytes());
+            let r = kv.put(pb::PutRequest { key, value: value.clone(), ..Default::default() }).await;
+            if shared_w.finish(&mut put_samples, sent, r).is_some() {
+                state.puts_acked.fetch_add(1, Ordering::Relaxed);
+            } else {
+                tokio::time::sleep(ERROR_BACKOFF).await;
+            }
         }
+    } else {
+        // Paced: put n goes out at start + n/rate, whatever the earlier
+        // ones are doing (up to MAX_PUTS_IN_FLIGHT of them).
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PUTS_IN_FLIGHT));
+        let samples = Arc::new(Mutex::new(Samples::new(MAX_SAMPLES)));
+        let mut n_sent = 0u64;
+        while let Some(n) = shared_w.next() {
+            tokio::time::sleep_until((started + Duration::from_secs_f64(n as f64 / args.put_rate as f64)).into()).await;
+            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let mut kv = KvClient::new(channels[n as usize % channels.len()].clone());
+            let (state, shared_w, samples, prefix) = (state.clone(), shared_w.clone(), samples.clone(), prefix.clone());
+            let mut value = vec![b'w'; args.value_size];
+            tokio::spawn(async move {
+                let _permit = permit;
+                let sent = Instant::now();
+                let nanos = u64::try_from(sent.duration_since(state.epoch).as_nanos()).unwrap_or(u64::MAX);
+                value[..8].copy_from_slice(&nanos.to_le_bytes());
+                let mut key = prefix;
+                key.extend_from_slice(format!("{n:012}").as_bytes());
+                let r = kv.put(pb::PutRequest { key, value, ..Default::default() }).await;
+                let mut s = samples.lock().unwrap_or_else(|p| p.into_inner());
+                if shared_w.finish(&mut s, sent, r).is_some() {
+                    state.puts_acked.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            n_sent += 1;
+        }
+        // Every put in flight finishes (each has its own deadline).
+        let _ = permits.acquire_many(MAX_PUTS_IN_FLIGHT as u32).await;
+        put_samples = std::mem::replace(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()), Samples::new(0));
+        let _ = n_sent;
     }
     state.writer_done.store(true, Ordering::Relaxed);
     let grace_end = Instant::now() + WATCH_GRACE;
@@ -1058,6 +1138,7 @@ async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
     progress.abort();
     let puts = state.puts_acked.load(Ordering::Relaxed);
     let expected = puts * args.watchers as u64;
+    let offered = if args.put_rate > 0 { args.put_rate } else { 0 };
     let events = state.events.load(Ordering::Relaxed);
     let put_latency = percentiles(&mut put_samples.us);
     Ok(Report {
@@ -1075,24 +1156,30 @@ async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
             ("events_expected", expected),
             ("events_received", events),
             ("events_missing", expected.saturating_sub(events)),
+            ("watch_streams", streams as u64),
+            ("put_rate_offered", offered),
         ],
     })
 }
 
-/// One watch stream: records receive time − send time of every event until
-/// it has seen every acknowledged put, or is told to stop.
+/// One watch stream carrying `creates.len()` watches: records receive
+/// time − send time of every event until each watch has seen every
+/// acknowledged put, or it is told to stop.
 async fn watcher(
     mut client: WatchClient<Channel>,
-    create: pb::WatchCreateRequest,
+    creates: Vec<pb::WatchCreateRequest>,
     state: Arc<WatchState>,
     shared: Arc<Shared>,
     mut samples: Samples,
 ) -> Samples {
     // Keep the request stream open: closing it would end the watch.
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let req = pb::WatchRequest { request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)) };
-    if tx.send(req).await.is_err() {
-        return samples;
+    let (tx, rx) = tokio::sync::mpsc::channel(creates.len().max(1));
+    let watches = creates.len() as u64;
+    for create in creates {
+        let req = pb::WatchRequest { request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)) };
+        if tx.send(req).await.is_err() {
+            return samples;
+        }
     }
     let mut stream = match client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
         Ok(s) => s.into_inner(),
@@ -1134,7 +1221,7 @@ async fn watcher(
                 if state.stop.load(Ordering::Relaxed) {
                     break;
                 }
-                if state.writer_done.load(Ordering::Relaxed) && received >= state.puts_acked.load(Ordering::Relaxed) {
+                if state.writer_done.load(Ordering::Relaxed) && received >= state.puts_acked.load(Ordering::Relaxed) * watches {
                     break;
                 }
             }
@@ -1142,6 +1229,102 @@ async fn watcher(
     }
     drop(tx);
     samples
+}
+
+/// `watch-idle`: --watchers watchings, each on a key of its own, over
+/// --watch-streams streams (default 100), held idle; the servers' resident
+/// memory is read before the streams open and once every watch exists.
+async fn watch_idle(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
+    if args.server_pids.is_empty() {
+        bail!("watch-idle measures server memory: give --server-pids");
+    }
+    let rss = || -> u64 { args.server_pids.iter().filter_map(|p| proc_usage(*p)).map(|(_, kib)| kib).sum() };
+    let before_kib = rss();
+    let streams = if args.watch_streams == 0 { 100.min(args.watchers) } else { args.watch_streams };
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let created = Arc::new(AtomicU64::new(0));
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(streams);
+    for i in 0..streams {
+        let per_stream = args.watchers / streams + usize::from(i < args.watchers % streams);
+        let mut client = WatchClient::new(channels[i % channels.len()].clone());
+        let (created, mut stop, errors) = (created.clone(), stop_rx.clone(), errors.clone());
+        let creates: Vec<pb::WatchRequest> = (0..per_stream)
+            .map(|j| pb::WatchRequest {
+                request_union: Some(pb::watch_request::RequestUnion::CreateRequest(pb::WatchCreateRequest {
+                    key: format!("/bench/idle/{nonce}/{i:05}/{j:05}").into_bytes(),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(creates.len().max(1));
+            for c in creates {
+                if tx.send(c).await.is_err() {
+                    return;
+                }
+            }
+            let mut stream = match client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+                Ok(s) => s.into_inner(),
+                Err(_) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    m = stream.message() => match m {
+                        Ok(Some(r)) if r.created && !r.canceled => { created.fetch_add(1, Ordering::Relaxed); }
+                        Ok(Some(r)) if r.canceled => { errors.fetch_add(1, Ordering::Relaxed); }
+                        Ok(Some(_)) => {}
+                        _ => { errors.fetch_add(1, Ordering::Relaxed); break; }
+                    },
+                }
+            }
+            drop(tx);
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.duration_secs.max(60));
+    while created.load(Ordering::Relaxed) < args.watchers as u64 {
+        if Instant::now() >= deadline || errors.load(Ordering::Relaxed) > 0 {
+            let _ = stop.send(true);
+            bail!(
+                "only {}/{} watches were created ({} errors)",
+                created.load(Ordering::Relaxed),
+                args.watchers,
+                errors.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    // Let allocations settle, then read the memory the watchings hold.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after_kib = rss();
+    let _ = stop.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let per_watching = after_kib.saturating_sub(before_kib) * 1024 / args.watchers as u64;
+    Ok(Report {
+        workload: args.workload,
+        label: args.label.clone(),
+        clients: streams,
+        conns: args.conns,
+        ok: created.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        secs,
+        latency: None,
+        extra: vec![
+            ("watchings", args.watchers as u64),
+            ("rss_before_kib", before_kib),
+            ("rss_after_kib", after_kib),
+            ("rss_per_watching_bytes", per_watching),
+        ],
+    })
 }
 
 #[cfg(test)]
