@@ -106,7 +106,7 @@ fn alarms_cap_writes_on_every_member_until_disarmed_and_bad_requests_change_noth
         assert_eq!(e.message(), NO_SPACE);
         // Reads, read-only Txns, deletes and compaction free space: allowed.
         let got = kv.range(pb::RangeRequest { key: b"/cfg/0".to_vec(), ..Default::default() }).await.unwrap().into_inner();
-        assert_eq!(got.kvs[0].value, b"1");
+        assert_eq!(got.kvs[0].value, &b"1"[..]);
         let txn = pb::TxnRequest { success: vec![get_op("/cfg/0")], ..Default::default() };
         assert!(kv.txn(txn).await.unwrap().into_inner().succeeded);
         let del = kv.delete_range(pb::DeleteRangeRequest { key: b"/cfg/2".to_vec(), ..Default::default() }).await.unwrap().into_inner();

@@ -464,7 +464,7 @@ fn every_authority_form_etcd_clients_send_is_accepted() {
     ] {
         let reply = raw_grpc_call(&addr, &authority, "/etcdserverpb.KV/Range", &req).unwrap_or_else(|e| panic!("{authority}: {e}"));
         let resp = meridian_proto::etcdserverpb::RangeResponse::decode(&reply[5..]).expect("a RangeResponse");
-        assert_eq!(resp.kvs[0].value, b"v", "{authority}");
+        assert_eq!(resp.kvs[0].value, &b"v"[..], "{authority}");
     }
 }
 

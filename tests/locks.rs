@@ -237,7 +237,7 @@ fn lock_delay_after_expiry_not_after_clean_release_and_guarded_txn() {
         };
         assert!(cl.guarded_txn("/d/lock", token_a, put("stale")).await.unwrap().is_none(), "stale token ran");
         assert!(cl.guarded_txn("/d/lock", gb.token(), put("fresh")).await.unwrap().is_some());
-        assert_eq!(cl.get("/d/resource").await.unwrap().unwrap().value, b"fresh");
+        assert_eq!(cl.get("/d/resource").await.unwrap().unwrap().value, &b"fresh"[..]);
         // A clean release (with a lock-delay asked for) grants at once.
         let c2 = cl.session("/d", 10).await.unwrap();
         gb.release().await.unwrap();

@@ -25,6 +25,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={}", native.display());
     let mut all = files;
     all.push(native);
-    tonic_build::configure().build_server(true).build_client(true).compile_protos(&all, &[proto_root, native_root])?;
+    // A key-value's key and value as `Bytes`: a watch event is converted
+    // once per revision and then shared by every watcher it goes to
+    // (clones are reference counts, not copies).
+    tonic_build::configure()
+        .bytes([".mvccpb.KeyValue"])
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&all, &[proto_root, native_root])?;
     Ok(())
 }

@@ -138,7 +138,7 @@ mod tests {
     }
 
     fn finals(rev: i64, value: &str) -> BTreeMap<String, Option<KeyValue>> {
-        let kv = KeyValue { key: b"k".to_vec(), value: value.as_bytes().to_vec(), mod_revision: rev, ..Default::default() };
+        let kv = KeyValue { key: b"k".to_vec().into(), value: value.as_bytes().to_vec().into(), mod_revision: rev, ..Default::default() };
         BTreeMap::from([("k".to_string(), Some(kv))])
     }
 

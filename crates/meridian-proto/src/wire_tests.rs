@@ -117,7 +117,7 @@ fn watch_response_field_numbers_match_etcd() {
         fragment: true,
         events: vec![Event {
             r#type: EventType::Delete as i32,
-            kv: Some(KeyValue { key: b"k".to_vec(), mod_revision: 6, ..KeyValue::default() }),
+            kv: Some(KeyValue { key: b"k".to_vec().into(), mod_revision: 6, ..KeyValue::default() }),
             prev_kv: None,
         }],
     };

@@ -11,11 +11,11 @@ use crate::routing::Routing;
 
 pub fn kv_out(kv: StoredKv) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
-        key: kv.key,
+        key: kv.key.into(),
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,
-        value: kv.value,
+        value: kv.value.into(),
         lease: kv.lease,
     }
 }

@@ -175,7 +175,10 @@ impl v3lockpb::lock_server::Lock for LockService {
                     }
                     item = live.recv() => match item {
                         Ok(p) if p.range_id == range_id
-                            && p.events.iter().any(|e| e.is_delete() && e.kv.as_ref().is_some_and(|kv| kv.key == predecessor)) => break,
+                            && p.events.iter().any(|e| {
+                                e.r#type == meridian_proto::mvccpb::event::EventType::Delete as i32
+                                    && e.kv.as_ref().is_some_and(|kv| kv.key == predecessor)
+                            }) => break,
                         Ok(_) => {}
                         // Lagged: re-check now; closed: the timer paces us.
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,

@@ -353,11 +353,11 @@ fn not_leader() -> Status {
 
 fn leader_kv(name: &[u8], rec: &LockRecord) -> Option<mvccpb::KeyValue> {
     rec.holder.as_ref().map(|h| mvccpb::KeyValue {
-        key: etcd_key(name, h.session),
+        key: etcd_key(name, h.session).into(),
         create_revision: h.token,
         mod_revision: h.token,
         version: 1,
-        value: h.value.clone(),
+        value: h.value.clone().into(),
         lease: h.session,
     })
 }

@@ -57,7 +57,10 @@ const COMPACTED_REASON: &str = "etcdserver: mvcc: required revision has been com
 pub struct Published {
     pub range_id: u64,
     pub revision: i64,
-    pub events: Vec<Event>,
+    /// In wire form, converted once here: every watcher that receives an
+    /// event shares its key and values (`Bytes`), whatever the number of
+    /// streams and watchers.
+    pub events: Vec<mvccpb::Event>,
     /// The range's replica left this node: its watchers here are cancelled
     /// so their clients re-watch on another member.
     pub removed: bool,
@@ -83,13 +86,22 @@ impl WatchHub {
 impl EventSink for WatchHub {
     fn publish(&self, range_id: u64, revision: i64, events: &[Event]) {
         // No receivers is fine; a full buffer drops the oldest for laggards.
-        let _ = self.tx.send(Arc::new(Published { range_id, revision, events: events.to_vec(), removed: false }));
+        let _ = self.tx.send(Arc::new(Published { range_id, revision, events: events.iter().map(to_wire).collect(), removed: false }));
     }
 
     fn range_removed(&self, range_id: u64) {
         let _ = self.tx.send(Arc::new(Published { range_id, revision: 0, events: Vec::new(), removed: true }));
     }
 }
+
+/// An applied event in wire form, with its previous version when the
+/// state machine recorded one (a watcher without `prev_kv` drops it).
+pub fn to_wire(e: &Event) -> mvccpb::Event {
+    mvccpb::Event { r#type: e.kind, kv: e.kv.clone().map(kv_out), prev_kv: e.prev_kv.clone().map(kv_out) }
+}
+
+/// etcd's event type of a delete.
+const DELETE: i32 = mvccpb::event::EventType::Delete as i32;
 
 struct Watcher {
     id: i64,
@@ -116,20 +128,18 @@ impl Watcher {
     }
 
     /// The client-visible events of one revision.
-    fn select(&self, events: &[Event]) -> Vec<mvccpb::Event> {
+    fn select(&self, events: &[mvccpb::Event]) -> Vec<mvccpb::Event> {
         events.iter().filter_map(|e| self.select_one(e)).collect()
     }
 
-    /// The client-visible form of `e`, if this watcher sees it.
-    fn select_one(&self, e: &Event) -> Option<mvccpb::Event> {
-        if !e.kv.as_ref().is_some_and(|kv| self.matches(&kv.key)) || (e.is_delete() && self.no_delete || !e.is_delete() && self.no_put) {
+    /// The client-visible form of `e`, if this watcher sees it (a clone
+    /// that shares `e`'s bytes).
+    fn select_one(&self, e: &mvccpb::Event) -> Option<mvccpb::Event> {
+        let delete = e.r#type == DELETE;
+        if !e.kv.as_ref().is_some_and(|kv| self.matches(&kv.key)) || (delete && self.no_delete || !delete && self.no_put) {
             return None;
         }
-        Some(mvccpb::Event {
-            r#type: e.kind,
-            kv: e.kv.clone().map(kv_out),
-            prev_kv: if self.prev_kv { e.prev_kv.clone().map(kv_out) } else { None },
-        })
+        Some(mvccpb::Event { r#type: e.r#type, kv: e.kv.clone(), prev_kv: if self.prev_kv { e.prev_kv.clone() } else { None } })
     }
 }
 
@@ -292,7 +302,7 @@ impl StreamCtx {
                     (rev, rev_bytes) = (e.revision, 0);
                 }
                 cursor = (e.revision, e.sub + 1);
-                if let Some(ev) = e.event.as_ref().and_then(|ev| filter.select_one(ev)) {
+                if let Some(ev) = e.event.as_ref().and_then(|ev| filter.select_one(&to_wire(ev))) {
                     rev_bytes += prost::Message::encoded_len(&ev) + 4;
                     rev_events.push(ev);
                 }
@@ -367,6 +377,10 @@ impl StreamCtx {
     /// marked `fragment`.
     async fn send_events(&mut self, id: i64, range_id: u64, revision: i64, events: Vec<mvccpb::Event>, fragment: bool) -> bool {
         let header = self.header(range_id, revision).await;
+        self.send_events_with(id, header, events, fragment).await
+    }
+
+    async fn send_events_with(&mut self, id: i64, header: pb::ResponseHeader, events: Vec<mvccpb::Event>, fragment: bool) -> bool {
         let pieces = if fragment { fragments(events, MAX_WATCH_RESPONSE_BYTES) } else { vec![events] };
         let n = pieces.len();
         for (i, events) in pieces.into_iter().enumerate() {
@@ -378,18 +392,20 @@ impl StreamCtx {
         true
     }
 
-    async fn deliver(&mut self, id: i64, revision: i64, events: &[Event]) -> bool {
+    /// Sends watcher `id` its events of `revision` (under `header`, made
+    /// once for every watcher of the stream).
+    async fn deliver(&mut self, id: i64, revision: i64, events: &[mvccpb::Event], header: pb::ResponseHeader) -> bool {
         let Some(w) = self.watchers.iter_mut().find(|w| w.id == id) else { return true };
         if revision < w.next_rev {
             return true; // already sent (catch-up and live overlap, or a replay after restart)
         }
         w.next_rev = revision + 1;
         let selected = w.select(events);
-        let (range_id, fragment) = (w.range_id, w.fragment);
+        let fragment = w.fragment;
         if selected.is_empty() {
             return true;
         }
-        self.send_events(id, range_id, revision, selected, fragment).await
+        self.send_events_with(id, header, selected, fragment).await
     }
 
     /// Answers a `WatchProgressRequest` as etcd does: a response with watch
@@ -444,6 +460,10 @@ impl StreamCtx {
             Ok(p) => {
                 let ids: Vec<(i64, bool)> =
                     self.watchers.iter().filter(|w| w.range_id == p.range_id).map(|w| (w.id, p.revision > w.next_rev)).collect();
+                if ids.is_empty() {
+                    return true;
+                }
+                let header = self.header(p.range_id, p.revision).await;
                 for (id, behind) in ids {
                     // Revisions between the watcher's next one and this event
                     // were never published here when this replica caught up by
@@ -452,7 +472,7 @@ impl StreamCtx {
                     if behind && !self.catch_up(id).await {
                         return false;
                     }
-                    if !self.deliver(id, p.revision, &p.events).await {
+                    if !self.deliver(id, p.revision, &p.events, header).await {
                         return false;
                     }
                 }
