@@ -253,8 +253,8 @@ jq -rs --argjson wl "$(printf '%s\n' "${WL[@]}" | jq -R . | jq -s .)" '
          ([(if .max_gap_ms then "max gap \(.max_gap_ms) ms" else empty end),
            (if .server_cpu_pct_x10 then "cpu \(.server_cpu_pct_x10 / 10)%, rss \(.server_rss_mib) MiB" else empty end),
            (if .server_cpu_us_per_op then "cpu \(.server_cpu_us_per_op) µs/op" else empty end),
-           (if .rss_per_watching_bytes then "\(.rss_per_watching_bytes) B/watching" else empty end),
-           (if .events_missing then "missing \(.events_missing)" else empty end),
+           (if .rss_per_watching_bytes != null then "\(.rss_per_watching_bytes) B/watching" else empty end),
+           (if (.events_missing // 0) > 0 then "missing \(.events_missing)" else empty end),
            (if .expired_seen then "expired \(.expired_seen)" else empty end)] | join(", ")) end) | join(" / "))]
    | row)
 ' "$RESULTS"

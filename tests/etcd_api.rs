@@ -589,3 +589,46 @@ fn etcd_lock_api_excludes_across_nodes_and_excludes_etcdctl_lock() {
         assert!(out.contains("got-it"), "{out}");
     });
 }
+
+/// A Lock call that gives up (its client's deadline) takes its key out of
+/// the queue, as etcd's mutex does: left behind, it would later hold the
+/// lock for nobody while its lease lives.
+#[test]
+fn a_lock_call_that_gives_up_leaves_no_key_in_the_queue() {
+    use meridian_proto::etcdserverpb::lease_client::LeaseClient;
+    use meridian_proto::v3lockpb::{lock_client::LockClient, LockRequest, UnlockRequest};
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ProcCluster::start(3, &[]);
+    let addr = format!("http://{}", c.members[1].client_addr);
+    rt().block_on(async {
+        let mut leases = LeaseClient::connect(addr.clone()).await.unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(leases.lease_grant(pb::LeaseGrantRequest { ttl: 60, id: 0 }).await.unwrap().into_inner().id);
+        }
+        let mut lc = LockClient::connect(addr.clone()).await.unwrap();
+        let mut kv = pb::kv_client::KvClient::connect(addr).await.unwrap();
+        let held = lc.lock(LockRequest { name: b"/q/l".to_vec(), lease: ids[0] }).await.unwrap().into_inner().key;
+        // The second caller waits behind the holder and gives up after 1 s.
+        let mut req = tonic::Request::new(LockRequest { name: b"/q/l".to_vec(), lease: ids[1] });
+        req.set_timeout(Duration::from_secs(1));
+        let e = lc.lock(req).await.unwrap_err();
+        assert!(matches!(e.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled), "{e:?}");
+        let waiter_key = format!("/q/l/{:x}", ids[1]).into_bytes();
+        let start = Instant::now();
+        loop {
+            let r = kv.range(pb::RangeRequest { key: waiter_key.clone(), ..Default::default() }).await.unwrap().into_inner();
+            if r.kvs.is_empty() {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "the abandoned waiter's key is still queued");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Released, the lock goes to the next live caller at once.
+        lc.unlock(UnlockRequest { key: held }).await.unwrap();
+        let mut req = tonic::Request::new(LockRequest { name: b"/q/l".to_vec(), lease: ids[2] });
+        req.set_timeout(Duration::from_secs(5));
+        let got = lc.lock(req).await.expect("the third caller gets the lock").into_inner().key;
+        assert_eq!(got, format!("/q/l/{:x}", ids[2]).into_bytes());
+    });
+}

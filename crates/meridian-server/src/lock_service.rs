@@ -10,11 +10,14 @@
 //! As etcd's own server does it: one transaction enqueues the caller and
 //! reads the current owner, so an uncontended acquire is one round through
 //! Raft. A waiter looks up the key just ahead of its own (its predecessor)
-//! and sleeps until this node applies that key's delete (the watch hub's
-//! feed): a release wakes one waiter, not the whole queue. Woken, it looks
-//! again — on its local replica once that has applied its own key; a slow
-//! re-check covers a node that holds no replica of the lock's range, or a
-//! feed that lagged.
+//! and sleeps until this node applies that key's delete (it reads the watch
+//! hub's feed, and ignores every other event): a release makes one waiter
+//! look again, not the whole queue. It looks on its local replica once that
+//! has applied its own key; a slow re-check covers a node that holds no
+//! replica of the lock's range, or a feed that lagged. A Lock call that
+//! ends without the lock (its deadline, the client gone, an error) deletes
+//! its key, as etcd's mutex does: a key left in the queue would later hold
+//! the lock for nobody.
 //!
 //! The service calls the KV service in process (no loopback gRPC), which
 //! forwards to the range's leader as it does for clients.
@@ -40,8 +43,8 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 
 pub struct LockService {
     pub backend: Arc<Backend>,
-    /// Applied events on this node: a waiter wakes on a delete under its
-    /// lock's prefix.
+    /// Applied events on this node: a waiter wakes on its predecessor's
+    /// delete.
     pub hub: Arc<crate::watch_service::WatchHub>,
 }
 
@@ -72,6 +75,42 @@ impl LocalKv {
 
 fn prefix_end(p: &[u8]) -> Vec<u8> {
     crate::routing::prefix_end(p)
+}
+
+/// Deletes a Lock caller's queue key (if it is still the one created at
+/// `rev`) when the call ends without the lock: an error, the deadline, or
+/// the client going away (the call's future dropped).
+struct Abandon {
+    backend: Arc<Backend>,
+    key: Vec<u8>,
+    rev: i64,
+    armed: bool,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let (backend, key, rev) = (self.backend.clone(), std::mem::take(&mut self.key), self.rev);
+        rt.spawn(async move {
+            let still_ours = pb::Compare {
+                result: pb::compare::CompareResult::Equal as i32,
+                target: pb::compare::CompareTarget::Create as i32,
+                key: key.clone(),
+                target_union: Some(pb::compare::TargetUnion::CreateRevision(rev)),
+                range_end: vec![],
+            };
+            let delete = pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest { key: key.clone(), ..Default::default() })),
+            };
+            let txn = pb::TxnRequest { compare: vec![still_ours], success: vec![delete], failure: vec![] };
+            if let Err(e) = LocalKv(KvService { backend }).txn(txn).await {
+                tracing::warn!(key = %String::from_utf8_lossy(&key), "removing an abandoned lock waiter's key: {}; it goes with its lease", e.message());
+            }
+        });
+    }
 }
 
 #[tonic::async_trait]
@@ -136,6 +175,7 @@ impl v3lockpb::lock_server::Lock for LockService {
         if owner_rev == Some(my_rev) {
             return Ok(Response::new(v3lockpb::LockResponse { header: txn.header, key }));
         }
+        let mut abandon = Abandon { backend: self.backend.clone(), key: key.clone(), rev: my_rev, armed: true };
         // Wait until no key under the prefix was created before ours.
         let deadline = tokio::time::Instant::now() + MAX_WAIT;
         loop {
@@ -161,6 +201,7 @@ impl v3lockpb::lock_server::Lock for LockService {
                 if me.kvs.first().map(|k| k.create_revision) != Some(my_rev) {
                     return Err(ApiError::LeaseNotFound.into());
                 }
+                abandon.armed = false;
                 return Ok(Response::new(v3lockpb::LockResponse { header: me.header, key }));
             };
             // Woken by the predecessor's delete applied here (subscribed

@@ -127,6 +127,17 @@ impl Watcher {
         }
     }
 
+    /// Whether this watcher sees `e` (an event read from history).
+    fn wants(&self, e: &Event) -> bool {
+        e.kv.as_ref().is_some_and(|kv| self.matches(&kv.key)) && !(e.is_delete() && self.no_delete || !e.is_delete() && self.no_put)
+    }
+
+    /// `e` (which it [`Watcher::wants`]) in wire form, moved, with its
+    /// previous version only if asked for.
+    fn wire(&self, e: Event) -> mvccpb::Event {
+        mvccpb::Event { r#type: e.kind, kv: e.kv.map(kv_out), prev_kv: if self.prev_kv { e.prev_kv.map(kv_out) } else { None } }
+    }
+
     /// The client-visible events of one revision.
     fn select(&self, events: &[mvccpb::Event]) -> Vec<mvccpb::Event> {
         events.iter().filter_map(|e| self.select_one(e)).collect()
@@ -302,7 +313,7 @@ impl StreamCtx {
                     (rev, rev_bytes) = (e.revision, 0);
                 }
                 cursor = (e.revision, e.sub + 1);
-                if let Some(ev) = e.event.as_ref().and_then(|ev| filter.select_one(&to_wire(ev))) {
+                if let Some(ev) = e.event.filter(|ev| filter.wants(ev)).map(|ev| filter.wire(ev)) {
                     rev_bytes += prost::Message::encoded_len(&ev) + 4;
                     rev_events.push(ev);
                 }
@@ -392,9 +403,17 @@ impl StreamCtx {
         true
     }
 
-    /// Sends watcher `id` its events of `revision` (under `header`, made
-    /// once for every watcher of the stream).
-    async fn deliver(&mut self, id: i64, revision: i64, events: &[mvccpb::Event], header: pb::ResponseHeader) -> bool {
+    /// Sends watcher `id` its events of `revision` under `header`, made at
+    /// the first watcher of the stream that has events to send and shared
+    /// by the others.
+    async fn deliver(
+        &mut self,
+        id: i64,
+        range_id: u64,
+        revision: i64,
+        events: &[mvccpb::Event],
+        header: &mut Option<pb::ResponseHeader>,
+    ) -> bool {
         let Some(w) = self.watchers.iter_mut().find(|w| w.id == id) else { return true };
         if revision < w.next_rev {
             return true; // already sent (catch-up and live overlap, or a replay after restart)
@@ -405,7 +424,11 @@ impl StreamCtx {
         if selected.is_empty() {
             return true;
         }
-        self.send_events_with(id, header, selected, fragment).await
+        let h = match *header {
+            Some(h) => h,
+            None => *header.insert(self.header(range_id, revision).await),
+        };
+        self.send_events_with(id, h, selected, fragment).await
     }
 
     /// Answers a `WatchProgressRequest` as etcd does: a response with watch
@@ -460,10 +483,7 @@ impl StreamCtx {
             Ok(p) => {
                 let ids: Vec<(i64, bool)> =
                     self.watchers.iter().filter(|w| w.range_id == p.range_id).map(|w| (w.id, p.revision > w.next_rev)).collect();
-                if ids.is_empty() {
-                    return true;
-                }
-                let header = self.header(p.range_id, p.revision).await;
+                let mut header = None;
                 for (id, behind) in ids {
                     // Revisions between the watcher's next one and this event
                     // were never published here when this replica caught up by
@@ -472,7 +492,7 @@ impl StreamCtx {
                     if behind && !self.catch_up(id).await {
                         return false;
                     }
-                    if !self.deliver(id, p.revision, &p.events, header).await {
+                    if !self.deliver(id, p.range_id, p.revision, &p.events, &mut header).await {
                         return false;
                     }
                 }

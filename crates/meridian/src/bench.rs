@@ -30,6 +30,9 @@ pub const MAX_CONNS: usize = 1_000;
 pub const MAX_WATCHERS: usize = 100_000;
 /// Upper bound of `--watch-streams`.
 pub const MAX_WATCH_STREAMS: usize = 10_000;
+/// Watches one stream carries at most (Meridian's server limit; etcd has
+/// none).
+pub const MAX_WATCHES_PER_STREAM: usize = 1024;
 /// Upper bound of `--put-rate` (puts per second).
 pub const MAX_PUT_RATE: u64 = 1_000_000;
 /// Puts a paced writer (`--put-rate`) has in flight at most.
@@ -155,6 +158,7 @@ pub struct BenchArgs {
     pub prefixes: Vec<String>,
     /// Server process ids: every workload reports their CPU time per
     /// successful operation (`server_cpu_us_per_op`, over the whole run,
+    /// a server that exits during it, as in `failover`, left out;
     /// setup included); `sessions` reports their CPU and memory.
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
@@ -200,12 +204,37 @@ impl BenchArgs {
         if !(1..=MAX_WATCHERS).contains(&self.watchers) {
             bail!("--watchers must be 1..={MAX_WATCHERS}, got {}", self.watchers);
         }
+        let watching = matches!(self.workload, Workload::Watch | Workload::WatchIdle);
+        if !watching && (self.watch_streams != 0 || self.put_rate != 0) {
+            bail!("--watch-streams and --put-rate are for the watch workloads only");
+        }
         if self.watch_streams > MAX_WATCH_STREAMS || self.watch_streams > self.watchers {
             bail!(
                 "--watch-streams must be 0..={} (and at most --watchers), got {}",
                 MAX_WATCH_STREAMS.min(self.watchers),
                 self.watch_streams
             );
+        }
+        // The streams actually opened, and the watches each carries (a
+        // Meridian server takes at most MAX_WATCHES_PER_STREAM on one).
+        if watching {
+            let streams = match (self.workload, self.watch_streams) {
+                (Workload::WatchIdle, 0) => 100.min(self.watchers),
+                (_, 0) => self.watchers,
+                (_, n) => n,
+            };
+            if streams > MAX_WATCH_STREAMS {
+                bail!(
+                    "{} watchers on a stream each is {streams} streams (at most {MAX_WATCH_STREAMS}): give --watch-streams",
+                    self.watchers
+                );
+            }
+            if self.watchers.div_ceil(streams) > MAX_WATCHES_PER_STREAM {
+                bail!(
+                    "{} watchers over {streams} streams is more than {MAX_WATCHES_PER_STREAM} per stream: give more --watch-streams",
+                    self.watchers
+                );
+            }
         }
         if self.put_rate > MAX_PUT_RATE {
             bail!("--put-rate must be 0..={MAX_PUT_RATE}, got {}", self.put_rate);
@@ -1095,7 +1124,6 @@ async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
         // ones are doing (up to MAX_PUTS_IN_FLIGHT of them).
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_PUTS_IN_FLIGHT));
         let samples = Arc::new(Mutex::new(Samples::new(MAX_SAMPLES)));
-        let mut n_sent = 0u64;
         while let Some(n) = shared_w.next() {
             tokio::time::sleep_until((started + Duration::from_secs_f64(n as f64 / args.put_rate as f64)).into()).await;
             let Ok(permit) = permits.clone().acquire_owned().await else { break };
@@ -1115,12 +1143,10 @@ async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
                     state.puts_acked.fetch_add(1, Ordering::Relaxed);
                 }
             });
-            n_sent += 1;
         }
         // Every put in flight finishes (each has its own deadline).
         let _ = permits.acquire_many(MAX_PUTS_IN_FLIGHT as u32).await;
         put_samples = std::mem::replace(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()), Samples::new(0));
-        let _ = n_sent;
     }
     state.writer_done.store(true, Ordering::Relaxed);
     let grace_end = Instant::now() + WATCH_GRACE;
@@ -1189,6 +1215,8 @@ async fn watcher(
         }
     };
     let mut received = 0u64;
+    // Watches the server canceled (a slow stream): the others still count.
+    let mut canceled = 0u64;
     let mut check = tokio::time::interval(Duration::from_millis(50));
     loop {
         tokio::select! {
@@ -1204,7 +1232,11 @@ async fn watcher(
                 }
                 if resp.canceled {
                     shared.error(format!("watch canceled: {}", resp.cancel_reason));
-                    break;
+                    canceled += 1;
+                    if canceled >= watches {
+                        break;
+                    }
+                    continue;
                 }
                 for ev in &resp.events {
                     let Some(sent_ns) = ev.kv.as_ref().and_then(|kv| kv.value.get(..8)).map(|b| {
@@ -1238,8 +1270,12 @@ async fn watch_idle(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
     if args.server_pids.is_empty() {
         bail!("watch-idle measures server memory: give --server-pids");
     }
-    let rss = || -> u64 { args.server_pids.iter().filter_map(|p| proc_usage(*p)).map(|(_, kib)| kib).sum() };
-    let before_kib = rss();
+    // Every server must be readable at both ends, or the difference means
+    // nothing.
+    let rss = || -> Result<u64> {
+        args.server_pids.iter().map(|p| proc_usage(*p).map(|(_, kib)| kib).with_context(|| format!("reading /proc/{p}"))).sum()
+    };
+    let before_kib = rss()?;
     let streams = if args.watch_streams == 0 { 100.min(args.watchers) } else { args.watch_streams };
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let created = Arc::new(AtomicU64::new(0));
@@ -1305,6 +1341,7 @@ async fn watch_idle(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after_kib = rss();
     let _ = stop.send(true);
+    let after_kib = after_kib?;
     for t in tasks {
         let _ = t.await;
     }
