@@ -6,6 +6,7 @@
 //!   initial cluster (config) ─┐
 //!   meta range node records ──┼──► NodeDirectory ──► request routing (client addresses)
 //!   gossip (to come) ─────────┘        │            ├─► peer transport (peer addresses)
+//!   phi-accrual detector ([`phi`]) ─► liveness
 //!                                      │            ├─► membership planning (who may be added)
 //!                                      └─ liveness ─┴─► MemberList, status, placement
 //! ```
@@ -19,6 +20,7 @@
 
 mod directory;
 mod identity;
+pub mod phi;
 
 pub use directory::{DirectoryError, Labels, Liveness, NodeDirectory, NodeRecord, NodeRole, MAX_NODES};
 pub use identity::{check_host_port, IdentityError, NodeIdentity};
