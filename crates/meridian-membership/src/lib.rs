@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 mod directory;
+pub mod gossip;
 mod identity;
 pub mod phi;
 

@@ -1,0 +1,455 @@
+//! SWIM gossip (the `foca` crate) driven without IO: packets in, packets
+//! out, timers as data, time as an input — the same code in the
+//! deterministic simulation and, later, in the node behind a UDP socket.
+//!
+//! ```text
+//!  received packet ──► Gossip::handle_packet(now, bytes)
+//!  the clock ────────► Gossip::advance(now)   fires every due foca timer, in order
+//!                          │
+//!                          ├─► outbox: (to, bytes) for the transport to send
+//!                          └─► events: member up / down / renamed, this node active / defunct
+//! ```
+//!
+//! A member's identity is its node id (foca's "address": one live
+//! identity per node) with an incarnation that a restart renews, so a
+//! restarted node replaces its old identity instead of resurrecting it.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use foca::{AccumulatingRuntime, Config, Foca, Identity, NoCustomBroadcast, OwnedNotification, PostcardCodec, Timer};
+use rand010::rngs::SmallRng;
+use rand010::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::NodeRole;
+
+/// A member as gossip carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct GossipId {
+    /// The node id (unique in the cluster: foca's address).
+    pub node: u64,
+    /// Renewed (raised) by every restart and by a rejoin after being
+    /// declared down; the higher one wins.
+    pub incarnation: u64,
+    /// Where its gossip packets go (`host:port`).
+    pub gossip_addr: String,
+    /// `data` or `witness`.
+    pub role: NodeRole,
+}
+
+impl Identity for GossipId {
+    type Addr = u64;
+
+    fn renew(&self) -> Option<Self> {
+        Some(GossipId { incarnation: self.incarnation.saturating_add(1), ..self.clone() })
+    }
+
+    fn addr(&self) -> u64 {
+        self.node
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.incarnation > adversary.incarnation
+    }
+}
+
+/// What changed, as this node's gossip sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GossipEvent {
+    /// A member is up (joined, or back).
+    Up(GossipId),
+    /// A member was declared down.
+    Down(GossipId),
+    /// A member's identity was replaced by a newer one (a restart).
+    Renamed {
+        /// The identity replaced.
+        old: GossipId,
+        /// The one that replaced it.
+        new: GossipId,
+    },
+    /// This node is known to the cluster.
+    Active,
+    /// Every other member is gone or down.
+    Idle,
+    /// This node was declared down and rejoined under a new incarnation.
+    Rejoined(GossipId),
+}
+
+/// Errors of the gossip driver (foca's, by text: it has no typed codes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GossipError {
+    /// A packet that does not decode, or that foca refused.
+    #[error("gossip packet refused: {0}")]
+    Packet(String),
+    /// foca refused an operation.
+    #[error("gossip: {0}")]
+    Foca(String),
+}
+
+/// Pending timers at most (foca keeps a handful per member; more is a
+/// bug, refused rather than grown).
+pub const MAX_TIMERS: usize = 4 * crate::MAX_NODES + 64;
+/// Packets and events waiting to be taken at most (the owner drains them
+/// after every call).
+pub const MAX_PENDING: usize = 16 * crate::MAX_NODES;
+
+/// One node's gossip.
+pub struct Gossip {
+    foca: Foca<GossipId, PostcardCodec, SmallRng, NoCustomBroadcast>,
+    runtime: AccumulatingRuntime<GossipId>,
+    /// (due ms, sequence) → timer: fired in due order, ties in the order
+    /// they were asked for.
+    timers: BTreeMap<(u64, u64), Timer<GossipId>>,
+    seq: u64,
+    now: u64,
+    outbox: Vec<(GossipId, Vec<u8>)>,
+    events: Vec<GossipEvent>,
+    /// Members to announce this node to (node id, gossip address) until
+    /// the cluster knows it: an announce lost on the way is sent again
+    /// every [`ANNOUNCE_EVERY_MS`].
+    seeds: Vec<(u64, String)>,
+    /// The cluster knows this node (foca said Active, and not Idle since).
+    active: bool,
+    next_announce: u64,
+}
+
+/// How often a node the cluster does not know yet announces itself again.
+pub const ANNOUNCE_EVERY_MS: u64 = 1000;
+/// Seeds kept at most.
+pub const MAX_SEEDS: usize = 16;
+
+/// foca's LAN settings for a cluster of about `cluster_size` nodes.
+pub fn lan_config(cluster_size: u32) -> Config {
+    Config::new_lan(NonZeroU32::new(cluster_size.max(1)).expect("at least 1"))
+}
+
+/// foca's WAN settings (longer probe periods and suspicion).
+pub fn wan_config(cluster_size: u32) -> Config {
+    Config::new_wan(NonZeroU32::new(cluster_size.max(1)).expect("at least 1"))
+}
+
+impl Gossip {
+    /// This node's gossip as `me`, with `config`, its randomness from
+    /// `seed`, at time `now` ms.
+    pub fn new(me: GossipId, config: Config, seed: u64, now: u64) -> Gossip {
+        let foca = Foca::new(me, config, SmallRng::seed_from_u64(seed), PostcardCodec);
+        Gossip {
+            foca,
+            runtime: AccumulatingRuntime::new(),
+            timers: BTreeMap::new(),
+            seq: 0,
+            now,
+            outbox: Vec::new(),
+            events: Vec::new(),
+            seeds: Vec::new(),
+            active: false,
+            next_announce: now,
+        }
+    }
+
+    /// This node's identity now.
+    pub fn identity(&self) -> &GossipId {
+        self.foca.identity()
+    }
+
+    /// Asks `node` (reachable at `gossip_addr`) to let this node in, now
+    /// and again every [`ANNOUNCE_EVERY_MS`] until the cluster knows this
+    /// node (at most [`MAX_SEEDS`] seeds are kept).
+    pub fn announce(&mut self, node: u64, gossip_addr: &str) -> Result<(), GossipError> {
+        if !self.seeds.iter().any(|(n, _)| *n == node) && self.seeds.len() < MAX_SEEDS {
+            self.seeds.push((node, gossip_addr.to_string()));
+        }
+        self.announce_to(node, gossip_addr)
+    }
+
+    fn announce_to(&mut self, node: u64, gossip_addr: &str) -> Result<(), GossipError> {
+        let dst = GossipId { node, incarnation: 0, gossip_addr: gossip_addr.into(), role: NodeRole::Data };
+        let r = self.foca.announce(dst, &mut self.runtime).map_err(|e| GossipError::Foca(e.to_string()));
+        self.next_announce = self.now + ANNOUNCE_EVERY_MS;
+        self.drain();
+        r
+    }
+
+    /// A packet arrived at `now` ms.
+    pub fn handle_packet(&mut self, now: u64, data: &[u8]) -> Result<(), GossipError> {
+        self.advance(now);
+        let r = self.foca.handle_data(data, &mut self.runtime).map_err(|e| GossipError::Packet(e.to_string()));
+        self.drain();
+        r
+    }
+
+    /// Time is now `now` ms: fires every timer due by then, in order.
+    pub fn advance(&mut self, now: u64) {
+        self.now = self.now.max(now);
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > self.now {
+                break;
+            }
+            let timer = entry.remove();
+            // A timer foca no longer cares for is answered with an error
+            // it ignores; nothing to do about it here.
+            let _ = self.foca.handle_timer(timer, &mut self.runtime);
+            self.drain();
+        }
+        if !self.active && self.now >= self.next_announce && !self.seeds.is_empty() {
+            for (node, addr) in self.seeds.clone() {
+                // A seed that is this node itself, or refused: the next
+                // round tries again.
+                let _ = self.announce_to(node, &addr);
+            }
+        }
+    }
+
+    /// When the next timer is due (ms), if any.
+    pub fn next_due(&self) -> Option<u64> {
+        self.timers.keys().next().map(|(due, _)| *due)
+    }
+
+    /// Packets to send, taken.
+    pub fn take_outbox(&mut self) -> Vec<(GossipId, Vec<u8>)> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// Events since the last call, taken.
+    pub fn take_events(&mut self) -> Vec<GossipEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// The members this node believes active (itself not included).
+    pub fn members(&self) -> Vec<GossipId> {
+        let mut v: Vec<GossipId> = self.foca.iter_members().map(|m| m.id().clone()).collect();
+        v.sort_by_key(|m| m.node);
+        v
+    }
+
+    /// Moves what foca produced into the outbox, the timer queue and the
+    /// events.
+    fn drain(&mut self) {
+        while let Some((to, data)) = self.runtime.to_send() {
+            if self.outbox.len() < MAX_PENDING {
+                self.outbox.push((to, data.to_vec()));
+            }
+        }
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            if self.timers.len() >= MAX_TIMERS {
+                continue;
+            }
+            let due = self.now + u64::try_from(after.as_millis()).unwrap_or(u64::MAX / 2);
+            self.timers.insert((due, self.seq), timer);
+            self.seq += 1;
+        }
+        while let Some(n) = self.runtime.to_notify() {
+            let event = match n {
+                OwnedNotification::MemberUp(id) => GossipEvent::Up(id),
+                OwnedNotification::MemberDown(id) => GossipEvent::Down(id),
+                OwnedNotification::Rename(old, new) => GossipEvent::Renamed { old, new },
+                OwnedNotification::Active => {
+                    self.active = true;
+                    GossipEvent::Active
+                }
+                OwnedNotification::Idle => {
+                    self.active = false;
+                    GossipEvent::Idle
+                }
+                OwnedNotification::Rejoin(id) => GossipEvent::Rejoined(id),
+                _ => continue,
+            };
+            if self.events.len() < MAX_PENDING {
+                self.events.push(event);
+            }
+        }
+    }
+}
+
+/// How long foca's settings take at most to declare a silent member down
+/// (probe period plus suspicion), for bounds in tests and docs.
+pub fn detection_bound(config: &Config) -> Duration {
+    config.probe_period + config.probe_rtt + config.suspect_to_down_after
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeSet, HashMap};
+
+    use super::*;
+
+    /// A deterministic network of gossip nodes: packets are delayed 1-20
+    /// ms and dropped with `loss` (per mille), from `seed`.
+    struct Net {
+        nodes: BTreeMap<u64, Gossip>,
+        crashed: BTreeSet<u64>,
+        /// Nodes cut off from the rest (packets between the two sides are
+        /// lost).
+        minority: BTreeSet<u64>,
+        /// (deliver at ms, seq) → (to node, bytes)
+        in_flight: BTreeMap<(u64, u64), (u64, Vec<u8>)>,
+        seq: u64,
+        rng: u64,
+        loss: u64,
+        now: u64,
+        events: HashMap<u64, Vec<GossipEvent>>,
+    }
+
+    fn id(node: u64, incarnation: u64) -> GossipId {
+        GossipId { node, incarnation, gossip_addr: format!("n{node}:7946"), role: NodeRole::Data }
+    }
+
+    impl Net {
+        fn new(n: u64, seed: u64, loss: u64) -> Net {
+            let mut net = Net {
+                nodes: BTreeMap::new(),
+                crashed: BTreeSet::new(),
+                minority: BTreeSet::new(),
+                in_flight: BTreeMap::new(),
+                seq: 0,
+                rng: seed,
+                loss,
+                now: 0,
+                events: HashMap::new(),
+            };
+            for i in 1..=n {
+                net.nodes.insert(i, Gossip::new(id(i, 0), lan_config(n as u32), seed ^ i, 0));
+            }
+            for i in 2..=n {
+                net.nodes.get_mut(&i).unwrap().announce(1, "n1:7946").unwrap();
+            }
+            net.flush();
+            net
+        }
+
+        fn rand(&mut self) -> u64 {
+            self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.rng;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn flush(&mut self) {
+            let ids: Vec<u64> = self.nodes.keys().copied().collect();
+            for i in ids {
+                let g = self.nodes.get_mut(&i).unwrap();
+                let out = g.take_outbox();
+                let ev = g.take_events();
+                self.events.entry(i).or_default().extend(ev);
+                for (to, data) in out {
+                    let cut = self.minority.contains(&i) != self.minority.contains(&to.node);
+                    if self.rand() % 1000 < self.loss || cut {
+                        continue;
+                    }
+                    let at = self.now + 1 + self.rand() % 20;
+                    self.in_flight.insert((at, self.seq), (to.node, data));
+                    self.seq += 1;
+                }
+            }
+        }
+
+        /// Runs until `until` ms, 10 ms at a time.
+        fn run(&mut self, until: u64) {
+            while self.now < until {
+                self.now += 10;
+                while let Some(e) = self.in_flight.first_entry() {
+                    if e.key().0 > self.now {
+                        break;
+                    }
+                    let (to, data) = e.remove();
+                    if self.crashed.contains(&to) {
+                        continue;
+                    }
+                    if let Some(g) = self.nodes.get_mut(&to) {
+                        let _ = g.handle_packet(self.now, &data);
+                    }
+                }
+                let now = self.now;
+                for (i, g) in self.nodes.iter_mut() {
+                    if !self.crashed.contains(i) {
+                        g.advance(now);
+                    }
+                }
+                self.flush();
+            }
+        }
+
+        fn view(&self, i: u64) -> Vec<u64> {
+            self.nodes[&i].members().iter().map(|m| m.node).collect()
+        }
+    }
+
+    #[test]
+    fn members_converge_a_crash_is_declared_down_and_a_restart_renews_the_identity() {
+        for seed in 0..20u64 {
+            let mut net = Net::new(5, seed, 20);
+            net.run(15_000);
+            for i in 1..=5 {
+                let want: Vec<u64> = (1..=5).filter(|j| *j != i).collect();
+                assert_eq!(net.view(i), want, "seed {seed}: node {i} sees every other member");
+            }
+            // With 2 % loss, no member alive throughout was declared down.
+            for i in 1..=5 {
+                assert!(!net.events[&i].iter().any(|e| matches!(e, GossipEvent::Down(_))), "seed {seed}: node {i} convicted a live member");
+            }
+            // Node 3 crashes (stops processing and answering).
+            net.crashed.insert(3);
+            let crashed_at = net.now;
+            let bound = detection_bound(&lan_config(5)).as_millis() as u64 * 3;
+            net.run(crashed_at + bound);
+            for i in [1, 2, 4, 5] {
+                assert!(!net.view(i).contains(&3), "seed {seed}: node {i} still lists the crashed node");
+                assert!(
+                    net.events[&i].iter().any(|e| matches!(e, GossipEvent::Down(g) if g.node == 3)),
+                    "seed {seed}: node {i} never declared node 3 down"
+                );
+            }
+            // Restarted with a new incarnation and the same id.
+            net.crashed.remove(&3);
+            net.nodes.insert(3, Gossip::new(id(3, 1), lan_config(5), seed ^ 99, net.now));
+            net.nodes.get_mut(&3).unwrap().announce(1, "n1:7946").unwrap();
+            net.flush();
+            net.run(net.now + 15_000);
+            for i in [1, 2, 4, 5] {
+                let three: Vec<GossipId> = net.nodes[&i].members().into_iter().filter(|m| m.node == 3).collect();
+                assert_eq!(three, vec![id(3, 1)], "seed {seed}: node {i} knows node 3's new incarnation only");
+            }
+        }
+    }
+
+    #[test]
+    fn a_partitioned_minority_is_declared_down_then_both_sides_merge_after_the_heal() {
+        for seed in 0..20u64 {
+            let mut net = Net::new(5, seed, 10);
+            net.run(15_000);
+            net.minority = BTreeSet::from([4, 5]);
+            net.run(net.now + 60_000);
+            assert!(!net.view(1).contains(&4) && !net.view(1).contains(&5), "seed {seed}: the majority still lists the minority");
+            net.minority.clear();
+            // foca's LAN settings announce to down members every 65 s.
+            net.run(net.now + 150_000);
+            for i in 1..=5 {
+                let want: Vec<u64> = (1..=5).filter(|j| *j != i).collect();
+                assert_eq!(net.view(i), want, "seed {seed}: node {i} after the heal");
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_packets_are_refused_without_changing_anything() {
+        let mut net = Net::new(3, 7, 0);
+        net.run(10_000);
+        let before = net.view(1);
+        let g = net.nodes.get_mut(&1).unwrap();
+        for junk in [&b""[..], b"\x00", b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", &[7u8; 2000][..]] {
+            assert!(g.handle_packet(10_000, junk).is_err(), "{junk:?} accepted");
+        }
+        assert_eq!(net.view(1), before);
+    }
+
+    #[test]
+    fn a_higher_incarnation_wins_the_node_id() {
+        assert!(id(4, 2).win_addr_conflict(&id(4, 1)));
+        assert!(!id(4, 1).win_addr_conflict(&id(4, 2)));
+        assert_eq!(id(4, 1).renew(), Some(id(4, 2)));
+        assert_eq!(id(4, 1).addr(), 4);
+    }
+}
