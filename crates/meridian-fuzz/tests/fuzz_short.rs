@@ -83,6 +83,11 @@ fn etcd_requests_decode_without_panics() {
     fuzz("etcd-requests");
 }
 
+#[test]
+fn gossip_packets_are_checked_and_decoded_without_panics() {
+    fuzz("gossip-packet");
+}
+
 // ---- the harness catches what it claims to ---------------------------------
 
 /// A decoder with both bugs the harness exists for: it trusts a length

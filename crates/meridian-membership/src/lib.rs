@@ -22,6 +22,7 @@ mod directory;
 pub mod gossip;
 mod identity;
 pub mod phi;
+pub mod wire;
 
 pub use directory::{DirectoryError, Labels, Liveness, NodeDirectory, NodeRecord, NodeRole, MAX_NODES};
 pub use identity::{check_host_port, IdentityError, NodeIdentity};

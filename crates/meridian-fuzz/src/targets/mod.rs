@@ -1,6 +1,7 @@
 //! Every fuzz target, by the kind of untrusted bytes it takes.
 
 pub mod etcd;
+pub mod gossip;
 pub mod http2;
 pub mod kv;
 pub mod peer;
@@ -9,7 +10,7 @@ pub mod storage;
 use crate::target::Target;
 
 /// Names of every target, in the order `all` builds them.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     "peer-frame",
     "raft-message",
     "storage-records",
@@ -19,6 +20,7 @@ pub const NAMES: [&str; 9] = [
     "kv-query",
     "etcd-requests",
     "http2-authority",
+    "gossip-packet",
 ];
 
 /// Builds one target (some build a fixture: a small store or KV range).
@@ -33,6 +35,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn Target>> {
         "kv-query" => Box::new(kv::KvQuery::new()),
         "etcd-requests" => Box::new(etcd::EtcdRequests),
         "http2-authority" => Box::new(http2::Http2Authority),
+        "gossip-packet" => Box::new(gossip::GossipPacket),
         _ => return None,
     };
     Some(t)
