@@ -273,6 +273,8 @@ pub fn detection_bound(config: &Config) -> Duration {
 mod tests {
     use std::collections::{BTreeSet, HashMap};
 
+    use meridian_codes::seeded::SplitMix64;
+
     use super::*;
 
     /// A deterministic network of gossip nodes: packets are delayed 1-20
@@ -286,7 +288,7 @@ mod tests {
         /// (deliver at ms, seq) → (to node, bytes)
         in_flight: BTreeMap<(u64, u64), (u64, Vec<u8>)>,
         seq: u64,
-        rng: u64,
+        rng: SplitMix64,
         loss: u64,
         now: u64,
         events: HashMap<u64, Vec<GossipEvent>>,
@@ -304,7 +306,7 @@ mod tests {
                 minority: BTreeSet::new(),
                 in_flight: BTreeMap::new(),
                 seq: 0,
-                rng: seed,
+                rng: SplitMix64::new(seed),
                 loss,
                 now: 0,
                 events: HashMap::new(),
@@ -319,14 +321,6 @@ mod tests {
             net
         }
 
-        fn rand(&mut self) -> u64 {
-            self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.rng;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
         fn flush(&mut self) {
             let ids: Vec<u64> = self.nodes.keys().copied().collect();
             for i in ids {
@@ -336,10 +330,10 @@ mod tests {
                 self.events.entry(i).or_default().extend(ev);
                 for (to, data) in out {
                     let cut = self.minority.contains(&i) != self.minority.contains(&to.node);
-                    if self.rand() % 1000 < self.loss || cut {
+                    if self.rng.below(1000) < self.loss || cut {
                         continue;
                     }
-                    let at = self.now + 1 + self.rand() % 20;
+                    let at = self.now + 1 + self.rng.below(20);
                     self.in_flight.insert((at, self.seq), (to.node, data));
                     self.seq += 1;
                 }

@@ -170,6 +170,15 @@ pub enum Refusal {
     },
 }
 
+/// `alarms` as the list keeps them: sorted, once each, at most
+/// [`MAX_ALARMS`].
+fn normalized(mut alarms: Vec<Alarm>) -> Vec<Alarm> {
+    alarms.sort_unstable();
+    alarms.dedup();
+    alarms.truncate(MAX_ALARMS);
+    alarms
+}
+
 /// A member's view of the alarms, its engine size and its quota.
 pub struct AlarmState {
     me: u64,
@@ -203,11 +212,8 @@ impl AlarmState {
     }
 
     /// Replaces the list with `alarms` (as read from the meta range).
-    pub fn replace(&self, mut alarms: Vec<Alarm>) {
-        alarms.sort_unstable();
-        alarms.dedup();
-        alarms.truncate(MAX_ALARMS);
-        *self.raised.write().expect("alarms") = alarms;
+    pub fn replace(&self, alarms: Vec<Alarm>) {
+        *self.raised.write().expect("alarms") = normalized(alarms);
     }
 
     /// A mark to pass to [`AlarmState::replace_unless_changed`] taken
@@ -219,10 +225,8 @@ impl AlarmState {
     /// Replaces the list with `alarms`, read after `mark` was taken,
     /// unless this member raised or disarmed an alarm since (the read may
     /// predate that change; the next one will not).
-    pub fn replace_unless_changed(&self, mark: u64, mut alarms: Vec<Alarm>) -> bool {
-        alarms.sort_unstable();
-        alarms.dedup();
-        alarms.truncate(MAX_ALARMS);
+    pub fn replace_unless_changed(&self, mark: u64, alarms: Vec<Alarm>) -> bool {
+        let alarms = normalized(alarms);
         let mut g = self.raised.write().expect("alarms");
         if self.changes.load(Ordering::Acquire) != mark {
             return false;
@@ -286,24 +290,28 @@ impl AlarmState {
     }
 }
 
-/// The size of a member's engine files under `data_dir`: the RocksDB
-/// tables, write-ahead logs and manifests, not its informational logs.
-pub fn engine_bytes(data_dir: &std::path::Path) -> u64 {
-    fn walk(path: &std::path::Path, depth: u32) -> u64 {
+/// Bytes of the files under `path` (four directory levels deep) that
+/// `keep` (given the file's name and metadata) counts.
+pub(crate) fn dir_bytes(path: &std::path::Path, keep: &dyn Fn(&str, &std::fs::Metadata) -> bool) -> u64 {
+    fn walk(path: &std::path::Path, depth: u32, keep: &dyn Fn(&str, &std::fs::Metadata) -> bool) -> u64 {
         let Ok(rd) = std::fs::read_dir(path) else { return 0 };
         rd.flatten()
-            .map(|e| {
-                let name = e.file_name();
-                let name = name.to_string_lossy();
-                match e.metadata() {
-                    Ok(m) if m.is_dir() && depth < 4 => walk(&e.path(), depth + 1),
-                    Ok(m) if m.is_file() && (name.ends_with(".sst") || name.ends_with(".log") || name.starts_with("MANIFEST-")) => m.len(),
-                    _ => 0,
-                }
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() && depth < 4 => walk(&e.path(), depth + 1, keep),
+                Ok(m) if keep(&e.file_name().to_string_lossy(), &m) => m.len(),
+                _ => 0,
             })
             .sum()
     }
-    walk(&data_dir.join("raft"), 0)
+    walk(path, 0, keep)
+}
+
+/// The size of a member's engine files under `data_dir`: the RocksDB
+/// tables, write-ahead logs and manifests, not its informational logs.
+pub fn engine_bytes(data_dir: &std::path::Path) -> u64 {
+    dir_bytes(&data_dir.join("raft"), &|name, m| {
+        m.is_file() && (name.ends_with(".sst") || name.ends_with(".log") || name.starts_with("MANIFEST-"))
+    })
 }
 
 /// The alarms recorded in the meta range (`linearizable`: through its

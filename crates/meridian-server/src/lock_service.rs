@@ -77,6 +77,17 @@ fn prefix_end(p: &[u8]) -> Vec<u8> {
     crate::routing::prefix_end(p)
 }
 
+/// A compare: `key` was created at revision `rev` (0: it does not exist).
+fn created_at(key: &[u8], rev: i64) -> pb::Compare {
+    pb::Compare {
+        result: pb::compare::CompareResult::Equal as i32,
+        target: pb::compare::CompareTarget::Create as i32,
+        key: key.to_vec(),
+        target_union: Some(pb::compare::TargetUnion::CreateRevision(rev)),
+        range_end: vec![],
+    }
+}
+
 /// Deletes a Lock caller's queue key (if it is still the one created at
 /// `rev`) when the call ends without the lock: an error, the deadline, or
 /// the client going away (the call's future dropped).
@@ -95,13 +106,7 @@ impl Drop for Abandon {
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
         let (backend, key, rev) = (self.backend.clone(), std::mem::take(&mut self.key), self.rev);
         rt.spawn(async move {
-            let still_ours = pb::Compare {
-                result: pb::compare::CompareResult::Equal as i32,
-                target: pb::compare::CompareTarget::Create as i32,
-                key: key.clone(),
-                target_union: Some(pb::compare::TargetUnion::CreateRevision(rev)),
-                range_end: vec![],
-            };
+            let still_ours = created_at(&key, rev);
             let delete = pb::RequestOp {
                 request: Some(pb::request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest { key: key.clone(), ..Default::default() })),
             };
@@ -144,13 +149,7 @@ impl v3lockpb::lock_server::Lock for LockService {
             keys_only: true,
             ..Default::default()
         };
-        let absent = pb::Compare {
-            result: pb::compare::CompareResult::Equal as i32,
-            target: pb::compare::CompareTarget::Create as i32,
-            key: key.clone(),
-            target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
-            range_end: vec![],
-        };
+        let absent = created_at(&key, 0);
         let txn = kv
             .txn(pb::TxnRequest {
                 compare: vec![absent],

@@ -24,17 +24,6 @@ pub struct ClusterService {
     pub backend: Arc<Backend>,
 }
 
-fn dir_size(path: &std::path::Path, depth: u32) -> u64 {
-    let Ok(rd) = std::fs::read_dir(path) else { return 0 };
-    rd.flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() && depth < 4 => dir_size(&e.path(), depth + 1),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 impl MaintenanceService {
     async fn alarm_inner(&self, r: &pb::AlarmRequest) -> Result<Vec<pb::AlarmMember>, ApiError> {
         use pb::alarm_request::AlarmAction;
@@ -119,7 +108,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
     async fn status(&self, _r: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let st = self.backend.raft.status().await.into_iter().find(|s| s.range_id == ROOT_RANGE_ID);
-        let size = dir_size(&self.backend.cfg.data_dir, 0) as i64;
+        let size = alarms::dir_bytes(&self.backend.cfg.data_dir, &|_, _| true) as i64;
         let errors = self.backend.alarms.raised().into_iter().map(Alarm::status_error).collect();
         // A learner of the root range is what etcd calls a learner member.
         let is_learner = st.as_ref().is_some_and(|s| s.learners.contains(&self.backend.cfg.node_id));

@@ -127,9 +127,14 @@ impl Watcher {
         }
     }
 
+    /// Whether this watcher sees an event on `key` (a delete or a put).
+    fn sees(&self, key: &[u8], delete: bool) -> bool {
+        self.matches(key) && !(delete && self.no_delete || !delete && self.no_put)
+    }
+
     /// Whether this watcher sees `e` (an event read from history).
     fn wants(&self, e: &Event) -> bool {
-        e.kv.as_ref().is_some_and(|kv| self.matches(&kv.key)) && !(e.is_delete() && self.no_delete || !e.is_delete() && self.no_put)
+        e.kv.as_ref().is_some_and(|kv| self.sees(&kv.key, e.is_delete()))
     }
 
     /// `e` (which it [`Watcher::wants`]) in wire form, moved, with its
@@ -146,8 +151,7 @@ impl Watcher {
     /// The client-visible form of `e`, if this watcher sees it (a clone
     /// that shares `e`'s bytes).
     fn select_one(&self, e: &mvccpb::Event) -> Option<mvccpb::Event> {
-        let delete = e.r#type == DELETE;
-        if !e.kv.as_ref().is_some_and(|kv| self.matches(&kv.key)) || (delete && self.no_delete || !delete && self.no_put) {
+        if !e.kv.as_ref().is_some_and(|kv| self.sees(&kv.key, e.r#type == DELETE)) {
             return None;
         }
         Some(mvccpb::Event { r#type: e.r#type, kv: e.kv.clone(), prev_kv: if self.prev_kv { e.prev_kv.clone() } else { None } })
