@@ -13,17 +13,27 @@
 //! A member's identity is its node id (foca's "address": one live
 //! identity per node) with an incarnation that a restart renews, so a
 //! restarted node replaces its old identity instead of resurrecting it.
+//!
+//! Besides membership, gossip disseminates two kinds of [`Broadcast`]
+//! (foca's custom broadcasts): each node's directory record (its
+//! addresses, labels and role: [`Advert`]), advertised again whenever a
+//! member comes up so a node that joins later learns every record, and
+//! each node's heartbeat, a counter it raises every second (Cassandra's
+//! heartbeat versions: the phi-accrual detector is fed by their arrival,
+//! so a peer's suspicion does not depend on how often this node happens to
+//! probe it).
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use foca::{AccumulatingRuntime, Config, Foca, Identity, NoCustomBroadcast, OwnedNotification, PostcardCodec, Timer};
+use foca::{AccumulatingRuntime, BroadcastHandler, Config, Foca, Identity, Invalidates, OwnedNotification, PostcardCodec, Timer};
 use rand010::rngs::SmallRng;
 use rand010::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::NodeRole;
+use crate::{check_host_port, Labels, NodeRole};
 
 /// A member as gossip carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -37,13 +47,30 @@ pub struct GossipId {
     pub gossip_addr: String,
     /// `data` or `witness`.
     pub role: NodeRole,
+    /// Its region: members of one region gossip with foca's LAN settings,
+    /// across regions with its WAN settings.
+    pub region: String,
+}
+
+/// Renewals (foca's rejoin after being declared down) one incarnation
+/// leaves room for: a restart starts at the next multiple, so a restarted
+/// node always outranks every identity of its previous run.
+pub const RENEWALS_PER_START: u64 = 1 << 20;
+
+/// The incarnation of the `start`-th start of a node (its restart counter,
+/// persisted): above every incarnation an earlier start could reach.
+pub fn incarnation_of_start(start: u64) -> u64 {
+    start.saturating_mul(RENEWALS_PER_START)
 }
 
 impl Identity for GossipId {
     type Addr = u64;
 
     fn renew(&self) -> Option<Self> {
-        Some(GossipId { incarnation: self.incarnation.saturating_add(1), ..self.clone() })
+        // Within this start's room: past it would collide with the next
+        // start's incarnations (a million rejoins in one run: give up).
+        let next = self.incarnation.checked_add(1)?;
+        (next / RENEWALS_PER_START == self.incarnation / RENEWALS_PER_START).then(|| GossipId { incarnation: next, ..self.clone() })
     }
 
     fn addr(&self) -> u64 {
@@ -75,6 +102,163 @@ pub enum GossipEvent {
     Idle,
     /// This node was declared down and rejoined under a new incarnation.
     Rejoined(GossipId),
+    /// A member's directory record arrived (new to this node).
+    Record {
+        /// The member.
+        node: u64,
+        /// Its incarnation when it advertised the record.
+        incarnation: u64,
+        /// The record.
+        advert: Advert,
+    },
+    /// A member's heartbeat arrived (newer than any seen from it).
+    Beat {
+        /// The member.
+        node: u64,
+        /// Its incarnation.
+        incarnation: u64,
+    },
+}
+
+/// A node's directory record as gossip carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Advert {
+    /// `host:port` for raft traffic.
+    pub peer_addr: String,
+    /// `host:port` of the gRPC endpoint.
+    pub client_addr: String,
+    /// `host:port` of the HTTP endpoint.
+    pub http_addr: String,
+    /// `host:port` of the gossip socket.
+    pub gossip_addr: String,
+    /// Where the node is.
+    pub labels: Labels,
+    /// What it does.
+    pub role: NodeRole,
+}
+
+/// Longest label (region, zone, host) a broadcast may carry.
+pub const MAX_LABEL: usize = 63;
+
+impl Advert {
+    /// Whether the record is well-formed: `host:port` addresses, labels
+    /// of at most [`MAX_LABEL`] bytes.
+    pub fn check(&self) -> Result<(), String> {
+        for (field, a) in
+            [("peer", &self.peer_addr), ("client", &self.client_addr), ("http", &self.http_addr), ("gossip", &self.gossip_addr)]
+        {
+            check_host_port(a).map_err(|e| format!("{field} address {a:?}: {e}"))?;
+        }
+        for l in [&self.labels.region, &self.labels.zone, &self.labels.host] {
+            if l.len() > MAX_LABEL {
+                return Err(format!("label {l:?} is longer than {MAX_LABEL} bytes"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What gossip disseminates besides membership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Broadcast {
+    /// `node`'s directory record; `seq` is raised at every advertisement.
+    Record {
+        /// The member.
+        node: u64,
+        /// Its incarnation.
+        incarnation: u64,
+        /// Raised at every advertisement.
+        seq: u64,
+        /// The record.
+        advert: Advert,
+    },
+    /// `node`'s heartbeat number `seq`.
+    Beat {
+        /// The member.
+        node: u64,
+        /// Its incarnation.
+        incarnation: u64,
+        /// Raised every heartbeat.
+        seq: u64,
+    },
+}
+
+impl Broadcast {
+    fn key(&self) -> BroadcastKey {
+        match self {
+            Broadcast::Record { node, incarnation, seq, .. } => BroadcastKey { node: *node, kind: 0, version: (*incarnation, *seq) },
+            Broadcast::Beat { node, incarnation, seq } => BroadcastKey { node: *node, kind: 1, version: (*incarnation, *seq) },
+        }
+    }
+}
+
+/// Which broadcast a backlog entry is: a newer version of the same node's
+/// record (or heartbeat) replaces an older one still being disseminated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BroadcastKey {
+    node: u64,
+    kind: u8,
+    version: (u64, u64),
+}
+
+impl Invalidates for BroadcastKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.node == other.node && self.kind == other.kind && self.version >= other.version
+    }
+}
+
+/// A broadcast refused (foca drops the rest of its packet).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("gossip broadcast refused: {0}")]
+pub struct BroadcastError(String);
+
+/// The broadcast side of one node's gossip: the newest version seen of
+/// each node's record and heartbeat (bounded by the directory's
+/// `MAX_NODES`), and what arrived since the owner last looked.
+/// Shared with the owning [`Gossip`] (foca owns the handler and offers no
+/// way back to it).
+#[derive(Default, Clone)]
+pub struct Disseminated {
+    inner: Arc<Mutex<Newest>>,
+}
+
+#[derive(Default)]
+struct Newest {
+    newest: BTreeMap<(u64, u8), (u64, u64)>,
+    arrived: Vec<Broadcast>,
+}
+
+impl Disseminated {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Newest> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl BroadcastHandler<GossipId> for Disseminated {
+    type Key = BroadcastKey;
+    type Error = BroadcastError;
+
+    fn receive_item(&mut self, data: &[u8], _sender: Option<&GossipId>) -> Result<Option<BroadcastKey>, BroadcastError> {
+        let b: Broadcast = postcard::from_bytes(data).map_err(|e| BroadcastError(e.to_string()))?;
+        let key = b.key();
+        if key.node == 0 {
+            return Err(BroadcastError("node id 0".into()));
+        }
+        if let Broadcast::Record { advert, .. } = &b {
+            advert.check().map_err(BroadcastError)?;
+        }
+        let mut n = self.lock();
+        match n.newest.get(&(key.node, key.kind)) {
+            Some(v) if *v >= key.version => return Ok(None),
+            None if n.newest.len() >= 2 * crate::MAX_NODES => return Err(BroadcastError("too many nodes".into())),
+            _ => {}
+        }
+        n.newest.insert((key.node, key.kind), key.version);
+        if n.arrived.len() < MAX_PENDING {
+            n.arrived.push(b);
+        }
+        Ok(Some(key))
+    }
 }
 
 /// Errors of the gossip driver (foca's, by text: it has no typed codes).
@@ -97,7 +281,7 @@ pub const MAX_PENDING: usize = 16 * crate::MAX_NODES;
 
 /// One node's gossip.
 pub struct Gossip {
-    foca: Foca<GossipId, PostcardCodec, SmallRng, NoCustomBroadcast>,
+    foca: Foca<GossipId, PostcardCodec, SmallRng, Disseminated>,
     runtime: AccumulatingRuntime<GossipId>,
     /// (due ms, sequence) → timer: fired in due order, ties in the order
     /// they were asked for.
@@ -113,6 +297,11 @@ pub struct Gossip {
     /// The cluster knows this node (foca said Active, and not Idle since).
     active: bool,
     next_announce: u64,
+    /// This node's record (advertised again whenever a member comes up).
+    advert: Option<Advert>,
+    /// Sequence of this node's own broadcasts.
+    own_seq: u64,
+    broadcasts: Disseminated,
 }
 
 /// How often a node the cluster does not know yet announces itself again.
@@ -134,7 +323,8 @@ impl Gossip {
     /// This node's gossip as `me`, with `config`, its randomness from
     /// `seed`, at time `now` ms.
     pub fn new(me: GossipId, config: Config, seed: u64, now: u64) -> Gossip {
-        let foca = Foca::new(me, config, SmallRng::seed_from_u64(seed), PostcardCodec);
+        let broadcasts = Disseminated::default();
+        let foca = Foca::with_custom_broadcast(me, config, SmallRng::seed_from_u64(seed), PostcardCodec, broadcasts.clone());
         Gossip {
             foca,
             runtime: AccumulatingRuntime::new(),
@@ -146,12 +336,78 @@ impl Gossip {
             seeds: Vec::new(),
             active: false,
             next_announce: now,
+            advert: None,
+            own_seq: 0,
+            broadcasts,
         }
+    }
+
+    /// Disseminates this node's directory record (again whenever a
+    /// member comes up, so that late joiners learn it).
+    pub fn advertise(&mut self, advert: Advert) -> Result<(), GossipError> {
+        advert.check().map_err(GossipError::Foca)?;
+        self.advert = Some(advert);
+        self.readvertise()
+    }
+
+    fn readvertise(&mut self) -> Result<(), GossipError> {
+        let Some(advert) = self.advert.clone() else { return Ok(()) };
+        self.own_seq += 1;
+        let me = self.foca.identity();
+        let b = Broadcast::Record { node: me.node, incarnation: me.incarnation, seq: self.own_seq, advert };
+        self.add_broadcast(&b)
+    }
+
+    /// Disseminates a new heartbeat of this node.
+    pub fn beat(&mut self) -> Result<(), GossipError> {
+        self.own_seq += 1;
+        let me = self.foca.identity();
+        let b = Broadcast::Beat { node: me.node, incarnation: me.incarnation, seq: self.own_seq };
+        self.add_broadcast(&b)
+    }
+
+    fn add_broadcast(&mut self, b: &Broadcast) -> Result<(), GossipError> {
+        let data = postcard::to_allocvec(b).map_err(|e| GossipError::Foca(e.to_string()))?;
+        self.foca.add_broadcast(&data).map_err(|e| GossipError::Foca(e.to_string()))?;
+        // Our own broadcast is not news to us.
+        self.broadcasts.lock().arrived.pop();
+        Ok(())
+    }
+
+    /// This node's own loop stalled for `gap` ms (detected by its owner):
+    /// every pending timer moves `gap` later, so foca's probes that were
+    /// waiting for answers still queued in the socket do not count the
+    /// stall against the peers.
+    pub fn credit_pause(&mut self, gap: u64) {
+        if gap == 0 {
+            return;
+        }
+        let timers = std::mem::take(&mut self.timers);
+        self.timers = timers.into_iter().map(|((due, seq), t)| ((due.saturating_add(gap), seq), t)).collect();
+    }
+
+    /// Members and their foca state (alive or suspect), itself excluded.
+    pub fn member_states(&self) -> Vec<(GossipId, bool)> {
+        self.foca
+            .iter_membership_state()
+            .filter(|m| m.state() != foca::State::Down)
+            .map(|m| (m.id().clone(), m.state() == foca::State::Suspect))
+            .collect()
     }
 
     /// This node's identity now.
     pub fn identity(&self) -> &GossipId {
         self.foca.identity()
+    }
+
+    /// Whether the cluster knows this node (foca is active).
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// The time of the last call (ms).
+    pub fn now(&self) -> u64 {
+        self.now
     }
 
     /// Asks `node` (reachable at `gossip_addr`) to let this node in, now
@@ -164,8 +420,21 @@ impl Gossip {
         self.announce_to(node, gossip_addr)
     }
 
+    /// Asks `node` once to let this node in (no retry).
+    pub fn announce_once(&mut self, node: u64, gossip_addr: &str) -> Result<(), GossipError> {
+        let next = self.next_announce;
+        let r = self.announce_to(node, gossip_addr);
+        self.next_announce = next;
+        r
+    }
+
+    /// Stops announcing to `node` (it turned out to be in another pool).
+    pub fn forget_seed(&mut self, node: u64) {
+        self.seeds.retain(|(n, _)| *n != node);
+    }
+
     fn announce_to(&mut self, node: u64, gossip_addr: &str) -> Result<(), GossipError> {
-        let dst = GossipId { node, incarnation: 0, gossip_addr: gossip_addr.into(), role: NodeRole::Data };
+        let dst = GossipId { node, incarnation: 0, gossip_addr: gossip_addr.into(), role: NodeRole::Data, region: String::new() };
         let r = self.foca.announce(dst, &mut self.runtime).map_err(|e| GossipError::Foca(e.to_string()));
         self.next_announce = self.now + ANNOUNCE_EVERY_MS;
         self.drain();
@@ -240,9 +509,23 @@ impl Gossip {
             self.timers.insert((due, self.seq), timer);
             self.seq += 1;
         }
+        let arrived = std::mem::take(&mut self.broadcasts.lock().arrived);
+        for b in arrived {
+            let event = match b {
+                Broadcast::Record { node, incarnation, advert, .. } => GossipEvent::Record { node, incarnation, advert },
+                Broadcast::Beat { node, incarnation, .. } => GossipEvent::Beat { node, incarnation },
+            };
+            if self.events.len() < MAX_PENDING {
+                self.events.push(event);
+            }
+        }
+        let mut readvertise = false;
         while let Some(n) = self.runtime.to_notify() {
             let event = match n {
-                OwnedNotification::MemberUp(id) => GossipEvent::Up(id),
+                OwnedNotification::MemberUp(id) => {
+                    readvertise = true;
+                    GossipEvent::Up(id)
+                }
                 OwnedNotification::MemberDown(id) => GossipEvent::Down(id),
                 OwnedNotification::Rename(old, new) => GossipEvent::Renamed { old, new },
                 OwnedNotification::Active => {
@@ -259,6 +542,10 @@ impl Gossip {
             if self.events.len() < MAX_PENDING {
                 self.events.push(event);
             }
+        }
+        if readvertise {
+            // A member came up: it may not know this node's record.
+            let _ = self.readvertise();
         }
     }
 }
@@ -295,7 +582,7 @@ mod tests {
     }
 
     fn id(node: u64, incarnation: u64) -> GossipId {
-        GossipId { node, incarnation, gossip_addr: format!("n{node}:7946"), role: NodeRole::Data }
+        GossipId { node, incarnation, gossip_addr: format!("n{node}:7946"), role: NodeRole::Data, region: "r".into() }
     }
 
     impl Net {

@@ -5,7 +5,7 @@
 //! ```text
 //!   initial cluster (config) ─┐
 //!   meta range node records ──┼──► NodeDirectory ──► request routing (client addresses)
-//!   gossip (to come) ─────────┘        │            ├─► peer transport (peer addresses)
+//!   gossip ([`agent`]) ───────┘        │            ├─► peer transport (peer addresses)
 //!   phi-accrual detector ([`phi`]) ─► liveness
 //!                                      │            ├─► membership planning (who may be added)
 //!                                      └─ liveness ─┴─► MemberList, status, placement
@@ -18,6 +18,7 @@
 
 #![deny(missing_docs)]
 
+pub mod agent;
 mod directory;
 pub mod gossip;
 mod identity;

@@ -14,7 +14,7 @@ const KEY: &[u8] = b"meridian fuzz cluster key, 32 bytes+";
 const CLUSTER: u64 = 0xfeed;
 
 fn id(node: u64) -> GossipId {
-    GossipId { node, incarnation: 1, gossip_addr: format!("n{node}:7946"), role: NodeRole::Data }
+    GossipId { node, incarnation: 1, gossip_addr: format!("n{node}:7946"), role: NodeRole::Data, region: "r".into() }
 }
 
 pub struct GossipPacket;
