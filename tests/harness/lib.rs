@@ -75,11 +75,12 @@ pub struct ProcCluster {
 /// The first of a block of free-looking ports for one cluster.
 pub fn free_base_port() -> u16 {
     // Spread test runs over the port space by pid, and clusters within a run
-    // by a counter; each cluster uses base..base+300.
-    // Stay below Linux's ephemeral range (32768+), where outgoing
-    // connections could already hold a port we want to listen on.
+    // by a counter; each cluster uses base..base+400 (client, peer, HTTP,
+    // gossip: dev_layout::members). Stay below Linux's ephemeral range
+    // (32768+), where outgoing connections could already hold a port we
+    // want to listen on.
     let block = (std::process::id() % 24) * 3 + NEXT_BLOCK.fetch_add(1, Ordering::Relaxed);
-    (10000 + (block % 73) * 300) as u16
+    (10000 + (block % 55) * 400) as u16
 }
 
 impl ProcCluster {
@@ -204,6 +205,16 @@ impl ProcCluster {
     /// docs, Kubernetes' `--etcd-servers` and most scripts use.
     pub fn url_endpoints(&self) -> String {
         self.members.iter().map(|m| format!("http://{}", m.client_addr)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The process id of node `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children[i].as_ref().map(Child::id)
+    }
+
+    /// Node `i`'s directory (its config, certificates, gossip key, data).
+    pub fn node_dir(&self, i: usize) -> PathBuf {
+        self.configs[i].parent().expect("a config lives in its node's directory").to_path_buf()
     }
 
     pub fn kill9(&mut self, i: usize) {

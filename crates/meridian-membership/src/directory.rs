@@ -30,7 +30,7 @@ pub enum DirectoryError {
     InvalidAddress {
         /// The node whose record it is.
         node_id: u64,
-        /// Which address: `peer`, `client` or `http`.
+        /// Which address: `peer`, `client`, `http` or `gossip`.
         field: &'static str,
         /// The address as given.
         addr: String,
@@ -88,6 +88,8 @@ pub struct NodeRecord {
     pub client_addr: String,
     /// `host:port` of its HTTP endpoint.
     pub http_addr: String,
+    /// `host:port` of its gossip socket (empty: not known yet).
+    pub gossip_addr: String,
     /// Where it is.
     pub labels: Labels,
     /// What it does.
@@ -101,7 +103,9 @@ impl NodeRecord {
         if self.id == 0 {
             return Err(DirectoryError::ZeroId);
         }
-        for (field, addr) in [("peer", &self.peer_addr), ("client", &self.client_addr), ("http", &self.http_addr)] {
+        let gossip = (!self.gossip_addr.is_empty()).then_some(("gossip", &self.gossip_addr));
+        for (field, addr) in [("peer", &self.peer_addr), ("client", &self.client_addr), ("http", &self.http_addr)].into_iter().chain(gossip)
+        {
             check_host_port(addr).map_err(|reason| DirectoryError::InvalidAddress {
                 node_id: self.id,
                 field,
@@ -127,14 +131,17 @@ impl NodeDirectory {
     }
 
     /// Adds `record`, or replaces what the directory had for its id
-    /// (addresses and labels; the liveness it had is kept unless the new
-    /// record knows better). Returns whether anything changed.
+    /// (addresses and labels; the liveness and gossip address it had are
+    /// kept unless the new record knows better). Returns whether anything changed.
     pub fn upsert(&mut self, mut record: NodeRecord) -> Result<bool, DirectoryError> {
         record.check()?;
         match self.nodes.get(&record.id) {
             Some(old) => {
                 if record.liveness == Liveness::Unknown {
                     record.liveness = old.liveness;
+                }
+                if record.gossip_addr.is_empty() {
+                    record.gossip_addr = old.gossip_addr.clone();
                 }
                 let changed = *old != record;
                 self.nodes.insert(record.id, record);
@@ -206,6 +213,7 @@ mod tests {
             peer_addr: format!("meridian-{id}.meridian-peer:2380"),
             client_addr: format!("127.0.0.1:{}", 2370 + id),
             http_addr: format!("localhost:{}", 8080 + id),
+            gossip_addr: String::new(),
             labels: Labels { region: "eu".into(), zone: format!("eu-{id}"), host: format!("h{id}") },
             role: NodeRole::Data,
             liveness: Liveness::Unknown,

@@ -232,13 +232,10 @@ impl Disseminated {
     fn lock(&self) -> std::sync::MutexGuard<'_, Newest> {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
 
-impl BroadcastHandler<GossipId> for Disseminated {
-    type Key = BroadcastKey;
-    type Error = BroadcastError;
-
-    fn receive_item(&mut self, data: &[u8], _sender: Option<&GossipId>) -> Result<Option<BroadcastKey>, BroadcastError> {
+    /// The broadcast in `data`, if well-formed and room is left for its
+    /// node (changes nothing).
+    fn check(&self, data: &[u8]) -> Result<Broadcast, BroadcastError> {
         let b: Broadcast = postcard::from_bytes(data).map_err(|e| BroadcastError(e.to_string()))?;
         let key = b.key();
         if key.node == 0 {
@@ -247,6 +244,21 @@ impl BroadcastHandler<GossipId> for Disseminated {
         if let Broadcast::Record { advert, .. } = &b {
             advert.check().map_err(BroadcastError)?;
         }
+        let n = self.lock();
+        if !n.newest.contains_key(&(key.node, key.kind)) && n.newest.len() >= 2 * crate::MAX_NODES {
+            return Err(BroadcastError("too many nodes".into()));
+        }
+        Ok(b)
+    }
+}
+
+impl BroadcastHandler<GossipId> for Disseminated {
+    type Key = BroadcastKey;
+    type Error = BroadcastError;
+
+    fn receive_item(&mut self, data: &[u8], _sender: Option<&GossipId>) -> Result<Option<BroadcastKey>, BroadcastError> {
+        let b = self.check(data)?;
+        let key = b.key();
         let mut n = self.lock();
         match n.newest.get(&(key.node, key.kind)) {
             Some(v) if *v >= key.version => return Ok(None),
@@ -441,8 +453,46 @@ impl Gossip {
         r
     }
 
-    /// A packet arrived at `now` ms.
+    /// Checks a packet the way foca reads it — header, member updates,
+    /// then each custom broadcast — without changing anything. foca applies
+    /// the member updates before it reads the broadcasts, so a packet whose
+    /// broadcasts are bad would otherwise be refused half-applied.
+    fn precheck(&self, mut data: &[u8]) -> Result<(), GossipError> {
+        use foca::Codec as _;
+        let bad = |what: &str| GossipError::Packet(what.to_string());
+        let mut codec = PostcardCodec;
+        let header: foca::Header<GossipId> = codec.decode_header(&mut data).map_err(|e| bad(&format!("header: {e}")))?;
+        if data.len() == 1 || (header.message == foca::Message::Announce && !data.is_empty()) {
+            return Err(bad("trailing bytes"));
+        }
+        if data.len() >= 2 && header.message != foca::Message::Broadcast {
+            let n = u16::from_be_bytes([data[0], data[1]]);
+            data = &data[2..];
+            for _ in 0..n {
+                let _: foca::Member<GossipId> = codec.decode_member(&mut data).map_err(|e| bad(&format!("member update: {e}")))?;
+            }
+        }
+        if !data.is_empty() && data.len() < 3 {
+            return Err(bad("a truncated broadcast"));
+        }
+        while data.len() > 2 {
+            let len = u16::from_be_bytes([data[0], data[1]]) as usize;
+            data = &data[2..];
+            if len == 0 || data.len() < len {
+                return Err(bad("a truncated broadcast"));
+            }
+            self.broadcasts.check(&data[..len]).map_err(|e| GossipError::Packet(e.to_string()))?;
+            data = &data[len..];
+        }
+        if !data.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        Ok(())
+    }
+
+    /// A packet arrived at `now` ms. A packet refused changes nothing.
     pub fn handle_packet(&mut self, now: u64, data: &[u8]) -> Result<(), GossipError> {
+        self.precheck(data)?;
         self.advance(now);
         let r = self.foca.handle_data(data, &mut self.runtime).map_err(|e| GossipError::Packet(e.to_string()));
         self.drain();

@@ -154,7 +154,8 @@ pub fn phi(elapsed: f64, mean: f64, std_dev: f64) -> f64 {
     if p_later <= f64::MIN_POSITIVE {
         return f64::MAX.log10();
     }
-    -p_later.log10()
+    // Never -0.0 (a certain arrival): reports print "0.00".
+    (-p_later.log10()).max(0.0) + 0.0
 }
 
 /// One peer as the detector sees it.

@@ -7,6 +7,7 @@
 //! is what makes group commit work: every proposal and every append that
 //! arrived during the previous round's fsync shares the next one.
 
+use std::collections::BTreeSet;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,6 +96,11 @@ pub(crate) enum Command {
     RangeView {
         range_id: u64,
         reply: Reply<meridian_raftstore::RangeView>,
+    },
+    /// Node liveness from the membership gossip (no answer).
+    LivenessFeed {
+        down: BTreeSet<u64>,
+        alive: BTreeSet<u64>,
     },
 }
 
@@ -430,6 +436,7 @@ impl StoreLoop {
             Command::RangeView { range_id, reply } => {
                 let _ = reply.send(self.store.range_view(range_id).map_err(NodeError::from));
             }
+            Command::LivenessFeed { down, alive } => self.store.set_liveness_feed(down, alive),
         }
     }
 

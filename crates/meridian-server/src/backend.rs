@@ -84,6 +84,8 @@ pub struct Backend {
     /// Every node this one knows: seeded from the initial cluster, then the
     /// meta range's node records (labels, addresses of nodes that joined).
     directory: RwLock<NodeDirectory>,
+    /// The membership gossip's view, once it runs (see [`crate::gossip`]).
+    pub gossip: std::sync::OnceLock<Arc<crate::gossip::GossipState>>,
     /// Channels to other members' client endpoints, with the address each
     /// was dialled at.
     channels: Mutex<HashMap<u64, (String, Channel)>>,
@@ -191,6 +193,7 @@ impl Backend {
         }
         Ok(Backend {
             directory: RwLock::new(directory),
+            gossip: std::sync::OnceLock::new(),
             raft,
             routing: RwLock::new(Arc::new(routing)),
             cluster_id: AtomicU64::new(0),
@@ -217,6 +220,12 @@ impl Backend {
     /// Every node the directory knows, in id order.
     pub fn nodes(&self) -> Vec<NodeRecord> {
         self.directory.read().expect("node directory").iter().cloned().collect()
+    }
+
+    /// Records how alive `node_id` seems (from the gossip); false if the
+    /// directory does not know it.
+    pub fn set_liveness(&self, node_id: u64, liveness: meridian_membership::Liveness) -> bool {
+        self.directory.write().expect("node directory").set_liveness(node_id, liveness)
     }
 
     /// Adds or updates a node record (from the meta range, or a node that

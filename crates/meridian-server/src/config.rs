@@ -3,6 +3,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
+use meridian_membership::phi::PhiConfig;
 use meridian_membership::{Labels, Liveness, NodeDirectory, NodeIdentity, NodeRecord, NodeRole, MAX_NODES};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -25,6 +26,131 @@ pub struct Member {
     pub peer_addr: String,
     pub client_addr: String,
     pub http_addr: String,
+    /// The gossip (UDP) socket; unset: the peer address's host with the
+    /// peer port + 1 (2381 beside 2380).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gossip_addr: Option<String>,
+}
+
+impl Member {
+    /// The gossip address: the configured one, or the peer address's host
+    /// with the peer port + 1.
+    pub fn gossip_addr(&self) -> String {
+        if let Some(a) = &self.gossip_addr {
+            return a.clone();
+        }
+        match self.peer_addr.rsplit_once(':').and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?.checked_add(1)?))) {
+            Some((host, port)) => format!("{host}:{port}"),
+            None => String::new(),
+        }
+    }
+}
+
+/// Membership gossip (SWIM over UDP, phi-accrual failure detection): see
+/// docs/operations.md. The detector's defaults are Akka's and Cassandra's
+/// (`meridian_membership::phi::PhiConfig`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GossipSettings {
+    /// Gossip runs (default). Off, nodes know each other's liveness only
+    /// from raft traffic and pings, and `meridian nodes` shows no states.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A file of at least 32 bytes shared by every node (the cluster key):
+    /// gossip datagrams are authenticated with it (HMAC-SHA256). Required
+    /// while gossip is enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// How often a node disseminates a heartbeat (ms).
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// φ at which a peer becomes suspect.
+    #[serde(default = "default_suspect_phi")]
+    pub suspect_phi: f64,
+    /// Silence tolerated on top of the mean heartbeat interval (ms).
+    #[serde(default = "default_acceptable_pause_ms")]
+    pub acceptable_pause_ms: u64,
+    /// Floor of the standard deviation of heartbeat intervals (ms).
+    #[serde(default = "default_min_std_dev_ms")]
+    pub min_std_dev_ms: u64,
+    /// Heartbeat intervals remembered per peer.
+    #[serde(default = "default_max_samples")]
+    pub max_samples: usize,
+    /// How long a peer stays suspect before it is dead (ms).
+    #[serde(default = "default_dead_after_ms")]
+    pub dead_after_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_heartbeat_ms() -> u64 {
+    meridian_membership::agent::DEFAULT_HEARTBEAT_MS
+}
+fn default_suspect_phi() -> f64 {
+    PhiConfig::default().suspect_phi
+}
+fn default_acceptable_pause_ms() -> u64 {
+    PhiConfig::default().acceptable_pause_ms as u64
+}
+fn default_min_std_dev_ms() -> u64 {
+    PhiConfig::default().min_std_dev_ms as u64
+}
+fn default_max_samples() -> usize {
+    PhiConfig::default().max_samples
+}
+fn default_dead_after_ms() -> u64 {
+    PhiConfig::default().dead_after_ms
+}
+
+impl Default for GossipSettings {
+    fn default() -> Self {
+        GossipSettings {
+            enabled: true,
+            key_file: None,
+            heartbeat_ms: default_heartbeat_ms(),
+            suspect_phi: default_suspect_phi(),
+            acceptable_pause_ms: default_acceptable_pause_ms(),
+            min_std_dev_ms: default_min_std_dev_ms(),
+            max_samples: default_max_samples(),
+            dead_after_ms: default_dead_after_ms(),
+        }
+    }
+}
+
+impl GossipSettings {
+    /// The detector's settings (the heartbeat period is its expected
+    /// interval).
+    pub fn phi(&self) -> PhiConfig {
+        PhiConfig {
+            suspect_phi: self.suspect_phi,
+            dead_after_ms: self.dead_after_ms,
+            max_samples: self.max_samples,
+            min_std_dev_ms: self.min_std_dev_ms as f64,
+            acceptable_pause_ms: self.acceptable_pause_ms as f64,
+            first_interval_ms: self.heartbeat_ms as f64,
+            self_pause_ms: PhiConfig::default().self_pause_ms.max(self.heartbeat_ms),
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == GossipSettings::default()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.key_file.is_none() {
+            return Err("gossip.key_file is required: a file of at least 32 random bytes that every node shares \
+                        (e.g. `head -c 32 /dev/urandom > gossip.key`), or set gossip.enabled = false"
+                .into());
+        }
+        if !(100..=60_000).contains(&self.heartbeat_ms) {
+            return Err(format!("gossip.heartbeat_ms {} is outside 100..=60000", self.heartbeat_ms));
+        }
+        self.phi().validate().map_err(|e| format!("gossip: {e}"))
+    }
 }
 
 /// The socket addresses a node binds.
@@ -33,6 +159,8 @@ pub struct ListenAddrs {
     pub peer: SocketAddr,
     pub client: SocketAddr,
     pub http: SocketAddr,
+    /// `None` while gossip is off.
+    pub gossip: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -66,6 +194,8 @@ pub struct ServerConfig {
     pub listen_client_addr: Option<SocketAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen_http_addr: Option<SocketAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen_gossip_addr: Option<SocketAddr>,
     #[serde(default = "default_region")]
     pub region: String,
     #[serde(default = "default_zone")]
@@ -104,6 +234,9 @@ pub struct ServerConfig {
     /// docs/operations.md).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub quota_backend_bytes: i64,
+    /// Membership gossip and failure detection.
+    #[serde(default, skip_serializing_if = "GossipSettings::is_default")]
+    pub gossip: GossipSettings,
     /// Fault injection for chaos testing; all off by default.
     #[serde(default)]
     pub debug: DebugConfig,
@@ -205,6 +338,7 @@ impl ServerConfig {
             peer_addr: m.peer_addr.to_string(),
             client_addr: m.client_addr.to_string(),
             http_addr: m.http_addr.to_string(),
+            gossip_addr: if self.gossip.enabled { m.gossip_addr() } else { String::new() },
             labels: if me { self.labels() } else { Labels::default() },
             role: if me { self.role } else { NodeRole::Data },
             liveness: if me { Liveness::Alive } else { Liveness::Unknown },
@@ -244,6 +378,7 @@ impl ServerConfig {
             peer: pick(self.listen_peer_addr, &me.peer_addr, "peer")?,
             client: pick(self.listen_client_addr, &me.client_addr, "client")?,
             http: pick(self.listen_http_addr, &me.http_addr, "http")?,
+            gossip: if self.gossip.enabled { Some(pick(self.listen_gossip_addr, &me.gossip_addr(), "gossip")?) } else { None },
         })
     }
 
@@ -286,6 +421,29 @@ impl ServerConfig {
                 return bad(e.to_string());
             }
         }
+        if let Err(e) = self.gossip.validate() {
+            return bad(e);
+        }
+        if self.gossip.enabled {
+            // Two members on one gossip socket, or a gossip socket on
+            // another socket's port (the default, peer port + 1, collides
+            // when nodes of one host take consecutive peer ports).
+            let mut taken = std::collections::BTreeMap::new();
+            for m in &self.initial_cluster {
+                for (what, a) in [("peer", &m.peer_addr), ("client", &m.client_addr), ("http", &m.http_addr)] {
+                    taken.insert(a.clone(), format!("node {}'s {what} address", m.id));
+                }
+            }
+            for m in &self.initial_cluster {
+                let g = m.gossip_addr();
+                if g.is_empty() {
+                    return bad(format!("node {}: no gossip address can be derived from {}; set gossip_addr", m.id, m.peer_addr));
+                }
+                if let Some(other) = taken.insert(g.clone(), format!("node {}'s gossip address", m.id)) {
+                    return bad(format!("node {}'s gossip address {g} is also {other}; set gossip_addr for node {}", m.id, m.id));
+                }
+            }
+        }
         if !(10..=10_000).contains(&self.tick_ms) {
             return bad(format!("tick_ms {} is outside 10..=10000", self.tick_ms));
         }
@@ -309,6 +467,7 @@ mod tests {
             peer_addr: format!("127.0.0.1:{}", 2380 + id).parse().unwrap(),
             client_addr: format!("127.0.0.1:{}", 2370 + id).parse().unwrap(),
             http_addr: format!("127.0.0.1:{}", 8080 + id).parse().unwrap(),
+            gossip_addr: Some(format!("127.0.0.1:{}", 7940 + id)),
         };
         ServerConfig {
             node_id: 1,
@@ -329,7 +488,46 @@ mod tests {
             listen_peer_addr: None,
             listen_client_addr: None,
             listen_http_addr: None,
+            listen_gossip_addr: None,
+            gossip: GossipSettings { key_file: Some("gossip.key".into()), ..GossipSettings::default() },
         }
+    }
+
+    #[test]
+    fn gossip_needs_a_key_and_sockets_of_its_own() {
+        let mut c = sample();
+        c.validate().unwrap();
+        c.gossip.key_file = None;
+        assert!(c.validate().unwrap_err().to_string().contains("gossip.key_file is required"));
+        c.gossip.enabled = false;
+        c.validate().unwrap();
+        assert_eq!(c.listen().unwrap().gossip, None, "gossip off binds no socket");
+        let mut c = sample();
+        // Peer ports 2381, 2382, 2383: the default gossip port of node 1
+        // (peer + 1) is node 2's peer port.
+        for m in &mut c.initial_cluster {
+            m.gossip_addr = None;
+        }
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("node 1's gossip address 127.0.0.1:2382 is also node 2's peer address"), "{e}");
+        let mut c = sample();
+        c.initial_cluster[1].gossip_addr = c.initial_cluster[0].gossip_addr.clone();
+        assert!(c.validate().unwrap_err().to_string().contains("is also node 1's gossip address"));
+        let mut c = sample();
+        c.gossip.heartbeat_ms = 5;
+        assert!(c.validate().unwrap_err().to_string().contains("heartbeat_ms"));
+        let mut c = sample();
+        c.gossip.suspect_phi = 0.0;
+        assert!(c.validate().unwrap_err().to_string().contains("suspect_phi"));
+        let m = Member {
+            id: 1,
+            peer_addr: "meridian-0.peer:2380".into(),
+            client_addr: "a:1".into(),
+            http_addr: "a:2".into(),
+            gossip_addr: None,
+        };
+        assert_eq!(m.gossip_addr(), "meridian-0.peer:2381");
+        assert_eq!(sample().listen().unwrap().gossip, Some("127.0.0.1:7941".parse().unwrap()));
     }
 
     #[test]

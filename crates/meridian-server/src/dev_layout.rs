@@ -7,20 +7,27 @@ use std::path::{Path, PathBuf};
 
 use meridian_transport_quic::DevCa;
 
-use crate::config::{DebugConfig, Member, ServerConfig, TlsPaths};
+use crate::config::{DebugConfig, GossipSettings, Member, ServerConfig, TlsPaths};
 
 fn addr(port: u32) -> Result<String, String> {
     let port = u16::try_from(port).map_err(|_| format!("port {port} out of range: choose a lower base port"))?;
     Ok(SocketAddr::from(([127, 0, 0, 1], port)).to_string())
 }
 
-/// Node `i` (from 1): client port `base + i - 1`, peer `+100`, HTTP `+200`.
+/// Node `i` (from 1): client port `base + i - 1`, peer `+100`, HTTP `+200`,
+/// gossip `+300`.
 pub fn members(nodes: u64, base_port: u16) -> Result<Vec<Member>, String> {
     (1..=nodes)
         .map(|id| {
             let i = (id - 1) as u32;
             let b = u32::from(base_port);
-            Ok(Member { id, client_addr: addr(b + i)?, peer_addr: addr(b + 100 + i)?, http_addr: addr(b + 200 + i)? })
+            Ok(Member {
+                id,
+                client_addr: addr(b + i)?,
+                peer_addr: addr(b + 100 + i)?,
+                http_addr: addr(b + 200 + i)?,
+                gossip_addr: Some(addr(b + 300 + i)?),
+            })
         })
         .collect()
 }
@@ -125,6 +132,14 @@ fn node_config(
         key: write("node-key.pem", &tls.key_pem)?,
         ca: write("ca.pem", &tls.ca_pem)?,
     };
+    // The cluster key, derived from the CA's private key: every node of
+    // the dev cluster (and one added later, signed by the same CA) gets
+    // the same one.
+    let mut material = b"meridian gossip key v1".to_vec();
+    material.extend_from_slice(&ca.key_der());
+    let key = ring::digest::digest(&ring::digest::SHA256, &material);
+    let hex: String = key.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let gossip = GossipSettings { key_file: Some(write("gossip.key", &hex)?), ..GossipSettings::default() };
     let cfg = ServerConfig {
         node_id: m.id,
         data_dir: dir.to_path_buf(),
@@ -146,6 +161,8 @@ fn node_config(
         listen_peer_addr: None,
         listen_client_addr: None,
         listen_http_addr: None,
+        listen_gossip_addr: None,
+        gossip,
     };
     Ok(cfg)
 }

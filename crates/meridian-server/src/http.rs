@@ -7,6 +7,7 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET/PUT/DELETE /v1/kv/{key}` | the key: the rest of the path, percent-decoded (`/v1/kv/%2Fa` is `/a`); UTF-8 values |
 //! | `GET /v1/cluster/status` | nodes and ranges |
+//! | `GET /v1/nodes` | every node with its addresses, labels, role and the gossip's view: state, φ, incarnation, last heard |
 //! | `GET /v1/ranges/{id}/members` | the range's voters and learners as this replica sees them |
 //! | `POST /v1/ranges/{id}/members` | one membership step on the range leader: `{"op": "add-learner" \| "promote" \| "remove", "node_id": N}` (see `membership`) |
 //! | `POST /v1/debug/{net,transfer-leader,lease-clock-rate}` | fault injection, only with `[debug] faults = true` (404 otherwise) |
@@ -45,6 +46,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/cluster/status", get(cluster_status))
+        .route("/v1/nodes", get(nodes))
         .route("/v1/kv/*key", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/ranges/:range_id/members", get(members_get).post(members_change))
         .route("/v1/debug/net", axum::routing::post(debug_net))
@@ -347,6 +349,17 @@ async fn cluster_status(State(s): State<HttpState>) -> Response {
     .into_response()
 }
 
+async fn nodes(State(s): State<HttpState>) -> Response {
+    let view = s.backend.gossip.get().map(|g| g.view());
+    let nodes = crate::gossip::report(&s.backend.nodes(), s.backend.cfg.node_id, view.as_ref());
+    Json(serde_json::json!({
+        "node_id": s.backend.cfg.node_id,
+        "gossip": view.is_some(),
+        "nodes": nodes,
+    }))
+    .into_response()
+}
+
 async fn readyz(State(s): State<HttpState>) -> Response {
     let st = s.backend.raft.status().await;
     let missing: Vec<u64> = st.iter().filter(|r| r.leader_id == 0 && !r.dormant).map(|r| r.range_id).collect();
@@ -486,6 +499,9 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         }
     }
     reg.register(Box::new(secs)).expect("unique metric");
+    if let Some(g) = s.backend.gossip.get() {
+        crate::gossip::register_metrics(&reg, &g.view()).expect("unique metrics");
+    }
     let mut buf = Vec::new();
     if TextEncoder::new().encode(&reg.gather(), &mut buf).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();

@@ -19,6 +19,7 @@ pub mod convert;
 pub mod coordination;
 pub mod dev_layout;
 pub mod error;
+pub mod gossip;
 pub mod http;
 pub mod join;
 pub mod kv_service;

@@ -127,6 +127,9 @@ struct NodeWire {
     peer_addr: String,
     client_addr: String,
     http_addr: String,
+    /// Absent in records written before gossip.
+    #[serde(default)]
+    gossip_addr: String,
     labels: meridian_membership::Labels,
     role: meridian_membership::NodeRole,
 }
@@ -145,6 +148,7 @@ pub async fn register_node(backend: &Backend, n: &NodeRecord) -> Result<(), ApiE
         peer_addr: n.peer_addr.clone(),
         client_addr: n.client_addr.clone(),
         http_addr: n.http_addr.clone(),
+        gossip_addr: n.gossip_addr.clone(),
         labels: n.labels.clone(),
         role: n.role,
     };
@@ -169,6 +173,7 @@ pub async fn refresh_nodes(backend: &Backend) -> Result<usize, ApiError> {
                 peer_addr: w.peer_addr,
                 client_addr: w.client_addr,
                 http_addr: w.http_addr,
+                gossip_addr: w.gossip_addr,
                 labels: w.labels,
                 role: w.role,
                 liveness: meridian_membership::Liveness::Unknown,

@@ -288,6 +288,18 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
         .await
         .map_err(|e| ServerError::Bind { addr: listen.http.to_string(), reason: e.to_string() })?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let gossip_task = match listen.gossip {
+        Some(addr) => {
+            let (state, task) =
+                crate::gossip::start(&cfg, addr, backend.clone(), node.clone(), stop_rx.clone()).await.map_err(|e| match e {
+                    crate::gossip::GossipError::Bind { addr, reason } => ServerError::Bind { addr, reason },
+                    other => ServerError::Config(other.to_string()),
+                })?;
+            let _ = backend.gossip.set(state);
+            Some(task)
+        }
+        None => None,
+    };
     let mut grpc_stop = stop_rx.clone();
     // TCP_NODELAY on every accepted connection: without it, answers larger
     // than a segment wait for the client's delayed ACK (~40 ms).
@@ -310,7 +322,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     });
     info!(
         node = cfg.node_id,
-        client = %me.client_addr, peer = %me.peer_addr, http = %me.http_addr,
+        client = %me.client_addr, peer = %me.peer_addr, http = %me.http_addr, gossip = %if listen.gossip.is_some() { me.gossip_addr() } else { "off".into() },
         listen_client = %listen.client, listen_peer = %listen.peer, listen_http = %listen.http,
         "meridian server ready"
     );
@@ -325,6 +337,9 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     }
     if let Ok(Err(e)) = http_task.await {
         warn!("HTTP server: {e}");
+    }
+    if let Some(t) = gossip_task {
+        let _ = t.await;
     }
     node.shutdown().await;
     Ok(())

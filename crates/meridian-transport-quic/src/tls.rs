@@ -201,6 +201,13 @@ impl DevCa {
         Ok(DevCa { cert, key })
     }
 
+    /// The CA's private key (DER): dev tooling derives the cluster's other
+    /// secrets (the gossip key) from it, so that a node added later gets
+    /// the same ones.
+    pub fn key_der(&self) -> Vec<u8> {
+        self.key.serialize_der()
+    }
+
     /// The CA certificate, for [`TlsMaterial::ca_pem`].
     pub fn ca_pem(&self) -> String {
         self.cert.pem()

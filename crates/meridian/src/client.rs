@@ -156,6 +156,58 @@ pub fn members(http: &str, range_id: u64, op: Option<&str>, node_id: Option<u64>
     bail!("{op} node {node} in range {range_id}: no node could do it ({last})")
 }
 
+/// `meridian nodes`: the first member of `http` that answers, asked for
+/// its view of every node.
+pub fn nodes(http: &str, json: bool) -> Result<()> {
+    let mut last_err = None;
+    for h in http.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match http_get(h, "/v1/nodes") {
+            Ok(body) => {
+                let v: serde_json::Value = serde_json::from_str(&body).context("parsing /v1/nodes")?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    return Ok(());
+                }
+                let nodes: Vec<meridian_server::gossip::NodeReport> =
+                    serde_json::from_value(v["nodes"].clone()).context("parsing /v1/nodes")?;
+                print!("{}", nodes_table(v["node_id"].as_u64().unwrap_or(0), v["gossip"].as_bool().unwrap_or(false), &nodes));
+                return Ok(());
+            }
+            Err(e) => last_err = Some(e.context(format!("GET http://{h}/v1/nodes"))),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no HTTP address given (--http)")))
+}
+
+/// The `meridian nodes` table.
+pub fn nodes_table(asked: u64, gossip: bool, nodes: &[meridian_server::gossip::NodeReport]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>4}  {:<22} {:<22} {:<22} {:<10} {:<12} {:<7} {:<8} {:>7} {:>12} {:>10}",
+        "id", "client", "peer", "gossip", "region", "zone", "role", "state", "phi", "incarnation", "last heard"
+    );
+    for n in nodes {
+        let heard = match n.last_heard_ms_ago {
+            Some(_) if n.is_self => "self".to_string(),
+            Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),
+            None => "never".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<22} {:<22} {:<22} {:<10} {:<12} {:<7} {:<8} {:>7.2} {:>12} {:>10}",
+            n.id, n.client_addr, n.peer_addr, n.gossip_addr, n.region, n.zone, n.role, n.state, n.phi, n.incarnation, heard
+        );
+    }
+    if !gossip {
+        let _ = writeln!(out, "(node {asked} runs without gossip: states are unknown)");
+    } else {
+        let _ = writeln!(out, "(as node {asked} sees them)");
+    }
+    out
+}
+
 fn http_get(addr: &str, path: &str) -> Result<String> {
     let (status, body) = meridian_client::http::get(addr, path, Duration::from_secs(5))?;
     if !body.trim_start().starts_with('{') {

@@ -160,6 +160,16 @@ enum Cmd {
         #[command(subcommand)]
         op: SnapshotOp,
     },
+    /// Every node as one member's gossip sees it: addresses, region, zone,
+    /// role, state (alive, suspect, dead), φ, incarnation, last heard.
+    Nodes {
+        /// HTTP addresses of members; the first that answers is asked.
+        #[arg(long, default_value = DEV_HTTP)]
+        http: String,
+        /// `json` for a machine-readable answer.
+        #[arg(short = 'o', long, default_value = "table")]
+        output: String,
+    },
     /// Node and range status.
     Status {
         #[arg(long, default_value = DEV_ENDPOINTS)]
@@ -367,6 +377,10 @@ fn main() -> Result<()> {
                 other => anyhow::bail!("unknown output {other:?}: table or json"),
             },
             SnapshotOp::Restore { file, config, data_dir } => snapshot::restore(&file, &config, data_dir.as_deref()),
+        },
+        Cmd::Nodes { http, output } => match output.as_str() {
+            "json" | "table" => client::nodes(&http, output == "json"),
+            other => anyhow::bail!("unknown output {other:?}: table or json"),
         },
         Cmd::Status { endpoints, http } => runtime()?.block_on(client::status(&endpoints, http.as_deref())),
         Cmd::Bench { args } => {

@@ -1,20 +1,42 @@
-//! Gossip packets as a node's UDP socket receives them: the wire checks
-//! (`meridian_membership::wire::Opener`: size, magic, cluster, HMAC,
-//! replay), then foca's decoder and state machine
-//! (`meridian_membership::gossip::Gossip::handle_packet`). The fix-up
-//! re-signs a mutated packet with the test key, so mutations reach foca.
+//! Gossip datagrams as a node's UDP socket receives them
+//! (`meridian_membership::agent::Agent::receive`): the wire checks (size,
+//! magic, cluster, HMAC, replay), the pool and region prefix, then foca's
+//! decoder and state machine and the record and heartbeat broadcasts. The
+//! fix-up re-signs a mutated datagram with the test key, so mutations reach
+//! foca.
 
-use meridian_membership::gossip::{lan_config, Gossip, GossipId};
-use meridian_membership::wire::{reseal, Opener, Sealer};
-use meridian_membership::NodeRole;
+use meridian_membership::agent::{Agent, AgentConfig, DEFAULT_HEARTBEAT_MS};
+use meridian_membership::gossip::Advert;
+use meridian_membership::phi::PhiConfig;
+use meridian_membership::wire::reseal;
+use meridian_membership::{Labels, NodeRole};
 
 use crate::target::{Target, Verdict};
 
 const KEY: &[u8] = b"meridian fuzz cluster key, 32 bytes+";
 const CLUSTER: u64 = 0xfeed;
 
-fn id(node: u64) -> GossipId {
-    GossipId { node, incarnation: 1, gossip_addr: format!("n{node}:7946"), role: NodeRole::Data, region: "r".into() }
+fn agent(node: u64) -> Agent {
+    let advert = Advert {
+        peer_addr: format!("n{node}:2380"),
+        client_addr: format!("n{node}:2379"),
+        http_addr: format!("n{node}:8080"),
+        gossip_addr: format!("n{node}:7946"),
+        labels: Labels { region: "r".into(), zone: "z".into(), host: format!("h{node}") },
+        role: NodeRole::Data,
+    };
+    let cfg = AgentConfig {
+        node,
+        start: 1,
+        advert,
+        cluster: CLUSTER,
+        key: KEY.to_vec(),
+        phi: PhiConfig::default(),
+        heartbeat_ms: DEFAULT_HEARTBEAT_MS,
+        cluster_size: 3,
+        seed: node,
+    };
+    Agent::new(cfg, 0).expect("a valid agent")
 }
 
 pub struct GossipPacket;
@@ -25,7 +47,7 @@ impl Target for GossipPacket {
     }
 
     fn describe(&self) -> &'static str {
-        "wire::Opener::open, then gossip::Gossip::handle_packet (foca's decoder) on what passes"
+        "agent::Agent::receive: the wire checks, the pool/region prefix, then foca's decoder and the record/heartbeat broadcasts"
     }
 
     fn is_protobuf(&self) -> bool {
@@ -33,24 +55,22 @@ impl Target for GossipPacket {
     }
 
     fn seeds(&self) -> Vec<Vec<u8>> {
-        // Real traffic: node 2 announces itself to node 1, and node 1's
-        // answers, each sealed as node 2 or node 1 would.
-        let (mut n1, mut n2) = (Gossip::new(id(1), lan_config(3), 1, 0), Gossip::new(id(2), lan_config(3), 2, 0));
-        let (mut s1, mut s2) = (Sealer::new(KEY, CLUSTER, 1, 1), Sealer::new(KEY, CLUSTER, 2, 1));
+        // Real traffic between nodes 1 and 2 (announces, feeds, probes,
+        // records, heartbeats), as the datagrams node 1 receives.
+        let (mut n1, mut n2) = (agent(1), agent(2));
         let mut seeds = Vec::new();
-        let _ = n2.announce(1, "n1:7946");
-        for (_, payload) in n2.take_outbox() {
-            let _ = n1.handle_packet(10, &payload);
-            seeds.extend(s2.seal(&payload));
+        n2.learn(1, "n1:7946", Some("r"));
+        for t in (0..6_000).step_by(100) {
+            for (_, d) in n2.take_outbox() {
+                n1.receive(t, &d);
+                seeds.push(d);
+            }
+            for (_, d) in n1.take_outbox() {
+                n2.receive(t, &d);
+            }
+            n1.tick(t);
+            n2.tick(t);
         }
-        for (_, payload) in n1.take_outbox() {
-            seeds.extend(s1.seal(&payload));
-        }
-        n1.advance(5_000);
-        for (_, payload) in n1.take_outbox() {
-            seeds.extend(s1.seal(&payload));
-        }
-        seeds.extend(s2.seal(b"not foca"));
         seeds
     }
 
@@ -59,18 +79,18 @@ impl Target for GossipPacket {
     }
 
     fn run(&self, input: &[u8]) -> Result<Verdict, String> {
-        let mut opener = Opener::new(KEY, CLUSTER);
-        let Ok(opened) = opener.open(input) else { return Ok(Verdict::Rejected) };
+        let mut a = agent(1);
+        let before = a.peers(1);
+        a.receive(1, input);
+        let accepted = a.traffic().received_packets == 1;
+        if !accepted && a.peers(1) != before {
+            return Err(format!("a refused datagram changed the peers: {:?}", a.traffic().dropped));
+        }
         // The same bytes again: a replay, always.
-        if opener.open(input).is_ok() {
-            return Err("a packet opened twice".into());
+        a.receive(1, input);
+        if a.traffic().received_packets > 1 {
+            return Err("a datagram accepted twice".into());
         }
-        let mut g = Gossip::new(id(3), lan_config(3), 3, 0);
-        let before = g.members();
-        match g.handle_packet(1, opened.payload) {
-            Ok(()) => Ok(Verdict::Accepted),
-            Err(_) if g.members() == before => Ok(Verdict::Rejected),
-            Err(e) => Err(format!("a refused packet ({e}) changed the members")),
-        }
+        Ok(if accepted { Verdict::Accepted } else { Verdict::Rejected })
     }
 }

@@ -334,6 +334,19 @@ pub const PINNED_SNAPSHOT_TICKS: u64 = 600;
 /// its staged records deleted (the sender died or gave up).
 pub const INCOMING_SNAPSHOT_IDLE_TICKS: u64 = 600;
 
+/// Node liveness from the membership gossip (advice: it only decides when
+/// a quiet range wakes up and which peers count as heard from).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LivenessFeed {
+    /// Nodes suspect or dead.
+    pub(crate) down: BTreeSet<u64>,
+    /// Nodes alive.
+    pub(crate) alive: BTreeSet<u64>,
+    /// The tick it arrived at: a feed not renewed within two election
+    /// timeouts is ignored and the store's own pings resume.
+    pub(crate) at: u64,
+}
+
 /// One node's Multi-Raft store: every range replica on the node, driven
 /// by its caller through inputs (requests, inbound envelopes, ticks) and
 /// [`Store::poll`] rounds. See the crate docs for the shape of a round.
@@ -355,6 +368,9 @@ pub struct Store {
     tag_nonce: u64,
     /// Tick at which each peer node was last heard from.
     last_heard: HashMap<u64, u64>,
+    /// What the membership gossip says of other nodes, if it runs (see
+    /// [`Store::set_liveness_feed`]).
+    liveness_feed: Option<LivenessFeed>,
     known_nodes: BTreeSet<u64>,
     outbox: BTreeMap<u64, Vec<RaftEnvelope>>,
     completions: Vec<Completion>,
@@ -450,6 +466,7 @@ impl Store {
             // Request ids never repeat across restarts of the node.
             next_request: (incarnation << 32) | 1,
             last_heard: HashMap::new(),
+            liveness_feed: None,
             known_nodes: BTreeSet::new(),
             outbox: BTreeMap::new(),
             completions: Vec::new(),
