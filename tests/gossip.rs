@@ -93,6 +93,22 @@ fn a_killed_node_is_suspect_then_dead_everywhere_and_comes_back_with_a_new_incar
         assert!(*dead <= Duration::from_secs(30), "node {} took {dead:?} to see node 3 dead", k + 1);
         assert!(suspect <= dead);
     }
+    // A client given node 3 first avoids its endpoint once it asks.
+    let eps = [2, 0, 1].map(|k| c.members[k].client_addr.clone());
+    let avoided = rt().block_on(async {
+        let client = meridian_client::Client::connect(eps.clone()).await.unwrap();
+        // The first endpoint is down: the check fails over like a call.
+        for _ in 0..3 {
+            client.check_health().await;
+            if !client.avoided().is_empty() {
+                break;
+            }
+            client.get("/any").await.unwrap();
+        }
+        client.get("/any").await.unwrap();
+        client.avoided()
+    });
+    assert_eq!(avoided, vec![eps[0].clone()]);
     c.restart(2);
     wait_until("node 3 back everywhere", Duration::from_secs(60), || all_alive(&c, &[0, 1, 2], &[1, 2, 3]));
     for k in [0, 1] {

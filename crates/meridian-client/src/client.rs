@@ -1,8 +1,8 @@
 //! Endpoints, failover and the retry rule.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use meridian_proto::etcdserverpb as etcd;
@@ -27,6 +27,11 @@ pub struct ClientConfig {
     pub max_attempts: u32,
     /// First pause between attempts; doubles up to 2 s.
     pub backoff: Duration,
+    /// How often the client asks the cluster which nodes seem down
+    /// (`meridian.v1.Membership/Nodes`) and avoids their endpoints while
+    /// others remain; `None`: never (every endpoint is tried in turn). A
+    /// server without that service (etcd) ends the checks.
+    pub health_interval: Option<Duration>,
 }
 
 impl ClientConfig {
@@ -38,6 +43,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(10),
             backoff: Duration::from_millis(100),
+            health_interval: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -61,6 +67,23 @@ struct Inner {
     cfg: ClientConfig,
     channels: Vec<Channel>,
     current: AtomicUsize,
+    /// Per endpoint: the cluster said its node is suspect or dead.
+    avoid: Vec<AtomicBool>,
+}
+
+/// `host:port` of an endpoint as written (`http://host:port/` too).
+fn host_port(endpoint: &str) -> &str {
+    let e = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
+    e.trim_end_matches('/')
+}
+
+/// Which endpoints to avoid, from the nodes' client addresses and states
+/// (`suspect`, `dead`); an endpoint no node claims is not avoided.
+fn endpoints_to_avoid(endpoints: &[String], nodes: &[(String, String)]) -> Vec<bool> {
+    endpoints
+        .iter()
+        .map(|e| nodes.iter().any(|(addr, state)| addr == host_port(e) && matches!(state.as_str(), "suspect" | "dead")))
+        .collect()
 }
 
 /// The server refused before proposing: safe to send again anywhere.
@@ -114,7 +137,27 @@ impl Client {
                 .keep_alive_timeout(Duration::from_secs(5));
             channels.push(ep.connect_lazy());
         }
-        Ok(Client { inner: Arc::new(Inner { cfg, channels, current: AtomicUsize::new(0) }) })
+        let avoid = channels.iter().map(|_| AtomicBool::new(false)).collect();
+        let inner = Arc::new(Inner { cfg, channels, current: AtomicUsize::new(0), avoid });
+        if let (Some(every), Ok(rt)) = (inner.cfg.health_interval, tokio::runtime::Handle::try_current()) {
+            if inner.channels.len() > 1 {
+                rt.spawn(health_loop(Arc::downgrade(&inner), every));
+            }
+        }
+        Ok(Client { inner })
+    }
+
+    /// Endpoints avoided now (their node seemed suspect or dead at the
+    /// last check).
+    pub fn avoided(&self) -> Vec<String> {
+        let i = &self.inner;
+        i.cfg.endpoints.iter().zip(&i.avoid).filter(|(_, a)| a.load(Ordering::Relaxed)).map(|(e, _)| e.clone()).collect()
+    }
+
+    /// Asks the cluster once which nodes seem down and updates the
+    /// endpoints avoided; false when the server has no such service.
+    pub async fn check_health(&self) -> bool {
+        check_health(&self.inner).await
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -122,8 +165,17 @@ impl Client {
     }
 
     pub(crate) fn channel(&self) -> (usize, Channel) {
-        let i = self.inner.current.load(Ordering::Relaxed) % self.inner.channels.len();
-        (i, self.inner.channels[i].clone())
+        let inner = &self.inner;
+        let n = inner.channels.len();
+        let mut i = inner.current.load(Ordering::Relaxed) % n;
+        if inner.avoid[i].load(Ordering::Relaxed) {
+            // The next endpoint not avoided, if any is left.
+            if let Some(j) = (1..n).map(|k| (i + k) % n).find(|j| !inner.avoid[*j].load(Ordering::Relaxed)) {
+                let _ = inner.current.compare_exchange(i, j, Ordering::Relaxed, Ordering::Relaxed);
+                i = j;
+            }
+        }
+        (i, inner.channels[i].clone())
     }
 
     /// Moves on from endpoint `from` (if nobody else has already).
@@ -166,7 +218,44 @@ impl Client {
     fn timeout(&self) -> Duration {
         self.inner.cfg.request_timeout
     }
+}
 
+/// One health check: the current endpoint's view of the nodes.
+async fn check_health(inner: &Inner) -> bool {
+    use meridian_proto::meridian::v1 as api;
+    let i = inner.current.load(Ordering::Relaxed) % inner.channels.len();
+    let mut client = api::membership_client::MembershipClient::new(inner.channels[i].clone());
+    let answer = tokio::time::timeout(inner.cfg.connect_timeout, client.nodes(api::NodesRequest {})).await;
+    match answer {
+        Ok(Ok(r)) => {
+            let nodes: Vec<(String, String)> =
+                r.into_inner().nodes.into_iter().filter_map(|n| Some((n.node?.client_addr, n.state))).collect();
+            for (flag, avoid) in inner.avoid.iter().zip(endpoints_to_avoid(&inner.cfg.endpoints, &nodes)) {
+                flag.store(avoid, Ordering::Relaxed);
+            }
+            true
+        }
+        Ok(Err(s)) if s.code() == Code::Unimplemented => false,
+        // No answer: the endpoint may be the one down; the next check
+        // asks again (calls fail over on their own meanwhile).
+        _ => true,
+    }
+}
+
+/// Health checks every `every` while the client lives; bounded to one
+/// call in flight.
+async fn health_loop(inner: Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if !check_health(&inner).await {
+            debug!("the server has no membership service; endpoint health checks stop");
+            return;
+        }
+    }
+}
+
+impl Client {
     // ---- key-value -----------------------------------------------------------
 
     /// Puts `key`; returns the revision of the write.
@@ -245,6 +334,32 @@ mod tests {
             .await;
         assert!(matches!(r, Err(ClientError::Unavailable { attempts: 4, .. })), "{r:?}");
         assert_eq!(*seen.lock().unwrap(), vec![0, 1, 0, 1], "alternates between endpoints");
+    }
+
+    #[test]
+    fn endpoints_of_suspect_or_dead_nodes_are_avoided() {
+        let endpoints: Vec<String> =
+            ["http://10.0.0.1:2379", "10.0.0.2:2379", "10.0.0.3:2379/", "10.0.0.9:2379"].map(String::from).to_vec();
+        let nodes = [("10.0.0.1:2379", "dead"), ("10.0.0.2:2379", "alive"), ("10.0.0.3:2379", "suspect"), ("10.0.0.4:2379", "dead")]
+            .map(|(a, s)| (a.to_string(), s.to_string()));
+        assert_eq!(endpoints_to_avoid(&endpoints, &nodes), vec![true, false, true, false]);
+    }
+
+    #[tokio::test]
+    async fn an_avoided_endpoint_is_skipped_while_another_remains() {
+        let mut cfg = ClientConfig::new(["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]);
+        cfg.health_interval = None;
+        let c = Client::with_config(cfg).unwrap();
+        c.inner.avoid[0].store(true, Ordering::Relaxed);
+        assert_eq!(c.channel().0, 1, "the avoided first endpoint is skipped");
+        c.rotate(1);
+        c.inner.avoid[2].store(true, Ordering::Relaxed);
+        assert_eq!(c.channel().0, 1, "from 2 (avoided) on to 0 (avoided) and 1");
+        for a in &c.inner.avoid {
+            a.store(true, Ordering::Relaxed);
+        }
+        assert_eq!(c.channel().0, 1, "all avoided: the current one is used");
+        assert_eq!(c.avoided().len(), 3);
     }
 
     #[test]

@@ -182,6 +182,21 @@ impl NodeDirectory {
         }
     }
 
+    /// `nodes` ordered for a choice between equivalent nodes (request
+    /// forwarding, endpoint choice): alive first, then unknown (or not in
+    /// the directory), suspect, dead; each group in the order given.
+    pub fn live_first(&self, nodes: &[u64]) -> Vec<u64> {
+        let rank = |n: &u64| match self.get(*n).map_or(Liveness::Unknown, |r| r.liveness) {
+            Liveness::Alive => 0,
+            Liveness::Unknown => 1,
+            Liveness::Suspect => 2,
+            Liveness::Dead => 3,
+        };
+        let mut v = nodes.to_vec();
+        v.sort_by_key(rank);
+        v
+    }
+
     /// Nodes in id order.
     pub fn iter(&self) -> impl Iterator<Item = &NodeRecord> {
         self.nodes.values()
@@ -232,6 +247,20 @@ mod tests {
         assert_eq!(d.get(2).unwrap().client_addr, "10.0.0.2:2379");
         assert_eq!(d.get(2).unwrap().liveness, Liveness::Alive, "an address change is not news about liveness");
         assert!(!d.set_liveness(9, Liveness::Dead), "unknown nodes are not invented");
+    }
+
+    #[test]
+    fn live_first_orders_alive_unknown_suspect_dead_and_keeps_the_given_order_within() {
+        let mut d = NodeDirectory::new();
+        for id in 1..=5 {
+            d.upsert(node(id)).unwrap();
+        }
+        d.set_liveness(1, Liveness::Dead);
+        d.set_liveness(2, Liveness::Suspect);
+        d.set_liveness(4, Liveness::Alive);
+        d.set_liveness(5, Liveness::Alive);
+        assert_eq!(d.live_first(&[1, 2, 3, 5, 4, 9]), vec![5, 4, 3, 9, 2, 1]);
+        assert_eq!(d.live_first(&[]), Vec::<u64>::new());
     }
 
     #[test]

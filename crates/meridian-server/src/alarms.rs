@@ -444,7 +444,8 @@ async fn refresh(backend: &Backend) -> Result<Vec<Alarm>, ApiError> {
     let me = backend.cfg.node_id;
     for (range_id, nodes) in backend.catalog_replicas() {
         if range_id == META_RANGE_ID {
-            for n in nodes {
+            // The leader first, then the other replicas, live ones first.
+            for n in backend.live_first(&nodes) {
                 if n != me && !holders.contains(&n) {
                     holders.push(n);
                 }

@@ -428,11 +428,30 @@ impl Backend {
             return e;
         }
         let me = self.cfg.node_id;
-        let to = self.replicas.lock().expect("replica lists").get(&range_id).and_then(|r| r.iter().copied().find(|n| *n != me));
-        match to {
+        let candidates: Vec<u64> = self
+            .replicas
+            .lock()
+            .expect("replica lists")
+            .get(&range_id)
+            .map(|r| r.iter().copied().filter(|n| *n != me).collect())
+            .unwrap_or_default();
+        match self.prefer_live(&candidates) {
             Some(node) => ApiError::NotLeader { range_id, leader: node },
             None => e,
         }
+    }
+
+    /// `nodes` ordered for a choice between equivalent nodes: the ones
+    /// the gossip holds alive first, then unknown, suspect, dead, each
+    /// group in the order given. Advice: a node that seems down is tried
+    /// last, not skipped.
+    pub fn live_first(&self, nodes: &[u64]) -> Vec<u64> {
+        self.directory.read().expect("node directory").live_first(nodes)
+    }
+
+    /// The first of [`Backend::live_first`].
+    pub fn prefer_live(&self, candidates: &[u64]) -> Option<u64> {
+        self.live_first(candidates).first().copied()
     }
 
     /// The range's term and leader as of at most [`BRIEF_TTL`] ago; `None`

@@ -684,7 +684,7 @@ async fn open_range(
     if brief.is_some() || holders.is_empty() {
         order.push(me);
     }
-    order.extend(holders.iter().copied());
+    order.extend(backend.live_first(holders));
     let mut seen = std::collections::HashSet::new();
     order.retain(|n| seen.insert(*n));
     let mut last = ApiError::NoLeader { range_id };

@@ -422,6 +422,43 @@ pub fn report(directory: &[NodeRecord], me: u64, view: Option<&View>) -> Vec<Nod
         .collect()
 }
 
+/// `meridian.v1.Membership`: [`report`] over gRPC, for clients choosing
+/// an endpoint.
+pub struct MembershipService {
+    pub backend: Arc<Backend>,
+}
+
+#[tonic::async_trait]
+impl meridian_proto::meridian::v1::membership_server::Membership for MembershipService {
+    async fn nodes(
+        &self,
+        _req: tonic::Request<meridian_proto::meridian::v1::NodesRequest>,
+    ) -> Result<tonic::Response<meridian_proto::meridian::v1::NodesResponse>, tonic::Status> {
+        use meridian_proto::meridian::v1 as api;
+        let view = self.backend.gossip.get().map(|g| g.view());
+        let nodes = report(&self.backend.nodes(), self.backend.cfg.node_id, view.as_ref())
+            .into_iter()
+            .map(|n| api::NodeStatus {
+                node: Some(api::NodeInfo {
+                    id: n.id,
+                    peer_addr: n.peer_addr,
+                    client_addr: n.client_addr,
+                    http_addr: n.http_addr,
+                    region: n.region,
+                    zone: n.zone,
+                    host: n.host,
+                    role: n.role,
+                    gossip_addr: n.gossip_addr,
+                }),
+                state: n.state,
+                phi: n.phi,
+                incarnation: n.incarnation,
+            })
+            .collect();
+        Ok(tonic::Response::new(api::NodesResponse { node_id: self.backend.cfg.node_id, nodes }))
+    }
+}
+
 /// The gossip's metrics, into `reg`.
 pub fn register_metrics(reg: &prometheus::Registry, view: &View) -> Result<(), prometheus::Error> {
     use prometheus::{GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts};
