@@ -138,7 +138,7 @@ pub struct Agent {
     peers: BTreeMap<u64, Peer>,
     heartbeat_ms: u64,
     next_beat: u64,
-    outbox: Vec<(String, Vec<u8>)>,
+    outbox: Vec<(u64, String, Vec<u8>)>,
     traffic: Traffic,
     stalled: u64,
     next_reconcile: u64,
@@ -368,6 +368,12 @@ impl Agent {
 
     /// Datagrams to send: (gossip address, bytes), taken.
     pub fn take_outbox(&mut self) -> Vec<(String, Vec<u8>)> {
+        self.take_outbox_to().into_iter().map(|(_, addr, d)| (addr, d)).collect()
+    }
+
+    /// Datagrams to send with the node each is for: (node, gossip
+    /// address, bytes), taken.
+    pub fn take_outbox_to(&mut self) -> Vec<(u64, String, Vec<u8>)> {
         std::mem::take(&mut self.outbox)
     }
 
@@ -451,7 +457,7 @@ impl Agent {
                 if let Ok(packet) = self.sealer.seal(&payload) {
                     self.traffic.sent_packets += 1;
                     self.traffic.sent_bytes += packet.len() as u64;
-                    self.outbox.push((addr, packet));
+                    self.outbox.push((to.node, addr, packet));
                 }
             }
             for e in events {

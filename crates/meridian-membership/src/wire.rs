@@ -118,6 +118,13 @@ pub fn reseal(cluster_key: &[u8], packet: &mut Vec<u8>) {
     packet.extend_from_slice(tag.as_ref());
 }
 
+/// The sender node a packet claims, unverified (for fault injection that
+/// drops a peer's traffic before it is checked); `None` if it is not a
+/// Meridian gossip packet.
+pub fn claimed_sender(packet: &[u8]) -> Option<u64> {
+    (packet.len() >= HEADER && packet[..MAGIC.len()] == MAGIC).then(|| u64_at(packet, 12))
+}
+
 /// A packet that passed every check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened<'a> {

@@ -247,12 +247,16 @@ async fn run(
     let mut next_publish = Instant::now();
     let mut next_learn = Instant::now();
     let me = backend.cfg.node_id;
+    // Chaos partitions (`POST /v1/debug/net`) cut gossip as they cut raft.
+    let faults = node.faults();
+    let blocked_in = |packet: &[u8]| meridian_membership::wire::claimed_sender(packet).is_some_and(|n| faults.blocks_in(n));
     loop {
         let due = t0 + Duration::from_millis(agent.next_due());
         let wake = due.min(Instant::now() + MAX_SLEEP).min(next_publish).min(next_learn);
         tokio::select! {
             r = socket.recv_from(&mut buf) => match r {
-                Ok((n, _)) => agent.receive(ms(), &buf[..n]),
+                Ok((n, _)) if !blocked_in(&buf[..n]) => agent.receive(ms(), &buf[..n]),
+                Ok(_) => {}
                 Err(e) => debug!("gossip receive: {e}"),
             },
             _ = tokio::time::sleep_until(wake.into()) => {}
@@ -262,7 +266,8 @@ async fn run(
         // peers' answers are in the socket, not missing.
         for _ in 0..MAX_DRAIN {
             match socket.try_recv_from(&mut buf) {
-                Ok((n, _)) => agent.receive(ms(), &buf[..n]),
+                Ok((n, _)) if !blocked_in(&buf[..n]) => agent.receive(ms(), &buf[..n]),
+                Ok(_) => {}
                 Err(_) => break,
             }
         }
@@ -276,7 +281,10 @@ async fn run(
             }
         }
         agent.tick(ms());
-        for (addr, packet) in agent.take_outbox() {
+        for (to_node, addr, packet) in agent.take_outbox_to() {
+            if faults.blocks_out(to_node) {
+                continue;
+            }
             match resolver.resolve(&addr).await {
                 // A full socket buffer drops the datagram, as the network
                 // may: gossip tolerates loss.
