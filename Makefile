@@ -9,7 +9,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: setup build dev demo test verify fmt-check clippy doc core-deps fix sim-long bench-raft bench-etcd bench-snapshot fuzz chaos chaos-soak clean
+.PHONY: setup build dev demo test verify fmt-check clippy doc core-deps fix sim-long bench-raft bench-gossip bench-etcd bench-snapshot fuzz chaos chaos-soak clean
 
 setup:
 	@./scripts/setup.sh
@@ -89,6 +89,14 @@ chaos-soak: setup
 # cluster with RocksDB (see docs/performance.md).
 bench-raft: setup
 	$(CARGO) run -p meridian-sim -- bench-raft --ranges 1,8,64 --json
+
+# Gossip benchmark (issue 17): bytes, datagrams and CPU per node per second
+# for 3, 10 and 50 simulated nodes (and 10 over two regions), and crash
+# detection times with LAN and WAN settings, over 10 seeds (see
+# docs/performance.md). A deterministic simulation: everything but CPU
+# follows from the seed.
+bench-gossip: setup
+	$(CARGO) run -p meridian-sim -- bench-gossip --nodes 3,10,50 --seeds 10 --json
 
 # A large namespace sent to a new replica by streamed snapshot, on real
 # processes: time and the sender's and receiver's peak RSS (see

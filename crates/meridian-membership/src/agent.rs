@@ -144,6 +144,10 @@ pub struct Agent {
     next_reconcile: u64,
     /// Where the last reconcile round stopped (rotates through peers).
     reconcile_from: u64,
+    /// A peer of another region is known (the WAN pool may be joined).
+    foreign_seen: bool,
+    /// The latest time given to `receive` or `tick` (ms).
+    now: u64,
 }
 
 /// How often a node announces itself to known peers missing from the pool
@@ -199,6 +203,8 @@ impl Agent {
             stalled: 0,
             next_reconcile: now + RECONCILE_EVERY_MS,
             reconcile_from: 0,
+            foreign_seen: false,
+            now,
         })
     }
 
@@ -226,6 +232,7 @@ impl Agent {
         }
         let foreign = p.region.as_deref().is_some_and(|r| r != self.region);
         if foreign {
+            self.foreign_seen = true;
             self.lan.forget_seed(node);
             if !self.wan_joined || !self.wan.is_active() {
                 let _ = self.wan.announce(node, gossip_addr);
@@ -273,6 +280,7 @@ impl Agent {
             *self.traffic.dropped.entry("other_region").or_insert(0) += 1;
             if let Some(p) = self.peers.get_mut(&sender) {
                 p.region = Some(region.to_string());
+                self.foreign_seen = true;
                 self.lan.forget_seed(sender);
                 self.collect();
             }
@@ -300,6 +308,7 @@ impl Agent {
             self.traffic.received_packets += 1;
             self.traffic.received_bytes += packet.len() as u64;
             self.peers.entry(sender).or_default().region.get_or_insert_with(|| region.to_string());
+            self.foreign_seen |= region != self.region;
             self.phi.heard(sender, now);
         }
         self.collect();
@@ -359,7 +368,7 @@ impl Agent {
 
     /// When [`Agent::tick`] next has something to do (ms).
     pub fn next_due(&self) -> u64 {
-        let mut due = self.next_beat;
+        let mut due = self.next_beat.min(self.next_reconcile);
         for d in [self.lan.next_due(), if self.wan_joined { self.wan.next_due() } else { None }].into_iter().flatten() {
             due = due.min(d);
         }
@@ -421,6 +430,7 @@ impl Agent {
     /// A gap since the previous call longer than the detector's bound is
     /// this node's own stall: credit it to the peers and to foca's timers.
     fn observe_clock(&mut self, now: u64) {
+        self.now = self.now.max(now);
         let gap = self.phi.tick(now);
         if gap > 0 {
             self.stalled += gap;
@@ -466,7 +476,7 @@ impl Agent {
         }
         // A member of another region became known (through the LAN pool's
         // records): join the WAN pool through it.
-        if !self.wan_joined {
+        if !self.wan_joined && self.foreign_seen {
             let foreign: Option<(u64, String)> = self.peers.iter().find_map(|(n, p)| {
                 let addr = p.advert.as_ref().map(|a| a.gossip_addr.clone()).or_else(|| p.gossip_addr.clone())?;
                 p.region.as_deref().is_some_and(|r| r != self.region).then_some((*n, addr))
@@ -506,11 +516,12 @@ impl Agent {
             };
             let p = self.peers.entry(node).or_default();
             if let Some(r) = region.filter(|r| !r.is_empty()) {
+                self.foreign_seen |= r != self.region;
                 p.region = Some(r);
             }
             self.covers(pool, node)
         };
-        let now = self.lan.now();
+        let now = self.now;
         let p = self.peers.get_mut(&node).expect("inserted above");
         // An event about an incarnation older than the newest known is stale.
         let current = |p: &Peer, inc: u64| p.id.as_ref().is_none_or(|id| inc >= id.incarnation);

@@ -521,9 +521,12 @@ impl Gossip {
         }
     }
 
-    /// When the next timer is due (ms), if any.
+    /// When the next timer, or the next repeated announce, is due (ms),
+    /// if any.
     pub fn next_due(&self) -> Option<u64> {
-        self.timers.keys().next().map(|(due, _)| *due)
+        let timer = self.timers.keys().next().map(|(due, _)| *due);
+        let announce = (!self.active && !self.seeds.is_empty()).then_some(self.next_announce);
+        timer.into_iter().chain(announce).min()
     }
 
     /// Packets to send, taken.

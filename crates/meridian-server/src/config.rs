@@ -129,7 +129,9 @@ impl GossipSettings {
             min_std_dev_ms: self.min_std_dev_ms as f64,
             acceptable_pause_ms: self.acceptable_pause_ms as f64,
             first_interval_ms: self.heartbeat_ms as f64,
-            self_pause_ms: PhiConfig::default().self_pause_ms.max(self.heartbeat_ms),
+            // Well above the gossip loop's period (100 ms at most) and the
+            // heartbeat's, so only a real stall of this node counts.
+            self_pause_ms: PhiConfig::default().self_pause_ms.max(2 * self.heartbeat_ms),
         }
     }
 

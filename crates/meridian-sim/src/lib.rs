@@ -19,8 +19,14 @@
 //! and [`kv_random_run`] over `meridian_kv::KvMachine` with the server's
 //! lease keeper on simulated time (locks, fencing tokens, lease expiry,
 //! lock-delay, event streams; see [`kv`]).
+//!
+//! The crate also holds two benchmarks: [`bench`](mod@bench) (group
+//! commit on the cluster over RocksDB) and [`bench_gossip`] (the
+//! membership agents' gossip cost and crash-detection times, on a virtual
+//! network of their own).
 
 pub mod bench;
+pub mod bench_gossip;
 mod checker;
 mod cluster;
 pub mod kv;

@@ -1,6 +1,7 @@
-//! The `meridian-sim` binary: the deterministic simulation (`demo`) and the
-//! group-commit benchmark (`bench-raft`), kept out of the production
-//! `meridian` binary so it does not link the simulator.
+//! The `meridian-sim` binary: the deterministic simulation (`demo`), the
+//! group-commit benchmark (`bench-raft`) and the gossip benchmark
+//! (`bench-gossip`), kept out of the production `meridian` binary so it
+//! does not link the simulator.
 
 // A driver: it times the benchmark and prints progress.
 #![allow(clippy::disallowed_methods)]
@@ -10,6 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use meridian_sim::bench::bench_group_commit;
+use meridian_sim::bench_gossip::{self, SteadyConfig, TickPolicy};
 use meridian_sim::{random_run, SimConfig};
 
 #[derive(Parser)]
@@ -57,12 +59,54 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Gossip benchmark (issue 17): the membership agents of N simulated
+    /// nodes on a virtual network (1-20 ms one way in a region, 75 ± 10 ms
+    /// across): bytes, datagrams and CPU per node per second in steady
+    /// state, and how long a crashed node takes to be seen suspect and dead
+    /// with LAN and with WAN settings. Deterministic from --seed but for
+    /// CPU, which is the wall time of the agent calls on this machine.
+    BenchGossip {
+        /// Comma-separated node counts for the steady state, one region.
+        #[arg(long, default_value = "3,10,50")]
+        nodes: String,
+        /// Comma-separated node counts for the steady state, split over two
+        /// regions ("" for none).
+        #[arg(long, default_value = "10")]
+        wan_nodes: String,
+        /// Simulated seconds measured per steady-state run (after
+        /// convergence and 30 s of warm-up).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Steady-state runs per configuration: the traffic is the same
+        /// every time (checked), the least CPU is reported.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Seeds per detection setting, starting at --seed.
+        #[arg(long, default_value_t = 10)]
+        seeds: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// When agents are ticked: `driver` (like meridian-server's gossip
+        /// loop: after datagrams, when next_due() comes, at least every
+        /// 100 ms), `when-due` (only when next_due() comes) or `every-step`
+        /// (every 10 ms).
+        #[arg(long, default_value = "driver")]
+        tick: String,
+        /// Also print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Demo { nodes, ranges, ticks, runs, seed } => demo(nodes, ranges, ticks, runs, seed),
         Cmd::BenchRaft { ranges, inflight, entries, max_secs, json } => bench(&ranges, inflight, entries, max_secs, json),
+        Cmd::BenchGossip { nodes, wan_nodes, seconds, repeats, seeds, seed, tick, json } => {
+            let ticks = TickPolicy::from_name(&tick)?;
+            let runs = GossipRuns { seconds, repeats, seeds, seed, ticks };
+            bench_gossip_cmd(&nodes, &wan_nodes, &runs, json)
+        }
     }
 }
 
@@ -133,6 +177,116 @@ fn bench(ranges: &str, inflight: usize, entries: u64, max_secs: u64, json: bool)
             r.entries_per_sec(),
             r.fsyncs_per_entry()
         ));
+    }
+    if json {
+        println!("[{}]", rows.join(","));
+    }
+    Ok(())
+}
+
+/// Node counts from a comma-separated `flag` value ("" is none).
+fn node_counts(flag: &str, value: &str) -> Result<Vec<usize>> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let n: usize = s.parse().with_context(|| format!("--{flag}: bad node count {s:?}"))?;
+            if !(2..=bench_gossip::MAX_BENCH_NODES).contains(&n) {
+                bail!("--{flag}: node counts must be 2..={}, got {n}", bench_gossip::MAX_BENCH_NODES);
+            }
+            Ok(n)
+        })
+        .collect()
+}
+
+/// How much of `bench-gossip` to run.
+struct GossipRuns {
+    seconds: u64,
+    repeats: usize,
+    seeds: u64,
+    seed: u64,
+    ticks: TickPolicy,
+}
+
+fn bench_gossip_cmd(nodes: &str, wan_nodes: &str, runs: &GossipRuns, json: bool) -> Result<()> {
+    let GossipRuns { seconds, repeats, seeds, seed, ticks } = *runs;
+    let (lan, wan) = (node_counts("nodes", nodes)?, node_counts("wan-nodes", wan_nodes)?);
+    if !(1..=bench_gossip::MAX_MEASURE_MS / 1000).contains(&seconds) || !(1..=20).contains(&repeats) || !(1..=1000).contains(&seeds) {
+        bail!("--seconds must be 1..={}, --repeats 1..=20 and --seeds 1..=1000", bench_gossip::MAX_MEASURE_MS / 1000);
+    }
+    let tick = match ticks {
+        TickPolicy::Driver => "agents ticked like meridian-server's loop (after datagrams, when due, every 100 ms at least)",
+        TickPolicy::WhenDue => "agents ticked only when next_due() comes",
+        TickPolicy::EveryStep => "agents ticked every 10 ms",
+    };
+    let mut rows = Vec::new();
+    println!("gossip steady state: 1-20 ms one way in a region, 75 ± 10 ms across, no loss; {seconds} s simulated measured after convergence + 30 s; {tick}; seed {seed}");
+    println!("CPU = wall time inside Agent calls on one thread, per node per simulated second, least of {repeats} run(s); bytes = sealed datagrams (no UDP/IP headers)");
+    println!(
+        "{:>6} {:>8} {:>12} {:>12} {:>10} {:>7} {:>12} {:>10} {:>14} {:>10}",
+        "nodes", "regions", "sent B/s", "recv B/s", "pkts/s", "B/pkt", "cross B/s", "CPU µs/s", "peers() µs/call", "not alive"
+    );
+    for (n, regions) in lan.iter().map(|n| (*n, 1)).chain(wan.iter().map(|n| (*n, 2))) {
+        eprintln!("  steady state: {n} nodes in {regions} region(s)…");
+        let cfg = SteadyConfig { nodes: n, regions, measure_ms: seconds * 1000, seed, ticks };
+        let r = bench_gossip::steady_state_least_cpu(&cfg, repeats)?;
+        println!(
+            "{:>6} {:>8} {:>12.0} {:>12.0} {:>10.2} {:>7.0} {:>12.0} {:>10.1} {:>14.1} {:>10}",
+            n,
+            regions,
+            r.sent_bytes_per_node_s(),
+            r.received_bytes_per_node_s(),
+            r.sent_packets_per_node_s(),
+            r.bytes_per_packet(),
+            r.cross_region_bytes_per_node_s(),
+            r.cpu_us_per_node_s(),
+            r.peers_call.as_secs_f64() * 1e6,
+            r.not_alive_pairs
+        );
+        if r.dropped > 0 || r.stalled_ms > 0 {
+            println!("       ({} datagrams dropped, {} ms of own stalls credited)", r.dropped, r.stalled_ms);
+        }
+        rows.push(r.json());
+    }
+
+    println!();
+    println!("crash detection: {seeds} seed(s) from {seed}, crash after convergence + 10 s; ms from the crash until the observer's peers() says suspect (or dead) / dead");
+    println!(
+        "{:>8} {:>6} {:>13} {:>8} {:>26} {:>26} {:>11} {:>11}",
+        "setting", "nodes", "observers", "samples", "suspect ms min/p50/p90/max", "dead ms min/p50/p90/max", "undetected", "false susp."
+    );
+    for setting in [bench_gossip::lan_setting(5)?, bench_gossip::wan_setting(3)?] {
+        let mut done = Vec::new();
+        for s in seed..seed + seeds {
+            eprintln!("  detection: {} seed {s}…", setting.name);
+            let run = bench_gossip::detect(&setting, s, ticks)?;
+            let blind: Vec<u64> = run.observations.iter().filter(|o| o.dead_ms.is_none()).map(|o| o.observer).collect();
+            if !blind.is_empty() {
+                println!(
+                    "  {} seed {s}: node(s) {blind:?} never saw node {} dead within {} ms; rerun: meridian-sim bench-gossip --nodes '' --wan-nodes '' --seed {s} --seeds 1",
+                    setting.name,
+                    setting.crashed,
+                    bench_gossip::DETECT_LIMIT_MS
+                );
+            }
+            done.push(run);
+        }
+        for d in bench_gossip::summarize(&setting, &done) {
+            let show = |s: Option<bench_gossip::Spread>| s.map_or("-".to_string(), |s| s.to_string());
+            println!(
+                "{:>8} {:>6} {:>13} {:>8} {:>26} {:>26} {:>11} {:>11}",
+                d.setting,
+                d.nodes,
+                d.group,
+                d.samples,
+                show(d.suspect),
+                show(d.dead),
+                d.undetected,
+                d.false_pairs
+            );
+            rows.push(d.json());
+        }
     }
     if json {
         println!("[{}]", rows.join(","));
