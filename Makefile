@@ -9,7 +9,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: setup build dev demo test verify fmt-check clippy doc core-deps fix sim-long bench-raft bench-gossip bench-etcd bench-snapshot fuzz chaos chaos-soak clean
+.PHONY: setup build dev demo test verify fmt-check clippy doc core-deps fix sim-long bench-raft bench-gossip bench-detect bench-etcd bench-snapshot fuzz chaos chaos-soak clean
 
 setup:
 	@./scripts/setup.sh
@@ -97,6 +97,13 @@ bench-raft: setup
 # follows from the seed.
 bench-gossip: setup
 	$(CARGO) run -p meridian-sim -- bench-gossip --nodes 3,10,50 --seeds 10 --json
+
+# Crash detection on real processes (issue 17): kill -9 of one node of a
+# 3-node cluster, RUNS times (default 10); when the two others see it
+# suspect and dead, and the distribution (see docs/performance.md).
+bench-detect: setup
+	$(CARGO) build --workspace --bins
+	RUNS=$${RUNS:-10} $(CARGO) test -p meridian-tests --test gossip detection_distribution -- --ignored --nocapture
 
 # A large namespace sent to a new replica by streamed snapshot, on real
 # processes: time and the sender's and receiver's peak RSS (see

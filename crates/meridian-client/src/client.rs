@@ -208,6 +208,12 @@ impl Client {
             }
             debug!(endpoint = %self.inner.cfg.endpoints[i], attempt, "call failed: {status}; trying the next endpoint");
             last = status.message().to_string();
+            // The endpoint the health advice left us on failed: the advice
+            // may come from a node cut off from the others (which sees
+            // them all as down); forget it until the next check.
+            for a in &self.inner.avoid {
+                a.store(false, Ordering::Relaxed);
+            }
             self.rotate(i);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -360,6 +366,15 @@ mod tests {
         }
         assert_eq!(c.channel().0, 1, "all avoided: the current one is used");
         assert_eq!(c.avoided().len(), 3);
+        // A call that fails on the endpoint the advice left forgets the
+        // advice (it may come from a node cut off from the others).
+        let mut cfg = c.config().clone();
+        cfg.max_attempts = 1;
+        cfg.connect_timeout = Duration::from_millis(200);
+        let c2 = Client::with_config(cfg).unwrap();
+        c2.inner.avoid[0].store(true, Ordering::Relaxed);
+        let _ = c2.get("/k").await;
+        assert!(c2.avoided().is_empty(), "{:?}", c2.avoided());
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::num::NonZeroUsize;
 
 use foca::Config;
 
-use crate::gossip::{incarnation_of_start, lan_config, wan_config, Advert, Gossip, GossipEvent, GossipId, MAX_LABEL};
+use crate::gossip::{incarnation_of_start, lan_config, wan_config, Advert, Gossip, GossipEvent, GossipId, MAX_LABEL, RENEWALS_PER_START};
 use crate::phi::{PhiConfig, PhiDetector};
 use crate::wire::{DropReason, Opener, Sealer, MAX_PAYLOAD};
 use crate::Liveness;
@@ -247,7 +247,7 @@ impl Agent {
     /// A datagram arrived at `now` ms.
     pub fn receive(&mut self, now: u64, packet: &[u8]) {
         self.observe_clock(now);
-        let opened = match self.opener.open(packet) {
+        let opened = match self.opener.verify(packet) {
             Ok(o) => o,
             Err(reason) => {
                 *self.traffic.dropped.entry(reason.name()).or_insert(0) += 1;
@@ -305,6 +305,8 @@ impl Agent {
         if r.is_err() {
             *self.traffic.dropped.entry("refused").or_insert(0) += 1;
         } else {
+            // Only an accepted datagram moves its sender's replay window.
+            self.opener.record(&opened);
             self.traffic.received_packets += 1;
             self.traffic.received_bytes += packet.len() as u64;
             self.peers.entry(sender).or_default().region.get_or_insert_with(|| region.to_string());
@@ -355,7 +357,7 @@ impl Agent {
             .take(RECONCILE_BATCH)
             .collect();
         for (n, addr, pool) in missing {
-            self.reconcile_from = n + 1;
+            self.reconcile_from = n.wrapping_add(1);
             let _ = match pool {
                 Pool::Lan => self.lan.announce_once(n, &addr),
                 Pool::Wan => {
@@ -523,16 +525,27 @@ impl Agent {
         };
         let now = self.now;
         let p = self.peers.get_mut(&node).expect("inserted above");
-        // An event about an incarnation older than the newest known is stale.
+        // Identities come from the pool covering the link only (each pool
+        // renews its own after a false "down"): an event about an older
+        // one is stale. Records and heartbeats are stale only when they
+        // come from an earlier start of the node.
         let current = |p: &Peer, inc: u64| p.id.as_ref().is_none_or(|id| inc >= id.incarnation);
+        let start = |inc: u64| inc / RENEWALS_PER_START;
+        let this_start = |p: &Peer, inc: u64| p.id.as_ref().is_none_or(|id| start(inc) >= start(id.incarnation));
         match e {
-            GossipEvent::Up(id) | GossipEvent::Renamed { new: id, .. } if current(p, id.incarnation) => {
-                p.down &= !covers;
+            GossipEvent::Up(id) | GossipEvent::Renamed { new: id, .. } if covers && current(p, id.incarnation) => {
+                // Back from the dead, or restarted: the silence before is
+                // no interval of its rhythm; its history starts afresh.
+                let restarted = p.id.as_ref().is_some_and(|old| start(id.incarnation) > start(old.incarnation));
+                if restarted || p.down {
+                    self.phi.remove(node);
+                }
+                p.down = false;
                 p.id = Some(id);
             }
             GossipEvent::Down(id) if covers && current(p, id.incarnation) => p.down = true,
-            GossipEvent::Record { incarnation, advert, .. } if current(p, incarnation) => p.advert = Some(advert),
-            GossipEvent::Beat { incarnation, .. } if current(p, incarnation) => self.phi.heard(node, now),
+            GossipEvent::Record { incarnation, advert, .. } if this_start(p, incarnation) => p.advert = Some(advert),
+            GossipEvent::Beat { incarnation, .. } if this_start(p, incarnation) => self.phi.heard(node, now),
             _ => {}
         }
     }
@@ -588,6 +601,9 @@ mod tests {
         crashed: BTreeSet<u64>,
         /// node → paused until (ms): it processes nothing, packets queue.
         paused: BTreeMap<u64, u64>,
+        /// Packets for a paused node are lost instead (its socket buffer
+        /// overflowed).
+        pause_loses: bool,
         minority: BTreeSet<u64>,
         in_flight: BTreeMap<(u64, u64), (u64, Vec<u8>)>,
         seq: u64,
@@ -611,6 +627,7 @@ mod tests {
                 regions: layout.iter().map(|(i, r)| (*i, r.to_string())).collect(),
                 crashed: BTreeSet::new(),
                 paused: BTreeMap::new(),
+                pause_loses: false,
                 minority: BTreeSet::new(),
                 in_flight: BTreeMap::new(),
                 seq: 0,
@@ -665,7 +682,9 @@ mod tests {
                         continue;
                     }
                     if self.paused.get(&to).is_some_and(|until| *until > now) {
-                        held.push(((at, seq), (to, data)));
+                        if !self.pause_loses {
+                            held.push(((at, seq), (to, data)));
+                        }
                         continue;
                     }
                     if let Some(a) = self.agents.get_mut(&to) {
@@ -800,6 +819,36 @@ mod tests {
     }
 
     #[test]
+    fn a_node_paused_past_the_acceptable_pause_blames_none_of_its_peers() {
+        // 5 s: longer than the detector's acceptable pause (3 s), and what
+        // arrived meanwhile is lost (its socket buffer overflowed), so
+        // without the stall credit its peers' silence would make them
+        // suspect in its eyes. (The others may well suspect it: it was
+        // silent.)
+        for seed in 0..10u64 {
+            let mut net = Net::new(&one_region(3), seed, 0);
+            net.pause_loses = true;
+            assert!(net.until_converged(15_000).is_some());
+            net.run(net.now + 10_000);
+            let resume = net.now + 5_000;
+            net.paused.insert(2, resume);
+            net.run(resume);
+            let mut seen = Vec::new();
+            while net.now < resume + 15_000 {
+                // Every step at first: the view right after the node's
+                // first tick, before its peers' next datagrams arrive, is
+                // the one the stall credit protects.
+                net.run(net.now + if net.now < resume + 500 { 10 } else { 100 });
+                seen.extend(
+                    net.agents[&2].peers(net.now).into_iter().filter(|p| p.state != Liveness::Alive).map(|p| (net.now, p.node, p.state)),
+                );
+            }
+            assert!(seen.is_empty(), "seed {seed}: the paused node blamed its peers: {seen:?}");
+            assert!(net.agents[&2].stalled_ms() >= 5_000, "seed {seed}");
+        }
+    }
+
+    #[test]
     fn regions_gossip_over_the_wan_pool_and_see_each_other() {
         for seed in 0..5u64 {
             let layout = [(1, "eu"), (2, "eu"), (3, "eu"), (4, "us"), (5, "us"), (6, "us")];
@@ -831,7 +880,11 @@ mod tests {
         let mut other_cluster = Sealer::new(KEY, 10, 2, incarnation_of_start(1));
         let mut forged = Sealer::new(b"not the key", 9, 2, incarnation_of_start(1));
         let mut stale = Sealer::new(KEY, 9, 2, 0);
-        let mut well_signed = Sealer::new(KEY, 9, 2, incarnation_of_start(5));
+        let mut well_signed = Sealer::new(KEY, 9, 7, incarnation_of_start(5));
+        // A real datagram of node 2 to node 1 (its next heartbeat round).
+        let n2 = net.agents.get_mut(&2).unwrap();
+        n2.tick(now + 1000);
+        let real = n2.take_outbox().into_iter().find(|(to, _)| to == "n1:7946").expect("node 2 gossips to node 1").1;
         let a = net.agents.get_mut(&1).unwrap();
         a.receive(now, b"");
         a.receive(now, &[0xff; 3000]);
@@ -842,9 +895,16 @@ mod tests {
         a.receive(now, &well_signed.seal(b"\x07\x02eu").unwrap());
         a.receive(now, &well_signed.seal(b"\x00\x02us garbage").unwrap());
         a.receive(now, &well_signed.seal(b"\x00\x02eu not foca").unwrap());
-        let replay = well_signed.seal(b"\x00\x02eu").unwrap();
-        a.receive(now, &replay);
-        a.receive(now, &replay);
+        // A refused datagram moves no replay window: node 7's next real
+        // sequence number is not taken from it, and refusing it again is
+        // refusing, not a replay.
+        let refused = well_signed.seal(b"\x00\x02eu").unwrap();
+        a.receive(now, &refused);
+        a.receive(now, &refused);
+        let received = a.traffic().received_packets;
+        a.receive(now, &real);
+        assert_eq!(a.traffic().received_packets, received + 1, "node 2's real datagram accepted: {:?}", a.traffic().dropped);
+        a.receive(now, &real);
         let d = &a.traffic().dropped;
         for (reason, n) in [
             ("truncated", 2),
@@ -858,8 +918,11 @@ mod tests {
         ] {
             assert_eq!(d.get(reason).copied(), Some(n), "{reason}: {d:?}");
         }
-        assert!(d.get("refused").copied().unwrap_or(0) >= 2, "{d:?}");
+        assert!(d.get("refused").copied().unwrap_or(0) >= 3, "{d:?}");
         let after: Vec<(u64, u64, Liveness)> = a.peers(now).iter().map(|p| (p.node, p.incarnation, p.state)).collect();
         assert_eq!(before, after);
+        // And node 2 (whose id the stale datagram claimed) is still heard.
+        net.run(net.now + 5_000);
+        assert!(net.all_alive(1), "{:?}", net.states(1));
     }
 }

@@ -490,7 +490,9 @@ impl Gossip {
         Ok(())
     }
 
-    /// A packet arrived at `now` ms. A packet refused changes nothing.
+    /// A packet arrived at `now` ms. A packet the precheck refuses changes
+    /// nothing; one foca refuses later may have had its member updates
+    /// applied.
     pub fn handle_packet(&mut self, now: u64, data: &[u8]) -> Result<(), GossipError> {
         self.precheck(data)?;
         self.advance(now);

@@ -132,6 +132,8 @@ pub struct Opened<'a> {
     pub node: u64,
     /// The sender's incarnation.
     pub incarnation: u64,
+    /// The packet's sequence number.
+    pub seq: u64,
     /// foca's packet.
     pub payload: &'a [u8],
 }
@@ -162,13 +164,47 @@ impl Opener {
         Opener { key: hmac::Key::new(hmac::HMAC_SHA256, cluster_key), cluster, windows: BTreeMap::new(), drops: BTreeMap::new() }
     }
 
-    /// The packet's sender and payload, or why it was dropped (counted).
+    /// The packet's sender and payload, or why it was dropped (counted);
+    /// the packet counts as seen ([`Opener::verify`] then
+    /// [`Opener::record`]).
     pub fn open<'a>(&mut self, packet: &'a [u8]) -> Result<Opened<'a>, DropReason> {
+        let opened = self.verify(packet)?;
+        self.record(&opened);
+        Ok(opened)
+    }
+
+    /// Every check of [`Opener::open`] without recording the packet as
+    /// seen: the caller records it ([`Opener::record`]) once it accepted
+    /// what it says, so a packet refused later moves no replay window.
+    pub fn verify<'a>(&mut self, packet: &'a [u8]) -> Result<Opened<'a>, DropReason> {
         let r = self.check(packet);
         if let Err(reason) = r {
             *self.drops.entry(reason).or_insert(0) += 1;
         }
         r
+    }
+
+    /// Records a verified packet as seen (its sender's window moves).
+    pub fn record(&mut self, p: &Opened<'_>) {
+        let fresh = Window { incarnation: p.incarnation, highest: p.seq, seen: 1 };
+        let Some(w) = self.windows.get_mut(&p.node) else {
+            if self.windows.len() < crate::MAX_NODES {
+                self.windows.insert(p.node, fresh);
+            }
+            return;
+        };
+        if p.incarnation > w.incarnation {
+            *w = fresh; // a restart: its sequence starts again
+        } else if p.incarnation == w.incarnation {
+            if p.seq > w.highest {
+                let shift = p.seq - w.highest;
+                w.seen = if shift >= REPLAY_WINDOW { 0 } else { w.seen << shift };
+                w.seen |= 1;
+                w.highest = p.seq;
+            } else if w.highest - p.seq < REPLAY_WINDOW {
+                w.seen |= 1 << (w.highest - p.seq);
+            }
+        }
     }
 
     fn check<'a>(&mut self, packet: &'a [u8]) -> Result<Opened<'a>, DropReason> {
@@ -193,39 +229,25 @@ impl Opener {
             return Err(DropReason::Forged);
         }
         let (node, incarnation, seq) = (u64_at(packet, 12), u64_at(packet, 20), u64_at(packet, 28));
-        self.accept(node, incarnation, seq)?;
-        Ok(Opened { node, incarnation, payload: &packet[HEADER..HEADER + len] })
+        self.admissible(node, incarnation, seq)?;
+        Ok(Opened { node, incarnation, seq, payload: &packet[HEADER..HEADER + len] })
     }
 
-    /// The replay check for an authenticated packet.
-    fn accept(&mut self, node: u64, incarnation: u64, seq: u64) -> Result<(), DropReason> {
-        let fresh = Window { incarnation, highest: seq, seen: 1 };
-        let Some(w) = self.windows.get_mut(&node) else {
-            if self.windows.len() >= crate::MAX_NODES {
-                return Err(DropReason::TooManySenders);
-            }
-            self.windows.insert(node, fresh);
-            return Ok(());
+    /// The replay check for an authenticated packet (changes nothing).
+    fn admissible(&self, node: u64, incarnation: u64, seq: u64) -> Result<(), DropReason> {
+        let Some(w) = self.windows.get(&node) else {
+            return if self.windows.len() >= crate::MAX_NODES { Err(DropReason::TooManySenders) } else { Ok(()) };
         };
         if incarnation < w.incarnation {
             return Err(DropReason::StaleIncarnation);
         }
-        if incarnation > w.incarnation {
-            *w = fresh; // a restart: its sequence starts again
-            return Ok(());
-        }
-        if seq > w.highest {
-            let shift = seq - w.highest;
-            w.seen = if shift >= REPLAY_WINDOW { 0 } else { w.seen << shift };
-            w.seen |= 1;
-            w.highest = seq;
+        if incarnation > w.incarnation || seq > w.highest {
             return Ok(());
         }
         let back = w.highest - seq;
         if back >= REPLAY_WINDOW || w.seen & (1 << back) != 0 {
             return Err(DropReason::Replayed);
         }
-        w.seen |= 1 << back;
         Ok(())
     }
 
@@ -246,7 +268,7 @@ mod tests {
         let mut s = Sealer::new(KEY, 7, 3, 1);
         let mut o = Opener::new(KEY, 7);
         let p = s.seal(b"hello").unwrap();
-        assert_eq!(o.open(&p), Ok(Opened { node: 3, incarnation: 1, payload: b"hello" }));
+        assert_eq!(o.open(&p), Ok(Opened { node: 3, incarnation: 1, seq: 1, payload: b"hello" }));
         assert_eq!(o.open(&p), Err(DropReason::Replayed));
         assert_eq!(o.drops(), vec![(DropReason::Replayed, 1)]);
     }
@@ -270,7 +292,7 @@ mod tests {
             bent[at] ^= 1;
             assert_eq!(o.open(&bent), Err(DropReason::Forged), "a flipped byte at {at}");
         }
-        assert_eq!(o.open(&good), Ok(Opened { node: 3, incarnation: 1, payload: b"payload" }), "nothing above changed the window");
+        assert_eq!(o.open(&good), Ok(Opened { node: 3, incarnation: 1, seq: 1, payload: b"payload" }), "nothing above changed the window");
     }
 
     #[test]

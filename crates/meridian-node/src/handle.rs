@@ -164,12 +164,11 @@ impl NodeHandle {
         self.call(|| format!("view of range {range_id}"), |reply| Command::RangeView { range_id, reply }).await
     }
 
-    /// Hands the store what the membership gossip says of other nodes
-    /// (`down`: suspect or dead; `alive`); see
-    /// `meridian_raftstore::Store::set_liveness_feed`. Dropped when the
-    /// store's queue is full: the gossip sends it again shortly.
-    pub fn set_liveness_feed(&self, down: std::collections::BTreeSet<u64>, alive: std::collections::BTreeSet<u64>) {
-        let _ = self.inner.commands.try_send(Command::LivenessFeed { down, alive });
+    /// Hands the store the nodes the membership gossip holds suspect or
+    /// dead; see `meridian_raftstore::Store::set_liveness_feed`. Dropped
+    /// when the store's queue is full: the gossip sends it again shortly.
+    pub fn set_liveness_feed(&self, down: std::collections::BTreeSet<u64>) {
+        let _ = self.inner.commands.try_send(Command::LivenessFeed { down });
     }
 
     pub async fn metrics(&self) -> Result<StoreMetrics, NodeError> {

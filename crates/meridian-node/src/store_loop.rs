@@ -100,7 +100,6 @@ pub(crate) enum Command {
     /// Node liveness from the membership gossip (no answer).
     LivenessFeed {
         down: BTreeSet<u64>,
-        alive: BTreeSet<u64>,
     },
 }
 
@@ -436,7 +435,7 @@ impl StoreLoop {
             Command::RangeView { range_id, reply } => {
                 let _ = reply.send(self.store.range_view(range_id).map_err(NodeError::from));
             }
-            Command::LivenessFeed { down, alive } => self.store.set_liveness_feed(down, alive),
+            Command::LivenessFeed { down } => self.store.set_liveness_feed(down),
         }
     }
 

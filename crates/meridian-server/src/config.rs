@@ -52,13 +52,15 @@ impl Member {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GossipSettings {
-    /// Gossip runs (default). Off, nodes know each other's liveness only
-    /// from raft traffic and pings, and `meridian nodes` shows no states.
-    #[serde(default = "yes")]
-    pub enabled: bool,
+    /// Whether gossip runs. Unset: it runs when `key_file` is set (a
+    /// config written before gossip existed starts as it did, without it,
+    /// and says so). Off, nodes know each other's liveness only from raft
+    /// traffic and pings, and `meridian nodes` shows no states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
     /// A file of at least 32 bytes shared by every node (the cluster key):
     /// gossip datagrams are authenticated with it (HMAC-SHA256). Required
-    /// while gossip is enabled.
+    /// with `enabled = true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<PathBuf>,
     /// How often a node disseminates a heartbeat (ms).
@@ -81,9 +83,6 @@ pub struct GossipSettings {
     pub dead_after_ms: u64,
 }
 
-fn yes() -> bool {
-    true
-}
 fn default_heartbeat_ms() -> u64 {
     meridian_membership::agent::DEFAULT_HEARTBEAT_MS
 }
@@ -106,7 +105,7 @@ fn default_dead_after_ms() -> u64 {
 impl Default for GossipSettings {
     fn default() -> Self {
         GossipSettings {
-            enabled: true,
+            enabled: None,
             key_file: None,
             heartbeat_ms: default_heartbeat_ms(),
             suspect_phi: default_suspect_phi(),
@@ -139,13 +138,18 @@ impl GossipSettings {
         *self == GossipSettings::default()
     }
 
+    /// Whether gossip runs: `enabled`, or else whether a key is set.
+    pub fn on(&self) -> bool {
+        self.enabled.unwrap_or(self.key_file.is_some())
+    }
+
     fn validate(&self) -> Result<(), String> {
-        if !self.enabled {
+        if !self.on() {
             return Ok(());
         }
         if self.key_file.is_none() {
-            return Err("gossip.key_file is required: a file of at least 32 random bytes that every node shares \
-                        (e.g. `head -c 32 /dev/urandom > gossip.key`), or set gossip.enabled = false"
+            return Err("gossip.enabled = true needs gossip.key_file: a file of at least 32 random bytes that every node \
+                        shares (e.g. `head -c 32 /dev/urandom > gossip.key`)"
                 .into());
         }
         if !(100..=60_000).contains(&self.heartbeat_ms) {
@@ -340,7 +344,7 @@ impl ServerConfig {
             peer_addr: m.peer_addr.to_string(),
             client_addr: m.client_addr.to_string(),
             http_addr: m.http_addr.to_string(),
-            gossip_addr: if self.gossip.enabled { m.gossip_addr() } else { String::new() },
+            gossip_addr: if self.gossip.on() { m.gossip_addr() } else { String::new() },
             labels: if me { self.labels() } else { Labels::default() },
             role: if me { self.role } else { NodeRole::Data },
             liveness: if me { Liveness::Alive } else { Liveness::Unknown },
@@ -380,7 +384,7 @@ impl ServerConfig {
             peer: pick(self.listen_peer_addr, &me.peer_addr, "peer")?,
             client: pick(self.listen_client_addr, &me.client_addr, "client")?,
             http: pick(self.listen_http_addr, &me.http_addr, "http")?,
-            gossip: if self.gossip.enabled { Some(pick(self.listen_gossip_addr, &me.gossip_addr(), "gossip")?) } else { None },
+            gossip: if self.gossip.on() { Some(pick(self.listen_gossip_addr, &me.gossip_addr(), "gossip")?) } else { None },
         })
     }
 
@@ -426,15 +430,14 @@ impl ServerConfig {
         if let Err(e) = self.gossip.validate() {
             return bad(e);
         }
-        if self.gossip.enabled {
-            // Two members on one gossip socket, or a gossip socket on
-            // another socket's port (the default, peer port + 1, collides
-            // when nodes of one host take consecutive peer ports).
+        if self.gossip.on() {
+            // Two members on one gossip socket, or a gossip socket on a
+            // peer (QUIC, UDP too) socket: the default, peer port + 1,
+            // collides when nodes of one host take consecutive peer ports.
+            // (TCP client and HTTP ports may share a number with it.)
             let mut taken = std::collections::BTreeMap::new();
             for m in &self.initial_cluster {
-                for (what, a) in [("peer", &m.peer_addr), ("client", &m.client_addr), ("http", &m.http_addr)] {
-                    taken.insert(a.clone(), format!("node {}'s {what} address", m.id));
-                }
+                taken.insert(m.peer_addr.clone(), format!("node {}'s peer address", m.id));
             }
             for m in &self.initial_cluster {
                 let g = m.gossip_addr();
@@ -499,11 +502,20 @@ mod tests {
     fn gossip_needs_a_key_and_sockets_of_its_own() {
         let mut c = sample();
         c.validate().unwrap();
+        assert!(c.gossip.on(), "a key turns gossip on");
         c.gossip.key_file = None;
-        assert!(c.validate().unwrap_err().to_string().contains("gossip.key_file is required"));
-        c.gossip.enabled = false;
+        assert!(!c.gossip.on(), "no key, nothing said: off (a config from before gossip starts as it did)");
         c.validate().unwrap();
         assert_eq!(c.listen().unwrap().gossip, None, "gossip off binds no socket");
+        c.gossip.enabled = Some(true);
+        assert!(c.validate().unwrap_err().to_string().contains("needs gossip.key_file"));
+        c.gossip.enabled = Some(false);
+        c.gossip.key_file = Some("k".into());
+        assert!(!c.gossip.on());
+        c.validate().unwrap();
+        let mut c = sample();
+        c.initial_cluster[0].gossip_addr = Some(c.initial_cluster[0].client_addr.clone());
+        c.validate().expect("a UDP gossip socket may share its number with a TCP client port");
         let mut c = sample();
         // Peer ports 2381, 2382, 2383: the default gossip port of node 1
         // (peer + 1) is node 2's peer port.

@@ -2,9 +2,9 @@
 //! `meridian_membership::agent::Agent`, and what its view feeds.
 //!
 //! ```text
-//!  UDP gossip_addr ─► Agent ─► every 250 ms: the view
+//!  UDP gossip_addr ─► Agent ─► every 250 ms (5 raft ticks when shorter): the view
 //!                               ├─► node directory: records learned from gossip, liveness of every node
-//!                               ├─► raft store: down / alive nodes (wakes quiet ranges whose leader is down)
+//!                               ├─► raft store: suspect and dead nodes (wakes quiet ranges whose leader is down)
 //!                               └─► `GET /v1/nodes`, `meridian nodes`, metrics
 //!  node directory ──(every 5 s: gossip addresses and regions)──► Agent::learn (seeds)
 //! ```
@@ -31,8 +31,15 @@ use tracing::{debug, info, info_span, warn, Instrument as _};
 use crate::backend::Backend;
 use crate::config::ServerConfig;
 
-/// How often the view is published to the directory, the store and readers.
+/// How often the view is published to the directory, the store and
+/// readers at most: every 5 raft ticks, so the store (which ignores a feed
+/// older than two election timeouts, 20 ticks) always holds a fresh one.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// The publish period for a raft tick of `tick_ms`.
+pub fn publish_every(tick_ms: u64) -> Duration {
+    Duration::from_millis((5 * tick_ms).clamp(10, PUBLISH_EVERY.as_millis() as u64))
+}
 /// How often the directory's nodes are handed to the agent as seeds.
 const LEARN_EVERY: Duration = Duration::from_secs(5);
 /// The loop runs at least this often (the stall detector's clock).
@@ -204,31 +211,54 @@ pub async fn start(
     Ok((state, task))
 }
 
-/// Gossip addresses resolved (names at most every [`RESOLVE_TTL`]).
-#[derive(Default)]
+/// Gossip addresses resolved off the loop: a name not in the cache starts
+/// a lookup in a task of its own and its datagrams are dropped until the
+/// answer is in (gossip tolerates loss; a slow or dead DNS never blocks
+/// the loop). Answers are kept [`RESOLVE_TTL`], failures
+/// [`RESOLVE_FAILED_TTL`]; a stale answer serves while it is refreshed.
 struct Resolver {
     cache: HashMap<String, (Instant, Option<SocketAddr>)>,
+    pending: std::collections::HashSet<String>,
+    done_tx: tokio::sync::mpsc::Sender<(String, Option<SocketAddr>)>,
+    done_rx: tokio::sync::mpsc::Receiver<(String, Option<SocketAddr>)>,
 }
 
+/// A failed lookup is tried again after this long.
+const RESOLVE_FAILED_TTL: Duration = Duration::from_secs(2);
+/// Lookups in flight at most.
+const MAX_LOOKUPS: usize = 16;
+
 impl Resolver {
-    async fn resolve(&mut self, addr: &str) -> Option<SocketAddr> {
+    fn new() -> Resolver {
+        let (done_tx, done_rx) = tokio::sync::mpsc::channel(MAX_LOOKUPS);
+        Resolver { cache: HashMap::new(), pending: Default::default(), done_tx, done_rx }
+    }
+
+    fn resolve(&mut self, addr: &str) -> Option<SocketAddr> {
         if let Ok(a) = addr.parse::<SocketAddr>() {
             return Some(a);
         }
-        if let Some((at, a)) = self.cache.get(addr) {
-            if at.elapsed() < RESOLVE_TTL {
-                return *a;
+        while let Ok((name, found)) = self.done_rx.try_recv() {
+            self.pending.remove(&name);
+            if self.cache.len() >= MAX_RESOLVED {
+                self.cache.clear();
             }
+            self.cache.insert(name, (Instant::now(), found));
         }
-        let found = match tokio::time::timeout(Duration::from_secs(1), tokio::net::lookup_host(addr)).await {
-            Ok(Ok(mut addrs)) => addrs.next(),
-            _ => None,
-        };
-        if self.cache.len() >= MAX_RESOLVED {
-            self.cache.clear();
+        let cached = self.cache.get(addr).copied();
+        let fresh = cached.is_some_and(|(at, a)| at.elapsed() < if a.is_some() { RESOLVE_TTL } else { RESOLVE_FAILED_TTL });
+        if !fresh && !self.pending.contains(addr) && self.pending.len() < MAX_LOOKUPS {
+            self.pending.insert(addr.to_string());
+            let (name, tx) = (addr.to_string(), self.done_tx.clone());
+            tokio::spawn(async move {
+                let found = match tokio::time::timeout(Duration::from_secs(2), tokio::net::lookup_host(name.as_str())).await {
+                    Ok(Ok(mut addrs)) => addrs.next(),
+                    _ => None,
+                };
+                let _ = tx.send((name, found)).await;
+            });
         }
-        self.cache.insert(addr.to_string(), (Instant::now(), found));
-        found
+        cached.and_then(|(_, a)| a)
     }
 }
 
@@ -243,8 +273,9 @@ async fn run(
     let t0 = Instant::now();
     let ms = move || t0.elapsed().as_millis() as u64;
     let mut buf = vec![0u8; meridian_membership::wire::MAX_PACKET + 1];
-    let mut resolver = Resolver::default();
+    let mut resolver = Resolver::new();
     let mut next_publish = Instant::now();
+    let publish_period = publish_every(backend.cfg.tick_ms);
     let mut next_learn = Instant::now();
     let me = backend.cfg.node_id;
     // Chaos partitions (`POST /v1/debug/net`) cut gossip as they cut raft.
@@ -285,7 +316,7 @@ async fn run(
             if faults.blocks_out(to_node) {
                 continue;
             }
-            match resolver.resolve(&addr).await {
+            match resolver.resolve(&addr) {
                 // A full socket buffer drops the datagram, as the network
                 // may: gossip tolerates loss.
                 Some(to) => {
@@ -293,11 +324,11 @@ async fn run(
                         debug!(to = %addr, "gossip send: {e}");
                     }
                 }
-                None => debug!(to = %addr, "gossip address does not resolve"),
+                None => debug!(to = %addr, "gossip address not resolved (yet)"),
             }
         }
         if Instant::now() >= next_publish {
-            next_publish = Instant::now() + PUBLISH_EVERY;
+            next_publish = Instant::now() + publish_period;
             publish(&agent, ms(), &backend, &node, &state);
         }
     }
@@ -307,16 +338,10 @@ async fn run(
 /// Hands the view to the directory, the store and readers.
 fn publish(agent: &Agent, now: u64, backend: &Backend, node: &NodeHandle, state: &GossipState) {
     let peers = agent.peers(now);
-    let (mut down, mut alive) = (BTreeSet::new(), BTreeSet::new());
+    let mut down = BTreeSet::new();
     for p in &peers {
-        match p.state {
-            Liveness::Suspect | Liveness::Dead => {
-                down.insert(p.node);
-            }
-            Liveness::Alive => {
-                alive.insert(p.node);
-            }
-            Liveness::Unknown => {}
+        if matches!(p.state, Liveness::Suspect | Liveness::Dead) {
+            down.insert(p.node);
         }
         let known = backend.node(p.node);
         match record_of(p) {
@@ -332,7 +357,7 @@ fn publish(agent: &Agent, now: u64, backend: &Backend, node: &NodeHandle, state:
             }
         }
     }
-    node.set_liveness_feed(down, alive);
+    node.set_liveness_feed(down);
     let view =
         View { me: Some(agent.identity().clone()), peers, traffic: agent.traffic().clone(), stalled_ms: agent.stalled_ms(), now_ms: now };
     *state.view.write().unwrap_or_else(std::sync::PoisonError::into_inner) = view;

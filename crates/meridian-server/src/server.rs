@@ -299,7 +299,13 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
             let _ = backend.gossip.set(state);
             Some(task)
         }
-        None => None,
+        None => {
+            warn!(
+                "membership gossip is off (no gossip.key_file): node states are unknown and quiet ranges rely on the store's pings; \
+                 see docs/operations.md, \"Membership and failure detection\""
+            );
+            None
+        }
     };
     let mut grpc_stop = stop_rx.clone();
     // TCP_NODELAY on every accepted connection: without it, answers larger

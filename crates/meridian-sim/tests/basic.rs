@@ -287,22 +287,20 @@ fn quiesced_range_wakes_and_elects_after_leader_dies() {
     assert_clean(&c);
 }
 
-/// Feeds every live store the liveness `down` (the rest alive), like the
-/// node's gossip does every 250 ms.
+/// Feeds every live store the nodes `down`, like the node's gossip does
+/// every 5 ticks.
 fn feed(c: &mut Cluster, down: &[u64]) {
-    let ids = c.node_ids();
     let down: std::collections::BTreeSet<u64> = down.iter().copied().collect();
-    let alive = ids.iter().copied().filter(|n| !down.contains(n)).collect::<std::collections::BTreeSet<u64>>();
-    for n in ids {
+    for n in c.node_ids() {
         if let Some(s) = c.store_mut(n) {
-            s.set_liveness_feed(down.clone(), alive.clone());
+            s.set_liveness_feed(down.clone());
         }
     }
 }
 
-#[test]
-fn with_a_liveness_feed_quiet_ranges_ping_nobody_and_wake_when_the_leaders_node_is_down() {
-    let mut c = cluster(8, 4);
+/// A cluster whose ranges all quiesced.
+fn quiet_cluster(seed: u64) -> Cluster {
+    let mut c = cluster(seed, 4);
     for r in c.range_ids() {
         assert!(c.put_and_wait(r, 300).is_some());
     }
@@ -311,27 +309,46 @@ fn with_a_liveness_feed_quiet_ranges_ping_nobody_and_wake_when_the_leaders_node_
         "ranges did not quiesce: {}",
         c.describe()
     );
-    // Fed "everyone alive": no pings, and the ranges stay quiet.
+    c
+}
+
+/// Steps (feeding `down` every 5 steps while `fed`) until every range has
+/// a leader other than `dead`; the steps taken.
+fn steps_until_reelected(c: &mut Cluster, dead: u64, down: &[u64], fed: bool, limit: u64) -> Option<u64> {
+    for step in 0..limit {
+        if fed && step % 5 == 0 {
+            feed(c, down);
+        }
+        c.step();
+        if c.range_ids().iter().all(|r| c.leader_of(*r).is_some_and(|l| l != dead)) {
+            return Some(step);
+        }
+    }
+    None
+}
+
+#[test]
+fn with_a_liveness_feed_quiet_ranges_ping_rarely_and_wake_when_the_leaders_node_is_down() {
+    let mut c = quiet_cluster(8);
+    // Unfed: pings every 2 ticks.
     let before = c.store(1).unwrap().metrics().messages_sent;
-    for _ in 0..100 {
-        feed(&mut c, &[]);
+    c.run(100);
+    let unfed = c.store(1).unwrap().metrics().messages_sent - before;
+    // Fed "nobody down": pings every 2 election timeouts, ranges stay quiet.
+    let before = c.store(1).unwrap().metrics().messages_sent;
+    for step in 0..100 {
+        if step % 5 == 0 {
+            feed(&mut c, &[]);
+        }
         c.step();
     }
-    assert_eq!(c.store(1).unwrap().metrics().messages_sent, before, "a fed store still pings");
+    let fed = c.store(1).unwrap().metrics().messages_sent - before;
+    assert!(fed * 5 <= unfed, "a fed store pings as much: {fed} messages fed, {unfed} unfed in 100 ticks");
     assert!(c.node_ids().iter().all(|n| c.store(*n).unwrap().statuses().iter().all(|s| s.quiesced)));
     // The leader's node dies and the feed says so: the quiet ranges elect.
     let dead = c.leader_of(1).unwrap();
     c.crash(dead);
-    let mut elected = false;
-    for _ in 0..400 {
-        feed(&mut c, &[dead]);
-        c.step();
-        if c.range_ids().iter().all(|r| c.leader_of(*r).is_some_and(|l| l != dead)) {
-            elected = true;
-            break;
-        }
-    }
-    assert!(elected, "quiet ranges did not elect after the feed said their leader is down: {}", c.describe());
+    assert!(steps_until_reelected(&mut c, dead, &[dead], true, 400).is_some(), "no election: {}", c.describe());
     for r in c.range_ids() {
         assert!(c.put_and_wait(r, 300).is_some());
     }
@@ -339,22 +356,32 @@ fn with_a_liveness_feed_quiet_ranges_ping_nobody_and_wake_when_the_leaders_node_
 }
 
 #[test]
+fn a_fed_store_still_wakes_when_the_feed_misses_a_dead_leader() {
+    // The feed keeps saying nobody is down (a node whose gossip runs while
+    // its store hangs, or one gossip does not know): the quiet ranges
+    // still elect once the leader's node has been silent for the backstop,
+    // later than with the feed's help.
+    let mut told = quiet_cluster(10);
+    let mut untold = quiet_cluster(10);
+    let dead = told.leader_of(1).unwrap();
+    assert_eq!(untold.leader_of(1), Some(dead), "same seed, same leader");
+    told.crash(dead);
+    untold.crash(dead);
+    let fast = steps_until_reelected(&mut told, dead, &[dead], true, 600).expect("elected with the feed's help");
+    let slow = steps_until_reelected(&mut untold, dead, &[], true, 600);
+    assert!(slow.is_some(), "the backstop never woke the quiet ranges: {}", untold.describe());
+    assert!(fast < slow.unwrap(), "the feed did not speed up the wake-up: {fast} vs {slow:?} steps");
+}
+
+#[test]
 fn a_stale_liveness_feed_is_ignored_and_pings_resume() {
-    let mut c = cluster(9, 3);
-    for r in c.range_ids() {
-        assert!(c.put_and_wait(r, 300).is_some());
-    }
-    assert!(c.run_until(300, |c| c.node_ids().iter().all(|n| c.store(*n).unwrap().statuses().iter().all(|s| s.quiesced))));
-    // The feed says everyone is alive, once, and is never renewed (gossip
+    let mut c = quiet_cluster(9);
+    // The feed says nobody is down, once, and is never renewed (gossip
     // stalled): the leader then dies.
     feed(&mut c, &[]);
     let dead = c.leader_of(1).unwrap();
     c.crash(dead);
-    assert!(
-        c.run_until(600, |c| c.range_ids().iter().all(|r| c.leader_of(*r).is_some_and(|l| l != dead))),
-        "a stale feed kept quiet ranges asleep: {}",
-        c.describe()
-    );
+    assert!(steps_until_reelected(&mut c, dead, &[], false, 600).is_some(), "a stale feed kept quiet ranges asleep: {}", c.describe());
 }
 
 fn change(kind: ConfChangeType, node: u64) -> ConfChangeV2 {

@@ -335,13 +335,11 @@ pub const PINNED_SNAPSHOT_TICKS: u64 = 600;
 pub const INCOMING_SNAPSHOT_IDLE_TICKS: u64 = 600;
 
 /// Node liveness from the membership gossip (advice: it only decides when
-/// a quiet range wakes up and which peers count as heard from).
+/// a quiet range wakes up, and how often the store pings).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LivenessFeed {
     /// Nodes suspect or dead.
     pub(crate) down: BTreeSet<u64>,
-    /// Nodes alive.
-    pub(crate) alive: BTreeSet<u64>,
     /// The tick it arrived at: a feed not renewed within two election
     /// timeouts is ignored and the store's own pings resume.
     pub(crate) at: u64,
