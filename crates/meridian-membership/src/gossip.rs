@@ -362,7 +362,10 @@ impl Gossip {
         self.readvertise()
     }
 
-    fn readvertise(&mut self) -> Result<(), GossipError> {
+    /// Disseminates this node's record again (a new version): a broadcast
+    /// is sent a bounded number of times, and loss can keep it from a
+    /// member; the owner calls this now and then.
+    pub fn readvertise(&mut self) -> Result<(), GossipError> {
         let Some(advert) = self.advert.clone() else { return Ok(()) };
         self.own_seq += 1;
         let me = self.foca.identity();
