@@ -56,9 +56,10 @@ fix:
 
 # The long many-seed simulations (not in CI): the register run, then the
 # KV run (locks, leases, lock-delay, event streams), then the membership
-# gossip's (convergence, crashes, restarts, partitions, pauses, regions).
+# gossip's (convergence, crashes, restarts, partitions, pauses, regions),
+# then the placement scheduler's (crashes, drains, stalled steps).
 # SEEDS and STEPS override them, KV_SEEDS and KV_STEPS the KV run alone,
-# GOSSIP_SEEDS the gossip run alone;
+# GOSSIP_SEEDS and PLACEMENT_SEEDS the gossip and placement runs alone;
 # MERIDIAN_SIM_BASE_SEED in the environment moves the seeds.
 sim-long: setup
 	MERIDIAN_SIM_SEEDS=$${SEEDS:-500} MERIDIAN_SIM_STEPS=$${STEPS:-4000} \
@@ -66,6 +67,7 @@ sim-long: setup
 	MERIDIAN_SIM_SEEDS=$${KV_SEEDS:-$${SEEDS:-500}} MERIDIAN_SIM_STEPS=$${KV_STEPS:-$${STEPS:-4000}} \
 	  $(CARGO) test --workspace --test kv_random -- --nocapture
 	MERIDIAN_GOSSIP_SEEDS=$${GOSSIP_SEEDS:-$${SEEDS:-500}} $(CARGO) test -p meridian-membership agent:: -- --nocapture
+	MERIDIAN_PLACEMENT_SEEDS=$${PLACEMENT_SEEDS:-$${SEEDS:-500}} $(CARGO) test -p meridian-placement -- --nocapture
 
 # A long fuzzing run of every decoder that takes untrusted bytes (peer
 # frames, raft messages, stored records, KV commands and queries, etcd

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
-core=(meridian-storage meridian-transport meridian-raftstore meridian-kv meridian-membership)
+core=(meridian-storage meridian-transport meridian-raftstore meridian-kv meridian-membership meridian-placement)
 forbidden='^(tokio|quinn|rustls|rocksdb|librocksdb-sys|tonic|hyper|mio)$'
 status=0
 for c in "${core[@]}"; do

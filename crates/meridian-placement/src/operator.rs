@@ -1,0 +1,222 @@
+//! Operators: what the scheduler decided for one range, as a list of
+//! steps, and the machine that runs one step after the other against what
+//! the range's leader reports, with a timeout per step and a roll-back
+//! when a step stalls.
+//!
+//! ```text
+//!  add      AddLearner(n) → CatchUp(n) → Promote(n)
+//!  replace  AddLearner(to) → CatchUp(to) → Promote(to) → [TransferLeader(x) if `from` leads] → Remove(from)
+//!  remove   [TransferLeader(x) if `from` leads] → Remove(from)
+//!  move     TransferLeader(to)
+//! ```
+//!
+//! A step is done when the range's report shows its effect, so issuing a
+//! step again (after a lost answer, a new placement-driver leader) is
+//! harmless. Promote and Remove are single configuration changes (joint
+//! consensus entered and left by the range).
+
+use std::fmt;
+
+use crate::view::{ClusterView, RangeView};
+
+/// One step of an operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Add `node` as a learner.
+    AddLearner(u64),
+    /// Wait until the learner on `node` has caught up with the log.
+    CatchUp(u64),
+    /// Make the learner on `node` a voter.
+    Promote(u64),
+    /// Hand the range's leadership to `node`.
+    TransferLeader(u64),
+    /// Remove `node`'s replica (voter or learner).
+    Remove(u64),
+}
+
+impl Step {
+    /// Whether `range`'s report shows this step done.
+    pub fn done(&self, range: &RangeView) -> bool {
+        match *self {
+            Step::AddLearner(n) => range.holds(n),
+            Step::CatchUp(n) => range.caught_up.contains(&n) || range.voters.contains(&n),
+            Step::Promote(n) => range.voters.contains(&n) && !range.joint,
+            Step::TransferLeader(n) => range.leader == n,
+            Step::Remove(n) => !range.holds(n) && !range.joint,
+        }
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::AddLearner(n) => write!(f, "add learner on node {n}"),
+            Step::CatchUp(n) => write!(f, "wait for node {n} to catch up"),
+            Step::Promote(n) => write!(f, "promote node {n} to voter"),
+            Step::TransferLeader(n) => write!(f, "transfer leadership to node {n}"),
+            Step::Remove(n) => write!(f, "remove node {n}"),
+        }
+    }
+}
+
+/// What an operator does, in one word (for listings and metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A missing replica added.
+    Add {
+        /// The node that gets it.
+        to: u64,
+    },
+    /// A replica moved from one node to another.
+    Replace {
+        /// The node it leaves.
+        from: u64,
+        /// The node it goes to.
+        to: u64,
+    },
+    /// An excess replica removed.
+    Remove {
+        /// The node it leaves.
+        from: u64,
+    },
+    /// A leadership moved.
+    TransferLeader {
+        /// The new leader.
+        to: u64,
+    },
+}
+
+/// The scheduler's decision for one range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    /// The range.
+    pub range_id: u64,
+    /// What it does.
+    pub kind: Kind,
+    /// Its steps, in order.
+    pub steps: Vec<Step>,
+    /// Why it was made (shown to operators).
+    pub reason: String,
+}
+
+impl Operator {
+    /// Adds a replica on `to`.
+    pub fn add(range: &RangeView, to: u64, reason: impl Into<String>) -> Operator {
+        Operator {
+            range_id: range.id,
+            kind: Kind::Add { to },
+            steps: vec![Step::AddLearner(to), Step::CatchUp(to), Step::Promote(to)],
+            reason: reason.into(),
+        }
+    }
+
+    /// Moves the replica on `from` to `to` (added first, removed last);
+    /// the leadership leaves `from` first if it holds it, for `to`.
+    pub fn replace(range: &RangeView, from: u64, to: u64, reason: impl Into<String>) -> Operator {
+        let mut steps = vec![Step::AddLearner(to), Step::CatchUp(to), Step::Promote(to)];
+        if range.leader == from {
+            steps.push(Step::TransferLeader(to));
+        }
+        steps.push(Step::Remove(from));
+        Operator { range_id: range.id, kind: Kind::Replace { from, to }, steps, reason: reason.into() }
+    }
+
+    /// Removes the replica on `from`; the leadership leaves it first for
+    /// `successor` if it holds it.
+    pub fn remove(range: &RangeView, from: u64, successor: u64, reason: impl Into<String>) -> Operator {
+        let mut steps = Vec::new();
+        if range.leader == from {
+            steps.push(Step::TransferLeader(successor));
+        }
+        steps.push(Step::Remove(from));
+        Operator { range_id: range.id, kind: Kind::Remove { from }, steps, reason: reason.into() }
+    }
+
+    /// Moves the leadership to `to`.
+    pub fn transfer(range: &RangeView, to: u64, reason: impl Into<String>) -> Operator {
+        Operator { range_id: range.id, kind: Kind::TransferLeader { to }, steps: vec![Step::TransferLeader(to)], reason: reason.into() }
+    }
+
+    /// Every node the operator involves (for per-node concurrency).
+    pub fn nodes(&self) -> Vec<u64> {
+        match self.kind {
+            Kind::Add { to } | Kind::TransferLeader { to } => vec![to],
+            Kind::Replace { from, to } => vec![from, to],
+            Kind::Remove { from } => vec![from],
+        }
+    }
+}
+
+/// Where a running operator is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Issue this step (again: issuing is idempotent).
+    Issue(Step),
+    /// Do not issue this step now: removing the replica would leave the
+    /// range without a quorum of live voters (a node died since the
+    /// decision). Asked again next round; rolled back at the timeout.
+    Hold(Step),
+    /// Every step is done.
+    Done,
+    /// A step stalled past its timeout: issue these steps to undo what
+    /// was done (possibly none), then forget the operator.
+    RollBack {
+        /// The step that stalled.
+        stalled: Step,
+        /// Steps that undo what was done.
+        undo: Vec<Step>,
+    },
+}
+
+/// An operator being run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    /// The operator.
+    pub op: Operator,
+    /// The step it is at.
+    pub at: usize,
+    /// When that step began (ms).
+    pub since_ms: u64,
+}
+
+impl Running {
+    /// Starts `op` at `now_ms`.
+    pub fn start(op: Operator, now_ms: u64) -> Running {
+        Running { op, at: 0, since_ms: now_ms }
+    }
+
+    /// Moves past every step `range` shows done and says what to do now,
+    /// checking a removal against `view` as it is now.
+    pub fn advance(&mut self, range: &RangeView, view: &ClusterView, now_ms: u64, step_timeout_ms: u64) -> Progress {
+        while let Some(step) = self.op.steps.get(self.at) {
+            if !step.done(range) {
+                break;
+            }
+            self.at += 1;
+            self.since_ms = now_ms;
+        }
+        let Some(&step) = self.op.steps.get(self.at) else { return Progress::Done };
+        if now_ms.saturating_sub(self.since_ms) <= step_timeout_ms {
+            if let Step::Remove(n) = step {
+                let mut after = range.voters.clone();
+                after.remove(&n);
+                if range.voters.contains(&n) && !view.has_quorum(&after) {
+                    return Progress::Hold(step);
+                }
+            }
+            return Progress::Issue(step);
+        }
+        // A learner added for this operator and not promoted yet is taken
+        // away again; once promoted, the range has one voter more than
+        // before, which the next round of the scheduler corrects.
+        let added = match self.op.kind {
+            Kind::Add { to } | Kind::Replace { to, .. } => Some(to),
+            _ => None,
+        };
+        let undo = match (added, step) {
+            (Some(n), Step::AddLearner(_) | Step::CatchUp(_) | Step::Promote(_)) if range.learners.contains(&n) => vec![Step::Remove(n)],
+            _ => Vec::new(),
+        };
+        Progress::RollBack { stalled: step, undo }
+    }
+}

@@ -1,0 +1,354 @@
+//! The scheduler: `(cluster view, now) → operators`, pure.
+//!
+//! Per range without a running operator, the first rule that applies wins:
+//!
+//! 0. a learner no operator is using → removed;
+//! 1. a voter on a node dead for `down_after_ms` → replaced on an eligible
+//!    node (removed instead when the range has voters to spare);
+//! 2. fewer replicas than the policy asks → one added;
+//! 3. more voters than it asks → the worst one removed (dead, suspect,
+//!    draining, then the busiest node);
+//! 4. a voter on a draining node → replaced; two voters on one host →
+//!    one replaced on another host;
+//! 5. a leader on a draining (or not eligible) node → moved to a voter on
+//!    an eligible node.
+//!
+//! Then, with what budget is left, the balancer: replicas from the node
+//! holding most to the one holding fewest (of eligible nodes, beyond
+//! `balance_tolerance`), then leaderships likewise.
+//!
+//! Never a decision that loses a quorum: a removal (or the removal step of
+//! a replacement) is proposed only when the voters left keep a majority of
+//! nodes alive (or not known dead). At most one operator per range, at
+//! most `max_ops_per_node` per node, `max_new_ops` per round. What could
+//! not be done is reported with why (no eligible node, a quorum at risk),
+//! not silently skipped.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meridian_membership::Liveness;
+
+use crate::operator::Operator;
+use crate::view::{ClusterView, NodeView, RangeView, Settings};
+
+/// One round's decisions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Operators to start, at most one per range.
+    pub operators: Vec<Operator>,
+    /// Ranges that need something the scheduler cannot do now, and why.
+    pub blocked: Vec<(u64, String)>,
+}
+
+/// Operators per node, counting the running ones and those decided.
+struct Budget {
+    per_node: BTreeMap<u64, usize>,
+    max_per_node: usize,
+    left: usize,
+}
+
+impl Budget {
+    fn allows(&self, nodes: &[u64]) -> bool {
+        self.left > 0 && nodes.iter().all(|n| self.per_node.get(n).copied().unwrap_or(0) < self.max_per_node)
+    }
+
+    fn take(&mut self, nodes: &[u64]) {
+        self.left -= 1;
+        for n in nodes {
+            *self.per_node.entry(*n).or_default() += 1;
+        }
+    }
+}
+
+fn label<'a>(n: &'a NodeView, key: &str) -> Option<&'a str> {
+    match key {
+        "region" => Some(&n.labels.region),
+        "zone" => Some(&n.labels.zone),
+        "host" => Some(&n.labels.host),
+        _ => None,
+    }
+}
+
+/// Whether `n` satisfies every constraint of `range`.
+fn satisfies(n: &NodeView, range: &RangeView) -> bool {
+    range.constraints.iter().all(|(k, v)| label(n, k) == Some(v.as_str()))
+}
+
+/// The best node for a new replica of `range` (none holding one, eligible,
+/// constraints met, a host none of the other replicas is on): a zone the
+/// range is not in yet first, then the fewest replicas, then the lowest id.
+/// `leaving` is a replica about to go (its host and zone do not count).
+fn target(view: &ClusterView, range: &RangeView, leaving: Option<u64>, counts: &BTreeMap<u64, usize>, budget: &Budget) -> Option<u64> {
+    let staying: Vec<&NodeView> = range.members().filter(|m| Some(*m) != leaving).filter_map(|m| view.nodes.get(&m)).collect();
+    let hosts: BTreeSet<&str> = staying.iter().map(|n| n.labels.host.as_str()).collect();
+    let zones: BTreeSet<&str> = staying.iter().map(|n| n.labels.zone.as_str()).collect();
+    view.nodes
+        .values()
+        .filter(|n| n.eligible() && !range.holds(n.id) && satisfies(n, range) && !hosts.contains(n.labels.host.as_str()))
+        .filter(|n| budget.allows(&[n.id]))
+        .min_by_key(|n| (zones.contains(n.labels.zone.as_str()), counts.get(&n.id).copied().unwrap_or(0), n.id))
+        .map(|n| n.id)
+}
+
+/// A voter of `range` other than `not` to lead it: on an eligible node,
+/// the one leading fewest ranges.
+fn successor(view: &ClusterView, range: &RangeView, not: u64, leaders: &BTreeMap<u64, usize>) -> Option<u64> {
+    range
+        .voters
+        .iter()
+        .copied()
+        .filter(|v| *v != not && view.nodes.get(v).is_some_and(NodeView::eligible))
+        .min_by_key(|v| (leaders.get(v).copied().unwrap_or(0), *v))
+}
+
+/// Whether removing `from` from the voters of `range` (after adding `to`,
+/// for a replacement) keeps a quorum of nodes that count.
+fn removal_safe(view: &ClusterView, range: &RangeView, from: u64, to: Option<u64>) -> bool {
+    let mut after: BTreeSet<u64> = range.voters.clone();
+    after.extend(to);
+    after.remove(&from);
+    view.has_quorum(&after)
+}
+
+/// How bad a voter is to keep, worst first: dead, suspect, draining, not
+/// eligible, then holding more replicas.
+fn badness(view: &ClusterView, node: u64, counts: &BTreeMap<u64, usize>) -> (u8, usize) {
+    let rank = match view.nodes.get(&node) {
+        None => 0,
+        Some(n) if n.liveness == Liveness::Dead => 0,
+        Some(n) if n.liveness == Liveness::Suspect => 1,
+        Some(n) if n.draining => 2,
+        Some(n) if !n.eligible() => 3,
+        Some(_) => 4,
+    };
+    (rank, usize::MAX - counts.get(&node).copied().unwrap_or(0))
+}
+
+/// One round of the scheduler over `view` at `now_ms`.
+pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
+    let mut plan = Plan::default();
+    let mut budget = Budget { per_node: BTreeMap::new(), max_per_node: settings.max_ops_per_node, left: settings.max_new_ops };
+    for nodes in view.running.values() {
+        for n in nodes {
+            *budget.per_node.entry(*n).or_default() += 1;
+        }
+    }
+    // Counts as if the decided operators were done, so one round spreads
+    // its additions instead of piling them on one node.
+    let mut counts = view.replica_counts();
+    let mut leaders = view.leader_counts();
+    let mut busy: BTreeSet<u64> = view.running.keys().copied().collect();
+
+    let mut decide = |plan: &mut Plan, op: Operator, budget: &mut Budget, counts: &mut BTreeMap<u64, usize>, busy: &mut BTreeSet<u64>| {
+        let nodes = op.nodes();
+        if !budget.allows(&nodes) {
+            return false;
+        }
+        budget.take(&nodes);
+        match op.kind {
+            crate::operator::Kind::Add { to } => *counts.entry(to).or_default() += 1,
+            crate::operator::Kind::Replace { from, to } => {
+                *counts.entry(to).or_default() += 1;
+                if let Some(c) = counts.get_mut(&from) {
+                    *c = c.saturating_sub(1);
+                }
+            }
+            crate::operator::Kind::Remove { from } => {
+                if let Some(c) = counts.get_mut(&from) {
+                    *c = c.saturating_sub(1);
+                }
+            }
+            crate::operator::Kind::TransferLeader { .. } => {}
+        }
+        busy.insert(op.range_id);
+        plan.operators.push(op);
+        true
+    };
+
+    for range in view.ranges.values() {
+        if busy.contains(&range.id) || range.joint {
+            continue;
+        }
+        let wanted = range.replicas.max(1);
+        // Without a live quorum no configuration change can commit: only
+        // an operator's forced recovery helps (the geography work).
+        if !view.has_quorum(&range.voters) {
+            plan.blocked.push((range.id, "no quorum of live voters: no change can commit".to_string()));
+            continue;
+        }
+        // 0. A learner no operator is using (one rolled back whose undo was
+        // lost, a driver that failed over mid-operator): removed. (The
+        // policy has no learners of its own yet; regional learners come
+        // with the geography work.)
+        if let Some(&l) = range.learners.iter().next() {
+            let why = format!("node {l} is a learner no operator is using");
+            decide(&mut plan, Operator::remove(range, l, 0, why), &mut budget, &mut counts, &mut busy);
+            continue;
+        }
+        // 1. Voters on nodes dead for good.
+        if let Some(&dead) = range.voters.iter().find(|v| view.dead_for_good(**v, now_ms, settings.down_after_ms)) {
+            let why = format!("node {dead} has been dead for {} s or more", settings.down_after_ms / 1000);
+            if range.voters.len() > wanted && removal_safe(view, range, dead, None) {
+                let next = successor(view, range, dead, &leaders).unwrap_or(0);
+                decide(&mut plan, Operator::remove(range, dead, next, why), &mut budget, &mut counts, &mut busy);
+            } else if let Some(to) = target(view, range, Some(dead), &counts, &budget) {
+                if removal_safe(view, range, dead, Some(to)) {
+                    decide(&mut plan, Operator::replace(range, dead, to, why), &mut budget, &mut counts, &mut busy);
+                } else {
+                    plan.blocked.push((range.id, format!("{why}, but replacing it would leave no quorum of live voters")));
+                }
+            } else {
+                plan.blocked.push((range.id, format!("{why}, and no eligible node can take its replica")));
+            }
+            continue;
+        }
+        // 2. Too few replicas.
+        if range.voters.len() + range.learners.len() < wanted {
+            match target(view, range, None, &counts, &budget) {
+                Some(to) => {
+                    let why = format!("{} of {wanted} replicas", range.voters.len() + range.learners.len());
+                    decide(&mut plan, Operator::add(range, to, why), &mut budget, &mut counts, &mut busy);
+                }
+                None => plan.blocked.push((range.id, format!("needs {wanted} replicas; no eligible node can take one more"))),
+            }
+            continue;
+        }
+        // 3. Too many voters.
+        if range.voters.len() > wanted {
+            let worst = range.voters.iter().copied().min_by_key(|v| (badness(view, *v, &counts), *v)).expect("voters");
+            if removal_safe(view, range, worst, None) {
+                let next = successor(view, range, worst, &leaders).unwrap_or(0);
+                let why = format!("{} voters, the policy asks for {wanted}", range.voters.len());
+                decide(&mut plan, Operator::remove(range, worst, next, why), &mut budget, &mut counts, &mut busy);
+            } else {
+                plan.blocked.push((range.id, format!("an excess voter on node {worst}, but removing it would leave no quorum")));
+            }
+            continue;
+        }
+        // 4. Draining nodes, and two voters on one host.
+        let draining = range.voters.iter().copied().find(|v| view.nodes.get(v).is_some_and(|n| n.draining));
+        let shared_host = {
+            let mut seen = BTreeMap::new();
+            range.voters.iter().copied().find(|v| {
+                let host = view.nodes.get(v).map(|n| n.labels.host.clone()).unwrap_or_default();
+                seen.insert(host, *v).is_some()
+            })
+        };
+        let why_from = draining
+            .map(|n| (n, format!("node {n} is draining")))
+            .or(shared_host.map(|n| (n, format!("node {n} shares a host with another voter"))));
+        if let Some((from, why)) = why_from {
+            match target(view, range, Some(from), &counts, &budget) {
+                Some(to) if removal_safe(view, range, from, Some(to)) => {
+                    decide(&mut plan, Operator::replace(range, from, to, why), &mut budget, &mut counts, &mut busy);
+                }
+                Some(_) => plan.blocked.push((range.id, format!("{why}, but moving it would leave no quorum"))),
+                None => plan.blocked.push((range.id, format!("{why}; no eligible node can take its replica"))),
+            }
+            continue;
+        }
+        // 5. A leader where it should not be.
+        if range.leader != 0 && view.nodes.get(&range.leader).is_some_and(|n| !n.eligible()) {
+            if let Some(to) = successor(view, range, range.leader, &leaders) {
+                let why = format!("its leader's node {} is draining or unhealthy", range.leader);
+                if decide(&mut plan, Operator::transfer(range, to, why), &mut budget, &mut counts, &mut busy) {
+                    *leaders.entry(to).or_default() += 1;
+                    if let Some(c) = leaders.get_mut(&range.leader) {
+                        *c = c.saturating_sub(1);
+                    }
+                }
+            }
+        }
+    }
+    balance_replicas(view, settings, &mut plan, &mut budget, &mut counts, &mut busy, &mut decide);
+    balance_leaders(view, settings, &mut plan, &mut budget, &mut counts, &mut busy, &mut leaders, &mut decide);
+    plan
+}
+
+type Decide<'a> = dyn FnMut(&mut Plan, Operator, &mut Budget, &mut BTreeMap<u64, usize>, &mut BTreeSet<u64>) -> bool + 'a;
+
+/// Replicas from the eligible node holding most to a node holding at least
+/// two fewer (the best target of the range: zones and hosts first), while
+/// eligible nodes' counts differ by more than the tolerance. Every move
+/// narrows the spread, so the balancer settles.
+fn balance_replicas(
+    view: &ClusterView,
+    settings: &Settings,
+    plan: &mut Plan,
+    budget: &mut Budget,
+    counts: &mut BTreeMap<u64, usize>,
+    busy: &mut BTreeSet<u64>,
+    decide: &mut Decide<'_>,
+) {
+    let eligible: Vec<u64> = view.nodes.values().filter(|n| n.eligible()).map(|n| n.id).collect();
+    for _ in 0..settings.max_new_ops {
+        let by_count = |n: &u64| (counts.get(n).copied().unwrap_or(0), *n);
+        let (Some(&most), Some(&fewest)) = (eligible.iter().max_by_key(|n| by_count(n)), eligible.iter().min_by_key(|n| by_count(n)))
+        else {
+            return;
+        };
+        if counts[&most] <= counts[&fewest] + settings.balance_tolerance {
+            return;
+        }
+        // A range on `most` that `fewest` may take (host, zone and
+        // constraints respected, quorum kept).
+        // From the fullest node that has a move that narrows the spread.
+        let mut sources: Vec<u64> = eligible.iter().copied().filter(|n| counts[n] > counts[&fewest] + settings.balance_tolerance).collect();
+        sources.sort_by_key(|n| (usize::MAX - counts[n], *n));
+        let candidate = sources.iter().find_map(|&from| {
+            view.ranges.values().find_map(|r| {
+                if busy.contains(&r.id) || r.joint || !r.voters.contains(&from) {
+                    return None;
+                }
+                let to = target(view, r, Some(from), counts, budget)?;
+                (counts.get(&to).copied().unwrap_or(0) + 1 < counts[&from] && removal_safe(view, r, from, Some(to)))
+                    .then_some((r, from, to))
+            })
+        });
+        let Some((r, most, to)) = candidate else { return };
+        let why = format!("balance: node {most} holds {} replicas, node {to} {}", counts[&most], counts.get(&to).copied().unwrap_or(0));
+        if !decide(plan, Operator::replace(r, most, to, why), budget, counts, busy) {
+            return;
+        }
+    }
+}
+
+/// Leaderships from the eligible node leading most to a voter on the one
+/// leading fewest, while they differ by more than the tolerance.
+#[allow(clippy::too_many_arguments)]
+fn balance_leaders(
+    view: &ClusterView,
+    settings: &Settings,
+    plan: &mut Plan,
+    budget: &mut Budget,
+    counts: &mut BTreeMap<u64, usize>,
+    busy: &mut BTreeSet<u64>,
+    leaders: &mut BTreeMap<u64, usize>,
+    decide: &mut Decide<'_>,
+) {
+    let eligible: Vec<u64> = view.nodes.values().filter(|n| n.eligible()).map(|n| n.id).collect();
+    for _ in 0..settings.max_new_ops {
+        let by_count = |n: &u64| (leaders.get(n).copied().unwrap_or(0), *n);
+        let Some(&most) = eligible.iter().max_by_key(|n| by_count(n)) else { return };
+        // The least-leading eligible node that is a voter of one of
+        // `most`'s ranges.
+        let pick = view
+            .ranges
+            .values()
+            .filter(|r| r.leader == most && !busy.contains(&r.id) && !r.joint)
+            .flat_map(|r| r.voters.iter().copied().filter(|v| *v != most && eligible.contains(v)).map(move |v| (v, r)))
+            .min_by_key(|(v, r)| (leaders.get(v).copied().unwrap_or(0), *v, r.id));
+        let Some((to, r)) = pick else { return };
+        if leaders[&most] <= leaders.get(&to).copied().unwrap_or(0) + settings.balance_tolerance {
+            return;
+        }
+        let why = format!("balance: node {most} leads {} ranges, node {to} {}", leaders[&most], leaders.get(&to).copied().unwrap_or(0));
+        if !decide(plan, Operator::transfer(r, to, why), budget, counts, busy) {
+            return;
+        }
+        *leaders.entry(to).or_default() += 1;
+        if let Some(c) = leaders.get_mut(&most) {
+            *c = c.saturating_sub(1);
+        }
+    }
+}

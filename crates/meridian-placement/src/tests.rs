@@ -1,0 +1,344 @@
+use std::collections::{BTreeMap, BTreeSet};
+
+use meridian_codes::seeded::SplitMix64;
+use meridian_membership::{Labels, Liveness, NodeRole};
+
+use crate::*;
+
+fn node(id: u64, zone: &str) -> NodeView {
+    NodeView {
+        id,
+        labels: Labels { region: "eu".into(), zone: zone.into(), host: format!("h{id}") },
+        role: NodeRole::Data,
+        liveness: Liveness::Alive,
+        dead_since_ms: None,
+        draining: false,
+    }
+}
+
+fn range(id: u64, voters: &[u64], leader: u64) -> RangeView {
+    RangeView { id, voters: voters.iter().copied().collect(), leader, replicas: 3, ..Default::default() }
+}
+
+/// Nodes 1..=n over zones a, b, c.
+fn cluster(n: u64, ranges: &[RangeView]) -> ClusterView {
+    let zones = ["a", "b", "c"];
+    ClusterView {
+        nodes: (1..=n).map(|i| (i, node(i, zones[(i as usize - 1) % 3]))).collect(),
+        ranges: ranges.iter().map(|r| (r.id, r.clone())).collect(),
+        running: BTreeMap::new(),
+    }
+}
+
+fn kill(v: &mut ClusterView, id: u64, since: u64) {
+    let n = v.nodes.get_mut(&id).unwrap();
+    n.liveness = Liveness::Dead;
+    n.dead_since_ms = Some(since);
+}
+
+#[test]
+fn a_node_dead_past_down_after_has_its_replicas_replaced_not_before() {
+    let s = Settings::default();
+    let mut v = cluster(4, &[range(10, &[1, 2, 3], 1)]);
+    kill(&mut v, 3, 0);
+    let early = schedule(&v, &s, s.down_after_ms - 1);
+    assert!(early.operators.is_empty(), "replaced before down_after: {early:?}");
+    let plan = schedule(&v, &s, s.down_after_ms);
+    assert_eq!(plan.operators.len(), 1, "{plan:?}");
+    let op = &plan.operators[0];
+    assert_eq!(op.kind, Kind::Replace { from: 3, to: 4 });
+    assert_eq!(op.steps, vec![Step::AddLearner(4), Step::CatchUp(4), Step::Promote(4), Step::Remove(3)]);
+    assert!(op.reason.contains("dead"), "{}", op.reason);
+}
+
+#[test]
+fn a_suspect_or_draining_node_gets_no_replica_and_a_witness_none() {
+    let s = Settings::default();
+    let mut v = cluster(6, &[range(10, &[1, 2], 1)]);
+    v.nodes.get_mut(&3).unwrap().liveness = Liveness::Suspect;
+    v.nodes.get_mut(&4).unwrap().draining = true;
+    v.nodes.get_mut(&5).unwrap().role = NodeRole::Witness;
+    let plan = schedule(&v, &s, 0);
+    assert_eq!(plan.operators[0].kind, Kind::Add { to: 6 });
+    v.nodes.get_mut(&6).unwrap().liveness = Liveness::Suspect;
+    let plan = schedule(&v, &s, 0);
+    assert!(plan.operators.is_empty());
+    assert!(plan.blocked[0].1.contains("no eligible node"), "{plan:?}");
+}
+
+#[test]
+fn no_decision_leaves_a_range_without_a_quorum() {
+    let s = Settings::default();
+    // Two of three voters dead for good and no spare node: replacing one
+    // would first need a quorum to add the learner.
+    let mut v = cluster(4, &[range(10, &[1, 2, 3], 1)]);
+    kill(&mut v, 2, 0);
+    kill(&mut v, 3, 0);
+    let plan = schedule(&v, &s, s.down_after_ms);
+    assert!(plan.operators.is_empty(), "{plan:?}");
+    assert!(plan.blocked[0].1.contains("no quorum"), "{plan:?}");
+    // An excess voter whose removal would leave 2 of 4 live: refused too.
+    let mut v = cluster(5, &[range(10, &[1, 2, 3, 4], 1)]);
+    kill(&mut v, 3, 0);
+    kill(&mut v, 4, 0);
+    v.nodes.get_mut(&4).unwrap().dead_since_ms = Some(10);
+    let plan = schedule(&v, &s, 0);
+    assert!(plan.operators.iter().all(|o| !matches!(o.kind, Kind::Remove { from: 1 | 2 })), "{plan:?}");
+}
+
+#[test]
+fn voters_sharing_a_host_are_spread_and_a_new_zone_is_preferred() {
+    let s = Settings::default();
+    let mut v = cluster(5, &[range(10, &[1, 2, 4], 1)]);
+    // Nodes 1 (zone a) and 4 (zone a) are on one host.
+    v.nodes.get_mut(&4).unwrap().labels.host = "h1".into();
+    let plan = schedule(&v, &s, 0);
+    // Node 3 is in zone c, which the range lacks; node 5 is in zone b.
+    assert_eq!(plan.operators[0].kind, Kind::Replace { from: 4, to: 3 }, "{plan:?}");
+}
+
+#[test]
+fn a_draining_node_loses_its_replicas_and_leaderships() {
+    let s = Settings::default();
+    let mut v = cluster(4, &[range(10, &[1, 2, 3], 1), range(11, &[1, 2, 4], 2)]);
+    v.nodes.get_mut(&1).unwrap().draining = true;
+    let plan = schedule(&v, &s, 0);
+    let r10 = plan.operators.iter().find(|o| o.range_id == 10).unwrap();
+    assert_eq!(r10.kind, Kind::Replace { from: 1, to: 4 });
+    assert_eq!(r10.steps[3], Step::TransferLeader(4), "the leadership leaves the draining node before its replica");
+    let r11 = plan.operators.iter().find(|o| o.range_id == 11).unwrap();
+    assert_eq!(r11.kind, Kind::Replace { from: 1, to: 3 });
+}
+
+#[test]
+fn a_new_node_receives_replicas_and_leaderships() {
+    let s = Settings::default();
+    let ranges: Vec<RangeView> = (0..6).map(|i| range(10 + i, &[1, 2, 3], 1)).collect();
+    let v = cluster(4, &ranges);
+    let plan = schedule(&v, &s, 0);
+    let to4 = plan.operators.iter().filter(|o| matches!(o.kind, Kind::Replace { to: 4, .. })).count();
+    assert!(to4 >= 3, "node 4 should take a share: {plan:?}");
+    assert!(plan.operators.iter().any(|o| matches!(o.kind, Kind::TransferLeader { .. })), "node 1 leads all six: {plan:?}");
+    let mut per_node: BTreeMap<u64, usize> = BTreeMap::new();
+    for o in &plan.operators {
+        for n in o.nodes() {
+            *per_node.entry(n).or_default() += 1;
+        }
+    }
+    assert!(per_node.values().all(|c| *c <= s.max_ops_per_node), "per-node bound: {per_node:?}");
+    let ranges_with_ops: BTreeSet<u64> = plan.operators.iter().map(|o| o.range_id).collect();
+    assert_eq!(ranges_with_ops.len(), plan.operators.len(), "one operator per range");
+}
+
+#[test]
+fn a_stalled_step_rolls_back_an_unpromoted_learner() {
+    let r = range(10, &[1, 2, 3], 1);
+    let mut v = cluster(4, std::slice::from_ref(&r));
+    let op = Operator::replace(&r, 3, 4, "test");
+    let mut run = Running::start(op, 0);
+    assert_eq!(run.advance(&r, &v, 0, 1000), Progress::Issue(Step::AddLearner(4)));
+    let mut with_learner = r.clone();
+    with_learner.learners.insert(4);
+    assert_eq!(run.advance(&with_learner, &v, 10, 1000), Progress::Issue(Step::CatchUp(4)));
+    match run.advance(&with_learner, &v, 2000, 1000) {
+        Progress::RollBack { stalled: Step::CatchUp(4), undo } => assert_eq!(undo, vec![Step::Remove(4)]),
+        other => panic!("{other:?}"),
+    }
+    // Done when the report shows every step's effect, whatever issued it.
+    let mut run = Running::start(Operator::replace(&r, 3, 4, "test"), 0);
+    let done = range(10, &[1, 2, 4], 1);
+    assert_eq!(run.advance(&done, &v, 5, 1000), Progress::Done);
+    // A removal that a death since the decision made unsafe is held.
+    let mut run = Running::start(Operator::replace(&r, 3, 4, "test"), 0);
+    let promoted = range(10, &[1, 2, 3, 4], 1);
+    kill(&mut v, 2, 0);
+    kill(&mut v, 4, 0);
+    assert_eq!(run.advance(&promoted, &v, 5, 1000), Progress::Hold(Step::Remove(3)));
+}
+
+/// A model cluster the operators act on: each round the scheduler plans,
+/// running operators advance one step (a step may stall), and faults
+/// strike; the truth is the view.
+struct Model {
+    view: ClusterView,
+    running: BTreeMap<u64, Running>,
+    rng: SplitMix64,
+    now: u64,
+    settings: Settings,
+}
+
+impl Model {
+    fn new(seed: u64, nodes: u64, ranges: u64) -> Model {
+        let zones = ["a", "b", "c"];
+        let view = ClusterView {
+            nodes: (1..=nodes).map(|i| (i, node(i, zones[(i as usize - 1) % 3]))).collect(),
+            // Every range starts on nodes 1-3, led by 1: unbalanced.
+            ranges: (0..ranges).map(|i| (100 + i, range(100 + i, &[1, 2, 3], 1))).collect(),
+            running: BTreeMap::new(),
+        };
+        let settings = Settings { down_after_ms: 60_000, step_timeout_ms: 40_000, ..Settings::default() };
+        Model { view, running: BTreeMap::new(), rng: SplitMix64::new(seed), now: 0, settings }
+    }
+
+    fn alive(&self, n: u64) -> bool {
+        self.view.nodes[&n].liveness == Liveness::Alive
+    }
+
+    /// Applies `step` to the range if the world lets it happen.
+    fn apply(&mut self, range_id: u64, step: Step) {
+        if self.rng.below(10) == 0 {
+            return; // this step stalls this round
+        }
+        let alive: BTreeSet<u64> = self.view.nodes.values().filter(|n| n.liveness == Liveness::Alive).map(|n| n.id).collect();
+        let quorum_ok = |voters: &BTreeSet<u64>| voters.iter().filter(|v| alive.contains(v)).count() > voters.len() / 2;
+        let r = self.view.ranges.get_mut(&range_id).unwrap();
+        // A configuration change needs a live leader and a live quorum.
+        let can_change = alive.contains(&r.leader) && quorum_ok(&r.voters);
+        match step {
+            Step::AddLearner(n) if can_change && !r.holds(n) => {
+                r.learners.insert(n);
+            }
+            Step::CatchUp(n) if alive.contains(&n) && r.learners.contains(&n) && can_change => {
+                r.caught_up.insert(n);
+            }
+            Step::Promote(n) if can_change && r.caught_up.contains(&n) && r.learners.remove(&n) => {
+                r.voters.insert(n);
+            }
+            Step::TransferLeader(n) if can_change && alive.contains(&n) && r.voters.contains(&n) => r.leader = n,
+            Step::Remove(n) if can_change && r.holds(n) => {
+                let mut after = r.voters.clone();
+                after.remove(&n);
+                // The invariant: a decision never removes a quorum.
+                assert!(
+                    quorum_ok(&after),
+                    "range {range_id}: removing node {n} leaves voters {after:?} without a live quorum (alive {alive:?})"
+                );
+                r.voters.remove(&n);
+                r.learners.remove(&n);
+                r.caught_up.remove(&n);
+                if r.leader == n {
+                    r.leader = *r.voters.iter().find(|v| alive.contains(v)).unwrap_or(&0);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn round(&mut self, faults: bool) {
+        self.now += 10_000;
+        // Faults: a node dies, comes back, turns suspect or starts draining.
+        if faults && self.rng.below(4) == 0 {
+            let n = 1 + self.rng.below(self.view.nodes.len() as u64);
+            let now = self.now;
+            let dead = self.view.nodes.values().filter(|n| n.liveness != Liveness::Alive).count();
+            let draining = self.view.nodes.values().filter(|n| n.draining).count();
+            let node = self.view.nodes.get_mut(&n).unwrap();
+            match self.rng.below(3) {
+                // At most one node down at a time: a range of 3 keeps a quorum.
+                0 if node.liveness == Liveness::Alive && dead == 0 => {
+                    node.liveness = Liveness::Dead;
+                    node.dead_since_ms = Some(now);
+                }
+                1 => {
+                    node.liveness = Liveness::Alive;
+                    node.dead_since_ms = None;
+                }
+                _ => node.draining = !node.draining && draining == 0,
+            }
+        }
+        // Leaders on dead nodes are replaced by raft (not the scheduler).
+        let alive: BTreeSet<u64> = self.view.nodes.values().filter(|n| n.liveness == Liveness::Alive).map(|n| n.id).collect();
+        for r in self.view.ranges.values_mut() {
+            if !alive.contains(&r.leader) {
+                if let Some(v) = r.voters.iter().find(|v| alive.contains(v)) {
+                    r.leader = *v;
+                }
+            }
+        }
+        // Running operators advance.
+        let ids: Vec<u64> = self.running.keys().copied().collect();
+        for id in ids {
+            let range = self.view.ranges[&id].clone();
+            let progress = self.running.get_mut(&id).unwrap().advance(&range, &self.view, self.now, self.settings.step_timeout_ms);
+            match progress {
+                Progress::Issue(step) => self.apply(id, step),
+                Progress::Hold(_) => {}
+                Progress::Done => {
+                    self.running.remove(&id);
+                }
+                Progress::RollBack { undo, .. } => {
+                    for s in undo {
+                        self.apply(id, s);
+                    }
+                    self.running.remove(&id);
+                }
+            }
+        }
+        // The scheduler plans.
+        self.view.running = self.running.iter().map(|(id, r)| (*id, r.op.nodes())).collect();
+        for op in schedule(&self.view, &self.settings, self.now).operators {
+            assert!(!self.running.contains_key(&op.range_id), "a second operator on range {}", op.range_id);
+            self.running.insert(op.range_id, Running::start(op, self.now));
+        }
+        let _ = self.alive(1);
+    }
+
+    /// The layout the policy asks for: 3 voters on eligible nodes of
+    /// distinct hosts, no learner left, no operator running or planned
+    /// (the scheduler is at rest, not flapping), and replica counts of
+    /// eligible nodes within 3 of each other (spreading over zones comes
+    /// before counts: with a zone of one eligible node, exact balance can
+    /// cost diversity, and the balancer does not trade it away).
+    fn settled(&self) -> Result<(), String> {
+        if !self.running.is_empty() {
+            return Err(format!("{} operators running", self.running.len()));
+        }
+        let mut view = self.view.clone();
+        view.running.clear();
+        let plan = schedule(&view, &self.settings, self.now);
+        if !plan.operators.is_empty() || !plan.blocked.is_empty() {
+            return Err(format!("the scheduler is not at rest: {plan:?}"));
+        }
+        for r in self.view.ranges.values() {
+            let hosts: BTreeSet<&str> = r.voters.iter().map(|v| self.view.nodes[v].labels.host.as_str()).collect();
+            if r.voters.len() != 3 || hosts.len() != 3 || !r.learners.is_empty() {
+                return Err(format!("range {}: voters {:?} learners {:?}", r.id, r.voters, r.learners));
+            }
+            if let Some(v) = r.voters.iter().find(|v| !self.view.nodes[v].eligible()) {
+                return Err(format!("range {}: voter on node {v}, which is not eligible", r.id));
+            }
+        }
+        let counts = self.view.replica_counts();
+        let eligible: Vec<usize> = self.view.nodes.values().filter(|n| n.eligible()).map(|n| counts[&n.id]).collect();
+        let (lo, hi) = (eligible.iter().min().copied().unwrap_or(0), eligible.iter().max().copied().unwrap_or(0));
+        if hi > lo + 3 {
+            return Err(format!("replica counts {counts:?}"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn under_crashes_drains_and_stalls_no_quorum_is_lost_and_the_layout_converges() {
+    let seeds = std::env::var("MERIDIAN_PLACEMENT_SEEDS").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(30).clamp(1, 100_000);
+    for seed in 0..seeds {
+        let mut m = Model::new(seed, 6, 12);
+        for _ in 0..200 {
+            m.round(true);
+        }
+        // Faults stop; whatever is dead stays dead and is replaced, and
+        // whatever drains is emptied.
+        for _ in 0..300 {
+            m.round(false);
+            if m.settled().is_ok() {
+                break;
+            }
+        }
+        if let Err(e) = m.settled() {
+            panic!(
+                "seed {seed}: did not converge: {e}\nnodes {:?}",
+                m.view.nodes.values().map(|n| (n.id, n.liveness, n.draining)).collect::<Vec<_>>()
+            );
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! What the scheduler sees: nodes, ranges, the operators running, and its
+//! settings. Built by the placement driver from node and range heartbeats
+//! and the membership gossip; plain data, so tests and the simulation
+//! build it by hand.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meridian_membership::{Labels, Liveness, NodeRole};
+
+/// One node as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    /// The node id.
+    pub id: u64,
+    /// Where it is.
+    pub labels: Labels,
+    /// Data nodes take replicas; witnesses are placed by the geography work.
+    pub role: NodeRole,
+    /// What the membership gossip says of it.
+    pub liveness: Liveness,
+    /// Since when (ms) it has been dead without a break, if it is.
+    pub dead_since_ms: Option<u64>,
+    /// An operator asked for every replica and leadership to leave it
+    /// (`meridian node drain`).
+    pub draining: bool,
+}
+
+impl NodeView {
+    /// A live data node that is not draining: it may receive replicas and
+    /// leaderships. A suspect node gets none.
+    pub fn eligible(&self) -> bool {
+        self.role == NodeRole::Data && self.liveness == Liveness::Alive && !self.draining
+    }
+
+    /// Whether it counts towards a range's quorum now (alive, or not heard
+    /// of yet: the scheduler only ever needs "surely not").
+    pub fn counts_for_quorum(&self) -> bool {
+        matches!(self.liveness, Liveness::Alive | Liveness::Unknown)
+    }
+}
+
+/// One range (Raft group) as its leader reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RangeView {
+    /// The range id.
+    pub id: u64,
+    /// Its voters.
+    pub voters: BTreeSet<u64>,
+    /// Its learners.
+    pub learners: BTreeSet<u64>,
+    /// The node leading it (0: none known).
+    pub leader: u64,
+    /// Replicas within reach of the leader's log (a learner that may be
+    /// promoted).
+    pub caught_up: BTreeSet<u64>,
+    /// In a joint configuration (a change entered, not left yet).
+    pub joint: bool,
+    /// Voters its policy asks for.
+    pub replicas: usize,
+    /// Labels every replica's node must have (`region`, `zone` or `host`
+    /// = value).
+    pub constraints: Vec<(String, String)>,
+}
+
+impl RangeView {
+    /// Every node holding a replica.
+    pub fn members(&self) -> impl Iterator<Item = u64> + '_ {
+        self.voters.iter().chain(self.learners.iter()).copied()
+    }
+
+    /// Whether `node` holds a replica.
+    pub fn holds(&self, node: u64) -> bool {
+        self.voters.contains(&node) || self.learners.contains(&node)
+    }
+}
+
+/// The scheduler's knobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// How long a node must have been dead before its replicas are
+    /// replaced elsewhere. 5 minutes (CockroachDB's
+    /// `server.time_until_store_dead`): a rolling restart or a reboot
+    /// takes a minute or two, and replacing a replica costs a snapshot.
+    pub down_after_ms: u64,
+    /// Operators a node takes part in at once at most (each may stream a
+    /// snapshot to or from it).
+    pub max_ops_per_node: usize,
+    /// New operators one round proposes at most.
+    pub max_new_ops: usize,
+    /// Replica (and leader) counts of eligible nodes may differ by this
+    /// much before the balancer moves one.
+    pub balance_tolerance: usize,
+    /// How long one step may take before the operator is rolled back.
+    pub step_timeout_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { down_after_ms: 300_000, max_ops_per_node: 4, max_new_ops: 16, balance_tolerance: 1, step_timeout_ms: 60_000 }
+    }
+}
+
+/// The whole cluster as the scheduler sees it at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// Every node, by id.
+    pub nodes: BTreeMap<u64, NodeView>,
+    /// Every range, by id.
+    pub ranges: BTreeMap<u64, RangeView>,
+    /// Ranges with an operator running, and the nodes each involves.
+    pub running: BTreeMap<u64, Vec<u64>>,
+}
+
+impl ClusterView {
+    /// Operators running that involve `node`.
+    pub fn ops_on(&self, node: u64) -> usize {
+        self.running.values().filter(|nodes| nodes.contains(&node)).count()
+    }
+
+    /// Replicas held per node.
+    pub fn replica_counts(&self) -> BTreeMap<u64, usize> {
+        let mut c: BTreeMap<u64, usize> = self.nodes.keys().map(|n| (*n, 0)).collect();
+        for r in self.ranges.values() {
+            for n in r.members() {
+                *c.entry(n).or_default() += 1;
+            }
+        }
+        c
+    }
+
+    /// Leaderships held per node.
+    pub fn leader_counts(&self) -> BTreeMap<u64, usize> {
+        let mut c: BTreeMap<u64, usize> = self.nodes.keys().map(|n| (*n, 0)).collect();
+        for r in self.ranges.values().filter(|r| r.leader != 0) {
+            *c.entry(r.leader).or_default() += 1;
+        }
+        c
+    }
+
+    /// Whether `node` has been dead for at least `down_after_ms` at `now`.
+    pub fn dead_for_good(&self, node: u64, now_ms: u64, down_after_ms: u64) -> bool {
+        self.nodes
+            .get(&node)
+            .is_some_and(|n| n.liveness == Liveness::Dead && n.dead_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= down_after_ms))
+    }
+
+    /// Whether `voters` would keep a quorum of nodes that count for one.
+    pub fn has_quorum(&self, voters: &BTreeSet<u64>) -> bool {
+        let live = voters.iter().filter(|v| self.nodes.get(v).is_some_and(NodeView::counts_for_quorum)).count();
+        !voters.is_empty() && live > voters.len() / 2
+    }
+}
