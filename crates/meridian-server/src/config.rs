@@ -243,6 +243,9 @@ pub struct ServerConfig {
     /// Membership gossip and failure detection.
     #[serde(default, skip_serializing_if = "GossipSettings::is_default")]
     pub gossip: GossipSettings,
+    /// The placement driver's policy (its plan is a dry run so far).
+    #[serde(default, skip_serializing_if = "crate::placement::PlacementSettings::is_default")]
+    pub placement: crate::placement::PlacementSettings,
     /// Fault injection for chaos testing; all off by default.
     #[serde(default)]
     pub debug: DebugConfig,
@@ -430,6 +433,9 @@ impl ServerConfig {
         if let Err(e) = self.gossip.validate() {
             return bad(e);
         }
+        if let Err(e) = self.placement.validate() {
+            return bad(e);
+        }
         if self.gossip.on() {
             // Two members on one gossip socket, or a gossip socket on a
             // peer (QUIC, UDP too) socket: the default, peer port + 1,
@@ -495,6 +501,7 @@ mod tests {
             listen_http_addr: None,
             listen_gossip_addr: None,
             gossip: GossipSettings { key_file: Some("gossip.key".into()), ..GossipSettings::default() },
+            placement: Default::default(),
         }
     }
 

@@ -259,6 +259,11 @@ impl api::internal_server::Internal for InternalService {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
+    async fn range_reports(&self, _req: Request<api::RangeReportsRequest>) -> Result<Response<api::RangeReportsResponse>, Status> {
+        let ranges = crate::placement::local_reports(&self.backend).await;
+        Ok(Response::new(api::RangeReportsResponse { node_id: self.backend.cfg.node_id, ranges }))
+    }
+
     async fn join(&self, req: Request<api::JoinRequest>) -> Result<Response<api::JoinResponse>, Status> {
         crate::join::handle(&self.backend, req.into_inner()).await.map(Response::new).map_err(Status::from)
     }

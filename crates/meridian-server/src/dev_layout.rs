@@ -163,6 +163,7 @@ fn node_config(
         listen_http_addr: None,
         listen_gossip_addr: None,
         gossip,
+        placement: Default::default(),
     };
     Ok(cfg)
 }

@@ -7,6 +7,7 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET/PUT/DELETE /v1/kv/{key}` | the key: the rest of the path, percent-decoded (`/v1/kv/%2Fa` is `/a`); UTF-8 values |
 //! | `GET /v1/cluster/status` | nodes and ranges |
+//! | `GET /v1/placement/plan` | what the placement scheduler would do now (a dry run: nothing is executed), with why |
 //! | `GET /v1/nodes` | every node with its addresses, labels, role and the gossip's view: state, φ, incarnation, last heard |
 //! | `GET /v1/ranges/{id}/members` | the range's voters and learners as this replica sees them |
 //! | `POST /v1/ranges/{id}/members` | one membership step on the range leader: `{"op": "add-learner" \| "promote" \| "remove", "node_id": N}` (see `membership`) |
@@ -47,6 +48,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/cluster/status", get(cluster_status))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/placement/plan", get(placement_plan))
         .route("/v1/kv/*key", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/ranges/:range_id/members", get(members_get).post(members_change))
         .route("/v1/debug/net", axum::routing::post(debug_net))
@@ -358,6 +360,10 @@ async fn nodes(State(s): State<HttpState>) -> Response {
         "nodes": nodes,
     }))
     .into_response()
+}
+
+async fn placement_plan(State(s): State<HttpState>) -> Response {
+    Json(crate::placement::dry_run(&s.backend).await).into_response()
 }
 
 async fn readyz(State(s): State<HttpState>) -> Response {

@@ -30,6 +30,7 @@ pub mod maintenance;
 pub mod membership;
 pub mod meta;
 pub mod native;
+pub mod placement;
 pub mod routing;
 pub mod server;
 pub mod watch_service;

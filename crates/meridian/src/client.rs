@@ -179,6 +179,48 @@ pub fn nodes(http: &str, json: bool) -> Result<()> {
     Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no HTTP address given (--http)")))
 }
 
+/// `meridian placement plan`: the first member of `http` that answers,
+/// asked what the scheduler would do now.
+pub fn placement_plan(http: &str, json: bool) -> Result<()> {
+    let mut last_err = None;
+    for h in http.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match http_get(h, "/v1/placement/plan") {
+            Ok(body) => {
+                let v: serde_json::Value = serde_json::from_str(&body).context("parsing /v1/placement/plan")?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    return Ok(());
+                }
+                let ops: Vec<meridian_server::placement::OperatorReport> =
+                    serde_json::from_value(v["operators"].clone()).context("parsing /v1/placement/plan")?;
+                println!("{} ranges reported; a dry run: nothing is executed", v["ranges_reported"]);
+                for u in v["unreachable"].as_array().into_iter().flatten() {
+                    println!("node {} did not report: {}", u["node_id"], u["why"].as_str().unwrap_or("?"));
+                }
+                if ops.is_empty() {
+                    println!("no operator: the layout meets the policy");
+                }
+                for o in &ops {
+                    let arrow = match (o.from, o.to) {
+                        (Some(f), Some(t)) => format!("{f} -> {t}"),
+                        (Some(f), None) => format!("{f} ->"),
+                        (None, Some(t)) => format!("-> {t}"),
+                        (None, None) => String::new(),
+                    };
+                    println!("range {:>5}  {:<16} {:<10} {}", o.range_id, o.kind, arrow, o.reason);
+                    println!("             steps: {}", o.steps.join(" → "));
+                }
+                for b in v["blocked"].as_array().into_iter().flatten() {
+                    println!("range {:>5}  blocked: {}", b["range_id"], b["why"].as_str().unwrap_or("?"));
+                }
+                return Ok(());
+            }
+            Err(e) => last_err = Some(e.context(format!("GET http://{h}/v1/placement/plan"))),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no HTTP address given (--http)")))
+}
+
 /// The `meridian nodes` table.
 pub fn nodes_table(asked: u64, gossip: bool, nodes: &[meridian_server::gossip::NodeReport]) -> String {
     use std::fmt::Write as _;

@@ -170,6 +170,12 @@ enum Cmd {
         #[arg(short = 'o', long, default_value = "table")]
         output: String,
     },
+    /// The placement driver: `plan` shows what it would do now and why
+    /// (a dry run: nothing is executed yet).
+    Placement {
+        #[command(subcommand)]
+        op: PlacementOp,
+    },
     /// Node and range status.
     Status {
         #[arg(long, default_value = DEV_ENDPOINTS)]
@@ -184,6 +190,19 @@ enum Cmd {
     Bench {
         #[command(flatten)]
         args: bench::BenchArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlacementOp {
+    /// The operators the scheduler would start now, and what it cannot do.
+    Plan {
+        /// HTTP addresses of members; the first that answers is asked.
+        #[arg(long, default_value = DEV_HTTP)]
+        http: String,
+        /// `json` for a machine-readable answer.
+        #[arg(short = 'o', long, default_value = "table")]
+        output: String,
     },
 }
 
@@ -377,6 +396,10 @@ fn main() -> Result<()> {
                 other => anyhow::bail!("unknown output {other:?}: table or json"),
             },
             SnapshotOp::Restore { file, config, data_dir } => snapshot::restore(&file, &config, data_dir.as_deref()),
+        },
+        Cmd::Placement { op: PlacementOp::Plan { http, output } } => match output.as_str() {
+            "json" | "table" => client::placement_plan(&http, output == "json"),
+            other => anyhow::bail!("unknown output {other:?}: table or json"),
         },
         Cmd::Nodes { http, output } => match output.as_str() {
             "json" | "table" => client::nodes(&http, output == "json"),

@@ -1,0 +1,256 @@
+//! The placement driver's view of the live cluster, and its plan as a dry
+//! run: what `meridian_placement::schedule` would do now, with why.
+//!
+//! ```text
+//!  every member ── Internal.RangeReports (the ranges it leads) ──┐
+//!  node directory + gossip (labels, liveness, last heard) ────────┼─► ClusterView ─► schedule ─► GET /v1/placement/plan
+//!  [placement] settings ──────────────────────────────────────────┘                             meridian placement plan
+//! ```
+//!
+//! Nothing is executed yet: the driver that runs operators on the meta
+//! range's leader comes next (docs/roadmap.md).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use meridian_membership::Liveness;
+use meridian_placement::{schedule, ClusterView, Kind, NodeView, Plan, RangeView, Settings};
+use meridian_proto::meridian::v1 as api;
+use meridian_raftstore::raft_types::StateRole;
+use meridian_raftstore::ReplicaState;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+
+/// Bound of one member's answer.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `[placement]`: the scheduler's policy and knobs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementSettings {
+    /// Voters every range should have.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// How long a node must have been dead before its replicas are
+    /// replaced (default 5 minutes: longer than a rolling restart).
+    #[serde(default = "default_down_after_ms")]
+    pub down_after_ms: u64,
+}
+
+fn default_replicas() -> usize {
+    3
+}
+fn default_down_after_ms() -> u64 {
+    Settings::default().down_after_ms
+}
+
+impl Default for PlacementSettings {
+    fn default() -> Self {
+        PlacementSettings { replicas: default_replicas(), down_after_ms: default_down_after_ms() }
+    }
+}
+
+impl PlacementSettings {
+    pub(crate) fn is_default(&self) -> bool {
+        *self == PlacementSettings::default()
+    }
+
+    /// Whether the settings make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=7).contains(&self.replicas) {
+            return Err(format!("placement.replicas {} is outside 1..=7", self.replicas));
+        }
+        if !(1_000..=7 * 86_400_000).contains(&self.down_after_ms) {
+            return Err(format!("placement.down_after_ms {} is outside 1 s..=7 days", self.down_after_ms));
+        }
+        Ok(())
+    }
+
+    fn scheduler(&self) -> Settings {
+        Settings { down_after_ms: self.down_after_ms, ..Settings::default() }
+    }
+}
+
+/// The ranges this member leads, as reports.
+pub async fn local_reports(backend: &Backend) -> Vec<api::RangeReport> {
+    backend
+        .raft
+        .status()
+        .await
+        .into_iter()
+        .filter(|s| s.role == StateRole::Leader && !s.dormant)
+        .map(|s| api::RangeReport {
+            range_id: s.range_id,
+            leader: backend.cfg.node_id,
+            term: s.term,
+            caught_up: s
+                .progress
+                .iter()
+                .filter(|(_, matched, state)| {
+                    *state == ReplicaState::Replicate && matched.saturating_add(crate::membership::MAX_LAG) >= s.commit
+                })
+                .map(|(n, ..)| *n)
+                .collect(),
+            joint: !s.voters_outgoing.is_empty(),
+            voters: s.voters,
+            learners: s.learners,
+        })
+        .collect()
+}
+
+/// Every member's reports (the newest term's per range), and the members
+/// that did not answer, with why. Members the gossip holds dead are not
+/// asked.
+pub async fn gather(backend: &Backend) -> (BTreeMap<u64, api::RangeReport>, Vec<(u64, String)>) {
+    let mut asks = tokio::task::JoinSet::new();
+    let mut unreachable = Vec::new();
+    let mut reports: Vec<api::RangeReport> = local_reports(backend).await;
+    for n in backend.nodes() {
+        if n.id == backend.cfg.node_id {
+            continue;
+        }
+        if n.liveness == Liveness::Dead {
+            unreachable.push((n.id, "dead (gossip)".to_string()));
+            continue;
+        }
+        let ch = match backend.channel_to(n.id) {
+            Ok(ch) => ch,
+            Err(e) => {
+                unreachable.push((n.id, e.to_string()));
+                continue;
+            }
+        };
+        let id = n.id;
+        asks.spawn(async move {
+            let mut c = api::internal_client::InternalClient::new(ch);
+            let r = tokio::time::timeout(REPORT_TIMEOUT, c.range_reports(api::RangeReportsRequest {})).await;
+            (id, r)
+        });
+    }
+    while let Some(done) = asks.join_next().await {
+        match done {
+            Ok((_, Ok(Ok(r)))) => reports.extend(r.into_inner().ranges),
+            Ok((id, Ok(Err(s)))) => unreachable.push((id, s.message().to_string())),
+            Ok((id, Err(_))) => unreachable.push((id, format!("no answer within {REPORT_TIMEOUT:?}"))),
+            Err(e) => unreachable.push((0, e.to_string())),
+        }
+    }
+    let mut by_range: BTreeMap<u64, api::RangeReport> = BTreeMap::new();
+    for r in reports {
+        if by_range.get(&r.range_id).is_none_or(|old| r.term > old.term) {
+            by_range.insert(r.range_id, r);
+        }
+    }
+    unreachable.sort();
+    (by_range, unreachable)
+}
+
+/// The scheduler's view: the directory's nodes with the gossip's liveness
+/// (dead since it was last heard from) and the reported ranges.
+pub fn view(backend: &Backend, reports: &BTreeMap<u64, api::RangeReport>, now_ms: u64) -> ClusterView {
+    let gossip = backend.gossip.get().map(|g| g.view());
+    let heard_ago: BTreeMap<u64, u64> = gossip
+        .as_ref()
+        .map(|v| v.peers.iter().filter_map(|p| Some((p.node, v.now_ms.saturating_sub(p.last_heard_ms?)))).collect())
+        .unwrap_or_default();
+    let nodes = backend
+        .nodes()
+        .into_iter()
+        .map(|n| {
+            let liveness = if n.id == backend.cfg.node_id { Liveness::Alive } else { n.liveness };
+            let dead_since_ms = (liveness == Liveness::Dead).then(|| now_ms.saturating_sub(heard_ago.get(&n.id).copied().unwrap_or(0)));
+            (n.id, NodeView { id: n.id, labels: n.labels, role: n.role, liveness, dead_since_ms, draining: false })
+        })
+        .collect();
+    let replicas = backend.cfg.placement.replicas;
+    let ranges = reports
+        .values()
+        .map(|r| {
+            (
+                r.range_id,
+                RangeView {
+                    id: r.range_id,
+                    voters: r.voters.iter().copied().collect(),
+                    learners: r.learners.iter().copied().collect(),
+                    leader: r.leader,
+                    caught_up: r.caught_up.iter().copied().collect(),
+                    joint: r.joint,
+                    replicas,
+                    constraints: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    ClusterView { nodes, ranges, running: BTreeMap::new() }
+}
+
+/// One operator as `GET /v1/placement/plan` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorReport {
+    pub range_id: u64,
+    /// `add`, `replace`, `remove` or `transfer-leader`.
+    pub kind: String,
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    pub steps: Vec<String>,
+    pub reason: String,
+}
+
+/// The plan as JSON-ready reports.
+pub fn report(plan: &Plan) -> (Vec<OperatorReport>, Vec<(u64, String)>) {
+    let ops = plan
+        .operators
+        .iter()
+        .map(|o| {
+            let (kind, from, to) = match o.kind {
+                Kind::Add { to } => ("add", None, Some(to)),
+                Kind::Replace { from, to } => ("replace", Some(from), Some(to)),
+                Kind::Remove { from } => ("remove", Some(from), None),
+                Kind::TransferLeader { to } => ("transfer-leader", None, Some(to)),
+            };
+            OperatorReport {
+                range_id: o.range_id,
+                kind: kind.into(),
+                from,
+                to,
+                steps: o.steps.iter().map(ToString::to_string).collect(),
+                reason: o.reason.clone(),
+            }
+        })
+        .collect();
+    (ops, plan.blocked.clone())
+}
+
+/// What the scheduler would do now (nothing is executed).
+pub async fn dry_run(backend: &Backend) -> serde_json::Value {
+    let (reports, unreachable) = gather(backend).await;
+    let now_ms = crate::backend::wall_ms().max(0) as u64;
+    let v = view(backend, &reports, now_ms);
+    let plan = schedule(&v, &backend.cfg.placement.scheduler(), now_ms);
+    let (operators, blocked) = report(&plan);
+    let replicas = v.replica_counts();
+    let leaders = v.leader_counts();
+    let nodes: Vec<serde_json::Value> = v
+        .nodes
+        .values()
+        .map(|n| {
+            serde_json::json!({
+                "id": n.id,
+                "state": crate::gossip::state_name(n.liveness),
+                "eligible": n.eligible(),
+                "replicas": replicas.get(&n.id).copied().unwrap_or(0),
+                "leaders": leaders.get(&n.id).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "node_id": backend.cfg.node_id,
+        "executed": false,
+        "nodes": nodes,
+        "ranges_reported": reports.len(),
+        "unreachable": unreachable.iter().map(|(n, why)| serde_json::json!({"node_id": n, "why": why})).collect::<Vec<_>>(),
+        "operators": operators,
+        "blocked": blocked.iter().map(|(r, why)| serde_json::json!({"range_id": r, "why": why})).collect::<Vec<_>>(),
+    })
+}
