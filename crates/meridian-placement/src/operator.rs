@@ -196,27 +196,57 @@ impl Running {
             self.since_ms = now_ms;
         }
         let Some(&step) = self.op.steps.get(self.at) else { return Progress::Done };
-        if now_ms.saturating_sub(self.since_ms) <= step_timeout_ms {
-            if let Step::Remove(n) = step {
-                let mut after = range.voters.clone();
-                after.remove(&n);
-                if range.voters.contains(&n) && !view.has_quorum(&after) {
-                    return Progress::Hold(step);
-                }
-            }
-            return Progress::Issue(step);
-        }
-        // A learner added for this operator and not promoted yet is taken
-        // away again; once promoted, the range has one voter more than
-        // before, which the next round of the scheduler corrects.
         let added = match self.op.kind {
             Kind::Add { to } | Kind::Replace { to, .. } => Some(to),
             _ => None,
         };
-        let undo = match (added, step) {
-            (Some(n), Step::AddLearner(_) | Step::CatchUp(_) | Step::Promote(_)) if range.learners.contains(&n) => vec![Step::Remove(n)],
+        let adding = matches!(step, Step::AddLearner(_) | Step::CatchUp(_) | Step::Promote(_));
+        // The node being added turned dead, suspect or draining since the
+        // decision: give up now rather than at the timeout.
+        let target_gone = adding && added.is_some_and(|n| !view.nodes.get(&n).is_some_and(crate::view::NodeView::eligible));
+        if !target_gone && now_ms.saturating_sub(self.since_ms) <= step_timeout_ms {
+            return self.check(step, range, view);
+        }
+        // A learner added for this operator and not promoted yet is taken
+        // away again; once promoted, the range has one voter more than
+        // before, which the next round of the scheduler corrects.
+        let undo = match (added, adding) {
+            (Some(n), true) if range.learners.contains(&n) => vec![Step::Remove(n)],
             _ => Vec::new(),
         };
         Progress::RollBack { stalled: step, undo }
+    }
+
+    /// `step` as it may be issued now, against the view as it is now: a
+    /// promotion or a removal that would leave no majority surely alive is
+    /// held; a removal of the range's leader first hands the leadership to
+    /// a live voter (the leader may have moved since the decision).
+    fn check(&self, step: Step, range: &RangeView, view: &ClusterView) -> Progress {
+        match step {
+            Step::Promote(n) => {
+                let mut after = range.voters.clone();
+                after.insert(n);
+                let alive = view.nodes.get(&n).is_some_and(|v| v.liveness == meridian_membership::Liveness::Alive);
+                if !alive || !view.has_live_quorum(&after) {
+                    return Progress::Hold(step);
+                }
+            }
+            Step::Remove(n) if range.voters.contains(&n) => {
+                let mut after = range.voters.clone();
+                after.remove(&n);
+                if !view.has_live_quorum(&after) {
+                    return Progress::Hold(step);
+                }
+                if range.leader == n {
+                    let heir = after.iter().copied().find(|v| view.nodes.get(v).is_some_and(crate::view::NodeView::eligible));
+                    return match heir {
+                        Some(h) => Progress::Issue(Step::TransferLeader(h)),
+                        None => Progress::Hold(step),
+                    };
+                }
+            }
+            _ => {}
+        }
+        Progress::Issue(step)
     }
 }

@@ -102,12 +102,19 @@ fn successor(view: &ClusterView, range: &RangeView, not: u64, leaders: &BTreeMap
 }
 
 /// Whether removing `from` from the voters of `range` (after adding `to`,
-/// for a replacement) keeps a quorum of nodes that count.
+/// for a replacement) keeps a majority surely alive, in between (with
+/// `to` promoted and `from` still there) too.
 fn removal_safe(view: &ClusterView, range: &RangeView, from: u64, to: Option<u64>) -> bool {
-    let mut after: BTreeSet<u64> = range.voters.clone();
-    after.extend(to);
+    let mut with_to: BTreeSet<u64> = range.voters.clone();
+    with_to.extend(to);
+    let mut after = with_to.clone();
     after.remove(&from);
-    view.has_quorum(&after)
+    view.has_live_quorum(&with_to) && view.has_live_quorum(&after)
+}
+
+/// Distinct zones of `nodes`.
+fn zones(view: &ClusterView, nodes: impl Iterator<Item = u64>) -> usize {
+    nodes.filter_map(|n| view.nodes.get(&n)).map(|n| n.labels.zone.as_str()).collect::<BTreeSet<_>>().len()
 }
 
 /// How bad a voter is to keep, worst first: dead, suspect, draining, not
@@ -140,8 +147,13 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
     let mut busy: BTreeSet<u64> = view.running.keys().copied().collect();
 
     let mut decide = |plan: &mut Plan, op: Operator, budget: &mut Budget, counts: &mut BTreeMap<u64, usize>, busy: &mut BTreeSet<u64>| {
-        let nodes = op.nodes();
+        // A dead node streams nothing: only live ones are charged.
+        let nodes: Vec<u64> = op.nodes().into_iter().filter(|n| view.nodes.get(n).is_some_and(|n| n.liveness != Liveness::Dead)).collect();
         if !budget.allows(&nodes) {
+            if budget.left > 0 {
+                plan.blocked
+                    .push((op.range_id, format!("{}: waiting, nodes {nodes:?} have {} operators running", op.reason, budget.max_per_node)));
+            }
             return false;
         }
         budget.take(&nodes);
@@ -189,8 +201,12 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
         if let Some(&dead) = range.voters.iter().find(|v| view.dead_for_good(**v, now_ms, settings.down_after_ms)) {
             let why = format!("node {dead} has been dead for {} s or more", settings.down_after_ms / 1000);
             if range.voters.len() > wanted && removal_safe(view, range, dead, None) {
-                let next = successor(view, range, dead, &leaders).unwrap_or(0);
-                decide(&mut plan, Operator::remove(range, dead, next, why), &mut budget, &mut counts, &mut busy);
+                match (range.leader == dead, successor(view, range, dead, &leaders)) {
+                    (true, None) => plan.blocked.push((range.id, format!("{why}, it leads the range and no voter can take over"))),
+                    (_, next) => {
+                        decide(&mut plan, Operator::remove(range, dead, next.unwrap_or(0), why), &mut budget, &mut counts, &mut busy);
+                    }
+                }
             } else if let Some(to) = target(view, range, Some(dead), &counts, &budget) {
                 if removal_safe(view, range, dead, Some(to)) {
                     decide(&mut plan, Operator::replace(range, dead, to, why), &mut budget, &mut counts, &mut busy);
@@ -215,11 +231,23 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
         }
         // 3. Too many voters.
         if range.voters.len() > wanted {
-            let worst = range.voters.iter().copied().min_by_key(|v| (badness(view, *v, &counts), *v)).expect("voters");
-            if removal_safe(view, range, worst, None) {
-                let next = successor(view, range, worst, &leaders).unwrap_or(0);
+            // Worst first; among equals, one whose zone another voter shares.
+            let zone_shared = |v: u64| {
+                let z = view.nodes.get(&v).map(|n| n.labels.zone.as_str());
+                range.voters.iter().filter(|o| **o != v && view.nodes.get(o).map(|n| n.labels.zone.as_str()) == z).count() > 0
+            };
+            let worst = range
+                .voters
+                .iter()
+                .copied()
+                .min_by_key(|v| (badness(view, *v, &counts).0, !zone_shared(*v), badness(view, *v, &counts).1, *v))
+                .expect("voters");
+            let next = successor(view, range, worst, &leaders);
+            if range.leader == worst && next.is_none() {
+                plan.blocked.push((range.id, format!("an excess voter on node {worst} leads the range and no voter can take over")));
+            } else if removal_safe(view, range, worst, None) {
                 let why = format!("{} voters, the policy asks for {wanted}", range.voters.len());
-                decide(&mut plan, Operator::remove(range, worst, next, why), &mut budget, &mut counts, &mut busy);
+                decide(&mut plan, Operator::remove(range, worst, next.unwrap_or(0), why), &mut budget, &mut counts, &mut busy);
             } else {
                 plan.blocked.push((range.id, format!("an excess voter on node {worst}, but removing it would leave no quorum")));
             }
@@ -234,9 +262,22 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
                 seen.insert(host, *v).is_some()
             })
         };
+        // A voter sharing its zone with another while a zone the range is
+        // not in has a node that could take it.
+        let zone_of = |n: &u64| view.nodes.get(n).map(|n| n.labels.zone.as_str());
+        let shared_zone = range
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| range.voters.iter().any(|o| o != v && zone_of(o) == zone_of(v)))
+            .max_by_key(|v| (counts.get(v).copied().unwrap_or(0), *v))
+            .filter(|v| {
+                target(view, range, Some(*v), &counts, &budget).is_some_and(|t| !range.voters.iter().any(|o| zone_of(o) == zone_of(&t)))
+            });
         let why_from = draining
             .map(|n| (n, format!("node {n} is draining")))
-            .or(shared_host.map(|n| (n, format!("node {n} shares a host with another voter"))));
+            .or(shared_host.map(|n| (n, format!("node {n} shares a host with another voter"))))
+            .or(shared_zone.map(|n| (n, format!("node {n} shares a zone with another voter while another zone has room"))));
         if let Some((from, why)) = why_from {
             match target(view, range, Some(from), &counts, &budget) {
                 Some(to) if removal_safe(view, range, from, Some(to)) => {
@@ -301,8 +342,13 @@ fn balance_replicas(
                     return None;
                 }
                 let to = target(view, r, Some(from), counts, budget)?;
-                (counts.get(&to).copied().unwrap_or(0) + 1 < counts[&from] && removal_safe(view, r, from, Some(to)))
-                    .then_some((r, from, to))
+                // Never at the cost of the range's spread over zones.
+                let zones_before = zones(view, r.voters.iter().copied());
+                let zones_after = zones(view, r.voters.iter().copied().filter(|v| *v != from).chain([to]));
+                (counts.get(&to).copied().unwrap_or(0) + 1 < counts[&from]
+                    && zones_after >= zones_before
+                    && removal_safe(view, r, from, Some(to)))
+                .then_some((r, from, to))
             })
         });
         let Some((r, most, to)) = candidate else { return };

@@ -87,6 +87,23 @@ fn no_decision_leaves_a_range_without_a_quorum() {
 }
 
 #[test]
+fn a_node_not_heard_of_counts_against_a_removal() {
+    let s = Settings::default();
+    // Five voters for a policy of three; node 1 drains; 4 and 5 are not
+    // heard of (a driver that just took over): removing 1 would leave
+    // two of four surely alive.
+    let mut r = range(10, &[1, 2, 3, 4, 5], 2);
+    r.replicas = 3;
+    let mut v = cluster(5, &[r]);
+    v.nodes.get_mut(&1).unwrap().draining = true;
+    v.nodes.get_mut(&4).unwrap().liveness = Liveness::Unknown;
+    v.nodes.get_mut(&5).unwrap().liveness = Liveness::Unknown;
+    let plan = schedule(&v, &s, 0);
+    assert!(plan.operators.is_empty(), "{plan:?}");
+    assert!(plan.blocked[0].1.contains("no quorum"), "{plan:?}");
+}
+
+#[test]
 fn voters_sharing_a_host_are_spread_and_a_new_zone_is_preferred() {
     let s = Settings::default();
     let mut v = cluster(5, &[range(10, &[1, 2, 4], 1)]);
@@ -165,23 +182,31 @@ struct Model {
     rng: SplitMix64,
     now: u64,
     settings: Settings,
+    /// Nodes not alive at once at most.
+    max_down: usize,
 }
 
 impl Model {
-    fn new(seed: u64, nodes: u64, ranges: u64) -> Model {
+    /// `nodes` over zones a, b, c; `ranges` ranges of `replicas` voters,
+    /// all on the first nodes and led by node 1 (unbalanced).
+    fn new(seed: u64, nodes: u64, ranges: u64, replicas: usize) -> Model {
         let zones = ["a", "b", "c"];
+        let first: Vec<u64> = (1..=replicas as u64).collect();
         let view = ClusterView {
             nodes: (1..=nodes).map(|i| (i, node(i, zones[(i as usize - 1) % 3]))).collect(),
-            // Every range starts on nodes 1-3, led by 1: unbalanced.
-            ranges: (0..ranges).map(|i| (100 + i, range(100 + i, &[1, 2, 3], 1))).collect(),
+            ranges: (0..ranges)
+                .map(|i| {
+                    let mut r = range(100 + i, &first, 1);
+                    r.replicas = replicas;
+                    (100 + i, r)
+                })
+                .collect(),
             running: BTreeMap::new(),
         };
         let settings = Settings { down_after_ms: 60_000, step_timeout_ms: 40_000, ..Settings::default() };
-        Model { view, running: BTreeMap::new(), rng: SplitMix64::new(seed), now: 0, settings }
-    }
-
-    fn alive(&self, n: u64) -> bool {
-        self.view.nodes[&n].liveness == Liveness::Alive
+        // One more node down than a range survives: faults alone may take
+        // a range's quorum, and the scheduler must not take one itself.
+        Model { view, running: BTreeMap::new(), rng: SplitMix64::new(seed), now: 0, settings, max_down: (replicas - 1) / 2 + 1 }
     }
 
     /// Applies `step` to the range if the world lets it happen.
@@ -201,14 +226,24 @@ impl Model {
             Step::CatchUp(n) if alive.contains(&n) && r.learners.contains(&n) && can_change => {
                 r.caught_up.insert(n);
             }
-            Step::Promote(n) if can_change && r.caught_up.contains(&n) && r.learners.remove(&n) => {
+            Step::Promote(n) if can_change && r.caught_up.contains(&n) && r.learners.contains(&n) => {
+                let mut after = r.voters.clone();
+                after.insert(n);
+                // The invariant: a decision never adds a voter that tips
+                // the range below a live majority (can_change: it had one).
+                assert!(
+                    quorum_ok(&after),
+                    "range {range_id}: promoting node {n} leaves voters {after:?} without a live quorum (alive {alive:?})"
+                );
+                r.learners.remove(&n);
                 r.voters.insert(n);
             }
             Step::TransferLeader(n) if can_change && alive.contains(&n) && r.voters.contains(&n) => r.leader = n,
             Step::Remove(n) if can_change && r.holds(n) => {
                 let mut after = r.voters.clone();
                 after.remove(&n);
-                // The invariant: a decision never removes a quorum.
+                // The invariant: a decision never removes a quorum the
+                // range had (can_change: it had one).
                 assert!(
                     quorum_ok(&after),
                     "range {range_id}: removing node {n} leaves voters {after:?} without a live quorum (alive {alive:?})"
@@ -226,20 +261,23 @@ impl Model {
 
     fn round(&mut self, faults: bool) {
         self.now += 10_000;
-        // Faults: a node dies, comes back, turns suspect or starts draining.
+        // Faults: a node dies, turns suspect or unknown (all three: down,
+        // in this model), comes back, or starts or stops draining.
         if faults && self.rng.below(4) == 0 {
             let n = 1 + self.rng.below(self.view.nodes.len() as u64);
             let now = self.now;
-            let dead = self.view.nodes.values().filter(|n| n.liveness != Liveness::Alive).count();
+            let down = self.view.nodes.values().filter(|n| n.liveness != Liveness::Alive).count();
             let draining = self.view.nodes.values().filter(|n| n.draining).count();
+            let pick = self.rng.below(6);
             let node = self.view.nodes.get_mut(&n).unwrap();
-            match self.rng.below(3) {
-                // At most one node down at a time: a range of 3 keeps a quorum.
-                0 if node.liveness == Liveness::Alive && dead == 0 => {
-                    node.liveness = Liveness::Dead;
-                    node.dead_since_ms = Some(now);
+            match pick {
+                // At most max_down nodes down at once: every range keeps
+                // a quorum.
+                0..=2 if node.liveness == Liveness::Alive && down < self.max_down => {
+                    node.liveness = [Liveness::Dead, Liveness::Suspect, Liveness::Unknown][pick as usize];
+                    node.dead_since_ms = (pick == 0).then_some(now);
                 }
-                1 => {
+                3 | 4 => {
                     node.liveness = Liveness::Alive;
                     node.dead_since_ms = None;
                 }
@@ -280,15 +318,14 @@ impl Model {
             assert!(!self.running.contains_key(&op.range_id), "a second operator on range {}", op.range_id);
             self.running.insert(op.range_id, Running::start(op, self.now));
         }
-        let _ = self.alive(1);
     }
 
     /// The layout the policy asks for: 3 voters on eligible nodes of
     /// distinct hosts, no learner left, no operator running or planned
     /// (the scheduler is at rest, not flapping), and replica counts of
-    /// eligible nodes within 3 of each other (spreading over zones comes
-    /// before counts: with a zone of one eligible node, exact balance can
-    /// cost diversity, and the balancer does not trade it away).
+    /// eligible nodes of one zone within 2 of each other (spreading over
+    /// zones comes before counts: a zone with one eligible node holds a
+    /// replica of every range, and the balancer does not trade that away).
     fn settled(&self) -> Result<(), String> {
         if !self.running.is_empty() {
             return Err(format!("{} operators running", self.running.len()));
@@ -301,7 +338,7 @@ impl Model {
         }
         for r in self.view.ranges.values() {
             let hosts: BTreeSet<&str> = r.voters.iter().map(|v| self.view.nodes[v].labels.host.as_str()).collect();
-            if r.voters.len() != 3 || hosts.len() != 3 || !r.learners.is_empty() {
+            if r.voters.len() != r.replicas || hosts.len() != r.replicas || !r.learners.is_empty() {
                 return Err(format!("range {}: voters {:?} learners {:?}", r.id, r.voters, r.learners));
             }
             if let Some(v) = r.voters.iter().find(|v| !self.view.nodes[v].eligible()) {
@@ -309,25 +346,69 @@ impl Model {
             }
         }
         let counts = self.view.replica_counts();
-        let eligible: Vec<usize> = self.view.nodes.values().filter(|n| n.eligible()).map(|n| counts[&n.id]).collect();
-        let (lo, hi) = (eligible.iter().min().copied().unwrap_or(0), eligible.iter().max().copied().unwrap_or(0));
-        if hi > lo + 3 {
-            return Err(format!("replica counts {counts:?}"));
+        let mut by_zone: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for n in self.view.nodes.values().filter(|n| n.eligible()) {
+            by_zone.entry(n.labels.zone.as_str()).or_default().push(counts[&n.id]);
+        }
+        for (zone, c) in &by_zone {
+            let (lo, hi) = (c.iter().min().copied().unwrap_or(0), c.iter().max().copied().unwrap_or(0));
+            if hi > lo + 2 {
+                return Err(format!("zone {zone}: replica counts {counts:?}"));
+            }
+        }
+        // Every range spread over as many zones as have eligible nodes (up
+        // to its voters).
+        let zones_available = by_zone.len();
+        for r in self.view.ranges.values() {
+            let z: BTreeSet<&str> = r.voters.iter().map(|v| self.view.nodes[v].labels.zone.as_str()).collect();
+            if z.len() < zones_available.min(r.voters.len()) {
+                return Err(format!("range {} on zones {z:?} of {zones_available}", r.id));
+            }
         }
         Ok(())
     }
 }
 
+fn seeds() -> u64 {
+    std::env::var("MERIDIAN_PLACEMENT_SEEDS").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(30).clamp(1, 100_000)
+}
+
 #[test]
 fn under_crashes_drains_and_stalls_no_quorum_is_lost_and_the_layout_converges() {
-    let seeds = std::env::var("MERIDIAN_PLACEMENT_SEEDS").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(30).clamp(1, 100_000);
-    for seed in 0..seeds {
-        let mut m = Model::new(seed, 6, 12);
+    run_model(6, 12, 3);
+}
+
+#[test]
+fn five_voter_ranges_with_two_nodes_down_lose_no_quorum_and_converge() {
+    run_model(9, 10, 5);
+}
+
+fn run_model(nodes: u64, ranges: u64, replicas: usize) {
+    for seed in 0..seeds() {
+        let mut m = Model::new(seed, nodes, ranges, replicas);
         for _ in 0..200 {
             m.round(true);
         }
-        // Faults stop; whatever is dead stays dead and is replaced, and
-        // whatever drains is emptied.
+        // Faults stop: a suspect or unknown node turns out alive or dead;
+        // whatever is dead stays dead and is replaced, and whatever drains
+        // is emptied.
+        // At most as many stay dead as a range survives; the others come
+        // back (with more dead for good, quorums are gone for good).
+        let now = m.now;
+        let survivable = (replicas - 1) / 2;
+        for n in m.view.nodes.values_mut() {
+            if matches!(n.liveness, Liveness::Suspect | Liveness::Unknown) {
+                let dead = m.rng.below(2) == 0;
+                n.liveness = if dead { Liveness::Dead } else { Liveness::Alive };
+                n.dead_since_ms = dead.then_some(now);
+            }
+        }
+        let dead: Vec<u64> = m.view.nodes.values().filter(|n| n.liveness == Liveness::Dead).map(|n| n.id).collect();
+        for id in dead.into_iter().skip(survivable) {
+            let n = m.view.nodes.get_mut(&id).unwrap();
+            n.liveness = Liveness::Alive;
+            n.dead_since_ms = None;
+        }
         for _ in 0..300 {
             m.round(false);
             if m.settled().is_ok() {

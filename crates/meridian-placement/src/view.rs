@@ -112,11 +112,6 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
-    /// Operators running that involve `node`.
-    pub fn ops_on(&self, node: u64) -> usize {
-        self.running.values().filter(|nodes| nodes.contains(&node)).count()
-    }
-
     /// Replicas held per node.
     pub fn replica_counts(&self) -> BTreeMap<u64, usize> {
         let mut c: BTreeMap<u64, usize> = self.nodes.keys().map(|n| (*n, 0)).collect();
@@ -144,9 +139,17 @@ impl ClusterView {
             .is_some_and(|n| n.liveness == Liveness::Dead && n.dead_since_ms.is_some_and(|t| now_ms.saturating_sub(t) >= down_after_ms))
     }
 
-    /// Whether `voters` would keep a quorum of nodes that count for one.
+    /// Whether `voters` may still have a quorum (a majority alive or not
+    /// known dead): a range without one cannot commit any change.
     pub fn has_quorum(&self, voters: &BTreeSet<u64>) -> bool {
         let live = voters.iter().filter(|v| self.nodes.get(v).is_some_and(NodeView::counts_for_quorum)).count();
+        !voters.is_empty() && live > voters.len() / 2
+    }
+
+    /// Whether a majority of `voters` is surely alive: what a removal or a
+    /// promotion must keep (a node not heard of yet counts against it).
+    pub fn has_live_quorum(&self, voters: &BTreeSet<u64>) -> bool {
+        let live = voters.iter().filter(|v| self.nodes.get(v).is_some_and(|n| n.liveness == Liveness::Alive)).count();
         !voters.is_empty() && live > voters.len() / 2
     }
 }
