@@ -12,8 +12,10 @@
 //!
 //! A step is done when the range's report shows its effect, so issuing a
 //! step again (after a lost answer, a new placement-driver leader) is
-//! harmless. Promote and Remove are single configuration changes (joint
-//! consensus entered and left by the range).
+//! harmless. Promote and Remove each change one voter; a promotion or
+//! removal counts as done only once the range has left any joint
+//! configuration it entered for it (`RangeView::joint`). `CatchUp` is a
+//! wait: "issuing" it means checking the learner's progress.
 
 use std::fmt;
 
@@ -139,7 +141,14 @@ impl Operator {
 
     /// Every node the operator involves (for per-node concurrency).
     pub fn nodes(&self) -> Vec<u64> {
-        match self.kind {
+        self.kind.nodes()
+    }
+}
+
+impl Kind {
+    /// Every node an operator of this kind involves.
+    pub fn nodes(&self) -> Vec<u64> {
+        match *self {
             Kind::Add { to } | Kind::TransferLeader { to } => vec![to],
             Kind::Replace { from, to } => vec![from, to],
             Kind::Remove { from } => vec![from],

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use meridian_membership::Liveness;
 
-use crate::operator::Operator;
+use crate::operator::{Kind, Operator};
 use crate::view::{ClusterView, NodeView, RangeView, Settings};
 
 /// One round's decisions.
@@ -112,6 +112,33 @@ fn removal_safe(view: &ClusterView, range: &RangeView, from: u64, to: Option<u64
     view.has_live_quorum(&with_to) && view.has_live_quorum(&after)
 }
 
+/// Replica and leader counts as they will be once an operator of `kind`
+/// on `range` is done (what it did already is in the counts).
+fn project(range: &RangeView, kind: Kind, counts: &mut BTreeMap<u64, usize>, leaders: &mut BTreeMap<u64, usize>) {
+    let down = |m: &mut BTreeMap<u64, usize>, n: u64| {
+        if let Some(c) = m.get_mut(&n) {
+            *c = c.saturating_sub(1);
+        }
+    };
+    match kind {
+        Kind::Add { to } if !range.holds(to) => *counts.entry(to).or_default() += 1,
+        Kind::Replace { from, to } => {
+            if !range.holds(to) {
+                *counts.entry(to).or_default() += 1;
+            }
+            if range.holds(from) {
+                down(counts, from);
+            }
+        }
+        Kind::Remove { from } if range.holds(from) => down(counts, from),
+        Kind::TransferLeader { to } if range.leader != to => {
+            *leaders.entry(to).or_default() += 1;
+            down(leaders, range.leader);
+        }
+        _ => {}
+    }
+}
+
 /// Distinct zones of `nodes`.
 fn zones(view: &ClusterView, nodes: impl Iterator<Item = u64>) -> usize {
     nodes.filter_map(|n| view.nodes.get(&n)).map(|n| n.labels.zone.as_str()).collect::<BTreeSet<_>>().len()
@@ -135,15 +162,19 @@ fn badness(view: &ClusterView, node: u64, counts: &BTreeMap<u64, usize>) -> (u8,
 pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
     let mut plan = Plan::default();
     let mut budget = Budget { per_node: BTreeMap::new(), max_per_node: settings.max_ops_per_node, left: settings.max_new_ops };
-    for nodes in view.running.values() {
-        for n in nodes {
-            *budget.per_node.entry(*n).or_default() += 1;
-        }
-    }
-    // Counts as if the decided operators were done, so one round spreads
-    // its additions instead of piling them on one node.
+    // Counts as if the running and the decided operators were done, so
+    // the balancer neither piles additions on one node nor moves more off
+    // a node than it had.
     let mut counts = view.replica_counts();
     let mut leaders = view.leader_counts();
+    for (range_id, kind) in &view.running {
+        for n in kind.nodes() {
+            *budget.per_node.entry(n).or_default() += 1;
+        }
+        if let Some(r) = view.ranges.get(range_id) {
+            project(r, *kind, &mut counts, &mut leaders);
+        }
+    }
     let mut busy: BTreeSet<u64> = view.running.keys().copied().collect();
 
     let mut decide = |plan: &mut Plan, op: Operator, budget: &mut Budget, counts: &mut BTreeMap<u64, usize>, busy: &mut BTreeSet<u64>| {
@@ -157,20 +188,10 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
             return false;
         }
         budget.take(&nodes);
-        match op.kind {
-            crate::operator::Kind::Add { to } => *counts.entry(to).or_default() += 1,
-            crate::operator::Kind::Replace { from, to } => {
-                *counts.entry(to).or_default() += 1;
-                if let Some(c) = counts.get_mut(&from) {
-                    *c = c.saturating_sub(1);
-                }
-            }
-            crate::operator::Kind::Remove { from } => {
-                if let Some(c) = counts.get_mut(&from) {
-                    *c = c.saturating_sub(1);
-                }
-            }
-            crate::operator::Kind::TransferLeader { .. } => {}
+        if let Some(r) = view.ranges.get(&op.range_id) {
+            // Leader counts are projected by the leader rules themselves.
+            let mut ignored = BTreeMap::new();
+            project(r, op.kind, counts, &mut ignored);
         }
         busy.insert(op.range_id);
         plan.operators.push(op);

@@ -148,6 +148,20 @@ fn a_new_node_receives_replicas_and_leaderships() {
 }
 
 #[test]
+fn running_operators_count_as_done_for_the_balancer() {
+    let s = Settings::default();
+    let mut v = cluster(4, &[range(10, &[1, 2, 3], 1), range(11, &[1, 2, 3], 2), range(12, &[1, 2, 3], 3)]);
+    // A move off node 1 is under way (not started yet).
+    v.running.insert(10, Kind::Replace { from: 1, to: 4 });
+    let plan = schedule(&v, &s, 0);
+    assert!(plan.operators.iter().all(|o| o.range_id != 10), "{plan:?}");
+    assert!(
+        plan.operators.iter().all(|o| !matches!(o.kind, Kind::Replace { from: 1, .. })),
+        "node 1 is already giving one replica away: {plan:?}"
+    );
+}
+
+#[test]
 fn a_stalled_step_rolls_back_an_unpromoted_learner() {
     let r = range(10, &[1, 2, 3], 1);
     let mut v = cluster(4, std::slice::from_ref(&r));
@@ -313,7 +327,7 @@ impl Model {
             }
         }
         // The scheduler plans.
-        self.view.running = self.running.iter().map(|(id, r)| (*id, r.op.nodes())).collect();
+        self.view.running = self.running.iter().map(|(id, r)| (*id, r.op.kind)).collect();
         for op in schedule(&self.view, &self.settings, self.now).operators {
             assert!(!self.running.contains_key(&op.range_id), "a second operator on range {}", op.range_id);
             self.running.insert(op.range_id, Running::start(op, self.now));

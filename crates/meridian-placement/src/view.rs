@@ -44,7 +44,7 @@ impl NodeView {
 pub struct RangeView {
     /// The range id.
     pub id: u64,
-    /// Its voters.
+    /// Its voters (the incoming configuration's while `joint`).
     pub voters: BTreeSet<u64>,
     /// Its learners.
     pub learners: BTreeSet<u64>,
@@ -107,8 +107,8 @@ pub struct ClusterView {
     pub nodes: BTreeMap<u64, NodeView>,
     /// Every range, by id.
     pub ranges: BTreeMap<u64, RangeView>,
-    /// Ranges with an operator running, and the nodes each involves.
-    pub running: BTreeMap<u64, Vec<u64>>,
+    /// Ranges with an operator running, and what each does.
+    pub running: BTreeMap<u64, crate::operator::Kind>,
 }
 
 impl ClusterView {
