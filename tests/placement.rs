@@ -1,8 +1,10 @@
-//! The placement driver's dry run on real `meridian server` processes:
-//! `GET /v1/placement/plan` and `meridian placement plan` show what the
+//! The placement driver on real `meridian server` processes: its dry run
+//! (`GET /v1/placement/plan`, `meridian placement plan`) shows what the
 //! scheduler would do — a joined node taking its share, a dead node's
 //! replicas replaced once it has been dead for `down_after_ms` — and
-//! nothing is executed.
+//! executes nothing; with `[placement] execute = true` the meta range's
+//! leader runs it: a joined node receives replicas and a killed node's
+//! are replaced, while writes go on.
 
 // Real processes on real time: this test drives wall clocks by design.
 #![allow(clippy::disallowed_methods)]
@@ -94,4 +96,64 @@ fn the_plan_gives_a_joined_node_its_share_replaces_a_dead_one_and_executes_nothi
     before.sort();
     assert_eq!(before, after);
     let _ = i;
+}
+
+fn plan_nodes(c: &ProcCluster, i: usize) -> Option<serde_json::Value> {
+    plan(c, i).map(|p| p["nodes"].clone())
+}
+
+fn replicas_on(c: &ProcCluster, i: usize, node: u64) -> Option<u64> {
+    plan_nodes(c, i)?.as_array()?.iter().find(|n| n["id"] == node)?["replicas"].as_u64()
+}
+
+#[test]
+fn with_execute_on_a_joined_node_receives_replicas_and_a_dead_ones_are_replaced() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let placement = "[placement]\nexecute = true\ndown_after_ms = 3000\n";
+    let mut c = ProcCluster::prepare(3, &["/a/"]);
+    for path in &c.configs {
+        let mut cfg = std::fs::read_to_string(path).unwrap();
+        cfg.push('\n');
+        cfg.push_str(placement);
+        std::fs::write(path, cfg).unwrap();
+    }
+    c.launch();
+    let eps = c.endpoints();
+    ok(&eps, &["put", "/a/before", "1"]);
+    let base: u16 = c.members[0].client_addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let fourth = meridian_server::dev_layout::members(4, base).unwrap().pop().unwrap();
+    c.add_joining_with(fourth, placement);
+    // The joined node receives its share. Zones come first: nodes 1 and 4
+    // share zone a while 2 and 3 are alone in b and c, so every range
+    // keeps a replica on 2 and on 3, and 1 and 4 split zone a's.
+    wait_until("node 4 holds replicas", Duration::from_secs(120), || replicas_on(&c, 0, 4).is_some_and(|n| n >= 1));
+    ok(&eps, &["put", "/a/during", "2"]);
+    // Some member's driver lists what it did, with why.
+    let listed: Vec<serde_json::Value> = (0..4)
+        .filter_map(|i| {
+            let (code, body) = http_get(&c.members[i].http_addr, "/v1/placement/operators");
+            (code == 200).then(|| serde_json::from_str::<serde_json::Value>(&body).unwrap())
+        })
+        .flat_map(|v| v["operators"].as_array().cloned().unwrap_or_default())
+        .collect();
+    assert!(
+        listed.iter().any(|o| o["to"] == 4 && (o["state"] == "done" || o["state"] == "running")),
+        "no operator towards node 4 listed: {listed:?}"
+    );
+    // Node 3 dies: once dead for 3 s its replicas are replaced on the
+    // others, every range back to 3 voters.
+    c.kill9(2);
+    wait_until("node 3's replicas replaced", Duration::from_secs(180), || {
+        plan(&c, 0).is_some_and(|p| {
+            let gone = p["nodes"].as_array().unwrap().iter().any(|n| n["id"] == 3 && n["replicas"] == 0);
+            let placed =
+                p["nodes"].as_array().unwrap().iter().filter(|n| n["id"] != 3).map(|n| n["replicas"].as_u64().unwrap()).sum::<u64>();
+            gone && placed == 9 && p["ranges_reported"] == 3
+        })
+    });
+    let live = [0, 1, 3].map(|i| c.members[i].client_addr.clone()).join(",");
+    ok(&live, &["put", "/a/after", "3"]);
+    for (k, v) in [("/a/before", "1"), ("/a/during", "2"), ("/a/after", "3")] {
+        assert!(ok(&live, &["get", k]).contains(v), "{k} lost");
+    }
 }

@@ -134,9 +134,21 @@ impl ProcCluster {
     /// Starts node `member`, which joins through member 0 (`join` in its
     /// config) instead of bootstrapping; answers its index. Not waited for.
     pub fn add_joining(&mut self, member: Member) -> usize {
+        self.add_joining_with(member, "")
+    }
+
+    /// [`ProcCluster::add_joining`], with `extra_toml` appended to the new
+    /// node's config (tables such as `[placement]`).
+    pub fn add_joining_with(&mut self, member: Member, extra_toml: &str) -> usize {
         let join = vec![self.members[0].client_addr.clone()];
         let dir = self._dir.path().join(format!("joined-{}", self.members.len()));
         let path = dev_layout::write_join_config(&dir, &member, &join, meridian_server::config::DEFAULT_TICK_MS, &self.ca).unwrap();
+        if !extra_toml.is_empty() {
+            let mut cfg = std::fs::read_to_string(&path).unwrap();
+            cfg.push('\n');
+            cfg.push_str(extra_toml);
+            std::fs::write(&path, cfg).unwrap();
+        }
         self.members.push(member);
         self.configs.push(path);
         let i = self.members.len() - 1;

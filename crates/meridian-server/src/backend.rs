@@ -86,6 +86,9 @@ pub struct Backend {
     directory: RwLock<NodeDirectory>,
     /// The membership gossip's view, once it runs (see [`crate::gossip`]).
     pub gossip: std::sync::OnceLock<Arc<crate::gossip::GossipState>>,
+    /// The placement operators this node runs and ran (see
+    /// [`crate::placement::drive`]).
+    pub placement: crate::placement::Driver,
     /// Channels to other members' client endpoints, with the address each
     /// was dialled at.
     channels: Mutex<HashMap<u64, (String, Channel)>>,
@@ -194,6 +197,7 @@ impl Backend {
         Ok(Backend {
             directory: RwLock::new(directory),
             gossip: std::sync::OnceLock::new(),
+            placement: Default::default(),
             raft,
             routing: RwLock::new(Arc::new(routing)),
             cluster_id: AtomicU64::new(0),
@@ -419,12 +423,13 @@ impl Backend {
     /// A request for `range_id` failed with `e`. On a node that joined
     /// (`--join`) and holds no replica of the range, the answer becomes
     /// `NotLeader` naming a node that holds one, per the catalog, so the
-    /// service forwards the request there (once). Any other error stands —
-    /// and a founding member whose replica was removed keeps refusing
-    /// (`Unavailable`), as it always has: whether every node should forward
-    /// is the placement driver's decision to make.
+    /// service forwards the request there (once). Any other error stands.
+    /// A founding member whose replica was removed forwards too when the
+    /// placement driver moves replicas (`[placement] execute = true`);
+    /// otherwise it keeps refusing (`Unavailable`), as it always has.
     async fn elsewhere(&self, range_id: u64, e: ApiError) -> ApiError {
-        if !self.cfg.joining() || !matches!(e, ApiError::NoLeader { .. }) || self.brief(range_id).await.is_some() {
+        let forwards = self.cfg.joining() || self.cfg.placement.execute;
+        if !forwards || !matches!(e, ApiError::NoLeader { .. }) || self.brief(range_id).await.is_some() {
             return e;
         }
         let me = self.cfg.node_id;

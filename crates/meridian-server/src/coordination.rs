@@ -264,6 +264,12 @@ impl api::internal_server::Internal for InternalService {
         Ok(Response::new(api::RangeReportsResponse { node_id: self.backend.cfg.node_id, ranges }))
     }
 
+    async fn range_step(&self, req: Request<api::RangeStepRequest>) -> Result<Response<api::RangeStepResponse>, Status> {
+        let r = req.into_inner();
+        crate::placement::apply_step(&self.backend, r.range_id, &r.step, r.node_id).await?;
+        Ok(Response::new(api::RangeStepResponse {}))
+    }
+
     async fn join(&self, req: Request<api::JoinRequest>) -> Result<Response<api::JoinResponse>, Status> {
         crate::join::handle(&self.backend, req.into_inner()).await.map(Response::new).map_err(Status::from)
     }

@@ -7,6 +7,7 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET/PUT/DELETE /v1/kv/{key}` | the key: the rest of the path, percent-decoded (`/v1/kv/%2Fa` is `/a`); UTF-8 values |
 //! | `GET /v1/cluster/status` | nodes and ranges |
+//! | `GET /v1/placement/operators` | the placement operators this node runs (as the meta range's leader, with `[placement] execute = true`) and the last 64 it ran, with why and how each ended |
 //! | `GET /v1/placement/plan` | what the placement scheduler would do now (a dry run: nothing is executed), with why |
 //! | `GET /v1/nodes` | every node with its addresses, labels, role and the gossip's view: state, φ, incarnation, last heard |
 //! | `GET /v1/ranges/{id}/members` | the range's voters and learners as this replica sees them |
@@ -49,6 +50,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/cluster/status", get(cluster_status))
         .route("/v1/nodes", get(nodes))
         .route("/v1/placement/plan", get(placement_plan))
+        .route("/v1/placement/operators", get(placement_operators))
         .route("/v1/kv/*key", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/ranges/:range_id/members", get(members_get).post(members_change))
         .route("/v1/debug/net", axum::routing::post(debug_net))
@@ -358,6 +360,15 @@ async fn nodes(State(s): State<HttpState>) -> Response {
         "node_id": s.backend.cfg.node_id,
         "gossip": view.is_some(),
         "nodes": nodes,
+    }))
+    .into_response()
+}
+
+async fn placement_operators(State(s): State<HttpState>) -> Response {
+    Json(serde_json::json!({
+        "node_id": s.backend.cfg.node_id,
+        "execute": s.backend.cfg.placement.execute,
+        "operators": s.backend.placement.list(),
     }))
     .into_response()
 }

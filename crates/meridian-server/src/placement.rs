@@ -7,20 +7,29 @@
 //!  [placement] settings ──────────────────────────────────────────┘                             meridian placement plan
 //! ```
 //!
-//! Nothing is executed yet: the driver that runs operators on the meta
-//! range's leader comes next (docs/roadmap.md).
+//! With `[placement] execute = true`, the meta range's leader also runs
+//! the operators ([`drive`]): every [`DRIVE_EVERY`] it advances each
+//! running operator one step (issued on the range's leader,
+//! `Internal.RangeStep`) and starts what the scheduler plans. The running
+//! operators live in that leader's memory: a new leader starts afresh, and
+//! the scheduler removes a learner an interrupted operator left behind
+//! (replicated operator records are still to come: docs/roadmap.md).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meridian_membership::Liveness;
-use meridian_placement::{schedule, ClusterView, Kind, NodeView, Plan, RangeView, Settings};
+use meridian_placement::{schedule, ClusterView, Kind, NodeView, Operator, Plan, Progress, RangeView, Running, Settings, Step};
 use meridian_proto::meridian::v1 as api;
 use meridian_raftstore::raft_types::StateRole;
 use meridian_raftstore::ReplicaState;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
+use crate::error::ApiError;
+use crate::membership::MemberOp;
+use crate::routing::META_RANGE_ID;
 
 /// Bound of one member's answer.
 const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,6 +45,10 @@ pub struct PlacementSettings {
     /// replaced (default 5 minutes: longer than a rolling restart).
     #[serde(default = "default_down_after_ms")]
     pub down_after_ms: u64,
+    /// Run the operators the scheduler plans (default off: the plan is
+    /// shown, not executed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub execute: bool,
 }
 
 fn default_replicas() -> usize {
@@ -47,7 +60,7 @@ fn default_down_after_ms() -> u64 {
 
 impl Default for PlacementSettings {
     fn default() -> Self {
-        PlacementSettings { replicas: default_replicas(), down_after_ms: default_down_after_ms() }
+        PlacementSettings { replicas: default_replicas(), down_after_ms: default_down_after_ms(), execute: false }
     }
 }
 
@@ -253,4 +266,166 @@ pub async fn dry_run(backend: &Backend) -> serde_json::Value {
         "operators": operators,
         "blocked": blocked.iter().map(|(r, why)| serde_json::json!({"range_id": r, "why": why})).collect::<Vec<_>>(),
     })
+}
+
+/// How often the driver advances operators and plans.
+pub const DRIVE_EVERY: Duration = Duration::from_secs(2);
+/// Finished operators remembered for `GET /v1/placement/operators`.
+const MAX_FINISHED: usize = 64;
+
+/// One operator as the driver lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperatorState {
+    #[serde(flatten)]
+    pub op: OperatorReport,
+    /// The step it is at (index into `steps`), or the outcome once done.
+    pub at: usize,
+    /// `running`, `done` or `rolled back: …`.
+    pub state: String,
+    pub started_ms: u64,
+}
+
+/// The operators this node's driver runs and ran.
+#[derive(Default)]
+pub struct Driver {
+    running: Mutex<BTreeMap<u64, Running>>,
+    finished: Mutex<VecDeque<OperatorState>>,
+    started: Mutex<BTreeMap<u64, u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn op_report(op: &Operator) -> OperatorReport {
+    report(&Plan { operators: vec![op.clone()], blocked: Vec::new() }).0.remove(0)
+}
+
+impl Driver {
+    /// Running operators, then finished ones (newest first).
+    pub fn list(&self) -> Vec<OperatorState> {
+        let started = lock(&self.started).clone();
+        let mut v: Vec<OperatorState> = lock(&self.running)
+            .iter()
+            .map(|(id, r)| OperatorState {
+                op: op_report(&r.op),
+                at: r.at,
+                state: "running".into(),
+                started_ms: started.get(id).copied().unwrap_or(0),
+            })
+            .collect();
+        v.extend(lock(&self.finished).iter().rev().cloned());
+        v
+    }
+
+    fn finish(&self, r: &Running, state: String) {
+        let started_ms = lock(&self.started).remove(&r.op.range_id).unwrap_or(0);
+        let mut f = lock(&self.finished);
+        if f.len() >= MAX_FINISHED {
+            f.pop_front();
+        }
+        f.push_back(OperatorState { op: op_report(&r.op), at: r.at, state, started_ms });
+    }
+}
+
+/// One step on this node, which must lead the range (`Internal.RangeStep`).
+pub async fn apply_step(backend: &Backend, range_id: u64, step: &str, node: u64) -> Result<(), ApiError> {
+    let op = match step {
+        "add-learner" => MemberOp::AddLearner,
+        "promote" => MemberOp::Promote,
+        "remove" => MemberOp::Remove,
+        "transfer-leader" => return backend.raft.transfer_leader(range_id, node).await,
+        other => {
+            return Err(ApiError::Invalid(format!("unknown placement step {other:?}: add-learner, promote, remove or transfer-leader")))
+        }
+    };
+    crate::membership::change(backend, range_id, op, node).await.map(|_| ())
+}
+
+/// Issues `step` of an operator on `range` through its leader.
+async fn issue(backend: &Backend, range: &RangeView, step: Step) -> Result<(), ApiError> {
+    let (name, node) = match step {
+        Step::CatchUp(_) => return Ok(()),
+        Step::AddLearner(n) => ("add-learner", n),
+        Step::Promote(n) => ("promote", n),
+        Step::Remove(n) => ("remove", n),
+        Step::TransferLeader(n) => ("transfer-leader", n),
+    };
+    if range.leader == backend.cfg.node_id {
+        return apply_step(backend, range.id, name, node).await;
+    }
+    if range.leader == 0 {
+        return Err(ApiError::NoLeader { range_id: range.id });
+    }
+    let mut c = api::internal_client::InternalClient::new(backend.channel_to(range.leader)?);
+    let req = api::RangeStepRequest { range_id: range.id, step: name.into(), node_id: node };
+    match tokio::time::timeout(Duration::from_secs(15), c.range_step(req)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(s)) => Err(ApiError::from_status(&s)),
+        Err(_) => Err(ApiError::Internal(format!("range {}'s leader did not answer a placement step", range.id))),
+    }
+}
+
+/// The driver's loop: on the meta range's leader, with `execute` on,
+/// every [`DRIVE_EVERY`]: advance every running operator by a step, then
+/// start what the scheduler plans. Steps go out one at a time (bounded
+/// work per round); a node that loses the meta range's leadership drops
+/// its operators (their leftovers are the next leader's orphans).
+pub async fn drive(backend: Arc<Backend>) {
+    let settings = backend.cfg.placement.scheduler();
+    let driver = &backend.placement;
+    loop {
+        tokio::time::sleep(DRIVE_EVERY).await;
+        if !backend.brief(META_RANGE_ID).await.is_some_and(|b| b.leading) {
+            let dropped = std::mem::take(&mut *lock(&driver.running));
+            for r in dropped.values() {
+                driver.finish(r, "abandoned: this node no longer leads the meta range".into());
+            }
+            continue;
+        }
+        let (reports, _) = gather(&backend).await;
+        let now = crate::backend::wall_ms().max(0) as u64;
+        let mut v = view(&backend, &reports, now);
+        let ids: Vec<u64> = lock(&driver.running).keys().copied().collect();
+        for id in ids {
+            let Some(range) = v.ranges.get(&id).cloned() else { continue };
+            let progress = {
+                let mut running = lock(&driver.running);
+                let Some(r) = running.get_mut(&id) else { continue };
+                r.advance(&range, &v, now, settings.step_timeout_ms)
+            };
+            match progress {
+                Progress::Issue(step) => {
+                    if let Err(e) = issue(&backend, &range, step).await {
+                        tracing::info!(range = id, %step, "placement step not done yet: {e}");
+                    }
+                }
+                Progress::Hold(step) => tracing::info!(range = id, %step, "placement step held: it would leave no live quorum"),
+                Progress::Done => {
+                    if let Some(r) = lock(&driver.running).remove(&id) {
+                        tracing::info!(range = id, reason = %r.op.reason, "placement operator done");
+                        driver.finish(&r, "done".into());
+                    }
+                }
+                Progress::RollBack { stalled, undo } => {
+                    for s in undo {
+                        if let Err(e) = issue(&backend, &range, s).await {
+                            tracing::warn!(range = id, step = %s, "undoing a stalled operator: {e}");
+                        }
+                    }
+                    if let Some(r) = lock(&driver.running).remove(&id) {
+                        tracing::warn!(range = id, %stalled, "placement operator rolled back");
+                        driver.finish(&r, format!("rolled back: {stalled} stalled"));
+                    }
+                }
+            }
+        }
+        v.running = lock(&driver.running).iter().map(|(id, r)| (*id, r.op.kind)).collect();
+        let plan = schedule(&v, &settings, now);
+        for op in plan.operators {
+            tracing::info!(range = op.range_id, reason = %op.reason, "placement operator started");
+            lock(&driver.started).insert(op.range_id, now);
+            lock(&driver.running).insert(op.range_id, Running::start(op, now));
+        }
+    }
 }

@@ -263,6 +263,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let keeper_task = tokio::spawn(run_keeper(backend.clone(), keeper.clone(), locks.clone(), KEEPER_INTERVAL));
     let catalog_task = tokio::spawn(load_catalog(backend.clone()));
     let alarm_task = tokio::spawn(crate::alarms::monitor(backend.clone()));
+    let placement_task = cfg.placement.execute.then(|| tokio::spawn(crate::placement::drive(backend.clone())));
     let coord = native::coordinator(backend.clone(), locks.clone());
 
     let limit = MAX_REQUEST_BYTES + (64 << 10);
@@ -339,6 +340,9 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     keeper_task.abort();
     catalog_task.abort();
     alarm_task.abort();
+    if let Some(t) = placement_task {
+        t.abort();
+    }
     if let Ok(Err(e)) = grpc_task.await {
         warn!("gRPC server: {e}");
     }

@@ -221,6 +221,34 @@ pub fn placement_plan(http: &str, json: bool) -> Result<()> {
     Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no HTTP address given (--http)")))
 }
 
+/// `meridian placement operators`: every member's running and finished
+/// operators (only the meta range's leader runs any).
+pub fn placement_operators(http: &str) -> Result<()> {
+    let mut any = false;
+    for h in http.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Ok(body) = http_get(h, "/v1/placement/operators") else { continue };
+        let v: serde_json::Value = serde_json::from_str(&body).context("parsing /v1/placement/operators")?;
+        any = true;
+        for o in v["operators"].as_array().into_iter().flatten() {
+            let steps: Vec<&str> = o["steps"].as_array().into_iter().flatten().filter_map(|s| s.as_str()).collect();
+            println!(
+                "node {}  range {:>5}  {:<16} {:<28} step {}/{}  {}",
+                v["node_id"],
+                o["range_id"],
+                o["kind"].as_str().unwrap_or("?"),
+                o["state"].as_str().unwrap_or("?"),
+                o["at"].as_u64().unwrap_or(0).min(steps.len() as u64),
+                steps.len(),
+                o["reason"].as_str().unwrap_or("")
+            );
+        }
+    }
+    if !any {
+        anyhow::bail!("no member answered at {http}");
+    }
+    Ok(())
+}
+
 /// The `meridian nodes` table.
 pub fn nodes_table(asked: u64, gossip: bool, nodes: &[meridian_server::gossip::NodeReport]) -> String {
     use std::fmt::Write as _;

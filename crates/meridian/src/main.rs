@@ -170,8 +170,8 @@ enum Cmd {
         #[arg(short = 'o', long, default_value = "table")]
         output: String,
     },
-    /// The placement driver: `plan` shows what it would do now and why
-    /// (a dry run: nothing is executed yet).
+    /// The placement driver: `plan` shows what it would do now and why,
+    /// `operators` what it runs and ran (`[placement] execute = true`).
     Placement {
         #[command(subcommand)]
         op: PlacementOp,
@@ -195,6 +195,13 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum PlacementOp {
+    /// The operators a member runs and ran (the meta range's leader, with
+    /// `[placement] execute = true`).
+    Operators {
+        /// HTTP addresses of members; every one that answers is listed.
+        #[arg(long, default_value = DEV_HTTP)]
+        http: String,
+    },
     /// The operators the scheduler would start now, and what it cannot do.
     Plan {
         /// HTTP addresses of members; the first that answers is asked.
@@ -397,6 +404,7 @@ fn main() -> Result<()> {
             },
             SnapshotOp::Restore { file, config, data_dir } => snapshot::restore(&file, &config, data_dir.as_deref()),
         },
+        Cmd::Placement { op: PlacementOp::Operators { http } } => client::placement_operators(&http),
         Cmd::Placement { op: PlacementOp::Plan { http, output } } => match output.as_str() {
             "json" | "table" => client::placement_plan(&http, output == "json"),
             other => anyhow::bail!("unknown output {other:?}: table or json"),
