@@ -151,9 +151,28 @@ fn with_execute_on_a_joined_node_receives_replicas_and_a_dead_ones_are_replaced(
             gone && placed == 9 && p["ranges_reported"] == 3
         })
     });
+    // Every range has 3 voters, none on node 3, no learner left, as each
+    // range's leader reports it.
+    wait_until("every range back to 3 voters", Duration::from_secs(60), || {
+        let mut led = 0;
+        let all_good = [0, 1, 3].iter().all(|&i| {
+            let (_, body) = http_get(&c.members[i].http_addr, "/v1/cluster/status");
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { return false };
+            v["ranges"].as_array().unwrap().iter().filter(|r| r["role"] == "Leader").all(|r| {
+                led += 1;
+                let voters = r["voters"].as_array().unwrap();
+                voters.len() == 3 && !voters.contains(&serde_json::json!(3)) && r["learners"].as_array().unwrap().is_empty()
+            })
+        });
+        all_good && led == 3
+    });
     let live = [0, 1, 3].map(|i| c.members[i].client_addr.clone()).join(",");
     ok(&live, &["put", "/a/after", "3"]);
     for (k, v) in [("/a/before", "1"), ("/a/during", "2"), ("/a/after", "3")] {
         assert!(ok(&live, &["get", k]).contains(v), "{k} lost");
+        // Through each node alone: one whose replica moved away forwards.
+        for i in [0, 1, 3] {
+            assert!(ok(&c.members[i].client_addr, &["get", k]).contains(v), "{k} through node {}", i + 1);
+        }
     }
 }

@@ -15,7 +15,9 @@
 //!
 //! Then, with what budget is left, the balancer: replicas from the node
 //! holding most to the one holding fewest (of eligible nodes, beyond
-//! `balance_tolerance`), then leaderships likewise.
+//! `balance_tolerance`), then leaderships likewise. A pinned range (the
+//! meta range) is moved only by rules 0-5's healing, never to balance or
+//! to spread over zones.
 //!
 //! Never a decision that loses a quorum: a removal (or the removal step of
 //! a replacement) is proposed only when the voters left keep a majority of
@@ -290,7 +292,7 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
             .voters
             .iter()
             .copied()
-            .filter(|v| range.voters.iter().any(|o| o != v && zone_of(o) == zone_of(v)))
+            .filter(|v| !range.pinned && range.voters.iter().any(|o| o != v && zone_of(o) == zone_of(v)))
             .max_by_key(|v| (counts.get(v).copied().unwrap_or(0), *v))
             .filter(|v| {
                 target(view, range, Some(*v), &counts, &budget).is_some_and(|t| !range.voters.iter().any(|o| zone_of(o) == zone_of(&t)))
@@ -359,7 +361,7 @@ fn balance_replicas(
         sources.sort_by_key(|n| (usize::MAX - counts[n], *n));
         let candidate = sources.iter().find_map(|&from| {
             view.ranges.values().find_map(|r| {
-                if busy.contains(&r.id) || r.joint || !r.voters.contains(&from) {
+                if busy.contains(&r.id) || r.joint || r.pinned || !r.voters.contains(&from) {
                     return None;
                 }
                 let to = target(view, r, Some(from), counts, budget)?;
@@ -402,7 +404,7 @@ fn balance_leaders(
         let pick = view
             .ranges
             .values()
-            .filter(|r| r.leader == most && !busy.contains(&r.id) && !r.joint)
+            .filter(|r| r.leader == most && !busy.contains(&r.id) && !r.joint && !r.pinned)
             .flat_map(|r| r.voters.iter().copied().filter(|v| *v != most && eligible.contains(v)).map(move |v| (v, r)))
             .min_by_key(|(v, r)| (leaders.get(v).copied().unwrap_or(0), *v, r.id));
         let Some((to, r)) = pick else { return };

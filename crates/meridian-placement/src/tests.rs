@@ -148,6 +148,21 @@ fn a_new_node_receives_replicas_and_leaderships() {
 }
 
 #[test]
+fn a_pinned_range_is_healed_but_never_balanced() {
+    let s = Settings::default();
+    let mut meta = range(1, &[1, 2, 3], 1);
+    meta.pinned = true;
+    let mut v = cluster(4, &[meta, range(10, &[1, 2, 3], 1), range(11, &[1, 2, 3], 1)]);
+    let plan = schedule(&v, &s, 0);
+    assert!(plan.operators.iter().all(|o| o.range_id != 1), "the pinned range moved for balance: {plan:?}");
+    assert!(plan.operators.iter().any(|o| o.range_id != 1), "the others balance: {plan:?}");
+    // A dead node's replica of it is replaced all the same.
+    kill(&mut v, 3, 0);
+    let plan = schedule(&v, &s, s.down_after_ms);
+    assert!(plan.operators.iter().any(|o| o.range_id == 1 && o.kind == Kind::Replace { from: 3, to: 4 }), "{plan:?}");
+}
+
+#[test]
 fn running_operators_count_as_done_for_the_balancer() {
     let s = Settings::default();
     let mut v = cluster(4, &[range(10, &[1, 2, 3], 1), range(11, &[1, 2, 3], 2), range(12, &[1, 2, 3], 3)]);

@@ -60,6 +60,11 @@ pub struct RangeView {
     /// Labels every replica's node must have (`region`, `zone` or `host`
     /// = value).
     pub constraints: Vec<(String, String)>,
+    /// Moved only to heal it (a dead or draining node, missing or excess
+    /// replicas, hosts shared), never to balance or spread zones: the meta
+    /// range, which every founding member reads its catalog from and whose
+    /// leader runs the placement driver.
+    pub pinned: bool,
 }
 
 impl RangeView {

@@ -265,6 +265,9 @@ impl api::internal_server::Internal for InternalService {
     }
 
     async fn range_step(&self, req: Request<api::RangeStepRequest>) -> Result<Response<api::RangeStepResponse>, Status> {
+        if req.metadata().get(FORWARDED_HEADER).is_none() {
+            return Err(Status::permission_denied("meridian.v1.Internal is for forwarding between members"));
+        }
         let r = req.into_inner();
         crate::placement::apply_step(&self.backend, r.range_id, &r.step, r.node_id).await?;
         Ok(Response::new(api::RangeStepResponse {}))

@@ -112,6 +112,12 @@ pub async fn local_reports(backend: &Backend) -> Vec<api::RangeReport> {
         .collect()
 }
 
+/// Whether every member that is not dead answered: only then are the
+/// counts whole enough to plan from.
+fn complete(backend: &Backend, unreachable: &[(u64, String)]) -> bool {
+    unreachable.iter().all(|(n, _)| backend.node(*n).is_some_and(|r| r.liveness == Liveness::Dead))
+}
+
 /// Every member's reports (the newest term's per range), and the members
 /// that did not answer, with why. Members the gossip holds dead are not
 /// asked.
@@ -191,6 +197,7 @@ pub fn view(backend: &Backend, reports: &BTreeMap<u64, api::RangeReport>, now_ms
                     joint: r.joint,
                     replicas,
                     constraints: Vec::new(),
+                    pinned: r.range_id == META_RANGE_ID,
                 },
             )
         })
@@ -239,7 +246,9 @@ pub fn report(plan: &Plan) -> (Vec<OperatorReport>, Vec<(u64, String)>) {
 pub async fn dry_run(backend: &Backend) -> serde_json::Value {
     let (reports, unreachable) = gather(backend).await;
     let now_ms = crate::backend::wall_ms().max(0) as u64;
-    let v = view(backend, &reports, now_ms);
+    let mut v = view(backend, &reports, now_ms);
+    // What this node's driver runs already is not planned again.
+    v.running = lock(&backend.placement.running).iter().map(|(id, r)| (*id, r.op.kind)).collect();
     let plan = schedule(&v, &backend.cfg.placement.scheduler(), now_ms);
     let (operators, blocked) = report(&plan);
     let replicas = v.replica_counts();
@@ -260,6 +269,10 @@ pub async fn dry_run(backend: &Backend) -> serde_json::Value {
     serde_json::json!({
         "node_id": backend.cfg.node_id,
         "executed": false,
+        "execute": backend.cfg.placement.execute,
+        // With a live member unheard, its ranges are missing from the
+        // counts: the driver plans nothing then.
+        "complete": complete(backend, &unreachable),
         "nodes": nodes,
         "ranges_reported": reports.len(),
         "unreachable": unreachable.iter().map(|(n, why)| serde_json::json!({"node_id": n, "why": why})).collect::<Vec<_>>(),
@@ -270,6 +283,8 @@ pub async fn dry_run(backend: &Backend) -> serde_json::Value {
 
 /// How often the driver advances operators and plans.
 pub const DRIVE_EVERY: Duration = Duration::from_secs(2);
+/// How long one round may spend issuing steps.
+const ROUND_BUDGET: Duration = Duration::from_secs(10);
 /// Finished operators remembered for `GET /v1/placement/operators`.
 const MAX_FINISHED: usize = 64;
 
@@ -278,7 +293,7 @@ const MAX_FINISHED: usize = 64;
 pub struct OperatorState {
     #[serde(flatten)]
     pub op: OperatorReport,
-    /// The step it is at (index into `steps`), or the outcome once done.
+    /// The step it is at (index into `steps`; `steps.len()` once done).
     pub at: usize,
     /// `running`, `done` or `rolled back: …`.
     pub state: String,
@@ -359,11 +374,8 @@ async fn issue(backend: &Backend, range: &RangeView, step: Step) -> Result<(), A
     }
     let mut c = api::internal_client::InternalClient::new(backend.channel_to(range.leader)?);
     let req = api::RangeStepRequest { range_id: range.id, step: name.into(), node_id: node };
-    match tokio::time::timeout(Duration::from_secs(15), c.range_step(req)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(s)) => Err(ApiError::from_status(&s)),
-        Err(_) => Err(ApiError::Internal(format!("range {}'s leader did not answer a placement step", range.id))),
-    }
+    // The channel's own deadline (10 s) bounds the call.
+    c.range_step(crate::backend::forwarded(req)).await.map(|_| ()).map_err(|s| ApiError::from_status(&s))
 }
 
 /// The driver's loop: on the meta range's leader, with `execute` on,
@@ -374,21 +386,42 @@ async fn issue(backend: &Backend, range: &RangeView, step: Step) -> Result<(), A
 pub async fn drive(backend: Arc<Backend>) {
     let settings = backend.cfg.placement.scheduler();
     let driver = &backend.placement;
+    let leading = || async { backend.brief(META_RANGE_ID).await.is_some_and(|b| b.leading) };
+    // When each running operator's range was last reported.
+    let mut reported: BTreeMap<u64, u64> = BTreeMap::new();
     loop {
         tokio::time::sleep(DRIVE_EVERY).await;
-        if !backend.brief(META_RANGE_ID).await.is_some_and(|b| b.leading) {
+        if !leading().await {
             let dropped = std::mem::take(&mut *lock(&driver.running));
             for r in dropped.values() {
                 driver.finish(r, "abandoned: this node no longer leads the meta range".into());
             }
             continue;
         }
-        let (reports, _) = gather(&backend).await;
+        let (reports, unreachable) = gather(&backend).await;
         let now = crate::backend::wall_ms().max(0) as u64;
         let mut v = view(&backend, &reports, now);
+        // Steps of one round go out within this bound; the rest wait for
+        // the next round (a slow round must not outlive the leadership).
+        let round_ends = tokio::time::Instant::now() + ROUND_BUDGET;
         let ids: Vec<u64> = lock(&driver.running).keys().copied().collect();
         for id in ids {
-            let Some(range) = v.ranges.get(&id).cloned() else { continue };
+            let Some(range) = v.ranges.get(&id).cloned() else {
+                // Not reported (its leader unreachable): given up once
+                // unheard of for a step's timeout.
+                let since = *reported.entry(id).or_insert(now);
+                if now.saturating_sub(since) > settings.step_timeout_ms {
+                    if let Some(r) = lock(&driver.running).remove(&id) {
+                        driver.finish(&r, "abandoned: the range was not reported".into());
+                    }
+                    reported.remove(&id);
+                }
+                continue;
+            };
+            reported.insert(id, now);
+            if tokio::time::Instant::now() >= round_ends || !leading().await {
+                break;
+            }
             let progress = {
                 let mut running = lock(&driver.running);
                 let Some(r) = running.get_mut(&id) else { continue };
@@ -400,7 +433,7 @@ pub async fn drive(backend: Arc<Backend>) {
                         tracing::info!(range = id, %step, "placement step not done yet: {e}");
                     }
                 }
-                Progress::Hold(step) => tracing::info!(range = id, %step, "placement step held: it would leave no live quorum"),
+                Progress::Hold(step) => tracing::debug!(range = id, %step, "placement step held: it would leave no live quorum"),
                 Progress::Done => {
                     if let Some(r) = lock(&driver.running).remove(&id) {
                         tracing::info!(range = id, reason = %r.op.reason, "placement operator done");
@@ -419,6 +452,13 @@ pub async fn drive(backend: Arc<Backend>) {
                     }
                 }
             }
+        }
+        reported.retain(|id, _| lock(&driver.running).contains_key(id));
+        // Counts with a live member's ranges missing would mislead the
+        // balancer: running operators go on, nothing new starts.
+        if !complete(&backend, &unreachable) {
+            tracing::info!(?unreachable, "placement: members did not report; planning nothing this round");
+            continue;
         }
         v.running = lock(&driver.running).iter().map(|(id, r)| (*id, r.op.kind)).collect();
         let plan = schedule(&v, &settings, now);

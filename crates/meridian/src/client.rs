@@ -193,7 +193,12 @@ pub fn placement_plan(http: &str, json: bool) -> Result<()> {
                 }
                 let ops: Vec<meridian_server::placement::OperatorReport> =
                     serde_json::from_value(v["operators"].clone()).context("parsing /v1/placement/plan")?;
-                println!("{} ranges reported; a dry run: nothing is executed", v["ranges_reported"]);
+                let mode =
+                    if v["execute"] == true { "the meta range's leader runs what it plans" } else { "a dry run: nothing is executed" };
+                println!("{} ranges reported; {mode}", v["ranges_reported"]);
+                if v["complete"] == false {
+                    println!("incomplete: a live member did not report; the driver plans nothing until it does");
+                }
                 for u in v["unreachable"].as_array().into_iter().flatten() {
                     println!("node {} did not report: {}", u["node_id"], u["why"].as_str().unwrap_or("?"));
                 }
