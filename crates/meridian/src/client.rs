@@ -156,74 +156,67 @@ pub fn members(http: &str, range_id: u64, op: Option<&str>, node_id: Option<u64>
     bail!("{op} node {node} in range {range_id}: no node could do it ({last})")
 }
 
-/// `meridian nodes`: the first member of `http` that answers, asked for
-/// its view of every node.
-pub fn nodes(http: &str, json: bool) -> Result<()> {
+/// `GET path` on the first member of `http` (comma-separated HTTP
+/// addresses) that answers, as JSON.
+fn first_answer(http: &str, path: &str) -> Result<serde_json::Value> {
     let mut last_err = None;
     for h in http.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match http_get(h, "/v1/nodes") {
-            Ok(body) => {
-                let v: serde_json::Value = serde_json::from_str(&body).context("parsing /v1/nodes")?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
-                    return Ok(());
-                }
-                let nodes: Vec<meridian_server::gossip::NodeReport> =
-                    serde_json::from_value(v["nodes"].clone()).context("parsing /v1/nodes")?;
-                print!("{}", nodes_table(v["node_id"].as_u64().unwrap_or(0), v["gossip"].as_bool().unwrap_or(false), &nodes));
-                return Ok(());
-            }
-            Err(e) => last_err = Some(e.context(format!("GET http://{h}/v1/nodes"))),
+        match http_get(h, path) {
+            Ok(body) => return serde_json::from_str(&body).with_context(|| format!("parsing {path}")),
+            Err(e) => last_err = Some(e.context(format!("GET http://{h}{path}"))),
         }
     }
     Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no HTTP address given (--http)")))
 }
 
+/// `meridian nodes`: the first member of `http` that answers, asked for
+/// its view of every node.
+pub fn nodes(http: &str, json: bool) -> Result<()> {
+    let v = first_answer(http, "/v1/nodes")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let nodes: Vec<meridian_server::gossip::NodeReport> = serde_json::from_value(v["nodes"].clone()).context("parsing /v1/nodes")?;
+    print!("{}", nodes_table(v["node_id"].as_u64().unwrap_or(0), v["gossip"].as_bool().unwrap_or(false), &nodes));
+    Ok(())
+}
+
 /// `meridian placement plan`: the first member of `http` that answers,
 /// asked what the scheduler would do now.
 pub fn placement_plan(http: &str, json: bool) -> Result<()> {
-    let mut last_err = None;
-    for h in http.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match http_get(h, "/v1/placement/plan") {
-            Ok(body) => {
-                let v: serde_json::Value = serde_json::from_str(&body).context("parsing /v1/placement/plan")?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
-                    return Ok(());
-                }
-                let ops: Vec<meridian_server::placement::OperatorReport> =
-                    serde_json::from_value(v["operators"].clone()).context("parsing /v1/placement/plan")?;
-                let mode =
-                    if v["execute"] == true { "the meta range's leader runs what it plans" } else { "a dry run: nothing is executed" };
-                println!("{} ranges reported; {mode}", v["ranges_reported"]);
-                if v["complete"] == false {
-                    println!("incomplete: a live member did not report; the driver plans nothing until it does");
-                }
-                for u in v["unreachable"].as_array().into_iter().flatten() {
-                    println!("node {} did not report: {}", u["node_id"], u["why"].as_str().unwrap_or("?"));
-                }
-                if ops.is_empty() {
-                    println!("no operator: the layout meets the policy");
-                }
-                for o in &ops {
-                    let arrow = match (o.from, o.to) {
-                        (Some(f), Some(t)) => format!("{f} -> {t}"),
-                        (Some(f), None) => format!("{f} ->"),
-                        (None, Some(t)) => format!("-> {t}"),
-                        (None, None) => String::new(),
-                    };
-                    println!("range {:>5}  {:<16} {:<10} {}", o.range_id, o.kind, arrow, o.reason);
-                    println!("             steps: {}", o.steps.join(" → "));
-                }
-                for b in v["blocked"].as_array().into_iter().flatten() {
-                    println!("range {:>5}  blocked: {}", b["range_id"], b["why"].as_str().unwrap_or("?"));
-                }
-                return Ok(());
-            }
-            Err(e) => last_err = Some(e.context(format!("GET http://{h}/v1/placement/plan"))),
-        }
+    let v = first_answer(http, "/v1/placement/plan")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
     }
-    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("no HTTP address given (--http)")))
+    let ops: Vec<meridian_server::placement::OperatorReport> =
+        serde_json::from_value(v["operators"].clone()).context("parsing /v1/placement/plan")?;
+    let mode = if v["execute"] == true { "the meta range's leader runs what it plans" } else { "a dry run: nothing is executed" };
+    println!("{} ranges reported; {mode}", v["ranges_reported"]);
+    if v["complete"] == false {
+        println!("incomplete: a live member did not report; the driver plans nothing until it does");
+    }
+    for u in v["unreachable"].as_array().into_iter().flatten() {
+        println!("node {} did not report: {}", u["node_id"], u["why"].as_str().unwrap_or("?"));
+    }
+    if ops.is_empty() {
+        println!("no operator: the layout meets the policy");
+    }
+    for o in &ops {
+        let arrow = match (o.from, o.to) {
+            (Some(f), Some(t)) => format!("{f} -> {t}"),
+            (Some(f), None) => format!("{f} ->"),
+            (None, Some(t)) => format!("-> {t}"),
+            (None, None) => String::new(),
+        };
+        println!("range {:>5}  {:<16} {:<10} {}", o.range_id, o.kind, arrow, o.reason);
+        println!("             steps: {}", o.steps.join(" → "));
+    }
+    for b in v["blocked"].as_array().into_iter().flatten() {
+        println!("range {:>5}  blocked: {}", b["range_id"], b["why"].as_str().unwrap_or("?"));
+    }
+    Ok(())
 }
 
 /// `meridian placement operators`: every member's running and finished
