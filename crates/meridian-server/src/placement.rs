@@ -404,6 +404,7 @@ pub async fn drive(backend: Arc<Backend>) {
         // Steps of one round go out within this bound; the rest wait for
         // the next round (a slow round must not outlive the leadership).
         let round_ends = tokio::time::Instant::now() + ROUND_BUDGET;
+        let mut still_leading = true;
         let ids: Vec<u64> = lock(&driver.running).keys().copied().collect();
         for id in ids {
             let Some(range) = v.ranges.get(&id).cloned() else {
@@ -419,7 +420,11 @@ pub async fn drive(backend: Arc<Backend>) {
                 continue;
             };
             reported.insert(id, now);
-            if tokio::time::Instant::now() >= round_ends || !leading().await {
+            if tokio::time::Instant::now() >= round_ends {
+                break;
+            }
+            if !leading().await {
+                still_leading = false;
                 break;
             }
             let progress = {
@@ -454,6 +459,10 @@ pub async fn drive(backend: Arc<Backend>) {
             }
         }
         reported.retain(|id, _| lock(&driver.running).contains_key(id));
+        if !still_leading {
+            // The next round abandons the operators; nothing new starts.
+            continue;
+        }
         // Counts with a live member's ranges missing would mislead the
         // balancer: running operators go on, nothing new starts.
         if !complete(&backend, &unreachable) {
