@@ -260,15 +260,7 @@ fn proposal_refused_during_a_transfer_names_the_transferee() {
 
 #[test]
 fn quiesced_range_wakes_and_elects_after_leader_dies() {
-    let mut c = cluster(8, 4);
-    for r in c.range_ids() {
-        assert!(c.put_and_wait(r, 300).is_some());
-    }
-    assert!(
-        c.run_until(300, |c| c.node_ids().iter().all(|n| c.store(*n).unwrap().statuses().iter().all(|s| s.quiesced))),
-        "ranges did not quiesce: {}",
-        c.describe()
-    );
+    let mut c = quiet_cluster(8);
     // While quiet, ticks do not advance raft: no heartbeats flow.
     let before = c.store(1).unwrap().metrics().messages_sent;
     c.run(50);
