@@ -13,7 +13,7 @@ use crate::mvcc::KeyValue;
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
     /// What to do; `None` is invalid.
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16")]
     pub op: Option<Op>,
     /// The proposer's wall clock (Unix ms), recorded as information only
     /// ("held since"); nothing decides on it.
@@ -72,6 +72,61 @@ pub enum Op {
     /// An election leader publishes a new value, guarded by its token.
     #[prost(message, tag = "14")]
     Proclaim(ProclaimOp),
+    /// Carve a namespace out of this range into a new one (placement
+    /// driver only; see [`crate::carve`]).
+    #[prost(message, tag = "15")]
+    Carve(CarveOp),
+    /// Give a dropped namespace's prefix back to this range (placement
+    /// driver only; see [`crate::carve`]).
+    #[prost(message, tag = "16")]
+    Uncarve(UncarveOp),
+}
+
+/// [`Op::Carve`]: move the keys under `prefix` to namespace
+/// `namespace_id`, served by the new range `range_id`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CarveOp {
+    /// The namespace's prefix.
+    #[prost(bytes = "vec", tag = "1")]
+    pub prefix: Vec<u8>,
+    /// The new range's id.
+    #[prost(uint64, tag = "2")]
+    pub range_id: u64,
+    /// The new namespace's id.
+    #[prost(uint64, tag = "3")]
+    pub namespace_id: u64,
+}
+
+/// [`Op::Uncarve`]: `prefix` is served by this range again; its revision
+/// is raised to at least `revision_floor` (the dropped namespace's last
+/// revision), so fencing tokens under the prefix never go back.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UncarveOp {
+    /// The dropped namespace's prefix.
+    #[prost(bytes = "vec", tag = "1")]
+    pub prefix: Vec<u8>,
+    /// The revision this range continues from, at least.
+    #[prost(int64, tag = "2")]
+    pub revision_floor: i64,
+}
+
+/// What a carve did.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct CarveOutcome {
+    /// Keys moved to the new namespace.
+    #[prost(uint64, tag = "1")]
+    pub moved_keys: u64,
+    /// The revision the new namespace starts at (above every revision its
+    /// keys carried).
+    #[prost(int64, tag = "2")]
+    pub start_revision: i64,
+    /// The prefix was already carved to this namespace (a retry): nothing
+    /// changed.
+    #[prost(bool, tag = "3")]
+    pub already: bool,
+    /// The new range's voters (the parent's when it was carved), sorted.
+    #[prost(uint64, repeated, tag = "4")]
+    pub voters: Vec<u64>,
 }
 
 /// Take a lock for a session, or queue the session for it
@@ -327,7 +382,7 @@ pub struct Outcome {
     #[prost(int64, tag = "1")]
     pub revision: i64,
     /// The command's result; [`OutcomeKind::Error`] if it failed.
-    #[prost(oneof = "OutcomeKind", tags = "2, 3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "OutcomeKind", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
     pub kind: Option<OutcomeKind>,
 }
 
@@ -359,6 +414,9 @@ pub enum OutcomeKind {
     /// Of a lock acquire or proclaim.
     #[prost(message, tag = "9")]
     Lock(LockOutcome),
+    /// Of a carve.
+    #[prost(message, tag = "10")]
+    Carve(CarveOutcome),
 }
 
 /// What an acquire (or proclaim) did.
@@ -662,6 +720,9 @@ pub fn op_keys(op: &Op) -> Vec<KeyInterval> {
         Op::LockCancel(l) => out.push(KeyInterval::key(&l.name)),
         Op::Proclaim(p) => out.push(KeyInterval::key(&p.name)),
         Op::LockDelayEnd(name) => out.push(KeyInterval::key(name)),
+        // The prefix is this range's until the carve applies; naming it
+        // would make the carve refuse itself.
+        Op::Carve(_) | Op::Uncarve(_) => {}
         Op::Compact(_) | Op::LeaseGrant(_) | Op::LeaseRevoke(_) | Op::LeaseCheckpoint(_) | Op::LeaseExpire(_) => {}
     }
     out

@@ -73,6 +73,13 @@ pub enum KvError {
         /// Most waiters a lock may queue.
         limit: usize,
     },
+    /// The request's keys belong to a namespace carved out of this range
+    /// (a stale route): retry once the route table is refreshed.
+    #[error("meridian: namespace {prefix:?} has moved to a range of its own; retry")]
+    NamespaceMoved {
+        /// The carved namespace's prefix (lossy UTF-8).
+        prefix: String,
+    },
     /// The storage engine failed, or a stored record does not decode.
     #[error("storage: {0}")]
     Storage(String),
@@ -94,6 +101,7 @@ impl KvError {
             KvError::SessionNotFound { .. } => ErrorCode::SessionNotFound,
             KvError::LockNotHeld { .. } => ErrorCode::LockNotHeld,
             KvError::TooManyWaiters { .. } => ErrorCode::TooManyWaiters,
+            KvError::NamespaceMoved { .. } => ErrorCode::NamespaceMoved,
             KvError::Storage(_) => ErrorCode::Storage,
         }
     }

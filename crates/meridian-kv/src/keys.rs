@@ -21,11 +21,36 @@ pub const SESSION_LOCK: u8 = b's';
 /// Prefix of the locks under lock-delay.
 pub const DELAYED_LOCK: u8 = b'd';
 
+/// Prefix of the carve records: a namespace's prefix carved out of this
+/// range (its value: the new namespace id, u64 big-endian).
+pub const CARVED: u8 = b'x';
+
 /// Records that commands read on every use: the meta record (each
 /// command), leases (each lock command checks its session) and lock queues.
 /// A user's key is read once per write and is not among them.
 pub fn is_hot(key: &[u8]) -> bool {
     key == META || matches!(key.first(), Some(&LEASE | &LOCK))
+}
+
+/// `x ‖ prefix`: `prefix` was carved out of this range.
+pub fn carved_key(prefix: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + prefix.len());
+    k.push(CARVED);
+    k.extend_from_slice(prefix);
+    k
+}
+
+/// The first key after every key that starts with `prefix` (empty: no such
+/// key, i.e. unbounded).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
 }
 
 /// `k ‖ key`: the index record of a user key.

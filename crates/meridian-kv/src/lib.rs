@@ -16,6 +16,7 @@
 //!   d ‖ name             locks under lock-delay
 //! ```
 
+pub mod carve;
 pub mod command;
 mod error;
 pub mod keys;

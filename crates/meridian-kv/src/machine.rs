@@ -7,6 +7,7 @@ use meridian_raftstore::{ApplyContext, StateMachine};
 use meridian_storage::{Engine, StorageResult};
 use prost::Message as _;
 
+use crate::carve;
 use crate::command::*;
 use crate::error::KvError;
 use crate::locks::{self, LockEvent, Locks};
@@ -32,18 +33,26 @@ pub trait EventSink: Send + Sync {
     /// The range's replica left this node: no more events will come from
     /// it here.
     fn range_removed(&self, _range_id: u64) {}
+
+    /// `prefix` was carved out of the range: its events come from another
+    /// range from now on (watches here that cover it must end).
+    fn namespace_carved(&self, _range_id: u64, _prefix: &[u8]) {}
 }
 
 /// The etcd-compatible state machine of one range.
 #[derive(Default)]
 pub struct KvMachine {
     sink: Option<Arc<dyn EventSink>>,
+    /// Prefixes carved out of this range (its carve records, kept here so
+    /// a command's check reads no record): commands and queries touching
+    /// them are refused.
+    carved: Vec<Vec<u8>>,
 }
 
 impl KvMachine {
     /// A machine that publishes its events to `sink`, if any.
     pub fn new(sink: Option<Arc<dyn EventSink>>) -> Self {
-        KvMachine { sink }
+        KvMachine { sink, carved: Vec::new() }
     }
 }
 
@@ -216,6 +225,9 @@ fn txn(t: &mut WriteTxn<'_, '_>, op: &TxnOp) -> Result<TxnOutcome, KvError> {
 impl KvMachine {
     fn execute(&self, ctx: &mut ApplyContext<'_>, cmd: &Command) -> Result<Applied, KvError> {
         let op = cmd.op.as_ref().ok_or_else(|| KvError::Invalid("empty command".into()))?;
+        if !self.carved.is_empty() {
+            carve::check_clear(&self.carved, &op_keys(op))?;
+        }
         if let Op::Txn(t) = op {
             check_duplicates(&t.success)?;
             check_duplicates(&t.failure)?;
@@ -281,13 +293,23 @@ impl KvMachine {
                 lock_events = l.events;
                 OutcomeKind::Lock(LockOutcome { granted: true, token: p.token, ahead: 0, lock: Some(rec) })
             }
+            Op::Carve(c) => OutcomeKind::Carve(carve::carve(&mut w, c)?),
+            Op::Uncarve(u) => {
+                carve::uncarve(&mut w, u)?;
+                OutcomeKind::Done(true)
+            }
             Op::LeaseCheckpoint(c) => {
                 let rec = w.checkpoint_lease(c.id, c.remaining_ttl_s, c.resets)?;
                 OutcomeKind::Lease(LeaseOutcome { id: rec.id, ttl_s: rec.ttl_s, resets: rec.resets })
             }
         };
+        let carved = match op {
+            Op::Carve(c) => Some((c.prefix.clone(), true)),
+            Op::Uncarve(u) => Some((u.prefix.clone(), false)),
+            _ => None,
+        };
         let (revision, events) = w.commit();
-        Ok(Applied { revision, kind, events, lock_events })
+        Ok(Applied { revision, kind, events, lock_events, carved })
     }
 }
 
@@ -296,6 +318,8 @@ struct Applied {
     kind: OutcomeKind,
     events: Vec<Event>,
     lock_events: Vec<LockEvent>,
+    /// A carve (true) or uncarve (false) of this prefix.
+    carved: Option<(Vec<u8>, bool)>,
 }
 
 impl StateMachine for KvMachine {
@@ -306,7 +330,16 @@ impl StateMachine for KvMachine {
             .map_err(|e| KvError::Invalid(format!("undecodable command: {e}")))
             .and_then(|cmd| self.execute(ctx, &cmd));
         let outcome = match result {
-            Ok(Applied { revision, kind, events, lock_events }) => {
+            Ok(Applied { revision, kind, events, lock_events, carved }) => {
+                if let Some((prefix, now_carved)) = carved {
+                    self.carved.retain(|p| *p != prefix);
+                    if now_carved {
+                        if let Some(sink) = &self.sink {
+                            sink.namespace_carved(range_id, &prefix);
+                        }
+                        self.carved.push(prefix);
+                    }
+                }
                 if let Some(sink) = &self.sink {
                     if !events.is_empty() {
                         sink.publish(range_id, revision, &events);
@@ -327,11 +360,24 @@ impl StateMachine for KvMachine {
         outcome.encode_to_vec()
     }
 
-    fn reload(&mut self, _engine: &dyn Engine, _namespace_id: u64) -> StorageResult<()> {
+    fn reload(&mut self, engine: &dyn Engine, namespace_id: u64) -> StorageResult<()> {
+        let r = EngineRead { engine, namespace_id };
+        self.carved = carve::carved(&r)
+            .map_err(|e| meridian_storage::StorageError::Corrupt { range_id: namespace_id, what: e.to_string() })?
+            .into_iter()
+            .map(|c| c.prefix)
+            .collect();
         Ok(())
     }
 
     fn read(&self, engine: &dyn Engine, namespace_id: u64, query: &[u8]) -> Vec<u8> {
+        if !self.carved.is_empty() {
+            if let Ok(Query { kind: Some(q) }) = Query::decode(query) {
+                if let Err(e) = carve::check_clear(&self.carved, &query_keys(&q)) {
+                    return QueryAnswer { error: Some(error_outcome(&e)), ..Default::default() }.encode_to_vec();
+                }
+            }
+        }
         let r = EngineRead { engine, namespace_id };
         answer(&r, query).encode_to_vec()
     }

@@ -123,6 +123,11 @@ struct Version {
     tombstone: bool,
 }
 
+/// The history record of `kv` as its live version (what a put writes).
+pub(crate) fn version_record(kv: &KeyValue) -> Vec<u8> {
+    Version { kv: Some(kv.clone()), tombstone: false }.encode_to_vec()
+}
+
 /// Event-log record: which key changed at the revision in its log key, and
 /// the revision of the version it replaced. The values live once, in the
 /// history; a watcher replaying the log reads them from there (storing
@@ -568,6 +573,15 @@ impl<'c, 'a> WriteTxn<'c, 'a> {
         }
         self.ctx.put(&keys::lease_key(id), &rec.encode_to_vec());
         Ok(rec)
+    }
+
+    /// Raises the revision to `floor` if it is below (a dropped
+    /// namespace's prefix returning: its tokens must keep growing here).
+    pub fn raise_revision(&mut self, floor: i64) {
+        if floor > self.meta.revision {
+            self.meta.revision = floor;
+            self.ctx.put(keys::META, &self.meta.encode_to_vec());
+        }
     }
 
     /// Finishes: bumps the revision if anything changed. Returns the

@@ -42,7 +42,7 @@ pub mod test_machine;
 pub use config::StoreConfig;
 pub use error::RaftstoreError;
 pub use meridian_codes::ReplicaState;
-pub use state_machine::{data_bounds, ApplyContext, Savepoint, StateMachine, StateMachineFactory};
+pub use state_machine::{data_bounds, ApplyContext, Savepoint, SplitOff, StateMachine, StateMachineFactory};
 pub use store::{
     AppliedEntry, Bootstrap, Completion, RangeRequest, RangeStatus, RangeView, RequestId, Store, StoreMetrics, INITIAL_LOG_INDEX,
     MAX_INCOMING_SNAPSHOTS, PINNED_SNAPSHOT_TICKS, STORE_FORMAT,

@@ -21,6 +21,26 @@ pub struct ApplyContext<'a> {
     /// of this journal, so taking one costs nothing however many writes the
     /// round has staged (cloning the overlay made a round quadratic).
     pub(crate) undo: Vec<Undo>,
+    /// The range's voters as of this entry (its incoming configuration),
+    /// and whether it is in joint consensus: the same on every replica at
+    /// the same index.
+    pub(crate) voters: Vec<u64>,
+    pub(crate) joint: bool,
+    /// Ranges this entry splits off (see [`ApplyContext::split_off`]).
+    pub(crate) split: Vec<SplitOff>,
+}
+
+/// A range an applied entry carves out of its own (a namespace moving to a
+/// group of its own): its descriptor and the records of its namespace's
+/// data, which the store writes with the entry, and the replica it creates
+/// here once that write is made, unless this node already has one (a
+/// replica the new range's leader created first and fills by itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitOff {
+    /// The new range (its replicas: the voters it starts with).
+    pub desc: RangeDescriptor,
+    /// `(record key, value)` in the new namespace's data.
+    pub records: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A staged write's key and the overlay entry it replaced (`None`: none;
@@ -39,7 +59,46 @@ impl<'a> ApplyContext<'a> {
         overlay: &'a mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
         term: u64,
     ) -> Self {
-        ApplyContext { range_id, namespace_id: range_id, engine, batch, overlay, term, undo: Vec::new() }
+        ApplyContext {
+            range_id,
+            namespace_id: range_id,
+            engine,
+            batch,
+            overlay,
+            term,
+            undo: Vec::new(),
+            voters: Vec::new(),
+            joint: false,
+            split: Vec::new(),
+        }
+    }
+
+    /// The same context for a range whose configuration (as of this entry)
+    /// has `voters`, `joint` if it is in joint consensus.
+    pub fn with_conf(mut self, voters: Vec<u64>, joint: bool) -> Self {
+        self.voters = voters;
+        self.joint = joint;
+        self
+    }
+
+    /// The range's voters as of this entry (the incoming configuration
+    /// while joint), sorted.
+    pub fn voters(&self) -> &[u64] {
+        &self.voters
+    }
+
+    /// Whether the range is in joint consensus as of this entry.
+    pub fn joint(&self) -> bool {
+        self.joint
+    }
+
+    /// Splits a new range off this one, applied with the entry: the store
+    /// writes `split.records` into the data of `split.desc.namespace_id`
+    /// and creates this node's replica (if `split.desc` lists this node and
+    /// it has no replica of that range yet). Undone by a rollback, like a
+    /// staged write.
+    pub fn split_off(&mut self, split: SplitOff) {
+        self.split.push(split);
     }
 
     /// The same context over the data of `namespace_id`.
@@ -58,16 +117,23 @@ impl<'a> ApplyContext<'a> {
         self.namespace_id
     }
 
+    /// Takes the ranges split off so far (for drivers other than the store,
+    /// and tests; the store takes them itself).
+    pub fn take_splits(&mut self) -> Vec<SplitOff> {
+        std::mem::take(&mut self.split)
+    }
+
     /// Marks the current state so a failed command can be undone with
     /// [`ApplyContext::rollback`]: a command that fails changes nothing.
     pub fn savepoint(&self) -> Savepoint {
-        Savepoint { batch_len: self.batch.len(), undo_len: self.undo.len() }
+        Savepoint { batch_len: self.batch.len(), undo_len: self.undo.len(), split_len: self.split.len() }
     }
 
     /// Undoes every write staged since `sp` was taken (in the batch and
     /// as later reads see them); writes staged before it stay.
     pub fn rollback(&mut self, sp: Savepoint) {
         self.batch.truncate(sp.batch_len);
+        self.split.truncate(sp.split_len);
         while self.undo.len() > sp.undo_len {
             let (key, before) = self.undo.pop().expect("length checked");
             match before {
@@ -164,6 +230,7 @@ impl<'a> ApplyContext<'a> {
 pub struct Savepoint {
     batch_len: usize,
     undo_len: usize,
+    split_len: usize,
 }
 
 /// Engine bounds of the record-key interval `[start, end)` of a namespace's

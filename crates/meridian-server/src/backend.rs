@@ -69,6 +69,9 @@ pub fn wall_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Refusals within this long of a route refresh use its result.
+const ROUTE_REFRESH_COALESCE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Marks a request already forwarded once, so forwarding never loops.
 pub const FORWARDED_HEADER: &str = "x-meridian-forwarded";
 
@@ -106,6 +109,10 @@ pub struct Backend {
     /// refuses, and the refusal's epoch replaces the cached one (bounded:
     /// one entry per range).
     epochs: Mutex<HashMap<u64, RangeEpoch>>,
+    /// When the routes were last read again after a refusal
+    /// ([`Backend::refresh_routes`]); held while reading, so concurrent
+    /// refusals wait for one read.
+    route_refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
     /// range → the nodes holding a replica of it, voters first, as
     /// the catalog says: where a request for a range this node holds no
     /// replica of is forwarded ([`Backend::elsewhere`]). One entry per
@@ -149,6 +156,8 @@ fn op_name(op: &c::Op) -> &'static str {
         c::Op::LeaseExpire(_) => "lease_expire",
         c::Op::LockDelayEnd(_) => "lock_delay_end",
         c::Op::Proclaim(_) => "election_proclaim",
+        c::Op::Carve(_) => "namespace_carve",
+        c::Op::Uncarve(_) => "namespace_uncarve",
     }
 }
 
@@ -205,6 +214,7 @@ impl Backend {
             requests: Mutex::new(BTreeMap::new()),
             briefs: Mutex::new(None),
             epochs: Mutex::new(HashMap::new()),
+            route_refresh: tokio::sync::Mutex::new(None),
             replicas: Mutex::new(HashMap::new()),
             alarms: crate::alarms::AlarmState::new(cfg.node_id, cfg.quota()),
             cfg,
@@ -325,32 +335,80 @@ impl Backend {
         let cost = cmd.encoded_len();
         self.admit(range_id, cmd.op.as_ref().expect("set above"), cost).await?;
         let cmd = cmd.encode_to_vec();
-        let raw = match self.propose_command(range_id, keys, cmd, leader_only).await {
-            Ok(raw) => raw,
-            Err(e) => return Err(self.elsewhere(range_id, e).await),
-        };
-        let out = c::Outcome::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable outcome: {e}")))?;
-        if let Some(c::OutcomeKind::Error(e)) = &out.kind {
-            return Err(ApiError::from_outcome(e));
+        let mut range_id = range_id;
+        let mut rerouted = false;
+        loop {
+            let raw = match self.propose_command(range_id, keys.clone(), &cmd, leader_only).await {
+                Ok(raw) => raw,
+                Err(e) => return Err(self.elsewhere(range_id, e).await),
+            };
+            let out = c::Outcome::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable outcome: {e}")))?;
+            match &out.kind {
+                Some(c::OutcomeKind::Error(e)) => match ApiError::from_outcome(e) {
+                    // The namespace was carved out since the route was
+                    // cached; the refused command changed nothing.
+                    ApiError::NamespaceMoved(_) if !rerouted => {
+                        rerouted = true;
+                        range_id = self.reroute(range_id, &keys).await?;
+                    }
+                    err => return Err(err),
+                },
+                _ => return Ok(out),
+            }
         }
-        Ok(out)
+    }
+
+    /// After a range refused keys as carved out of it: the route table is
+    /// read again from the meta range and the range serving `keys` now is
+    /// returned (still `from`: the namespace's descriptor is not published
+    /// yet, a retryable [`ApiError::NamespaceMoved`]).
+    async fn reroute(&self, from: u64, keys: &[KeyInterval]) -> Result<u64, ApiError> {
+        self.refresh_routes().await?;
+        let routing = self.routing();
+        let mut target = None;
+        for k in keys {
+            let r = routing.range_of_interval(&k.key, &k.range_end)?;
+            if target.is_some_and(|t| t != r) {
+                return Err(ApiError::CrossNamespace(format!(
+                    "the request spans namespaces (range {} and range {r}) since one was created; operations must stay inside one namespace",
+                    target.unwrap_or_default()
+                )));
+            }
+            target = Some(r);
+        }
+        match target {
+            Some(t) if t != from => Ok(t),
+            _ => {
+                Err(ApiError::NamespaceMoved(format!("range {from} no longer serves these keys and the catalog names no other yet; retry")))
+            }
+        }
+    }
+
+    /// Reads the catalog from the meta range (through its leader) and
+    /// installs its routes, unless another request did so in the last
+    /// [`ROUTE_REFRESH_COALESCE`] (a burst of refusals costs one read).
+    pub async fn refresh_routes(&self) -> Result<(), ApiError> {
+        let mut last = self.route_refresh.lock().await;
+        if last.is_some_and(|t| t.elapsed() < ROUTE_REFRESH_COALESCE) {
+            return Ok(());
+        }
+        let catalog: Result<Option<crate::meta::Catalog>, ApiError> = Box::pin(crate::meta::read(self, true)).await;
+        if let Some(c) = catalog? {
+            crate::meta::install(self, &c)?;
+        }
+        *last = Some(tokio::time::Instant::now());
+        Ok(())
     }
 
     /// Proposes an encoded command that touches `keys` at the range's cached
     /// epoch; a stale epoch is refreshed from the refusal and the proposal
     /// retried once (a refused proposal changed nothing).
-    pub async fn propose_command(
-        &self,
-        range_id: u64,
-        keys: Vec<KeyInterval>,
-        cmd: Vec<u8>,
-        leader_only: bool,
-    ) -> Result<Vec<u8>, ApiError> {
+    pub async fn propose_command(&self, range_id: u64, keys: Vec<KeyInterval>, cmd: &[u8], leader_only: bool) -> Result<Vec<u8>, ApiError> {
         let mut attempt = 0;
         loop {
             let req = self.route(range_id, keys.clone()).await;
             let r =
-                if leader_only { self.raft.propose_on_leader(req, cmd.clone()).await } else { self.raft.propose(req, cmd.clone()).await };
+                if leader_only { self.raft.propose_on_leader(req, cmd.to_vec()).await } else { self.raft.propose(req, cmd.to_vec()).await };
             match r {
                 Err(ApiError::EpochMismatch { range_id, current }) if attempt == 0 => self.learn_epoch(range_id, current),
                 r => return r,
@@ -398,21 +456,29 @@ impl Backend {
         let linearizable = linearizable && !self.cfg.debug.unsafe_local_reads;
         let keys = c::query_keys(&q);
         let query = c::Query { kind: Some(q) }.encode_to_vec();
-        let mut attempt = 0;
-        let raw = loop {
-            let req = self.route(range_id, keys.clone()).await;
-            match self.raft.read(req, query.clone(), linearizable).await {
-                Err(ApiError::EpochMismatch { range_id, current }) if attempt == 0 => self.learn_epoch(range_id, current),
-                Err(e) => return Err(self.elsewhere(range_id, e).await),
-                Ok(raw) => break raw,
+        let mut range_id = range_id;
+        let mut rerouted = false;
+        loop {
+            let mut attempt = 0;
+            let raw = loop {
+                let req = self.route(range_id, keys.clone()).await;
+                match self.raft.read(req, query.clone(), linearizable).await {
+                    Err(ApiError::EpochMismatch { range_id, current }) if attempt == 0 => self.learn_epoch(range_id, current),
+                    Err(e) => return Err(self.elsewhere(range_id, e).await),
+                    Ok(raw) => break raw,
+                }
+                attempt += 1;
+            };
+            let a = c::QueryAnswer::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable answer: {e}")))?;
+            match a.error.as_ref().map(ApiError::from_outcome) {
+                None => return Ok(a),
+                Some(ApiError::NamespaceMoved(_)) if !rerouted => {
+                    rerouted = true;
+                    range_id = self.reroute(range_id, &keys).await?;
+                }
+                Some(e) => return Err(e),
             }
-            attempt += 1;
-        };
-        let a = c::QueryAnswer::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable answer: {e}")))?;
-        if let Some(e) = &a.error {
-            return Err(ApiError::from_outcome(e));
         }
-        Ok(a)
     }
 
     pub async fn header(&self, range_id: u64, revision: i64) -> pb::ResponseHeader {

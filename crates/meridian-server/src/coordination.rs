@@ -245,7 +245,7 @@ impl api::internal_server::Internal for InternalService {
             self.backend.admit(r.range_id, op, r.command.len()).await?;
         }
         let keys = cmd.op.as_ref().map(c::op_keys).unwrap_or_default();
-        let outcome = self.backend.propose_command(r.range_id, keys, cmd.encode_to_vec(), false).await?;
+        let outcome = self.backend.propose_command(r.range_id, keys, &cmd.encode_to_vec(), false).await?;
         Ok(Response::new(api::ProposeResponse { outcome }))
     }
 

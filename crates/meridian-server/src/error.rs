@@ -93,6 +93,16 @@ pub enum ApiError {
     Corrupt,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    /// The keys belong to a namespace carved out of the range the route
+    /// named (created at runtime since): retryable once routes refresh.
+    #[error("meridian: {0}")]
+    NamespaceMoved(String),
+    #[error("meridian: {0}")]
+    NamespaceExists(String),
+    #[error("meridian: {0}")]
+    NamespaceNotFound(String),
+    #[error("meridian: {0}")]
+    NamespaceNotEmpty(String),
 }
 
 impl ApiError {
@@ -159,6 +169,10 @@ impl ApiError {
             ErrorCode::NoSpace => ApiError::NoSpace,
             ErrorCode::Corrupt => ApiError::Corrupt,
             ErrorCode::MemberNotFound => ApiError::MemberNotFound,
+            ErrorCode::NamespaceMoved => ApiError::NamespaceMoved(text("meridian: ")),
+            ErrorCode::NamespaceExists => ApiError::NamespaceExists(text("meridian: ")),
+            ErrorCode::NamespaceNotFound => ApiError::NamespaceNotFound(text("meridian: ")),
+            ErrorCode::NamespaceNotEmpty => ApiError::NamespaceNotEmpty(text("meridian: ")),
             ErrorCode::Internal | ErrorCode::Unspecified => ApiError::Internal(text("etcdserver: ")),
         }
     }
@@ -197,6 +211,10 @@ impl ApiError {
             ApiError::NoSpace => ErrorCode::NoSpace,
             ApiError::Corrupt => ErrorCode::Corrupt,
             ApiError::MemberNotFound => ErrorCode::MemberNotFound,
+            ApiError::NamespaceMoved(_) => ErrorCode::NamespaceMoved,
+            ApiError::NamespaceExists(_) => ErrorCode::NamespaceExists,
+            ApiError::NamespaceNotFound(_) => ErrorCode::NamespaceNotFound,
+            ApiError::NamespaceNotEmpty(_) => ErrorCode::NamespaceNotEmpty,
         }
     }
 
@@ -221,7 +239,11 @@ impl ApiError {
             | ApiError::OutcomeUnknown
             | ApiError::NodeStopped
             | ApiError::EpochMismatch { .. }
-            | ApiError::KeyNotInRange { .. } => Code::Unavailable,
+            | ApiError::KeyNotInRange { .. }
+            | ApiError::NamespaceMoved(_) => Code::Unavailable,
+            ApiError::NamespaceExists(_) => Code::AlreadyExists,
+            ApiError::NamespaceNotFound(_) => Code::NotFound,
+            ApiError::NamespaceNotEmpty(_) => Code::FailedPrecondition,
             ApiError::TooBusy | ApiError::NoSpace => Code::ResourceExhausted,
             ApiError::MemberNotFound => Code::NotFound,
             ApiError::Unimplemented(_) => Code::Unimplemented,
@@ -237,7 +259,9 @@ impl ApiError {
             | ApiError::KeyNotFound
             | ApiError::SessionNotFound
             | ApiError::UnknownRange { .. }
-            | ApiError::MemberNotFound => 404,
+            | ApiError::MemberNotFound
+            | ApiError::NamespaceNotFound(_) => 404,
+            ApiError::NamespaceExists(_) | ApiError::NamespaceNotEmpty(_) => 409,
             ApiError::NoSpace => 507,
             ApiError::LockNotHeld(_) | ApiError::Membership(_) => 409,
             ApiError::TooManyWaiters(_) => 429,
@@ -252,7 +276,7 @@ impl ApiError {
             | ApiError::NodeStopped => 503,
             ApiError::Unimplemented(_) => 501,
             ApiError::Internal(_) | ApiError::Storage(_) | ApiError::Corrupt => 500,
-            ApiError::EpochMismatch { .. } | ApiError::KeyNotInRange { .. } => 503,
+            ApiError::EpochMismatch { .. } | ApiError::KeyNotInRange { .. } | ApiError::NamespaceMoved(_) => 503,
         }
     }
 }
@@ -346,6 +370,10 @@ mod tests {
             ApiError::NoSpace,
             ApiError::Corrupt,
             ApiError::MemberNotFound,
+            ApiError::NamespaceMoved("namespace \"/a/\" has moved to a range of its own; retry".into()),
+            ApiError::NamespaceExists("namespace \"/a/\" already exists".into()),
+            ApiError::NamespaceNotFound("namespace \"/a/\" not found".into()),
+            ApiError::NamespaceNotEmpty("namespace \"/a/\" holds 3 keys".into()),
         ]
     }
 

@@ -45,17 +45,7 @@ pub struct Routing {
     root_namespace_id: u64,
 }
 
-/// The first key after every key with `prefix` (empty: no such key).
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    Vec::new()
-}
+pub use meridian_kv::keys::prefix_end;
 
 fn ns_name(prefix: &[u8]) -> String {
     String::from_utf8_lossy(prefix).into_owned()

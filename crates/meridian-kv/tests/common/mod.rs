@@ -59,6 +59,34 @@ impl Fixture {
         Outcome::decode(out.as_slice()).unwrap()
     }
 
+    /// Applies `op` to a range whose voters are `voters` (`joint`: in
+    /// joint consensus), writes its batch and any split-off namespace's
+    /// records, and returns the outcome with the ranges split off.
+    pub fn apply_conf(&mut self, op: Op, voters: &[u64], joint: bool) -> (Outcome, Vec<meridian_raftstore::SplitOff>) {
+        let mut batch = WriteBatch::new();
+        let mut overlay = BTreeMap::new();
+        self.index += 1;
+        let (out, splits) = {
+            let mut ctx = ApplyContext::new(RANGE, &self.engine, &mut batch, &mut overlay, 1).with_conf(voters.to_vec(), joint);
+            let out = self.sm.apply(&mut ctx, self.index, &Command { op: Some(op), wall_ms: 1000 }.encode_to_vec());
+            (out, ctx.take_splits())
+        };
+        for s in &splits {
+            for (k, v) in &s.records {
+                batch.put(meridian_storage::Cf::Data, meridian_storage::keys::data_key(s.desc.namespace_id, k), v.clone());
+            }
+        }
+        self.engine.write(&batch, false).unwrap();
+        (Outcome::decode(out.as_slice()).unwrap(), splits)
+    }
+
+    /// A query against namespace `namespace_id`'s data on this engine.
+    pub fn query_in(&self, namespace_id: u64, kind: QueryKind) -> QueryAnswer {
+        let q = Query { kind: Some(kind) };
+        let sm = KvMachine::new(None);
+        QueryAnswer::decode(sm.read(&self.engine, namespace_id, &q.encode_to_vec()).as_slice()).unwrap()
+    }
+
     pub fn query(&self, kind: QueryKind) -> QueryAnswer {
         let q = Query { kind: Some(kind) };
         QueryAnswer::decode(self.sm.read(&self.engine, RANGE, &q.encode_to_vec()).as_slice()).unwrap()

@@ -5,12 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use meridian_storage::WriteBatch;
+use meridian_storage::{keys, Cf, PeerStorage, ReplicaRole, WriteBatch};
 use raft::prelude::{Entry, EntryType};
+use tracing::info;
 
-use super::{AppliedEntry, Completion, Store};
+use super::{AppliedEntry, Completion, Store, INITIAL_LOG_INDEX};
 use crate::error::RaftstoreError;
-use crate::state_machine::ApplyContext;
+use crate::state_machine::{ApplyContext, SplitOff};
 
 impl Store {
     /// Applies committed entries of one range. `overlay` holds what earlier
@@ -28,6 +29,7 @@ impl Store {
             return Ok(());
         }
         let node_id = self.cfg.node_id;
+        let mut splits = Vec::new();
         let p = self.peers.get_mut(&range_id).expect("caller checked");
         let mut applied = p.raft.store().apply_state();
         for e in entries {
@@ -39,8 +41,15 @@ impl Store {
                 EntryType::EntryNormal => {
                     if !e.data.is_empty() {
                         let namespace_id = p.desc.namespace_id;
-                        let mut ctx = ApplyContext::new(range_id, &*self.engine, batch, overlay, e.term).for_namespace(namespace_id);
+                        let conf = p.raft.raft.prs().conf().to_conf_state();
+                        let mut voters = conf.voters.clone();
+                        voters.sort_unstable();
+                        let joint = !conf.voters_outgoing.is_empty();
+                        let mut ctx = ApplyContext::new(range_id, &*self.engine, batch, overlay, e.term)
+                            .for_namespace(namespace_id)
+                            .with_conf(voters, joint);
                         response = p.sm.apply(&mut ctx, e.index, &e.data);
+                        splits.append(&mut ctx.split);
                         self.metrics.entries_applied += 1;
                     }
                 }
@@ -69,6 +78,50 @@ impl Store {
             }
         }
         p.raft.mut_store().set_applied(applied.applied_index, applied.applied_term, batch);
+        for split in splits {
+            self.stage_split(range_id, split, batch);
+        }
+        Ok(())
+    }
+
+    /// Writes a range split off `parent` into `batch` (its raft state at
+    /// [`INITIAL_LOG_INDEX`], its descriptor and its namespace's records)
+    /// and queues its replica to be opened once the batch is written —
+    /// unless this node is not among its replicas, or already has a replica
+    /// of it (created by the new range's leader before this node applied
+    /// the split: that replica is filled by raft, and writing the split's
+    /// state under it could move it back).
+    fn stage_split(&mut self, parent: u64, split: SplitOff, batch: &mut WriteBatch) {
+        let desc = split.desc;
+        let range_id = desc.range_id;
+        if desc.replica(self.cfg.node_id).is_none() {
+            return;
+        }
+        if self.peers.contains_key(&range_id) || self.split_pending.iter().any(|d| d.range_id == range_id) {
+            info!(node = self.cfg.node_id, range = range_id, parent, "split-off range already has a replica here; left to raft");
+            return;
+        }
+        let voters = desc.replicas.iter().filter(|r| r.role == ReplicaRole::Voter).map(|r| r.node_id).collect();
+        PeerStorage::bootstrap_at(batch, &desc, voters, INITIAL_LOG_INDEX);
+        for (k, v) in split.records {
+            batch.put(Cf::Data, keys::data_key(desc.namespace_id, &k), v);
+        }
+        info!(node = self.cfg.node_id, range = range_id, parent, namespace = desc.namespace_id, "range split off");
+        self.split_pending.push(desc);
+    }
+
+    /// Opens the replicas of ranges split off in the round whose batch was
+    /// just written.
+    pub(super) fn open_split_ranges(&mut self) -> Result<(), RaftstoreError> {
+        for desc in std::mem::take(&mut self.split_pending) {
+            for r in &desc.replicas {
+                if r.node_id != self.cfg.node_id {
+                    self.known_nodes.insert(r.node_id);
+                }
+            }
+            let storage = PeerStorage::open(self.engine.clone(), desc.range_id)?;
+            self.add_peer(desc, storage)?;
+        }
         Ok(())
     }
 }

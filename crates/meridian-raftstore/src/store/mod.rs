@@ -385,6 +385,9 @@ pub struct Store {
     sync_wanted: bool,
     /// Shared by the entry caches of every range here.
     entry_cache_budget: EntryCacheBudget,
+    /// Ranges split off in this round's applies, opened once its batch is
+    /// written.
+    split_pending: Vec<RangeDescriptor>,
 }
 
 fn not_found(range_id: u64) -> RaftstoreError {
@@ -475,6 +478,7 @@ impl Store {
             synced_seq: 0,
             sync_wanted: false,
             entry_cache_budget: EntryCacheBudget::new(EntryCacheBudget::DEFAULT_BYTES),
+            split_pending: Vec::new(),
         };
         // One write for every range's leftover staging, not one per range.
         let mut unstaged = WriteBatch::new();

@@ -100,6 +100,7 @@ impl Store {
         if !batch.is_empty() {
             self.engine.write(&batch, false)?;
         }
+        self.open_split_ranges()?;
         if must_sync {
             self.write_seq += 1;
             if self.cfg.defer_sync {

@@ -1,0 +1,239 @@
+//! Carving a namespace out of the range that holds it (a runtime
+//! `namespace create`), and giving a dropped one back.
+//!
+//! A carve is one command in the parent range's log (the root range's, for
+//! a prefix nobody declared). Applied, on every replica alike and in the
+//! entry's one write:
+//!
+//! ```text
+//!  parent namespace (e.g. root, id 2)          new namespace (id N, range R)
+//!    k<key> for keys under the prefix  ──move──►  k<key>, h<key><mod_rev>
+//!    x<prefix> = N  (the fence)                   m: revision = compact = parent's revision
+//!                                                 + range R's raft state (voters: the parent's)
+//! ```
+//!
+//! Keys keep their create/mod revisions and versions; the new namespace's
+//! revision starts at the parent's current revision, above every revision
+//! its keys carried, so fencing tokens (grant revisions) under the prefix
+//! keep growing. Its history starts there (older revisions read as
+//! compacted). The parent keeps its own history records of the moved keys
+//! (its event log refers to them) until its compaction.
+//!
+//! From then on the parent refuses every command and query that touches
+//! the prefix with [`KvError::NamespaceMoved`] — also ones proposed before
+//! the carve and applied after it — so no write lands on the wrong side.
+//!
+//! Refused, changing nothing: keys under the prefix attached to a lease
+//! (leases belong to their namespace and cannot follow), locks held or
+//! waited for under it, more than [`MAX_CARVE_KEYS`] keys, a prefix that
+//! overlaps an earlier carve, and a parent in joint consensus.
+
+use meridian_raftstore::SplitOff;
+use meridian_storage::{RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
+use prost::Message as _;
+
+use crate::command::{CarveOp, CarveOutcome, UncarveOp};
+use crate::error::KvError;
+use crate::keys;
+use crate::mvcc::{version_record, KeyValue, Meta, WriteTxn};
+use crate::read::DataRead;
+
+/// Most keys one carve moves (they travel in one write; a larger prefix
+/// needs a namespace declared before its keys are written).
+pub const MAX_CARVE_KEYS: usize = 100_000;
+
+/// A carve record: where a prefix went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Carved {
+    /// The carved prefix.
+    pub prefix: Vec<u8>,
+    /// The namespace it became.
+    pub namespace_id: u64,
+    /// The voters its range started with.
+    pub voters: Vec<u64>,
+}
+
+/// The carve records of a range, by prefix. Each value: the namespace id,
+/// then the voters, u64 big-endian each.
+pub fn carved(r: &dyn DataRead) -> Result<Vec<Carved>, KvError> {
+    let mut out = Vec::new();
+    let mut bad = None;
+    r.scan(&[keys::CARVED], &[keys::CARVED + 1], &mut |k, v| {
+        if v.len() < 8 || v.len() % 8 != 0 {
+            bad = Some(KvError::Storage(format!("corrupt carve record {k:?}")));
+            return false;
+        }
+        let mut ids = v.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")));
+        let namespace_id = ids.next().expect("checked length");
+        out.push(Carved { prefix: k[1..].to_vec(), namespace_id, voters: ids.collect() });
+        true
+    })?;
+    bad.map_or(Ok(out), Err)
+}
+
+/// Whether the etcd-style interval `[key, end)` (empty `end`: the key
+/// alone; `"\0"`: unbounded) touches a key under `prefix`.
+pub fn touches(key: &[u8], end: &[u8], prefix: &[u8]) -> bool {
+    if end.is_empty() {
+        return key.starts_with(prefix);
+    }
+    let p_end = keys::prefix_end(prefix);
+    let unbounded = end == [0];
+    if !unbounded && end <= key {
+        return false; // an empty interval
+    }
+    let starts_before_prefix_ends = p_end.is_empty() || key < p_end.as_slice();
+    let ends_after_prefix_starts = unbounded || end > prefix;
+    starts_before_prefix_ends && ends_after_prefix_starts
+}
+
+fn name(prefix: &[u8]) -> String {
+    String::from_utf8_lossy(prefix).into_owned()
+}
+
+/// Applies [`CarveOp`] (see the module docs).
+pub fn carve(w: &mut WriteTxn<'_, '_>, op: &CarveOp) -> Result<CarveOutcome, KvError> {
+    let p = &op.prefix;
+    if p.is_empty() {
+        return Err(KvError::Invalid("a namespace prefix must not be empty".into()));
+    }
+    let parent_ns = w.ctx().namespace_id();
+    if op.namespace_id == 0 || op.range_id == 0 || op.namespace_id == parent_ns || op.range_id == w.ctx().range_id() {
+        return Err(KvError::Invalid(format!("carve of {:?}: invalid range {} / namespace {}", name(p), op.range_id, op.namespace_id)));
+    }
+    for c in carved(w.reader())? {
+        let q = &c.prefix;
+        if q == p {
+            if c.namespace_id == op.namespace_id {
+                return Ok(CarveOutcome { moved_keys: 0, start_revision: 0, already: true, voters: c.voters });
+            }
+            return Err(KvError::Invalid(format!("{:?} was already carved out (namespace {})", name(p), c.namespace_id)));
+        }
+        if q.starts_with(p) || p.starts_with(q) {
+            return Err(KvError::Invalid(format!("{:?} overlaps namespace {:?}", name(p), name(q))));
+        }
+    }
+    if w.ctx().joint() {
+        return Err(KvError::Invalid("the range is changing its membership; retry once the change is done".into()));
+    }
+    let end = keys::prefix_end(p);
+    let mut moved: Vec<KeyValue> = Vec::new();
+    let mut too_many = false;
+    let (s, e) = keys::index_bounds(p, &end);
+    let mut bad = None;
+    w.reader().scan(&s, &e, &mut |_, v| {
+        if moved.len() == MAX_CARVE_KEYS {
+            too_many = true;
+            return false;
+        }
+        match KeyValue::decode(v) {
+            Ok(kv) => moved.push(kv),
+            Err(x) => {
+                bad = Some(KvError::Storage(format!("corrupt index entry: {x}")));
+                return false;
+            }
+        }
+        true
+    })?;
+    if let Some(x) = bad {
+        return Err(x);
+    }
+    if too_many {
+        return Err(KvError::Invalid(format!(
+            "more than {MAX_CARVE_KEYS} keys under {:?}: too many to move in one step; delete some, or declare the namespace before writing its keys",
+            name(p)
+        )));
+    }
+    let leased = moved.iter().filter(|kv| kv.lease != 0).count();
+    if let Some(kv) = moved.iter().find(|kv| kv.lease != 0) {
+        return Err(KvError::Invalid(format!(
+            "{leased} key(s) under {:?} are attached to leases (e.g. {:?}, lease {:#x}); a lease cannot move to another namespace: revoke the leases or let them expire first",
+            name(p),
+            name(&kv.key),
+            kv.lease
+        )));
+    }
+    if let Some(lock) = first_lock_under(w.reader(), p)? {
+        return Err(KvError::Invalid(format!(
+            "lock {:?} under {:?} is held, waited for or under lock-delay; locks cannot move to another namespace: release them first",
+            name(&lock),
+            name(p)
+        )));
+    }
+    let meta = w.meta();
+    let mut records = Vec::with_capacity(2 * moved.len() + 1);
+    for kv in &moved {
+        records.push((keys::index_key(&kv.key), kv.encode_to_vec()));
+        records.push((keys::history_key(&kv.key, kv.mod_revision), version_record(kv)));
+    }
+    let start = Meta { revision: meta.revision, compact_revision: meta.revision, last_lease_id: 0 };
+    records.push((keys::META.to_vec(), start.encode_to_vec()));
+    for kv in &moved {
+        w.ctx().delete(&keys::index_key(&kv.key));
+    }
+    let voters = w.ctx().voters().to_vec();
+    let mut record = op.namespace_id.to_be_bytes().to_vec();
+    for v in &voters {
+        record.extend_from_slice(&v.to_be_bytes());
+    }
+    w.ctx().put(&keys::carved_key(p), &record);
+    let replicas = voters.iter().map(|&node_id| ReplicaDesc { node_id, role: ReplicaRole::Voter }).collect();
+    let desc = RangeDescriptor {
+        range_id: op.range_id,
+        namespace_id: op.namespace_id,
+        start: p.clone(),
+        end,
+        epoch: RangeEpoch { conf_ver: 1, version: 1 },
+        replicas,
+    };
+    w.ctx().split_off(SplitOff { desc, records });
+    Ok(CarveOutcome { moved_keys: moved.len() as u64, start_revision: meta.revision, already: false, voters })
+}
+
+/// A lock record (queue or lock-delay) named under `prefix`, if any.
+fn first_lock_under(r: &dyn DataRead, prefix: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+    let mut found = None;
+    // Escaping keeps a name's bytes in order, so every queue of a name under
+    // the prefix sorts between these bounds.
+    let mut s = vec![keys::LOCK];
+    keys::escape(prefix, &mut s);
+    s.truncate(s.len() - 2); // the terminator
+    let e = keys::prefix_end(&s);
+    r.scan(&s, &e, &mut |k, _| {
+        found = keys::parse_lock_key(k);
+        found.is_none()
+    })?;
+    if found.is_some() {
+        return Ok(found);
+    }
+    let s = keys::delayed_lock_key(prefix);
+    let e = keys::prefix_end(&s);
+    r.scan(&s, &e, &mut |k, _| {
+        found = Some(k[1..].to_vec());
+        false
+    })?;
+    Ok(found)
+}
+
+/// Applies [`UncarveOp`]: the prefix is this range's again, and its
+/// revision continues from at least `revision_floor`.
+pub fn uncarve(w: &mut WriteTxn<'_, '_>, op: &UncarveOp) -> Result<(), KvError> {
+    if !carved(w.reader())?.iter().any(|c| c.prefix == op.prefix) {
+        // A retry of an uncarve that applied: nothing to do.
+        return Ok(());
+    }
+    w.ctx().delete(&keys::carved_key(&op.prefix));
+    w.raise_revision(op.revision_floor);
+    Ok(())
+}
+
+/// Whether `op`'s keys stay clear of every prefix in `carved`; the first
+/// one they touch is the error.
+pub fn check_clear(carved: &[Vec<u8>], intervals: &[meridian_storage::KeyInterval]) -> Result<(), KvError> {
+    for k in intervals {
+        if let Some(p) = carved.iter().find(|p| touches(&k.key, &k.range_end, p)) {
+            return Err(KvError::NamespaceMoved { prefix: name(p) });
+        }
+    }
+    Ok(())
+}
