@@ -68,6 +68,7 @@ sim-long: setup
 	  $(CARGO) test --workspace --test kv_random -- --nocapture
 	MERIDIAN_GOSSIP_SEEDS=$${GOSSIP_SEEDS:-$${SEEDS:-500}} $(CARGO) test -p meridian-membership agent:: -- --nocapture
 	MERIDIAN_PLACEMENT_SEEDS=$${PLACEMENT_SEEDS:-$${SEEDS:-500}} $(CARGO) test -p meridian-placement -- --nocapture
+	MERIDIAN_CARVE_SEEDS=$${CARVE_SEEDS:-$${SEEDS:-500}} $(CARGO) test -p meridian-sim --test carve -- --nocapture
 
 # A long fuzzing run of every decoder that takes untrusted bytes (peer
 # frames, raft messages, stored records, KV commands and queries, etcd

@@ -33,9 +33,9 @@ pub const ERROR_CODE_KEY: &str = "meridian-error-code";
 
 impl ErrorCode {
     /// True for the codes a state machine's `ErrorOutcome` may carry
-    /// (1-13); the others are the server's and the raftstore's.
+    /// (1-14); the others are the server's and the raftstore's.
     pub fn is_state_machine(self) -> bool {
-        (1..=13).contains(&(self as i32))
+        (1..=14).contains(&(self as i32))
     }
 }
 
@@ -61,6 +61,7 @@ mod tests {
             (ErrorCode::LockNotHeld, 11),
             (ErrorCode::TooManyWaiters, 12),
             (ErrorCode::NamespaceMoved, 13),
+            (ErrorCode::ConfChanging, 14),
         ];
         for (code, n) in pinned {
             assert_eq!(code as i32, n, "{code:?}");

@@ -114,7 +114,7 @@ pub fn carve(w: &mut WriteTxn<'_, '_>, op: &CarveOp) -> Result<CarveOutcome, KvE
         }
     }
     if w.ctx().joint() {
-        return Err(KvError::Invalid("the range is changing its membership; retry once the change is done".into()));
+        return Err(KvError::ConfChanging);
     }
     let end = keys::prefix_end(p);
     let mut moved: Vec<KeyValue> = Vec::new();

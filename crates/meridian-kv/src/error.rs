@@ -80,6 +80,10 @@ pub enum KvError {
         /// The carved namespace's prefix (lossy UTF-8).
         prefix: String,
     },
+    /// The command needs the range's membership settled and it is in joint
+    /// consensus: retry once the change is done.
+    #[error("meridian: range is changing its membership; retry once the change is done")]
+    ConfChanging,
     /// The storage engine failed, or a stored record does not decode.
     #[error("storage: {0}")]
     Storage(String),
@@ -102,6 +106,7 @@ impl KvError {
             KvError::LockNotHeld { .. } => ErrorCode::LockNotHeld,
             KvError::TooManyWaiters { .. } => ErrorCode::TooManyWaiters,
             KvError::NamespaceMoved { .. } => ErrorCode::NamespaceMoved,
+            KvError::ConfChanging => ErrorCode::ConfChanging,
             KvError::Storage(_) => ErrorCode::Storage,
         }
     }

@@ -103,6 +103,9 @@ pub enum ApiError {
     NamespaceNotFound(String),
     #[error("meridian: {0}")]
     NamespaceNotEmpty(String),
+    /// The range is in joint consensus and the command needs it settled.
+    #[error("meridian: range is changing its membership; retry once the change is done")]
+    ConfChanging,
 }
 
 impl ApiError {
@@ -173,6 +176,7 @@ impl ApiError {
             ErrorCode::NamespaceExists => ApiError::NamespaceExists(text("meridian: ")),
             ErrorCode::NamespaceNotFound => ApiError::NamespaceNotFound(text("meridian: ")),
             ErrorCode::NamespaceNotEmpty => ApiError::NamespaceNotEmpty(text("meridian: ")),
+            ErrorCode::ConfChanging => ApiError::ConfChanging,
             ErrorCode::Internal | ErrorCode::Unspecified => ApiError::Internal(text("etcdserver: ")),
         }
     }
@@ -215,6 +219,7 @@ impl ApiError {
             ApiError::NamespaceExists(_) => ErrorCode::NamespaceExists,
             ApiError::NamespaceNotFound(_) => ErrorCode::NamespaceNotFound,
             ApiError::NamespaceNotEmpty(_) => ErrorCode::NamespaceNotEmpty,
+            ApiError::ConfChanging => ErrorCode::ConfChanging,
         }
     }
 
@@ -240,7 +245,8 @@ impl ApiError {
             | ApiError::NodeStopped
             | ApiError::EpochMismatch { .. }
             | ApiError::KeyNotInRange { .. }
-            | ApiError::NamespaceMoved(_) => Code::Unavailable,
+            | ApiError::NamespaceMoved(_)
+            | ApiError::ConfChanging => Code::Unavailable,
             ApiError::NamespaceExists(_) => Code::AlreadyExists,
             ApiError::NamespaceNotFound(_) => Code::NotFound,
             ApiError::NamespaceNotEmpty(_) => Code::FailedPrecondition,
@@ -276,7 +282,7 @@ impl ApiError {
             | ApiError::NodeStopped => 503,
             ApiError::Unimplemented(_) => 501,
             ApiError::Internal(_) | ApiError::Storage(_) | ApiError::Corrupt => 500,
-            ApiError::EpochMismatch { .. } | ApiError::KeyNotInRange { .. } | ApiError::NamespaceMoved(_) => 503,
+            ApiError::EpochMismatch { .. } | ApiError::KeyNotInRange { .. } | ApiError::NamespaceMoved(_) | ApiError::ConfChanging => 503,
         }
     }
 }
@@ -374,6 +380,7 @@ mod tests {
             ApiError::NamespaceExists("namespace \"/a/\" already exists".into()),
             ApiError::NamespaceNotFound("namespace \"/a/\" not found".into()),
             ApiError::NamespaceNotEmpty("namespace \"/a/\" holds 3 keys".into()),
+            ApiError::ConfChanging,
         ]
     }
 

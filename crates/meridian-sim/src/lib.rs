@@ -27,6 +27,7 @@
 
 pub mod bench;
 pub mod bench_gossip;
+pub mod carve_run;
 mod checker;
 mod cluster;
 pub mod kv;
