@@ -227,6 +227,16 @@ pub fn uncarve(w: &mut WriteTxn<'_, '_>, op: &UncarveOp) -> Result<(), KvError> 
     Ok(())
 }
 
+/// Applies [`crate::command::Op::Seal`]: the range stops serving `prefix`
+/// (its keys stay, unread, until the range is retired).
+pub fn seal(w: &mut WriteTxn<'_, '_>, prefix: &[u8]) -> Result<(), KvError> {
+    if prefix.is_empty() {
+        return Err(KvError::Invalid("a namespace prefix must not be empty".into()));
+    }
+    w.ctx().put(&keys::carved_key(prefix), &0u64.to_be_bytes());
+    Ok(())
+}
+
 /// Whether `op`'s keys stay clear of every prefix in `carved`; the first
 /// one they touch is the error.
 pub fn check_clear(carved: &[Vec<u8>], intervals: &[meridian_storage::KeyInterval]) -> Result<(), KvError> {

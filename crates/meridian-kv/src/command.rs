@@ -13,7 +13,7 @@ use crate::mvcc::KeyValue;
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
     /// What to do; `None` is invalid.
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17")]
     pub op: Option<Op>,
     /// The proposer's wall clock (Unix ms), recorded as information only
     /// ("held since"); nothing decides on it.
@@ -80,6 +80,11 @@ pub enum Op {
     /// driver only; see [`crate::carve`]).
     #[prost(message, tag = "16")]
     Uncarve(UncarveOp),
+    /// Stop serving the keys under this prefix (a namespace being
+    /// dropped): from then on every command and query touching them is
+    /// refused as moved. The outcome's revision is the range's last.
+    #[prost(bytes = "vec", tag = "17")]
+    Seal(Vec<u8>),
 }
 
 /// [`Op::Carve`]: move the keys under `prefix` to namespace
@@ -722,7 +727,7 @@ pub fn op_keys(op: &Op) -> Vec<KeyInterval> {
         Op::LockDelayEnd(name) => out.push(KeyInterval::key(name)),
         // The prefix is this range's until the carve applies; naming it
         // would make the carve refuse itself.
-        Op::Carve(_) | Op::Uncarve(_) => {}
+        Op::Carve(_) | Op::Uncarve(_) | Op::Seal(_) => {}
         Op::Compact(_) | Op::LeaseGrant(_) | Op::LeaseRevoke(_) | Op::LeaseCheckpoint(_) | Op::LeaseExpire(_) => {}
     }
     out

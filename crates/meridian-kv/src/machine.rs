@@ -37,6 +37,9 @@ pub trait EventSink: Send + Sync {
     /// `prefix` was carved out of the range: its events come from another
     /// range from now on (watches here that cover it must end).
     fn namespace_carved(&self, _range_id: u64, _prefix: &[u8]) {}
+
+    /// `prefix` is served by the range again (a dropped namespace's).
+    fn namespace_returned(&self, _range_id: u64, _prefix: &[u8]) {}
 }
 
 /// The etcd-compatible state machine of one range.
@@ -298,6 +301,10 @@ impl KvMachine {
                 carve::uncarve(&mut w, u)?;
                 OutcomeKind::Done(true)
             }
+            Op::Seal(prefix) => {
+                carve::seal(&mut w, prefix)?;
+                OutcomeKind::Done(true)
+            }
             Op::LeaseCheckpoint(c) => {
                 let rec = w.checkpoint_lease(c.id, c.remaining_ttl_s, c.resets)?;
                 OutcomeKind::Lease(LeaseOutcome { id: rec.id, ttl_s: rec.ttl_s, resets: rec.resets })
@@ -306,6 +313,7 @@ impl KvMachine {
         let carved = match op {
             Op::Carve(c) => Some((c.prefix.clone(), true)),
             Op::Uncarve(u) => Some((u.prefix.clone(), false)),
+            Op::Seal(prefix) => Some((prefix.clone(), true)),
             _ => None,
         };
         let (revision, events) = w.commit();
@@ -333,10 +341,14 @@ impl StateMachine for KvMachine {
             Ok(Applied { revision, kind, events, lock_events, carved }) => {
                 if let Some((prefix, now_carved)) = carved {
                     self.carved.retain(|p| *p != prefix);
-                    if now_carved {
-                        if let Some(sink) = &self.sink {
+                    if let Some(sink) = &self.sink {
+                        if now_carved {
                             sink.namespace_carved(range_id, &prefix);
+                        } else {
+                            sink.namespace_returned(range_id, &prefix);
                         }
+                    }
+                    if now_carved {
                         self.carved.push(prefix);
                     }
                 }

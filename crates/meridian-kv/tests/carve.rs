@@ -132,6 +132,18 @@ fn refused_carves_change_nothing() {
 }
 
 #[test]
+fn a_sealed_prefix_is_refused_and_an_uncarve_reopens_it() {
+    let mut f = Fixture::new();
+    f.apply(put("/a/x", "1"));
+    let sealed = f.apply(Op::Seal(b"/a/".to_vec()));
+    assert_eq!(sealed.revision, 2, "a seal reports the last revision and takes none");
+    assert_eq!(error_code(&f.apply(put("/a/y", "2"))), Some(ErrorCode::NamespaceMoved));
+    assert_eq!(f.query(range_all("/a/")).error.map(|e| e.code()), Some(ErrorCode::NamespaceMoved));
+    f.apply(Op::Uncarve(UncarveOp { prefix: "/a/".into(), revision_floor: 0 }));
+    assert_eq!(f.query(range_all("/a/")).range.unwrap().kvs.len(), 1, "unsealed, the keys read again");
+}
+
+#[test]
 fn an_uncarve_returns_the_prefix_with_revisions_above_the_dropped_namespace() {
     let mut f = Fixture::new();
     f.apply(put("/a/x", "1"));

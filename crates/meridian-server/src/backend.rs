@@ -158,6 +158,7 @@ fn op_name(op: &c::Op) -> &'static str {
         c::Op::Proclaim(_) => "election_proclaim",
         c::Op::Carve(_) => "namespace_carve",
         c::Op::Uncarve(_) => "namespace_uncarve",
+        c::Op::Seal(_) => "namespace_seal",
     }
 }
 
@@ -392,12 +393,31 @@ impl Backend {
         if last.is_some_and(|t| t.elapsed() < ROUTE_REFRESH_COALESCE) {
             return Ok(());
         }
+        self.read_routes().await?;
+        *last = Some(tokio::time::Instant::now());
+        Ok(())
+    }
+
+    /// Reads the catalog from the meta range's leader and installs its
+    /// routes now (after this node changed the catalog itself).
+    pub async fn refresh_routes_now(&self) -> Result<(), ApiError> {
+        let mut last = self.route_refresh.lock().await;
+        self.read_routes().await?;
+        *last = Some(tokio::time::Instant::now());
+        Ok(())
+    }
+
+    async fn read_routes(&self) -> Result<(), ApiError> {
         let catalog: Result<Option<crate::meta::Catalog>, ApiError> = Box::pin(crate::meta::read(self, true)).await;
         if let Some(c) = catalog? {
             crate::meta::install(self, &c)?;
         }
-        *last = Some(tokio::time::Instant::now());
         Ok(())
+    }
+
+    /// The epoch the route cache holds for `range_id`.
+    pub fn cached_epoch(&self, range_id: u64) -> Option<RangeEpoch> {
+        self.epochs.lock().expect("route cache").get(&range_id).copied()
     }
 
     /// Proposes an encoded command that touches `keys` at the range's cached

@@ -51,6 +51,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/placement/plan", get(placement_plan))
         .route("/v1/placement/operators", get(placement_operators))
+        .route("/v1/namespaces", get(namespaces_list).post(namespaces_create).delete(namespaces_drop))
+        .route("/v1/namespaces/describe", get(namespaces_describe))
         .route("/v1/kv/*key", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/ranges/:range_id/members", get(members_get).post(members_change))
         .route("/v1/debug/net", axum::routing::post(debug_net))
@@ -371,6 +373,49 @@ async fn placement_operators(State(s): State<HttpState>) -> Response {
         "operators": s.backend.placement.list(),
     }))
     .into_response()
+}
+
+async fn namespaces_list(State(s): State<HttpState>) -> Response {
+    match crate::namespace::list(&s.backend).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn namespaces_create(State(s): State<HttpState>, raw: Bytes) -> Response {
+    let spec: crate::namespace::CreateSpec = match serde_json::from_slice(&raw) {
+        Ok(b) => b,
+        Err(e) => {
+            let why =
+                format!(r#"body must be {{"name": "/prefix/", "replicas": N (optional), "constraints": ["zone=a", …] (optional)}}: {e}"#);
+            return error_response(ApiError::Invalid(why));
+        }
+    };
+    match crate::namespace::create(&s.backend, &spec).await {
+        Ok(info) => (StatusCode::CREATED, Json(info)).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct NamespaceQuery {
+    name: String,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn namespaces_describe(State(s): State<HttpState>, Query(q): Query<NamespaceQuery>) -> Response {
+    match crate::namespace::describe(&s.backend, &q.name).await {
+        Ok(info) => Json(info).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn namespaces_drop(State(s): State<HttpState>, Query(q): Query<NamespaceQuery>) -> Response {
+    match crate::namespace::drop_namespace(&s.backend, &q.name, q.force).await {
+        Ok(()) => Json(serde_json::json!({ "dropped": q.name })).into_response(),
+        Err(e) => error_response(e),
+    }
 }
 
 async fn placement_plan(State(s): State<HttpState>) -> Response {

@@ -29,6 +29,7 @@ pub mod lock_service;
 pub mod maintenance;
 pub mod membership;
 pub mod meta;
+pub mod namespace;
 pub mod native;
 pub mod placement;
 pub mod routing;

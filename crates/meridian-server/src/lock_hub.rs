@@ -153,6 +153,14 @@ impl EventSink for Sinks {
         self.watch.range_removed(range_id);
         self.locks.range_removed(range_id);
     }
+
+    fn namespace_carved(&self, range_id: u64, prefix: &[u8]) {
+        self.watch.namespace_carved(range_id, prefix);
+    }
+
+    fn namespace_returned(&self, range_id: u64, prefix: &[u8]) {
+        self.watch.namespace_returned(range_id, prefix);
+    }
 }
 
 #[cfg(test)]

@@ -167,7 +167,11 @@ pub async fn gather(backend: &Backend) -> (BTreeMap<u64, api::RangeReport>, Vec<
 
 /// The scheduler's view: the directory's nodes with the gossip's liveness
 /// (dead since it was last heard from) and the reported ranges.
-pub fn view(backend: &Backend, reports: &BTreeMap<u64, api::RangeReport>, now_ms: u64) -> ClusterView {
+/// Each range's policy a namespace record sets: range id → (voters
+/// wanted, constraints). Ranges without one get `[placement] replicas`.
+pub type Policies = BTreeMap<u64, (usize, Vec<(String, String)>)>;
+
+pub fn view(backend: &Backend, reports: &BTreeMap<u64, api::RangeReport>, policies: &Policies, now_ms: u64) -> ClusterView {
     let gossip = backend.gossip.get().map(|g| g.view());
     let heard_ago: BTreeMap<u64, u64> = gossip
         .as_ref()
@@ -195,8 +199,8 @@ pub fn view(backend: &Backend, reports: &BTreeMap<u64, api::RangeReport>, now_ms
                     leader: r.leader,
                     caught_up: r.caught_up.iter().copied().collect(),
                     joint: r.joint,
-                    replicas,
-                    constraints: Vec::new(),
+                    replicas: policies.get(&r.range_id).map_or(replicas, |p| p.0),
+                    constraints: policies.get(&r.range_id).map(|p| p.1.clone()).unwrap_or_default(),
                     pinned: r.range_id == META_RANGE_ID,
                 },
             )
@@ -246,7 +250,8 @@ pub fn report(plan: &Plan) -> (Vec<OperatorReport>, Vec<(u64, String)>) {
 pub async fn dry_run(backend: &Backend) -> serde_json::Value {
     let (reports, unreachable) = gather(backend).await;
     let now_ms = crate::backend::wall_ms().max(0) as u64;
-    let mut v = view(backend, &reports, now_ms);
+    let policies = crate::namespace::policies(backend).await.unwrap_or_default();
+    let mut v = view(backend, &reports, &policies, now_ms);
     // What this node's driver runs already is not planned again.
     v.running = lock(&backend.placement.running).iter().map(|(id, r)| (*id, r.op.kind)).collect();
     let plan = schedule(&v, &backend.cfg.placement.scheduler(), now_ms);
@@ -400,7 +405,17 @@ pub async fn drive(backend: Arc<Backend>) {
         }
         let (reports, unreachable) = gather(&backend).await;
         let now = crate::backend::wall_ms().max(0) as u64;
-        let mut v = view(&backend, &reports, now);
+        // Policies unread: no plan (defaults could move a namespace's
+        // replicas against its own policy).
+        let policies = match crate::namespace::policies(&backend).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("placement round skipped: reading namespace policies: {e}");
+                continue;
+            }
+        };
+        crate::namespace::resume_creates(&backend).await;
+        let mut v = view(&backend, &reports, &policies, now);
         // Steps of one round go out within this bound; the rest wait for
         // the next round (a slow round must not outlive the leadership).
         let round_ends = tokio::time::Instant::now() + ROUND_BUDGET;

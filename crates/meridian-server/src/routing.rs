@@ -192,15 +192,22 @@ impl Routing {
 
     /// Checks this layout against the ranges a node holds on disk (`local`:
     /// range id, start, end), which are the record once the cluster is
-    /// bootstrapped: every range on disk must be the namespace of the same
-    /// id here, and on a node that was bootstrapped with the cluster (it
+    /// bootstrapped: every range on disk with an id the config's namespaces
+    /// take must be the namespace of the same id here (ranges above were
+    /// created at runtime), and on a node that was bootstrapped with the cluster (it
     /// holds the meta and root ranges) every namespace here must be on disk.
     /// A node added later may hold a subset. Errors name what differs; a
     /// reordered list differs in nothing.
     pub fn check_against(&self, local: &[(u64, Vec<u8>, Vec<u8>)]) -> Result<(), RoutingError> {
         let mismatch = |reason: String| RoutingError::LayoutMismatch { reason };
         let on_disk: Vec<&(u64, Vec<u8>, Vec<u8>)> = local.iter().filter(|(id, ..)| *id > ROOT_RANGE_ID).collect();
-        if let Some((id, start, _)) = on_disk.iter().find(|(_, start, _)| !self.namespaces.iter().any(|n| n.prefix == *start)) {
+        // Ranges above the ids the config's namespaces take were created at
+        // runtime (`meridian namespace create`): the catalog is their
+        // record, not the config.
+        let config_ids = ROOT_RANGE_ID + 1 + self.namespaces.len() as u64;
+        let undeclared =
+            |(id, start, _): &&&(u64, Vec<u8>, Vec<u8>)| *id < config_ids && !self.namespaces.iter().any(|n| n.prefix == *start);
+        if let Some((id, start, _)) = on_disk.iter().find(undeclared) {
             return Err(mismatch(format!(
                 "range {id} on disk serves namespace {:?}, which this config does not declare; namespaces cannot be removed yet",
                 ns_name(start)
@@ -210,7 +217,7 @@ impl Routing {
         if founding {
             if let Some(ns) = self.namespaces.iter().find(|n| !on_disk.iter().any(|(_, start, _)| *start == n.prefix)) {
                 return Err(mismatch(format!(
-                    "namespace {:?} is not in this cluster (it was bootstrapped with {}); namespaces cannot be added to a running cluster yet",
+                    "namespace {:?} is not in this cluster (it was bootstrapped with {}); the config's namespaces are read at the bootstrap only: create it with `meridian namespace create`",
                     ns_name(&ns.prefix),
                     names(&on_disk)
                 )));
@@ -367,5 +374,9 @@ mod tests {
         // A node added after the bootstrap may hold a subset.
         let subset: Vec<_> = disk.iter().filter(|(id, ..)| *id == 3).cloned().collect();
         assert_eq!(routing().check_against(&subset), Ok(()));
+        // A namespace created at runtime takes an id above the config's.
+        let mut grown = disk.clone();
+        grown.push((5, b"/runtime/".to_vec(), b"/runtime0".to_vec()));
+        assert_eq!(routing().check_against(&grown), Ok(()));
     }
 }

@@ -64,16 +64,28 @@ pub struct Published {
     /// The range's replica left this node: its watchers here are cancelled
     /// so their clients re-watch on another member.
     pub removed: bool,
+    /// This prefix was carved out of the range (a namespace created at
+    /// runtime): its watchers here that cover it are cancelled.
+    pub carved: Option<Vec<u8>>,
 }
 
 /// Fan-out of applied events. Publishing never blocks the store thread.
 pub struct WatchHub {
     tx: broadcast::Sender<Arc<Published>>,
+    /// Prefixes carved out of ranges this node's replicas applied (range,
+    /// prefix), so a watch whose route is stale is not registered on the
+    /// range that no longer serves it. Bounded: one per namespace created
+    /// at runtime, at most [`MAX_CARVED_REMEMBERED`].
+    carved: std::sync::Mutex<Vec<(u64, Vec<u8>)>>,
 }
+
+/// Carves a node remembers for watch routing (beyond, the oldest go: a
+/// route that stale has been refreshed long since).
+const MAX_CARVED_REMEMBERED: usize = 4096;
 
 impl Default for WatchHub {
     fn default() -> Self {
-        WatchHub { tx: broadcast::channel(HUB_CAPACITY).0 }
+        WatchHub { tx: broadcast::channel(HUB_CAPACITY).0, carved: std::sync::Mutex::new(Vec::new()) }
     }
 }
 
@@ -81,16 +93,41 @@ impl WatchHub {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
         self.tx.subscribe()
     }
+
+    /// Whether a prefix carved out of `range_id` touches `[key, range_end)`.
+    pub fn carved_touches(&self, range_id: u64, key: &[u8], range_end: &[u8]) -> bool {
+        let carved = self.carved.lock().expect("carved prefixes");
+        carved.iter().any(|(r, p)| *r == range_id && meridian_kv::carve::touches(key, range_end, p))
+    }
 }
 
 impl EventSink for WatchHub {
     fn publish(&self, range_id: u64, revision: i64, events: &[Event]) {
         // No receivers is fine; a full buffer drops the oldest for laggards.
-        let _ = self.tx.send(Arc::new(Published { range_id, revision, events: events.iter().map(to_wire).collect(), removed: false }));
+        let events = events.iter().map(to_wire).collect();
+        let _ = self.tx.send(Arc::new(Published { range_id, revision, events, removed: false, carved: None }));
     }
 
     fn range_removed(&self, range_id: u64) {
-        let _ = self.tx.send(Arc::new(Published { range_id, revision: 0, events: Vec::new(), removed: true }));
+        let _ = self.tx.send(Arc::new(Published { range_id, revision: 0, events: Vec::new(), removed: true, carved: None }));
+    }
+
+    fn namespace_returned(&self, range_id: u64, prefix: &[u8]) {
+        self.carved.lock().expect("carved prefixes").retain(|(r, p)| !(*r == range_id && p == prefix));
+    }
+
+    fn namespace_carved(&self, range_id: u64, prefix: &[u8]) {
+        {
+            let mut carved = self.carved.lock().expect("carved prefixes");
+            if !carved.iter().any(|(r, p)| *r == range_id && p == prefix) {
+                if carved.len() >= MAX_CARVED_REMEMBERED {
+                    carved.remove(0);
+                }
+                carved.push((range_id, prefix.to_vec()));
+            }
+        }
+        let carved = Some(prefix.to_vec());
+        let _ = self.tx.send(Arc::new(Published { range_id, revision: 0, events: Vec::new(), removed: false, carved }));
     }
 }
 
@@ -203,6 +240,7 @@ async fn current_revision(backend: &Backend, range_id: u64, key: &[u8]) -> Resul
 
 struct StreamCtx {
     backend: Arc<Backend>,
+    hub: Arc<WatchHub>,
     out: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     watchers: Vec<Watcher>,
     next_id: i64,
@@ -255,10 +293,26 @@ impl StreamCtx {
         if r.start_revision < 0 {
             return self.send(fail(COMPACTED_REASON.into())).await;
         }
-        let range_id = match self.backend.routing().range_of_interval(&r.key, &r.range_end) {
+        let mut range_id = match self.backend.routing().range_of_interval(&r.key, &r.range_end) {
             Ok(x) => x,
             Err(e) => return self.send(fail(e.to_string())).await,
         };
+        // The route is stale if this node's replica of the range applied a
+        // carve of the watched keys: read the routes again.
+        if self.hub.carved_touches(range_id, &r.key, &r.range_end) {
+            if let Err(e) = self.backend.refresh_routes().await {
+                return self.send(fail(e.to_string())).await;
+            }
+            range_id = match self.backend.routing().range_of_interval(&r.key, &r.range_end) {
+                Ok(x) if !self.hub.carved_touches(x, &r.key, &r.range_end) => x,
+                Ok(_) => {
+                    return self
+                        .send(fail("the watched keys moved to a new namespace whose range is not published yet; retry".into()))
+                        .await
+                }
+                Err(e) => return self.send(fail(e.to_string())).await,
+            };
+        }
         let id = if r.watch_id > 0 { r.watch_id } else { self.next_id };
         self.next_id = self.next_id.max(id) + 1;
         let start = if r.start_revision > 0 {
@@ -471,6 +525,25 @@ impl StreamCtx {
     /// over (the client left or the feed closed).
     async fn on_live(&mut self, item: Result<Arc<Published>, broadcast::error::RecvError>) -> bool {
         match item {
+            Ok(p) if p.carved.is_some() => {
+                let prefix = p.carved.as_deref().expect("checked");
+                let ids: Vec<i64> = self
+                    .watchers
+                    .iter()
+                    .filter(|w| w.range_id == p.range_id && meridian_kv::carve::touches(&w.key, &w.range_end, prefix))
+                    .map(|w| w.id)
+                    .collect();
+                for id in ids {
+                    let reason = format!(
+                        "namespace {:?} was created: its keys moved to a range of their own; re-watch (a watch stays inside one namespace)",
+                        String::from_utf8_lossy(prefix)
+                    );
+                    if !self.cancel(id, &reason, 0).await {
+                        return false;
+                    }
+                }
+                true
+            }
             Ok(p) if p.removed => {
                 let ids: Vec<(i64, i64)> = self.watchers.iter().filter(|w| w.range_id == p.range_id).map(|w| (w.id, w.next_rev)).collect();
                 for (id, next) in ids {
@@ -529,7 +602,7 @@ impl pb::watch_server::Watch for WatchService {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let mut live = self.hub.subscribe();
-        let mut ctx = StreamCtx { backend: self.backend.clone(), out: tx, watchers: Vec::new(), next_id: 1 };
+        let mut ctx = StreamCtx { backend: self.backend.clone(), hub: self.hub.clone(), out: tx, watchers: Vec::new(), next_id: 1 };
         tokio::spawn(async move {
             let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
             progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

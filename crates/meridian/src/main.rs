@@ -21,6 +21,7 @@ mod bench;
 mod client;
 mod coord;
 mod dev;
+mod namespace_cli;
 mod snapshot;
 
 /// The client endpoints of a default `meridian dev` cluster.
@@ -176,6 +177,11 @@ enum Cmd {
         #[command(subcommand)]
         op: PlacementOp,
     },
+    /// Namespaces at runtime: `create`, `list`, `describe`, `drop`.
+    Namespace {
+        #[command(subcommand)]
+        op: NamespaceOp,
+    },
     /// Node and range status.
     Status {
         #[arg(long, default_value = DEV_ENDPOINTS)]
@@ -190,6 +196,52 @@ enum Cmd {
     Bench {
         #[command(flatten)]
         args: bench::BenchArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum NamespaceOp {
+    /// Creates a namespace: its prefix moves out of the root namespace into
+    /// a Raft group of its own (keys already under it move along, with
+    /// their revisions). Usable as soon as this returns.
+    Create {
+        /// The prefix, written /name/ (segments of A-Z a-z 0-9 . _ -).
+        name: String,
+        /// Voters (default: the server's `[placement] replicas`).
+        #[arg(long)]
+        replicas: Option<usize>,
+        /// `region=`, `zone=` or `host=` every replica's node must have.
+        #[arg(long = "constraint", value_name = "KEY=VALUE")]
+        constraints: Vec<String>,
+        #[arg(long, default_value = DEV_HTTP)]
+        http: String,
+        /// `json` for a machine-readable answer.
+        #[arg(short = 'o', long, default_value = "table")]
+        output: String,
+    },
+    /// Every namespace (created at runtime or declared in the config).
+    List {
+        #[arg(long, default_value = DEV_HTTP)]
+        http: String,
+        #[arg(short = 'o', long, default_value = "table")]
+        output: String,
+    },
+    /// One namespace, with its key count and revision.
+    Describe {
+        name: String,
+        #[arg(long, default_value = DEV_HTTP)]
+        http: String,
+        #[arg(short = 'o', long, default_value = "table")]
+        output: String,
+    },
+    /// Drops a namespace created at runtime; refused while it holds keys
+    /// unless --force (which discards them).
+    Drop {
+        name: String,
+        #[arg(long)]
+        force: bool,
+        #[arg(long, default_value = DEV_HTTP)]
+        http: String,
     },
 }
 
@@ -405,6 +457,14 @@ fn main() -> Result<()> {
             SnapshotOp::Restore { file, config, data_dir } => snapshot::restore(&file, &config, data_dir.as_deref()),
         },
         Cmd::Placement { op: PlacementOp::Operators { http } } => client::placement_operators(&http),
+        Cmd::Namespace { op } => match op {
+            NamespaceOp::Create { name, replicas, constraints, http, output } => {
+                namespace_cli::create(&http, &name, replicas, constraints, json_output(&output)?)
+            }
+            NamespaceOp::List { http, output } => namespace_cli::list(&http, json_output(&output)?),
+            NamespaceOp::Describe { name, http, output } => namespace_cli::describe(&http, &name, json_output(&output)?),
+            NamespaceOp::Drop { name, force, http } => namespace_cli::drop(&http, &name, force),
+        },
         Cmd::Placement { op: PlacementOp::Plan { http, output } } => match output.as_str() {
             "json" | "table" => client::placement_plan(&http, output == "json"),
             other => anyhow::bail!("unknown output {other:?}: table or json"),
@@ -419,5 +479,14 @@ fn main() -> Result<()> {
             args.validate()?;
             runtime_with(Some(args.threads))?.block_on(bench::run(args))
         }
+    }
+}
+
+/// `-o json` or `-o table`.
+fn json_output(output: &str) -> Result<bool> {
+    match output {
+        "json" => Ok(true),
+        "table" => Ok(false),
+        other => bail!("-o {other}: expected json or table"),
     }
 }

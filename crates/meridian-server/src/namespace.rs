@@ -1,0 +1,614 @@
+//! Namespaces at runtime: `create`, `list`, `describe`, `drop`.
+//!
+//! The catalog in the meta range holds one record per namespace created at
+//! runtime (`\0meridian/ns/<prefix>`, JSON) and the next range id to
+//! allocate (`\0meridian/next-range-id`). Namespaces declared in the config
+//! at the cluster's bootstrap have descriptors but no record; they list
+//! with the default policy.
+//!
+//! `create` (any member runs it; the meta range's conditional writes keep
+//! concurrent ones apart):
+//!
+//! ```text
+//!  1. validate the name and policy          (refusals change nothing)
+//!  2. Txn: record {state: creating, range id} + next-range-id += 1
+//!  3. carve the prefix out of the root range (kv::carve: keys move with
+//!     their revisions, the root fences the prefix, the new range's
+//!     replicas open on the root's voters)
+//!  4. publish the new range's descriptor; record → ready
+//!  5. refresh this member's routes; wait until the range has a leader
+//! ```
+//!
+//! A create cut short (a crash, a lost leader) leaves a `creating` record;
+//! running `create` again with the same name continues it (the carve is
+//! idempotent), as does the placement driver's round. A carve refused for
+//! good (leased keys under the prefix, …) deletes the record: nothing
+//! changed.
+//!
+//! `drop` seals the namespace's range (it stops serving the prefix), gives
+//! the prefix back to the root range with the root's revision raised above
+//! the namespace's last (fencing tokens never go back), and deletes the
+//! descriptor and record. The sealed range's replicas stay, inert, until
+//! range retirement exists.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use meridian_kv::command as c;
+use meridian_membership::NodeRole;
+use meridian_storage::{RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::backend::Backend;
+use crate::error::ApiError;
+use crate::meta;
+use crate::routing::{prefix_end, META_RANGE_ID, ROOT_RANGE_ID};
+
+/// Prefix of the namespace records in the meta range.
+pub const NS_PREFIX: &[u8] = b"\0meridian/ns/";
+/// The next range id to allocate.
+pub const NEXT_RANGE_KEY: &[u8] = b"\0meridian/next-range-id";
+/// Longest namespace name, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
+/// Most voters a namespace may ask for.
+pub const MAX_REPLICAS: usize = 7;
+/// Label keys a constraint may name.
+pub const CONSTRAINT_KEYS: [&str; 3] = ["region", "zone", "host"];
+/// How long `create` waits for the new range to elect a leader, and a
+/// retryable step to succeed.
+const SETTLE: Duration = Duration::from_secs(15);
+const RETRY: Duration = Duration::from_millis(100);
+
+/// Where a namespace is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NsState {
+    /// Recorded; the carve may not have applied yet.
+    Creating,
+    /// Serving.
+    Ready,
+    /// Being dropped.
+    Dropping,
+}
+
+/// A namespace's record in the meta range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NsRecord {
+    pub name: String,
+    pub range_id: u64,
+    pub namespace_id: u64,
+    /// Voters its policy asks for.
+    pub replicas: usize,
+    /// Labels every replica's node must have.
+    pub constraints: BTreeMap<String, String>,
+    pub state: NsState,
+    /// Wall clock of the create (information only).
+    pub created_ms: i64,
+    /// Geography (filled by the geography work; absent today).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survival: Option<String>,
+    /// Keys the carve moved in from the root namespace, and the revision
+    /// the namespace started at (set once ready).
+    #[serde(default)]
+    pub moved_keys: u64,
+    #[serde(default)]
+    pub start_revision: i64,
+}
+
+/// What a create asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateSpec {
+    pub name: String,
+    /// Default: `[placement] replicas`.
+    #[serde(default)]
+    pub replicas: Option<usize>,
+    /// `KEY=VALUE`, KEY one of [`CONSTRAINT_KEYS`].
+    #[serde(default)]
+    pub constraints: Vec<String>,
+}
+
+/// A namespace as `list` and `describe` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NsInfo {
+    pub name: String,
+    pub range_id: u64,
+    pub namespace_id: u64,
+    /// `creating`, `ready` or `dropping`.
+    pub state: NsState,
+    /// Declared in the config at the cluster's bootstrap (no record).
+    pub declared: bool,
+    pub replicas_wanted: usize,
+    pub constraints: BTreeMap<String, String>,
+    /// The nodes holding a replica (voters first), per the catalog.
+    pub replicas: Vec<u64>,
+    pub epoch: String,
+    pub moved_keys: u64,
+    pub start_revision: i64,
+    /// `describe` only: keys and current revision, read from the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+}
+
+fn ns_key(name: &str) -> Vec<u8> {
+    let mut k = NS_PREFIX.to_vec();
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Refuses a name that is not a clean prefix: `/seg/…/seg/`, each segment
+/// of `A-Z a-z 0-9 . _ -`, at most [`MAX_NAME_BYTES`].
+pub fn validate_name(name: &str) -> Result<(), ApiError> {
+    let bad = |why: &str| ApiError::Invalid(format!("invalid namespace name {name:?}: {why}"));
+    if name.is_empty() {
+        return Err(bad("empty (the root namespace \"\" always exists)"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(bad(&format!("longer than {MAX_NAME_BYTES} bytes")));
+    }
+    if !name.starts_with('/') || !name.ends_with('/') || name.len() < 3 {
+        return Err(bad("a namespace is a key prefix written /name/ (it must start and end with '/')"));
+    }
+    for seg in name[1..name.len() - 1].split('/') {
+        if seg.is_empty() {
+            return Err(bad("empty path segment ('//')"));
+        }
+        if let Some(ch) = seg.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+            return Err(bad(&format!("character {ch:?} (allowed: A-Z a-z 0-9 . _ - and '/' between segments)")));
+        }
+    }
+    Ok(())
+}
+
+/// Parses `KEY=VALUE` constraints.
+pub fn parse_constraints(raw: &[String]) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut out = BTreeMap::new();
+    for c in raw {
+        let Some((k, v)) = c.split_once('=') else {
+            return Err(ApiError::Invalid(format!("constraint {c:?} is not KEY=VALUE")));
+        };
+        if !CONSTRAINT_KEYS.contains(&k) {
+            return Err(ApiError::Invalid(format!("constraint key {k:?} is not one of {}", CONSTRAINT_KEYS.join(", "))));
+        }
+        if v.is_empty() {
+            return Err(ApiError::Invalid(format!("constraint {c:?} has an empty value")));
+        }
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(ApiError::Invalid(format!("constraint key {k:?} given twice")));
+        }
+    }
+    Ok(out)
+}
+
+/// Every namespace record in the meta range, by name.
+pub async fn records(backend: &Backend, linearizable: bool) -> Result<BTreeMap<String, NsRecord>, ApiError> {
+    let op = c::RangeOp { key: NS_PREFIX.to_vec(), range_end: prefix_end(NS_PREFIX), ..Default::default() };
+    let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), linearizable).await?;
+    let mut out = BTreeMap::new();
+    for kv in a.range.map(|r| r.kvs).unwrap_or_default() {
+        match serde_json::from_slice::<NsRecord>(&kv.value) {
+            Ok(r) => {
+                out.insert(r.name.clone(), r);
+            }
+            Err(e) => warn!("undecodable namespace record {:?}: {e}", String::from_utf8_lossy(&kv.key)),
+        }
+    }
+    Ok(out)
+}
+
+/// The policy of every range a namespace record names (range id →
+/// (voters wanted, constraints)), for the placement driver.
+pub async fn policies(backend: &Backend) -> Result<BTreeMap<u64, (usize, Vec<(String, String)>)>, ApiError> {
+    Ok(records(backend, false).await?.into_values().map(|r| (r.range_id, (r.replicas, r.constraints.into_iter().collect()))).collect())
+}
+
+fn put(key: Vec<u8>, value: Vec<u8>) -> c::RequestOp {
+    c::RequestOp { kind: Some(c::RequestKind::Put(c::PutOp { key, value, ..Default::default() })) }
+}
+
+fn delete(key: Vec<u8>) -> c::RequestOp {
+    c::RequestOp { kind: Some(c::RequestKind::DeleteRange(c::DeleteOp { key, ..Default::default() })) }
+}
+
+fn json(r: &NsRecord) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(r).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// Retries `f` while it fails with an error a retry may cure, up to
+/// [`SETTLE`].
+async fn settle<T, F, Fut>(what: &str, mut f: F) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        match f().await {
+            Err(e) if retryable(&e) && tokio::time::Instant::now() < deadline => {
+                tracing::debug!("{what}: {e}; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn retryable(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::NoLeader { .. }
+            | ApiError::NotLeader { .. }
+            | ApiError::Timeout
+            | ApiError::OutcomeUnknown
+            | ApiError::TooBusy
+            | ApiError::EpochMismatch { .. }
+            | ApiError::KeyNotInRange { .. }
+            | ApiError::NamespaceMoved(_)
+            | ApiError::ConfChanging
+            | ApiError::NodeStopped
+    )
+}
+
+/// Checks that `wanted` data nodes satisfy `constraints` (on distinct
+/// hosts).
+fn check_satisfiable(backend: &Backend, wanted: usize, constraints: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    let mut hosts = std::collections::BTreeSet::new();
+    for n in backend.nodes().into_iter().filter(|n| n.role == NodeRole::Data) {
+        let label = |k: &str| match k {
+            "region" => n.labels.region.clone(),
+            "zone" => n.labels.zone.clone(),
+            _ => n.labels.host.clone(),
+        };
+        if constraints.iter().all(|(k, v)| label(k) == *v) {
+            hosts.insert(if n.labels.host.is_empty() { format!("node-{}", n.id) } else { n.labels.host.clone() });
+        }
+    }
+    if hosts.len() < wanted {
+        let what = if constraints.is_empty() {
+            String::new()
+        } else {
+            format!(" matching {}", constraints.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","))
+        };
+        return Err(ApiError::Invalid(format!(
+            "{wanted} replicas need {wanted} data nodes on distinct hosts{what}; the cluster has {}",
+            hosts.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Creates a namespace (see the module docs); returns it as `describe`
+/// shows it.
+pub async fn create(backend: &Backend, spec: &CreateSpec) -> Result<NsInfo, ApiError> {
+    let name = spec.name.as_str();
+    validate_name(name)?;
+    let constraints = parse_constraints(&spec.constraints)?;
+    let replicas = spec.replicas.unwrap_or(backend.cfg.placement.replicas);
+    if replicas == 0 || replicas > MAX_REPLICAS {
+        return Err(ApiError::Invalid(format!("replicas must be 1 to {MAX_REPLICAS}, not {replicas}")));
+    }
+    check_satisfiable(backend, replicas, &constraints)?;
+    settle("reading the catalog", || backend.refresh_routes_now()).await?;
+    let existing = settle("reading namespace records", || records(backend, true)).await?;
+    let record = match existing.get(name) {
+        Some(r) if r.state == NsState::Creating => {
+            if r.replicas != replicas || r.constraints != constraints {
+                return Err(ApiError::NamespaceExists(format!(
+                    "namespace {name:?} is being created with another policy ({} replicas, constraints {:?})",
+                    r.replicas, r.constraints
+                )));
+            }
+            info!(namespace = name, range = r.range_id, "continuing a create cut short");
+            r.clone()
+        }
+        Some(r) if r.state == NsState::Dropping => {
+            return Err(ApiError::NamespaceExists(format!("namespace {name:?} is being dropped; drop it again to finish, then create")))
+        }
+        Some(_) => return Err(ApiError::NamespaceExists(format!("namespace {name:?} already exists"))),
+        None => {
+            let routing = backend.routing();
+            if routing.namespaces().iter().any(|n| n.prefix == name.as_bytes()) {
+                return Err(ApiError::NamespaceExists(format!("namespace {name:?} already exists (declared in the config)")));
+            }
+            let overlapping = routing
+                .namespaces()
+                .iter()
+                .map(|n| String::from_utf8_lossy(&n.prefix).into_owned())
+                .chain(existing.keys().cloned())
+                .find(|other| other.starts_with(name) || name.starts_with(other.as_str()));
+            if let Some(other) = overlapping {
+                return Err(ApiError::Invalid(format!(
+                    "namespace {name:?} overlaps namespace {other:?}: a key must belong to one namespace"
+                )));
+            }
+            settle("recording the namespace", || allocate(backend, name, replicas, &constraints)).await?
+        }
+    };
+    finish_create(backend, record).await
+}
+
+/// Records a `creating` namespace with a fresh range id, atomically with
+/// the id counter; refuses if the name was recorded meanwhile.
+async fn allocate(backend: &Backend, name: &str, replicas: usize, constraints: &BTreeMap<String, String>) -> Result<NsRecord, ApiError> {
+    let op = c::RangeOp { key: NEXT_RANGE_KEY.to_vec(), ..Default::default() };
+    let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), true).await?;
+    let current = a.range.and_then(|r| r.kvs.into_iter().next());
+    let (next, guard) = match &current {
+        Some(kv) => {
+            let raw: [u8; 8] = kv.value.as_slice().try_into().map_err(|_| ApiError::Storage("corrupt next-range-id record".into()))?;
+            let guard = c::Compare { result: 0, target: 2, key: NEXT_RANGE_KEY.to_vec(), number: kv.mod_revision, ..Default::default() };
+            (u64::from_be_bytes(raw), guard)
+        }
+        None => {
+            let catalog = meta::read(backend, true).await?.ok_or(ApiError::NoLeader { range_id: META_RANGE_ID })?;
+            let top = catalog.ranges.iter().map(|d| d.range_id).max().unwrap_or(ROOT_RANGE_ID);
+            (top + 1, c::Compare { result: 0, target: 1, key: NEXT_RANGE_KEY.to_vec(), number: 0, ..Default::default() })
+        }
+    };
+    let record = NsRecord {
+        name: name.to_string(),
+        range_id: next,
+        namespace_id: next,
+        replicas,
+        constraints: constraints.clone(),
+        state: NsState::Creating,
+        created_ms: crate::backend::wall_ms(),
+        home_region: None,
+        survival: None,
+        moved_keys: 0,
+        start_revision: 0,
+    };
+    let absent = c::Compare { result: 0, target: 1, key: ns_key(name), number: 0, ..Default::default() };
+    let txn = c::TxnOp {
+        compare: vec![guard, absent],
+        success: vec![put(NEXT_RANGE_KEY.to_vec(), (next + 1).to_be_bytes().to_vec()), put(ns_key(name), json(&record)?)],
+        failure: vec![],
+    };
+    match backend.execute(META_RANGE_ID, c::Op::Txn(txn)).await? {
+        c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), .. } if t.succeeded => Ok(record),
+        // Another create took the id or the name: read again (the caller
+        // retries; a name taken meanwhile is refused on the next round).
+        _ => Err(ApiError::Timeout),
+    }
+}
+
+/// Steps 3–5 of a create, for a `creating` record (idempotent).
+pub async fn finish_create(backend: &Backend, mut record: NsRecord) -> Result<NsInfo, ApiError> {
+    let name = record.name.clone();
+    let carve = c::CarveOp { prefix: name.as_bytes().to_vec(), range_id: record.range_id, namespace_id: record.namespace_id };
+    let carved = settle("carving the namespace out of the root range", || async {
+        match backend.execute(ROOT_RANGE_ID, c::Op::Carve(carve.clone())).await?.kind {
+            Some(c::OutcomeKind::Carve(out)) => Ok(out),
+            other => Err(ApiError::Internal(format!("unexpected carve outcome {other:?}"))),
+        }
+    })
+    .await;
+    let carved = match carved {
+        Ok(out) => out,
+        Err(e) if !retryable(&e) => {
+            // Refused for good (leased keys, locks, …): nothing moved; the
+            // record goes so the name is free again.
+            let txn = c::TxnOp { compare: vec![], success: vec![delete(ns_key(&name))], failure: vec![] };
+            if let Err(de) = backend.execute(META_RANGE_ID, c::Op::Txn(txn)).await {
+                warn!(namespace = name, "removing the record of a refused create: {de}");
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let desc = RangeDescriptor {
+        range_id: record.range_id,
+        namespace_id: record.namespace_id,
+        start: name.as_bytes().to_vec(),
+        end: prefix_end(name.as_bytes()),
+        epoch: RangeEpoch { conf_ver: 1, version: 1 },
+        replicas: carved.voters.iter().map(|&node_id| ReplicaDesc { node_id, role: ReplicaRole::Voter }).collect(),
+    };
+    settle("publishing the descriptor", || meta::publish(backend, &desc)).await?;
+    if !carved.already {
+        record.moved_keys = carved.moved_keys;
+        record.start_revision = carved.start_revision;
+    }
+    record.state = NsState::Ready;
+    let ready = json(&record)?;
+    settle("recording the namespace ready", || {
+        backend.execute(META_RANGE_ID, c::Op::Put(c::PutOp { key: ns_key(&name), value: ready.clone(), ..Default::default() }))
+    })
+    .await?;
+    settle("reading the catalog", || backend.refresh_routes_now()).await?;
+    // Usable once its range answers a linearizable read (it has a leader).
+    let probe =
+        c::RangeOp { key: name.as_bytes().to_vec(), range_end: prefix_end(name.as_bytes()), count_only: true, ..Default::default() };
+    settle("waiting for the namespace's range to elect a leader", || {
+        backend.query(record.range_id, c::QueryKind::Range(probe.clone()), true)
+    })
+    .await?;
+    info!(
+        namespace = name,
+        range = record.range_id,
+        moved = record.moved_keys,
+        start_revision = record.start_revision,
+        "namespace created"
+    );
+    describe(backend, &name).await
+}
+
+/// How old a `creating` record must be before the placement driver
+/// finishes it (a create still running has its own steps in flight).
+const RESUME_AFTER_MS: i64 = 60_000;
+
+/// Finishes creates cut short (their `create` call died with its member):
+/// run by the placement driver each round, so a create survives the loss
+/// of the member that began it. Failures are logged and retried next round.
+pub async fn resume_creates(backend: &Backend) {
+    let Ok(recs) = records(backend, false).await else { return };
+    let now = crate::backend::wall_ms();
+    for r in recs.into_values().filter(|r| r.state == NsState::Creating && now - r.created_ms > RESUME_AFTER_MS) {
+        let name = r.name.clone();
+        match finish_create(backend, r).await {
+            Ok(_) => info!(namespace = name, "finished a create cut short"),
+            Err(e) => warn!(namespace = name, "finishing a create cut short: {e}"),
+        }
+    }
+}
+
+/// Every namespace: the records, and the ones declared in the config.
+pub async fn list(backend: &Backend) -> Result<Vec<NsInfo>, ApiError> {
+    let recs = records(backend, true).await?;
+    let routing = backend.routing();
+    let replicas: BTreeMap<u64, Vec<u64>> = backend.catalog_replicas().into_iter().collect();
+    let epoch_of = |range_id: u64| backend.cached_epoch(range_id).map(|e| format!("{}.{}", e.conf_ver, e.version)).unwrap_or_default();
+    let mut out: Vec<NsInfo> = recs
+        .values()
+        .map(|r| NsInfo {
+            name: r.name.clone(),
+            range_id: r.range_id,
+            namespace_id: r.namespace_id,
+            state: r.state,
+            declared: false,
+            replicas_wanted: r.replicas,
+            constraints: r.constraints.clone(),
+            replicas: replicas.get(&r.range_id).cloned().unwrap_or_default(),
+            epoch: epoch_of(r.range_id),
+            moved_keys: r.moved_keys,
+            start_revision: r.start_revision,
+            keys: None,
+            revision: None,
+        })
+        .collect();
+    for n in routing.namespaces() {
+        let name = String::from_utf8_lossy(&n.prefix).into_owned();
+        if recs.contains_key(&name) {
+            continue;
+        }
+        out.push(NsInfo {
+            name,
+            range_id: n.range_id,
+            namespace_id: n.namespace_id,
+            state: NsState::Ready,
+            declared: true,
+            replicas_wanted: backend.cfg.placement.replicas,
+            constraints: BTreeMap::new(),
+            replicas: replicas.get(&n.range_id).cloned().unwrap_or_default(),
+            epoch: epoch_of(n.range_id),
+            moved_keys: 0,
+            start_revision: 0,
+            keys: None,
+            revision: None,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// One namespace, with its key count and revision read from its range.
+pub async fn describe(backend: &Backend, name: &str) -> Result<NsInfo, ApiError> {
+    let mut info = list(backend)
+        .await?
+        .into_iter()
+        .find(|n| n.name == name)
+        .ok_or_else(|| ApiError::NamespaceNotFound(format!("namespace {name:?} not found")))?;
+    if info.state == NsState::Ready {
+        let op =
+            c::RangeOp { key: name.as_bytes().to_vec(), range_end: prefix_end(name.as_bytes()), count_only: true, ..Default::default() };
+        let a = backend.query(info.range_id, c::QueryKind::Range(op), true).await?;
+        info.keys = Some(a.range.map_or(0, |r| r.count));
+        info.revision = Some(a.revision);
+    }
+    Ok(info)
+}
+
+/// Drops a namespace created at runtime (see the module docs). Refused
+/// while it holds keys unless `force`.
+pub async fn drop_namespace(backend: &Backend, name: &str, force: bool) -> Result<(), ApiError> {
+    validate_name(name)?;
+    let recs = settle("reading namespace records", || records(backend, true)).await?;
+    let Some(mut record) = recs.get(name).cloned() else {
+        if backend.routing().namespaces().iter().any(|n| n.prefix == name.as_bytes()) {
+            return Err(ApiError::Invalid(format!(
+                "namespace {name:?} was declared in the config at the cluster's bootstrap; only namespaces created at runtime can be dropped"
+            )));
+        }
+        return Err(ApiError::NamespaceNotFound(format!("namespace {name:?} not found")));
+    };
+    if record.state == NsState::Creating {
+        // A create cut short: finish it, so there is one state to undo.
+        finish_create(backend, record.clone()).await?;
+        record.state = NsState::Ready;
+    }
+    let prefix = name.as_bytes().to_vec();
+    let count_op = c::RangeOp { key: prefix.clone(), range_end: prefix_end(&prefix), count_only: true, ..Default::default() };
+    if record.state == NsState::Ready && !force {
+        let a = settle("counting keys", || backend.query(record.range_id, c::QueryKind::Range(count_op.clone()), true)).await?;
+        let keys = a.range.map_or(0, |r| r.count);
+        if keys > 0 {
+            return Err(ApiError::NamespaceNotEmpty(format!(
+                "namespace {name:?} holds {keys} key(s); delete them first, or drop --force to discard them"
+            )));
+        }
+    }
+    if record.state != NsState::Dropping {
+        record.state = NsState::Dropping;
+        let v = json(&record)?;
+        settle("recording the drop", || {
+            backend.execute(META_RANGE_ID, c::Op::Put(c::PutOp { key: ns_key(name), value: v.clone(), ..Default::default() }))
+        })
+        .await?;
+    }
+    // The range stops serving the prefix; its last revision is the floor
+    // the root continues from.
+    let sealed = settle("sealing the namespace's range", || backend.execute(record.range_id, c::Op::Seal(prefix.clone()))).await;
+    let floor = sealed?.revision;
+    let uncarve = c::UncarveOp { prefix: prefix.clone(), revision_floor: floor };
+    settle("returning the prefix to the root range", || backend.execute(ROOT_RANGE_ID, c::Op::Uncarve(uncarve.clone()))).await?;
+    let txn = c::TxnOp { compare: vec![], success: vec![delete(meta::range_key(record.range_id)), delete(ns_key(name))], failure: vec![] };
+    settle("removing the namespace from the catalog", || backend.execute(META_RANGE_ID, c::Op::Txn(txn.clone()))).await?;
+    settle("reading the catalog", || backend.refresh_routes_now()).await?;
+    info!(namespace = name, range = record.range_id, floor, "namespace dropped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_must_be_clean_prefixes() {
+        for ok in ["/a/", "/payments/", "/team-1/locks_v2/", "/A.b/"] {
+            assert_eq!(validate_name(ok), Ok(()), "{ok}");
+        }
+        let long = format!("/{}/", "x".repeat(MAX_NAME_BYTES));
+        for (bad, why) in [
+            ("", "empty"),
+            ("/", "start and end"),
+            ("a/", "start and end"),
+            ("/a", "start and end"),
+            ("/a//b/", "empty path segment"),
+            ("/a b/", "character ' '"),
+            ("/ä/", "character 'ä'"),
+            (long.as_str(), "longer than"),
+        ] {
+            match validate_name(bad) {
+                Err(ApiError::Invalid(m)) => assert!(m.contains(why), "{bad:?}: {m}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn constraints_are_known_labels() {
+        let ok = parse_constraints(&["zone=a".into(), "region=eu".into()]).unwrap();
+        assert_eq!(ok.get("zone").map(String::as_str), Some("a"));
+        for (bad, why) in [("zone", "KEY=VALUE"), ("rack=1", "not one of"), ("zone=", "empty value")] {
+            match parse_constraints(&[bad.into()]) {
+                Err(ApiError::Invalid(m)) => assert!(m.contains(why), "{bad}: {m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(parse_constraints(&["zone=a".into(), "zone=b".into()]).is_err());
+    }
+}
