@@ -1,0 +1,146 @@
+//! Namespaces at runtime on real `meridian server` processes:
+//! `meridian namespace create` carves a prefix out of the root namespace
+//! (keys already under it move along with their revisions), etcdctl uses
+//! it at once through every member, bad input is refused and changes
+//! nothing, a restarted member serves it, and `drop` gives the prefix back
+//! with revisions that never go back.
+
+// Real processes on real time: this test drives wall clocks by design.
+#![allow(clippy::disallowed_methods)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use meridian_tests::*;
+
+/// `meridian namespace ARGS --http ADDR`: success and output.
+fn namespace(http: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(meridian_bin()).arg("namespace").args(args).args(["--http", http]).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// `etcdctl get KEY -w json` on `endpoint`: (value, mod_revision, header revision).
+fn get(endpoint: &str, key: &str) -> (String, i64, i64) {
+    let v: serde_json::Value = serde_json::from_str(&ok(endpoint, &["get", key, "-w", "json"])).unwrap();
+    let kv = &v["kvs"][0];
+    let value = kv["value"].as_str().map(|b| String::from_utf8(b64(b)).unwrap()).unwrap_or_default();
+    (value, kv["mod_revision"].as_i64().unwrap_or(0), v["header"]["revision"].as_i64().unwrap())
+}
+
+fn put_rev(endpoint: &str, key: &str, value: &str) -> i64 {
+    let v: serde_json::Value = serde_json::from_str(&ok(endpoint, &["put", key, value, "-w", "json"])).unwrap();
+    v["header"]["revision"].as_i64().unwrap()
+}
+
+/// Base64 (etcdctl's JSON output encodes bytes so).
+fn b64(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        _ => 63,
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(4) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, c)| acc | (val(*c) as u32) << (18 - 6 * i));
+        let take = chunk.len() - 1;
+        out.extend_from_slice(&n.to_be_bytes()[1..1 + take]);
+    }
+    out
+}
+
+#[test]
+fn a_namespace_created_at_runtime_takes_its_keys_along_and_serves_at_once() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut c = ProcCluster::start(3, &[]);
+    c.wait_ready(Duration::from_secs(60));
+    let all = c.endpoints();
+    let ep: Vec<String> = c.members.iter().map(|m| m.client_addr.to_string()).collect();
+    let http: Vec<String> = c.members.iter().map(|m| m.http_addr.to_string()).collect();
+
+    ok(&all, &["put", "/orders/a", "1"]);
+    ok(&all, &["put", "/orders/b", "2"]);
+    ok(&all, &["put", "/plain", "3"]);
+    let (_, a_rev, root_rev) = get(&ep[0], "/orders/a");
+    let lease_out = ok(&all, &["lease", "grant", "600"]);
+    let lease = lease_out.split_whitespace().nth(1).unwrap().to_string();
+    ok(&all, &["put", "/leased/k", "v", &format!("--lease={lease}")]);
+
+    // Created through node 2; nodes 1 and 3 learn of it on first use.
+    let (created, out) = namespace(&http[1], &["create", "/orders/"]);
+    assert!(created, "{out}");
+    assert!(out.contains("created namespace /orders/") && out.contains("2 key(s) moved"), "{out}");
+
+    for e in &ep {
+        let (value, rev, _) = get(e, "/orders/a");
+        assert_eq!((value.as_str(), rev), ("1", a_rev), "{e}: the key moved with its revision");
+    }
+    let rev_c = put_rev(&ep[2], "/orders/c", "3");
+    assert!(rev_c > root_rev, "the namespace's revisions continue above every revision its keys carried: {rev_c} <= {root_rev}");
+    let (plain, _, _) = get(&ep[0], "/plain");
+    assert_eq!(plain, "3", "the root namespace keeps its other keys");
+    // A watch of the namespace sees its new writes.
+    let mut watch = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([format!("--endpoints={}", ep[0]), "watch".into(), "--prefix".into(), "/orders/".into()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    ok(&ep[1], &["put", "/orders/d", "4"]);
+    std::thread::sleep(Duration::from_millis(500));
+    watch.kill().unwrap();
+    let seen = String::from_utf8_lossy(&watch.wait_with_output().unwrap().stdout).into_owned();
+    assert!(seen.contains("/orders/d"), "the watch saw no event: {seen:?}");
+
+    let (listed, out) = namespace(&http[0], &["list", "-o", "json"]);
+    assert!(listed, "{out}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let orders = list.as_array().unwrap().iter().find(|n| n["name"] == "/orders/").expect("listed");
+    assert_eq!(orders["state"], "ready");
+    assert!(orders["range_id"].as_u64().unwrap() > 2);
+    let (described, out) = namespace(&http[2], &["describe", "/orders/", "-o", "json"]);
+    assert!(described, "{out}");
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d["keys"], 4);
+
+    // Bad input: refused with a reason, nothing changed.
+    for (args, why) in [
+        (vec!["create", "/orders/"], "already exists"),
+        (vec!["create", "/orders/x/"], "overlaps"),
+        (vec!["create", "orders"], "must start and end with '/'"),
+        (vec!["create", "/big/", "--replicas", "9"], "replicas must be 1 to 7"),
+        (vec!["create", "/z/", "--constraint", "zone=nowhere"], "matching zone=nowhere"),
+        (vec!["create", "/z/", "--constraint", "rack=1"], "not one of"),
+        (vec!["create", "/leased/"], "attached to leases"),
+        (vec!["describe", "/nope/"], "not found"),
+        (vec!["drop", "/orders/"], "holds 4 key(s)"),
+    ] {
+        let (success, out) = namespace(&http[0], &args);
+        assert!(!success && out.contains(why), "{args:?}: expected a refusal saying {why:?}, got: {out}");
+    }
+    let (value, _, _) = get(&ep[1], "/leased/k");
+    assert_eq!(value, "v", "a refused create moved nothing");
+    let (_, out) = namespace(&http[0], &["list", "-o", "json"]);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "only /orders/: {list}");
+
+    // A member restarted with the same config serves the namespace.
+    c.kill9(2);
+    c.restart(2);
+    c.wait_ready(Duration::from_secs(60));
+    let (value, _, _) = get(&ep[2], "/orders/c");
+    assert_eq!(value, "3");
+
+    // Dropped (with its keys), the prefix is the root's again, with
+    // revisions above every one the namespace gave.
+    let (_, _, last) = get(&ep[0], "/orders/a");
+    let (dropped, out) = namespace(&http[2], &["drop", "/orders/", "--force"]);
+    assert!(dropped, "{out}");
+    let back = put_rev(&ep[1], "/orders/new", "5");
+    assert!(back > last, "revisions under a dropped prefix never go back: {back} <= {last}");
+    let (gone, _, _) = get(&ep[0], "/orders/a");
+    assert_eq!(gone, "", "a forced drop discards the namespace's keys");
+}
