@@ -127,6 +127,23 @@ fn a_namespace_created_at_runtime_takes_its_keys_along_and_serves_at_once() {
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1, "only /orders/: {list}");
 
+    // The same through meridian.v1 gRPC.
+    rt().block_on(async {
+        use meridian_proto::meridian::v1 as api;
+        let ch = tonic::transport::Channel::from_shared(format!("http://{}", ep[2])).unwrap().connect().await.unwrap();
+        let mut ns = api::namespaces_client::NamespacesClient::new(ch);
+        let info = ns.create(api::NamespaceCreateRequest { name: "/grpc/".into(), ..Default::default() }).await.unwrap().into_inner();
+        assert_eq!((info.name.as_str(), info.state.as_str(), info.keys), ("/grpc/", "ready", 0));
+        let again = ns.create(api::NamespaceCreateRequest { name: "/grpc/".into(), ..Default::default() }).await.unwrap_err();
+        assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again:?}");
+        let listed = ns.list(api::NamespaceListRequest {}).await.unwrap().into_inner();
+        let names: Vec<&str> = listed.namespaces.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["/grpc/", "/orders/"]);
+        ns.drop(api::NamespaceDropRequest { name: "/grpc/".into(), force: false }).await.unwrap();
+        let gone = ns.describe(api::NamespaceDescribeRequest { name: "/grpc/".into() }).await.unwrap_err();
+        assert_eq!(gone.code(), tonic::Code::NotFound);
+    });
+
     // A member restarted with the same config serves the namespace.
     c.kill9(2);
     c.restart(2);

@@ -36,8 +36,10 @@ use std::time::Duration;
 
 use meridian_kv::command as c;
 use meridian_membership::NodeRole;
+use meridian_proto::meridian::v1 as api;
 use meridian_storage::{RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
 use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use crate::backend::Backend;
@@ -570,6 +572,57 @@ pub async fn drop_namespace(backend: &Backend, name: &str, force: bool) -> Resul
     settle("reading the catalog", || backend.refresh_routes_now()).await?;
     info!(namespace = name, range = record.range_id, floor, "namespace dropped");
     Ok(())
+}
+
+/// The `meridian.v1.Namespaces` gRPC service.
+pub struct NamespacesService {
+    pub backend: std::sync::Arc<Backend>,
+}
+
+fn to_wire(n: NsInfo) -> api::NamespaceInfo {
+    api::NamespaceInfo {
+        name: n.name,
+        range_id: n.range_id,
+        namespace_id: n.namespace_id,
+        state: match n.state {
+            NsState::Creating => "creating",
+            NsState::Ready => "ready",
+            NsState::Dropping => "dropping",
+        }
+        .into(),
+        declared: n.declared,
+        replicas_wanted: n.replicas_wanted as u32,
+        constraints: n.constraints.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        replicas: n.replicas,
+        moved_keys: n.moved_keys,
+        start_revision: n.start_revision,
+        keys: n.keys.unwrap_or(-1),
+        revision: n.revision.unwrap_or(-1),
+    }
+}
+
+#[tonic::async_trait]
+impl api::namespaces_server::Namespaces for NamespacesService {
+    async fn create(&self, req: Request<api::NamespaceCreateRequest>) -> Result<Response<api::NamespaceInfo>, Status> {
+        let r = req.into_inner();
+        let spec = CreateSpec { name: r.name, replicas: (r.replicas > 0).then_some(r.replicas as usize), constraints: r.constraints };
+        Ok(Response::new(to_wire(create(&self.backend, &spec).await?)))
+    }
+
+    async fn list(&self, _req: Request<api::NamespaceListRequest>) -> Result<Response<api::NamespaceListResponse>, Status> {
+        let namespaces = list(&self.backend).await?.into_iter().map(to_wire).collect();
+        Ok(Response::new(api::NamespaceListResponse { namespaces }))
+    }
+
+    async fn describe(&self, req: Request<api::NamespaceDescribeRequest>) -> Result<Response<api::NamespaceInfo>, Status> {
+        Ok(Response::new(to_wire(describe(&self.backend, &req.get_ref().name).await?)))
+    }
+
+    async fn drop(&self, req: Request<api::NamespaceDropRequest>) -> Result<Response<api::NamespaceDropResponse>, Status> {
+        let r = req.into_inner();
+        drop_namespace(&self.backend, &r.name, r.force).await?;
+        Ok(Response::new(api::NamespaceDropResponse {}))
+    }
 }
 
 #[cfg(test)]

@@ -282,7 +282,8 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
         .add_service(api::lock_server::LockServer::new(NativeLockService { coord: coord.clone() }).max_decoding_message_size(limit))
         .add_service(api::election_server::ElectionServer::new(NativeElectionService { coord: coord.clone() }))
         .add_service(api::internal_server::InternalServer::new(InternalService { backend: backend.clone() }))
-        .add_service(api::membership_server::MembershipServer::new(crate::gossip::MembershipService { backend: backend.clone() }));
+        .add_service(api::membership_server::MembershipServer::new(crate::gossip::MembershipService { backend: backend.clone() }))
+        .add_service(api::namespaces_server::NamespacesServer::new(crate::namespace::NamespacesService { backend: backend.clone() }));
     let grpc_listener = tokio::net::TcpListener::bind(listen.client)
         .await
         .map_err(|e| ServerError::Bind { addr: listen.client.to_string(), reason: e.to_string() })?;
