@@ -9,7 +9,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: setup build dev demo test verify fmt-check clippy doc core-deps fix sim-long bench-raft bench-gossip bench-detect bench-etcd bench-snapshot fuzz chaos chaos-soak clean
+.PHONY: setup build dev demo test verify fmt-check clippy doc core-deps fix sim-long bench-raft bench-gossip bench-detect bench-etcd bench-snapshot bench-namespaces fuzz chaos chaos-soak clean
 
 setup:
 	@./scripts/setup.sh
@@ -61,6 +61,13 @@ fix:
 # SEEDS and STEPS override them, KV_SEEDS and KV_STEPS the KV run alone,
 # GOSSIP_SEEDS and PLACEMENT_SEEDS the gossip and placement runs alone;
 # MERIDIAN_SIM_BASE_SEED in the environment moves the seeds.
+# Namespaces at scale on 3 real processes: N creates (time, creates/s,
+# latency), then idle CPU and RSS per range (NAMESPACES, CONCURRENCY, IDLE_S).
+bench-namespaces: setup
+	$(CARGO) build --workspace --bins
+	MERIDIAN_BENCH_NAMESPACES=$${NAMESPACES:-1000} MERIDIAN_BENCH_CONCURRENCY=$${CONCURRENCY:-4} MERIDIAN_BENCH_IDLE_S=$${IDLE_S:-30} \
+	  $(CARGO) test -p meridian-tests --test namespace_bench -- --ignored --nocapture
+
 sim-long: setup
 	MERIDIAN_SIM_SEEDS=$${SEEDS:-500} MERIDIAN_SIM_STEPS=$${STEPS:-4000} \
 	  $(CARGO) test --workspace --test random -- --nocapture

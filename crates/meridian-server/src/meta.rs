@@ -37,7 +37,7 @@ pub const RANGE_PREFIX: &[u8] = b"\0meridian/range/";
 pub const NODE_PREFIX: &[u8] = b"\0meridian/node/";
 /// Descriptors read in one catalog read at most (the catalog has one per
 /// range; a larger answer is corruption or a bug, refused).
-pub const MAX_CATALOG_RANGES: usize = 4096;
+pub const MAX_CATALOG_RANGES: usize = crate::routing::MAX_NAMESPACES + 2;
 /// Pause between attempts while range 1 has no leader yet.
 const RETRY: Duration = Duration::from_millis(200);
 /// How often a member still waiting for the catalog says so.

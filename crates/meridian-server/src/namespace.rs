@@ -313,6 +313,13 @@ pub async fn create(backend: &Backend, spec: &CreateSpec) -> Result<NsInfo, ApiE
         Some(_) => return Err(ApiError::NamespaceExists(format!("namespace {name:?} already exists"))),
         None => {
             let routing = backend.routing();
+            let count = routing.namespaces().len() + existing.values().filter(|r| r.state == NsState::Creating).count();
+            if count >= crate::routing::MAX_NAMESPACES {
+                return Err(ApiError::Invalid(format!(
+                    "the cluster has {count} namespaces, the most it holds ({}); drop one first",
+                    crate::routing::MAX_NAMESPACES
+                )));
+            }
             if routing.namespaces().iter().any(|n| n.prefix == name.as_bytes()) {
                 return Err(ApiError::NamespaceExists(format!("namespace {name:?} already exists (declared in the config)")));
             }
@@ -333,9 +340,30 @@ pub async fn create(backend: &Backend, spec: &CreateSpec) -> Result<NsInfo, ApiE
     finish_create(backend, record).await
 }
 
+/// Conflicting allocations (concurrent creates) tried again at once before
+/// the caller's paced retry.
+const ALLOCATE_ATTEMPTS: usize = 16;
+
 /// Records a `creating` namespace with a fresh range id, atomically with
-/// the id counter; refuses if the name was recorded meanwhile.
+/// the id counter (a concurrent create that took the id makes this one
+/// read the counter again).
 async fn allocate(backend: &Backend, name: &str, replicas: usize, constraints: &BTreeMap<String, String>) -> Result<NsRecord, ApiError> {
+    for _ in 0..ALLOCATE_ATTEMPTS {
+        if let Some(r) = try_allocate(backend, name, replicas, constraints).await? {
+            return Ok(r);
+        }
+    }
+    Err(ApiError::Timeout)
+}
+
+/// One allocation attempt: `None` if another create won the race (the
+/// counter moved), an error if the name was taken meanwhile.
+async fn try_allocate(
+    backend: &Backend,
+    name: &str,
+    replicas: usize,
+    constraints: &BTreeMap<String, String>,
+) -> Result<Option<NsRecord>, ApiError> {
     let op = c::RangeOp { key: NEXT_RANGE_KEY.to_vec(), ..Default::default() };
     let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), true).await?;
     let current = a.range.and_then(|r| r.kvs.into_iter().next());
@@ -365,16 +393,26 @@ async fn allocate(backend: &Backend, name: &str, replicas: usize, constraints: &
         start_revision: 0,
     };
     let absent = c::Compare { result: 0, target: 1, key: ns_key(name), number: 0, ..Default::default() };
+    // On failure, whether the name is taken (then the create is refused).
+    let taken = c::RequestOp { kind: Some(c::RequestKind::Range(c::RangeOp { key: ns_key(name), count_only: true, ..Default::default() })) };
     let txn = c::TxnOp {
         compare: vec![guard, absent],
         success: vec![put(NEXT_RANGE_KEY.to_vec(), (next + 1).to_be_bytes().to_vec()), put(ns_key(name), json(&record)?)],
-        failure: vec![],
+        failure: vec![taken],
     };
     match backend.execute(META_RANGE_ID, c::Op::Txn(txn)).await? {
-        c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), .. } if t.succeeded => Ok(record),
-        // Another create took the id or the name: read again (the caller
-        // retries; a name taken meanwhile is refused on the next round).
-        _ => Err(ApiError::Timeout),
+        c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), .. } if t.succeeded => Ok(Some(record)),
+        c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), .. } => {
+            let count = match t.responses.first().and_then(|r| r.kind.as_ref()) {
+                Some(c::ResponseKind::Range(r)) => r.count,
+                _ => 0,
+            };
+            if count > 0 {
+                return Err(ApiError::NamespaceExists(format!("namespace {name:?} is being created by another request")));
+            }
+            Ok(None)
+        }
+        other => Err(ApiError::Internal(format!("unexpected allocation outcome {other:?}"))),
     }
 }
 

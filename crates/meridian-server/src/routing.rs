@@ -15,8 +15,9 @@ use thiserror::Error;
 
 pub const META_RANGE_ID: u64 = 1;
 pub const ROOT_RANGE_ID: u64 = 2;
-/// Declared namespaces per cluster (each costs one Raft group per node).
-pub const MAX_NAMESPACES: usize = 1024;
+/// Namespaces per cluster, declared or created at runtime (each costs one
+/// Raft group on each of its replicas' nodes).
+pub const MAX_NAMESPACES: usize = 16_384;
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum RoutingError {
@@ -125,8 +126,13 @@ impl Routing {
         &self.namespaces
     }
 
+    /// The namespace `key` belongs to. Namespaces are sorted by prefix and
+    /// never nested, so only the last prefix at or below the key can be
+    /// one of its prefixes (a binary search, not a scan: thousands of
+    /// namespaces cost every request a few comparisons).
     fn declared_for(&self, key: &[u8]) -> Option<&Namespace> {
-        self.namespaces.iter().find(|n| key.starts_with(&n.prefix))
+        let at = self.namespaces.partition_point(|n| n.prefix.as_slice() <= key);
+        at.checked_sub(1).map(|i| &self.namespaces[i]).filter(|n| key.starts_with(&n.prefix))
     }
 
     /// The range that owns `key`.
@@ -287,6 +293,21 @@ mod tests {
         assert_eq!(r.range_of_key(b"/billing/y"), 3);
         assert_eq!(r.range_of_key(b"/other"), ROOT_RANGE_ID);
         assert_eq!(r.range_of_key(b"/payments"), ROOT_RANGE_ID, "the prefix itself without its slash is root");
+    }
+
+    #[test]
+    fn the_binary_search_finds_what_a_scan_finds() {
+        let names = ["/a/", "/a0/", "/ab/", "/b/", "/b/c", "/z/", "\u{7f}/", "/a.b/"];
+        let r = Routing::new(&names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap_or_else(|_| {
+            // "/b/" and "/b/c" nest: drop the nested one.
+            Routing::new(&names.iter().filter(|s| **s != "/b/c").map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        });
+        let keys: [&[u8]; 14] =
+            [b"", b"/", b"/a", b"/a/", b"/a/x", b"/a0", b"/a0/", b"/a0/y", b"/ab/", b"/b/c/d", b"/c", b"/z/\xff", b"\x7f/1", b"\xff"];
+        for k in keys {
+            let scan = r.namespaces.iter().find(|n| k.starts_with(&n.prefix)).map(|n| n.range_id);
+            assert_eq!(r.declared_for(k).map(|n| n.range_id), scan, "{:?}", String::from_utf8_lossy(k));
+        }
     }
 
     #[test]

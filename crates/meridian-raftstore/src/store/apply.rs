@@ -49,7 +49,11 @@ impl Store {
                             .for_namespace(namespace_id)
                             .with_conf(voters, joint);
                         response = p.sm.apply(&mut ctx, e.index, &e.data);
-                        splits.append(&mut ctx.split);
+                        // The parent's leader campaigns for the new range at
+                        // once (its peers apply the same entry about now), so
+                        // it serves without waiting out an election timeout.
+                        let leading = p.is_leader();
+                        splits.extend(ctx.split.drain(..).map(|s| (s, leading)));
                         self.metrics.entries_applied += 1;
                     }
                 }
@@ -78,8 +82,8 @@ impl Store {
             }
         }
         p.raft.mut_store().set_applied(applied.applied_index, applied.applied_term, batch);
-        for split in splits {
-            self.stage_split(range_id, split, batch);
+        for (split, campaign) in splits {
+            self.stage_split(range_id, split, campaign, batch);
         }
         Ok(())
     }
@@ -91,13 +95,13 @@ impl Store {
     /// of it (created by the new range's leader before this node applied
     /// the split: that replica is filled by raft, and writing the split's
     /// state under it could move it back).
-    fn stage_split(&mut self, parent: u64, split: SplitOff, batch: &mut WriteBatch) {
+    fn stage_split(&mut self, parent: u64, split: SplitOff, campaign: bool, batch: &mut WriteBatch) {
         let desc = split.desc;
         let range_id = desc.range_id;
         if desc.replica(self.cfg.node_id).is_none() {
             return;
         }
-        if self.peers.contains_key(&range_id) || self.split_pending.iter().any(|d| d.range_id == range_id) {
+        if self.peers.contains_key(&range_id) || self.split_pending.iter().any(|(d, _)| d.range_id == range_id) {
             info!(node = self.cfg.node_id, range = range_id, parent, "split-off range already has a replica here; left to raft");
             return;
         }
@@ -107,20 +111,28 @@ impl Store {
             batch.put(Cf::Data, keys::data_key(desc.namespace_id, &k), v);
         }
         info!(node = self.cfg.node_id, range = range_id, parent, namespace = desc.namespace_id, "range split off");
-        self.split_pending.push(desc);
+        self.split_pending.push((desc, campaign));
     }
 
     /// Opens the replicas of ranges split off in the round whose batch was
     /// just written.
     pub(super) fn open_split_ranges(&mut self) -> Result<(), RaftstoreError> {
-        for desc in std::mem::take(&mut self.split_pending) {
+        for (desc, campaign) in std::mem::take(&mut self.split_pending) {
             for r in &desc.replicas {
                 if r.node_id != self.cfg.node_id {
                     self.known_nodes.insert(r.node_id);
                 }
             }
-            let storage = PeerStorage::open(self.engine.clone(), desc.range_id)?;
+            let range_id = desc.range_id;
+            let storage = PeerStorage::open(self.engine.clone(), range_id)?;
             self.add_peer(desc, storage)?;
+            if campaign {
+                // Best effort: a refused campaign leaves the election to
+                // the timeouts.
+                if let Err(e) = self.campaign(range_id) {
+                    info!(node = self.cfg.node_id, range = range_id, "campaign for a split-off range: {e}");
+                }
+            }
         }
         Ok(())
     }

@@ -387,7 +387,8 @@ pub struct Store {
     entry_cache_budget: EntryCacheBudget,
     /// Ranges split off in this round's applies, opened once its batch is
     /// written.
-    split_pending: Vec<RangeDescriptor>,
+    /// (and whether this node campaigns for it at once: it led the parent).
+    split_pending: Vec<(RangeDescriptor, bool)>,
 }
 
 fn not_found(range_id: u64) -> RaftstoreError {
