@@ -32,40 +32,68 @@ use meridian_raftstore::SplitOff;
 use meridian_storage::{RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
 use prost::Message as _;
 
-use crate::command::{CarveOp, CarveOutcome, UncarveOp};
+use crate::command::{CarveOp, CarveOutcome, SealOp, UncarveOp};
 use crate::error::KvError;
 use crate::keys;
-use crate::mvcc::{version_record, KeyValue, Meta, WriteTxn};
+use crate::mvcc::{tombstone_record, version_record, KeyValue, Meta, WriteTxn};
 use crate::read::DataRead;
 
-/// Most keys one carve moves (they travel in one write; a larger prefix
-/// needs a namespace declared before its keys are written).
+/// Most keys one carve moves (they travel in one write, on the store's
+/// thread, on every replica; a larger prefix needs a namespace created
+/// before its keys are written).
 pub const MAX_CARVE_KEYS: usize = 100_000;
+/// Most bytes (keys and values) one carve moves, for the same reason.
+pub const MAX_CARVE_BYTES: usize = 64 << 20;
 
 /// A carve record: where a prefix went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Carved {
     /// The carved prefix.
     pub prefix: Vec<u8>,
-    /// The namespace it became.
+    /// The namespace it became ([`SEALED`]: a seal, not a carve).
     pub namespace_id: u64,
+    /// The range serving it.
+    pub range_id: u64,
     /// The voters its range started with.
     pub voters: Vec<u64>,
 }
 
+impl Carved {
+    /// The new range's descriptor as of the carve (none for a seal).
+    pub fn descriptor(&self) -> Option<RangeDescriptor> {
+        (self.namespace_id != SEALED).then(|| RangeDescriptor {
+            range_id: self.range_id,
+            namespace_id: self.namespace_id,
+            start: self.prefix.clone(),
+            end: keys::prefix_end(&self.prefix),
+            epoch: RangeEpoch { conf_ver: 1, version: 1 },
+            replicas: self.voters.iter().map(|&node_id| ReplicaDesc { node_id, role: ReplicaRole::Voter }).collect(),
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(16 + 8 * self.voters.len());
+        for id in [self.namespace_id, self.range_id].iter().chain(&self.voters) {
+            v.extend_from_slice(&id.to_be_bytes());
+        }
+        v
+    }
+}
+
 /// The carve records of a range, by prefix. Each value: the namespace id,
-/// then the voters, u64 big-endian each.
+/// the range id, then the voters, u64 big-endian each.
 pub fn carved(r: &dyn DataRead) -> Result<Vec<Carved>, KvError> {
     let mut out = Vec::new();
     let mut bad = None;
     r.scan(&[keys::CARVED], &[keys::CARVED + 1], &mut |k, v| {
-        if v.len() < 8 || v.len() % 8 != 0 {
+        if v.len() < 16 || v.len() % 8 != 0 {
             bad = Some(KvError::Storage(format!("corrupt carve record {k:?}")));
             return false;
         }
         let mut ids = v.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")));
         let namespace_id = ids.next().expect("checked length");
-        out.push(Carved { prefix: k[1..].to_vec(), namespace_id, voters: ids.collect() });
+        let range_id = ids.next().expect("checked length");
+        out.push(Carved { prefix: k[1..].to_vec(), namespace_id, range_id, voters: ids.collect() });
         true
     })?;
     bad.map_or(Ok(out), Err)
@@ -119,10 +147,12 @@ pub fn carve(w: &mut WriteTxn<'_, '_>, op: &CarveOp) -> Result<CarveOutcome, KvE
     let end = keys::prefix_end(p);
     let mut moved: Vec<KeyValue> = Vec::new();
     let mut too_many = false;
+    let mut bytes = 0usize;
     let (s, e) = keys::index_bounds(p, &end);
     let mut bad = None;
-    w.reader().scan(&s, &e, &mut |_, v| {
-        if moved.len() == MAX_CARVE_KEYS {
+    w.reader().scan(&s, &e, &mut |k, v| {
+        bytes += k.len() + v.len();
+        if moved.len() == MAX_CARVE_KEYS || bytes > MAX_CARVE_BYTES {
             too_many = true;
             return false;
         }
@@ -140,7 +170,8 @@ pub fn carve(w: &mut WriteTxn<'_, '_>, op: &CarveOp) -> Result<CarveOutcome, KvE
     }
     if too_many {
         return Err(KvError::Invalid(format!(
-            "more than {MAX_CARVE_KEYS} keys under {:?}: too many to move in one step; delete some, or declare the namespace before writing its keys",
+            "more than {MAX_CARVE_KEYS} keys or {} MiB under {:?}: too many to move in one step; delete some, or create the namespace before writing its keys",
+            MAX_CARVE_BYTES >> 20,
             name(p)
         )));
     }
@@ -168,24 +199,22 @@ pub fn carve(w: &mut WriteTxn<'_, '_>, op: &CarveOp) -> Result<CarveOutcome, KvE
     }
     let start = Meta { revision: meta.revision, compact_revision: meta.revision, last_lease_id: 0 };
     records.push((keys::META.to_vec(), start.encode_to_vec()));
-    for kv in &moved {
-        w.ctx().delete(&keys::index_key(&kv.key));
+    // The parent's history ends each moved key with a tombstone at a
+    // revision of its own (no event: the keys did not change, they moved),
+    // so its reads at later revisions — after a drop returns the prefix —
+    // never see them, and its compaction removes their history.
+    if !moved.is_empty() {
+        let gone = w.bump();
+        for kv in &moved {
+            w.ctx().delete(&keys::index_key(&kv.key));
+            w.ctx().put(&keys::history_key(&kv.key, gone), &tombstone_record());
+        }
     }
     let voters = w.ctx().voters().to_vec();
-    let mut record = op.namespace_id.to_be_bytes().to_vec();
-    for v in &voters {
-        record.extend_from_slice(&v.to_be_bytes());
-    }
-    w.ctx().put(&keys::carved_key(p), &record);
-    let replicas = voters.iter().map(|&node_id| ReplicaDesc { node_id, role: ReplicaRole::Voter }).collect();
-    let desc = RangeDescriptor {
-        range_id: op.range_id,
-        namespace_id: op.namespace_id,
-        start: p.clone(),
-        end,
-        epoch: RangeEpoch { conf_ver: 1, version: 1 },
-        replicas,
-    };
+    let record = Carved { prefix: p.clone(), namespace_id: op.namespace_id, range_id: op.range_id, voters: voters.clone() };
+    w.ctx().put(&keys::carved_key(p), &record.encode());
+    let desc = record.descriptor().expect("a carve, not a seal");
+    debug_assert_eq!(desc.end, end);
     w.ctx().split_off(SplitOff { desc, records });
     Ok(CarveOutcome { moved_keys: moved.len() as u64, start_revision: meta.revision, already: false, voters })
 }
@@ -216,26 +245,56 @@ fn first_lock_under(r: &dyn DataRead, prefix: &[u8]) -> Result<Option<Vec<u8>>, 
 }
 
 /// Applies [`UncarveOp`]: the prefix is this range's again, and its
-/// revision continues from at least `revision_floor`.
-pub fn uncarve(w: &mut WriteTxn<'_, '_>, op: &UncarveOp) -> Result<(), KvError> {
-    if !carved(w.reader())?.iter().any(|c| c.prefix == op.prefix) {
-        // A retry of an uncarve that applied: nothing to do.
-        return Ok(());
+/// revision continues from at least `revision_floor`. Returns whether it
+/// changed anything.
+pub fn uncarve(w: &mut WriteTxn<'_, '_>, op: &UncarveOp) -> Result<bool, KvError> {
+    // Only the carve to the namespace being dropped: a retry of an uncarve
+    // that applied finds none (or the carve of a namespace created anew
+    // under the same prefix since, which it must not touch).
+    if !carved(w.reader())?.iter().any(|c| c.prefix == op.prefix && c.namespace_id == op.namespace_id) {
+        return Ok(false);
     }
     w.ctx().delete(&keys::carved_key(&op.prefix));
     w.raise_revision(op.revision_floor);
+    Ok(true)
+}
+
+/// Applies [`crate::command::Op::Seal`]: the range stops serving anything
+/// (its keys stay, unread, until the range is retired); refused, changing
+/// nothing, while the prefix holds keys or locks unless `force`.
+pub fn seal(w: &mut WriteTxn<'_, '_>, op: &SealOp) -> Result<(), KvError> {
+    let p = &op.prefix;
+    if p.is_empty() {
+        return Err(KvError::Invalid("a namespace prefix must not be empty".into()));
+    }
+    if carved(w.reader())?.iter().any(|c| c.prefix == *p && c.namespace_id == SEALED) {
+        return Ok(());
+    }
+    if !op.force {
+        let (s, e) = keys::index_bounds(p, &keys::prefix_end(p));
+        let mut keys_held = 0u64;
+        w.reader().scan(&s, &e, &mut |_, _| {
+            keys_held += 1;
+            true
+        })?;
+        if keys_held > 0 {
+            return Err(KvError::Invalid(format!("namespace {:?} holds {keys_held} key(s); delete them first, or drop --force", name(p))));
+        }
+        if let Some(lock) = first_lock_under(w.reader(), p)? {
+            return Err(KvError::Invalid(format!(
+                "lock {:?} in namespace {:?} is held, waited for or under lock-delay; release it first, or drop --force",
+                name(&lock),
+                name(p)
+            )));
+        }
+    }
+    let record = Carved { prefix: p.clone(), namespace_id: SEALED, range_id: 0, voters: Vec::new() };
+    w.ctx().put(&keys::carved_key(p), &record.encode());
     Ok(())
 }
 
-/// Applies [`crate::command::Op::Seal`]: the range stops serving `prefix`
-/// (its keys stay, unread, until the range is retired).
-pub fn seal(w: &mut WriteTxn<'_, '_>, prefix: &[u8]) -> Result<(), KvError> {
-    if prefix.is_empty() {
-        return Err(KvError::Invalid("a namespace prefix must not be empty".into()));
-    }
-    w.ctx().put(&keys::carved_key(prefix), &0u64.to_be_bytes());
-    Ok(())
-}
+/// The namespace id a seal record names: none.
+pub const SEALED: u64 = 0;
 
 /// Whether `op`'s keys stay clear of every prefix in `carved`; the first
 /// one they touch is the error.

@@ -80,11 +80,11 @@ pub enum Op {
     /// driver only; see [`crate::carve`]).
     #[prost(message, tag = "16")]
     Uncarve(UncarveOp),
-    /// Stop serving the keys under this prefix (a namespace being
-    /// dropped): from then on every command and query touching them is
-    /// refused as moved. The outcome's revision is the range's last.
-    #[prost(bytes = "vec", tag = "17")]
-    Seal(Vec<u8>),
+    /// Stop serving (a namespace being dropped): from then on every command
+    /// and key query is refused as moved. The outcome's revision is the
+    /// range's last.
+    #[prost(message, tag = "17")]
+    Seal(SealOp),
 }
 
 /// [`Op::Carve`]: move the keys under `prefix` to namespace
@@ -113,6 +113,20 @@ pub struct UncarveOp {
     /// The revision this range continues from, at least.
     #[prost(int64, tag = "2")]
     pub revision_floor: i64,
+    /// The dropped namespace: only its carve is undone.
+    #[prost(uint64, tag = "3")]
+    pub namespace_id: u64,
+}
+
+/// [`Op::Seal`]: the namespace `prefix` stops being served by its range.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SealOp {
+    /// The namespace's prefix.
+    #[prost(bytes = "vec", tag = "1")]
+    pub prefix: Vec<u8>,
+    /// Seal even while it holds keys or locks (they are discarded).
+    #[prost(bool, tag = "2")]
+    pub force: bool,
 }
 
 /// What a carve did.

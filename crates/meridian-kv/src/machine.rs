@@ -50,12 +50,26 @@ pub struct KvMachine {
     /// a command's check reads no record): commands and queries touching
     /// them are refused.
     carved: Vec<Vec<u8>>,
+    /// The range was sealed (its namespace is being dropped): every command
+    /// but another seal is refused. The sealed prefix.
+    sealed: Option<Vec<u8>>,
+    /// The range this machine serves (0: not said), named to the sink when
+    /// a reload finds carves it did not apply itself (a snapshot, a start).
+    range_id: u64,
+    /// The ranges carved out of this one, as of their carves.
+    split_offs: Vec<meridian_storage::RangeDescriptor>,
 }
 
 impl KvMachine {
     /// A machine that publishes its events to `sink`, if any.
     pub fn new(sink: Option<Arc<dyn EventSink>>) -> Self {
-        KvMachine { sink, carved: Vec::new() }
+        KvMachine { sink, carved: Vec::new(), sealed: None, range_id: 0, split_offs: Vec::new() }
+    }
+
+    /// The same machine, serving `range_id`.
+    pub fn for_range(mut self, range_id: u64) -> Self {
+        self.range_id = range_id;
+        self
     }
 }
 
@@ -226,8 +240,13 @@ fn txn(t: &mut WriteTxn<'_, '_>, op: &TxnOp) -> Result<TxnOutcome, KvError> {
 }
 
 impl KvMachine {
-    fn execute(&self, ctx: &mut ApplyContext<'_>, cmd: &Command) -> Result<Applied, KvError> {
+    fn execute(&mut self, ctx: &mut ApplyContext<'_>, cmd: &Command) -> Result<Applied, KvError> {
         let op = cmd.op.as_ref().ok_or_else(|| KvError::Invalid("empty command".into()))?;
+        if let Some(prefix) = &self.sealed {
+            if !matches!(op, Op::Seal(_)) {
+                return Err(KvError::NamespaceMoved { prefix: String::from_utf8_lossy(prefix).into_owned() });
+            }
+        }
         if !self.carved.is_empty() {
             carve::check_clear(&self.carved, &op_keys(op))?;
         }
@@ -237,6 +256,10 @@ impl KvMachine {
         }
         let mut w = WriteTxn::begin(ctx)?;
         let mut lock_events = Vec::new();
+        // A carve (true) or uncarve (false) of a prefix that applied, and
+        // the range a carve split off.
+        let mut carved = None;
+        let mut split_off = None;
         let kind = match op {
             Op::Put(p) => {
                 if p.key.is_empty() {
@@ -296,13 +319,32 @@ impl KvMachine {
                 lock_events = l.events;
                 OutcomeKind::Lock(LockOutcome { granted: true, token: p.token, ahead: 0, lock: Some(rec) })
             }
-            Op::Carve(c) => OutcomeKind::Carve(carve::carve(&mut w, c)?),
+            Op::Carve(c) => {
+                let out = carve::carve(&mut w, c)?;
+                if !out.already {
+                    carved = Some((c.prefix.clone(), true));
+                    let record = carve::Carved {
+                        prefix: c.prefix.clone(),
+                        namespace_id: c.namespace_id,
+                        range_id: c.range_id,
+                        voters: out.voters.clone(),
+                    };
+                    split_off = record.descriptor();
+                }
+                OutcomeKind::Carve(out)
+            }
             Op::Uncarve(u) => {
-                carve::uncarve(&mut w, u)?;
+                if carve::uncarve(&mut w, u)? {
+                    carved = Some((u.prefix.clone(), false));
+                }
                 OutcomeKind::Done(true)
             }
-            Op::Seal(prefix) => {
-                carve::seal(&mut w, prefix)?;
+            Op::Seal(s) => {
+                if self.sealed.is_none() {
+                    carve::seal(&mut w, s)?;
+                    self.sealed = Some(s.prefix.clone());
+                    carved = Some((s.prefix.clone(), true));
+                }
                 OutcomeKind::Done(true)
             }
             Op::LeaseCheckpoint(c) => {
@@ -310,14 +352,8 @@ impl KvMachine {
                 OutcomeKind::Lease(LeaseOutcome { id: rec.id, ttl_s: rec.ttl_s, resets: rec.resets })
             }
         };
-        let carved = match op {
-            Op::Carve(c) => Some((c.prefix.clone(), true)),
-            Op::Uncarve(u) => Some((u.prefix.clone(), false)),
-            Op::Seal(prefix) => Some((prefix.clone(), true)),
-            _ => None,
-        };
         let (revision, events) = w.commit();
-        Ok(Applied { revision, kind, events, lock_events, carved })
+        Ok(Applied { revision, kind, events, lock_events, carved, split_off })
     }
 }
 
@@ -328,6 +364,8 @@ struct Applied {
     lock_events: Vec<LockEvent>,
     /// A carve (true) or uncarve (false) of this prefix.
     carved: Option<(Vec<u8>, bool)>,
+    /// The range a carve split off.
+    split_off: Option<meridian_storage::RangeDescriptor>,
 }
 
 impl StateMachine for KvMachine {
@@ -338,9 +376,11 @@ impl StateMachine for KvMachine {
             .map_err(|e| KvError::Invalid(format!("undecodable command: {e}")))
             .and_then(|cmd| self.execute(ctx, &cmd));
         let outcome = match result {
-            Ok(Applied { revision, kind, events, lock_events, carved }) => {
+            Ok(Applied { revision, kind, events, lock_events, carved, split_off }) => {
                 if let Some((prefix, now_carved)) = carved {
                     self.carved.retain(|p| *p != prefix);
+                    self.split_offs.retain(|d| d.start != prefix);
+                    self.split_offs.extend(split_off);
                     if let Some(sink) = &self.sink {
                         if now_carved {
                             sink.namespace_carved(range_id, &prefix);
@@ -374,12 +414,27 @@ impl StateMachine for KvMachine {
 
     fn reload(&mut self, engine: &dyn Engine, namespace_id: u64) -> StorageResult<()> {
         let r = EngineRead { engine, namespace_id };
-        self.carved = carve::carved(&r)
-            .map_err(|e| meridian_storage::StorageError::Corrupt { range_id: namespace_id, what: e.to_string() })?
-            .into_iter()
-            .map(|c| c.prefix)
-            .collect();
+        let records =
+            carve::carved(&r).map_err(|e| meridian_storage::StorageError::Corrupt { range_id: namespace_id, what: e.to_string() })?;
+        let now: Vec<Vec<u8>> = records.iter().map(|c| c.prefix.clone()).collect();
+        // Carves this machine did not apply itself (a snapshot brought
+        // them, or the node started): the sink learns them as if applied.
+        if let (Some(sink), true) = (&self.sink, self.range_id != 0) {
+            for p in now.iter().filter(|p| !self.carved.contains(p)) {
+                sink.namespace_carved(self.range_id, p);
+            }
+            for p in self.carved.iter().filter(|p| !now.contains(p)) {
+                sink.namespace_returned(self.range_id, p);
+            }
+        }
+        self.sealed = records.iter().find(|c| c.namespace_id == carve::SEALED).map(|c| c.prefix.clone());
+        self.split_offs = records.iter().filter_map(carve::Carved::descriptor).collect();
+        self.carved = now;
         Ok(())
+    }
+
+    fn split_offs(&self) -> Vec<meridian_storage::RangeDescriptor> {
+        self.split_offs.clone()
     }
 
     fn read(&self, engine: &dyn Engine, namespace_id: u64, query: &[u8]) -> Vec<u8> {

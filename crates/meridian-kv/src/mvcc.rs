@@ -128,6 +128,11 @@ pub(crate) fn version_record(kv: &KeyValue) -> Vec<u8> {
     Version { kv: Some(kv.clone()), tombstone: false }.encode_to_vec()
 }
 
+/// A tombstone history record (what a delete writes).
+pub(crate) fn tombstone_record() -> Vec<u8> {
+    Version { kv: None, tombstone: true }.encode_to_vec()
+}
+
 /// Event-log record: which key changed at the revision in its log key, and
 /// the revision of the version it replaced. The values live once, in the
 /// history; a watcher replaying the log reads them from there (storing

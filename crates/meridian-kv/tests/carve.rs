@@ -76,8 +76,9 @@ fn keys_move_with_their_revisions_and_the_new_sequence_starts_above_them() {
     assert_eq!(f.query(unbounded).error.map(|e| e.code()), Some(ErrorCode::NamespaceMoved));
     assert_eq!(f.query(range_all("/a/")).error.map(|e| e.code()), Some(ErrorCode::NamespaceMoved));
     assert_eq!(f.query(range_all("/b/")).range.unwrap().kvs.len(), 1);
-    assert_eq!(f.apply(put("/b/w", "5")).revision, 6, "the parent's own sequence goes on");
-    assert_eq!(f.apply(put("/a0", "edge")).revision, 7, "a key just past the prefix is not fenced");
+    // The carve took revision 6 in the parent (its moved keys' tombstones).
+    assert_eq!(f.apply(put("/b/w", "5")).revision, 7, "the parent's own sequence goes on");
+    assert_eq!(f.apply(put("/a0", "edge")).revision, 8, "a key just past the prefix is not fenced");
 
     // A retry of the same carve changes nothing; another target is refused.
     let (again, splits) = f.apply_conf(carve("/a/"), VOTERS, false);
@@ -132,15 +133,24 @@ fn refused_carves_change_nothing() {
 }
 
 #[test]
-fn a_sealed_prefix_is_refused_and_an_uncarve_reopens_it() {
+fn a_seal_refuses_while_keys_remain_unless_forced_then_refuses_everything() {
     let mut f = Fixture::new();
     f.apply(put("/a/x", "1"));
-    let sealed = f.apply(Op::Seal(b"/a/".to_vec()));
-    assert_eq!(sealed.revision, 2, "a seal reports the last revision and takes none");
-    assert_eq!(error_code(&f.apply(put("/a/y", "2"))), Some(ErrorCode::NamespaceMoved));
+    let seal = |force| Op::Seal(SealOp { prefix: b"/a/".to_vec(), force });
+    assert!(error_text(&f.apply(seal(false))).contains("holds 1 key(s)"));
+    assert_eq!(f.apply(put("/a/y", "2")).revision, 3, "a refused seal changes nothing");
+    let sealed = f.apply(seal(true));
+    assert_eq!(sealed.revision, 3, "a seal reports the last revision and takes none");
+    assert_eq!(error_code(&f.apply(put("/a/z", "3"))), Some(ErrorCode::NamespaceMoved));
+    assert_eq!(error_code(&f.apply(Op::LeaseGrant(LeaseGrantOp { id: 5, ttl_s: 10 }))), Some(ErrorCode::NamespaceMoved), "nothing at all");
+    let undo = Op::Uncarve(UncarveOp { prefix: "/a/".into(), revision_floor: 0, namespace_id: 0 });
+    assert_eq!(error_code(&f.apply(undo)), Some(ErrorCode::NamespaceMoved), "a seal is for good");
     assert_eq!(f.query(range_all("/a/")).error.map(|e| e.code()), Some(ErrorCode::NamespaceMoved));
-    f.apply(Op::Uncarve(UncarveOp { prefix: "/a/".into(), revision_floor: 0 }));
-    assert_eq!(f.query(range_all("/a/")).range.unwrap().kvs.len(), 1, "unsealed, the keys read again");
+    let mut fresh = meridian_kv::KvMachine::new(None);
+    meridian_raftstore::StateMachine::reload(&mut fresh, &f.engine, RANGE).unwrap();
+    f.sm = fresh;
+    assert_eq!(error_code(&f.apply(put("/b", "4"))), Some(ErrorCode::NamespaceMoved), "sealed after a reload too");
+    assert!(matches!(f.apply(seal(false)).kind, Some(OutcomeKind::Done(true))), "a repeated seal succeeds");
 }
 
 #[test]
@@ -148,10 +158,19 @@ fn an_uncarve_returns_the_prefix_with_revisions_above_the_dropped_namespace() {
     let mut f = Fixture::new();
     f.apply(put("/a/x", "1"));
     f.apply_conf(carve("/a/"), VOTERS, false);
-    let out = f.apply(Op::Uncarve(UncarveOp { prefix: "/a/".into(), revision_floor: 1000 }));
+    let other = f.apply(Op::Uncarve(UncarveOp { prefix: "/a/".into(), revision_floor: 500, namespace_id: NEW_NS + 1 }));
+    assert_eq!(other.revision, 3, "an uncarve for another namespace under the prefix changes nothing");
+    assert_eq!(error_code(&f.apply(put("/a/y", "x"))), Some(ErrorCode::NamespaceMoved));
+    let out = f.apply(Op::Uncarve(UncarveOp { prefix: "/a/".into(), revision_floor: 1000, namespace_id: NEW_NS }));
     assert_eq!(out.revision, 1000);
+    let current = f.query(range_all("/a/")).range.unwrap();
+    assert_eq!(current.kvs.len(), 0, "keys that moved out do not come back with the prefix");
+    let at_carve = f.query(QueryKind::Range(RangeOp { key: "/a/x".into(), revision: 3, ..Default::default() })).range.unwrap();
+    assert_eq!(at_carve.kvs.len(), 0, "nor at the revision the carve took");
+    let before = f.query(QueryKind::Range(RangeOp { key: "/a/x".into(), revision: 2, ..Default::default() })).range.unwrap();
+    assert_eq!(before.kvs.len(), 1, "history before the carve stays");
     let put_again = f.apply(put("/a/x", "back"));
     assert_eq!(put_again.revision, 1001, "a token under the prefix exceeds every one the dropped namespace gave");
-    let again = f.apply(Op::Uncarve(UncarveOp { prefix: "/a/".into(), revision_floor: 2000 }));
+    let again = f.apply(Op::Uncarve(UncarveOp { prefix: "/a/".into(), revision_floor: 2000, namespace_id: NEW_NS }));
     assert_eq!(again.revision, 1001, "a retried uncarve changes nothing");
 }

@@ -266,6 +266,14 @@ pub trait StateMachine: Send {
     /// The replica was removed from this node (a membership change) and its
     /// data deleted: whoever waits on it here must look elsewhere.
     fn removed(&mut self, _range_id: u64) {}
+
+    /// The ranges this machine's applied state says were split off its
+    /// range (their descriptors as of the split). A replica that reached
+    /// that state by a snapshot, not by applying the split, creates the
+    /// ones listing its node as empty replicas their leaders fill.
+    fn split_offs(&self) -> Vec<RangeDescriptor> {
+        Vec::new()
+    }
 }
 
 /// Creates the state machine for a range replica.

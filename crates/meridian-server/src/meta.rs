@@ -257,10 +257,17 @@ pub async fn publish(backend: &Backend, desc: &RangeDescriptor) -> Result<(), Ap
         }
         None => c::Compare { result: 0, target: 1, key: key.clone(), number: 0, ..Default::default() },
     };
-    let txn = c::TxnOp { compare: vec![guard], success: vec![put(key, desc.encode())], failure: vec![] };
+    // A dropped namespace's range is retired: its sealed replicas may still
+    // report and change membership, but it never returns to the catalog.
+    let retired = crate::namespace::retired_key(desc.range_id);
+    let not_retired = c::Compare { result: 0, target: 1, key: retired, number: 0, ..Default::default() };
+    let txn = c::TxnOp { compare: vec![guard, not_retired], success: vec![put(key, desc.encode())], failure: vec![] };
     match backend.execute(META_RANGE_ID, c::Op::Txn(txn)).await? {
         c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), .. } if !t.succeeded => {
-            warn!(range = desc.range_id, "descriptor publication raced another; the next change publishes again");
+            warn!(
+                range = desc.range_id,
+                "descriptor not published: another publication raced it (the next change publishes again), or the range is retired"
+            );
             Ok(())
         }
         _ => Ok(()),

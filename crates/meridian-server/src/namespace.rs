@@ -98,6 +98,18 @@ pub struct NsRecord {
     pub moved_keys: u64,
     #[serde(default)]
     pub start_revision: i64,
+    /// Wall clock of the last state change (information; the placement
+    /// driver finishes a create or drop left this long).
+    #[serde(default)]
+    pub changed_ms: i64,
+    /// A drop in progress discards keys and locks.
+    #[serde(default)]
+    pub drop_force: bool,
+    /// The meta range's revision the record was last written at: every
+    /// change of the record is conditional on it (two creates or drops of
+    /// one name never both act).
+    #[serde(skip)]
+    pub mod_revision: i64,
 }
 
 /// What a create asks for.
@@ -193,7 +205,8 @@ pub async fn records(backend: &Backend, linearizable: bool) -> Result<BTreeMap<S
     let mut out = BTreeMap::new();
     for kv in a.range.map(|r| r.kvs).unwrap_or_default() {
         match serde_json::from_slice::<NsRecord>(&kv.value) {
-            Ok(r) => {
+            Ok(mut r) => {
+                r.mod_revision = kv.mod_revision;
                 out.insert(r.name.clone(), r);
             }
             Err(e) => warn!("undecodable namespace record {:?}: {e}", String::from_utf8_lossy(&kv.key)),
@@ -253,6 +266,46 @@ fn retryable(e: &ApiError) -> bool {
             | ApiError::ConfChanging
             | ApiError::NodeStopped
     )
+}
+
+/// Prefix of the retired-range markers: a dropped namespace's range id,
+/// never published again (its sealed replicas may still report).
+pub const RETIRED_PREFIX: &[u8] = b"\0meridian/retired/";
+
+/// The retired marker of `range_id`.
+pub fn retired_key(range_id: u64) -> Vec<u8> {
+    let mut k = RETIRED_PREFIX.to_vec();
+    k.extend_from_slice(&range_id.to_be_bytes());
+    k
+}
+
+/// Applies `ops` to the meta range if `record` is still as read (its mod
+/// revision); returns the revision written at, or `None` if the record
+/// changed meanwhile.
+async fn guarded(backend: &Backend, record: &NsRecord, ops: Vec<c::RequestOp>) -> Result<Option<i64>, ApiError> {
+    let same = c::Compare { result: 0, target: 2, key: ns_key(&record.name), number: record.mod_revision, ..Default::default() };
+    let txn = c::TxnOp { compare: vec![same], success: ops, failure: vec![] };
+    match backend.execute(META_RANGE_ID, c::Op::Txn(txn)).await? {
+        c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), revision } if t.succeeded => Ok(Some(revision)),
+        _ => Ok(None),
+    }
+}
+
+/// Writes `record` (changed) over the version read; the new mod revision,
+/// or an error if another request changed it meanwhile.
+async fn rewrite(backend: &Backend, record: &mut NsRecord) -> Result<(), ApiError> {
+    record.changed_ms = crate::backend::wall_ms();
+    let value = json(record)?;
+    match guarded(backend, record, vec![put(ns_key(&record.name), value)]).await? {
+        Some(rev) => {
+            record.mod_revision = rev;
+            Ok(())
+        }
+        None => Err(ApiError::NamespaceExists(format!(
+            "namespace {:?} was changed by another request meanwhile; look again (meridian namespace describe)",
+            record.name
+        ))),
+    }
 }
 
 /// Checks that `wanted` data nodes satisfy `constraints` (on distinct
@@ -391,17 +444,25 @@ async fn try_allocate(
         survival: None,
         moved_keys: 0,
         start_revision: 0,
+        changed_ms: crate::backend::wall_ms(),
+        drop_force: false,
+        mod_revision: 0,
     };
     let absent = c::Compare { result: 0, target: 1, key: ns_key(name), number: 0, ..Default::default() };
     // On failure, whether the name is taken (then the create is refused).
-    let taken = c::RequestOp { kind: Some(c::RequestKind::Range(c::RangeOp { key: ns_key(name), count_only: true, ..Default::default() })) };
+    let taken =
+        c::RequestOp { kind: Some(c::RequestKind::Range(c::RangeOp { key: ns_key(name), count_only: true, ..Default::default() })) };
     let txn = c::TxnOp {
         compare: vec![guard, absent],
         success: vec![put(NEXT_RANGE_KEY.to_vec(), (next + 1).to_be_bytes().to_vec()), put(ns_key(name), json(&record)?)],
         failure: vec![taken],
     };
     match backend.execute(META_RANGE_ID, c::Op::Txn(txn)).await? {
-        c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), .. } if t.succeeded => Ok(Some(record)),
+        c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), revision } if t.succeeded => {
+            let mut record = record;
+            record.mod_revision = revision;
+            Ok(Some(record))
+        }
         c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), .. } => {
             let count = match t.responses.first().and_then(|r| r.kind.as_ref()) {
                 Some(c::ResponseKind::Range(r)) => r.count,
@@ -429,14 +490,16 @@ pub async fn finish_create(backend: &Backend, mut record: NsRecord) -> Result<Ns
     .await;
     let carved = match carved {
         Ok(out) => out,
-        Err(e) if !retryable(&e) => {
-            // Refused for good (leased keys, locks, …): nothing moved; the
-            // record goes so the name is free again.
-            let txn = c::TxnOp { compare: vec![], success: vec![delete(ns_key(&name))], failure: vec![] };
-            if let Err(de) = backend.execute(META_RANGE_ID, c::Op::Txn(txn)).await {
-                warn!(namespace = name, "removing the record of a refused create: {de}");
+        // The root refused the carve itself (leased keys, locks, an
+        // overlapping namespace, …): nothing moved, and nothing of this
+        // create stays (the name is free again). Any other error may
+        // follow a carve that applied: the record stays, for a retry or
+        // the placement driver to finish.
+        Err(ApiError::Invalid(why)) => {
+            if guarded(backend, &record, vec![delete(ns_key(&name))]).await.ok().flatten().is_none() {
+                warn!(namespace = name, "the record of a refused create changed meanwhile; left as it is");
             }
-            return Err(e);
+            return Err(ApiError::Invalid(why));
         }
         Err(e) => return Err(e),
     };
@@ -454,11 +517,25 @@ pub async fn finish_create(backend: &Backend, mut record: NsRecord) -> Result<Ns
         record.start_revision = carved.start_revision;
     }
     record.state = NsState::Ready;
-    let ready = json(&record)?;
-    settle("recording the namespace ready", || {
-        backend.execute(META_RANGE_ID, c::Op::Put(c::PutOp { key: ns_key(&name), value: ready.clone(), ..Default::default() }))
+    let mut attempt = record.clone();
+    let written = settle("recording the namespace ready", || {
+        let mut r = attempt.clone();
+        async move { rewrite(backend, &mut r).await.map(|()| r) }
     })
-    .await?;
+    .await;
+    match written {
+        Ok(r) => attempt = r,
+        // Another request finished it (a retry, the placement driver).
+        Err(ApiError::NamespaceExists(_)) => {
+            let now = records(backend, true).await?;
+            match now.get(&name) {
+                Some(r) if r.state == NsState::Ready && r.range_id == record.range_id => attempt = r.clone(),
+                _ => return Err(ApiError::NamespaceExists(format!("namespace {name:?} was changed by another request during its create"))),
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    let record = attempt;
     settle("reading the catalog", || backend.refresh_routes_now()).await?;
     // Usable once its range answers a linearizable read (it has a leader).
     let probe =
@@ -477,21 +554,26 @@ pub async fn finish_create(backend: &Backend, mut record: NsRecord) -> Result<Ns
     describe(backend, &name).await
 }
 
-/// How old a `creating` record must be before the placement driver
-/// finishes it (a create still running has its own steps in flight).
+/// How long a `creating` or `dropping` record stays so before the
+/// placement driver finishes it (a request still running has its own steps
+/// in flight).
 const RESUME_AFTER_MS: i64 = 60_000;
 
-/// Finishes creates cut short (their `create` call died with its member):
-/// run by the placement driver each round, so a create survives the loss
-/// of the member that began it. Failures are logged and retried next round.
-pub async fn resume_creates(backend: &Backend) {
-    let Ok(recs) = records(backend, false).await else { return };
+/// Finishes creates and drops cut short (the member running them died):
+/// run by the placement driver each round, so neither is left half done.
+/// Failures are logged and retried next round.
+pub async fn resume(backend: &Backend) {
+    let Ok(recs) = records(backend, true).await else { return };
     let now = crate::backend::wall_ms();
-    for r in recs.into_values().filter(|r| r.state == NsState::Creating && now - r.created_ms > RESUME_AFTER_MS) {
+    for r in recs.into_values().filter(|r| r.state != NsState::Ready && now - r.changed_ms > RESUME_AFTER_MS) {
         let name = r.name.clone();
-        match finish_create(backend, r).await {
-            Ok(_) => info!(namespace = name, "finished a create cut short"),
-            Err(e) => warn!(namespace = name, "finishing a create cut short: {e}"),
+        let done = match r.state {
+            NsState::Creating => finish_create(backend, r).await.map(|_| ()),
+            _ => finish_drop(backend, r).await,
+        };
+        match done {
+            Ok(()) => info!(namespace = name, "finished a create or drop cut short"),
+            Err(e) => warn!(namespace = name, "finishing a create or drop cut short: {e}"),
         }
     }
 }
@@ -563,7 +645,7 @@ pub async fn describe(backend: &Backend, name: &str) -> Result<NsInfo, ApiError>
 }
 
 /// Drops a namespace created at runtime (see the module docs). Refused
-/// while it holds keys unless `force`.
+/// while it holds keys or locks unless `force`.
 pub async fn drop_namespace(backend: &Backend, name: &str, force: bool) -> Result<(), ApiError> {
     validate_name(name)?;
     let recs = settle("reading namespace records", || records(backend, true)).await?;
@@ -578,35 +660,47 @@ pub async fn drop_namespace(backend: &Backend, name: &str, force: bool) -> Resul
     if record.state == NsState::Creating {
         // A create cut short: finish it, so there is one state to undo.
         finish_create(backend, record.clone()).await?;
-        record.state = NsState::Ready;
+        record = records(backend, true)
+            .await?
+            .remove(name)
+            .ok_or_else(|| ApiError::NamespaceNotFound(format!("namespace {name:?} not found")))?;
     }
-    let prefix = name.as_bytes().to_vec();
-    let count_op = c::RangeOp { key: prefix.clone(), range_end: prefix_end(&prefix), count_only: true, ..Default::default() };
-    if record.state == NsState::Ready && !force {
-        let a = settle("counting keys", || backend.query(record.range_id, c::QueryKind::Range(count_op.clone()), true)).await?;
-        let keys = a.range.map_or(0, |r| r.count);
-        if keys > 0 {
-            return Err(ApiError::NamespaceNotEmpty(format!(
-                "namespace {name:?} holds {keys} key(s); delete them first, or drop --force to discard them"
-            )));
-        }
-    }
-    if record.state != NsState::Dropping {
+    if record.state == NsState::Ready {
         record.state = NsState::Dropping;
-        let v = json(&record)?;
-        settle("recording the drop", || {
-            backend.execute(META_RANGE_ID, c::Op::Put(c::PutOp { key: ns_key(name), value: v.clone(), ..Default::default() }))
-        })
-        .await?;
+        record.drop_force = force;
+        rewrite(backend, &mut record).await?;
+    } else if force && !record.drop_force {
+        record.drop_force = true;
+        rewrite(backend, &mut record).await?;
     }
-    // The range stops serving the prefix; its last revision is the floor
-    // the root continues from.
-    let sealed = settle("sealing the namespace's range", || backend.execute(record.range_id, c::Op::Seal(prefix.clone()))).await;
-    let floor = sealed?.revision;
-    let uncarve = c::UncarveOp { prefix: prefix.clone(), revision_floor: floor };
+    finish_drop(backend, record).await
+}
+
+/// The steps of a drop after its record says `dropping` (idempotent).
+async fn finish_drop(backend: &Backend, mut record: NsRecord) -> Result<(), ApiError> {
+    let name = record.name.clone();
+    let prefix = name.as_bytes().to_vec();
+    // The range stops serving; refused (changing nothing) while it holds
+    // keys or locks, unless forced. Its last revision is the floor the
+    // root continues from under the prefix.
+    let seal = c::SealOp { prefix: prefix.clone(), force: record.drop_force };
+    let sealed = settle("sealing the namespace's range", || backend.execute(record.range_id, c::Op::Seal(seal.clone()))).await;
+    let floor = match sealed {
+        Ok(out) => out.revision,
+        Err(ApiError::Invalid(why)) => {
+            record.state = NsState::Ready;
+            rewrite(backend, &mut record).await?;
+            return Err(ApiError::NamespaceNotEmpty(why));
+        }
+        Err(e) => return Err(e),
+    };
+    let uncarve = c::UncarveOp { prefix: prefix.clone(), revision_floor: floor, namespace_id: record.namespace_id };
     settle("returning the prefix to the root range", || backend.execute(ROOT_RANGE_ID, c::Op::Uncarve(uncarve.clone()))).await?;
-    let txn = c::TxnOp { compare: vec![], success: vec![delete(meta::range_key(record.range_id)), delete(ns_key(name))], failure: vec![] };
-    settle("removing the namespace from the catalog", || backend.execute(META_RANGE_ID, c::Op::Txn(txn.clone()))).await?;
+    let ops =
+        vec![delete(meta::range_key(record.range_id)), delete(ns_key(&name)), put(retired_key(record.range_id), name.clone().into_bytes())];
+    if settle("removing the namespace from the catalog", || guarded(backend, &record, ops.clone())).await?.is_none() {
+        return Err(ApiError::NamespaceExists(format!("namespace {name:?} was changed by another request during its drop")));
+    }
     settle("reading the catalog", || backend.refresh_routes_now()).await?;
     info!(namespace = name, range = record.range_id, floor, "namespace dropped");
     Ok(())

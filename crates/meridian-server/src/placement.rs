@@ -187,8 +187,12 @@ pub fn view(backend: &Backend, reports: &BTreeMap<u64, api::RangeReport>, polici
         })
         .collect();
     let replicas = backend.cfg.placement.replicas;
+    // Only ranges the catalog names (once it is read): a dropped
+    // namespace's sealed range still reports, and is left alone.
+    let catalog: std::collections::BTreeSet<u64> = backend.catalog_replicas().into_iter().map(|(id, _)| id).collect();
     let ranges = reports
         .values()
+        .filter(|r| catalog.is_empty() || catalog.contains(&r.range_id))
         .map(|r| {
             (
                 r.range_id,
@@ -414,7 +418,7 @@ pub async fn drive(backend: Arc<Backend>) {
                 continue;
             }
         };
-        crate::namespace::resume_creates(&backend).await;
+        crate::namespace::resume(&backend).await;
         let mut v = view(&backend, &reports, &policies, now);
         // Steps of one round go out within this bound; the rest wait for
         // the next round (a slow round must not outlive the leadership).

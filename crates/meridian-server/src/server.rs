@@ -112,8 +112,8 @@ struct KvFactory {
 }
 
 impl StateMachineFactory for KvFactory {
-    fn create(&self, _desc: &RangeDescriptor) -> Box<dyn StateMachine> {
-        Box::new(KvMachine::new(Some(self.sinks.clone())))
+    fn create(&self, desc: &RangeDescriptor) -> Box<dyn StateMachine> {
+        Box::new(KvMachine::new(Some(self.sinks.clone())).for_range(desc.range_id))
     }
 
     fn hot_record(&self, key: &[u8]) -> bool {

@@ -46,6 +46,12 @@ pub struct CarveReport {
     pub moved_keys: u64,
     pub crashes: u64,
     pub partitions: u64,
+    /// Replicas of the new range opened by applying the carve, of them
+    /// over a replica created for a message first; replicas that got the
+    /// new range otherwise (a leader's snapshot) make up the rest.
+    pub splits_applied: u64,
+    pub splits_over_uninitialized: u64,
+    pub splits_missed: u64,
     pub violations: Vec<String>,
 }
 
@@ -297,6 +303,13 @@ fn finish(c: &mut Cluster, report: &mut CarveReport, carved: bool, acked: &BTree
     }
     if hashes.windows(2).any(|w| w[0].1 != w[1].1) {
         report.violations.push(format!("the new range's replicas hold different data: {hashes:?}"));
+    }
+    for n in c.node_ids() {
+        if let Some(m) = c.store(n).map(|s| s.metrics()) {
+            report.splits_applied += m.splits_applied;
+            report.splits_over_uninitialized += m.splits_over_uninitialized;
+            report.splits_missed += m.splits_missed;
+        }
     }
     report.violations.truncate(20);
 }

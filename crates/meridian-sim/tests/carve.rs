@@ -13,7 +13,7 @@ fn a_carve_under_faults_loses_no_acknowledged_write_and_fences_the_parent() {
             (1..=n).collect()
         }
     };
-    let (mut moved, mut child, mut refused, mut crashes) = (0, 0, 0, 0);
+    let (mut moved, mut child, mut refused, mut crashes, mut split, mut over, mut missed) = (0, 0, 0, 0, 0, 0, 0);
     for seed in seeds {
         let r = carve_run(seed, 1_500);
         assert!(r.ok(), "seed {seed} (replay: MERIDIAN_CARVE_SEED={seed}): {:#?}", r.violations);
@@ -21,7 +21,13 @@ fn a_carve_under_faults_loses_no_acknowledged_write_and_fences_the_parent() {
         child += r.acked_in_child;
         refused += r.refused_by_parent;
         crashes += r.crashes;
+        split += r.splits_applied;
+        over += r.splits_over_uninitialized;
+        missed += r.splits_missed;
     }
+    println!(
+        "{split} replicas split off by applying the carve, {over} of them over a replica created for a message first; {missed} created empty after a snapshot of the parent"
+    );
     // The runs exercised what they claim to.
     assert!(moved > 0, "no carve moved a key");
     assert!(child > 0, "no write reached the new range");

@@ -231,6 +231,26 @@ impl PeerStorage {
         batch.put(Cf::Meta, keys::state_key(desc.range_id), desc.encode());
     }
 
+    /// [`PeerStorage::bootstrap_at`] over an uninitialized replica (created
+    /// for a message, with no log and no configuration) that recorded
+    /// `term` and `vote`: they are kept (a vote given must never be given
+    /// again in its term), the rest is the bootstrap's.
+    pub fn bootstrap_over(batch: &mut WriteBatch, desc: &RangeDescriptor, voters: Vec<u64>, index: u64, term: u64, vote: u64) {
+        Self::bootstrap_at(batch, desc, voters.clone(), index);
+        let hard_state = if term >= index {
+            HardState { term, vote, commit: index, ..Default::default() }
+        } else {
+            HardState { term: index, commit: index, ..Default::default() }
+        };
+        let rs = RaftLocalState {
+            hard_state,
+            conf_state: ConfState { voters, ..Default::default() },
+            truncated_index: index,
+            truncated_term: index,
+        };
+        batch.put(Cf::RaftState, keys::state_key(desc.range_id), rs.encode());
+    }
+
     /// Writes the state of a replica created on demand (a new learner that
     /// will be filled by log replication or a snapshot).
     pub fn create_uninitialized(batch: &mut WriteBatch, desc: &RangeDescriptor) {

@@ -91,22 +91,41 @@ impl Store {
     /// Writes a range split off `parent` into `batch` (its raft state at
     /// [`INITIAL_LOG_INDEX`], its descriptor and its namespace's records)
     /// and queues its replica to be opened once the batch is written —
-    /// unless this node is not among its replicas, or already has a replica
-    /// of it (created by the new range's leader before this node applied
-    /// the split: that replica is filled by raft, and writing the split's
-    /// state under it could move it back).
+    /// unless this node is not among its replicas, or already has an
+    /// initialized replica of it (filled by the new range's leader before
+    /// this node applied the split: writing the split's state under it
+    /// could move it back). An uninitialized one (created for a vote or a
+    /// leader's first message, no log, no data) is initialized by the
+    /// split, keeping the term and vote it recorded.
     fn stage_split(&mut self, parent: u64, split: SplitOff, campaign: bool, batch: &mut WriteBatch) {
         let desc = split.desc;
         let range_id = desc.range_id;
-        if desc.replica(self.cfg.node_id).is_none() {
+        if desc.replica(self.cfg.node_id).is_none() || self.split_pending.iter().any(|(d, _)| d.range_id == range_id) {
             return;
         }
-        if self.peers.contains_key(&range_id) || self.split_pending.iter().any(|(d, _)| d.range_id == range_id) {
-            info!(node = self.cfg.node_id, range = range_id, parent, "split-off range already has a replica here; left to raft");
-            return;
+        let voters: Vec<u64> = desc.replicas.iter().filter(|r| r.role == ReplicaRole::Voter).map(|r| r.node_id).collect();
+        match self.peers.get(&range_id) {
+            None => {
+                PeerStorage::bootstrap_at(batch, &desc, voters, INITIAL_LOG_INDEX);
+                self.metrics.splits_applied += 1;
+            }
+            Some(p) => {
+                let cs = p.raft.raft.prs().conf().to_conf_state();
+                let empty = cs.voters.is_empty() && cs.learners.is_empty() && p.raft.raft.raft_log.last_index() == 0;
+                if !empty || p.installing.is_some() || p.raft.raft.raft_log.unstable.snapshot.is_some() {
+                    info!(node = self.cfg.node_id, range = range_id, parent, "split-off range already has a replica here; left to raft");
+                    return;
+                }
+                let (term, vote) = (p.raft.raft.term, p.raft.raft.vote);
+                PeerStorage::bootstrap_over(batch, &desc, voters, INITIAL_LOG_INDEX, term, vote);
+                // Gone now, so this round stages nothing more of it (its
+                // state would overwrite the split's in the batch).
+                self.peers.remove(&range_id);
+                self.metrics.splits_applied += 1;
+                self.metrics.splits_over_uninitialized += 1;
+                info!(node = self.cfg.node_id, range = range_id, parent, term, vote, "split initializes the replica created for a message");
+            }
         }
-        let voters = desc.replicas.iter().filter(|r| r.role == ReplicaRole::Voter).map(|r| r.node_id).collect();
-        PeerStorage::bootstrap_at(batch, &desc, voters, INITIAL_LOG_INDEX);
         for (k, v) in split.records {
             batch.put(Cf::Data, keys::data_key(desc.namespace_id, &k), v);
         }

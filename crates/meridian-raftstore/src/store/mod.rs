@@ -258,6 +258,15 @@ fn replica_state(s: raft::ProgressState) -> ReplicaState {
 pub struct StoreMetrics {
     /// Poll rounds run (a [`Store::poll`] may run two).
     pub poll_rounds: u64,
+    /// Ranges split off here by an applied split (a namespace created at
+    /// runtime).
+    pub splits_applied: u64,
+    /// Of those, ones whose replica existed uninitialized (created for a
+    /// vote or a leader's message) and was initialized by the split.
+    pub splits_over_uninitialized: u64,
+    /// Replicas of split-off ranges created empty because this node
+    /// reached the parent's state by a snapshot, not by the split.
+    pub splits_missed: u64,
     /// Engine syncs that made new writes durable (each covers the writes
     /// of one or more rounds).
     pub synced_writes: u64,
@@ -501,6 +510,10 @@ impl Store {
             store.add_peer(desc, storage)?;
         }
         store.engine.write(&unstaged, false)?;
+        let ids: Vec<u64> = store.peers.keys().copied().collect();
+        for id in ids {
+            store.create_missed_splits(id)?;
+        }
         info!(node = store.cfg.node_id, ranges = store.peers.len(), "store opened");
         Ok(store)
     }

@@ -116,7 +116,9 @@ impl Store {
         let mut apply_batch = WriteBatch::new();
         let mut installs = Vec::new();
         for (range_id, mut rd, installed) in readies {
-            let p = self.peers.get_mut(&range_id).expect("listed");
+            // A replica a split replaced after its Ready was taken: dropped
+            // with it (the split's state replaced what it would persist).
+            let Some(p) = self.peers.get_mut(&range_id) else { continue };
             if installed {
                 // Decided and written: the staged data moves into place
                 // from here, a step per round (the first one below).
@@ -160,7 +162,8 @@ impl Store {
         batch: &mut WriteBatch,
         done: &mut Vec<Completion>,
     ) -> Result<Option<(Ready, bool)>, RaftstoreError> {
-        let p = self.peers.get_mut(&range_id).expect("listed");
+        // A replica a split replaced earlier in this round is gone.
+        let Some(p) = self.peers.get_mut(&range_id) else { return Ok(None) };
         // An install in progress holds the range's Readies back: nothing
         // is applied or answered before its data is all in place.
         if p.installing.is_some() || !p.raft.has_ready() {

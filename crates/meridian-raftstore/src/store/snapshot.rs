@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use meridian_storage::snapshot::{encode_snapshot_header, move_staged, SnapshotReader};
-use meridian_storage::{EngineSnapshot, RangeDescriptor};
+use meridian_storage::{EngineSnapshot, PeerStorage, RangeDescriptor, WriteBatch};
 use meridian_transport::{RaftEnvelope, SnapshotChunk, SnapshotStream, TransportError};
 use raft::prelude::Snapshot;
 use tracing::{debug, info};
@@ -113,6 +113,36 @@ impl Store {
             p.installing = None;
             self.metrics.snapshots_installed += 1;
             p.reload_after_snapshot(&*self.engine, self.cfg.node_id, done)?;
+            self.create_missed_splits(range_id)?;
+        }
+        Ok(())
+    }
+
+    /// Creates, empty, the replicas of ranges split off `range_id` that
+    /// list this node and that it does not have: it reached the parent's
+    /// state without applying the split (a snapshot, or a crash between
+    /// the install and this), so only the new range's leader can fill them,
+    /// and they must exist to vote and to be filled.
+    pub(super) fn create_missed_splits(&mut self, range_id: u64) -> Result<(), RaftstoreError> {
+        let Some(p) = self.peers.get(&range_id) else { return Ok(()) };
+        let missed: Vec<RangeDescriptor> =
+            p.sm.split_offs()
+                .into_iter()
+                .filter(|d| d.replica(self.cfg.node_id).is_some() && !self.peers.contains_key(&d.range_id))
+                .collect();
+        for desc in missed {
+            let mut batch = WriteBatch::new();
+            PeerStorage::create_uninitialized(&mut batch, &desc);
+            self.engine.write(&batch, true)?;
+            let storage = PeerStorage::open(self.engine.clone(), desc.range_id)?;
+            info!(
+                node = self.cfg.node_id,
+                range = desc.range_id,
+                parent = range_id,
+                "created the replica of a split this node did not apply"
+            );
+            self.metrics.splits_missed += 1;
+            self.add_peer(desc, storage)?;
         }
         Ok(())
     }
