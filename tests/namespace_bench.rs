@@ -85,6 +85,14 @@ fn bench_create_namespaces_then_idle() {
         all
     });
     let took = started.elapsed();
+    if std::env::var("MERIDIAN_BENCH_SLOW_STEPS").is_ok() {
+        for i in 0..3 {
+            let log = std::fs::read_to_string(c.node_dir(i).join("server.log")).unwrap_or_default();
+            for l in log.lines().filter(|l| l.contains("slow namespace step")).take(20) {
+                println!("node {}: {l}", i + 1);
+            }
+        }
+    }
     latencies.sort();
     println!(
         "created {n} namespaces on 3 nodes, {concurrency} at a time: {:.1} s, {:.1} creates/s; latency p50 {:?} p99 {:?} max {:?}",

@@ -133,6 +133,10 @@ pub(crate) struct Peer {
     /// leader's proposal. Keyed by request id (issue order).
     pub forwarded: BTreeMap<RequestId, Forwarded>,
     pub reads: VecDeque<PendingRead>,
+    /// The term in which reads became servable here (a leader known, and
+    /// if it is this node, an entry of its term committed): reads raft-rs
+    /// dropped before then are sent again at once, not at their retry.
+    pub reads_open_term: u64,
     /// Consecutive ticks with nothing to do (leader side of quiescence).
     pub idle_ticks: u64,
     /// Not ticking until woken by a message, a request or a dead leader.
@@ -476,6 +480,30 @@ impl Peer {
                 self.raft.read_index(read_ctx(incarnation, r.id));
             }
             i += 1;
+        }
+    }
+
+    /// Sends again at once the reads raft-rs may have dropped while no
+    /// leader was known or the leader had not committed in its term (a new
+    /// range, an election), the first time reads can be served in a term.
+    pub fn reopen_reads(&mut self, now: u64, incarnation: u64) {
+        let r = &self.raft.raft;
+        let open = r.leader_id != 0 && (r.state != StateRole::Leader || r.commit_to_current_term());
+        if !open || self.reads_open_term == r.term {
+            return;
+        }
+        self.reads_open_term = r.term;
+        let pending: Vec<RequestId> = self
+            .reads
+            .iter_mut()
+            .filter(|x| x.index.is_none())
+            .map(|x| {
+                x.issued_tick = now;
+                x.id
+            })
+            .collect();
+        for id in pending {
+            self.raft.read_index(read_ctx(incarnation, id));
         }
     }
 

@@ -60,7 +60,12 @@ pub const CONSTRAINT_KEYS: [&str; 3] = ["region", "zone", "host"];
 /// How long `create` waits for the new range to elect a leader, and a
 /// retryable step to succeed.
 const SETTLE: Duration = Duration::from_secs(15);
-const RETRY: Duration = Duration::from_millis(100);
+/// The first pause of a retried step, doubled up to [`RETRY_MAX`] (most
+/// steps wait for an election that takes a few ticks).
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+const RETRY_MAX: Duration = Duration::from_millis(200);
+/// A step that took longer is logged (with its name and time).
+const SLOW_STEP: Duration = Duration::from_millis(100);
 
 /// Where a namespace is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -240,12 +245,19 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ApiError>>,
 {
-    let deadline = tokio::time::Instant::now() + SETTLE;
+    let started = tokio::time::Instant::now();
+    let deadline = started + SETTLE;
+    let mut pause = RETRY_FIRST;
     loop {
-        match f().await {
+        let r = f().await;
+        if r.is_ok() && started.elapsed() > SLOW_STEP {
+            info!(step = what, ms = started.elapsed().as_millis() as u64, "slow namespace step");
+        }
+        match r {
             Err(e) if retryable(&e) && tokio::time::Instant::now() < deadline => {
                 tracing::debug!("{what}: {e}; retrying");
-                tokio::time::sleep(RETRY).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_MAX);
             }
             r => return r,
         }

@@ -7,7 +7,12 @@ use std::collections::BTreeMap;
 
 use meridian_storage::{keys, Cf, PeerStorage, ReplicaRole, WriteBatch};
 use raft::prelude::{Entry, EntryType};
-use tracing::info;
+use tracing::{debug, info};
+
+/// Campaigns the parent's leader makes for a split-off range, and the ticks
+/// between them.
+const SPLIT_CAMPAIGN_ATTEMPTS: u32 = 3;
+const SPLIT_CAMPAIGN_EVERY_TICKS: u64 = 2;
 
 use super::{AppliedEntry, Completion, Store, INITIAL_LOG_INDEX};
 use crate::error::RaftstoreError;
@@ -133,6 +138,31 @@ impl Store {
         self.split_pending.push((desc, campaign));
     }
 
+    /// Campaigns for split-off ranges whose time came and that still have
+    /// no leader (called each tick); each is tried a few ticks apart, then
+    /// left to the election timeouts.
+    pub(super) fn run_split_campaigns(&mut self) {
+        let now = self.now_tick;
+        let mut again = Vec::new();
+        for (range_id, due, left) in std::mem::take(&mut self.split_campaigns) {
+            if due > now {
+                again.push((range_id, due, left));
+                continue;
+            }
+            let leaderless = self.peers.get(&range_id).is_some_and(|p| p.raft.raft.leader_id == 0);
+            if !leaderless {
+                continue;
+            }
+            if let Err(e) = self.campaign(range_id) {
+                debug!(node = self.cfg.node_id, range = range_id, "campaign for a split-off range: {e}");
+            }
+            if left > 1 {
+                again.push((range_id, now + SPLIT_CAMPAIGN_EVERY_TICKS, left - 1));
+            }
+        }
+        self.split_campaigns = again;
+    }
+
     /// Opens the replicas of ranges split off in the round whose batch was
     /// just written.
     pub(super) fn open_split_ranges(&mut self) -> Result<(), RaftstoreError> {
@@ -146,11 +176,10 @@ impl Store {
             let storage = PeerStorage::open(self.engine.clone(), range_id)?;
             self.add_peer(desc, storage)?;
             if campaign {
-                // Best effort: a refused campaign leaves the election to
-                // the timeouts.
-                if let Err(e) = self.campaign(range_id) {
-                    info!(node = self.cfg.node_id, range = range_id, "campaign for a split-off range: {e}");
-                }
+                // From the next tick, when its peers have likely applied the
+                // split too (a vote for a range a node does not have yet is
+                // refused, and the election would wait out its timeout).
+                self.split_campaigns.push((range_id, self.now_tick + 1, SPLIT_CAMPAIGN_ATTEMPTS));
             }
         }
         Ok(())

@@ -61,6 +61,7 @@ impl Store {
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
         self.now_tick += 1;
+        self.run_split_campaigns();
         let now = self.now_tick;
         let dead_after = 2 * self.cfg.election_ticks as u64;
         let orphan_ticks = 4 * self.cfg.election_ticks as u64;

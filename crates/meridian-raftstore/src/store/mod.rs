@@ -398,6 +398,9 @@ pub struct Store {
     /// written.
     /// (and whether this node campaigns for it at once: it led the parent).
     split_pending: Vec<(RangeDescriptor, bool)>,
+    /// Split-off ranges this node campaigns for: (range, due tick,
+    /// attempts left). Bounded by the splits of recent rounds.
+    split_campaigns: Vec<(u64, u64, u32)>,
 }
 
 fn not_found(range_id: u64) -> RaftstoreError {
@@ -489,6 +492,7 @@ impl Store {
             sync_wanted: false,
             entry_cache_budget: EntryCacheBudget::new(EntryCacheBudget::DEFAULT_BYTES),
             split_pending: Vec::new(),
+            split_campaigns: Vec::new(),
         };
         // One write for every range's leftover staging, not one per range.
         let mut unstaged = WriteBatch::new();
@@ -573,6 +577,7 @@ impl Store {
             proposals: VecDeque::new(),
             forwarded: BTreeMap::new(),
             reads: VecDeque::new(),
+            reads_open_term: 0,
             idle_ticks: 0,
             quiesced: false,
             announce_quiesce: false,

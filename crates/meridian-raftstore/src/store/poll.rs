@@ -132,6 +132,9 @@ impl Store {
             // earlier ones: raft-rs counts Readies as persisted in order.
             p.unsynced.push_back(UnsyncedReady { number, seq: self.write_seq, messages });
             p.advance_applied();
+            if !p.reads.is_empty() {
+                p.reopen_reads(self.now_tick, self.incarnation);
+            }
             p.maybe_leave_joint();
             p.maybe_compact(&self.cfg, &mut apply_batch)?;
         }
