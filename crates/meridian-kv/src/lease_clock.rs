@@ -209,6 +209,11 @@ impl LockDelayTimer {
         due
     }
 
+    /// No delay is being timed (the last read found none, or all ended).
+    pub fn is_idle(&self) -> bool {
+        self.since_ms.is_empty()
+    }
+
     /// The end of `name`'s delay was proposed and answered (whether it
     /// applied or not: timing a delay again from scratch is only longer).
     pub fn ended(&mut self, name: &[u8]) {

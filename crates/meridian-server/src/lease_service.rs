@@ -103,6 +103,14 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
     let (checkpoint_every, deadlock_every) = (every(Duration::from_secs(5)), every(Duration::from_secs(10)));
     // range → the lock-delays this leader times there.
     let mut delays: HashMap<u64, LockDelayTimer> = HashMap::new();
+    // Ranges whose delayed locks must be read: ones this node began to
+    // lead (a delay may predate it) or expired a lease on (the only way a
+    // delay begins); a range leaves the set once a read finds none. Reading
+    // every led range every round cost an idle leader of thousands of
+    // namespaces a core. A range stays watched for [`DELAY_WATCH_ROUNDS`]
+    // reads that find nothing (an expiry whose answer was lost may still
+    // apply meanwhile).
+    let mut delay_watch: HashMap<u64, u32> = HashMap::new();
     loop {
         tick.tick().await;
         rounds += 1;
@@ -115,6 +123,7 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
                 match load_clock(&backend, st.range_id, keeper.now_ms()).await {
                     Ok(clock) => {
                         keeper.clocks.lock().expect("lease keeper").insert(st.range_id, (st.term, clock));
+                        delay_watch.insert(st.range_id, DELAY_WATCH_ROUNDS);
                     }
                     Err(e) => debug!(range = st.range_id, "loading leases: {e}"),
                 }
@@ -124,6 +133,7 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
             if !leading {
                 // A later leader times a delay from scratch: never shorter.
                 delays.remove(&st.range_id);
+                delay_watch.remove(&st.range_id);
             }
         }
         let ranges: Vec<u64> = keeper.clocks.lock().expect("lease keeper").keys().copied().collect();
@@ -132,6 +142,7 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
             let expired = keeper.with(range_id, |c, now| c.expired(now)).unwrap_or_default();
             for id in expired {
                 // Expiry, not a clean revoke: held locks get lock-delay.
+                delay_watch.insert(range_id, DELAY_WATCH_ROUNDS);
                 match backend.execute_on_leader(range_id, c::Op::LeaseExpire(id)).await {
                     Ok(_) | Err(ApiError::LeaseNotFound) => {
                         keeper.with(range_id, |c, _| c.revoked(id));
@@ -140,7 +151,18 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
                     Err(e) => warn!(range = range_id, lease = id, "revoking expired lease: {e}"),
                 }
             }
-            end_lock_delays(&backend, range_id, now, delays.entry(range_id).or_default()).await;
+            if let Some(left) = delay_watch.get(&range_id).copied() {
+                let timer = delays.entry(range_id).or_default();
+                if end_lock_delays(&backend, range_id, now, timer).await && timer.is_idle() {
+                    if left <= 1 {
+                        delay_watch.remove(&range_id);
+                    } else {
+                        delay_watch.insert(range_id, left - 1);
+                    }
+                } else {
+                    delay_watch.insert(range_id, DELAY_WATCH_ROUNDS);
+                }
+            }
             if rounds.is_multiple_of(deadlock_every) {
                 scan_deadlocks(&backend, &locks, range_id).await;
             }
@@ -158,13 +180,18 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
     }
 }
 
-/// Ends lock-delays this leader has timed in full on its own clock.
-async fn end_lock_delays(backend: &Backend, range_id: u64, now: u64, timer: &mut LockDelayTimer) {
+/// Reads of a range's delayed locks that find none before the keeper stops
+/// reading them (50 rounds of 100 ms).
+const DELAY_WATCH_ROUNDS: u32 = 50;
+
+/// Ends lock-delays this leader has timed in full on its own clock; false
+/// if the delayed locks could not be read.
+async fn end_lock_delays(backend: &Backend, range_id: u64, now: u64, timer: &mut LockDelayTimer) -> bool {
     let delayed = match backend.query(range_id, c::QueryKind::DelayedLocks(true), false).await {
         Ok(a) => a.locks,
         Err(e) => {
             debug!(range = range_id, "listing delayed locks: {e}");
-            return;
+            return false;
         }
     };
     let delayed: Vec<(Vec<u8>, i64)> = delayed.into_iter().map(|l| (l.name, l.lock.map_or(0, |r| r.delay_ms))).collect();
@@ -176,6 +203,7 @@ async fn end_lock_delays(backend: &Backend, range_id: u64, now: u64, timer: &mut
         // A delay under this name from now on is a new one.
         timer.ended(&name);
     }
+    true
 }
 
 /// Counts wait-for cycles between sessions of a range, for the metric.
