@@ -176,3 +176,104 @@ fn with_execute_on_a_joined_node_receives_replicas_and_a_dead_ones_are_replaced(
         }
     }
 }
+
+/// `meridian ARGS`: success and output.
+fn meridian(args: &[&str]) -> (bool, String) {
+    let out = Command::new(meridian_bin()).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn a_drained_node_gives_up_every_replica_under_a_lock_workload_then_is_decommissioned() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let placement = "[placement]\nexecute = true\ndown_after_ms = 3000\n";
+    let mut c = ProcCluster::prepare(3, &["/a/"]);
+    for path in &c.configs {
+        let mut cfg = std::fs::read_to_string(path).unwrap();
+        cfg.push('\n');
+        cfg.push_str(placement);
+        std::fs::write(path, cfg).unwrap();
+    }
+    c.launch();
+    let base: u16 = c.members[0].client_addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let fourth = meridian_server::dev_layout::members(4, base).unwrap().pop().unwrap();
+    c.add_joining_with(fourth, placement);
+    let http2 = c.members[1].http_addr.to_string();
+    wait_until("node 4 alive on node 2", Duration::from_secs(60), || state_of(&c, 1, 4).as_deref() == Some("alive"));
+
+    // Bad input first: refused, nothing changed.
+    for (args, why) in [(vec!["node", "drain", "9"], "member not found"), (vec!["node", "decommission", "2"], "is not draining")] {
+        let (success, out) = meridian(&[&args[..], &["--http", &http2]].concat());
+        assert!(!success && out.contains(why), "{args:?}: expected {why:?}, got: {out}");
+    }
+
+    // Clients take a lock in turns on every member while node 1 drains:
+    // each holder writes its start and end; no two may interleave.
+    let journal = c.node_dir(1).join("lock-journal");
+    std::fs::write(&journal, "").unwrap();
+    let endpoints = c.endpoints();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..3)
+        .map(|w| {
+            let (journal, endpoints, stop) = (journal.clone(), endpoints.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let script = format!("echo start {w} >> {0}; sleep 0.2; echo end {w} >> {0}", journal.display());
+                let (mut held, mut retried) = (0, 0);
+                let deadline = Instant::now() + Duration::from_secs(300);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline && held < 200 {
+                    let out = Command::new(meridian_bin())
+                        .args(["lock", "--endpoints", &endpoints, "--wait", "20", "/locks/job", "--", "sh", "-c", &script])
+                        .output()
+                        .unwrap();
+                    if out.status.success() {
+                        held += 1;
+                    } else {
+                        retried += 1;
+                    }
+                }
+                (held, retried)
+            })
+        })
+        .collect();
+
+    let (drained, out) = meridian(&["node", "drain", "1", "--wait", "--timeout-s", "240", "--http", &http2]);
+    assert!(drained, "{out}");
+    assert!(out.contains("node 1 holds nothing"), "{out}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results: Vec<(u32, u32)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let held: u32 = results.iter().map(|r| r.0).sum();
+    let retried: u32 = results.iter().map(|r| r.1).sum();
+    assert!(held >= 3, "the lock workload ran: {results:?}");
+    assert!(retried <= held, "clients saw more failures than successes: {results:?}");
+    let lines = std::fs::read_to_string(&journal).unwrap();
+    let mut holder: Option<&str> = None;
+    for l in lines.lines() {
+        match (l.split_once(' '), holder) {
+            (Some(("start", w)), None) => holder = Some(w),
+            (Some(("end", w)), Some(h)) if h == w => holder = None,
+            _ => panic!("lock holders overlapped at {l:?} (holder {holder:?}):\n{lines}"),
+        }
+    }
+
+    // Every range's leader reports no replica on node 1.
+    wait_until("node 1 holds nothing per the leaders", Duration::from_secs(30), || {
+        [1, 2, 3].iter().all(|&i| {
+            let (_, body) = http_get(&c.members[i].http_addr, "/v1/cluster/status");
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { return false };
+            v["ranges"].as_array().unwrap().iter().filter(|r| r["role"] == "Leader").all(|r| {
+                !r["voters"].as_array().unwrap().contains(&serde_json::json!(1))
+                    && !r["learners"].as_array().unwrap().contains(&serde_json::json!(1))
+            })
+        })
+    });
+    let (done, out) = meridian(&["node", "decommission", "1", "--http", &http2]);
+    assert!(done && out.contains("decommissioned"), "{out}");
+    // Three nodes left: draining another would leave ranges short.
+    let (refused, out) = meridian(&["node", "drain", "2", "--http", &http2]);
+    assert!(!refused && out.contains("fewer than 3 voters"), "{out}");
+    let (_, out) = meridian(&["node", "status", "1", "-o", "json", "--http", &http2]);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["decommissioned"], true);
+    let live = [1, 2, 3].map(|i| c.members[i].client_addr.clone()).join(",");
+    ok(&live, &["put", "/a/after-drain", "1"]);
+}

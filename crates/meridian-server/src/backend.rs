@@ -261,6 +261,16 @@ impl Backend {
         Ok(())
     }
 
+    /// Forgets a decommissioned node: the directory drops it, and with it
+    /// the channel to it.
+    pub fn forget_node(&self, id: u64) {
+        if id == self.cfg.node_id {
+            return;
+        }
+        self.directory.write().expect("node directory").remove(id);
+        self.channels.lock().expect("channel cache").remove(&id);
+    }
+
     /// Every range of the catalog with the nodes holding a replica of it,
     /// voters first, by range id (empty until the catalog is read).
     pub fn catalog_replicas(&self) -> Vec<(u64, Vec<u64>)> {

@@ -53,6 +53,10 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/placement/operators", get(placement_operators))
         .route("/v1/namespaces", get(namespaces_list).post(namespaces_create).delete(namespaces_drop))
         .route("/v1/namespaces/describe", get(namespaces_describe))
+        .route("/v1/nodes/status", get(node_status))
+        .route("/v1/nodes/drain", axum::routing::post(node_drain))
+        .route("/v1/nodes/undrain", axum::routing::post(node_undrain))
+        .route("/v1/nodes/decommission", axum::routing::post(node_decommission))
         .route("/v1/kv/*key", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/ranges/:range_id/members", get(members_get).post(members_change))
         .route("/v1/debug/net", axum::routing::post(debug_net))
@@ -373,6 +377,34 @@ async fn placement_operators(State(s): State<HttpState>) -> Response {
         "operators": s.backend.placement.list(),
     }))
     .into_response()
+}
+
+#[derive(Deserialize)]
+struct NodeQuery {
+    id: u64,
+}
+
+fn drain_answer(r: Result<crate::node_admin::DrainStatus, ApiError>) -> Response {
+    match r {
+        Ok(st) => Json(st).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn node_status(State(s): State<HttpState>, Query(q): Query<NodeQuery>) -> Response {
+    drain_answer(crate::node_admin::status(&s.backend, q.id).await)
+}
+
+async fn node_drain(State(s): State<HttpState>, Query(q): Query<NodeQuery>) -> Response {
+    drain_answer(crate::node_admin::drain(&s.backend, q.id).await)
+}
+
+async fn node_undrain(State(s): State<HttpState>, Query(q): Query<NodeQuery>) -> Response {
+    drain_answer(crate::node_admin::undrain(&s.backend, q.id).await)
+}
+
+async fn node_decommission(State(s): State<HttpState>, Query(q): Query<NodeQuery>) -> Response {
+    drain_answer(crate::node_admin::decommission(&s.backend, q.id).await)
 }
 
 async fn namespaces_list(State(s): State<HttpState>) -> Response {

@@ -31,6 +31,7 @@ pub mod membership;
 pub mod meta;
 pub mod namespace;
 pub mod native;
+pub mod node_admin;
 pub mod placement;
 pub mod routing;
 pub mod server;

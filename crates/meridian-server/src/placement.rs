@@ -171,7 +171,10 @@ pub async fn gather(backend: &Backend) -> (BTreeMap<u64, api::RangeReport>, Vec<
 /// wanted, constraints). Ranges without one get `[placement] replicas`.
 pub type Policies = BTreeMap<u64, (usize, Vec<(String, String)>)>;
 
-pub fn view(backend: &Backend, reports: &BTreeMap<u64, api::RangeReport>, policies: &Policies, now_ms: u64) -> ClusterView {
+/// Nodes' administrative states (draining, decommissioned).
+pub type Admin = BTreeMap<u64, crate::node_admin::NodeAdmin>;
+
+pub fn view(backend: &Backend, reports: &BTreeMap<u64, api::RangeReport>, policies: &Policies, admin: &Admin, now_ms: u64) -> ClusterView {
     let gossip = backend.gossip.get().map(|g| g.view());
     let heard_ago: BTreeMap<u64, u64> = gossip
         .as_ref()
@@ -180,10 +183,12 @@ pub fn view(backend: &Backend, reports: &BTreeMap<u64, api::RangeReport>, polici
     let nodes = backend
         .nodes()
         .into_iter()
+        .filter(|n| admin.get(&n.id).is_none_or(|a| !a.decommissioned))
         .map(|n| {
             let liveness = if n.id == backend.cfg.node_id { Liveness::Alive } else { n.liveness };
             let dead_since_ms = (liveness == Liveness::Dead).then(|| now_ms.saturating_sub(heard_ago.get(&n.id).copied().unwrap_or(0)));
-            (n.id, NodeView { id: n.id, labels: n.labels, role: n.role, liveness, dead_since_ms, draining: false })
+            let draining = admin.get(&n.id).is_some_and(|a| a.draining);
+            (n.id, NodeView { id: n.id, labels: n.labels, role: n.role, liveness, dead_since_ms, draining })
         })
         .collect();
     let replicas = backend.cfg.placement.replicas;
@@ -255,7 +260,8 @@ pub async fn dry_run(backend: &Backend) -> serde_json::Value {
     let (reports, unreachable) = gather(backend).await;
     let now_ms = crate::backend::wall_ms().max(0) as u64;
     let policies = crate::namespace::policies(backend).await.unwrap_or_default();
-    let mut v = view(backend, &reports, &policies, now_ms);
+    let admin = crate::node_admin::states(backend, false).await.unwrap_or_default();
+    let mut v = view(backend, &reports, &policies, &admin, now_ms);
     // What this node's driver runs already is not planned again.
     v.running = lock(&backend.placement.running).iter().map(|(id, r)| (*id, r.op.kind)).collect();
     let plan = schedule(&v, &backend.cfg.placement.scheduler(), now_ms);
@@ -411,15 +417,15 @@ pub async fn drive(backend: Arc<Backend>) {
         let now = crate::backend::wall_ms().max(0) as u64;
         // Policies unread: no plan (defaults could move a namespace's
         // replicas against its own policy).
-        let policies = match crate::namespace::policies(&backend).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!("placement round skipped: reading namespace policies: {e}");
+        let (policies, admin) = match (crate::namespace::policies(&backend).await, crate::node_admin::states(&backend, false).await) {
+            (Ok(p), Ok(a)) => (p, a),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("placement round skipped: reading namespace policies and node states: {e}");
                 continue;
             }
         };
         crate::namespace::resume(&backend).await;
-        let mut v = view(&backend, &reports, &policies, now);
+        let mut v = view(&backend, &reports, &policies, &admin, now);
         // Steps of one round go out within this bound; the rest wait for
         // the next round (a slow round must not outlive the leadership).
         let round_ends = tokio::time::Instant::now() + ROUND_BUDGET;

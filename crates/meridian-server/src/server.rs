@@ -169,7 +169,16 @@ pub(crate) async fn refresh_from_meta(backend: Arc<Backend>) {
     let me = backend.node(backend.cfg.node_id).expect("the directory holds this node");
     let mut registered = false;
     loop {
-        if !registered {
+        let admin = crate::node_admin::states(&backend, false).await.unwrap_or_default();
+        if admin.get(&me.id).is_some_and(|a| a.decommissioned) {
+            if !registered {
+                error!(
+                    node = me.id,
+                    "this node was decommissioned: it is not registered again; start a new node with a new id and an empty data directory"
+                );
+                registered = true;
+            }
+        } else if !registered {
             match meta::register_node(&backend, &me).await {
                 Ok(()) => registered = true,
                 Err(e) => warn!("recording this node in the meta range: {e}; retrying"),
@@ -177,6 +186,9 @@ pub(crate) async fn refresh_from_meta(backend: Arc<Backend>) {
         }
         if let Err(e) = meta::refresh_nodes(&backend).await {
             warn!("reading node records from the meta range: {e}");
+        }
+        for (id, _) in admin.iter().filter(|(_, a)| a.decommissioned) {
+            backend.forget_node(*id);
         }
         match meta::read(&backend, false).await {
             Ok(Some(c)) => {

@@ -22,6 +22,7 @@ mod client;
 mod coord;
 mod dev;
 mod namespace_cli;
+mod node_cli;
 mod snapshot;
 
 /// The client endpoints of a default `meridian dev` cluster.
@@ -177,6 +178,11 @@ enum Cmd {
         #[command(subcommand)]
         op: PlacementOp,
     },
+    /// Draining and decommissioning nodes (needs `[placement] execute`).
+    Node {
+        #[command(subcommand)]
+        op: NodeOp,
+    },
     /// Namespaces at runtime: `create`, `list`, `describe`, `drop`.
     Namespace {
         #[command(subcommand)]
@@ -196,6 +202,45 @@ enum Cmd {
     Bench {
         #[command(flatten)]
         args: bench::BenchArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeOp {
+    /// Moves every replica and leadership off the node (for maintenance,
+    /// and before `decommission`); refused when the other nodes cannot
+    /// take its replicas.
+    Drain {
+        id: u64,
+        /// Report progress until the node holds nothing.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up waiting after this many seconds (the drain
+        /// goes on).
+        #[arg(long, default_value_t = 1800)]
+        timeout_s: u64,
+        #[arg(long, default_value = DEV_HTTP)]
+        http: String,
+    },
+    /// Stops a drain (what moved stays moved).
+    Undrain {
+        id: u64,
+        #[arg(long, default_value = DEV_HTTP)]
+        http: String,
+    },
+    /// Removes a drained node from the cluster for good.
+    Decommission {
+        id: u64,
+        #[arg(long, default_value = DEV_HTTP)]
+        http: String,
+    },
+    /// Whether the node drains, and the replicas and leaderships left on it.
+    Status {
+        id: u64,
+        #[arg(long, default_value = DEV_HTTP)]
+        http: String,
+        #[arg(short = 'o', long, default_value = "table")]
+        output: String,
     },
 }
 
@@ -457,6 +502,12 @@ fn main() -> Result<()> {
             SnapshotOp::Restore { file, config, data_dir } => snapshot::restore(&file, &config, data_dir.as_deref()),
         },
         Cmd::Placement { op: PlacementOp::Operators { http } } => client::placement_operators(&http),
+        Cmd::Node { op } => match op {
+            NodeOp::Drain { id, wait, timeout_s, http } => node_cli::drain(&http, id, wait, std::time::Duration::from_secs(timeout_s)),
+            NodeOp::Undrain { id, http } => node_cli::undrain(&http, id),
+            NodeOp::Decommission { id, http } => node_cli::decommission(&http, id),
+            NodeOp::Status { id, http, output } => node_cli::status(&http, id, json_output(&output)?),
+        },
         Cmd::Namespace { op } => match op {
             NamespaceOp::Create { name, replicas, constraints, http, output } => {
                 namespace_cli::create(&http, &name, replicas, constraints, json_output(&output)?)

@@ -14,7 +14,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `method path` on the first member of `http` that can be reached; an
 /// HTTP error status from it is the answer (not a reason to ask another).
-fn call(http: &str, method: &str, path: &str, body: Option<&str>, timeout: Duration) -> Result<serde_json::Value> {
+pub(crate) fn call(http: &str, method: &str, path: &str, body: Option<&str>, timeout: Duration) -> Result<serde_json::Value> {
     let mut last_err = None;
     for h in http.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let body = body.map(|b| Body { content_type: "application/json", bytes: b.as_bytes() });

@@ -1,0 +1,191 @@
+//! Draining and decommissioning nodes (`meridian node drain|undrain|
+//! decommission|status`, HTTP `/v1/nodes/{drain,undrain,decommission,
+//! status}?id=N`).
+//!
+//! A node's administrative state lives in the meta range
+//! (`\0meridian/node-admin/<id u64 BE>`, JSON). The placement driver reads
+//! it each round: a draining node gets no new replica, and its voters and
+//! leaderships are moved to other nodes (rules 4 and 5 of the scheduler).
+//! Once it holds no replica, `decommission` removes it from the directory
+//! for good (its id is never registered again).
+
+use std::collections::BTreeMap;
+
+use meridian_kv::command as c;
+use meridian_membership::{Liveness, NodeRole};
+use serde::{Deserialize, Serialize};
+use tracing::info;
+
+use crate::backend::Backend;
+use crate::error::ApiError;
+use crate::meta::NODE_PREFIX;
+use crate::routing::{prefix_end, META_RANGE_ID};
+
+/// Prefix of the administrative records.
+pub const ADMIN_PREFIX: &[u8] = b"\0meridian/node-admin/";
+
+/// A node's administrative state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAdmin {
+    pub draining: bool,
+    pub decommissioned: bool,
+    /// Wall clock of the last change (information only).
+    #[serde(default)]
+    pub changed_ms: i64,
+}
+
+/// Where a node's drain stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainStatus {
+    pub node_id: u64,
+    pub draining: bool,
+    pub decommissioned: bool,
+    /// Ranges with a replica on the node, per their leaders' reports.
+    pub replicas: Vec<u64>,
+    /// Ranges the node leads.
+    pub leaders: Vec<u64>,
+    /// Members whose ranges did not report (their replicas may be missing
+    /// from `replicas`): the status is complete only when empty.
+    pub unreported: Vec<u64>,
+}
+
+fn admin_key(id: u64) -> Vec<u8> {
+    let mut k = ADMIN_PREFIX.to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// Every node's administrative state recorded (nodes absent: neither
+/// draining nor decommissioned).
+pub async fn states(backend: &Backend, linearizable: bool) -> Result<BTreeMap<u64, NodeAdmin>, ApiError> {
+    let op = c::RangeOp { key: ADMIN_PREFIX.to_vec(), range_end: prefix_end(ADMIN_PREFIX), ..Default::default() };
+    let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), linearizable).await?;
+    let mut out = BTreeMap::new();
+    for kv in a.range.map(|r| r.kvs).unwrap_or_default() {
+        let Some(id) = kv.key.strip_prefix(ADMIN_PREFIX).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes) else {
+            continue;
+        };
+        if let Ok(s) = serde_json::from_slice::<NodeAdmin>(&kv.value) {
+            out.insert(id, s);
+        }
+    }
+    Ok(out)
+}
+
+async fn write(backend: &Backend, id: u64, state: NodeAdmin, extra: Vec<c::RequestOp>) -> Result<(), ApiError> {
+    let value =
+        serde_json::to_vec(&NodeAdmin { changed_ms: crate::backend::wall_ms(), ..state }).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut success = vec![c::RequestOp { kind: Some(c::RequestKind::Put(c::PutOp { key: admin_key(id), value, ..Default::default() })) }];
+    success.extend(extra);
+    backend.execute(META_RANGE_ID, c::Op::Txn(c::TxnOp { compare: vec![], success, failure: vec![] })).await?;
+    Ok(())
+}
+
+/// The node's state now, refusing unknown and decommissioned nodes.
+async fn current(backend: &Backend, id: u64) -> Result<NodeAdmin, ApiError> {
+    let state = states(backend, true).await?.get(&id).copied().unwrap_or_default();
+    if state.decommissioned {
+        return Err(ApiError::Invalid(format!("node {id} was decommissioned")));
+    }
+    if backend.node(id).is_none() {
+        return Err(ApiError::MemberNotFound);
+    }
+    Ok(state)
+}
+
+/// Starts draining node `id`: refused (changing nothing) when the
+/// placement driver does not run here, or when the other data nodes that
+/// can take replicas are fewer than a range with a replica on it needs.
+pub async fn drain(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> {
+    let state = current(backend, id).await?;
+    if !backend.cfg.placement.execute {
+        return Err(ApiError::Invalid(
+            "nothing would move: the placement driver does not run ([placement] execute = false); turn it on on every node to drain".into(),
+        ));
+    }
+    if !state.draining {
+        let admin = states(backend, true).await?;
+        let eligible: Vec<u64> = backend
+            .nodes()
+            .into_iter()
+            .filter(|n| n.id != id && n.role == NodeRole::Data && matches!(n.liveness, Liveness::Alive | Liveness::Unknown))
+            .filter(|n| admin.get(&n.id).is_none_or(|a| !a.draining && !a.decommissioned))
+            .map(|n| n.id)
+            .collect();
+        let policies = crate::namespace::policies(backend).await?;
+        let (reports, _) = crate::placement::gather(backend).await;
+        for r in reports.values().filter(|r| r.voters.contains(&id)) {
+            let wanted = policies.get(&r.range_id).map_or(backend.cfg.placement.replicas, |p| p.0);
+            if eligible.len() < wanted.min(r.voters.len()) {
+                return Err(ApiError::Invalid(format!(
+                    "draining node {id} would leave range {} with fewer than {} voters: only {} other live data node(s) can take replicas ({eligible:?})",
+                    r.range_id,
+                    wanted.min(r.voters.len()),
+                    eligible.len()
+                )));
+            }
+        }
+        write(backend, id, NodeAdmin { draining: true, ..state }, Vec::new()).await?;
+        info!(node = id, "drain started");
+    }
+    status(backend, id).await
+}
+
+/// Stops draining node `id` (what moved stays moved).
+pub async fn undrain(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> {
+    let state = current(backend, id).await?;
+    if state.draining {
+        write(backend, id, NodeAdmin { draining: false, ..state }, Vec::new()).await?;
+        info!(node = id, "drain stopped");
+    }
+    status(backend, id).await
+}
+
+/// Where node `id`'s drain stands.
+pub async fn status(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> {
+    let state = states(backend, true).await?.get(&id).copied().unwrap_or_default();
+    if !state.decommissioned && backend.node(id).is_none() {
+        return Err(ApiError::MemberNotFound);
+    }
+    let (reports, unreachable) = crate::placement::gather(backend).await;
+    let replicas = reports.values().filter(|r| r.voters.contains(&id) || r.learners.contains(&id)).map(|r| r.range_id).collect();
+    let leaders = reports.values().filter(|r| r.leader == id).map(|r| r.range_id).collect();
+    Ok(DrainStatus {
+        node_id: id,
+        draining: state.draining,
+        decommissioned: state.decommissioned,
+        replicas,
+        leaders,
+        unreported: unreachable.into_iter().map(|(n, _)| n).collect(),
+    })
+}
+
+/// Removes a drained node from the directory for good: refused while it
+/// is not draining or still holds a replica (or a member did not report).
+pub async fn decommission(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> {
+    let state = current(backend, id).await?;
+    if !state.draining {
+        return Err(ApiError::Invalid(format!("node {id} is not draining: drain it first (meridian node drain {id})")));
+    }
+    let st = status(backend, id).await?;
+    if !st.unreported.is_empty() {
+        return Err(ApiError::Invalid(format!(
+            "members {:?} did not report their ranges: cannot tell whether node {id} still holds a replica; retry",
+            st.unreported
+        )));
+    }
+    if !st.replicas.is_empty() {
+        return Err(ApiError::Invalid(format!(
+            "node {id} still holds {} replica(s) (ranges {:?}); wait until the drain moved them (meridian node status {id})",
+            st.replicas.len(),
+            st.replicas
+        )));
+    }
+    let mut node_key = NODE_PREFIX.to_vec();
+    node_key.extend_from_slice(&id.to_be_bytes());
+    let delete = c::RequestOp { kind: Some(c::RequestKind::DeleteRange(c::DeleteOp { key: node_key, ..Default::default() })) };
+    write(backend, id, NodeAdmin { draining: false, decommissioned: true, changed_ms: 0 }, vec![delete]).await?;
+    backend.forget_node(id);
+    info!(node = id, "decommissioned");
+    status(backend, id).await
+}
