@@ -22,7 +22,7 @@ use std::fmt;
 use crate::view::{ClusterView, RangeView};
 
 /// One step of an operator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Step {
     /// Add `node` as a learner.
     AddLearner(u64),
@@ -62,7 +62,7 @@ impl fmt::Display for Step {
 }
 
 /// What an operator does, in one word (for listings and metrics).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     /// A missing replica added.
     Add {
@@ -89,7 +89,7 @@ pub enum Kind {
 }
 
 /// The scheduler's decision for one range.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Operator {
     /// The range.
     pub range_id: u64,
@@ -177,8 +177,9 @@ pub enum Progress {
     },
 }
 
-/// An operator being run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An operator being run (recorded as it runs, so the next leader of the
+/// meta range takes it over).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Running {
     /// The operator.
     pub op: Operator,

@@ -397,7 +397,7 @@ impl Backend {
 
     /// Reads the catalog from the meta range (through its leader) and
     /// installs its routes, unless another request did so in the last
-    /// [`ROUTE_REFRESH_COALESCE`] (a burst of refusals costs one read).
+    /// `ROUTE_REFRESH_COALESCE` (100 ms) (a burst of refusals costs one read).
     pub async fn refresh_routes(&self) -> Result<(), ApiError> {
         let mut last = self.route_refresh.lock().await;
         if last.is_some_and(|t| t.elapsed() < ROUTE_REFRESH_COALESCE) {

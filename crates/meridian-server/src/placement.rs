@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use meridian_kv::command as c;
 use meridian_membership::Liveness;
 use meridian_placement::{schedule, ClusterView, Kind, NodeView, Operator, Plan, Progress, RangeView, Running, Settings, Step};
 use meridian_proto::meridian::v1 as api;
@@ -358,6 +359,51 @@ impl Driver {
     }
 }
 
+/// Prefix of the running operators' records in the meta range (one per
+/// range, JSON of [`Running`]): what the next leader of the meta range
+/// takes over, so a failover of the driver loses no decision.
+pub const OP_PREFIX: &[u8] = b"\0meridian/op/";
+
+fn op_key(range_id: u64) -> Vec<u8> {
+    let mut k = OP_PREFIX.to_vec();
+    k.extend_from_slice(&range_id.to_be_bytes());
+    k
+}
+
+/// Records `r` (started, or moved to another step).
+async fn record_op(backend: &Backend, r: &Running) -> Result<(), ApiError> {
+    let value = serde_json::to_vec(r).map_err(|e| ApiError::Internal(e.to_string()))?;
+    backend.execute(META_RANGE_ID, c::Op::Put(c::PutOp { key: op_key(r.op.range_id), value, ..Default::default() })).await?;
+    Ok(())
+}
+
+/// Forgets the record of `range_id`'s operator (done or rolled back); a
+/// failure is logged (the next leader finds the operator done and drops
+/// it then).
+async fn forget_op(backend: &Backend, range_id: u64) {
+    let op = c::Op::DeleteRange(c::DeleteOp { key: op_key(range_id), ..Default::default() });
+    if let Err(e) = backend.execute(META_RANGE_ID, op).await {
+        tracing::warn!(range = range_id, "forgetting a finished operator's record: {e}");
+    }
+}
+
+/// The operators recorded as running (by an earlier leader of the meta
+/// range, or by this node before it lost the leadership).
+async fn recorded_ops(backend: &Backend) -> Result<BTreeMap<u64, Running>, ApiError> {
+    let op = c::RangeOp { key: OP_PREFIX.to_vec(), range_end: crate::routing::prefix_end(OP_PREFIX), ..Default::default() };
+    let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), true).await?;
+    let mut out = BTreeMap::new();
+    for kv in a.range.map(|r| r.kvs).unwrap_or_default() {
+        match serde_json::from_slice::<Running>(&kv.value) {
+            Ok(r) => {
+                out.insert(r.op.range_id, r);
+            }
+            Err(e) => tracing::warn!("undecodable operator record {:?}: {e}", String::from_utf8_lossy(&kv.key)),
+        }
+    }
+    Ok(out)
+}
+
 /// One step on this node, which must lead the range (`Internal.RangeStep`).
 pub async fn apply_step(backend: &Backend, range_id: u64, step: &str, node: u64) -> Result<(), ApiError> {
     let op = match step {
@@ -404,14 +450,39 @@ pub async fn drive(backend: Arc<Backend>) {
     let leading = || async { backend.brief(META_RANGE_ID).await.is_some_and(|b| b.leading) };
     // When each running operator's range was last reported.
     let mut reported: BTreeMap<u64, u64> = BTreeMap::new();
+    // Whether this node took over the recorded operators since it last
+    // became the meta range's leader.
+    let mut took_over = false;
     loop {
         tokio::time::sleep(DRIVE_EVERY).await;
         if !leading().await {
+            // Their records stay: the next leader takes them over.
             let dropped = std::mem::take(&mut *lock(&driver.running));
             for r in dropped.values() {
-                driver.finish(r, "abandoned: this node no longer leads the meta range".into());
+                driver.finish(r, "handed over: this node no longer leads the meta range".into());
             }
+            took_over = false;
             continue;
+        }
+        if !took_over {
+            match recorded_ops(&backend).await {
+                Ok(ops) => {
+                    let now = crate::backend::wall_ms().max(0) as u64;
+                    let mut running = lock(&driver.running);
+                    for (id, r) in ops {
+                        if let std::collections::btree_map::Entry::Vacant(e) = running.entry(id) {
+                            tracing::info!(range = id, reason = %r.op.reason, at = r.at, "placement operator taken over");
+                            lock(&driver.started).insert(id, now);
+                            e.insert(r);
+                        }
+                    }
+                    took_over = true;
+                }
+                Err(e) => {
+                    tracing::warn!("placement round skipped: reading the recorded operators: {e}");
+                    continue;
+                }
+            }
         }
         let (reports, unreachable) = gather(&backend).await;
         let now = crate::backend::wall_ms().max(0) as u64;
@@ -437,7 +508,9 @@ pub async fn drive(backend: Arc<Backend>) {
                 // unheard of for a step's timeout.
                 let since = *reported.entry(id).or_insert(now);
                 if now.saturating_sub(since) > settings.step_timeout_ms {
-                    if let Some(r) = lock(&driver.running).remove(&id) {
+                    let gone = lock(&driver.running).remove(&id);
+                    if let Some(r) = gone {
+                        forget_op(&backend, id).await;
                         driver.finish(&r, "abandoned: the range was not reported".into());
                     }
                     reported.remove(&id);
@@ -452,11 +525,19 @@ pub async fn drive(backend: Arc<Backend>) {
                 still_leading = false;
                 break;
             }
-            let progress = {
+            let (progress, moved) = {
                 let mut running = lock(&driver.running);
                 let Some(r) = running.get_mut(&id) else { continue };
-                r.advance(&range, &v, now, settings.step_timeout_ms)
+                let at = r.at;
+                let p = r.advance(&range, &v, now, settings.step_timeout_ms);
+                (p, (r.at != at).then(|| r.clone()))
             };
+            // A step further: recorded, so a new leader times it from its start.
+            if let (Some(r), Progress::Issue(_) | Progress::Hold(_)) = (moved, &progress) {
+                if let Err(e) = record_op(&backend, &r).await {
+                    tracing::debug!(range = id, "recording an operator's progress: {e}");
+                }
+            }
             match progress {
                 Progress::Issue(step) => {
                     if let Err(e) = issue(&backend, &range, step).await {
@@ -465,8 +546,10 @@ pub async fn drive(backend: Arc<Backend>) {
                 }
                 Progress::Hold(step) => tracing::debug!(range = id, %step, "placement step held: it would leave no live quorum"),
                 Progress::Done => {
-                    if let Some(r) = lock(&driver.running).remove(&id) {
+                    let done = lock(&driver.running).remove(&id);
+                    if let Some(r) = done {
                         tracing::info!(range = id, reason = %r.op.reason, "placement operator done");
+                        forget_op(&backend, id).await;
                         driver.finish(&r, "done".into());
                     }
                 }
@@ -476,8 +559,10 @@ pub async fn drive(backend: Arc<Backend>) {
                             tracing::warn!(range = id, step = %s, "undoing a stalled operator: {e}");
                         }
                     }
-                    if let Some(r) = lock(&driver.running).remove(&id) {
+                    let undone = lock(&driver.running).remove(&id);
+                    if let Some(r) = undone {
                         tracing::warn!(range = id, %stalled, "placement operator rolled back");
+                        forget_op(&backend, id).await;
                         driver.finish(&r, format!("rolled back: {stalled} stalled"));
                     }
                 }
@@ -497,9 +582,38 @@ pub async fn drive(backend: Arc<Backend>) {
         v.running = lock(&driver.running).iter().map(|(id, r)| (*id, r.op.kind)).collect();
         let plan = schedule(&v, &settings, now);
         for op in plan.operators {
-            tracing::info!(range = op.range_id, reason = %op.reason, "placement operator started");
-            lock(&driver.started).insert(op.range_id, now);
-            lock(&driver.running).insert(op.range_id, Running::start(op, now));
+            // Recorded before its first step, so no decision is lost with
+            // this node.
+            let r = Running::start(op, now);
+            if let Err(e) = record_op(&backend, &r).await {
+                tracing::info!(range = r.op.range_id, "placement operator not started: recording it failed: {e}");
+                continue;
+            }
+            tracing::info!(range = r.op.range_id, reason = %r.op.reason, "placement operator started");
+            lock(&driver.started).insert(r.op.range_id, now);
+            lock(&driver.running).insert(r.op.range_id, r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A running operator's record reads back as the operator it was, at
+    /// the step it was at: what a new leader of the meta range takes over.
+    #[test]
+    fn an_operator_record_reads_back_whole() {
+        let op = Operator {
+            range_id: 7,
+            kind: Kind::Replace { from: 3, to: 4 },
+            steps: vec![Step::AddLearner(4), Step::CatchUp(4), Step::Promote(4), Step::TransferLeader(4), Step::Remove(3)],
+            reason: "node 3 is draining".into(),
+        };
+        let mut r = Running::start(op, 1_000);
+        r.at = 3;
+        let back: Running = serde_json::from_slice(&serde_json::to_vec(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(op_key(7).strip_prefix(OP_PREFIX), Some(&7u64.to_be_bytes()[..]));
     }
 }
