@@ -353,6 +353,21 @@ impl Peer {
         done
     }
 
+    /// Answers every request this replica holds as it is replaced by
+    /// another (a split initializing it): ones never proposed and reads
+    /// with a retryable refusal, proposals in flight as unknown.
+    pub fn hand_back_requests(&mut self) -> Vec<Completion> {
+        let range_id = self.desc.range_id;
+        let retry = || Err(RaftstoreError::NotLeader { range_id, leader_hint: None });
+        let mut done: Vec<Completion> = self.staged.drain(..).map(|s| Completion { id: s.id, range_id, result: retry() }).collect();
+        let forwarded = std::mem::take(&mut self.forwarded).into_keys();
+        for x in self.proposals.drain(..).filter_map(|x| x.id).chain(forwarded) {
+            done.push(Completion::unknown(x, range_id));
+        }
+        done.extend(self.reads.drain(..).map(|r| Completion { id: r.id, range_id, result: retry() }));
+        done
+    }
+
     // ---- ticks (driven by `Store::tick`) ---------------------------------
 
     /// Counts a tick without raft traffic for the range; returns the probes

@@ -111,6 +111,9 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
     // reads that find nothing (an expiry whose answer was lost may still
     // apply meanwhile).
     let mut delay_watch: HashMap<u64, u32> = HashMap::new();
+    // Ranges that refused a lease or lock command as sealed (a dropped
+    // namespace's): nothing there is the keeper's to do any more.
+    let mut sealed: std::collections::HashSet<u64> = std::collections::HashSet::new();
     loop {
         tick.tick().await;
         rounds += 1;
@@ -138,6 +141,9 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
         }
         let ranges: Vec<u64> = keeper.clocks.lock().expect("lease keeper").keys().copied().collect();
         for range_id in ranges {
+            if sealed.contains(&range_id) {
+                continue;
+            }
             let now = keeper.now_ms();
             let expired = keeper.with(range_id, |c, now| c.expired(now)).unwrap_or_default();
             for id in expired {
@@ -148,12 +154,21 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
                         keeper.with(range_id, |c, _| c.revoked(id));
                         debug!(range = range_id, lease = id, "lease expired and revoked");
                     }
+                    Err(ApiError::NamespaceMoved(_)) => {
+                        sealed.insert(range_id);
+                        break;
+                    }
                     Err(e) => warn!(range = range_id, lease = id, "revoking expired lease: {e}"),
                 }
             }
             if let Some(left) = delay_watch.get(&range_id).copied() {
                 let timer = delays.entry(range_id).or_default();
-                if end_lock_delays(&backend, range_id, now, timer).await && timer.is_idle() {
+                let read = end_lock_delays(&backend, range_id, now, timer).await;
+                if read.is_none() {
+                    sealed.insert(range_id);
+                    continue;
+                }
+                if read == Some(true) && timer.is_idle() {
                     if left <= 1 {
                         delay_watch.remove(&range_id);
                     } else {
@@ -184,26 +199,28 @@ pub async fn run_keeper(backend: Arc<Backend>, keeper: Arc<LeaseKeeper>, locks: 
 /// reading them (50 rounds of 100 ms).
 const DELAY_WATCH_ROUNDS: u32 = 50;
 
-/// Ends lock-delays this leader has timed in full on its own clock; false
-/// if the delayed locks could not be read.
-async fn end_lock_delays(backend: &Backend, range_id: u64, now: u64, timer: &mut LockDelayTimer) -> bool {
+/// Ends lock-delays this leader has timed in full on its own clock: false
+/// if the delayed locks could not be read, `None` if the range refused as
+/// sealed.
+async fn end_lock_delays(backend: &Backend, range_id: u64, now: u64, timer: &mut LockDelayTimer) -> Option<bool> {
     let delayed = match backend.query(range_id, c::QueryKind::DelayedLocks(true), false).await {
         Ok(a) => a.locks,
         Err(e) => {
             debug!(range = range_id, "listing delayed locks: {e}");
-            return false;
+            return Some(false);
         }
     };
     let delayed: Vec<(Vec<u8>, i64)> = delayed.into_iter().map(|l| (l.name, l.lock.map_or(0, |r| r.delay_ms))).collect();
     for name in timer.due(now, &delayed) {
         match backend.execute_on_leader(range_id, c::Op::LockDelayEnd(name.clone())).await {
             Ok(_) => debug!(range = range_id, lock = %String::from_utf8_lossy(&name), "lock-delay over"),
+            Err(ApiError::NamespaceMoved(_)) => return None,
             Err(e) => debug!(range = range_id, "ending lock-delay: {e}"),
         }
         // A delay under this name from now on is a new one.
         timer.ended(&name);
     }
-    true
+    Some(true)
 }
 
 /// Counts wait-for cycles between sessions of a range, for the metric.

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use meridian_kv::command as c;
 use meridian_membership::{Liveness, NodeRole};
+use meridian_proto::meridian::v1 as api;
 use serde::{Deserialize, Serialize};
 use tracing::info;
 
@@ -58,8 +59,14 @@ fn admin_key(id: u64) -> Vec<u8> {
 /// Every node's administrative state recorded (nodes absent: neither
 /// draining nor decommissioned).
 pub async fn states(backend: &Backend, linearizable: bool) -> Result<BTreeMap<u64, NodeAdmin>, ApiError> {
+    Ok(read_states(backend, linearizable).await?.0)
+}
+
+/// [`states`], and the meta range's revision they were read at.
+async fn read_states(backend: &Backend, linearizable: bool) -> Result<(BTreeMap<u64, NodeAdmin>, i64), ApiError> {
     let op = c::RangeOp { key: ADMIN_PREFIX.to_vec(), range_end: prefix_end(ADMIN_PREFIX), ..Default::default() };
     let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), linearizable).await?;
+    let revision = a.revision;
     let mut out = BTreeMap::new();
     for kv in a.range.map(|r| r.kvs).unwrap_or_default() {
         let Some(id) = kv.key.strip_prefix(ADMIN_PREFIX).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes) else {
@@ -69,42 +76,69 @@ pub async fn states(backend: &Backend, linearizable: bool) -> Result<BTreeMap<u6
             out.insert(id, s);
         }
     }
-    Ok(out)
+    Ok((out, revision))
 }
 
-async fn write(backend: &Backend, id: u64, state: NodeAdmin, extra: Vec<c::RequestOp>) -> Result<(), ApiError> {
+/// Writes node `id`'s state if no node's state changed since `read_at`
+/// (two drains checked against each other's old state must not both
+/// pass); refused otherwise, changing nothing.
+async fn write(backend: &Backend, id: u64, state: NodeAdmin, read_at: i64, extra: Vec<c::RequestOp>) -> Result<(), ApiError> {
     let value =
         serde_json::to_vec(&NodeAdmin { changed_ms: crate::backend::wall_ms(), ..state }).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut success = vec![c::RequestOp { kind: Some(c::RequestKind::Put(c::PutOp { key: admin_key(id), value, ..Default::default() })) }];
     success.extend(extra);
-    backend.execute(META_RANGE_ID, c::Op::Txn(c::TxnOp { compare: vec![], success, failure: vec![] })).await?;
-    Ok(())
+    // Every admin record's MOD revision at most the one read (LESS than
+    // read_at + 1; none recorded passes too).
+    let unchanged = c::Compare {
+        result: 2,
+        target: 2,
+        key: ADMIN_PREFIX.to_vec(),
+        range_end: prefix_end(ADMIN_PREFIX),
+        number: read_at + 1,
+        ..Default::default()
+    };
+    match backend.execute(META_RANGE_ID, c::Op::Txn(c::TxnOp { compare: vec![unchanged], success, failure: vec![] })).await? {
+        c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), .. } if t.succeeded => Ok(()),
+        _ => Err(ApiError::Invalid("another node's drain or decommission changed the cluster meanwhile; nothing was done: retry".into())),
+    }
 }
 
-/// The node's state now, refusing unknown and decommissioned nodes.
-async fn current(backend: &Backend, id: u64) -> Result<NodeAdmin, ApiError> {
-    let state = states(backend, true).await?.get(&id).copied().unwrap_or_default();
+/// The node's state now, every node's, and the revision they were read
+/// at; refuses unknown and decommissioned nodes.
+async fn current(backend: &Backend, id: u64) -> Result<(NodeAdmin, BTreeMap<u64, NodeAdmin>, i64), ApiError> {
+    let (all, read_at) = read_states(backend, true).await?;
+    let state = all.get(&id).copied().unwrap_or_default();
     if state.decommissioned {
         return Err(ApiError::Invalid(format!("node {id} was decommissioned")));
     }
     if backend.node(id).is_none() {
         return Err(ApiError::MemberNotFound);
     }
-    Ok(state)
+    Ok((state, all, read_at))
+}
+
+/// Leaders' reports of the ranges the catalog names (a dropped
+/// namespace's sealed range still reports, and is nobody's to move), and
+/// the members that did not report.
+async fn catalog_reports(backend: &Backend) -> Result<(BTreeMap<u64, api::RangeReport>, Vec<u64>), ApiError> {
+    backend.refresh_routes_now().await?;
+    let catalog: std::collections::BTreeSet<u64> = backend.catalog_replicas().into_iter().map(|(id, _)| id).collect();
+    let (mut reports, unreachable) = crate::placement::gather(backend).await;
+    reports.retain(|id, _| catalog.contains(id));
+    Ok((reports, unreachable.into_iter().map(|(n, _)| n).collect()))
 }
 
 /// Starts draining node `id`: refused (changing nothing) when the
 /// placement driver does not run here, or when the other data nodes that
 /// can take replicas are fewer than a range with a replica on it needs.
 pub async fn drain(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> {
-    let state = current(backend, id).await?;
+    let (state, admin, read_at) = current(backend, id).await?;
     if !backend.cfg.placement.execute {
         return Err(ApiError::Invalid(
             "nothing would move: the placement driver does not run ([placement] execute = false); turn it on on every node to drain".into(),
         ));
     }
     if !state.draining {
-        let admin = states(backend, true).await?;
         let eligible: Vec<u64> = backend
             .nodes()
             .into_iter()
@@ -113,7 +147,7 @@ pub async fn drain(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> 
             .map(|n| n.id)
             .collect();
         let policies = crate::namespace::policies(backend).await?;
-        let (reports, _) = crate::placement::gather(backend).await;
+        let (reports, _) = catalog_reports(backend).await?;
         for r in reports.values().filter(|r| r.voters.contains(&id)) {
             let wanted = policies.get(&r.range_id).map_or(backend.cfg.placement.replicas, |p| p.0);
             if eligible.len() < wanted.min(r.voters.len()) {
@@ -125,7 +159,7 @@ pub async fn drain(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> 
                 )));
             }
         }
-        write(backend, id, NodeAdmin { draining: true, ..state }, Vec::new()).await?;
+        write(backend, id, NodeAdmin { draining: true, ..state }, read_at, Vec::new()).await?;
         info!(node = id, "drain started");
     }
     status(backend, id).await
@@ -133,9 +167,9 @@ pub async fn drain(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> 
 
 /// Stops draining node `id` (what moved stays moved).
 pub async fn undrain(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> {
-    let state = current(backend, id).await?;
+    let (state, _, read_at) = current(backend, id).await?;
     if state.draining {
-        write(backend, id, NodeAdmin { draining: false, ..state }, Vec::new()).await?;
+        write(backend, id, NodeAdmin { draining: false, ..state }, read_at, Vec::new()).await?;
         info!(node = id, "drain stopped");
     }
     status(backend, id).await
@@ -147,31 +181,35 @@ pub async fn status(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError>
     if !state.decommissioned && backend.node(id).is_none() {
         return Err(ApiError::MemberNotFound);
     }
-    let (reports, unreachable) = crate::placement::gather(backend).await;
+    let (reports, unreported) = catalog_reports(backend).await?;
     let replicas = reports.values().filter(|r| r.voters.contains(&id) || r.learners.contains(&id)).map(|r| r.range_id).collect();
     let leaders = reports.values().filter(|r| r.leader == id).map(|r| r.range_id).collect();
-    Ok(DrainStatus {
-        node_id: id,
-        draining: state.draining,
-        decommissioned: state.decommissioned,
-        replicas,
-        leaders,
-        unreported: unreachable.into_iter().map(|(n, _)| n).collect(),
-    })
+    Ok(DrainStatus { node_id: id, draining: state.draining, decommissioned: state.decommissioned, replicas, leaders, unreported })
 }
 
 /// Removes a drained node from the directory for good: refused while it
 /// is not draining or still holds a replica (or a member did not report).
 pub async fn decommission(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> {
-    let state = current(backend, id).await?;
+    let (state, _, read_at) = current(backend, id).await?;
     if !state.draining {
         return Err(ApiError::Invalid(format!("node {id} is not draining: drain it first (meridian node drain {id})")));
     }
     let st = status(backend, id).await?;
-    if !st.unreported.is_empty() {
+    // The catalog (just read again) must not list the node either: a range
+    // without a leader right now does not report.
+    let listed: Vec<u64> = backend.catalog_replicas().into_iter().filter(|(_, nodes)| nodes.contains(&id)).map(|(r, _)| r).collect();
+    if !listed.is_empty() {
         return Err(ApiError::Invalid(format!(
-            "members {:?} did not report their ranges: cannot tell whether node {id} still holds a replica; retry",
-            st.unreported
+            "the catalog still lists node {id} in ranges {listed:?}; wait until the drain moved them (meridian node status {id})"
+        )));
+    }
+    // Members that did not report, other than the node itself and dead
+    // ones (whose replicas the catalog check covers).
+    let silent: Vec<u64> =
+        st.unreported.iter().copied().filter(|n| *n != id && backend.node(*n).is_some_and(|r| r.liveness != Liveness::Dead)).collect();
+    if !silent.is_empty() {
+        return Err(ApiError::Invalid(format!(
+            "members {silent:?} did not report their ranges: cannot tell whether node {id} still holds a replica; retry"
         )));
     }
     if !st.replicas.is_empty() {
@@ -184,7 +222,7 @@ pub async fn decommission(backend: &Backend, id: u64) -> Result<DrainStatus, Api
     let mut node_key = NODE_PREFIX.to_vec();
     node_key.extend_from_slice(&id.to_be_bytes());
     let delete = c::RequestOp { kind: Some(c::RequestKind::DeleteRange(c::DeleteOp { key: node_key, ..Default::default() })) };
-    write(backend, id, NodeAdmin { draining: false, decommissioned: true, changed_ms: 0 }, vec![delete]).await?;
+    write(backend, id, NodeAdmin { draining: false, decommissioned: true, changed_ms: 0 }, read_at, vec![delete]).await?;
     backend.forget_node(id);
     info!(node = id, "decommissioned");
     status(backend, id).await

@@ -181,10 +181,9 @@ pub fn view(backend: &Backend, reports: &BTreeMap<u64, api::RangeReport>, polici
         .as_ref()
         .map(|v| v.peers.iter().filter_map(|p| Some((p.node, v.now_ms.saturating_sub(p.last_heard_ms?)))).collect())
         .unwrap_or_default();
-    let nodes = backend
+    let mut nodes: BTreeMap<u64, NodeView> = backend
         .nodes()
         .into_iter()
-        .filter(|n| admin.get(&n.id).is_none_or(|a| !a.decommissioned))
         .map(|n| {
             let liveness = if n.id == backend.cfg.node_id { Liveness::Alive } else { n.liveness };
             let dead_since_ms = (liveness == Liveness::Dead).then(|| now_ms.saturating_sub(heard_ago.get(&n.id).copied().unwrap_or(0)));
@@ -192,6 +191,20 @@ pub fn view(backend: &Backend, reports: &BTreeMap<u64, api::RangeReport>, polici
             (n.id, NodeView { id: n.id, labels: n.labels, role: n.role, liveness, dead_since_ms, draining })
         })
         .collect();
+    // A decommissioned node is gone for good: dead long since, so any
+    // replica still on it is replaced at once.
+    for (id, _) in admin.iter().filter(|(_, a)| a.decommissioned) {
+        let labels = nodes.get(id).map(|n| n.labels.clone()).unwrap_or_default();
+        let view = NodeView {
+            id: *id,
+            labels,
+            role: meridian_membership::NodeRole::Data,
+            liveness: Liveness::Dead,
+            dead_since_ms: Some(0),
+            draining: true,
+        };
+        nodes.insert(*id, view);
+    }
     let replicas = backend.cfg.placement.replicas;
     // Only ranges the catalog names (once it is read): a dropped
     // namespace's sealed range still reports, and is left alone.
@@ -453,6 +466,7 @@ pub async fn drive(backend: Arc<Backend>) {
     // Whether this node took over the recorded operators since it last
     // became the meta range's leader.
     let mut took_over = false;
+    let resuming = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         tokio::time::sleep(DRIVE_EVERY).await;
         if !leading().await {
@@ -495,7 +509,15 @@ pub async fn drive(backend: Arc<Backend>) {
                 continue;
             }
         };
-        crate::namespace::resume(&backend).await;
+        // Creates and drops cut short are finished beside the rounds (each
+        // step may wait up to its settle bound), one pass at a time.
+        if !resuming.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let (b, flag) = (backend.clone(), resuming.clone());
+            tokio::spawn(async move {
+                crate::namespace::resume(&b).await;
+                flag.store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
         let mut v = view(&backend, &reports, &policies, &admin, now);
         // Steps of one round go out within this bound; the rest wait for
         // the next round (a slow round must not outlive the leadership).

@@ -88,7 +88,7 @@ impl Store {
         }
         p.raft.mut_store().set_applied(applied.applied_index, applied.applied_term, batch);
         for (split, campaign) in splits {
-            self.stage_split(range_id, split, campaign, batch);
+            self.stage_split(range_id, split, campaign, batch, done);
         }
         Ok(())
     }
@@ -102,7 +102,7 @@ impl Store {
     /// could move it back). An uninitialized one (created for a vote or a
     /// leader's first message, no log, no data) is initialized by the
     /// split, keeping the term and vote it recorded.
-    fn stage_split(&mut self, parent: u64, split: SplitOff, campaign: bool, batch: &mut WriteBatch) {
+    fn stage_split(&mut self, parent: u64, split: SplitOff, campaign: bool, batch: &mut WriteBatch, done: &mut Vec<Completion>) {
         let desc = split.desc;
         let range_id = desc.range_id;
         if desc.replica(self.cfg.node_id).is_none() || self.split_pending.iter().any(|(d, _)| d.range_id == range_id) {
@@ -124,8 +124,11 @@ impl Store {
                 let (term, vote) = (p.raft.raft.term, p.raft.raft.vote);
                 PeerStorage::bootstrap_over(batch, &desc, voters, INITIAL_LOG_INDEX, term, vote);
                 // Gone now, so this round stages nothing more of it (its
-                // state would overwrite the split's in the batch).
-                self.peers.remove(&range_id);
+                // state would overwrite the split's in the batch); whoever
+                // waits on it is answered (and retries on its successor).
+                if let Some(mut old) = self.peers.remove(&range_id) {
+                    done.extend(old.hand_back_requests());
+                }
                 self.metrics.splits_applied += 1;
                 self.metrics.splits_over_uninitialized += 1;
                 info!(node = self.cfg.node_id, range = range_id, parent, term, vote, "split initializes the replica created for a message");
