@@ -109,15 +109,7 @@ fn replicas_on(c: &ProcCluster, i: usize, node: u64) -> Option<u64> {
 #[test]
 fn with_execute_on_a_joined_node_receives_replicas_and_a_dead_ones_are_replaced() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let placement = "[placement]\nexecute = true\ndown_after_ms = 3000\n";
-    let mut c = ProcCluster::prepare(3, &["/a/"]);
-    for path in &c.configs {
-        let mut cfg = std::fs::read_to_string(path).unwrap();
-        cfg.push('\n');
-        cfg.push_str(placement);
-        std::fs::write(path, cfg).unwrap();
-    }
-    c.launch();
+    let (mut c, placement) = executing_cluster();
     let eps = c.endpoints();
     ok(&eps, &["put", "/a/before", "1"]);
     let base: u16 = c.members[0].client_addr.rsplit_once(':').unwrap().1.parse().unwrap();
@@ -177,15 +169,10 @@ fn with_execute_on_a_joined_node_receives_replicas_and_a_dead_ones_are_replaced(
     }
 }
 
-/// `meridian ARGS`: success and output.
-fn meridian(args: &[&str]) -> (bool, String) {
-    let out = Command::new(meridian_bin()).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
-}
-
-#[test]
-fn a_drained_node_gives_up_every_replica_under_a_lock_workload_then_is_decommissioned() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+/// Three nodes with namespace `/a/` whose placement drivers execute (and
+/// replace a node dead for 3 s), launched; and that `[placement]` section,
+/// for nodes added later.
+fn executing_cluster() -> (ProcCluster, &'static str) {
     let placement = "[placement]\nexecute = true\ndown_after_ms = 3000\n";
     let mut c = ProcCluster::prepare(3, &["/a/"]);
     for path in &c.configs {
@@ -195,6 +182,19 @@ fn a_drained_node_gives_up_every_replica_under_a_lock_workload_then_is_decommiss
         std::fs::write(path, cfg).unwrap();
     }
     c.launch();
+    (c, placement)
+}
+
+/// `meridian ARGS`: success and output.
+fn meridian(args: &[&str]) -> (bool, String) {
+    let out = Command::new(meridian_bin()).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn a_drained_node_gives_up_every_replica_under_a_lock_workload_then_is_decommissioned() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut c, placement) = executing_cluster();
     let base: u16 = c.members[0].client_addr.rsplit_once(':').unwrap().1.parse().unwrap();
     let fourth = meridian_server::dev_layout::members(4, base).unwrap().pop().unwrap();
     c.add_joining_with(fourth, placement);

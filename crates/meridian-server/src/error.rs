@@ -181,6 +181,25 @@ impl ApiError {
         }
     }
 
+    /// Whether the same request may succeed if sent again shortly (a
+    /// leader being elected, a stale route, a busy or stopping node): what
+    /// internal retry loops retry.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ApiError::NoLeader { .. }
+                | ApiError::NotLeader { .. }
+                | ApiError::Timeout
+                | ApiError::OutcomeUnknown
+                | ApiError::TooBusy
+                | ApiError::EpochMismatch { .. }
+                | ApiError::KeyNotInRange { .. }
+                | ApiError::NamespaceMoved(_)
+                | ApiError::ConfChanging
+                | ApiError::NodeStopped
+        )
+    }
+
     /// The one mapping from an error to its shared code.
     pub fn code(&self) -> ErrorCode {
         match self {

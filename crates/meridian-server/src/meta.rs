@@ -226,16 +226,7 @@ pub async fn load_or_bootstrap(backend: &Backend, local: &[RangeDescriptor]) -> 
 }
 
 fn retryable(e: &ApiError) -> bool {
-    matches!(
-        e,
-        ApiError::NoLeader { .. }
-            | ApiError::NotLeader { .. }
-            | ApiError::Timeout
-            | ApiError::OutcomeUnknown
-            | ApiError::TooBusy
-            | ApiError::EpochMismatch { .. }
-            | ApiError::NodeStopped
-    )
+    e.is_retryable()
 }
 
 /// Records `desc` as its range's descriptor, unless the catalog already

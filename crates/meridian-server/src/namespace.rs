@@ -265,19 +265,7 @@ where
 }
 
 fn retryable(e: &ApiError) -> bool {
-    matches!(
-        e,
-        ApiError::NoLeader { .. }
-            | ApiError::NotLeader { .. }
-            | ApiError::Timeout
-            | ApiError::OutcomeUnknown
-            | ApiError::TooBusy
-            | ApiError::EpochMismatch { .. }
-            | ApiError::KeyNotInRange { .. }
-            | ApiError::NamespaceMoved(_)
-            | ApiError::ConfChanging
-            | ApiError::NodeStopped
-    )
+    e.is_retryable()
 }
 
 /// Prefix of the retired-range markers: a dropped namespace's range id,
