@@ -274,6 +274,42 @@ fn a_drained_node_gives_up_every_replica_under_a_lock_workload_then_is_decommiss
     let (_, out) = meridian(&["node", "status", "1", "-o", "json", "--http", &http2]);
     let st: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(st["decommissioned"], true);
+    // etcd's Cluster API: the list no longer has node 1; removing another
+    // member is refused as its drain would be.
+    let live2 = c.members[1].client_addr.to_string();
+    let members = ok(&live2, &["member", "list", "-w", "json"]);
+    let ids: Vec<u64> = serde_json::from_str::<serde_json::Value>(&members).unwrap()["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["ID"].as_u64().unwrap())
+        .collect();
+    assert!(!ids.contains(&1) && ids.contains(&4), "{ids:?}");
+    let (removed, out) = etcdctl(&live2, &["member", "remove", "3"]);
+    assert!(!removed && out.contains("fewer than 3 voters"), "{out}");
     let live = [1, 2, 3].map(|i| c.members[i].client_addr.clone()).join(",");
     ok(&live, &["put", "/a/after-drain", "1"]);
+}
+
+#[test]
+fn etcdctl_member_remove_drains_the_member_and_the_driver_decommissions_it() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut c, placement) = executing_cluster();
+    let base: u16 = c.members[0].client_addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let fourth = meridian_server::dev_layout::members(4, base).unwrap().pop().unwrap();
+    c.add_joining_with(fourth, placement);
+    wait_until("node 4 holds replicas", Duration::from_secs(120), || replicas_on(&c, 0, 4).is_some_and(|n| n >= 1));
+    let live = c.members[1].client_addr.to_string();
+    let out = ok(&live, &["member", "remove", "4"]);
+    assert!(out.contains("removed"), "{out}");
+    // Drained, then decommissioned by the driver: gone from every list.
+    wait_until("node 4 removed", Duration::from_secs(180), || {
+        let members = ok(&live, &["member", "list", "-w", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&members).unwrap();
+        !v["members"].as_array().unwrap().iter().any(|m| m["ID"] == 4)
+    });
+    let (_, out) = meridian(&["node", "status", "4", "-o", "json", "--http", &c.members[1].http_addr]);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((st["decommissioned"].as_bool(), st["replicas"].as_array().map(Vec::len)), (Some(true), Some(0)), "{st}");
+    ok(&live, &["put", "/a/after-remove", "1"]);
 }

@@ -221,20 +221,37 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
     async fn member_add(&self, _r: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(unimplemented("member add: membership changes come with the placement driver"))
+        Err(unimplemented(
+            "member add: a Meridian node registers itself: start it with --join HOST:PORT (any member); the placement driver gives it replicas, as learners first",
+        ))
     }
 
-    async fn member_remove(&self, _r: Request<pb::MemberRemoveRequest>) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        Err(unimplemented("member remove: membership changes come with the placement driver"))
+    /// Drains the member and has the placement driver decommission it once
+    /// it holds nothing (docs/api.md); answered at once with the members.
+    async fn member_remove(&self, r: Request<pb::MemberRemoveRequest>) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        crate::node_admin::remove(&self.backend, r.get_ref().id).await?;
+        let members = self.members();
+        Ok(Response::new(pb::MemberRemoveResponse { header: Some(self.backend.header(ROOT_RANGE_ID, 0).await), members }))
     }
 
     async fn member_update(&self, _r: Request<pb::MemberUpdateRequest>) -> Result<Response<pb::MemberUpdateResponse>, Status> {
-        Err(unimplemented("member update: membership changes come with the placement driver"))
+        Err(unimplemented("member update: a node's addresses come from its own config; restart it with the new ones"))
     }
 
     async fn member_list(&self, _r: Request<pb::MemberListRequest>) -> Result<Response<pb::MemberListResponse>, Status> {
-        let members = self
-            .backend
+        let members = self.members();
+        Ok(Response::new(pb::MemberListResponse { header: Some(self.backend.header(ROOT_RANGE_ID, 0).await), members }))
+    }
+
+    async fn member_promote(&self, _r: Request<pb::MemberPromoteRequest>) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        Err(unimplemented("member promote: the placement driver promotes a node's learners range by range once they caught up"))
+    }
+}
+
+impl ClusterService {
+    /// Every node of the directory, as etcd lists members.
+    fn members(&self) -> Vec<pb::Member> {
+        self.backend
             .nodes()
             .iter()
             .map(|m| pb::Member {
@@ -244,11 +261,6 @@ impl pb::cluster_server::Cluster for ClusterService {
                 client_ur_ls: vec![format!("http://{}", m.client_addr)],
                 is_learner: false,
             })
-            .collect();
-        Ok(Response::new(pb::MemberListResponse { header: Some(self.backend.header(ROOT_RANGE_ID, 0).await), members }))
-    }
-
-    async fn member_promote(&self, _r: Request<pb::MemberPromoteRequest>) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(unimplemented("member promote: membership changes come with the placement driver"))
+            .collect()
     }
 }

@@ -30,6 +30,10 @@ pub const ADMIN_PREFIX: &[u8] = b"\0meridian/node-admin/";
 pub struct NodeAdmin {
     pub draining: bool,
     pub decommissioned: bool,
+    /// Decommissioned by the placement driver once drained (etcd's
+    /// `member remove`).
+    #[serde(default)]
+    pub remove_when_drained: bool,
     /// Wall clock of the last change (information only).
     #[serde(default)]
     pub changed_ms: i64,
@@ -128,11 +132,24 @@ async fn catalog_reports(backend: &Backend) -> Result<(BTreeMap<u64, api::RangeR
     Ok((reports, unreachable.into_iter().map(|(n, _)| n).collect()))
 }
 
+/// etcd's `member remove`: drains node `id` and has the placement driver
+/// decommission it once it holds nothing (refused as [`drain`] refuses).
+pub async fn remove(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> {
+    drain_then(backend, id, true).await
+}
+
 /// Starts draining node `id`: refused (changing nothing) when the
 /// placement driver does not run here, or when the other data nodes that
 /// can take replicas are fewer than a range with a replica on it needs.
 pub async fn drain(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> {
+    drain_then(backend, id, false).await
+}
+
+async fn drain_then(backend: &Backend, id: u64, remove: bool) -> Result<DrainStatus, ApiError> {
     let (state, admin, read_at) = current(backend, id).await?;
+    if id == backend.cfg.node_id && remove {
+        return Err(ApiError::Invalid(format!("node {id} is the member asked: ask another member to remove it")));
+    }
     if !backend.cfg.placement.execute {
         return Err(ApiError::Invalid(
             "nothing would move: the placement driver does not run ([placement] execute = false); turn it on on every node to drain".into(),
@@ -159,17 +176,30 @@ pub async fn drain(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> 
                 )));
             }
         }
-        write(backend, id, NodeAdmin { draining: true, ..state }, read_at, Vec::new()).await?;
-        info!(node = id, "drain started");
+        write(backend, id, NodeAdmin { draining: true, remove_when_drained: remove, ..state }, read_at, Vec::new()).await?;
+        info!(node = id, remove, "drain started");
+    } else if remove && !state.remove_when_drained {
+        write(backend, id, NodeAdmin { remove_when_drained: true, ..state }, read_at, Vec::new()).await?;
     }
     status(backend, id).await
+}
+
+/// Decommissions the nodes `member remove` asked for whose drain is done
+/// (run by the placement driver each round; a refusal waits for the next).
+pub async fn finish_removals(backend: &Backend, admin: &BTreeMap<u64, NodeAdmin>) {
+    for (id, _) in admin.iter().filter(|(_, a)| a.draining && a.remove_when_drained && !a.decommissioned) {
+        match decommission(backend, *id).await {
+            Ok(_) => info!(node = id, "member removed: drained and decommissioned"),
+            Err(e) => tracing::debug!(node = id, "member removal waits: {e}"),
+        }
+    }
 }
 
 /// Stops draining node `id` (what moved stays moved).
 pub async fn undrain(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> {
     let (state, _, read_at) = current(backend, id).await?;
     if state.draining {
-        write(backend, id, NodeAdmin { draining: false, ..state }, read_at, Vec::new()).await?;
+        write(backend, id, NodeAdmin { draining: false, remove_when_drained: false, ..state }, read_at, Vec::new()).await?;
         info!(node = id, "drain stopped");
     }
     status(backend, id).await
@@ -222,7 +252,14 @@ pub async fn decommission(backend: &Backend, id: u64) -> Result<DrainStatus, Api
     let mut node_key = NODE_PREFIX.to_vec();
     node_key.extend_from_slice(&id.to_be_bytes());
     let delete = c::RequestOp { kind: Some(c::RequestKind::DeleteRange(c::DeleteOp { key: node_key, ..Default::default() })) };
-    write(backend, id, NodeAdmin { draining: false, decommissioned: true, changed_ms: 0 }, read_at, vec![delete]).await?;
+    write(
+        backend,
+        id,
+        NodeAdmin { draining: false, decommissioned: true, remove_when_drained: false, changed_ms: 0 },
+        read_at,
+        vec![delete],
+    )
+    .await?;
     backend.forget_node(id);
     info!(node = id, "decommissioned");
     status(backend, id).await

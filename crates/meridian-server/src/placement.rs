@@ -509,12 +509,14 @@ pub async fn drive(backend: Arc<Backend>) {
                 continue;
             }
         };
-        // Creates and drops cut short are finished beside the rounds (each
-        // step may wait up to its settle bound), one pass at a time.
+        // Creates and drops cut short are finished, and removed members
+        // whose drain is done decommissioned, beside the rounds (each step
+        // may wait up to its settle bound), one pass at a time.
         if !resuming.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            let (b, flag) = (backend.clone(), resuming.clone());
+            let (b, flag, admin) = (backend.clone(), resuming.clone(), admin.clone());
             tokio::spawn(async move {
                 crate::namespace::resume(&b).await;
+                crate::node_admin::finish_removals(&b, &admin).await;
                 flag.store(false, std::sync::atomic::Ordering::Release);
             });
         }
