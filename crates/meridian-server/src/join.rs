@@ -110,6 +110,13 @@ pub async fn handle(backend: &Backend, req: api::JoinRequest) -> Result<api::Joi
     if let Some(e) = refusal(backend.cluster_id(), backend.node(node.id).as_ref(), &node, req.cluster_id) {
         return Err(e);
     }
+    // A decommissioned id is gone for good.
+    if crate::node_admin::states(backend, true).await?.get(&node.id).is_some_and(|a| a.decommissioned) {
+        return Err(ApiError::Invalid(format!(
+            "join: node {} was decommissioned; start a new node with a new id and an empty data directory",
+            node.id
+        )));
+    }
     meta::register_node(backend, &node).await?;
     let first = backend.node(node.id).is_none();
     backend.learn_node(node.clone())?;
