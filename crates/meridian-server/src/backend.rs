@@ -113,6 +113,9 @@ pub struct Backend {
     /// ([`Backend::refresh_routes`]); held while reading, so concurrent
     /// refusals wait for one read.
     route_refresh: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Nodes decommissioned (bounded by the nodes the cluster ever had):
+    /// never learned again.
+    decommissioned: Mutex<std::collections::BTreeSet<u64>>,
     /// range → the nodes holding a replica of it, voters first, as
     /// the catalog says: where a request for a range this node holds no
     /// replica of is forwarded ([`Backend::elsewhere`]). One entry per
@@ -216,6 +219,7 @@ impl Backend {
             briefs: Mutex::new(None),
             epochs: Mutex::new(HashMap::new()),
             route_refresh: tokio::sync::Mutex::new(None),
+            decommissioned: Mutex::new(std::collections::BTreeSet::new()),
             replicas: Mutex::new(HashMap::new()),
             alarms: crate::alarms::AlarmState::new(cfg.node_id, cfg.quota()),
             cfg,
@@ -247,6 +251,11 @@ impl Backend {
     /// joined): the transport dials its peer address from now on, and the
     /// channel to a node whose client address changed is dialled anew.
     pub fn learn_node(&self, record: NodeRecord) -> Result<(), ApiError> {
+        // A decommissioned node stays out (its process may still gossip,
+        // and a lagging replica of the meta range may still hold its record).
+        if self.decommissioned.lock().expect("decommissioned nodes").contains(&record.id) {
+            return Ok(());
+        }
         let (id, addr, peer) = (record.id, record.client_addr.clone(), record.peer_addr.clone());
         let changed = self.directory.write().expect("node directory").upsert(record).map_err(|e| ApiError::Invalid(e.to_string()))?;
         if changed && id != self.cfg.node_id {
@@ -267,6 +276,7 @@ impl Backend {
         if id == self.cfg.node_id {
             return;
         }
+        self.decommissioned.lock().expect("decommissioned nodes").insert(id);
         self.directory.write().expect("node directory").remove(id);
         self.channels.lock().expect("channel cache").remove(&id);
     }
