@@ -220,65 +220,93 @@ fn fragments_filters_cancel_progress_and_bad_input_as_etcd() {
     });
 }
 
+/// Writes `total` 4 KB values under `prefix` from 16 tasks and returns the
+/// revision of the last write.
+async fn fill(c: &ProcCluster, prefix: &str, total: usize) -> i64 {
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let mut kv = kv_client(c, 0).await;
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut last = 0;
+            for i in (t..total).step_by(16) {
+                let r = kv
+                    .put(pb::PutRequest { key: format!("{prefix}{i:05}").into(), value: vec![b'v'; 4096], ..Default::default() })
+                    .await
+                    .unwrap();
+                last = r.into_inner().header.unwrap().revision;
+            }
+            last
+        }));
+    }
+    let mut last = 0;
+    for t in tasks {
+        last = last.max(t.await.unwrap());
+    }
+    last
+}
+
+/// Reads `w` until `total` events arrived or the watch is canceled; checks
+/// every key arrives at most once and revisions only increase. Returns the
+/// events seen and the cancel, if one came.
+async fn read_all(w: &mut RawWatch, total: usize) -> (usize, Option<pb::WatchResponse>) {
+    let mut keys = std::collections::HashSet::new();
+    let mut last_rev = 0;
+    while keys.len() < total {
+        let r = w.next().await;
+        if r.canceled {
+            return (keys.len(), Some(r));
+        }
+        for e in &r.events {
+            let kv = e.kv.as_ref().unwrap();
+            assert!(kv.mod_revision > last_rev, "revisions only increase: {} after {last_rev}", kv.mod_revision);
+            last_rev = kv.mod_revision;
+            assert!(keys.insert(kv.key.clone()), "{:?} delivered twice", String::from_utf8_lossy(&kv.key));
+        }
+    }
+    (keys.len(), None)
+}
+
 /// A watcher whose client stops reading is not allowed to grow the
 /// server's memory: once the node's event feed has moved on by more than
-/// it buffers, the watch is canceled with etcd's handshake — a reason, and
-/// `compact_revision` set to the revision to resume from — and a new watch
-/// from there replays everything it missed.
+/// it buffers, the stream is brought up to date from the log when its
+/// client reads again — every event once, in order, none lost — as etcd
+/// replays its unsynced watchers from its store. If what it still needs is
+/// compacted meanwhile, it is canceled with etcd's handshake
+/// (`compact_revision` set to the compaction revision).
 #[test]
-fn a_watcher_that_stops_reading_is_canceled_and_can_resume_without_loss() {
+fn a_watcher_that_stops_reading_catches_up_from_the_log_or_is_canceled_if_compacted() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let c = ProcCluster::start(3, &[]);
+    // More batches than the node buffers (HUB_CAPACITY), while the client
+    // reads nothing; 4 KB values fill HTTP/2's flow-control windows and the
+    // stream's own buffer (megabytes) early, so the server's sender stalls.
+    let total = meridian_server::watch_service::HUB_CAPACITY + 3000;
     rt().block_on(async {
         let mut w = RawWatch::open(&c, 0).await;
         w.create(pb::WatchCreateRequest { key: b"/slow/".to_vec(), range_end: prefix_end(b"/slow/"), ..Default::default() }).await;
         assert!(w.next().await.created);
-        // More batches than the node buffers (HUB_CAPACITY), while the
-        // client reads nothing; 4 KB values fill HTTP/2's flow-control
-        // windows (megabytes) early, so the server's sender stalls.
-        let total = meridian_server::watch_service::HUB_CAPACITY + 1000;
-        let mut tasks = Vec::new();
-        for t in 0..16 {
-            let mut kv = kv_client(&c, 0).await;
-            tasks.push(tokio::spawn(async move {
-                for i in (t..total).step_by(16) {
-                    kv.put(pb::PutRequest { key: format!("/slow/{i:05}").into(), value: vec![b'v'; 4096], ..Default::default() })
-                        .await
-                        .unwrap();
-                }
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        // Now read: some events, then the cancel.
-        let mut seen = 0usize;
-        let canceled = loop {
-            let r = w.next().await;
-            if r.canceled {
-                break r;
-            }
-            seen += r.events.len();
-        };
+        let resyncs = metric(&c, 0, "meridian_watch_resyncs_total");
+        fill(&c, "/slow/", total).await;
+        let (seen, canceled) = read_all(&mut w, total).await;
+        assert!(canceled.is_none(), "not canceled: {canceled:?}");
+        assert_eq!(seen, total);
+        assert!(metric(&c, 0, "meridian_watch_resyncs_total") > resyncs, "the stream fell behind the live feed and caught up from the log");
+        assert!(w.quiet_for(Duration::from_millis(500)).await, "nothing more than the {total} events");
+
+        // The same, with the history compacted while the client is away.
+        let mut w = RawWatch::open(&c, 0).await;
+        w.create(pb::WatchCreateRequest { key: b"/gone/".to_vec(), range_end: prefix_end(b"/gone/"), ..Default::default() }).await;
+        assert!(w.next().await.created);
+        let cancels = metric(&c, 0, "meridian_watch_compacted_cancels_total");
+        let last = fill(&c, "/gone/", total).await;
+        let mut kv = kv_client(&c, 0).await;
+        kv.compact(pb::CompactionRequest { revision: last, physical: true }).await.unwrap();
+        let (seen, canceled) = read_all(&mut w, total).await;
+        let canceled = canceled.expect("the watch is canceled: what it needs was compacted");
         assert!(seen < total, "all {total} events arrived: nothing was cut");
-        assert!(canceled.cancel_reason.contains("too slow"), "{}", canceled.cancel_reason);
-        let resume = canceled.compact_revision;
-        assert!(resume > 0, "compact_revision names where to resume");
-        // Resuming from there replays the rest: every key, once.
-        let mut again = RawWatch::open(&c, 0).await;
-        again
-            .create(pb::WatchCreateRequest {
-                key: b"/slow/".to_vec(),
-                range_end: prefix_end(b"/slow/"),
-                start_revision: resume,
-                ..Default::default()
-            })
-            .await;
-        assert!(again.next().await.created);
-        let mut rest = 0usize;
-        while seen + rest < total {
-            rest += again.next().await.events.len();
-        }
-        assert_eq!(seen + rest, total, "events seen before the cancel and after resuming add up exactly");
+        assert_eq!(canceled.cancel_reason, "etcdserver: mvcc: required revision has been compacted");
+        assert_eq!(canceled.compact_revision, last, "compact_revision is the compaction revision");
+        assert_eq!(metric(&c, 0, "meridian_watch_compacted_cancels_total"), cancels + 1);
     });
 }

@@ -39,6 +39,7 @@ use crate::error::{ApiError, MAX_VALUE_BYTES};
 pub struct HttpState {
     pub backend: Arc<Backend>,
     pub locks: Option<Arc<crate::lock_hub::LockHub>>,
+    pub watch: Option<Arc<crate::watch_service::WatchHub>>,
     pub keeper: Option<Arc<crate::lease_service::LeaseKeeper>>,
 }
 
@@ -593,6 +594,29 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         }
     }
     reg.register(Box::new(secs)).expect("unique metric");
+    if let Some(hub) = &s.watch {
+        let w = hub.stats();
+        for (name, help, v) in [
+            ("meridian_watch_streams", "Watch streams open on this node", w.streams),
+            ("meridian_watch_watchers", "Watchers on this node's watch streams", w.watchers),
+        ] {
+            let g = prometheus::IntGauge::new(name, help).expect("valid metric");
+            g.set(v as i64);
+            reg.register(Box::new(g)).expect("unique metric");
+        }
+        for (name, help, v) in [
+            (
+                "meridian_watch_resyncs_total",
+                "Times a watch stream fell behind the live feed and was brought up to date from the log (slow clients)",
+                w.resyncs,
+            ),
+            ("meridian_watch_compacted_cancels_total", "Watchers canceled because a revision they still needed was compacted", w.compacted),
+        ] {
+            let c = prometheus::IntCounter::new(name, help).expect("valid metric");
+            c.inc_by(v);
+            reg.register(Box::new(c)).expect("unique metric");
+        }
+    }
     if let Some(g) = s.backend.gossip.get() {
         crate::gossip::register_metrics(&reg, &g.view()).expect("unique metrics");
     }

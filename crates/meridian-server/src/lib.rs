@@ -36,3 +36,4 @@ pub mod placement;
 pub mod routing;
 pub mod server;
 pub mod watch_service;
+pub mod watch_wire;

@@ -285,7 +285,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
             pb::lease_server::LeaseServer::new(LeaseService { backend: backend.clone(), keeper: keeper.clone() })
                 .max_decoding_message_size(limit),
         )
-        .add_service(pb::watch_server::WatchServer::new(WatchService { backend: backend.clone(), hub: hub.clone() }))
+        .add_service(crate::watch_wire::WatchServer::new(WatchService { backend: backend.clone(), hub: hub.clone() }))
         .add_service(meridian_proto::v3lockpb::lock_server::LockServer::new(LockService { backend: backend.clone(), hub: hub.clone() }))
         .add_service(pb::maintenance_server::MaintenanceServer::new(MaintenanceService { backend: backend.clone() }))
         .add_service(pb::cluster_server::ClusterServer::new(ClusterService { backend: backend.clone() }))
@@ -333,7 +333,8 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
         let _ = grpc_stop.changed().await;
     }));
     let mut http_stop = stop_rx.clone();
-    let app = router(HttpState { backend: backend.clone(), locks: Some(locks.clone()), keeper: Some(keeper_for_http) });
+    let app =
+        router(HttpState { backend: backend.clone(), locks: Some(locks.clone()), watch: Some(hub.clone()), keeper: Some(keeper_for_http) });
     let http_task = tokio::spawn(async move {
         axum::serve(http_listener, app)
             .with_graceful_shutdown(async move {

@@ -7,18 +7,26 @@
 //!                then live events, skipping revisions already sent
 //! ```
 //!
-//! A stream that falls more than [`HUB_CAPACITY`] batches behind is not
-//! allowed to grow memory: its watchers are cancelled with a reason telling
-//! the client to re-watch from the revision it has.
+//! A stream handles the live batches waiting for it together: each watcher
+//! gets every waiting revision it has events for in one response (whole
+//! revisions, within the response limits), so a busy stream sends fewer,
+//! larger responses instead of falling behind. A stream that still falls
+//! more than [`HUB_CAPACITY`] batches behind (a slow client, or more
+//! watchers than the node can serve one response per revision) is not
+//! allowed to grow memory: its watchers are brought up to date from the
+//! log, read once for all of them, as etcd replays its unsynced watchers
+//! from its store; one whose next revision was compacted meanwhile is
+//! canceled with `compact_revision` set (etcd's handshake).
 //!
 //! As etcd does: history replayed at creation goes out in as few responses
 //! as [`MAX_WATCH_RESPONSE_BYTES`] and [`MAX_REVISIONS_PER_RESPONSE`] allow,
 //! never splitting one revision's events (a revision larger than the limit
-//! goes out whole, or in fragments when the watch asked for `fragment`);
-//! live events go out one revision per response. A watch may start at the
+//! goes out whole, or in fragments when the watch asked for `fragment`).
+//! A watch may start at the
 //! compaction revision; below it, it is cancelled with `compact_revision`.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,20 +34,25 @@ use meridian_kv::command as c;
 use meridian_kv::{Event, EventSink};
 use meridian_proto::etcdserverpb as pb;
 use meridian_proto::mvccpb;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::{Stream, StreamExt};
+use tonic::codegen::BoxFuture;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::backend::Backend;
 use crate::convert::kv_out;
 use crate::error::ApiError;
+use crate::watch_wire::{encode_events, WatchHandler, WireResponse};
 
 /// Event batches buffered for all watch streams of a node.
 pub const HUB_CAPACITY: usize = 4096;
 /// Watchers per stream.
 pub const MAX_WATCHERS_PER_STREAM: usize = 1024;
-/// Responses buffered per stream towards the client.
+/// Responses buffered per stream towards the client…
 const STREAM_BUFFER: usize = 256;
+/// …and their encoded bytes, at most (a single larger response still goes,
+/// alone).
+const STREAM_BUFFER_BYTES: u32 = 2 << 20;
 /// How often watchers with `progress_notify` hear the current revision.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 /// Largest response of replayed history (and fragment size): etcd's default
@@ -48,6 +61,8 @@ pub const MAX_WATCH_RESPONSE_BYTES: usize = crate::error::MAX_REQUEST_BYTES;
 /// Most revisions in one response of replayed history (etcd's
 /// `watchBatchMaxRevs`).
 pub const MAX_REVISIONS_PER_RESPONSE: usize = 1000;
+/// Live batches a stream takes from the feed at once (when that many wait).
+const MAX_LIVE_RUN: usize = 256;
 /// Events read from the log per query while replaying.
 const EVENTS_PER_PAGE: u64 = 1000;
 /// etcd's reason for a watch below the compaction revision.
@@ -61,12 +76,35 @@ pub struct Published {
     /// event shares its key and values (`Bytes`), whatever the number of
     /// streams and watchers.
     pub events: Vec<mvccpb::Event>,
+    /// The encoded size of `events` (with their previous versions): what
+    /// they add to a response, at most.
+    pub bytes: usize,
     /// The range's replica left this node: its watchers here are cancelled
     /// so their clients re-watch on another member.
     pub removed: bool,
     /// This prefix was carved out of the range (a namespace created at
     /// runtime): its watchers here that cover it are cancelled.
     pub carved: Option<Vec<u8>>,
+    /// For a carve or a removal, its number in the hub's log of them
+    /// ([`WatchHub::specials_after`]); 0 for events.
+    pub seq: u64,
+}
+
+impl Published {
+    fn special(&self) -> bool {
+        self.removed || self.carved.is_some()
+    }
+}
+
+/// Carves and removals a hub remembers for streams that fell behind.
+const MAX_SPECIALS: usize = 4096;
+
+/// The hub's log of carves and removals: a stream that fell behind the
+/// live feed lost them with the events, and reads here those it missed.
+#[derive(Default)]
+struct Specials {
+    seq: u64,
+    log: std::collections::VecDeque<Arc<Published>>,
 }
 
 /// Fan-out of applied events. Publishing never blocks the store thread.
@@ -77,6 +115,31 @@ pub struct WatchHub {
     /// range that no longer serves it. Bounded: one per namespace created
     /// at runtime, at most [`MAX_CARVED_REMEMBERED`].
     carved: std::sync::Mutex<Vec<(u64, Vec<u8>)>>,
+    specials: std::sync::Mutex<Specials>,
+    stats: HubStats,
+}
+
+/// Counters for the node's metrics.
+#[derive(Default)]
+struct HubStats {
+    streams: AtomicU64,
+    watchers: AtomicU64,
+    resyncs: AtomicU64,
+    compacted: AtomicU64,
+}
+
+/// What the node's watch streams are doing, for its metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchStats {
+    /// Watch streams open.
+    pub streams: u64,
+    /// Watchers on them.
+    pub watchers: u64,
+    /// Times a stream fell behind the live feed and was brought up to date
+    /// from the log.
+    pub resyncs: u64,
+    /// Watchers canceled because a revision they still needed was compacted.
+    pub compacted: u64,
 }
 
 /// Carves a node remembers for watch routing (beyond, the oldest go: a
@@ -85,13 +148,56 @@ const MAX_CARVED_REMEMBERED: usize = 4096;
 
 impl Default for WatchHub {
     fn default() -> Self {
-        WatchHub { tx: broadcast::channel(HUB_CAPACITY).0, carved: std::sync::Mutex::new(Vec::new()) }
+        WatchHub {
+            tx: broadcast::channel(HUB_CAPACITY).0,
+            carved: std::sync::Mutex::new(Vec::new()),
+            specials: std::sync::Mutex::new(Specials::default()),
+            stats: HubStats::default(),
+        }
     }
 }
 
 impl WatchHub {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Published>> {
         self.tx.subscribe()
+    }
+
+    /// A receiver of the live feed, and the number of the last carve or
+    /// removal published before it.
+    fn subscribe_at(&self) -> (broadcast::Receiver<Arc<Published>>, u64) {
+        let specials = self.specials.lock().expect("specials");
+        (self.tx.subscribe(), specials.seq)
+    }
+
+    /// Carves and removals published after number `seen`, in order; `None`
+    /// when some of them are no longer remembered.
+    fn specials_after(&self, seen: u64) -> Option<Vec<Arc<Published>>> {
+        let specials = self.specials.lock().expect("specials");
+        let first = specials.log.front().map_or(specials.seq + 1, |p| p.seq);
+        (seen + 1 >= first).then(|| specials.log.iter().filter(|p| p.seq > seen).cloned().collect())
+    }
+
+    /// Publishes a carve or a removal, numbered, into the log and the feed.
+    fn publish_special(&self, mut p: Published) {
+        let mut specials = self.specials.lock().expect("specials");
+        specials.seq += 1;
+        p.seq = specials.seq;
+        let p = Arc::new(p);
+        if specials.log.len() >= MAX_SPECIALS {
+            specials.log.pop_front();
+        }
+        specials.log.push_back(p.clone());
+        let _ = self.tx.send(p);
+    }
+
+    pub fn stats(&self) -> WatchStats {
+        let s = &self.stats;
+        WatchStats {
+            streams: s.streams.load(Ordering::Relaxed),
+            watchers: s.watchers.load(Ordering::Relaxed),
+            resyncs: s.resyncs.load(Ordering::Relaxed),
+            compacted: s.compacted.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether a prefix carved out of `range_id` touches `[key, range_end)`.
@@ -104,12 +210,13 @@ impl WatchHub {
 impl EventSink for WatchHub {
     fn publish(&self, range_id: u64, revision: i64, events: &[Event]) {
         // No receivers is fine; a full buffer drops the oldest for laggards.
-        let events = events.iter().map(to_wire).collect();
-        let _ = self.tx.send(Arc::new(Published { range_id, revision, events, removed: false, carved: None }));
+        let events: Vec<mvccpb::Event> = events.iter().map(to_wire).collect();
+        let bytes = events.iter().map(|e| prost::Message::encoded_len(e) + 4).sum();
+        let _ = self.tx.send(Arc::new(Published { range_id, revision, events, bytes, removed: false, carved: None, seq: 0 }));
     }
 
     fn range_removed(&self, range_id: u64) {
-        let _ = self.tx.send(Arc::new(Published { range_id, revision: 0, events: Vec::new(), removed: true, carved: None }));
+        self.publish_special(Published { range_id, revision: 0, events: Vec::new(), bytes: 0, removed: true, carved: None, seq: 0 });
     }
 
     fn namespace_returned(&self, range_id: u64, prefix: &[u8]) {
@@ -127,7 +234,7 @@ impl EventSink for WatchHub {
             }
         }
         let carved = Some(prefix.to_vec());
-        let _ = self.tx.send(Arc::new(Published { range_id, revision: 0, events: Vec::new(), removed: false, carved }));
+        self.publish_special(Published { range_id, revision: 0, events: Vec::new(), bytes: 0, removed: false, carved, seq: 0 });
     }
 }
 
@@ -167,17 +274,6 @@ impl Watcher {
     /// Whether this watcher sees an event on `key` (a delete or a put).
     fn sees(&self, key: &[u8], delete: bool) -> bool {
         self.matches(key) && !(delete && self.no_delete || !delete && self.no_put)
-    }
-
-    /// Whether this watcher sees `e` (an event read from history).
-    fn wants(&self, e: &Event) -> bool {
-        e.kv.as_ref().is_some_and(|kv| self.sees(&kv.key, e.is_delete()))
-    }
-
-    /// `e` (which it [`Watcher::wants`]) in wire form, moved, with its
-    /// previous version only if asked for.
-    fn wire(&self, e: Event) -> mvccpb::Event {
-        mvccpb::Event { r#type: e.kind, kv: e.kv.map(kv_out), prev_kv: if self.prev_kv { e.prev_kv.map(kv_out) } else { None } }
     }
 
     /// The client-visible events of one revision.
@@ -229,7 +325,8 @@ pub struct WatchService {
     pub hub: Arc<WatchHub>,
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+/// The responses of one watch stream.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WireResponse, Status>> + Send>>;
 
 /// The range's current revision, read by counting `key` (any key the
 /// range holds: the store refuses a probe of a key outside its span).
@@ -241,18 +338,138 @@ async fn current_revision(backend: &Backend, range_id: u64, key: &[u8]) -> Resul
 struct StreamCtx {
     backend: Arc<Backend>,
     hub: Arc<WatchHub>,
-    out: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    out: mpsc::Sender<(WireResponse, OwnedSemaphorePermit)>,
+    /// Bytes the stream may still buffer ([`STREAM_BUFFER_BYTES`]); a
+    /// response's permit is released when the transport takes it.
+    budget: Arc<Semaphore>,
     watchers: Vec<Watcher>,
     next_id: i64,
+    /// The number of the last carve or removal this stream handled.
+    specials_seen: u64,
 }
 
+impl Drop for StreamCtx {
+    fn drop(&mut self) {
+        self.hub.stats.streams.fetch_sub(1, Ordering::Relaxed);
+        self.hub.stats.watchers.fetch_sub(self.watchers.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Watchers that get the same responses: same range, keys, filters and
+/// next revision. A watcher with `fragment` is always alone (its
+/// fragments must go out back to back).
+fn same_group(a: &Watcher, b: &Watcher) -> bool {
+    !a.fragment
+        && !b.fragment
+        && (a.range_id, a.next_rev, a.prev_kv, a.no_put, a.no_delete) == (b.range_id, b.next_rev, b.prev_kv, b.no_put, b.no_delete)
+        && a.key == b.key
+        && a.range_end == b.range_end
+}
+
+/// One group's part of a replay ([`StreamCtx::replay`]): its members (ids,
+/// sorted), their filter and next revision, the whole revisions waiting to
+/// go out, and the revision being assembled.
+struct Replay {
+    ids: Vec<i64>,
+    filter: Watcher,
+    batch: Batch,
+    rev: i64,
+    rev_events: Vec<mvccpb::Event>,
+    rev_bytes: usize,
+    /// Fragments of `rev` went out already: the revision's last piece
+    /// goes alone.
+    fragmented: bool,
+}
+
+/// Headers made while handling one run of live events, shared by every
+/// group whose response ends at the same revision.
+#[derive(Default)]
+struct Headers(Vec<(u64, i64, pb::ResponseHeader)>);
+
 impl StreamCtx {
-    async fn send(&self, r: pb::WatchResponse) -> bool {
-        self.out.send(Ok(r)).await.is_ok()
+    async fn send(&self, r: WireResponse) -> bool {
+        let n = u32::try_from(prost::Message::encoded_len(&r)).unwrap_or(u32::MAX).clamp(1, STREAM_BUFFER_BYTES);
+        let Ok(permit) = self.budget.clone().acquire_many_owned(n).await else { return false };
+        self.out.send((r, permit)).await.is_ok()
     }
 
     async fn header(&self, range_id: u64, revision: i64) -> pb::ResponseHeader {
         self.backend.header(range_id, revision).await
+    }
+
+    async fn header_cached(&self, headers: &mut Headers, range_id: u64, revision: i64) -> pb::ResponseHeader {
+        if let Some((_, _, h)) = headers.0.iter().find(|(r, v, _)| *r == range_id && *v == revision) {
+            return *h;
+        }
+        let h = self.header(range_id, revision).await;
+        headers.0.push((range_id, revision, h));
+        h
+    }
+
+    /// Notes that watchers `ids` (sorted) have seen everything below `next`.
+    fn advance(&mut self, ids: &[i64], next: i64) {
+        for w in self.watchers.iter_mut().filter(|w| ids.binary_search(&w.id).is_ok()) {
+            w.next_rev = w.next_rev.max(next);
+        }
+    }
+
+    /// Watchers `ids` (all when `None`) in groups of [`same_group`], each
+    /// group's ids sorted.
+    fn groups(&self, ids: Option<&[i64]>) -> Vec<Vec<i64>> {
+        let wanted = ids.map(|ids| {
+            let mut v = ids.to_vec();
+            v.sort_unstable();
+            v
+        });
+        let mut order: Vec<&Watcher> =
+            self.watchers.iter().filter(|w| wanted.as_ref().is_none_or(|ids| ids.binary_search(&w.id).is_ok())).collect();
+        order.sort_by(|a, b| {
+            (a.range_id, &a.key, &a.range_end, a.next_rev, a.prev_kv, a.no_put, a.no_delete, a.fragment, a.id).cmp(&(
+                b.range_id,
+                &b.key,
+                &b.range_end,
+                b.next_rev,
+                b.prev_kv,
+                b.no_put,
+                b.no_delete,
+                b.fragment,
+                b.id,
+            ))
+        });
+        let mut out: Vec<Vec<i64>> = Vec::new();
+        let mut first: Option<&Watcher> = None;
+        for w in order {
+            match (first, out.last_mut()) {
+                (Some(f), Some(group)) if same_group(f, w) => group.push(w.id),
+                _ => {
+                    first = Some(w);
+                    out.push(vec![w.id]);
+                }
+            }
+        }
+        for g in &mut out {
+            g.sort_unstable();
+        }
+        out
+    }
+
+    /// Sends `events` to every watcher of `ids` under `header`, encoded
+    /// once — or, for a watcher that asked for fragments (alone in its
+    /// group), as fragments when they exceed the limit, all but the last
+    /// marked `fragment`.
+    async fn send_events(&mut self, ids: &[i64], header: pb::ResponseHeader, events: Vec<mvccpb::Event>, fragment: bool) -> bool {
+        let pieces = if fragment { fragments(events, MAX_WATCH_RESPONSE_BYTES) } else { vec![events] };
+        let n = pieces.len();
+        for (i, events) in pieces.into_iter().enumerate() {
+            let encoded = encode_events(&events);
+            for &id in ids {
+                let head = pb::WatchResponse { header: Some(header), watch_id: id, fragment: i + 1 < n, ..Default::default() };
+                if !self.send(WireResponse::with_events(head, encoded.clone())).await {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Cancels watcher `id` and tells the client; a watcher that does not
@@ -260,23 +477,37 @@ impl StreamCtx {
     async fn cancel(&mut self, id: i64, reason: &str, compact_revision: i64) -> bool {
         let Some(range_id) = self.watchers.iter().find(|w| w.id == id).map(|w| w.range_id) else { return true };
         self.watchers.retain(|w| w.id != id);
+        self.hub.stats.watchers.fetch_sub(1, Ordering::Relaxed);
+        if compact_revision > 0 {
+            self.hub.stats.compacted.fetch_add(1, Ordering::Relaxed);
+        }
         let header = self.header(range_id, 0).await;
-        self.send(pb::WatchResponse {
-            header: Some(header),
-            watch_id: id,
-            canceled: true,
-            cancel_reason: reason.into(),
-            compact_revision,
-            ..Default::default()
-        })
+        self.send(
+            pb::WatchResponse {
+                header: Some(header),
+                watch_id: id,
+                canceled: true,
+                cancel_reason: reason.into(),
+                compact_revision,
+                ..Default::default()
+            }
+            .into(),
+        )
         .await
     }
 
     async fn create(&mut self, r: pb::WatchCreateRequest) -> bool {
         // A refused watch is answered created and canceled with id -1, as
         // etcd answers it, and changes nothing (the next id is not taken).
-        let fail =
-            |reason: String| pb::WatchResponse { watch_id: -1, created: true, canceled: true, cancel_reason: reason, ..Default::default() };
+        let fail = |reason: String| {
+            WireResponse::from(pb::WatchResponse {
+                watch_id: -1,
+                created: true,
+                canceled: true,
+                cancel_reason: reason,
+                ..Default::default()
+            })
+        };
         if self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
             return self.send(fail(format!("too many watchers on one stream (max {MAX_WATCHERS_PER_STREAM})"))).await;
         }
@@ -336,157 +567,307 @@ impl StreamCtx {
             fragment: r.fragment,
         };
         let header = self.header(range_id, start - 1).await;
-        if !self.send(pb::WatchResponse { header: Some(header), watch_id: id, created: true, ..Default::default() }).await {
+        let created = pb::WatchResponse { header: Some(header), watch_id: id, created: true, ..Default::default() };
+        if !self.send(created.into()).await {
             return false;
         }
         self.watchers.push(w);
-        self.catch_up(id).await
+        self.hub.stats.watchers.fetch_add(1, Ordering::Relaxed);
+        self.replay(range_id, &[id]).await
     }
 
-    /// Replays history from the watcher's next revision: reads the log in
-    /// pages (resuming inside a revision when a page ends there) and sends
-    /// whole revisions, batched ([`Batch`]).
-    async fn catch_up(&mut self, id: i64) -> bool {
-        let Some(w) = self.watchers.iter().find(|w| w.id == id) else { return true };
-        let (range_id, fragment) = (w.range_id, w.fragment);
-        let filter = Watcher { id, range_id, key: w.key.clone(), range_end: w.range_end.clone(), ..*w };
-        let mut cursor = (filter.next_rev, 0i64);
-        let mut batch = Batch::default();
-        // The revision being assembled: its number, selected events and their size.
-        let (mut rev, mut rev_events, mut rev_bytes): (i64, Vec<mvccpb::Event>, usize) = (0, Vec::new(), 0);
-        loop {
-            let q = c::QueryKind::Events(c::EventsOp { from_revision: cursor.0, from_sub: cursor.1, limit: EVENTS_PER_PAGE });
-            let page = match self.backend.query(range_id, q, false).await {
-                Ok(a) => a.events,
-                Err(ApiError::Compacted { compact_revision }) => return self.cancel(id, COMPACTED_REASON, compact_revision).await,
-                Err(e) => return self.cancel(id, &e.to_string(), 0).await,
-            };
-            // A full page (as the state machine clamps it) may have more behind it.
-            let more = page.len() as u64 >= EVENTS_PER_PAGE.min(meridian_kv::machine::MAX_EVENTS_PER_QUERY as u64);
-            for e in page {
-                if e.revision != rev {
-                    if !self.end_revision(id, &mut batch, rev, std::mem::take(&mut rev_events), rev_bytes).await {
-                        return false;
+    /// Replays history to watchers `ids` of `range_id`, each from its next
+    /// revision: reads the log once for all of them, in pages (resuming
+    /// inside a revision when a page ends there), converting each event to
+    /// wire form once, and sends whole revisions, batched ([`Batch`]),
+    /// encoded once per group of watchers that select the same events.
+    /// Used when a watch is created, and when a stream fell behind the
+    /// node's live feed: its watchers are brought up to date from the log,
+    /// not from memory, so a slow client never makes the server buffer
+    /// more (what the groups hold is flushed past [`STREAM_BUFFER_BYTES`]).
+    /// A watcher whose next revision was compacted meanwhile is canceled
+    /// with `compact_revision` (etcd's handshake). At most one watcher
+    /// with `fragment` per call: its fragments must go out back to back.
+    async fn replay(&mut self, range_id: u64, ids: &[i64]) -> bool {
+        let mut ids = ids.to_vec();
+        'again: loop {
+            let mut rs: Vec<Replay> = Vec::new();
+            for group in self.groups(Some(&ids)) {
+                let Some(w) = self.watchers.iter().find(|w| w.id == group[0] && w.range_id == range_id) else { continue };
+                let filter = Watcher { key: w.key.clone(), range_end: w.range_end.clone(), ..*w };
+                rs.push(Replay {
+                    ids: group,
+                    filter,
+                    batch: Batch::default(),
+                    rev: 0,
+                    rev_events: Vec::new(),
+                    rev_bytes: 0,
+                    fragmented: false,
+                });
+            }
+            let Some(start) = rs.iter().map(|r| r.filter.next_rev).min() else { return true };
+            let mut cursor = (start, 0i64);
+            loop {
+                let q = c::QueryKind::Events(c::EventsOp { from_revision: cursor.0, from_sub: cursor.1, limit: EVENTS_PER_PAGE });
+                let page = match self.backend.query(range_id, q, false).await {
+                    Ok(a) => a.events,
+                    Err(ApiError::Compacted { compact_revision }) => {
+                        // Whole revisions already assembled still go out;
+                        // then whoever needs a compacted revision is
+                        // canceled, and the others start again (having
+                        // seen nothing in this pass: they start above it).
+                        let mut keep = Vec::new();
+                        for r in &mut rs {
+                            if !self.flush(range_id, r).await {
+                                return false;
+                            }
+                            if r.filter.next_rev >= compact_revision {
+                                keep.extend_from_slice(&r.ids);
+                                continue;
+                            }
+                            for &id in &r.ids {
+                                if !self.cancel(id, COMPACTED_REASON, compact_revision).await {
+                                    return false;
+                                }
+                            }
+                        }
+                        ids = keep;
+                        continue 'again;
                     }
-                    (rev, rev_bytes) = (e.revision, 0);
-                }
-                cursor = (e.revision, e.sub + 1);
-                if let Some(ev) = e.event.filter(|ev| filter.wants(ev)).map(|ev| filter.wire(ev)) {
-                    rev_bytes += prost::Message::encoded_len(&ev) + 4;
-                    rev_events.push(ev);
-                }
-                // A revision too large for one response, with fragments
-                // asked for: full fragments go out now (memory stays
-                // bounded); the last, partial one stays, to end the revision.
-                if fragment && rev_bytes > MAX_WATCH_RESPONSE_BYTES {
-                    if !self.flush(id, &mut batch).await {
-                        return false;
+                    Err(e) => {
+                        for r in &mut rs {
+                            if !self.flush(range_id, r).await {
+                                return false;
+                            }
+                            let reason = format!("{e}; re-watch from revision {}", r.filter.next_rev);
+                            for &id in &r.ids {
+                                if !self.cancel(id, &reason, 0).await {
+                                    return false;
+                                }
+                            }
+                        }
+                        return true;
                     }
-                    let mut pieces = fragments(std::mem::take(&mut rev_events), MAX_WATCH_RESPONSE_BYTES);
-                    rev_events = pieces.pop().expect("fragments are never empty");
-                    rev_bytes = rev_events.iter().map(|e| prost::Message::encoded_len(e) + 4).sum();
-                    let header = self.header(range_id, rev).await;
-                    for events in pieces {
-                        let r = pb::WatchResponse { header: Some(header), watch_id: id, events, fragment: true, ..Default::default() };
-                        if !self.send(r).await {
-                            return false;
+                };
+                // A full page (as the state machine clamps it) may have more behind it.
+                let more = page.len() as u64 >= EVENTS_PER_PAGE.min(meridian_kv::machine::MAX_EVENTS_PER_QUERY as u64);
+                for e in page {
+                    cursor = (e.revision, e.sub + 1);
+                    // In wire form once; each group's copy shares its bytes.
+                    let ev = e.event.map(|ev| mvccpb::Event { r#type: ev.kind, kv: ev.kv.map(kv_out), prev_kv: ev.prev_kv.map(kv_out) });
+                    for r in &mut rs {
+                        if e.revision < r.filter.next_rev {
+                            continue;
+                        }
+                        if e.revision != r.rev {
+                            if !self.end_revision(range_id, r).await {
+                                return false;
+                            }
+                            r.rev = e.revision;
+                        }
+                        if let Some(sel) = ev.as_ref().and_then(|ev| r.filter.select_one(ev)) {
+                            r.rev_bytes += prost::Message::encoded_len(&sel) + 4;
+                            r.rev_events.push(sel);
+                        }
+                        // A revision too large for one response, with
+                        // fragments asked for: full fragments go out now
+                        // (memory stays bounded); the last, partial one
+                        // stays, to end the revision.
+                        if r.filter.fragment && r.rev_bytes > MAX_WATCH_RESPONSE_BYTES {
+                            if !self.flush(range_id, r).await {
+                                return false;
+                            }
+                            let mut pieces = fragments(std::mem::take(&mut r.rev_events), MAX_WATCH_RESPONSE_BYTES);
+                            r.rev_events = pieces.pop().expect("fragments are never empty");
+                            r.rev_bytes = r.rev_events.iter().map(|e| prost::Message::encoded_len(e) + 4).sum();
+                            r.fragmented = true;
+                            let header = self.header(range_id, r.rev).await;
+                            for events in pieces {
+                                let head = pb::WatchResponse { header: Some(header), fragment: true, ..Default::default() };
+                                let encoded = encode_events(&events);
+                                for &id in &r.ids {
+                                    let head = pb::WatchResponse { watch_id: id, ..head.clone() };
+                                    if !self.send(WireResponse::with_events(head, encoded.clone())).await {
+                                        return false;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    // Bounded: past the stream's buffer size, what the
+                    // groups hold in whole revisions goes out.
+                    if rs.iter().map(|r| r.batch.bytes).sum::<usize>() > STREAM_BUFFER_BYTES as usize {
+                        for r in &mut rs {
+                            if !self.flush(range_id, r).await {
+                                return false;
+                            }
                         }
                     }
                 }
+                if !more {
+                    break;
+                }
             }
-            if !more {
-                break;
+            for r in &mut rs {
+                if !self.end_revision(range_id, r).await || !self.flush(range_id, r).await {
+                    return false;
+                }
+                let (ids, next) = (std::mem::take(&mut r.ids), r.rev + 1);
+                self.advance(&ids, next);
             }
-        }
-        if !self.end_revision(id, &mut batch, rev, rev_events, rev_bytes).await || !self.flush(id, &mut batch).await {
-            return false;
-        }
-        if let Some(w) = self.watchers.iter_mut().find(|w| w.id == id) {
-            w.next_rev = w.next_rev.max(rev + 1);
-        }
-        true
-    }
-
-    /// Adds revision `rev`'s selected events to `batch`, sending the batch
-    /// first when they would not fit in it.
-    async fn end_revision(&mut self, id: i64, batch: &mut Batch, rev: i64, events: Vec<mvccpb::Event>, bytes: usize) -> bool {
-        if rev == 0 {
             return true;
         }
+    }
+
+    /// Ends the revision `r` is assembling: adds its selected events to the
+    /// batch, sending the batch first when they would not fit in it (and
+    /// right after, when the revision went out in fragments).
+    async fn end_revision(&mut self, range_id: u64, r: &mut Replay) -> bool {
+        if r.rev == 0 {
+            return true;
+        }
+        let (events, bytes) = (std::mem::take(&mut r.rev_events), std::mem::take(&mut r.rev_bytes));
         if !events.is_empty() {
-            let full = batch.bytes + bytes > MAX_WATCH_RESPONSE_BYTES || batch.revisions >= MAX_REVISIONS_PER_RESPONSE;
-            if !batch.events.is_empty() && full && !self.flush(id, batch).await {
+            let b = &r.batch;
+            let full = b.bytes + bytes > MAX_WATCH_RESPONSE_BYTES || b.revisions >= MAX_REVISIONS_PER_RESPONSE;
+            if !b.events.is_empty() && full && !self.flush(range_id, r).await {
                 return false;
             }
-            batch.events.extend(events);
-            batch.bytes += bytes;
-            batch.revisions += 1;
+            r.batch.events.extend(events);
+            r.batch.bytes += bytes;
+            r.batch.revisions += 1;
         }
-        batch.last = rev;
+        r.batch.last = r.rev;
+        if std::mem::take(&mut r.fragmented) {
+            return self.flush(range_id, r).await;
+        }
         true
     }
 
-    /// Sends what `batch` holds (if anything) and notes the watcher has
-    /// seen up to its last revision.
-    async fn flush(&mut self, id: i64, batch: &mut Batch) -> bool {
-        let b = std::mem::take(batch);
-        let Some(w) = self.watchers.iter_mut().find(|w| w.id == id) else { return true };
+    /// Sends what `r`'s batch holds (if anything) and notes its watchers
+    /// have seen up to its last revision.
+    async fn flush(&mut self, range_id: u64, r: &mut Replay) -> bool {
+        let b = std::mem::take(&mut r.batch);
         if b.last > 0 {
-            w.next_rev = w.next_rev.max(b.last + 1);
+            r.filter.next_rev = r.filter.next_rev.max(b.last + 1);
+            self.advance(&r.ids, b.last + 1);
         }
         if b.events.is_empty() {
             return true;
         }
-        let (range_id, fragment) = (w.range_id, w.fragment);
-        self.send_events(id, range_id, b.last, b.events, fragment).await
+        let header = self.header(range_id, b.last).await;
+        self.send_events(&r.ids, header, b.events, r.filter.fragment).await
     }
 
-    /// Sends `events` as one response — or, when the watcher asked for
-    /// fragments and they exceed the limit, as fragments, all but the last
-    /// marked `fragment`.
-    async fn send_events(&mut self, id: i64, range_id: u64, revision: i64, events: Vec<mvccpb::Event>, fragment: bool) -> bool {
-        let header = self.header(range_id, revision).await;
-        self.send_events_with(id, header, events, fragment).await
-    }
-
-    async fn send_events_with(&mut self, id: i64, header: pb::ResponseHeader, events: Vec<mvccpb::Event>, fragment: bool) -> bool {
-        let pieces = if fragment { fragments(events, MAX_WATCH_RESPONSE_BYTES) } else { vec![events] };
-        let n = pieces.len();
-        for (i, events) in pieces.into_iter().enumerate() {
-            let r = pb::WatchResponse { header: Some(header), watch_id: id, events, fragment: i + 1 < n, ..Default::default() };
-            if !self.send(r).await {
+    /// Delivers a run of live event batches (in revision order per range):
+    /// each group of watchers ([`same_group`]) gets, in one response, every
+    /// revision of the run it has not seen yet and has events for (whole
+    /// revisions, within the response limits), selected and encoded once
+    /// for the group. A group that finds a gap — revisions never published
+    /// here, as when this replica caught up by installing a snapshot —
+    /// stops before it and is replayed from the log.
+    async fn deliver(&mut self, run: &[Arc<Published>]) -> bool {
+        let mut headers = Headers::default();
+        let mut gaps: Vec<(u64, Vec<i64>)> = Vec::new();
+        for group in self.groups(None) {
+            let Some(w) = self.watchers.iter().find(|w| w.id == group[0]) else { continue };
+            let (range_id, fragment) = (w.range_id, w.fragment);
+            let mut next = w.next_rev;
+            let mut out: Vec<Batch> = Vec::new();
+            let mut cur = Batch::default();
+            for p in run.iter().filter(|p| p.range_id == range_id) {
+                if p.revision < next {
+                    continue; // already sent (a replay and live events overlap)
+                }
+                if p.revision > next {
+                    gaps.push((range_id, group.clone()));
+                    break;
+                }
+                next = p.revision + 1;
+                let selected = w.select(&p.events);
+                if selected.is_empty() {
+                    continue;
+                }
+                if !cur.events.is_empty() && (cur.bytes + p.bytes > MAX_WATCH_RESPONSE_BYTES || cur.revisions >= MAX_REVISIONS_PER_RESPONSE)
+                {
+                    out.push(std::mem::take(&mut cur));
+                }
+                cur.events.extend(selected);
+                cur.bytes += p.bytes;
+                cur.revisions += 1;
+                cur.last = p.revision;
+            }
+            self.advance(&group, next);
+            if !cur.events.is_empty() {
+                out.push(cur);
+            }
+            for b in out {
+                let h = self.header_cached(&mut headers, range_id, b.last).await;
+                if !self.send_events(&group, h, b.events, fragment).await {
+                    return false;
+                }
+            }
+        }
+        for (range_id, ids) in gaps {
+            if !self.replay(range_id, &ids).await {
                 return false;
             }
         }
         true
     }
 
-    /// Sends watcher `id` its events of `revision` under `header`, made at
-    /// the first watcher of the stream that has events to send and shared
-    /// by the others.
-    async fn deliver(
-        &mut self,
-        id: i64,
-        range_id: u64,
-        revision: i64,
-        events: &[mvccpb::Event],
-        header: &mut Option<pb::ResponseHeader>,
-    ) -> bool {
-        let Some(w) = self.watchers.iter_mut().find(|w| w.id == id) else { return true };
-        if revision < w.next_rev {
-            return true; // already sent (catch-up and live overlap, or a replay after restart)
+    /// Replays `ids` of `range_id` from the log: together, but each watcher
+    /// with `fragment` on its own.
+    async fn replay_all(&mut self, range_id: u64, ids: &[i64]) -> bool {
+        let fragmenting: Vec<i64> = self.watchers.iter().filter(|w| w.fragment && ids.contains(&w.id)).map(|w| w.id).collect();
+        let rest: Vec<i64> = ids.iter().copied().filter(|id| !fragmenting.contains(id)).collect();
+        if !self.replay(range_id, &rest).await {
+            return false;
         }
-        w.next_rev = revision + 1;
-        let selected = w.select(events);
-        let fragment = w.fragment;
-        if selected.is_empty() {
+        for id in fragmenting {
+            if !self.replay(range_id, &[id]).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The stream fell behind the node's live feed (events went by that it
+    /// never received): every watcher is brought up to date from the log,
+    /// one read per range for all of them. Carves and removals that went
+    /// by with the events are read from the hub's log of them: a removal
+    /// cancels first (there is no log to read any more), a carve after the
+    /// replay (the events before it belong to the watcher).
+    async fn resync(&mut self) -> bool {
+        self.hub.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+        let Some(missed) = self.hub.specials_after(self.specials_seen) else {
+            // Too many carves and removals went by to know which apply.
+            for (id, next) in self.watchers.iter().map(|w| (w.id, w.next_rev)).collect::<Vec<_>>() {
+                let reason = format!("watcher too slow (ranges changed on this node meanwhile); re-watch from revision {next}");
+                if !self.cancel(id, &reason, 0).await {
+                    return false;
+                }
+            }
             return true;
-        }
-        let h = match *header {
-            Some(h) => h,
-            None => *header.insert(self.header(range_id, revision).await),
         };
-        self.send_events_with(id, h, selected, fragment).await
+        for p in missed.iter().filter(|p| p.removed) {
+            if !self.apply_special(p).await {
+                return false;
+            }
+        }
+        let ranges: std::collections::BTreeSet<u64> = self.watchers.iter().map(|w| w.range_id).collect();
+        for range_id in ranges {
+            let ids: Vec<i64> = self.watchers.iter().filter(|w| w.range_id == range_id).map(|w| w.id).collect();
+            if !self.replay_all(range_id, &ids).await {
+                return false;
+            }
+        }
+        for p in missed.into_iter().filter(|p| !p.removed) {
+            if !self.apply_special(&p).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Answers a `WatchProgressRequest` as etcd does: a response with watch
@@ -499,15 +880,14 @@ impl StreamCtx {
         let Some((range_id, key)) = self.watchers.first().map(|w| (w.range_id, w.key.clone())) else { return true };
         let Ok(rev) = current_revision(&self.backend, range_id, &key).await else { return true };
         // Everything applied up to `rev` was published before it could be
-        // read: drain what this stream has not handled yet.
+        // read: handle what this stream has not handled yet.
         loop {
-            let item = match live.try_recv() {
-                Ok(p) => Ok(p),
-                Err(broadcast::error::TryRecvError::Lagged(n)) => Err(broadcast::error::RecvError::Lagged(n)),
-                Err(broadcast::error::TryRecvError::Empty) => break,
-                Err(broadcast::error::TryRecvError::Closed) => return false,
-            };
-            if !self.on_live(item).await {
+            let mut items = Vec::new();
+            drain(live, &mut items);
+            if items.is_empty() {
+                break;
+            }
+            if !self.on_live(items).await {
                 return false;
             }
         }
@@ -515,94 +895,156 @@ impl StreamCtx {
             return true;
         }
         // Never below what was just delivered (events applied after the
-        // revision was read may have been drained too).
+        // revision was read may have been drained too), never above what
+        // exists (a watcher may start at a future revision).
         let delivered = self.watchers.iter().filter(|w| w.range_id == range_id).map(|w| w.next_rev - 1).max().unwrap_or(0);
-        let header = self.header(range_id, rev.max(delivered)).await;
-        self.send(pb::WatchResponse { header: Some(header), watch_id: -1, ..Default::default() }).await
+        let now = if delivered > rev { current_revision(&self.backend, range_id, &key).await.unwrap_or(rev) } else { rev };
+        let header = self.header(range_id, rev.max(delivered.min(now))).await;
+        self.send(pb::WatchResponse { header: Some(header), watch_id: -1, ..Default::default() }.into()).await
     }
 
-    /// Handles one item of the live event feed; false when the stream is
+    /// Tells each watcher that asked for `progress_notify` the revision it
+    /// has seen everything up to (never one that does not exist yet).
+    async fn notify_progress(&mut self) -> bool {
+        let asked: Vec<(i64, u64, i64, Vec<u8>)> =
+            self.watchers.iter().filter(|w| w.progress).map(|w| (w.id, w.range_id, w.next_rev, w.key.clone())).collect();
+        let mut now: Vec<(u64, i64)> = Vec::new();
+        for (id, range_id, next, key) in asked {
+            let current = match now.iter().find(|(r, _)| *r == range_id) {
+                Some((_, rev)) => *rev,
+                None => {
+                    let Ok(rev) = current_revision(&self.backend, range_id, &key).await else { continue };
+                    now.push((range_id, rev));
+                    rev
+                }
+            };
+            let header = self.header(range_id, (next - 1).min(current)).await;
+            if !self.send(pb::WatchResponse { header: Some(header), watch_id: id, ..Default::default() }.into()).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Handles items of the live event feed, in order, runs of plain event
+    /// batches together ([`StreamCtx::deliver`]); false when the stream is
     /// over (the client left or the feed closed).
-    async fn on_live(&mut self, item: Result<Arc<Published>, broadcast::error::RecvError>) -> bool {
+    async fn on_live(&mut self, items: Vec<Result<Arc<Published>, broadcast::error::RecvError>>) -> bool {
+        let mut run: Vec<Arc<Published>> = Vec::new();
+        for item in items {
+            if let Ok(p) = &item {
+                if !p.special() {
+                    run.push(p.clone());
+                    continue;
+                }
+            }
+            if !run.is_empty() && !self.deliver(&std::mem::take(&mut run)).await {
+                return false;
+            }
+            if !self.on_special(item).await {
+                return false;
+            }
+        }
+        run.is_empty() || self.deliver(&run).await
+    }
+
+    /// A live feed item other than plain events: a carve or a replica
+    /// removed, the stream left behind, the feed closed.
+    async fn on_special(&mut self, item: Result<Arc<Published>, broadcast::error::RecvError>) -> bool {
         match item {
-            Ok(p) if p.carved.is_some() => {
-                let prefix = p.carved.as_deref().expect("checked");
-                let ids: Vec<i64> = self
+            Ok(p) if p.special() => self.apply_special(&p).await,
+            Ok(p) => self.deliver(&[p]).await,
+            // Too slow for the live feed: catch up from the log instead of
+            // buffering without bound (etcd moves such watchers to its
+            // unsynced set and replays them from its store).
+            Err(broadcast::error::RecvError::Lagged(_)) => self.resync().await,
+            Err(broadcast::error::RecvError::Closed) => false,
+        }
+    }
+
+    /// A carve or a replica removed, handled once (a resync may have read
+    /// it from the hub's log already): the watchers it concerns are
+    /// canceled, saying why and where to re-watch.
+    async fn apply_special(&mut self, p: &Published) -> bool {
+        if p.seq <= self.specials_seen {
+            return true;
+        }
+        self.specials_seen = p.seq;
+        let (ids, reason): (Vec<i64>, Box<dyn Fn(i64) -> String + Send + Sync>) = match &p.carved {
+            Some(prefix) => {
+                let ids = self
                     .watchers
                     .iter()
                     .filter(|w| w.range_id == p.range_id && meridian_kv::carve::touches(&w.key, &w.range_end, prefix))
                     .map(|w| w.id)
                     .collect();
-                for id in ids {
-                    let reason = format!(
-                        "namespace {:?} was created: its keys moved to a range of their own; re-watch (a watch stays inside one namespace)",
-                        String::from_utf8_lossy(prefix)
-                    );
-                    if !self.cancel(id, &reason, 0).await {
-                        return false;
-                    }
-                }
-                true
+                let prefix = String::from_utf8_lossy(prefix).into_owned();
+                let reason = move |_| {
+                    format!(
+                        "namespace {prefix:?} was created: its keys moved to a range of their own; re-watch (a watch stays inside one namespace)"
+                    )
+                };
+                (ids, Box::new(reason))
             }
-            Ok(p) if p.removed => {
-                let ids: Vec<(i64, i64)> = self.watchers.iter().filter(|w| w.range_id == p.range_id).map(|w| (w.id, w.next_rev)).collect();
-                for (id, next) in ids {
-                    let reason = format!(
-                        "range {} no longer has a replica on this node; re-watch from revision {next} on another member",
-                        p.range_id
-                    );
-                    if !self.cancel(id, &reason, 0).await {
-                        return false;
-                    }
-                }
-                true
+            None => {
+                let ids = self.watchers.iter().filter(|w| w.range_id == p.range_id).map(|w| w.id).collect();
+                let range_id = p.range_id;
+                let reason = move |next| {
+                    format!("range {range_id} no longer has a replica on this node; re-watch from revision {next} on another member")
+                };
+                (ids, Box::new(reason))
             }
-            Ok(p) => {
-                let ids: Vec<(i64, bool)> =
-                    self.watchers.iter().filter(|w| w.range_id == p.range_id).map(|w| (w.id, p.revision > w.next_rev)).collect();
-                let mut header = None;
-                for (id, behind) in ids {
-                    // Revisions between the watcher's next one and this event
-                    // were never published here when this replica caught up by
-                    // installing a snapshot: replay them from history first
-                    // (also cheap when they held no events).
-                    if behind && !self.catch_up(id).await {
-                        return false;
-                    }
-                    if !self.deliver(id, p.range_id, p.revision, &p.events, &mut header).await {
-                        return false;
-                    }
-                }
-                true
+        };
+        for id in ids {
+            let Some(next) = self.watchers.iter().find(|w| w.id == id).map(|w| w.next_rev) else { continue };
+            if !self.cancel(id, &reason(next), 0).await {
+                return false;
             }
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                // Too slow: cancel rather than buffer without bound, with
-                // `compact_revision` set to the revision to resume from —
-                // etcd's handshake: clients see ErrCompacted and re-watch
-                // from it (its history is still there), missing nothing.
-                let ids: Vec<(i64, i64)> = self.watchers.iter().map(|w| (w.id, w.next_rev)).collect();
-                for (id, next) in ids {
-                    let reason = format!("watcher too slow ({n} event batches dropped); re-watch from revision {next}");
-                    if !self.cancel(id, &reason, next).await {
-                        return false;
-                    }
-                }
-                true
+        }
+        true
+    }
+}
+
+/// Moves what the live feed holds for this stream (up to [`MAX_LIVE_RUN`]
+/// items) into `items` without waiting.
+fn drain(live: &mut broadcast::Receiver<Arc<Published>>, items: &mut Vec<Result<Arc<Published>, broadcast::error::RecvError>>) {
+    while items.len() < MAX_LIVE_RUN {
+        match live.try_recv() {
+            Ok(p) => items.push(Ok(p)),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => items.push(Err(broadcast::error::RecvError::Lagged(n))),
+            Err(broadcast::error::TryRecvError::Empty) => break,
+            Err(broadcast::error::TryRecvError::Closed) => {
+                items.push(Err(broadcast::error::RecvError::Closed));
+                break;
             }
-            Err(broadcast::error::RecvError::Closed) => false,
         }
     }
 }
 
-#[tonic::async_trait]
-impl pb::watch_server::Watch for WatchService {
-    type WatchStream = WatchStream;
+/// A response as the transport takes it; its buffer permit goes with it.
+#[allow(clippy::result_large_err)] // tonic's stream item type
+fn release((r, _permit): (WireResponse, OwnedSemaphorePermit)) -> Result<WireResponse, Status> {
+    Ok(r)
+}
 
-    async fn watch(&self, req: Request<Streaming<pb::WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+impl WatchHandler for WatchService {
+    type Stream = WatchStream;
+
+    fn watch(&self, req: Request<Streaming<pb::WatchRequest>>) -> BoxFuture<Response<WatchStream>, Status> {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-        let mut live = self.hub.subscribe();
-        let mut ctx = StreamCtx { backend: self.backend.clone(), hub: self.hub.clone(), out: tx, watchers: Vec::new(), next_id: 1 };
+        let (mut live, specials_seen) = self.hub.subscribe_at();
+        self.hub.stats.streams.fetch_add(1, Ordering::Relaxed);
+        let budget = Arc::new(Semaphore::new(STREAM_BUFFER_BYTES as usize));
+        let mut ctx = StreamCtx {
+            backend: self.backend.clone(),
+            hub: self.hub.clone(),
+            out: tx,
+            budget,
+            watchers: Vec::new(),
+            next_id: 1,
+            specials_seen,
+        };
         tokio::spawn(async move {
             let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
             progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -619,17 +1061,17 @@ impl pb::watch_server::Watch for WatchService {
                         };
                         if !alive { break; }
                     }
-                    item = live.recv() => if !ctx.on_live(item).await { break },
-                    _ = progress.tick() => {
-                        let ranges: Vec<(i64, u64, i64)> = ctx.watchers.iter().filter(|w| w.progress).map(|w| (w.id, w.range_id, w.next_rev)).collect();
-                        for (id, range_id, next) in ranges {
-                            let header = ctx.header(range_id, next - 1).await;
-                            if !ctx.send(pb::WatchResponse { header: Some(header), watch_id: id, ..Default::default() }).await { return; }
-                        }
+                    item = live.recv() => {
+                        let mut items = vec![item];
+                        drain(&mut live, &mut items);
+                        if !ctx.on_live(items).await { break }
                     }
+                    _ = progress.tick() => if !ctx.notify_progress().await { break },
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        // A response's buffer permit goes when the transport takes it.
+        let stream: WatchStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).map(release));
+        Box::pin(async move { Ok(Response::new(stream)) })
     }
 }
