@@ -310,3 +310,35 @@ fn a_watcher_that_stops_reading_catches_up_from_the_log_or_is_canceled_if_compac
         assert_eq!(metric(&c, 0, "meridian_watch_compacted_cancels_total"), cancels + 1);
     });
 }
+
+/// A stream that fell behind the node's event feed lost, with the events,
+/// the notice that a namespace was carved out of what it watches: it still
+/// learns of it (the hub keeps a log of carves), after every event it is
+/// owed, and its watch ends saying why.
+#[test]
+fn a_stream_that_fell_behind_still_learns_of_a_namespace_carved_meanwhile() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ProcCluster::start(3, &[]);
+    // Before the carve, more than the stream's buffers and HTTP/2's windows
+    // hold (so its sender stalls); after it, more than the feed buffers.
+    let (before, after) = (3000, meridian_server::watch_service::HUB_CAPACITY + 2000);
+    rt().block_on(async {
+        let mut w = RawWatch::open(&c, 0).await;
+        w.create(pb::WatchCreateRequest { key: b"/lag/".to_vec(), range_end: prefix_end(b"/lag/"), ..Default::default() }).await;
+        assert!(w.next().await.created);
+        let resyncs = metric(&c, 0, "meridian_watch_resyncs_total");
+        fill(&c, "/lag/a/", before).await;
+        let out = std::process::Command::new(meridian_bin())
+            .args(["namespace", "create", "/lag/b/", "--http", &c.members[0].http_addr])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // Enough after the carve that its notice leaves the feed's buffer.
+        fill(&c, "/lag/c/", after).await;
+        let (seen, canceled) = read_all(&mut w, before + after + 1).await;
+        assert_eq!(seen, before + after, "every event of the root's keys, once");
+        let canceled = canceled.expect("the watch ends: part of it moved to a new namespace");
+        assert!(canceled.cancel_reason.contains("/lag/b/"), "{}", canceled.cancel_reason);
+        assert!(metric(&c, 0, "meridian_watch_resyncs_total") > resyncs, "the stream fell behind and caught up from the log");
+    });
+}

@@ -26,6 +26,11 @@ pub trait EventSink: Send + Sync {
     /// revision after it. Not called for a command that wrote no key.
     fn publish(&self, range_id: u64, revision: i64, events: &[Event]);
 
+    /// An applied command took revision `revision` and wrote no event (a
+    /// lock change, a carve): a watcher that follows the range's revisions
+    /// one by one skips it.
+    fn revision_moved(&self, _range_id: u64, _revision: i64) {}
+
     /// Lock holder changes of an applied command (waking blocked acquires,
     /// election observers).
     fn publish_locks(&self, _range_id: u64, _revision: i64, _events: &[LockEvent]) {}
@@ -352,13 +357,15 @@ impl KvMachine {
                 OutcomeKind::Lease(LeaseOutcome { id: rec.id, ttl_s: rec.ttl_s, resets: rec.resets })
             }
         };
-        let (revision, events) = w.commit();
-        Ok(Applied { revision, kind, events, lock_events, carved, split_off })
+        let (revision, events, moved) = w.commit();
+        Ok(Applied { revision, moved, kind, events, lock_events, carved, split_off })
     }
 }
 
 struct Applied {
     revision: i64,
+    /// The command took a revision (with or without events).
+    moved: bool,
     kind: OutcomeKind,
     events: Vec<Event>,
     lock_events: Vec<LockEvent>,
@@ -376,7 +383,7 @@ impl StateMachine for KvMachine {
             .map_err(|e| KvError::Invalid(format!("undecodable command: {e}")))
             .and_then(|cmd| self.execute(ctx, &cmd));
         let outcome = match result {
-            Ok(Applied { revision, kind, events, lock_events, carved, split_off }) => {
+            Ok(Applied { revision, moved, kind, events, lock_events, carved, split_off }) => {
                 if let Some((prefix, now_carved)) = carved {
                     self.carved.retain(|p| *p != prefix);
                     self.split_offs.retain(|d| d.start != prefix);
@@ -395,6 +402,8 @@ impl StateMachine for KvMachine {
                 if let Some(sink) = &self.sink {
                     if !events.is_empty() {
                         sink.publish(range_id, revision, &events);
+                    } else if moved {
+                        sink.revision_moved(range_id, revision);
                     }
                     if !lock_events.is_empty() {
                         sink.publish_locks(range_id, revision, &lock_events);

@@ -591,12 +591,15 @@ impl<'c, 'a> WriteTxn<'c, 'a> {
 
     /// Finishes: bumps the revision if anything changed. Returns the
     /// revision after the transaction and its events.
-    pub fn commit(mut self) -> (i64, Vec<Event>) {
-        if self.sub > 0 || self.bump {
+    /// Ends the write: the range's revision after it, its events, and
+    /// whether it took a revision.
+    pub fn commit(mut self) -> (i64, Vec<Event>, bool) {
+        let moved = self.sub > 0 || self.bump;
+        if moved {
             self.meta.revision += 1;
             self.ctx.put(keys::META, &self.meta.encode_to_vec());
         }
-        (self.meta.revision, self.events)
+        (self.meta.revision, self.events, moved)
     }
 
     /// Compacts history below `rev`: keeps, for every key, its latest

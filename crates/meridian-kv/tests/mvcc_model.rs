@@ -20,7 +20,7 @@ fn apply<T>(engine: &MemEngine, f: impl FnOnce(&mut WriteTxn<'_, '_>) -> Result<
     let mut ctx = ApplyContext::new(RANGE, engine, &mut batch, &mut overlay, 1);
     let mut txn = WriteTxn::begin(&mut ctx)?;
     let out = f(&mut txn)?;
-    let (rev, _) = txn.commit();
+    let (rev, _, _) = txn.commit();
     engine.write(&batch, true).unwrap();
     Ok((out, rev))
 }
@@ -168,7 +168,7 @@ fn replayed_events_equal_the_live_ones() {
                     txn.compact(target)
                 }
             };
-            let (rev, events) = txn.commit();
+            let (rev, events, _) = txn.commit();
             if done.is_err() {
                 continue;
             }

@@ -145,6 +145,10 @@ impl EventSink for Sinks {
         self.watch.publish(range_id, revision, events);
     }
 
+    fn revision_moved(&self, range_id: u64, revision: i64) {
+        self.watch.revision_moved(range_id, revision);
+    }
+
     fn publish_locks(&self, range_id: u64, revision: i64, events: &[LockEvent]) {
         self.locks.publish(range_id, revision, events);
     }

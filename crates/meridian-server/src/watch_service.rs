@@ -215,6 +215,11 @@ impl EventSink for WatchHub {
         let _ = self.tx.send(Arc::new(Published { range_id, revision, events, bytes, removed: false, carved: None, seq: 0 }));
     }
 
+    fn revision_moved(&self, range_id: u64, revision: i64) {
+        let _ =
+            self.tx.send(Arc::new(Published { range_id, revision, events: Vec::new(), bytes: 0, removed: false, carved: None, seq: 0 }));
+    }
+
     fn range_removed(&self, range_id: u64) {
         self.publish_special(Published { range_id, revision: 0, events: Vec::new(), bytes: 0, removed: true, carved: None, seq: 0 });
     }
@@ -611,6 +616,10 @@ impl StreamCtx {
                 let q = c::QueryKind::Events(c::EventsOp { from_revision: cursor.0, from_sub: cursor.1, limit: EVENTS_PER_PAGE });
                 let page = match self.backend.query(range_id, q, false).await {
                     Ok(a) => a.events,
+                    // A revision half sent in fragments cannot be ended by
+                    // a cancel (clients would merge the two): the stream
+                    // ends, and clients re-watch from what they have.
+                    Err(_) if rs.iter().any(|r| r.fragmented) => return false,
                     Err(ApiError::Compacted { compact_revision }) => {
                         // Whole revisions already assembled still go out;
                         // then whoever needs a compacted revision is
@@ -850,8 +859,13 @@ impl StreamCtx {
             }
             return true;
         };
+        // Applied here in two passes, out of number order: each once, and
+        // the copies still in the feed are skipped after.
+        if let Some(last) = missed.last() {
+            self.specials_seen = self.specials_seen.max(last.seq);
+        }
         for p in missed.iter().filter(|p| p.removed) {
-            if !self.apply_special(p).await {
+            if !self.special_cancels(p).await {
                 return false;
             }
         }
@@ -863,7 +877,7 @@ impl StreamCtx {
             }
         }
         for p in missed.into_iter().filter(|p| !p.removed) {
-            if !self.apply_special(&p).await {
+            if !self.special_cancels(&p).await {
                 return false;
             }
         }
@@ -880,13 +894,16 @@ impl StreamCtx {
         let Some((range_id, key)) = self.watchers.first().map(|w| (w.range_id, w.key.clone())) else { return true };
         let Ok(rev) = current_revision(&self.backend, range_id, &key).await else { return true };
         // Everything applied up to `rev` was published before it could be
-        // read: handle what this stream has not handled yet.
-        loop {
+        // read: handle what this stream has not handled yet (only that: a
+        // busy feed must not keep the stream from its requests).
+        let mut waiting = live.len();
+        while waiting > 0 {
             let mut items = Vec::new();
             drain(live, &mut items);
             if items.is_empty() {
                 break;
             }
+            waiting = waiting.saturating_sub(items.len());
             if !self.on_live(items).await {
                 return false;
             }
@@ -970,6 +987,11 @@ impl StreamCtx {
             return true;
         }
         self.specials_seen = p.seq;
+        self.special_cancels(p).await
+    }
+
+    /// Cancels the watchers carve or removal `p` concerns.
+    async fn special_cancels(&mut self, p: &Published) -> bool {
         let (ids, reason): (Vec<i64>, Box<dyn Fn(i64) -> String + Send + Sync>) = match &p.carved {
             Some(prefix) => {
                 let ids = self
