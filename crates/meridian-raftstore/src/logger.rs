@@ -20,6 +20,17 @@ impl Drain for TracingDrain {
     type Err = slog::Never;
 
     fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), slog::Never> {
+        // Nothing is formatted for a level nobody listens to: raft-rs logs
+        // every message it sends and receives at debug, with the message.
+        let enabled = match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::enabled!(target: "raft", tracing::Level::ERROR),
+            slog::Level::Warning => tracing::enabled!(target: "raft", tracing::Level::WARN),
+            slog::Level::Info | slog::Level::Debug => tracing::enabled!(target: "raft", tracing::Level::DEBUG),
+            slog::Level::Trace => tracing::enabled!(target: "raft", tracing::Level::TRACE),
+        };
+        if !enabled {
+            return Ok(());
+        }
         let mut f = Fields(String::new());
         let _ = record.kv().serialize(record, &mut f);
         let _ = values.serialize(record, &mut f);

@@ -9,9 +9,10 @@
 //!
 //! As etcd's own server does it: one transaction enqueues the caller and
 //! reads the current owner, so an uncontended acquire is one round through
-//! Raft. A waiter looks up the key just ahead of its own (its predecessor)
-//! and sleeps until this node applies that key's delete (it reads the watch
-//! hub's feed, and ignores every other event): a release makes one waiter
+//! Raft. A waiter subscribes to the node's applied events, looks up the key
+//! just ahead of its own (its predecessor) and sleeps until this node
+//! applies that key's delete (it reads the watch hub's feed, and ignores
+//! every other event): a release makes one waiter
 //! look again, not the whole queue. It looks on its local replica once that
 //! has applied its own key; a slow re-check covers a node that holds no
 //! replica of the lock's range, or a feed that lagged. A Lock call that
@@ -134,8 +135,6 @@ impl v3lockpb::lock_server::Lock for LockService {
         key.extend_from_slice(format!("{:x}", r.lease).as_bytes());
         let range_id = self.backend.routing().range_of_interval(&prefix, &prefix_end(&prefix)).map_err(ApiError::from)?;
         crate::kv_service::check_lease_namespace(&self.backend.routing(), r.lease, range_id)?;
-        // Subscribed before enqueueing: no delete after it is missed.
-        let mut live = self.hub.subscribe();
         let kv = self.kv();
         // Enqueue (create our key unless this lease already has it) and read
         // the owner — the oldest key under the prefix — in one transaction.
@@ -175,6 +174,12 @@ impl v3lockpb::lock_server::Lock for LockService {
             return Ok(Response::new(v3lockpb::LockResponse { header: txn.header, key }));
         }
         let mut abandon = Abandon { backend: self.backend.clone(), key: key.clone(), rev: my_rev, armed: true };
+        // Subscribed before the first look at the queue: a delete applied
+        // here after it is seen on the feed, one applied before it is seen
+        // by the look (a local read shows what this replica applied, a read
+        // through the leader all that was committed). Only waiters pay for
+        // a subscription (the feed counts every receiver on every event).
+        let mut live = self.hub.subscribe();
         // Wait until no key under the prefix was created before ours.
         let deadline = tokio::time::Instant::now() + MAX_WAIT;
         loop {
@@ -204,7 +209,7 @@ impl v3lockpb::lock_server::Lock for LockService {
                 return Ok(Response::new(v3lockpb::LockResponse { header: me.header, key }));
             };
             // Woken by the predecessor's delete applied here (subscribed
-            // before enqueueing: none is missed), or the timer.
+            // before looking: none is missed), or the timer.
             let wake = tokio::time::sleep(RECHECK);
             tokio::pin!(wake);
             loop {
