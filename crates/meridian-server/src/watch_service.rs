@@ -43,6 +43,7 @@ use crate::backend::Backend;
 use crate::convert::kv_out;
 use crate::error::ApiError;
 use crate::watch_wire::{encode_events, WatchHandler, WireResponse};
+use bytes::Bytes;
 
 /// Event batches buffered for all watch streams of a node.
 pub const HUB_CAPACITY: usize = 4096;
@@ -88,11 +89,64 @@ pub struct Published {
     /// For a carve or a removal, its number in the hub's log of them
     /// ([`WatchHub::specials_after`]); 0 for events.
     pub seq: u64,
+    /// `events` as selected and encoded for each distinct selection that
+    /// asked (at most [`MAX_SHARED_SELECTIONS`]): every stream whose
+    /// watchers select the same way shares the bytes; the first encodes.
+    encoded: std::sync::Mutex<Vec<(Selection, Bytes)>>,
+}
+
+/// Distinct selections of one revision's events whose encoding is shared
+/// node-wide (past that, a stream encodes for itself).
+const MAX_SHARED_SELECTIONS: usize = 64;
+
+/// What decides which events a watcher gets, and in what form: its keys,
+/// filters and `prev_kv`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Selection {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+}
+
+impl Selection {
+    fn of(w: &Watcher) -> Selection {
+        Selection { key: w.key.clone(), range_end: w.range_end.clone(), no_put: w.no_put, no_delete: w.no_delete, prev_kv: w.prev_kv }
+    }
+
+    fn is(&self, w: &Watcher) -> bool {
+        (self.no_put, self.no_delete, self.prev_kv) == (w.no_put, w.no_delete, w.prev_kv)
+            && self.key == w.key
+            && self.range_end == w.range_end
+    }
 }
 
 impl Published {
+    fn new(range_id: u64, revision: i64, events: Vec<mvccpb::Event>) -> Published {
+        let bytes = events.iter().map(|e| prost::Message::encoded_len(e) + 4).sum();
+        Published { range_id, revision, events, bytes, removed: false, carved: None, seq: 0, encoded: Default::default() }
+    }
+
     fn special(&self) -> bool {
         self.removed || self.carved.is_some()
+    }
+
+    /// The events `w` gets, encoded ([`encode_events`]); empty when none.
+    /// Encoded once per selection for the whole node.
+    fn encoded_for(&self, w: &Watcher) -> Bytes {
+        if !self.events.iter().any(|e| e.kv.as_ref().is_some_and(|kv| w.sees(&kv.key, e.r#type == DELETE))) {
+            return Bytes::new();
+        }
+        let mut cache = self.encoded.lock().expect("encoded selections");
+        if let Some((_, b)) = cache.iter().find(|(s, _)| s.is(w)) {
+            return b.clone();
+        }
+        let b = encode_events(&w.select(&self.events));
+        if cache.len() < MAX_SHARED_SELECTIONS {
+            cache.push((Selection::of(w), b.clone()));
+        }
+        b
     }
 }
 
@@ -210,18 +264,15 @@ impl WatchHub {
 impl EventSink for WatchHub {
     fn publish(&self, range_id: u64, revision: i64, events: &[Event]) {
         // No receivers is fine; a full buffer drops the oldest for laggards.
-        let events: Vec<mvccpb::Event> = events.iter().map(to_wire).collect();
-        let bytes = events.iter().map(|e| prost::Message::encoded_len(e) + 4).sum();
-        let _ = self.tx.send(Arc::new(Published { range_id, revision, events, bytes, removed: false, carved: None, seq: 0 }));
+        let _ = self.tx.send(Arc::new(Published::new(range_id, revision, events.iter().map(to_wire).collect())));
     }
 
     fn revision_moved(&self, range_id: u64, revision: i64) {
-        let _ =
-            self.tx.send(Arc::new(Published { range_id, revision, events: Vec::new(), bytes: 0, removed: false, carved: None, seq: 0 }));
+        let _ = self.tx.send(Arc::new(Published::new(range_id, revision, Vec::new())));
     }
 
     fn range_removed(&self, range_id: u64) {
-        self.publish_special(Published { range_id, revision: 0, events: Vec::new(), bytes: 0, removed: true, carved: None, seq: 0 });
+        self.publish_special(Published { removed: true, ..Published::new(range_id, 0, Vec::new()) });
     }
 
     fn namespace_returned(&self, range_id: u64, prefix: &[u8]) {
@@ -239,7 +290,7 @@ impl EventSink for WatchHub {
             }
         }
         let carved = Some(prefix.to_vec());
-        self.publish_special(Published { range_id, revision: 0, events: Vec::new(), bytes: 0, removed: false, carved, seq: 0 });
+        self.publish_special(Published { carved, ..Published::new(range_id, 0, Vec::new()) });
     }
 }
 
@@ -304,6 +355,31 @@ struct Batch {
     revisions: usize,
     /// The newest revision in the batch.
     last: i64,
+}
+
+/// Live revisions waiting to go out as one response, already encoded
+/// (each revision's events for the watchers' selection).
+#[derive(Default)]
+struct Encoded {
+    chunks: Vec<Bytes>,
+    bytes: usize,
+    /// The newest revision in the batch.
+    last: i64,
+}
+
+impl Encoded {
+    /// The response's events field: one revision's bytes as they are,
+    /// several copied together once (for every watcher of the group).
+    fn joined(self) -> Bytes {
+        if self.chunks.len() == 1 {
+            return self.chunks.into_iter().next().expect("one chunk");
+        }
+        let mut all = bytes::BytesMut::with_capacity(self.bytes);
+        for c in &self.chunks {
+            all.extend_from_slice(c);
+        }
+        all.freeze()
+    }
 }
 
 /// Splits `events` into fragments of at most `limit` encoded bytes each
@@ -782,8 +858,12 @@ impl StreamCtx {
             let Some(w) = self.watchers.iter().find(|w| w.id == group[0]) else { continue };
             let (range_id, fragment) = (w.range_id, w.fragment);
             let mut next = w.next_rev;
+            // Whole revisions per response: events (a watcher with
+            // `fragment`, whose responses may split), or their shared
+            // encodings.
             let mut out: Vec<Batch> = Vec::new();
-            let mut cur = Batch::default();
+            let mut out_encoded: Vec<Encoded> = Vec::new();
+            let (mut cur, mut cur_encoded) = (Batch::default(), Encoded::default());
             for p in run.iter().filter(|p| p.range_id == range_id) {
                 if p.revision < next {
                     continue; // already sent (a replay and live events overlap)
@@ -793,27 +873,57 @@ impl StreamCtx {
                     break;
                 }
                 next = p.revision + 1;
-                let selected = w.select(&p.events);
-                if selected.is_empty() {
+                if fragment {
+                    let selected = w.select(&p.events);
+                    if selected.is_empty() {
+                        continue;
+                    }
+                    if !cur.events.is_empty()
+                        && (cur.bytes + p.bytes > MAX_WATCH_RESPONSE_BYTES || cur.revisions >= MAX_REVISIONS_PER_RESPONSE)
+                    {
+                        out.push(std::mem::take(&mut cur));
+                    }
+                    cur.events.extend(selected);
+                    cur.bytes += p.bytes;
+                    cur.revisions += 1;
+                    cur.last = p.revision;
                     continue;
                 }
-                if !cur.events.is_empty() && (cur.bytes + p.bytes > MAX_WATCH_RESPONSE_BYTES || cur.revisions >= MAX_REVISIONS_PER_RESPONSE)
-                {
-                    out.push(std::mem::take(&mut cur));
+                let encoded = p.encoded_for(w);
+                if encoded.is_empty() {
+                    continue;
                 }
-                cur.events.extend(selected);
-                cur.bytes += p.bytes;
-                cur.revisions += 1;
-                cur.last = p.revision;
+                let c = &cur_encoded;
+                if !c.chunks.is_empty()
+                    && (c.bytes + encoded.len() > MAX_WATCH_RESPONSE_BYTES || c.chunks.len() >= MAX_REVISIONS_PER_RESPONSE)
+                {
+                    out_encoded.push(std::mem::take(&mut cur_encoded));
+                }
+                cur_encoded.bytes += encoded.len();
+                cur_encoded.chunks.push(encoded);
+                cur_encoded.last = p.revision;
             }
             self.advance(&group, next);
             if !cur.events.is_empty() {
                 out.push(cur);
             }
+            if !cur_encoded.chunks.is_empty() {
+                out_encoded.push(cur_encoded);
+            }
             for b in out {
                 let h = self.header_cached(&mut headers, range_id, b.last).await;
                 if !self.send_events(&group, h, b.events, fragment).await {
                     return false;
+                }
+            }
+            for b in out_encoded {
+                let h = self.header_cached(&mut headers, range_id, b.last).await;
+                let events = b.joined();
+                for &id in &group {
+                    let head = pb::WatchResponse { header: Some(h), watch_id: id, ..Default::default() };
+                    if !self.send(WireResponse::with_events(head, events.clone())).await {
+                        return false;
+                    }
                 }
             }
         }
@@ -1095,5 +1205,69 @@ impl WatchHandler for WatchService {
         // A response's buffer permit goes when the transport takes it.
         let stream: WatchStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx).map(release));
         Box::pin(async move { Ok(Response::new(stream)) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watcher(id: i64, key: &[u8], range_end: &[u8], prev_kv: bool) -> Watcher {
+        Watcher {
+            id,
+            range_id: 2,
+            key: key.to_vec(),
+            range_end: range_end.to_vec(),
+            next_rev: 1,
+            prev_kv,
+            no_put: false,
+            no_delete: false,
+            progress: false,
+            fragment: false,
+        }
+    }
+
+    fn put(key: &str, rev: i64) -> mvccpb::Event {
+        let kv = |v: &str| mvccpb::KeyValue {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(v.as_bytes()),
+            mod_revision: rev,
+            ..Default::default()
+        };
+        mvccpb::Event { r#type: 0, kv: Some(kv("new")), prev_kv: Some(kv("old")) }
+    }
+
+    #[test]
+    fn a_revision_is_encoded_once_per_selection_for_every_stream() {
+        let p = Published::new(2, 9, vec![put("/cfg/a", 9), put("/other", 9)]);
+        // Watchers of two streams with the same selection get the same
+        // bytes (one encoding), holding only their event.
+        let (a, b) = (watcher(1, b"/cfg/", b"/cfg0", false), watcher(7, b"/cfg/", b"/cfg0", false));
+        let (ea, eb) = (p.encoded_for(&a), p.encoded_for(&b));
+        assert_eq!(ea.as_ptr(), eb.as_ptr(), "shared, not encoded twice");
+        let plain = WireResponse::with_events(pb::WatchResponse::default(), ea).to_plain().unwrap();
+        let mut want = put("/cfg/a", 9);
+        want.prev_kv = None;
+        assert_eq!(plain.events, vec![want]);
+        // Another selection (prev_kv) has its own encoding, with prev_kv.
+        let c = watcher(3, b"/cfg/", b"/cfg0", true);
+        let ec = p.encoded_for(&c);
+        assert_ne!(ec.as_ptr(), eb.as_ptr());
+        let plain = WireResponse::with_events(pb::WatchResponse::default(), ec).to_plain().unwrap();
+        assert_eq!(plain.events, vec![put("/cfg/a", 9)]);
+        // A watcher that sees nothing gets nothing, and takes no room.
+        assert!(p.encoded_for(&watcher(4, b"/none", b"", false)).is_empty());
+        assert_eq!(p.encoded.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn shared_encodings_are_bounded_per_revision() {
+        let p = Published::new(2, 9, vec![put("/k", 9)]);
+        for i in 0..(MAX_SHARED_SELECTIONS + 10) {
+            // Distinct selections that all see the event: ranges [/k, /k<i>).
+            let end = format!("/k{i:04}");
+            assert!(!p.encoded_for(&watcher(1, b"/k", end.as_bytes(), false)).is_empty());
+        }
+        assert_eq!(p.encoded.lock().unwrap().len(), MAX_SHARED_SELECTIONS);
     }
 }
