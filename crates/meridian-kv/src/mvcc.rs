@@ -81,7 +81,7 @@ pub struct Meta {
 impl Meta {
     /// The revision a read of `revision` (0 or less: the current one) sees:
     /// refused when it is in the future or below the compaction.
-    fn readable(&self, revision: i64) -> Result<i64, KvError> {
+    pub(crate) fn readable(&self, revision: i64) -> Result<i64, KvError> {
         let rev = if revision <= 0 { self.revision } else { revision };
         if rev > self.revision {
             return Err(KvError::FutureRevision { revision: rev, current: self.revision });
@@ -464,6 +464,12 @@ impl<'c, 'a> WriteTxn<'c, 'a> {
     }
 
     /// Raw access to the range's records (lock queues live beside keys).
+    /// Whether anyone on this node waits for the command's answer
+    /// ([`ApplyContext::answered`]).
+    pub fn answered(&self) -> bool {
+        self.ctx.answered()
+    }
+
     pub(crate) fn ctx(&mut self) -> &mut ApplyContext<'a> {
         self.ctx
     }

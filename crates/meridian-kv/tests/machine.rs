@@ -182,3 +182,63 @@ fn checkpoint_older_than_a_reset_changes_nothing() {
     let info = lease_info(&f, id);
     assert!(info.checkpointed && info.remaining_ttl_s == 30, "{info:?}");
 }
+
+/// A replica nobody waits on skips the reads inside a transaction, and
+/// only those: its writes, and whether each command fails, are the same as
+/// on the replica that answers.
+#[test]
+fn a_replica_nobody_waits_on_writes_the_same_and_fails_the_same() {
+    use meridian_storage::{Cf, Engine as _};
+    let (mut answering, mut silent) = (Fixture::new(), Fixture::new());
+    let range = |key: &str, revision: i64| RequestOp {
+        kind: Some(RequestKind::Range(RangeOp { key: key.into(), range_end: b"~".to_vec(), revision, ..Default::default() })),
+    };
+    let txn = |success: Vec<RequestOp>, failure: Vec<RequestOp>, expect: &str| {
+        Op::Txn(TxnOp {
+            compare: vec![Compare { result: 0, target: 3, key: b"a".to_vec(), value: expect.into(), ..Default::default() }],
+            success,
+            failure,
+        })
+    };
+    let ops = vec![
+        put("a", "1"),
+        put("b", "2"),
+        txn(vec![req_put("c", "3"), range("a", 0)], vec![range("a", 0)], "1"),
+        txn(vec![req_put("d", "4")], vec![range("a", 0), req_put("e", "5")], "nope"),
+        Op::Compact(3),
+        // Below the compaction, and in the future: refused on both, with
+        // the put before the read rolled back on both.
+        txn(vec![req_put("f", "6"), range("a", 2)], vec![], "1"),
+        txn(vec![req_put("g", "7"), range("a", 99)], vec![], "1"),
+        txn(vec![range("a", 3), req_put("h", "8")], vec![], "1"),
+    ];
+    let mut refused = 0;
+    for op in ops {
+        let (a, s) = (answering.apply_answered(op.clone(), true), silent.apply_answered(op, false));
+        assert_eq!(a.revision, s.revision);
+        refused += usize::from(error_of(&a).is_some());
+        assert_eq!(error_of(&a).map(|e| e.code), error_of(&s).map(|e| e.code), "{a:?} / {s:?}");
+        if let (Some(OutcomeKind::Txn(ta)), Some(OutcomeKind::Txn(ts))) = (&a.kind, &s.kind) {
+            assert_eq!(ta.succeeded, ts.succeeded);
+            for (ra, rs) in ta.responses.iter().zip(&ts.responses) {
+                if let (Some(ResponseKind::Range(ra)), Some(ResponseKind::Range(rs))) = (&ra.kind, &rs.kind) {
+                    assert!(!ra.kvs.is_empty(), "the answering replica read");
+                    assert!(rs.kvs.is_empty(), "the silent one did not");
+                }
+            }
+        }
+    }
+    assert_eq!(refused, 2, "the compacted and the future read");
+    let dump = |f: &Fixture| {
+        let mut all = Vec::new();
+        f.engine
+            .scan(Cf::Data, &[], &[], &mut |k, v| {
+                all.push((k.to_vec(), v.to_vec()));
+                true
+            })
+            .unwrap();
+        all
+    };
+    assert_eq!(dump(&answering), dump(&silent), "the same data on both replicas");
+    assert_eq!(answering.sink.events.lock().unwrap().len(), silent.sink.events.lock().unwrap().len());
+}

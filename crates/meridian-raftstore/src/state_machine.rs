@@ -28,6 +28,9 @@ pub struct ApplyContext<'a> {
     pub(crate) joint: bool,
     /// Ranges this entry splits off (see [`ApplyContext::split_off`]).
     pub(crate) split: Vec<SplitOff>,
+    /// Whether a proposer on this node waits for the entry's answer
+    /// ([`ApplyContext::answered`]).
+    pub(crate) answered: bool,
 }
 
 /// A range an applied entry carves out of its own (a namespace moving to a
@@ -70,7 +73,24 @@ impl<'a> ApplyContext<'a> {
             voters: Vec::new(),
             joint: false,
             split: Vec::new(),
+            answered: true,
         }
+    }
+
+    /// The same context for an entry whose answer nobody on this node
+    /// waits for (`answered` false): see [`ApplyContext::answered`].
+    pub fn with_answer(mut self, answered: bool) -> Self {
+        self.answered = answered;
+        self
+    }
+
+    /// Whether a proposer on this node waits for this entry's answer. When
+    /// none does (every replica but the proposer's, as a rule), an apply
+    /// may skip work that only shapes the answer — the reads inside a
+    /// transaction — but never anything that decides its writes or
+    /// whether it fails: those must be the same on every replica.
+    pub fn answered(&self) -> bool {
+        self.answered
     }
 
     /// The same context for a range whose configuration (as of this entry)

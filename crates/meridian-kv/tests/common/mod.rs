@@ -48,11 +48,17 @@ impl Fixture {
     /// Applies `op` as the next log entry (wall clock 1000 ms, recorded
     /// by locks as "held since") and writes its batch.
     pub fn apply(&mut self, op: Op) -> Outcome {
+        self.apply_answered(op, true)
+    }
+
+    /// [`Fixture::apply`] on a replica where a proposer waits for the
+    /// answer (`answered`) or none does.
+    pub fn apply_answered(&mut self, op: Op, answered: bool) -> Outcome {
         let mut batch = WriteBatch::new();
         let mut overlay = BTreeMap::new();
         self.index += 1;
         let out = {
-            let mut ctx = ApplyContext::new(RANGE, &self.engine, &mut batch, &mut overlay, 1);
+            let mut ctx = ApplyContext::new(RANGE, &self.engine, &mut batch, &mut overlay, 1).with_answer(answered);
             self.sm.apply(&mut ctx, self.index, &Command { op: Some(op), wall_ms: 1000 }.encode_to_vec())
         };
         self.engine.write(&batch, false).unwrap();

@@ -50,9 +50,17 @@ impl Store {
                         let mut voters = conf.voters.clone();
                         voters.sort_unstable();
                         let joint = !conf.voters_outgoing.is_empty();
+                        // Proposals are in index order: only those up to this
+                        // entry can be waiting for it.
+                        let answered = p
+                            .proposals
+                            .iter()
+                            .take_while(|x| x.index <= e.index)
+                            .any(|x| x.id.is_some() && x.index == e.index && x.term == e.term);
                         let mut ctx = ApplyContext::new(range_id, &*self.engine, batch, overlay, e.term)
                             .for_namespace(namespace_id)
-                            .with_conf(voters, joint);
+                            .with_conf(voters, joint)
+                            .with_answer(answered);
                         response = p.sm.apply(&mut ctx, e.index, &e.data);
                         // The parent's leader campaigns for the new range at
                         // once (its peers apply the same entry about now), so
