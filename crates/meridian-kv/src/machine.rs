@@ -235,7 +235,9 @@ fn txn(t: &mut WriteTxn<'_, '_>, op: &TxnOp) -> Result<TxnOutcome, KvError> {
         let kind = match &r.kind {
             // A read shapes only the answer: a replica nobody waits on
             // checks what could make it fail (the same on every replica)
-            // and skips the reading.
+            // and skips the reading. (A record that does not decode fails
+            // the read only where it is read: corruption is one replica's,
+            // and the CORRUPT alarm's business, not the command's.)
             Some(RequestKind::Range(x)) if !t.answered() => {
                 Mvcc::meta(t.reader())?.readable(x.revision)?;
                 ResponseKind::Range(RangeOutcome::default())

@@ -463,13 +463,13 @@ impl<'c, 'a> WriteTxn<'c, 'a> {
         self.next_rev()
     }
 
-    /// Raw access to the range's records (lock queues live beside keys).
     /// Whether anyone on this node waits for the command's answer
     /// ([`ApplyContext::answered`]).
     pub fn answered(&self) -> bool {
         self.ctx.answered()
     }
 
+    /// Raw access to the range's records (lock queues live beside keys).
     pub(crate) fn ctx(&mut self) -> &mut ApplyContext<'a> {
         self.ctx
     }

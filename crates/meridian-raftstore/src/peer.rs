@@ -353,6 +353,23 @@ impl Peer {
         done
     }
 
+    /// Before this leader appends at index `from`: the proposals it still
+    /// holds at `from` or beyond were appended when it led before, and
+    /// their entries are gone from its log (a leader that took over wrote
+    /// its own there, and this one took them). They never committed — a
+    /// leader's log holds every committed entry — so they are answered
+    /// `ProposalDropped` now, which keeps the queue in index order (the
+    /// answers of the entries applied later rely on it).
+    pub fn drop_superseded(&mut self, from: u64, out: &mut Vec<Completion>) {
+        let range_id = self.desc.range_id;
+        let at = self.proposals.partition_point(|x| x.index < from);
+        for x in self.proposals.drain(at..) {
+            if let Some(id) = x.id {
+                out.push(Completion { id, range_id, result: Err(RaftstoreError::ProposalDropped { range_id }) });
+            }
+        }
+    }
+
     /// Answers every request this replica holds as it is replaced by
     /// another (a split initializing it): ones never proposed and reads
     /// with a retryable refusal, proposals in flight as unknown.

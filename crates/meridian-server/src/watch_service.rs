@@ -96,7 +96,8 @@ pub struct Published {
 }
 
 /// Distinct selections of one revision's events whose encoding is shared
-/// node-wide (past that, a stream encodes for itself).
+/// node-wide (past that, or past twice the events' size, a stream encodes
+/// for itself).
 const MAX_SHARED_SELECTIONS: usize = 64;
 
 /// What decides which events a watcher gets, and in what form: its keys,
@@ -138,12 +139,21 @@ impl Published {
         if !self.events.iter().any(|e| e.kv.as_ref().is_some_and(|kv| w.sees(&kv.key, e.r#type == DELETE))) {
             return Bytes::new();
         }
-        let mut cache = self.encoded.lock().expect("encoded selections");
-        if let Some((_, b)) = cache.iter().find(|(s, _)| s.is(w)) {
-            return b.clone();
+        let cached = |p: &Published| {
+            let cache = p.encoded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            cache.iter().find(|(s, _)| s.is(w)).map(|(_, b)| b.clone())
+        };
+        if let Some(b) = cached(self) {
+            return b;
         }
+        // Encoded without the lock (streams wanting other selections, or
+        // this one's, do not wait behind it; two may encode it at once).
         let b = encode_events(&w.select(&self.events));
-        if cache.len() < MAX_SHARED_SELECTIONS {
+        let mut cache = self.encoded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Bounded: a batch held by a slow stream keeps its encodings, so
+        // they may take at most twice the events' own size.
+        let held: usize = cache.iter().map(|(_, b)| b.len()).sum();
+        if cache.len() < MAX_SHARED_SELECTIONS && held + b.len() <= 2 * self.bytes && !cache.iter().any(|(s, _)| s.is(w)) {
             cache.push((Selection::of(w), b.clone()));
         }
         b
@@ -1262,12 +1272,26 @@ mod tests {
 
     #[test]
     fn shared_encodings_are_bounded_per_revision() {
-        let p = Published::new(2, 9, vec![put("/k", 9)]);
-        for i in 0..(MAX_SHARED_SELECTIONS + 10) {
-            // Distinct selections that all see the event: ranges [/k, /k<i>).
+        let held = |p: &Published| p.encoded.lock().unwrap().iter().map(|(_, b)| b.len()).sum::<usize>();
+        // Distinct selections that all see the event: ranges [/k, /k<i>).
+        let select = |p: &Published, i: usize, prev_kv: bool| {
             let end = format!("/k{i:04}");
-            assert!(!p.encoded_for(&watcher(1, b"/k", end.as_bytes(), false)).is_empty());
+            assert!(!p.encoded_for(&watcher(1, b"/k", end.as_bytes(), prev_kv)).is_empty(), "every watcher gets its events");
+        };
+        // Small encodings (a large previous version nobody asks for): the
+        // count bounds them.
+        let mut e = put("/k", 9);
+        e.prev_kv.as_mut().unwrap().value = Bytes::from(vec![b'x'; 10_000]);
+        let p = Published::new(2, 9, vec![e]);
+        for i in 0..(MAX_SHARED_SELECTIONS + 10) {
+            select(&p, i, false);
         }
         assert_eq!(p.encoded.lock().unwrap().len(), MAX_SHARED_SELECTIONS);
+        // Large ones: their bytes bound them, to twice the events' size.
+        let p = Published::new(2, 9, vec![put("/k", 9)]);
+        for i in 0..(MAX_SHARED_SELECTIONS + 10) {
+            select(&p, i, true);
+        }
+        assert!(held(&p) <= 2 * p.bytes && held(&p) > 0, "{} bytes held for {}", held(&p), p.bytes);
     }
 }

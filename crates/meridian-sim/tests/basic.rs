@@ -518,3 +518,59 @@ fn stale_epoch_and_foreign_keys_are_refused() {
     assert!(matches!(c.wait_untracked(leader, id, 300), Some(Ok(_))));
     assert_clean(&c);
 }
+
+/// A leader deposed with proposals in flight, whose entries the next
+/// leader overwrote, and then handed leadership back, answers its new
+/// proposals by their own entries: the new ones succeed, the stranded ones
+/// are dropped (never acknowledged), whatever indexes the two share.
+#[test]
+fn a_leader_back_in_office_answers_its_new_proposals_by_their_own_entries() {
+    let mut c = cluster(12, 1);
+    assert!(c.put_and_wait(1, 300).is_some());
+    let old = c.leader_of(1).expect("leader");
+    let others: Vec<u64> = c.node_ids().into_iter().filter(|n| *n != old).collect();
+    c.net.partition(&[old], &others);
+    let stranded: Vec<_> = (0..10)
+        .map(|_| {
+            let (_, cmd) = c.fresh_put(1);
+            c.propose_on(old, 1, cmd).expect("the old leader still accepts")
+        })
+        .collect();
+    c.run(5);
+    let stranded_last = c.status(old, 1).unwrap().last_index;
+    assert!(c.run_until(500, |c| c.leader_of(1).is_some_and(|l| l != old)), "{}", c.describe());
+    let new = c.leader_of(1).unwrap();
+    c.net.heal();
+    // The old leader takes the new leader's log (its stranded entries go)…
+    assert!(
+        c.run_until(500, |c| {
+            let (o, n) = (c.status(old, 1).unwrap(), c.status(new, 1).unwrap());
+            o.applied == n.commit && o.last_index == n.last_index
+        }),
+        "{}",
+        c.describe()
+    );
+    assert!(c.status(old, 1).unwrap().last_index < stranded_last, "the stranded entries were overwritten");
+    // …and gets leadership back at once, with its stranded proposals still
+    // waiting, at indexes its new proposals are about to take.
+    c.store_mut(new).unwrap().transfer_leader(1, old).unwrap();
+    assert!(c.run_until(200, |c| c.leader_of(1) == Some(old)), "{}", c.describe());
+    let fresh: Vec<_> = (0..12)
+        .map(|_| {
+            let (_, cmd) = c.fresh_put(1);
+            c.propose_on(old, 1, cmd).expect("the leader accepts")
+        })
+        .collect();
+    for id in fresh {
+        let answer = c.wait(old, id, 500);
+        assert!(matches!(answer, Some(Ok(_))), "a new proposal that applied was answered {answer:?}");
+    }
+    for id in stranded {
+        let answer = c.wait(old, id, 500);
+        assert!(
+            matches!(answer, Some(Err(RaftstoreError::ProposalDropped { .. } | RaftstoreError::OutcomeUnknown { .. }))),
+            "a stranded proposal was answered {answer:?}"
+        );
+    }
+    assert_clean(&c);
+}

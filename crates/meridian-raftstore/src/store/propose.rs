@@ -125,6 +125,7 @@ impl Store {
                 let before = p.raft.raft.raft_log.last_index();
                 let stepped = p.raft.raft.step(m).is_ok();
                 if leading && stepped && p.raft.raft.raft_log.last_index() == before + n {
+                    p.drop_superseded(before + 1, &mut self.completions);
                     let term = p.raft.raft.term;
                     for (i, id) in ids.into_iter().enumerate() {
                         p.proposals.push_back(Proposal { index: before + 1 + i as u64, term, id: Some(id) });
@@ -189,7 +190,10 @@ impl Store {
             return Err(RaftstoreError::NotLeader { range_id, leader_hint: p.leader_hint() });
         }
         let index = p.raft.raft.raft_log.last_index();
+        let mut dropped = Vec::new();
+        p.drop_superseded(index, &mut dropped);
         p.proposals.push_back(Proposal { index, term: p.raft.raft.term, id: Some(id) });
+        self.completions.extend(dropped);
         Ok(id)
     }
 
