@@ -87,7 +87,7 @@ pub struct Published {
     /// runtime): its watchers here that cover it are cancelled.
     pub carved: Option<Vec<u8>>,
     /// For a carve or a removal, its number in the hub's log of them
-    /// ([`WatchHub::specials_after`]); 0 for events.
+    /// (`WatchHub::specials_after`); 0 for events.
     pub seq: u64,
     /// `events` as selected and encoded for each distinct selection that
     /// asked (at most [`MAX_SHARED_SELECTIONS`]): every stream whose
