@@ -283,6 +283,11 @@ impl Backend {
 
     /// Every range of the catalog with the nodes holding a replica of it,
     /// voters first, by range id (empty until the catalog is read).
+    /// The nodes holding a replica of `range_id`, per the catalog.
+    pub fn catalog_replicas_of(&self, range_id: u64) -> Vec<u64> {
+        self.replicas.lock().expect("replica lists").get(&range_id).cloned().unwrap_or_default()
+    }
+
     pub fn catalog_replicas(&self) -> Vec<(u64, Vec<u64>)> {
         let mut v: Vec<(u64, Vec<u64>)> = self.replicas.lock().expect("replica lists").iter().map(|(k, n)| (*k, n.clone())).collect();
         v.sort_unstable_by_key(|(id, _)| *id);

@@ -220,6 +220,23 @@ pub async fn records(backend: &Backend, linearizable: bool) -> Result<BTreeMap<S
     Ok(out)
 }
 
+/// The record of namespace `name`, if it has one (a point read: creates
+/// and describes cost the same with ten namespaces or ten thousand).
+pub async fn record(backend: &Backend, name: &str, linearizable: bool) -> Result<Option<NsRecord>, ApiError> {
+    let op = c::RangeOp { key: ns_key(name), ..Default::default() };
+    let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), linearizable).await?;
+    let Some(kv) = a.range.and_then(|r| r.kvs.into_iter().next()) else { return Ok(None) };
+    let mut r: NsRecord =
+        serde_json::from_slice(&kv.value).map_err(|e| ApiError::Internal(format!("undecodable record of namespace {name:?}: {e}")))?;
+    r.mod_revision = kv.mod_revision;
+    Ok(Some(r))
+}
+
+/// [`record`], linearizable (for functions that name a local `record`).
+async fn record_of(backend: &Backend, name: &str) -> Result<Option<NsRecord>, ApiError> {
+    record(backend, name, true).await
+}
+
 /// The policy of every range a namespace record names (range id →
 /// (voters wanted, constraints)), for the placement driver.
 pub async fn policies(backend: &Backend) -> Result<BTreeMap<u64, (usize, Vec<(String, String)>)>, ApiError> {
@@ -348,8 +365,8 @@ pub async fn create(backend: &Backend, spec: &CreateSpec) -> Result<NsInfo, ApiE
     }
     check_satisfiable(backend, replicas, &constraints)?;
     settle("reading the catalog", || backend.refresh_routes_now()).await?;
-    let existing = settle("reading namespace records", || records(backend, true)).await?;
-    let record = match existing.get(name) {
+    let existing = settle("reading the namespace's record", || record(backend, name, true)).await?;
+    let record = match existing.as_ref() {
         Some(r) if r.state == NsState::Creating => {
             if r.replicas != replicas || r.constraints != constraints {
                 return Err(ApiError::NamespaceExists(format!(
@@ -365,23 +382,21 @@ pub async fn create(backend: &Backend, spec: &CreateSpec) -> Result<NsInfo, ApiE
         }
         Some(_) => return Err(ApiError::NamespaceExists(format!("namespace {name:?} already exists"))),
         None => {
+            // Checked against the namespaces routed (every one ready or
+            // dropping); one being created elsewhere at the same time is
+            // refused by the root's carve (the arbiter of overlaps).
             let routing = backend.routing();
-            let count = routing.namespaces().len() + existing.values().filter(|r| r.state == NsState::Creating).count();
+            let count = routing.namespaces().len();
             if count >= crate::routing::MAX_NAMESPACES {
                 return Err(ApiError::Invalid(format!(
                     "the cluster has {count} namespaces, the most it holds ({}); drop one first",
                     crate::routing::MAX_NAMESPACES
                 )));
             }
-            if routing.namespaces().iter().any(|n| n.prefix == name.as_bytes()) {
+            if routing.overlapping(name.as_bytes()).is_some_and(|n| n.prefix == name.as_bytes()) {
                 return Err(ApiError::NamespaceExists(format!("namespace {name:?} already exists (declared in the config)")));
             }
-            let overlapping = routing
-                .namespaces()
-                .iter()
-                .map(|n| String::from_utf8_lossy(&n.prefix).into_owned())
-                .chain(existing.keys().cloned())
-                .find(|other| other.starts_with(name) || name.starts_with(other.as_str()));
+            let overlapping = routing.overlapping(name.as_bytes()).map(|n| String::from_utf8_lossy(&n.prefix).into_owned());
             if let Some(other) = overlapping {
                 return Err(ApiError::Invalid(format!(
                     "namespace {name:?} overlaps namespace {other:?}: a key must belong to one namespace"
@@ -526,13 +541,10 @@ pub async fn finish_create(backend: &Backend, mut record: NsRecord) -> Result<Ns
     match written {
         Ok(r) => attempt = r,
         // Another request finished it (a retry, the placement driver).
-        Err(ApiError::NamespaceExists(_)) => {
-            let now = records(backend, true).await?;
-            match now.get(&name) {
-                Some(r) if r.state == NsState::Ready && r.range_id == record.range_id => attempt = r.clone(),
-                _ => return Err(ApiError::NamespaceExists(format!("namespace {name:?} was changed by another request during its create"))),
-            }
-        }
+        Err(ApiError::NamespaceExists(_)) => match record_of(backend, &name).await? {
+            Some(r) if r.state == NsState::Ready && r.range_id == record.range_id => attempt = r,
+            _ => return Err(ApiError::NamespaceExists(format!("namespace {name:?} was changed by another request during its create"))),
+        },
         Err(e) => return Err(e),
     }
     let record = attempt;
@@ -578,62 +590,74 @@ pub async fn resume(backend: &Backend) {
     }
 }
 
+/// A namespace as shown, from its record.
+fn info_of_record(backend: &Backend, r: &NsRecord) -> NsInfo {
+    NsInfo {
+        name: r.name.clone(),
+        range_id: r.range_id,
+        namespace_id: r.namespace_id,
+        state: r.state,
+        declared: false,
+        replicas_wanted: r.replicas,
+        constraints: r.constraints.clone(),
+        replicas: backend.catalog_replicas_of(r.range_id),
+        epoch: epoch_of(backend, r.range_id),
+        moved_keys: r.moved_keys,
+        start_revision: r.start_revision,
+        keys: None,
+        revision: None,
+    }
+}
+
+/// A namespace declared in the config at bootstrap (it has no record).
+fn info_of_declared(backend: &Backend, n: &crate::routing::Namespace) -> NsInfo {
+    NsInfo {
+        name: String::from_utf8_lossy(&n.prefix).into_owned(),
+        range_id: n.range_id,
+        namespace_id: n.namespace_id,
+        state: NsState::Ready,
+        declared: true,
+        replicas_wanted: backend.cfg.placement.replicas,
+        constraints: BTreeMap::new(),
+        replicas: backend.catalog_replicas_of(n.range_id),
+        epoch: epoch_of(backend, n.range_id),
+        moved_keys: 0,
+        start_revision: 0,
+        keys: None,
+        revision: None,
+    }
+}
+
+fn epoch_of(backend: &Backend, range_id: u64) -> String {
+    backend.cached_epoch(range_id).map(|e| format!("{}.{}", e.conf_ver, e.version)).unwrap_or_default()
+}
+
 /// Every namespace: the records, and the ones declared in the config.
 pub async fn list(backend: &Backend) -> Result<Vec<NsInfo>, ApiError> {
     let recs = records(backend, true).await?;
     let routing = backend.routing();
-    let replicas: BTreeMap<u64, Vec<u64>> = backend.catalog_replicas().into_iter().collect();
-    let epoch_of = |range_id: u64| backend.cached_epoch(range_id).map(|e| format!("{}.{}", e.conf_ver, e.version)).unwrap_or_default();
-    let mut out: Vec<NsInfo> = recs
-        .values()
-        .map(|r| NsInfo {
-            name: r.name.clone(),
-            range_id: r.range_id,
-            namespace_id: r.namespace_id,
-            state: r.state,
-            declared: false,
-            replicas_wanted: r.replicas,
-            constraints: r.constraints.clone(),
-            replicas: replicas.get(&r.range_id).cloned().unwrap_or_default(),
-            epoch: epoch_of(r.range_id),
-            moved_keys: r.moved_keys,
-            start_revision: r.start_revision,
-            keys: None,
-            revision: None,
-        })
-        .collect();
+    let mut out: Vec<NsInfo> = recs.values().map(|r| info_of_record(backend, r)).collect();
     for n in routing.namespaces() {
-        let name = String::from_utf8_lossy(&n.prefix).into_owned();
-        if recs.contains_key(&name) {
-            continue;
+        if !recs.contains_key(String::from_utf8_lossy(&n.prefix).as_ref()) {
+            out.push(info_of_declared(backend, n));
         }
-        out.push(NsInfo {
-            name,
-            range_id: n.range_id,
-            namespace_id: n.namespace_id,
-            state: NsState::Ready,
-            declared: true,
-            replicas_wanted: backend.cfg.placement.replicas,
-            constraints: BTreeMap::new(),
-            replicas: replicas.get(&n.range_id).cloned().unwrap_or_default(),
-            epoch: epoch_of(n.range_id),
-            moved_keys: 0,
-            start_revision: 0,
-            keys: None,
-            revision: None,
-        });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
-/// One namespace, with its key count and revision read from its range.
+/// One namespace, with its key count and revision read from its range (its
+/// record read alone, not the whole catalog).
 pub async fn describe(backend: &Backend, name: &str) -> Result<NsInfo, ApiError> {
-    let mut info = list(backend)
-        .await?
-        .into_iter()
-        .find(|n| n.name == name)
-        .ok_or_else(|| ApiError::NamespaceNotFound(format!("namespace {name:?} not found")))?;
+    let not_found = || ApiError::NamespaceNotFound(format!("namespace {name:?} not found"));
+    let mut info = match record(backend, name, true).await? {
+        Some(r) => info_of_record(backend, &r),
+        None => {
+            let routing = backend.routing();
+            let declared = routing.overlapping(name.as_bytes()).filter(|n| n.prefix == name.as_bytes()).ok_or_else(not_found)?;
+            info_of_declared(backend, declared)
+        }
+    };
     if info.state == NsState::Ready {
         let op =
             c::RangeOp { key: name.as_bytes().to_vec(), range_end: prefix_end(name.as_bytes()), count_only: true, ..Default::default() };
@@ -648,9 +672,9 @@ pub async fn describe(backend: &Backend, name: &str) -> Result<NsInfo, ApiError>
 /// while it holds keys or locks unless `force`.
 pub async fn drop_namespace(backend: &Backend, name: &str, force: bool) -> Result<(), ApiError> {
     validate_name(name)?;
-    let recs = settle("reading namespace records", || records(backend, true)).await?;
-    let Some(mut record) = recs.get(name).cloned() else {
-        if backend.routing().namespaces().iter().any(|n| n.prefix == name.as_bytes()) {
+    let found = settle("reading the namespace's record", || record(backend, name, true)).await?;
+    let Some(mut record) = found else {
+        if backend.routing().overlapping(name.as_bytes()).is_some_and(|n| n.prefix == name.as_bytes()) {
             return Err(ApiError::Invalid(format!(
                 "namespace {name:?} was declared in the config at the cluster's bootstrap; only namespaces created at runtime can be dropped"
             )));
@@ -660,10 +684,7 @@ pub async fn drop_namespace(backend: &Backend, name: &str, force: bool) -> Resul
     if record.state == NsState::Creating {
         // A create cut short: finish it, so there is one state to undo.
         finish_create(backend, record.clone()).await?;
-        record = records(backend, true)
-            .await?
-            .remove(name)
-            .ok_or_else(|| ApiError::NamespaceNotFound(format!("namespace {name:?} not found")))?;
+        record = record_of(backend, name).await?.ok_or_else(|| ApiError::NamespaceNotFound(format!("namespace {name:?} not found")))?;
     }
     if record.state == NsState::Ready {
         record.state = NsState::Dropping;

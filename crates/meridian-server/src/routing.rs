@@ -135,6 +135,15 @@ impl Routing {
         at.checked_sub(1).map(|i| &self.namespaces[i]).filter(|n| key.starts_with(&n.prefix))
     }
 
+    /// The namespace whose prefix is `prefix`, one of its prefixes, or one
+    /// it is a prefix of, if any (two binary searches).
+    pub fn overlapping(&self, prefix: &[u8]) -> Option<&Namespace> {
+        self.declared_for(prefix).or_else(|| {
+            let at = self.namespaces.partition_point(|n| n.prefix.as_slice() < prefix);
+            self.namespaces.get(at).filter(|n| n.prefix.starts_with(prefix))
+        })
+    }
+
     /// The range that owns `key`.
     pub fn range_of_key(&self, key: &[u8]) -> u64 {
         self.declared_for(key).map_or(ROOT_RANGE_ID, |n| n.range_id)
@@ -307,6 +316,17 @@ mod tests {
         for k in keys {
             let scan = r.namespaces.iter().find(|n| k.starts_with(&n.prefix)).map(|n| n.range_id);
             assert_eq!(r.declared_for(k).map(|n| n.range_id), scan, "{:?}", String::from_utf8_lossy(k));
+        }
+    }
+
+    #[test]
+    fn overlapping_finds_what_a_scan_finds() {
+        let names = ["/a/", "/a0/", "/ab/cd/", "/b/", "/z/"];
+        let r = Routing::new(&names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let candidates = ["/a/", "/a/x/", "/", "/ab/", "/ab/cd/ef/", "/ab/c/", "/b0/", "/c/", "/z/z/", "/zz/", "/a0/"];
+        for c in candidates {
+            let scan = names.iter().find(|n| n.starts_with(c) || c.starts_with(*n)).map(|n| n.as_bytes().to_vec());
+            assert_eq!(r.overlapping(c.as_bytes()).map(|n| n.prefix.clone()), scan, "{c}");
         }
     }
 
