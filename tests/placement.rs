@@ -71,6 +71,19 @@ fn the_plan_gives_a_joined_node_its_share_replaces_a_dead_one_and_executes_nothi
     );
     let ranges: std::collections::BTreeSet<u64> = ops.iter().map(|o| o["range_id"].as_u64().unwrap()).collect();
     assert_eq!(ranges.len(), ops.len(), "one operator per range: {p}");
+    // Every member reported its load with its ranges: its disk, and what
+    // it holds and leads (node 4 nothing yet).
+    for n in p["nodes"].as_array().unwrap() {
+        let load = &n["load"];
+        let (capacity, available) = (load["disk_capacity_bytes"].as_u64().unwrap(), load["disk_available_bytes"].as_u64().unwrap());
+        assert!(capacity > 0 && available <= capacity, "{n}");
+        assert_eq!(load["disk_full"], false, "{n}");
+        assert_eq!(n["takes_replicas"], true, "{n}");
+        let held = load["replicas"].as_u64().unwrap();
+        assert_eq!(held, if n["id"] == 4 { 0 } else { 4 }, "{n}");
+    }
+    let leaders: u64 = p["nodes"].as_array().unwrap().iter().map(|n| n["load"]["leaders"].as_u64().unwrap()).sum();
+    assert_eq!(leaders, 4, "one leader per range: {p:#}");
     // The CLI shows the same.
     let out = Command::new(meridian_bin()).args(["placement", "plan", "--http", &c.members[0].http_addr]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

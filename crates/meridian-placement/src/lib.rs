@@ -23,7 +23,7 @@ pub mod view;
 
 pub use operator::{Kind, Operator, Progress, Running, Step};
 pub use scheduler::{schedule, Plan};
-pub use view::{ClusterView, NodeView, RangeView, Settings};
+pub use view::{ClusterView, Load, NodeView, RangeView, Settings, MIN_DISK_AVAILABLE_PERCENT};
 
 #[cfg(test)]
 mod tests;

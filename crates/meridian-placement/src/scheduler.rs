@@ -86,7 +86,7 @@ fn target(view: &ClusterView, range: &RangeView, leaving: Option<u64>, counts: &
     let zones: BTreeSet<&str> = staying.iter().map(|n| n.labels.zone.as_str()).collect();
     view.nodes
         .values()
-        .filter(|n| n.eligible() && !range.holds(n.id) && satisfies(n, range) && !hosts.contains(n.labels.host.as_str()))
+        .filter(|n| n.takes_replicas() && !range.holds(n.id) && satisfies(n, range) && !hosts.contains(n.labels.host.as_str()))
         .filter(|n| budget.allows(&[n.id]))
         .min_by_key(|n| (zones.contains(n.labels.zone.as_str()), counts.get(&n.id).copied().unwrap_or(0), n.id))
         .map(|n| n.id)

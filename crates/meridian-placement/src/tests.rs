@@ -13,6 +13,7 @@ fn node(id: u64, zone: &str) -> NodeView {
         liveness: Liveness::Alive,
         dead_since_ms: None,
         draining: false,
+        load: None,
     }
 }
 
@@ -64,6 +65,27 @@ fn a_suspect_or_draining_node_gets_no_replica_and_a_witness_none() {
     let plan = schedule(&v, &s, 0);
     assert!(plan.operators.is_empty());
     assert!(plan.blocked[0].1.contains("no eligible node"), "{plan:?}");
+}
+
+#[test]
+fn a_node_with_its_disk_nearly_full_gets_no_new_replica() {
+    let s = Settings::default();
+    let mut v = cluster(5, &[range(10, &[1, 2], 1)]);
+    let disk = |available: u64| Some(Load { disk_capacity_bytes: 1000, disk_available_bytes: available, ..Default::default() });
+    // Node 3 would be first (a zone the range lacks, fewest replicas).
+    v.nodes.get_mut(&3).unwrap().load = disk(49);
+    v.nodes.get_mut(&4).unwrap().load = disk(50);
+    let plan = schedule(&v, &s, 0);
+    assert_eq!(plan.operators[0].kind, Kind::Add { to: 4 }, "{plan:?}");
+    // With no room anywhere else, nothing is added, and the plan says so.
+    v.nodes.get_mut(&4).unwrap().load = disk(0);
+    v.nodes.get_mut(&5).unwrap().load = disk(10);
+    let plan = schedule(&v, &s, 0);
+    assert!(plan.operators.is_empty(), "{plan:?}");
+    assert!(plan.blocked[0].1.contains("no eligible node"), "{plan:?}");
+    // A full node still leads and keeps what it has.
+    assert!(v.nodes[&3].eligible() && !v.nodes[&3].takes_replicas());
+    assert!(!Load::default().disk_full(), "no capacity reported: not full");
 }
 
 #[test]

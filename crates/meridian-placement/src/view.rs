@@ -23,6 +23,38 @@ pub struct NodeView {
     /// An operator asked for every replica and leadership to leave it
     /// (`meridian node drain`).
     pub draining: bool,
+    /// Its capacity and load, as it last reported them (none yet: not
+    /// held against it).
+    pub load: Option<Load>,
+}
+
+/// A node's capacity and load: its heartbeat to the placement driver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// The size of the file system holding its data.
+    pub disk_capacity_bytes: u64,
+    /// What is free on it.
+    pub disk_available_bytes: u64,
+    /// Its storage engine's files.
+    pub engine_bytes: u64,
+    /// Replicas it holds.
+    pub replicas: u64,
+    /// Ranges it leads.
+    pub leaders: u64,
+}
+
+/// Below this share of its disk free (percent), a node takes no new
+/// replica: a replica brought to a full disk would stop the node's every
+/// write, where the moves away from it need room to stage snapshots.
+/// (CockroachDB stops at 95 % full too.)
+pub const MIN_DISK_AVAILABLE_PERCENT: u64 = 5;
+
+impl Load {
+    /// Less than [`MIN_DISK_AVAILABLE_PERCENT`] of the disk free.
+    pub fn disk_full(&self) -> bool {
+        self.disk_capacity_bytes > 0
+            && u128::from(self.disk_available_bytes) * 100 < u128::from(self.disk_capacity_bytes) * u128::from(MIN_DISK_AVAILABLE_PERCENT)
+    }
 }
 
 impl NodeView {
@@ -30,6 +62,12 @@ impl NodeView {
     /// leaderships. A suspect node gets none.
     pub fn eligible(&self) -> bool {
         self.role == NodeRole::Data && self.liveness == Liveness::Alive && !self.draining
+    }
+
+    /// An eligible node with room on its disk: it may receive a new
+    /// replica.
+    pub fn takes_replicas(&self) -> bool {
+        self.eligible() && !self.load.is_some_and(|l| l.disk_full())
     }
 
     /// Whether it counts towards a range's quorum now (alive, or not heard

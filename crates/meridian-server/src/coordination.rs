@@ -261,7 +261,8 @@ impl api::internal_server::Internal for InternalService {
 
     async fn range_reports(&self, _req: Request<api::RangeReportsRequest>) -> Result<Response<api::RangeReportsResponse>, Status> {
         let ranges = crate::placement::local_reports(&self.backend).await;
-        Ok(Response::new(api::RangeReportsResponse { node_id: self.backend.cfg.node_id, ranges }))
+        let load = Some(crate::placement::local_load(&self.backend).await);
+        Ok(Response::new(api::RangeReportsResponse { node_id: self.backend.cfg.node_id, ranges, load }))
     }
 
     async fn range_step(&self, req: Request<api::RangeStepRequest>) -> Result<Response<api::RangeStepResponse>, Status> {

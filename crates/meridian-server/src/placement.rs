@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use meridian_kv::command as c;
 use meridian_membership::Liveness;
-use meridian_placement::{schedule, ClusterView, Kind, NodeView, Operator, Plan, Progress, RangeView, Running, Settings, Step};
+use meridian_placement::{schedule, ClusterView, Kind, Load, NodeView, Operator, Plan, Progress, RangeView, Running, Settings, Step};
 use meridian_proto::meridian::v1 as api;
 use meridian_raftstore::raft_types::StateRole;
 use meridian_raftstore::ReplicaState;
@@ -113,19 +113,53 @@ pub async fn local_reports(backend: &Backend) -> Vec<api::RangeReport> {
         .collect()
 }
 
+/// This member's capacity and load: the file system under its data
+/// directory (zero when it cannot be read), its engine's files, and the
+/// replicas it holds and leads.
+pub async fn local_load(backend: &Backend) -> api::NodeLoad {
+    let statuses = backend.raft.status().await;
+    let (capacity, available) = match nix::sys::statvfs::statvfs(&backend.cfg.data_dir) {
+        Ok(s) => {
+            let unit = s.fragment_size();
+            (s.blocks().saturating_mul(unit), s.blocks_available().saturating_mul(unit))
+        }
+        Err(e) => {
+            tracing::warn!(dir = %backend.cfg.data_dir.display(), "reading the data directory's file system: {e}");
+            (0, 0)
+        }
+    };
+    api::NodeLoad {
+        disk_capacity_bytes: capacity,
+        disk_available_bytes: available,
+        engine_bytes: backend.alarms.engine_bytes(),
+        replicas: statuses.iter().filter(|s| !s.dormant).count() as u64,
+        leaders: statuses.iter().filter(|s| !s.dormant && s.role == StateRole::Leader).count() as u64,
+    }
+}
+
+/// What a round learns from the members: each range's report (the newest
+/// term's), each member's load, and the members that did not answer, with
+/// why.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pub reports: BTreeMap<u64, api::RangeReport>,
+    pub loads: BTreeMap<u64, api::NodeLoad>,
+    pub unreachable: Vec<(u64, String)>,
+}
+
 /// Whether every member that is not dead answered: only then are the
 /// counts whole enough to plan from.
 fn complete(backend: &Backend, unreachable: &[(u64, String)]) -> bool {
     unreachable.iter().all(|(n, _)| backend.node(*n).is_some_and(|r| r.liveness == Liveness::Dead))
 }
 
-/// Every member's reports (the newest term's per range), and the members
-/// that did not answer, with why. Members the gossip holds dead are not
-/// asked.
-pub async fn gather(backend: &Backend) -> (BTreeMap<u64, api::RangeReport>, Vec<(u64, String)>) {
+/// Every member's reports and load ([`Gathered`]). Members the gossip
+/// holds dead are not asked.
+pub async fn gather(backend: &Backend) -> Gathered {
     let mut asks = tokio::task::JoinSet::new();
     let mut unreachable = Vec::new();
     let mut reports: Vec<api::RangeReport> = local_reports(backend).await;
+    let mut loads = BTreeMap::from([(backend.cfg.node_id, local_load(backend).await)]);
     for n in backend.nodes() {
         if n.id == backend.cfg.node_id {
             continue;
@@ -150,7 +184,13 @@ pub async fn gather(backend: &Backend) -> (BTreeMap<u64, api::RangeReport>, Vec<
     }
     while let Some(done) = asks.join_next().await {
         match done {
-            Ok((_, Ok(Ok(r)))) => reports.extend(r.into_inner().ranges),
+            Ok((id, Ok(Ok(r)))) => {
+                let r = r.into_inner();
+                reports.extend(r.ranges);
+                if let Some(load) = r.load {
+                    loads.insert(id, load);
+                }
+            }
             Ok((id, Ok(Err(s)))) => unreachable.push((id, s.message().to_string())),
             Ok((id, Err(_))) => unreachable.push((id, format!("no answer within {REPORT_TIMEOUT:?}"))),
             Err(e) => unreachable.push((0, e.to_string())),
@@ -163,7 +203,7 @@ pub async fn gather(backend: &Backend) -> (BTreeMap<u64, api::RangeReport>, Vec<
         }
     }
     unreachable.sort();
-    (by_range, unreachable)
+    Gathered { reports: by_range, loads, unreachable }
 }
 
 /// The scheduler's view: the directory's nodes with the gossip's liveness
@@ -175,7 +215,8 @@ pub type Policies = BTreeMap<u64, (usize, Vec<(String, String)>)>;
 /// Nodes' administrative states (draining, decommissioned).
 pub type Admin = BTreeMap<u64, crate::node_admin::NodeAdmin>;
 
-pub fn view(backend: &Backend, reports: &BTreeMap<u64, api::RangeReport>, policies: &Policies, admin: &Admin, now_ms: u64) -> ClusterView {
+pub fn view(backend: &Backend, g: &Gathered, policies: &Policies, admin: &Admin, now_ms: u64) -> ClusterView {
+    let reports = &g.reports;
     let gossip = backend.gossip.get().map(|g| g.view());
     let heard_ago: BTreeMap<u64, u64> = gossip
         .as_ref()
@@ -188,7 +229,14 @@ pub fn view(backend: &Backend, reports: &BTreeMap<u64, api::RangeReport>, polici
             let liveness = if n.id == backend.cfg.node_id { Liveness::Alive } else { n.liveness };
             let dead_since_ms = (liveness == Liveness::Dead).then(|| now_ms.saturating_sub(heard_ago.get(&n.id).copied().unwrap_or(0)));
             let draining = admin.get(&n.id).is_some_and(|a| a.draining);
-            (n.id, NodeView { id: n.id, labels: n.labels, role: n.role, liveness, dead_since_ms, draining })
+            let load = g.loads.get(&n.id).map(|l| Load {
+                disk_capacity_bytes: l.disk_capacity_bytes,
+                disk_available_bytes: l.disk_available_bytes,
+                engine_bytes: l.engine_bytes,
+                replicas: l.replicas,
+                leaders: l.leaders,
+            });
+            (n.id, NodeView { id: n.id, labels: n.labels, role: n.role, liveness, dead_since_ms, draining, load })
         })
         .collect();
     // A decommissioned node is gone for good: dead long since, so any
@@ -202,6 +250,7 @@ pub fn view(backend: &Backend, reports: &BTreeMap<u64, api::RangeReport>, polici
             liveness: Liveness::Dead,
             dead_since_ms: Some(0),
             draining: true,
+            load: None,
         };
         nodes.insert(*id, view);
     }
@@ -271,11 +320,12 @@ pub fn report(plan: &Plan) -> (Vec<OperatorReport>, Vec<(u64, String)>) {
 
 /// What the scheduler would do now (nothing is executed).
 pub async fn dry_run(backend: &Backend) -> serde_json::Value {
-    let (reports, unreachable) = gather(backend).await;
+    let g = gather(backend).await;
+    let (reports, unreachable) = (&g.reports, &g.unreachable);
     let now_ms = crate::backend::wall_ms().max(0) as u64;
     let policies = crate::namespace::policies(backend).await.unwrap_or_default();
     let admin = crate::node_admin::states(backend, false).await.unwrap_or_default();
-    let mut v = view(backend, &reports, &policies, &admin, now_ms);
+    let mut v = view(backend, &g, &policies, &admin, now_ms);
     // What this node's driver runs already is not planned again.
     v.running = lock(&backend.placement.running).iter().map(|(id, r)| (*id, r.op.kind)).collect();
     let plan = schedule(&v, &backend.cfg.placement.scheduler(), now_ms);
@@ -290,8 +340,18 @@ pub async fn dry_run(backend: &Backend) -> serde_json::Value {
                 "id": n.id,
                 "state": crate::gossip::state_name(n.liveness),
                 "eligible": n.eligible(),
+                "takes_replicas": n.takes_replicas(),
                 "replicas": replicas.get(&n.id).copied().unwrap_or(0),
                 "leaders": leaders.get(&n.id).copied().unwrap_or(0),
+                // Its own report (absent until it answered a round).
+                "load": n.load.map(|l| serde_json::json!({
+                    "disk_capacity_bytes": l.disk_capacity_bytes,
+                    "disk_available_bytes": l.disk_available_bytes,
+                    "disk_full": l.disk_full(),
+                    "engine_bytes": l.engine_bytes,
+                    "replicas": l.replicas,
+                    "leaders": l.leaders,
+                })),
             })
         })
         .collect();
@@ -301,7 +361,7 @@ pub async fn dry_run(backend: &Backend) -> serde_json::Value {
         "execute": backend.cfg.placement.execute,
         // With a live member unheard, its ranges are missing from the
         // counts: the driver plans nothing then.
-        "complete": complete(backend, &unreachable),
+        "complete": complete(backend, unreachable),
         "nodes": nodes,
         "ranges_reported": reports.len(),
         "unreachable": unreachable.iter().map(|(n, why)| serde_json::json!({"node_id": n, "why": why})).collect::<Vec<_>>(),
@@ -498,7 +558,7 @@ pub async fn drive(backend: Arc<Backend>) {
                 }
             }
         }
-        let (reports, unreachable) = gather(&backend).await;
+        let g = gather(&backend).await;
         let now = crate::backend::wall_ms().max(0) as u64;
         // Policies unread: no plan (defaults could move a namespace's
         // replicas against its own policy).
@@ -520,7 +580,7 @@ pub async fn drive(backend: Arc<Backend>) {
                 flag.store(false, std::sync::atomic::Ordering::Release);
             });
         }
-        let mut v = view(&backend, &reports, &policies, &admin, now);
+        let mut v = view(&backend, &g, &policies, &admin, now);
         // Steps of one round go out within this bound; the rest wait for
         // the next round (a slow round must not outlive the leadership).
         let round_ends = tokio::time::Instant::now() + ROUND_BUDGET;
@@ -599,8 +659,8 @@ pub async fn drive(backend: Arc<Backend>) {
         }
         // Counts with a live member's ranges missing would mislead the
         // balancer: running operators go on, nothing new starts.
-        if !complete(&backend, &unreachable) {
-            tracing::info!(?unreachable, "placement: members did not report; planning nothing this round");
+        if !complete(&backend, &g.unreachable) {
+            tracing::info!(unreachable = ?g.unreachable, "placement: members did not report; planning nothing this round");
             continue;
         }
         v.running = lock(&driver.running).iter().map(|(id, r)| (*id, r.op.kind)).collect();
