@@ -77,8 +77,9 @@ fn the_plan_gives_a_joined_node_its_share_replaces_a_dead_one_and_executes_nothi
         let load = &n["load"];
         let (capacity, available) = (load["disk_capacity_bytes"].as_u64().unwrap(), load["disk_available_bytes"].as_u64().unwrap());
         assert!(capacity > 0 && available <= capacity, "{n}");
-        assert_eq!(load["disk_full"], false, "{n}");
-        assert_eq!(n["takes_replicas"], true, "{n}");
+        // Full below 5 % free (true of this machine's disk or not).
+        let full = available * 100 < capacity * 5;
+        assert_eq!((load["disk_full"].as_bool(), n["takes_replicas"].as_bool()), (Some(full), Some(!full)), "{n}");
         let held = load["replicas"].as_u64().unwrap();
         assert_eq!(held, if n["id"] == 4 { 0 } else { 4 }, "{n}");
     }

@@ -345,9 +345,11 @@ fn balance_replicas(
     decide: &mut Decide<'_>,
 ) {
     let eligible: Vec<u64> = view.nodes.values().filter(|n| n.eligible()).map(|n| n.id).collect();
+    // Replicas go only to nodes with room (a full disk may still give).
+    let receivers: Vec<u64> = view.nodes.values().filter(|n| n.takes_replicas()).map(|n| n.id).collect();
     for _ in 0..settings.max_new_ops {
         let by_count = |n: &u64| (counts.get(n).copied().unwrap_or(0), *n);
-        let (Some(&most), Some(&fewest)) = (eligible.iter().max_by_key(|n| by_count(n)), eligible.iter().min_by_key(|n| by_count(n)))
+        let (Some(&most), Some(&fewest)) = (eligible.iter().max_by_key(|n| by_count(n)), receivers.iter().min_by_key(|n| by_count(n)))
         else {
             return;
         };

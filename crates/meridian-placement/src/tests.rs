@@ -86,6 +86,13 @@ fn a_node_with_its_disk_nearly_full_gets_no_new_replica() {
     // A full node still leads and keeps what it has.
     assert!(v.nodes[&3].eligible() && !v.nodes[&3].takes_replicas());
     assert!(!Load::default().disk_full(), "no capacity reported: not full");
+    // An empty node with a full disk is no reason to rebalance: the others
+    // are even, so nothing moves.
+    let ranges: Vec<RangeView> = (0..6).map(|i| range(10 + i, &[1, 2, 3], 1 + i % 3)).collect();
+    let mut v = cluster(4, &ranges);
+    v.nodes.get_mut(&4).unwrap().load = disk(10);
+    let plan = schedule(&v, &s, 0);
+    assert!(plan.operators.is_empty(), "{plan:?}");
 }
 
 #[test]

@@ -232,6 +232,12 @@ pub async fn record(backend: &Backend, name: &str, linearizable: bool) -> Result
     Ok(Some(r))
 }
 
+/// How many namespace records the meta range holds (counted, not read).
+async fn count_records(backend: &Backend) -> Result<i64, ApiError> {
+    let op = c::RangeOp { key: NS_PREFIX.to_vec(), range_end: prefix_end(NS_PREFIX), count_only: true, ..Default::default() };
+    Ok(backend.query(META_RANGE_ID, c::QueryKind::Range(op), true).await?.range.map_or(0, |r| r.count))
+}
+
 /// [`record`], linearizable (for functions that name a local `record`).
 async fn record_of(backend: &Backend, name: &str) -> Result<Option<NsRecord>, ApiError> {
     record(backend, name, true).await
@@ -382,11 +388,14 @@ pub async fn create(backend: &Backend, spec: &CreateSpec) -> Result<NsInfo, ApiE
         }
         Some(_) => return Err(ApiError::NamespaceExists(format!("namespace {name:?} already exists"))),
         None => {
-            // Checked against the namespaces routed (every one ready or
-            // dropping); one being created elsewhere at the same time is
-            // refused by the root's carve (the arbiter of overlaps).
+            // Overlaps are checked against the namespaces routed (every one
+            // ready or dropping); one being created elsewhere at the same
+            // time is refused by the root's carve (the arbiter of overlaps).
+            // Every record (whatever its state) and the namespaces the
+            // config declared (which have none).
             let routing = backend.routing();
-            let count = routing.namespaces().len();
+            let records = settle("counting namespaces", || count_records(backend)).await?;
+            let count = usize::try_from(records).unwrap_or(0) + backend.cfg.namespaces.len();
             if count >= crate::routing::MAX_NAMESPACES {
                 return Err(ApiError::Invalid(format!(
                     "the cluster has {count} namespaces, the most it holds ({}); drop one first",
