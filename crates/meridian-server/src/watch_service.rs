@@ -552,12 +552,20 @@ impl StreamCtx {
         let pieces = if fragment { fragments(events, MAX_WATCH_RESPONSE_BYTES) } else { vec![events] };
         let n = pieces.len();
         for (i, events) in pieces.into_iter().enumerate() {
-            let encoded = encode_events(&events);
-            for &id in ids {
-                let head = pb::WatchResponse { header: Some(header), watch_id: id, fragment: i + 1 < n, ..Default::default() };
-                if !self.send(WireResponse::with_events(head, encoded.clone())).await {
-                    return false;
-                }
+            if !self.send_encoded(ids, header, encode_events(&events), i + 1 < n).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends events already encoded to every watcher of `ids`, each under
+    /// its own watch id in front of the shared bytes.
+    async fn send_encoded(&mut self, ids: &[i64], header: pb::ResponseHeader, events: Bytes, fragment: bool) -> bool {
+        for &id in ids {
+            let head = pb::WatchResponse { header: Some(header), watch_id: id, fragment, ..Default::default() };
+            if !self.send(WireResponse::with_events(head, events.clone())).await {
+                return false;
             }
         }
         true
@@ -778,13 +786,8 @@ impl StreamCtx {
                             r.fragmented = true;
                             let header = self.header(range_id, r.rev).await;
                             for events in pieces {
-                                let head = pb::WatchResponse { header: Some(header), fragment: true, ..Default::default() };
-                                let encoded = encode_events(&events);
-                                for &id in &r.ids {
-                                    let head = pb::WatchResponse { watch_id: id, ..head.clone() };
-                                    if !self.send(WireResponse::with_events(head, encoded.clone())).await {
-                                        return false;
-                                    }
+                                if !self.send_encoded(&r.ids, header, encode_events(&events), true).await {
+                                    return false;
                                 }
                             }
                         }
@@ -928,12 +931,8 @@ impl StreamCtx {
             }
             for b in out_encoded {
                 let h = self.header_cached(&mut headers, range_id, b.last).await;
-                let events = b.joined();
-                for &id in &group {
-                    let head = pb::WatchResponse { header: Some(h), watch_id: id, ..Default::default() };
-                    if !self.send(WireResponse::with_events(head, events.clone())).await {
-                        return false;
-                    }
+                if !self.send_encoded(&group, h, b.joined(), false).await {
+                    return false;
                 }
             }
         }
