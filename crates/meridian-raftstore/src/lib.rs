@@ -44,7 +44,7 @@ pub use error::RaftstoreError;
 pub use meridian_codes::ReplicaState;
 pub use state_machine::{data_bounds, ApplyContext, Savepoint, SplitOff, StateMachine, StateMachineFactory};
 pub use store::{
-    AppliedEntry, Bootstrap, Completion, RangeRequest, RangeStatus, RangeView, RequestId, Store, StoreMetrics, INITIAL_LOG_INDEX,
+    AppliedEntry, Bootstrap, Completion, Destroyed, RangeRequest, RangeStatus, RangeView, RequestId, Retirement, Store, StoreMetrics, INITIAL_LOG_INDEX,
     MAX_INCOMING_SNAPSHOTS, PINNED_SNAPSHOT_TICKS, STORE_FORMAT,
 };
 

@@ -149,6 +149,8 @@ pub(crate) struct Peer {
     /// replica ids are node ids, so a leader that added this node back may
     /// already count on entries it acknowledged, and deleting them could
     /// lose committed writes. A message from a later epoch wakes it.
+    /// `Store::destroy_replica` deletes it once a committed configuration
+    /// at this epoch or later is known to leave it out.
     pub dormant_at: Option<u64>,
     /// Seeded generator for this replica's election timeouts.
     pub rng_state: u64,

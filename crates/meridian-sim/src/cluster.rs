@@ -607,6 +607,52 @@ impl Cluster {
         missing.is_empty()
     }
 
+    /// The placement driver's replica collection, as the real one does it
+    /// from the catalog: every dormant replica on `nodes` (up ones) whose
+    /// range's leader applied a configuration that leaves its node out, at
+    /// an epoch at or past the one the replica went dormant at, is
+    /// destroyed. Returns how many were, and how many must be asked again
+    /// (writes of theirs still on their way to disk).
+    pub fn collect_garbage(&mut self, nodes: &[u64]) -> (usize, usize) {
+        let (mut destroyed, mut later) = (0, 0);
+        for &n in nodes {
+            let Some(store) = self.store(n) else { continue };
+            let dormant: Vec<(u64, u64)> = store.statuses().into_iter().filter_map(|s| Some((s.range_id, s.dormant_at?))).collect();
+            for (r, at) in dormant {
+                let Some(leader) = self.leader_of(r).and_then(|l| self.status(l, r)) else { continue };
+                let out = !leader.voters.contains(&n) && !leader.learners.contains(&n) && leader.voters_outgoing.is_empty();
+                if !out || leader.epoch.conf_ver < at {
+                    continue;
+                }
+                let why = meridian_raftstore::Retirement::Removed { conf_ver: leader.epoch.conf_ver };
+                match self.store_mut(n).map(|s| s.destroy_replica(r, why)) {
+                    Some(Ok(meridian_raftstore::Destroyed::Done)) => destroyed += 1,
+                    Some(Ok(meridian_raftstore::Destroyed::Later)) => later += 1,
+                    None => {}
+                    Some(Err(e)) => self.checker.fail(format!("step {}: destroying n{n}'s dormant replica of r{r}: {e}", self.now)),
+                }
+            }
+        }
+        (destroyed, later)
+    }
+
+    /// Replicas that are in no configuration of their range's leader (none
+    /// once a healed run collected its garbage), as "n<node> r<range>".
+    pub fn orphans(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (id, n) in &self.nodes {
+            let Some(store) = &n.store else { continue };
+            for st in store.statuses() {
+                let Some(leader) = self.leader_of(st.range_id).and_then(|l| self.status(l, st.range_id)) else { continue };
+                let member = leader.voters.contains(id) || leader.learners.contains(id) || leader.voters_outgoing.contains(id);
+                if !member {
+                    out.push(format!("n{id} r{}{}", st.range_id, if st.dormant { " (dormant)" } else { "" }));
+                }
+            }
+        }
+        out
+    }
+
     /// A one-line summary of every replica, for failure messages.
     pub fn describe(&self) -> String {
         let mut out = String::new();

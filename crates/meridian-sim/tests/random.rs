@@ -11,7 +11,7 @@ use meridian_sim::{random_run, SimConfig};
 fn randomized_runs_keep_every_invariant() {
     let (seeds, steps) = meridian_sim::seeds_from_env(12, 1000, 1500);
     let mut failed = Vec::new();
-    let (mut acked, mut crashes, mut partitions, mut reads, mut changes, mut forwarded, mut power) = (0, 0, 0, 0, 0, 0, 0);
+    let (mut acked, mut crashes, mut partitions, mut reads, mut changes, mut forwarded, mut power, mut destroyed) = (0, 0, 0, 0, 0, 0, 0, 0);
     for seed in &seeds {
         let mut cfg = SimConfig::new(*seed);
         cfg.ranges = 8;
@@ -22,6 +22,7 @@ fn randomized_runs_keep_every_invariant() {
         partitions += report.partitions;
         reads += report.reads_checked;
         changes += report.membership_changes;
+        destroyed += report.replicas_destroyed;
         forwarded += report.forwarded_acked;
         if !report.ok() {
             eprintln!("seed {seed} FAILED:\n  {}", report.violations.join("\n  "));
@@ -30,7 +31,7 @@ fn randomized_runs_keep_every_invariant() {
         }
     }
     eprintln!(
-        "simulation: {} seeds x {steps} ticks, {acked} acknowledged writes ({forwarded} proposed on followers), {reads} linearizable reads checked, {crashes} crashes, {power} power losses (all nodes), {partitions} partitions, {changes} membership changes, {} failed",
+        "simulation: {} seeds x {steps} ticks, {acked} acknowledged writes ({forwarded} proposed on followers), {reads} linearizable reads checked, {crashes} crashes, {power} power losses (all nodes), {partitions} partitions, {changes} membership changes, {destroyed} removed replicas destroyed, {} failed",
         seeds.len(),
         failed.len()
     );
@@ -38,4 +39,5 @@ fn randomized_runs_keep_every_invariant() {
     assert!(acked > 0, "the workload made no progress at all");
     assert!(forwarded > 0, "no write proposed on a follower was acknowledged");
     assert!(seeds.len() < 20 || power > 0, "no run lost power on every node");
+    assert!(seeds.len() < 10 || destroyed > 0, "no removed replica was ever destroyed");
 }

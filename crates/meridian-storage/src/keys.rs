@@ -57,9 +57,11 @@ pub fn state_key(range_id: u64) -> Vec<u8> {
     range_id.to_be_bytes().to_vec()
 }
 
-/// Reserved: removed replicas were once marked here. Nothing reads or
-/// writes it now (a removed replica stays, dormant, with its data); the
-/// fuzzer still plants records under it to check that start-up ignores them.
+/// The tombstone of a replica destroyed on this node (in
+/// [`crate::Cf::RaftState`]): the range's epoch (`conf_ver`, big-endian;
+/// `u64::MAX` for a retired range) at or below which messages for the
+/// range are refused rather than creating an empty replica. Written by
+/// `meridian_raftstore::Store::destroy_replica`, read at every start.
 pub fn tombstone_key(range_id: u64) -> Vec<u8> {
     let mut k = range_id.to_be_bytes().to_vec();
     k.extend_from_slice(b"tomb");

@@ -52,6 +52,12 @@ pub(super) struct IncomingSnapshots {
 }
 
 impl IncomingSnapshots {
+    /// Forgets `range_id`'s transfer (its replica is being destroyed; the
+    /// caller deletes what was staged).
+    pub(super) fn forget(&mut self, range_id: u64) {
+        self.transfers.remove(&range_id);
+    }
+
     /// True if a complete transfer matches this `MsgSnapshot` (from
     /// `from`, at `index`/`term`) and raft-rs has not taken it yet.
     fn ready_to_step(&self, range_id: u64, from: u64, index: u64, term: u64) -> bool {

@@ -31,6 +31,7 @@
 //! drive it across ranges and own what ranges share.
 
 mod apply;
+mod destroy;
 mod incoming;
 mod liveness;
 mod outbox;
@@ -55,6 +56,7 @@ use crate::error::RaftstoreError;
 use crate::logger::raft_logger;
 use crate::peer::Peer;
 use crate::state_machine::StateMachineFactory;
+pub use destroy::{Destroyed, Retirement};
 use incoming::IncomingSnapshots;
 use meridian_codes::seeded::splitmix64;
 pub(crate) use snapshot::PinnedSnapshot;
@@ -236,6 +238,11 @@ pub struct RangeStatus {
     /// Not in the range's configuration (it applied its removal, or a
     /// member told it so): serves nothing until added back.
     pub dormant: bool,
+    /// While dormant: the epoch (`conf_ver`) of the configuration that
+    /// left it out, as it learned it. A committed configuration at this
+    /// epoch or later without the node lets it be destroyed
+    /// ([`Store::destroy_replica`]).
+    pub dormant_at: Option<u64>,
     /// Moving a received snapshot into place: serves nothing until done.
     pub installing: bool,
     /// On a leader: each replica's matched index and replication state.
@@ -298,6 +305,8 @@ pub struct StoreMetrics {
     pub snapshots_abandoned: u64,
     /// Received snapshot chunks refused (see above).
     pub snapshot_chunks_refused: u64,
+    /// Replicas destroyed here ([`Store::destroy_replica`]).
+    pub replicas_destroyed: u64,
     /// Proposals answered [`RaftstoreError::ProposalDropped`] (their entry
     /// was replaced by another leader's).
     pub proposals_dropped: u64,
@@ -401,6 +410,9 @@ pub struct Store {
     /// Split-off ranges this node campaigns for: (range, due tick,
     /// attempts left). Bounded by the splits of recent rounds.
     split_campaigns: Vec<(u64, u64, u32)>,
+    /// Ranges whose replica here was destroyed, and the epoch at or below
+    /// which their messages are refused (see `destroy.rs`).
+    tombstones: destroy::Tombstones,
 }
 
 fn not_found(range_id: u64) -> RaftstoreError {
@@ -467,6 +479,7 @@ impl Store {
         factory: Arc<dyn StateMachineFactory>,
     ) -> Result<Store, RaftstoreError> {
         let incarnation = Self::bump_incarnation(&*engine)?;
+        let tombstones = destroy::load_tombstones(&*engine)?;
         let tag_nonce = splitmix64(cfg.seed ^ splitmix64(incarnation));
         let mut store = Store {
             incarnation,
@@ -493,6 +506,7 @@ impl Store {
             entry_cache_budget: EntryCacheBudget::new(EntryCacheBudget::DEFAULT_BYTES),
             split_pending: Vec::new(),
             split_campaigns: Vec::new(),
+            tombstones,
         };
         // One write for every range's leftover staging, not one per range.
         let mut unstaged = WriteBatch::new();
@@ -685,6 +699,7 @@ impl Store {
             voters_outgoing: cs.voters_outgoing,
             quiesced: p.quiesced,
             dormant: p.dormant_at.is_some(),
+            dormant_at: p.dormant_at,
             installing: p.installing.is_some(),
             progress: if p.is_leader() {
                 r.prs().iter().map(|(id, pr)| (*id, pr.matched, replica_state(pr.state))).collect()

@@ -129,6 +129,8 @@ impl Store {
             p.sm.split_offs()
                 .into_iter()
                 .filter(|d| d.replica(self.cfg.node_id).is_some() && !self.peers.contains_key(&d.range_id))
+                // A replica destroyed here is not brought back by its parent.
+                .filter(|d| !self.tombstones.contains_key(&d.range_id))
                 .collect();
         for desc in missed {
             let mut batch = WriteBatch::new();

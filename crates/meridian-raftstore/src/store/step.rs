@@ -55,6 +55,14 @@ impl Store {
                 return;
             }
         }
+        if !self.peers.contains_key(&env.range_id) && self.tombstones.get(&env.range_id).is_some_and(|t| env.conf_ver <= *t) {
+            // A member at a configuration this node's replica was
+            // destroyed under (or after the range retired): an empty
+            // replica must not answer it.
+            self.metrics.messages_rejected += 1;
+            debug!(range = env.range_id, from, conf_ver = env.conf_ver, "message for a destroyed replica");
+            return;
+        }
         if !self.peers.contains_key(&env.range_id) && !self.maybe_create_peer(&env, &msg) {
             return;
         }
@@ -133,7 +141,7 @@ impl Store {
     /// A leader's message for a range this node does not have: this node
     /// was just added to it. Create an empty replica that log replication
     /// or a snapshot will fill. (A replica removed from here stays, dormant,
-    /// so a later message for it never lands here.)
+    /// until it is destroyed; then its tombstone decides, see `step`.)
     fn maybe_create_peer(&mut self, env: &RaftEnvelope, msg: &Message) -> bool {
         let range_id = env.range_id;
         let leaderish = matches!(msg.get_msg_type(), MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot);
