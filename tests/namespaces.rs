@@ -100,7 +100,8 @@ fn a_namespace_created_at_runtime_takes_its_keys_along_and_serves_at_once() {
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
     let orders = list.as_array().unwrap().iter().find(|n| n["name"] == "/orders/").expect("listed");
     assert_eq!(orders["state"], "ready");
-    assert!(orders["range_id"].as_u64().unwrap() > 2);
+    let orders_range = orders["range_id"].as_u64().unwrap();
+    assert!(orders_range > 2);
     let (described, out) = namespace(&http[2], &["describe", "/orders/", "-o", "json"]);
     assert!(described, "{out}");
     let d: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -160,4 +161,33 @@ fn a_namespace_created_at_runtime_takes_its_keys_along_and_serves_at_once() {
     assert!(back > last, "revisions under a dropped prefix never go back: {back} <= {last}");
     let (gone, _, _) = get(&ep[0], "/orders/a");
     assert_eq!(gone, "", "a forced drop discards the namespace's keys");
+
+    // The dropped namespace's range is retired: every member deletes its
+    // replica (log and data) within a few collection rounds.
+    let status_addrs: Vec<String> = c.members.iter().map(|m| m.http_addr.to_string()).collect();
+    let holders = |range_id: u64| -> Vec<usize> {
+        (0..3)
+            .filter(|i| {
+                let (code, body) = http_get(&status_addrs[*i], "/v1/cluster/status");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                code != 200 || v["ranges"].as_array().is_some_and(|rs| rs.iter().any(|r| r["range_id"] == range_id))
+            })
+            .collect()
+    };
+    assert_eq!(holders(orders_range), [0, 1, 2], "every member held the namespace's replica");
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    while !holders(orders_range).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(holders(orders_range), Vec::<usize>::new(), "the dropped namespace's replicas were not collected");
+    for i in 0..3 {
+        // /grpc/'s range and /orders/'s.
+        assert!(metric(&c, i, "meridian_store_replicas_destroyed_total") >= 2, "member {i}");
+    }
+    // The cluster serves on, also after a restart (the tombstones load).
+    c.kill9(0);
+    c.restart(0);
+    c.wait_ready(Duration::from_secs(60));
+    assert_eq!(holders(orders_range), Vec::<usize>::new(), "a restart brings no collected replica back");
+    assert!(put_rev(&ep[0], "/orders/after", "6") > back);
 }

@@ -280,6 +280,13 @@ fn a_drained_node_gives_up_every_replica_under_a_lock_workload_then_is_decommiss
             })
         })
     });
+    // Node 1's removed replicas are collected (their logs and data
+    // deleted) once the catalog proves each removal.
+    wait_until("node 1's removed replicas are collected", Duration::from_secs(60), || {
+        let (code, body) = http_get(&c.members[0].http_addr, "/v1/cluster/status");
+        code == 200 && serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v["ranges"].as_array().is_some_and(Vec::is_empty))
+    });
+    assert!(metric(&c, 0, "meridian_store_replicas_destroyed_total") >= 2);
     let (done, out) = meridian(&["node", "decommission", "1", "--http", &http2]);
     assert!(done && out.contains("decommissioned"), "{out}");
     // Three nodes left: draining another would leave ranges short.

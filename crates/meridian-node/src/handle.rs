@@ -154,6 +154,16 @@ impl NodeHandle {
         self.call(|| format!("leader transfer in range {range_id}"), |reply| Command::TransferLeader { range_id, to, reply }).await
     }
 
+    /// Destroys this node's replica of `range_id`; see
+    /// `meridian_raftstore::Store::destroy_replica`.
+    pub async fn destroy_replica(
+        &self,
+        range_id: u64,
+        why: meridian_raftstore::Retirement,
+    ) -> Result<meridian_raftstore::Destroyed, NodeError> {
+        self.call(|| format!("destroying the replica of range {range_id}"), |reply| Command::DestroyReplica { range_id, why, reply }).await
+    }
+
     /// Status of every range replica on this node, by range id.
     pub async fn status(&self) -> Result<Vec<RangeStatus>, NodeError> {
         self.call(|| "status".to_string(), |reply| Command::Status { reply }).await

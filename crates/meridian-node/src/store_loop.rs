@@ -97,6 +97,11 @@ pub(crate) enum Command {
         range_id: u64,
         reply: Reply<meridian_raftstore::RangeView>,
     },
+    DestroyReplica {
+        range_id: u64,
+        why: meridian_raftstore::Retirement,
+        reply: Reply<meridian_raftstore::Destroyed>,
+    },
     /// Node liveness from the membership gossip (no answer).
     LivenessFeed {
         down: BTreeSet<u64>,
@@ -434,6 +439,9 @@ impl StoreLoop {
             }
             Command::RangeView { range_id, reply } => {
                 let _ = reply.send(self.store.range_view(range_id).map_err(NodeError::from));
+            }
+            Command::DestroyReplica { range_id, why, reply } => {
+                let _ = reply.send(self.store.destroy_replica(range_id, why).map_err(NodeError::from));
             }
             Command::LivenessFeed { down } => self.store.set_liveness_feed(down),
         }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use meridian_kv::command as c;
 use meridian_membership::{NodeDirectory, NodeRecord};
 use meridian_proto::etcdserverpb as pb;
+use meridian_proto::meridian::v1 as api;
 use meridian_raftstore::{RangeRequest, RangeStatus};
 use meridian_storage::{KeyInterval, RangeDescriptor, RangeEpoch, ReplicaRole};
 use prost::Message as _;
@@ -16,7 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
-use crate::routing::Routing;
+use crate::routing::{Routing, META_RANGE_ID};
 
 /// The node as the API sees it. Implemented by the production driver and by
 /// test doubles.
@@ -55,6 +56,15 @@ pub trait RaftAccess: Send + Sync + 'static {
     /// backup reads it).
     async fn range_view(&self, _range_id: u64) -> Result<meridian_raftstore::RangeView, ApiError> {
         Err(ApiError::Unimplemented("range backup".into()))
+    }
+    /// Destroys this node's replica of a range it was removed from, or of
+    /// a retired range (`meridian_raftstore::Store::destroy_replica`).
+    async fn destroy_replica(
+        &self,
+        _range_id: u64,
+        _why: meridian_raftstore::Retirement,
+    ) -> Result<meridian_raftstore::Destroyed, ApiError> {
+        Err(ApiError::Unimplemented("destroying replicas".into()))
     }
     /// Proposes a membership change on the range's leader (this node);
     /// answers once the change is applied here.
@@ -526,6 +536,48 @@ impl Backend {
         }
     }
 
+    /// A read of the meta range: here if this member holds a replica of
+    /// it that serves, else through a member that does (the catalog's
+    /// replicas of it first, then the other live members): a member whose
+    /// replica was moved away still reads the catalog.
+    pub async fn query_meta(&self, q: c::QueryKind, linearizable: bool) -> Result<c::QueryAnswer, ApiError> {
+        let e = match self.query(META_RANGE_ID, q.clone(), linearizable).await {
+            Err(e @ (ApiError::NoLeader { .. } | ApiError::NotLeader { .. })) => e,
+            r => return r,
+        };
+        let me = self.cfg.node_id;
+        let here = self.raft.status().await.into_iter().any(|s| s.range_id == META_RANGE_ID && !s.dormant);
+        if here {
+            // This replica serves; its range is electing or moving.
+            return Err(e);
+        }
+        let mut candidates = self.catalog_replicas_of(META_RANGE_ID);
+        if let ApiError::NotLeader { leader, .. } = e {
+            candidates.insert(0, leader);
+        }
+        let mut seen = std::collections::BTreeSet::from([me]);
+        candidates.retain(|n| seen.insert(*n));
+        let mut others: Vec<u64> = self.nodes().iter().map(|n| n.id).filter(|n| !seen.contains(n)).collect();
+        others = self.live_first(&others);
+        candidates = self.live_first(&candidates);
+        candidates.extend(others);
+        let query = c::Query { kind: Some(q) }.encode_to_vec();
+        for node in candidates.into_iter().take(MAX_META_ASKS) {
+            let Ok(ch) = self.channel_to(node) else { continue };
+            let mut client = api::internal_client::InternalClient::new(ch);
+            let req = api::RangeQueryRequest { range_id: META_RANGE_ID, query: query.clone(), linearizable };
+            match tokio::time::timeout(META_ASK_TIMEOUT, client.range_query(forwarded(req))).await {
+                Ok(Ok(r)) => {
+                    return c::QueryAnswer::decode(r.into_inner().answer.as_slice())
+                        .map_err(|e| ApiError::Internal(format!("undecodable answer from node {node}: {e}")))
+                }
+                Ok(Err(s)) => tracing::debug!(node, "reading the meta range through node {node}: {}", s.message()),
+                Err(_) => tracing::debug!(node, "reading the meta range through node {node}: no answer within {META_ASK_TIMEOUT:?}"),
+            }
+        }
+        Err(e)
+    }
+
     pub async fn header(&self, range_id: u64, revision: i64) -> pb::ResponseHeader {
         let term = self.brief(range_id).await.map_or(0, |b| b.term);
         pb::ResponseHeader { cluster_id: self.cluster_id(), member_id: self.cfg.node_id, revision, raft_term: term }
@@ -622,6 +674,11 @@ pub fn forward_target<T>(req: &tonic::Request<T>, err: &ApiError) -> Option<u64>
         _ => None,
     }
 }
+
+/// Members a read of the meta range tries at most when this member holds
+/// no serving replica of it, and how long each may take.
+const MAX_META_ASKS: usize = 5;
+const META_ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub fn forwarded<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);

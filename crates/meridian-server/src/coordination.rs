@@ -274,6 +274,19 @@ impl api::internal_server::Internal for InternalService {
         Ok(Response::new(api::RangeStepResponse {}))
     }
 
+    async fn range_query(&self, req: Request<api::RangeQueryRequest>) -> Result<Response<api::RangeQueryResponse>, Status> {
+        if req.metadata().get(FORWARDED_HEADER).is_none() {
+            return Err(Status::permission_denied("meridian.v1.Internal is for forwarding between members"));
+        }
+        let r = req.into_inner();
+        let q = meridian_kv::command::Query::decode(r.query.as_slice())
+            .ok()
+            .and_then(|q| q.kind)
+            .ok_or_else(|| Status::invalid_argument("undecodable query"))?;
+        let a = self.backend.query(r.range_id, q, r.linearizable).await?;
+        Ok(Response::new(api::RangeQueryResponse { answer: a.encode_to_vec() }))
+    }
+
     async fn join(&self, req: Request<api::JoinRequest>) -> Result<Response<api::JoinResponse>, Status> {
         crate::join::handle(&self.backend, req.into_inner()).await.map(Response::new).map_err(Status::from)
     }

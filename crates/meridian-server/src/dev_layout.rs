@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use meridian_transport_quic::DevCa;
+pub use meridian_transport_quic::DevCa;
 
 use crate::config::{DebugConfig, GossipSettings, Member, ServerConfig, TlsPaths};
 

@@ -518,7 +518,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         reg.register(Box::new(quota)).expect("unique metric");
     }
     if let Some(m) = s.backend.raft.metrics().await {
-        let counters: [(&str, &str, u64); 20] = [
+        let counters: [(&str, &str, u64); 21] = [
             ("meridian_store_poll_rounds_total", "Poll rounds of the store", m.poll_rounds),
             (
                 "meridian_store_synced_writes_total",
@@ -549,6 +549,11 @@ async fn metrics(State(s): State<HttpState>) -> Response {
                 "meridian_store_forwarded_unknown_total",
                 "Forwarded proposals that never reached this replica's log (leader changed or timed out), answered outcome-unknown",
                 m.forwarded_unknown,
+            ),
+            (
+                "meridian_store_replicas_destroyed_total",
+                "Replicas deleted here: removed from their range (the catalog proved it) or of a dropped namespace",
+                m.replicas_destroyed,
             ),
             ("meridian_store_read_timeouts_total", "Linearizable reads that found no quorum", m.read_timeouts),
             ("meridian_store_entry_cache_bytes", "Bytes held by the raft entry caches of every range (bounded per node)", m.entry_cache_bytes),

@@ -14,6 +14,7 @@ pub mod alarms;
 pub mod authority;
 pub mod backend;
 pub mod backup;
+pub mod collect;
 pub mod config;
 pub mod convert;
 pub mod coordination;

@@ -217,6 +217,7 @@ mod tests {
             voters_outgoing: vec![],
             quiesced: false,
             dormant: false,
+            dormant_at: None,
             live_peers: vec![2, 3, 4],
             progress: progress.iter().map(|(id, m, s)| (*id, *m, replica_state(s))).collect(),
         }

@@ -28,8 +28,8 @@
 //! `drop` seals the namespace's range (it stops serving the prefix), gives
 //! the prefix back to the root range with the root's revision raised above
 //! the namespace's last (fencing tokens never go back), and deletes the
-//! descriptor and record. The sealed range's replicas stay, inert, until
-//! range retirement exists.
+//! descriptor and record, and marks the range retired: every member then
+//! deletes its sealed replica (`crate::collect`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -105,6 +105,10 @@ impl RaftAccess for NodeRaft {
     async fn change_membership(&self, req: RangeRequest, change: meridian_raftstore::raft_types::ConfChangeV2) -> Result<(), ApiError> {
         self.node.conf_change(req, change).await.map(|_| ()).map_err(api_err)
     }
+
+    async fn destroy_replica(&self, range_id: u64, why: meridian_raftstore::Retirement) -> Result<meridian_raftstore::Destroyed, ApiError> {
+        self.node.destroy_replica(range_id, why).await.map_err(api_err)
+    }
 }
 
 struct KvFactory {
@@ -275,6 +279,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let keeper_task = tokio::spawn(run_keeper(backend.clone(), keeper.clone(), locks.clone(), KEEPER_INTERVAL));
     let catalog_task = tokio::spawn(load_catalog(backend.clone()));
     let alarm_task = tokio::spawn(crate::alarms::monitor(backend.clone()));
+    let collect_task = tokio::spawn(crate::collect::run(backend.clone()));
     let placement_task = cfg.placement.execute.then(|| tokio::spawn(crate::placement::drive(backend.clone())));
     let coord = native::coordinator(backend.clone(), locks.clone());
 
@@ -354,6 +359,7 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     keeper_task.abort();
     catalog_task.abort();
     alarm_task.abort();
+    collect_task.abort();
     if let Some(t) = placement_task {
         t.abort();
     }

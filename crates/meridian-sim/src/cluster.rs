@@ -637,7 +637,7 @@ impl Cluster {
     }
 
     /// Replicas that are in no configuration of their range's leader (none
-    /// once a healed run collected its garbage), as "n<node> r<range>".
+    /// once a healed run collected its garbage), as `n<node> r<range>`.
     pub fn orphans(&self) -> Vec<String> {
         let mut out = Vec::new();
         for (id, n) in &self.nodes {

@@ -11,7 +11,8 @@ use meridian_sim::{random_run, SimConfig};
 fn randomized_runs_keep_every_invariant() {
     let (seeds, steps) = meridian_sim::seeds_from_env(12, 1000, 1500);
     let mut failed = Vec::new();
-    let (mut acked, mut crashes, mut partitions, mut reads, mut changes, mut forwarded, mut power, mut destroyed) = (0, 0, 0, 0, 0, 0, 0, 0);
+    let (mut acked, mut crashes, mut partitions, mut reads, mut changes, mut forwarded, mut power, mut destroyed) =
+        (0, 0, 0, 0, 0, 0, 0, 0);
     for seed in &seeds {
         let mut cfg = SimConfig::new(*seed);
         cfg.ranges = 8;

@@ -151,7 +151,14 @@ impl Store {
         self.peers.remove(&range_id);
         self.tombstones.insert(range_id, tombstone);
         self.metrics.replicas_destroyed += 1;
-        info!(node, range = range_id, namespace = namespace_id, data_kept = shared, ?why, "replica destroyed; tombstone at epoch {tombstone}");
+        info!(
+            node,
+            range = range_id,
+            namespace = namespace_id,
+            data_kept = shared,
+            ?why,
+            "replica destroyed; tombstone at epoch {tombstone}"
+        );
         Ok(Destroyed::Done)
     }
 
