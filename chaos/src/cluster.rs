@@ -1,6 +1,7 @@
 //! A cluster of real `meridian server` processes on loopback: start, kill
-//! -9, pause (SIGSTOP), resume, restart, readiness, leader lookup, and the
-//! nodes' fault-injection routes.
+//! -9, pause (SIGSTOP), resume, restart, readiness, leader lookup, the
+//! nodes' fault-injection routes, and (with the placement driver on) nodes
+//! killed for good and spare nodes that join in their place.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ pub enum ProcState {
     Running,
     Paused,
     Dead,
+    /// Killed for good: never restarted (a spare joined in its place).
+    Retired,
 }
 
 struct Node {
@@ -38,11 +41,13 @@ struct Node {
     log: PathBuf,
     child: Option<Child>,
     paused: bool,
+    retired: bool,
 }
 
 impl Node {
     fn state(&self) -> ProcState {
         match (&self.child, self.paused) {
+            (None, _) if self.retired => ProcState::Retired,
             (None, _) => ProcState::Dead,
             (Some(_), true) => ProcState::Paused,
             (Some(_), false) => ProcState::Running,
@@ -59,6 +64,14 @@ pub struct Cluster {
     bin: PathBuf,
     nodes: Nodes,
     server_log_filter: String,
+    /// Signs the certificates of spares that join later.
+    ca: dev_layout::DevCa,
+    /// Members that may join later (ids and ports reserved at the start).
+    spares: Vec<Member>,
+    /// Appended to every node's config.
+    extra_toml: String,
+    tick_ms: u64,
+    debug: DebugConfig,
 }
 
 /// The node processes; dropping them kills every one.
@@ -85,6 +98,10 @@ pub struct ClusterSpec<'a> {
     pub debug: DebugConfig,
     /// Seeds the base-port choice.
     pub port_seed: u64,
+    /// Appended to every node's config (e.g. a `[placement]` table).
+    pub extra_toml: String,
+    /// Nodes that may join later ([`Cluster::add_spare`]).
+    pub spares: u64,
 }
 
 impl Cluster {
@@ -97,21 +114,36 @@ impl Cluster {
             );
         }
         let dir = tempfile::Builder::new().prefix("meridian-chaos-").tempdir().context("creating the cluster's temp dir")?;
-        let base = free_base_port(spec.nodes, spec.port_seed)?;
-        let members = dev_layout::members(spec.nodes, base).map_err(anyhow::Error::msg)?;
-        let configs =
-            dev_layout::write_configs_with(dir.path(), &members, spec.namespaces, spec.tick_ms, &spec.debug).map_err(anyhow::Error::msg)?;
+        let base = free_base_port(spec.nodes + spec.spares, spec.port_seed)?;
+        let mut members = dev_layout::members(spec.nodes + spec.spares, base).map_err(anyhow::Error::msg)?;
+        let spares = members.split_off(spec.nodes as usize);
+        let ca = dev_layout::DevCa::generate().context("generating the cluster's CA")?;
+        let configs = dev_layout::write_configs_signed(dir.path(), &members, spec.namespaces, spec.tick_ms, &spec.debug, &ca)
+            .map_err(anyhow::Error::msg)?;
+        for config in &configs {
+            append(config, &spec.extra_toml)?;
+        }
         let nodes = members
             .into_iter()
             .zip(configs)
             .map(|(member, config)| {
                 let log = config.parent().expect("config lives in the node dir").join("server.log");
-                Node { member, config, log, child: None, paused: false }
+                Node { member, config, log, child: None, paused: false, retired: false }
             })
             .collect();
         let nodes = Nodes(nodes);
         let server_log_filter = std::env::var("MERIDIAN_CHAOS_SERVER_LOG").unwrap_or_else(|_| "info".into());
-        let mut c = Cluster { dir, bin: bin.to_path_buf(), nodes, server_log_filter };
+        let mut c = Cluster {
+            dir,
+            bin: bin.to_path_buf(),
+            nodes,
+            server_log_filter,
+            ca,
+            spares,
+            extra_toml: spec.extra_toml.clone(),
+            tick_ms: spec.tick_ms,
+            debug: spec.debug.clone(),
+        };
         for i in 0..c.nodes.len() {
             c.spawn(i)?;
         }
@@ -177,10 +209,74 @@ impl Cluster {
     }
 
     pub fn restart(&mut self, i: usize) -> Result<()> {
+        if self.nodes[i].retired {
+            bail!("node {} was killed for good", self.id(i));
+        }
         if self.nodes[i].child.is_some() {
             return Ok(());
         }
         self.spawn(i)
+    }
+
+    /// kill -9 for good: the node is never restarted (its data stays on
+    /// disk, unused, as a dead machine's would).
+    pub fn retire(&mut self, i: usize) {
+        stop(&mut self.nodes[i]);
+        self.nodes[i].retired = true;
+    }
+
+    /// Ranges whose leader (on a running node) counts a voter on a node
+    /// that is not running, as "range R: voter N": killing another node for
+    /// good now could take a majority of them.
+    pub async fn voters_down(&self) -> Vec<String> {
+        let running: Vec<u64> = (0..self.len()).filter(|&i| self.state(i) == ProcState::Running).map(|i| self.id(i)).collect();
+        let mut out = Vec::new();
+        for &i in &(0..self.len()).filter(|&i| self.state(i) == ProcState::Running).collect::<Vec<_>>() {
+            let Ok((200, body)) = http::get(self.http_addr(i), "/v1/cluster/status", HTTP_TIMEOUT).await else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { continue };
+            for r in v["ranges"].as_array().into_iter().flatten().filter(|r| r["role"] == "Leader") {
+                for voter in r["voters"].as_array().into_iter().flatten().filter_map(|x| x.as_u64()) {
+                    if !running.contains(&voter) {
+                        out.push(format!("range {}: voter {voter}", r["range_id"]));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Spares that have not joined yet.
+    pub fn spares_left(&self) -> usize {
+        self.spares.len()
+    }
+
+    /// Starts the next spare as a new node joining through node `through`
+    /// (`--join`, no replica until the placement driver gives it some);
+    /// returns its index.
+    pub fn add_spare(&mut self, through: usize) -> Result<usize> {
+        let Some(member) = self.spares.first().cloned() else { bail!("no spare node left") };
+        let dir = self.dir.path().join(format!("node-{}", member.id));
+        let join = vec![self.nodes[through].member.client_addr.clone()];
+        let config =
+            dev_layout::write_join_config_with(&dir, &member, &join, self.tick_ms, &self.debug, &self.ca).map_err(anyhow::Error::msg)?;
+        append(&config, &self.extra_toml)?;
+        self.spares.remove(0);
+        let log = dir.join("server.log");
+        self.nodes.push(Node { member, config, log, child: None, paused: false, retired: false });
+        let i = self.nodes.len() - 1;
+        self.spawn(i)?;
+        info!(node = self.id(i), through = self.id(through), "spare node joined");
+        Ok(i)
+    }
+
+    /// `POST path` (no body) on node `i`; an answer other than 200 is an
+    /// error with the node's reason.
+    pub async fn post(&self, i: usize, path: &str) -> Result<String> {
+        let (code, text) = http::post_json(self.http_addr(i), path, &serde_json::json!({}), MEMBERSHIP_TIMEOUT).await?;
+        if code != 200 {
+            bail!("node {} {path}: HTTP {code}: {}", self.id(i), text.trim());
+        }
+        Ok(text)
     }
 
     pub fn pause(&mut self, i: usize) -> Result<()> {
@@ -335,6 +431,17 @@ impl Cluster {
         debug!(node = self.id(i), path, %body, "fault injected");
         Ok(())
     }
+}
+
+/// Appends `extra` (TOML tables) to the config at `path`.
+fn append(path: &Path, extra: &str) -> Result<()> {
+    if extra.is_empty() {
+        return Ok(());
+    }
+    let mut cfg = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    cfg.push('\n');
+    cfg.push_str(extra);
+    std::fs::write(path, cfg).with_context(|| format!("writing {}", path.display()))
 }
 
 impl Drop for Nodes {

@@ -11,6 +11,12 @@
 //!             transfer-leader leadership of each workload range (nothing to undo)
 //!             membership      remove a follower's replica of a     add it back as a learner,
 //!                             workload range (load continues)      promote once caught up
+//!             drain           `POST /v1/nodes/drain` (often the    undrain (what moved stays)
+//!                             leader): the placement driver moves
+//!                             its replicas and leaderships away
+//!             kill-for-good   kill -9, never restarted: once dead  a spare node joins
+//!                             for down_after its replicas are      (--join) and receives its
+//!                             replaced on the others               share from the driver
 //! ```
 
 use std::sync::{Arc, Mutex};
@@ -60,6 +66,10 @@ pub enum NemesisKind {
     /// A follower's replica of a workload range removed (the range runs
     /// with one voter fewer), then added back through learner → voter.
     Membership,
+    /// A node drained by the placement driver, then undrained.
+    Drain,
+    /// A node killed and never restarted; a spare joins in its place.
+    KillForGood,
 }
 
 /// A fault as applied, for the report.
@@ -82,6 +92,10 @@ enum Undo {
     ClockRate(usize),
     /// Every node a voter of the range again.
     Rejoin(u64),
+    /// The node (id) takes replicas again.
+    Undrain(u64),
+    /// A spare node joins.
+    AddSpare,
     Nothing,
 }
 
@@ -249,6 +263,23 @@ impl Nemesis<'_> {
                 self.cluster.change_member(l, range, "remove", victim).await?;
                 (format!("remove node {victim} from range {range} for {secs:.1}s, then add it back"), Undo::Rejoin(range))
             }
+            NemesisKind::Drain => {
+                let (i, who) = self.target(0.5).await;
+                let id = self.cluster.id(i);
+                let via = self.random_node();
+                self.cluster.post(via, &format!("/v1/nodes/drain?id={id}")).await?;
+                (format!("drain {who} for {secs:.1}s"), Undo::Undrain(id))
+            }
+            NemesisKind::KillForGood => {
+                anyhow::ensure!(self.cluster.spares_left() > 0, "no spare node left to join in place of one killed for good");
+                // Two permanent losses before the first is repaired can take
+                // a range's majority: beyond what 3 replicas survive.
+                let down = self.cluster.voters_down().await;
+                anyhow::ensure!(down.is_empty(), "not yet: a range still counts a voter that is down ({})", down.join(", "));
+                let (i, who) = self.target(0.5).await;
+                self.cluster.retire(i);
+                (format!("kill -9 {who} for good; a spare joins after {secs:.1}s"), Undo::AddSpare)
+            }
         })
     }
 
@@ -277,6 +308,14 @@ impl Nemesis<'_> {
             Undo::HealNet => heal_net(self.cluster).await,
             Undo::ClockRate(i) => self.cluster.set_clock_rate(i, 1.0).await,
             Undo::Rejoin(range) => self.cluster.restore_members(range, tokio::time::Instant::now() + REJOIN_LIMIT).await,
+            Undo::Undrain(id) => {
+                let via = self.random_node();
+                self.cluster.post(via, &format!("/v1/nodes/undrain?id={id}")).await.map(|_| ())
+            }
+            Undo::AddSpare => {
+                let through = self.random_node();
+                self.cluster.add_spare(through).map(|_| ())
+            }
             Undo::Nothing => Ok(()),
         }
     }

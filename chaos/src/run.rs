@@ -108,6 +108,8 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         tick_ms: s.tick_ms,
         debug: DebugConfig { faults: true, unsafe_local_reads: s.unsafe_local_reads },
         port_seed: splitmix64(opts.seed) ^ splitmix64(fnv1a64(s.name.as_bytes())),
+        extra_toml: s.placement.as_ref().map(|p| p.toml()).unwrap_or_default(),
+        spares: s.placement.as_ref().map_or(0, |p| p.spares),
     };
     let mut cluster = Cluster::start(&opts.bin, &spec)?;
     let (records, counts) = match rt.block_on(drive(s, opts, &mut cluster)) {
@@ -312,7 +314,7 @@ async fn heal(cluster: &mut Cluster, s: &Scenario, endpoints: &[SocketAddr]) -> 
         let r = match cluster.state(i) {
             ProcState::Paused => cluster.resume(i),
             ProcState::Dead => cluster.restart(i),
-            ProcState::Running => Ok(()),
+            ProcState::Running | ProcState::Retired => Ok(()),
         };
         r.map_err(|e| format!("{e:#}"))?;
     }
@@ -322,7 +324,7 @@ async fn heal(cluster: &mut Cluster, s: &Scenario, endpoints: &[SocketAddr]) -> 
             return Err(format!("faults could not be cleared: {last}"));
         }
         let mut ok = nemesis::heal_net(cluster).await.map_err(|e| last = format!("{e:#}")).is_ok();
-        for i in 0..cluster.len() {
+        for i in (0..cluster.len()).filter(|&i| cluster.state(i) != ProcState::Retired) {
             if let Err(e) = cluster.set_clock_rate(i, 1.0).await {
                 last = format!("{e:#}");
                 ok = false;
@@ -335,9 +337,12 @@ async fn heal(cluster: &mut Cluster, s: &Scenario, endpoints: &[SocketAddr]) -> 
     }
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     cluster.wait_ready(remaining).await.map_err(|e| format!("{e:#}"))?;
-    // A membership fault whose undo did not finish: every node a voter again.
-    for range in s.workload_ranges() {
-        cluster.restore_members(range, deadline).await.map_err(|e| format!("{e:#}"))?;
+    // A membership fault whose undo did not finish: every node a voter
+    // again. (With the placement driver on, it keeps the replicas.)
+    if s.placement.is_none() {
+        for range in s.workload_ranges() {
+            cluster.restore_members(range, deadline).await.map_err(|e| format!("{e:#}"))?;
+        }
     }
     let mut prefixes = Vec::new();
     if s.registers.is_some() {

@@ -46,6 +46,9 @@ pub struct Scenario {
     #[serde(default)]
     pub watchers: u32,
     pub nemesis: Option<NemesisConfig>,
+    /// Runs the placement driver on every node (`[placement] execute =
+    /// true`): required by the drain and kill-for-good faults.
+    pub placement: Option<PlacementChaos>,
     /// Serve linearizable reads from local state (deliberately broken).
     #[serde(default)]
     pub unsafe_local_reads: bool,
@@ -120,6 +123,28 @@ pub struct NemesisConfig {
     pub target: Option<Workload>,
 }
 
+/// The placement driver under faults: nodes drained and undrained, nodes
+/// killed for good (their replicas replaced once dead for `down_after_s`)
+/// and spares joining in their place.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementChaos {
+    /// `[placement] down_after_ms`, in seconds (production's default is 5
+    /// minutes; a run wants the replacement within its faults).
+    #[serde(default = "default_down_after_s")]
+    pub down_after_s: u64,
+    /// Nodes that may join in place of ones killed for good.
+    #[serde(default = "default_spares")]
+    pub spares: u64,
+}
+
+impl PlacementChaos {
+    /// The `[placement]` table every node's config gets.
+    pub fn toml(&self) -> String {
+        format!("[placement]\nexecute = true\ndown_after_ms = {}\n", self.down_after_s * 1000)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
@@ -127,6 +152,12 @@ pub enum Workload {
     Locks,
 }
 
+fn default_down_after_s() -> u64 {
+    5
+}
+fn default_spares() -> u64 {
+    2
+}
 fn default_nodes() -> u64 {
     3
 }
@@ -219,10 +250,21 @@ impl Scenario {
                 Some(Workload::Locks) => ensure!(self.locks.is_some(), "nemesis.target = \"locks\" without a locks workload"),
                 None => {}
             }
+            let placement_kinds = n.kinds.iter().any(|k| matches!(k, NemesisKind::Drain | NemesisKind::KillForGood));
+            ensure!(!placement_kinds || self.placement.is_some(), "the drain and kill-for-good faults need a [placement] table");
+            ensure!(
+                self.placement.is_none() || !n.kinds.contains(&NemesisKind::Membership),
+                "the membership fault changes replicas by hand; with the placement driver on, use drain and kill-for-good"
+            );
             if let Some(w) = &n.weights {
                 ensure!(w.len() == n.kinds.len(), "nemesis.weights needs one weight per kind");
                 ensure!(w.iter().any(|&x| x > 0), "nemesis.weights are all zero");
             }
+        }
+        if let Some(p) = &self.placement {
+            ensure!((1..=600).contains(&p.down_after_s), "placement.down_after_s must be 1..=600");
+            ensure!(p.spares <= 5, "placement.spares must be at most 5");
+            ensure!(self.nodes == 5, "the placement faults need 5 nodes (ranges keep 3 voters while one is drained or lost)");
         }
         if self.expect_violations && !self.unsafe_local_reads {
             bail!("expect_violations only makes sense with a deliberately broken mode (unsafe_local_reads)");

@@ -63,8 +63,12 @@ fn records(engine: &MemEngine, range_id: u64) -> usize {
 }
 
 fn heartbeat(range_id: u64, conf_ver: u64, term: u64) -> RaftEnvelope {
+    heartbeat_kind(range_id, conf_ver, term, MessageType::MsgHeartbeat)
+}
+
+fn heartbeat_kind(range_id: u64, conf_ver: u64, term: u64, kind: MessageType) -> RaftEnvelope {
     let mut m = Message::default();
-    m.set_msg_type(MessageType::MsgHeartbeat);
+    m.set_msg_type(kind);
     (m.from, m.to, m.term) = (2, 1, term);
     RaftEnvelope { range_id, from_node: 2, to_node: 1, conf_ver, version: 1, message: m.write_to_bytes().unwrap(), ..Default::default() }
 }
@@ -87,6 +91,9 @@ fn a_replica_in_its_configuration_is_not_destroyed() {
 fn a_removed_replica_is_destroyed_only_under_a_configuration_as_new_as_its_removal() {
     let engine = MemEngine::new();
     let mut s = store(&engine);
+    // Node 2 campaigns at term 5: node 1's replica of range 2 reaches term 5.
+    s.step(heartbeat_kind(2, 1, 5, MessageType::MsgRequestVote));
+    assert_eq!(s.range_status(2).unwrap().term, 5);
     // Node 2 applied a configuration at epoch 3 without node 1.
     s.step(RaftEnvelope::removed_hint(2, 2, 1, 3));
     assert_eq!(s.range_status(2).unwrap().dormant_at, Some(3));
@@ -113,6 +120,13 @@ fn a_removed_replica_is_destroyed_only_under_a_configuration_as_new_as_its_remov
     s.step(heartbeat(2, 4, 5));
     let st = s.range_status(2).expect("created by the later configuration's leader");
     assert!(!st.dormant && st.voters.is_empty(), "an empty replica, to be filled by a snapshot: {st:?}");
+    assert_eq!(st.term, 5, "the term it had reached comes back from the tombstone");
+    // Until a snapshot brings it past epoch 3, the old configuration's
+    // members still get no answer from it.
+    let rejected = s.metrics().messages_rejected;
+    s.step(heartbeat(2, 3, 6));
+    assert_eq!(s.metrics().messages_rejected, rejected + 1);
+    assert_eq!(s.range_status(2).unwrap().term, 5, "the stale member's term was not taken");
 }
 
 #[test]

@@ -345,8 +345,31 @@ impl Backend {
         self.requests.lock().expect("request metrics").iter().map(|(k, v)| (*k, *v)).collect()
     }
 
-    /// Proposes `op` from this node, leader or follower.
+    /// Proposes `op` from this node, leader or follower. For the meta
+    /// range, through another member when no replica of it here serves
+    /// (see `meta_elsewhere`).
     pub async fn execute(&self, range_id: u64, op: c::Op) -> Result<c::Outcome, ApiError> {
+        if range_id != META_RANGE_ID {
+            return self.execute_as(range_id, op, false).await;
+        }
+        match self.execute_as(range_id, op.clone(), false).await {
+            Err(e @ (ApiError::NoLeader { .. } | ApiError::NotLeader { .. })) => {
+                let cmd = c::Command { op: Some(op), wall_ms: wall_ms() }.encode_to_vec();
+                let raw = self
+                    .meta_elsewhere(e, move |mut client| {
+                        let req = api::ProposeRequest { range_id: META_RANGE_ID, command: cmd.clone() };
+                        async move { client.propose(forwarded(req)).await.map(|r| r.into_inner().outcome) }
+                    })
+                    .await?;
+                c::Outcome::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable outcome: {e}")))
+            }
+            r => r,
+        }
+    }
+
+    /// [`Backend::execute`] on this member's replica only (what a member
+    /// answers for another that forwarded to it: never forwarded again).
+    pub async fn execute_here(&self, range_id: u64, op: c::Op) -> Result<c::Outcome, ApiError> {
         self.execute_as(range_id, op, false).await
     }
 
@@ -498,7 +521,31 @@ impl Backend {
         self.epochs.lock().expect("route cache").insert(range_id, current);
     }
 
+    /// Answers `q` from this node's replica (after ReadIndex when
+    /// `linearizable`). For the meta range, through another member when no
+    /// replica of it here serves (see `meta_elsewhere`).
     pub async fn query(&self, range_id: u64, q: c::QueryKind, linearizable: bool) -> Result<c::QueryAnswer, ApiError> {
+        if range_id != META_RANGE_ID {
+            return self.query_here(range_id, q, linearizable).await;
+        }
+        match self.query_here(range_id, q.clone(), linearizable).await {
+            Err(e @ (ApiError::NoLeader { .. } | ApiError::NotLeader { .. })) => {
+                let query = c::Query { kind: Some(q) }.encode_to_vec();
+                let raw = self
+                    .meta_elsewhere(e, move |mut client| {
+                        let req = api::RangeQueryRequest { range_id: META_RANGE_ID, query: query.clone(), linearizable };
+                        async move { client.range_query(forwarded(req)).await.map(|r| r.into_inner().answer) }
+                    })
+                    .await?;
+                c::QueryAnswer::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable answer: {e}")))
+            }
+            r => r,
+        }
+    }
+
+    /// [`Backend::query`] on this member's replica only (what a member
+    /// answers for another that forwarded to it: never forwarded again).
+    pub async fn query_here(&self, range_id: u64, q: c::QueryKind, linearizable: bool) -> Result<c::QueryAnswer, ApiError> {
         let name = query_name(&q, linearizable);
         let started = std::time::Instant::now();
         let r = self.query_inner(range_id, q, linearizable).await;
@@ -536,19 +583,21 @@ impl Backend {
         }
     }
 
-    /// A read of the meta range: here if this member holds a replica of
-    /// it that serves, else through a member that does (the catalog's
-    /// replicas of it first, then the other live members): a member whose
-    /// replica was moved away still reads the catalog.
-    pub async fn query_meta(&self, q: c::QueryKind, linearizable: bool) -> Result<c::QueryAnswer, ApiError> {
-        let e = match self.query(META_RANGE_ID, q.clone(), linearizable).await {
-            Err(e @ (ApiError::NoLeader { .. } | ApiError::NotLeader { .. })) => e,
-            r => return r,
-        };
+    /// A request for the meta range failed here with `e` (no replica of
+    /// it here serves): `call` sends it to a member that holds one (the
+    /// catalog's replicas of it first, then the other live members), at
+    /// most [`MAX_META_ASKS`], each within [`META_ASK_TIMEOUT`]. A member
+    /// whose replica of the meta range was moved away so still reads and
+    /// writes the catalog. `e` stands if this member's replica serves (the
+    /// range is electing) or no member answers.
+    async fn meta_elsewhere<F, Fut>(&self, e: ApiError, call: F) -> Result<Vec<u8>, ApiError>
+    where
+        F: Fn(api::internal_client::InternalClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<Vec<u8>, tonic::Status>>,
+    {
         let me = self.cfg.node_id;
         let here = self.raft.status().await.into_iter().any(|s| s.range_id == META_RANGE_ID && !s.dormant);
         if here {
-            // This replica serves; its range is electing or moving.
             return Err(e);
         }
         let mut candidates = self.catalog_replicas_of(META_RANGE_ID);
@@ -557,22 +606,19 @@ impl Backend {
         }
         let mut seen = std::collections::BTreeSet::from([me]);
         candidates.retain(|n| seen.insert(*n));
-        let mut others: Vec<u64> = self.nodes().iter().map(|n| n.id).filter(|n| !seen.contains(n)).collect();
-        others = self.live_first(&others);
-        candidates = self.live_first(&candidates);
-        candidates.extend(others);
-        let query = c::Query { kind: Some(q) }.encode_to_vec();
-        for node in candidates.into_iter().take(MAX_META_ASKS) {
+        let others: Vec<u64> = self.nodes().iter().map(|n| n.id).filter(|n| !seen.contains(n)).collect();
+        let mut order = self.live_first(&candidates);
+        order.extend(self.live_first(&others));
+        for node in order.into_iter().take(MAX_META_ASKS) {
             let Ok(ch) = self.channel_to(node) else { continue };
-            let mut client = api::internal_client::InternalClient::new(ch);
-            let req = api::RangeQueryRequest { range_id: META_RANGE_ID, query: query.clone(), linearizable };
-            match tokio::time::timeout(META_ASK_TIMEOUT, client.range_query(forwarded(req))).await {
-                Ok(Ok(r)) => {
-                    return c::QueryAnswer::decode(r.into_inner().answer.as_slice())
-                        .map_err(|e| ApiError::Internal(format!("undecodable answer from node {node}: {e}")))
+            match tokio::time::timeout(META_ASK_TIMEOUT, call(api::internal_client::InternalClient::new(ch))).await {
+                Ok(Ok(raw)) => return Ok(raw),
+                // Its answer, not a failure to reach it: it stands.
+                Ok(Err(s)) if !matches!(ApiError::from_status(&s), ApiError::NoLeader { .. } | ApiError::NotLeader { .. }) => {
+                    return Err(ApiError::from_status(&s))
                 }
-                Ok(Err(s)) => tracing::debug!(node, "reading the meta range through node {node}: {}", s.message()),
-                Err(_) => tracing::debug!(node, "reading the meta range through node {node}: no answer within {META_ASK_TIMEOUT:?}"),
+                Ok(Err(s)) => tracing::debug!(node, "the meta range through node {node}: {}", s.message()),
+                Err(_) => tracing::debug!(node, "the meta range through node {node}: no answer within {META_ASK_TIMEOUT:?}"),
             }
         }
         Err(e)
@@ -675,8 +721,8 @@ pub fn forward_target<T>(req: &tonic::Request<T>, err: &ApiError) -> Option<u64>
     }
 }
 
-/// Members a read of the meta range tries at most when this member holds
-/// no serving replica of it, and how long each may take.
+/// Members a request for the meta range tries at most when this member
+/// holds no serving replica of it, and how long each may take.
 const MAX_META_ASKS: usize = 5;
 const META_ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 

@@ -80,7 +80,7 @@ async fn retired(backend: &Backend) -> Result<BTreeSet<u64>, ApiError> {
         limit: MAX_RETIRED_READ,
         ..Default::default()
     };
-    let a = backend.query_meta(c::QueryKind::Range(op), true).await?;
+    let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), true).await?;
     Ok(a.range
         .map(|r| r.kvs)
         .unwrap_or_default()
@@ -92,7 +92,7 @@ async fn retired(backend: &Backend) -> Result<BTreeSet<u64>, ApiError> {
 /// The published descriptor of `range_id`, if there is one.
 async fn descriptor(backend: &Backend, range_id: u64) -> Result<Option<RangeDescriptor>, ApiError> {
     let op = c::RangeOp { key: meta::range_key(range_id), ..Default::default() };
-    let a = backend.query_meta(c::QueryKind::Range(op), true).await?;
+    let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), true).await?;
     match a.range.and_then(|r| r.kvs.into_iter().next()) {
         Some(kv) => RangeDescriptor::decode(&kv.value, range_id).map(Some).map_err(|e| ApiError::Storage(e.to_string())),
         None => Ok(None),

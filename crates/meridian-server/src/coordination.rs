@@ -237,9 +237,14 @@ impl api::internal_server::Internal for InternalService {
         }
         let r = req.into_inner();
         let cmd = c::Command::decode(r.command.as_slice()).map_err(|e| ApiError::Invalid(format!("undecodable command: {e}")))?;
-        let allowed = matches!(cmd.op, Some(c::Op::LockAcquire(_) | c::Op::LockRelease(_) | c::Op::LockCancel(_) | c::Op::Proclaim(_)));
-        if !allowed {
-            return Err(ApiError::Invalid("only lock commands are forwarded".into()).into());
+        let lock = matches!(cmd.op, Some(c::Op::LockAcquire(_) | c::Op::LockRelease(_) | c::Op::LockCancel(_) | c::Op::Proclaim(_)));
+        // The catalog's own records, for a member without a replica of the
+        // meta range (`Backend::execute`).
+        let catalog = r.range_id == crate::routing::META_RANGE_ID
+            && matches!(cmd.op, Some(c::Op::Put(_) | c::Op::DeleteRange(_) | c::Op::Txn(_)))
+            && cmd.op.as_ref().is_some_and(|op| c::op_keys(op).iter().all(|k| k.key.starts_with(crate::meta::RESERVED_PREFIX)));
+        if !lock && !catalog {
+            return Err(ApiError::Invalid("only lock commands and the catalog's records are forwarded".into()).into());
         }
         if let Some(op) = &cmd.op {
             self.backend.admit(r.range_id, op, r.command.len()).await?;
@@ -279,11 +284,14 @@ impl api::internal_server::Internal for InternalService {
             return Err(Status::permission_denied("meridian.v1.Internal is for forwarding between members"));
         }
         let r = req.into_inner();
-        let q = meridian_kv::command::Query::decode(r.query.as_slice())
-            .ok()
-            .and_then(|q| q.kind)
-            .ok_or_else(|| Status::invalid_argument("undecodable query"))?;
-        let a = self.backend.query(r.range_id, q, r.linearizable).await?;
+        if r.range_id != crate::routing::META_RANGE_ID {
+            return Err(Status::invalid_argument("only the meta range is read for another member"));
+        }
+        let q = match meridian_kv::command::Query::decode(r.query.as_slice()).ok().and_then(|q| q.kind) {
+            Some(q @ meridian_kv::command::QueryKind::Range(_)) => q,
+            _ => return Err(Status::invalid_argument("only a range read of the meta range is answered")),
+        };
+        let a = self.backend.query_here(r.range_id, q, r.linearizable).await?;
         Ok(Response::new(api::RangeQueryResponse { answer: a.encode_to_vec() }))
     }
 

@@ -96,7 +96,20 @@ pub fn write_configs_signed(
 /// addresses) instead of bootstrapping: its `initial_cluster` lists itself
 /// only.
 pub fn write_join_config(dir: &Path, me: &Member, join: &[String], tick_ms: u64, ca: &DevCa) -> Result<PathBuf, String> {
-    let cfg = node_config(dir, me, vec![me.clone()], join.to_vec(), &[], tick_ms, &DebugConfig::default(), ca)?;
+    write_join_config_with(dir, me, join, tick_ms, &DebugConfig::default(), ca)
+}
+
+/// [`write_join_config`] with debug settings (the chaos suite's fault
+/// injection).
+pub fn write_join_config_with(
+    dir: &Path,
+    me: &Member,
+    join: &[String],
+    tick_ms: u64,
+    debug: &DebugConfig,
+    ca: &DevCa,
+) -> Result<PathBuf, String> {
+    let cfg = node_config(dir, me, vec![me.clone()], join.to_vec(), &[], tick_ms, debug, ca)?;
     let cfg_path = dir.join("meridian.toml");
     write_config(&cfg_path, &cfg)?;
     Ok(cfg_path)

@@ -29,6 +29,9 @@ use crate::backend::Backend;
 use crate::error::ApiError;
 use crate::routing::{Routing, META_RANGE_ID};
 
+/// Every record of the catalog (and the driver's, the alarms', the
+/// namespaces') lives under this prefix of the meta range.
+pub const RESERVED_PREFIX: &[u8] = b"\0meridian/";
 /// The cluster id's key.
 pub const CLUSTER_KEY: &[u8] = b"\0meridian/cluster";
 /// Prefix of the descriptor keys.
@@ -100,7 +103,7 @@ pub fn decode(kvs: &[meridian_kv::KeyValue]) -> Result<Option<Catalog>, String> 
 async fn scan(backend: &Backend, prefix: &[u8], limit: usize, linearizable: bool) -> Result<Vec<meridian_kv::KeyValue>, ApiError> {
     let op =
         c::RangeOp { key: prefix.to_vec(), range_end: crate::routing::prefix_end(prefix), limit: limit as i64 + 1, ..Default::default() };
-    let a = backend.query_meta(c::QueryKind::Range(op), linearizable).await?;
+    let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), linearizable).await?;
     let kvs = a.range.map(|r| r.kvs).unwrap_or_default();
     if kvs.len() > limit {
         return Err(ApiError::Internal(format!(

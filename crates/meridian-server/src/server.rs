@@ -151,7 +151,10 @@ async fn load_catalog(backend: Arc<Backend>) {
             crate::join::run_joined(backend).await;
             return;
         }
-        info!("no replica of the meta range here; routes stay those of the config");
+        // Its replica was moved away: the catalog is read (and this node's
+        // record kept) through the members that hold one.
+        info!("no replica of the meta range here; reading the catalog through the other members");
+        refresh_from_meta(backend).await;
         return;
     }
     let local: Vec<RangeDescriptor> = statuses.iter().filter(|s| !s.dormant).map(descriptor_of).collect();

@@ -252,9 +252,17 @@ pub fn peer_storage_append_truncate_compact(f: &mut dyn EngineFactory) {
     let mut snap = Snapshot::default();
     snap.mut_metadata().index = 5;
     snap.mut_metadata().term = 1;
+    snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
     ps.set_built_snapshot(snap);
     assert_eq!(ps.snapshot(5, 2).unwrap().get_metadata().index, 5);
     assert_eq!(ps.snapshot(0, 3).unwrap().get_metadata().index, 5, "a cached snapshot serves any older request");
+    // ... of a follower its configuration names: one added since (4) would
+    // refuse it, so a fresh one is built for it.
+    assert!(
+        matches!(ps.snapshot(0, 4), Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))),
+        "a cached snapshot is not served to a replica its configuration leaves out"
+    );
+    assert_eq!(ps.take_snapshot_request().map(|r| r.to), Some(4));
 
     // Once the log is compacted past the cached snapshot, it is useless: a
     // follower restored from it could not get the entries after it.

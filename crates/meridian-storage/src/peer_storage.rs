@@ -254,7 +254,15 @@ impl PeerStorage {
     /// Writes the state of a replica created on demand (a new learner that
     /// will be filled by log replication or a snapshot).
     pub fn create_uninitialized(batch: &mut WriteBatch, desc: &RangeDescriptor) {
-        batch.put(Cf::RaftState, keys::state_key(desc.range_id), RaftLocalState::default().encode());
+        Self::create_uninitialized_voted(batch, desc, 0, 0);
+    }
+
+    /// [`PeerStorage::create_uninitialized`] remembering the `term` and
+    /// `vote` an earlier replica of the range on this node had reached
+    /// (kept in its tombstone): a replica must never vote twice in a term.
+    pub fn create_uninitialized_voted(batch: &mut WriteBatch, desc: &RangeDescriptor, term: u64, vote: u64) {
+        let rs = RaftLocalState { hard_state: HardState { term, vote, ..Default::default() }, ..Default::default() };
+        batch.put(Cf::RaftState, keys::state_key(desc.range_id), rs.encode());
         batch.put(Cf::ApplyState, keys::state_key(desc.range_id), ApplyState::default().encode());
         batch.put(Cf::Meta, keys::state_key(desc.range_id), desc.encode());
     }
@@ -621,7 +629,13 @@ impl Storage for PeerStorage {
         // follower could never catch up. Build a fresh one then.
         let needed = request_index.max(self.raft_state.truncated_index);
         if let Some(s) = &slot.built {
-            if s.get_metadata().index >= needed {
+            // Built for another follower before `to` was added: raft-rs on
+            // `to` refuses a snapshot whose configuration leaves it out (the
+            // chaos suite found a new replica refusing one for a minute, a
+            // learner added right after another's snapshot was built).
+            let cs = s.get_metadata().get_conf_state();
+            let names_to = [&cs.voters, &cs.learners, &cs.voters_outgoing, &cs.learners_next].iter().any(|ids| ids.contains(&to));
+            if s.get_metadata().index >= needed && names_to {
                 return Ok(s.clone());
             }
         }

@@ -116,6 +116,13 @@ impl Store {
         if desc.replica(self.cfg.node_id).is_none() || self.split_pending.iter().any(|(d, _)| d.range_id == range_id) {
             return;
         }
+        if self.tombstones.contains_key(&range_id) {
+            // Its replica here was filled by its own leader, then moved away
+            // and destroyed (or the range retired): this late split must not
+            // bring back its first configuration.
+            info!(node = self.cfg.node_id, range = range_id, parent, "split-off range was destroyed here; not recreated");
+            return;
+        }
         let voters: Vec<u64> = desc.replicas.iter().filter(|r| r.role == ReplicaRole::Voter).map(|r| r.node_id).collect();
         match self.peers.get(&range_id) {
             None => {

@@ -19,13 +19,16 @@
 //!                           ever read again.
 //! ```
 //!
-//! The tombstone (`keys::tombstone_key`, the conf_ver; `u64::MAX` for a
-//! retired range) is what keeps a destroyed replica destroyed: a message
-//! from a member that still runs a configuration at or below it (a stale
-//! leader that would count the empty replica's acknowledgements towards
-//! its old quorum) is refused instead of creating an empty replica. A
-//! message from a later configuration (this node added back) creates the
-//! replica afresh.
+//! The tombstone (`keys::tombstone_key`: the conf_ver, `u64::MAX` for a
+//! retired range, and the term and vote the replica had reached) is what
+//! keeps a destroyed replica destroyed: a message from a member that still
+//! runs a configuration at or below it (a stale leader that would count
+//! the empty replica's acknowledgements towards its old quorum, a late
+//! candidate) is refused, whether or not the replica was created again,
+//! until a snapshot brings it past that configuration. A message from a
+//! later configuration (this node added back) creates the replica afresh,
+//! with the tombstone's term and vote (it never votes twice in a term),
+//! and a parent range applying a split late does not recreate it.
 
 use meridian_storage::snapshot::clear_staged;
 use meridian_storage::{keys, Cf, Engine, WriteBatch};
@@ -70,8 +73,32 @@ pub enum Destroyed {
     Later,
 }
 
-/// Tombstones: the conf_ver each destroyed replica's range was at.
-pub(super) type Tombstones = std::collections::BTreeMap<u64, u64>;
+/// What a destroyed replica leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tombstone {
+    /// Messages from configurations at or below this epoch are refused
+    /// (`u64::MAX`: the range was retired).
+    pub conf_ver: u64,
+    /// The replica's raft term and vote when it was destroyed.
+    pub term: u64,
+    /// See `term`.
+    pub vote: u64,
+}
+
+impl Tombstone {
+    fn encode(self) -> Vec<u8> {
+        [self.conf_ver, self.term, self.vote].iter().flat_map(|v| v.to_be_bytes()).collect()
+    }
+
+    fn decode(v: &[u8]) -> Option<Tombstone> {
+        let word = |i: usize| Some(u64::from_be_bytes(v.get(i * 8..i * 8 + 8)?.try_into().ok()?));
+        (v.len() == 24).then_some(())?;
+        Some(Tombstone { conf_ver: word(0)?, term: word(1)?, vote: word(2)? })
+    }
+}
+
+/// Tombstones by range.
+pub(super) type Tombstones = std::collections::BTreeMap<u64, Tombstone>;
 
 /// Reads every tombstone on `engine` (at a store's open).
 pub(super) fn load_tombstones(engine: &dyn Engine) -> Result<Tombstones, RaftstoreError> {
@@ -80,11 +107,11 @@ pub(super) fn load_tombstones(engine: &dyn Engine) -> Result<Tombstones, Raftsto
     engine.scan(Cf::RaftState, &[], &[0xff; 9], &mut |k, v| {
         if k.len() == 12 && k.ends_with(b"tomb") {
             let range = keys::range_of(k).unwrap_or(0);
-            match <[u8; 8]>::try_from(v) {
-                Ok(b) => {
-                    out.insert(range, u64::from_be_bytes(b));
+            match Tombstone::decode(v) {
+                Some(t) => {
+                    out.insert(range, t);
                 }
-                Err(_) => {
+                None => {
                     bad = Some(range);
                     return false;
                 }
@@ -102,7 +129,8 @@ impl Store {
     /// Deletes this node's replica of `range_id` (see the module docs).
     /// Refused, changing nothing, for a replica that is not dormant (unless
     /// the range is retired), went dormant at a later epoch than the
-    /// caller's, or is moving a snapshot into place.
+    /// caller's, or is moving a snapshot into place (a retired range's
+    /// replica is put to sleep first either way).
     pub fn destroy_replica(&mut self, range_id: u64, why: Retirement) -> Result<Destroyed, RaftstoreError> {
         let node = self.cfg.node_id;
         let p = self.peers.get_mut(&range_id).ok_or(RaftstoreError::RangeNotFound { range_id })?;
@@ -131,8 +159,12 @@ impl Store {
         }
         let namespace_id = p.desc.namespace_id;
         // Data belongs to the namespace: kept if another replica here holds
-        // the same namespace.
-        let shared = self.peers.iter().any(|(id, q)| *id != range_id && q.desc.namespace_id == namespace_id);
+        // the same namespace. A replica never filled (no configuration yet:
+        // its namespace id is a guess) holds none.
+        let cs = &p.raft.store().raft_state().conf_state;
+        let filled = !cs.voters.is_empty() || !cs.learners.is_empty() || p.raft.store().apply_state().applied_index > 0;
+        let shared = !filled || self.peers.iter().any(|(id, q)| *id != range_id && q.desc.namespace_id == namespace_id);
+        let (term, vote) = (p.raft.raft.term, p.raft.raft.vote);
         let mut batch = WriteBatch::new();
         let (start, end) = keys::range_span(range_id);
         for cf in [Cf::RaftLog, Cf::RaftState, Cf::ApplyState, Cf::Meta] {
@@ -143,8 +175,9 @@ impl Store {
             batch.delete_range(Cf::Data, start, end);
         }
         clear_staged(range_id, &mut batch);
-        let tombstone = why.tombstone().max(self.tombstones.get(&range_id).copied().unwrap_or(0));
-        batch.put(Cf::RaftState, keys::tombstone_key(range_id), tombstone.to_be_bytes().to_vec());
+        let conf_ver = why.tombstone().max(self.tombstones.get(&range_id).map_or(0, |t| t.conf_ver));
+        let tombstone = Tombstone { conf_ver, term, vote };
+        batch.put(Cf::RaftState, keys::tombstone_key(range_id), tombstone.encode());
         self.engine.write(&batch, true)?;
         self.incoming.forget(range_id);
         self.split_campaigns.retain(|(id, ..)| *id != range_id);
@@ -157,7 +190,8 @@ impl Store {
             namespace = namespace_id,
             data_kept = shared,
             ?why,
-            "replica destroyed; tombstone at epoch {tombstone}"
+            term,
+            "replica destroyed; tombstone at epoch {conf_ver}"
         );
         Ok(Destroyed::Done)
     }
@@ -165,6 +199,20 @@ impl Store {
     /// The tombstone of `range_id` if its replica here was destroyed: the
     /// epoch at or below which messages for it are refused.
     pub fn tombstone(&self, range_id: u64) -> Option<u64> {
-        self.tombstones.get(&range_id).copied()
+        self.tombstones.get(&range_id).map(|t| t.conf_ver)
+    }
+
+    /// Whether a message from a configuration at `conf_ver` must be refused
+    /// for `range_id`: its replica here was destroyed at or past that
+    /// configuration and no snapshot has brought one past it since.
+    pub(super) fn tombstoned(&self, range_id: u64, conf_ver: u64) -> bool {
+        let Some(t) = self.tombstones.get(&range_id) else { return false };
+        conf_ver <= t.conf_ver && self.peers.get(&range_id).is_none_or(|p| p.desc.epoch.conf_ver <= t.conf_ver)
+    }
+
+    /// The term and vote a replica of `range_id` created here again starts
+    /// from (zero without a tombstone).
+    pub(super) fn tombstone_vote(&self, range_id: u64) -> (u64, u64) {
+        self.tombstones.get(&range_id).map_or((0, 0), |t| (t.term, t.vote))
     }
 }

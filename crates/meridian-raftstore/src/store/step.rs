@@ -55,7 +55,7 @@ impl Store {
                 return;
             }
         }
-        if !self.peers.contains_key(&env.range_id) && self.tombstones.get(&env.range_id).is_some_and(|t| env.conf_ver <= *t) {
+        if self.tombstoned(env.range_id, env.conf_ver) {
             // A member at a configuration this node's replica was
             // destroyed under (or after the range retired): an empty
             // replica must not answer it.
@@ -160,7 +160,8 @@ impl Store {
             replicas: vec![],
         };
         let mut batch = WriteBatch::new();
-        PeerStorage::create_uninitialized(&mut batch, &desc);
+        let (term, vote) = self.tombstone_vote(range_id);
+        PeerStorage::create_uninitialized_voted(&mut batch, &desc, term, vote);
         let created = self
             .engine
             .write(&batch, true)
