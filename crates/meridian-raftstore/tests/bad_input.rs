@@ -1,30 +1,18 @@
 //! Bad input from peers, callers and disk: a clear error or a counted,
 //! logged rejection — never a panic, never a change of state.
 
+mod common;
+
 use std::sync::Arc;
 
-use meridian_raftstore::test_machine::{put_command, RegisterMachine};
-use meridian_raftstore::{Bootstrap, RaftstoreError, StateMachine, StateMachineFactory, Store, StoreConfig, INITIAL_LOG_INDEX};
-use meridian_storage::{keys, Cf, Engine, MemEngine, PeerStorage, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole, WriteBatch};
+use common::{desc, factory};
+use meridian_raftstore::test_machine::put_command;
+use meridian_raftstore::{Bootstrap, RaftstoreError, Store, StoreConfig, INITIAL_LOG_INDEX};
+use meridian_storage::{keys, Cf, Engine, MemEngine, PeerStorage, WriteBatch};
 use meridian_transport::mem::MemNetwork;
 use meridian_transport::RaftEnvelope;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
-
-fn factory() -> Arc<dyn StateMachineFactory> {
-    Arc::new(|_: &RangeDescriptor| Box::new(RegisterMachine) as Box<dyn StateMachine>)
-}
-
-fn desc(range_id: u64, voters: &[u64]) -> RangeDescriptor {
-    RangeDescriptor {
-        range_id,
-        namespace_id: range_id,
-        start: vec![],
-        end: vec![],
-        epoch: RangeEpoch { conf_ver: 1, version: 1 },
-        replicas: voters.iter().map(|&node_id| ReplicaDesc { node_id, role: ReplicaRole::Voter }).collect(),
-    }
-}
 
 fn open(engine: &MemEngine, voters: &[u64]) -> Result<Store, RaftstoreError> {
     Store::bootstrap(engine, 1, &[desc(1, voters)])?;

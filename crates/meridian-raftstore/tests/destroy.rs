@@ -3,30 +3,18 @@
 //! records are gone, a tombstone stays across restarts, a stale member's
 //! message is refused and a later configuration's creates it afresh.
 
+mod common;
+
 use std::sync::Arc;
 
-use meridian_raftstore::test_machine::{put_command, RegisterMachine};
-use meridian_raftstore::{Destroyed, RaftstoreError, Retirement, StateMachine, StateMachineFactory, Store, StoreConfig};
-use meridian_storage::{keys, Cf, Engine, MemEngine, RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
+use common::{desc, factory};
+use meridian_raftstore::test_machine::put_command;
+use meridian_raftstore::{Destroyed, RaftstoreError, Retirement, Store, StoreConfig};
+use meridian_storage::{keys, Cf, Engine, MemEngine};
 use meridian_transport::mem::MemNetwork;
 use meridian_transport::RaftEnvelope;
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
-
-fn factory() -> Arc<dyn StateMachineFactory> {
-    Arc::new(|_: &RangeDescriptor| Box::new(RegisterMachine) as Box<dyn StateMachine>)
-}
-
-fn desc(range_id: u64, voters: &[u64]) -> RangeDescriptor {
-    RangeDescriptor {
-        range_id,
-        namespace_id: range_id,
-        start: vec![],
-        end: vec![],
-        epoch: RangeEpoch { conf_ver: 1, version: 1 },
-        replicas: voters.iter().map(|&node_id| ReplicaDesc { node_id, role: ReplicaRole::Voter }).collect(),
-    }
-}
 
 fn open(engine: &MemEngine) -> Store {
     Store::open(StoreConfig::new(1), Arc::new(engine.clone()), Arc::new(MemNetwork::new(1).transport(1)), factory()).unwrap()
