@@ -9,7 +9,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: setup build dev demo test verify fmt-check clippy doc core-deps fix sim-long bench-raft bench-gossip bench-detect bench-etcd bench-snapshot bench-namespaces fuzz chaos chaos-soak clean
+.PHONY: setup build dev demo test verify fmt-check clippy doc core-deps fix sim-long bench-raft bench-gossip bench-detect bench-etcd bench-snapshot bench-namespaces bench-rereplicate fuzz chaos chaos-soak clean
 
 setup:
 	@./scripts/setup.sh
@@ -67,6 +67,12 @@ bench-namespaces: setup
 	$(CARGO) build --workspace --bins
 	MERIDIAN_BENCH_NAMESPACES=$${NAMESPACES:-1000} MERIDIAN_BENCH_CONCURRENCY=$${CONCURRENCY:-4} MERIDIAN_BENCH_IDLE_S=$${IDLE_S:-30} \
 	  $(CARGO) test -p meridian-tests --test namespace_bench -- --ignored --nocapture
+
+# A dead node's replicas replaced (docs/performance.md, "Re-replication").
+bench-rereplicate: setup
+	$(CARGO) build --workspace --bins
+	MERIDIAN_BENCH_NAMESPACES=$${NAMESPACES:-1000} MERIDIAN_BENCH_DOWN_AFTER_MS=$${DOWN_AFTER_MS:-5000} \
+	  $(CARGO) test -p meridian-tests --test rereplicate_bench -- --ignored --nocapture
 
 sim-long: setup
 	MERIDIAN_SIM_SEEDS=$${SEEDS:-500} MERIDIAN_SIM_STEPS=$${STEPS:-4000} \

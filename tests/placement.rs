@@ -287,6 +287,13 @@ fn a_drained_node_gives_up_every_replica_under_a_lock_workload_then_is_decommiss
         code == 200 && serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|v| v["ranges"].as_array().is_some_and(Vec::is_empty))
     });
     assert!(metric(&c, 0, "meridian_store_replicas_destroyed_total") >= 2);
+    // A member without a replica of the root or the meta range still
+    // creates and drops namespaces (through the members that hold them).
+    let http1 = c.members[0].http_addr.to_string();
+    let (created, out) = meridian(&["namespace", "create", "/drained/", "--http", &http1]);
+    assert!(created, "{out}");
+    let (dropped, out) = meridian(&["namespace", "drop", "/drained/", "--http", &http1]);
+    assert!(dropped, "{out}");
     let (done, out) = meridian(&["node", "decommission", "1", "--http", &http2]);
     assert!(done && out.contains("decommissioned"), "{out}");
     // Three nodes left: draining another would leave ranges short.

@@ -169,8 +169,12 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
     // a node than it had.
     let mut counts = view.replica_counts();
     let mut leaders = view.leader_counts();
+    // A dead node streams nothing: only live ones are charged, for the
+    // running operators as for the new ones (else a dead node's
+    // replacements would run `max_ops_per_node` at a time).
+    let live = |n: &u64| view.nodes.get(n).is_some_and(|n| n.liveness != Liveness::Dead);
     for (range_id, kind) in &view.running {
-        for n in kind.nodes() {
+        for n in kind.nodes().into_iter().filter(live) {
             *budget.per_node.entry(n).or_default() += 1;
         }
         if let Some(r) = view.ranges.get(range_id) {
@@ -180,8 +184,7 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
     let mut busy: BTreeSet<u64> = view.running.keys().copied().collect();
 
     let mut decide = |plan: &mut Plan, op: Operator, budget: &mut Budget, counts: &mut BTreeMap<u64, usize>, busy: &mut BTreeSet<u64>| {
-        // A dead node streams nothing: only live ones are charged.
-        let nodes: Vec<u64> = op.nodes().into_iter().filter(|n| view.nodes.get(n).is_some_and(|n| n.liveness != Liveness::Dead)).collect();
+        let nodes: Vec<u64> = op.nodes().into_iter().filter(live).collect();
         if !budget.allows(&nodes) {
             if budget.left > 0 {
                 plan.blocked

@@ -481,3 +481,23 @@ fn run_model(nodes: u64, ranges: u64, replicas: usize) {
         }
     }
 }
+
+/// A dead node's replacements are bounded by the nodes that receive them,
+/// not by the dead node: it streams nothing, whether the operators are
+/// new or already running.
+#[test]
+fn a_dead_nodes_replacements_are_not_charged_to_it() {
+    let s = Settings { max_ops_per_node: 2, max_new_ops: 64, ..Settings::default() };
+    // Ranges 10..22 on nodes 1, 2, 3; nodes 4..=9 hold nothing.
+    let ranges: Vec<RangeView> = (10..22).map(|id| range(id, &[1, 2, 3], 1)).collect();
+    let mut v = cluster(9, &ranges);
+    kill(&mut v, 3, 0);
+    let plan = schedule(&v, &s, s.down_after_ms);
+    // Six receivers, two operators each: twelve at once, all from node 3.
+    assert_eq!(plan.operators.len(), 12, "{plan:?}");
+    assert!(plan.operators.iter().all(|o| matches!(o.kind, Kind::Replace { from: 3, .. })));
+    // With six of them running, the other six still start.
+    v.running = plan.operators.iter().take(6).map(|o| (o.range_id, o.kind)).collect();
+    let next = schedule(&v, &s, s.down_after_ms);
+    assert_eq!(next.operators.len(), 6, "{next:?}");
+}

@@ -424,7 +424,7 @@ async fn namespaces_create(State(s): State<HttpState>, raw: Bytes) -> Response {
             return error_response(ApiError::Invalid(why));
         }
     };
-    match crate::namespace::create(&s.backend, &spec).await {
+    match crate::namespace::create_via(&s.backend, &spec, false).await {
         Ok(info) => (StatusCode::CREATED, Json(info)).into_response(),
         Err(e) => error_response(e),
     }
@@ -445,7 +445,7 @@ async fn namespaces_describe(State(s): State<HttpState>, Query(q): Query<Namespa
 }
 
 async fn namespaces_drop(State(s): State<HttpState>, Query(q): Query<NamespaceQuery>) -> Response {
-    match crate::namespace::drop_namespace(&s.backend, &q.name, q.force).await {
+    match crate::namespace::drop_via(&s.backend, &q.name, q.force, false).await {
         Ok(()) => Json(serde_json::json!({ "dropped": q.name })).into_response(),
         Err(e) => error_response(e),
     }

@@ -76,13 +76,11 @@ pub fn plan(st: &RangeStatus, leader: u64, cluster: &[u64], op: MemberOp, node: 
     let is_voter = st.voters.contains(&node);
     let is_learner = st.learners.contains(&node);
     // Caught up = heard from lately (a quiet range's progress would not
-    // show a dead follower) and replicating within MAX_LAG of the commit.
+    // show a dead follower) and within MAX_LAG of the commit.
     let caught_up = |id: u64| {
         id == leader
             || st.live_peers.contains(&id)
-                && st.progress.iter().any(|(p, matched, state)| {
-                    *p == id && *state == ReplicaState::Replicate && matched.saturating_add(MAX_LAG) >= st.commit
-                })
+                && st.progress.iter().any(|(p, matched, state)| *p == id && within_reach(*state, *matched, st.commit))
     };
     let kind = match op {
         MemberOp::AddLearner => {
@@ -148,6 +146,17 @@ async fn range_status(backend: &Backend, range_id: u64) -> Result<RangeStatus, A
 /// This replica's view of a range's configuration.
 pub async fn describe(backend: &Backend, range_id: u64) -> Result<Membership, ApiError> {
     Ok(Membership::from(&range_status(backend, range_id).await?))
+}
+
+/// Whether a replica whose progress the leader holds at `state` and
+/// `matched` has the log up to within [`MAX_LAG`] of `commit`. `matched`
+/// only ever rises with the replica's acknowledgements, so it counts in
+/// `Probe` too: a learner filled by a snapshot stays in `Probe` on a quiet
+/// range (raft-rs moves it to `Replicate` only when a new entry is
+/// acknowledged), and requiring `Replicate` kept such a learner from ever
+/// being promoted. Not while the leader is sending it a snapshot.
+pub fn within_reach(state: ReplicaState, matched: u64, commit: u64) -> bool {
+    state != ReplicaState::Snapshot && matched.saturating_add(MAX_LAG) >= commit
 }
 
 /// Applies one step on this node, which must lead the range. Answers the
@@ -242,6 +251,20 @@ mod tests {
         let st = status(&[1, 2, 3], &[], &[]);
         let cc = plan(&st, 1, &CLUSTER, MemberOp::AddLearner, 4).unwrap();
         assert_eq!(cc.changes[0].get_change_type(), ConfChangeType::AddLearnerNode);
+    }
+
+    /// A learner filled by a snapshot on a quiet range stays in Probe with
+    /// its acknowledged index: it is caught up. One still being sent a
+    /// snapshot is not, whatever its index.
+    #[test]
+    fn a_probed_learner_at_the_commit_index_is_caught_up() {
+        assert!(within_reach(replica_state("Probe"), 19, 19));
+        assert!(within_reach(replica_state("Replicate"), 4000, 5000));
+        assert!(!within_reach(replica_state("Probe"), 10, 5000));
+        assert!(!within_reach(replica_state("Snapshot"), 19, 19));
+        // The status fixture's commit index is 5000.
+        let st = status(&[1, 2, 3], &[4], &[(2, 5000, "Replicate"), (3, 5000, "Replicate"), (4, 5000, "Probe")]);
+        assert!(plan(&st, 1, &CLUSTER, MemberOp::Promote, 4).is_ok());
     }
 
     #[test]

@@ -760,15 +760,75 @@ fn to_wire(n: NsInfo) -> api::NamespaceInfo {
         start_revision: n.start_revision,
         keys: n.keys.unwrap_or(-1),
         revision: n.revision.unwrap_or(-1),
+        epoch: n.epoch,
+    }
+}
+
+fn from_wire(w: api::NamespaceInfo) -> NsInfo {
+    NsInfo {
+        name: w.name,
+        range_id: w.range_id,
+        namespace_id: w.namespace_id,
+        state: match w.state.as_str() {
+            "creating" => NsState::Creating,
+            "dropping" => NsState::Dropping,
+            _ => NsState::Ready,
+        },
+        declared: w.declared,
+        replicas_wanted: w.replicas_wanted as usize,
+        constraints: w.constraints.iter().filter_map(|c| c.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        replicas: w.replicas,
+        epoch: w.epoch,
+        moved_keys: w.moved_keys,
+        start_revision: w.start_revision,
+        keys: (w.keys >= 0).then_some(w.keys),
+        revision: (w.revision >= 0).then_some(w.revision),
+    }
+}
+
+/// A client of node `node`'s `meridian.v1.Namespaces`.
+fn client_of(backend: &Backend, node: u64) -> Result<api::namespaces_client::NamespacesClient<tonic::transport::Channel>, ApiError> {
+    Ok(api::namespaces_client::NamespacesClient::new(backend.channel_to(node)?))
+}
+
+/// [`create`], run by the member that holds the root range when this one
+/// holds none (the placement driver moved it away): once, unless
+/// `forwarded` (this request came from another member already). What the
+/// gRPC and HTTP APIs call.
+pub async fn create_via(backend: &Backend, spec: &CreateSpec, forwarded: bool) -> Result<NsInfo, ApiError> {
+    match create(backend, spec).await {
+        Err(ApiError::NotLeader { leader, .. }) if !forwarded => {
+            let req = api::NamespaceCreateRequest {
+                name: spec.name.clone(),
+                replicas: spec.replicas.unwrap_or(0) as u32,
+                constraints: spec.constraints.clone(),
+            };
+            let info = client_of(backend, leader)?.create(crate::backend::forwarded(req)).await.map_err(|s| ApiError::from_status(&s))?;
+            Ok(from_wire(info.into_inner()))
+        }
+        r => r,
+    }
+}
+
+/// [`drop_namespace`], forwarded as [`create_via`] is.
+pub async fn drop_via(backend: &Backend, name: &str, force: bool, forwarded: bool) -> Result<(), ApiError> {
+    match drop_namespace(backend, name, force).await {
+        Err(ApiError::NotLeader { leader, .. }) if !forwarded => {
+            let req = api::NamespaceDropRequest { name: name.to_string(), force };
+            client_of(backend, leader)?.drop(crate::backend::forwarded(req)).await.map_err(|s| ApiError::from_status(&s))?;
+            Ok(())
+        }
+        r => r,
     }
 }
 
 #[tonic::async_trait]
 impl api::namespaces_server::Namespaces for NamespacesService {
     async fn create(&self, req: Request<api::NamespaceCreateRequest>) -> Result<Response<api::NamespaceInfo>, Status> {
+        let forwarded = req.metadata().get(crate::backend::FORWARDED_HEADER).is_some();
         let r = req.into_inner();
         let spec = CreateSpec { name: r.name, replicas: (r.replicas > 0).then_some(r.replicas as usize), constraints: r.constraints };
-        Ok(Response::new(to_wire(create(&self.backend, &spec).await?)))
+        Ok(Response::new(to_wire(create_via(&self.backend, &spec, forwarded).await?)))
     }
 
     async fn list(&self, _req: Request<api::NamespaceListRequest>) -> Result<Response<api::NamespaceListResponse>, Status> {
@@ -781,8 +841,9 @@ impl api::namespaces_server::Namespaces for NamespacesService {
     }
 
     async fn drop(&self, req: Request<api::NamespaceDropRequest>) -> Result<Response<api::NamespaceDropResponse>, Status> {
+        let forwarded = req.metadata().get(crate::backend::FORWARDED_HEADER).is_some();
         let r = req.into_inner();
-        drop_namespace(&self.backend, &r.name, r.force).await?;
+        drop_via(&self.backend, &r.name, r.force, forwarded).await?;
         Ok(Response::new(api::NamespaceDropResponse {}))
     }
 }

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! With `[placement] execute = true`, the meta range's leader also runs
-//! the operators ([`drive`]): every [`DRIVE_EVERY`] it advances each
+//! the operators ([`drive`]): every [`DRIVE_EVERY`] ([`DRIVE_BUSY`] while operators run) it advances each
 //! running operator one step (issued on the range's leader,
 //! `Internal.RangeStep`) and starts what the scheduler plans. The running
 //! operators live in that leader's memory: a new leader starts afresh, and
@@ -24,7 +24,6 @@ use meridian_membership::Liveness;
 use meridian_placement::{schedule, ClusterView, Kind, Load, NodeView, Operator, Plan, Progress, RangeView, Running, Settings, Step};
 use meridian_proto::meridian::v1 as api;
 use meridian_raftstore::raft_types::StateRole;
-use meridian_raftstore::ReplicaState;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
@@ -101,9 +100,7 @@ pub async fn local_reports(backend: &Backend) -> Vec<api::RangeReport> {
             caught_up: s
                 .progress
                 .iter()
-                .filter(|(_, matched, state)| {
-                    *state == ReplicaState::Replicate && matched.saturating_add(crate::membership::MAX_LAG) >= s.commit
-                })
+                .filter(|(_, matched, state)| crate::membership::within_reach(*state, *matched, s.commit))
                 .map(|(n, ..)| *n)
                 .collect(),
             joint: !s.voters_outgoing.is_empty(),
@@ -372,6 +369,9 @@ pub async fn dry_run(backend: &Backend) -> serde_json::Value {
 
 /// How often the driver advances operators and plans.
 pub const DRIVE_EVERY: Duration = Duration::from_secs(2);
+/// ... while operators run: each advances a step a round, so a replica
+/// replaced (about four steps) takes about 2 s rather than 8.
+pub const DRIVE_BUSY: Duration = Duration::from_millis(500);
 /// How long one round may spend issuing steps.
 const ROUND_BUDGET: Duration = Duration::from_secs(10);
 /// Finished operators remembered for `GET /v1/placement/operators`.
@@ -513,7 +513,7 @@ async fn issue(backend: &Backend, range: &RangeView, step: Step) -> Result<(), A
 }
 
 /// The driver's loop: on the meta range's leader, with `execute` on,
-/// every [`DRIVE_EVERY`]: advance every running operator by a step, then
+/// every [`DRIVE_EVERY`] ([`DRIVE_BUSY`] while operators run): advance every running operator by a step, then
 /// start what the scheduler plans. Steps go out one at a time (bounded
 /// work per round); a node that loses the meta range's leadership drops
 /// its operators (their leftovers are the next leader's orphans).
@@ -528,7 +528,8 @@ pub async fn drive(backend: Arc<Backend>) {
     let mut took_over = false;
     let resuming = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
-        tokio::time::sleep(DRIVE_EVERY).await;
+        let busy = !lock(&driver.running).is_empty();
+        tokio::time::sleep(if busy { DRIVE_BUSY } else { DRIVE_EVERY }).await;
         if !leading().await {
             // Their records stay: the next leader takes them over.
             let dropped = std::mem::take(&mut *lock(&driver.running));
