@@ -5,8 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{desc, factory};
-use meridian_raftstore::test_machine::put_command;
+use common::{desc, factory, lead_range_1_with_writes};
 use meridian_raftstore::{Bootstrap, RaftstoreError, Store, StoreConfig, INITIAL_LOG_INDEX};
 use meridian_storage::{keys, Cf, Engine, MemEngine, PeerStorage, WriteBatch};
 use meridian_transport::mem::MemNetwork;
@@ -23,14 +22,7 @@ fn open(engine: &MemEngine, voters: &[u64]) -> Result<Store, RaftstoreError> {
 /// A single-voter store that leads range 1 and has applied a few writes.
 fn leader_store(engine: &MemEngine) -> Store {
     let mut s = open(engine, &[1]).unwrap();
-    s.campaign(1).unwrap();
-    for i in 0..3 {
-        s.poll().unwrap();
-        s.propose(s.request(1), put_command(format!("k{i}").as_bytes(), b"v")).unwrap();
-    }
-    for _ in 0..3 {
-        s.poll().unwrap();
-    }
+    lead_range_1_with_writes(&mut s);
     assert_eq!(s.range_status(1).unwrap().applied, INITIAL_LOG_INDEX + 4, "leader no-op plus three writes");
     s
 }

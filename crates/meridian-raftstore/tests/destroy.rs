@@ -7,8 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{desc, factory};
-use meridian_raftstore::test_machine::put_command;
+use common::{desc, factory, lead_range_1_with_writes};
 use meridian_raftstore::{Destroyed, RaftstoreError, Retirement, Store, StoreConfig};
 use meridian_storage::{keys, Cf, Engine, MemEngine};
 use meridian_transport::mem::MemNetwork;
@@ -25,14 +24,7 @@ fn open(engine: &MemEngine) -> Store {
 fn store(engine: &MemEngine) -> Store {
     Store::bootstrap(engine, 1, &[desc(1, &[1]), desc(2, &[1, 2])]).unwrap();
     let mut s = open(engine);
-    s.campaign(1).unwrap();
-    for i in 0..3 {
-        s.poll().unwrap();
-        s.propose(s.request(1), put_command(format!("k{i}").as_bytes(), b"v")).unwrap();
-    }
-    for _ in 0..3 {
-        s.poll().unwrap();
-    }
+    lead_range_1_with_writes(&mut s);
     s
 }
 

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use meridian_raftstore::test_machine::RegisterMachine;
-use meridian_raftstore::{StateMachine, StateMachineFactory};
+use meridian_raftstore::test_machine::{put_command, RegisterMachine};
+use meridian_raftstore::{StateMachine, StateMachineFactory, Store};
 use meridian_storage::{RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
 
 /// Every range runs the register machine.
@@ -21,5 +21,17 @@ pub fn desc(range_id: u64, voters: &[u64]) -> RangeDescriptor {
         end: vec![],
         epoch: RangeEpoch { conf_ver: 1, version: 1 },
         replicas: voters.iter().map(|&node_id| ReplicaDesc { node_id, role: ReplicaRole::Voter }).collect(),
+    }
+}
+
+/// Makes `s` lead range 1 (a single voter) and apply three writes to it.
+pub fn lead_range_1_with_writes(s: &mut Store) {
+    s.campaign(1).unwrap();
+    for i in 0..3 {
+        s.poll().unwrap();
+        s.propose(s.request(1), put_command(format!("k{i}").as_bytes(), b"v")).unwrap();
+    }
+    for _ in 0..3 {
+        s.poll().unwrap();
     }
 }
