@@ -82,6 +82,7 @@ sim-long: setup
 	MERIDIAN_GOSSIP_SEEDS=$${GOSSIP_SEEDS:-$${SEEDS:-500}} $(CARGO) test -p meridian-membership agent:: -- --nocapture
 	MERIDIAN_PLACEMENT_SEEDS=$${PLACEMENT_SEEDS:-$${SEEDS:-500}} $(CARGO) test -p meridian-placement -- --nocapture
 	MERIDIAN_CARVE_SEEDS=$${CARVE_SEEDS:-$${SEEDS:-500}} $(CARGO) test -p meridian-sim --test carve -- --nocapture
+	MERIDIAN_MERGE_SEEDS=$${MERGE_SEEDS:-$${SEEDS:-500}} $(CARGO) test -p meridian-sim --test merge -- --nocapture
 
 # A long fuzzing run of every decoder that takes untrusted bytes (peer
 # frames, raft messages, stored records, KV commands and queries, etcd

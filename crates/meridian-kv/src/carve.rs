@@ -32,10 +32,10 @@ use meridian_raftstore::SplitOff;
 use meridian_storage::{RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
 use prost::Message as _;
 
-use crate::command::{CarveOp, CarveOutcome, SealOp, UncarveOp};
+use crate::command::{AbsorbOp, CarveOp, CarveOutcome, SealOp, SealOutcome, UncarveOp};
 use crate::error::KvError;
 use crate::keys;
-use crate::mvcc::{tombstone_record, version_record, KeyValue, Meta, WriteTxn};
+use crate::mvcc::{tombstone_record, version_record, KeyValue, Meta, Mvcc, WriteTxn};
 use crate::read::DataRead;
 
 /// Most keys one carve moves (they travel in one write, on the store's
@@ -44,6 +44,13 @@ use crate::read::DataRead;
 pub const MAX_CARVE_KEYS: usize = 100_000;
 /// Most bytes (keys and values) one carve moves, for the same reason.
 pub const MAX_CARVE_BYTES: usize = 64 << 20;
+/// Most keys a merge moves. They travel in two commands (the seal's
+/// outcome, then the parent's absorb), so a merge is for small namespaces
+/// only; the placement driver merges far smaller ones.
+pub const MAX_MERGE_KEYS: usize = 10_000;
+/// Most bytes (keys and values) a merge moves, for the same reason (below
+/// the transport's largest message).
+pub const MAX_MERGE_BYTES: usize = 4 << 20;
 
 /// A carve record: where a prefix went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -291,6 +298,128 @@ pub fn seal(w: &mut WriteTxn<'_, '_>, op: &SealOp) -> Result<(), KvError> {
     let record = Carved { prefix: p.clone(), namespace_id: SEALED, range_id: 0, voters: Vec::new() };
     w.ctx().put(&keys::carved_key(p), &record.encode());
     Ok(())
+}
+
+/// Applies a [`SealOp`] with `merge` set (see the module docs): seals the
+/// range, keeping its keys, and exports them. Again on a range sealed for a
+/// merge already (a retry): exports them again, changing nothing.
+pub fn seal_for_merge(w: &mut WriteTxn<'_, '_>, op: &SealOp, sealed_already: bool) -> Result<SealOutcome, KvError> {
+    let p = &op.prefix;
+    if p.is_empty() {
+        return Err(KvError::Invalid("a namespace prefix must not be empty".into()));
+    }
+    if !sealed_already {
+        let leases = Mvcc::leases(w.reader())?;
+        if let Some(l) = leases.first() {
+            return Err(KvError::Invalid(format!(
+                "namespace {:?} holds {} lease(s) (e.g. {:#x}); a lease cannot move to another namespace: revoke them or let them expire first",
+                name(p),
+                leases.len(),
+                l.id
+            )));
+        }
+        if let Some(lock) = first_lock_under(w.reader(), p)? {
+            return Err(KvError::Invalid(format!(
+                "lock {:?} in namespace {:?} is held, waited for or under lock-delay; locks cannot move to another namespace: release them first",
+                name(&lock),
+                name(p)
+            )));
+        }
+    }
+    let kvs = export(w.reader(), p)?;
+    if !sealed_already {
+        let record = Carved { prefix: p.clone(), namespace_id: SEALED, range_id: 0, voters: Vec::new() };
+        w.ctx().put(&keys::carved_key(p), &record.encode());
+    }
+    Ok(SealOutcome { kvs })
+}
+
+/// The current version of every key under `prefix`, refused past the
+/// merge's limits.
+fn export(r: &dyn DataRead, p: &[u8]) -> Result<Vec<KeyValue>, KvError> {
+    let (s, e) = keys::index_bounds(p, &keys::prefix_end(p));
+    let mut kvs = Vec::new();
+    let mut bytes = 0usize;
+    let mut too_many = false;
+    let mut bad = None;
+    r.scan(&s, &e, &mut |k, v| {
+        bytes += k.len() + v.len();
+        if kvs.len() == MAX_MERGE_KEYS || bytes > MAX_MERGE_BYTES {
+            too_many = true;
+            return false;
+        }
+        match KeyValue::decode(v) {
+            Ok(kv) => kvs.push(kv),
+            Err(x) => {
+                bad = Some(KvError::Storage(format!("corrupt index entry: {x}")));
+                return false;
+            }
+        }
+        true
+    })?;
+    if let Some(x) = bad {
+        return Err(x);
+    }
+    if too_many {
+        return Err(KvError::Invalid(format!(
+            "namespace {:?} holds more than {MAX_MERGE_KEYS} keys or {} MiB: too large to merge",
+            name(p),
+            MAX_MERGE_BYTES >> 20
+        )));
+    }
+    Ok(kvs)
+}
+
+/// Applies [`AbsorbOp`]: the carve of the merged namespace is undone, this
+/// range's revision continues from at least the namespace's last, and its
+/// keys are written here as they were (create and mod revisions, versions;
+/// no event: they did not change, they moved). Returns whether it changed
+/// anything (a retry of an absorb that applied finds no carve).
+pub fn absorb(w: &mut WriteTxn<'_, '_>, op: &AbsorbOp) -> Result<bool, KvError> {
+    if !carved(w.reader())?.iter().any(|c| c.prefix == op.prefix && c.namespace_id == op.namespace_id) {
+        return Ok(false);
+    }
+    if op.kvs.len() > MAX_MERGE_KEYS {
+        return Err(KvError::Invalid(format!("a merge moves at most {MAX_MERGE_KEYS} keys, not {}", op.kvs.len())));
+    }
+    for kv in &op.kvs {
+        let fits = kv.key.starts_with(&op.prefix)
+            && kv.lease == 0
+            && kv.version > 0
+            && 0 < kv.create_revision
+            && kv.create_revision <= kv.mod_revision
+            && kv.mod_revision <= op.revision_floor;
+        if !fits {
+            return Err(KvError::Invalid(format!(
+                "merge of {:?}: key {:?} (revisions {}..{}, version {}, lease {}) does not belong to it at revision {}",
+                name(&op.prefix),
+                name(&kv.key),
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version,
+                kv.lease,
+                op.revision_floor
+            )));
+        }
+    }
+    w.ctx().delete(&keys::carved_key(&op.prefix));
+    w.raise_revision(op.revision_floor);
+    for kv in &op.kvs {
+        // This range ended the key's history with a tombstone when the
+        // prefix was carved out; the key's version is its latest again.
+        let mut later = Vec::new();
+        let (s, e) = (keys::history_key(&kv.key, kv.mod_revision + 1), keys::history_key(&kv.key, i64::MAX));
+        w.reader().scan(&s, &e, &mut |k, _| {
+            later.push(k.to_vec());
+            true
+        })?;
+        for k in later {
+            w.ctx().delete(&k);
+        }
+        w.ctx().put(&keys::index_key(&kv.key), &kv.encode_to_vec());
+        w.ctx().put(&keys::history_key(&kv.key, kv.mod_revision), &version_record(kv));
+    }
+    Ok(true)
 }
 
 /// The namespace id a seal record names: none.

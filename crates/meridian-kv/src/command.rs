@@ -13,7 +13,7 @@ use crate::mvcc::KeyValue;
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
     /// What to do; `None` is invalid.
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18")]
     pub op: Option<Op>,
     /// The proposer's wall clock (Unix ms), recorded as information only
     /// ("held since"); nothing decides on it.
@@ -85,6 +85,11 @@ pub enum Op {
     /// range's last.
     #[prost(message, tag = "17")]
     Seal(SealOp),
+    /// Take a merged namespace's keys back into this range: the prefix is
+    /// served here again, with the keys its range held when sealed for
+    /// the merge (placement driver only; see [`crate::carve`]).
+    #[prost(message, tag = "18")]
+    Absorb(AbsorbOp),
 }
 
 /// [`Op::Carve`]: move the keys under `prefix` to namespace
@@ -127,6 +132,38 @@ pub struct SealOp {
     /// Seal even while it holds keys or locks (they are discarded).
     #[prost(bool, tag = "2")]
     pub force: bool,
+    /// Seal for a merge into the parent range: the keys stay and the
+    /// outcome carries them ([`OutcomeKind::Sealed`], also when the range
+    /// was sealed already); refused while the namespace holds leases or
+    /// locks, or more keys than a merge moves.
+    #[prost(bool, tag = "3")]
+    pub merge: bool,
+}
+
+/// [`Op::Absorb`]: the namespace `prefix` (id `namespace_id`, whose range
+/// was sealed for a merge) is served by this range again, with `kvs`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AbsorbOp {
+    /// The merged namespace's prefix.
+    #[prost(bytes = "vec", tag = "1")]
+    pub prefix: Vec<u8>,
+    /// The merged namespace: only its carve is undone.
+    #[prost(uint64, tag = "2")]
+    pub namespace_id: u64,
+    /// Its last revision: this range continues from at least there.
+    #[prost(int64, tag = "3")]
+    pub revision_floor: i64,
+    /// Its keys, as the seal exported them (revisions and versions kept).
+    #[prost(message, repeated, tag = "4")]
+    pub kvs: Vec<KeyValue>,
+}
+
+/// What a seal for a merge exported ([`SealOp::merge`]).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SealOutcome {
+    /// The current version of every key of the namespace, in key order.
+    #[prost(message, repeated, tag = "1")]
+    pub kvs: Vec<KeyValue>,
 }
 
 /// What a carve did.
@@ -401,7 +438,7 @@ pub struct Outcome {
     #[prost(int64, tag = "1")]
     pub revision: i64,
     /// The command's result; [`OutcomeKind::Error`] if it failed.
-    #[prost(oneof = "OutcomeKind", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "OutcomeKind", tags = "2, 3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub kind: Option<OutcomeKind>,
 }
 
@@ -436,6 +473,9 @@ pub enum OutcomeKind {
     /// Of a carve.
     #[prost(message, tag = "10")]
     Carve(CarveOutcome),
+    /// Of a seal for a merge: the keys it exported.
+    #[prost(message, tag = "11")]
+    Sealed(SealOutcome),
 }
 
 /// What an acquire (or proclaim) did.
@@ -741,7 +781,7 @@ pub fn op_keys(op: &Op) -> Vec<KeyInterval> {
         Op::LockDelayEnd(name) => out.push(KeyInterval::key(name)),
         // The prefix is this range's until the carve applies; naming it
         // would make the carve refuse itself.
-        Op::Carve(_) | Op::Uncarve(_) | Op::Seal(_) => {}
+        Op::Carve(_) | Op::Uncarve(_) | Op::Seal(_) | Op::Absorb(_) => {}
         Op::Compact(_) | Op::LeaseGrant(_) | Op::LeaseRevoke(_) | Op::LeaseCheckpoint(_) | Op::LeaseExpire(_) => {}
     }
     out

@@ -55,8 +55,8 @@ pub struct KvMachine {
     /// a command's check reads no record): commands and queries touching
     /// them are refused.
     carved: Vec<Vec<u8>>,
-    /// The range was sealed (its namespace is being dropped): every command
-    /// but another seal is refused. The sealed prefix.
+    /// The range was sealed (its namespace is being dropped or merged):
+    /// every command but another seal is refused. The sealed prefix.
     sealed: Option<Vec<u8>>,
     /// The range this machine serves (0: not said), named to the sink when
     /// a reload finds carves it did not apply itself (a snapshot, a start).
@@ -353,11 +353,25 @@ impl KvMachine {
                 }
                 OutcomeKind::Done(true)
             }
+            Op::Seal(s) if s.merge => {
+                let out = carve::seal_for_merge(&mut w, s, self.sealed.is_some())?;
+                if self.sealed.is_none() {
+                    self.sealed = Some(s.prefix.clone());
+                    carved = Some((s.prefix.clone(), true));
+                }
+                OutcomeKind::Sealed(out)
+            }
             Op::Seal(s) => {
                 if self.sealed.is_none() {
                     carve::seal(&mut w, s)?;
                     self.sealed = Some(s.prefix.clone());
                     carved = Some((s.prefix.clone(), true));
+                }
+                OutcomeKind::Done(true)
+            }
+            Op::Absorb(a) => {
+                if carve::absorb(&mut w, a)? {
+                    carved = Some((a.prefix.clone(), false));
                 }
                 OutcomeKind::Done(true)
             }

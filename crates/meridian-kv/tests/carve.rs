@@ -136,7 +136,7 @@ fn refused_carves_change_nothing() {
 fn a_seal_refuses_while_keys_remain_unless_forced_then_refuses_everything() {
     let mut f = Fixture::new();
     f.apply(put("/a/x", "1"));
-    let seal = |force| Op::Seal(SealOp { prefix: b"/a/".to_vec(), force });
+    let seal = |force| Op::Seal(SealOp { prefix: b"/a/".to_vec(), force, merge: false });
     assert!(error_text(&f.apply(seal(false))).contains("holds 1 key(s)"));
     assert_eq!(f.apply(put("/a/y", "2")).revision, 3, "a refused seal changes nothing");
     let sealed = f.apply(seal(true));
@@ -173,4 +173,129 @@ fn an_uncarve_returns_the_prefix_with_revisions_above_the_dropped_namespace() {
     assert_eq!(put_again.revision, 1001, "a token under the prefix exceeds every one the dropped namespace gave");
     let again = f.apply(Op::Uncarve(UncarveOp { prefix: "/a/".into(), revision_floor: 2000, namespace_id: NEW_NS }));
     assert_eq!(again.revision, 1001, "a retried uncarve changes nothing");
+}
+
+/// Applies `op` to the carved-out namespace's range ([`NEW_RANGE`]) with
+/// its own machine.
+fn apply_child(f: &Fixture, child: &mut meridian_kv::KvMachine, index: u64, op: Op) -> Outcome {
+    use prost::Message as _;
+    let mut batch = meridian_storage::WriteBatch::new();
+    let mut overlay = std::collections::BTreeMap::new();
+    let out = {
+        let mut ctx = meridian_raftstore::ApplyContext::new(NEW_RANGE, &f.engine, &mut batch, &mut overlay, 1);
+        meridian_raftstore::StateMachine::apply(child, &mut ctx, index, &Command { op: Some(op), wall_ms: 1000 }.encode_to_vec())
+    };
+    meridian_storage::Engine::write(&f.engine, &batch, false).unwrap();
+    Outcome::decode(out.as_slice()).unwrap()
+}
+
+fn seal_merge(prefix: &str) -> Op {
+    Op::Seal(SealOp { prefix: prefix.into(), force: false, merge: true })
+}
+
+fn sealed_kvs(o: &Outcome) -> Vec<meridian_kv::mvcc::KeyValue> {
+    match &o.kind {
+        Some(OutcomeKind::Sealed(s)) => s.kvs.clone(),
+        other => panic!("expected a seal's export, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_merge_brings_the_keys_back_with_their_revisions_and_tokens_keep_growing() {
+    let mut f = Fixture::new();
+    f.apply(put("/a/x", "1"));
+    f.apply(put("/a/z", "still"));
+    f.apply(put("/b/k", "b"));
+    f.apply_conf(carve("/a/"), VOTERS, false);
+    assert_eq!(f.query(range_all("/b/")).revision, 5);
+    let mut child = meridian_kv::KvMachine::new(None).for_range(NEW_RANGE);
+    let mut i = 0;
+    let mut child_apply = |f: &Fixture, op| {
+        i += 1;
+        apply_child(f, &mut child, i, op)
+    };
+    assert_eq!(child_apply(&f, put("/a/x", "2")).revision, 5);
+    assert_eq!(child_apply(&f, put("/a/y", "3")).revision, 6);
+    assert_eq!(child_apply(&f, Op::LeaseGrant(LeaseGrantOp { id: 40, ttl_s: 60 })).revision, 6, "a lease takes no revision");
+    let refused = child_apply(&f, seal_merge("/a/"));
+    assert!(error_text(&refused).contains("holds 1 lease(s)"), "{refused:?}");
+    assert_eq!(child_apply(&f, put("/a/y", "4")).revision, 7, "a refused seal changes nothing");
+    child_apply(&f, Op::LeaseRevoke(40));
+    let sealed = child_apply(&f, seal_merge("/a/"));
+    assert_eq!(sealed.revision, 7, "the seal reports the last revision and takes none");
+    let kvs = sealed_kvs(&sealed);
+    let want = f.query_in(NEW_NS, range_all("/a/")).range.unwrap().kvs;
+    assert_eq!(kvs, want, "the export is the namespace's current state");
+    assert_eq!(
+        kvs.iter().map(|kv| (kv.key.as_slice(), kv.mod_revision, kv.version)).collect::<Vec<_>>(),
+        [(&b"/a/x"[..], 5, 2), (&b"/a/y"[..], 7, 2), (&b"/a/z"[..], 3, 1)]
+    );
+    assert_eq!(error_code(&child_apply(&f, put("/a/q", "x"))), Some(ErrorCode::NamespaceMoved), "sealed");
+    assert_eq!(sealed_kvs(&child_apply(&f, seal_merge("/a/"))), kvs, "a retried seal exports again");
+
+    // Refused absorbs change nothing: the parent still fences the prefix.
+    let absorb = |kvs: Vec<meridian_kv::mvcc::KeyValue>, floor| {
+        Op::Absorb(AbsorbOp { prefix: "/a/".into(), namespace_id: NEW_NS, revision_floor: floor, kvs })
+    };
+    let mut leased = kvs.clone();
+    leased[0].lease = 3;
+    let mut outside = kvs.clone();
+    outside[0].key = b"/b/x".to_vec();
+    for (op, why) in
+        [(absorb(leased, 7), "does not belong"), (absorb(outside, 7), "does not belong"), (absorb(kvs.clone(), 6), "at revision 6")]
+    {
+        assert!(error_text(&f.apply(op)).contains(why), "{why}");
+        assert_eq!(error_code(&f.apply(put("/a/x", "no"))), Some(ErrorCode::NamespaceMoved));
+    }
+
+    let out = f.apply(absorb(kvs.clone(), 7));
+    assert_eq!(out.revision, 7, "the parent continues from the merged namespace's last revision");
+    assert_eq!(f.query(range_all("/a/")).range.unwrap().kvs, kvs, "the keys, their revisions and versions");
+    let at = f.query(QueryKind::Range(RangeOp { key: "/a/z".into(), revision: 7, ..Default::default() })).range.unwrap();
+    assert_eq!(at.kvs.len(), 1, "a moved key unchanged since is read at the current revision too (its carve tombstone is gone)");
+    assert_eq!(f.query(range_all("/b/")).range.unwrap().kvs.len(), 1, "the parent's own keys stay");
+    let next = f.apply(put("/a/x", "5"));
+    assert_eq!(next.revision, 8, "a token under the prefix exceeds every one the merged namespace gave");
+    let x = f.query(QueryKind::Range(RangeOp { key: "/a/x".into(), ..Default::default() })).range.unwrap().kvs;
+    assert_eq!((x[0].create_revision, x[0].version), (2, 3), "the key's life goes on");
+    assert_eq!(f.apply(absorb(kvs.clone(), 50)).revision, 8, "a retried absorb changes nothing");
+
+    let mut fresh = meridian_kv::KvMachine::new(None);
+    meridian_raftstore::StateMachine::reload(&mut fresh, &f.engine, RANGE).unwrap();
+    f.sm = fresh;
+    assert_eq!(f.apply(put("/a/w", "6")).revision, 9, "served here after a reload");
+}
+
+#[test]
+fn a_seal_for_a_merge_refuses_sessions_and_locks() {
+    let mut f = Fixture::new();
+    f.apply(put("/a/x", "1"));
+    f.apply_conf(carve("/a/"), VOTERS, false);
+    let mut child = meridian_kv::KvMachine::new(None).for_range(NEW_RANGE);
+    apply_child(&f, &mut child, 1, Op::LeaseGrant(LeaseGrantOp { id: 41, ttl_s: 60 }));
+    let acquire = LockAcquireOp { name: "/a/lock".into(), session: 41, waiter_id: 1, value: b"v".to_vec(), ..Default::default() };
+    apply_child(&f, &mut child, 2, Op::LockAcquire(acquire));
+    apply_child(&f, &mut child, 3, Op::LeaseRevoke(41));
+    // A clean revoke releases the lock without lock-delay: now it merges.
+    let kvs = sealed_kvs(&apply_child(&f, &mut child, 4, seal_merge("/a/")));
+    assert_eq!(kvs.len(), 1);
+    let mut other = meridian_kv::KvMachine::new(None).for_range(NEW_RANGE);
+    let empty = Fixture::new();
+    apply_child(&empty, &mut other, 1, Op::LeaseGrant(LeaseGrantOp { id: 42, ttl_s: 60 }));
+    let acquire = LockAcquireOp {
+        name: "/a/lock".into(),
+        session: 42,
+        waiter_id: 1,
+        value: b"v".to_vec(),
+        lock_delay_ms: 5000,
+        ..Default::default()
+    };
+    apply_child(&empty, &mut other, 2, Op::LockAcquire(acquire));
+    let refused = apply_child(&empty, &mut other, 3, seal_merge("/a/"));
+    assert!(error_text(&refused).contains("lease(s)"), "{refused:?}");
+    // The session expires: its lock stays under lock-delay, and that too
+    // keeps the namespace where it is.
+    apply_child(&empty, &mut other, 4, Op::LeaseExpire(42));
+    let refused = apply_child(&empty, &mut other, 5, seal_merge("/a/"));
+    assert!(error_text(&refused).contains("under lock-delay"), "{refused:?}");
 }

@@ -172,6 +172,7 @@ fn op_name(op: &c::Op) -> &'static str {
         c::Op::Carve(_) => "namespace_carve",
         c::Op::Uncarve(_) => "namespace_uncarve",
         c::Op::Seal(_) => "namespace_seal",
+        c::Op::Absorb(_) => "namespace_absorb",
     }
 }
 

@@ -713,7 +713,7 @@ async fn finish_drop(backend: &Backend, mut record: NsRecord) -> Result<(), ApiE
     // The range stops serving; refused (changing nothing) while it holds
     // keys or locks, unless forced. Its last revision is the floor the
     // root continues from under the prefix.
-    let seal = c::SealOp { prefix: prefix.clone(), force: record.drop_force };
+    let seal = c::SealOp { prefix: prefix.clone(), force: record.drop_force, merge: false };
     let sealed = settle("sealing the namespace's range", || backend.execute(record.range_id, c::Op::Seal(seal.clone()))).await;
     let floor = match sealed {
         Ok(out) => out.revision,

@@ -61,17 +61,17 @@ impl CarveReport {
     }
 }
 
-fn kv_machines() -> Machines {
+pub(crate) fn kv_machines() -> Machines {
     Machines::per_node(|_| {
         Arc::new(|_: &RangeDescriptor| Box::new(KvMachine::new(None)) as Box<dyn StateMachine>) as Arc<dyn StateMachineFactory>
     })
 }
 
-fn command(op: Op) -> Vec<u8> {
+pub(crate) fn command(op: Op) -> Vec<u8> {
     Command { op: Some(op), wall_ms: 0 }.encode_to_vec()
 }
 
-fn outcome(raw: &[u8]) -> Option<Outcome> {
+pub(crate) fn outcome(raw: &[u8]) -> Option<Outcome> {
     Outcome::decode(raw).ok()
 }
 

@@ -31,6 +31,7 @@ pub mod carve_run;
 mod checker;
 mod cluster;
 pub mod kv;
+pub mod merge_run;
 mod random_run;
 mod seeds;
 
