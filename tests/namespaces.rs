@@ -191,3 +191,148 @@ fn a_namespace_created_at_runtime_takes_its_keys_along_and_serves_at_once() {
     assert_eq!(holders(orders_range), Vec::<usize>::new(), "a restart brings no collected replica back");
     assert!(put_rev(&ep[0], "/orders/after", "6") > back);
 }
+
+#[test]
+fn a_namespace_merges_into_the_root_group_and_splits_out_again_with_revisions_that_never_go_back() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let c = ProcCluster::start(3, &[]);
+    c.wait_ready(Duration::from_secs(60));
+    let all = c.endpoints();
+    let ep: Vec<String> = c.members.iter().map(|m| m.client_addr.to_string()).collect();
+    let http: Vec<String> = c.members.iter().map(|m| m.http_addr.to_string()).collect();
+    let describe = |name: &str| -> serde_json::Value {
+        let (found, out) = namespace(&http[0], &["describe", name, "-o", "json"]);
+        assert!(found, "{out}");
+        serde_json::from_str(&out).unwrap()
+    };
+
+    let (created, out) = namespace(&http[0], &["create", "/cfg/"]);
+    assert!(created, "{out}");
+    let first_range = describe("/cfg/")["range_id"].as_u64().unwrap();
+    ok(&all, &["put", "/cfg/a", "1"]);
+    ok(&all, &["put", "/cfg/b", "2"]);
+    let (_, a_rev, _) = get(&ep[1], "/cfg/a");
+    // A session in the namespace (a lease of its own), with a key.
+    let session = |create: bool, id: i64| -> i64 {
+        rt().block_on(async {
+            use meridian_proto::meridian::v1 as api;
+            let ch = tonic::transport::Channel::from_shared(format!("http://{}", ep[0])).unwrap().connect().await.unwrap();
+            let mut sc = api::session_client::SessionClient::new(ch);
+            if create {
+                sc.create(api::SessionCreateRequest { namespace: b"/cfg/".to_vec(), ttl_seconds: 600 })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .session_id
+            } else {
+                sc.close(api::SessionCloseRequest { session_id: id }).await.unwrap();
+                id
+            }
+        })
+    };
+    let lease = session(true, 0);
+    ok(&all, &["put", "/cfg/session", "x", &format!("--lease={lease:x}")]);
+
+    // A namespace with a session cannot merge: refused, nothing changed.
+    let (merged, out) = namespace(&http[1], &["merge", "/cfg/"]);
+    assert!(!merged && out.contains("lease(s)"), "{out}");
+    assert_eq!(describe("/cfg/")["state"], "ready");
+    let last = put_rev(&ep[0], "/cfg/c", "3");
+    session(false, lease);
+
+    let (merged, out) = namespace(&http[1], &["merge", "/cfg/"]);
+    assert!(merged && out.contains("merged namespace /cfg/ into the root group"), "{out}");
+    let d = describe("/cfg/");
+    assert_eq!(
+        (d["state"].as_str(), d["range_id"].as_u64(), d["keys"].as_i64(), d["merged_keys"].as_u64()),
+        (Some("shared"), Some(2), Some(3), Some(3))
+    );
+    for e in &ep {
+        let (value, rev, _) = get(e, "/cfg/a");
+        assert_eq!((value.as_str(), rev), ("1", a_rev), "{e}: the key kept its revision through the merge");
+    }
+    let after_merge = put_rev(&ep[2], "/cfg/d", "4");
+    assert!(after_merge > last, "revisions under a merged namespace continue above its last: {after_merge} <= {last}");
+    let (again, out) = namespace(&http[0], &["merge", "/cfg/"]);
+    assert!(again && out.contains("shared"), "a merge of a shared namespace changes nothing: {out}");
+
+    // Shared from the start; bad input refused with a reason.
+    let (created, out) = namespace(&http[2], &["create", "/small/", "--shared"]);
+    assert!(created && out.contains("shared: served by the root group"), "{out}");
+    ok(&all, &["put", "/small/k", "v"]);
+    for (args, why) in [
+        (vec!["create", "/small/"], "already exists"),
+        (vec!["create", "/small/x/", "--shared"], "overlaps namespace \"/small/\""),
+        (vec!["create", "/cfg/x/"], "overlaps namespace \"/cfg/\""),
+        (vec!["create", "/s2/", "--shared", "--replicas", "1"], "a shared namespace is served by the root group"),
+        (vec!["merge", "/nope/"], "not found"),
+        (vec!["split", "/nope/"], "not found"),
+        (vec!["drop", "/small/"], "holds 1 key(s)"),
+    ] {
+        let (success, out) = namespace(&http[0], &args);
+        assert!(!success && out.contains(why), "{args:?}: expected a refusal saying {why:?}, got: {out}");
+    }
+
+    // The merged group's replicas are collected on every member.
+    let holders = |range_id: u64| -> Vec<usize> {
+        (0..3)
+            .filter(|i| {
+                let (code, body) = http_get(&http[*i], "/v1/cluster/status");
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                code != 200 || v["ranges"].as_array().is_some_and(|rs| rs.iter().any(|r| r["range_id"] == range_id))
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    while !holders(first_range).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(holders(first_range), Vec::<usize>::new(), "the merged group's replicas were not collected");
+
+    // Split out again: a new group, the keys with their revisions, and
+    // revisions above every one given before.
+    let (split, out) = namespace(&http[0], &["split", "/cfg/"]);
+    assert!(split, "{out}");
+    let d = describe("/cfg/");
+    let second_range = d["range_id"].as_u64().unwrap();
+    assert_eq!((d["state"].as_str(), d["keys"].as_i64()), (Some("ready"), Some(4)));
+    assert!(second_range > first_range, "a fresh group: {second_range} <= {first_range}");
+    let (value, rev, _) = get(&ep[1], "/cfg/a");
+    assert_eq!((value.as_str(), rev), ("1", a_rev));
+    let after_split = put_rev(&ep[0], "/cfg/e", "5");
+    assert!(after_split > after_merge, "{after_split} <= {after_merge}");
+
+    // A split that cannot move the keys (one is attached to a root
+    // lease) is refused and leaves the namespace shared.
+    let lease_out = ok(&all, &["lease", "grant", "600"]);
+    let root_lease = lease_out.split_whitespace().nth(1).unwrap().to_string();
+    ok(&all, &["put", "/small/leased", "v", &format!("--lease={root_lease}")]);
+    let (split, out) = namespace(&http[2], &["split", "/small/"]);
+    assert!(!split && out.contains("attached to leases"), "{out}");
+    assert_eq!(describe("/small/")["state"], "shared");
+    ok(&all, &["lease", "revoke", &root_lease]);
+
+    // The same through meridian.v1 gRPC: merge and split /small/, then
+    // drop it (shared) with its keys.
+    rt().block_on(async {
+        use meridian_proto::meridian::v1 as api;
+        let ch = tonic::transport::Channel::from_shared(format!("http://{}", ep[1])).unwrap().connect().await.unwrap();
+        let mut ns = api::namespaces_client::NamespacesClient::new(ch);
+        let info = ns.split(api::NamespaceSplitRequest { name: "/small/".into() }).await.unwrap().into_inner();
+        assert_eq!((info.state.as_str(), info.keys), ("ready", 1));
+        let info = ns.merge(api::NamespaceMergeRequest { name: "/small/".into() }).await.unwrap().into_inner();
+        assert_eq!((info.state.as_str(), info.range_id, info.merged_keys), ("shared", 2, 1));
+        let refused = ns.drop(api::NamespaceDropRequest { name: "/small/".into(), force: false }).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+        ns.drop(api::NamespaceDropRequest { name: "/small/".into(), force: true }).await.unwrap();
+    });
+    let (gone, _, _) = get(&ep[2], "/small/k");
+    assert_eq!(gone, "", "a forced drop of a shared namespace deletes its keys");
+
+    // A namespace with a placement of its own is not merged into the
+    // root group's.
+    let (created, out) = namespace(&http[0], &["create", "/pinned/", "--replicas", "1"]);
+    assert!(created, "{out}");
+    let (merged, out) = namespace(&http[0], &["merge", "/pinned/"]);
+    assert!(!merged && out.contains("placement of its own"), "{out}");
+}

@@ -444,6 +444,21 @@ impl Backend {
         }
     }
 
+    /// The range serving lease `id`'s namespace. A lease id naming a
+    /// namespace this node has no route for yet (one created a moment ago
+    /// through another member) makes it read the catalog first: without
+    /// that, a forwarded grant would land in the root range and the
+    /// session in no namespace its id names.
+    pub async fn range_of_lease(&self, id: i64) -> u64 {
+        let ns = meridian_kv::mvcc::lease_namespace(id);
+        if ns != 0 && !self.routing().knows_namespace(ns) {
+            if let Err(e) = self.refresh_routes().await {
+                tracing::debug!(lease = id, "reading the catalog for a lease's namespace: {e}");
+            }
+        }
+        self.routing().range_of_lease(id)
+    }
+
     /// Reads the catalog from the meta range (through its leader) and
     /// installs its routes, unless another request did so in the last
     /// `ROUTE_REFRESH_COALESCE` (100 ms) (a burst of refusals costs one read).

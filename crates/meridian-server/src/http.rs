@@ -23,7 +23,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use meridian_kv::command as c;
 use meridian_raftstore::raft_types::StateRole;
@@ -54,6 +54,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/placement/operators", get(placement_operators))
         .route("/v1/namespaces", get(namespaces_list).post(namespaces_create).delete(namespaces_drop))
         .route("/v1/namespaces/describe", get(namespaces_describe))
+        .route("/v1/namespaces/merge", post(namespaces_merge))
+        .route("/v1/namespaces/split", post(namespaces_split))
         .route("/v1/nodes/status", get(node_status))
         .route("/v1/nodes/drain", axum::routing::post(node_drain))
         .route("/v1/nodes/undrain", axum::routing::post(node_undrain))
@@ -419,8 +421,9 @@ async fn namespaces_create(State(s): State<HttpState>, raw: Bytes) -> Response {
     let spec: crate::namespace::CreateSpec = match serde_json::from_slice(&raw) {
         Ok(b) => b,
         Err(e) => {
-            let why =
-                format!(r#"body must be {{"name": "/prefix/", "replicas": N (optional), "constraints": ["zone=a", …] (optional)}}: {e}"#);
+            let why = format!(
+                r#"body must be {{"name": "/prefix/", "replicas": N (optional), "constraints": ["zone=a", …] (optional), "shared": bool (optional)}}: {e}"#
+            );
             return error_response(ApiError::Invalid(why));
         }
     };
@@ -447,6 +450,20 @@ async fn namespaces_describe(State(s): State<HttpState>, Query(q): Query<Namespa
 async fn namespaces_drop(State(s): State<HttpState>, Query(q): Query<NamespaceQuery>) -> Response {
     match crate::namespace::drop_via(&s.backend, &q.name, q.force, false).await {
         Ok(()) => Json(serde_json::json!({ "dropped": q.name })).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn namespaces_merge(State(s): State<HttpState>, Query(q): Query<NamespaceQuery>) -> Response {
+    match crate::namespace::merge_via(&s.backend, &q.name, false).await {
+        Ok(info) => Json(info).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn namespaces_split(State(s): State<HttpState>, Query(q): Query<NamespaceQuery>) -> Response {
+    match crate::namespace::split_via(&s.backend, &q.name, false).await {
+        Ok(info) => Json(info).into_response(),
         Err(e) => error_response(e),
     }
 }

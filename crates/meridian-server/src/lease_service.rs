@@ -276,7 +276,7 @@ impl LeaseService {
     }
 
     async fn keepalive_once(&self, id: i64, already_forwarded: bool) -> Result<i64, ApiError> {
-        let range_id = lease_range_of(&self.backend.routing(), id);
+        let range_id = self.backend.range_of_lease(id).await;
         self.ensure_clock(range_id).await;
         if let Some(renewed) = self.keeper.with(range_id, |c, now| c.keepalive(now, id).map(|ttl| (ttl, c.needs_reset(id)))) {
             let (ttl, reset) = renewed.ok_or(ApiError::LeaseNotFound)?;
@@ -323,7 +323,7 @@ impl LeaseService {
             tokio::pin!(inbound);
             while let Some(msg) = inbound.next().await {
                 let Ok(msg) = msg else { break };
-                let range_id = lease_range_of(&svc.backend.routing(), msg.id);
+                let range_id = svc.backend.range_of_lease(msg.id).await;
                 let resp = match svc.keepalive_once(msg.id, already_forwarded).await {
                     Ok(ttl) => pb::LeaseKeepAliveResponse { header: Some(svc.backend.header(range_id, 0).await), id: msg.id, ttl },
                     // etcd answers TTL 0 for a lease that is gone.
@@ -355,7 +355,7 @@ impl pb::lease_server::Lease for LeaseService {
             }
         }
         let ttl = g.ttl.max(MIN_TTL_S);
-        let range_id = lease_range_of(&self.backend.routing(), g.id);
+        let range_id = self.backend.range_of_lease(g.id).await;
         self.ensure_clock(range_id).await;
         match self.backend.execute_on_leader(range_id, c::Op::LeaseGrant(c::LeaseGrantOp { id: g.id, ttl_s: ttl })).await {
             Ok(out) => {
@@ -380,7 +380,7 @@ impl pb::lease_server::Lease for LeaseService {
 
     async fn lease_revoke(&self, req: Request<pb::LeaseRevokeRequest>) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let id = req.get_ref().id;
-        let range_id = lease_range_of(&self.backend.routing(), id);
+        let range_id = self.backend.range_of_lease(id).await;
         match self.backend.execute_on_leader(range_id, c::Op::LeaseRevoke(id)).await {
             Ok(out) => {
                 self.keeper.with(range_id, |c, _| c.revoked(id));
@@ -405,7 +405,7 @@ impl pb::lease_server::Lease for LeaseService {
 
     async fn lease_time_to_live(&self, req: Request<pb::LeaseTimeToLiveRequest>) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
         let r = req.get_ref();
-        let range_id = lease_range_of(&self.backend.routing(), r.id);
+        let range_id = self.backend.range_of_lease(r.id).await;
         self.ensure_clock(range_id).await;
         let a = self.backend.query(range_id, c::QueryKind::LeaseInfo(r.id), true).await?;
         let info = a.lease.unwrap_or_default();

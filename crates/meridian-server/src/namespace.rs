@@ -77,6 +77,34 @@ pub enum NsState {
     Ready,
     /// Being dropped.
     Dropping,
+    /// Its group being merged into the root group.
+    Merging,
+    /// Served by the root group (created `--shared`, or merged): its keys
+    /// and revisions are the root range's, its record is its only trace.
+    Shared,
+}
+
+impl NsState {
+    /// As the APIs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NsState::Creating => "creating",
+            NsState::Ready => "ready",
+            NsState::Dropping => "dropping",
+            NsState::Merging => "merging",
+            NsState::Shared => "shared",
+        }
+    }
+
+    fn parse(s: &str) -> NsState {
+        match s {
+            "creating" => NsState::Creating,
+            "dropping" => NsState::Dropping,
+            "merging" => NsState::Merging,
+            "shared" => NsState::Shared,
+            _ => NsState::Ready,
+        }
+    }
 }
 
 /// A namespace's record in the meta range.
@@ -110,11 +138,23 @@ pub struct NsRecord {
     /// A drop in progress discards keys and locks.
     #[serde(default)]
     pub drop_force: bool,
+    /// A `creating` record splitting a shared namespace out of the root
+    /// group: a refused carve makes it shared again (rather than deleting
+    /// it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub split: bool,
+    /// Keys the last merge carried into the root group.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub merged_keys: u64,
     /// The meta range's revision the record was last written at: every
     /// change of the record is conditional on it (two creates or drops of
     /// one name never both act).
     #[serde(skip)]
     pub mod_revision: i64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a create asks for.
@@ -127,6 +167,10 @@ pub struct CreateSpec {
     /// `KEY=VALUE`, KEY one of [`CONSTRAINT_KEYS`].
     #[serde(default)]
     pub constraints: Vec<String>,
+    /// Served by the root group rather than a group of its own (no
+    /// `replicas` or `constraints` then: it has the root group's).
+    #[serde(default)]
+    pub shared: bool,
 }
 
 /// A namespace as `list` and `describe` show it.
@@ -135,7 +179,7 @@ pub struct NsInfo {
     pub name: String,
     pub range_id: u64,
     pub namespace_id: u64,
-    /// `creating`, `ready` or `dropping`.
+    /// `creating`, `ready`, `dropping`, `merging` or `shared`.
     pub state: NsState,
     /// Declared in the config at the cluster's bootstrap (no record).
     pub declared: bool,
@@ -146,6 +190,9 @@ pub struct NsInfo {
     pub epoch: String,
     pub moved_keys: u64,
     pub start_revision: i64,
+    /// Keys the last merge carried into the root group.
+    #[serde(default)]
+    pub merged_keys: u64,
     /// `describe` only: keys and current revision, read from the range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<i64>,
@@ -246,7 +293,12 @@ async fn record_of(backend: &Backend, name: &str) -> Result<Option<NsRecord>, Ap
 /// The policy of every range a namespace record names (range id →
 /// (voters wanted, constraints)), for the placement driver.
 pub async fn policies(backend: &Backend) -> Result<BTreeMap<u64, (usize, Vec<(String, String)>)>, ApiError> {
-    Ok(records(backend, false).await?.into_values().map(|r| (r.range_id, (r.replicas, r.constraints.into_iter().collect()))).collect())
+    Ok(records(backend, false)
+        .await?
+        .into_values()
+        .filter(|r| r.state != NsState::Shared)
+        .map(|r| (r.range_id, (r.replicas, r.constraints.into_iter().collect())))
+        .collect())
 }
 
 fn put(key: Vec<u8>, value: Vec<u8>) -> c::RequestOp {
@@ -365,15 +417,22 @@ pub async fn create(backend: &Backend, spec: &CreateSpec) -> Result<NsInfo, ApiE
     let name = spec.name.as_str();
     validate_name(name)?;
     let constraints = parse_constraints(&spec.constraints)?;
+    if spec.shared && (spec.replicas.is_some() || !constraints.is_empty()) {
+        return Err(ApiError::Invalid(format!(
+            "namespace {name:?}: a shared namespace is served by the root group, with its placement; replicas and constraints need a group of its own (create it without shared)"
+        )));
+    }
     let replicas = spec.replicas.unwrap_or(backend.cfg.placement.replicas);
     if replicas == 0 || replicas > MAX_REPLICAS {
         return Err(ApiError::Invalid(format!("replicas must be 1 to {MAX_REPLICAS}, not {replicas}")));
     }
-    check_satisfiable(backend, replicas, &constraints)?;
+    if !spec.shared {
+        check_satisfiable(backend, replicas, &constraints)?;
+    }
     settle("reading the catalog", || backend.refresh_routes_now()).await?;
     let existing = settle("reading the namespace's record", || record(backend, name, true)).await?;
     let record = match existing.as_ref() {
-        Some(r) if r.state == NsState::Creating => {
+        Some(r) if r.state == NsState::Creating && !spec.shared && !r.split => {
             if r.replicas != replicas || r.constraints != constraints {
                 return Err(ApiError::NamespaceExists(format!(
                     "namespace {name:?} is being created with another policy ({} replicas, constraints {:?})",
@@ -385,6 +444,14 @@ pub async fn create(backend: &Backend, spec: &CreateSpec) -> Result<NsInfo, ApiE
         }
         Some(r) if r.state == NsState::Dropping => {
             return Err(ApiError::NamespaceExists(format!("namespace {name:?} is being dropped; drop it again to finish, then create")))
+        }
+        Some(r) if r.state == NsState::Merging => {
+            return Err(ApiError::NamespaceExists(format!("namespace {name:?} exists; its group is being merged into the root group")))
+        }
+        Some(r) if r.state == NsState::Shared || r.split => {
+            return Err(ApiError::NamespaceExists(format!(
+                "namespace {name:?} already exists, in the root group (meridian namespace split gives it a group of its own)"
+            )))
         }
         Some(_) => return Err(ApiError::NamespaceExists(format!("namespace {name:?} already exists"))),
         None => {
@@ -411,7 +478,12 @@ pub async fn create(backend: &Backend, spec: &CreateSpec) -> Result<NsInfo, ApiE
                     "namespace {name:?} overlaps namespace {other:?}: a key must belong to one namespace"
                 )));
             }
-            settle("recording the namespace", || allocate(backend, name, replicas, &constraints)).await?
+            let record = settle("recording the namespace", || allocate(backend, name, replicas, &constraints, spec.shared)).await?;
+            if record.state == NsState::Shared {
+                info!(namespace = name, "namespace created in the root group");
+                return describe(backend, name).await;
+            }
+            record
         }
     };
     finish_create(backend, record).await
@@ -424,23 +496,85 @@ const ALLOCATE_ATTEMPTS: usize = 16;
 /// Records a `creating` namespace with a fresh range id, atomically with
 /// the id counter (a concurrent create that took the id makes this one
 /// read the counter again).
-async fn allocate(backend: &Backend, name: &str, replicas: usize, constraints: &BTreeMap<String, String>) -> Result<NsRecord, ApiError> {
+async fn allocate(
+    backend: &Backend,
+    name: &str,
+    replicas: usize,
+    constraints: &BTreeMap<String, String>,
+    shared: bool,
+) -> Result<NsRecord, ApiError> {
     for _ in 0..ALLOCATE_ATTEMPTS {
-        if let Some(r) = try_allocate(backend, name, replicas, constraints).await? {
+        if let Some(r) = try_allocate(backend, name, replicas, constraints, shared).await? {
             return Ok(r);
         }
     }
     Err(ApiError::Timeout)
 }
 
+/// The namespaces `name` lies inside (`/a/` and `/a/b/` for `/a/b/c/`).
+fn ancestors(name: &str) -> Vec<&str> {
+    name.char_indices().filter(|&(i, ch)| ch == '/' && i > 0 && i + 1 < name.len()).map(|(i, _)| &name[..=i]).collect()
+}
+
+/// Guards that no record overlaps `name` (for a Txn's compares), and the
+/// reads that say which one did (for its failure branch).
+fn no_overlap(name: &str) -> (Vec<c::Compare>, Vec<c::RequestOp>) {
+    // Its own record and its descendants' (one interval), its ancestors'.
+    let own = ns_key(name);
+    let end = prefix_end(&own);
+    let absent = |key: Vec<u8>, range_end: Vec<u8>| c::Compare { result: 0, target: 1, key, range_end, number: 0, ..Default::default() };
+    let read = |key: Vec<u8>, range_end: Vec<u8>| c::RequestOp {
+        kind: Some(c::RequestKind::Range(c::RangeOp { key, range_end, keys_only: true, limit: 1, ..Default::default() })),
+    };
+    let mut compares = vec![absent(own.clone(), end.clone())];
+    let mut reads = vec![read(own, end)];
+    for a in ancestors(name) {
+        compares.push(absent(ns_key(a), Vec::new()));
+        reads.push(read(ns_key(a), Vec::new()));
+    }
+    (compares, reads)
+}
+
+/// The refusal for a create whose [`no_overlap`] guard failed: the first
+/// record the reads found.
+fn overlap_refusal(name: &str, responses: &[c::ResponseOp]) -> Option<ApiError> {
+    let found = responses.iter().find_map(|r| match r.kind.as_ref() {
+        Some(c::ResponseKind::Range(r)) => r.kvs.first().map(|kv| kv.key.clone()),
+        _ => None,
+    })?;
+    let other = String::from_utf8_lossy(&found[NS_PREFIX.len()..]).into_owned();
+    Some(if other == name {
+        ApiError::NamespaceExists(format!("namespace {name:?} is being created by another request"))
+    } else {
+        ApiError::Invalid(format!("namespace {name:?} overlaps namespace {other:?}: a key must belong to one namespace"))
+    })
+}
+
 /// One allocation attempt: `None` if another create won the race (the
-/// counter moved), an error if the name was taken meanwhile.
+/// counter moved), an error if the name was taken meanwhile. A shared
+/// namespace takes no range id: its record is all of it.
 async fn try_allocate(
     backend: &Backend,
     name: &str,
     replicas: usize,
     constraints: &BTreeMap<String, String>,
+    shared: bool,
 ) -> Result<Option<NsRecord>, ApiError> {
+    let (mut compare, failure) = no_overlap(name);
+    if shared {
+        let mut record = new_record(name, ROOT_RANGE_ID, backend.routing().root_namespace_id(), replicas, constraints);
+        record.state = NsState::Shared;
+        let txn = c::TxnOp { compare, success: vec![put(ns_key(name), json(&record)?)], failure };
+        return match backend.execute(META_RANGE_ID, c::Op::Txn(txn)).await? {
+            c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), revision } if t.succeeded => {
+                record.mod_revision = revision;
+                Ok(Some(record))
+            }
+            c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), .. } => Err(overlap_refusal(name, &t.responses)
+                .unwrap_or_else(|| ApiError::Internal("an overlap guard failed with no overlap found".into()))),
+            other => Err(ApiError::Internal(format!("unexpected allocation outcome {other:?}"))),
+        };
+    }
     let op = c::RangeOp { key: NEXT_RANGE_KEY.to_vec(), ..Default::default() };
     let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), true).await?;
     let current = a.range.and_then(|r| r.kvs.into_iter().next());
@@ -456,10 +590,35 @@ async fn try_allocate(
             (top + 1, c::Compare { result: 0, target: 1, key: NEXT_RANGE_KEY.to_vec(), number: 0, ..Default::default() })
         }
     };
-    let record = NsRecord {
+    let record = new_record(name, next, next, replicas, constraints);
+    // On failure, whether the name is taken or overlapped (then the create
+    // is refused) or the counter moved (then it is tried again).
+    compare.insert(0, guard);
+    let txn = c::TxnOp {
+        compare,
+        success: vec![put(NEXT_RANGE_KEY.to_vec(), (next + 1).to_be_bytes().to_vec()), put(ns_key(name), json(&record)?)],
+        failure,
+    };
+    match backend.execute(META_RANGE_ID, c::Op::Txn(txn)).await? {
+        c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), revision } if t.succeeded => {
+            let mut record = record;
+            record.mod_revision = revision;
+            Ok(Some(record))
+        }
+        c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), .. } => match overlap_refusal(name, &t.responses) {
+            Some(refusal) => Err(refusal),
+            None => Ok(None),
+        },
+        other => Err(ApiError::Internal(format!("unexpected allocation outcome {other:?}"))),
+    }
+}
+
+/// A fresh `creating` record.
+fn new_record(name: &str, range_id: u64, namespace_id: u64, replicas: usize, constraints: &BTreeMap<String, String>) -> NsRecord {
+    NsRecord {
         name: name.to_string(),
-        range_id: next,
-        namespace_id: next,
+        range_id,
+        namespace_id,
         replicas,
         constraints: constraints.clone(),
         state: NsState::Creating,
@@ -470,34 +629,9 @@ async fn try_allocate(
         start_revision: 0,
         changed_ms: crate::backend::wall_ms(),
         drop_force: false,
+        split: false,
+        merged_keys: 0,
         mod_revision: 0,
-    };
-    let absent = c::Compare { result: 0, target: 1, key: ns_key(name), number: 0, ..Default::default() };
-    // On failure, whether the name is taken (then the create is refused).
-    let taken =
-        c::RequestOp { kind: Some(c::RequestKind::Range(c::RangeOp { key: ns_key(name), count_only: true, ..Default::default() })) };
-    let txn = c::TxnOp {
-        compare: vec![guard, absent],
-        success: vec![put(NEXT_RANGE_KEY.to_vec(), (next + 1).to_be_bytes().to_vec()), put(ns_key(name), json(&record)?)],
-        failure: vec![taken],
-    };
-    match backend.execute(META_RANGE_ID, c::Op::Txn(txn)).await? {
-        c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), revision } if t.succeeded => {
-            let mut record = record;
-            record.mod_revision = revision;
-            Ok(Some(record))
-        }
-        c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), .. } => {
-            let count = match t.responses.first().and_then(|r| r.kind.as_ref()) {
-                Some(c::ResponseKind::Range(r)) => r.count,
-                _ => 0,
-            };
-            if count > 0 {
-                return Err(ApiError::NamespaceExists(format!("namespace {name:?} is being created by another request")));
-            }
-            Ok(None)
-        }
-        other => Err(ApiError::Internal(format!("unexpected allocation outcome {other:?}"))),
     }
 }
 
@@ -520,7 +654,19 @@ pub async fn finish_create(backend: &Backend, mut record: NsRecord) -> Result<Ns
         // follow a carve that applied: the record stays, for a retry or
         // the placement driver to finish.
         Err(ApiError::Invalid(why)) => {
-            if guarded(backend, &record, vec![delete(ns_key(&name))]).await.ok().flatten().is_none() {
+            // A split refused: the namespace stays shared, as it was.
+            let undo = if record.split {
+                let mut shared = record.clone();
+                shared.state = NsState::Shared;
+                shared.split = false;
+                shared.range_id = ROOT_RANGE_ID;
+                shared.namespace_id = backend.routing().root_namespace_id();
+                shared.changed_ms = crate::backend::wall_ms();
+                put(ns_key(&name), json(&shared)?)
+            } else {
+                delete(ns_key(&name))
+            };
+            if guarded(backend, &record, vec![undo]).await.ok().flatten().is_none() {
                 warn!(namespace = name, "the record of a refused create changed meanwhile; left as it is");
             }
             return Err(ApiError::Invalid(why));
@@ -541,6 +687,7 @@ pub async fn finish_create(backend: &Backend, mut record: NsRecord) -> Result<Ns
         record.start_revision = carved.start_revision;
     }
     record.state = NsState::Ready;
+    record.split = false;
     let mut attempt = record.clone();
     let written = settle("recording the namespace ready", || {
         let mut r = attempt.clone();
@@ -586,10 +733,13 @@ const RESUME_AFTER_MS: i64 = 60_000;
 pub async fn resume(backend: &Backend) {
     let Ok(recs) = records(backend, true).await else { return };
     let now = crate::backend::wall_ms();
-    for r in recs.into_values().filter(|r| r.state != NsState::Ready && now - r.changed_ms > RESUME_AFTER_MS) {
+    let unfinished = |r: &NsRecord| !matches!(r.state, NsState::Ready | NsState::Shared);
+    for r in recs.into_values().filter(|r| unfinished(r) && now - r.changed_ms > RESUME_AFTER_MS) {
         let name = r.name.clone();
         let done = match r.state {
             NsState::Creating => finish_create(backend, r).await.map(|_| ()),
+            NsState::Merging => finish_merge(backend, r).await.map(|_| ()),
+            NsState::Shared => continue,
             _ => finish_drop(backend, r).await,
         };
         match done {
@@ -613,6 +763,7 @@ fn info_of_record(backend: &Backend, r: &NsRecord) -> NsInfo {
         epoch: epoch_of(backend, r.range_id),
         moved_keys: r.moved_keys,
         start_revision: r.start_revision,
+        merged_keys: r.merged_keys,
         keys: None,
         revision: None,
     }
@@ -632,6 +783,7 @@ fn info_of_declared(backend: &Backend, n: &crate::routing::Namespace) -> NsInfo 
         epoch: epoch_of(backend, n.range_id),
         moved_keys: 0,
         start_revision: 0,
+        merged_keys: 0,
         keys: None,
         revision: None,
     }
@@ -667,7 +819,7 @@ pub async fn describe(backend: &Backend, name: &str) -> Result<NsInfo, ApiError>
             info_of_declared(backend, declared)
         }
     };
-    if info.state == NsState::Ready {
+    if matches!(info.state, NsState::Ready | NsState::Shared) {
         let op =
             c::RangeOp { key: name.as_bytes().to_vec(), range_end: prefix_end(name.as_bytes()), count_only: true, ..Default::default() };
         let a = backend.query(info.range_id, c::QueryKind::Range(op), true).await?;
@@ -690,6 +842,14 @@ pub async fn drop_namespace(backend: &Backend, name: &str, force: bool) -> Resul
         }
         return Err(ApiError::NamespaceNotFound(format!("namespace {name:?} not found")));
     };
+    if record.state == NsState::Shared {
+        return drop_shared(backend, record, force).await;
+    }
+    if record.state == NsState::Merging {
+        // A merge cut short: finish it, then drop the shared namespace.
+        let r = finish_merge(backend, record).await?;
+        return drop_shared(backend, r, force).await;
+    }
     if record.state == NsState::Creating {
         // A create cut short: finish it, so there is one state to undo.
         finish_create(backend, record.clone()).await?;
@@ -736,6 +896,181 @@ async fn finish_drop(backend: &Backend, mut record: NsRecord) -> Result<(), ApiE
     Ok(())
 }
 
+/// Drops a shared namespace: its keys are the root range's, deleted with
+/// `force` (refused while it holds any without), then its record.
+async fn drop_shared(backend: &Backend, record: NsRecord, force: bool) -> Result<(), ApiError> {
+    let name = record.name.clone();
+    let prefix = name.as_bytes().to_vec();
+    let count = c::RangeOp { key: prefix.clone(), range_end: prefix_end(&prefix), count_only: true, ..Default::default() };
+    let held = backend.query(ROOT_RANGE_ID, c::QueryKind::Range(count), true).await?.range.map_or(0, |r| r.count);
+    if held > 0 && !force {
+        return Err(ApiError::NamespaceNotEmpty(format!("namespace {name:?} holds {held} key(s); delete them first, or drop --force")));
+    }
+    if held > 0 {
+        let del = c::DeleteOp { key: prefix.clone(), range_end: prefix_end(&prefix), ..Default::default() };
+        settle("deleting the namespace's keys", || backend.execute(ROOT_RANGE_ID, c::Op::DeleteRange(del.clone()))).await?;
+    }
+    if settle("removing the namespace from the catalog", || guarded(backend, &record, vec![delete(ns_key(&name))])).await?.is_none() {
+        return Err(ApiError::NamespaceExists(format!("namespace {name:?} was changed by another request during its drop")));
+    }
+    info!(namespace = name, keys = held, "shared namespace dropped");
+    Ok(())
+}
+
+/// Merges a namespace's group into the root group: the namespace becomes
+/// shared (see the module docs). Idempotent: a shared namespace is left as
+/// it is, a merge cut short is finished.
+pub async fn merge(backend: &Backend, name: &str) -> Result<NsInfo, ApiError> {
+    validate_name(name)?;
+    let found = settle("reading the namespace's record", || record(backend, name, true)).await?;
+    let Some(mut record) = found else { return Err(not_runtime(backend, name, "merged")) };
+    match record.state {
+        NsState::Shared => return describe(backend, name).await,
+        NsState::Merging => {}
+        NsState::Creating => {
+            return Err(ApiError::NamespaceExists(format!(
+                "namespace {name:?} is being created; finish the create first (create it again)"
+            )))
+        }
+        NsState::Dropping => return Err(ApiError::NamespaceExists(format!("namespace {name:?} is being dropped"))),
+        NsState::Ready => {
+            if record.replicas != backend.cfg.placement.replicas || !record.constraints.is_empty() {
+                return Err(ApiError::Invalid(format!(
+                    "namespace {name:?} has a placement of its own ({} replicas, constraints {:?}); the root group's is {} replicas and none: a merge would drop it",
+                    record.replicas, record.constraints, backend.cfg.placement.replicas
+                )));
+            }
+            record.state = NsState::Merging;
+            rewrite(backend, &mut record).await?;
+        }
+    }
+    finish_merge(backend, record).await?;
+    describe(backend, name).await
+}
+
+/// The refusal for a name with no record: declared in the config, or
+/// unknown.
+fn not_runtime(backend: &Backend, name: &str, what: &str) -> ApiError {
+    if backend.routing().overlapping(name.as_bytes()).is_some_and(|n| n.prefix == name.as_bytes()) {
+        return ApiError::Invalid(format!(
+            "namespace {name:?} was declared in the config at the cluster's bootstrap; only namespaces created at runtime can be {what}"
+        ));
+    }
+    ApiError::NamespaceNotFound(format!("namespace {name:?} not found"))
+}
+
+/// The steps of a merge after its record says `merging` (idempotent):
+/// seal the group for the merge (it exports its keys; refused, changing
+/// nothing, while the namespace has sessions or locks), absorb the keys
+/// into the root range with its revision raised above the namespace's
+/// last, then retire the range and record the namespace shared. Returns
+/// the record as written.
+async fn finish_merge(backend: &Backend, mut record: NsRecord) -> Result<NsRecord, ApiError> {
+    let name = record.name.clone();
+    let prefix = name.as_bytes().to_vec();
+    let seal = c::SealOp { prefix: prefix.clone(), force: false, merge: true };
+    let sealed = settle("sealing the namespace's group for the merge", || async {
+        let out = backend.execute(record.range_id, c::Op::Seal(seal.clone())).await?;
+        match out.kind {
+            Some(c::OutcomeKind::Sealed(s)) => Ok((s.kvs, out.revision)),
+            other => Err(ApiError::Internal(format!("unexpected seal outcome {other:?}"))),
+        }
+    })
+    .await;
+    let (kvs, floor) = match sealed {
+        Ok(x) => x,
+        Err(ApiError::Invalid(why)) => {
+            record.state = NsState::Ready;
+            rewrite(backend, &mut record).await?;
+            return Err(ApiError::NamespaceNotEmpty(format!("namespace {name:?} cannot be merged now: {why}")));
+        }
+        Err(e) => return Err(e),
+    };
+    let moved = kvs.len() as u64;
+    let absorb = c::AbsorbOp { prefix: prefix.clone(), namespace_id: record.namespace_id, revision_floor: floor, kvs };
+    settle("absorbing the namespace into the root range", || backend.execute(ROOT_RANGE_ID, c::Op::Absorb(absorb.clone()))).await?;
+    let range_id = record.range_id;
+    let mut shared = record.clone();
+    shared.state = NsState::Shared;
+    shared.range_id = ROOT_RANGE_ID;
+    shared.namespace_id = backend.routing().root_namespace_id();
+    shared.merged_keys = moved;
+    shared.changed_ms = crate::backend::wall_ms();
+    let ops =
+        vec![delete(meta::range_key(range_id)), put(retired_key(range_id), name.clone().into_bytes()), put(ns_key(&name), json(&shared)?)];
+    match settle("recording the namespace shared", || guarded(backend, &record, ops.clone())).await? {
+        Some(rev) => shared.mod_revision = rev,
+        None => return Err(ApiError::NamespaceExists(format!("namespace {name:?} was changed by another request during its merge"))),
+    }
+    settle("reading the catalog", || backend.refresh_routes_now()).await?;
+    info!(namespace = name, range = range_id, keys = moved, floor, "namespace merged into the root group");
+    Ok(shared)
+}
+
+/// Gives a shared namespace a group of its own: a create that carves its
+/// prefix out of the root range (its keys move with their revisions; the
+/// new group's revisions continue above them). Refused, leaving it shared,
+/// while keys under it are attached to leases or locks are held there.
+pub async fn split(backend: &Backend, name: &str) -> Result<NsInfo, ApiError> {
+    validate_name(name)?;
+    let found = settle("reading the namespace's record", || record(backend, name, true)).await?;
+    let Some(record) = found else { return Err(not_runtime(backend, name, "split")) };
+    let record = match record.state {
+        NsState::Ready => return describe(backend, name).await,
+        NsState::Creating if record.split => record,
+        NsState::Shared => settle("allocating the namespace's group", || allocate_split(backend, &record)).await?,
+        NsState::Merging => return Err(ApiError::NamespaceExists(format!("namespace {name:?} is being merged; merge it again to finish"))),
+        _ => return Err(ApiError::NamespaceExists(format!("namespace {name:?} is {}", record.state.as_str()))),
+    };
+    finish_create(backend, record).await
+}
+
+/// Turns a shared record into a `creating` one with a fresh range id,
+/// atomically with the id counter and conditional on the record.
+async fn allocate_split(backend: &Backend, shared: &NsRecord) -> Result<NsRecord, ApiError> {
+    for _ in 0..ALLOCATE_ATTEMPTS {
+        let op = c::RangeOp { key: NEXT_RANGE_KEY.to_vec(), ..Default::default() };
+        let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), true).await?;
+        let (next, guard) = match a.range.and_then(|r| r.kvs.into_iter().next()) {
+            Some(kv) => {
+                let raw: [u8; 8] = kv.value.as_slice().try_into().map_err(|_| ApiError::Storage("corrupt next-range-id record".into()))?;
+                (
+                    u64::from_be_bytes(raw),
+                    c::Compare { result: 0, target: 2, key: NEXT_RANGE_KEY.to_vec(), number: kv.mod_revision, ..Default::default() },
+                )
+            }
+            None => {
+                let catalog = meta::read(backend, true).await?.ok_or(ApiError::NoLeader { range_id: META_RANGE_ID })?;
+                let top = catalog.ranges.iter().map(|d| d.range_id).max().unwrap_or(ROOT_RANGE_ID);
+                (top + 1, c::Compare { result: 0, target: 1, key: NEXT_RANGE_KEY.to_vec(), number: 0, ..Default::default() })
+            }
+        };
+        let mut record = shared.clone();
+        record.state = NsState::Creating;
+        record.split = true;
+        record.range_id = next;
+        record.namespace_id = next;
+        record.changed_ms = crate::backend::wall_ms();
+        let same = c::Compare { result: 0, target: 2, key: ns_key(&shared.name), number: shared.mod_revision, ..Default::default() };
+        let txn = c::TxnOp {
+            compare: vec![guard, same],
+            success: vec![put(NEXT_RANGE_KEY.to_vec(), (next + 1).to_be_bytes().to_vec()), put(ns_key(&shared.name), json(&record)?)],
+            failure: vec![],
+        };
+        if let c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), revision } = backend.execute(META_RANGE_ID, c::Op::Txn(txn)).await? {
+            if t.succeeded {
+                record.mod_revision = revision;
+                return Ok(record);
+            }
+        }
+        match record_of(backend, &shared.name).await? {
+            Some(r) if r.mod_revision == shared.mod_revision => {} // the counter moved: again
+            _ => return Err(ApiError::NamespaceExists(format!("namespace {:?} was changed by another request meanwhile", shared.name))),
+        }
+    }
+    Err(ApiError::Timeout)
+}
+
 /// The `meridian.v1.Namespaces` gRPC service.
 pub struct NamespacesService {
     pub backend: std::sync::Arc<Backend>,
@@ -746,12 +1081,7 @@ fn to_wire(n: NsInfo) -> api::NamespaceInfo {
         name: n.name,
         range_id: n.range_id,
         namespace_id: n.namespace_id,
-        state: match n.state {
-            NsState::Creating => "creating",
-            NsState::Ready => "ready",
-            NsState::Dropping => "dropping",
-        }
-        .into(),
+        state: n.state.as_str().into(),
         declared: n.declared,
         replicas_wanted: n.replicas_wanted as u32,
         constraints: n.constraints.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
@@ -761,6 +1091,7 @@ fn to_wire(n: NsInfo) -> api::NamespaceInfo {
         keys: n.keys.unwrap_or(-1),
         revision: n.revision.unwrap_or(-1),
         epoch: n.epoch,
+        merged_keys: n.merged_keys,
     }
 }
 
@@ -769,11 +1100,7 @@ fn from_wire(w: api::NamespaceInfo) -> NsInfo {
         name: w.name,
         range_id: w.range_id,
         namespace_id: w.namespace_id,
-        state: match w.state.as_str() {
-            "creating" => NsState::Creating,
-            "dropping" => NsState::Dropping,
-            _ => NsState::Ready,
-        },
+        state: NsState::parse(&w.state),
         declared: w.declared,
         replicas_wanted: w.replicas_wanted as usize,
         constraints: w.constraints.iter().filter_map(|c| c.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect(),
@@ -781,6 +1108,7 @@ fn from_wire(w: api::NamespaceInfo) -> NsInfo {
         epoch: w.epoch,
         moved_keys: w.moved_keys,
         start_revision: w.start_revision,
+        merged_keys: w.merged_keys,
         keys: (w.keys >= 0).then_some(w.keys),
         revision: (w.revision >= 0).then_some(w.revision),
     }
@@ -802,6 +1130,7 @@ pub async fn create_via(backend: &Backend, spec: &CreateSpec, forwarded: bool) -
                 name: spec.name.clone(),
                 replicas: spec.replicas.unwrap_or(0) as u32,
                 constraints: spec.constraints.clone(),
+                shared: spec.shared,
             };
             let info = client_of(backend, leader)?.create(crate::backend::forwarded(req)).await.map_err(|s| ApiError::from_status(&s))?;
             Ok(from_wire(info.into_inner()))
@@ -822,12 +1151,51 @@ pub async fn drop_via(backend: &Backend, name: &str, force: bool, forwarded: boo
     }
 }
 
+/// [`merge`], forwarded as [`create_via`] is.
+pub async fn merge_via(backend: &Backend, name: &str, forwarded: bool) -> Result<NsInfo, ApiError> {
+    match merge(backend, name).await {
+        Err(ApiError::NotLeader { leader, .. }) if !forwarded => {
+            let req = api::NamespaceMergeRequest { name: name.to_string() };
+            let info = client_of(backend, leader)?.merge(crate::backend::forwarded(req)).await.map_err(|s| ApiError::from_status(&s))?;
+            Ok(from_wire(info.into_inner()))
+        }
+        r => r,
+    }
+}
+
+/// [`split`], forwarded as [`create_via`] is.
+pub async fn split_via(backend: &Backend, name: &str, forwarded: bool) -> Result<NsInfo, ApiError> {
+    match split(backend, name).await {
+        Err(ApiError::NotLeader { leader, .. }) if !forwarded => {
+            let req = api::NamespaceSplitRequest { name: name.to_string() };
+            let info = client_of(backend, leader)?.split(crate::backend::forwarded(req)).await.map_err(|s| ApiError::from_status(&s))?;
+            Ok(from_wire(info.into_inner()))
+        }
+        r => r,
+    }
+}
+
 #[tonic::async_trait]
 impl api::namespaces_server::Namespaces for NamespacesService {
+    async fn merge(&self, req: Request<api::NamespaceMergeRequest>) -> Result<Response<api::NamespaceInfo>, Status> {
+        let forwarded = req.metadata().get(crate::backend::FORWARDED_HEADER).is_some();
+        Ok(Response::new(to_wire(merge_via(&self.backend, &req.get_ref().name, forwarded).await?)))
+    }
+
+    async fn split(&self, req: Request<api::NamespaceSplitRequest>) -> Result<Response<api::NamespaceInfo>, Status> {
+        let forwarded = req.metadata().get(crate::backend::FORWARDED_HEADER).is_some();
+        Ok(Response::new(to_wire(split_via(&self.backend, &req.get_ref().name, forwarded).await?)))
+    }
+
     async fn create(&self, req: Request<api::NamespaceCreateRequest>) -> Result<Response<api::NamespaceInfo>, Status> {
         let forwarded = req.metadata().get(crate::backend::FORWARDED_HEADER).is_some();
         let r = req.into_inner();
-        let spec = CreateSpec { name: r.name, replicas: (r.replicas > 0).then_some(r.replicas as usize), constraints: r.constraints };
+        let spec = CreateSpec {
+            name: r.name,
+            replicas: (r.replicas > 0).then_some(r.replicas as usize),
+            constraints: r.constraints,
+            shared: r.shared,
+        };
         Ok(Response::new(to_wire(create_via(&self.backend, &spec, forwarded).await?)))
     }
 
@@ -873,6 +1241,12 @@ mod tests {
                 other => panic!("{bad:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_name_lies_inside_each_of_its_parent_prefixes() {
+        assert_eq!(ancestors("/a/b/c/"), ["/a/", "/a/b/"]);
+        assert!(ancestors("/a/").is_empty());
     }
 
     #[test]

@@ -144,6 +144,11 @@ impl Routing {
         })
     }
 
+    /// The root namespace's id (the group shared namespaces live in).
+    pub fn root_namespace_id(&self) -> u64 {
+        self.root_namespace_id
+    }
+
     /// The range that owns `key`.
     pub fn range_of_key(&self, key: &[u8]) -> u64 {
         self.declared_for(key).map_or(ROOT_RANGE_ID, |n| n.range_id)
@@ -161,6 +166,12 @@ impl Routing {
     }
 
     /// The range that owns lease `id` (its namespace is in its top bits).
+    /// Whether a route names namespace `namespace_id` (the root's, or one
+    /// the table holds).
+    pub fn knows_namespace(&self, namespace_id: u64) -> bool {
+        namespace_id == self.root_namespace_id || self.namespaces.iter().any(|n| n.namespace_id == namespace_id)
+    }
+
     pub fn range_of_lease(&self, id: i64) -> u64 {
         self.range_of_namespace(meridian_kv::mvcc::lease_namespace(id))
     }

@@ -258,9 +258,35 @@ enum NamespaceOp {
         /// `region=`, `zone=` or `host=` every replica's node must have.
         #[arg(long = "constraint", value_name = "KEY=VALUE")]
         constraints: Vec<String>,
+        /// Served by the root group rather than a group of its own (many
+        /// small namespaces keep the group count low; `split` gives it a
+        /// group later). Takes no --replicas or --constraint.
+        #[arg(long)]
+        shared: bool,
         #[arg(long, default_value = DEV_HTTP)]
         http: String,
         /// `json` for a machine-readable answer.
+        #[arg(short = 'o', long, default_value = "table")]
+        output: String,
+    },
+    /// Merges a namespace's group into the root group (the namespace
+    /// becomes shared; its keys keep their revisions and the root's
+    /// revisions continue above them). Refused while it has sessions or
+    /// locks.
+    Merge {
+        name: String,
+        #[arg(long, default_value = DEV_HTTP)]
+        http: String,
+        #[arg(short = 'o', long, default_value = "table")]
+        output: String,
+    },
+    /// Gives a shared namespace a Raft group of its own (its keys move
+    /// there with their revisions). Refused while keys under it are
+    /// attached to leases or locks are held there.
+    Split {
+        name: String,
+        #[arg(long, default_value = DEV_HTTP)]
+        http: String,
         #[arg(short = 'o', long, default_value = "table")]
         output: String,
     },
@@ -509,9 +535,11 @@ fn main() -> Result<()> {
             NodeOp::Status { id, http, output } => node_cli::status(&http, id, json_output(&output)?),
         },
         Cmd::Namespace { op } => match op {
-            NamespaceOp::Create { name, replicas, constraints, http, output } => {
-                namespace_cli::create(&http, &name, replicas, constraints, json_output(&output)?)
+            NamespaceOp::Create { name, replicas, constraints, shared, http, output } => {
+                namespace_cli::create(&http, &name, replicas, constraints, shared, json_output(&output)?)
             }
+            NamespaceOp::Merge { name, http, output } => namespace_cli::regroup(&http, &name, "merge", json_output(&output)?),
+            NamespaceOp::Split { name, http, output } => namespace_cli::regroup(&http, &name, "split", json_output(&output)?),
             NamespaceOp::List { http, output } => namespace_cli::list(&http, json_output(&output)?),
             NamespaceOp::Describe { name, http, output } => namespace_cli::describe(&http, &name, json_output(&output)?),
             NamespaceOp::Drop { name, force, http } => namespace_cli::drop(&http, &name, force),

@@ -1,4 +1,4 @@
-//! `meridian namespace create|list|describe|drop`: the HTTP API of the
+//! `meridian namespace create|list|describe|drop|merge|split`: the HTTP API of the
 //! first member that answers (see `docs/api.md`, "Namespaces").
 
 use std::time::Duration;
@@ -62,7 +62,13 @@ fn describe_text(n: &NsInfo) -> String {
     if let (Some(keys), Some(rev)) = (n.keys, n.revision) {
         out.push_str(&format!("{keys} key(s), revision {rev}\n"));
     }
-    if n.start_revision > 0 {
+    if n.state == meridian_server::namespace::NsState::Shared {
+        out.push_str(&format!("shared: served by the root group (range {})", n.range_id));
+        if n.merged_keys > 0 {
+            out.push_str(&format!("; its last merge carried {} key(s) there", n.merged_keys));
+        }
+        out.push('\n');
+    } else if n.start_revision > 0 {
         out.push_str(&format!(
             "created from the root namespace: {} key(s) moved, revisions continue from {}\n",
             n.moved_keys, n.start_revision
@@ -71,8 +77,8 @@ fn describe_text(n: &NsInfo) -> String {
     out
 }
 
-pub fn create(http: &str, name: &str, replicas: Option<usize>, constraints: Vec<String>, json: bool) -> Result<()> {
-    let spec = CreateSpec { name: name.to_string(), replicas, constraints };
+pub fn create(http: &str, name: &str, replicas: Option<usize>, constraints: Vec<String>, shared: bool, json: bool) -> Result<()> {
+    let spec = CreateSpec { name: name.to_string(), replicas, constraints, shared };
     let v = call(http, "POST", "/v1/namespaces", Some(&serde_json::to_string(&spec)?), CREATE_TIMEOUT)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -106,6 +112,22 @@ pub fn describe(http: &str, name: &str, json: bool) -> Result<()> {
         return Ok(());
     }
     let info: NsInfo = serde_json::from_value(v).context("parsing the describe answer")?;
+    print!("{}", describe_text(&info));
+    Ok(())
+}
+
+/// `merge` or `split` (`what`) of namespace `name`.
+pub fn regroup(http: &str, name: &str, what: &str, json: bool) -> Result<()> {
+    let v = call(http, "POST", &format!("/v1/namespaces/{what}?name={}", encode(name)), None, CREATE_TIMEOUT)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let info: NsInfo = serde_json::from_value(v).with_context(|| format!("parsing the {what} answer"))?;
+    match what {
+        "merge" => println!("merged namespace {} into the root group", info.name),
+        _ => println!("namespace {} has a group of its own (range {})", info.name, info.range_id),
+    }
     print!("{}", describe_text(&info));
     Ok(())
 }
