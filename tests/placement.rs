@@ -341,3 +341,78 @@ fn etcdctl_member_remove_drains_the_member_and_the_driver_decommissions_it() {
     assert_eq!((st["decommissioned"].as_bool(), st["replicas"].as_array().map(Vec::len)), (Some(true), Some(0)), "{st}");
     ok(&live, &["put", "/a/after-remove", "1"]);
 }
+
+#[test]
+fn the_driver_merges_a_quiet_namespace_into_the_root_group_and_splits_one_that_grew() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let placement = "[placement]\nexecute = true\n\n[placement.groups]\nmerge_max_keys = 10\nmerge_quiet_s = 6\nsplit_min_keys = 20\n";
+    let mut c = ProcCluster::prepare(3, &[]);
+    for path in &c.configs {
+        let mut cfg = std::fs::read_to_string(path).unwrap();
+        cfg.push('\n');
+        cfg.push_str(placement);
+        std::fs::write(path, cfg).unwrap();
+    }
+    c.launch();
+    c.wait_ready(Duration::from_secs(60));
+    let all = c.endpoints();
+    let http = c.members[0].http_addr.to_string();
+    let describe = |name: &str| -> serde_json::Value {
+        let (found, out) = meridian(&["namespace", "describe", name, "-o", "json", "--http", &http]);
+        assert!(found, "{out}");
+        serde_json::from_str(&out).unwrap()
+    };
+    // A namespace of its own with two keys, then left quiet; a busy one
+    // with keys written all along (a write a second: 60 a minute, above
+    // merge_max_writes_per_min = 30) keeps its group.
+    for name in ["/quiet/", "/busy/"] {
+        let (ok_, out) = meridian(&["namespace", "create", name, "--http", &http]);
+        assert!(ok_, "{out}");
+    }
+    ok(&all, &["put", "/quiet/a", "1"]);
+    ok(&all, &["put", "/quiet/b", "2"]);
+    let (_, out) = meridian(&["namespace", "create", "/grows/", "--shared", "--http", &http]);
+    assert!(out.contains("shared"), "{out}");
+    let quiet_range = describe("/quiet/")["range_id"].as_u64().unwrap();
+    let started = Instant::now();
+    let mut i = 0;
+    wait_until("the quiet namespace merged into the root group", Duration::from_secs(90), || {
+        i += 1;
+        ok(&all, &["put", "/busy/k", &i.to_string()]);
+        std::thread::sleep(Duration::from_millis(800));
+        describe("/quiet/")["state"] == "shared"
+    });
+    println!("merged {:?} after the create", started.elapsed());
+    let d = describe("/quiet/");
+    assert_eq!((d["range_id"].as_u64(), d["keys"].as_i64()), (Some(2), Some(2)));
+    assert_eq!(describe("/busy/")["state"], "ready", "a namespace taking writes keeps its group");
+    let (value, _) = {
+        let out = ok(&all, &["get", "/quiet/a", "--print-value-only"]);
+        (out.trim().to_string(), ())
+    };
+    assert_eq!(value, "1");
+
+    // The shared namespace grows past split_min_keys: it gets a group.
+    for k in 0..25 {
+        ok(&all, &["put", &format!("/grows/k{k:02}"), "v"]);
+    }
+    wait_until("the grown namespace split out", Duration::from_secs(60), || describe("/grows/")["state"] == "ready");
+    let d = describe("/grows/");
+    assert!(d["range_id"].as_u64().unwrap() > quiet_range, "{d}");
+    assert_eq!(d["keys"].as_i64(), Some(25));
+
+    // Both changes are listed with why, by the meta range's leader.
+    let listed: Vec<serde_json::Value> = (0..3)
+        .filter_map(|i| {
+            let (code, body) = http_get(&c.members[i].http_addr, "/v1/placement/operators");
+            (code == 200).then(|| serde_json::from_str::<serde_json::Value>(&body).ok()).flatten()
+        })
+        .flat_map(|v| v["operators"].as_array().cloned().unwrap_or_default())
+        .collect();
+    let find = |kind: &str| listed.iter().find(|o| o["kind"] == kind).cloned();
+    let merge = find("merge /quiet/").expect("the merge is listed");
+    assert_eq!(merge["state"], "done");
+    assert!(merge["reason"].as_str().unwrap().contains("quiet for"), "{merge}");
+    let split = find("split /grows/").expect("the split is listed");
+    assert!(split["reason"].as_str().unwrap().contains("25 keys"), "{split}");
+}

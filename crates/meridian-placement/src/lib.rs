@@ -17,10 +17,12 @@
 
 #![deny(missing_docs)]
 
+pub mod groups;
 pub mod operator;
 pub mod scheduler;
 pub mod view;
 
+pub use groups::{GroupChange, GroupSettings, GroupTracker, Observation};
 pub use operator::{Kind, Operator, Progress, Running, Step};
 pub use scheduler::{schedule, Plan};
 pub use view::{ClusterView, Load, NodeView, RangeView, Settings, MIN_DISK_AVAILABLE_PERCENT};

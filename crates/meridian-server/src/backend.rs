@@ -102,6 +102,8 @@ pub struct Backend {
     /// The placement operators this node runs and ran (see
     /// [`crate::placement::drive`]).
     pub placement: crate::placement::Driver,
+    /// Writes counted under the prefixes the placement driver named.
+    pub write_counts: crate::write_counts::WriteCounts,
     /// Channels to other members' client endpoints, with the address each
     /// was dialled at.
     channels: Mutex<HashMap<u64, (String, Channel)>>,
@@ -222,6 +224,7 @@ impl Backend {
             directory: RwLock::new(directory),
             gossip: std::sync::OnceLock::new(),
             placement: Default::default(),
+            write_counts: Default::default(),
             raft,
             routing: RwLock::new(Arc::new(routing)),
             cluster_id: AtomicU64::new(0),
@@ -391,6 +394,9 @@ impl Backend {
 
     async fn execute_inner(&self, range_id: u64, op: c::Op, leader_only: bool) -> Result<c::Outcome, ApiError> {
         let keys = c::op_keys(&op);
+        // Load the placement driver splits and merges groups by: commands
+        // with keys, reads aside.
+        let counted = !matches!(op, c::Op::Range(_)) && !keys.is_empty();
         let cmd = c::Command { op: Some(op), wall_ms: wall_ms() };
         let cost = cmd.encoded_len();
         self.admit(range_id, cmd.op.as_ref().expect("set above"), cost).await?;
@@ -413,7 +419,12 @@ impl Backend {
                     }
                     err => return Err(err),
                 },
-                _ => return Ok(out),
+                _ => {
+                    if counted {
+                        self.write_counts.count(&keys);
+                    }
+                    return Ok(out);
+                }
             }
         }
     }

@@ -264,7 +264,11 @@ impl api::internal_server::Internal for InternalService {
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
-    async fn range_reports(&self, _req: Request<api::RangeReportsRequest>) -> Result<Response<api::RangeReportsResponse>, Status> {
+    async fn range_reports(&self, req: Request<api::RangeReportsRequest>) -> Result<Response<api::RangeReportsResponse>, Status> {
+        let count = req.into_inner().count_writes;
+        if !count.is_empty() {
+            self.backend.write_counts.watch(&count);
+        }
         let ranges = crate::placement::local_reports(&self.backend).await;
         let load = Some(crate::placement::local_load(&self.backend).await);
         Ok(Response::new(api::RangeReportsResponse { node_id: self.backend.cfg.node_id, ranges, load }))

@@ -293,12 +293,16 @@ async fn record_of(backend: &Backend, name: &str) -> Result<Option<NsRecord>, Ap
 /// The policy of every range a namespace record names (range id →
 /// (voters wanted, constraints)), for the placement driver.
 pub async fn policies(backend: &Backend) -> Result<BTreeMap<u64, (usize, Vec<(String, String)>)>, ApiError> {
-    Ok(records(backend, false)
-        .await?
-        .into_values()
+    Ok(policies_of(&records(backend, false).await?))
+}
+
+/// [`policies`] from records read already. Shared namespaces have the
+/// root group's.
+pub fn policies_of(recs: &BTreeMap<String, NsRecord>) -> BTreeMap<u64, (usize, Vec<(String, String)>)> {
+    recs.values()
         .filter(|r| r.state != NsState::Shared)
-        .map(|r| (r.range_id, (r.replicas, r.constraints.into_iter().collect())))
-        .collect())
+        .map(|r| (r.range_id, (r.replicas, r.constraints.iter().map(|(k, v)| (k.clone(), v.clone())).collect())))
+        .collect()
 }
 
 fn put(key: Vec<u8>, value: Vec<u8>) -> c::RequestOp {

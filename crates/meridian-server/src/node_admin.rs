@@ -127,7 +127,7 @@ async fn current(backend: &Backend, id: u64) -> Result<(NodeAdmin, BTreeMap<u64,
 async fn catalog_reports(backend: &Backend) -> Result<(BTreeMap<u64, api::RangeReport>, Vec<u64>), ApiError> {
     backend.refresh_routes_now().await?;
     let catalog: std::collections::BTreeSet<u64> = backend.catalog_replicas().into_iter().map(|(id, _)| id).collect();
-    let crate::placement::Gathered { mut reports, unreachable, .. } = crate::placement::gather(backend).await;
+    let crate::placement::Gathered { mut reports, unreachable, .. } = crate::placement::gather(backend, &[]).await;
     reports.retain(|id, _| catalog.contains(id));
     Ok((reports, unreachable.into_iter().map(|(n, _)| n).collect()))
 }

@@ -49,6 +49,9 @@ pub struct PlacementSettings {
     /// shown, not executed).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub execute: bool,
+    /// Merges and splits of groups (run with `execute`).
+    #[serde(default)]
+    pub groups: crate::groups::GroupConfig,
 }
 
 fn default_replicas() -> usize {
@@ -60,7 +63,12 @@ fn default_down_after_ms() -> u64 {
 
 impl Default for PlacementSettings {
     fn default() -> Self {
-        PlacementSettings { replicas: default_replicas(), down_after_ms: default_down_after_ms(), execute: false }
+        PlacementSettings {
+            replicas: default_replicas(),
+            down_after_ms: default_down_after_ms(),
+            execute: false,
+            groups: Default::default(),
+        }
     }
 }
 
@@ -77,7 +85,7 @@ impl PlacementSettings {
         if !(1_000..=7 * 86_400_000).contains(&self.down_after_ms) {
             return Err(format!("placement.down_after_ms {} is outside 1 s..=7 days", self.down_after_ms));
         }
-        Ok(())
+        self.groups.validate()
     }
 
     fn scheduler(&self) -> Settings {
@@ -131,6 +139,7 @@ pub async fn local_load(backend: &Backend) -> api::NodeLoad {
         engine_bytes: backend.alarms.engine_bytes(),
         replicas: statuses.iter().filter(|s| !s.dormant).count() as u64,
         leaders: statuses.iter().filter(|s| !s.dormant && s.role == StateRole::Leader).count() as u64,
+        writes: backend.write_counts.snapshot().into_iter().map(|(prefix, count)| api::PrefixWrites { prefix, count }).collect(),
     }
 }
 
@@ -151,8 +160,12 @@ fn complete(backend: &Backend, unreachable: &[(u64, String)]) -> bool {
 }
 
 /// Every member's reports and load ([`Gathered`]). Members the gossip
-/// holds dead are not asked.
-pub async fn gather(backend: &Backend) -> Gathered {
+/// holds dead are not asked. Non-empty `count_writes`: the prefixes every
+/// member counts writes under from now on.
+pub async fn gather(backend: &Backend, count_writes: &[Vec<u8>]) -> Gathered {
+    if !count_writes.is_empty() {
+        backend.write_counts.watch(count_writes);
+    }
     let mut asks = tokio::task::JoinSet::new();
     let mut unreachable = Vec::new();
     let mut reports: Vec<api::RangeReport> = local_reports(backend).await;
@@ -173,9 +186,10 @@ pub async fn gather(backend: &Backend) -> Gathered {
             }
         };
         let id = n.id;
+        let count_writes = count_writes.to_vec();
         asks.spawn(async move {
             let mut c = api::internal_client::InternalClient::new(ch);
-            let r = tokio::time::timeout(REPORT_TIMEOUT, c.range_reports(api::RangeReportsRequest {})).await;
+            let r = tokio::time::timeout(REPORT_TIMEOUT, c.range_reports(api::RangeReportsRequest { count_writes })).await;
             (id, r)
         });
     }
@@ -317,7 +331,7 @@ pub fn report(plan: &Plan) -> (Vec<OperatorReport>, Vec<(u64, String)>) {
 
 /// What the scheduler would do now (nothing is executed).
 pub async fn dry_run(backend: &Backend) -> serde_json::Value {
-    let g = gather(backend).await;
+    let g = gather(backend, &[]).await;
     let (reports, unreachable) = (&g.reports, &g.unreachable);
     let now_ms = crate::backend::wall_ms().max(0) as u64;
     let policies = crate::namespace::policies(backend).await.unwrap_or_default();
@@ -395,6 +409,8 @@ pub struct Driver {
     running: Mutex<BTreeMap<u64, Running>>,
     finished: Mutex<VecDeque<OperatorState>>,
     started: Mutex<BTreeMap<u64, u64>>,
+    /// Merges and splits of groups.
+    pub groups: crate::groups::GroupDriver,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -424,11 +440,16 @@ impl Driver {
 
     fn finish(&self, r: &Running, state: String) {
         let started_ms = lock(&self.started).remove(&r.op.range_id).unwrap_or(0);
+        self.record_finished(OperatorState { op: op_report(&r.op), at: r.at, state, started_ms });
+    }
+
+    /// Lists a finished operator (the newest [`MAX_FINISHED`] stay).
+    pub fn record_finished(&self, s: OperatorState) {
         let mut f = lock(&self.finished);
         if f.len() >= MAX_FINISHED {
             f.pop_front();
         }
-        f.push_back(OperatorState { op: op_report(&r.op), at: r.at, state, started_ms });
+        f.push_back(s);
     }
 }
 
@@ -559,14 +580,22 @@ pub async fn drive(backend: Arc<Backend>) {
                 }
             }
         }
-        let g = gather(&backend).await;
-        let now = crate::backend::wall_ms().max(0) as u64;
         // Policies unread: no plan (defaults could move a namespace's
         // replicas against its own policy).
-        let (policies, admin) = match (crate::namespace::policies(&backend).await, crate::node_admin::states(&backend, false).await) {
-            (Ok(p), Ok(a)) => (p, a),
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!("placement round skipped: reading namespace policies and node states: {e}");
+        let records = match crate::namespace::records(&backend, false).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("placement round skipped: reading the namespace records: {e}");
+                continue;
+            }
+        };
+        let g = gather(&backend, &crate::groups::counted(&records)).await;
+        let now = crate::backend::wall_ms().max(0) as u64;
+        let policies = crate::namespace::policies_of(&records);
+        let admin = match crate::node_admin::states(&backend, false).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("placement round skipped: reading node states: {e}");
                 continue;
             }
         };
@@ -664,6 +693,7 @@ pub async fn drive(backend: Arc<Backend>) {
             tracing::info!(unreachable = ?g.unreachable, "placement: members did not report; planning nothing this round");
             continue;
         }
+        crate::groups::round(&backend, &records, &g, now).await;
         v.running = lock(&driver.running).iter().map(|(id, r)| (*id, r.op.kind)).collect();
         let plan = schedule(&v, &settings, now);
         for op in plan.operators {

@@ -1,0 +1,247 @@
+//! The placement driver's merges and splits of groups (see
+//! [`meridian_placement::groups`] for the decisions): each round it names
+//! every namespace created at runtime to the members (they count the
+//! writes under each), reads the key counts of a few namespaces, feeds the
+//! tracker, and runs the change it decides — one at a time, beside the
+//! rounds — through the same steps as `meridian namespace merge|split`.
+//! Each change shows in the operator list with its reason and outcome.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use meridian_kv::command as c;
+use meridian_placement::{GroupChange, GroupSettings, GroupTracker, Observation};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::namespace::{NsRecord, NsState};
+use crate::placement::{Gathered, OperatorReport, OperatorState};
+use crate::routing::{prefix_end, ROOT_RANGE_ID};
+
+/// Key counts read per round (one count query each, in name order from
+/// where the last round stopped): the load of reading them stays flat
+/// however many namespaces there are.
+pub const KEY_COUNTS_PER_ROUND: usize = 32;
+
+/// `[placement.groups]`: when the driver merges a namespace's group into
+/// the root group, and splits a shared namespace out.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupConfig {
+    /// Merge and split at all (with `placement.execute`).
+    pub enabled: bool,
+    pub merge_max_keys: u64,
+    pub merge_max_writes_per_min: u64,
+    pub merge_quiet_s: u64,
+    pub split_min_keys: u64,
+    pub split_min_writes_per_min: u64,
+    pub split_sustain_s: u64,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        let d = GroupSettings::default();
+        GroupConfig {
+            enabled: d.enabled,
+            merge_max_keys: d.merge_max_keys,
+            merge_max_writes_per_min: d.merge_max_writes_per_min,
+            merge_quiet_s: d.merge_quiet_ms / 1000,
+            split_min_keys: d.split_min_keys,
+            split_min_writes_per_min: d.split_min_writes_per_min,
+            split_sustain_s: d.split_sustain_ms / 1000,
+        }
+    }
+}
+
+impl GroupConfig {
+    /// The tracker's settings.
+    pub fn settings(&self) -> GroupSettings {
+        GroupSettings {
+            enabled: self.enabled,
+            merge_max_keys: self.merge_max_keys,
+            merge_max_writes_per_min: self.merge_max_writes_per_min,
+            merge_quiet_ms: self.merge_quiet_s.saturating_mul(1000),
+            split_min_keys: self.split_min_keys,
+            split_min_writes_per_min: self.split_min_writes_per_min,
+            split_sustain_ms: self.split_sustain_s.saturating_mul(1000),
+            ..GroupSettings::default()
+        }
+    }
+
+    /// Whether the thresholds make sense.
+    pub fn validate(&self) -> Result<(), String> {
+        let max = meridian_kv::carve::MAX_MERGE_KEYS as u64;
+        if self.merge_max_keys > max {
+            return Err(format!("placement.groups.merge_max_keys {} is above {max}, the most a merge moves", self.merge_max_keys));
+        }
+        self.settings().validate().map_err(|e| format!("placement.groups: {e}"))
+    }
+}
+
+/// The driver's group state: the tracker, where key counting goes on, and
+/// whether a change is running.
+#[derive(Default)]
+pub struct GroupDriver {
+    tracker: Mutex<GroupTracker>,
+    cursor: Mutex<String>,
+    busy: Arc<AtomicBool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The prefixes the members are asked to count writes under: every
+/// namespace created at runtime.
+pub fn counted(recs: &BTreeMap<String, NsRecord>) -> Vec<Vec<u8>> {
+    recs.keys().map(|n| n.as_bytes().to_vec()).collect()
+}
+
+/// Whether the driver may change `r`'s group: settled, and with the root
+/// group's placement.
+fn movable(backend: &Backend, r: &NsRecord) -> bool {
+    matches!(r.state, NsState::Ready | NsState::Shared) && r.replicas == backend.cfg.placement.replicas && r.constraints.is_empty()
+}
+
+/// The next [`KEY_COUNTS_PER_ROUND`] names after the cursor (wrapping).
+fn next_batch(recs: &BTreeMap<String, NsRecord>, cursor: &str) -> Vec<String> {
+    let after = recs.range::<str, _>((std::ops::Bound::Excluded(cursor), std::ops::Bound::Unbounded)).map(|(n, _)| n.clone());
+    let mut batch: Vec<String> = after.take(KEY_COUNTS_PER_ROUND).collect();
+    if batch.len() < KEY_COUNTS_PER_ROUND {
+        let more = KEY_COUNTS_PER_ROUND - batch.len();
+        let wrapped: Vec<String> = recs.keys().take(more).filter(|n| !batch.contains(n)).cloned().collect();
+        batch.extend(wrapped);
+    }
+    batch
+}
+
+/// Keys under `name` in the range serving it.
+async fn key_count(backend: &Backend, r: &NsRecord) -> Option<u64> {
+    let range = if r.state == NsState::Shared { ROOT_RANGE_ID } else { r.range_id };
+    let op =
+        c::RangeOp { key: r.name.as_bytes().to_vec(), range_end: prefix_end(r.name.as_bytes()), count_only: true, ..Default::default() };
+    let a = backend.query(range, c::QueryKind::Range(op), false).await.ok()?;
+    a.range.map(|r| u64::try_from(r.count).unwrap_or(0))
+}
+
+/// One round: measure, decide, and start the change decided (if none
+/// runs). `g` must hold every live member's load (writes summed).
+pub async fn round(backend: &Arc<Backend>, recs: &BTreeMap<String, NsRecord>, g: &Gathered, now_ms: u64) {
+    let cfg = &backend.cfg.placement.groups;
+    let settings = cfg.settings();
+    let gd = &backend.placement.groups;
+    let cursor = lock(&gd.cursor).clone();
+    let batch = next_batch(recs, &cursor);
+    let mut keys = BTreeMap::new();
+    for name in &batch {
+        if let Some(r) = recs.get(name) {
+            if let Some(k) = key_count(backend, r).await {
+                keys.insert(name.clone(), k);
+            }
+        }
+    }
+    if let Some(last) = batch.last() {
+        *lock(&gd.cursor) = last.clone();
+    }
+    let mut writes: BTreeMap<&[u8], u64> = BTreeMap::new();
+    for load in g.loads.values() {
+        for w in &load.writes {
+            *writes.entry(w.prefix.as_slice()).or_default() += w.count;
+        }
+    }
+    let observations: Vec<Observation> = recs
+        .values()
+        .map(|r| Observation {
+            name: r.name.clone(),
+            shared: r.state == NsState::Shared,
+            movable: movable(backend, r),
+            keys: keys.get(&r.name).copied(),
+            writes: writes.get(r.name.as_bytes()).copied().unwrap_or(0),
+        })
+        .collect();
+    let change = {
+        let mut t = lock(&gd.tracker);
+        t.observe(now_ms, &observations, &settings);
+        t.plan(now_ms, &settings)
+    };
+    let Some(change) = change else { return };
+    if gd.busy.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let backend = backend.clone();
+    tokio::spawn(async move {
+        run(&backend, change, now_ms).await;
+        backend.placement.groups.busy.store(false, Ordering::Release);
+    });
+}
+
+/// Runs one change and lists it (with its outcome) among the operators.
+async fn run(backend: &Backend, change: GroupChange, started_ms: u64) {
+    let name = change.name().to_string();
+    let (kind, reason) = match &change {
+        GroupChange::Merge { reason, .. } => ("merge", reason.clone()),
+        GroupChange::Split { reason, .. } => ("split", reason.clone()),
+    };
+    tracing::info!(namespace = name, kind, reason, "placement: changing a namespace's group");
+    let done = match change {
+        GroupChange::Merge { .. } => crate::namespace::merge(backend, &name).await,
+        GroupChange::Split { .. } => crate::namespace::split(backend, &name).await,
+    };
+    let (range_id, state) = match &done {
+        Ok(info) => (info.range_id, "done".to_string()),
+        Err(e) => {
+            let now = crate::backend::wall_ms().max(0) as u64;
+            lock(&backend.placement.groups.tracker).failed(&name, now, &backend.cfg.placement.groups.settings());
+            tracing::info!(namespace = name, kind, "placement: the group change was not made: {e}");
+            (0, format!("failed: {e}"))
+        }
+    };
+    let steps: &[&str] = match kind {
+        "merge" => &["seal the namespace's group", "absorb its keys into the root range", "retire the group"],
+        _ => &["allocate a group", "carve the prefix out of the root range", "publish the descriptor"],
+    };
+    let report = OperatorReport {
+        range_id,
+        kind: format!("{kind} {name}"),
+        from: None,
+        to: None,
+        steps: steps.iter().map(|s| s.to_string()).collect(),
+        reason,
+    };
+    backend.placement.record_finished(OperatorState { op: report, at: steps.len(), state, started_ms });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_counts_go_round_every_namespace_a_batch_at_a_time() {
+        let recs: BTreeMap<String, NsRecord> = (0..40)
+            .map(|i| {
+                let name = format!("/n{i:02}/");
+                let r: NsRecord = serde_json::from_value(serde_json::json!({
+                    "name": name, "range_id": 3, "namespace_id": 3, "replicas": 3, "constraints": {}, "state": "ready", "created_ms": 0
+                }))
+                .unwrap();
+                (name, r)
+            })
+            .collect();
+        let first = next_batch(&recs, "");
+        assert_eq!((first.len(), first[0].as_str(), first[31].as_str()), (32, "/n00/", "/n31/"));
+        let second = next_batch(&recs, &first[31]);
+        assert_eq!((second.len(), second[0].as_str(), second[7].as_str(), second[8].as_str()), (32, "/n32/", "/n39/", "/n00/"));
+        let few: BTreeMap<String, NsRecord> = recs.into_iter().take(3).collect();
+        assert_eq!(next_batch(&few, "/n01/"), ["/n02/", "/n00/", "/n01/"]);
+    }
+
+    #[test]
+    fn thresholds_are_checked() {
+        assert_eq!(GroupConfig::default().validate(), Ok(()));
+        let bad = GroupConfig { merge_max_keys: 20_000, split_min_keys: 50_000, ..GroupConfig::default() };
+        assert!(bad.validate().unwrap_err().contains("the most a merge moves"));
+        let bad = GroupConfig { split_min_keys: 10, ..GroupConfig::default() };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! Writes counted under namespace prefixes: the write load the placement
+//! driver splits and merges groups by.
+//!
+//! The driver names the prefixes it wants counted (every namespace created
+//! at runtime) in each round's report request; every member then counts
+//! the commands with keys it executes under each (reads are not counted),
+//! and reports the totals in its next answer. The driver sums the members'
+//! totals and takes rates from their growth. Bounded: at most
+//! [`crate::routing::MAX_NAMESPACES`] prefixes, each a counter.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use meridian_storage::KeyInterval;
+
+/// The counters of one member.
+#[derive(Default)]
+pub struct WriteCounts {
+    counts: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Some prefix is counted (the hot path checks this alone otherwise).
+    active: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl WriteCounts {
+    /// Counts exactly `prefixes` from now on (at most
+    /// [`crate::routing::MAX_NAMESPACES`]): counters of prefixes still
+    /// named keep their totals, new ones start at 0, others are dropped.
+    pub fn watch(&self, prefixes: &[Vec<u8>]) {
+        let mut counts = lock(&self.counts);
+        let mut next = HashMap::with_capacity(prefixes.len().min(crate::routing::MAX_NAMESPACES));
+        for p in prefixes.iter().take(crate::routing::MAX_NAMESPACES) {
+            next.insert(p.clone(), counts.remove(p).unwrap_or(0));
+        }
+        self.active.store(!next.is_empty(), Ordering::Release);
+        *counts = next;
+    }
+
+    /// One executed command with `keys`: each counted prefix any of them
+    /// lies under is counted once.
+    pub fn count(&self, keys: &[KeyInterval]) {
+        if !self.active.load(Ordering::Acquire) {
+            return;
+        }
+        let mut counts = lock(&self.counts);
+        let mut hit: Vec<&[u8]> = Vec::new();
+        for k in keys {
+            // A namespace is /seg/…/seg/: its prefixes end at each '/'.
+            for (i, _) in k.key.iter().enumerate().filter(|(i, b)| **b == b'/' && *i > 0) {
+                let p = &k.key[..=i];
+                if !hit.contains(&p) && counts.contains_key(p) {
+                    hit.push(p);
+                }
+            }
+        }
+        for p in hit {
+            if let Some(n) = counts.get_mut(p) {
+                *n += 1;
+            }
+        }
+    }
+
+    /// Every counted prefix and its total.
+    pub fn snapshot(&self) -> Vec<(Vec<u8>, u64)> {
+        lock(&self.counts).iter().map(|(p, n)| (p.clone(), *n)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str) -> KeyInterval {
+        KeyInterval { key: k.as_bytes().to_vec(), range_end: Vec::new() }
+    }
+
+    #[test]
+    fn commands_count_once_under_each_named_prefix_and_totals_survive_a_new_list() {
+        let w = WriteCounts::default();
+        w.count(&[key("/a/x")]);
+        assert!(w.snapshot().is_empty(), "nothing counted before a list");
+        w.watch(&[b"/a/".to_vec(), b"/a/b/".to_vec()]);
+        w.count(&[key("/a/x"), key("/a/y")]);
+        w.count(&[key("/a/b/z")]);
+        w.count(&[key("/ab"), key("/c/a/")]);
+        let mut got = w.snapshot();
+        got.sort();
+        assert_eq!(got, [(b"/a/".to_vec(), 2), (b"/a/b/".to_vec(), 1)]);
+        w.watch(&[b"/a/b/".to_vec(), b"/c/".to_vec()]);
+        let mut got = w.snapshot();
+        got.sort();
+        assert_eq!(got, [(b"/a/b/".to_vec(), 1), (b"/c/".to_vec(), 0)], "kept, added, dropped");
+        w.watch(&[]);
+        assert!(w.snapshot().is_empty());
+    }
+}
