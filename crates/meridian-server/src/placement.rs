@@ -443,7 +443,7 @@ impl Driver {
         self.record_finished(OperatorState { op: op_report(&r.op), at: r.at, state, started_ms });
     }
 
-    /// Lists a finished operator (the newest [`MAX_FINISHED`] stay).
+    /// Lists a finished operator (the newest 64 stay).
     pub fn record_finished(&self, s: OperatorState) {
         let mut f = lock(&self.finished);
         if f.len() >= MAX_FINISHED {
