@@ -65,7 +65,7 @@ fix:
 # latency), then idle CPU and RSS per range (NAMESPACES, CONCURRENCY, IDLE_S).
 bench-namespaces: setup
 	$(CARGO) build --workspace --bins
-	MERIDIAN_BENCH_NAMESPACES=$${NAMESPACES:-1000} MERIDIAN_BENCH_CONCURRENCY=$${CONCURRENCY:-4} MERIDIAN_BENCH_IDLE_S=$${IDLE_S:-30} \
+	MERIDIAN_BENCH_NAMESPACES=$${NAMESPACES:-1000} MERIDIAN_BENCH_CONCURRENCY=$${CONCURRENCY:-4} MERIDIAN_BENCH_IDLE_S=$${IDLE_S:-30} MERIDIAN_BENCH_SHARED=$${SHARED:-0} \
 	  $(CARGO) test -p meridian-tests --test namespace_bench -- --ignored --nocapture
 
 # A dead node's replicas replaced (docs/performance.md, "Re-replication").

@@ -6,7 +6,9 @@
 //! range held.
 //!
 //! `MERIDIAN_BENCH_NAMESPACES` (default 1000), `MERIDIAN_BENCH_CONCURRENCY`
-//! (default 4), `MERIDIAN_BENCH_IDLE_S` (default 30).
+//! (default 4), `MERIDIAN_BENCH_IDLE_S` (default 30),
+//! `MERIDIAN_BENCH_SHARED=1`: the namespaces are created shared (served by
+//! the root group; no range each).
 
 // A measurement on real processes and real time.
 #![allow(clippy::disallowed_methods)]
@@ -49,6 +51,7 @@ fn bench_create_namespaces_then_idle() {
     let n = env("MERIDIAN_BENCH_NAMESPACES", 1000);
     let concurrency = env("MERIDIAN_BENCH_CONCURRENCY", 4).max(1);
     let idle_s = env("MERIDIAN_BENCH_IDLE_S", 30);
+    let shared = env("MERIDIAN_BENCH_SHARED", 0) == 1;
     let c = ProcCluster::start(3, &[]);
     c.wait_ready(Duration::from_secs(60));
     let endpoints: Vec<String> = c.members.iter().map(|m| format!("http://{}", m.client_addr)).collect();
@@ -65,7 +68,7 @@ fn bench_create_namespaces_then_idle() {
                 while i < n {
                     let t = Instant::now();
                     let name = format!("/bench-{i:05}/");
-                    let r = ns.create(api::NamespaceCreateRequest { name: name.clone(), ..Default::default() }).await;
+                    let r = ns.create(api::NamespaceCreateRequest { name: name.clone(), shared, ..Default::default() }).await;
                     if let Err(e) = r {
                         panic!("create {name}: {e}");
                     }
@@ -95,7 +98,8 @@ fn bench_create_namespaces_then_idle() {
     }
     latencies.sort();
     println!(
-        "created {n} namespaces on 3 nodes, {concurrency} at a time: {:.1} s, {:.1} creates/s; latency p50 {:?} p99 {:?} max {:?}",
+        "created {n} {}namespaces on 3 nodes, {concurrency} at a time: {:.1} s, {:.1} creates/s; latency p50 {:?} p99 {:?} max {:?}",
+        if shared { "shared " } else { "" },
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64(),
         percentile(&latencies, 0.5),
@@ -107,14 +111,15 @@ fn bench_create_namespaces_then_idle() {
     let pids: Vec<u32> = (0..3).filter_map(|i| c.pid(i)).collect();
     let before: Vec<f64> = pids.iter().map(|p| cpu_s(*p)).collect();
     std::thread::sleep(Duration::from_secs(idle_s));
-    let ranges = n + 2;
+    let ranges = if shared { 2 } else { n + 2 };
     for (i, p) in pids.iter().enumerate() {
         let cpu = (cpu_s(*p) - before[i]) / idle_s as f64 * 100.0;
         let rss = rss_mib(*p);
         println!(
-            "node {}: idle CPU {cpu:.1}% of one core over {idle_s} s; RSS {rss:.0} MiB for {ranges} ranges ({:.1} KiB per range)",
+            "node {}: idle CPU {cpu:.1}% of one core over {idle_s} s; RSS {rss:.0} MiB for {ranges} ranges and {n} namespaces ({:.1} KiB per range, {:.1} KiB per namespace)",
             i + 1,
-            rss * 1024.0 / ranges as f64
+            rss * 1024.0 / ranges as f64,
+            rss * 1024.0 / n.max(1) as f64
         );
     }
 }

@@ -9,21 +9,19 @@
 //! [`crate::routing::MAX_NAMESPACES`] prefixes, each a counter.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::RwLock;
 
 use meridian_storage::KeyInterval;
 
 /// The counters of one member.
 #[derive(Default)]
 pub struct WriteCounts {
-    counts: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Writers share the read lock (each counter is atomic); only a new
+    /// list takes the write lock.
+    counts: RwLock<HashMap<Vec<u8>, AtomicU64>>,
     /// Some prefix is counted (the hot path checks this alone otherwise).
     active: AtomicBool,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl WriteCounts {
@@ -31,10 +29,10 @@ impl WriteCounts {
     /// [`crate::routing::MAX_NAMESPACES`]): counters of prefixes still
     /// named keep their totals, new ones start at 0, others are dropped.
     pub fn watch(&self, prefixes: &[Vec<u8>]) {
-        let mut counts = lock(&self.counts);
+        let mut counts = self.counts.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut next = HashMap::with_capacity(prefixes.len().min(crate::routing::MAX_NAMESPACES));
         for p in prefixes.iter().take(crate::routing::MAX_NAMESPACES) {
-            next.insert(p.clone(), counts.remove(p).unwrap_or(0));
+            next.insert(p.clone(), counts.remove(p).unwrap_or_default());
         }
         self.active.store(!next.is_empty(), Ordering::Release);
         *counts = next;
@@ -46,7 +44,7 @@ impl WriteCounts {
         if !self.active.load(Ordering::Acquire) {
             return;
         }
-        let mut counts = lock(&self.counts);
+        let counts = self.counts.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut hit: Vec<&[u8]> = Vec::new();
         for k in keys {
             // A namespace is /seg/…/seg/: its prefixes end at each '/'.
@@ -58,15 +56,16 @@ impl WriteCounts {
             }
         }
         for p in hit {
-            if let Some(n) = counts.get_mut(p) {
-                *n += 1;
+            if let Some(n) = counts.get(p) {
+                n.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
     /// Every counted prefix and its total.
     pub fn snapshot(&self) -> Vec<(Vec<u8>, u64)> {
-        lock(&self.counts).iter().map(|(p, n)| (p.clone(), *n)).collect()
+        let counts = self.counts.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts.iter().map(|(p, n)| (p.clone(), n.load(Ordering::Relaxed))).collect()
     }
 }
 
