@@ -25,7 +25,7 @@ pub mod view;
 pub use groups::{GroupChange, GroupSettings, GroupTracker, Observation};
 pub use operator::{Kind, Operator, Progress, Running, Step};
 pub use scheduler::{schedule, Plan};
-pub use view::{ClusterView, Load, NodeView, RangeView, Settings, MIN_DISK_AVAILABLE_PERCENT};
+pub use view::{ClusterView, Load, NodeView, RangeView, Settings, MIN_DISK_AVAILABLE_PERCENT, SHED_DISK_AVAILABLE_PERCENT};
 
 #[cfg(test)]
 mod tests;

@@ -13,8 +13,9 @@
 //! 5. a leader on a draining (or not eligible) node → moved to a voter on
 //!    an eligible node.
 //!
-//! Then, with what budget is left, the balancer: replicas from the node
-//! holding most to the one holding fewest (of eligible nodes, beyond
+//! Then, with what budget is left: a replica off each node whose disk is
+//! filling (under 10 % free) to the best node whose disk is not; then the
+//! balancer: replicas from the node holding most to the one holding fewest (of eligible nodes, beyond
 //! `balance_tolerance`), then leaderships likewise. A pinned range (the
 //! meta range) is moved only by rules 0-5's healing, never to balance or
 //! to spread over zones.
@@ -327,12 +328,61 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
             }
         }
     }
+    shed_disk(view, &mut plan, &mut budget, &mut counts, &mut busy, &mut decide);
     balance_replicas(view, settings, &mut plan, &mut budget, &mut counts, &mut busy, &mut decide);
     balance_leaders(view, settings, &mut plan, &mut budget, &mut counts, &mut busy, &mut leaders, &mut decide);
     plan
 }
 
 type Decide<'a> = dyn FnMut(&mut Plan, Operator, &mut Budget, &mut BTreeMap<u64, usize>, &mut BTreeSet<u64>) -> bool + 'a;
+
+/// One replica off each eligible node whose disk is filling (least room
+/// first) to the range's best target whose disk is not, quorum kept; a
+/// filling node with nowhere to send one is reported. The meta range moves
+/// too: a full disk would stop it with the rest.
+fn shed_disk(
+    view: &ClusterView,
+    plan: &mut Plan,
+    budget: &mut Budget,
+    counts: &mut BTreeMap<u64, usize>,
+    busy: &mut BTreeSet<u64>,
+    decide: &mut Decide<'_>,
+) {
+    let mut filling: Vec<&NodeView> = view.nodes.values().filter(|n| n.eligible() && n.disk_filling()).collect();
+    filling.sort_by_key(|n| (n.load.map_or(1000, |l| l.free_permille()), n.id));
+    for node in filling {
+        let free = node.load.map_or(1000, |l| l.free_permille());
+        let candidate = view.ranges.values().find_map(|r| {
+            if busy.contains(&r.id) || r.joint || !r.voters.contains(&node.id) {
+                return None;
+            }
+            let to = target(view, r, Some(node.id), counts, budget)?;
+            (!view.nodes.get(&to).is_some_and(NodeView::disk_filling) && removal_safe(view, r, node.id, Some(to))).then_some((r, to))
+        });
+        match candidate {
+            Some((r, to)) => {
+                let why = format!(
+                    "node {} has {}.{} % of its disk free, under {} %: moving a replica to node {to}",
+                    node.id,
+                    free / 10,
+                    free % 10,
+                    crate::view::SHED_DISK_AVAILABLE_PERCENT
+                );
+                decide(plan, Operator::replace(r, node.id, to, why), budget, counts, busy);
+            }
+            None if view.ranges.values().any(|r| r.voters.contains(&node.id)) => plan.blocked.push((
+                0,
+                format!(
+                    "node {} has {}.{} % of its disk free; no node with room can take one of its replicas now",
+                    node.id,
+                    free / 10,
+                    free % 10
+                ),
+            )),
+            None => {}
+        }
+    }
+}
 
 /// Replicas from the eligible node holding most to a node holding at least
 /// two fewer (the best target of the range: zones and hosts first), while
@@ -348,8 +398,9 @@ fn balance_replicas(
     decide: &mut Decide<'_>,
 ) {
     let eligible: Vec<u64> = view.nodes.values().filter(|n| n.eligible()).map(|n| n.id).collect();
-    // Replicas go only to nodes with room (a full disk may still give).
-    let receivers: Vec<u64> = view.nodes.values().filter(|n| n.takes_replicas()).map(|n| n.id).collect();
+    // Replicas go only to nodes with room (a full disk may still give; a
+    // filling one sheds, so it receives none to balance).
+    let receivers: Vec<u64> = view.nodes.values().filter(|n| n.takes_replicas() && !n.disk_filling()).map(|n| n.id).collect();
     for _ in 0..settings.max_new_ops {
         let by_count = |n: &u64| (counts.get(n).copied().unwrap_or(0), *n);
         let (Some(&most), Some(&fewest)) = (eligible.iter().max_by_key(|n| by_count(n)), receivers.iter().min_by_key(|n| by_count(n)))

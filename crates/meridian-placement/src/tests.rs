@@ -501,3 +501,31 @@ fn a_dead_nodes_replacements_are_not_charged_to_it() {
     let next = schedule(&v, &s, s.down_after_ms);
     assert_eq!(next.operators.len(), 6, "{next:?}");
 }
+
+#[test]
+fn a_node_whose_disk_is_filling_sheds_replicas_to_nodes_with_room_only() {
+    let s = Settings::default();
+    let disk = |available: u64| Some(Load { disk_capacity_bytes: 1000, disk_available_bytes: available, ..Default::default() });
+    // Nodes 1-3 hold ranges 10 and 11; node 4 (zone a, like node 1) and
+    // node 5 (zone b) hold nothing.
+    let mut v = cluster(5, &[range(10, &[1, 2, 3], 1), range(11, &[1, 2, 3], 2)]);
+    v.nodes.get_mut(&1).unwrap().load = disk(80);
+    v.nodes.get_mut(&5).unwrap().load = disk(95);
+    let plan = schedule(&v, &s, 0);
+    let shed: Vec<&Operator> = plan.operators.iter().filter(|o| o.reason.contains("disk free")).collect();
+    assert_eq!(shed.len(), 1, "one replica a round off the filling node: {plan:?}");
+    assert_eq!(shed[0].kind, Kind::Replace { from: 1, to: 4 }, "to the node with room, not to node 5 (filling too)");
+    assert!(shed[0].reason.contains("node 1 has 8.0 % of its disk free, under 10 %"), "{}", shed[0].reason);
+    // The balancer sends nothing to a filling node.
+    assert!(plan.operators.iter().all(|o| !matches!(o.kind, Kind::Replace { to: 5, .. } | Kind::Add { to: 5 })), "{plan:?}");
+    // With room nowhere, the plan says so and moves nothing off it.
+    v.nodes.get_mut(&4).unwrap().load = disk(90);
+    let plan = schedule(&v, &s, 0);
+    assert!(plan.operators.iter().all(|o| !o.reason.contains("disk free")), "{plan:?}");
+    assert!(plan.blocked.iter().any(|(_, why)| why.contains("no node with room")), "{plan:?}");
+    // Above 10 % free nothing is shed.
+    v.nodes.get_mut(&1).unwrap().load = disk(100);
+    v.nodes.get_mut(&4).unwrap().load = disk(500);
+    let plan = schedule(&v, &s, 0);
+    assert!(plan.operators.iter().all(|o| !o.reason.contains("disk free")), "{plan:?}");
+}

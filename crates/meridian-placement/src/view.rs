@@ -49,11 +49,34 @@ pub struct Load {
 /// (CockroachDB stops at 95 % full too.)
 pub const MIN_DISK_AVAILABLE_PERCENT: u64 = 5;
 
+/// Below this share of its disk free (percent), a node sheds replicas to
+/// nodes with more room, one at a time, before it fills up (twice the
+/// room [`MIN_DISK_AVAILABLE_PERCENT`] keeps, so the moves away still have
+/// space to stage their snapshots).
+pub const SHED_DISK_AVAILABLE_PERCENT: u64 = 10;
+
 impl Load {
+    fn below(&self, percent: u64) -> bool {
+        self.disk_capacity_bytes > 0
+            && u128::from(self.disk_available_bytes) * 100 < u128::from(self.disk_capacity_bytes) * u128::from(percent)
+    }
+
     /// Less than [`MIN_DISK_AVAILABLE_PERCENT`] of the disk free.
     pub fn disk_full(&self) -> bool {
-        self.disk_capacity_bytes > 0
-            && u128::from(self.disk_available_bytes) * 100 < u128::from(self.disk_capacity_bytes) * u128::from(MIN_DISK_AVAILABLE_PERCENT)
+        self.below(MIN_DISK_AVAILABLE_PERCENT)
+    }
+
+    /// Less than [`SHED_DISK_AVAILABLE_PERCENT`] of the disk free.
+    pub fn disk_filling(&self) -> bool {
+        self.below(SHED_DISK_AVAILABLE_PERCENT)
+    }
+
+    /// Free share of the disk, in thousandths (1000 when not reported).
+    pub fn free_permille(&self) -> u64 {
+        if self.disk_capacity_bytes == 0 {
+            return 1000;
+        }
+        (u128::from(self.disk_available_bytes) * 1000 / u128::from(self.disk_capacity_bytes)) as u64
     }
 }
 
@@ -68,6 +91,12 @@ impl NodeView {
     /// replica.
     pub fn takes_replicas(&self) -> bool {
         self.eligible() && !self.load.is_some_and(|l| l.disk_full())
+    }
+
+    /// Its disk is filling ([`Load::disk_filling`]): it sheds replicas and
+    /// receives none to balance.
+    pub fn disk_filling(&self) -> bool {
+        self.load.is_some_and(|l| l.disk_filling())
     }
 
     /// Whether it counts towards a range's quorum now (alive, or not heard
