@@ -71,7 +71,7 @@ bench-namespaces: setup
 # A dead node's replicas replaced (docs/performance.md, "Re-replication").
 bench-rereplicate: setup
 	$(CARGO) build --workspace --bins
-	MERIDIAN_BENCH_NAMESPACES=$${NAMESPACES:-1000} MERIDIAN_BENCH_DOWN_AFTER_MS=$${DOWN_AFTER_MS:-5000} \
+	MERIDIAN_BENCH_NAMESPACES=$${NAMESPACES:-1000} MERIDIAN_BENCH_DOWN_AFTER_MS=$${DOWN_AFTER_MS:-5000} MERIDIAN_BENCH_JOIN_LAST=$${JOIN_LAST:-0} \
 	  $(CARGO) test -p meridian-tests --test rereplicate_bench -- --ignored --nocapture
 
 sim-long: setup
