@@ -416,3 +416,67 @@ fn the_driver_merges_a_quiet_namespace_into_the_root_group_and_splits_one_that_g
     let split = find("split /grows/").expect("the split is listed");
     assert!(split["reason"].as_str().unwrap().contains("25 keys"), "{split}");
 }
+
+#[test]
+fn a_new_meta_leader_takes_over_the_operators_of_a_killed_one() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Five founding members: every range starts with five voters, and the
+    // driver removes two of each (policy: 3 replicas), one operator a range.
+    let placement = "[placement]\nexecute = true\ndown_after_ms = 60000\n";
+    let mut c = ProcCluster::prepare(5, &["/a/", "/b/"]);
+    for path in &c.configs {
+        let mut cfg = std::fs::read_to_string(path).unwrap();
+        cfg.push('\n');
+        cfg.push_str(placement);
+        std::fs::write(path, cfg).unwrap();
+    }
+    c.launch();
+    c.wait_ready(Duration::from_secs(60));
+    let eps = c.endpoints();
+    ok(&eps, &["put", "/a/before", "1"]);
+    ok(&eps, &["put", "/b/before", "2"]);
+    // The member listing a running operator leads the meta range: killed
+    // there, mid-operator.
+    let running_on = |c: &ProcCluster, i: usize| -> bool {
+        let (code, body) = http_get(&c.members[i].http_addr, "/v1/placement/operators");
+        code == 200
+            && serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["operators"].as_array().cloned())
+                .is_some_and(|ops| ops.iter().any(|o| o["state"] == "running"))
+    };
+    let mut driver = None;
+    wait_until("an operator running", Duration::from_secs(60), || {
+        driver = (0..5).find(|&i| running_on(&c, i));
+        driver.is_some()
+    });
+    let driver = driver.unwrap();
+    c.kill9(driver);
+    let survivors: Vec<usize> = (0..5).filter(|i| *i != driver).collect();
+    let took_over = |c: &ProcCluster| {
+        survivors.iter().any(|&i| {
+            let log = std::fs::read_to_string(c.node_dir(i).join("server.log")).unwrap_or_default();
+            log.contains("placement operator taken over")
+        })
+    };
+    wait_until("another member took the recorded operators over", Duration::from_secs(60), || took_over(&c));
+    c.restart(driver);
+    c.wait_ready(Duration::from_secs(60));
+    // Every range ends with three voters and no learner, as its leader
+    // reports it.
+    wait_until("every range at 3 voters", Duration::from_secs(120), || {
+        let mut leaders = std::collections::BTreeMap::new();
+        for i in 0..5 {
+            let (_, body) = http_get(&c.members[i].http_addr, "/v1/cluster/status");
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else { return false };
+            for r in v["ranges"].as_array().into_iter().flatten().filter(|r| r["role"] == "Leader") {
+                let good = r["voters"].as_array().is_some_and(|v| v.len() == 3) && r["learners"].as_array().is_some_and(|l| l.is_empty());
+                leaders.insert(r["range_id"].as_u64().unwrap_or(0), good);
+            }
+        }
+        leaders.len() == 4 && leaders.values().all(|g| *g)
+    });
+    for (k, v) in [("/a/before", "1"), ("/b/before", "2")] {
+        assert!(ok(&eps, &["get", k]).contains(v), "{k} lost");
+    }
+}

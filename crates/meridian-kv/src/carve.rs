@@ -1,5 +1,9 @@
 //! Carving a namespace out of the range that holds it (a runtime
-//! `namespace create`), and giving a dropped one back.
+//! `namespace create` or `split`), giving a dropped one back, and merging
+//! one back with its keys ([`seal_for_merge`], then [`absorb`] on the
+//! parent: keys keep their revisions, the parent's revision is raised to
+//! the namespace's last, and its history of the prefix below that reads
+//! as compacted — the merge floor, [`check_floors`]).
 //!
 //! A carve is one command in the parent range's log (the root range's, for
 //! a prefix nobody declared). Applied, on every replica alike and in the
@@ -32,7 +36,7 @@ use meridian_raftstore::SplitOff;
 use meridian_storage::{RangeDescriptor, RangeEpoch, ReplicaDesc, ReplicaRole};
 use prost::Message as _;
 
-use crate::command::{AbsorbOp, CarveOp, CarveOutcome, SealOp, SealOutcome, UncarveOp};
+use crate::command::{AbsorbOp, CarveOp, CarveOutcome, MergeFloor, SealOp, SealOutcome, UncarveOp};
 use crate::error::KvError;
 use crate::keys;
 use crate::mvcc::{tombstone_record, version_record, KeyValue, Meta, Mvcc, WriteTxn};
@@ -404,6 +408,10 @@ pub fn absorb(w: &mut WriteTxn<'_, '_>, op: &AbsorbOp) -> Result<bool, KvError> 
     }
     w.ctx().delete(&keys::carved_key(&op.prefix));
     w.raise_revision(op.revision_floor);
+    // This range holds none of the namespace's history below its last
+    // revision: reads there are compacted, watches from there refused.
+    let floor = merge_floors(w.reader())?.into_iter().find(|f| f.prefix == op.prefix).map_or(0, |f| f.revision).max(op.revision_floor);
+    w.ctx().put(&keys::merged_key(&op.prefix), &floor.to_be_bytes());
     for kv in &op.kvs {
         // This range ended the key's history with a tombstone when the
         // prefix was carved out; the key's version is its latest again.
@@ -420,6 +428,35 @@ pub fn absorb(w: &mut WriteTxn<'_, '_>, op: &AbsorbOp) -> Result<bool, KvError> 
         w.ctx().put(&keys::history_key(&kv.key, kv.mod_revision), &version_record(kv));
     }
     Ok(true)
+}
+
+/// The merge floors of a range ([`MergeFloor`]), by prefix.
+pub fn merge_floors(r: &dyn DataRead) -> Result<Vec<MergeFloor>, KvError> {
+    let mut out = Vec::new();
+    let mut bad = None;
+    r.scan(&[keys::MERGED], &[keys::MERGED + 1], &mut |k, v| match <[u8; 8]>::try_from(v) {
+        Ok(b) => {
+            out.push(MergeFloor { prefix: k[1..].to_vec(), revision: i64::from_be_bytes(b) });
+            true
+        }
+        Err(_) => {
+            bad = Some(KvError::Storage(format!("corrupt merge floor record {k:?}")));
+            false
+        }
+    })?;
+    bad.map_or(Ok(out), Err)
+}
+
+/// Whether a read at `revision` (0: the current one) of `[key, end)`
+/// reaches below a merge floor: the first one it does, as the error.
+pub fn check_floors(floors: &[MergeFloor], key: &[u8], end: &[u8], revision: i64) -> Result<(), KvError> {
+    if revision <= 0 {
+        return Ok(());
+    }
+    match floors.iter().find(|f| revision < f.revision && touches(key, end, &f.prefix)) {
+        Some(f) => Err(KvError::Compacted { compact_revision: f.revision }),
+        None => Ok(()),
+    }
 }
 
 /// The namespace id a seal record names: none.

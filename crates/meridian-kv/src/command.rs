@@ -464,7 +464,9 @@ pub enum OutcomeKind {
     #[prost(message, tag = "7")]
     Error(ErrorOutcome),
     /// Of a compaction, lease revoke or expiry, lock release or lock-delay end
-    /// (always `true`); of a lock cancel, whether the waiter was removed.
+    /// (always `true`); of a lock cancel, whether the waiter was removed; of
+    /// an absorb, whether it applied (`false`: no carve of that namespace
+    /// was left to undo, as after an absorb that applied before).
     #[prost(bool, tag = "8")]
     Done(bool),
     /// Of a lock acquire or proclaim.
@@ -600,7 +602,7 @@ pub struct LeaseOutcome {
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Query {
     /// The query; `None` is invalid.
-    #[prost(oneof = "QueryKind", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
+    #[prost(oneof = "QueryKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub kind: Option<QueryKind>,
 }
 
@@ -631,6 +633,24 @@ pub enum QueryKind {
     /// A hash of the key-value history (etcd's HashKV).
     #[prost(message, tag = "8")]
     HashKv(HashKvOp),
+    /// The merge floors of namespaces merged into this range (the flag is
+    /// ignored): a watch of a merged prefix from at or below its floor
+    /// would miss the merged namespace's events.
+    #[prost(bool, tag = "9")]
+    MergeFloors(bool),
+}
+
+/// A namespace merged into a range, and the revision the range's history
+/// of its prefix starts at ([`QueryKind::MergeFloors`]).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MergeFloor {
+    /// The merged namespace's prefix.
+    #[prost(bytes = "vec", tag = "1")]
+    pub prefix: Vec<u8>,
+    /// Its last revision in its own group: reads under the prefix below it
+    /// are compacted here, and its events up to it are not here.
+    #[prost(int64, tag = "2")]
+    pub revision: i64,
 }
 
 /// A hash of the key-value history up to a revision ([`QueryKind::HashKv`]).
@@ -761,6 +781,9 @@ pub struct QueryAnswer {
     /// Of [`QueryKind::HashKv`].
     #[prost(message, optional, tag = "9")]
     pub hash: Option<HashKvOutcome>,
+    /// Of [`QueryKind::MergeFloors`].
+    #[prost(message, repeated, tag = "10")]
+    pub merge_floors: Vec<MergeFloor>,
 }
 
 /// The keys `op` touches (every compare and every branch of a Txn, nested
@@ -811,6 +834,7 @@ pub fn query_keys(q: &QueryKind) -> Vec<KeyInterval> {
         | QueryKind::Events(_)
         | QueryKind::Locks(_)
         | QueryKind::DelayedLocks(_)
-        | QueryKind::HashKv(_) => Vec::new(),
+        | QueryKind::HashKv(_)
+        | QueryKind::MergeFloors(_) => Vec::new(),
     }
 }

@@ -25,6 +25,18 @@ pub const DELAYED_LOCK: u8 = b'd';
 /// range (its value: the new namespace id, u64 big-endian).
 pub const CARVED: u8 = b'x';
 
+/// Prefix of the merge floors: a namespace merged into this range, and the
+/// revision its history here starts at (value: i64 big-endian).
+pub const MERGED: u8 = b'y';
+
+/// `y ‖ prefix`: the merge floor of `prefix`.
+pub fn merged_key(prefix: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + prefix.len());
+    k.push(MERGED);
+    k.extend_from_slice(prefix);
+    k
+}
+
 /// Records that commands read on every use: the meta record (each
 /// command), leases (each lock command checks its session) and lock queues.
 /// A user's key is read once per write and is not among them.

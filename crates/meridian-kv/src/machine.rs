@@ -63,12 +63,15 @@ pub struct KvMachine {
     range_id: u64,
     /// The ranges carved out of this one, as of their carves.
     split_offs: Vec<meridian_storage::RangeDescriptor>,
+    /// Namespaces merged into this range, with their floors (reads below
+    /// are compacted).
+    floors: Vec<MergeFloor>,
 }
 
 impl KvMachine {
     /// A machine that publishes its events to `sink`, if any.
     pub fn new(sink: Option<Arc<dyn EventSink>>) -> Self {
-        KvMachine { sink, carved: Vec::new(), sealed: None, range_id: 0, split_offs: Vec::new() }
+        KvMachine { sink, carved: Vec::new(), sealed: None, range_id: 0, split_offs: Vec::new(), floors: Vec::new() }
     }
 
     /// The same machine, serving `range_id`.
@@ -274,6 +277,8 @@ impl KvMachine {
         // the range a carve split off.
         let mut carved = None;
         let mut split_off = None;
+        // The merge floors after an absorb.
+        let mut floors = None;
         let kind = match op {
             Op::Put(p) => {
                 if p.key.is_empty() {
@@ -370,10 +375,12 @@ impl KvMachine {
                 OutcomeKind::Done(true)
             }
             Op::Absorb(a) => {
-                if carve::absorb(&mut w, a)? {
+                let applied = carve::absorb(&mut w, a)?;
+                if applied {
                     carved = Some((a.prefix.clone(), false));
+                    floors = Some(carve::merge_floors(w.reader())?);
                 }
-                OutcomeKind::Done(true)
+                OutcomeKind::Done(applied)
             }
             Op::LeaseCheckpoint(c) => {
                 let rec = w.checkpoint_lease(c.id, c.remaining_ttl_s, c.resets)?;
@@ -381,7 +388,7 @@ impl KvMachine {
             }
         };
         let (revision, events, moved) = w.commit();
-        Ok(Applied { revision, moved, kind, events, lock_events, carved, split_off })
+        Ok(Applied { revision, moved, kind, events, lock_events, carved, split_off, floors })
     }
 }
 
@@ -396,6 +403,8 @@ struct Applied {
     carved: Option<(Vec<u8>, bool)>,
     /// The range a carve split off.
     split_off: Option<meridian_storage::RangeDescriptor>,
+    /// The merge floors, after an absorb.
+    floors: Option<Vec<MergeFloor>>,
 }
 
 impl StateMachine for KvMachine {
@@ -406,7 +415,10 @@ impl StateMachine for KvMachine {
             .map_err(|e| KvError::Invalid(format!("undecodable command: {e}")))
             .and_then(|cmd| self.execute(ctx, &cmd));
         let outcome = match result {
-            Ok(Applied { revision, moved, kind, events, lock_events, carved, split_off }) => {
+            Ok(Applied { revision, moved, kind, events, lock_events, carved, split_off, floors }) => {
+                if let Some(f) = floors {
+                    self.floors = f;
+                }
                 if let Some((prefix, now_carved)) = carved {
                     self.carved.retain(|p| *p != prefix);
                     self.split_offs.retain(|d| d.start != prefix);
@@ -462,6 +474,8 @@ impl StateMachine for KvMachine {
         self.sealed = records.iter().find(|c| c.namespace_id == carve::SEALED).map(|c| c.prefix.clone());
         self.split_offs = records.iter().filter_map(carve::Carved::descriptor).collect();
         self.carved = now;
+        self.floors =
+            carve::merge_floors(&r).map_err(|e| meridian_storage::StorageError::Corrupt { range_id: namespace_id, what: e.to_string() })?;
         Ok(())
     }
 
@@ -470,9 +484,13 @@ impl StateMachine for KvMachine {
     }
 
     fn read(&self, engine: &dyn Engine, namespace_id: u64, query: &[u8]) -> Vec<u8> {
-        if !self.carved.is_empty() {
+        if !self.carved.is_empty() || !self.floors.is_empty() {
             if let Ok(Query { kind: Some(q) }) = Query::decode(query) {
-                if let Err(e) = carve::check_clear(&self.carved, &query_keys(&q)) {
+                let refused = carve::check_clear(&self.carved, &query_keys(&q)).and_then(|()| match &q {
+                    QueryKind::Range(op) => carve::check_floors(&self.floors, &op.key, &op.range_end, op.revision),
+                    _ => Ok(()),
+                });
+                if let Err(e) = refused {
                     return QueryAnswer { error: Some(error_outcome(&e)), ..Default::default() }.encode_to_vec();
                 }
             }
@@ -525,6 +543,7 @@ pub fn answer(r: &dyn DataRead, query: &[u8]) -> QueryAnswer {
             }
             Some(QueryKind::Locks(op)) => a.locks = locks::list(r, &op.from_name, (op.limit as usize).clamp(1, MAX_LOCKS_PER_QUERY))?,
             Some(QueryKind::DelayedLocks(_)) => a.locks = locks::delayed(r, MAX_LOCKS_PER_QUERY)?,
+            Some(QueryKind::MergeFloors(_)) => a.merge_floors = carve::merge_floors(r)?,
             None => return Err(KvError::Invalid("empty query".into())),
         }
         Ok(a)

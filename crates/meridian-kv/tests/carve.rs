@@ -253,6 +253,14 @@ fn a_merge_brings_the_keys_back_with_their_revisions_and_tokens_keep_growing() {
     assert_eq!(f.query(range_all("/a/")).range.unwrap().kvs, kvs, "the keys, their revisions and versions");
     let at = f.query(QueryKind::Range(RangeOp { key: "/a/z".into(), revision: 7, ..Default::default() })).range.unwrap();
     assert_eq!(at.kvs.len(), 1, "a moved key unchanged since is read at the current revision too (its carve tombstone is gone)");
+    // Below the merged namespace's last revision the parent holds none of
+    // its history: compacted, under the prefix only.
+    let below = f.query(QueryKind::Range(RangeOp { key: "/a/".into(), range_end: b"/a0".to_vec(), revision: 6, ..Default::default() }));
+    assert_eq!(below.error.as_ref().map(|e| (e.code(), e.compact_revision)), Some((ErrorCode::Compacted, 7)), "{below:?}");
+    let root = f.query(QueryKind::Range(RangeOp { key: "/b/k".into(), revision: 4, ..Default::default() })).range.unwrap();
+    assert_eq!(root.kvs.len(), 1, "the parent's own history stays readable");
+    let floors = f.query(QueryKind::MergeFloors(true)).merge_floors;
+    assert_eq!(floors, [MergeFloor { prefix: b"/a/".to_vec(), revision: 7 }]);
     assert_eq!(f.query(range_all("/b/")).range.unwrap().kvs.len(), 1, "the parent's own keys stay");
     let next = f.apply(put("/a/x", "5"));
     assert_eq!(next.revision, 8, "a token under the prefix exceeds every one the merged namespace gave");
@@ -264,6 +272,8 @@ fn a_merge_brings_the_keys_back_with_their_revisions_and_tokens_keep_growing() {
     meridian_raftstore::StateMachine::reload(&mut fresh, &f.engine, RANGE).unwrap();
     f.sm = fresh;
     assert_eq!(f.apply(put("/a/w", "6")).revision, 9, "served here after a reload");
+    let below = f.query(QueryKind::Range(RangeOp { key: "/a/x".into(), revision: 6, ..Default::default() }));
+    assert_eq!(below.error.map(|e| e.code()), Some(ErrorCode::Compacted), "the floor survives a reload");
 }
 
 #[test]

@@ -82,13 +82,25 @@ fn satisfies(n: &NodeView, range: &RangeView) -> bool {
 /// range is not in yet first, then the fewest replicas, then the lowest id.
 /// `leaving` is a replica about to go (its host and zone do not count).
 fn target(view: &ClusterView, range: &RangeView, leaving: Option<u64>, counts: &BTreeMap<u64, usize>, budget: &Budget) -> Option<u64> {
+    target_where(view, range, leaving, counts, budget, |_| true)
+}
+
+/// [`target`] among the nodes `accept` takes.
+fn target_where(
+    view: &ClusterView,
+    range: &RangeView,
+    leaving: Option<u64>,
+    counts: &BTreeMap<u64, usize>,
+    budget: &Budget,
+    accept: impl Fn(&NodeView) -> bool,
+) -> Option<u64> {
     let staying: Vec<&NodeView> = range.members().filter(|m| Some(*m) != leaving).filter_map(|m| view.nodes.get(&m)).collect();
     let hosts: BTreeSet<&str> = staying.iter().map(|n| n.labels.host.as_str()).collect();
     let zones: BTreeSet<&str> = staying.iter().map(|n| n.labels.zone.as_str()).collect();
     view.nodes
         .values()
         .filter(|n| n.takes_replicas() && !range.holds(n.id) && satisfies(n, range) && !hosts.contains(n.labels.host.as_str()))
-        .filter(|n| budget.allows(&[n.id]))
+        .filter(|n| budget.allows(&[n.id]) && accept(n))
         .min_by_key(|n| (zones.contains(n.labels.zone.as_str()), counts.get(&n.id).copied().unwrap_or(0), n.id))
         .map(|n| n.id)
 }
@@ -356,8 +368,8 @@ fn shed_disk(
             if busy.contains(&r.id) || r.joint || !r.voters.contains(&node.id) {
                 return None;
             }
-            let to = target(view, r, Some(node.id), counts, budget)?;
-            (!view.nodes.get(&to).is_some_and(NodeView::disk_filling) && removal_safe(view, r, node.id, Some(to))).then_some((r, to))
+            let to = target_where(view, r, Some(node.id), counts, budget, |n| !n.disk_filling())?;
+            removal_safe(view, r, node.id, Some(to)).then_some((r, to))
         });
         match candidate {
             Some((r, to)) => {
@@ -370,15 +382,20 @@ fn shed_disk(
                 );
                 decide(plan, Operator::replace(r, node.id, to, why), budget, counts, busy);
             }
-            None if view.ranges.values().any(|r| r.voters.contains(&node.id)) => plan.blocked.push((
-                0,
-                format!(
-                    "node {} has {}.{} % of its disk free; no node with room can take one of its replicas now",
-                    node.id,
-                    free / 10,
-                    free % 10
-                ),
-            )),
+            // (Not while an earlier move off it runs: its ranges are busy.)
+            None if view.ranges.values().any(|r| r.voters.contains(&node.id))
+                && !view.running.values().any(|k| k.nodes().contains(&node.id)) =>
+            {
+                plan.blocked.push((
+                    0,
+                    format!(
+                        "node {} has {}.{} % of its disk free; no node with room can take one of its replicas now",
+                        node.id,
+                        free / 10,
+                        free % 10
+                    ),
+                ))
+            }
             None => {}
         }
     }
@@ -398,9 +415,10 @@ fn balance_replicas(
     decide: &mut Decide<'_>,
 ) {
     let eligible: Vec<u64> = view.nodes.values().filter(|n| n.eligible()).map(|n| n.id).collect();
-    // Replicas go only to nodes with room (a full disk may still give; a
-    // filling one sheds, so it receives none to balance).
-    let receivers: Vec<u64> = view.nodes.values().filter(|n| n.takes_replicas() && !n.disk_filling()).map(|n| n.id).collect();
+    // Replicas go only to nodes with room (a full disk may still give).
+    // A node sheds under 10 % free and receives none to balance under
+    // 20 %: the gap keeps it from shedding and refilling in turn.
+    let receivers: Vec<u64> = view.nodes.values().filter(|n| n.takes_replicas() && n.disk_roomy()).map(|n| n.id).collect();
     for _ in 0..settings.max_new_ops {
         let by_count = |n: &u64| (counts.get(n).copied().unwrap_or(0), *n);
         let (Some(&most), Some(&fewest)) = (eligible.iter().max_by_key(|n| by_count(n)), receivers.iter().min_by_key(|n| by_count(n)))

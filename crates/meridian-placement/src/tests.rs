@@ -529,3 +529,28 @@ fn a_node_whose_disk_is_filling_sheds_replicas_to_nodes_with_room_only() {
     let plan = schedule(&v, &s, 0);
     assert!(plan.operators.iter().all(|o| !o.reason.contains("disk free")), "{plan:?}");
 }
+
+#[test]
+fn shedding_skips_a_filling_best_target_for_the_next_and_a_node_refills_only_well_above_the_threshold() {
+    let s = Settings::default();
+    let disk = |available: u64| Some(Load { disk_capacity_bytes: 1000, disk_available_bytes: available, ..Default::default() });
+    // Node 4 (zone a) would be the best target of node 1's replica, but
+    // its disk is filling too: node 5 (zone b) takes it.
+    let mut v = cluster(5, &[range(10, &[1, 2, 3], 1)]);
+    v.nodes.get_mut(&1).unwrap().load = disk(80);
+    v.nodes.get_mut(&4).unwrap().load = disk(90);
+    let plan = schedule(&v, &s, 0);
+    let shed: Vec<&Operator> = plan.operators.iter().filter(|o| o.reason.contains("disk free")).collect();
+    assert_eq!(shed.iter().map(|o| o.kind).collect::<Vec<_>>(), [Kind::Replace { from: 1, to: 5 }], "{plan:?}");
+    // At 15 % free node 4 sheds nothing, and the balancer gives it
+    // nothing either (nodes 1-3 hold 2 replicas each, 4 and 5 none).
+    let mut v = cluster(5, &[range(10, &[1, 2, 3], 1), range(11, &[1, 2, 3], 2)]);
+    v.nodes.get_mut(&4).unwrap().load = disk(150);
+    v.nodes.get_mut(&5).unwrap().load = disk(150);
+    let plan = schedule(&v, &s, 0);
+    assert!(plan.operators.iter().all(|o| !matches!(o.kind, Kind::Replace { to: 4 | 5, .. })), "{plan:?}");
+    // At 20 % it receives its share again.
+    v.nodes.get_mut(&4).unwrap().load = disk(200);
+    let plan = schedule(&v, &s, 0);
+    assert!(plan.operators.iter().any(|o| matches!(o.kind, Kind::Replace { to: 4, .. })), "{plan:?}");
+}

@@ -51,8 +51,8 @@ pub const MIN_DISK_AVAILABLE_PERCENT: u64 = 5;
 
 /// Below this share of its disk free (percent), a node sheds replicas to
 /// nodes with more room, one at a time, before it fills up (twice the
-/// room [`MIN_DISK_AVAILABLE_PERCENT`] keeps, so the moves away still have
-/// space to stage their snapshots).
+/// room [`MIN_DISK_AVAILABLE_PERCENT`] keeps: it stops well before the
+/// engine's own limits, and the receiving nodes stage the snapshots).
 pub const SHED_DISK_AVAILABLE_PERCENT: u64 = 10;
 
 impl Load {
@@ -69,6 +69,12 @@ impl Load {
     /// Less than [`SHED_DISK_AVAILABLE_PERCENT`] of the disk free.
     pub fn disk_filling(&self) -> bool {
         self.below(SHED_DISK_AVAILABLE_PERCENT)
+    }
+
+    /// At least twice [`SHED_DISK_AVAILABLE_PERCENT`] free (or not
+    /// reported): it may receive replicas to balance.
+    pub fn disk_roomy(&self) -> bool {
+        !self.below(2 * SHED_DISK_AVAILABLE_PERCENT)
     }
 
     /// Free share of the disk, in thousandths (1000 when not reported).
@@ -97,6 +103,12 @@ impl NodeView {
     /// receives none to balance.
     pub fn disk_filling(&self) -> bool {
         self.load.is_some_and(|l| l.disk_filling())
+    }
+
+    /// Room enough to receive replicas to balance ([`Load::disk_roomy`];
+    /// not reported: yes).
+    pub fn disk_roomy(&self) -> bool {
+        self.load.is_none_or(|l| l.disk_roomy())
     }
 
     /// Whether it counts towards a range's quorum now (alive, or not heard

@@ -85,6 +85,10 @@ const ROUTE_REFRESH_COALESCE: std::time::Duration = std::time::Duration::from_mi
 /// Marks a request already forwarded once, so forwarding never loops.
 pub const FORWARDED_HEADER: &str = "x-meridian-forwarded";
 
+/// How often a lease naming a namespace this node has no route for makes
+/// it read the catalog, at most.
+const UNKNOWN_LEASE_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Backend {
     pub raft: Arc<dyn RaftAccess>,
     /// The route table: from the config until the meta range's catalog is
@@ -104,6 +108,9 @@ pub struct Backend {
     pub placement: crate::placement::Driver,
     /// Writes counted under the prefixes the placement driver named.
     pub write_counts: crate::write_counts::WriteCounts,
+    /// When a lease of an unknown namespace last made this node read the
+    /// catalog ([`Backend::range_of_lease`]).
+    unknown_lease_refresh: std::sync::Mutex<Option<std::time::Instant>>,
     /// Channels to other members' client endpoints, with the address each
     /// was dialled at.
     channels: Mutex<HashMap<u64, (String, Channel)>>,
@@ -189,6 +196,7 @@ fn query_name(q: &c::QueryKind, linearizable: bool) -> &'static str {
         (c::QueryKind::Locks(_), _) => "lock_list",
         (c::QueryKind::DelayedLocks(_), _) => "lock_delayed",
         (c::QueryKind::HashKv(_), _) => "hash_kv",
+        (c::QueryKind::MergeFloors(_), _) => "merge_floors",
     }
 }
 
@@ -225,6 +233,7 @@ impl Backend {
             gossip: std::sync::OnceLock::new(),
             placement: Default::default(),
             write_counts: Default::default(),
+            unknown_lease_refresh: Default::default(),
             raft,
             routing: RwLock::new(Arc::new(routing)),
             cluster_id: AtomicU64::new(0),
@@ -463,8 +472,21 @@ impl Backend {
     pub async fn range_of_lease(&self, id: i64) -> u64 {
         let ns = meridian_kv::mvcc::lease_namespace(id);
         if ns != 0 && !self.routing().knows_namespace(ns) {
-            if let Err(e) = self.refresh_routes().await {
-                tracing::debug!(lease = id, "reading the catalog for a lease's namespace: {e}");
+            // At most once a second: client-chosen ids and the leases of
+            // dropped namespaces stay unknown, and must not each cost a
+            // catalog read.
+            let due = {
+                let mut last = self.unknown_lease_refresh.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let due = last.is_none_or(|t| t.elapsed() >= UNKNOWN_LEASE_REFRESH);
+                if due {
+                    *last = Some(std::time::Instant::now());
+                }
+                due
+            };
+            if due {
+                if let Err(e) = self.refresh_routes().await {
+                    tracing::debug!(lease = id, "reading the catalog for a lease's namespace: {e}");
+                }
             }
         }
         self.routing().range_of_lease(id)

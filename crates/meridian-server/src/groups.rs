@@ -176,6 +176,26 @@ pub async fn round(backend: &Arc<Backend>, recs: &BTreeMap<String, NsRecord>, g:
     });
 }
 
+impl GroupDriver {
+    /// Forgets every measurement: this node stopped leading the meta
+    /// range, and whatever it measured before may be long stale when it
+    /// leads again.
+    pub fn reset(&self) {
+        *lock(&self.tracker) = GroupTracker::default();
+    }
+}
+
+/// Keys under a namespace with a group of its own, read now (linearizable):
+/// what a merge decided on a count read rounds ago checks first.
+async fn keys_now(backend: &Backend, name: &str) -> Result<u64, crate::error::ApiError> {
+    let Some(r) = crate::namespace::record(backend, name, true).await? else {
+        return Err(crate::error::ApiError::NamespaceNotFound(format!("namespace {name:?} not found")));
+    };
+    let op = c::RangeOp { key: name.as_bytes().to_vec(), range_end: prefix_end(name.as_bytes()), count_only: true, ..Default::default() };
+    let a = backend.query(r.range_id, c::QueryKind::Range(op), true).await?;
+    Ok(a.range.map_or(0, |r| u64::try_from(r.count).unwrap_or(0)))
+}
+
 /// Runs one change and lists it (with its outcome) among the operators.
 async fn run(backend: &Backend, change: GroupChange, started_ms: u64) {
     let name = change.name().to_string();
@@ -184,8 +204,15 @@ async fn run(backend: &Backend, change: GroupChange, started_ms: u64) {
         GroupChange::Split { reason, .. } => ("split", reason.clone()),
     };
     tracing::info!(namespace = name, kind, reason, "placement: changing a namespace's group");
+    let max_keys = backend.cfg.placement.groups.merge_max_keys;
     let done = match change {
-        GroupChange::Merge { .. } => crate::namespace::merge(backend, &name).await,
+        GroupChange::Merge { .. } => match keys_now(backend, &name).await {
+            Ok(k) if k > max_keys => {
+                Err(crate::error::ApiError::NamespaceNotEmpty(format!("it holds {k} keys now, above merge_max_keys ({max_keys})")))
+            }
+            Ok(_) => crate::namespace::merge(backend, &name).await,
+            Err(e) => Err(e),
+        },
         GroupChange::Split { .. } => crate::namespace::split(backend, &name).await,
     };
     let (range_id, state) = match &done {

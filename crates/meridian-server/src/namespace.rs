@@ -1,4 +1,5 @@
-//! Namespaces at runtime: `create`, `list`, `describe`, `drop`.
+//! Namespaces at runtime: `create`, `list`, `describe`, `drop`, `merge`,
+//! `split`.
 //!
 //! The catalog in the meta range holds one record per namespace created at
 //! runtime (`\0meridian/ns/<prefix>`, JSON) and the next range id to
@@ -30,6 +31,18 @@
 //! the namespace's last (fencing tokens never go back), and deletes the
 //! descriptor and record, and marks the range retired: every member then
 //! deletes its sealed replica (`crate::collect`).
+//!
+//! A **shared** namespace (`create --shared`, or merged) is a record with
+//! state `shared` and no group: the root range serves its prefix. `merge`
+//! (record `merging`) seals the group for a merge (it exports its keys;
+//! refused, changing nothing, while the namespace has sessions or locks),
+//! absorbs the keys into the root range (revisions kept, the root's raised
+//! above the namespace's last, history below it compacted), then retires
+//! the group and records the namespace shared. `split` is a create of a
+//! shared namespace (record `creating` with `split`): a refused carve
+//! leaves it shared. Every finisher of a create or merge first claims the
+//! record (`claim`), so two of them never both undo and do. See
+//! docs/architecture.md, "Merges and splits of groups".
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -639,8 +652,18 @@ fn new_record(name: &str, range_id: u64, namespace_id: u64, replicas: usize, con
     }
 }
 
+/// Takes `record` for this request: rewritten as read, so the record's
+/// mod revision is this finisher's. Two requests finishing one create or
+/// merge (a retry, the placement driver) then never both undo and do: the
+/// later claim makes the earlier one's conditional writes (its undo of a
+/// refused step, its last step) fail, and it stops.
+async fn claim(backend: &Backend, record: &mut NsRecord) -> Result<(), ApiError> {
+    rewrite(backend, record).await
+}
+
 /// Steps 3–5 of a create, for a `creating` record (idempotent).
 pub async fn finish_create(backend: &Backend, mut record: NsRecord) -> Result<NsInfo, ApiError> {
+    claim(backend, &mut record).await?;
     let name = record.name.clone();
     let carve = c::CarveOp { prefix: name.as_bytes().to_vec(), range_id: record.range_id, namespace_id: record.namespace_id };
     let carved = settle("carving the namespace out of the root range", || async {
@@ -747,8 +770,8 @@ pub async fn resume(backend: &Backend) {
             _ => finish_drop(backend, r).await,
         };
         match done {
-            Ok(()) => info!(namespace = name, "finished a create or drop cut short"),
-            Err(e) => warn!(namespace = name, "finishing a create or drop cut short: {e}"),
+            Ok(()) => info!(namespace = name, "finished a create, merge or drop cut short"),
+            Err(e) => warn!(namespace = name, "finishing a create, merge or drop cut short: {e}"),
         }
     }
 }
@@ -872,6 +895,10 @@ pub async fn drop_namespace(backend: &Backend, name: &str, force: bool) -> Resul
 
 /// The steps of a drop after its record says `dropping` (idempotent).
 async fn finish_drop(backend: &Backend, mut record: NsRecord) -> Result<(), ApiError> {
+    if record.range_id == ROOT_RANGE_ID {
+        // A shared namespace: the root range is never sealed.
+        return finish_drop_shared(backend, record).await;
+    }
     let name = record.name.clone();
     let prefix = name.as_bytes().to_vec();
     // The range stops serving; refused (changing nothing) while it holds
@@ -901,23 +928,53 @@ async fn finish_drop(backend: &Backend, mut record: NsRecord) -> Result<(), ApiE
 }
 
 /// Drops a shared namespace: its keys are the root range's, deleted with
-/// `force` (refused while it holds any without), then its record.
-async fn drop_shared(backend: &Backend, record: NsRecord, force: bool) -> Result<(), ApiError> {
+/// `force` (refused, changing nothing, while it holds keys or locks
+/// without). The record says `dropping` first, so a split racing the drop
+/// (its allocation is conditional on the record) cannot carve the prefix
+/// out from under the delete.
+async fn drop_shared(backend: &Backend, mut record: NsRecord, force: bool) -> Result<(), ApiError> {
     let name = record.name.clone();
     let prefix = name.as_bytes().to_vec();
-    let count = c::RangeOp { key: prefix.clone(), range_end: prefix_end(&prefix), count_only: true, ..Default::default() };
-    let held = backend.query(ROOT_RANGE_ID, c::QueryKind::Range(count), true).await?.range.map_or(0, |r| r.count);
-    if held > 0 && !force {
-        return Err(ApiError::NamespaceNotEmpty(format!("namespace {name:?} holds {held} key(s); delete them first, or drop --force")));
+    if !force {
+        let count = c::RangeOp { key: prefix.clone(), range_end: prefix_end(&prefix), count_only: true, ..Default::default() };
+        let held = backend.query(ROOT_RANGE_ID, c::QueryKind::Range(count), true).await?.range.map_or(0, |r| r.count);
+        if held > 0 {
+            return Err(ApiError::NamespaceNotEmpty(format!("namespace {name:?} holds {held} key(s); delete them first, or drop --force")));
+        }
+        let q = c::QueryKind::Locks(c::LocksOp { from_name: prefix.clone(), limit: 1 });
+        let locks = backend.query(ROOT_RANGE_ID, q, true).await?.locks;
+        if let Some(l) = locks.iter().find(|l| l.name.starts_with(&prefix)) {
+            return Err(ApiError::NamespaceNotEmpty(format!(
+                "lock {:?} in namespace {name:?} is held or waited for; release it first, or drop --force",
+                String::from_utf8_lossy(&l.name)
+            )));
+        }
     }
-    if held > 0 {
+    record.state = NsState::Dropping;
+    record.drop_force = force;
+    rewrite(backend, &mut record).await?;
+    finish_drop_shared(backend, record).await
+}
+
+/// The steps of a shared namespace's drop after its record says
+/// `dropping` (idempotent): its keys deleted if forced, then its record.
+/// The prefix is the root namespace's again (locks under it stay the
+/// root's until released).
+async fn finish_drop_shared(backend: &Backend, record: NsRecord) -> Result<(), ApiError> {
+    let name = record.name.clone();
+    let prefix = name.as_bytes().to_vec();
+    let mut deleted = 0;
+    if record.drop_force {
         let del = c::DeleteOp { key: prefix.clone(), range_end: prefix_end(&prefix), ..Default::default() };
-        settle("deleting the namespace's keys", || backend.execute(ROOT_RANGE_ID, c::Op::DeleteRange(del.clone()))).await?;
+        let out = settle("deleting the namespace's keys", || backend.execute(ROOT_RANGE_ID, c::Op::DeleteRange(del.clone()))).await?;
+        if let Some(c::OutcomeKind::Delete(d)) = out.kind {
+            deleted = d.deleted;
+        }
     }
     if settle("removing the namespace from the catalog", || guarded(backend, &record, vec![delete(ns_key(&name))])).await?.is_none() {
         return Err(ApiError::NamespaceExists(format!("namespace {name:?} was changed by another request during its drop")));
     }
-    info!(namespace = name, keys = held, "shared namespace dropped");
+    info!(namespace = name, deleted, "shared namespace dropped");
     Ok(())
 }
 
@@ -970,6 +1027,7 @@ fn not_runtime(backend: &Backend, name: &str, what: &str) -> ApiError {
 /// last, then retire the range and record the namespace shared. Returns
 /// the record as written.
 async fn finish_merge(backend: &Backend, mut record: NsRecord) -> Result<NsRecord, ApiError> {
+    claim(backend, &mut record).await?;
     let name = record.name.clone();
     let prefix = name.as_bytes().to_vec();
     let seal = c::SealOp { prefix: prefix.clone(), force: false, merge: true };
@@ -992,7 +1050,21 @@ async fn finish_merge(backend: &Backend, mut record: NsRecord) -> Result<NsRecor
     };
     let moved = kvs.len() as u64;
     let absorb = c::AbsorbOp { prefix: prefix.clone(), namespace_id: record.namespace_id, revision_floor: floor, kvs };
-    settle("absorbing the namespace into the root range", || backend.execute(ROOT_RANGE_ID, c::Op::Absorb(absorb.clone()))).await?;
+    let absorbed =
+        settle("absorbing the namespace into the root range", || backend.execute(ROOT_RANGE_ID, c::Op::Absorb(absorb.clone()))).await?;
+    if matches!(absorbed.kind, Some(c::OutcomeKind::Done(false))) {
+        // No carve of this namespace was left: an earlier absorb applied
+        // (a retry), so the root serves the prefix. Proven before the
+        // group is retired: a root fencing it for another namespace would
+        // mean the keys went nowhere.
+        let probe = c::RangeOp { key: prefix.clone(), range_end: prefix_end(&prefix), count_only: true, ..Default::default() };
+        if let Err(e) = backend.query(ROOT_RANGE_ID, c::QueryKind::Range(probe), true).await {
+            return Err(ApiError::Internal(format!(
+                "merge of {name:?}: the root range found no carve of namespace {} to undo and does not serve the prefix ({e}); the group is left as it is",
+                record.namespace_id
+            )));
+        }
+    }
     let range_id = record.range_id;
     let mut shared = record.clone();
     shared.state = NsState::Shared;

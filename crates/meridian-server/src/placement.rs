@@ -553,6 +553,7 @@ pub async fn drive(backend: Arc<Backend>) {
         tokio::time::sleep(if busy { DRIVE_BUSY } else { DRIVE_EVERY }).await;
         if !leading().await {
             // Their records stay: the next leader takes them over.
+            driver.groups.reset();
             let dropped = std::mem::take(&mut *lock(&driver.running));
             for r in dropped.values() {
                 driver.finish(r, "handed over: this node no longer leads the meta range".into());

@@ -165,13 +165,13 @@ impl Routing {
         self.namespaces.iter().find(|n| n.namespace_id == namespace_id).map_or(ROOT_RANGE_ID, |n| n.range_id)
     }
 
-    /// The range that owns lease `id` (its namespace is in its top bits).
     /// Whether a route names namespace `namespace_id` (the root's, or one
     /// the table holds).
     pub fn knows_namespace(&self, namespace_id: u64) -> bool {
         namespace_id == self.root_namespace_id || self.namespaces.iter().any(|n| n.namespace_id == namespace_id)
     }
 
+    /// The range that owns lease `id` (its namespace is in its top bits).
     pub fn range_of_lease(&self, id: i64) -> u64 {
         self.range_of_namespace(meridian_kv::mvcc::lease_namespace(id))
     }

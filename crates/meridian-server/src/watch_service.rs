@@ -704,6 +704,32 @@ impl StreamCtx {
                     fragmented: false,
                 });
             }
+            // A merged namespace's events up to its floor are in its retired
+            // group, not here: a watcher needing them is compacted (it
+            // re-lists, and watches on from the floor).
+            if range_id == crate::routing::ROOT_RANGE_ID {
+                let floors = match self.backend.query(range_id, c::QueryKind::MergeFloors(true), false).await {
+                    Ok(a) => a.merge_floors,
+                    Err(_) => Vec::new(),
+                };
+                let mut kept = Vec::with_capacity(rs.len());
+                for r in rs {
+                    let f = floors.iter().find(|f| {
+                        r.filter.next_rev <= f.revision && meridian_kv::carve::touches(&r.filter.key, &r.filter.range_end, &f.prefix)
+                    });
+                    match f {
+                        Some(f) => {
+                            for &id in &r.ids {
+                                if !self.cancel(id, COMPACTED_REASON, f.revision + 1).await {
+                                    return false;
+                                }
+                            }
+                        }
+                        None => kept.push(r),
+                    }
+                }
+                rs = kept;
+            }
             let Some(start) = rs.iter().map(|r| r.filter.next_rev).min() else { return true };
             let mut cursor = (start, 0i64);
             loop {
@@ -1122,7 +1148,7 @@ impl StreamCtx {
                 let prefix = String::from_utf8_lossy(prefix).into_owned();
                 let reason = move |_| {
                     format!(
-                        "namespace {prefix:?} was created: its keys moved to a range of their own; re-watch (a watch stays inside one namespace)"
+                        "namespace {prefix:?} moved to another Raft group (created, merged, split or dropped); re-watch (a watch stays inside one namespace)"
                     )
                 };
                 (ids, Box::new(reason))

@@ -124,8 +124,10 @@ pub fn merge_run(seed: u64, steps: u64) -> MergeReport {
     // each later home: the child (1), the parent after the merge (2), the
     // second group (3).
     let mut spans: BTreeMap<u8, (i64, i64)> = BTreeMap::new();
-    // The parent's index of the absorb (its first answer's, at or after
-    // the one it applied at).
+    // The parent's indexes of the first carve and of the absorb, when an
+    // answer says it applied there (not a retry's): between them the
+    // parent must refuse the prefix.
+    let mut carved_at = u64::MAX;
     let mut absorbed_at = u64::MAX;
     let mut pending: Vec<Pending> = Vec::new();
     let mut next = 0u64;
@@ -193,11 +195,16 @@ pub fn merge_run(seed: u64, steps: u64) -> MergeReport {
                         // Refused while the parent is in joint consensus:
                         // proposed again, as the server does.
                         (_, Some(OutcomeKind::Error(e))) if e.code() == meridian_codes::ErrorCode::ConfChanging => {}
-                        (Phase::Carving, Some(OutcomeKind::Carve(_))) => phase = Phase::Carved,
-                        (Phase::Splitting, Some(OutcomeKind::Carve(out))) => {
+                        (Phase::Carving, Some(OutcomeKind::Carve(out))) => {
                             if !out.already {
-                                stopped.insert(PARENT, index);
+                                carved_at = index;
                             }
+                            phase = Phase::Carved;
+                        }
+                        (Phase::Splitting, Some(OutcomeKind::Carve(_))) => {
+                            // At or after the index it applied at (a retry's
+                            // answer comes later): no false alarm.
+                            stopped.entry(PARENT).or_insert(index);
                             phase = Phase::Split;
                             report.split_again = true;
                         }
@@ -207,8 +214,10 @@ pub fn merge_run(seed: u64, steps: u64) -> MergeReport {
                             export = Some((s.kvs, revision));
                             phase = Phase::Absorbing;
                         }
-                        (Phase::Absorbing, Some(OutcomeKind::Done(true))) => {
-                            absorbed_at = index;
+                        (Phase::Absorbing, Some(OutcomeKind::Done(applied))) => {
+                            if applied {
+                                absorbed_at = index;
+                            }
                             phase = Phase::Merged;
                         }
                         (p, other) => report.violations.push(format!("step {step}: {p:?} answered {other:?}")),
@@ -222,6 +231,12 @@ pub fn merge_run(seed: u64, steps: u64) -> MergeReport {
                 Some(Ok((index, raw))) => match outcome(&raw).and_then(|o| o.kind.map(|k| (o.revision, k))) {
                     Some((rev, OutcomeKind::Put(_))) => {
                         if p.key.starts_with(PREFIX) {
+                            if p.range_id == PARENT && carved_at < index && index < absorbed_at && absorbed_at != u64::MAX {
+                                report.violations.push(format!(
+                                    "step {step}: the parent acknowledged {:?} at index {index}, while the prefix was carved out ({carved_at}..{absorbed_at})",
+                                    String::from_utf8_lossy(&p.key)
+                                ));
+                            }
                             if stopped.get(&p.range_id).is_some_and(|&at| index > at) {
                                 report.violations.push(format!(
                                     "step {step}: range {} acknowledged {:?} at index {index}, after it stopped serving the prefix at {}",
@@ -332,7 +347,7 @@ fn finish(
     if phase == Phase::Absorbing {
         let (kvs, floor) = export.expect("sealed");
         let op = Op::Absorb(AbsorbOp { prefix: PREFIX.to_vec(), namespace_id: CHILD, revision_floor: floor, kvs });
-        if !matches!(settle(c, PARENT, &op), Some(Outcome { kind: Some(OutcomeKind::Done(true)), .. })) {
+        if !matches!(settle(c, PARENT, &op), Some(Outcome { kind: Some(OutcomeKind::Done(_)), .. })) {
             report.violations.push("the absorb was never applied after the heal".into());
             return;
         }
@@ -385,6 +400,7 @@ fn finish(
                 continue;
             }
             let got = read(c, node, range, QueryKind::Range(RangeOp { key: key.clone(), ..Default::default() }));
+            let now = got.as_ref().map_or(0, |a| a.revision);
             let kv = got.and_then(|a| a.range).and_then(|r| r.kvs.into_iter().next());
             match kv {
                 Some(kv) if kv.value == *value && kv.mod_revision == *rev => {}
@@ -392,6 +408,16 @@ fn finish(
                     "node {node} range {range}: acknowledged {:?} (revision {rev}) reads {other:?}",
                     String::from_utf8_lossy(key)
                 )),
+            }
+            // The same through the history, at the range's current revision
+            // named (what a merge's moved history must answer too).
+            let at = read(c, node, range, QueryKind::Range(RangeOp { key: key.clone(), revision: now, ..Default::default() }));
+            let kv_at = at.as_ref().and_then(|a| a.range.as_ref()).and_then(|r| r.kvs.first());
+            if !kv_at.is_some_and(|kv| kv.value == *value && kv.mod_revision == *rev) {
+                report.violations.push(format!(
+                    "node {node} range {range}: acknowledged {:?} (revision {rev}) reads {at:?} at revision {now}",
+                    String::from_utf8_lossy(key)
+                ));
             }
         }
         if c.status(node, serving).is_some_and(|s| !s.dormant) {
