@@ -116,12 +116,15 @@ fn next_batch(recs: &BTreeMap<String, NsRecord>, cursor: &str) -> Vec<String> {
     batch
 }
 
-/// Keys under `name` in the range serving it.
-async fn key_count(backend: &Backend, r: &NsRecord) -> Option<u64> {
-    let range = if r.state == NsState::Shared { ROOT_RANGE_ID } else { r.range_id };
-    let op =
-        c::RangeOp { key: r.name.as_bytes().to_vec(), range_end: prefix_end(r.name.as_bytes()), count_only: true, ..Default::default() };
-    let a = backend.query(range, c::QueryKind::Range(op), false).await.ok()?;
+/// How long one key count may take: a range without a leader leaves its
+/// namespace uncounted this round, never the round waiting.
+const KEY_COUNT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Keys under `name` in the range serving it (through its leader: the
+/// driver's node need not hold a replica).
+async fn key_count(backend: &Backend, range: u64, name: &str) -> Option<u64> {
+    let op = c::RangeOp { key: name.as_bytes().to_vec(), range_end: prefix_end(name.as_bytes()), count_only: true, ..Default::default() };
+    let a = tokio::time::timeout(KEY_COUNT_TIMEOUT, backend.query(range, c::QueryKind::Range(op), true)).await.ok()?.ok()?;
     a.range.map(|r| u64::try_from(r.count).unwrap_or(0))
 }
 
@@ -133,12 +136,17 @@ pub async fn round(backend: &Arc<Backend>, recs: &BTreeMap<String, NsRecord>, g:
     let gd = &backend.placement.groups;
     let cursor = lock(&gd.cursor).clone();
     let batch = next_batch(recs, &cursor);
+    // The batch's counts at once, each bounded in time.
+    let mut counting = tokio::task::JoinSet::new();
+    for r in batch.iter().filter_map(|n| recs.get(n)) {
+        let range = if r.state == NsState::Shared { ROOT_RANGE_ID } else { r.range_id };
+        let (b, name) = (backend.clone(), r.name.clone());
+        counting.spawn(async move { (key_count(&b, range, &name).await, name) });
+    }
     let mut keys = BTreeMap::new();
-    for name in &batch {
-        if let Some(r) = recs.get(name) {
-            if let Some(k) = key_count(backend, r).await {
-                keys.insert(name.clone(), k);
-            }
+    while let Some(done) = counting.join_next().await {
+        if let Ok((Some(k), name)) = done {
+            keys.insert(name, k);
         }
     }
     if let Some(last) = batch.last() {
