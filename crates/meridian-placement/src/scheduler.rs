@@ -346,6 +346,12 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
     plan
 }
 
+/// The most room (free share of its disk, permille) of any eligible node
+/// (1000: none reported).
+fn best_free_permille(view: &ClusterView) -> u64 {
+    view.nodes.values().filter(|n| n.eligible()).map(|n| n.load.map_or(1000, |l| l.free_permille())).max().unwrap_or(1000)
+}
+
 type Decide<'a> = dyn FnMut(&mut Plan, Operator, &mut Budget, &mut BTreeMap<u64, usize>, &mut BTreeSet<u64>) -> bool + 'a;
 
 /// One replica off each eligible node whose disk is filling (least room
@@ -360,6 +366,11 @@ fn shed_disk(
     busy: &mut BTreeSet<u64>,
     decide: &mut Decide<'_>,
 ) {
+    // Every disk filling alike (nodes sharing one disk, a cluster out of
+    // room): nowhere to shed to; the loads in the plan show it.
+    if best_free_permille(view) < 10 * crate::view::SHED_DISK_AVAILABLE_PERCENT {
+        return;
+    }
     let mut filling: Vec<&NodeView> = view.nodes.values().filter(|n| n.eligible() && n.disk_filling()).collect();
     filling.sort_by_key(|n| (n.load.map_or(1000, |l| l.free_permille()), n.id));
     for node in filling {
@@ -417,8 +428,16 @@ fn balance_replicas(
     let eligible: Vec<u64> = view.nodes.values().filter(|n| n.eligible()).map(|n| n.id).collect();
     // Replicas go only to nodes with room (a full disk may still give).
     // A node sheds under 10 % free and receives none to balance under
-    // 20 %: the gap keeps it from shedding and refilling in turn.
-    let receivers: Vec<u64> = view.nodes.values().filter(|n| n.takes_replicas() && n.disk_roomy()).map(|n| n.id).collect();
+    // 20 % while another node has that much: the gap keeps it from
+    // shedding and refilling in turn. Disks all fuller than that (nodes
+    // sharing one disk) hold nothing back.
+    let floor = match best_free_permille(view) {
+        b if b >= 20 * crate::view::SHED_DISK_AVAILABLE_PERCENT => 20 * crate::view::SHED_DISK_AVAILABLE_PERCENT,
+        b if b >= 10 * crate::view::SHED_DISK_AVAILABLE_PERCENT => 10 * crate::view::SHED_DISK_AVAILABLE_PERCENT,
+        _ => 0,
+    };
+    let free = |n: &NodeView| n.load.map_or(1000, |l| l.free_permille());
+    let receivers: Vec<u64> = view.nodes.values().filter(|n| n.takes_replicas() && free(n) >= floor).map(|n| n.id).collect();
     for _ in 0..settings.max_new_ops {
         let by_count = |n: &u64| (counts.get(n).copied().unwrap_or(0), *n);
         let (Some(&most), Some(&fewest)) = (eligible.iter().max_by_key(|n| by_count(n)), receivers.iter().min_by_key(|n| by_count(n)))

@@ -554,3 +554,19 @@ fn shedding_skips_a_filling_best_target_for_the_next_and_a_node_refills_only_wel
     let plan = schedule(&v, &s, 0);
     assert!(plan.operators.iter().any(|o| matches!(o.kind, Kind::Replace { to: 4, .. })), "{plan:?}");
 }
+
+#[test]
+fn disks_all_filling_alike_shed_nothing_and_balancing_goes_on() {
+    // Every node on one disk with 7 % free (test machines, a cluster out
+    // of room): nowhere to shed to, and the joined node still gets its
+    // share (5 % is where new replicas stop).
+    let s = Settings::default();
+    let mut v = cluster(4, &[range(10, &[1, 2, 3], 1), range(11, &[1, 2, 3], 2)]);
+    for n in v.nodes.values_mut() {
+        n.load = Some(Load { disk_capacity_bytes: 1000, disk_available_bytes: 70, ..Default::default() });
+    }
+    let plan = schedule(&v, &s, 0);
+    assert!(plan.operators.iter().all(|o| !o.reason.contains("disk free")), "{plan:?}");
+    assert!(plan.blocked.is_empty(), "{plan:?}");
+    assert!(plan.operators.iter().any(|o| matches!(o.kind, Kind::Replace { to: 4, .. }) && o.reason.contains("balance")), "{plan:?}");
+}

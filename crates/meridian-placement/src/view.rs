@@ -71,12 +71,6 @@ impl Load {
         self.below(SHED_DISK_AVAILABLE_PERCENT)
     }
 
-    /// At least twice [`SHED_DISK_AVAILABLE_PERCENT`] free (or not
-    /// reported): it may receive replicas to balance.
-    pub fn disk_roomy(&self) -> bool {
-        !self.below(2 * SHED_DISK_AVAILABLE_PERCENT)
-    }
-
     /// Free share of the disk, in thousandths (1000 when not reported).
     pub fn free_permille(&self) -> u64 {
         if self.disk_capacity_bytes == 0 {
@@ -103,12 +97,6 @@ impl NodeView {
     /// receives none to balance.
     pub fn disk_filling(&self) -> bool {
         self.load.is_some_and(|l| l.disk_filling())
-    }
-
-    /// Room enough to receive replicas to balance ([`Load::disk_roomy`];
-    /// not reported: yes).
-    pub fn disk_roomy(&self) -> bool {
-        self.load.is_none_or(|l| l.disk_roomy())
     }
 
     /// Whether it counts towards a range's quorum now (alive, or not heard
