@@ -188,15 +188,21 @@ fn with_execute_on_a_joined_node_receives_replicas_and_a_dead_ones_are_replaced(
 /// for nodes added later.
 fn executing_cluster() -> (ProcCluster, &'static str) {
     let placement = "[placement]\nexecute = true\ndown_after_ms = 3000\n";
-    let mut c = ProcCluster::prepare(3, &["/a/"]);
+    (cluster_with(3, &["/a/"], placement), placement)
+}
+
+/// `nodes` founding members declaring `namespaces`, each config ending
+/// with `extra_toml`, launched.
+fn cluster_with(nodes: u64, namespaces: &[&str], extra_toml: &str) -> ProcCluster {
+    let mut c = ProcCluster::prepare(nodes, namespaces);
     for path in &c.configs {
         let mut cfg = std::fs::read_to_string(path).unwrap();
         cfg.push('\n');
-        cfg.push_str(placement);
+        cfg.push_str(extra_toml);
         std::fs::write(path, cfg).unwrap();
     }
     c.launch();
-    (c, placement)
+    c
 }
 
 /// `meridian ARGS`: success and output.
@@ -346,14 +352,7 @@ fn etcdctl_member_remove_drains_the_member_and_the_driver_decommissions_it() {
 fn the_driver_merges_a_quiet_namespace_into_the_root_group_and_splits_one_that_grew() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let placement = "[placement]\nexecute = true\n\n[placement.groups]\nmerge_max_keys = 10\nmerge_quiet_s = 6\nsplit_min_keys = 20\n";
-    let mut c = ProcCluster::prepare(3, &[]);
-    for path in &c.configs {
-        let mut cfg = std::fs::read_to_string(path).unwrap();
-        cfg.push('\n');
-        cfg.push_str(placement);
-        std::fs::write(path, cfg).unwrap();
-    }
-    c.launch();
+    let c = cluster_with(3, &[], placement);
     c.wait_ready(Duration::from_secs(60));
     let all = c.endpoints();
     let http = c.members[0].http_addr.to_string();
@@ -423,14 +422,7 @@ fn a_new_meta_leader_takes_over_the_operators_of_a_killed_one() {
     // Five founding members: every range starts with five voters, and the
     // driver removes two of each (policy: 3 replicas), one operator a range.
     let placement = "[placement]\nexecute = true\ndown_after_ms = 60000\n";
-    let mut c = ProcCluster::prepare(5, &["/a/", "/b/"]);
-    for path in &c.configs {
-        let mut cfg = std::fs::read_to_string(path).unwrap();
-        cfg.push('\n');
-        cfg.push_str(placement);
-        std::fs::write(path, cfg).unwrap();
-    }
-    c.launch();
+    let mut c = cluster_with(5, &["/a/", "/b/"], placement);
     c.wait_ready(Duration::from_secs(60));
     let eps = c.endpoints();
     ok(&eps, &["put", "/a/before", "1"]);

@@ -156,36 +156,13 @@ pub fn carve(w: &mut WriteTxn<'_, '_>, op: &CarveOp) -> Result<CarveOutcome, KvE
         return Err(KvError::ConfChanging);
     }
     let end = keys::prefix_end(p);
-    let mut moved: Vec<KeyValue> = Vec::new();
-    let mut too_many = false;
-    let mut bytes = 0usize;
-    let (s, e) = keys::index_bounds(p, &end);
-    let mut bad = None;
-    w.reader().scan(&s, &e, &mut |k, v| {
-        bytes += k.len() + v.len();
-        if moved.len() == MAX_CARVE_KEYS || bytes > MAX_CARVE_BYTES {
-            too_many = true;
-            return false;
-        }
-        match KeyValue::decode(v) {
-            Ok(kv) => moved.push(kv),
-            Err(x) => {
-                bad = Some(KvError::Storage(format!("corrupt index entry: {x}")));
-                return false;
-            }
-        }
-        true
-    })?;
-    if let Some(x) = bad {
-        return Err(x);
-    }
-    if too_many {
+    let Some(moved) = current_versions(w.reader(), p, MAX_CARVE_KEYS, MAX_CARVE_BYTES)? else {
         return Err(KvError::Invalid(format!(
             "more than {MAX_CARVE_KEYS} keys or {} MiB under {:?}: too many to move in one step; delete some, or create the namespace before writing its keys",
             MAX_CARVE_BYTES >> 20,
             name(p)
         )));
-    }
+    };
     let leased = moved.iter().filter(|kv| kv.lease != 0).count();
     if let Some(kv) = moved.iter().find(|kv| kv.lease != 0) {
         return Err(KvError::Invalid(format!(
@@ -341,6 +318,18 @@ pub fn seal_for_merge(w: &mut WriteTxn<'_, '_>, op: &SealOp, sealed_already: boo
 /// The current version of every key under `prefix`, refused past the
 /// merge's limits.
 fn export(r: &dyn DataRead, p: &[u8]) -> Result<Vec<KeyValue>, KvError> {
+    current_versions(r, p, MAX_MERGE_KEYS, MAX_MERGE_BYTES)?.ok_or_else(|| {
+        KvError::Invalid(format!(
+            "namespace {:?} holds more than {MAX_MERGE_KEYS} keys or {} MiB: too large to merge",
+            name(p),
+            MAX_MERGE_BYTES >> 20
+        ))
+    })
+}
+
+/// The current version of every key under `p`, in key order; `None` past
+/// `max_keys` keys or `max_bytes` bytes (keys and records).
+fn current_versions(r: &dyn DataRead, p: &[u8], max_keys: usize, max_bytes: usize) -> Result<Option<Vec<KeyValue>>, KvError> {
     let (s, e) = keys::index_bounds(p, &keys::prefix_end(p));
     let mut kvs = Vec::new();
     let mut bytes = 0usize;
@@ -348,7 +337,7 @@ fn export(r: &dyn DataRead, p: &[u8]) -> Result<Vec<KeyValue>, KvError> {
     let mut bad = None;
     r.scan(&s, &e, &mut |k, v| {
         bytes += k.len() + v.len();
-        if kvs.len() == MAX_MERGE_KEYS || bytes > MAX_MERGE_BYTES {
+        if kvs.len() == max_keys || bytes > max_bytes {
             too_many = true;
             return false;
         }
@@ -361,17 +350,10 @@ fn export(r: &dyn DataRead, p: &[u8]) -> Result<Vec<KeyValue>, KvError> {
         }
         true
     })?;
-    if let Some(x) = bad {
-        return Err(x);
+    match bad {
+        Some(x) => Err(x),
+        None => Ok((!too_many).then_some(kvs)),
     }
-    if too_many {
-        return Err(KvError::Invalid(format!(
-            "namespace {:?} holds more than {MAX_MERGE_KEYS} keys or {} MiB: too large to merge",
-            name(p),
-            MAX_MERGE_BYTES >> 20
-        )));
-    }
-    Ok(kvs)
 }
 
 /// Applies [`AbsorbOp`]: the carve of the merged namespace is undone, this

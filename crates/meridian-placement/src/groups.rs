@@ -29,6 +29,9 @@ pub struct GroupSettings {
     pub merge_max_keys: u64,
     /// … and taken at most this many writes a minute …
     pub merge_max_writes_per_min: u64,
+    /// … and reads a minute (a namespace read a lot keeps its own group's
+    /// leader) …
+    pub merge_max_reads_per_min: u64,
     /// … for this long without a break. 10 minutes: a namespace created a
     /// moment ago, or used in bursts, keeps its group.
     pub merge_quiet_ms: u64,
@@ -51,6 +54,7 @@ impl Default for GroupSettings {
             enabled: true,
             merge_max_keys: 1_000,
             merge_max_writes_per_min: 30,
+            merge_max_reads_per_min: 600,
             merge_quiet_ms: 600_000,
             split_min_keys: 5_000,
             split_min_writes_per_min: 1_200,
@@ -96,6 +100,8 @@ pub struct Observation {
     /// Writes the members counted under its prefix, summed; a counter that
     /// went down (a member restarted) starts a new interval.
     pub writes: u64,
+    /// Range reads the members answered under its prefix, summed, alike.
+    pub reads: u64,
 }
 
 /// A decided change of a namespace's group.
@@ -132,9 +138,12 @@ struct Track {
     movable: bool,
     keys: Option<u64>,
     writes: u64,
+    reads: u64,
     seen_ms: u64,
     /// Writes a minute over the last interval (none before two rounds).
     rate: Option<u64>,
+    /// Reads a minute, alike.
+    read_rate: Option<u64>,
     quiet_since: Option<u64>,
     busy_since: Option<u64>,
     left_alone_until: u64,
@@ -157,13 +166,15 @@ impl GroupTracker {
             if !fresh && now_ms > t.seen_ms {
                 // A counter that went down: a member restarted; what it
                 // counted since is this interval's lower bound.
-                let delta = o.writes.checked_sub(t.writes).unwrap_or(o.writes);
-                t.rate = Some(delta.saturating_mul(60_000) / (now_ms - t.seen_ms));
+                let per_min = |now: u64, before: u64| now.checked_sub(before).unwrap_or(now).saturating_mul(60_000) / (now_ms - t.seen_ms);
+                t.rate = Some(per_min(o.writes, t.writes));
+                t.read_rate = Some(per_min(o.reads, t.reads));
             }
             if fresh {
                 // A namespace just seen, or just merged or split: its
                 // quiet or busy time starts now.
                 t.rate = None;
+                t.read_rate = None;
                 t.quiet_since = None;
                 t.busy_since = None;
                 t.keys = None;
@@ -172,8 +183,11 @@ impl GroupTracker {
             t.movable = o.movable;
             t.keys = o.keys.or(t.keys);
             t.writes = o.writes;
+            t.reads = o.reads;
             t.seen_ms = now_ms;
-            let quiet = t.rate.is_some_and(|r| r <= s.merge_max_writes_per_min) && t.keys.is_some_and(|k| k <= s.merge_max_keys);
+            let quiet = t.rate.is_some_and(|r| r <= s.merge_max_writes_per_min)
+                && t.read_rate.is_some_and(|r| r <= s.merge_max_reads_per_min)
+                && t.keys.is_some_and(|k| k <= s.merge_max_keys);
             t.quiet_since = if quiet { t.quiet_since.or(Some(now_ms)) } else { None };
             let busy = t.rate.is_some_and(|r| r >= s.split_min_writes_per_min);
             t.busy_since = if busy { t.busy_since.or(Some(now_ms)) } else { None };
@@ -214,12 +228,14 @@ impl GroupTracker {
                     return Some(GroupChange::Merge {
                         name: name.clone(),
                         reason: format!(
-                            "quiet for {} s: {} keys and {} writes/min, at most {} and {} (placement.merge_max_keys, merge_max_writes_per_min)",
+                            "quiet for {} s: {} keys, {} writes/min and {} reads/min, at most {}, {} and {} (placement.merge_max_keys, merge_max_writes_per_min, merge_max_reads_per_min)",
                             now_ms.saturating_sub(since) / 1000,
                             t.keys.unwrap_or(0),
                             t.rate.unwrap_or(0),
+                            t.read_rate.unwrap_or(0),
                             s.merge_max_keys,
-                            s.merge_max_writes_per_min
+                            s.merge_max_writes_per_min,
+                            s.merge_max_reads_per_min
                         ),
                     });
                 }
@@ -252,7 +268,7 @@ mod tests {
     use super::*;
 
     fn obs(name: &str, shared: bool, keys: Option<u64>, writes: u64) -> Observation {
-        Observation { name: name.into(), shared, movable: true, keys, writes }
+        Observation { name: name.into(), shared, movable: true, keys, writes, reads: 0 }
     }
 
     const ROUND: u64 = 10_000;
@@ -296,6 +312,10 @@ mod tests {
         assert_eq!(run(&mut t, &s, 1_000, 200, |i| vec![obs("/w/", false, Some(10), 10 * i)]), None);
         let mut t = GroupTracker::default();
         assert_eq!(run(&mut t, &s, 1_000, 200, |_| vec![obs("/k/", false, Some(1_001), 0)]), None);
+        // 200 reads a round = 1,200 a minute: read a lot, it keeps its group.
+        let mut t = GroupTracker::default();
+        let read = |i: u64| Observation { reads: 200 * i, ..obs("/r/", false, Some(10), 0) };
+        assert_eq!(run(&mut t, &s, 1_000, 200, |i| vec![read(i)]), None);
         // A burst in the middle restarts the quiet period.
         let mut t = GroupTracker::default();
         let got = run(&mut t, &s, 1_000, 200, |i| vec![obs("/b/", false, Some(10), if i < 30 { 0 } else { 1_000 })]);

@@ -415,7 +415,14 @@ impl Backend {
         loop {
             let raw = match self.propose_command(range_id, keys.clone(), &cmd, leader_only).await {
                 Ok(raw) => raw,
-                Err(e) => return Err(self.elsewhere(range_id, e).await),
+                Err(e) => match self.retired_route(range_id, &keys, &e, rerouted).await {
+                    Some(next) => {
+                        rerouted = true;
+                        range_id = next;
+                        continue;
+                    }
+                    None => return Err(self.elsewhere(range_id, e).await),
+                },
             };
             let out = c::Outcome::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable outcome: {e}")))?;
             match &out.kind {
@@ -436,6 +443,33 @@ impl Backend {
                 }
             }
         }
+    }
+
+    /// A request failed with `e` for want of a leader on a range this node
+    /// holds no replica of: if the catalog routes `keys` elsewhere now (the
+    /// range was merged or dropped, and its replicas collected, before this
+    /// node's routes followed), the range to try once instead.
+    async fn retired_route(&self, from: u64, keys: &[KeyInterval], e: &ApiError, rerouted: bool) -> Option<u64> {
+        if rerouted || keys.is_empty() || !matches!(e, ApiError::NoLeader { .. }) || self.brief(from).await.is_some() {
+            return None;
+        }
+        // Only keys this node's table routed to `from` (the catalog's own
+        // reads name the meta range, which no table routes to).
+        let routed_here = |routing: &Routing| keys.iter().all(|k| routing.range_of_interval(&k.key, &k.range_end).is_ok_and(|r| r == from));
+        if from == META_RANGE_ID || !routed_here(&self.routing()) {
+            return None;
+        }
+        self.refresh_routes().await.ok()?;
+        let routing = self.routing();
+        let mut target = None;
+        for k in keys {
+            let r = routing.range_of_interval(&k.key, &k.range_end).ok()?;
+            if target.is_some_and(|t| t != r) {
+                return None;
+            }
+            target = Some(r);
+        }
+        target.filter(|t| *t != from)
     }
 
     /// After a range refused keys as carved out of it: the route table is
@@ -606,23 +640,39 @@ impl Backend {
         // The chaos suite's deliberately broken mode: skip ReadIndex.
         let linearizable = linearizable && !self.cfg.debug.unsafe_local_reads;
         let keys = c::query_keys(&q);
+        let counted = matches!(q, c::QueryKind::Range(_));
         let query = c::Query { kind: Some(q) }.encode_to_vec();
         let mut range_id = range_id;
         let mut rerouted = false;
         loop {
             let mut attempt = 0;
-            let raw = loop {
+            let read = loop {
                 let req = self.route(range_id, keys.clone()).await;
                 match self.raft.read(req, query.clone(), linearizable).await {
                     Err(ApiError::EpochMismatch { range_id, current }) if attempt == 0 => self.learn_epoch(range_id, current),
-                    Err(e) => return Err(self.elsewhere(range_id, e).await),
-                    Ok(raw) => break raw,
+                    r => break r,
                 }
                 attempt += 1;
             };
+            let raw = match read {
+                Ok(raw) => raw,
+                Err(e) => match self.retired_route(range_id, &keys, &e, rerouted).await {
+                    Some(next) => {
+                        rerouted = true;
+                        range_id = next;
+                        continue;
+                    }
+                    None => return Err(self.elsewhere(range_id, e).await),
+                },
+            };
             let a = c::QueryAnswer::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable answer: {e}")))?;
             match a.error.as_ref().map(ApiError::from_outcome) {
-                None => return Ok(a),
+                None => {
+                    if counted {
+                        self.write_counts.count_reads(&keys);
+                    }
+                    return Ok(a);
+                }
                 Some(ApiError::NamespaceMoved(_)) if !rerouted => {
                     rerouted = true;
                     range_id = self.reroute(range_id, &keys).await?;

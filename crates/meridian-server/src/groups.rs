@@ -33,6 +33,7 @@ pub struct GroupConfig {
     pub enabled: bool,
     pub merge_max_keys: u64,
     pub merge_max_writes_per_min: u64,
+    pub merge_max_reads_per_min: u64,
     pub merge_quiet_s: u64,
     pub split_min_keys: u64,
     pub split_min_writes_per_min: u64,
@@ -46,6 +47,7 @@ impl Default for GroupConfig {
             enabled: d.enabled,
             merge_max_keys: d.merge_max_keys,
             merge_max_writes_per_min: d.merge_max_writes_per_min,
+            merge_max_reads_per_min: d.merge_max_reads_per_min,
             merge_quiet_s: d.merge_quiet_ms / 1000,
             split_min_keys: d.split_min_keys,
             split_min_writes_per_min: d.split_min_writes_per_min,
@@ -61,6 +63,7 @@ impl GroupConfig {
             enabled: self.enabled,
             merge_max_keys: self.merge_max_keys,
             merge_max_writes_per_min: self.merge_max_writes_per_min,
+            merge_max_reads_per_min: self.merge_max_reads_per_min,
             merge_quiet_ms: self.merge_quiet_s.saturating_mul(1000),
             split_min_keys: self.split_min_keys,
             split_min_writes_per_min: self.split_min_writes_per_min,
@@ -132,6 +135,9 @@ async fn key_count(backend: &Backend, range: u64, name: &str) -> Option<u64> {
 /// runs). `g` must hold every live member's load (writes summed).
 pub async fn round(backend: &Arc<Backend>, recs: &BTreeMap<String, NsRecord>, g: &Gathered, now_ms: u64) {
     let cfg = &backend.cfg.placement.groups;
+    if !cfg.enabled {
+        return;
+    }
     let settings = cfg.settings();
     let gd = &backend.placement.groups;
     let cursor = lock(&gd.cursor).clone();
@@ -152,10 +158,12 @@ pub async fn round(backend: &Arc<Backend>, recs: &BTreeMap<String, NsRecord>, g:
     if let Some(last) = batch.last() {
         *lock(&gd.cursor) = last.clone();
     }
-    let mut writes: BTreeMap<&[u8], u64> = BTreeMap::new();
+    let mut totals: BTreeMap<&[u8], (u64, u64)> = BTreeMap::new();
     for load in g.loads.values() {
         for w in &load.writes {
-            *writes.entry(w.prefix.as_slice()).or_default() += w.count;
+            let t = totals.entry(w.prefix.as_slice()).or_default();
+            t.0 += w.count;
+            t.1 += w.reads;
         }
     }
     let observations: Vec<Observation> = recs
@@ -165,7 +173,8 @@ pub async fn round(backend: &Arc<Backend>, recs: &BTreeMap<String, NsRecord>, g:
             shared: r.state == NsState::Shared,
             movable: movable(backend, r),
             keys: keys.get(&r.name).copied(),
-            writes: writes.get(r.name.as_bytes()).copied().unwrap_or(0),
+            writes: totals.get(r.name.as_bytes()).map_or(0, |t| t.0),
+            reads: totals.get(r.name.as_bytes()).map_or(0, |t| t.1),
         })
         .collect();
     let change = {

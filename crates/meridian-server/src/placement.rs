@@ -139,7 +139,12 @@ pub async fn local_load(backend: &Backend) -> api::NodeLoad {
         engine_bytes: backend.alarms.engine_bytes(),
         replicas: statuses.iter().filter(|s| !s.dormant).count() as u64,
         leaders: statuses.iter().filter(|s| !s.dormant && s.role == StateRole::Leader).count() as u64,
-        writes: backend.write_counts.snapshot().into_iter().map(|(prefix, count)| api::PrefixWrites { prefix, count }).collect(),
+        writes: backend
+            .write_counts
+            .snapshot()
+            .into_iter()
+            .map(|(prefix, count, reads)| api::PrefixWrites { prefix, count, reads })
+            .collect(),
     }
 }
 
@@ -590,7 +595,8 @@ pub async fn drive(backend: Arc<Backend>) {
                 continue;
             }
         };
-        let g = gather(&backend, &crate::groups::counted(&records)).await;
+        let counted = if backend.cfg.placement.groups.enabled { crate::groups::counted(&records) } else { Vec::new() };
+        let g = gather(&backend, &counted).await;
         let now = crate::backend::wall_ms().max(0) as u64;
         let policies = crate::namespace::policies_of(&records);
         let admin = match crate::node_admin::states(&backend, false).await {

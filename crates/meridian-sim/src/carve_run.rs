@@ -201,6 +201,21 @@ pub fn carve_run(seed: u64, steps: u64) -> CarveReport {
     report
 }
 
+/// Whether every replica (not dormant) of each of `ranges` applied all it
+/// knows committed, all at one index, and serves reads.
+pub(crate) fn settled(c: &Cluster, ranges: &[u64]) -> bool {
+    ranges.iter().all(|&r| {
+        let applied: Vec<(u64, u64)> =
+            c.node_ids().into_iter().filter_map(|n| c.status(n, r)).filter(|s| !s.dormant).map(|s| (s.applied, s.commit)).collect();
+        let serving = c.node_ids().into_iter().filter(|&n| c.status(n, r).is_some_and(|s| !s.dormant)).all(|n| {
+            let store = c.store(n).expect("has a status");
+            let probe = Query { kind: Some(QueryKind::Range(RangeOp { key: b"/".to_vec(), count_only: true, ..Default::default() })) };
+            store.read_local(store.request(r), &probe.encode_to_vec()).is_ok()
+        });
+        serving && !applied.is_empty() && applied.iter().all(|(a, cm)| a >= cm && *a == applied[0].0)
+    })
+}
+
 /// Heals, waits for both ranges to agree on every replica, and checks
 /// every acknowledged key where it must be now.
 fn finish(c: &mut Cluster, report: &mut CarveReport, carved: bool, acked: &BTreeMap<Vec<u8>, (Vec<u8>, u64, i64)>) {
@@ -251,18 +266,7 @@ fn finish(c: &mut Cluster, report: &mut CarveReport, carved: bool, acked: &BTree
             return;
         }
     }
-    let agreed = c.run_until(20_000, |c| {
-        [PARENT, CHILD].iter().all(|&r| {
-            let applied: Vec<(u64, u64)> =
-                c.node_ids().into_iter().filter_map(|n| c.status(n, r)).filter(|s| !s.dormant).map(|s| (s.applied, s.commit)).collect();
-            let serving = c.node_ids().into_iter().filter(|&n| c.status(n, r).is_some_and(|s| !s.dormant)).all(|n| {
-                let store = c.store(n).expect("has a status");
-                let probe = Query { kind: Some(QueryKind::Range(RangeOp { key: b"/".to_vec(), count_only: true, ..Default::default() })) };
-                store.read_local(store.request(r), &probe.encode_to_vec()).is_ok()
-            });
-            serving && !applied.is_empty() && applied.iter().all(|(a, cm)| a >= cm && *a == applied[0].0)
-        })
-    });
+    let agreed = c.run_until(20_000, |c| settled(c, &[PARENT, CHILD]));
     if !agreed {
         report.violations.push(format!("replicas did not converge: {}", c.describe()));
         return;

@@ -28,7 +28,7 @@ use meridian_kv::mvcc::KeyValue;
 use prost::Message as _;
 use rand::Rng;
 
-use crate::carve_run::{command, kv_machines, outcome};
+use crate::carve_run::{command, kv_machines, outcome, settled};
 use crate::cluster::{Cluster, SimConfig};
 use crate::random_run::{nemesis_step, FaultCounts};
 
@@ -371,18 +371,7 @@ fn finish(
             return;
         }
     }
-    let agreed = c.run_until(20_000, |c| {
-        [PARENT, serving].iter().all(|&r| {
-            let applied: Vec<(u64, u64)> =
-                c.node_ids().into_iter().filter_map(|n| c.status(n, r)).filter(|s| !s.dormant).map(|s| (s.applied, s.commit)).collect();
-            let serving = c.node_ids().into_iter().filter(|&n| c.status(n, r).is_some_and(|s| !s.dormant)).all(|n| {
-                let store = c.store(n).expect("has a status");
-                let probe = Query { kind: Some(QueryKind::Range(RangeOp { key: b"/".to_vec(), count_only: true, ..Default::default() })) };
-                store.read_local(store.request(r), &probe.encode_to_vec()).is_ok()
-            });
-            serving && !applied.is_empty() && applied.iter().all(|(a, cm)| a >= cm && *a == applied[0].0)
-        })
-    });
+    let agreed = c.run_until(20_000, |c| settled(c, &[PARENT, serving]));
     if !agreed {
         report.violations.push(format!("replicas did not converge: {}", c.describe()));
         return;
