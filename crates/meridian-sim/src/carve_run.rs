@@ -216,6 +216,13 @@ pub(crate) fn settled(c: &Cluster, ranges: &[u64]) -> bool {
     })
 }
 
+/// `q` answered by `node`'s replica of `range_id` from its own state.
+pub(crate) fn read_local(c: &Cluster, node: u64, range_id: u64, q: QueryKind) -> Option<QueryAnswer> {
+    let store = c.store(node)?;
+    let raw = store.read_local(store.request(range_id), &Query { kind: Some(q) }.encode_to_vec()).ok()?;
+    QueryAnswer::decode(raw.as_slice()).ok()
+}
+
 /// Heals, waits for both ranges to agree on every replica, and checks
 /// every acknowledged key where it must be now.
 fn finish(c: &mut Cluster, report: &mut CarveReport, carved: bool, acked: &BTreeMap<Vec<u8>, (Vec<u8>, u64, i64)>) {
@@ -271,11 +278,6 @@ fn finish(c: &mut Cluster, report: &mut CarveReport, carved: bool, acked: &BTree
         report.violations.push(format!("replicas did not converge: {}", c.describe()));
         return;
     }
-    let read = |c: &Cluster, node: u64, range_id: u64, q: QueryKind| -> Option<QueryAnswer> {
-        let store = c.store(node)?;
-        let raw = store.read_local(store.request(range_id), &Query { kind: Some(q) }.encode_to_vec()).ok()?;
-        QueryAnswer::decode(raw.as_slice()).ok()
-    };
     let mut hashes: Vec<(u64, u32)> = Vec::new();
     for node in c.node_ids() {
         for (key, (value, _, rev)) in acked {
@@ -283,7 +285,7 @@ fn finish(c: &mut Cluster, report: &mut CarveReport, carved: bool, acked: &BTree
             if c.status(node, serving).is_none_or(|s| s.dormant) {
                 continue;
             }
-            let got = read(c, node, serving, QueryKind::Range(RangeOp { key: key.clone(), ..Default::default() }));
+            let got = read_local(c, node, serving, QueryKind::Range(RangeOp { key: key.clone(), ..Default::default() }));
             let kv = got.and_then(|a| a.range).and_then(|r| r.kvs.into_iter().next());
             match kv {
                 Some(kv) if kv.value == *value && kv.mod_revision == *rev => {}
@@ -294,10 +296,10 @@ fn finish(c: &mut Cluster, report: &mut CarveReport, carved: bool, acked: &BTree
             }
         }
         if c.status(node, CHILD).is_some_and(|s| !s.dormant) {
-            if let Some(h) = read(c, node, CHILD, QueryKind::HashKv(HashKvOp { revision: 0 })).and_then(|a| a.hash) {
+            if let Some(h) = read_local(c, node, CHILD, QueryKind::HashKv(HashKvOp { revision: 0 })).and_then(|a| a.hash) {
                 hashes.push((node, h.hash));
             }
-            let refused = read(c, node, PARENT, QueryKind::Range(RangeOp { key: b"/a/k1".to_vec(), ..Default::default() }));
+            let refused = read_local(c, node, PARENT, QueryKind::Range(RangeOp { key: b"/a/k1".to_vec(), ..Default::default() }));
             if c.status(node, PARENT).is_some_and(|s| !s.dormant)
                 && refused.as_ref().and_then(|a| a.error.as_ref()).map(|e| e.code()) != Some(meridian_codes::ErrorCode::NamespaceMoved)
             {

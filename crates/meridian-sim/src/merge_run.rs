@@ -25,10 +25,9 @@ use std::collections::BTreeMap;
 
 use meridian_kv::command::*;
 use meridian_kv::mvcc::KeyValue;
-use prost::Message as _;
 use rand::Rng;
 
-use crate::carve_run::{command, kv_machines, outcome, settled};
+use crate::carve_run::{command, kv_machines, outcome, read_local, settled};
 use crate::cluster::{Cluster, SimConfig};
 use crate::random_run::{nemesis_step, FaultCounts};
 
@@ -376,11 +375,6 @@ fn finish(
         report.violations.push(format!("replicas did not converge: {}", c.describe()));
         return;
     }
-    let read = |c: &Cluster, node: u64, range_id: u64, q: QueryKind| -> Option<QueryAnswer> {
-        let store = c.store(node)?;
-        let raw = store.read_local(store.request(range_id), &Query { kind: Some(q) }.encode_to_vec()).ok()?;
-        QueryAnswer::decode(raw.as_slice()).ok()
-    };
     let mut views: Vec<(u64, Vec<KeyValue>)> = Vec::new();
     for node in c.node_ids() {
         for (key, (value, _, rev)) in acked {
@@ -388,7 +382,7 @@ fn finish(
             if c.status(node, range).is_none_or(|s| s.dormant) {
                 continue;
             }
-            let got = read(c, node, range, QueryKind::Range(RangeOp { key: key.clone(), ..Default::default() }));
+            let got = read_local(c, node, range, QueryKind::Range(RangeOp { key: key.clone(), ..Default::default() }));
             let now = got.as_ref().map_or(0, |a| a.revision);
             let kv = got.and_then(|a| a.range).and_then(|r| r.kvs.into_iter().next());
             match kv {
@@ -400,7 +394,7 @@ fn finish(
             }
             // The same through the history, at the range's current revision
             // named (what a merge's moved history must answer too).
-            let at = read(c, node, range, QueryKind::Range(RangeOp { key: key.clone(), revision: now, ..Default::default() }));
+            let at = read_local(c, node, range, QueryKind::Range(RangeOp { key: key.clone(), revision: now, ..Default::default() }));
             let kv_at = at.as_ref().and_then(|a| a.range.as_ref()).and_then(|r| r.kvs.first());
             if !kv_at.is_some_and(|kv| kv.value == *value && kv.mod_revision == *rev) {
                 report.violations.push(format!(
@@ -412,7 +406,7 @@ fn finish(
         if c.status(node, serving).is_some_and(|s| !s.dormant) {
             let all =
                 QueryKind::Range(RangeOp { key: PREFIX.to_vec(), range_end: meridian_kv::keys::prefix_end(PREFIX), ..Default::default() });
-            if let Some(r) = read(c, node, serving, all).and_then(|a| a.range) {
+            if let Some(r) = read_local(c, node, serving, all).and_then(|a| a.range) {
                 views.push((node, r.kvs));
             }
         }
