@@ -592,21 +592,7 @@ async fn try_allocate(
             other => Err(ApiError::Internal(format!("unexpected allocation outcome {other:?}"))),
         };
     }
-    let op = c::RangeOp { key: NEXT_RANGE_KEY.to_vec(), ..Default::default() };
-    let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), true).await?;
-    let current = a.range.and_then(|r| r.kvs.into_iter().next());
-    let (next, guard) = match &current {
-        Some(kv) => {
-            let raw: [u8; 8] = kv.value.as_slice().try_into().map_err(|_| ApiError::Storage("corrupt next-range-id record".into()))?;
-            let guard = c::Compare { result: 0, target: 2, key: NEXT_RANGE_KEY.to_vec(), number: kv.mod_revision, ..Default::default() };
-            (u64::from_be_bytes(raw), guard)
-        }
-        None => {
-            let catalog = meta::read(backend, true).await?.ok_or(ApiError::NoLeader { range_id: META_RANGE_ID })?;
-            let top = catalog.ranges.iter().map(|d| d.range_id).max().unwrap_or(ROOT_RANGE_ID);
-            (top + 1, c::Compare { result: 0, target: 1, key: NEXT_RANGE_KEY.to_vec(), number: 0, ..Default::default() })
-        }
-    };
+    let (next, guard) = next_range_id(backend).await?;
     let record = new_record(name, next, next, replicas, constraints);
     // On failure, whether the name is taken or overlapped (then the create
     // is refused) or the counter moved (then it is tried again).
@@ -627,6 +613,26 @@ async fn try_allocate(
             None => Ok(None),
         },
         other => Err(ApiError::Internal(format!("unexpected allocation outcome {other:?}"))),
+    }
+}
+
+/// The next range id to allocate, and the compare that holds while no
+/// other allocation took it (the counter's mod revision, or its absence:
+/// then one above every range the catalog names).
+async fn next_range_id(backend: &Backend) -> Result<(u64, c::Compare), ApiError> {
+    let op = c::RangeOp { key: NEXT_RANGE_KEY.to_vec(), ..Default::default() };
+    let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), true).await?;
+    match a.range.and_then(|r| r.kvs.into_iter().next()) {
+        Some(kv) => {
+            let raw: [u8; 8] = kv.value.as_slice().try_into().map_err(|_| ApiError::Storage("corrupt next-range-id record".into()))?;
+            let guard = c::Compare { result: 0, target: 2, key: NEXT_RANGE_KEY.to_vec(), number: kv.mod_revision, ..Default::default() };
+            Ok((u64::from_be_bytes(raw), guard))
+        }
+        None => {
+            let catalog = meta::read(backend, true).await?.ok_or(ApiError::NoLeader { range_id: META_RANGE_ID })?;
+            let top = catalog.ranges.iter().map(|d| d.range_id).max().unwrap_or(ROOT_RANGE_ID);
+            Ok((top + 1, c::Compare { result: 0, target: 1, key: NEXT_RANGE_KEY.to_vec(), number: 0, ..Default::default() }))
+        }
     }
 }
 
@@ -1105,22 +1111,7 @@ pub async fn split(backend: &Backend, name: &str) -> Result<NsInfo, ApiError> {
 /// atomically with the id counter and conditional on the record.
 async fn allocate_split(backend: &Backend, shared: &NsRecord) -> Result<NsRecord, ApiError> {
     for _ in 0..ALLOCATE_ATTEMPTS {
-        let op = c::RangeOp { key: NEXT_RANGE_KEY.to_vec(), ..Default::default() };
-        let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), true).await?;
-        let (next, guard) = match a.range.and_then(|r| r.kvs.into_iter().next()) {
-            Some(kv) => {
-                let raw: [u8; 8] = kv.value.as_slice().try_into().map_err(|_| ApiError::Storage("corrupt next-range-id record".into()))?;
-                (
-                    u64::from_be_bytes(raw),
-                    c::Compare { result: 0, target: 2, key: NEXT_RANGE_KEY.to_vec(), number: kv.mod_revision, ..Default::default() },
-                )
-            }
-            None => {
-                let catalog = meta::read(backend, true).await?.ok_or(ApiError::NoLeader { range_id: META_RANGE_ID })?;
-                let top = catalog.ranges.iter().map(|d| d.range_id).max().unwrap_or(ROOT_RANGE_ID);
-                (top + 1, c::Compare { result: 0, target: 1, key: NEXT_RANGE_KEY.to_vec(), number: 0, ..Default::default() })
-            }
-        };
+        let (next, guard) = next_range_id(backend).await?;
         let mut record = shared.clone();
         record.state = NsState::Creating;
         record.split = true;
