@@ -348,6 +348,56 @@ fn etcdctl_member_remove_drains_the_member_and_the_driver_decommissions_it() {
     ok(&live, &["put", "/a/after-remove", "1"]);
 }
 
+/// etcd's `member add` reserves an id for a peer address; with
+/// `--learner` the node joins and holds nothing until `member promote`,
+/// then takes its share. Refusals with etcd's words change nothing.
+#[test]
+fn etcdctl_member_add_reserves_an_id_and_a_learner_takes_replicas_once_promoted() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (mut c, placement) = executing_cluster();
+    let base: u16 = c.members[0].client_addr.rsplit_once(':').unwrap().1.parse().unwrap();
+    let fourth = meridian_server::dev_layout::members(4, base).unwrap().pop().unwrap();
+    let live = c.members[1].client_addr.to_string();
+    let peer = format!("--peer-urls=http://{}", fourth.peer_addr);
+    let member_4 = |live: &str| -> Option<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(&ok(live, &["member", "list", "-w", "json"])).unwrap();
+        v["members"].as_array().unwrap().iter().find(|m| m["ID"] == 4).cloned()
+    };
+    let out = ok(&live, &["member", "add", "node-4", &peer, "--learner"]);
+    assert!(out.contains(" 4 added to cluster"), "{out}");
+    let m = member_4(&live).expect("listed once added");
+    assert_eq!((m["isLearner"].as_bool(), m.get("name")), (Some(true), None), "unstarted, no name: {m}");
+    for (args, says) in [
+        (vec!["member", "add", "again", &peer], "Peer URLs already exists"),
+        (vec!["member", "add", "bad", "--peer-urls=http://10.0.0.9:1,http://10.0.0.9:2"], "given member URLs are invalid"),
+        (vec!["member", "promote", "4"], "can only promote a learner member which is in sync with leader"),
+        (vec!["member", "promote", "1"], "can only promote a learner member"),
+        (vec!["member", "promote", "99"], "member not found"),
+    ] {
+        let (success, out) = etcdctl(&live, &args);
+        assert!(!success && out.contains(says), "{args:?}: {out}");
+    }
+    assert_eq!(member_4(&live).unwrap()["isLearner"].as_bool(), Some(true));
+
+    // The node joins under the reserved id; as a learner it takes nothing.
+    c.add_joining_with(fourth, placement);
+    wait_until("node 4 alive on node 1", Duration::from_secs(60), || state_of(&c, 0, 4).as_deref() == Some("alive"));
+    let node_4 = |c: &ProcCluster| plan_nodes(c, 0).and_then(|n| n.as_array()?.iter().find(|n| n["id"] == 4).cloned());
+    wait_until("node 4 in the plan", Duration::from_secs(30), || node_4(&c).is_some());
+    let n = node_4(&c).unwrap();
+    assert_eq!((n["learner"].as_bool(), n["takes_replicas"].as_bool()), (Some(true), Some(false)), "{n}");
+    // Several driver rounds later, still nothing on it.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(replicas_on(&c, 0, 4), Some(0));
+    // Every member's directory learns of it (from the meta range) in time.
+    wait_until("node 4 listed as started", Duration::from_secs(30), || member_4(&live).is_some_and(|m| m["name"].as_str().is_some()));
+
+    ok(&live, &["member", "promote", "4"]);
+    assert_eq!(member_4(&live).unwrap().get("isLearner"), None, "a voter member now");
+    wait_until("node 4 holds replicas", Duration::from_secs(120), || replicas_on(&c, 0, 4).is_some_and(|n| n >= 1));
+    ok(&c.endpoints(), &["put", "/a/after-promote", "1"]);
+}
+
 #[test]
 fn the_driver_merges_a_quiet_namespace_into_the_root_group_and_splits_one_that_grew() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());

@@ -93,6 +93,15 @@ pub enum ApiError {
     Corrupt,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    /// etcd's `member add` with a peer address a member already has.
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    /// etcd's `member promote` of a member that is not a learner.
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    /// etcd's `member promote` of a learner not joined or not alive.
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
     /// The keys belong to a namespace carved out of the range the route
     /// named (created at runtime since): retryable once routes refresh.
     #[error("meridian: {0}")]
@@ -172,6 +181,9 @@ impl ApiError {
             ErrorCode::NoSpace => ApiError::NoSpace,
             ErrorCode::Corrupt => ApiError::Corrupt,
             ErrorCode::MemberNotFound => ApiError::MemberNotFound,
+            ErrorCode::PeerUrlExists => ApiError::PeerUrlExists,
+            ErrorCode::MemberNotLearner => ApiError::MemberNotLearner,
+            ErrorCode::LearnerNotReady => ApiError::LearnerNotReady,
             ErrorCode::NamespaceMoved => ApiError::NamespaceMoved(text("meridian: ")),
             ErrorCode::NamespaceExists => ApiError::NamespaceExists(text("meridian: ")),
             ErrorCode::NamespaceNotFound => ApiError::NamespaceNotFound(text("meridian: ")),
@@ -234,6 +246,9 @@ impl ApiError {
             ApiError::NoSpace => ErrorCode::NoSpace,
             ApiError::Corrupt => ErrorCode::Corrupt,
             ApiError::MemberNotFound => ErrorCode::MemberNotFound,
+            ApiError::PeerUrlExists => ErrorCode::PeerUrlExists,
+            ApiError::MemberNotLearner => ErrorCode::MemberNotLearner,
+            ApiError::LearnerNotReady => ErrorCode::LearnerNotReady,
             ApiError::NamespaceMoved(_) => ErrorCode::NamespaceMoved,
             ApiError::NamespaceExists(_) => ErrorCode::NamespaceExists,
             ApiError::NamespaceNotFound(_) => ErrorCode::NamespaceNotFound,
@@ -255,7 +270,11 @@ impl ApiError {
             | ApiError::RequestTooLarge
             | ApiError::ValueTooLarge
             | ApiError::Invalid(_) => Code::InvalidArgument,
-            ApiError::CrossNamespace(_) | ApiError::Membership(_) => Code::FailedPrecondition,
+            ApiError::CrossNamespace(_)
+            | ApiError::Membership(_)
+            | ApiError::PeerUrlExists
+            | ApiError::MemberNotLearner
+            | ApiError::LearnerNotReady => Code::FailedPrecondition,
             ApiError::UnknownRange { .. } => Code::NotFound,
             ApiError::NoLeader { .. }
             | ApiError::NotLeader { .. }
@@ -288,7 +307,11 @@ impl ApiError {
             | ApiError::NamespaceNotFound(_) => 404,
             ApiError::NamespaceExists(_) | ApiError::NamespaceNotEmpty(_) => 409,
             ApiError::NoSpace => 507,
-            ApiError::LockNotHeld(_) | ApiError::Membership(_) => 409,
+            ApiError::LockNotHeld(_)
+            | ApiError::Membership(_)
+            | ApiError::PeerUrlExists
+            | ApiError::MemberNotLearner
+            | ApiError::LearnerNotReady => 409,
             ApiError::TooManyWaiters(_) => 429,
             ApiError::Compacted { .. } | ApiError::FutureRevision | ApiError::CrossNamespace(_) | ApiError::LeaseExists => 412,
             ApiError::DuplicateKey => 409,
@@ -395,6 +418,9 @@ mod tests {
             ApiError::NoSpace,
             ApiError::Corrupt,
             ApiError::MemberNotFound,
+            ApiError::PeerUrlExists,
+            ApiError::MemberNotLearner,
+            ApiError::LearnerNotReady,
             ApiError::NamespaceMoved("namespace \"/a/\" has moved to a range of its own; retry".into()),
             ApiError::NamespaceExists("namespace \"/a/\" already exists".into()),
             ApiError::NamespaceNotFound("namespace \"/a/\" not found".into()),

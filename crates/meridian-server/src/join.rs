@@ -111,13 +111,20 @@ pub async fn handle(backend: &Backend, req: api::JoinRequest) -> Result<api::Joi
         return Err(e);
     }
     // A decommissioned id is gone for good.
-    if crate::node_admin::states(backend, true).await?.get(&node.id).is_some_and(|a| a.decommissioned) {
+    let admin = crate::node_admin::states(backend, true).await?;
+    if admin.get(&node.id).is_some_and(|a| a.decommissioned) {
         return Err(ApiError::Invalid(format!(
             "join: node {} was decommissioned; start a new node with a new id and an empty data directory",
             node.id
         )));
     }
+    if let Some(e) = crate::node_admin::reservation_refusal(&admin, node.id, &node.peer_addr) {
+        return Err(e);
+    }
     meta::register_node(backend, &node).await?;
+    if admin.get(&node.id).is_some_and(|a| a.reserved_peer.is_some()) {
+        crate::node_admin::joined(backend, node.id).await;
+    }
     let first = backend.node(node.id).is_none();
     backend.learn_node(node.clone())?;
     if first {

@@ -220,17 +220,23 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for ClusterService {
-    async fn member_add(&self, _r: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
-        Err(unimplemented(
-            "member add: a Meridian node registers itself: start it with --join HOST:PORT (any member); the placement driver gives it replicas, as learners first",
-        ))
+    /// Reserves the next node id for the peer URL (exactly one); the node
+    /// then starts with that id and `--join`. A learner (`--learner`)
+    /// receives no replica until promoted (docs/api.md).
+    async fn member_add(&self, r: Request<pb::MemberAddRequest>) -> Result<Response<pb::MemberAddResponse>, Status> {
+        let peer = crate::node_admin::peer_addr_of(&r.get_ref().peer_ur_ls)?;
+        let learner = r.get_ref().is_learner;
+        let id = crate::node_admin::add(&self.backend, &peer, learner).await?;
+        let members = self.members().await;
+        let member = members.iter().find(|m| m.id == id).cloned();
+        Ok(Response::new(pb::MemberAddResponse { header: Some(self.backend.header(ROOT_RANGE_ID, 0).await), member, members }))
     }
 
     /// Drains the member and has the placement driver decommission it once
     /// it holds nothing (docs/api.md); answered at once with the members.
     async fn member_remove(&self, r: Request<pb::MemberRemoveRequest>) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         crate::node_admin::remove(&self.backend, r.get_ref().id).await?;
-        let members = self.members();
+        let members = self.members().await;
         Ok(Response::new(pb::MemberRemoveResponse { header: Some(self.backend.header(ROOT_RANGE_ID, 0).await), members }))
     }
 
@@ -239,28 +245,53 @@ impl pb::cluster_server::Cluster for ClusterService {
     }
 
     async fn member_list(&self, _r: Request<pb::MemberListRequest>) -> Result<Response<pb::MemberListResponse>, Status> {
-        let members = self.members();
+        let members = self.members().await;
         Ok(Response::new(pb::MemberListResponse { header: Some(self.backend.header(ROOT_RANGE_ID, 0).await), members }))
     }
 
-    async fn member_promote(&self, _r: Request<pb::MemberPromoteRequest>) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        Err(unimplemented("member promote: the placement driver promotes a node's learners range by range once they caught up"))
+    /// A learner member that joined and is alive takes replicas from now
+    /// on; refused, as etcd refuses, for a member that is not a learner or
+    /// a learner not joined (or not alive).
+    async fn member_promote(&self, r: Request<pb::MemberPromoteRequest>) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        crate::node_admin::promote(&self.backend, r.get_ref().id).await?;
+        let members = self.members().await;
+        Ok(Response::new(pb::MemberPromoteResponse { header: Some(self.backend.header(ROOT_RANGE_ID, 0).await), members }))
     }
 }
 
 impl ClusterService {
-    /// Every node of the directory, as etcd lists members.
-    fn members(&self) -> Vec<pb::Member> {
-        self.backend
-            .nodes()
+    /// Every node of the directory, as etcd lists members, learners marked;
+    /// then the members added and not joined yet, as etcd lists unstarted
+    /// ones (no name, no client URL). Without the meta range (no leader,
+    /// no local replica) the directory alone answers: clients sync their
+    /// endpoints from this list and must get one.
+    async fn members(&self) -> Vec<pb::Member> {
+        let admin = crate::node_admin::states(&self.backend, false).await.unwrap_or_else(|e| {
+            tracing::debug!("member list without the administrative states: {e}");
+            Default::default()
+        });
+        let nodes = self.backend.nodes();
+        let learner = |id: u64| admin.get(&id).is_some_and(|a| a.learner);
+        let mut members: Vec<pb::Member> = nodes
             .iter()
             .map(|m| pb::Member {
                 id: m.id,
                 name: format!("node-{}", m.id),
                 peer_ur_ls: vec![format!("https://{}", m.peer_addr)],
                 client_ur_ls: vec![format!("http://{}", m.client_addr)],
-                is_learner: false,
+                is_learner: learner(m.id),
             })
-            .collect()
+            .collect();
+        let unstarted = admin.iter().filter(|(id, a)| !a.decommissioned && !nodes.iter().any(|n| n.id == **id));
+        members.extend(unstarted.filter_map(|(id, a)| {
+            Some(pb::Member {
+                id: *id,
+                name: String::new(),
+                peer_ur_ls: vec![format!("https://{}", a.reserved_peer.as_ref()?)],
+                client_ur_ls: Vec::new(),
+                is_learner: a.learner,
+            })
+        }));
+        members
     }
 }

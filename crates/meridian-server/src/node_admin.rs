@@ -8,6 +8,16 @@
 //! leaderships are moved to other nodes (rules 4 and 5 of the scheduler).
 //! Once it holds no replica, `decommission` removes it from the directory
 //! for good (its id is never registered again).
+//!
+//! etcd's `member add` and `member promote` live here too. `member add`
+//! reserves the next node id for a peer address (the record's
+//! `reserved_peer`); the node then starts with that id and `--join`, and
+//! only a node with that peer address may join under it. With `--learner`
+//! the member is a *learner* until `member promote`: it joins and is
+//! watched by the gossip, but the placement driver gives it no replica.
+//! (Every replica a node receives starts as a Raft learner of its range
+//! anyway, promoted by the driver once caught up; the member's learner
+//! state is the gate before that.)
 
 use std::collections::BTreeMap;
 
@@ -26,7 +36,7 @@ use crate::routing::{prefix_end, META_RANGE_ID};
 pub const ADMIN_PREFIX: &[u8] = b"\0meridian/node-admin/";
 
 /// A node's administrative state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeAdmin {
     pub draining: bool,
     pub decommissioned: bool,
@@ -37,6 +47,22 @@ pub struct NodeAdmin {
     /// Wall clock of the last change (information only).
     #[serde(default)]
     pub changed_ms: i64,
+    /// Added by `member add` and not joined yet: the peer address
+    /// (`host:port`) it must join with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_peer: Option<String>,
+    /// A learner member (`member add --learner`) not promoted yet: it
+    /// receives no replica.
+    #[serde(default)]
+    pub learner: bool,
+}
+
+impl NodeAdmin {
+    /// Whether the placement driver may give the node replicas (as far as
+    /// its administrative state goes).
+    pub fn takes_replicas(&self) -> bool {
+        !self.draining && !self.decommissioned && !self.learner
+    }
 }
 
 /// Where a node's drain stands.
@@ -111,7 +137,7 @@ async fn write(backend: &Backend, id: u64, state: NodeAdmin, read_at: i64, extra
 /// at; refuses unknown and decommissioned nodes.
 async fn current(backend: &Backend, id: u64) -> Result<(NodeAdmin, BTreeMap<u64, NodeAdmin>, i64), ApiError> {
     let (all, read_at) = read_states(backend, true).await?;
-    let state = all.get(&id).copied().unwrap_or_default();
+    let state = all.get(&id).cloned().unwrap_or_default();
     if state.decommissioned {
         return Err(ApiError::Invalid(format!("node {id} was decommissioned")));
     }
@@ -135,7 +161,109 @@ async fn catalog_reports(backend: &Backend) -> Result<(BTreeMap<u64, api::RangeR
 /// etcd's `member remove`: drains node `id` and has the placement driver
 /// decommission it once it holds nothing (refused as [`drain`] refuses).
 pub async fn remove(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> {
+    if backend.node(id).is_none() {
+        // An added member that never joined holds nothing: its id is
+        // retired at once.
+        let (all, read_at) = read_states(backend, true).await?;
+        if let Some(state) = all.get(&id).filter(|a| a.reserved_peer.is_some() && !a.decommissioned) {
+            write(backend, id, NodeAdmin { decommissioned: true, ..state.clone() }, read_at, Vec::new()).await?;
+            info!(node = id, "added member removed before it joined");
+            return status(backend, id).await;
+        }
+    }
     drain_then(backend, id, true).await
+}
+
+/// The peer address (`host:port`) of etcd's `member add` peer URLs:
+/// exactly one, `http://` or `https://` (a Meridian node has one peer
+/// address).
+pub fn peer_addr_of(urls: &[String]) -> Result<String, ApiError> {
+    let bad = |why: &str| {
+        info!(?urls, "member add refused: {why}");
+        ApiError::Invalid("given member URLs are invalid".into())
+    };
+    let [url] = urls else {
+        return Err(bad("a Meridian node has exactly one peer address"));
+    };
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).ok_or_else(|| bad("not an http(s) URL"))?;
+    let addr = rest.strip_suffix('/').unwrap_or(rest);
+    meridian_membership::check_host_port(addr).map_err(|e| bad(&e))?;
+    Ok(addr.to_string())
+}
+
+/// Why `member add` of `peer` is refused by what the cluster has (the
+/// directory's `(id, peer address)` pairs and the administrative records),
+/// if it is; else the id the new member gets: one above every id ever
+/// used (decommissioned ones included, never handed out again).
+pub fn add_refusal(nodes: &[(u64, String)], admin: &BTreeMap<u64, NodeAdmin>, peer: &str) -> Result<u64, ApiError> {
+    let taken =
+        nodes.iter().any(|(_, p)| p == peer) || admin.values().any(|a| !a.decommissioned && a.reserved_peer.as_deref() == Some(peer));
+    if taken {
+        return Err(ApiError::PeerUrlExists);
+    }
+    let highest = nodes.iter().map(|(id, _)| *id).chain(admin.keys().copied()).max().unwrap_or(0);
+    highest.checked_add(1).ok_or_else(|| ApiError::Invalid("no node id left".into()))
+}
+
+/// etcd's `member add`: reserves the next node id for a node with peer
+/// address `peer`, a learner until promoted when `learner`. Answers the id.
+pub async fn add(backend: &Backend, peer: &str, learner: bool) -> Result<u64, ApiError> {
+    let (all, read_at) = read_states(backend, true).await?;
+    let nodes: Vec<(u64, String)> = backend.nodes().into_iter().map(|n| (n.id, n.peer_addr)).collect();
+    let id = add_refusal(&nodes, &all, peer)?;
+    let state = NodeAdmin { reserved_peer: Some(peer.to_string()), learner, ..NodeAdmin::default() };
+    write(backend, id, state, read_at, Vec::new()).await?;
+    info!(node = id, peer, learner, "member added; start it with this node id and --join");
+    Ok(id)
+}
+
+/// etcd's `member promote`: a learner member that joined and is alive may
+/// take replicas from now on.
+pub async fn promote(backend: &Backend, id: u64) -> Result<(), ApiError> {
+    let (all, read_at) = read_states(backend, true).await?;
+    let state = all.get(&id).filter(|a| !a.decommissioned);
+    let Some(node) = backend.node(id) else {
+        return Err(match state {
+            Some(a) if a.learner => ApiError::LearnerNotReady,
+            Some(a) if a.reserved_peer.is_some() => ApiError::MemberNotLearner,
+            _ => ApiError::MemberNotFound,
+        });
+    };
+    let Some(state) = state.filter(|a| a.learner) else {
+        return Err(ApiError::MemberNotLearner);
+    };
+    if id != backend.cfg.node_id && node.liveness != Liveness::Alive {
+        return Err(ApiError::LearnerNotReady);
+    }
+    write(backend, id, NodeAdmin { learner: false, ..state.clone() }, read_at, Vec::new()).await?;
+    info!(node = id, "learner member promoted: it takes replicas from now on");
+    Ok(())
+}
+
+/// A node that joined under an id `member add` reserved: the reservation
+/// is spent (best effort: a stale one only names the joined node's own
+/// address, which the directory holds anyway).
+pub async fn joined(backend: &Backend, id: u64) {
+    let Ok((all, read_at)) = read_states(backend, true).await else { return };
+    if let Some(state) = all.get(&id).filter(|a| a.reserved_peer.is_some()) {
+        if let Err(e) = write(backend, id, NodeAdmin { reserved_peer: None, ..state.clone() }, read_at, Vec::new()).await {
+            tracing::debug!(node = id, "the spent member reservation stays: {e}");
+        }
+    }
+}
+
+/// Why node `id` may not join with peer address `peer`, by what `member
+/// add` reserved, if it may not.
+pub fn reservation_refusal(admin: &BTreeMap<u64, NodeAdmin>, id: u64, peer: &str) -> Option<ApiError> {
+    if let Some(reserved) = admin.get(&id).and_then(|a| a.reserved_peer.as_deref()).filter(|r| *r != peer) {
+        return Some(ApiError::Membership(format!(
+            "node id {id} was added (member add) for peer address {reserved}, not {peer}; start the node with that address or another id"
+        )));
+    }
+    let other = admin.iter().find(|(other, a)| **other != id && !a.decommissioned && a.reserved_peer.as_deref() == Some(peer));
+    other.map(|(other, _)| {
+        ApiError::Membership(format!("peer address {peer} was added (member add) as node {other}: start the node with node id {other}"))
+    })
 }
 
 /// Starts draining node `id`: refused (changing nothing) when the
@@ -160,7 +288,7 @@ async fn drain_then(backend: &Backend, id: u64, remove: bool) -> Result<DrainSta
             .nodes()
             .into_iter()
             .filter(|n| n.id != id && n.role == NodeRole::Data && matches!(n.liveness, Liveness::Alive | Liveness::Unknown))
-            .filter(|n| admin.get(&n.id).is_none_or(|a| !a.draining && !a.decommissioned))
+            .filter(|n| admin.get(&n.id).is_none_or(NodeAdmin::takes_replicas))
             .map(|n| n.id)
             .collect();
         let policies = crate::namespace::policies(backend).await?;
@@ -207,7 +335,7 @@ pub async fn undrain(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError
 
 /// Where node `id`'s drain stands.
 pub async fn status(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> {
-    let state = states(backend, true).await?.get(&id).copied().unwrap_or_default();
+    let state = states(backend, true).await?.get(&id).cloned().unwrap_or_default();
     if !state.decommissioned && backend.node(id).is_none() {
         return Err(ApiError::MemberNotFound);
     }
@@ -252,15 +380,65 @@ pub async fn decommission(backend: &Backend, id: u64) -> Result<DrainStatus, Api
     let mut node_key = NODE_PREFIX.to_vec();
     node_key.extend_from_slice(&id.to_be_bytes());
     let delete = c::RequestOp { kind: Some(c::RequestKind::DeleteRange(c::DeleteOp { key: node_key, ..Default::default() })) };
-    write(
-        backend,
-        id,
-        NodeAdmin { draining: false, decommissioned: true, remove_when_drained: false, changed_ms: 0 },
-        read_at,
-        vec![delete],
-    )
-    .await?;
+    write(backend, id, NodeAdmin { decommissioned: true, ..NodeAdmin::default() }, read_at, vec![delete]).await?;
     backend.forget_node(id);
     info!(node = id, "decommissioned");
     status(backend, id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reserved(peer: &str, learner: bool) -> NodeAdmin {
+        NodeAdmin { reserved_peer: Some(peer.into()), learner, ..NodeAdmin::default() }
+    }
+
+    #[test]
+    fn a_peer_url_is_one_http_url_with_a_host_and_port() {
+        let one = |u: &str| peer_addr_of(&[u.to_string()]);
+        assert_eq!(one("http://10.0.0.5:2380").unwrap(), "10.0.0.5:2380");
+        assert_eq!(one("https://node-5.meridian:2380/").unwrap(), "node-5.meridian:2380");
+        let bad = ApiError::Invalid("given member URLs are invalid".into());
+        for u in ["10.0.0.5:2380", "http://10.0.0.5", "unix:///tmp/x", "http://:2380", ""] {
+            assert_eq!(one(u), Err(bad.clone()), "{u}");
+        }
+        assert_eq!(peer_addr_of(&[]), Err(bad.clone()));
+        assert_eq!(peer_addr_of(&["http://a:1".into(), "http://b:1".into()]), Err(bad));
+    }
+
+    #[test]
+    fn an_added_member_gets_an_id_never_used_and_a_peer_address_nobody_has() {
+        let nodes = vec![(1, "h1:2380".to_string()), (2, "h2:2380".to_string()), (3, "h3:2380".to_string())];
+        let mut admin = BTreeMap::new();
+        assert_eq!(add_refusal(&nodes, &admin, "h4:2380"), Ok(4));
+        assert_eq!(add_refusal(&nodes, &admin, "h2:2380"), Err(ApiError::PeerUrlExists));
+        // An id decommissioned (or reserved) is never handed out again.
+        admin.insert(7, NodeAdmin { decommissioned: true, ..reserved("h7:2380", false) });
+        assert_eq!(add_refusal(&nodes, &admin, "h7:2380"), Ok(8), "a removed reservation frees its address, not its id");
+        admin.insert(8, reserved("h8:2380", true));
+        assert_eq!(add_refusal(&nodes, &admin, "h8:2380"), Err(ApiError::PeerUrlExists));
+        assert_eq!(add_refusal(&nodes, &admin, "h9:2380"), Ok(9));
+    }
+
+    #[test]
+    fn only_the_reserved_address_joins_under_a_reserved_id() {
+        let admin: BTreeMap<u64, NodeAdmin> = [(4, reserved("h4:2380", true))].into();
+        assert_eq!(reservation_refusal(&admin, 4, "h4:2380"), None);
+        let wrong = reservation_refusal(&admin, 4, "h9:2380").expect("another address");
+        assert!(wrong.to_string().contains("h4:2380"), "{wrong}");
+        let other = reservation_refusal(&admin, 5, "h4:2380").expect("the address is node 4's");
+        assert!(other.to_string().contains("node id 4"), "{other}");
+        // Nodes nobody reserved anything for join as before.
+        assert_eq!(reservation_refusal(&admin, 5, "h5:2380"), None);
+    }
+
+    #[test]
+    fn a_learner_a_draining_or_a_decommissioned_node_takes_no_replica() {
+        assert!(NodeAdmin::default().takes_replicas());
+        assert!(!reserved("h:1", true).takes_replicas());
+        assert!(reserved("h:1", false).takes_replicas());
+        assert!(!NodeAdmin { draining: true, ..NodeAdmin::default() }.takes_replicas());
+        assert!(!NodeAdmin { decommissioned: true, ..NodeAdmin::default() }.takes_replicas());
+    }
 }

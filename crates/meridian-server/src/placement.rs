@@ -244,7 +244,9 @@ pub fn view(backend: &Backend, g: &Gathered, policies: &Policies, admin: &Admin,
         .map(|n| {
             let liveness = if n.id == backend.cfg.node_id { Liveness::Alive } else { n.liveness };
             let dead_since_ms = (liveness == Liveness::Dead).then(|| now_ms.saturating_sub(heard_ago.get(&n.id).copied().unwrap_or(0)));
-            let draining = admin.get(&n.id).is_some_and(|a| a.draining);
+            // A learner member (not promoted) holds nothing and takes
+            // nothing: to the scheduler, a draining node.
+            let draining = admin.get(&n.id).is_some_and(|a| a.draining || a.learner);
             let load = g.loads.get(&n.id).map(|l| Load {
                 disk_capacity_bytes: l.disk_capacity_bytes,
                 disk_available_bytes: l.disk_available_bytes,
@@ -357,6 +359,8 @@ pub async fn dry_run(backend: &Backend) -> serde_json::Value {
                 "state": crate::gossip::state_name(n.liveness),
                 "eligible": n.eligible(),
                 "takes_replicas": n.takes_replicas(),
+                // Added by `member add --learner`, not promoted yet.
+                "learner": admin.get(&n.id).is_some_and(|a| a.learner),
                 "replicas": replicas.get(&n.id).copied().unwrap_or(0),
                 "leaders": leaders.get(&n.id).copied().unwrap_or(0),
                 // Its own report (absent until it answered a round).
