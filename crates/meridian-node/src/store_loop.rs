@@ -312,6 +312,10 @@ impl StoreLoop {
         };
         let mut eager = 0;
         let exit = loop {
+            // Whether anything that may give the store work happened: a
+            // status or a local read changes nothing, and a poll round
+            // costs a check of every range (thousands of them).
+            let mut changed = true;
             if self.store.has_ready() && eager < MAX_EAGER_POLLS {
                 eager += 1;
             } else {
@@ -347,15 +351,17 @@ impl StoreLoop {
                         None => self.snapshots = None,
                     },
                     cmd = self.commands.recv() => match cmd {
-                        Some(cmd) => self.handle(cmd),
+                        Some(cmd) => changed = self.handle(cmd),
                         None => break Exit::HandlesDropped,
                     },
                 }
             }
-            self.drain_queued(inbound_open);
-            match self.store.poll() {
-                Ok(done) => self.complete(done),
-                Err(e) => break Exit::Fatal(e),
+            changed |= self.drain_queued(inbound_open);
+            if changed {
+                match self.store.poll() {
+                    Ok(done) => self.complete(done),
+                    Err(e) => break Exit::Fatal(e),
+                }
             }
             if let Some(s) = syncer.as_mut() {
                 // A sync that finished meanwhile frees the thread for the
@@ -369,12 +375,17 @@ impl StoreLoop {
         exit
     }
 
-    /// Takes what is already queued, bounded, without waiting.
-    fn drain_queued(&mut self, inbound_open: bool) {
+    /// Takes what is already queued, bounded, without waiting; true if
+    /// any of it may have given the store work (see [`StoreLoop::handle`]).
+    fn drain_queued(&mut self, inbound_open: bool) -> bool {
+        let mut changed = false;
         for _ in 1..MAX_SNAPSHOT_ENVELOPES_PER_ROUND {
             let Some(rx) = self.snapshots.as_mut() else { break };
             match rx.try_recv() {
-                Ok(env) => self.step(env),
+                Ok(env) => {
+                    self.step(env);
+                    changed = true;
+                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => self.snapshots = None,
             }
@@ -382,20 +393,31 @@ impl StoreLoop {
         if inbound_open {
             for _ in 1..MAX_INBOUND_PER_ROUND {
                 match self.inbound.try_recv() {
-                    Ok(env) => self.step(env),
+                    Ok(env) => {
+                        self.step(env);
+                        changed = true;
+                    }
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
         }
         for _ in 1..MAX_COMMANDS_PER_ROUND {
             match self.commands.try_recv() {
-                Ok(cmd) => self.handle(cmd),
+                Ok(cmd) => changed |= self.handle(cmd),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        changed
     }
 
-    fn handle(&mut self, cmd: Command) {
+    /// Carries out one command; false for those that only read the store
+    /// (status, metrics, a range's view, a local read), after which no
+    /// poll round is needed.
+    fn handle(&mut self, cmd: Command) -> bool {
+        let reads_only = matches!(
+            cmd,
+            Command::Status { .. } | Command::Metrics { .. } | Command::RangeView { .. } | Command::Read { linearizable: false, .. }
+        );
         match cmd {
             Command::Propose { req, command, forward, reply } => {
                 let range_id = req.range_id;
@@ -445,6 +467,7 @@ impl StoreLoop {
             }
             Command::LivenessFeed { down } => self.store.set_liveness_feed(down),
         }
+        !reads_only
     }
 
     fn wait(&mut self, range_id: u64, submitted: Result<RequestId, RaftstoreError>, reply: Reply<Answer>) {

@@ -688,7 +688,7 @@ impl Peer {
     /// Answers, into `done`, the reads whose read index this replica has
     /// applied, reading the state machine from `engine`.
     pub fn answer_reads(&mut self, engine: &dyn Engine, done: &mut Vec<Completion>) {
-        if self.installing.is_some() {
+        if self.reads.is_empty() || self.installing.is_some() {
             return;
         }
         let range_id = self.desc.range_id;

@@ -332,18 +332,28 @@ impl Backend {
             let mut replicas = self.replicas.lock().expect("replica lists");
             replicas.clear();
             for d in ranges {
-                let mut nodes: Vec<(bool, u64)> = d.replicas.iter().map(|r| (r.role != ReplicaRole::Voter, r.node_id)).collect();
-                nodes.sort_unstable();
-                replicas.insert(d.range_id, nodes.into_iter().map(|(_, n)| n).collect());
+                replicas.insert(d.range_id, replica_list(d));
             }
         }
         let mut epochs = self.epochs.lock().expect("route cache");
         for d in ranges {
-            let e = epochs.entry(d.range_id).or_insert(d.epoch);
-            if d.epoch.conf_ver >= e.conf_ver && d.epoch.version >= e.version {
-                *e = d.epoch;
-            }
+            learn_descriptor_epoch(&mut epochs, d);
         }
+    }
+
+    /// Installs one range's descriptor (one this node just published) into
+    /// the routes it has, without reading the catalog; refused, changing
+    /// nothing, where the routes contradict it (they may be stale: read the
+    /// catalog then).
+    pub fn install_range(&self, d: &RangeDescriptor) -> Result<(), ApiError> {
+        {
+            let mut routing = self.routing.write().expect("route table");
+            let added = routing.with_range(d).map_err(|e| ApiError::Storage(e.to_string()))?;
+            *routing = Arc::new(added);
+        }
+        self.replicas.lock().expect("replica lists").insert(d.range_id, replica_list(d));
+        learn_descriptor_epoch(&mut self.epochs.lock().expect("route cache"), d);
+        Ok(())
     }
 
     fn record(&self, op: &'static str, result: &'static str, started: std::time::Instant) {
@@ -410,38 +420,47 @@ impl Backend {
         let cost = cmd.encoded_len();
         self.admit(range_id, cmd.op.as_ref().expect("set above"), cost).await?;
         let cmd = cmd.encode_to_vec();
+        let (keys_of, cmd) = (&keys, &cmd);
+        let out = self
+            .routed(range_id, &keys, |range_id| async move {
+                let raw = self.propose_command(range_id, keys_of.clone(), cmd, leader_only).await.map_err(Failed::Unsent)?;
+                let out = c::Outcome::decode(raw.as_slice())
+                    .map_err(|e| Failed::Refused(ApiError::Internal(format!("undecodable outcome: {e}"))))?;
+                match &out.kind {
+                    Some(c::OutcomeKind::Error(e)) => Err(Failed::Refused(ApiError::from_outcome(e))),
+                    _ => Ok(out),
+                }
+            })
+            .await?;
+        if counted {
+            self.write_counts.count(&keys);
+        }
+        Ok(out)
+    }
+
+    /// `send`'s answer for `range_id` — or, when the range refused `keys`
+    /// as carved out of it (`NamespaceMoved`: the command changed nothing)
+    /// or has no leader and no replica here any more (merged or dropped
+    /// before this node's routes followed), once more for the range the
+    /// catalog routes them to now. A request that found no replica to
+    /// serve it is answered as [`Backend::elsewhere`] says.
+    async fn routed<T, Fut>(&self, range_id: u64, keys: &[KeyInterval], send: impl Fn(u64) -> Fut) -> Result<T, ApiError>
+    where
+        Fut: std::future::Future<Output = Result<T, Failed>>,
+    {
         let mut range_id = range_id;
         let mut rerouted = false;
         loop {
-            let raw = match self.propose_command(range_id, keys.clone(), &cmd, leader_only).await {
-                Ok(raw) => raw,
-                Err(e) => match self.retired_route(range_id, &keys, &e, rerouted).await {
-                    Some(next) => {
-                        rerouted = true;
-                        range_id = next;
-                        continue;
-                    }
+            match send(range_id).await {
+                Ok(t) => return Ok(t),
+                Err(Failed::Unsent(e)) => match self.retired_route(range_id, keys, &e, rerouted).await {
+                    Some(next) => range_id = next,
                     None => return Err(self.elsewhere(range_id, e).await),
                 },
-            };
-            let out = c::Outcome::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable outcome: {e}")))?;
-            match &out.kind {
-                Some(c::OutcomeKind::Error(e)) => match ApiError::from_outcome(e) {
-                    // The namespace was carved out since the route was
-                    // cached; the refused command changed nothing.
-                    ApiError::NamespaceMoved(_) if !rerouted => {
-                        rerouted = true;
-                        range_id = self.reroute(range_id, &keys).await?;
-                    }
-                    err => return Err(err),
-                },
-                _ => {
-                    if counted {
-                        self.write_counts.count(&keys);
-                    }
-                    return Ok(out);
-                }
+                Err(Failed::Refused(ApiError::NamespaceMoved(_))) if !rerouted => range_id = self.reroute(range_id, keys).await?,
+                Err(Failed::Refused(e)) => return Err(e),
             }
+            rerouted = true;
         }
     }
 
@@ -642,44 +661,30 @@ impl Backend {
         let keys = c::query_keys(&q);
         let counted = matches!(q, c::QueryKind::Range(_));
         let query = c::Query { kind: Some(q) }.encode_to_vec();
-        let mut range_id = range_id;
-        let mut rerouted = false;
-        loop {
-            let mut attempt = 0;
-            let read = loop {
-                let req = self.route(range_id, keys.clone()).await;
-                match self.raft.read(req, query.clone(), linearizable).await {
-                    Err(ApiError::EpochMismatch { range_id, current }) if attempt == 0 => self.learn_epoch(range_id, current),
-                    r => break r,
-                }
-                attempt += 1;
-            };
-            let raw = match read {
-                Ok(raw) => raw,
-                Err(e) => match self.retired_route(range_id, &keys, &e, rerouted).await {
-                    Some(next) => {
-                        rerouted = true;
-                        range_id = next;
-                        continue;
+        let (keys_of, query) = (&keys, &query);
+        let a = self
+            .routed(range_id, &keys, |range_id| async move {
+                let mut attempt = 0;
+                let raw = loop {
+                    let req = self.route(range_id, keys_of.clone()).await;
+                    match self.raft.read(req, query.clone(), linearizable).await {
+                        Err(ApiError::EpochMismatch { range_id, current }) if attempt == 0 => self.learn_epoch(range_id, current),
+                        r => break r.map_err(Failed::Unsent)?,
                     }
-                    None => return Err(self.elsewhere(range_id, e).await),
-                },
-            };
-            let a = c::QueryAnswer::decode(raw.as_slice()).map_err(|e| ApiError::Internal(format!("undecodable answer: {e}")))?;
-            match a.error.as_ref().map(ApiError::from_outcome) {
-                None => {
-                    if counted {
-                        self.write_counts.count_reads(&keys);
-                    }
-                    return Ok(a);
+                    attempt += 1;
+                };
+                let a = c::QueryAnswer::decode(raw.as_slice())
+                    .map_err(|e| Failed::Refused(ApiError::Internal(format!("undecodable answer: {e}"))))?;
+                match a.error.as_ref().map(ApiError::from_outcome) {
+                    Some(e) => Err(Failed::Refused(e)),
+                    None => Ok(a),
                 }
-                Some(ApiError::NamespaceMoved(_)) if !rerouted => {
-                    rerouted = true;
-                    range_id = self.reroute(range_id, &keys).await?;
-                }
-                Some(e) => return Err(e),
-            }
+            })
+            .await?;
+        if counted {
+            self.write_counts.count_reads(&keys);
         }
+        Ok(a)
     }
 
     /// A request for the meta range failed here with `e` (no replica of
@@ -829,4 +834,28 @@ pub fn forwarded<T>(msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut().insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
     r
+}
+
+/// A range's nodes as the route cache lists them: voters first, then
+/// learners, each in id order.
+fn replica_list(d: &RangeDescriptor) -> Vec<u64> {
+    let mut nodes: Vec<(bool, u64)> = d.replicas.iter().map(|r| (r.role != ReplicaRole::Voter, r.node_id)).collect();
+    nodes.sort_unstable();
+    nodes.into_iter().map(|(_, n)| n).collect()
+}
+
+/// A published descriptor's epoch into the route cache, unless the cache
+/// holds a newer one.
+fn learn_descriptor_epoch(epochs: &mut HashMap<u64, RangeEpoch>, d: &RangeDescriptor) {
+    let e = epochs.entry(d.range_id).or_insert(d.epoch);
+    if d.epoch.conf_ver >= e.conf_ver && d.epoch.version >= e.version {
+        *e = d.epoch;
+    }
+}
+
+/// Why one attempt of [`Backend::routed`] failed: no replica answered
+/// (`Unsent`), or the range's state machine refused the request.
+enum Failed {
+    Unsent(ApiError),
+    Refused(ApiError),
 }

@@ -446,7 +446,14 @@ pub async fn create(backend: &Backend, spec: &CreateSpec) -> Result<NsInfo, ApiE
     if !spec.shared {
         check_satisfiable(backend, replicas, &constraints)?;
     }
-    settle("reading the catalog", || backend.refresh_routes_now()).await?;
+    // The routes matter here only for the namespaces the config declared
+    // (the records guard every other overlap): read the catalog when none
+    // was read yet, or when the routes show an overlap (a namespace since
+    // dropped would be a false one) — not on every create (10,000
+    // descriptors).
+    if backend.cluster_id() == 0 || backend.routing().overlapping(name.as_bytes()).is_some() {
+        settle("reading the catalog", || backend.refresh_routes_now()).await?;
+    }
     let existing = settle("reading the namespace's record", || record(backend, name, true)).await?;
     let record = match existing.as_ref() {
         Some(r) if r.state == NsState::Creating && !spec.shared && !r.split => {
@@ -737,7 +744,12 @@ pub async fn finish_create(backend: &Backend, mut record: NsRecord) -> Result<Ns
         Err(e) => return Err(e),
     }
     let record = attempt;
-    settle("reading the catalog", || backend.refresh_routes_now()).await?;
+    // This member routes to the new range from now on; others learn it
+    // from the refusal their first request under the prefix gets.
+    if let Err(e) = backend.install_range(&desc) {
+        tracing::debug!(namespace = name, "the routes here contradict the new range ({e}): reading the catalog");
+        settle("reading the catalog", || backend.refresh_routes_now()).await?;
+    }
     // Usable once its range answers a linearizable read (it has a leader).
     let probe =
         c::RangeOp { key: name.as_bytes().to_vec(), range_end: prefix_end(name.as_bytes()), count_only: true, ..Default::default() };
@@ -1181,65 +1193,68 @@ fn from_wire(w: api::NamespaceInfo) -> NsInfo {
     }
 }
 
-/// A client of node `node`'s `meridian.v1.Namespaces`.
-fn client_of(backend: &Backend, node: u64) -> Result<api::namespaces_client::NamespacesClient<tonic::transport::Channel>, ApiError> {
-    Ok(api::namespaces_client::NamespacesClient::new(backend.channel_to(node)?))
-}
+type NamespacesClient = api::namespaces_client::NamespacesClient<tonic::transport::Channel>;
 
-/// [`create`], run by the member that holds the root range when this one
-/// holds none (the placement driver moved it away): once, unless
-/// `forwarded` (this request came from another member already). What the
-/// gRPC and HTTP APIs call.
-pub async fn create_via(backend: &Backend, spec: &CreateSpec, forwarded: bool) -> Result<NsInfo, ApiError> {
-    match create(backend, spec).await {
+/// `local`'s answer; when this member holds no replica of the root range
+/// (the placement driver moved it away: `NotLeader`), `remote`'s, asked of
+/// the member that leads it — once, unless `forwarded` (this request came
+/// from another member already).
+async fn here_or_on_leader<T, R: std::future::Future<Output = Result<T, Status>>>(
+    backend: &Backend,
+    forwarded: bool,
+    local: impl std::future::Future<Output = Result<T, ApiError>>,
+    remote: impl FnOnce(NamespacesClient) -> R,
+) -> Result<T, ApiError> {
+    match local.await {
         Err(ApiError::NotLeader { leader, .. }) if !forwarded => {
-            let req = api::NamespaceCreateRequest {
-                name: spec.name.clone(),
-                replicas: spec.replicas.unwrap_or(0) as u32,
-                constraints: spec.constraints.clone(),
-                shared: spec.shared,
-            };
-            let info = client_of(backend, leader)?.create(crate::backend::forwarded(req)).await.map_err(|s| ApiError::from_status(&s))?;
-            Ok(from_wire(info.into_inner()))
+            let client = api::namespaces_client::NamespacesClient::new(backend.channel_to(leader)?);
+            remote(client).await.map_err(|s| ApiError::from_status(&s))
         }
         r => r,
     }
+}
+
+/// [`create`] here, or on the member leading the root range when this
+/// one holds no replica of it (once, unless `forwarded`). What the gRPC
+/// and HTTP APIs call.
+pub async fn create_via(backend: &Backend, spec: &CreateSpec, forwarded: bool) -> Result<NsInfo, ApiError> {
+    let req = api::NamespaceCreateRequest {
+        name: spec.name.clone(),
+        replicas: spec.replicas.unwrap_or(0) as u32,
+        constraints: spec.constraints.clone(),
+        shared: spec.shared,
+    };
+    here_or_on_leader(backend, forwarded, create(backend, spec), |mut c| async move {
+        Ok(from_wire(c.create(crate::backend::forwarded(req)).await?.into_inner()))
+    })
+    .await
 }
 
 /// [`drop_namespace`], forwarded as [`create_via`] is.
 pub async fn drop_via(backend: &Backend, name: &str, force: bool, forwarded: bool) -> Result<(), ApiError> {
-    match drop_namespace(backend, name, force).await {
-        Err(ApiError::NotLeader { leader, .. }) if !forwarded => {
-            let req = api::NamespaceDropRequest { name: name.to_string(), force };
-            client_of(backend, leader)?.drop(crate::backend::forwarded(req)).await.map_err(|s| ApiError::from_status(&s))?;
-            Ok(())
-        }
-        r => r,
-    }
+    let req = api::NamespaceDropRequest { name: name.to_string(), force };
+    here_or_on_leader(backend, forwarded, drop_namespace(backend, name, force), |mut c| async move {
+        c.drop(crate::backend::forwarded(req)).await.map(|_| ())
+    })
+    .await
 }
 
 /// [`merge`], forwarded as [`create_via`] is.
 pub async fn merge_via(backend: &Backend, name: &str, forwarded: bool) -> Result<NsInfo, ApiError> {
-    match merge(backend, name).await {
-        Err(ApiError::NotLeader { leader, .. }) if !forwarded => {
-            let req = api::NamespaceMergeRequest { name: name.to_string() };
-            let info = client_of(backend, leader)?.merge(crate::backend::forwarded(req)).await.map_err(|s| ApiError::from_status(&s))?;
-            Ok(from_wire(info.into_inner()))
-        }
-        r => r,
-    }
+    let req = api::NamespaceMergeRequest { name: name.to_string() };
+    here_or_on_leader(backend, forwarded, merge(backend, name), |mut c| async move {
+        Ok(from_wire(c.merge(crate::backend::forwarded(req)).await?.into_inner()))
+    })
+    .await
 }
 
 /// [`split`], forwarded as [`create_via`] is.
 pub async fn split_via(backend: &Backend, name: &str, forwarded: bool) -> Result<NsInfo, ApiError> {
-    match split(backend, name).await {
-        Err(ApiError::NotLeader { leader, .. }) if !forwarded => {
-            let req = api::NamespaceSplitRequest { name: name.to_string() };
-            let info = client_of(backend, leader)?.split(crate::backend::forwarded(req)).await.map_err(|s| ApiError::from_status(&s))?;
-            Ok(from_wire(info.into_inner()))
-        }
-        r => r,
-    }
+    let req = api::NamespaceSplitRequest { name: name.to_string() };
+    here_or_on_leader(backend, forwarded, split(backend, name), |mut c| async move {
+        Ok(from_wire(c.split(crate::backend::forwarded(req)).await?.into_inner()))
+    })
+    .await
 }
 
 #[tonic::async_trait]

@@ -5,7 +5,7 @@
 //! cached bounds here are updated at staging time, which is safe because
 //! raft-rs does not read storage between `ready()` and `advance_append()`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use protobuf::Message as _;
@@ -50,6 +50,10 @@ pub struct PeerStorage {
     last_index: u64,
     last_term: u64,
     snapshot: Mutex<SnapshotSlot>,
+    /// Whether `snapshot.requested` may hold a request: the store asks
+    /// every range each poll round, and most never have one (a load, not
+    /// a lock, then).
+    snapshot_requested: AtomicBool,
     cache: EntryCache,
 }
 
@@ -346,6 +350,7 @@ impl PeerStorage {
             last_index,
             last_term,
             snapshot: Mutex::default(),
+            snapshot_requested: AtomicBool::new(false),
             cache: EntryCache::default(),
         })
     }
@@ -505,6 +510,9 @@ impl PeerStorage {
     /// (a header; the data streams, see [`crate::snapshot`]) and hands it back with
     /// [`PeerStorage::set_built_snapshot`].
     pub fn take_snapshot_request(&self) -> Option<SnapshotRequest> {
+        if !self.snapshot_requested.swap(false, Ordering::AcqRel) {
+            return None;
+        }
         self.snapshot.lock().expect("snapshot slot").requested.take()
     }
 
@@ -640,6 +648,7 @@ impl Storage for PeerStorage {
             }
         }
         slot.requested = Some(SnapshotRequest { range_id: self.range_id, request_index, to });
+        self.snapshot_requested.store(true, Ordering::Release);
         Err(raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable))
     }
 }
