@@ -269,6 +269,35 @@ impl Cluster {
         Ok(i)
     }
 
+    /// `GET path` on node `i`; an answer other than 200 is an error with
+    /// the node's reason.
+    pub async fn get(&self, i: usize, path: &str) -> Result<String> {
+        let (code, text) = http::get(self.http_addr(i), path, MEMBERSHIP_TIMEOUT).await?;
+        if code != 200 {
+            bail!("node {} {path}: HTTP {code}: {}", self.id(i), text.trim());
+        }
+        Ok(text)
+    }
+
+    /// Creates namespace `name` (a group of its own) through the first
+    /// node, retrying what is retryable (a leader being elected) until
+    /// `limit`.
+    pub async fn create_namespace(&self, name: &str, limit: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let body = serde_json::json!({ "name": name });
+            let (code, text) = http::post_json(self.http_addr(0), "/v1/namespaces", &body, MEMBERSHIP_TIMEOUT).await?;
+            match code {
+                201 => {
+                    info!(namespace = name, "namespace created");
+                    return Ok(());
+                }
+                503 if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+                _ => bail!("creating namespace {name}: HTTP {code}: {}", text.trim()),
+            }
+        }
+    }
+
     /// `POST path` (no body) on node `i`; an answer other than 200 is an
     /// error with the node's reason.
     pub async fn post(&self, i: usize, path: &str) -> Result<String> {

@@ -17,6 +17,9 @@
 //!             kill-for-good   kill -9, never restarted: once dead  a spare node joins
 //!                             for down_after its replicas are      (--join) and receives its
 //!                             replaced on the others               share from the driver
+//!             merge-split     a runtime namespace's group merged   (nothing: the next one
+//!                             into the root group, or a merged     splits or merges it again)
+//!                             one split out again, under load
 //! ```
 
 use std::sync::{Arc, Mutex};
@@ -70,6 +73,9 @@ pub enum NemesisKind {
     Drain,
     /// A node killed and never restarted; a spare joins in its place.
     KillForGood,
+    /// A runtime namespace's group merged into the root group, or, when
+    /// merged, split out into a group of its own again.
+    MergeSplit,
 }
 
 /// A fault as applied, for the report.
@@ -107,6 +113,8 @@ pub struct Nemesis<'a> {
     pub cfg: &'a NemesisConfig,
     /// Leader faults target the leaders of these ranges.
     pub ranges: &'a [u64],
+    /// What `merge-split` merges and splits.
+    pub runtime_namespaces: &'a [String],
     pub rng: ChaCha8Rng,
     pub clock: RunClock,
     pub status: Status,
@@ -269,6 +277,17 @@ impl Nemesis<'_> {
                 let via = self.random_node();
                 self.cluster.post(via, &format!("/v1/nodes/drain?id={id}")).await?;
                 (format!("drain {who} for {secs:.1}s"), Undo::Undrain(id))
+            }
+            NemesisKind::MergeSplit => {
+                let name = self.runtime_namespaces.choose(&mut self.rng).expect("validated: some").clone();
+                let via = self.random_node();
+                let info: serde_json::Value =
+                    serde_json::from_str(&self.cluster.get(via, &format!("/v1/namespaces/describe?name={name}")).await?)?;
+                let shared = info["state"] == "shared";
+                let op = if shared { "split" } else { "merge" };
+                let after: serde_json::Value =
+                    serde_json::from_str(&self.cluster.post(via, &format!("/v1/namespaces/{op}?name={name}")).await?)?;
+                (format!("{op} {name}: now {} in range {}", after["state"], after["range_id"]), Undo::Nothing)
             }
             NemesisKind::KillForGood => {
                 anyhow::ensure!(self.cluster.spares_left() > 0, "no spare node left to join in place of one killed for good");

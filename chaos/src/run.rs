@@ -165,6 +165,9 @@ type Counts = ((u64, u64, u64), (u64, u64, u64, u64));
 
 async fn drive(s: &Scenario, opts: &RunOptions, cluster: &mut Cluster) -> Result<(Records, Counts)> {
     cluster.wait_ready(START_TIMEOUT).await?;
+    for name in &s.runtime_namespaces {
+        cluster.create_namespace(name, START_TIMEOUT).await?;
+    }
     let endpoints: Vec<SocketAddr> = (0..cluster.len()).map(|i| cluster.client_addr(i)).collect();
     let clock = RunClock::start();
     let end = Duration::from_secs(opts.duration_s);
@@ -231,7 +234,15 @@ async fn drive(s: &Scenario, opts: &RunOptions, cluster: &mut Cluster) -> Result
     match &s.nemesis {
         Some(cfg) => {
             let ranges = s.workload_ranges();
-            let n = Nemesis { cluster: &mut *cluster, cfg, ranges: &ranges, rng: child_rng(), clock, status: status.clone() };
+            let n = Nemesis {
+                cluster: &mut *cluster,
+                cfg,
+                ranges: &ranges,
+                runtime_namespaces: &s.runtime_namespaces,
+                rng: child_rng(),
+                clock,
+                status: status.clone(),
+            };
             records.nemesis = n.run(end).await;
         }
         None => tokio::time::sleep(end).await,

@@ -40,6 +40,12 @@ pub struct Scenario {
     /// order). Keys outside them live in the root namespace (range 2).
     #[serde(default = "default_namespaces")]
     pub namespaces: Vec<String>,
+    /// Namespaces created at runtime once the cluster is up (`POST
+    /// /v1/namespaces`), each with a group of its own: the `merge-split`
+    /// fault merges their groups into the root group and splits them out
+    /// again.
+    #[serde(default)]
+    pub runtime_namespaces: Vec<String>,
     pub registers: Option<RegisterWorkload>,
     pub locks: Option<LockWorkload>,
     /// Watchers of the register keys, each from revision 1.
@@ -250,6 +256,13 @@ impl Scenario {
                 Some(Workload::Locks) => ensure!(self.locks.is_some(), "nemesis.target = \"locks\" without a locks workload"),
                 None => {}
             }
+            if n.kinds.contains(&NemesisKind::MergeSplit) {
+                ensure!(!self.runtime_namespaces.is_empty(), "the merge-split fault needs runtime_namespaces to merge and split");
+                // A merge compacts the namespace's history for watchers
+                // (they are cancelled, as etcd cancels one behind a
+                // compaction); the watch check follows every event.
+                ensure!(self.watchers == 0, "the merge-split fault cancels watchers of the merged namespace: set watchers = 0");
+            }
             let placement_kinds = n.kinds.iter().any(|k| matches!(k, NemesisKind::Drain | NemesisKind::KillForGood));
             ensure!(!placement_kinds || self.placement.is_some(), "the drain and kill-for-good faults need a [placement] table");
             ensure!(
@@ -265,6 +278,15 @@ impl Scenario {
             ensure!((1..=600).contains(&p.down_after_s), "placement.down_after_s must be 1..=600");
             ensure!(p.spares <= 5, "placement.spares must be at most 5");
             ensure!(self.nodes == 5, "the placement faults need 5 nodes (ranges keep 3 voters while one is drained or lost)");
+        }
+        for ns in &self.runtime_namespaces {
+            ensure!(ns.starts_with('/') && ns.ends_with('/') && ns.len() > 2, "runtime namespace {ns:?} must look like /name/");
+            let overlap = self
+                .namespaces
+                .iter()
+                .chain(self.runtime_namespaces.iter().filter(|o| *o != ns))
+                .find(|o| o.starts_with(ns.as_str()) || ns.starts_with(o.as_str()));
+            ensure!(overlap.is_none(), "runtime namespace {ns:?} overlaps {:?}", overlap.unwrap_or(ns));
         }
         if self.expect_violations && !self.unsafe_local_reads {
             bail!("expect_violations only makes sense with a deliberately broken mode (unsafe_local_reads)");

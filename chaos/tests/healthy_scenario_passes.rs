@@ -17,3 +17,19 @@ fn registers_and_watches_stay_correct_across_leader_kills() {
         panic!("a healthy run found violations; histories and logs kept in {}:\n{stdout}\n{stderr}", kept.display());
     }
 }
+
+/// A namespace's group merged into the root group and split out again,
+/// over and over under kills and leader faults: its registers stay
+/// linearizable and recover.
+#[test]
+fn registers_stay_linearizable_across_merges_and_splits_of_their_group() {
+    let (run, out) = common::run_scenario_with_log("merge-split", 25, "warn,meridian_chaos::nemesis=info");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    if !run.status.success() || !stdout.lines().any(|l| l == "chaos: 1 runs, 0 violations") {
+        let kept = out.keep();
+        panic!("a merge-split run found violations; histories and logs kept in {}:\n{stdout}\n{stderr}", kept.display());
+    }
+    // The faults applied: at least one merge and one split.
+    assert!(stderr.contains("merge /reg/: now") && stderr.contains("split /reg/: now"), "{stderr}");
+}

@@ -341,11 +341,13 @@ impl Backend {
         }
     }
 
-    /// Installs one range's descriptor (one this node just published) into
+    /// Installs one range's descriptor (one the catalog holds now) into
     /// the routes it has, without reading the catalog; refused, changing
     /// nothing, where the routes contradict it (they may be stale: read the
-    /// catalog then).
-    pub fn install_range(&self, d: &RangeDescriptor) -> Result<(), ApiError> {
+    /// catalog then). Never in the middle of a catalog read's install,
+    /// which could put back routes from before it.
+    pub async fn install_range(&self, d: &RangeDescriptor) -> Result<(), ApiError> {
+        let _refreshing = self.route_refresh.lock().await;
         {
             let mut routing = self.routing.write().expect("route table");
             let added = routing.with_range(d).map_err(|e| ApiError::Storage(e.to_string()))?;

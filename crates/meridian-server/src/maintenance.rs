@@ -227,9 +227,25 @@ impl pb::cluster_server::Cluster for ClusterService {
         let peer = crate::node_admin::peer_addr_of(&r.get_ref().peer_ur_ls)?;
         let learner = r.get_ref().is_learner;
         let id = crate::node_admin::add(&self.backend, &peer, learner).await?;
-        let members = self.members().await;
-        let member = members.iter().find(|m| m.id == id).cloned();
-        Ok(Response::new(pb::MemberAddResponse { header: Some(self.backend.header(ROOT_RANGE_ID, 0).await), member, members }))
+        // The added member as recorded (the list below is read from this
+        // member's copy, which may not show it yet: etcdctl reads the id
+        // from `member`).
+        let member = pb::Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: vec![format!("https://{peer}")],
+            client_ur_ls: Vec::new(),
+            is_learner: learner,
+        };
+        let mut members = self.members().await;
+        if !members.iter().any(|m| m.id == id) {
+            members.push(member.clone());
+        }
+        Ok(Response::new(pb::MemberAddResponse {
+            header: Some(self.backend.header(ROOT_RANGE_ID, 0).await),
+            member: Some(member),
+            members,
+        }))
     }
 
     /// Drains the member and has the placement driver decommission it once

@@ -137,7 +137,16 @@ struct NodeWire {
     role: meridian_membership::NodeRole,
 }
 
-fn node_key(id: u64) -> Vec<u8> {
+/// Every node record's id and peer address, read from the meta range
+/// (linearizably if asked): what `member add` checks a new address against,
+/// where this member's directory may lag.
+pub async fn node_peers(backend: &Backend, linearizable: bool) -> Result<Vec<(u64, String)>, ApiError> {
+    let kvs = scan(backend, NODE_PREFIX, meridian_membership::MAX_NODES, linearizable).await?;
+    Ok(kvs.iter().filter_map(|kv| serde_json::from_slice::<NodeWire>(&kv.value).ok()).map(|w| (w.id, w.peer_addr)).collect())
+}
+
+/// The meta range's key of node `id`'s record.
+pub fn node_key(id: u64) -> Vec<u8> {
     let mut k = NODE_PREFIX.to_vec();
     k.extend_from_slice(&id.to_be_bytes());
     k
@@ -233,9 +242,9 @@ fn retryable(e: &ApiError) -> bool {
 }
 
 /// Records `desc` as its range's descriptor, unless the catalog already
-/// holds a newer one (an epoch never goes back). Best effort: the caller
-/// logs a failure; the next change publishes again.
-pub async fn publish(backend: &Backend, desc: &RangeDescriptor) -> Result<(), ApiError> {
+/// holds a newer one (an epoch never goes back): then answers that one.
+/// Best effort: the caller logs a failure; the next change publishes again.
+pub async fn publish(backend: &Backend, desc: &RangeDescriptor) -> Result<Option<RangeDescriptor>, ApiError> {
     let key = range_key(desc.range_id);
     let op = c::RangeOp { key: key.clone(), ..Default::default() };
     let a = backend.query(META_RANGE_ID, c::QueryKind::Range(op), true).await?;
@@ -244,7 +253,7 @@ pub async fn publish(backend: &Backend, desc: &RangeDescriptor) -> Result<(), Ap
         Some(kv) => {
             let old = RangeDescriptor::decode(&kv.value, desc.range_id).map_err(|e| ApiError::Storage(e.to_string()))?;
             if old.epoch.conf_ver >= desc.epoch.conf_ver && old.epoch.version >= desc.epoch.version {
-                return Ok(()); // as new or newer already
+                return Ok(Some(old)); // as new or newer already
             }
             // MOD revision unchanged since the read: no publication raced us.
             c::Compare { result: 0, target: 2, key: key.clone(), number: kv.mod_revision, ..Default::default() }
@@ -262,9 +271,9 @@ pub async fn publish(backend: &Backend, desc: &RangeDescriptor) -> Result<(), Ap
                 range = desc.range_id,
                 "descriptor not published: another publication raced it (the next change publishes again), or the range is retired"
             );
-            Ok(())
+            Ok(None)
         }
-        _ => Ok(()),
+        _ => Ok(None),
     }
 }
 

@@ -402,9 +402,17 @@ async fn rewrite(backend: &Backend, record: &mut NsRecord) -> Result<(), ApiErro
 
 /// Checks that `wanted` data nodes satisfy `constraints` (on distinct
 /// hosts).
-fn check_satisfiable(backend: &Backend, wanted: usize, constraints: &BTreeMap<String, String>) -> Result<(), ApiError> {
+fn check_satisfiable(
+    backend: &Backend,
+    admin: &BTreeMap<u64, crate::node_admin::NodeAdmin>,
+    wanted: usize,
+    constraints: &BTreeMap<String, String>,
+) -> Result<(), ApiError> {
     let mut hosts = std::collections::BTreeSet::new();
-    for n in backend.nodes().into_iter().filter(|n| n.role == NodeRole::Data) {
+    // Data nodes that take replicas (not draining, decommissioned or an
+    // unpromoted learner member).
+    let takes = |id: u64| admin.get(&id).is_none_or(crate::node_admin::NodeAdmin::takes_replicas);
+    for n in backend.nodes().into_iter().filter(|n| n.role == NodeRole::Data && takes(n.id)) {
         let label = |k: &str| match k {
             "region" => n.labels.region.clone(),
             "zone" => n.labels.zone.clone(),
@@ -444,7 +452,10 @@ pub async fn create(backend: &Backend, spec: &CreateSpec) -> Result<NsInfo, ApiE
         return Err(ApiError::Invalid(format!("replicas must be 1 to {MAX_REPLICAS}, not {replicas}")));
     }
     if !spec.shared {
-        check_satisfiable(backend, replicas, &constraints)?;
+        // This member's copy of the administrative states: advice, as the
+        // directory is (the placement driver places what it can).
+        let admin = crate::node_admin::states(backend, false).await.unwrap_or_default();
+        check_satisfiable(backend, &admin, replicas, &constraints)?;
     }
     // The routes matter here only for the namespaces the config declared
     // (the records guard every other overlap): read the catalog when none
@@ -721,7 +732,9 @@ pub async fn finish_create(backend: &Backend, mut record: NsRecord) -> Result<Ns
         epoch: RangeEpoch { conf_ver: 1, version: 1 },
         replicas: carved.voters.iter().map(|&node_id| ReplicaDesc { node_id, role: ReplicaRole::Voter }).collect(),
     };
-    settle("publishing the descriptor", || meta::publish(backend, &desc)).await?;
+    // A retry finishing the create after the range changed (the driver
+    // moved a replica) finds a newer descriptor published: that one routes.
+    let desc = settle("publishing the descriptor", || meta::publish(backend, &desc)).await?.unwrap_or(desc);
     if !carved.already {
         record.moved_keys = carved.moved_keys;
         record.start_revision = carved.start_revision;
@@ -746,7 +759,7 @@ pub async fn finish_create(backend: &Backend, mut record: NsRecord) -> Result<Ns
     let record = attempt;
     // This member routes to the new range from now on; others learn it
     // from the refusal their first request under the prefix gets.
-    if let Err(e) = backend.install_range(&desc) {
+    if let Err(e) = backend.install_range(&desc).await {
         tracing::debug!(namespace = name, "the routes here contradict the new range ({e}): reading the catalog");
         settle("reading the catalog", || backend.refresh_routes_now()).await?;
     }

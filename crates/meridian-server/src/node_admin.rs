@@ -113,6 +113,23 @@ async fn read_states(backend: &Backend, linearizable: bool) -> Result<(BTreeMap<
 /// (two drains checked against each other's old state must not both
 /// pass); refused otherwise, changing nothing.
 async fn write(backend: &Backend, id: u64, state: NodeAdmin, read_at: i64, extra: Vec<c::RequestOp>) -> Result<(), ApiError> {
+    if write_guarded(backend, id, state, read_at, Vec::new(), extra).await? {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid("another node's drain or decommission changed the cluster meanwhile; nothing was done: retry".into()))
+    }
+}
+
+/// [`write`], also guarded by `guards`; false (nothing written) when any
+/// guard failed.
+async fn write_guarded(
+    backend: &Backend,
+    id: u64,
+    state: NodeAdmin,
+    read_at: i64,
+    guards: Vec<c::Compare>,
+    extra: Vec<c::RequestOp>,
+) -> Result<bool, ApiError> {
     let value =
         serde_json::to_vec(&NodeAdmin { changed_ms: crate::backend::wall_ms(), ..state }).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut success = vec![c::RequestOp { kind: Some(c::RequestKind::Put(c::PutOp { key: admin_key(id), value, ..Default::default() })) }];
@@ -127,11 +144,23 @@ async fn write(backend: &Backend, id: u64, state: NodeAdmin, read_at: i64, extra
         number: read_at + 1,
         ..Default::default()
     };
-    match backend.execute(META_RANGE_ID, c::Op::Txn(c::TxnOp { compare: vec![unchanged], success, failure: vec![] })).await? {
-        c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), .. } if t.succeeded => Ok(()),
-        _ => Err(ApiError::Invalid("another node's drain or decommission changed the cluster meanwhile; nothing was done: retry".into())),
+    let mut compare = vec![unchanged];
+    compare.extend(guards);
+    match backend.execute(META_RANGE_ID, c::Op::Txn(c::TxnOp { compare, success, failure: vec![] })).await? {
+        c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), .. } => Ok(t.succeeded),
+        other => Err(ApiError::Internal(format!("unexpected outcome of an administrative write: {other:?}"))),
     }
 }
+
+/// The guard that node `id` has no record in the directory (it never
+/// joined).
+fn not_joined(id: u64) -> c::Compare {
+    c::Compare { result: 0, target: 1, key: crate::meta::node_key(id), number: 0, ..Default::default() }
+}
+
+/// Attempts of `member add` and `member remove` when a concurrent change
+/// of the administrative records or the directory won.
+const MEMBER_ATTEMPTS: usize = 4;
 
 /// The node's state now, every node's, and the revision they were read
 /// at; refuses unknown and decommissioned nodes.
@@ -161,17 +190,25 @@ async fn catalog_reports(backend: &Backend) -> Result<(BTreeMap<u64, api::RangeR
 /// etcd's `member remove`: drains node `id` and has the placement driver
 /// decommission it once it holds nothing (refused as [`drain`] refuses).
 pub async fn remove(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError> {
-    if backend.node(id).is_none() {
-        // An added member that never joined holds nothing: its id is
-        // retired at once.
+    for _ in 0..MEMBER_ATTEMPTS {
         let (all, read_at) = read_states(backend, true).await?;
-        if let Some(state) = all.get(&id).filter(|a| a.reserved_peer.is_some() && !a.decommissioned) {
-            write(backend, id, NodeAdmin { decommissioned: true, ..state.clone() }, read_at, Vec::new()).await?;
+        let state = all.get(&id).cloned().unwrap_or_default();
+        if state.decommissioned {
+            // As etcd answers for a member removed already.
+            return Err(ApiError::MemberNotFound);
+        }
+        let joined = crate::meta::node_peers(backend, true).await?.iter().any(|(n, _)| *n == id);
+        if state.reserved_peer.is_none() || joined {
+            return drain_then(backend, id, true).await;
+        }
+        // An added member that never joined holds nothing: its id is
+        // retired at once — unless it joins meanwhile (then it drains).
+        if write_guarded(backend, id, NodeAdmin { decommissioned: true, ..state }, read_at, vec![not_joined(id)], Vec::new()).await? {
             info!(node = id, "added member removed before it joined");
             return status(backend, id).await;
         }
     }
-    drain_then(backend, id, true).await
+    Err(ApiError::Invalid("the cluster's members changed meanwhile; nothing was done: retry".into()))
 }
 
 /// The peer address (`host:port`) of etcd's `member add` peer URLs:
@@ -208,13 +245,19 @@ pub fn add_refusal(nodes: &[(u64, String)], admin: &BTreeMap<u64, NodeAdmin>, pe
 /// etcd's `member add`: reserves the next node id for a node with peer
 /// address `peer`, a learner until promoted when `learner`. Answers the id.
 pub async fn add(backend: &Backend, peer: &str, learner: bool) -> Result<u64, ApiError> {
-    let (all, read_at) = read_states(backend, true).await?;
-    let nodes: Vec<(u64, String)> = backend.nodes().into_iter().map(|n| (n.id, n.peer_addr)).collect();
-    let id = add_refusal(&nodes, &all, peer)?;
-    let state = NodeAdmin { reserved_peer: Some(peer.to_string()), learner, ..NodeAdmin::default() };
-    write(backend, id, state, read_at, Vec::new()).await?;
-    info!(node = id, peer, learner, "member added; start it with this node id and --join");
-    Ok(id)
+    for _ in 0..MEMBER_ATTEMPTS {
+        let (all, read_at) = read_states(backend, true).await?;
+        // The directory as the meta range has it (this member's copy may
+        // lag a node that just joined through another).
+        let nodes = crate::meta::node_peers(backend, true).await?;
+        let id = add_refusal(&nodes, &all, peer)?;
+        let state = NodeAdmin { reserved_peer: Some(peer.to_string()), learner, ..NodeAdmin::default() };
+        if write_guarded(backend, id, state, read_at, vec![not_joined(id)], Vec::new()).await? {
+            info!(node = id, peer, learner, "member added; start it with this node id and --join");
+            return Ok(id);
+        }
+    }
+    Err(ApiError::Invalid("the cluster's members changed meanwhile; nothing was done: retry".into()))
 }
 
 /// etcd's `member promote`: a learner member that joined and is alive may
