@@ -392,7 +392,13 @@ fn etcdctl_member_add_reserves_an_id_and_a_learner_takes_replicas_once_promoted(
     // Every member's directory learns of it (from the meta range) in time.
     wait_until("node 4 listed as started", Duration::from_secs(30), || member_4(&live).is_some_and(|m| m["name"].as_str().is_some()));
 
-    ok(&live, &["member", "promote", "4"]);
+    // As etcd's clients do, promote is retried while the member answers
+    // that the learner is not ready.
+    wait_until("node 4 promoted", Duration::from_secs(30), || {
+        let (done, out) = etcdctl(&live, &["member", "promote", "4"]);
+        assert!(done || out.contains("in sync with leader"), "{out}");
+        done
+    });
     assert_eq!(member_4(&live).unwrap().get("isLearner"), None, "a voter member now");
     wait_until("node 4 holds replicas", Duration::from_secs(120), || replicas_on(&c, 0, 4).is_some_and(|n| n >= 1));
     ok(&c.endpoints(), &["put", "/a/after-promote", "1"]);

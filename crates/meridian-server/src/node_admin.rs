@@ -158,6 +158,20 @@ fn not_joined(id: u64) -> c::Compare {
     c::Compare { result: 0, target: 1, key: crate::meta::node_key(id), number: 0, ..Default::default() }
 }
 
+/// Every node's id and peer address: the records in the meta range (this
+/// member's copy of the directory may lag a node that just joined
+/// through another) and this member's directory (the founding members are
+/// in it from their config before they recorded themselves).
+async fn directory(backend: &Backend) -> Result<Vec<(u64, String)>, ApiError> {
+    let mut nodes = crate::meta::node_peers(backend, true).await?;
+    for n in backend.nodes() {
+        if !nodes.iter().any(|(id, _)| *id == n.id) {
+            nodes.push((n.id, n.peer_addr));
+        }
+    }
+    Ok(nodes)
+}
+
 /// Attempts of `member add` and `member remove` when a concurrent change
 /// of the administrative records or the directory won.
 const MEMBER_ATTEMPTS: usize = 4;
@@ -197,7 +211,7 @@ pub async fn remove(backend: &Backend, id: u64) -> Result<DrainStatus, ApiError>
             // As etcd answers for a member removed already.
             return Err(ApiError::MemberNotFound);
         }
-        let joined = crate::meta::node_peers(backend, true).await?.iter().any(|(n, _)| *n == id);
+        let joined = directory(backend).await?.iter().any(|(n, _)| *n == id);
         if state.reserved_peer.is_none() || joined {
             return drain_then(backend, id, true).await;
         }
@@ -247,9 +261,7 @@ pub fn add_refusal(nodes: &[(u64, String)], admin: &BTreeMap<u64, NodeAdmin>, pe
 pub async fn add(backend: &Backend, peer: &str, learner: bool) -> Result<u64, ApiError> {
     for _ in 0..MEMBER_ATTEMPTS {
         let (all, read_at) = read_states(backend, true).await?;
-        // The directory as the meta range has it (this member's copy may
-        // lag a node that just joined through another).
-        let nodes = crate::meta::node_peers(backend, true).await?;
+        let nodes = directory(backend).await?;
         let id = add_refusal(&nodes, &all, peer)?;
         let state = NodeAdmin { reserved_peer: Some(peer.to_string()), learner, ..NodeAdmin::default() };
         if write_guarded(backend, id, state, read_at, vec![not_joined(id)], Vec::new()).await? {
@@ -275,7 +287,10 @@ pub async fn promote(backend: &Backend, id: u64) -> Result<(), ApiError> {
     let Some(state) = state.filter(|a| a.learner) else {
         return Err(ApiError::MemberNotLearner);
     };
-    if id != backend.cfg.node_id && node.liveness != Liveness::Alive {
+    // Joined, and not down as far as this member's gossip knows (one that
+    // has not met it yet says unknown; the driver gives replicas only to
+    // a node alive in its own view anyway).
+    if id != backend.cfg.node_id && matches!(node.liveness, Liveness::Suspect | Liveness::Dead) {
         return Err(ApiError::LearnerNotReady);
     }
     write(backend, id, NodeAdmin { learner: false, ..state.clone() }, read_at, Vec::new()).await?;

@@ -73,7 +73,9 @@ impl Store {
         let feed_down = self.fresh_feed().map(|f| f.down.clone());
         // How long a leader's node may stay silent before it counts as gone.
         let silence = if self.fed_lately() { FED_SILENCE * self.fed_ping_ticks() } else { dead_after };
-        for p in self.peers.values_mut() {
+        // The replicas ticked or woken: the next poll round visits them.
+        let mut ticked = Vec::new();
+        for p in self.peers.values_mut_unmarked() {
             if p.dormant_at.is_some() {
                 continue;
             }
@@ -96,10 +98,14 @@ impl Store {
                     continue;
                 }
             }
+            ticked.push(p.range_id());
             p.tick_raft(self.cfg.quiesce_after_ticks);
             p.settle_orphans(now, orphan_ticks, &mut orphaned);
             self.metrics.forwarded_unknown += p.expire_forwarded(now, forward_timeout, &mut orphaned);
             p.retry_reads(now, self.cfg.read_retry_ticks, self.cfg.read_max_retries, self.incarnation, &mut timeouts);
+        }
+        for range_id in ticked {
+            self.peers.mark(range_id);
         }
         self.completions.extend(orphaned);
         self.expire_incoming();

@@ -35,6 +35,7 @@ mod destroy;
 mod incoming;
 mod liveness;
 mod outbox;
+mod peers;
 mod poll;
 mod propose;
 mod read;
@@ -371,7 +372,7 @@ pub struct Store {
     engine: Arc<dyn Engine>,
     transport: Arc<dyn Transport>,
     factory: Arc<dyn StateMachineFactory>,
-    peers: BTreeMap<u64, Peer>,
+    peers: peers::Peers,
     now_tick: u64,
     next_request: u64,
     /// Incremented durably at every open. Read-index contexts carry it, so
@@ -488,7 +489,7 @@ impl Store {
             engine,
             transport,
             factory,
-            peers: BTreeMap::new(),
+            peers: peers::Peers::default(),
             now_tick: 0,
             // Request ids never repeat across restarts of the node.
             next_request: (incarnation << 32) | 1,

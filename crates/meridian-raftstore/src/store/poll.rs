@@ -27,11 +27,13 @@ impl Store {
         if !self.cfg.defer_sync && self.has_ready() {
             out.extend(self.poll_round()?);
         }
-        // Debug and test builds check every range's invariants.
+        // Debug and test builds check the invariants of every range a
+        // round visited (the others did not change since they were).
         #[cfg(debug_assertions)]
-        for p in self.peers.values() {
+        for p in self.peers.active() {
             p.validate();
         }
+        self.peers.settle();
         Ok(out)
     }
 
@@ -40,7 +42,7 @@ impl Store {
     /// snapshot install with steps left. A driver polls again at once then.
     pub fn has_ready(&self) -> bool {
         let synced = self.synced_seq;
-        self.peers.values().any(|p| p.installing.is_some() || p.raft.has_ready() || p.unsynced.front().is_some_and(|u| u.seq <= synced))
+        self.peers.active().any(|p| p.installing.is_some() || p.raft.has_ready() || p.unsynced.front().is_some_and(|u| u.seq <= synced))
     }
 
     /// With `defer_sync`: the sequence number a sync should cover now, if
@@ -89,11 +91,10 @@ impl Store {
         let mut must_sync = false;
         let mut readies = Vec::new();
         let mut done = Vec::new();
-        // Only the ranges ready now, found in one pass (thousands of quiet
-        // ranges cost a check each, not a lookup each). One that a range
-        // staged below makes ready waits for the next round, which
-        // `has_ready` asks for at once.
-        let ids: Vec<u64> = self.peers.iter().filter(|(_, p)| p.installing.is_none() && p.raft.has_ready()).map(|(id, _)| *id).collect();
+        // Only the active ranges that are ready now (see `peers`). One
+        // that a range staged below makes ready waits for the next round,
+        // which `has_ready` asks for at once.
+        let ids: Vec<u64> = self.peers.active().filter(|p| p.installing.is_none() && p.raft.has_ready()).map(|p| p.range_id()).collect();
         for range_id in ids {
             let Some((rd, installed)) = self.stage_ready(range_id, &mut batch, &mut done)? else { continue };
             must_sync |= rd.must_sync();
@@ -211,7 +212,7 @@ impl Store {
     fn release_synced(&mut self) {
         let synced = self.synced_seq;
         let ids: Vec<u64> =
-            self.peers.iter().filter(|(_, p)| p.unsynced.front().is_some_and(|u| u.seq <= synced)).map(|(id, _)| *id).collect();
+            self.peers.active().filter(|p| p.unsynced.front().is_some_and(|u| u.seq <= synced)).map(|p| p.range_id()).collect();
         for range_id in ids {
             let p = self.peers.get_mut(&range_id).expect("listed");
             let mut last = 0;

@@ -76,7 +76,9 @@ impl Store {
     pub(super) fn flush_staged(&mut self) {
         let (node_id, nonce, now) = (self.cfg.node_id, self.tag_nonce, self.now_tick);
         let max_bytes = self.cfg.max_size_per_msg_bytes.max(1) as usize;
-        for (&range_id, p) in self.peers.iter_mut() {
+        // Staged proposals came through `get_mut`: their ranges are active.
+        for range_id in self.peers.active_ids() {
+            let Some(p) = self.peers.get_mut(&range_id) else { continue };
             if p.staged.is_empty() {
                 continue;
             }

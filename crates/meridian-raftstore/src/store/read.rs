@@ -42,8 +42,11 @@ impl Store {
     /// Answers, into `done`, every range's reads whose read index is
     /// applied (`Peer::answer_reads`).
     pub(super) fn answer_reads(&mut self, done: &mut Vec<Completion>) {
-        for p in self.peers.values_mut() {
-            p.answer_reads(&*self.engine, done);
+        // Reads came through `get_mut`: their ranges are active.
+        for range_id in self.peers.active_ids() {
+            if let Some(p) = self.peers.get_mut(&range_id) {
+                p.answer_reads(&*self.engine, done);
+            }
         }
     }
 }

@@ -40,7 +40,10 @@ impl Store {
     /// Builds the snapshots raft-rs asked for: an engine view pinned at the
     /// applied index, and a header for raft-rs to send.
     pub(super) fn handle_snapshot_requests(&mut self) {
-        for p in self.peers.values_mut() {
+        // raft-rs asks for a snapshot inside a call the store made on the
+        // range (a step, a tick, a Ready): an active range.
+        for range_id in self.peers.active_ids() {
+            let Some(p) = self.peers.get_mut(&range_id) else { continue };
             let Some(req) = p.raft.store().take_snapshot_request() else { continue };
             let st = p.raft.store();
             let applied = st.apply_state();
@@ -67,7 +70,7 @@ impl Store {
     /// streams still reading one keep it alive until they end).
     pub(super) fn unpin_old_snapshots(&mut self) {
         let now = self.now_tick;
-        for p in self.peers.values_mut() {
+        for p in self.peers.values_mut_unmarked() {
             if p.pinned.as_ref().is_some_and(|s| now.saturating_sub(s.at_tick) > PINNED_SNAPSHOT_TICKS) {
                 p.pinned = None;
                 p.raft.mut_store().clear_built_snapshot();
@@ -98,7 +101,7 @@ impl Store {
     /// step each; a range whose last step is done reloads its state
     /// machine and serves again.
     pub(super) fn continue_installs(&mut self, done: &mut Vec<Completion>) -> Result<(), RaftstoreError> {
-        let installing: Vec<u64> = self.peers.iter().filter(|(_, p)| p.installing.is_some()).map(|(id, _)| *id).collect();
+        let installing: Vec<u64> = self.peers.active().filter(|p| p.installing.is_some()).map(|p| p.range_id()).collect();
         for range_id in installing {
             self.install_step(range_id, done)?;
         }
