@@ -21,6 +21,12 @@
 //!   3. advance_append_async; answer proposals and reads
 //! ```
 //!
+//! A round visits only the *active* ranges: those reached since their last
+//! round (a message, a request, transport feedback) or ticked, and those
+//! with work left (a Ready, one waiting for its sync, an install, waiting
+//! requests). Thousands of quiet ranges cost a round nothing; see
+//! `store/peers.rs`.
+//!
 //! Snapshots stream (see `store/snapshot.rs` and
 //! [`meridian_storage::snapshot`]): the leader pins an engine view and the
 //! transport reads it chunk by chunk as the network takes it; the follower

@@ -506,6 +506,12 @@ impl PeerStorage {
         Ok(desc)
     }
 
+    /// Whether raft-rs asked for a snapshot that was not taken yet
+    /// ([`PeerStorage::take_snapshot_request`]).
+    pub fn snapshot_requested(&self) -> bool {
+        self.snapshot_requested.load(Ordering::Acquire)
+    }
+
     /// The snapshot raft-rs is waiting for, if any. The raftstore builds it
     /// (a header; the data streams, see [`crate::snapshot`]) and hands it back with
     /// [`PeerStorage::set_built_snapshot`].

@@ -8,10 +8,12 @@
 //! without marking ([`Peers::values_mut_unmarked`]: the tick marks each
 //! replica it ticks or wakes). It stays active until a round ends with
 //! nothing left for it: no Ready, no Ready waiting for a sync, no install
-//! in progress, no read or proposal waiting ([`Peers::settle`]). Marking
-//! is conservative — a replica reached for any reason is visited once
-//! more — so a forgotten mark can only mean a replica that is also
-//! ticked waits for its next tick, never that one is never visited.
+//! in progress, no snapshot to build, no read or proposal waiting
+//! ([`Peers::settle`]). Marking is conservative — a replica reached for
+//! any reason is visited once more. A forgotten mark would leave a
+//! replica's work waiting for its next tick, or, quiesced or dormant (not
+//! ticked), for the next message: debug builds check every few rounds
+//! that no replica outside the set has work.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -93,9 +95,22 @@ impl Peers {
         let map = &self.map;
         self.active.retain(|id| map.get(id).is_some_and(has_work));
     }
+
+    /// Debug builds: the replicas outside the active set that have work
+    /// (a forgotten mark); none is the invariant.
+    #[cfg(debug_assertions)]
+    pub fn forgotten(&self) -> Vec<u64> {
+        self.map.iter().filter(|(id, p)| !self.active.contains(id) && has_work(p)).map(|(id, _)| *id).collect()
+    }
 }
 
 /// Whether a poll round may still have something to do for `p`.
 fn has_work(p: &Peer) -> bool {
-    p.installing.is_some() || p.raft.has_ready() || !p.unsynced.is_empty() || !p.reads.is_empty() || !p.staged.is_empty() || p.pending() > 0
+    p.installing.is_some()
+        || p.raft.has_ready()
+        || !p.unsynced.is_empty()
+        || !p.reads.is_empty()
+        || !p.staged.is_empty()
+        || p.pending() > 0
+        || p.raft.store().snapshot_requested()
 }

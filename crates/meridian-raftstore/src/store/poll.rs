@@ -34,6 +34,13 @@ impl Store {
             p.validate();
         }
         self.peers.settle();
+        // Debug and test builds: now and then, that no replica left out of
+        // the active set has work (see `peers`).
+        #[cfg(debug_assertions)]
+        if self.metrics.poll_rounds.is_multiple_of(16) {
+            let forgotten = self.peers.forgotten();
+            assert!(forgotten.is_empty(), "node {}: ranges {forgotten:?} have work but are not active", self.cfg.node_id);
+        }
         Ok(out)
     }
 
