@@ -525,6 +525,10 @@ pub struct RangeOutcome {
     /// The keys in the interval at the revision read, regardless of `limit`.
     #[prost(int64, tag = "3")]
     pub count: i64,
+    /// With `count_only` and no `limit`: the bytes of the counted keys and
+    /// their values (the namespace's size, for the placement driver).
+    #[prost(uint64, tag = "4")]
+    pub bytes: u64,
 }
 
 /// The result of a put (etcd's PutResponse, without header).

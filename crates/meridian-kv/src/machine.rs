@@ -196,13 +196,15 @@ pub(crate) fn range(r: &dyn DataRead, op: &RangeOp) -> Result<RangeOutcome, KvEr
     let limit = usize::try_from(op.limit.max(0)).unwrap_or(usize::MAX);
     let res = Mvcc::range(r, &op.key, &op.range_end, op.revision, limit)?;
     let more = limit > 0 && res.count as usize > res.kvs.len();
+    // The count read every key-value anyway: their size comes free.
+    let bytes = if op.count_only { res.kvs.iter().map(|kv| (kv.key.len() + kv.value.len()) as u64).sum() } else { 0 };
     let mut kvs = if op.count_only { Vec::new() } else { res.kvs };
     if op.keys_only {
         for kv in &mut kvs {
             kv.value.clear();
         }
     }
-    Ok(RangeOutcome { kvs, more, count: res.count })
+    Ok(RangeOutcome { kvs, more, count: res.count, bytes })
 }
 
 fn put(txn: &mut WriteTxn<'_, '_>, op: &PutOp) -> Result<PutOutcome, KvError> {

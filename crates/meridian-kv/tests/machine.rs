@@ -44,6 +44,25 @@ fn put_get_versions_and_prev_kv() {
     assert_eq!(f.sink.events.lock().unwrap().len(), 2, "one event per write");
 }
 
+/// A count-only read also says how many bytes the current keys and values
+/// hold (what the placement driver splits and merges by); deleted keys
+/// and older versions do not count.
+#[test]
+fn a_count_only_read_sums_the_current_bytes() {
+    let mut f = Fixture::new();
+    f.apply(put("/p/a", "12345"));
+    f.apply(put("/p/b", "1"));
+    f.apply(put("/p/b", "123"));
+    f.apply(put("/p/c", "x"));
+    f.apply(Op::DeleteRange(DeleteOp { key: b"/p/c".to_vec(), ..Default::default() }));
+    f.apply(put("/q/z", "not counted"));
+    let op = RangeOp { key: b"/p/".to_vec(), range_end: b"/p0".to_vec(), count_only: true, ..Default::default() };
+    let r = f.query(QueryKind::Range(op)).range.unwrap();
+    assert_eq!((r.count, r.bytes, r.kvs.len()), (2, (4 + 5) + (4 + 3), 0));
+    // Other reads leave it 0.
+    assert_eq!(f.get(b"/p/a").bytes, 0);
+}
+
 #[test]
 fn txn_compares_and_branches() {
     let mut f = Fixture::new();

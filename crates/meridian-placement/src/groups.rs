@@ -32,12 +32,18 @@ pub struct GroupSettings {
     /// … and reads a minute (a namespace read a lot keeps its own group's
     /// leader) …
     pub merge_max_reads_per_min: u64,
+    /// … and held at most this many bytes of keys and values (a merge
+    /// copies them through one command; the state machine refuses one
+    /// above 4 MiB) …
+    pub merge_max_bytes: u64,
     /// … for this long without a break. 10 minutes: a namespace created a
     /// moment ago, or used in bursts, keeps its group.
     pub merge_quiet_ms: u64,
     /// A shared namespace is split out once it holds this many keys (5×
     /// the merge bound) …
     pub split_min_keys: u64,
+    /// … or this many bytes of keys and values …
+    pub split_min_bytes: u64,
     /// … or has taken this many writes a minute (40× the merge bound) for
     /// [`GroupSettings::split_sustain_ms`].
     pub split_min_writes_per_min: u64,
@@ -55,8 +61,10 @@ impl Default for GroupSettings {
             merge_max_keys: 1_000,
             merge_max_writes_per_min: 30,
             merge_max_reads_per_min: 600,
+            merge_max_bytes: 1 << 20,
             merge_quiet_ms: 600_000,
             split_min_keys: 5_000,
+            split_min_bytes: 8 << 20,
             split_min_writes_per_min: 1_200,
             split_sustain_ms: 60_000,
             retry_after_ms: 600_000,
@@ -72,6 +80,12 @@ impl GroupSettings {
             return Err(format!(
                 "split_min_keys ({}) must be above merge_max_keys ({}), or namespaces would be merged and split in turn",
                 self.split_min_keys, self.merge_max_keys
+            ));
+        }
+        if self.split_min_bytes <= self.merge_max_bytes {
+            return Err(format!(
+                "split_min_bytes ({}) must be above merge_max_bytes ({}), or namespaces would be merged and split in turn",
+                self.split_min_bytes, self.merge_max_bytes
             ));
         }
         if self.split_min_writes_per_min <= self.merge_max_writes_per_min {
@@ -97,6 +111,8 @@ pub struct Observation {
     pub movable: bool,
     /// Its key count, if read this round (the driver reads a few a round).
     pub keys: Option<u64>,
+    /// The bytes of its keys and values, read with the count.
+    pub bytes: Option<u64>,
     /// Writes the members counted under its prefix, summed; a counter that
     /// went down (a member restarted) starts a new interval.
     pub writes: u64,
@@ -137,6 +153,7 @@ struct Track {
     shared: bool,
     movable: bool,
     keys: Option<u64>,
+    bytes: Option<u64>,
     writes: u64,
     reads: u64,
     seen_ms: u64,
@@ -178,16 +195,19 @@ impl GroupTracker {
                 t.quiet_since = None;
                 t.busy_since = None;
                 t.keys = None;
+                t.bytes = None;
             }
             t.shared = o.shared;
             t.movable = o.movable;
             t.keys = o.keys.or(t.keys);
+            t.bytes = o.bytes.or(t.bytes);
             t.writes = o.writes;
             t.reads = o.reads;
             t.seen_ms = now_ms;
             let quiet = t.rate.is_some_and(|r| r <= s.merge_max_writes_per_min)
                 && t.read_rate.is_some_and(|r| r <= s.merge_max_reads_per_min)
-                && t.keys.is_some_and(|k| k <= s.merge_max_keys);
+                && t.keys.is_some_and(|k| k <= s.merge_max_keys)
+                && t.bytes.is_some_and(|b| b <= s.merge_max_bytes);
             t.quiet_since = if quiet { t.quiet_since.or(Some(now_ms)) } else { None };
             let busy = t.rate.is_some_and(|r| r >= s.split_min_writes_per_min);
             t.busy_since = if busy { t.busy_since.or(Some(now_ms)) } else { None };
@@ -211,6 +231,12 @@ impl GroupTracker {
                         reason: format!("{k} keys, at least {} (placement.split_min_keys)", s.split_min_keys),
                     });
                 }
+                if let Some(b) = t.bytes.filter(|b| *b >= s.split_min_bytes) {
+                    return Some(GroupChange::Split {
+                        name: name.clone(),
+                        reason: format!("{b} bytes, at least {} (placement.split_min_bytes)", s.split_min_bytes),
+                    });
+                }
                 if let (Some(since), Some(rate)) = (t.busy_since, t.rate) {
                     if now_ms.saturating_sub(since) >= s.split_sustain_ms {
                         return Some(GroupChange::Split {
@@ -228,12 +254,14 @@ impl GroupTracker {
                     return Some(GroupChange::Merge {
                         name: name.clone(),
                         reason: format!(
-                            "quiet for {} s: {} keys, {} writes/min and {} reads/min, at most {}, {} and {} (placement.merge_max_keys, merge_max_writes_per_min, merge_max_reads_per_min)",
+                            "quiet for {} s: {} keys of {} bytes, {} writes/min and {} reads/min, at most {}, {}, {} and {} (placement.merge_max_keys, merge_max_bytes, merge_max_writes_per_min, merge_max_reads_per_min)",
                             now_ms.saturating_sub(since) / 1000,
                             t.keys.unwrap_or(0),
+                            t.bytes.unwrap_or(0),
                             t.rate.unwrap_or(0),
                             t.read_rate.unwrap_or(0),
                             s.merge_max_keys,
+                            s.merge_max_bytes,
                             s.merge_max_writes_per_min,
                             s.merge_max_reads_per_min
                         ),
@@ -268,7 +296,7 @@ mod tests {
     use super::*;
 
     fn obs(name: &str, shared: bool, keys: Option<u64>, writes: u64) -> Observation {
-        Observation { name: name.into(), shared, movable: true, keys, writes, reads: 0 }
+        Observation { name: name.into(), shared, movable: true, keys, bytes: keys.map(|k| k * 100), writes, reads: 0 }
     }
 
     const ROUND: u64 = 10_000;
@@ -371,6 +399,33 @@ mod tests {
         // Dropped: forgotten.
         t.observe(31_000, &[], &s);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn bytes_count_too_few_large_keys_keep_a_group_and_split_a_shared_namespace() {
+        let s = GroupSettings::default();
+        // Ten keys of large values, above merge_max_bytes: not merged.
+        let mut t = GroupTracker::default();
+        let heavy = Observation { bytes: Some(s.merge_max_bytes + 1), ..obs("/blobs/", false, Some(10), 0) };
+        assert_eq!(run(&mut t, &s, 1_000, 200, |_| vec![heavy.clone()]), None);
+        // Bytes not read yet: no merge on keys alone.
+        let mut t = GroupTracker::default();
+        let unknown = Observation { bytes: None, ..obs("/n/", false, Some(10), 0) };
+        assert_eq!(run(&mut t, &s, 1_000, 200, |_| vec![unknown.clone()]), None);
+        // Shared with ten keys past split_min_bytes: split at once, saying why.
+        let mut t = GroupTracker::default();
+        let grown = Observation { bytes: Some(s.split_min_bytes), ..obs("/blobs/", true, Some(10), 0) };
+        let got = run(&mut t, &s, 1_000, 3, |_| vec![grown.clone()]);
+        assert!(
+            matches!(got, Some((1_000, GroupChange::Split { ref reason, .. })) if reason.contains("placement.split_min_bytes")),
+            "{got:?}"
+        );
+    }
+
+    #[test]
+    fn the_byte_thresholds_must_leave_a_gap_too() {
+        let bad = GroupSettings { split_min_bytes: 1 << 20, ..GroupSettings::default() };
+        assert!(bad.validate().unwrap_err().contains("split_min_bytes"));
     }
 
     #[test]

@@ -34,8 +34,10 @@ pub struct GroupConfig {
     pub merge_max_keys: u64,
     pub merge_max_writes_per_min: u64,
     pub merge_max_reads_per_min: u64,
+    pub merge_max_bytes: u64,
     pub merge_quiet_s: u64,
     pub split_min_keys: u64,
+    pub split_min_bytes: u64,
     pub split_min_writes_per_min: u64,
     pub split_sustain_s: u64,
 }
@@ -48,8 +50,10 @@ impl Default for GroupConfig {
             merge_max_keys: d.merge_max_keys,
             merge_max_writes_per_min: d.merge_max_writes_per_min,
             merge_max_reads_per_min: d.merge_max_reads_per_min,
+            merge_max_bytes: d.merge_max_bytes,
             merge_quiet_s: d.merge_quiet_ms / 1000,
             split_min_keys: d.split_min_keys,
+            split_min_bytes: d.split_min_bytes,
             split_min_writes_per_min: d.split_min_writes_per_min,
             split_sustain_s: d.split_sustain_ms / 1000,
         }
@@ -64,8 +68,10 @@ impl GroupConfig {
             merge_max_keys: self.merge_max_keys,
             merge_max_writes_per_min: self.merge_max_writes_per_min,
             merge_max_reads_per_min: self.merge_max_reads_per_min,
+            merge_max_bytes: self.merge_max_bytes,
             merge_quiet_ms: self.merge_quiet_s.saturating_mul(1000),
             split_min_keys: self.split_min_keys,
+            split_min_bytes: self.split_min_bytes,
             split_min_writes_per_min: self.split_min_writes_per_min,
             split_sustain_ms: self.split_sustain_s.saturating_mul(1000),
             ..GroupSettings::default()
@@ -77,6 +83,10 @@ impl GroupConfig {
         let max = meridian_kv::carve::MAX_MERGE_KEYS as u64;
         if self.merge_max_keys > max {
             return Err(format!("placement.groups.merge_max_keys {} is above {max}, the most a merge moves", self.merge_max_keys));
+        }
+        let max_bytes = meridian_kv::carve::MAX_MERGE_BYTES as u64;
+        if self.merge_max_bytes > max_bytes {
+            return Err(format!("placement.groups.merge_max_bytes {} is above {max_bytes}, the most a merge moves", self.merge_max_bytes));
         }
         self.settings().validate().map_err(|e| format!("placement.groups: {e}"))
     }
@@ -123,12 +133,18 @@ fn next_batch(recs: &BTreeMap<String, NsRecord>, cursor: &str) -> Vec<String> {
 /// namespace uncounted this round, never the round waiting.
 const KEY_COUNT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Keys under `name` in the range serving it (through its leader: the
-/// driver's node need not hold a replica).
-async fn key_count(backend: &Backend, range: u64, name: &str) -> Option<u64> {
+/// Keys under `name` in the range serving it, and their bytes (keys and
+/// values), through its leader: the driver's node need not hold a replica.
+async fn key_count(backend: &Backend, range: u64, name: &str) -> Option<(u64, u64)> {
+    let a = tokio::time::timeout(KEY_COUNT_TIMEOUT, size_of(backend, range, name)).await.ok()?.ok()?;
+    Some(a)
+}
+
+/// Keys and bytes under `name` in `range`, read linearizably.
+async fn size_of(backend: &Backend, range: u64, name: &str) -> Result<(u64, u64), crate::error::ApiError> {
     let op = c::RangeOp { key: name.as_bytes().to_vec(), range_end: prefix_end(name.as_bytes()), count_only: true, ..Default::default() };
-    let a = tokio::time::timeout(KEY_COUNT_TIMEOUT, backend.query(range, c::QueryKind::Range(op), true)).await.ok()?.ok()?;
-    a.range.map(|r| u64::try_from(r.count).unwrap_or(0))
+    let a = backend.query(range, c::QueryKind::Range(op), true).await?;
+    Ok(a.range.map_or((0, 0), |r| (u64::try_from(r.count).unwrap_or(0), r.bytes)))
 }
 
 /// One round: measure, decide, and start the change decided (if none
@@ -151,8 +167,8 @@ pub async fn round(backend: &Arc<Backend>, recs: &BTreeMap<String, NsRecord>, g:
     }
     let mut keys = BTreeMap::new();
     while let Some(done) = counting.join_next().await {
-        if let Ok((Some(k), name)) = done {
-            keys.insert(name, k);
+        if let Ok((Some(size), name)) = done {
+            keys.insert(name, size);
         }
     }
     if let Some(last) = batch.last() {
@@ -172,7 +188,8 @@ pub async fn round(backend: &Arc<Backend>, recs: &BTreeMap<String, NsRecord>, g:
             name: r.name.clone(),
             shared: r.state == NsState::Shared,
             movable: movable(backend, r),
-            keys: keys.get(&r.name).copied(),
+            keys: keys.get(&r.name).map(|s| s.0),
+            bytes: keys.get(&r.name).map(|s| s.1),
             writes: totals.get(r.name.as_bytes()).map_or(0, |t| t.0),
             reads: totals.get(r.name.as_bytes()).map_or(0, |t| t.1),
         })
@@ -202,15 +219,14 @@ impl GroupDriver {
     }
 }
 
-/// Keys under a namespace with a group of its own, read now (linearizable):
-/// what a merge decided on a count read rounds ago checks first.
-async fn keys_now(backend: &Backend, name: &str) -> Result<u64, crate::error::ApiError> {
+/// Keys and bytes under a namespace with a group of its own, read now
+/// (linearizable): what a merge decided on a count read rounds ago checks
+/// first.
+async fn size_now(backend: &Backend, name: &str) -> Result<(u64, u64), crate::error::ApiError> {
     let Some(r) = crate::namespace::record(backend, name, true).await? else {
         return Err(crate::error::ApiError::NamespaceNotFound(format!("namespace {name:?} not found")));
     };
-    let op = c::RangeOp { key: name.as_bytes().to_vec(), range_end: prefix_end(name.as_bytes()), count_only: true, ..Default::default() };
-    let a = backend.query(r.range_id, c::QueryKind::Range(op), true).await?;
-    Ok(a.range.map_or(0, |r| u64::try_from(r.count).unwrap_or(0)))
+    size_of(backend, r.range_id, name).await
 }
 
 /// Runs one change and lists it (with its outcome) among the operators.
@@ -221,11 +237,14 @@ async fn run(backend: &Backend, change: GroupChange, started_ms: u64) {
         GroupChange::Split { reason, .. } => ("split", reason.clone()),
     };
     tracing::info!(namespace = name, kind, reason, "placement: changing a namespace's group");
-    let max_keys = backend.cfg.placement.groups.merge_max_keys;
+    let (max_keys, max_bytes) = (backend.cfg.placement.groups.merge_max_keys, backend.cfg.placement.groups.merge_max_bytes);
     let done = match change {
-        GroupChange::Merge { .. } => match keys_now(backend, &name).await {
-            Ok(k) if k > max_keys => {
+        GroupChange::Merge { .. } => match size_now(backend, &name).await {
+            Ok((k, _)) if k > max_keys => {
                 Err(crate::error::ApiError::NamespaceNotEmpty(format!("it holds {k} keys now, above merge_max_keys ({max_keys})")))
+            }
+            Ok((_, b)) if b > max_bytes => {
+                Err(crate::error::ApiError::NamespaceNotEmpty(format!("it holds {b} bytes now, above merge_max_bytes ({max_bytes})")))
             }
             Ok(_) => crate::namespace::merge(backend, &name).await,
             Err(e) => Err(e),
@@ -287,5 +306,13 @@ mod tests {
         assert!(bad.validate().unwrap_err().contains("the most a merge moves"));
         let bad = GroupConfig { split_min_keys: 10, ..GroupConfig::default() };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn byte_thresholds_are_checked() {
+        let bad = GroupConfig { merge_max_bytes: 8 << 20, split_min_bytes: 16 << 20, ..GroupConfig::default() };
+        assert!(bad.validate().unwrap_err().contains("merge_max_bytes"), "above what a merge moves");
+        let bad = GroupConfig { split_min_bytes: 1024, ..GroupConfig::default() };
+        assert!(bad.validate().unwrap_err().contains("split_min_bytes"));
     }
 }
