@@ -106,7 +106,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         nodes: s.nodes,
         namespaces: &s.namespaces,
         tick_ms: s.tick_ms,
-        debug: DebugConfig { faults: true, unsafe_local_reads: s.unsafe_local_reads },
+        debug: DebugConfig { faults: true, unsafe_local_reads: s.unsafe_local_reads, ..DebugConfig::default() },
         port_seed: splitmix64(opts.seed) ^ splitmix64(fnv1a64(s.name.as_bytes())),
         extra_toml: s.placement.as_ref().map(|p| p.toml()).unwrap_or_default(),
         spares: s.placement.as_ref().map_or(0, |p| p.spares),

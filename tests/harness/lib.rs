@@ -105,6 +105,27 @@ impl ProcCluster {
         c
     }
 
+    /// A multi-region cluster as `meridian dev --regions` lays it out: a
+    /// data node per zone in each region (`zones` per region), WAN latency
+    /// between regions (`rtt_ms` for every pair, or dev's defaults), a
+    /// 100 ms tick, and placement drivers that execute (`extra_placement`
+    /// TOML lines added to `[placement]`). Launched.
+    pub fn start_regions(regions: &[&str], zones: usize, rtt_ms: Option<u64>, extra_placement: &str) -> ProcCluster {
+        let regions: Vec<String> = regions.iter().map(|r| r.to_string()).collect();
+        let places = dev_layout::regional_places(&regions, zones).unwrap();
+        let members = dev_layout::members(places.len() as u64, free_base_port()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = meridian_transport_quic::DevCa::generate().unwrap();
+        let debug = meridian_server::config::DebugConfig { wan: dev_layout::dev_wan(&regions, rtt_ms), ..Default::default() };
+        let mut placement: meridian_server::placement::PlacementSettings =
+            toml::from_str(&format!("execute = true\n{extra_placement}")).expect("[placement] lines");
+        placement.execute = true;
+        let configs = dev_layout::write_configs_placed(dir.path(), &members, &places, &[], 100, &debug, &placement, &ca).unwrap();
+        let mut c = ProcCluster { _dir: dir, ca, members, configs, children: Vec::new(), server_args: Vec::new() };
+        c.launch();
+        c
+    }
+
     /// A cluster of `nodes` whose configs (and certificates) are written
     /// but whose servers are not started yet ([`ProcCluster::launch`]).
     pub fn prepare(nodes: u64, namespaces: &[&str]) -> ProcCluster {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use meridian_raftstore::raft_types::ConfChangeV2;
 use meridian_raftstore::{RaftstoreError, RangeRequest, RangeStatus, StoreMetrics};
 use meridian_storage_rocks::Compactor;
-use meridian_transport_quic::QuicTransport;
+use meridian_transport_quic::{LinkShape, QuicTransport};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info_span, Instrument as _};
 
@@ -104,6 +104,12 @@ impl NodeHandle {
     /// the old address is redialled.
     pub fn set_peer_addr(&self, node_id: u64, addr: impl ToString) {
         self.inner.transport.set_peer_addr(node_id, addr);
+    }
+
+    /// Shapes the Raft traffic to a peer node (WAN latency on loopback, a
+    /// debug setting); [`LinkShape::NONE`] turns it off.
+    pub fn set_peer_shape(&self, node_id: u64, shape: LinkShape) {
+        self.inner.transport.set_peer_shape(node_id, shape);
     }
 
     /// Proposes a state-machine command to `range_id`. On a follower it

@@ -42,5 +42,6 @@ pub use config::NodeConfig;
 pub use error::NodeError;
 pub use faults::NetFaults;
 pub use handle::NodeHandle;
+pub use meridian_transport_quic::LinkShape;
 pub use node::{create_store, Node};
 pub use store_loop::{COMMAND_QUEUE, INBOUND_QUEUE_ENVELOPES, MAX_COMMANDS_PER_ROUND, MAX_INBOUND_PER_ROUND};

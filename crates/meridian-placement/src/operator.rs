@@ -8,6 +8,7 @@
 //!  replace  AddLearner(to) → CatchUp(to) → Promote(to) → [TransferLeader(x) if `from` leads] → Remove(from)
 //!  remove   [TransferLeader(x) if `from` leads] → Remove(from)
 //!  move     TransferLeader(to)
+//!  learner  AddLearner(n) → CatchUp(n)      (a read replica; stays a learner)
 //! ```
 //!
 //! A step is done when the range's report shows its effect, so issuing a
@@ -86,6 +87,11 @@ pub enum Kind {
         /// The new leader.
         to: u64,
     },
+    /// A non-voting replica (a read replica) added.
+    AddLearner {
+        /// The node that gets it.
+        to: u64,
+    },
 }
 
 /// The scheduler's decision for one range.
@@ -134,6 +140,16 @@ impl Operator {
         Operator { range_id: range.id, kind: Kind::Remove { from }, steps, reason: reason.into() }
     }
 
+    /// Adds a replica on `to` that stays a learner (a read replica).
+    pub fn add_learner(range: &RangeView, to: u64, reason: impl Into<String>) -> Operator {
+        Operator {
+            range_id: range.id,
+            kind: Kind::AddLearner { to },
+            steps: vec![Step::AddLearner(to), Step::CatchUp(to)],
+            reason: reason.into(),
+        }
+    }
+
     /// Moves the leadership to `to`.
     pub fn transfer(range: &RangeView, to: u64, reason: impl Into<String>) -> Operator {
         Operator { range_id: range.id, kind: Kind::TransferLeader { to }, steps: vec![Step::TransferLeader(to)], reason: reason.into() }
@@ -149,7 +165,7 @@ impl Kind {
     /// Every node an operator of this kind involves.
     pub fn nodes(&self) -> Vec<u64> {
         match *self {
-            Kind::Add { to } | Kind::TransferLeader { to } => vec![to],
+            Kind::Add { to } | Kind::TransferLeader { to } | Kind::AddLearner { to } => vec![to],
             Kind::Replace { from, to } => vec![from, to],
             Kind::Remove { from } => vec![from],
         }
@@ -207,7 +223,7 @@ impl Running {
         }
         let Some(&step) = self.op.steps.get(self.at) else { return Progress::Done };
         let added = match self.op.kind {
-            Kind::Add { to } | Kind::Replace { to, .. } => Some(to),
+            Kind::Add { to } | Kind::Replace { to, .. } | Kind::AddLearner { to } => Some(to),
             _ => None,
         };
         let adding = matches!(step, Step::AddLearner(_) | Step::CatchUp(_) | Step::Promote(_));

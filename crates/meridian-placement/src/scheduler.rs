@@ -11,7 +11,17 @@
 //! 4. a voter on a draining node → replaced; two voters on one host →
 //!    one replaced on another host;
 //! 5. a leader on a draining (or not eligible) node → moved to a voter on
-//!    an eligible node.
+//!    an eligible node; a leader outside its home region while a voter in
+//!    it is eligible → moved home.
+//!
+//! Geography: a range with voters wanted per region (`region_voters`)
+//! gets new voters only in a region short of them (the largest shortfall
+//! first), a voter in a region with too many is moved to one with too few
+//! (rule 4), and an excess voter is taken from a region with too many
+//! first (rule 3). A read region without a learner gets one (after rule
+//! 4); rule 0 keeps one learner per read region. Leader choices prefer the
+//! home region, and the leader balancer never moves a leadership out of
+//! it.
 //!
 //! Then, with what budget is left: a replica off each node whose disk is
 //! filling (under 10 % free) to the best node whose disk is not; then the
@@ -63,6 +73,30 @@ impl Budget {
     }
 }
 
+/// The region of `node` ("" if unknown).
+fn region_of(view: &ClusterView, node: u64) -> &str {
+    view.nodes.get(&node).map_or("", |n| n.labels.region.as_str())
+}
+
+/// Voters `range` still wants per region once `leaving` has gone: positive
+/// is a shortfall, negative an excess (a region the policy does not name
+/// wants none). Empty when the range has no per-region policy.
+fn region_gaps(view: &ClusterView, range: &RangeView, leaving: Option<u64>) -> BTreeMap<String, i64> {
+    if range.region_voters.is_empty() {
+        return BTreeMap::new();
+    }
+    let mut gaps: BTreeMap<String, i64> = range.region_voters.iter().map(|(r, n)| (r.clone(), *n as i64)).collect();
+    for v in range.voters.iter().filter(|v| Some(**v) != leaving) {
+        *gaps.entry(region_of(view, *v).to_string()).or_default() -= 1;
+    }
+    gaps
+}
+
+/// Whether `node` is in `range`'s home region (true without one).
+fn at_home(view: &ClusterView, range: &RangeView, node: u64) -> bool {
+    range.home_region.as_deref().is_none_or(|h| region_of(view, node) == h)
+}
+
 fn label<'a>(n: &'a NodeView, key: &str) -> Option<&'a str> {
     match key {
         "region" => Some(&n.labels.region),
@@ -77,10 +111,12 @@ fn satisfies(n: &NodeView, range: &RangeView) -> bool {
     range.constraints.iter().all(|(k, v)| label(n, k) == Some(v.as_str()))
 }
 
-/// The best node for a new replica of `range` (none holding one, eligible,
-/// constraints met, a host none of the other replicas is on): a zone the
-/// range is not in yet first, then the fewest replicas, then the lowest id.
-/// `leaving` is a replica about to go (its host and zone do not count).
+/// The best node for a new voter of `range` (none holding one, eligible,
+/// constraints met, a host none of the other replicas is on, a region
+/// short of voters if the range wants them per region): the largest
+/// regional shortfall first, then a zone the range is not in yet, then the
+/// fewest replicas, then the lowest id. `leaving` is a replica about to go
+/// (its host, zone and region place do not count).
 fn target(view: &ClusterView, range: &RangeView, leaving: Option<u64>, counts: &BTreeMap<u64, usize>, budget: &Budget) -> Option<u64> {
     target_where(view, range, leaving, counts, budget, |_| true)
 }
@@ -97,23 +133,36 @@ fn target_where(
     let staying: Vec<&NodeView> = range.members().filter(|m| Some(*m) != leaving).filter_map(|m| view.nodes.get(&m)).collect();
     let hosts: BTreeSet<&str> = staying.iter().map(|n| n.labels.host.as_str()).collect();
     let zones: BTreeSet<&str> = staying.iter().map(|n| n.labels.zone.as_str()).collect();
+    let gaps = region_gaps(view, range, leaving);
+    let gap = |n: &NodeView| if gaps.is_empty() { 1 } else { gaps.get(&n.labels.region).copied().unwrap_or(0) };
     view.nodes
         .values()
         .filter(|n| n.takes_replicas() && !range.holds(n.id) && satisfies(n, range) && !hosts.contains(n.labels.host.as_str()))
-        .filter(|n| budget.allows(&[n.id]) && accept(n))
-        .min_by_key(|n| (zones.contains(n.labels.zone.as_str()), counts.get(&n.id).copied().unwrap_or(0), n.id))
+        .filter(|n| gap(n) > 0 && budget.allows(&[n.id]) && accept(n))
+        .min_by_key(|n| (std::cmp::Reverse(gap(n)), zones.contains(n.labels.zone.as_str()), counts.get(&n.id).copied().unwrap_or(0), n.id))
+        .map(|n| n.id)
+}
+
+/// The best node in `region` for a read replica (a learner) of `range`:
+/// eligible, constraints aside (a read replica is outside the voters'
+/// region by design), not holding one, fewest replicas first.
+fn learner_target(view: &ClusterView, range: &RangeView, region: &str, counts: &BTreeMap<u64, usize>, budget: &Budget) -> Option<u64> {
+    view.nodes
+        .values()
+        .filter(|n| n.takes_replicas() && n.labels.region == region && !range.holds(n.id) && budget.allows(&[n.id]))
+        .min_by_key(|n| (counts.get(&n.id).copied().unwrap_or(0), n.id))
         .map(|n| n.id)
 }
 
 /// A voter of `range` other than `not` to lead it: on an eligible node,
-/// the one leading fewest ranges.
+/// in its home region if one can, then the one leading fewest ranges.
 fn successor(view: &ClusterView, range: &RangeView, not: u64, leaders: &BTreeMap<u64, usize>) -> Option<u64> {
     range
         .voters
         .iter()
         .copied()
         .filter(|v| *v != not && view.nodes.get(v).is_some_and(NodeView::eligible))
-        .min_by_key(|v| (leaders.get(v).copied().unwrap_or(0), *v))
+        .min_by_key(|v| (!at_home(view, range, *v), leaders.get(v).copied().unwrap_or(0), *v))
 }
 
 /// Whether removing `from` from the voters of `range` (after adding `to`,
@@ -136,7 +185,7 @@ fn project(range: &RangeView, kind: Kind, counts: &mut BTreeMap<u64, usize>, lea
         }
     };
     match kind {
-        Kind::Add { to } if !range.holds(to) => *counts.entry(to).or_default() += 1,
+        Kind::Add { to } | Kind::AddLearner { to } if !range.holds(to) => *counts.entry(to).or_default() += 1,
         Kind::Replace { from, to } => {
             if !range.holds(to) {
                 *counts.entry(to).or_default() += 1;
@@ -151,6 +200,20 @@ fn project(range: &RangeView, kind: Kind, counts: &mut BTreeMap<u64, usize>, lea
             down(leaders, range.leader);
         }
         _ => {}
+    }
+}
+
+/// Why no node can take a new voter of `range` (`leaving` about to go):
+/// the region short of voters has no eligible node, or none at all.
+fn nowhere(view: &ClusterView, range: &RangeView, leaving: Option<u64>) -> String {
+    let short: Vec<String> = region_gaps(view, range, leaving).into_iter().filter(|(_, g)| *g > 0).map(|(r, _)| r).collect();
+    if short.is_empty() {
+        return "no eligible node can take its replica".into();
+    }
+    let live = |r: &str| view.nodes.values().any(|n| n.labels.region == r && n.eligible());
+    match short.iter().find(|r| !live(r)) {
+        Some(r) => format!("region {r} has no eligible node (down, draining or cut off) to take it"),
+        None => format!("no eligible node in region {} can take one more (hosts taken or busy)", short.join(", ")),
     }
 }
 
@@ -220,7 +283,7 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
         if busy.contains(&range.id) || range.joint {
             continue;
         }
-        let wanted = range.replicas.max(1);
+        let wanted = range.voters_wanted();
         // Without a live quorum no configuration change can commit: only
         // an operator's forced recovery helps (the geography work).
         if !view.has_quorum(&range.voters) {
@@ -228,11 +291,23 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
             continue;
         }
         // 0. A learner no operator is using (one rolled back whose undo was
-        // lost, a driver that failed over mid-operator): removed. (The
-        // policy has no learners of its own yet; regional learners come
-        // with the geography work.)
-        if let Some(&l) = range.learners.iter().next() {
-            let why = format!("node {l} is a learner no operator is using");
+        // lost, a driver that failed over mid-operator) and that is not
+        // the read replica of a read region: removed. So is a read
+        // replica on a node dead for good (rule 2b places a new one).
+        let reads: BTreeSet<u64> = range
+            .read_regions
+            .iter()
+            .filter_map(|r| range.learners.iter().copied().find(|l| region_of(view, *l) == r))
+            .filter(|l| !view.dead_for_good(*l, now_ms, settings.down_after_ms))
+            .collect();
+        if let Some(&l) = range.learners.iter().find(|l| !reads.contains(l)) {
+            let why = if range.read_regions.contains(region_of(view, l)) && !view.dead_for_good(l, now_ms, settings.down_after_ms) {
+                format!("node {l} is a second read replica in region {}", region_of(view, l))
+            } else if range.read_regions.contains(region_of(view, l)) {
+                format!("read replica on node {l}, dead for {} s or more", settings.down_after_ms / 1000)
+            } else {
+                format!("node {l} is a learner no operator is using")
+            };
             decide(&mut plan, Operator::remove(range, l, 0, why), &mut budget, &mut counts, &mut busy);
             continue;
         }
@@ -253,24 +328,30 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
                     plan.blocked.push((range.id, format!("{why}, but replacing it would leave no quorum of live voters")));
                 }
             } else {
-                plan.blocked.push((range.id, format!("{why}, and no eligible node can take its replica")));
+                plan.blocked.push((range.id, format!("{why}, and {}", nowhere(view, range, Some(dead)))));
             }
             continue;
         }
-        // 2. Too few replicas.
-        if range.voters.len() + range.learners.len() < wanted {
+        // 2. Too few voters (every learner left is a read replica).
+        if range.voters.len() < wanted {
             match target(view, range, None, &counts, &budget) {
                 Some(to) => {
-                    let why = format!("{} of {wanted} replicas", range.voters.len() + range.learners.len());
+                    let why = format!("{} of {wanted} replicas", range.voters.len());
                     decide(&mut plan, Operator::add(range, to, why), &mut budget, &mut counts, &mut busy);
                 }
-                None => plan.blocked.push((range.id, format!("needs {wanted} replicas; no eligible node can take one more"))),
+                None if region_gaps(view, range, None).is_empty() => {
+                    plan.blocked.push((range.id, format!("needs {wanted} replicas; no eligible node can take one more")))
+                }
+                None => plan.blocked.push((range.id, format!("needs {wanted} replicas; {}", nowhere(view, range, None)))),
             }
             continue;
         }
         // 3. Too many voters.
+        let gaps = region_gaps(view, range, None);
+        let surplus = |v: u64| gaps.get(region_of(view, v)).is_some_and(|g| *g < 0);
         if range.voters.len() > wanted {
-            // Worst first; among equals, one whose zone another voter shares.
+            // Worst first; among equals, one from a region with too many,
+            // then one whose zone another voter shares.
             let zone_shared = |v: u64| {
                 let z = view.nodes.get(&v).map(|n| n.labels.zone.as_str());
                 range.voters.iter().filter(|o| **o != v && view.nodes.get(o).map(|n| n.labels.zone.as_str()) == z).count() > 0
@@ -279,7 +360,7 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
                 .voters
                 .iter()
                 .copied()
-                .min_by_key(|v| (badness(view, *v, &counts).0, !zone_shared(*v), badness(view, *v, &counts).1, *v))
+                .min_by_key(|v| (badness(view, *v, &counts).0, !surplus(*v), !zone_shared(*v), badness(view, *v, &counts).1, *v))
                 .expect("voters");
             let next = successor(view, range, worst, &leaders);
             if range.leader == worst && next.is_none() {
@@ -313,9 +394,15 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
             .filter(|v| {
                 target(view, range, Some(*v), &counts, &budget).is_some_and(|t| !range.voters.iter().any(|o| zone_of(o) == zone_of(&t)))
             });
+        // A voter in a region with too many while another has too few.
+        let misplaced = if gaps.values().any(|g| *g > 0) { range.voters.iter().copied().find(|v| surplus(*v)) } else { None };
         let why_from = draining
             .map(|n| (n, format!("node {n} is draining")))
             .or(shared_host.map(|n| (n, format!("node {n} shares a host with another voter"))))
+            .or(misplaced.map(|n| {
+                let short: Vec<&str> = gaps.iter().filter(|(_, g)| **g > 0).map(|(r, _)| r.as_str()).collect();
+                (n, format!("node {n} is one voter too many in region {:?}, which {} lacks", region_of(view, n), short.join(", ")))
+            }))
             .or(shared_zone.map(|n| (n, format!("node {n} shares a zone with another voter while another zone has room"))));
         if let Some((from, why)) = why_from {
             match target(view, range, Some(from), &counts, &budget) {
@@ -323,14 +410,34 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
                     decide(&mut plan, Operator::replace(range, from, to, why), &mut budget, &mut counts, &mut busy);
                 }
                 Some(_) => plan.blocked.push((range.id, format!("{why}, but moving it would leave no quorum"))),
-                None => plan.blocked.push((range.id, format!("{why}; no eligible node can take its replica"))),
+                None => plan.blocked.push((range.id, format!("{why}; {}", nowhere(view, range, Some(from))))),
             }
             continue;
         }
-        // 5. A leader where it should not be.
-        if range.leader != 0 && view.nodes.get(&range.leader).is_some_and(|n| !n.eligible()) {
-            if let Some(to) = successor(view, range, range.leader, &leaders) {
-                let why = format!("its leader's node {} is draining or unhealthy", range.leader);
+        // 2b. A read region without its read replica.
+        if let Some(region) = range.read_regions.iter().find(|r| !range.learners.iter().any(|l| region_of(view, *l) == r.as_str())) {
+            match learner_target(view, range, region, &counts, &budget) {
+                Some(to) => {
+                    let why = format!("read replica for region {region}");
+                    decide(&mut plan, Operator::add_learner(range, to, why), &mut budget, &mut counts, &mut busy);
+                    continue;
+                }
+                None => plan.blocked.push((range.id, format!("read replica for region {region}: no eligible node there"))),
+            }
+        }
+        // 5. A leader where it should not be: on a node draining or not
+        // eligible, or outside its home region while a voter there can
+        // take over.
+        let unfit = view.nodes.get(&range.leader).is_some_and(|n| !n.eligible());
+        let away = !at_home(view, range, range.leader);
+        if range.leader != 0 && (unfit || away) {
+            let to = successor(view, range, range.leader, &leaders).filter(|to| unfit || at_home(view, range, *to));
+            if let Some(to) = to {
+                let why = if unfit {
+                    format!("its leader's node {} is draining or unhealthy", range.leader)
+                } else {
+                    format!("its leader's node {} is outside its home region {}", range.leader, range.home_region.as_deref().unwrap_or(""))
+                };
                 if decide(&mut plan, Operator::transfer(range, to, why), &mut budget, &mut counts, &mut busy) {
                     *leaders.entry(to).or_default() += 1;
                     if let Some(c) = leaders.get_mut(&range.leader) {
@@ -498,7 +605,9 @@ fn balance_leaders(
             .ranges
             .values()
             .filter(|r| r.leader == most && !busy.contains(&r.id) && !r.joint && !r.pinned)
-            .flat_map(|r| r.voters.iter().copied().filter(|v| *v != most && eligible.contains(v)).map(move |v| (v, r)))
+            .flat_map(|r| {
+                r.voters.iter().copied().filter(|v| *v != most && eligible.contains(v) && at_home(view, r, *v)).map(move |v| (v, r))
+            })
             .min_by_key(|(v, r)| (leaders.get(v).copied().unwrap_or(0), *v, r.id));
         let Some((to, r)) = pick else { return };
         if leaders[&most] <= leaders.get(&to).copied().unwrap_or(0) + settings.balance_tolerance {

@@ -396,8 +396,27 @@ impl Model {
         }
         for r in self.view.ranges.values() {
             let hosts: BTreeSet<&str> = r.voters.iter().map(|v| self.view.nodes[v].labels.host.as_str()).collect();
-            if r.voters.len() != r.replicas || hosts.len() != r.replicas || !r.learners.is_empty() {
+            let learner_regions: BTreeSet<String> = r.learners.iter().map(|l| self.view.nodes[l].labels.region.clone()).collect();
+            if r.voters.len() != r.replicas
+                || hosts.len() != r.replicas
+                || r.learners.len() != r.read_regions.len()
+                || learner_regions != r.read_regions
+            {
                 return Err(format!("range {}: voters {:?} learners {:?}", r.id, r.voters, r.learners));
+            }
+            if !r.region_voters.is_empty() {
+                let mut per: BTreeMap<String, usize> = BTreeMap::new();
+                for v in &r.voters {
+                    *per.entry(self.view.nodes[v].labels.region.clone()).or_default() += 1;
+                }
+                if per != r.region_voters {
+                    return Err(format!("range {}: voters per region {per:?}, the policy asks {:?}", r.id, r.region_voters));
+                }
+            }
+            if let Some(home) = &r.home_region {
+                if self.view.nodes.get(&r.leader).is_none_or(|n| &n.labels.region != home) {
+                    return Err(format!("range {}: led by node {} outside its home region {home}", r.id, r.leader));
+                }
             }
             if let Some(v) = r.voters.iter().find(|v| !self.view.nodes[v].eligible()) {
                 return Err(format!("range {}: voter on node {v}, which is not eligible", r.id));
@@ -416,14 +435,56 @@ impl Model {
         }
         // Every range spread over as many zones as have eligible nodes (up
         // to its voters).
+        // (Per region for a range with voters per region.)
         let zones_available = by_zone.len();
+        let zones_in = |region: &str| {
+            self.view
+                .nodes
+                .values()
+                .filter(|n| n.eligible() && n.labels.region == region)
+                .map(|n| n.labels.zone.as_str())
+                .collect::<BTreeSet<_>>()
+                .len()
+        };
         for r in self.view.ranges.values() {
             let z: BTreeSet<&str> = r.voters.iter().map(|v| self.view.nodes[v].labels.zone.as_str()).collect();
-            if z.len() < zones_available.min(r.voters.len()) {
-                return Err(format!("range {} on zones {z:?} of {zones_available}", r.id));
+            let want = if r.region_voters.is_empty() {
+                zones_available.min(r.voters.len())
+            } else {
+                r.region_voters.iter().map(|(region, n)| zones_in(region).min(*n)).sum()
+            };
+            if z.len() < want {
+                return Err(format!("range {} on zones {z:?}, {want} available", r.id));
             }
         }
         Ok(())
+    }
+}
+
+impl Model {
+    /// Twelve nodes, four per region (us, eu, ap; zones REGION-a, -b, -c,
+    /// the fourth node back in -a) and `ranges` ranges of each policy: zone
+    /// survival homed in us with read replicas in eu and ap, and region
+    /// survival (2 + 2 + 1) homed in eu. All start on nodes 1-3 (us).
+    fn new_geo(seed: u64, ranges: u64) -> Model {
+        let mut m = Model::new(seed, 12, 2 * ranges, 3);
+        for (i, n) in m.view.nodes.values_mut().enumerate() {
+            let region = ["us", "eu", "ap"][i / 4];
+            n.labels.region = region.to_string();
+            n.labels.zone = format!("{region}-{}", (b'a' + (i % 4 % 3) as u8) as char);
+        }
+        for (k, r) in m.view.ranges.values_mut().enumerate() {
+            if k % 2 == 0 {
+                r.region_voters = BTreeMap::from([("us".to_string(), 3)]);
+                r.home_region = Some("us".into());
+                r.read_regions = BTreeSet::from(["eu".to_string(), "ap".to_string()]);
+            } else {
+                r.region_voters = BTreeMap::from([("eu".to_string(), 2), ("us".to_string(), 2), ("ap".to_string(), 1)]);
+                r.home_region = Some("eu".into());
+            }
+            r.replicas = r.region_voters.values().sum();
+        }
+        m
     }
 }
 
@@ -441,44 +502,63 @@ fn five_voter_ranges_with_two_nodes_down_lose_no_quorum_and_converge() {
     run_model(9, 10, 5);
 }
 
+#[test]
+fn ranges_with_region_policies_lose_no_quorum_and_converge_to_their_regions_with_leaders_home() {
+    for seed in 0..seeds() {
+        converge(seed, Model::new_geo(seed, 6), 3);
+    }
+}
+
 fn run_model(nodes: u64, ranges: u64, replicas: usize) {
     for seed in 0..seeds() {
-        let mut m = Model::new(seed, nodes, ranges, replicas);
-        for _ in 0..200 {
-            m.round(true);
+        converge(seed, Model::new(seed, nodes, ranges, replicas), replicas);
+    }
+}
+
+/// Runs `m` 200 rounds with faults, then without until it settles; panics
+/// with the seed if it does not (or if a decision lost a quorum).
+fn converge(seed: u64, mut m: Model, replicas: usize) {
+    for _ in 0..200 {
+        m.round(true);
+    }
+    // Faults stop: a suspect or unknown node turns out alive or dead;
+    // whatever is dead stays dead and is replaced, and whatever drains
+    // is emptied.
+    // At most as many stay dead as a range survives; the others come
+    // back (with more dead for good, quorums are gone for good).
+    let now = m.now;
+    let survivable = (replicas - 1) / 2;
+    for n in m.view.nodes.values_mut() {
+        if matches!(n.liveness, Liveness::Suspect | Liveness::Unknown) {
+            let dead = m.rng.below(2) == 0;
+            n.liveness = if dead { Liveness::Dead } else { Liveness::Alive };
+            n.dead_since_ms = dead.then_some(now);
         }
-        // Faults stop: a suspect or unknown node turns out alive or dead;
-        // whatever is dead stays dead and is replaced, and whatever drains
-        // is emptied.
-        // At most as many stay dead as a range survives; the others come
-        // back (with more dead for good, quorums are gone for good).
-        let now = m.now;
-        let survivable = (replicas - 1) / 2;
+    }
+    // With policies per region, a node draining next to a dead one could
+    // leave a region fewer eligible nodes than its voters: drains end.
+    if m.view.ranges.values().any(|r| !r.region_voters.is_empty()) {
         for n in m.view.nodes.values_mut() {
-            if matches!(n.liveness, Liveness::Suspect | Liveness::Unknown) {
-                let dead = m.rng.below(2) == 0;
-                n.liveness = if dead { Liveness::Dead } else { Liveness::Alive };
-                n.dead_since_ms = dead.then_some(now);
-            }
+            n.draining = false;
         }
-        let dead: Vec<u64> = m.view.nodes.values().filter(|n| n.liveness == Liveness::Dead).map(|n| n.id).collect();
-        for id in dead.into_iter().skip(survivable) {
-            let n = m.view.nodes.get_mut(&id).unwrap();
-            n.liveness = Liveness::Alive;
-            n.dead_since_ms = None;
+    }
+    let dead: Vec<u64> = m.view.nodes.values().filter(|n| n.liveness == Liveness::Dead).map(|n| n.id).collect();
+    for id in dead.into_iter().skip(survivable) {
+        let n = m.view.nodes.get_mut(&id).unwrap();
+        n.liveness = Liveness::Alive;
+        n.dead_since_ms = None;
+    }
+    for _ in 0..300 {
+        m.round(false);
+        if m.settled().is_ok() {
+            break;
         }
-        for _ in 0..300 {
-            m.round(false);
-            if m.settled().is_ok() {
-                break;
-            }
-        }
-        if let Err(e) = m.settled() {
-            panic!(
-                "seed {seed}: did not converge: {e}\nnodes {:?}",
-                m.view.nodes.values().map(|n| (n.id, n.liveness, n.draining)).collect::<Vec<_>>()
-            );
-        }
+    }
+    if let Err(e) = m.settled() {
+        panic!(
+            "seed {seed}: did not converge: {e}\nnodes {:?}",
+            m.view.nodes.values().map(|n| (n.id, n.liveness, n.draining)).collect::<Vec<_>>()
+        );
     }
 }
 
@@ -569,4 +649,155 @@ fn disks_all_filling_alike_shed_nothing_and_balancing_goes_on() {
     assert!(plan.operators.iter().all(|o| !o.reason.contains("disk free")), "{plan:?}");
     assert!(plan.blocked.is_empty(), "{plan:?}");
     assert!(plan.operators.iter().any(|o| matches!(o.kind, Kind::Replace { to: 4, .. }) && o.reason.contains("balance")), "{plan:?}");
+}
+
+// ---- geography: voters per region, home-region leaders, read replicas ----
+
+/// Nodes 1-3 in region us, 4-6 in eu, 7-9 in ap, one per zone.
+fn regions(ranges: &[RangeView]) -> ClusterView {
+    let mut nodes = BTreeMap::new();
+    for (i, region) in ["us", "eu", "ap"].iter().enumerate() {
+        for z in 0..3u64 {
+            let id = i as u64 * 3 + z + 1;
+            let mut n = node(id, &format!("{region}-{}", (b'a' + z as u8) as char));
+            n.labels.region = region.to_string();
+            nodes.insert(id, n);
+        }
+    }
+    ClusterView { nodes, ranges: ranges.iter().map(|r| (r.id, r.clone())).collect(), running: BTreeMap::new() }
+}
+
+fn geo(id: u64, voters: &[u64], leader: u64, per_region: &[(&str, usize)], reads: &[&str]) -> RangeView {
+    let mut r = range(id, voters, leader);
+    r.region_voters = per_region.iter().map(|(g, n)| (g.to_string(), *n)).collect();
+    r.replicas = r.region_voters.values().sum();
+    r.home_region = Some(per_region[0].0.to_string());
+    r.read_regions = reads.iter().map(|g| g.to_string()).collect();
+    r
+}
+
+/// Applies a plan's operators as if every step succeeded.
+fn apply(v: &mut ClusterView, plan: &Plan) {
+    for op in &plan.operators {
+        let r = v.ranges.get_mut(&op.range_id).unwrap();
+        for step in &op.steps {
+            match *step {
+                Step::AddLearner(n) => {
+                    r.learners.insert(n);
+                }
+                Step::CatchUp(_) => {}
+                Step::Promote(n) => {
+                    r.learners.remove(&n);
+                    r.voters.insert(n);
+                }
+                Step::TransferLeader(n) => r.leader = n,
+                Step::Remove(n) => {
+                    r.voters.remove(&n);
+                    r.learners.remove(&n);
+                }
+            }
+        }
+    }
+}
+
+/// Runs the scheduler until it proposes nothing (at most 20 rounds).
+fn settle(v: &mut ClusterView) -> usize {
+    let s = Settings::default();
+    for round in 0..20 {
+        let plan = schedule(v, &s, 0);
+        if plan.operators.is_empty() {
+            return round;
+        }
+        apply(v, &plan);
+    }
+    panic!("the scheduler did not settle in 20 rounds: {v:?}");
+}
+
+fn per_region(v: &ClusterView, r: &RangeView) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for n in &r.voters {
+        *m.entry(v.nodes[n].labels.region.clone()).or_default() += 1;
+    }
+    m
+}
+
+#[test]
+fn a_zone_survival_range_keeps_its_voters_in_the_home_regions_zones() {
+    // Created wherever: voters in eu and ap are moved home, one per zone.
+    let mut v = regions(&[geo(10, &[1, 4, 7], 1, &[("us", 3)], &[])]);
+    settle(&mut v);
+    let r = &v.ranges[&10];
+    assert_eq!(r.voters, BTreeSet::from([1, 2, 3]), "{r:?}");
+    assert_eq!(r.leader, 1);
+}
+
+#[test]
+fn a_region_survival_range_spreads_two_two_one_and_its_leader_goes_home() {
+    let mut v = regions(&[geo(10, &[4, 5, 7], 5, &[("us", 2), ("eu", 2), ("ap", 1)], &[])]);
+    settle(&mut v);
+    let r = v.ranges[&10].clone();
+    assert_eq!(per_region(&v, &r), BTreeMap::from([("ap".into(), 1), ("eu".into(), 2), ("us".into(), 2)]), "{r:?}");
+    assert_eq!(v.nodes[&r.leader].labels.region, "us", "the leader goes home: {r:?}");
+    // Zones spread within each region.
+    let zones: BTreeSet<&str> = r.voters.iter().map(|n| v.nodes[n].labels.zone.as_str()).collect();
+    assert_eq!(zones.len(), 5);
+}
+
+#[test]
+fn leadership_moves_home_once_a_home_voter_is_eligible_and_not_before() {
+    let r = geo(10, &[1, 2, 4, 5, 7], 4, &[("us", 2), ("eu", 2), ("ap", 1)], &[]);
+    let mut v = regions(&[r]);
+    v.nodes.get_mut(&1).unwrap().liveness = Liveness::Dead;
+    v.nodes.get_mut(&2).unwrap().liveness = Liveness::Suspect;
+    let plan = schedule(&v, &Settings::default(), 0);
+    assert!(plan.operators.is_empty(), "no home voter is eligible: {plan:?}");
+    v.nodes.get_mut(&2).unwrap().liveness = Liveness::Alive;
+    let plan = schedule(&v, &Settings::default(), 0);
+    assert_eq!(plan.operators.len(), 1, "{plan:?}");
+    assert_eq!(plan.operators[0].kind, Kind::TransferLeader { to: 2 });
+    assert!(plan.operators[0].reason.contains("home region us"), "{plan:?}");
+}
+
+#[test]
+fn a_lost_region_blocks_its_replacement_with_a_reason_and_nothing_moves_elsewhere() {
+    let s = Settings::default();
+    let mut v = regions(&[geo(10, &[1, 2, 4, 5, 7], 4, &[("us", 2), ("eu", 2), ("ap", 1)], &[])]);
+    for n in 1..=3 {
+        kill(&mut v, n, 0);
+    }
+    let plan = schedule(&v, &s, s.down_after_ms);
+    assert!(plan.operators.is_empty(), "voters stay per region: {plan:?}");
+    assert!(plan.blocked.iter().any(|(r, why)| *r == 10 && why.contains("region us has no eligible node")), "{plan:?}");
+}
+
+#[test]
+fn read_replicas_one_learner_per_read_region_extras_and_strays_removed() {
+    let mut v = regions(&[geo(10, &[1, 2, 3], 1, &[("us", 3)], &["eu", "ap"])]);
+    settle(&mut v);
+    let r = v.ranges[&10].clone();
+    assert_eq!(r.voters, BTreeSet::from([1, 2, 3]));
+    let learner_regions: BTreeSet<&str> = r.learners.iter().map(|n| v.nodes[n].labels.region.as_str()).collect();
+    assert_eq!((r.learners.len(), learner_regions), (2, BTreeSet::from(["ap", "eu"])), "{r:?}");
+    // A second learner in eu is removed; so is every learner once the
+    // policy has no read regions.
+    v.ranges.get_mut(&10).unwrap().learners.insert(6);
+    let plan = schedule(&v, &Settings::default(), 0);
+    assert_eq!(plan.operators.len(), 1, "{plan:?}");
+    assert!(matches!(plan.operators[0].kind, Kind::Remove { from: 4..=6 }), "{plan:?}");
+    v.ranges.get_mut(&10).unwrap().read_regions.clear();
+    v.ranges.get_mut(&10).unwrap().learners.remove(&6);
+    settle(&mut v);
+    assert!(v.ranges[&10].learners.is_empty());
+}
+
+#[test]
+fn the_leader_balancer_never_moves_a_leadership_out_of_its_home_region() {
+    // Node 1 leads all four ranges; the only other voters at home are
+    // 2 and 3: leaderships may go there, never to eu or ap.
+    let ranges: Vec<RangeView> = (10..14).map(|id| geo(id, &[1, 2, 4, 5, 7], 1, &[("us", 2), ("eu", 2), ("ap", 1)], &[])).collect();
+    let mut v = regions(&ranges);
+    settle(&mut v);
+    for r in v.ranges.values() {
+        assert_eq!(v.nodes[&r.leader].labels.region, "us", "{r:?}");
+    }
 }

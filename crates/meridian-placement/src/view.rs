@@ -132,6 +132,15 @@ pub struct RangeView {
     /// range, which every founding member reads its catalog from and whose
     /// leader runs the placement driver.
     pub pinned: bool,
+    /// Voters wanted per region (its namespace's survival goal: all in
+    /// the home region for `zone`, over three regions for `region`).
+    /// Empty: `replicas` voters wherever the constraints allow.
+    pub region_voters: BTreeMap<String, usize>,
+    /// The region its leadership belongs in (none: anywhere).
+    pub home_region: Option<String>,
+    /// Regions that keep one non-voting replica (a learner) each: read
+    /// replicas, warm for a planned move.
+    pub read_regions: BTreeSet<String>,
 }
 
 impl RangeView {
@@ -143,6 +152,16 @@ impl RangeView {
     /// Whether `node` holds a replica.
     pub fn holds(&self, node: u64) -> bool {
         self.voters.contains(&node) || self.learners.contains(&node)
+    }
+
+    /// Voters its policy asks for: the per-region ones' sum when it has
+    /// them, else `replicas` (at least one).
+    pub fn voters_wanted(&self) -> usize {
+        if self.region_voters.is_empty() {
+            self.replicas.max(1)
+        } else {
+            self.region_voters.values().sum::<usize>().max(1)
+        }
     }
 }
 

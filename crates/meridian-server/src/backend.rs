@@ -40,6 +40,9 @@ pub trait RaftAccess: Send + Sync + 'static {
     /// Where to dial node `node_id`'s Raft traffic (`host:port`, resolved
     /// at every dial): the node directory learned or changed it.
     fn set_peer_addr(&self, _node_id: u64, _peer_addr: &str) {}
+    /// How to shape the Raft traffic to node `node_id` (WAN latency on
+    /// loopback, `[debug.wan]`).
+    fn set_peer_shape(&self, _node_id: u64, _shape: meridian_node::LinkShape) {}
     /// Network fault controls (chaos testing), if the node has them.
     fn faults(&self) -> Option<std::sync::Arc<meridian_node::NetFaults>> {
         None
@@ -138,8 +141,9 @@ pub struct Backend {
     /// range → the nodes holding a replica of it, voters first, as
     /// the catalog says: where a request for a range this node holds no
     /// replica of is forwarded ([`Backend::elsewhere`]). One entry per
-    /// range of the catalog (bounded like it).
-    replicas: Mutex<HashMap<u64, Vec<u64>>>,
+    /// range of the catalog (bounded like it). With how many of them
+    /// are voters.
+    replicas: Mutex<HashMap<u64, (Vec<u64>, usize)>>,
     /// The raised alarms, this member's engine size and its space quota
     /// (see [`crate::alarms`]).
     pub alarms: crate::alarms::AlarmState,
@@ -280,9 +284,11 @@ impl Backend {
             return Ok(());
         }
         let (id, addr, peer) = (record.id, record.client_addr.clone(), record.peer_addr.clone());
+        let shape = self.cfg.debug.wan.shape(&self.cfg.region, &record.labels.region);
         let changed = self.directory.write().expect("node directory").upsert(record).map_err(|e| ApiError::Invalid(e.to_string()))?;
         if changed && id != self.cfg.node_id {
             self.raft.set_peer_addr(id, &peer);
+            self.raft.set_peer_shape(id, shape);
         }
         if changed {
             let mut chans = self.channels.lock().expect("channel cache");
@@ -308,11 +314,17 @@ impl Backend {
     /// voters first, by range id (empty until the catalog is read).
     /// The nodes holding a replica of `range_id`, per the catalog.
     pub fn catalog_replicas_of(&self, range_id: u64) -> Vec<u64> {
-        self.replicas.lock().expect("replica lists").get(&range_id).cloned().unwrap_or_default()
+        self.replicas.lock().expect("replica lists").get(&range_id).map(|r| r.0.clone()).unwrap_or_default()
+    }
+
+    /// How many of [`Backend::catalog_replicas_of`] are voters (the rest
+    /// are learners).
+    pub fn catalog_voter_count(&self, range_id: u64) -> usize {
+        self.replicas.lock().expect("replica lists").get(&range_id).map_or(0, |r| r.1)
     }
 
     pub fn catalog_replicas(&self) -> Vec<(u64, Vec<u64>)> {
-        let mut v: Vec<(u64, Vec<u64>)> = self.replicas.lock().expect("replica lists").iter().map(|(k, n)| (*k, n.clone())).collect();
+        let mut v: Vec<(u64, Vec<u64>)> = self.replicas.lock().expect("replica lists").iter().map(|(k, n)| (*k, n.0.clone())).collect();
         v.sort_unstable_by_key(|(id, _)| *id);
         v
     }
@@ -425,6 +437,12 @@ impl Backend {
         let (keys_of, cmd) = (&keys, &cmd);
         let out = self
             .routed(range_id, &keys, |range_id| async move {
+                // Refused before it is sent when every voter is down: a
+                // replica here (a read replica) would forward it to a dead
+                // leader and time out with an unknown outcome.
+                if let Some(down) = self.voters_down(range_id) {
+                    return Err(Failed::Unsent(down));
+                }
                 let raw = self.propose_command(range_id, keys_of.clone(), cmd, leader_only).await.map_err(Failed::Unsent)?;
                 let out = c::Outcome::decode(raw.as_slice())
                     .map_err(|e| Failed::Refused(ApiError::Internal(format!("undecodable outcome: {e}"))))?;
@@ -666,6 +684,11 @@ impl Backend {
         let (keys_of, query) = (&keys, &query);
         let a = self
             .routed(range_id, &keys, |range_id| async move {
+                // (A serializable read is served by any replica, a read
+                // replica included, with every voter down.)
+                if let Some(down) = linearizable.then(|| self.voters_down(range_id)).flatten() {
+                    return Err(Failed::Unsent(down));
+                }
                 let mut attempt = 0;
                 let raw = loop {
                     let req = self.route(range_id, keys_of.clone()).await;
@@ -742,9 +765,17 @@ impl Backend {
     /// A founding member whose replica was removed forwards too when the
     /// placement driver moves replicas (`[placement] execute = true`);
     /// otherwise it keeps refusing (`Unavailable`), as it always has.
+    /// With every voter of the range on a node the gossip holds dead, the
+    /// answer is [`ApiError::ReplicasDown`], which says so and where.
     async fn elsewhere(&self, range_id: u64, e: ApiError) -> ApiError {
+        if !matches!(e, ApiError::NoLeader { .. }) {
+            return e;
+        }
+        if let Some(down) = self.voters_down(range_id) {
+            return down;
+        }
         let forwards = self.cfg.joining() || self.cfg.placement.execute;
-        if !forwards || !matches!(e, ApiError::NoLeader { .. }) || self.brief(range_id).await.is_some() {
+        if !forwards || self.brief(range_id).await.is_some() {
             return e;
         }
         let me = self.cfg.node_id;
@@ -753,12 +784,40 @@ impl Backend {
             .lock()
             .expect("replica lists")
             .get(&range_id)
-            .map(|r| r.iter().copied().filter(|n| *n != me).collect())
+            .map(|r| r.0.iter().copied().filter(|n| *n != me).collect())
             .unwrap_or_default();
         match self.prefer_live(&candidates) {
             Some(node) => ApiError::NotLeader { range_id, leader: node },
             None => e,
         }
+    }
+
+    /// [`Backend::all_down`] of the range's voters, per the catalog.
+    fn voters_down(&self, range_id: u64) -> Option<ApiError> {
+        let voters: Vec<u64> =
+            self.replicas.lock().expect("replica lists").get(&range_id).map(|r| r.0[..r.1.min(r.0.len())].to_vec()).unwrap_or_default();
+        self.all_down(range_id, &voters)
+    }
+
+    /// [`ApiError::ReplicasDown`] when the gossip holds every node of
+    /// `replicas` (a range's voters) dead (none alive, suspect or unheard
+    /// of): the range cannot answer until they are back, and the error
+    /// says where they are (a zone-survival namespace whose home region is
+    /// lost).
+    fn all_down(&self, range_id: u64, replicas: &[u64]) -> Option<ApiError> {
+        let dir = self.directory.read().expect("node directory");
+        let nodes: Vec<&NodeRecord> = replicas.iter().map(|n| dir.get(*n)).collect::<Option<Vec<_>>>()?;
+        if nodes.is_empty() || nodes.iter().any(|n| n.liveness != meridian_membership::Liveness::Dead) {
+            return None;
+        }
+        let regions: std::collections::BTreeSet<&str> = nodes.iter().map(|n| n.labels.region.as_str()).collect();
+        let ids: Vec<String> = nodes.iter().map(|n| n.id.to_string()).collect();
+        let regions: Vec<&str> = regions.into_iter().collect();
+        Some(ApiError::ReplicasDown(format!(
+            "every replica of range {range_id} is on a node that is down or cut off (nodes {} in region {}): its data is kept, and it answers again when they are back; a namespace that must stay available through a region's loss needs --survival region",
+            ids.join(", "),
+            regions.join(", ")
+        )))
     }
 
     /// `nodes` ordered for a choice between equivalent nodes: the ones
@@ -840,10 +899,11 @@ pub fn forwarded<T>(msg: T) -> tonic::Request<T> {
 
 /// A range's nodes as the route cache lists them: voters first, then
 /// learners, each in id order.
-fn replica_list(d: &RangeDescriptor) -> Vec<u64> {
+fn replica_list(d: &RangeDescriptor) -> (Vec<u64>, usize) {
     let mut nodes: Vec<(bool, u64)> = d.replicas.iter().map(|r| (r.role != ReplicaRole::Voter, r.node_id)).collect();
     nodes.sort_unstable();
-    nodes.into_iter().map(|(_, n)| n).collect()
+    let voters = nodes.iter().filter(|(learner, _)| !learner).count();
+    (nodes.into_iter().map(|(_, n)| n).collect(), voters)
 }
 
 /// A published descriptor's epoch into the route cache, unless the cache

@@ -268,6 +268,9 @@ pub struct DebugConfig {
     /// Serve "linearizable" reads from local state without ReadIndex.
     #[serde(default)]
     pub unsafe_local_reads: bool,
+    /// WAN latency between regions, on loopback (see [`crate::wan`]).
+    #[serde(default, skip_serializing_if = "crate::wan::WanConfig::is_off")]
+    pub wan: crate::wan::WanConfig,
 }
 
 /// Addresses `join` may list (any one member is enough).
@@ -434,6 +437,9 @@ impl ServerConfig {
             return bad(e);
         }
         if let Err(e) = self.placement.validate() {
+            return bad(e);
+        }
+        if let Err(e) = self.debug.wan.validate() {
             return bad(e);
         }
         if self.gossip.on() {

@@ -8,6 +8,68 @@ use std::path::{Path, PathBuf};
 pub use meridian_transport_quic::DevCa;
 
 use crate::config::{DebugConfig, GossipSettings, Member, ServerConfig, TlsPaths};
+use crate::wan::{WanConfig, WanLink};
+
+/// Where a node of a local cluster is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub region: String,
+    pub zone: String,
+}
+
+/// The single-region layout: region `local`, zones `local-a`, `-b`, `-c`
+/// in turn.
+pub fn local_places(nodes: usize) -> Vec<Place> {
+    (0..nodes).map(|i| Place { region: "local".into(), zone: format!("local-{}", (b'a' + (i % 3) as u8) as char) }).collect()
+}
+
+/// Most regions and zones per region `meridian dev --regions` starts.
+pub const MAX_DEV_REGIONS: usize = 5;
+pub const MAX_DEV_ZONES: usize = 3;
+
+/// One data node per zone in each region (`REGION-a`, `-b`, …), regions
+/// in the order given. Refuses an empty, repeated or malformed region
+/// name, or more than [`MAX_DEV_REGIONS`] regions / [`MAX_DEV_ZONES`] zones.
+pub fn regional_places(regions: &[String], zones: usize) -> Result<Vec<Place>, String> {
+    if regions.is_empty() || regions.len() > MAX_DEV_REGIONS {
+        return Err(format!("--regions takes 1 to {MAX_DEV_REGIONS} regions, not {}", regions.len()));
+    }
+    if !(1..=MAX_DEV_ZONES).contains(&zones) {
+        return Err(format!("--zones must be 1 to {MAX_DEV_ZONES}, not {zones}"));
+    }
+    for (i, r) in regions.iter().enumerate() {
+        if r.is_empty() || !r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(format!("region name {r:?}: use letters, digits and '-'"));
+        }
+        if regions[..i].contains(r) {
+            return Err(format!("region {r} is listed twice"));
+        }
+    }
+    Ok(regions
+        .iter()
+        .flat_map(|r| (0..zones).map(move |z| Place { region: r.clone(), zone: format!("{r}-{}", (b'a' + z as u8) as char) }))
+        .collect())
+}
+
+/// Round trips between the regions of a dev cluster, ms: 66 between the
+/// first and second, 64 between the second and third, 146 between the
+/// first and third (roughly us-east, eu-west and ap-south), `other_ms` for
+/// any other pair. `rtt_override` replaces every one of them.
+pub fn dev_wan(regions: &[String], rtt_override: Option<u64>) -> WanConfig {
+    let mut links = Vec::new();
+    for i in 0..regions.len() {
+        for j in i + 1..regions.len() {
+            let rtt = rtt_override.unwrap_or(match (i, j) {
+                (0, 1) => 66,
+                (1, 2) => 64,
+                (0, 2) => 146,
+                _ => 100,
+            });
+            links.push(WanLink { regions: [regions[i].clone(), regions[j].clone()], rtt_ms: rtt });
+        }
+    }
+    WanConfig { links, ..WanConfig::default() }
+}
 
 fn addr(port: u32) -> Result<String, String> {
     let port = u16::try_from(port).map_err(|_| format!("port {port} out of range: choose a lower base port"))?;
@@ -61,10 +123,30 @@ pub fn write_configs_signed(
     debug: &DebugConfig,
     ca: &DevCa,
 ) -> Result<Vec<PathBuf>, String> {
+    let placement = crate::placement::PlacementSettings::default();
+    write_configs_placed(data_dir, members, &local_places(members.len()), namespaces, tick_ms, debug, &placement, ca)
+}
+
+/// [`write_configs_signed`] with each member's region and zone (`places`,
+/// in member order) and `[placement]` settings.
+#[allow(clippy::too_many_arguments)]
+pub fn write_configs_placed(
+    data_dir: &Path,
+    members: &[Member],
+    places: &[Place],
+    namespaces: &[String],
+    tick_ms: u64,
+    debug: &DebugConfig,
+    placement: &crate::placement::PlacementSettings,
+    ca: &DevCa,
+) -> Result<Vec<PathBuf>, String> {
+    if places.len() != members.len() {
+        return Err(format!("{} places for {} members", places.len(), members.len()));
+    }
     let io = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
     std::fs::create_dir_all(data_dir).map_err(|e| io("creating", data_dir, e))?;
     let mut paths = Vec::new();
-    for m in members {
+    for (m, place) in members.iter().zip(places) {
         let dir = data_dir.join(format!("node-{}", m.id));
         let cfg_path = dir.join("meridian.toml");
         if let Ok(existing) = ServerConfig::load(&cfg_path) {
@@ -74,7 +156,11 @@ pub fn write_configs_signed(
                 v.sort();
                 v
             };
-            if existing.initial_cluster == members && sorted(&existing.namespaces) == sorted(namespaces) {
+            if existing.initial_cluster == members
+                && sorted(&existing.namespaces) == sorted(namespaces)
+                && (existing.region.as_str(), existing.zone.as_str()) == (place.region.as_str(), place.zone.as_str())
+                && existing.debug.wan == debug.wan
+            {
                 paths.push(cfg_path);
                 continue;
             }
@@ -84,7 +170,8 @@ pub fn write_configs_signed(
                 data_dir.display()
             ));
         }
-        let cfg = node_config(&dir, m, members.to_vec(), Vec::new(), namespaces, tick_ms, debug, ca)?;
+        let mut cfg = node_config(&dir, m, place, members.to_vec(), Vec::new(), namespaces, tick_ms, debug, ca)?;
+        cfg.placement = placement.clone();
         write_config(&cfg_path, &cfg)?;
         paths.push(cfg_path);
     }
@@ -109,7 +196,8 @@ pub fn write_join_config_with(
     debug: &DebugConfig,
     ca: &DevCa,
 ) -> Result<PathBuf, String> {
-    let cfg = node_config(dir, me, vec![me.clone()], join.to_vec(), &[], tick_ms, debug, ca)?;
+    let place = local_places(me.id as usize).pop().unwrap_or(Place { region: "local".into(), zone: "local-a".into() });
+    let cfg = node_config(dir, me, &place, vec![me.clone()], join.to_vec(), &[], tick_ms, debug, ca)?;
     let cfg_path = dir.join("meridian.toml");
     write_config(&cfg_path, &cfg)?;
     Ok(cfg_path)
@@ -125,6 +213,7 @@ fn write_config(path: &Path, cfg: &ServerConfig) -> Result<(), String> {
 fn node_config(
     dir: &Path,
     m: &Member,
+    place: &Place,
     initial_cluster: Vec<Member>,
     join: Vec<String>,
     namespaces: &[String],
@@ -157,8 +246,8 @@ fn node_config(
         node_id: m.id,
         data_dir: dir.to_path_buf(),
         initial_cluster,
-        region: "local".into(),
-        zone: format!("local-{}", (b'a' + ((m.id - 1) % 3) as u8) as char),
+        region: place.region.clone(),
+        zone: place.zone.clone(),
         namespaces: namespaces.to_vec(),
         tls: tls_paths,
         tick_ms,

@@ -115,6 +115,11 @@ pub enum ApiError {
     /// The range is in joint consensus and the command needs it settled.
     #[error("meridian: range is changing its membership; retry once the change is done")]
     ConfChanging,
+    /// Every replica of the range is on a node that is down or cut off:
+    /// the message says which regions (a zone-survival namespace whose
+    /// home region is lost).
+    #[error("meridian: {0}")]
+    ReplicasDown(String),
 }
 
 impl ApiError {
@@ -189,6 +194,7 @@ impl ApiError {
             ErrorCode::NamespaceNotFound => ApiError::NamespaceNotFound(text("meridian: ")),
             ErrorCode::NamespaceNotEmpty => ApiError::NamespaceNotEmpty(text("meridian: ")),
             ErrorCode::ConfChanging => ApiError::ConfChanging,
+            ErrorCode::ReplicasDown => ApiError::ReplicasDown(text("meridian: ")),
             ErrorCode::Internal | ErrorCode::Unspecified => ApiError::Internal(text("etcdserver: ")),
         }
     }
@@ -254,6 +260,7 @@ impl ApiError {
             ApiError::NamespaceNotFound(_) => ErrorCode::NamespaceNotFound,
             ApiError::NamespaceNotEmpty(_) => ErrorCode::NamespaceNotEmpty,
             ApiError::ConfChanging => ErrorCode::ConfChanging,
+            ApiError::ReplicasDown(_) => ErrorCode::ReplicasDown,
         }
     }
 
@@ -284,7 +291,8 @@ impl ApiError {
             | ApiError::EpochMismatch { .. }
             | ApiError::KeyNotInRange { .. }
             | ApiError::NamespaceMoved(_)
-            | ApiError::ConfChanging => Code::Unavailable,
+            | ApiError::ConfChanging
+            | ApiError::ReplicasDown(_) => Code::Unavailable,
             ApiError::NamespaceExists(_) => Code::AlreadyExists,
             ApiError::NamespaceNotFound(_) => Code::NotFound,
             ApiError::NamespaceNotEmpty(_) => Code::FailedPrecondition,
@@ -324,7 +332,11 @@ impl ApiError {
             | ApiError::NodeStopped => 503,
             ApiError::Unimplemented(_) => 501,
             ApiError::Internal(_) | ApiError::Storage(_) | ApiError::Corrupt => 500,
-            ApiError::EpochMismatch { .. } | ApiError::KeyNotInRange { .. } | ApiError::NamespaceMoved(_) | ApiError::ConfChanging => 503,
+            ApiError::EpochMismatch { .. }
+            | ApiError::KeyNotInRange { .. }
+            | ApiError::NamespaceMoved(_)
+            | ApiError::ConfChanging
+            | ApiError::ReplicasDown(_) => 503,
         }
     }
 }
@@ -426,6 +438,7 @@ mod tests {
             ApiError::NamespaceNotFound("namespace \"/a/\" not found".into()),
             ApiError::NamespaceNotEmpty("namespace \"/a/\" holds 3 keys".into()),
             ApiError::ConfChanging,
+            ApiError::ReplicasDown("every replica of range 7 is down: nodes 1, 2, 3 in region us".into()),
         ]
     }
 

@@ -112,9 +112,13 @@ pub fn counted(recs: &BTreeMap<String, NsRecord>) -> Vec<Vec<u8>> {
 }
 
 /// Whether the driver may change `r`'s group: settled, and with the root
-/// group's placement.
+/// group's placement (no constraints, no geography: a namespace homed in
+/// a region keeps a group placed by its policy).
 fn movable(backend: &Backend, r: &NsRecord) -> bool {
-    matches!(r.state, NsState::Ready | NsState::Shared) && r.replicas == backend.cfg.placement.replicas && r.constraints.is_empty()
+    matches!(r.state, NsState::Ready | NsState::Shared)
+        && r.replicas == backend.cfg.placement.replicas
+        && r.constraints.is_empty()
+        && r.geo.is_none()
 }
 
 /// The next [`KEY_COUNTS_PER_ROUND`] names after the cursor (wrapping).

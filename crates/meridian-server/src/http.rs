@@ -422,7 +422,7 @@ async fn namespaces_create(State(s): State<HttpState>, raw: Bytes) -> Response {
         Ok(b) => b,
         Err(e) => {
             let why = format!(
-                r#"body must be {{"name": "/prefix/", "replicas": N (optional), "constraints": ["zone=a", …] (optional), "shared": bool (optional)}}: {e}"#
+                r#"body must be {{"name": "/prefix/", "replicas": N (optional), "constraints": ["zone=a", …] (optional), "shared": bool (optional), "home_region": "REGION" (optional), "survival": "zone"|"region" (optional), "read_replicas": bool (optional)}}: {e}"#
             );
             return error_response(ApiError::Invalid(why));
         }
@@ -441,7 +441,7 @@ struct NamespaceQuery {
 }
 
 async fn namespaces_describe(State(s): State<HttpState>, Query(q): Query<NamespaceQuery>) -> Response {
-    match crate::namespace::describe(&s.backend, &q.name).await {
+    match crate::namespace::describe_via(&s.backend, &q.name, false).await {
         Ok(info) => Json(info).into_response(),
         Err(e) => error_response(e),
     }

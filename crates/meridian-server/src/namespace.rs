@@ -57,6 +57,7 @@ use tracing::{info, warn};
 
 use crate::backend::Backend;
 use crate::error::ApiError;
+use crate::geo::{GeoPolicy, GeoSpec};
 use crate::meta;
 use crate::routing::{prefix_end, META_RANGE_ID, ROOT_RANGE_ID};
 
@@ -133,11 +134,10 @@ pub struct NsRecord {
     pub state: NsState,
     /// Wall clock of the create (information only).
     pub created_ms: i64,
-    /// Geography (filled by the geography work; absent today).
+    /// Its home region, survival goal and voters per region (none: the
+    /// voters go wherever `constraints` allow).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub home_region: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub survival: Option<String>,
+    pub geo: Option<GeoPolicy>,
     /// Keys the carve moved in from the root namespace, and the revision
     /// the namespace started at (set once ready).
     #[serde(default)]
@@ -184,6 +184,40 @@ pub struct CreateSpec {
     /// `replicas` or `constraints` then: it has the root group's).
     #[serde(default)]
     pub shared: bool,
+    /// The region whose clients it serves (see [`crate::geo`]).
+    #[serde(default)]
+    pub home_region: Option<String>,
+    /// `zone` (the default with a home region) or `region`.
+    #[serde(default)]
+    pub survival: Option<String>,
+    /// A read replica in every other region (zone survival).
+    #[serde(default)]
+    pub read_replicas: bool,
+}
+
+impl CreateSpec {
+    /// The geography it asks for.
+    fn geo_spec(&self, constraints: &BTreeMap<String, String>) -> GeoSpec {
+        GeoSpec {
+            home_region: self.home_region.clone(),
+            survival: self.survival.clone(),
+            read_replicas: self.read_replicas,
+            replicas: self.replicas,
+            region_constraint: constraints.contains_key("region"),
+        }
+    }
+}
+
+/// One replica of a namespace as `describe` shows it: where it is and
+/// why it is there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaPlace {
+    pub node: u64,
+    pub region: String,
+    pub zone: String,
+    /// `voter` or `learner`.
+    pub role: String,
+    pub why: String,
 }
 
 /// A namespace as `list` and `describe` show it.
@@ -206,6 +240,18 @@ pub struct NsInfo {
     /// Keys the last merge carried into the root group.
     #[serde(default)]
     pub merged_keys: u64,
+    /// Its home region and survival goal ("" without geography).
+    #[serde(default)]
+    pub home_region: String,
+    #[serde(default)]
+    pub survival: String,
+    /// Regions that keep a read replica.
+    #[serde(default)]
+    pub read_regions: Vec<String>,
+    /// Where every replica is and why (per the catalog and the node
+    /// directory).
+    #[serde(default)]
+    pub placement: Vec<ReplicaPlace>,
     /// `describe` only: keys and current revision, read from the range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<i64>,
@@ -303,18 +349,36 @@ async fn record_of(backend: &Backend, name: &str) -> Result<Option<NsRecord>, Ap
     record(backend, name, true).await
 }
 
+/// Where a range's replicas go, as its namespace's record says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Voters wanted.
+    pub replicas: usize,
+    /// Labels every replica's node must have.
+    pub constraints: Vec<(String, String)>,
+    /// Its geography, if it has one.
+    pub geo: Option<GeoPolicy>,
+}
+
 /// The policy of every range a namespace record names (range id →
-/// (voters wanted, constraints)), for the placement driver.
-pub async fn policies(backend: &Backend) -> Result<BTreeMap<u64, (usize, Vec<(String, String)>)>, ApiError> {
+/// policy), for the placement driver.
+pub async fn policies(backend: &Backend) -> Result<BTreeMap<u64, Policy>, ApiError> {
     Ok(policies_of(&records(backend, false).await?))
 }
 
 /// [`policies`] from records read already. Shared namespaces have the
 /// root group's.
-pub fn policies_of(recs: &BTreeMap<String, NsRecord>) -> BTreeMap<u64, (usize, Vec<(String, String)>)> {
+pub fn policies_of(recs: &BTreeMap<String, NsRecord>) -> BTreeMap<u64, Policy> {
     recs.values()
         .filter(|r| r.state != NsState::Shared)
-        .map(|r| (r.range_id, (r.replicas, r.constraints.iter().map(|(k, v)| (k.clone(), v.clone())).collect())))
+        .map(|r| {
+            let policy = Policy {
+                replicas: r.replicas,
+                constraints: r.constraints.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                geo: r.geo.clone(),
+            };
+            (r.range_id, policy)
+        })
         .collect()
 }
 
@@ -447,15 +511,28 @@ pub async fn create(backend: &Backend, spec: &CreateSpec) -> Result<NsInfo, ApiE
             "namespace {name:?}: a shared namespace is served by the root group, with its placement; replicas and constraints need a group of its own (create it without shared)"
         )));
     }
-    let replicas = spec.replicas.unwrap_or(backend.cfg.placement.replicas);
+    let geo_spec = spec.geo_spec(&constraints);
+    if spec.shared && geo_spec.asked() {
+        return Err(ApiError::Invalid(format!(
+            "namespace {name:?}: a shared namespace is served by the root group, with its placement; a home region and survival goal need a group of its own (create it without shared)"
+        )));
+    }
+    let mut replicas = spec.replicas.unwrap_or(backend.cfg.placement.replicas);
     if replicas == 0 || replicas > MAX_REPLICAS {
         return Err(ApiError::Invalid(format!("replicas must be 1 to {MAX_REPLICAS}, not {replicas}")));
     }
+    let mut geo = None;
     if !spec.shared {
         // This member's copy of the administrative states: advice, as the
         // directory is (the placement driver places what it can).
         let admin = crate::node_admin::states(backend, false).await.unwrap_or_default();
-        check_satisfiable(backend, &admin, replicas, &constraints)?;
+        let takes = |id: u64| admin.get(&id).is_none_or(crate::node_admin::NodeAdmin::takes_replicas);
+        let nodes: Vec<_> = backend.nodes().into_iter().filter(|n| takes(n.id)).collect();
+        geo = crate::geo::plan(&geo_spec, &nodes, replicas)?;
+        match &geo {
+            Some(g) => replicas = g.voters(),
+            None => check_satisfiable(backend, &admin, replicas, &constraints)?,
+        }
     }
     // The routes matter here only for the namespaces the config declared
     // (the records guard every other overlap): read the catalog when none
@@ -468,10 +545,10 @@ pub async fn create(backend: &Backend, spec: &CreateSpec) -> Result<NsInfo, ApiE
     let existing = settle("reading the namespace's record", || record(backend, name, true)).await?;
     let record = match existing.as_ref() {
         Some(r) if r.state == NsState::Creating && !spec.shared && !r.split => {
-            if r.replicas != replicas || r.constraints != constraints {
+            if r.replicas != replicas || r.constraints != constraints || r.geo != geo {
                 return Err(ApiError::NamespaceExists(format!(
-                    "namespace {name:?} is being created with another policy ({} replicas, constraints {:?})",
-                    r.replicas, r.constraints
+                    "namespace {name:?} is being created with another policy ({} replicas, constraints {:?}, geography {:?})",
+                    r.replicas, r.constraints, r.geo
                 )));
             }
             info!(namespace = name, range = r.range_id, "continuing a create cut short");
@@ -513,7 +590,8 @@ pub async fn create(backend: &Backend, spec: &CreateSpec) -> Result<NsInfo, ApiE
                     "namespace {name:?} overlaps namespace {other:?}: a key must belong to one namespace"
                 )));
             }
-            let record = settle("recording the namespace", || allocate(backend, name, replicas, &constraints, spec.shared)).await?;
+            let record =
+                settle("recording the namespace", || allocate(backend, name, replicas, &constraints, geo.as_ref(), spec.shared)).await?;
             if record.state == NsState::Shared {
                 info!(namespace = name, "namespace created in the root group");
                 return describe(backend, name).await;
@@ -536,10 +614,11 @@ async fn allocate(
     name: &str,
     replicas: usize,
     constraints: &BTreeMap<String, String>,
+    geo: Option<&GeoPolicy>,
     shared: bool,
 ) -> Result<NsRecord, ApiError> {
     for _ in 0..ALLOCATE_ATTEMPTS {
-        if let Some(r) = try_allocate(backend, name, replicas, constraints, shared).await? {
+        if let Some(r) = try_allocate(backend, name, replicas, constraints, geo, shared).await? {
             return Ok(r);
         }
     }
@@ -593,6 +672,7 @@ async fn try_allocate(
     name: &str,
     replicas: usize,
     constraints: &BTreeMap<String, String>,
+    geo: Option<&GeoPolicy>,
     shared: bool,
 ) -> Result<Option<NsRecord>, ApiError> {
     let (mut compare, failure) = no_overlap(name);
@@ -611,7 +691,8 @@ async fn try_allocate(
         };
     }
     let (next, guard) = next_range_id(backend).await?;
-    let record = new_record(name, next, next, replicas, constraints);
+    let mut record = new_record(name, next, next, replicas, constraints);
+    record.geo = geo.cloned();
     // On failure, whether the name is taken or overlapped (then the create
     // is refused) or the counter moved (then it is tried again).
     compare.insert(0, guard);
@@ -622,7 +703,6 @@ async fn try_allocate(
     };
     match backend.execute(META_RANGE_ID, c::Op::Txn(txn)).await? {
         c::Outcome { kind: Some(c::OutcomeKind::Txn(t)), revision } if t.succeeded => {
-            let mut record = record;
             record.mod_revision = revision;
             Ok(Some(record))
         }
@@ -664,8 +744,7 @@ fn new_record(name: &str, range_id: u64, namespace_id: u64, replicas: usize, con
         constraints: constraints.clone(),
         state: NsState::Creating,
         created_ms: crate::backend::wall_ms(),
-        home_region: None,
-        survival: None,
+        geo: None,
         moved_keys: 0,
         start_revision: 0,
         changed_ms: crate::backend::wall_ms(),
@@ -822,9 +901,35 @@ fn info_of_record(backend: &Backend, r: &NsRecord) -> NsInfo {
         moved_keys: r.moved_keys,
         start_revision: r.start_revision,
         merged_keys: r.merged_keys,
+        home_region: r.geo.as_ref().map(|g| g.home_region.clone()).unwrap_or_default(),
+        survival: r.geo.as_ref().map(|g| g.survival.as_str().to_string()).unwrap_or_default(),
+        read_regions: r.geo.as_ref().map(|g| g.read_regions.iter().cloned().collect()).unwrap_or_default(),
+        placement: placement_of(backend, r.range_id, r.geo.as_ref()),
         keys: None,
         revision: None,
     }
+}
+
+/// Where each replica of `range_id` is (per the catalog and the node
+/// directory) and why, per the namespace's geography.
+fn placement_of(backend: &Backend, range_id: u64, geo: Option<&GeoPolicy>) -> Vec<ReplicaPlace> {
+    let nodes: BTreeMap<u64, meridian_membership::NodeRecord> = backend.nodes().into_iter().map(|n| (n.id, n)).collect();
+    let voters = backend.catalog_voter_count(range_id);
+    backend
+        .catalog_replicas_of(range_id)
+        .into_iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let voter = i < voters;
+            let (region, zone) = nodes.get(&node).map(|n| (n.labels.region.clone(), n.labels.zone.clone())).unwrap_or_default();
+            let why = match geo {
+                Some(g) => g.why(&region, voter),
+                None if voter => "voter (placed by replicas and constraints)".into(),
+                None => "learner being added or removed by the placement driver".into(),
+            };
+            ReplicaPlace { node, region, zone, role: if voter { "voter" } else { "learner" }.into(), why }
+        })
+        .collect()
 }
 
 /// A namespace declared in the config at bootstrap (it has no record).
@@ -842,6 +947,10 @@ fn info_of_declared(backend: &Backend, n: &crate::routing::Namespace) -> NsInfo 
         moved_keys: 0,
         start_revision: 0,
         merged_keys: 0,
+        home_region: String::new(),
+        survival: String::new(),
+        read_regions: Vec::new(),
+        placement: placement_of(backend, n.range_id, None),
         keys: None,
         revision: None,
     }
@@ -1184,6 +1293,14 @@ fn to_wire(n: NsInfo) -> api::NamespaceInfo {
         revision: n.revision.unwrap_or(-1),
         epoch: n.epoch,
         merged_keys: n.merged_keys,
+        home_region: n.home_region,
+        survival: n.survival,
+        read_regions: n.read_regions,
+        placement: n
+            .placement
+            .into_iter()
+            .map(|p| api::ReplicaPlace { node: p.node, region: p.region, zone: p.zone, role: p.role, why: p.why })
+            .collect(),
     }
 }
 
@@ -1201,6 +1318,14 @@ fn from_wire(w: api::NamespaceInfo) -> NsInfo {
         moved_keys: w.moved_keys,
         start_revision: w.start_revision,
         merged_keys: w.merged_keys,
+        home_region: w.home_region,
+        survival: w.survival,
+        read_regions: w.read_regions,
+        placement: w
+            .placement
+            .into_iter()
+            .map(|p| ReplicaPlace { node: p.node, region: p.region, zone: p.zone, role: p.role, why: p.why })
+            .collect(),
         keys: (w.keys >= 0).then_some(w.keys),
         revision: (w.revision >= 0).then_some(w.revision),
     }
@@ -1236,6 +1361,9 @@ pub async fn create_via(backend: &Backend, spec: &CreateSpec, forwarded: bool) -
         replicas: spec.replicas.unwrap_or(0) as u32,
         constraints: spec.constraints.clone(),
         shared: spec.shared,
+        home_region: spec.home_region.clone().unwrap_or_default(),
+        survival: spec.survival.clone().unwrap_or_default(),
+        read_replicas: spec.read_replicas,
     };
     here_or_on_leader(backend, forwarded, create(backend, spec), |mut c| async move {
         Ok(from_wire(c.create(crate::backend::forwarded(req)).await?.into_inner()))
@@ -1248,6 +1376,17 @@ pub async fn drop_via(backend: &Backend, name: &str, force: bool, forwarded: boo
     let req = api::NamespaceDropRequest { name: name.to_string(), force };
     here_or_on_leader(backend, forwarded, drop_namespace(backend, name, force), |mut c| async move {
         c.drop(crate::backend::forwarded(req)).await.map(|_| ())
+    })
+    .await
+}
+
+/// [`describe`] here, or — when this member holds no replica of the
+/// namespace's range (its key count is read there) — on the member the
+/// range's refusal names (once, unless `forwarded`).
+pub async fn describe_via(backend: &Backend, name: &str, forwarded: bool) -> Result<NsInfo, ApiError> {
+    let req = api::NamespaceDescribeRequest { name: name.to_string() };
+    here_or_on_leader(backend, forwarded, describe(backend, name), |mut c| async move {
+        Ok(from_wire(c.describe(crate::backend::forwarded(req)).await?.into_inner()))
     })
     .await
 }
@@ -1290,6 +1429,9 @@ impl api::namespaces_server::Namespaces for NamespacesService {
             replicas: (r.replicas > 0).then_some(r.replicas as usize),
             constraints: r.constraints,
             shared: r.shared,
+            home_region: (!r.home_region.is_empty()).then_some(r.home_region),
+            survival: (!r.survival.is_empty()).then_some(r.survival),
+            read_replicas: r.read_replicas,
         };
         Ok(Response::new(to_wire(create_via(&self.backend, &spec, forwarded).await?)))
     }
@@ -1300,7 +1442,8 @@ impl api::namespaces_server::Namespaces for NamespacesService {
     }
 
     async fn describe(&self, req: Request<api::NamespaceDescribeRequest>) -> Result<Response<api::NamespaceInfo>, Status> {
-        Ok(Response::new(to_wire(describe(&self.backend, &req.get_ref().name).await?)))
+        let forwarded = req.metadata().get(crate::backend::FORWARDED_HEADER).is_some();
+        Ok(Response::new(to_wire(describe_via(&self.backend, &req.get_ref().name, forwarded).await?)))
     }
 
     async fn drop(&self, req: Request<api::NamespaceDropRequest>) -> Result<Response<api::NamespaceDropResponse>, Status> {

@@ -352,7 +352,7 @@ async fn drain_then(backend: &Backend, id: u64, remove: bool) -> Result<DrainSta
         let policies = crate::namespace::policies(backend).await?;
         let (reports, _) = catalog_reports(backend).await?;
         for r in reports.values().filter(|r| r.voters.contains(&id)) {
-            let wanted = policies.get(&r.range_id).map_or(backend.cfg.placement.replicas, |p| p.0);
+            let wanted = policies.get(&r.range_id).map_or(backend.cfg.placement.replicas, |p| p.replicas);
             if eligible.len() < wanted.min(r.voters.len()) {
                 return Err(ApiError::Invalid(format!(
                     "draining node {id} would leave range {} with fewer than {} voters: only {} other live data node(s) can take replicas ({eligible:?})",

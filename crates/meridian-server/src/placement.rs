@@ -224,9 +224,9 @@ pub async fn gather(backend: &Backend, count_writes: &[Vec<u8>]) -> Gathered {
 
 /// The scheduler's view: the directory's nodes with the gossip's liveness
 /// (dead since it was last heard from) and the reported ranges.
-/// Each range's policy a namespace record sets: range id → (voters
-/// wanted, constraints). Ranges without one get `[placement] replicas`.
-pub type Policies = BTreeMap<u64, (usize, Vec<(String, String)>)>;
+/// Each range's policy a namespace record sets. Ranges without one get
+/// `[placement] replicas`.
+pub type Policies = BTreeMap<u64, crate::namespace::Policy>;
 
 /// Nodes' administrative states (draining, decommissioned).
 pub type Admin = BTreeMap<u64, crate::node_admin::NodeAdmin>;
@@ -273,6 +273,7 @@ pub fn view(backend: &Backend, g: &Gathered, policies: &Policies, admin: &Admin,
         nodes.insert(*id, view);
     }
     let replicas = backend.cfg.placement.replicas;
+    let meta_layout = meta_layout(&nodes, replicas);
     // Only ranges the catalog names (once it is read): a dropped
     // namespace's sealed range still reports, and is left alone.
     let catalog: std::collections::BTreeSet<u64> = backend.catalog_replicas().into_iter().map(|(id, _)| id).collect();
@@ -280,6 +281,8 @@ pub fn view(backend: &Backend, g: &Gathered, policies: &Policies, admin: &Admin,
         .values()
         .filter(|r| catalog.is_empty() || catalog.contains(&r.range_id))
         .map(|r| {
+            let policy = policies.get(&r.range_id);
+            let geo = policy.and_then(|p| p.geo.as_ref());
             (
                 r.range_id,
                 RangeView {
@@ -289,9 +292,16 @@ pub fn view(backend: &Backend, g: &Gathered, policies: &Policies, admin: &Admin,
                     leader: r.leader,
                     caught_up: r.caught_up.iter().copied().collect(),
                     joint: r.joint,
-                    replicas: policies.get(&r.range_id).map_or(replicas, |p| p.0),
-                    constraints: policies.get(&r.range_id).map(|p| p.1.clone()).unwrap_or_default(),
+                    replicas: policy.map_or(replicas, |p| p.replicas),
+                    constraints: policy.map(|p| p.constraints.clone()).unwrap_or_default(),
                     pinned: r.range_id == META_RANGE_ID,
+                    region_voters: if r.range_id == META_RANGE_ID {
+                        meta_layout.clone()
+                    } else {
+                        geo.map(|g| g.region_voters.clone()).unwrap_or_default()
+                    },
+                    home_region: geo.map(|g| g.home_region.clone()),
+                    read_regions: geo.map(|g| g.read_regions.clone()).unwrap_or_default(),
                 },
             )
         })
@@ -299,11 +309,46 @@ pub fn view(backend: &Backend, g: &Gathered, policies: &Policies, admin: &Admin,
     ClusterView { nodes, ranges, running: BTreeMap::new() }
 }
 
+/// Voters of the meta range per region, so that it survives a region's
+/// loss: with three regions or more holding data nodes, `replicas` spread
+/// round-robin over the three with the most hosts (3: one each; 5: two,
+/// two, one), no region given more voters than it has hosts. With fewer
+/// regions: none (the voters go anywhere, zones spread). Dead nodes count,
+/// so a lost region does not reshuffle the layout.
+pub fn meta_layout(nodes: &BTreeMap<u64, NodeView>, replicas: usize) -> BTreeMap<String, usize> {
+    let mut hosts: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for n in nodes.values().filter(|n| n.role == meridian_membership::NodeRole::Data && !n.labels.region.is_empty()) {
+        hosts.entry(n.labels.region.as_str()).or_default().insert(n.labels.host.as_str());
+    }
+    if hosts.len() < 3 {
+        return BTreeMap::new();
+    }
+    let mut regions: Vec<(&str, usize)> = hosts.iter().map(|(r, h)| (*r, h.len())).collect();
+    regions.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    regions.truncate(3);
+    let mut layout: BTreeMap<String, usize> = BTreeMap::new();
+    let mut placed = 0;
+    while placed < replicas {
+        let before = placed;
+        for (region, cap) in &regions {
+            let n = layout.entry(region.to_string()).or_default();
+            if placed < replicas && *n < *cap {
+                *n += 1;
+                placed += 1;
+            }
+        }
+        if placed == before {
+            break;
+        }
+    }
+    layout
+}
+
 /// One operator as `GET /v1/placement/plan` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OperatorReport {
     pub range_id: u64,
-    /// `add`, `replace`, `remove` or `transfer-leader`.
+    /// `add`, `replace`, `remove`, `transfer-leader` or `add-learner`.
     pub kind: String,
     pub from: Option<u64>,
     pub to: Option<u64>,
@@ -322,6 +367,7 @@ pub fn report(plan: &Plan) -> (Vec<OperatorReport>, Vec<(u64, String)>) {
                 Kind::Replace { from, to } => ("replace", Some(from), Some(to)),
                 Kind::Remove { from } => ("remove", Some(from), None),
                 Kind::TransferLeader { to } => ("transfer-leader", None, Some(to)),
+                Kind::AddLearner { to } => ("add-learner", None, Some(to)),
             };
             OperatorReport {
                 range_id: o.range_id,
@@ -386,6 +432,9 @@ pub async fn dry_run(backend: &Backend) -> serde_json::Value {
         "ranges_reported": reports.len(),
         "unreachable": unreachable.iter().map(|(n, why)| serde_json::json!({"node_id": n, "why": why})).collect::<Vec<_>>(),
         "operators": operators,
+        // Operators this node's driver runs now (as the meta range's
+        // leader): not in `operators`.
+        "running": v.running.len(),
         "blocked": blocked.iter().map(|(r, why)| serde_json::json!({"range_id": r, "why": why})).collect::<Vec<_>>(),
     })
 }
@@ -725,6 +774,37 @@ pub async fn drive(backend: Arc<Backend>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn nodes(per_region: &[(&str, u64)]) -> BTreeMap<u64, NodeView> {
+        let mut out = BTreeMap::new();
+        for (region, n) in per_region {
+            for _ in 0..*n {
+                let id = out.len() as u64 + 1;
+                let labels = meridian_membership::Labels { region: region.to_string(), zone: format!("z{id}"), host: format!("h{id}") };
+                let view = NodeView {
+                    id,
+                    labels,
+                    role: meridian_membership::NodeRole::Data,
+                    liveness: Liveness::Alive,
+                    dead_since_ms: None,
+                    draining: false,
+                    load: None,
+                };
+                out.insert(id, view);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_meta_range_spreads_over_three_regions_when_there_are_three() {
+        assert!(meta_layout(&nodes(&[("us", 3), ("eu", 3)]), 3).is_empty(), "two regions: anywhere");
+        let three = nodes(&[("us", 3), ("eu", 3), ("ap", 1)]);
+        assert_eq!(meta_layout(&three, 3), BTreeMap::from([("ap".into(), 1), ("eu".into(), 1), ("us".into(), 1)]));
+        assert_eq!(meta_layout(&three, 5), BTreeMap::from([("ap".into(), 1), ("eu".into(), 2), ("us".into(), 2)]));
+        let four = nodes(&[("us", 3), ("eu", 3), ("ap", 2), ("sa", 1)]);
+        assert_eq!(meta_layout(&four, 5), BTreeMap::from([("ap".into(), 1), ("eu".into(), 2), ("us".into(), 2)]));
+    }
 
     /// A running operator's record reads back as the operator it was, at
     /// the step it was at: what a new leader of the meta range takes over.

@@ -86,6 +86,10 @@ impl RaftAccess for NodeRaft {
         self.node.set_peer_addr(node_id, peer_addr);
     }
 
+    fn set_peer_shape(&self, node_id: u64, shape: meridian_node::LinkShape) {
+        self.node.set_peer_shape(node_id, shape);
+    }
+
     fn faults(&self) -> Option<Arc<meridian_node::NetFaults>> {
         Some(self.node.faults())
     }

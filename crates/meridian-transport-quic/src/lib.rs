@@ -48,6 +48,7 @@ mod frame;
 mod listener;
 mod peer;
 mod resolve;
+mod shape;
 mod tls;
 
 use std::collections::HashMap;
@@ -63,6 +64,7 @@ use tracing::Instrument as _;
 use meridian_transport::{Feedback, RaftEnvelope, SnapshotStream, Transport, TransportError};
 
 pub use resolve::{DnsResolver, Resolve, ResolveFuture};
+pub use shape::LinkShape;
 pub use tls::{node_server_name, DevCa, TlsMaterial, ALPN_PROTOCOL};
 
 use feedback::FeedbackSink;
@@ -135,11 +137,14 @@ impl ShutdownSignal {
 struct PeerQueue {
     batches: mpsc::Sender<Outgoing>,
     addr: watch::Sender<String>,
+    shape: watch::Sender<LinkShape>,
 }
 
 #[derive(Default)]
 struct PeerTable {
     addrs: HashMap<u64, String>,
+    /// Links shaped by [`QuicTransport::set_peer_shape`]; others are not.
+    shapes: HashMap<u64, LinkShape>,
     /// Created on first send; a task per entry.
     queues: HashMap<u64, PeerQueue>,
 }
@@ -208,7 +213,7 @@ impl QuicTransport {
                 resolver: config.resolver,
                 runtime,
                 peer_queue_batches: config.peer_queue_batches,
-                peers: Mutex::new(PeerTable { addrs: config.peers, queues: HashMap::new() }),
+                peers: Mutex::new(PeerTable { addrs: config.peers, shapes: HashMap::new(), queues: HashMap::new() }),
                 feedback: Arc::new(FeedbackSink::default()),
                 shutdown,
                 tasks: Mutex::new(vec![listener_task]),
@@ -241,11 +246,28 @@ impl QuicTransport {
         }
     }
 
+    /// Shapes the link to a peer (WAN latency on loopback, a debug
+    /// setting): every batch sent to it from now on waits `shape.one_way`
+    /// (± jitter) and a `shape.loss` fraction is dropped. Snapshot streams
+    /// are not delayed. [`LinkShape::NONE`] turns it off.
+    pub fn set_peer_shape(&self, node_id: u64, shape: LinkShape) {
+        let mut peers = self.shared.lock_peers();
+        if shape.is_none() {
+            peers.shapes.remove(&node_id);
+        } else {
+            peers.shapes.insert(node_id, shape);
+        }
+        if let Some(queue) = peers.queues.get(&node_id) {
+            queue.shape.send_replace(shape);
+        }
+    }
+
     /// Forgets a peer (e.g. removed from the cluster): its task closes the
     /// connection and ends, and later sends to it are reported unreachable.
     pub fn remove_peer(&self, node_id: u64) {
         let mut peers = self.shared.lock_peers();
         peers.addrs.remove(&node_id);
+        peers.shapes.remove(&node_id);
         peers.queues.remove(&node_id);
     }
 
@@ -309,6 +331,7 @@ impl Shared {
         let addr = peers.addrs.get(&to_node)?.clone();
         let (batches, batches_rx) = mpsc::channel(self.peer_queue_batches);
         let (addr_tx, addr_rx) = watch::channel(addr);
+        let (shape_tx, shape_rx) = watch::channel(peers.shapes.get(&to_node).copied().unwrap_or_default());
         let task = PeerTask::new(
             self.node_id,
             to_node,
@@ -318,6 +341,8 @@ impl Shared {
             addr_rx,
             self.feedback.clone(),
             ShutdownSignal(self.shutdown.subscribe()),
+            shape_rx,
+            self.peer_queue_batches,
         );
         let span = tracing::info_span!("quic_peer", node = self.node_id, peer = to_node);
         let handle = self.runtime.spawn(task.run().instrument(span));
@@ -326,7 +351,7 @@ impl Shared {
             tasks.retain(|t| !t.is_finished());
             tasks.push(handle);
         }
-        peers.queues.insert(to_node, PeerQueue { batches: batches.clone(), addr: addr_tx });
+        peers.queues.insert(to_node, PeerQueue { batches: batches.clone(), addr: addr_tx, shape: shape_tx });
         Some(batches)
     }
 }

@@ -25,6 +25,7 @@ use tracing::Instrument as _;
 use crate::feedback::FeedbackSink;
 use crate::frame::{encode_frame, envelope_frame_bytes, split_into_frames};
 use crate::resolve::Resolve;
+use crate::shape::{DelayLine, LinkShape};
 use crate::tls::node_server_name;
 use crate::{ShutdownSignal, CLOSE_NORMAL};
 use meridian_transport::Feedback;
@@ -110,6 +111,10 @@ pub(crate) struct PeerTask {
     feedback: Arc<FeedbackSink>,
     shutdown: ShutdownSignal,
     snapshot_slots: Arc<Semaphore>,
+    /// WAN shaping of this link (debug setting; usually none).
+    shape: watch::Receiver<LinkShape>,
+    /// Batches held back by the shaping, bounded like the queue.
+    line: DelayLine,
 }
 
 impl PeerTask {
@@ -123,9 +128,12 @@ impl PeerTask {
         addr: watch::Receiver<String>,
         feedback: Arc<FeedbackSink>,
         shutdown: ShutdownSignal,
+        shape: watch::Receiver<LinkShape>,
+        line_capacity: usize,
     ) -> Self {
         let snapshot_slots = Arc::new(Semaphore::new(MAX_SNAPSHOTS_IN_FLIGHT));
-        PeerTask { node_id, peer_id, endpoint, resolver, queue, addr, feedback, shutdown, snapshot_slots }
+        let line = DelayLine::new(line_capacity, node_id.rotate_left(32) ^ peer_id);
+        PeerTask { node_id, peer_id, endpoint, resolver, queue, addr, feedback, shutdown, snapshot_slots, shape, line }
     }
 
     pub(crate) async fn run(mut self) {
@@ -150,6 +158,9 @@ impl PeerTask {
                     }
                     let stop = self.serve(&conn).await;
                     conn.close(quinn::VarInt::from_u32(CLOSE_NORMAL), b"");
+                    for held in self.line.take_all() {
+                        self.feedback.dropped_all(&held);
+                    }
                     match stop {
                         Stop::Shutdown => return,
                         Stop::Removed => {
@@ -216,6 +227,8 @@ impl PeerTask {
         // will report.
         let _ = stream.set_priority(NORMAL_STREAM_PRIORITY);
         loop {
+            let due = self.line.next_due();
+            let room = !self.line.is_full();
             tokio::select! {
                 // Shutdown first: it also closes the queue (see above).
                 biased;
@@ -224,12 +237,26 @@ impl PeerTask {
                     return if changed.is_ok() { Stop::AddressChanged } else { Stop::Removed };
                 }
                 e = conn.closed() => return Stop::Lost(e.to_string()),
-                out = self.queue.recv() => match out {
+                _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                    while let Some(batch) = self.line.pop_due(Instant::now()) {
+                        if let Err(e) = self.write_batch(&mut stream, batch).await {
+                            return Stop::Lost(e);
+                        }
+                    }
+                }
+                // A full delay line stops taking from the queue, which then
+                // fills and drops (reported) as it does for a slow peer.
+                out = self.queue.recv(), if room => match out {
                     None => return Stop::Removed,
                     Some(Outgoing::Snapshot(snapshot)) => self.start_snapshot(conn, snapshot),
                     Some(Outgoing::Batch(batch)) => {
-                        if let Err(e) = self.write_batch(&mut stream, batch).await {
-                            return Stop::Lost(e);
+                        let shape = *self.shape.borrow();
+                        if shape.is_none() && self.line.is_empty() {
+                            if let Err(e) = self.write_batch(&mut stream, batch).await {
+                                return Stop::Lost(e);
+                            }
+                        } else {
+                            self.line.push(Instant::now(), &shape, batch);
                         }
                     }
                 },

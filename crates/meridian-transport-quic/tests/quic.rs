@@ -472,3 +472,67 @@ async fn a_peer_known_by_name_is_found_again_at_its_new_address() {
     })
     .await;
 }
+
+/// Round trips of a ping-pong over a shaped link, ms: `n` in turn.
+async fn round_trips(a: &mut Node, b: &mut Node, n: u64) -> Vec<f64> {
+    let mut rtts = Vec::new();
+    for seq in 0..n {
+        let sent = Instant::now();
+        a.t.send(2, vec![heartbeat(1, seq)]);
+        let ping = recv_n(&mut b.rx, 1).await;
+        b.t.send(1, vec![heartbeat(1, seq_of(&ping[0]))]);
+        let pong = recv_n(&mut a.rx, 1).await;
+        assert_eq!(seq_of(&pong[0]), seq);
+        rtts.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+    rtts
+}
+
+/// WAN shaping (`[debug.wan]`): each side delays what it sends by half the
+/// round trip, so a ping and its answer take the round trip; order is
+/// kept with jitter; turning the shaping off restores loopback speed.
+/// Only lower bounds are asserted (a delay is never skipped); the
+/// accuracy measured (within ±5 % of the matrix) is printed and recorded
+/// in docs/performance.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shaped_link_delays_each_way_by_half_the_round_trip_in_order() {
+    use meridian_transport_quic::LinkShape;
+    bounded(async {
+        let ca = DevCa::generate().unwrap();
+        let (mut a, mut b) = (start(&ca, 1), start(&ca, 2));
+        connect_pair(&a, &b);
+        // Warm the connections first (the handshake is not shaped).
+        round_trips(&mut a, &mut b, 3).await;
+        for rtt_ms in [66u64, 146] {
+            let shape = LinkShape { one_way: Duration::from_micros(rtt_ms * 500), jitter: Duration::ZERO, loss: 0.0 };
+            a.t.set_peer_shape(2, shape);
+            b.t.set_peer_shape(1, shape);
+            let mut rtts = round_trips(&mut a, &mut b, 20).await;
+            rtts.sort_by(f64::total_cmp);
+            let p50 = rtts[rtts.len() / 2];
+            println!(
+                "shaped round trip {rtt_ms} ms: min {:.2} p50 {p50:.2} max {:.2} ms ({:+.1} % at p50)",
+                rtts[0],
+                rtts[rtts.len() - 1],
+                (p50 / rtt_ms as f64 - 1.0) * 100.0
+            );
+            assert!(rtts[0] >= rtt_ms as f64, "a round trip of {:.2} ms beat the shaped {rtt_ms} ms", rtts[0]);
+        }
+        // With jitter, a burst still arrives in send order.
+        let shape = LinkShape { one_way: Duration::from_millis(20), jitter: Duration::from_millis(10), loss: 0.0 };
+        a.t.set_peer_shape(2, shape);
+        for seq in 0..200 {
+            a.t.send(2, vec![heartbeat(7, seq)]);
+        }
+        let got = recv_n(&mut b.rx, 200).await;
+        assert_eq!(got.iter().map(seq_of).collect::<Vec<_>>(), (0..200).collect::<Vec<_>>());
+        // Off again: loopback speed.
+        a.t.set_peer_shape(2, LinkShape::NONE);
+        b.t.set_peer_shape(1, LinkShape::NONE);
+        let rtts = round_trips(&mut a, &mut b, 5).await;
+        assert!(rtts.iter().any(|r| *r < 20.0), "unshaped round trips stayed slow: {rtts:?}");
+        a.t.shutdown().await;
+        b.t.shutdown().await;
+    })
+    .await;
+}

@@ -153,7 +153,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10_000)]
     pub sessions: usize,
     /// Key prefixes `put`/`failover` spread their writes over (e.g.
-    /// /ns0/,/ns1/ for namespaces); default /bench/put/.
+    /// /ns0/,/ns1/ for namespaces); default /bench/put/. The lock
+    /// workloads take their locks (and sessions) in the first one's
+    /// namespace (e.g. /us-east/ of `meridian dev --regions`); default
+    /// /bench/lock/.
     #[arg(long, value_delimiter = ',')]
     pub prefixes: Vec<String>,
     /// Server process ids: every workload reports their CPU time per
@@ -671,9 +674,15 @@ async fn put(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
     Ok(report)
 }
 
+/// Where the lock workloads take their locks: the first of --prefixes
+/// (a namespace), or /bench/lock/.
+fn lock_namespace(args: &BenchArgs) -> &str {
+    args.prefixes.first().map_or("/bench/lock/", String::as_str)
+}
+
 fn lock_name(args: &BenchArgs, client: usize) -> Vec<u8> {
     let n = if args.lock_names == 0 { client } else { client % args.lock_names };
-    format!("/bench/lock/{n:05}").into_bytes()
+    format!("{}bench-lock-{n:05}", lock_namespace(args)).into_bytes()
 }
 
 /// Session/lease TTL for the lock workloads: outlives the run, no
@@ -687,7 +696,8 @@ async fn lock_native(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
     let mut sessions = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
         let mut sc = api::session_client::SessionClient::new(channels[i % channels.len()].clone());
-        let r = sc.create(api::SessionCreateRequest { namespace: b"/bench/lock/".to_vec(), ttl_seconds: lock_ttl(args) }).await;
+        let r =
+            sc.create(api::SessionCreateRequest { namespace: lock_namespace(args).as_bytes().to_vec(), ttl_seconds: lock_ttl(args) }).await;
         sessions.push(r.context("creating a session (is this a Meridian endpoint?)")?.into_inner().session_id);
     }
     let sessions = Arc::new(sessions);

@@ -78,15 +78,26 @@ pub async fn status(endpoints: &str, http: Option<&str>) -> Result<()> {
         return Ok(());
     };
     println!();
-    println!("{:>5} {:>6} {:<10} {:>6} {:>7} {:>8} {:>8} {:>6}", "node", "range", "role", "term", "leader", "commit", "applied", "quiet");
+    println!(
+        "{:<12} {:>5} {:>6} {:<10} {:>6} {:>7} {:>8} {:>8} {:>6}",
+        "region", "node", "range", "role", "term", "leader", "commit", "applied", "quiet"
+    );
+    // Grouped by region: every node's answer first, then printed in
+    // region order.
+    let mut answers = Vec::new();
     for h in http.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let body = http_get(h, "/v1/cluster/status").with_context(|| format!("GET http://{h}/v1/cluster/status"))?;
         let v: serde_json::Value = serde_json::from_str(&body).context("parsing cluster status")?;
+        answers.push(v);
+    }
+    answers.sort_by_key(|v| (v["region"].as_str().unwrap_or("").to_string(), v["node_id"].as_u64().unwrap_or(0)));
+    for v in &answers {
         let node = v["node_id"].as_u64().unwrap_or(0);
+        let region = v["region"].as_str().unwrap_or("?");
         for r in v["ranges"].as_array().into_iter().flatten() {
             let n = |k: &str| r[k].as_u64().unwrap_or(0);
             println!(
-                "{node:>5} {:>6} {:<10} {:>6} {:>7} {:>8} {:>8} {:>6}",
+                "{region:<12} {node:>5} {:>6} {:<10} {:>6} {:>7} {:>8} {:>8} {:>6}",
                 n("range_id"),
                 r["role"].as_str().unwrap_or("?"),
                 n("term"),
@@ -256,7 +267,18 @@ pub fn nodes_table(asked: u64, gossip: bool, nodes: &[meridian_server::gossip::N
         "{:>4}  {:<22} {:<22} {:<22} {:<10} {:<12} {:<7} {:<8} {:>7} {:>12} {:>10}",
         "id", "client", "peer", "gossip", "region", "zone", "role", "state", "phi", "incarnation", "last heard"
     );
-    for n in nodes {
+    // Grouped by region (a header per region when there are several).
+    let mut sorted: Vec<&meridian_server::gossip::NodeReport> = nodes.iter().collect();
+    sorted.sort_by(|a, b| a.region.cmp(&b.region).then(a.id.cmp(&b.id)));
+    let regions: std::collections::BTreeSet<&str> = nodes.iter().map(|n| n.region.as_str()).collect();
+    let mut current = None;
+    for n in sorted {
+        if regions.len() > 1 && current != Some(n.region.as_str()) {
+            current = Some(n.region.as_str());
+            let count = nodes.iter().filter(|m| m.region == n.region).count();
+            let up = nodes.iter().filter(|m| m.region == n.region && m.state == "alive").count();
+            let _ = writeln!(out, "region {}: {count} node(s), {up} alive", n.region);
+        }
         let heard = match n.last_heard_ms_ago {
             Some(_) if n.is_self => "self".to_string(),
             Some(ms) => format!("{:.1}s ago", ms as f64 / 1000.0),

@@ -59,6 +59,16 @@ fn table(list: &[NsInfo]) -> String {
 fn describe_text(n: &NsInfo) -> String {
     let mut out = table(std::slice::from_ref(n));
     out.push_str(&format!("namespace id {}, epoch {}\n", n.namespace_id, n.epoch));
+    if !n.home_region.is_empty() {
+        out.push_str(&format!("home region {}, {} survival", n.home_region, n.survival));
+        if !n.read_regions.is_empty() {
+            out.push_str(&format!(", read replicas in {}", n.read_regions.join(", ")));
+        }
+        out.push('\n');
+    }
+    for p in &n.placement {
+        out.push_str(&format!("  node {:<4} {:<12} {:<14} {:<8} {}\n", p.node, p.region, p.zone, p.role, p.why));
+    }
     if let (Some(keys), Some(rev)) = (n.keys, n.revision) {
         out.push_str(&format!("{keys} key(s), revision {rev}\n"));
     }
@@ -77,9 +87,8 @@ fn describe_text(n: &NsInfo) -> String {
     out
 }
 
-pub fn create(http: &str, name: &str, replicas: Option<usize>, constraints: Vec<String>, shared: bool, json: bool) -> Result<()> {
-    let spec = CreateSpec { name: name.to_string(), replicas, constraints, shared };
-    let v = call(http, "POST", "/v1/namespaces", Some(&serde_json::to_string(&spec)?), CREATE_TIMEOUT)?;
+pub fn create(http: &str, spec: &CreateSpec, json: bool) -> Result<()> {
+    let v = call(http, "POST", "/v1/namespaces", Some(&serde_json::to_string(spec)?), CREATE_TIMEOUT)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());

@@ -1,0 +1,186 @@
+//! Geography on real `meridian server` processes: nine data nodes in
+//! three regions (a node per zone), WAN latency shaped in the node
+//! transport (dev's 66/64/146 ms round trips), placement drivers that
+//! execute. Namespaces follow their home region and survival goal; bad
+//! policies are refused and change nothing; a region-survival namespace
+//! loses no acknowledged write and keeps its tokens increasing when its
+//! home region is killed, and its leadership goes home once the region is
+//! back.
+
+// Real processes on real time: this test drives wall clocks by design.
+#![allow(clippy::disallowed_methods)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use meridian_client::{Client, LockOptions};
+use meridian_tests::*;
+
+const REGIONS: [&str; 3] = ["us", "eu", "ap"];
+
+fn region_of(i: usize) -> &'static str {
+    REGIONS[i / 3]
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    start.elapsed()
+}
+
+/// A create's HTTP status and its answer (the error text for a refusal).
+fn create(c: &ProcCluster, body: &str) -> (u16, String) {
+    let (code, answer) = http_request(&c.members[0].http_addr, "POST", "/v1/namespaces", body, "application/json");
+    let error = serde_json::from_str::<serde_json::Value>(&answer).ok().and_then(|v| v["error"].as_str().map(str::to_string));
+    (code, error.unwrap_or(answer))
+}
+
+fn describe(c: &ProcCluster, i: usize, name: &str) -> Option<serde_json::Value> {
+    let (code, body) = http_get(&c.members[i].http_addr, &format!("/v1/namespaces/describe?name=%2F{}%2F", name.trim_matches('/')));
+    (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+}
+
+/// Voters and learners of a namespace per region, from `describe`.
+fn layout(v: &serde_json::Value) -> (BTreeMap<String, usize>, BTreeMap<String, usize>) {
+    let (mut voters, mut learners) = (BTreeMap::new(), BTreeMap::new());
+    for p in v["placement"].as_array().into_iter().flatten() {
+        let which = if p["role"] == "voter" { &mut voters } else { &mut learners };
+        *which.entry(p["region"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+    }
+    (voters, learners)
+}
+
+fn client_of(c: &ProcCluster, nodes: impl Iterator<Item = usize>) -> Client {
+    let eps: Vec<String> = nodes.map(|i| c.members[i].client_addr.to_string()).collect();
+    Client::with_config(meridian_client::ClientConfig::new(eps)).unwrap()
+}
+
+#[test]
+fn namespaces_follow_their_region_policy_survive_the_home_regions_loss_and_lead_from_home_again() {
+    let mut c = ProcCluster::start_regions(&REGIONS, 3, None, "");
+    // Node 1 knows every node's region (from the node records).
+    wait_until("every node's region known", Duration::from_secs(60), || {
+        let (_, body) = http_get(&c.members[0].http_addr, "/v1/nodes");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let regions: Vec<&str> = v["nodes"].as_array().into_iter().flatten().filter_map(|n| n["region"].as_str()).collect();
+        regions.len() == 9 && regions.iter().all(|r| REGIONS.contains(r))
+    });
+
+    // Policies no topology can hold, and malformed ones: refused, with the
+    // reason, and nothing created.
+    for (body, why) in [
+        (r#"{"name": "/x/", "home_region": "mars"}"#, "unknown region \"mars\""),
+        (r#"{"name": "/x/", "home_region": "us", "survival": "region", "replicas": 3}"#, "leave --replicas out"),
+        (r#"{"name": "/x/", "home_region": "us", "survival": "region", "read_replicas": true}"#, "for zone survival"),
+        (r#"{"name": "/x/", "home_region": "us", "replicas": 4}"#, "3 data node host"),
+        (r#"{"name": "/x/", "survival": "region"}"#, "need --home-region"),
+        (r#"{"name": "/x/", "home_region": "us", "shared": true}"#, "shared namespace"),
+        (r#"{"name": "/x/", "home_region": "us", "survival": "everywhere"}"#, "unknown survival goal"),
+        (r#"{"name": "/x/", "home_region": "us", "constraints": ["region=eu"]}"#, "region= constraint"),
+    ] {
+        let (code, answer) = create(&c, body);
+        assert_eq!(code, 400, "{body}: {answer}");
+        assert!(answer.contains(why), "{body}: expected {why:?} in {answer}");
+    }
+    let (_, list) = http_get(&c.members[0].http_addr, "/v1/namespaces");
+    assert!(!list.contains("\"/x/\""), "a refused create left a record: {list}");
+
+    let (code, answer) = create(&c, r#"{"name": "/us/", "home_region": "us", "read_replicas": true}"#);
+    assert_eq!(code, 201, "{answer}");
+    let (code, answer) = create(&c, r#"{"name": "/global/", "home_region": "us", "survival": "region"}"#);
+    assert_eq!(code, 201, "{answer}");
+
+    // The driver puts every replica where the policies say.
+    // Second region: the other one with the most hosts, then by name (ap
+    // and eu have three each: ap); third: eu.
+    let want_global = BTreeMap::from([("ap".to_string(), 2), ("eu".to_string(), 1), ("us".to_string(), 2)]);
+    let placed = wait_until("replicas placed by region", Duration::from_secs(240), || {
+        let (Some(g), Some(u)) = (describe(&c, 0, "/global/"), describe(&c, 0, "/us/")) else { return false };
+        let (gv, gl) = layout(&g);
+        let (uv, ul) = layout(&u);
+        gv == want_global
+            && gl.is_empty()
+            && uv == BTreeMap::from([("us".to_string(), 3)])
+            && ul == BTreeMap::from([("ap".to_string(), 1), ("eu".to_string(), 1)])
+    });
+    println!("geography: replicas of /us/ and /global/ placed by region in {:.1} s", placed.as_secs_f64());
+    let g = describe(&c, 0, "/global/").unwrap();
+    assert_eq!((g["home_region"].as_str(), g["survival"].as_str()), (Some("us"), Some("region")), "{g}");
+    assert!(g["placement"].as_array().unwrap().iter().all(|p| !p["why"].as_str().unwrap_or("").is_empty()), "{g}");
+    let global = g["range_id"].as_u64().unwrap();
+    let us = describe(&c, 0, "/us/").unwrap()["range_id"].as_u64().unwrap();
+    for range in [global, us] {
+        wait_until("the leader in the home region", Duration::from_secs(60), || c.leader_of(range).is_some_and(|i| region_of(i) == "us"));
+    }
+
+    // Acknowledged writes and a lock before the home region is lost.
+    let before_token = rt().block_on(async {
+        let cl = client_of(&c, 0..9);
+        for k in 0..20 {
+            cl.put(format!("/global/k{k}"), "v").await.unwrap();
+        }
+        let s = cl.session("/global/", 30).await.unwrap();
+        let g = s.lock("/global/job", LockOptions::default()).await.unwrap().unwrap();
+        let t = g.token();
+        g.release().await.unwrap();
+        t
+    });
+
+    // Every process of the home region killed.
+    for i in 0..3 {
+        c.kill9(i);
+    }
+    let lost = Instant::now();
+    let (elected, after_token) = rt().block_on(async {
+        let survivors = client_of(&c, 3..9);
+        // The first write acknowledged after the loss: a leader in a
+        // surviving region, elected with the third region's vote.
+        let elected = loop {
+            match tokio::time::timeout(Duration::from_secs(2), survivors.put("/global/after", "v")).await {
+                Ok(Ok(_)) => break lost.elapsed(),
+                _ => assert!(lost.elapsed() < Duration::from_secs(60), "no write acknowledged within 60 s of the region's loss"),
+            }
+        };
+        for k in 0..20 {
+            let kv = survivors.get(format!("/global/k{k}")).await.unwrap();
+            assert!(kv.is_some(), "acknowledged write /global/k{k} lost with the home region");
+        }
+        let s = survivors.session("/global/", 30).await.unwrap();
+        let g = s.lock("/global/job", LockOptions::default()).await.unwrap().unwrap();
+        let t = g.token();
+        g.release().await.unwrap();
+        (elected, t)
+    });
+    assert!(after_token > before_token, "tokens went back across the failover: {before_token} then {after_token}");
+    // The zone-survival namespace of the lost region is unavailable, and
+    // says why, once the gossip holds its voters dead.
+    wait_until("a clear error for the lost region's namespace", Duration::from_secs(90), || {
+        let (code, body) = http_request(&c.members[3].http_addr, "PUT", "/v1/kv/%2Fus%2Fx", "v", "text/plain");
+        assert_ne!(code, 200, "a write to /us/ succeeded with every voter of it dead");
+        code == 503 && body.contains("down or cut off") && body.contains("region us")
+    });
+    let leader = c.leader_of(global).expect("a leader of /global/");
+    assert_ne!(region_of(leader), "us");
+    println!("geography: home region killed; first write acknowledged in a surviving region after {:.2} s", elected.as_secs_f64());
+
+    // The home region back: leadership goes home.
+    for i in 0..3 {
+        c.restart(i);
+    }
+    let back = Instant::now();
+    let home = wait_until("leadership back in the home region", Duration::from_secs(120), || {
+        c.leader_of(global).is_some_and(|i| region_of(i) == "us")
+    });
+    println!(
+        "geography: home region restarted; /global/ led from it again {:.1} s later ({:.1} s after the restart began)",
+        home.as_secs_f64(),
+        back.elapsed().as_secs_f64()
+    );
+    rt().block_on(async {
+        let cl = client_of(&c, 0..9);
+        assert!(cl.get("/global/after").await.unwrap().is_some());
+    });
+}
