@@ -57,7 +57,9 @@ fix:
 # The long many-seed simulations (not in CI): the register run, then the
 # KV run (locks, leases, lock-delay, event streams), then the membership
 # gossip's (convergence, crashes, restarts, partitions, pauses, regions),
-# then the placement scheduler's (crashes, drains, stalled steps).
+# then the placement scheduler's (crashes, drains, stalled steps, region
+# policies), the carve and merge runs, and the region run (5 nodes in 3
+# regions with latency by region pair; regions lost and cut off).
 # SEEDS and STEPS override them, KV_SEEDS and KV_STEPS the KV run alone,
 # GOSSIP_SEEDS and PLACEMENT_SEEDS the gossip and placement runs alone;
 # MERIDIAN_SIM_BASE_SEED in the environment moves the seeds.
@@ -83,6 +85,8 @@ sim-long: setup
 	MERIDIAN_PLACEMENT_SEEDS=$${PLACEMENT_SEEDS:-$${SEEDS:-500}} $(CARGO) test -p meridian-placement -- --nocapture
 	MERIDIAN_CARVE_SEEDS=$${CARVE_SEEDS:-$${SEEDS:-500}} $(CARGO) test -p meridian-sim --test carve -- --nocapture
 	MERIDIAN_MERGE_SEEDS=$${MERGE_SEEDS:-$${SEEDS:-500}} $(CARGO) test -p meridian-sim --test merge -- --nocapture
+	MERIDIAN_SIM_SEEDS=$${REGION_SEEDS:-$${SEEDS:-500}} MERIDIAN_SIM_STEPS=$${STEPS:-4000} \
+	  $(CARGO) test -p meridian-sim --test regions -- --nocapture
 
 # A long fuzzing run of every decoder that takes untrusted bytes (peer
 # frames, raft messages, stored records, KV commands and queries, etcd

@@ -33,10 +33,12 @@ mod cluster;
 pub mod kv;
 pub mod merge_run;
 mod random_run;
+pub mod region_run;
 mod seeds;
 
 pub use checker::Checker;
 pub use cluster::{Answer, Cluster, EngineKind, Machines, SimConfig};
 pub use kv::{kv_random_run, KvRunReport};
 pub use random_run::{random_run, RunReport};
+pub use region_run::region_run;
 pub use seeds::seeds_from_env;

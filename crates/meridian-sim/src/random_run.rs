@@ -29,6 +29,10 @@ pub struct RunReport {
     /// synced survives anywhere.
     pub power_losses: u64,
     pub partitions: u64,
+    /// Every node of a region crashed at once (a region run).
+    pub region_losses: u64,
+    /// A region cut off from the others (a region run).
+    pub region_partitions: u64,
     /// Membership changes proposed (remove a voter, add it back as a
     /// learner, promote it).
     pub membership_changes: u64,
@@ -86,6 +90,8 @@ pub(crate) struct FaultCounts {
     /// Removed (dormant) replicas destroyed once their range's leader
     /// applied a configuration without them.
     pub replicas_destroyed: u64,
+    pub region_losses: u64,
+    pub region_partitions: u64,
 }
 
 /// The nemesis, about every 60 ticks: crashes a node (never a majority at
@@ -168,8 +174,21 @@ pub(crate) fn nemesis_step(c: &mut Cluster, ranges: &[u64], nodes: &[u64], fault
 /// back replicas; then heals, waits for
 /// convergence and checks every invariant.
 pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
+    random_run_with(cfg, steps, |_, _, _, _| {}, |_| {})
+}
+
+/// [`random_run`] with `setup` applied to the new cluster (a network's
+/// geography) and `extra` run every tick after the shared nemesis (faults
+/// of its own: a region's loss).
+pub(crate) fn random_run_with(
+    cfg: SimConfig,
+    steps: u64,
+    mut extra: impl FnMut(&mut Cluster, &[u64], &[u64], &mut FaultCounts),
+    setup: impl FnOnce(&mut Cluster),
+) -> RunReport {
     let seed = cfg.seed;
     let mut c = Cluster::new(cfg);
+    setup(&mut c);
     let mut report = RunReport { seed, steps, ..Default::default() };
     let ranges = c.range_ids();
     let nodes = c.node_ids();
@@ -205,6 +224,7 @@ pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
             }
         }
         nemesis_step(&mut c, &ranges, &nodes, &mut faults);
+        extra(&mut c, &ranges, &nodes, &mut faults);
         c.step();
         pending.retain(|p| match c.take_result(p.node, p.id) {
             Some(Ok(_)) => {
@@ -243,6 +263,7 @@ pub fn random_run(cfg: SimConfig, steps: u64) -> RunReport {
     }
     (report.crashes, report.power_losses, report.partitions, report.membership_changes, report.replicas_destroyed) =
         (faults.crashes, faults.power_losses, faults.partitions, faults.membership_changes, faults.replicas_destroyed);
+    (report.region_losses, report.region_partitions) = (faults.region_losses, faults.region_partitions);
     report.acked_writes = c.checker.acked_count();
     report.violations = c.checker.violations().to_vec();
     if !report.ok() {

@@ -6,7 +6,7 @@
 //! one-way and two-way partitions between node sets, crashed nodes, heal.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use rand::{Rng, SeedableRng};
@@ -33,6 +33,10 @@ pub struct Faults {
     pub blocked: BTreeSet<(u64, u64)>,
     /// Crashed nodes: nothing is delivered to or sent from them.
     pub down: BTreeSet<u64>,
+    /// Latency of a link, in ticks added to every message on it (directed
+    /// pairs): the geography of a multi-region cluster. Not a fault:
+    /// `heal` keeps it.
+    pub link_delay: BTreeMap<(u64, u64), u64>,
 }
 
 /// Messages counted by the simulated network since it was made.
@@ -88,14 +92,12 @@ impl Inner {
         }
     }
 
-    /// A delivery delay drawn from the faults' range, in ticks.
-    fn draw_delay(&mut self) -> u64 {
+    /// A delivery delay from `from` to `to`: drawn from the faults' range,
+    /// plus the link's latency, in ticks.
+    fn draw_delay(&mut self, from: u64, to: u64) -> u64 {
         let (lo, hi) = (self.faults.min_delay, self.faults.max_delay);
-        if hi > lo {
-            self.rng.gen_range(lo..=hi)
-        } else {
-            lo
-        }
+        let link = self.faults.link_delay.get(&(from, to)).copied().unwrap_or(0);
+        link + if hi > lo { self.rng.gen_range(lo..=hi) } else { lo }
     }
 
     fn blocked(&self, from: u64, to: u64) -> bool {
@@ -160,6 +162,19 @@ impl MemNetwork {
         let mut g = self.lock();
         g.faults.min_delay = min_ticks.max(1);
         g.faults.max_delay = max_ticks.max(g.faults.min_delay);
+    }
+
+    /// Adds `ticks` of latency to every message between `a` and `b`, both
+    /// ways (0: none). Kept by [`MemNetwork::heal`].
+    pub fn set_link_delay(&self, a: u64, b: u64, ticks: u64) {
+        let mut g = self.lock();
+        for pair in [(a, b), (b, a)] {
+            if ticks == 0 {
+                g.faults.link_delay.remove(&pair);
+            } else {
+                g.faults.link_delay.insert(pair, ticks);
+            }
+        }
     }
 
     /// Two-way partition between the sets `a` and `b`.
@@ -265,7 +280,7 @@ impl Transport for MemTransport {
                 }
                 continue;
             }
-            let at = g.now + g.draw_delay();
+            let at = g.now + g.draw_delay(self.node_id, to_node);
             g.seq += 1;
             let seq = g.seq;
             g.queue.push(Reverse(InFlight { at, seq, env }));
@@ -298,7 +313,7 @@ impl Transport for MemTransport {
             g.push_feedback(self.node_id, failed);
             return;
         }
-        let at = g.now + g.draw_delay();
+        let at = g.now + g.draw_delay(self.node_id, to_node);
         let p = g.faults.drop_prob;
         let total = envs.len();
         for (i, mut env) in envs.into_iter().enumerate() {
@@ -436,6 +451,22 @@ mod tests {
             assert_eq!(fb, vec![Feedback::Snapshot { range_id: 9, to_node: 2, ok: false }]);
         }
         assert!(cut > 0, "at 20% loss per envelope, some of 20 streams of 21 are cut");
+    }
+
+    #[test]
+    fn a_links_latency_delays_its_messages_only_and_outlives_heal() {
+        let net = MemNetwork::new(1);
+        net.set_link_delay(1, 3, 4);
+        net.heal();
+        net.transport(1).send(2, vec![env(1)]);
+        net.transport(1).send(3, vec![env(2)]);
+        net.transport(3).send(1, vec![env(3)]);
+        assert_eq!(net.deliver_due(1).len(), 1, "only the unshaped link's message at tick 1");
+        assert!(net.deliver_due(4).is_empty());
+        assert_eq!(net.deliver_due(5).len(), 2, "both ways of the 4-tick link at 1 + 4");
+        net.set_link_delay(1, 3, 0);
+        net.transport(1).send(3, vec![env(4)]);
+        assert_eq!(net.deliver_due(6).len(), 1);
     }
 
     #[test]
