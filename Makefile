@@ -9,7 +9,7 @@ CARGO_TARGET_DIR ?= $(HOME)/.cache/meridian-target
 export CARGO_TARGET_DIR
 CARGO ?= cargo
 
-.PHONY: setup build dev demo test verify fmt-check clippy doc core-deps fix sim-long bench-raft bench-gossip bench-detect bench-etcd bench-snapshot bench-namespaces bench-rereplicate fuzz chaos chaos-soak clean
+.PHONY: setup build dev demo test verify fmt-check clippy doc core-deps fix sim-long bench-region-failover bench-raft bench-gossip bench-detect bench-etcd bench-snapshot bench-namespaces bench-rereplicate fuzz chaos chaos-soak clean
 
 setup:
 	@./scripts/setup.sh
@@ -75,6 +75,12 @@ bench-rereplicate: setup
 	$(CARGO) build --workspace --bins
 	MERIDIAN_BENCH_NAMESPACES=$${NAMESPACES:-1000} MERIDIAN_BENCH_DOWN_AFTER_MS=$${DOWN_AFTER_MS:-5000} MERIDIAN_BENCH_JOIN_LAST=$${JOIN_LAST:-0} \
 	  $(CARGO) test -p meridian-tests --test rereplicate_bench -- --ignored --nocapture
+
+# A home region's failover and leadership's return, over RUNS runs, on 9
+# processes in 3 regions with WAN latency (docs/geography.md).
+bench-region-failover: setup
+	$(CARGO) build --workspace --bins
+	MERIDIAN_BENCH_RUNS=$${RUNS:-10} $(CARGO) test -p meridian-tests --test geography -- --ignored --nocapture
 
 sim-long: setup
 	MERIDIAN_SIM_SEEDS=$${SEEDS:-500} MERIDIAN_SIM_STEPS=$${STEPS:-4000} \

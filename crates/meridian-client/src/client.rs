@@ -105,7 +105,8 @@ fn surely_not_applied(s: &Status) -> bool {
 /// wire contract (etcd's own client decides by it too).
 fn refused_for_leadership(s: &Status) -> bool {
     match meridian_proto::error_code(s) {
-        Some(code) => matches!(code, ErrorCode::NoLeader | ErrorCode::NotLeader),
+        // (Every voter down: refused before anything was proposed.)
+        Some(code) => matches!(code, ErrorCode::NoLeader | ErrorCode::NotLeader | ErrorCode::ReplicasDown),
         None => matches!(s.message(), "etcdserver: no leader" | "etcdserver: not leader"),
     }
 }

@@ -267,13 +267,21 @@ impl Running {
                     return Progress::Hold(step);
                 }
                 if range.leader == n {
-                    let heir = after.iter().copied().find(|v| view.nodes.get(v).is_some_and(crate::view::NodeView::eligible));
+                    let heir = after
+                        .iter()
+                        .copied()
+                        .find(|v| view.nodes.get(v).is_some_and(crate::view::NodeView::eligible) && range.caught_up.contains(v));
                     return match heir {
                         Some(h) => Progress::Issue(Step::TransferLeader(h)),
                         None => Progress::Hold(step),
                     };
                 }
             }
+            // Only to a node its leader hears from and that has the log:
+            // while raft transfers leadership it drops every proposal, and
+            // a transfer to a node that died a moment ago (the gossip not
+            // knowing yet) would do so until it failed, again each round.
+            Step::TransferLeader(n) if range.leader != n && !range.caught_up.contains(&n) => return Progress::Hold(step),
             _ => {}
         }
         Progress::Issue(step)

@@ -2,7 +2,8 @@
 //!
 //! Per range without a running operator, the first rule that applies wins:
 //!
-//! 0. a learner no operator is using → removed;
+//! 0. a learner no operator is using → removed (a read replica is kept,
+//!    one per read region, unless its node is dead for good);
 //! 1. a voter on a node dead for `down_after_ms` → replaced on an eligible
 //!    node (removed instead when the range has voters to spare);
 //! 2. fewer replicas than the policy asks → one added;
@@ -12,7 +13,7 @@
 //!    one replaced on another host;
 //! 5. a leader on a draining (or not eligible) node → moved to a voter on
 //!    an eligible node; a leader outside its home region while a voter in
-//!    it is eligible → moved home.
+//!    it is eligible and caught up (its leader hears from it) → moved home.
 //!
 //! Geography: a range with voters wanted per region (`region_voters`)
 //! gets new voters only in a region short of them (the largest shortfall
@@ -431,7 +432,11 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
         let unfit = view.nodes.get(&range.leader).is_some_and(|n| !n.eligible());
         let away = !at_home(view, range, range.leader);
         if range.leader != 0 && (unfit || away) {
-            let to = successor(view, range, range.leader, &leaders).filter(|to| unfit || at_home(view, range, *to));
+            // Home only to a voter the leader hears from and that has the
+            // log: a transfer to a node that died a moment ago (the gossip
+            // not knowing yet) would hold every proposal until it failed.
+            let to = successor(view, range, range.leader, &leaders)
+                .filter(|to| unfit || (at_home(view, range, *to) && range.caught_up.contains(to)));
             if let Some(to) = to {
                 let why = if unfit {
                     format!("its leader's node {} is draining or unhealthy", range.leader)
@@ -597,22 +602,30 @@ fn balance_leaders(
 ) {
     let eligible: Vec<u64> = view.nodes.values().filter(|n| n.eligible()).map(|n| n.id).collect();
     for _ in 0..settings.max_new_ops {
-        let by_count = |n: &u64| (leaders.get(n).copied().unwrap_or(0), *n);
-        let Some(&most) = eligible.iter().max_by_key(|n| by_count(n)) else { return };
-        // The least-leading eligible node that is a voter of one of
-        // `most`'s ranges.
-        let pick = view
-            .ranges
-            .values()
-            .filter(|r| r.leader == most && !busy.contains(&r.id) && !r.joint && !r.pinned)
-            .flat_map(|r| {
-                r.voters.iter().copied().filter(|v| *v != most && eligible.contains(v) && at_home(view, r, *v)).map(move |v| (v, r))
-            })
-            .min_by_key(|(v, r)| (leaders.get(v).copied().unwrap_or(0), *v, r.id));
-        let Some((to, r)) = pick else { return };
-        if leaders[&most] <= leaders.get(&to).copied().unwrap_or(0) + settings.balance_tolerance {
-            return;
-        }
+        let count = |n: &u64| leaders.get(n).copied().unwrap_or(0);
+        // From the most-leading node that has a move narrowing the spread
+        // (the most-leading one may have none: its ranges' other voters
+        // outside their home regions, or not heard from by it).
+        let mut by_load = eligible.clone();
+        by_load.sort_by_key(|n| (usize::MAX - count(n), *n));
+        let found = by_load.iter().find_map(|&most| {
+            // The least-leading eligible node, in the range's home region
+            // and caught up, that is a voter of one of `most`'s ranges.
+            let (to, r) = view
+                .ranges
+                .values()
+                .filter(|r| r.leader == most && !busy.contains(&r.id) && !r.joint && !r.pinned)
+                .flat_map(|r| {
+                    r.voters
+                        .iter()
+                        .copied()
+                        .filter(|v| *v != most && eligible.contains(v) && at_home(view, r, *v) && r.caught_up.contains(v))
+                        .map(move |v| (v, r))
+                })
+                .min_by_key(|(v, r)| (count(v), *v, r.id))?;
+            (count(&most) > count(&to) + settings.balance_tolerance).then_some((most, to, r))
+        });
+        let Some((most, to, r)) = found else { return };
         let why = format!("balance: node {most} leads {} ranges, node {to} {}", leaders[&most], leaders.get(&to).copied().unwrap_or(0));
         if !decide(plan, Operator::transfer(r, to, why), budget, counts, busy) {
             return;

@@ -17,8 +17,10 @@ fn node(id: u64, zone: &str) -> NodeView {
     }
 }
 
+/// A range whose voters are all caught up (its leader hears from them).
 fn range(id: u64, voters: &[u64], leader: u64) -> RangeView {
-    RangeView { id, voters: voters.iter().copied().collect(), leader, replicas: 3, ..Default::default() }
+    let voters: BTreeSet<u64> = voters.iter().copied().collect();
+    RangeView { id, caught_up: voters.clone(), voters, leader, replicas: 3, ..Default::default() }
 }
 
 /// Nodes 1..=n over zones a, b, c.
@@ -342,9 +344,14 @@ impl Model {
                 _ => node.draining = !node.draining && draining == 0,
             }
         }
-        // Leaders on dead nodes are replaced by raft (not the scheduler).
+        // Leaders on dead nodes are replaced by raft (not the scheduler);
+        // a leader hears from its live voters (they are caught up) and not
+        // from the others.
         let alive: BTreeSet<u64> = self.view.nodes.values().filter(|n| n.liveness == Liveness::Alive).map(|n| n.id).collect();
         for r in self.view.ranges.values_mut() {
+            let voters = r.voters.clone();
+            r.caught_up.retain(|n| alive.contains(n));
+            r.caught_up.extend(voters.iter().filter(|v| alive.contains(v)));
             if !alive.contains(&r.leader) {
                 if let Some(v) = r.voters.iter().find(|v| alive.contains(v)) {
                     r.leader = *v;
@@ -673,6 +680,7 @@ fn geo(id: u64, voters: &[u64], leader: u64, per_region: &[(&str, usize)], reads
     r.replicas = r.region_voters.values().sum();
     r.home_region = Some(per_region[0].0.to_string());
     r.read_regions = reads.iter().map(|g| g.to_string()).collect();
+    r.caught_up = r.voters.clone();
     r
 }
 
@@ -689,11 +697,13 @@ fn apply(v: &mut ClusterView, plan: &Plan) {
                 Step::Promote(n) => {
                     r.learners.remove(&n);
                     r.voters.insert(n);
+                    r.caught_up.insert(n);
                 }
                 Step::TransferLeader(n) => r.leader = n,
                 Step::Remove(n) => {
                     r.voters.remove(&n);
                     r.learners.remove(&n);
+                    r.caught_up.remove(&n);
                 }
             }
         }
@@ -752,6 +762,11 @@ fn leadership_moves_home_once_a_home_voter_is_eligible_and_not_before() {
     let plan = schedule(&v, &Settings::default(), 0);
     assert!(plan.operators.is_empty(), "no home voter is eligible: {plan:?}");
     v.nodes.get_mut(&2).unwrap().liveness = Liveness::Alive;
+    // Alive in the gossip but not heard from by the leader (it died a
+    // moment ago): not yet.
+    v.ranges.get_mut(&10).unwrap().caught_up.remove(&2);
+    assert!(schedule(&v, &Settings::default(), 0).operators.is_empty(), "a transfer to a silent voter");
+    v.ranges.get_mut(&10).unwrap().caught_up.insert(2);
     let plan = schedule(&v, &Settings::default(), 0);
     assert_eq!(plan.operators.len(), 1, "{plan:?}");
     assert_eq!(plan.operators[0].kind, Kind::TransferLeader { to: 2 });

@@ -144,6 +144,8 @@ pub struct Backend {
     /// range of the catalog (bounded like it). With how many of them
     /// are voters.
     replicas: Mutex<HashMap<u64, (Vec<u64>, usize)>>,
+    /// Calls of [`Backend::next_candidate`] (mixed into its random pick).
+    forward_turn: std::sync::atomic::AtomicUsize,
     /// The raised alarms, this member's engine size and its space quota
     /// (see [`crate::alarms`]).
     pub alarms: crate::alarms::AlarmState,
@@ -248,6 +250,7 @@ impl Backend {
             route_refresh: tokio::sync::Mutex::new(None),
             decommissioned: Mutex::new(std::collections::BTreeSet::new()),
             replicas: Mutex::new(HashMap::new()),
+            forward_turn: std::sync::atomic::AtomicUsize::new(0),
             alarms: crate::alarms::AlarmState::new(cfg.node_id, cfg.quota()),
             cfg,
         })
@@ -786,16 +789,45 @@ impl Backend {
             .get(&range_id)
             .map(|r| r.0.iter().copied().filter(|n| *n != me).collect())
             .unwrap_or_default();
-        match self.prefer_live(&candidates) {
+        match self.next_candidate(&candidates) {
             Some(node) => ApiError::NotLeader { range_id, leader: node },
             None => e,
         }
     }
 
-    /// [`Backend::all_down`] of the range's voters, per the catalog.
+    /// One of `candidates` to hand a request to: at random among those
+    /// the gossip holds likeliest alive ([`Backend::live_first`]'s first
+    /// group), so that a node that died a moment ago and still looks alive
+    /// costs a request's attempt now and then, not every attempt until the
+    /// gossip notices (seconds, across regions). (Random, not in turn: a
+    /// counter shared by every request could stay in step with a client's
+    /// retries and pick the same dead node each time.)
+    fn next_candidate(&self, candidates: &[u64]) -> Option<u64> {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let ordered = self.live_first(candidates);
+        let first = *ordered.first()?;
+        let dir = self.directory.read().expect("node directory");
+        let liveness = |n: u64| dir.get(n).map(|r| r.liveness);
+        let best: Vec<u64> = ordered.iter().copied().take_while(|n| liveness(*n) == liveness(first)).collect();
+        drop(dir);
+        // std's per-instance random hash keys, as a cheap random number.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(self.forward_turn.fetch_add(1, Ordering::Relaxed));
+        Some(best[(h.finish() % best.len() as u64) as usize])
+    }
+
+    /// [`Backend::all_down`] of the range's voters, per the catalog; at
+    /// once `None` when this node holds one of them (it is not down).
     fn voters_down(&self, range_id: u64) -> Option<ApiError> {
-        let voters: Vec<u64> =
-            self.replicas.lock().expect("replica lists").get(&range_id).map(|r| r.0[..r.1.min(r.0.len())].to_vec()).unwrap_or_default();
+        let voters: Vec<u64> = {
+            let lists = self.replicas.lock().expect("replica lists");
+            let (nodes, count) = lists.get(&range_id)?;
+            let voters = &nodes[..(*count).min(nodes.len())];
+            if voters.contains(&self.cfg.node_id) {
+                return None;
+            }
+            voters.to_vec()
+        };
         self.all_down(range_id, &voters)
     }
 
@@ -814,7 +846,7 @@ impl Backend {
         let ids: Vec<String> = nodes.iter().map(|n| n.id.to_string()).collect();
         let regions: Vec<&str> = regions.into_iter().collect();
         Some(ApiError::ReplicasDown(format!(
-            "every replica of range {range_id} is on a node that is down or cut off (nodes {} in region {}): its data is kept, and it answers again when they are back; a namespace that must stay available through a region's loss needs --survival region",
+            "every voter of range {range_id} is on a node that is down or cut off (nodes {} in region {}): its data is kept, and it answers again when they are back; a namespace that must stay available through a region's loss needs --survival region",
             ids.join(", "),
             regions.join(", ")
         )))

@@ -438,7 +438,7 @@ mod tests {
             ApiError::NamespaceNotFound("namespace \"/a/\" not found".into()),
             ApiError::NamespaceNotEmpty("namespace \"/a/\" holds 3 keys".into()),
             ApiError::ConfChanging,
-            ApiError::ReplicasDown("every replica of range 7 is down: nodes 1, 2, 3 in region us".into()),
+            ApiError::ReplicasDown("every voter of range 7 is down: nodes 1, 2, 3 in region us".into()),
         ]
     }
 

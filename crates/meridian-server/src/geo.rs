@@ -96,8 +96,9 @@ pub struct GeoSpec {
     pub read_replicas: bool,
     /// `--replicas`, if given.
     pub replicas: Option<usize>,
-    /// Whether `region=` is among the constraints.
-    pub region_constraint: bool,
+    /// Whether any `--constraint` is given (they do not combine with a
+    /// home region: the layout places every voter).
+    pub constrained: bool,
 }
 
 impl GeoSpec {
@@ -118,8 +119,8 @@ pub fn plan(spec: &GeoSpec, nodes: &[NodeRecord], default_replicas: usize) -> Re
     let Some(home) = spec.home_region.clone() else {
         return bad("--survival and --read-replicas need --home-region: the region whose clients the namespace serves".into());
     };
-    if spec.region_constraint {
-        return bad("--home-region places the voters by region: drop the region= constraint".into());
+    if spec.constrained {
+        return bad("--home-region places the voters by region and zone: drop the --constraint (region=, zone= or host=)".into());
     }
     let survival = Survival::parse(spec.survival.as_deref().unwrap_or("zone"))?;
     // Hosts of data nodes per region (two nodes on one host hold one
@@ -259,8 +260,8 @@ mod tests {
         no_home.home_region = None;
         assert!(refusal(plan(&no_home, &ns, 3)).contains("need --home-region"));
         let mut both = spec("us", "zone");
-        both.region_constraint = true;
-        assert!(refusal(plan(&both, &ns, 3)).contains("region= constraint"));
+        both.constrained = true;
+        assert!(refusal(plan(&both, &ns, 3)).contains("drop the --constraint"));
         let mut reads = spec("us", "region");
         reads.read_replicas = true;
         assert!(refusal(plan(&reads, &nodes(&[("us", 2), ("eu", 2), ("ap", 1)]), 3)).contains("zone survival"));

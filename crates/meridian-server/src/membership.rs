@@ -227,6 +227,7 @@ mod tests {
             quiesced: false,
             dormant: false,
             dormant_at: None,
+            silent: vec![],
             live_peers: vec![2, 3, 4],
             progress: progress.iter().map(|(id, m, s)| (*id, *m, replica_state(s))).collect(),
         }

@@ -203,7 +203,7 @@ impl CreateSpec {
             survival: self.survival.clone(),
             read_replicas: self.read_replicas,
             replicas: self.replicas,
-            region_constraint: constraints.contains_key("region"),
+            constrained: !constraints.is_empty(),
         }
     }
 }

@@ -105,10 +105,12 @@ pub async fn local_reports(backend: &Backend) -> Vec<api::RangeReport> {
             range_id: s.range_id,
             leader: backend.cfg.node_id,
             term: s.term,
+            // Within reach of the log and heard from lately (a node that
+            // died a moment ago, the gossip not knowing yet, is not).
             caught_up: s
                 .progress
                 .iter()
-                .filter(|(_, matched, state)| crate::membership::within_reach(*state, *matched, s.commit))
+                .filter(|(n, matched, state)| crate::membership::within_reach(*state, *matched, s.commit) && !s.silent.contains(n))
                 .map(|(n, ..)| *n)
                 .collect(),
             joint: !s.voters_outgoing.is_empty(),
@@ -313,8 +315,9 @@ pub fn view(backend: &Backend, g: &Gathered, policies: &Policies, admin: &Admin,
 /// loss: with three regions or more holding data nodes, `replicas` spread
 /// round-robin over the three with the most hosts (3: one each; 5: two,
 /// two, one), no region given more voters than it has hosts. With fewer
-/// regions: none (the voters go anywhere, zones spread). Dead nodes count,
-/// so a lost region does not reshuffle the layout.
+/// regions — or when the hosts cannot spread `replicas` so that no region
+/// holds a majority — none (the voters go anywhere, zones spread). Dead
+/// nodes count, so a lost region does not reshuffle the layout.
 pub fn meta_layout(nodes: &BTreeMap<u64, NodeView>, replicas: usize) -> BTreeMap<String, usize> {
     let mut hosts: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
     for n in nodes.values().filter(|n| n.role == meridian_membership::NodeRole::Data && !n.labels.region.is_empty()) {
@@ -340,6 +343,11 @@ pub fn meta_layout(nodes: &BTreeMap<u64, NodeView>, replicas: usize) -> BTreeMap
         if placed == before {
             break;
         }
+    }
+    // A layout short of `replicas`, or one region holding a majority (its
+    // loss would take the catalog with it): none, the voters go anywhere.
+    if placed < replicas || layout.values().any(|n| 2 * n >= replicas) {
+        return BTreeMap::new();
     }
     layout
 }
@@ -804,6 +812,11 @@ mod tests {
         assert_eq!(meta_layout(&three, 5), BTreeMap::from([("ap".into(), 1), ("eu".into(), 2), ("us".into(), 2)]));
         let four = nodes(&[("us", 3), ("eu", 3), ("ap", 2), ("sa", 1)]);
         assert_eq!(meta_layout(&four, 5), BTreeMap::from([("ap".into(), 1), ("eu".into(), 2), ("us".into(), 2)]));
+        // One big region and two of one host: 5 voters would put 3 in us,
+        // a majority; and 3 voters in regions of one host each fit.
+        let lopsided = nodes(&[("us", 3), ("eu", 1), ("ap", 1)]);
+        assert!(meta_layout(&lopsided, 5).is_empty(), "no layout that survives us's loss");
+        assert_eq!(meta_layout(&lopsided, 3).values().sum::<usize>(), 3);
     }
 
     /// A running operator's record reads back as the operator it was, at

@@ -98,10 +98,17 @@ impl WanConfig {
     /// region `to`: half the round trip, the jitter, and the loss between
     /// regions (none within one).
     pub fn shape(&self, from: &str, to: &str) -> LinkShape {
-        if self.is_off() {
+        // (A peer whose record has not arrived yet has no region: not
+        // shaped until it has.)
+        if self.is_off() || to.is_empty() {
             return LinkShape::NONE;
         }
         let rtt = self.rtt_ms(from, to);
+        let listed = from == to || self.links.iter().any(|l| pair(&l.regions[0], &l.regions[1]) == pair(from, to));
+        if !listed {
+            // A pair not listed: not shaped at all (no loss either).
+            return LinkShape::NONE;
+        }
         LinkShape {
             one_way: Duration::from_micros(rtt * 500),
             jitter: if rtt == 0 { Duration::ZERO } else { Duration::from_millis(self.jitter_ms) },
@@ -147,6 +154,8 @@ mod tests {
         let local = w.shape("us-east", "us-east");
         assert_eq!((local.one_way, local.loss), (Duration::from_micros(500), 0.0));
         assert!(WanConfig::default().shape("a", "b").is_none());
+        assert!(w.shape("eu-west", "ap-south").is_none(), "an unlisted pair: no delay, no loss");
+        assert!(w.shape("us-east", "").is_none(), "a peer of no known region yet");
     }
 
     #[test]

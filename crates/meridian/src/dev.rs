@@ -125,7 +125,7 @@ pub async fn run(opts: DevOptions) -> Result<()> {
     let endpoints: Vec<String> = members.iter().map(|m| m.client_addr.to_string()).collect();
     let http: Vec<String> = members.iter().map(|m| m.http_addr.to_string()).collect();
     if regional {
-        if let Err(e) = place_namespaces(&opts.regions, &http).await {
+        if let Err(e) = place_namespaces(&opts.regions, opts.zones, &http).await {
             stop_all(&mut children);
             return Err(e);
         }
@@ -174,18 +174,21 @@ pub async fn run(opts: DevOptions) -> Result<()> {
 /// and, with three regions or more, a region-survival one homed in the
 /// first (`/global/`); then waits, with progress, until the placement
 /// driver has put every replica where its policy says.
-async fn place_namespaces(regions: &[String], http: &[String]) -> Result<()> {
+async fn place_namespaces(regions: &[String], zones: usize, http: &[String]) -> Result<()> {
     use meridian_server::namespace::CreateSpec;
+    // As many voters as the region has zones (data nodes), up to three.
     let mut specs: Vec<CreateSpec> = regions
         .iter()
         .map(|r| CreateSpec {
             name: format!("/{r}/"),
             home_region: Some(r.clone()),
             survival: Some("zone".into()),
+            replicas: Some(zones.min(3)),
             ..CreateSpec::default()
         })
         .collect();
-    if regions.len() >= 3 {
+    // Region survival needs two nodes in the home and second regions.
+    if regions.len() >= 3 && zones >= 2 {
         specs.push(CreateSpec {
             name: "/global/".into(),
             home_region: Some(regions[0].clone()),

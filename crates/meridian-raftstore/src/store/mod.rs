@@ -248,6 +248,10 @@ pub struct RangeStatus {
     pub installing: bool,
     /// On a leader: each replica's matched index and replication state.
     pub progress: Vec<(u64, u64, ReplicaState)>,
+    /// On a leader: the replicas it has not heard from since its last
+    /// quorum check (raft's `recent_active` off, within an election
+    /// timeout): down, cut off or stalled, whatever the gossip says yet.
+    pub silent: Vec<u64>,
     /// Other nodes this store heard from within two election timeouts.
     pub live_peers: Vec<u64>,
 }
@@ -704,6 +708,11 @@ impl Store {
             installing: p.installing.is_some(),
             progress: if p.is_leader() {
                 r.prs().iter().map(|(id, pr)| (*id, pr.matched, replica_state(pr.state))).collect()
+            } else {
+                Vec::new()
+            },
+            silent: if p.is_leader() {
+                r.prs().iter().filter(|(id, pr)| **id != self.cfg.node_id && !pr.recent_active).map(|(id, _)| *id).collect()
             } else {
                 Vec::new()
             },
