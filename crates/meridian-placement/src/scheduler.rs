@@ -331,6 +331,10 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
             } else {
                 plan.blocked.push((range.id, format!("{why}, and {}", nowhere(view, range, Some(dead)))));
             }
+            // Blocked (no operator decided): the leader may still move.
+            if !busy.contains(&range.id) {
+                move_leader(view, range, &mut leaders, &mut plan, &mut budget, &mut counts, &mut busy, &mut decide);
+            }
             continue;
         }
         // 2. Too few voters (every learner left is a read replica).
@@ -344,6 +348,10 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
                     plan.blocked.push((range.id, format!("needs {wanted} replicas; no eligible node can take one more")))
                 }
                 None => plan.blocked.push((range.id, format!("needs {wanted} replicas; {}", nowhere(view, range, None)))),
+            }
+            // Blocked (no operator decided): the leader may still move.
+            if !busy.contains(&range.id) {
+                move_leader(view, range, &mut leaders, &mut plan, &mut budget, &mut counts, &mut busy, &mut decide);
             }
             continue;
         }
@@ -371,6 +379,10 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
                 decide(&mut plan, Operator::remove(range, worst, next.unwrap_or(0), why), &mut budget, &mut counts, &mut busy);
             } else {
                 plan.blocked.push((range.id, format!("an excess voter on node {worst}, but removing it would leave no quorum")));
+            }
+            // Blocked (no operator decided): the leader may still move.
+            if !busy.contains(&range.id) {
+                move_leader(view, range, &mut leaders, &mut plan, &mut budget, &mut counts, &mut busy, &mut decide);
             }
             continue;
         }
@@ -402,7 +414,7 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
             .or(shared_host.map(|n| (n, format!("node {n} shares a host with another voter"))))
             .or(misplaced.map(|n| {
                 let short: Vec<&str> = gaps.iter().filter(|(_, g)| **g > 0).map(|(r, _)| r.as_str()).collect();
-                (n, format!("node {n} is one voter too many in region {:?}, which {} lacks", region_of(view, n), short.join(", ")))
+                (n, format!("region {:?} has a voter too many (node {n}) and region {} one too few", region_of(view, n), short.join(", ")))
             }))
             .or(shared_zone.map(|n| (n, format!("node {n} shares a zone with another voter while another zone has room"))));
         if let Some((from, why)) = why_from {
@@ -412,6 +424,10 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
                 }
                 Some(_) => plan.blocked.push((range.id, format!("{why}, but moving it would leave no quorum"))),
                 None => plan.blocked.push((range.id, format!("{why}; {}", nowhere(view, range, Some(from))))),
+            }
+            // Blocked (no operator decided): the leader may still move.
+            if !busy.contains(&range.id) {
+                move_leader(view, range, &mut leaders, &mut plan, &mut budget, &mut counts, &mut busy, &mut decide);
             }
             continue;
         }
@@ -426,36 +442,51 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
                 None => plan.blocked.push((range.id, format!("read replica for region {region}: no eligible node there"))),
             }
         }
-        // 5. A leader where it should not be: on a node draining or not
-        // eligible, or outside its home region while a voter there can
-        // take over.
-        let unfit = view.nodes.get(&range.leader).is_some_and(|n| !n.eligible());
-        let away = !at_home(view, range, range.leader);
-        if range.leader != 0 && (unfit || away) {
-            // Home only to a voter the leader hears from and that has the
-            // log: a transfer to a node that died a moment ago (the gossip
-            // not knowing yet) would hold every proposal until it failed.
-            let to = successor(view, range, range.leader, &leaders)
-                .filter(|to| unfit || (at_home(view, range, *to) && range.caught_up.contains(to)));
-            if let Some(to) = to {
-                let why = if unfit {
-                    format!("its leader's node {} is draining or unhealthy", range.leader)
-                } else {
-                    format!("its leader's node {} is outside its home region {}", range.leader, range.home_region.as_deref().unwrap_or(""))
-                };
-                if decide(&mut plan, Operator::transfer(range, to, why), &mut budget, &mut counts, &mut busy) {
-                    *leaders.entry(to).or_default() += 1;
-                    if let Some(c) = leaders.get_mut(&range.leader) {
-                        *c = c.saturating_sub(1);
-                    }
-                }
-            }
-        }
+        // 5. A leader where it should not be.
+        move_leader(view, range, &mut leaders, &mut plan, &mut budget, &mut counts, &mut busy, &mut decide);
     }
     shed_disk(view, &mut plan, &mut budget, &mut counts, &mut busy, &mut decide);
     balance_replicas(view, settings, &mut plan, &mut budget, &mut counts, &mut busy, &mut decide);
     balance_leaders(view, settings, &mut plan, &mut budget, &mut counts, &mut busy, &mut leaders, &mut decide);
     plan
+}
+
+/// Rule 5: a leader on a node draining or not eligible, or outside its
+/// range's home region while a voter there can take over, is moved (also
+/// for a range whose rules 1-4 are blocked: its leader can still go home).
+/// Home only to a voter the leader hears from and that has the log: a
+/// transfer to a node that died a moment ago (the gossip not knowing yet)
+/// would hold every proposal until it failed.
+#[allow(clippy::too_many_arguments)]
+fn move_leader(
+    view: &ClusterView,
+    range: &RangeView,
+    leaders: &mut BTreeMap<u64, usize>,
+    plan: &mut Plan,
+    budget: &mut Budget,
+    counts: &mut BTreeMap<u64, usize>,
+    busy: &mut BTreeSet<u64>,
+    decide: &mut Decide<'_>,
+) {
+    let unfit = view.nodes.get(&range.leader).is_some_and(|n| !n.eligible());
+    let away = !at_home(view, range, range.leader);
+    if range.leader == 0 || !(unfit || away) {
+        return;
+    }
+    let to =
+        successor(view, range, range.leader, leaders).filter(|to| unfit || (at_home(view, range, *to) && range.caught_up.contains(to)));
+    let Some(to) = to else { return };
+    let why = if unfit {
+        format!("its leader's node {} is draining or unhealthy", range.leader)
+    } else {
+        format!("its leader's node {} is outside its home region {}", range.leader, range.home_region.as_deref().unwrap_or(""))
+    };
+    if decide(plan, Operator::transfer(range, to, why), budget, counts, busy) {
+        *leaders.entry(to).or_default() += 1;
+        if let Some(c) = leaders.get_mut(&range.leader) {
+            *c = c.saturating_sub(1);
+        }
+    }
 }
 
 /// The most room (free share of its disk, permille) of any eligible node

@@ -816,3 +816,17 @@ fn the_leader_balancer_never_moves_a_leadership_out_of_its_home_region() {
         assert_eq!(v.nodes[&r.leader].labels.region, "us", "{r:?}");
     }
 }
+
+#[test]
+fn a_range_blocked_on_a_replacement_still_gets_its_leader_home() {
+    // Home voter 1 dead for good and no other us node to take its place:
+    // the replacement is blocked, but leadership goes to home voter 2.
+    let s = Settings::default();
+    let mut v = regions(&[geo(10, &[1, 2, 4, 5, 7], 4, &[("us", 2), ("eu", 2), ("ap", 1)], &[])]);
+    kill(&mut v, 1, 0);
+    kill(&mut v, 3, 0);
+    v.ranges.get_mut(&10).unwrap().caught_up.remove(&1);
+    let plan = schedule(&v, &s, s.down_after_ms);
+    assert!(plan.blocked.iter().any(|(r, why)| *r == 10 && why.contains("no eligible node in region us")), "{plan:?}");
+    assert_eq!(plan.operators.iter().map(|o| o.kind).collect::<Vec<_>>(), [Kind::TransferLeader { to: 2 }], "{plan:?}");
+}
