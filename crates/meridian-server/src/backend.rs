@@ -144,8 +144,6 @@ pub struct Backend {
     /// range of the catalog (bounded like it). With how many of them
     /// are voters.
     replicas: Mutex<HashMap<u64, (Vec<u64>, usize)>>,
-    /// Calls of [`Backend::next_candidate`] (mixed into its random pick).
-    forward_turn: std::sync::atomic::AtomicUsize,
     /// The raised alarms, this member's engine size and its space quota
     /// (see [`crate::alarms`]).
     pub alarms: crate::alarms::AlarmState,
@@ -250,7 +248,6 @@ impl Backend {
             route_refresh: tokio::sync::Mutex::new(None),
             decommissioned: Mutex::new(std::collections::BTreeSet::new()),
             replicas: Mutex::new(HashMap::new()),
-            forward_turn: std::sync::atomic::AtomicUsize::new(0),
             alarms: crate::alarms::AlarmState::new(cfg.node_id, cfg.quota()),
             cfg,
         })
@@ -320,10 +317,10 @@ impl Backend {
         self.replicas.lock().expect("replica lists").get(&range_id).map(|r| r.0.clone()).unwrap_or_default()
     }
 
-    /// How many of [`Backend::catalog_replicas_of`] are voters (the rest
-    /// are learners).
-    pub fn catalog_voter_count(&self, range_id: u64) -> usize {
-        self.replicas.lock().expect("replica lists").get(&range_id).map_or(0, |r| r.1)
+    /// [`Backend::catalog_replicas_of`], and how many of them (the first
+    /// ones) are voters; the rest are learners. Read together.
+    pub fn catalog_replicas_and_voters(&self, range_id: u64) -> (Vec<u64>, usize) {
+        self.replicas.lock().expect("replica lists").get(&range_id).cloned().unwrap_or_default()
     }
 
     pub fn catalog_replicas(&self) -> Vec<(u64, Vec<u64>)> {
@@ -810,14 +807,17 @@ impl Backend {
         let liveness = |n: u64| dir.get(n).map(|r| r.liveness);
         let best: Vec<u64> = ordered.iter().copied().take_while(|n| liveness(*n) == liveness(first)).collect();
         drop(dir);
-        // std's per-instance random hash keys, as a cheap random number.
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_usize(self.forward_turn.fetch_add(1, Ordering::Relaxed));
-        Some(best[(h.finish() % best.len() as u64) as usize])
+        // std's hash keys, fresh at every `RandomState::new`, as a cheap
+        // random number.
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        Some(best[(random % best.len() as u64) as usize])
     }
 
-    /// [`Backend::all_down`] of the range's voters, per the catalog; at
-    /// once `None` when this node holds one of them (it is not down).
+    /// [`ApiError::ReplicasDown`] when the gossip holds every voter of the
+    /// range (per the catalog) dead — none alive, suspect or unheard of:
+    /// the range cannot answer until they are back, and the error says
+    /// where they are (a zone-survival namespace whose home region is
+    /// lost). At once `None` when this node holds one of them.
     fn voters_down(&self, range_id: u64) -> Option<ApiError> {
         let voters: Vec<u64> = {
             let lists = self.replicas.lock().expect("replica lists");
@@ -828,17 +828,8 @@ impl Backend {
             }
             voters.to_vec()
         };
-        self.all_down(range_id, &voters)
-    }
-
-    /// [`ApiError::ReplicasDown`] when the gossip holds every node of
-    /// `replicas` (a range's voters) dead (none alive, suspect or unheard
-    /// of): the range cannot answer until they are back, and the error
-    /// says where they are (a zone-survival namespace whose home region is
-    /// lost).
-    fn all_down(&self, range_id: u64, replicas: &[u64]) -> Option<ApiError> {
         let dir = self.directory.read().expect("node directory");
-        let nodes: Vec<&NodeRecord> = replicas.iter().map(|n| dir.get(*n)).collect::<Option<Vec<_>>>()?;
+        let nodes: Vec<&NodeRecord> = voters.iter().map(|n| dir.get(*n)).collect::<Option<Vec<_>>>()?;
         if nodes.is_empty() || nodes.iter().any(|n| n.liveness != meridian_membership::Liveness::Dead) {
             return None;
         }
@@ -858,11 +849,6 @@ impl Backend {
     /// last, not skipped.
     pub fn live_first(&self, nodes: &[u64]) -> Vec<u64> {
         self.directory.read().expect("node directory").live_first(nodes)
-    }
-
-    /// The first of [`Backend::live_first`].
-    pub fn prefer_live(&self, candidates: &[u64]) -> Option<u64> {
-        self.live_first(candidates).first().copied()
     }
 
     /// The range's term and leader as of at most [`BRIEF_TTL`] ago; `None`

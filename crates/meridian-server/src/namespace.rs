@@ -914,9 +914,8 @@ fn info_of_record(backend: &Backend, r: &NsRecord) -> NsInfo {
 /// directory) and why, per the namespace's geography.
 fn placement_of(backend: &Backend, range_id: u64, geo: Option<&GeoPolicy>) -> Vec<ReplicaPlace> {
     let nodes: BTreeMap<u64, meridian_membership::NodeRecord> = backend.nodes().into_iter().map(|n| (n.id, n)).collect();
-    let voters = backend.catalog_voter_count(range_id);
-    backend
-        .catalog_replicas_of(range_id)
+    let (replicas, voters) = backend.catalog_replicas_and_voters(range_id);
+    replicas
         .into_iter()
         .enumerate()
         .map(|(i, node)| {
