@@ -456,15 +456,20 @@ fn the_driver_merges_a_quiet_namespace_into_the_root_group_and_splits_one_that_g
     assert!(d["range_id"].as_u64().unwrap() > quiet_range, "{d}");
     assert_eq!(d["keys"].as_i64(), Some(25));
 
-    // Both changes are listed with why, by the meta range's leader.
-    let listed: Vec<serde_json::Value> = (0..3)
-        .filter_map(|i| {
-            let (code, body) = http_get(&c.members[i].http_addr, "/v1/placement/operators");
-            (code == 200).then(|| serde_json::from_str::<serde_json::Value>(&body).ok()).flatten()
-        })
-        .flat_map(|v| v["operators"].as_array().cloned().unwrap_or_default())
-        .collect();
-    let find = |kind: &str| listed.iter().find(|o| o["kind"] == kind).cloned();
+    // Both changes are listed with why, by the meta range's leader (the
+    // descriptor is published before the driver lists the split as done:
+    // wait for it).
+    let listed = || -> Vec<serde_json::Value> {
+        (0..3)
+            .filter_map(|i| {
+                let (code, body) = http_get(&c.members[i].http_addr, "/v1/placement/operators");
+                (code == 200).then(|| serde_json::from_str::<serde_json::Value>(&body).ok()).flatten()
+            })
+            .flat_map(|v| v["operators"].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    let find = |kind: &str| listed().into_iter().find(|o| o["kind"] == kind && o["state"] != "running");
+    wait_until("the split listed as finished", Duration::from_secs(30), || find("split /grows/").is_some());
     let merge = find("merge /quiet/").expect("the merge is listed");
     assert_eq!(merge["state"], "done");
     assert!(merge["reason"].as_str().unwrap().contains("quiet for"), "{merge}");

@@ -241,6 +241,20 @@ async fn run(backend: &Backend, change: GroupChange, started_ms: u64) {
         GroupChange::Split { reason, .. } => ("split", reason.clone()),
     };
     tracing::info!(namespace = name, kind, reason, "placement: changing a namespace's group");
+    let steps: &[&str] = match kind {
+        "merge" => &["seal the namespace's group", "absorb its keys into the root range", "retire the group"],
+        _ => &["allocate a group", "carve the prefix out of the root range", "publish the descriptor"],
+    };
+    let report = |range_id: u64| OperatorReport {
+        range_id,
+        kind: format!("{kind} {name}"),
+        from: None,
+        to: None,
+        steps: steps.iter().map(|s| s.to_string()).collect(),
+        reason: reason.clone(),
+    };
+    let range_before = crate::namespace::record(backend, &name, false).await.ok().flatten().map_or(0, |r| r.range_id);
+    backend.placement.group_change_started(OperatorState { op: report(range_before), at: 0, state: "running".into(), started_ms });
     let (max_keys, max_bytes) = (backend.cfg.placement.groups.merge_max_keys, backend.cfg.placement.groups.merge_max_bytes);
     let done = match change {
         GroupChange::Merge { .. } => match size_now(backend, &name).await {
@@ -264,19 +278,7 @@ async fn run(backend: &Backend, change: GroupChange, started_ms: u64) {
             (0, format!("failed: {e}"))
         }
     };
-    let steps: &[&str] = match kind {
-        "merge" => &["seal the namespace's group", "absorb its keys into the root range", "retire the group"],
-        _ => &["allocate a group", "carve the prefix out of the root range", "publish the descriptor"],
-    };
-    let report = OperatorReport {
-        range_id,
-        kind: format!("{kind} {name}"),
-        from: None,
-        to: None,
-        steps: steps.iter().map(|s| s.to_string()).collect(),
-        reason,
-    };
-    backend.placement.record_finished(OperatorState { op: report, at: steps.len(), state, started_ms });
+    backend.placement.record_finished(OperatorState { op: report(range_id), at: steps.len(), state, started_ms });
 }
 
 #[cfg(test)]

@@ -475,6 +475,9 @@ pub struct Driver {
     running: Mutex<BTreeMap<u64, Running>>,
     finished: Mutex<VecDeque<OperatorState>>,
     started: Mutex<BTreeMap<u64, u64>>,
+    /// The merge or split of a group under way (one at a time), listed as
+    /// running until it is recorded as finished.
+    group_change: Mutex<Option<OperatorState>>,
     /// Merges and splits of groups.
     pub groups: crate::groups::GroupDriver,
 }
@@ -500,8 +503,15 @@ impl Driver {
                 started_ms: started.get(id).copied().unwrap_or(0),
             })
             .collect();
+        v.extend(lock(&self.group_change).iter().cloned());
         v.extend(lock(&self.finished).iter().rev().cloned());
         v
+    }
+
+    /// Lists a merge or split of a group as running (until
+    /// [`Driver::record_finished`] lists its outcome).
+    pub fn group_change_started(&self, s: OperatorState) {
+        *lock(&self.group_change) = Some(s);
     }
 
     fn finish(&self, r: &Running, state: String) {
@@ -511,6 +521,11 @@ impl Driver {
 
     /// Lists a finished operator (the newest 64 stay).
     pub fn record_finished(&self, s: OperatorState) {
+        let mut running = lock(&self.group_change);
+        if running.as_ref().is_some_and(|r| r.op.kind == s.op.kind) {
+            *running = None;
+        }
+        drop(running);
         let mut f = lock(&self.finished);
         if f.len() >= MAX_FINISHED {
             f.pop_front();
