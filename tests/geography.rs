@@ -277,3 +277,116 @@ fn bench_region_failover_distribution() {
     println!("region failover: first write in a surviving region {}", spread(&mut failovers));
     println!("leadership home after the region restarts: {}", spread(&mut homecomings));
 }
+
+/// Keys of namespace `namespace_id` in the data column of node `i`'s
+/// engine (the node stopped: RocksDB holds a lock while it runs).
+fn data_keys_on(c: &ProcCluster, i: usize, namespace_id: u64) -> usize {
+    use meridian_storage::{keys, Cf, Engine};
+    let dir = c.configs[i].parent().unwrap().join("raft");
+    let engine = meridian_storage_rocks::RocksEngine::open(&dir).expect("open the stopped node's engine");
+    let (start, end) = keys::range_span(namespace_id);
+    let mut n = 0;
+    engine
+        .scan(Cf::Data, &start, &end, &mut |_, _| {
+            n += 1;
+            true
+        })
+        .unwrap();
+    n
+}
+
+/// Two data nodes per region and a witness in each (as `meridian dev
+/// --regions us,eu,ap --zones 2 --witnesses`): the third region's vote of
+/// a region-survival namespace goes to that region's witness, which keeps
+/// the log but no data, serves no client, and still carries the
+/// namespace through the home region's loss with every acknowledged
+/// write.
+#[test]
+fn a_witness_casts_the_third_regions_vote_without_the_data_and_the_home_regions_loss_loses_nothing() {
+    // Members: us 0-1, eu 2-3, ap 4-5 (data), then witnesses us 6, eu 7, ap 8.
+    let mut c = ProcCluster::start_regions_with(&REGIONS, 2, None, "", true);
+    let region = |i: usize| if i < 6 { REGIONS[i / 2] } else { REGIONS[i - 6] };
+    wait_until("every node's region known", Duration::from_secs(60), || {
+        let (_, body) = http_get(&c.members[0].http_addr, "/v1/nodes");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["nodes"].as_array().is_some_and(|a| a.len() == 9 && a.iter().all(|n| n["region"].as_str().is_some_and(|r| !r.is_empty())))
+    });
+    // Witnesses do not count as hosts for the data: two regions of two
+    // data hosts each besides the home one (ap second by name, eu third).
+    let (code, answer) = create(&c, r#"{"name": "/global/", "home_region": "us", "survival": "region"}"#);
+    assert_eq!(code, 201, "{answer}");
+    let (code, answer) = create(&c, r#"{"name": "/local/", "home_region": "eu"}"#);
+    assert_eq!(code, 400, "zone survival wants 3 data hosts in eu; the witness is not one: {answer}");
+    assert!(answer.contains("2 data node host"), "{answer}");
+
+    let witness_id = c.members[7].id;
+    let placed = wait_until("the third region's vote on its witness, and no witness elsewhere", Duration::from_secs(240), || {
+        let Some(g) = describe(&c, 0, "/global/") else { return false };
+        let (voters, _) = layout(&g);
+        let places = g["placement"].as_array().cloned().unwrap_or_default();
+        let witnesses: Vec<u64> = places.iter().filter(|p| p["role"] == "witness").filter_map(|p| p["node"].as_u64()).collect();
+        let plan_done = {
+            let (code, body) = http_get(&c.members[0].http_addr, "/v1/placement/plan");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            code == 200 && v["complete"] == true && v["operators"].as_array().is_some_and(|o| o.is_empty())
+        };
+        voters == BTreeMap::from([("ap".to_string(), 2), ("us".to_string(), 2)])
+            && witnesses == [witness_id]
+            && places.len() == 5
+            && plan_done
+    });
+    println!("witness: /global/ placed 2 + 2 + witness in {:.1} s", placed.as_secs_f64());
+    let g = describe(&c, 0, "/global/").unwrap();
+    let w = g["placement"].as_array().unwrap().iter().find(|p| p["role"] == "witness").cloned().unwrap();
+    assert_eq!(w["region"], "eu", "{g}");
+    assert!(w["why"].as_str().unwrap().contains("witness"), "{w}");
+    let global = g["range_id"].as_u64().unwrap();
+    wait_until("the leader in the home region", Duration::from_secs(60), || c.leader_of(global).is_some_and(|i| region(i) == "us"));
+
+    let before_token = rt().block_on(async {
+        let cl = client_of(&c, 0..6);
+        for k in 0..20 {
+            cl.put(format!("/global/k{k}"), "v").await.unwrap();
+        }
+        let s = cl.session("/global/", 30).await.unwrap();
+        let g = s.lock("/global/job", LockOptions::default()).await.unwrap().unwrap();
+        let t = g.token();
+        g.release().await.unwrap();
+        t
+    });
+
+    // The home region lost, its witness with it: the second region's two
+    // voters and the third region's witness carry on.
+    for i in [0, 1, 6] {
+        c.kill9(i);
+    }
+    let lost = Instant::now();
+    let (elected, after_token) = rt().block_on(async {
+        let survivors = client_of(&c, 2..6);
+        let elected = loop {
+            match tokio::time::timeout(Duration::from_secs(2), survivors.put("/global/after", "v")).await {
+                Ok(Ok(_)) => break lost.elapsed(),
+                _ => assert!(lost.elapsed() < Duration::from_secs(60), "no write acknowledged within 60 s of the region's loss"),
+            }
+        };
+        for k in 0..20 {
+            assert!(survivors.get(format!("/global/k{k}")).await.unwrap().is_some(), "acknowledged write /global/k{k} lost");
+        }
+        let s = survivors.session("/global/", 30).await.unwrap();
+        let g = s.lock("/global/job", LockOptions::default()).await.unwrap().unwrap();
+        let t = g.token();
+        g.release().await.unwrap();
+        (elected, t)
+    });
+    assert!(after_token > before_token, "tokens went back across the failover: {before_token} then {after_token}");
+    let leader = c.leader_of(global).expect("a leader of /global/");
+    assert_eq!(region(leader), "ap", "a full voter of the second region leads, never the witness");
+    println!("witness: home region killed; first write acknowledged after {:.2} s", elected.as_secs_f64());
+
+    // The witness took every entry and keeps none of the data; a data
+    // voter of the same range keeps all of it.
+    c.kill9(7);
+    c.kill9(4);
+    assert_eq!(data_keys_on(&c, 7, global), 0, "the witness holds data of /global/");
+    assert!(data_keys_on(&c, 4, global) >= 21, "a data voter lacks /global/'s keys");
+}

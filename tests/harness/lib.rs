@@ -111,8 +111,17 @@ impl ProcCluster {
     /// 100 ms tick, and placement drivers that execute (`extra_placement`
     /// TOML lines added to `[placement]`). Launched.
     pub fn start_regions(regions: &[&str], zones: usize, rtt_ms: Option<u64>, extra_placement: &str) -> ProcCluster {
+        Self::start_regions_with(regions, zones, rtt_ms, extra_placement, false)
+    }
+
+    /// [`ProcCluster::start_regions`], with a witness node after the data
+    /// nodes in each region when `witnesses` (as `meridian dev --witnesses`).
+    pub fn start_regions_with(regions: &[&str], zones: usize, rtt_ms: Option<u64>, extra_placement: &str, witnesses: bool) -> ProcCluster {
         let regions: Vec<String> = regions.iter().map(|r| r.to_string()).collect();
-        let places = dev_layout::regional_places(&regions, zones).unwrap();
+        let mut places = dev_layout::regional_places(&regions, zones).unwrap();
+        if witnesses {
+            dev_layout::add_witnesses(&mut places, &regions).unwrap();
+        }
         let members = dev_layout::members(places.len() as u64, free_base_port()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let ca = meridian_transport_quic::DevCa::generate().unwrap();

@@ -231,7 +231,13 @@ impl Running {
         // decision — or, while its copy is still streaming, its disk
         // filled up: give up now rather than at the timeout.
         let streaming = matches!(step, Step::AddLearner(_) | Step::CatchUp(_));
-        let fit = |n: &crate::view::NodeView| if streaming { n.takes_replicas() } else { n.eligible() };
+        let fit = |n: &crate::view::NodeView| {
+            if streaming {
+                crate::scheduler::may_hold(view, range, n)
+            } else {
+                crate::scheduler::fit_for(view, range, n)
+            }
+        };
         let target_gone = adding && added.is_some_and(|n| !view.nodes.get(&n).is_some_and(fit));
         if !target_gone && now_ms.saturating_sub(self.since_ms) <= step_timeout_ms {
             return self.check(step, range, view);

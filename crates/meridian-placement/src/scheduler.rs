@@ -9,8 +9,9 @@
 //! 2. fewer replicas than the policy asks → one added;
 //! 3. more voters than it asks → the worst one removed (dead, suspect,
 //!    draining, then the busiest node);
-//! 4. a voter on a draining node → replaced; two voters on one host →
-//!    one replaced on another host;
+//! 4. a voter on a draining node, or on a witness node outside a witness
+//!    slot ([`RangeView::witness_slot`]) → replaced; two voters on one
+//!    host → one replaced on another host;
 //! 5. a leader on a draining (or not eligible) node → moved to a voter on
 //!    an eligible node; a leader outside its home region while a voter in
 //!    it is eligible and caught up (its leader hears from it) → moved home.
@@ -40,7 +41,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meridian_membership::Liveness;
+use meridian_membership::{Liveness, NodeRole};
 
 use crate::operator::{Kind, Operator};
 use crate::view::{ClusterView, NodeView, RangeView, Settings};
@@ -93,6 +94,28 @@ fn region_gaps(view: &ClusterView, range: &RangeView, leaving: Option<u64>) -> B
     gaps
 }
 
+/// Whether node `n` (a witness) may hold `range`'s voter in its region: a
+/// witness slot there ([`RangeView::witness_slot`]) and no other witness
+/// in the range — a range keeps every data copy but one (with three
+/// regions of one voter each, as the meta range, two copies stay).
+pub(crate) fn witness_fits(view: &ClusterView, range: &RangeView, n: &NodeView) -> bool {
+    range.witness_slot(&n.labels.region)
+        && !range.members().any(|m| m != n.id && view.nodes.get(&m).is_some_and(|o| o.role == NodeRole::Witness))
+}
+
+/// Whether `n` may receive a replica of `range`: a data node that takes
+/// replicas, or a witness that takes one where it fits
+/// ([`witness_fits`]).
+pub(crate) fn may_hold(view: &ClusterView, range: &RangeView, n: &NodeView) -> bool {
+    n.takes_replicas() || (n.takes_witness() && witness_fits(view, range, n))
+}
+
+/// Whether `n` may keep a voter of `range`: eligible, or a live witness
+/// that is not draining, where it fits.
+pub(crate) fn fit_for(view: &ClusterView, range: &RangeView, n: &NodeView) -> bool {
+    n.eligible() || (n.role == NodeRole::Witness && n.liveness == Liveness::Alive && !n.draining && witness_fits(view, range, n))
+}
+
 /// Whether `node` is in `range`'s home region (true without one).
 fn at_home(view: &ClusterView, range: &RangeView, node: u64) -> bool {
     range.home_region.as_deref().is_none_or(|h| region_of(view, node) == h)
@@ -138,9 +161,14 @@ fn target_where(
     let gap = |n: &NodeView| if gaps.is_empty() { 1 } else { gaps.get(&n.labels.region).copied().unwrap_or(0) };
     view.nodes
         .values()
-        .filter(|n| n.takes_replicas() && !range.holds(n.id) && satisfies(n, range) && !hosts.contains(n.labels.host.as_str()))
+        .filter(|n| may_hold(view, range, n) && !range.holds(n.id) && satisfies(n, range) && !hosts.contains(n.labels.host.as_str()))
         .filter(|n| gap(n) > 0 && budget.allows(&[n.id]) && accept(n))
-        .min_by_key(|n| (std::cmp::Reverse(gap(n)), zones.contains(n.labels.zone.as_str()), counts.get(&n.id).copied().unwrap_or(0), n.id))
+        // A witness slot goes to a witness when its region has one: the
+        // vote without another copy of the data.
+        .min_by_key(|n| {
+            let data_copy = n.role != NodeRole::Witness;
+            (std::cmp::Reverse(gap(n)), data_copy, zones.contains(n.labels.zone.as_str()), counts.get(&n.id).copied().unwrap_or(0), n.id)
+        })
         .map(|n| n.id)
 }
 
@@ -225,13 +253,13 @@ fn zones(view: &ClusterView, nodes: impl Iterator<Item = u64>) -> usize {
 
 /// How bad a voter is to keep, worst first: dead, suspect, draining, not
 /// eligible, then holding more replicas.
-fn badness(view: &ClusterView, node: u64, counts: &BTreeMap<u64, usize>) -> (u8, usize) {
+fn badness(view: &ClusterView, range: &RangeView, node: u64, counts: &BTreeMap<u64, usize>) -> (u8, usize) {
     let rank = match view.nodes.get(&node) {
         None => 0,
         Some(n) if n.liveness == Liveness::Dead => 0,
         Some(n) if n.liveness == Liveness::Suspect => 1,
         Some(n) if n.draining => 2,
-        Some(n) if !n.eligible() => 3,
+        Some(n) if !fit_for(view, range, n) => 3,
         Some(_) => 4,
     };
     (rank, usize::MAX - counts.get(&node).copied().unwrap_or(0))
@@ -369,7 +397,9 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
                 .voters
                 .iter()
                 .copied()
-                .min_by_key(|v| (badness(view, *v, &counts).0, !surplus(*v), !zone_shared(*v), badness(view, *v, &counts).1, *v))
+                .min_by_key(|v| {
+                    (badness(view, range, *v, &counts).0, !surplus(*v), !zone_shared(*v), badness(view, range, *v, &counts).1, *v)
+                })
                 .expect("voters");
             let next = successor(view, range, worst, &leaders);
             if range.leader == worst && next.is_none() {
@@ -386,8 +416,25 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
             }
             continue;
         }
-        // 4. Draining nodes, and two voters on one host.
+        // 4. Draining nodes, a witness outside a witness slot (a founding
+        // member holds every first range), and two voters on one host.
         let draining = range.voters.iter().copied().find(|v| view.nodes.get(v).is_some_and(|n| n.draining));
+        let stray_witness = range
+            .voters
+            .iter()
+            .copied()
+            .find(|v| view.nodes.get(v).is_some_and(|n| n.role == NodeRole::Witness && !witness_fits(view, range, n)));
+        // A data voter where a witness could cast the vote instead (a
+        // witness slot, and a witness there to take it): the witness takes
+        // it, so the data is not copied once more than the layout needs.
+        let witness_could = range.voters.iter().copied().find(|v| {
+            view.nodes.get(v).is_some_and(|n| {
+                n.role == NodeRole::Data
+                    && view.nodes.values().any(|w| {
+                        w.labels.region == n.labels.region && w.takes_witness() && !range.holds(w.id) && witness_fits(view, range, w)
+                    })
+            })
+        });
         let shared_host = {
             let mut seen = BTreeMap::new();
             range.voters.iter().copied().find(|v| {
@@ -411,12 +458,22 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
         let misplaced = if gaps.values().any(|g| *g > 0) { range.voters.iter().copied().find(|v| surplus(*v)) } else { None };
         let why_from = draining
             .map(|n| (n, format!("node {n} is draining")))
+            .or(stray_witness.map(|n| (n, format!("node {n} is a witness, and the range has no witness slot in its region"))))
             .or(shared_host.map(|n| (n, format!("node {n} shares a host with another voter"))))
             .or(misplaced.map(|n| {
                 let short: Vec<&str> = gaps.iter().filter(|(_, g)| **g > 0).map(|(r, _)| r.as_str()).collect();
                 (n, format!("region {:?} has a voter too many (node {n}) and region {} one too few", region_of(view, n), short.join(", ")))
             }))
-            .or(shared_zone.map(|n| (n, format!("node {n} shares a zone with another voter while another zone has room"))));
+            .or(shared_zone.map(|n| (n, format!("node {n} shares a zone with another voter while another zone has room"))))
+            .or(witness_could.map(|n| {
+                (
+                    n,
+                    format!(
+                        "region {:?} wants one voter, which a witness can be: node {n}'s copy of the data is not needed",
+                        region_of(view, n)
+                    ),
+                )
+            }));
         if let Some((from, why)) = why_from {
             match target(view, range, Some(from), &counts, &budget) {
                 Some(to) if removal_safe(view, range, from, Some(to)) => {

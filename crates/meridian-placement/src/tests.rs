@@ -830,3 +830,61 @@ fn a_range_blocked_on_a_replacement_still_gets_its_leader_home() {
     assert!(plan.blocked.iter().any(|(r, why)| *r == 10 && why.contains("no eligible node in region us")), "{plan:?}");
     assert_eq!(plan.operators.iter().map(|o| o.kind).collect::<Vec<_>>(), [Kind::TransferLeader { to: 2 }], "{plan:?}");
 }
+
+#[test]
+fn a_witness_takes_the_third_regions_slot_of_region_survival_and_nothing_else() {
+    // Node 10: a witness in ap, next to ap's data nodes 7-9.
+    let witness = |v: &mut ClusterView| {
+        let mut w = node(10, "ap-w");
+        (w.labels.region, w.role) = ("ap".into(), NodeRole::Witness);
+        v.nodes.insert(10, w);
+    };
+    let mut v = regions(&[geo(20, &[1, 2, 4, 5], 1, &[("us", 2), ("eu", 2), ("ap", 1)], &[])]);
+    witness(&mut v);
+    settle(&mut v);
+    let r = &v.ranges[&20];
+    assert!(r.voters.contains(&10), "the third region's vote goes to the witness: {r:?}");
+    assert_eq!(per_region(&v, r), BTreeMap::from([("ap".into(), 1), ("eu".into(), 2), ("us".into(), 2)]));
+    assert_ne!(r.leader, 10);
+    // It stays: a witness in its slot is not a misplaced voter.
+    assert!(schedule(&v, &Settings::default(), 0).operators.is_empty());
+
+    // Zone survival, read replicas, and a region survival home region: no
+    // witness.
+    let mut v = regions(&[
+        geo(21, &[1, 4, 7], 1, &[("ap", 3)], &["us"]),
+        geo(22, &[1, 2, 4, 5, 7], 7, &[("ap", 2), ("eu", 2), ("us", 1)], &[]),
+        range(23, &[1, 4, 7], 1),
+    ]);
+    witness(&mut v);
+    settle(&mut v);
+    for r in v.ranges.values() {
+        assert!(!r.holds(10), "range {} got the witness: {r:?}", r.id);
+    }
+
+    // A data voter in the slot gives it up to the witness.
+    let mut v = regions(&[geo(25, &[1, 2, 4, 5, 7], 1, &[("us", 2), ("eu", 2), ("ap", 1)], &[])]);
+    witness(&mut v);
+    settle(&mut v);
+    assert!(v.ranges[&25].voters.contains(&10) && !v.ranges[&25].voters.contains(&7), "{:?}", v.ranges[&25]);
+
+    // One voter in each of three regions (the meta range's layout): one
+    // witness at most, two data copies stay.
+    let mut v = regions(&[range(26, &[1, 4, 7], 1)]);
+    v.ranges.get_mut(&26).unwrap().region_voters = BTreeMap::from([("us".into(), 1), ("eu".into(), 1), ("ap".into(), 1)]);
+    witness(&mut v);
+    let mut w = node(11, "eu-w");
+    (w.labels.region, w.role) = ("eu".into(), NodeRole::Witness);
+    v.nodes.insert(11, w);
+    settle(&mut v);
+    let r = &v.ranges[&26];
+    assert_eq!(r.voters.iter().filter(|n| **n >= 10).count(), 1, "{r:?}");
+    assert_eq!(r.voters.len(), 3, "{r:?}");
+
+    // A witness that is a voter where it has no slot (a founding member)
+    // is replaced by a data node.
+    let mut v = regions(&[range(24, &[1, 4, 10], 1)]);
+    witness(&mut v);
+    settle(&mut v);
+    assert!(!v.ranges[&24].holds(10), "{:?}", v.ranges[&24]);
+}

@@ -14,7 +14,8 @@ pub struct NodeView {
     pub id: u64,
     /// Where it is.
     pub labels: Labels,
-    /// Data nodes take replicas; witnesses are placed by the geography work.
+    /// Data nodes take replicas; a witness takes only the witness slot of
+    /// a region-survival range ([`RangeView::witness_slot`]).
     pub role: NodeRole,
     /// What the membership gossip says of it.
     pub liveness: Liveness,
@@ -93,6 +94,13 @@ impl NodeView {
         self.eligible() && !self.load.is_some_and(|l| l.disk_full())
     }
 
+    /// A live witness node that is not draining, with room on its disk: it
+    /// may receive the witness replica of a range with a witness slot in
+    /// its region.
+    pub fn takes_witness(&self) -> bool {
+        self.role == NodeRole::Witness && self.liveness == Liveness::Alive && !self.draining && !self.load.is_some_and(|l| l.disk_full())
+    }
+
     /// Its disk is filling ([`Load::disk_filling`]): it sheds replicas and
     /// receives none to balance.
     pub fn disk_filling(&self) -> bool {
@@ -152,6 +160,15 @@ impl RangeView {
     /// Whether `node` holds a replica.
     pub fn holds(&self, node: u64) -> bool {
         self.voters.contains(&node) || self.learners.contains(&node)
+    }
+
+    /// Whether the voter `range` wants in `region` may be a witness: a
+    /// region-survival layout (voters over three regions or more) wanting
+    /// a single voter there, outside the home region — the tie-breaking
+    /// vote, which needs the log but not the data. (A range holds one
+    /// witness at most: the scheduler checks that too.)
+    pub fn witness_slot(&self, region: &str) -> bool {
+        self.region_voters.len() >= 3 && self.region_voters.get(region) == Some(&1) && self.home_region.as_deref() != Some(region)
     }
 
     /// Voters its policy asks for: the per-region ones' sum when it has

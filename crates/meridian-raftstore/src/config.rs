@@ -52,6 +52,13 @@ pub struct StoreConfig {
     /// [`crate::Store::on_synced`]), so the next round is prepared while
     /// the fsync runs.
     pub defer_sync: bool,
+    /// This node is a witness: its replicas persist the raft log and vote,
+    /// but apply no command to data, serve no request (they answer
+    /// `NotLeader` naming a full voter), never send a snapshot, campaign
+    /// only after two to three election timeouts (a full voter nearly
+    /// always first), and hand leadership to the most up-to-date full
+    /// voter as soon as they win it. See `docs/geography.md`.
+    pub witness: bool,
 }
 
 impl StoreConfig {
@@ -76,6 +83,7 @@ impl StoreConfig {
             record_applied: false,
             seed: 0,
             defer_sync: false,
+            witness: false,
         }
     }
 }

@@ -168,6 +168,8 @@ pub(crate) struct Peer {
     pub installing: Option<u64>,
     /// The engine view the snapshot built last reads from (leader side).
     pub pinned: Option<crate::store::PinnedSnapshot>,
+    /// A witness replica (its node is a witness: [`crate::StoreConfig::witness`]).
+    pub witness: bool,
 }
 
 /// An election timeout in `[lo, lo + lo / 2)` ticks from `random`; below 4
@@ -182,6 +184,15 @@ pub(crate) struct Peer {
 pub fn election_timeout_draw(lo: usize, random: u64) -> usize {
     let spread = if lo < 4 { lo.max(1) } else { lo / 2 };
     lo + (random % spread as u64) as usize
+}
+
+/// A witness's election timeout: the draw of [`election_timeout_draw`]
+/// moved up by one base timeout, in `[2 * lo, 3 * lo)`. A full voter
+/// (drawing from below `2 * lo`) nearly always campaigns first; the witness
+/// still grants votes once `lo` ticks pass without a leader (raft-rs's
+/// lease check uses the base timeout), so it delays no failover.
+pub fn witness_timeout_draw(lo: usize, random: u64) -> usize {
+    lo + election_timeout_draw(lo, random)
 }
 
 /// Legacy single conf changes (from etcd-era tooling) as a V2 change.
@@ -203,7 +214,8 @@ impl Peer {
     /// (fixed timeouts can livelock two candidates with equal values).
     pub fn redraw_election_timeout(&mut self) {
         self.rng_state = self.rng_state.wrapping_add(1);
-        let t = election_timeout_draw(self.raft.raft.election_timeout(), splitmix64(self.rng_state));
+        let (lo, r) = (self.raft.raft.election_timeout(), splitmix64(self.rng_state));
+        let t = if self.witness { witness_timeout_draw(lo, r) } else { election_timeout_draw(lo, r) };
         self.raft.raft.set_randomized_election_timeout(t);
     }
 
@@ -229,6 +241,48 @@ impl Peer {
     pub fn leader_hint(&self) -> Option<u64> {
         let l = self.raft.raft.lead_transferee.unwrap_or(self.raft.raft.leader_id);
         (l != 0).then_some(l)
+    }
+
+    /// Where a witness sends a request: the leader if it is a full voter,
+    /// else the full voter it hands leadership to (or would).
+    pub fn full_voter_hint(&self) -> Option<u64> {
+        let me = self.raft.raft.id;
+        let leader = self.raft.raft.leader_id;
+        if leader != 0 && leader != me {
+            return Some(leader);
+        }
+        self.raft.raft.lead_transferee.or_else(|| self.handoff_target())
+    }
+
+    /// The voter a witness leader hands leadership to: among the other
+    /// voters it heard from lately, the one whose log matches furthest (the
+    /// lowest id on a tie). Only a witness's own replica is ever a witness
+    /// here (witness nodes hold one replica of a range at most, and the
+    /// placement driver puts at most one witness in a range).
+    pub fn handoff_target(&self) -> Option<u64> {
+        let me = self.raft.raft.id;
+        let voters = self.raft.raft.prs().conf().voters().ids();
+        self.raft
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, pr)| **id != me && pr.recent_active && voters.contains(**id))
+            .max_by_key(|(id, pr)| (pr.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)
+    }
+
+    /// On a witness leading the range: hands leadership to
+    /// [`Peer::handoff_target`] unless a transfer is under way (raft-rs
+    /// sends the target what it lacks first, then `TimeoutNow`; a transfer
+    /// that does not finish within an election timeout is dropped and
+    /// started again here). True when a transfer started.
+    pub fn witness_handoff(&mut self) -> bool {
+        if !self.witness || !self.is_leader() || self.raft.raft.lead_transferee.is_some() {
+            return false;
+        }
+        let Some(to) = self.handoff_target() else { return false };
+        self.raft.transfer_leader(to);
+        true
     }
 
     pub fn pending(&self) -> usize {
@@ -301,6 +355,10 @@ impl Peer {
     /// following the range) or installing a snapshot (its data is not all
     /// in place).
     pub fn serving(&self) -> Result<(), RaftstoreError> {
+        if self.witness {
+            // Nothing here to read or answer from: a full voter serves.
+            return Err(RaftstoreError::NotLeader { range_id: self.desc.range_id, leader_hint: self.full_voter_hint() });
+        }
         if self.dormant_at.is_some() {
             return Err(RaftstoreError::RangeRemoved { range_id: self.desc.range_id });
         }
@@ -667,6 +725,15 @@ impl Peer {
             return Ok(());
         }
         let mut to = applied;
+        if self.witness {
+            // A witness may hold the only copy of the last committed
+            // entries (the voters that also had them lost with a region),
+            // and it can bring a full voter up to date only from its log:
+            // it keeps the last `max_log_lag_entries` (a full voter further
+            // behind needs a snapshot, which a full voter sends once one
+            // leads again).
+            to = applied.saturating_sub(cfg.max_log_lag_entries);
+        }
         if self.is_leader() {
             // Keep what lagging followers still need, unless they are so far
             // behind that a snapshot is cheaper.

@@ -296,6 +296,26 @@ pub trait StateMachine: Send {
     }
 }
 
+/// The state machine of a witness replica: it applies nothing (the store
+/// still advances the applied index and applies membership changes, which
+/// do not pass through a state machine), keeps no data and answers no
+/// query — a witness refuses requests before they get here.
+pub struct WitnessMachine;
+
+impl StateMachine for WitnessMachine {
+    fn apply(&mut self, _ctx: &mut ApplyContext<'_>, _index: u64, _command: &[u8]) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn reload(&mut self, _engine: &dyn Engine, _namespace_id: u64) -> StorageResult<()> {
+        Ok(())
+    }
+
+    fn read(&self, _engine: &dyn Engine, _namespace_id: u64, _query: &[u8]) -> Vec<u8> {
+        Vec::new()
+    }
+}
+
 /// Creates the state machine for a range replica.
 pub trait StateMachineFactory: Send + Sync {
     /// A state machine for the replica `desc` describes (called when the

@@ -209,8 +209,10 @@ pub struct ServerConfig {
     /// The machine (failure domain below the zone); default `node-<id>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// `data` (the default). `witness` nodes come with the geography work
-    /// and are refused until then.
+    /// `data` (the default) or `witness`: a witness node takes only the
+    /// tie-breaking voter of region-survival namespaces in its region; its
+    /// replicas vote and keep the log, never data, and it serves no
+    /// client (docs/geography.md).
     #[serde(default)]
     pub role: NodeRole,
     /// Declared namespaces (key prefixes); each gets its own Raft group.
@@ -421,11 +423,6 @@ impl ServerConfig {
             for a in &self.join {
                 meridian_membership::check_host_port(a).map_err(|e| ConfigError::Invalid(format!("join address {a:?}: {e}")))?;
             }
-        }
-        if self.role == NodeRole::Witness {
-            return bad(
-                "role = \"witness\" is not supported yet (witness replicas come with the geography work); use role = \"data\"".into()
-            );
         }
         for m in &self.initial_cluster {
             let rec = self.node_record(m);

@@ -15,12 +15,16 @@ use crate::wan::{WanConfig, WanLink};
 pub struct Place {
     pub region: String,
     pub zone: String,
+    /// A witness node (`role = "witness"`).
+    pub witness: bool,
 }
 
 /// The single-region layout: region `local`, zones `local-a`, `-b`, `-c`
 /// in turn.
 pub fn local_places(nodes: usize) -> Vec<Place> {
-    (0..nodes).map(|i| Place { region: "local".into(), zone: format!("local-{}", (b'a' + (i % 3) as u8) as char) }).collect()
+    (0..nodes)
+        .map(|i| Place { region: "local".into(), zone: format!("local-{}", (b'a' + (i % 3) as u8) as char), witness: false })
+        .collect()
 }
 
 /// Most regions and zones per region `meridian dev --regions` starts.
@@ -47,8 +51,25 @@ pub fn regional_places(regions: &[String], zones: usize) -> Result<Vec<Place>, S
     }
     Ok(regions
         .iter()
-        .flat_map(|r| (0..zones).map(move |z| Place { region: r.clone(), zone: format!("{r}-{}", (b'a' + z as u8) as char) }))
+        .flat_map(|r| {
+            (0..zones).map(move |z| Place { region: r.clone(), zone: format!("{r}-{}", (b'a' + z as u8) as char), witness: false })
+        })
         .collect())
+}
+
+/// Adds a witness node to each of `regions` (zone `REGION-w`, after the
+/// data nodes): the third region's vote of every region-survival
+/// namespace, whichever its home. Needs three regions or more (a witness
+/// is only ever placed in a region-survival layout).
+pub fn add_witnesses(places: &mut Vec<Place>, regions: &[String]) -> Result<(), String> {
+    if regions.len() < 3 {
+        return Err(format!(
+            "--witnesses needs three regions or more (a witness casts a region-survival namespace's third-region vote), not {}",
+            regions.len()
+        ));
+    }
+    places.extend(regions.iter().map(|r| Place { region: r.clone(), zone: format!("{r}-w"), witness: true }));
+    Ok(())
 }
 
 /// Round trips between the regions of a dev cluster, ms: 66 between the
@@ -196,7 +217,7 @@ pub fn write_join_config_with(
     debug: &DebugConfig,
     ca: &DevCa,
 ) -> Result<PathBuf, String> {
-    let place = local_places(me.id as usize).pop().unwrap_or(Place { region: "local".into(), zone: "local-a".into() });
+    let place = local_places(me.id as usize).pop().unwrap_or(Place { region: "local".into(), zone: "local-a".into(), witness: false });
     let cfg = node_config(dir, me, &place, vec![me.clone()], join.to_vec(), &[], tick_ms, debug, ca)?;
     let cfg_path = dir.join("meridian.toml");
     write_config(&cfg_path, &cfg)?;
@@ -257,7 +278,7 @@ fn node_config(
         debug: debug.clone(),
         quota_backend_bytes: 0,
         host: None,
-        role: Default::default(),
+        role: if place.witness { meridian_membership::NodeRole::Witness } else { meridian_membership::NodeRole::Data },
         relabel: false,
         join,
         listen_peer_addr: None,

@@ -202,18 +202,31 @@ async fn kv_get(State(s): State<HttpState>, Path(key): Path<String>, Query(q): Q
     let key = key.into_bytes();
     let range_id = s.backend.routing().range_of_key(&key);
     let op = c::RangeOp { key: key.clone(), ..Default::default() };
+    let found = |kv: Option<meridian_proto::mvccpb::KeyValue>| match kv {
+        Some(kv) => Json(KvBody {
+            key: String::from_utf8_lossy(&kv.key).into_owned(),
+            value: String::from_utf8_lossy(&kv.value).into_owned(),
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+            version: kv.version,
+            lease: kv.lease,
+        })
+        .into_response(),
+        None => error_response(ApiError::KeyNotFound),
+    };
     match s.backend.query(range_id, c::QueryKind::Range(op), !q.serializable).await {
-        Ok(a) => match a.range.and_then(|r| r.kvs.into_iter().next()) {
-            Some(kv) => Json(KvBody {
-                key: String::from_utf8_lossy(&kv.key).into_owned(),
-                value: String::from_utf8_lossy(&kv.value).into_owned(),
-                create_revision: kv.create_revision,
-                mod_revision: kv.mod_revision,
-                version: kv.version,
-                lease: kv.lease,
-            })
-            .into_response(),
-            None => error_response(ApiError::KeyNotFound),
+        Ok(a) => found(a.range.and_then(|r| r.kvs.into_iter().next()).map(crate::convert::kv_out)),
+        // This node's replica serves no read (a witness): the node it
+        // names answers, over its etcd API.
+        Err(ApiError::NotLeader { leader, .. }) => match forward_kv(&s, leader).await {
+            Ok(mut kv) => {
+                let req = pb::RangeRequest { key, serializable: q.serializable, ..Default::default() };
+                match kv.range(forwarded(req)).await {
+                    Ok(r) => found(r.into_inner().kvs.into_iter().next()),
+                    Err(st) => status_response(&st),
+                }
+            }
+            Err(e) => error_response(e),
         },
         Err(e) => error_response(e),
     }
@@ -475,7 +488,10 @@ async fn placement_plan(State(s): State<HttpState>) -> Response {
 async fn readyz(State(s): State<HttpState>) -> Response {
     let st = s.backend.raft.status().await;
     let missing: Vec<u64> = st.iter().filter(|r| r.leader_id == 0 && !r.dormant).map(|r| r.range_id).collect();
-    if st.is_empty() || !missing.is_empty() {
+    // A witness with no replica is normal (only region-survival ranges
+    // with a slot in its region take one); a data node starts with ranges.
+    let witness = s.backend.cfg.role == meridian_membership::NodeRole::Witness;
+    if (st.is_empty() && !witness) || !missing.is_empty() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("ranges without a leader: {missing:?}\n")).into_response();
     }
     "ready\n".into_response()

@@ -84,9 +84,6 @@ pub fn refusal(backend_cluster: u64, known: Option<&NodeRecord>, node: &NodeReco
             node.id
         )));
     }
-    if node.role == NodeRole::Witness {
-        return Some(ApiError::Membership(format!("node {}: witness nodes are not supported yet", node.id)));
-    }
     match known {
         // Another machine claiming a member's id: its certificate would be
         // refused by peers anyway, but clients would be sent to it.
@@ -244,6 +241,6 @@ mod tests {
         assert!(taken.contains("already registered with peer address elsewhere:2380"), "{taken}");
         let mut w = n.clone();
         w.role = NodeRole::Witness;
-        assert!(refusal(7, None, &w, 0).is_some());
+        assert!(refusal(7, None, &w, 0).is_none(), "a witness joins like a data node");
     }
 }

@@ -921,12 +921,19 @@ fn placement_of(backend: &Backend, range_id: u64, geo: Option<&GeoPolicy>) -> Ve
         .map(|(i, node)| {
             let voter = i < voters;
             let (region, zone) = nodes.get(&node).map(|n| (n.labels.region.clone(), n.labels.zone.clone())).unwrap_or_default();
+            let witness = nodes.get(&node).is_some_and(|n| n.role == meridian_membership::NodeRole::Witness);
             let why = match geo {
+                Some(g) if witness && voter => format!("{} (a witness: it votes and keeps the log, not the data)", g.why(&region, voter)),
                 Some(g) => g.why(&region, voter),
                 None if voter => "voter (placed by replicas and constraints)".into(),
                 None => "learner being added or removed by the placement driver".into(),
             };
-            ReplicaPlace { node, region, zone, role: if voter { "voter" } else { "learner" }.into(), why }
+            let role = match (voter, witness) {
+                (true, true) => "witness",
+                (true, false) => "voter",
+                (false, _) => "learner",
+            };
+            ReplicaPlace { node, region, zone, role: role.into(), why }
         })
         .collect()
 }

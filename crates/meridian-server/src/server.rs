@@ -268,6 +268,8 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     // A joining node creates no range: it is added to ranges later.
     ncfg.ranges = if cfg.joining() { Vec::new() } else { routing.initial_ranges(&ids) };
     ncfg.tick_ms = cfg.tick_ms;
+    // A witness node's replicas vote and keep the log, never data.
+    ncfg.store.witness = cfg.role == meridian_membership::NodeRole::Witness;
     ncfg.store_on_runtime = cfg.single_threaded();
     let node = Node::start(ncfg).await?;
     // The ranges on disk are the record once the cluster is bootstrapped:

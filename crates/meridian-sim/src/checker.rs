@@ -79,6 +79,11 @@ impl Checker {
         self.acked.insert((range_id, index), command.to_vec());
     }
 
+    /// Terms (of any range) led by one of `nodes`.
+    pub fn terms_led_by(&self, nodes: &[u64]) -> u64 {
+        self.leaders.values().filter(|n| nodes.contains(n)).count() as u64
+    }
+
     pub fn fail(&mut self, what: String) {
         self.violation(what);
     }

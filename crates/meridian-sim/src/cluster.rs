@@ -32,6 +32,9 @@ pub struct SimConfig {
     pub ranges: u64,
     pub engine: EngineKind,
     pub store: StoreConfig,
+    /// Nodes that run as witnesses ([`StoreConfig::witness`]): their
+    /// replicas vote and keep the log, never data.
+    pub witnesses: Vec<u64>,
 }
 
 impl SimConfig {
@@ -47,7 +50,7 @@ impl SimConfig {
         store.max_log_lag_entries = 256;
         // As production: the driver syncs (see `Cluster::step`).
         store.defer_sync = true;
-        SimConfig { seed, nodes: 3, initial_voters: 3, ranges: 1, engine: EngineKind::Mem, store }
+        SimConfig { seed, nodes: 3, initial_voters: 3, ranges: 1, engine: EngineKind::Mem, store, witnesses: Vec::new() }
     }
 }
 
@@ -222,6 +225,7 @@ impl Cluster {
         let mut cfg = self.cfg.store.clone();
         cfg.node_id = id;
         cfg.seed = self.cfg.seed;
+        cfg.witness = self.cfg.witnesses.contains(&id);
         let store = Store::open(cfg, engine, Arc::new(self.net.transport(id)), machines).expect("open store");
         self.nodes.get_mut(&id).expect("node").store = Some(store);
         self.net.set_down(id, false);
@@ -572,8 +576,18 @@ impl Cluster {
                     // leader's messages wake it.
                     continue;
                 }
+                if st.applied < st.commit {
+                    return false;
+                }
+                if self.cfg.witnesses.contains(id) {
+                    // No data to compare: its applied index must match.
+                    if seen.is_some_and(|s| s.0 != st.applied) {
+                        return false;
+                    }
+                    continue;
+                }
                 let v = (st.applied, chain_of(&**store.engine(), r));
-                if st.applied < st.commit || seen.is_some_and(|s| s != v) {
+                if seen.is_some_and(|s| s != v) {
                     return false;
                 }
                 seen = Some(v);
@@ -592,7 +606,7 @@ impl Cluster {
             let (key, value) = (&body[..sp], body.get(sp + 1..).unwrap_or(&[]));
             for (id, n) in &self.nodes {
                 let Some(store) = &n.store else { continue };
-                if store.range_status(*range_id).is_none_or(|s| s.dormant) {
+                if store.range_status(*range_id).is_none_or(|s| s.dormant) || self.cfg.witnesses.contains(id) {
                     continue;
                 }
                 let got = store.read_local(store.request(*range_id), key).unwrap_or_default();
@@ -604,7 +618,32 @@ impl Cluster {
         for m in &missing {
             self.checker.fail(format!("acknowledged write lost: {m}"));
         }
-        missing.is_empty()
+        let witness_data = self.witness_data();
+        for w in &witness_data {
+            self.checker.fail(format!("a witness holds data: {w}"));
+        }
+        missing.is_empty() && witness_data.is_empty()
+    }
+
+    /// The data keys witnesses hold (none may: they keep only the log).
+    pub fn witness_data(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for w in &self.cfg.witnesses {
+            let Some(store) = self.nodes.get(w).and_then(|n| n.store.as_ref()) else { continue };
+            for r in self.range_ids() {
+                // Range r's namespace is r here.
+                let (start, end) = keys::range_span(r);
+                let mut any = false;
+                let _ = store.engine().scan(Cf::Data, &start, &end, &mut |_, _| {
+                    any = true;
+                    false
+                });
+                if any {
+                    out.push(format!("node {w} range {r}"));
+                }
+            }
+        }
+        out
     }
 
     /// The placement driver's replica collection, as the real one does it

@@ -40,5 +40,5 @@ pub use checker::Checker;
 pub use cluster::{Answer, Cluster, EngineKind, Machines, SimConfig};
 pub use kv::{kv_random_run, KvRunReport};
 pub use random_run::{random_run, RunReport};
-pub use region_run::region_run;
+pub use region_run::{region_run, witness_region_run};
 pub use seeds::seeds_from_env;

@@ -33,6 +33,8 @@ pub struct RunReport {
     pub region_losses: u64,
     /// A region cut off from the others (a region run).
     pub region_partitions: u64,
+    /// Terms a witness led (it hands leadership to a full voter at once).
+    pub witness_terms: u64,
     /// Membership changes proposed (remove a voter, add it back as a
     /// learner, promote it).
     pub membership_changes: u64,
@@ -264,6 +266,7 @@ pub(crate) fn random_run_with(
     (report.crashes, report.power_losses, report.partitions, report.membership_changes, report.replicas_destroyed) =
         (faults.crashes, faults.power_losses, faults.partitions, faults.membership_changes, faults.replicas_destroyed);
     (report.region_losses, report.region_partitions) = (faults.region_losses, faults.region_partitions);
+    report.witness_terms = c.checker.terms_led_by(&c.cfg.witnesses);
     report.acked_writes = c.checker.acked_count();
     report.violations = c.checker.violations().to_vec();
     if !report.ok() {

@@ -83,3 +83,16 @@ pub fn region_run(seed: u64, ranges: u64, steps: u64) -> RunReport {
     cfg.ranges = ranges;
     random_run_with(cfg, steps, region_step, shape)
 }
+
+/// [`region_run`] with node 5, alone in the third region, a witness: it
+/// votes and keeps the log but no data, serves nothing, and hands
+/// leadership to a full voter when it wins it. Every invariant still
+/// holds, and the witness's data column stays empty.
+pub fn witness_region_run(seed: u64, ranges: u64, steps: u64) -> RunReport {
+    let mut cfg = SimConfig::new(seed);
+    cfg.nodes = 5;
+    cfg.initial_voters = 5;
+    cfg.ranges = ranges;
+    cfg.witnesses = REGIONS[2].to_vec();
+    random_run_with(cfg, steps, region_step, shape)
+}

@@ -18,6 +18,8 @@ pub struct DevOptions {
     pub zones: usize,
     /// One round trip for every pair of regions instead of the defaults.
     pub rtt_ms: Option<u64>,
+    /// A witness node more in each region (with three regions or more).
+    pub witnesses: bool,
 }
 
 /// Raft tick of a multi-region dev cluster: round trips of up to 146 ms
@@ -53,8 +55,15 @@ fn stop_all(children: &mut [(u64, Child)]) {
 pub async fn run(opts: DevOptions) -> Result<()> {
     let regional = !opts.regions.is_empty();
     let places = if regional {
-        dev_layout::regional_places(&opts.regions, opts.zones).map_err(anyhow::Error::msg)?
+        let mut places = dev_layout::regional_places(&opts.regions, opts.zones).map_err(anyhow::Error::msg)?;
+        if opts.witnesses {
+            dev_layout::add_witnesses(&mut places, &opts.regions).map_err(anyhow::Error::msg)?;
+        }
+        places
     } else {
+        if opts.witnesses {
+            bail!("--witnesses needs --regions (three or more)");
+        }
         if !(1..=9).contains(&opts.nodes) {
             bail!("--nodes must be between 1 and 9");
         }
@@ -122,7 +131,8 @@ pub async fn run(opts: DevOptions) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let endpoints: Vec<String> = members.iter().map(|m| m.client_addr.to_string()).collect();
+    // Witnesses serve no client: they are nobody's endpoint.
+    let endpoints: Vec<String> = members.iter().zip(&places).filter(|(_, p)| !p.witness).map(|(m, _)| m.client_addr.to_string()).collect();
     let http: Vec<String> = members.iter().map(|m| m.http_addr.to_string()).collect();
     if regional {
         if let Err(e) = place_namespaces(&opts.regions, opts.zones, &http).await {
@@ -134,7 +144,7 @@ pub async fn run(opts: DevOptions) -> Result<()> {
     if regional {
         for r in &opts.regions {
             let here: Vec<&str> =
-                members.iter().zip(&places).filter(|(_, p)| &p.region == r).map(|(m, _)| m.client_addr.as_str()).collect();
+                members.iter().zip(&places).filter(|(_, p)| &p.region == r && !p.witness).map(|(m, _)| m.client_addr.as_str()).collect();
             println!("endpoints[{r}]: {}", here.join(","));
         }
     }

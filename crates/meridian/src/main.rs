@@ -89,6 +89,10 @@ enum Cmd {
         /// the defaults, with --regions.
         #[arg(long)]
         rtt_ms: Option<u64>,
+        /// With --regions (three or more): one witness node more in each
+        /// region; /global/'s third-region vote goes to a witness.
+        #[arg(long)]
+        witnesses: bool,
     },
     /// Key-value operations over the etcd v3 API.
     Kv {
@@ -509,8 +513,8 @@ fn main() -> Result<()> {
             runtime_with(cfg.worker_threads)?.block_on(meridian_server::server::run(cfg, shutdown_signal()))?;
             Ok(())
         }
-        Cmd::Dev { nodes, data_dir, base_port, namespaces, regions, zones, rtt_ms } => {
-            runtime()?.block_on(dev::run(dev::DevOptions { nodes, data_dir, base_port, namespaces, regions, zones, rtt_ms }))
+        Cmd::Dev { nodes, data_dir, base_port, namespaces, regions, zones, rtt_ms, witnesses } => {
+            runtime()?.block_on(dev::run(dev::DevOptions { nodes, data_dir, base_port, namespaces, regions, zones, rtt_ms, witnesses }))
         }
         Cmd::Kv { endpoints, op } => runtime()?.block_on(async move {
             match op {

@@ -128,7 +128,16 @@ impl Store {
             return;
         }
         let mut batch = WriteBatch::new();
-        let staged = stage_chunk(range_id, &chunk.data, &mut batch).and_then(|n| self.engine.write(&batch, false).map(|()| n));
+        // A witness keeps no data: the chunk is checked and counted, not
+        // written (the install then moves nothing into place).
+        let witness = self.cfg.witness;
+        let staged = stage_chunk(range_id, &chunk.data, &mut batch).and_then(|n| {
+            if witness {
+                Ok(n)
+            } else {
+                self.engine.write(&batch, false).map(|()| n)
+            }
+        });
         let n = match staged {
             Ok(n) => n,
             Err(e) => {

@@ -18,7 +18,7 @@
 //! `live_peers` honest without it.
 
 use meridian_transport::RaftEnvelope;
-use tracing::debug;
+use tracing::{debug, info};
 
 use std::collections::BTreeSet;
 
@@ -78,6 +78,14 @@ impl Store {
         for p in self.peers.values_mut_unmarked() {
             if p.dormant_at.is_some() {
                 continue;
+            }
+            if p.witness && p.is_leader() {
+                // A witness leader never rests: it hands leadership over.
+                p.wake();
+                if p.witness_handoff() {
+                    self.metrics.witness_handoffs += 1;
+                    info!(node = node_id, range = p.range_id(), to = ?p.raft.raft.lead_transferee, "witness won an election; handing leadership to a full voter");
+                }
             }
             if let Some(msgs) = p.silence_probes(node_id, dead_after) {
                 probes.push((p.range_id(), msgs));

@@ -298,6 +298,11 @@ pub struct StoreMetrics {
     pub snapshots_built: u64,
     /// Received snapshots moved into place in full.
     pub snapshots_installed: u64,
+    /// Snapshot requests of raft-rs a witness left unanswered (it has no
+    /// data to send).
+    pub witness_snapshots_refused: u64,
+    /// Leadership hand-offs a witness started after winning an election.
+    pub witness_handoffs: u64,
     /// Snapshot streams handed to the transport (one per follower sent to).
     pub snapshots_sent: u64,
     /// Chunks of received snapshots staged, and their bytes.
@@ -574,12 +579,15 @@ impl Store {
             // a leader holds uncommitted (raft-rs drops proposals past it).
             max_uncommitted_size: MAX_UNCOMMITTED_BYTES,
             read_only_option: ReadOnlyOption::Safe,
+            // A witness campaigns late (see `witness_timeout_draw`).
+            min_election_tick: if self.cfg.witness { 2 * self.cfg.election_ticks } else { 0 },
+            max_election_tick: if self.cfg.witness { 3 * self.cfg.election_ticks } else { 0 },
             ..Default::default()
         };
         rc.validate().map_err(|e| RaftstoreError::InvalidRequest { range_id, reason: e.to_string() })?;
         let raft =
             RawNode::new(&rc, storage, &raft_logger(self.cfg.node_id, range_id)).map_err(|e| RaftstoreError::Storage(e.to_string()))?;
-        let mut sm = self.factory.create(&desc);
+        let mut sm = if self.cfg.witness { Box::new(crate::state_machine::WitnessMachine) } else { self.factory.create(&desc) };
         sm.reload(&*self.engine, desc.namespace_id)?;
         let rng_state = splitmix64(self.cfg.seed ^ splitmix64(self.cfg.node_id ^ splitmix64(range_id ^ splitmix64(self.incarnation))));
         // A replica that was removed before a restart stays dormant.
@@ -607,6 +615,7 @@ impl Store {
             silent_ticks: 0,
             installing: None,
             pinned: None,
+            witness: self.cfg.witness,
         };
         peer.redraw_election_timeout();
         self.peers.insert(range_id, peer);

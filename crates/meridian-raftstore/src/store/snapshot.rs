@@ -45,6 +45,16 @@ impl Store {
         for range_id in self.peers.active_ids() {
             let Some(p) = self.peers.get_mut(&range_id) else { continue };
             let Some(req) = p.raft.store().take_snapshot_request() else { continue };
+            if p.witness {
+                // A witness has no data to send: raft-rs keeps hearing
+                // "temporarily unavailable" until a full voter leads (the
+                // witness hands leadership over at once) and sends one.
+                if self.metrics.witness_snapshots_refused == 0 {
+                    info!(node = self.cfg.node_id, range = req.range_id, to = req.to, "a witness sends no snapshot; a full voter will");
+                }
+                self.metrics.witness_snapshots_refused += 1;
+                continue;
+            }
             let st = p.raft.store();
             let applied = st.apply_state();
             let meta = raft::prelude::SnapshotMetadata {
