@@ -564,6 +564,16 @@ async fn metrics(State(s): State<HttpState>) -> Response {
             ("meridian_store_snapshots_built_total", "Snapshots built for followers", m.snapshots_built),
             ("meridian_store_snapshots_installed_total", "Snapshots installed on this node", m.snapshots_installed),
             ("meridian_store_snapshots_sent_total", "Snapshot streams handed to the transport", m.snapshots_sent),
+            (
+                "meridian_store_witness_handoffs_total",
+                "Leaderships a witness won and started handing to a full voter (it held writes the survivors lacked)",
+                m.witness_handoffs,
+            ),
+            (
+                "meridian_store_witness_snapshots_refused_total",
+                "Snapshot requests a witness left unanswered (a full voter sends one once it leads)",
+                m.witness_snapshots_refused,
+            ),
             ("meridian_store_snapshot_chunks_received_total", "Chunks of received snapshots staged", m.snapshot_chunks_received),
             ("meridian_store_snapshot_bytes_received_total", "Bytes of received snapshot chunks staged", m.snapshot_bytes_received),
             (
