@@ -427,13 +427,12 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
         // A data voter where a witness could cast the vote instead (a
         // witness slot, and a witness there to take it): the witness takes
         // it, so the data is not copied once more than the layout needs.
+        // Only when a witness can take it now (within the operator
+        // budget): else the voter stays, rather than moving to another
+        // data node.
         let witness_could = range.voters.iter().copied().find(|v| {
-            view.nodes.get(v).is_some_and(|n| {
-                n.role == NodeRole::Data
-                    && view.nodes.values().any(|w| {
-                        w.labels.region == n.labels.region && w.takes_witness() && !range.holds(w.id) && witness_fits(view, range, w)
-                    })
-            })
+            view.nodes.get(v).is_some_and(|n| n.role == NodeRole::Data)
+                && target_where(view, range, Some(*v), &counts, &budget, |n| n.role == NodeRole::Witness).is_some()
         });
         let shared_host = {
             let mut seen = BTreeMap::new();

@@ -263,6 +263,15 @@ impl Backend {
         self.directory.read().expect("node directory").get(node_id).cloned()
     }
 
+    /// Whether `node_id` is a witness (this node by its config; another
+    /// by the directory): its replicas keep no data and serve nothing.
+    pub fn is_witness(&self, node_id: u64) -> bool {
+        if node_id == self.cfg.node_id {
+            return self.cfg.role == meridian_membership::NodeRole::Witness;
+        }
+        self.directory.read().expect("node directory").get(node_id).is_some_and(|n| n.role == meridian_membership::NodeRole::Witness)
+    }
+
     /// Every node the directory knows, in id order.
     pub fn nodes(&self) -> Vec<NodeRecord> {
         self.directory.read().expect("node directory").iter().cloned().collect()
@@ -725,8 +734,9 @@ impl Backend {
         Fut: std::future::Future<Output = Result<Vec<u8>, tonic::Status>>,
     {
         let me = self.cfg.node_id;
+        // (A witness's replica serves nothing: it always asks elsewhere.)
         let here = self.raft.status().await.into_iter().any(|s| s.range_id == META_RANGE_ID && !s.dormant);
-        if here {
+        if here && !self.is_witness(me) {
             return Err(e);
         }
         let mut candidates = self.catalog_replicas_of(META_RANGE_ID);

@@ -686,7 +686,8 @@ async fn open_range(
     }
     order.extend(backend.live_first(holders));
     let mut seen = std::collections::HashSet::new();
-    order.retain(|n| seen.insert(*n));
+    // A witness keeps no data: never a backup's source.
+    order.retain(|n| seen.insert(*n) && !backend.is_witness(*n));
     let mut last = ApiError::NoLeader { range_id };
     for node in order {
         let attempt = async {

@@ -424,6 +424,13 @@ impl ServerConfig {
                 meridian_membership::check_host_port(a).map_err(|e| ConfigError::Invalid(format!("join address {a:?}: {e}")))?;
             }
         }
+        // A founding member is a voter of every first range (the meta
+        // range, the root, declared namespaces): as a witness it would
+        // hold a vote but no copy of them until the placement driver moves
+        // it off, which it does only when it executes.
+        if self.role == NodeRole::Witness && !self.joining() && !self.placement.execute {
+            return bad("a witness in initial_cluster becomes a voter of every first range, without their data: set [placement] execute = true (the driver moves it off them) or start the witness with join".into());
+        }
         for m in &self.initial_cluster {
             let rec = self.node_record(m);
             if let Err(e) = NodeDirectory::new().upsert(rec) {

@@ -551,7 +551,7 @@ async fn metrics(State(s): State<HttpState>) -> Response {
         reg.register(Box::new(quota)).expect("unique metric");
     }
     if let Some(m) = s.backend.raft.metrics().await {
-        let counters: [(&str, &str, u64); 21] = [
+        let counters: [(&str, &str, u64); 23] = [
             ("meridian_store_poll_rounds_total", "Poll rounds of the store", m.poll_rounds),
             (
                 "meridian_store_synced_writes_total",

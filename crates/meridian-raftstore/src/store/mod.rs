@@ -641,9 +641,13 @@ impl Store {
     /// taken between rounds, where the engine holds exactly the applied
     /// state. Refused for a replica that is removed (dormant), holds no
     /// data yet (created to receive a snapshot) or is moving a received
-    /// snapshot into place.
+    /// snapshot into place, or a witness's (it keeps no data: `NotLeader`
+    /// naming a full voter).
     pub fn range_view(&self, range_id: u64) -> Result<RangeView, RaftstoreError> {
         let p = self.peers.get(&range_id).ok_or_else(|| not_found(range_id))?;
+        if p.witness {
+            return Err(RaftstoreError::NotLeader { range_id, leader_hint: p.full_voter_hint() });
+        }
         if p.dormant_at.is_some() {
             return Err(RaftstoreError::RangeRemoved { range_id });
         }
