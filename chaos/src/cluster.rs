@@ -72,6 +72,8 @@ pub struct Cluster {
     extra_toml: String,
     tick_ms: u64,
     debug: DebugConfig,
+    /// Each node's place with regions (member order), else empty.
+    places: Vec<dev_layout::Place>,
 }
 
 /// The node processes; dropping them kills every one.
@@ -102,6 +104,8 @@ pub struct ClusterSpec<'a> {
     pub extra_toml: String,
     /// Nodes that may join later ([`Cluster::add_spare`]).
     pub spares: u64,
+    /// A multi-region layout instead of `nodes` (no spares then).
+    pub regions: Option<&'a crate::scenario::RegionsChaos>,
 }
 
 impl Cluster {
@@ -114,15 +118,34 @@ impl Cluster {
             );
         }
         let dir = tempfile::Builder::new().prefix("meridian-chaos-").tempdir().context("creating the cluster's temp dir")?;
-        let base = free_base_port(spec.nodes + spec.spares, spec.port_seed)?;
-        let mut members = dev_layout::members(spec.nodes + spec.spares, base).map_err(anyhow::Error::msg)?;
-        let spares = members.split_off(spec.nodes as usize);
+        let places = match spec.regions {
+            Some(r) => r.places()?,
+            None => Vec::new(),
+        };
+        let (nodes, spares) = if places.is_empty() { (spec.nodes, spec.spares) } else { (places.len() as u64, 0) };
+        let base = free_base_port(nodes + spares, spec.port_seed)?;
+        let mut members = dev_layout::members(nodes + spares, base).map_err(anyhow::Error::msg)?;
+        let spares = members.split_off(nodes as usize);
         let ca = dev_layout::DevCa::generate().context("generating the cluster's CA")?;
-        let configs = dev_layout::write_configs_signed(dir.path(), &members, spec.namespaces, spec.tick_ms, &spec.debug, &ca)
-            .map_err(anyhow::Error::msg)?;
-        for config in &configs {
-            append(config, &spec.extra_toml)?;
-        }
+        let mut debug = spec.debug.clone();
+        let configs = match spec.regions {
+            // As `meridian dev --regions`: WAN latency, the placement
+            // driver executing (its table written with the config).
+            Some(r) => {
+                debug.wan = dev_layout::dev_wan(&r.names, r.rtt_ms);
+                let placement = meridian_server::placement::PlacementSettings { execute: true, ..Default::default() };
+                dev_layout::write_configs_placed(dir.path(), &members, &places, spec.namespaces, spec.tick_ms, &debug, &placement, &ca)
+                    .map_err(anyhow::Error::msg)?
+            }
+            None => {
+                let configs = dev_layout::write_configs_signed(dir.path(), &members, spec.namespaces, spec.tick_ms, &debug, &ca)
+                    .map_err(anyhow::Error::msg)?;
+                for config in &configs {
+                    append(config, &spec.extra_toml)?;
+                }
+                configs
+            }
+        };
         let nodes = members
             .into_iter()
             .zip(configs)
@@ -142,12 +165,83 @@ impl Cluster {
             spares,
             extra_toml: spec.extra_toml.clone(),
             tick_ms: spec.tick_ms,
-            debug: spec.debug.clone(),
+            debug,
+            places,
         };
         for i in 0..c.nodes.len() {
             c.spawn(i)?;
         }
         Ok(c)
+    }
+
+    /// Node `i`'s region (with regions).
+    pub fn region_of(&self, i: usize) -> Option<&str> {
+        self.places.get(i).map(|p| p.region.as_str())
+    }
+
+    /// Whether node `i` is a witness (it serves no client).
+    pub fn is_witness(&self, i: usize) -> bool {
+        self.places.get(i).is_some_and(|p| p.witness)
+    }
+
+    /// The regions, in the scenario's order (none without regions).
+    pub fn regions(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for p in &self.places {
+            if !out.contains(&p.region) {
+                out.push(p.region.clone());
+            }
+        }
+        out
+    }
+
+    /// Creates namespace `name` with region survival homed in `home`
+    /// (retrying what is retryable until `limit`), like
+    /// [`Cluster::create_namespace`].
+    pub async fn create_region_namespace(&self, name: &str, home: &str, limit: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        // The layout is judged against the nodes node 1 knows: wait until
+        // it knows every node's region (a few seconds after the start).
+        loop {
+            let body = self.get(0, "/v1/nodes").await.unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let known =
+                v["nodes"].as_array().map_or(0, |a| a.iter().filter(|n| n["region"].as_str().is_some_and(|r| !r.is_empty())).count());
+            if known >= self.nodes.len() {
+                break;
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "node 1 knows the region of {known} of {} nodes", self.nodes.len());
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        loop {
+            let body = serde_json::json!({ "name": name, "home_region": home, "survival": "region" });
+            let (code, text) = http::post_json(self.http_addr(0), "/v1/namespaces", &body, MEMBERSHIP_TIMEOUT).await?;
+            match code {
+                201 => {
+                    info!(namespace = name, home, "region-survival namespace created");
+                    return Ok(());
+                }
+                503 if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(300)).await,
+                _ => bail!("creating namespace {name}: HTTP {code}: {}", text.trim()),
+            }
+        }
+    }
+
+    /// Waits until the placement driver has nothing left to do (every
+    /// replica where the policies say), up to `limit`.
+    pub async fn wait_placed(&self, limit: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(body) = self.get(0, "/v1/placement/plan").await {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let idle = v["operators"].as_array().is_some_and(|o| o.is_empty()) && v["running"].as_u64().unwrap_or(0) == 0;
+                if v["complete"] == true && idle {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "replicas not in place after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     pub fn len(&self) -> usize {

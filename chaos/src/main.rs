@@ -116,7 +116,7 @@ fn run_all(files: Vec<PathBuf>, seed: Option<u64>, runs: u64, out: PathBuf, bin:
                 duration_s: duration.unwrap_or(s.duration_s),
                 file: file.clone(),
             };
-            println!("chaos: {} seed={} ({} nodes, {}s): {}", s.name, opts.seed, s.nodes, opts.duration_s, s.description.trim());
+            println!("chaos: {} seed={} ({}, {}s): {}", s.name, opts.seed, s.topology(), opts.duration_s, s.description.trim());
             total_runs += 1;
             match run::run(s, &opts) {
                 Ok(r) => {

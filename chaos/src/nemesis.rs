@@ -20,6 +20,10 @@
 //!             merge-split     a runtime namespace's group merged   (nothing: the next one
 //!                             into the root group, or a merged     splits or merges it again)
 //!                             one split out again, under load
+//!             kill-region     kill -9 every node of a region       restart them all
+//!                             (witness included), all running
+//!             partition-region a region cut off from the others,  heal every node
+//!                             both directions
 //! ```
 
 use std::sync::{Arc, Mutex};
@@ -76,6 +80,12 @@ pub enum NemesisKind {
     /// A runtime namespace's group merged into the root group, or, when
     /// merged, split out into a group of its own again.
     MergeSplit,
+    /// Every node of a random region killed at once (only while every
+    /// node runs: a region's loss on top of another fault can take a
+    /// quorum no layout survives), restarted after the fault.
+    KillRegion,
+    /// A random region cut off from the others, both directions.
+    PartitionRegion,
 }
 
 /// A fault as applied, for the report.
@@ -161,6 +171,12 @@ impl Nemesis<'_> {
 
     fn running(&self) -> Vec<usize> {
         (0..self.cluster.len()).filter(|&i| self.cluster.state(i) == ProcState::Running).collect()
+    }
+
+    /// A random region of the cluster's (an error without regions).
+    fn random_region(&mut self) -> anyhow::Result<String> {
+        let regions = self.cluster.regions();
+        regions.choose(&mut self.rng).cloned().ok_or_else(|| anyhow::anyhow!("the cluster has no regions"))
     }
 
     fn random_node(&mut self) -> usize {
@@ -288,6 +304,24 @@ impl Nemesis<'_> {
                 let after: serde_json::Value =
                     serde_json::from_str(&self.cluster.post(via, &format!("/v1/namespaces/{op}?name={name}")).await?)?;
                 (format!("{op} {name}: now {} in range {}", after["state"], after["range_id"]), Undo::Nothing)
+            }
+            NemesisKind::KillRegion => {
+                anyhow::ensure!(self.running().len() == n, "not yet: a node is down, and a region's loss on top could take a quorum");
+                let region = self.random_region()?;
+                let victims: Vec<usize> = (0..n).filter(|&i| self.cluster.region_of(i) == Some(region.as_str())).collect();
+                for &i in &victims {
+                    self.cluster.kill9(i);
+                }
+                let ids: Vec<u64> = victims.iter().map(|&i| self.cluster.id(i)).collect();
+                (format!("kill -9 region {region} (nodes {ids:?}) for {secs:.1}s"), Undo::RestartAll(victims))
+            }
+            NemesisKind::PartitionRegion => {
+                let region = self.random_region()?;
+                let inside: Vec<usize> = (0..n).filter(|&i| self.cluster.region_of(i) == Some(region.as_str())).collect();
+                let outside: Vec<usize> = (0..n).filter(|i| !inside.contains(i)).collect();
+                let blocked: Vec<Vec<usize>> = (0..n).map(|i| if inside.contains(&i) { outside.clone() } else { inside.clone() }).collect();
+                self.partition(&blocked).await?;
+                (format!("cut region {region} off from the others for {secs:.1}s"), Undo::HealNet)
             }
             NemesisKind::KillForGood => {
                 anyhow::ensure!(self.cluster.spares_left() > 0, "no spare node left to join in place of one killed for good");

@@ -94,7 +94,7 @@ pub fn save(
         }
     }
     let mut t = String::new();
-    let _ = writeln!(t, "scenario {} (seed {}), {} nodes, {}s", s.name, opts.seed, s.nodes, opts.duration_s);
+    let _ = writeln!(t, "scenario {} (seed {}), {}, {}s", s.name, opts.seed, s.topology(), opts.duration_s);
     let _ = writeln!(t, "{}", summary(r));
     let _ = writeln!(t, "rerun: {}", rerun_hint(opts));
     match data_dir {

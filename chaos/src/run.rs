@@ -40,6 +40,9 @@ use meridian_codes::seeded::{fnv1a64, splitmix64};
 
 /// Longest wait for a fresh cluster to become ready.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a multi-region run waits for the replicas to reach their
+/// places before the faults start.
+const PLACEMENT_TIMEOUT: Duration = Duration::from_secs(240);
 /// Longest wait for a workload task once the run is over (their own
 /// operations are bounded; a lock stall adds TTL + 1.5 s).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
@@ -110,6 +113,7 @@ pub fn run(s: &Scenario, opts: &RunOptions) -> Result<RunReport> {
         port_seed: splitmix64(opts.seed) ^ splitmix64(fnv1a64(s.name.as_bytes())),
         extra_toml: s.placement.as_ref().map(|p| p.toml()).unwrap_or_default(),
         spares: s.placement.as_ref().map_or(0, |p| p.spares),
+        regions: s.regions.as_ref(),
     };
     let mut cluster = Cluster::start(&opts.bin, &spec)?;
     let (records, counts) = match rt.block_on(drive(s, opts, &mut cluster)) {
@@ -165,10 +169,24 @@ type Counts = ((u64, u64, u64), (u64, u64, u64, u64));
 
 async fn drive(s: &Scenario, opts: &RunOptions, cluster: &mut Cluster) -> Result<(Records, Counts)> {
     cluster.wait_ready(START_TIMEOUT).await?;
-    for name in &s.runtime_namespaces {
-        cluster.create_namespace(name, START_TIMEOUT).await?;
+    match &s.regions {
+        Some(r) => {
+            for name in &s.runtime_namespaces {
+                cluster.create_region_namespace(name, &r.names[0], START_TIMEOUT).await?;
+            }
+            // Faults start once every replica is where the policies say
+            // (a region's loss before then could take a quorum).
+            cluster.wait_placed(PLACEMENT_TIMEOUT).await?;
+            cluster.wait_ready(START_TIMEOUT).await?;
+        }
+        None => {
+            for name in &s.runtime_namespaces {
+                cluster.create_namespace(name, START_TIMEOUT).await?;
+            }
+        }
     }
-    let endpoints: Vec<SocketAddr> = (0..cluster.len()).map(|i| cluster.client_addr(i)).collect();
+    // Witnesses serve no client: nobody's endpoint.
+    let endpoints: Vec<SocketAddr> = (0..cluster.len()).filter(|&i| !cluster.is_witness(i)).map(|i| cluster.client_addr(i)).collect();
     let clock = RunClock::start();
     let end = Duration::from_secs(opts.duration_s);
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);

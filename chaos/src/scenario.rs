@@ -55,6 +55,10 @@ pub struct Scenario {
     /// Runs the placement driver on every node (`[placement] execute =
     /// true`): required by the drain and kill-for-good faults.
     pub placement: Option<PlacementChaos>,
+    /// A multi-region topology instead of `nodes` (as `meridian dev
+    /// --regions`): required by the kill-region and partition-region
+    /// faults.
+    pub regions: Option<RegionsChaos>,
     /// Serve linearizable reads from local state (deliberately broken).
     #[serde(default)]
     pub unsafe_local_reads: bool,
@@ -151,6 +155,38 @@ impl PlacementChaos {
     }
 }
 
+/// Three regions as `meridian dev --regions` lays them out: `zones` data
+/// nodes in each, a witness node in each when `witnesses`, WAN latency
+/// between them (dev's 66/64/146 ms, or `rtt_ms` for every pair), the
+/// placement driver executing. The runtime namespaces (which must hold
+/// the workloads' keys) are created with region survival homed in the
+/// first region, and the run starts once their replicas are in place.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionsChaos {
+    pub names: Vec<String>,
+    #[serde(default = "default_region_zones")]
+    pub zones: usize,
+    #[serde(default)]
+    pub witnesses: bool,
+    pub rtt_ms: Option<u64>,
+}
+
+impl RegionsChaos {
+    /// Every node's place, in member order (data nodes, then witnesses).
+    pub fn places(&self) -> Result<Vec<meridian_server::dev_layout::Place>> {
+        let mut places = meridian_server::dev_layout::regional_places(&self.names, self.zones).map_err(anyhow::Error::msg)?;
+        if self.witnesses {
+            meridian_server::dev_layout::add_witnesses(&mut places, &self.names).map_err(anyhow::Error::msg)?;
+        }
+        Ok(places)
+    }
+}
+
+fn default_region_zones() -> usize {
+    2
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Workload {
@@ -222,6 +258,24 @@ impl Scenario {
             "name must be [A-Za-z0-9_-]+"
         );
         ensure!(self.nodes == 3 || self.nodes == 5, "nodes must be 3 or 5, not {}", self.nodes);
+        if let Some(r) = &self.regions {
+            ensure!(r.names.len() == 3, "regions.names: three regions (a region-survival layout spans three)");
+            ensure!((2..=3).contains(&r.zones), "regions.zones must be 2 or 3 (region survival puts 2 voters in two regions)");
+            r.places()?;
+            ensure!(self.placement.is_none(), "with regions the placement driver executes already: leave out [placement]");
+            ensure!(
+                self.namespaces.is_empty(),
+                "with regions, give the workloads' namespaces as runtime_namespaces (created with region survival)"
+            );
+            for prefix in
+                [(self.registers.is_some(), REGISTER_PREFIX), (self.locks.is_some(), LOCK_PREFIX)].iter().filter(|p| p.0).map(|p| p.1)
+            {
+                ensure!(
+                    self.runtime_namespaces.iter().any(|ns| prefix.starts_with(ns.as_str())),
+                    "with regions, the workload keys under {prefix} need a runtime namespace (region survival)"
+                );
+            }
+        }
         ensure!((1..=24 * 3600).contains(&self.duration_s), "duration_s must be 1..=86400");
         ensure!(self.registers.is_some() || self.locks.is_some(), "give at least one workload (registers, locks)");
         ensure!(self.watchers == 0 || self.registers.is_some(), "watchers watch the register keys: add a registers workload");
@@ -265,6 +319,8 @@ impl Scenario {
             }
             let placement_kinds = n.kinds.iter().any(|k| matches!(k, NemesisKind::Drain | NemesisKind::KillForGood));
             ensure!(!placement_kinds || self.placement.is_some(), "the drain and kill-for-good faults need a [placement] table");
+            let region_kinds = n.kinds.iter().any(|k| matches!(k, NemesisKind::KillRegion | NemesisKind::PartitionRegion));
+            ensure!(!region_kinds || self.regions.is_some(), "the kill-region and partition-region faults need a regions table");
             ensure!(
                 self.placement.is_none() || !n.kinds.contains(&NemesisKind::Membership),
                 "the membership fault changes replicas by hand; with the placement driver on, use drain and kill-for-good"
@@ -292,6 +348,17 @@ impl Scenario {
             bail!("expect_violations only makes sense with a deliberately broken mode (unsafe_local_reads)");
         }
         Ok(())
+    }
+
+    /// The cluster's shape, for reports: `3 nodes`, or the regions.
+    pub fn topology(&self) -> String {
+        match &self.regions {
+            Some(r) => {
+                let witnesses = if r.witnesses { " + a witness" } else { "" };
+                format!("regions {} x {} data nodes{witnesses}", r.names.join(","), r.zones)
+            }
+            None => format!("{} nodes", self.nodes),
+        }
     }
 
     /// The Raft group (range id) holding keys under `prefix`.
@@ -361,5 +428,19 @@ nemesis = { interval_s = 3, kinds = ["kill", "partition-ring"], weights = [1, 2]
         assert!(s.validate().unwrap_err().to_string().contains("nodes"));
         let s: Scenario = toml::from_str("name='x'\nseed=1\nduration_s=5\nexpect_violations=true\nregisters={clients=1,keys=1}").unwrap();
         assert!(s.validate().is_err());
+        // Region faults without regions; regions that cannot hold a
+        // region-survival layout; workload keys outside a runtime namespace.
+        let base = "name='x'\nseed=1\nduration_s=5\nregisters={clients=1,keys=1}\n";
+        for (extra, why) in [
+            ("nemesis={interval_s=5,kinds=['kill-region']}", "need a regions table"),
+            ("namespaces=[]\nruntime_namespaces=['/reg/']\nregions={names=['a','b']}", "three regions"),
+            ("namespaces=[]\nruntime_namespaces=['/reg/']\nregions={names=['a','b','c'],zones=1}", "zones must be 2 or 3"),
+            ("namespaces=[]\nruntime_namespaces=['/other/']\nregions={names=['a','b','c']}", "need a runtime namespace"),
+            ("runtime_namespaces=['/other/']\nregions={names=['a','b','c']}", "as runtime_namespaces"),
+        ] {
+            let s: Scenario = toml::from_str(&format!("{base}{extra}")).unwrap();
+            let e = s.validate().unwrap_err().to_string();
+            assert!(e.contains(why), "{extra}: {e}");
+        }
     }
 }
