@@ -106,6 +106,9 @@ async fn debug_transfer_leader(State(s): State<HttpState>, Json(body): Json<Tran
     if let Some(r) = debug_disabled(&s) {
         return r;
     }
+    if s.backend.is_witness(body.to) {
+        return error_response(ApiError::Invalid(format!("node {} is a witness: it votes but never leads a range", body.to)));
+    }
     match s.backend.raft.transfer_leader(body.range_id, body.to).await {
         Ok(()) => "ok\n".into_response(),
         Err(e) => error_response(e),

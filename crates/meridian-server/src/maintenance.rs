@@ -170,13 +170,15 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     /// comes once the target leads them all. Sent to a member that leads
     /// nothing: `etcdserver: not leader` (etcdctl asks the root range's
     /// leader, from `Status`). A target that is not a member, or holds no
-    /// voter of any range led here: `etcdserver: bad leader transferee`,
-    /// and nothing moves.
+    /// voter of any range led here, or a witness: `etcdserver: bad leader
+    /// transferee`, and nothing moves.
     async fn move_leader(&self, r: Request<pb::MoveLeaderRequest>) -> Result<Response<pb::MoveLeaderResponse>, Status> {
         let target = r.into_inner().target_id;
         let me = self.backend.cfg.node_id;
         let bad = || -> Status { ApiError::Invalid("bad leader transferee".into()).into() };
-        if !self.backend.nodes().iter().any(|n| n.id == target) {
+        // A witness votes but never leads (it would hand the leadership
+        // straight back): as etcd refuses a transferee that cannot lead.
+        if !self.backend.nodes().iter().any(|n| n.id == target) || self.backend.is_witness(target) {
             return Err(bad());
         }
         let status = self.backend.raft.status().await;

@@ -62,7 +62,7 @@ pub async fn run(opts: DevOptions) -> Result<()> {
         places
     } else {
         if opts.witnesses {
-            bail!("--witnesses needs --regions (three or more)");
+            bail!("witness nodes need --regions (three or more)");
         }
         if !(1..=9).contains(&opts.nodes) {
             bail!("--nodes must be between 1 and 9");

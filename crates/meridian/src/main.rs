@@ -89,10 +89,11 @@ enum Cmd {
         /// the defaults, with --regions.
         #[arg(long)]
         rtt_ms: Option<u64>,
-        /// With --regions (three or more): one witness node more in each
-        /// region; /global/'s third-region vote goes to a witness.
+        /// With --regions: no witness nodes. By default, with three regions
+        /// or more, each region gets one witness node more (zone
+        /// REGION-w), and /global/'s third-region vote goes to a witness.
         #[arg(long)]
-        witnesses: bool,
+        no_witnesses: bool,
     },
     /// Key-value operations over the etcd v3 API.
     Kv {
@@ -513,7 +514,8 @@ fn main() -> Result<()> {
             runtime_with(cfg.worker_threads)?.block_on(meridian_server::server::run(cfg, shutdown_signal()))?;
             Ok(())
         }
-        Cmd::Dev { nodes, data_dir, base_port, namespaces, regions, zones, rtt_ms, witnesses } => {
+        Cmd::Dev { nodes, data_dir, base_port, namespaces, regions, zones, rtt_ms, no_witnesses } => {
+            let witnesses = regions.len() >= 3 && !no_witnesses;
             runtime()?.block_on(dev::run(dev::DevOptions { nodes, data_dir, base_port, namespaces, regions, zones, rtt_ms, witnesses }))
         }
         Cmd::Kv { endpoints, op } => runtime()?.block_on(async move {
