@@ -784,6 +784,9 @@ impl Backend {
         if let Some(down) = self.voters_down(range_id) {
             return down;
         }
+        if let Some(away) = self.quorum_out_of_reach(range_id) {
+            return away;
+        }
         let forwards = self.cfg.joining() || self.cfg.placement.execute;
         if !forwards || self.brief(range_id).await.is_some() {
             return e;
@@ -851,6 +854,23 @@ impl Backend {
             ids.join(", "),
             regions.join(", ")
         )))
+    }
+
+    /// [`ApiError::ReplicasDown`] telling the client where to go when the
+    /// gossip holds a majority (not all) of the range's voters down or cut
+    /// off from here ([`crate::reach::out_of_reach_hint`]): asked only
+    /// after a request failed for want of a leader.
+    fn quorum_out_of_reach(&self, range_id: u64) -> Option<ApiError> {
+        let voters: Vec<u64> = {
+            let lists = self.replicas.lock().expect("replica lists");
+            let (nodes, count) = lists.get(&range_id)?;
+            nodes[..(*count).min(nodes.len())].to_vec()
+        };
+        let dir = self.directory.read().expect("node directory");
+        let me = dir.get(self.cfg.node_id)?.clone();
+        let records: Vec<NodeRecord> = voters.iter().map(|n| dir.get(*n).cloned()).collect::<Option<Vec<_>>>()?;
+        drop(dir);
+        crate::reach::out_of_reach_hint(range_id, &me, &records).map(ApiError::ReplicasDown)
     }
 
     /// `nodes` ordered for a choice between equivalent nodes: the ones
