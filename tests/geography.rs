@@ -60,6 +60,7 @@ fn client_of(c: &ProcCluster, nodes: impl Iterator<Item = usize>) -> Client {
 
 #[test]
 fn namespaces_follow_their_region_policy_survive_the_home_regions_loss_and_lead_from_home_again() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut c = ProcCluster::start_regions(&REGIONS, 3, None, "");
     // Node 1 knows every node's region (from the node records).
     wait_until("every node's region known", Duration::from_secs(60), || {
@@ -211,6 +212,7 @@ fn spread(xs: &mut [f64]) -> String {
 #[test]
 #[ignore = "a benchmark: make bench-region-failover"]
 fn bench_region_failover_distribution() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let runs: usize = std::env::var("MERIDIAN_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10).clamp(1, 100);
     let mut c = ProcCluster::start_regions(&REGIONS, 3, None, "");
     wait_until("every node's region known", Duration::from_secs(60), || {
@@ -303,6 +305,8 @@ fn data_keys_on(c: &ProcCluster, i: usize, namespace_id: u64) -> usize {
 /// write.
 #[test]
 fn a_witness_casts_the_third_regions_vote_without_the_data_and_the_home_regions_loss_loses_nothing() {
+    // Nine processes: one cluster at a time.
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Members: us 0-1, eu 2-3, ap 4-5 (data), then witnesses us 6, eu 7, ap 8.
     let mut c = ProcCluster::start_regions_with(&REGIONS, 2, None, "", true);
     let region = |i: usize| if i < 6 { REGIONS[i / 2] } else { REGIONS[i - 6] };

@@ -590,8 +590,35 @@ pub async fn create(backend: &Backend, spec: &CreateSpec) -> Result<NsInfo, ApiE
                     "namespace {name:?} overlaps namespace {other:?}: a key must belong to one namespace"
                 )));
             }
-            let record =
-                settle("recording the namespace", || allocate(backend, name, replicas, &constraints, geo.as_ref(), spec.shared)).await?;
+            let allocated =
+                settle("recording the namespace", || allocate(backend, name, replicas, &constraints, geo.as_ref(), spec.shared)).await;
+            let record = match allocated {
+                Ok(r) => r,
+                // An allocation that committed but whose answer was lost (a
+                // timeout, a leader change) and was tried again finds its
+                // own record: `creating` with this request's policy, which
+                // this create goes on with (as with a create cut short,
+                // above). Anything else is another request's.
+                Err(ApiError::NamespaceExists(why)) => {
+                    match settle("reading the namespace's record", || record(backend, name, true)).await? {
+                        Some(r)
+                            if r.state == NsState::Creating
+                                && !r.split
+                                && !spec.shared
+                                && (r.replicas, &r.constraints, &r.geo) == (replicas, &constraints, &geo) =>
+                        {
+                            info!(
+                                namespace = name,
+                                range = r.range_id,
+                                "the namespace's record was written by an earlier attempt of this create"
+                            );
+                            r
+                        }
+                        _ => return Err(ApiError::NamespaceExists(why)),
+                    }
+                }
+                Err(e) => return Err(e),
+            };
             if record.state == NsState::Shared {
                 info!(namespace = name, "namespace created in the root group");
                 return describe(backend, name).await;
