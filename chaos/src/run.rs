@@ -367,8 +367,9 @@ async fn heal(cluster: &mut Cluster, s: &Scenario, endpoints: &[SocketAddr]) -> 
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     cluster.wait_ready(remaining).await.map_err(|e| format!("{e:#}"))?;
     // A membership fault whose undo did not finish: every node a voter
-    // again. (With the placement driver on, it keeps the replicas.)
-    if s.placement.is_none() {
+    // again. (With the placement driver on, it keeps the replicas: with a
+    // placement table, and with regions.)
+    if s.placement.is_none() && s.regions.is_none() {
         for range in s.workload_ranges() {
             cluster.restore_members(range, deadline).await.map_err(|e| format!("{e:#}"))?;
         }
