@@ -58,8 +58,9 @@ fix:
 # KV run (locks, leases, lock-delay, event streams), then the membership
 # gossip's (convergence, crashes, restarts, partitions, pauses, regions),
 # then the placement scheduler's (crashes, drains, stalled steps, region
-# policies), the carve and merge runs, and the region run (5 nodes in 3
-# regions with latency by region pair; regions lost and cut off).
+# policies, a witness), the carve and merge runs, and the region run (5
+# nodes in 3 regions with latency by region pair; regions lost and cut
+# off; again with node 5 a witness).
 # SEEDS and STEPS override them, KV_SEEDS and KV_STEPS the KV run alone,
 # GOSSIP_SEEDS and PLACEMENT_SEEDS the gossip and placement runs alone;
 # MERIDIAN_SIM_BASE_SEED in the environment moves the seeds.

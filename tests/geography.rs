@@ -58,6 +58,42 @@ fn client_of(c: &ProcCluster, nodes: impl Iterator<Item = usize>) -> Client {
     Client::with_config(meridian_client::ClientConfig::new(eps)).unwrap()
 }
 
+/// Twenty acknowledged writes to /global/ and a lock taken and released
+/// there through `cl`: the lock's fencing token.
+async fn write_and_lock(cl: &Client) -> i64 {
+    for k in 0..20 {
+        cl.put(format!("/global/k{k}"), "v").await.unwrap();
+    }
+    lock_token(cl).await
+}
+
+/// /global/job taken and released through `cl`: its token.
+async fn lock_token(cl: &Client) -> i64 {
+    let s = cl.session("/global/", 30).await.unwrap();
+    let g = s.lock("/global/job", LockOptions::default()).await.unwrap().unwrap();
+    let t = g.token();
+    g.release().await.unwrap();
+    t
+}
+
+/// After the home region's loss at `lost`: the time to the first write
+/// acknowledged through `survivors` (a leader in a surviving region,
+/// elected with the third region's vote; 60 s at most), every write of
+/// [`write_and_lock`] read back, and a lock's token.
+async fn after_the_loss(survivors: &Client, lost: Instant) -> (Duration, i64) {
+    let elected = loop {
+        match tokio::time::timeout(Duration::from_secs(2), survivors.put("/global/after", "v")).await {
+            Ok(Ok(_)) => break lost.elapsed(),
+            _ => assert!(lost.elapsed() < Duration::from_secs(60), "no write acknowledged within 60 s of the region's loss"),
+        }
+    };
+    for k in 0..20 {
+        let kv = survivors.get(format!("/global/k{k}")).await.unwrap();
+        assert!(kv.is_some(), "acknowledged write /global/k{k} lost with the home region");
+    }
+    (elected, lock_token(survivors).await)
+}
+
 #[test]
 fn namespaces_follow_their_region_policy_survive_the_home_regions_loss_and_lead_from_home_again() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -118,43 +154,14 @@ fn namespaces_follow_their_region_policy_survive_the_home_regions_loss_and_lead_
     }
 
     // Acknowledged writes and a lock before the home region is lost.
-    let before_token = rt().block_on(async {
-        let cl = client_of(&c, 0..9);
-        for k in 0..20 {
-            cl.put(format!("/global/k{k}"), "v").await.unwrap();
-        }
-        let s = cl.session("/global/", 30).await.unwrap();
-        let g = s.lock("/global/job", LockOptions::default()).await.unwrap().unwrap();
-        let t = g.token();
-        g.release().await.unwrap();
-        t
-    });
+    let before_token = rt().block_on(async { write_and_lock(&client_of(&c, 0..9)).await });
 
     // Every process of the home region killed.
     for i in 0..3 {
         c.kill9(i);
     }
     let lost = Instant::now();
-    let (elected, after_token) = rt().block_on(async {
-        let survivors = client_of(&c, 3..9);
-        // The first write acknowledged after the loss: a leader in a
-        // surviving region, elected with the third region's vote.
-        let elected = loop {
-            match tokio::time::timeout(Duration::from_secs(2), survivors.put("/global/after", "v")).await {
-                Ok(Ok(_)) => break lost.elapsed(),
-                _ => assert!(lost.elapsed() < Duration::from_secs(60), "no write acknowledged within 60 s of the region's loss"),
-            }
-        };
-        for k in 0..20 {
-            let kv = survivors.get(format!("/global/k{k}")).await.unwrap();
-            assert!(kv.is_some(), "acknowledged write /global/k{k} lost with the home region");
-        }
-        let s = survivors.session("/global/", 30).await.unwrap();
-        let g = s.lock("/global/job", LockOptions::default()).await.unwrap().unwrap();
-        let t = g.token();
-        g.release().await.unwrap();
-        (elected, t)
-    });
+    let (elected, after_token) = rt().block_on(async { after_the_loss(&client_of(&c, 3..9), lost).await });
     assert!(after_token > before_token, "tokens went back across the failover: {before_token} then {after_token}");
     // The zone-survival namespace of the lost region is unavailable, and
     // says why, once the gossip holds its voters dead.
@@ -347,17 +354,7 @@ fn a_witness_casts_the_third_regions_vote_without_the_data_and_the_home_regions_
     let global = g["range_id"].as_u64().unwrap();
     wait_until("the leader in the home region", Duration::from_secs(60), || c.leader_of(global).is_some_and(|i| region(i) == "us"));
 
-    let before_token = rt().block_on(async {
-        let cl = client_of(&c, 0..6);
-        for k in 0..20 {
-            cl.put(format!("/global/k{k}"), "v").await.unwrap();
-        }
-        let s = cl.session("/global/", 30).await.unwrap();
-        let g = s.lock("/global/job", LockOptions::default()).await.unwrap().unwrap();
-        let t = g.token();
-        g.release().await.unwrap();
-        t
-    });
+    let before_token = rt().block_on(async { write_and_lock(&client_of(&c, 0..6)).await });
 
     // The home region lost, its witness with it: the second region's two
     // voters and the third region's witness carry on.
@@ -365,23 +362,7 @@ fn a_witness_casts_the_third_regions_vote_without_the_data_and_the_home_regions_
         c.kill9(i);
     }
     let lost = Instant::now();
-    let (elected, after_token) = rt().block_on(async {
-        let survivors = client_of(&c, 2..6);
-        let elected = loop {
-            match tokio::time::timeout(Duration::from_secs(2), survivors.put("/global/after", "v")).await {
-                Ok(Ok(_)) => break lost.elapsed(),
-                _ => assert!(lost.elapsed() < Duration::from_secs(60), "no write acknowledged within 60 s of the region's loss"),
-            }
-        };
-        for k in 0..20 {
-            assert!(survivors.get(format!("/global/k{k}")).await.unwrap().is_some(), "acknowledged write /global/k{k} lost");
-        }
-        let s = survivors.session("/global/", 30).await.unwrap();
-        let g = s.lock("/global/job", LockOptions::default()).await.unwrap().unwrap();
-        let t = g.token();
-        g.release().await.unwrap();
-        (elected, t)
-    });
+    let (elected, after_token) = rt().block_on(async { after_the_loss(&client_of(&c, 2..6), lost).await });
     assert!(after_token > before_token, "tokens went back across the failover: {before_token} then {after_token}");
     let leader = c.leader_of(global).expect("a leader of /global/");
     assert_eq!(region(leader), "ap", "a full voter of the second region leads, never the witness");

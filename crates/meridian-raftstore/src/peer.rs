@@ -256,9 +256,10 @@ impl Peer {
 
     /// The voter a witness leader hands leadership to: among the other
     /// voters it heard from lately, the one whose log matches furthest (the
-    /// lowest id on a tie). Only a witness's own replica is ever a witness
-    /// here (witness nodes hold one replica of a range at most, and the
-    /// placement driver puts at most one witness in a range).
+    /// lowest id on a tie). The store does not know which other voters are
+    /// witnesses: the placement driver keeps one witness per range, but
+    /// with two (founding members, until the driver moves them off) this
+    /// may pick the other, which then hands leadership on in turn.
     pub fn handoff_target(&self) -> Option<u64> {
         let me = self.raft.raft.id;
         let voters = self.raft.raft.prs().conf().voters().ids();

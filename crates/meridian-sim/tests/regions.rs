@@ -6,55 +6,61 @@
 //! for more (`make sim-long` runs it with them), `MERIDIAN_SIM_SEED` to
 //! rerun one.
 
-use meridian_sim::{region_run, witness_region_run};
+use meridian_sim::{region_run, witness_region_run, RunReport};
+
+/// Totals of a run over many seeds, and the seeds that failed.
+#[derive(Default)]
+struct Totals {
+    seeds: usize,
+    steps: u64,
+    acked: usize,
+    reads: u64,
+    losses: u64,
+    cuts: u64,
+    witness_terms: u64,
+    failed: Vec<u64>,
+}
+
+/// `run(seed, steps)` over the environment's seeds (8 by default, 5000
+/// steps), failures printed with the command that reruns them (`filter`
+/// picks the test).
+fn over_seeds(filter: &str, run: impl Fn(u64, u64) -> RunReport) -> Totals {
+    let (seeds, steps) = meridian_sim::seeds_from_env(8, 5000, 2000);
+    let mut t = Totals { seeds: seeds.len(), steps, ..Totals::default() };
+    for seed in &seeds {
+        let report = run(*seed, steps);
+        t.acked += report.acked_writes;
+        t.reads += report.reads_checked;
+        t.losses += report.region_losses;
+        t.cuts += report.region_partitions;
+        t.witness_terms += report.witness_terms;
+        if !report.ok() {
+            eprintln!("seed {seed} FAILED:\n  {}", report.violations.join("\n  "));
+            eprintln!("rerun: MERIDIAN_SIM_SEED={seed} MERIDIAN_SIM_STEPS={steps} cargo test -p meridian-sim --test regions {filter}");
+            t.failed.push(*seed);
+        }
+    }
+    t
+}
 
 #[test]
 fn losing_or_cutting_off_a_whole_region_keeps_every_invariant() {
-    let (seeds, steps) = meridian_sim::seeds_from_env(8, 5000, 2000);
-    let mut failed = Vec::new();
-    let (mut acked, mut losses, mut cuts, mut reads) = (0, 0, 0, 0);
-    for seed in &seeds {
-        let report = region_run(*seed, 4, steps);
-        acked += report.acked_writes;
-        losses += report.region_losses;
-        cuts += report.region_partitions;
-        reads += report.reads_checked;
-        if !report.ok() {
-            eprintln!("seed {seed} FAILED:\n  {}", report.violations.join("\n  "));
-            eprintln!("rerun: MERIDIAN_SIM_SEED={seed} MERIDIAN_SIM_STEPS={steps} cargo test -p meridian-sim --test regions");
-            failed.push(*seed);
-        }
-    }
+    let Totals { seeds, steps, acked, reads, losses, cuts, failed, .. } = over_seeds("losing", |seed, steps| region_run(seed, 4, steps));
     eprintln!(
-        "regions: {} seeds x {steps} ticks, {acked} acknowledged writes, {reads} linearizable reads checked, {losses} regions lost, {cuts} regions cut off, {} failed",
-        seeds.len(),
+        "regions: {seeds} seeds x {steps} ticks, {acked} acknowledged writes, {reads} linearizable reads checked, {losses} regions lost, {cuts} regions cut off, {} failed",
         failed.len()
     );
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
     assert!(acked > 0, "the workload made no progress at all");
-    assert!(seeds.len() < 4 || (losses > 0 && cuts > 0), "no region was lost or cut off: the faults did not run");
+    assert!(seeds < 4 || (losses > 0 && cuts > 0), "no region was lost or cut off: the faults did not run");
 }
 
 #[test]
 fn a_witness_in_the_third_region_keeps_every_invariant_and_no_data() {
-    let (seeds, steps) = meridian_sim::seeds_from_env(8, 5000, 2000);
-    let mut failed = Vec::new();
-    let (mut acked, mut losses, mut reads, mut witness_terms) = (0, 0, 0, 0);
-    for seed in &seeds {
-        let report = witness_region_run(*seed, 4, steps);
-        witness_terms += report.witness_terms;
-        acked += report.acked_writes;
-        losses += report.region_losses;
-        reads += report.reads_checked;
-        if !report.ok() {
-            eprintln!("seed {seed} FAILED:\n  {}", report.violations.join("\n  "));
-            eprintln!("rerun: MERIDIAN_SIM_SEED={seed} MERIDIAN_SIM_STEPS={steps} cargo test -p meridian-sim --test regions witness");
-            failed.push(*seed);
-        }
-    }
+    let Totals { seeds, steps, acked, reads, losses, witness_terms, failed, .. } =
+        over_seeds("witness", |seed, steps| witness_region_run(seed, 4, steps));
     eprintln!(
-        "regions with a witness: {} seeds x {steps} ticks, {acked} acknowledged writes, {reads} linearizable reads checked, {losses} regions lost, {witness_terms} terms led by the witness, {} failed",
-        seeds.len(),
+        "regions with a witness: {seeds} seeds x {steps} ticks, {acked} acknowledged writes, {reads} linearizable reads checked, {losses} regions lost, {witness_terms} terms led by the witness, {} failed",
         failed.len()
     );
     assert!(failed.is_empty(), "failing seeds: {failed:?}");

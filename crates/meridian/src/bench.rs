@@ -25,6 +25,9 @@ use meridian_proto::etcdserverpb::kv_client::KvClient;
 use meridian_proto::etcdserverpb::watch_client::WatchClient;
 use tonic::transport::{Channel, Endpoint};
 
+/// Most `--client-rtt-ms`.
+pub const MAX_CLIENT_RTT_MS: u64 = 10_000;
+
 pub const MAX_CLIENTS: usize = 10_000;
 pub const MAX_CONNS: usize = 1_000;
 pub const MAX_WATCHERS: usize = 100_000;
@@ -171,6 +174,13 @@ pub struct BenchArgs {
     /// Also print the result as one JSON line.
     #[arg(long)]
     pub json: bool,
+    /// Round trip (ms) between the load generator and the endpoints, held
+    /// in the client (half before each request, half after its answer):
+    /// a client in another region than the endpoints, e.g. 66 for one in
+    /// eu-west talking to us-east nodes of `meridian dev --regions`.
+    /// 0..=10000; 0 (default) adds nothing.
+    #[arg(long, default_value_t = 0)]
+    pub client_rtt_ms: u64,
     /// Threads of the load generator's runtime, 1..=64. One thread lets a
     /// connection's requests of one turn go out in one write (fewer
     /// syscalls), so the client takes less of a machine it shares with
@@ -180,6 +190,11 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// Half of `--client-rtt-ms`.
+    fn one_way(&self) -> Duration {
+        Duration::from_micros(self.client_rtt_ms * 500)
+    }
+
     fn endpoint_list(&self) -> Vec<String> {
         self.endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
     }
@@ -196,6 +211,9 @@ impl BenchArgs {
         }
         if !(1..=MAX_REQUESTS).contains(&self.requests) {
             bail!("--requests must be 1..={MAX_REQUESTS}, got {}", self.requests);
+        }
+        if self.client_rtt_ms > MAX_CLIENT_RTT_MS {
+            bail!("--client-rtt-ms must be 0..={MAX_CLIENT_RTT_MS}, got {}", self.client_rtt_ms);
         }
         if !(1..=MAX_DURATION_SECS).contains(&self.duration_secs) {
             bail!("--duration-secs must be 1..={MAX_DURATION_SECS}, got {}", self.duration_secs);
@@ -447,13 +465,13 @@ impl Report {
 
 /// Opens `conns` channels, channel i to endpoint i mod E, each request
 /// bounded by [`REQUEST_TIMEOUT`].
-async fn connect_all(endpoints: &[String], conns: usize) -> Result<Vec<Channel>> {
-    connect_with(endpoints, conns, Some(REQUEST_TIMEOUT)).await
+async fn connect_all(endpoints: &[String], conns: usize, one_way: Duration) -> Result<Vec<Conn>> {
+    connect_with(endpoints, conns, Some(REQUEST_TIMEOUT), one_way).await
 }
 
 /// `timeout: None` for channels carrying long-lived streams (a channel
 /// timeout would cancel them).
-async fn connect_with(endpoints: &[String], conns: usize, timeout: Option<Duration>) -> Result<Vec<Channel>> {
+async fn connect_with(endpoints: &[String], conns: usize, timeout: Option<Duration>, one_way: Duration) -> Result<Vec<Conn>> {
     let mut out = Vec::with_capacity(conns);
     for i in 0..conns {
         let ep = &endpoints[i % endpoints.len()];
@@ -470,9 +488,49 @@ async fn connect_with(endpoints: &[String], conns: usize, timeout: Option<Durati
             tcp.set_nodelay(true)?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(Unvectored(tcp)))
         });
-        out.push(e.connect_with_connector(connector).await.with_context(|| format!("connecting to {url}"))?);
+        let inner = e.connect_with_connector(connector).await.with_context(|| format!("connecting to {url}"))?;
+        out.push(Conn { inner, one_way });
     }
     Ok(out)
+}
+
+/// A connection to one endpoint that holds each request `one_way` before
+/// sending it and its answer `one_way` after it arrives (half of
+/// `--client-rtt-ms`): the client as far from the endpoints as a client in
+/// another region. A stream (watch) is held at its start only.
+#[derive(Clone)]
+pub struct Conn {
+    inner: Channel,
+    one_way: Duration,
+}
+
+type GrpcRequest = tonic::codegen::http::Request<tonic::body::BoxBody>;
+
+impl tower::Service<GrpcRequest> for Conn {
+    type Response = <Channel as tower::Service<GrpcRequest>>::Response;
+    type Error = <Channel as tower::Service<GrpcRequest>>::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: GrpcRequest) -> Self::Future {
+        // The channel polled ready is the one that sends (a clone is not
+        // ready): keep it, leave a fresh clone in its place.
+        let fresh = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, fresh);
+        let one_way = self.one_way;
+        if one_way.is_zero() {
+            return Box::pin(ready.call(req));
+        }
+        Box::pin(async move {
+            tokio::time::sleep(one_way).await;
+            let answer = ready.call(req).await;
+            tokio::time::sleep(one_way).await;
+            answer
+        })
+    }
 }
 
 /// A TCP stream that tells HTTP/2 it has no vectored writes. h2 then
@@ -540,7 +598,7 @@ fn spawn_progress(label: String, workload: Workload, shared: Arc<Shared>) -> tok
 /// Runs one workload. `args` are validated by the caller, which needs
 /// `--threads` before the runtime exists.
 pub async fn run(args: BenchArgs) -> Result<()> {
-    let channels = connect_all(&args.endpoint_list(), args.conns).await?;
+    let channels = connect_all(&args.endpoint_list(), args.conns, args.one_way()).await?;
     eprintln!(
         "meridian bench: {} on {} ({} clients, {} connections, ≤{} requests, ≤{}s, {}-byte values)",
         args.workload.name(),
@@ -646,7 +704,7 @@ impl Gaps {
     }
 }
 
-async fn put(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
+async fn put(args: &BenchArgs, channels: &[Conn]) -> Result<Report> {
     let value = vec![b'v'; args.value_size];
     let prefixes: Arc<Vec<String>> =
         Arc::new(if args.prefixes.is_empty() { vec!["/bench/put/".to_string()] } else { args.prefixes.clone() });
@@ -691,7 +749,7 @@ fn lock_ttl(args: &BenchArgs) -> i64 {
     (args.duration_secs as i64 + 60).max(60)
 }
 
-async fn lock_native(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
+async fn lock_native(args: &BenchArgs, channels: &[Conn]) -> Result<Report> {
     use meridian_proto::meridian::v1 as api;
     let mut sessions = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
@@ -736,7 +794,7 @@ async fn lock_native(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
     Ok(report)
 }
 
-async fn lock_etcd(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
+async fn lock_etcd(args: &BenchArgs, channels: &[Conn]) -> Result<Report> {
     use meridian_proto::etcdserverpb::lease_client::LeaseClient;
     use meridian_proto::v3lockpb;
     let mut leases = Vec::with_capacity(args.clients);
@@ -788,7 +846,7 @@ fn proc_usage(pid: u32) -> Option<(u64, u64)> {
     Some((cpu, rss))
 }
 
-async fn sessions(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
+async fn sessions(args: &BenchArgs, channels: &[Conn]) -> Result<Report> {
     use meridian_proto::etcdserverpb::lease_client::LeaseClient;
     const TTL: i64 = 10;
     eprintln!("  granting {} leases…", args.sessions);
@@ -826,7 +884,7 @@ async fn sessions(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
     let before: Vec<Option<(u64, u64)>> = args.server_pids.iter().map(|p| proc_usage(*p)).collect();
     let ids = Arc::new(ids);
     let streams = channels.len().min(ids.len()).max(1);
-    let stream_channels = connect_with(&args.endpoint_list(), streams, None).await?;
+    let stream_channels = connect_with(&args.endpoint_list(), streams, None, args.one_way()).await?;
     let shared = Arc::new(Shared::new(u64::MAX, Duration::from_secs(args.duration_secs)));
     let expired = Arc::new(AtomicU64::new(0));
     let progress = spawn_progress(args.label.clone(), args.workload, shared.clone());
@@ -932,7 +990,7 @@ fn get_key(i: u64) -> Vec<u8> {
     format!("/bench/get/{i:04}").into_bytes()
 }
 
-async fn get(args: &BenchArgs, channels: &[Channel], serializable: bool) -> Result<Report> {
+async fn get(args: &BenchArgs, channels: &[Conn], serializable: bool) -> Result<Report> {
     // Pre-populate with a few concurrent writers; any failure stops the run.
     let writers = channels.len().clamp(1, 16) as u64;
     let value = vec![b'g'; args.value_size];
@@ -975,7 +1033,7 @@ fn cas_key(k: usize) -> Vec<u8> {
     format!("/bench/cas/{k:04}").into_bytes()
 }
 
-async fn txn_cas(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
+async fn txn_cas(args: &BenchArgs, channels: &[Conn]) -> Result<Report> {
     // Every key starts at a known mod_revision, from the put's header.
     let mut kv = KvClient::new(channels[0].clone());
     let mut revs = Vec::with_capacity(args.cas_keys);
@@ -1062,7 +1120,7 @@ struct WatchState {
     events: AtomicU64,
 }
 
-async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
+async fn watch(args: &BenchArgs, channels: &[Conn]) -> Result<Report> {
     // A prefix of this run only, so leftovers from earlier runs never count.
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let prefix = format!("/bench/watch/{}-{nonce}/", std::process::id()).into_bytes();
@@ -1202,7 +1260,7 @@ async fn watch(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
 /// time − send time of every event until each watch has seen every
 /// acknowledged put, or it is told to stop.
 async fn watcher(
-    mut client: WatchClient<Channel>,
+    mut client: WatchClient<Conn>,
     creates: Vec<pb::WatchCreateRequest>,
     state: Arc<WatchState>,
     shared: Arc<Shared>,
@@ -1276,7 +1334,7 @@ async fn watcher(
 /// `watch-idle`: --watchers watchings, each on a key of its own, over
 /// --watch-streams streams (default 100), held idle; the servers' resident
 /// memory is read before the streams open and once every watch exists.
-async fn watch_idle(args: &BenchArgs, channels: &[Channel]) -> Result<Report> {
+async fn watch_idle(args: &BenchArgs, channels: &[Conn]) -> Result<Report> {
     if args.server_pids.is_empty() {
         bail!("watch-idle measures server memory: give --server-pids");
     }
@@ -1401,6 +1459,16 @@ mod tests {
         }
         let argv = ["bench", "--workload", "put"].iter().chain(extra).copied();
         <Cli as clap::Parser>::try_parse_from(argv).expect("parses").args
+    }
+
+    #[test]
+    fn a_client_round_trip_is_split_in_halves_and_bounded() {
+        assert_eq!(parse(&[]).one_way(), Duration::ZERO);
+        let a = parse(&["--client-rtt-ms", "66"]);
+        assert!(a.validate().is_ok());
+        assert_eq!(a.one_way(), Duration::from_millis(33));
+        let err = parse(&["--client-rtt-ms", "10001"]).validate().unwrap_err().to_string();
+        assert!(err.contains("--client-rtt-ms must be 0..=10000"), "{err}");
     }
 
     #[test]
