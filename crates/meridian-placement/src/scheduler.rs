@@ -113,7 +113,7 @@ pub(crate) fn may_hold(view: &ClusterView, range: &RangeView, n: &NodeView) -> b
 /// Whether `n` may keep a voter of `range`: eligible, or a live witness
 /// that is not draining, where it fits.
 pub(crate) fn fit_for(view: &ClusterView, range: &RangeView, n: &NodeView) -> bool {
-    n.eligible() || (n.role == NodeRole::Witness && n.liveness == Liveness::Alive && !n.draining && witness_fits(view, range, n))
+    n.eligible() || (n.eligible_witness() && witness_fits(view, range, n))
 }
 
 /// Whether `node` is in `range`'s home region (true without one).
@@ -430,8 +430,10 @@ pub fn schedule(view: &ClusterView, settings: &Settings, now_ms: u64) -> Plan {
         // Only when a witness can take it now (within the operator
         // budget): else the voter stays, rather than moving to another
         // data node.
+        // (The slot is checked first: most ranges have none, and the
+        // target search is per voter.)
         let witness_could = range.voters.iter().copied().find(|v| {
-            view.nodes.get(v).is_some_and(|n| n.role == NodeRole::Data)
+            view.nodes.get(v).is_some_and(|n| n.role == NodeRole::Data && range.witness_slot(&n.labels.region))
                 && target_where(view, range, Some(*v), &counts, &budget, |n| n.role == NodeRole::Witness).is_some()
         });
         let shared_host = {

@@ -94,11 +94,16 @@ impl NodeView {
         self.eligible() && !self.load.is_some_and(|l| l.disk_full())
     }
 
-    /// A live witness node that is not draining, with room on its disk: it
-    /// may receive the witness replica of a range with a witness slot in
-    /// its region.
+    /// A live witness node that is not draining: it may keep the witness
+    /// replica of a range with a witness slot in its region (a witness's
+    /// [`NodeView::eligible`]).
+    pub fn eligible_witness(&self) -> bool {
+        self.role == NodeRole::Witness && self.liveness == Liveness::Alive && !self.draining
+    }
+
+    /// An eligible witness with room on its disk: it may receive one.
     pub fn takes_witness(&self) -> bool {
-        self.role == NodeRole::Witness && self.liveness == Liveness::Alive && !self.draining && !self.load.is_some_and(|l| l.disk_full())
+        self.eligible_witness() && !self.load.is_some_and(|l| l.disk_full())
     }
 
     /// Its disk is filling ([`Load::disk_filling`]): it sheds replicas and
