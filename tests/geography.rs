@@ -32,8 +32,15 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Durat
 }
 
 /// A create's HTTP status and its answer (the error text for a refusal).
+/// `POST /v1/namespaces` on member 0, waiting as long as `meridian
+/// namespace create` does (a create waits for its group's first leader,
+/// which on nine processes sharing two cores can take more than the
+/// harness's 10 s).
 fn create(c: &ProcCluster, body: &str) -> (u16, String) {
-    let (code, answer) = http_request(&c.members[0].http_addr, "POST", "/v1/namespaces", body, "application/json");
+    use meridian_client::http;
+    let body = http::Body { content_type: "application/json", bytes: body.as_bytes() };
+    let (code, answer) =
+        http::request(&c.members[0].http_addr, "POST", "/v1/namespaces", Some(body), Duration::from_secs(90)).unwrap_or((0, String::new()));
     let error = serde_json::from_str::<serde_json::Value>(&answer).ok().and_then(|v| v["error"].as_str().map(str::to_string));
     (code, error.unwrap_or(answer))
 }

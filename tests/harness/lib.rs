@@ -298,7 +298,48 @@ impl Drop for ProcCluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+        if !std::thread::panicking() {
+            return;
+        }
+        // A failed test prints what its servers warned of last (CI keeps
+        // nothing else of a run).
+        for i in 0..self.configs.len().min(self.members.len()) {
+            let log = std::fs::read_to_string(self.node_dir(i).join("server.log")).unwrap_or_default();
+            let warned: Vec<String> = log.lines().map(strip_ansi).filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+            let tail = &warned[warned.len().saturating_sub(FAILED_LOG_LINES)..];
+            eprintln!("--- node {} (member {i}): the last {} of its {} warnings and errors", self.members[i].id, tail.len(), warned.len());
+            for l in tail {
+                eprintln!("{}", l.chars().take(400).collect::<String>());
+            }
+        }
+        // `MERIDIAN_KEEP_FAILED=1`: a failed test's configs, data and
+        // server logs stay for a post-mortem (their path is printed).
+        if std::env::var_os("MERIDIAN_KEEP_FAILED").is_some() {
+            let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("a temporary directory"));
+            eprintln!("the failed test's cluster is kept in {}", dir.keep().display());
+        }
     }
+}
+
+/// Lines of each server's warnings a failed test prints.
+const FAILED_LOG_LINES: usize = 12;
+
+/// `line` without its terminal colour codes (`ESC [ … m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(ch) = chars.next() {
+        if ch == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
 }
 
 /// One HTTP/1.1 request to `addr` (`host:port`); status 0 when there is

@@ -30,6 +30,15 @@ pub const MAX_TTL_S: i64 = 9_000_000_000 / 1_000_000; // ~104 days, like etcd's 
 /// Keepalive responses buffered per stream.
 const KEEPALIVE_BUFFER: usize = 64;
 
+/// How long a keepalive waits for the lease's range to have a leader that
+/// takes it (an election, a leadership transfer, a new leader loading its
+/// lease clock), trying again every [`KEEPALIVE_RETRY`]: as etcd's
+/// `LeaseRenew` waits for a leader, so that a client's keepalive stream
+/// does not end on a moment without one. A renewal is idempotent, so
+/// asking again is safe.
+const KEEPALIVE_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const KEEPALIVE_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Lease clocks of the ranges this node leads, keyed by range with the term
 /// they were built in.
 #[derive(Default)]
@@ -275,6 +284,24 @@ impl LeaseService {
         }
     }
 
+    /// [`LeaseService::keepalive_once`], asked again while the range has
+    /// no leader that takes it, for at most [`KEEPALIVE_LEADER_WAIT`]. A
+    /// member a keepalive was forwarded to answers at once: the member
+    /// that forwarded it waits.
+    async fn keepalive(&self, id: i64, already_forwarded: bool) -> Result<i64, ApiError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            match self.keepalive_once(id, already_forwarded).await {
+                Err(ApiError::NoLeader { .. } | ApiError::NotLeader { .. })
+                    if !already_forwarded && started.elapsed() + KEEPALIVE_RETRY < KEEPALIVE_LEADER_WAIT =>
+                {
+                    tokio::time::sleep(KEEPALIVE_RETRY).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     async fn keepalive_once(&self, id: i64, already_forwarded: bool) -> Result<i64, ApiError> {
         let range_id = self.backend.range_of_lease(id).await;
         self.ensure_clock(range_id).await;
@@ -324,7 +351,7 @@ impl LeaseService {
             while let Some(msg) = inbound.next().await {
                 let Ok(msg) = msg else { break };
                 let range_id = svc.backend.range_of_lease(msg.id).await;
-                let resp = match svc.keepalive_once(msg.id, already_forwarded).await {
+                let resp = match svc.keepalive(msg.id, already_forwarded).await {
                     Ok(ttl) => pb::LeaseKeepAliveResponse { header: Some(svc.backend.header(range_id, 0).await), id: msg.id, ttl },
                     // etcd answers TTL 0 for a lease that is gone.
                     Err(ApiError::LeaseNotFound) => {

@@ -206,6 +206,7 @@ pub(crate) async fn refresh_from_meta(backend: Arc<Backend>) {
                 if let Err(e) = meta::install(&backend, &c) {
                     warn!("installing the catalog: {e}");
                 }
+                republish_behind(&backend, &c).await;
             }
             Ok(None) => {}
             Err(e) => warn!("reading the catalog from the meta range: {e}"),
@@ -216,6 +217,38 @@ pub(crate) async fn refresh_from_meta(backend: Arc<Backend>) {
 
 /// How often the node directory is refreshed from the meta range.
 const NODE_REFRESH: Duration = Duration::from_secs(10);
+
+/// Publishes again the membership of every range this node leads whose
+/// descriptor in `catalog` is behind it: a membership change publishes
+/// its descriptor once, best effort, so one whose publication failed (the
+/// meta range electing, its leader killed mid-operator) would leave the
+/// catalog's replica list stale until the range's next change — and every
+/// member without a replica of the range would forward requests to nodes
+/// that no longer hold one. Only membership (`conf_ver`) is caught up
+/// here: a span that changed (`version`, a split or merge) is published
+/// by the namespace operation that changed it, together with the other
+/// range's. Ranges the catalog does not name (one being created, one
+/// retired) are left alone.
+async fn republish_behind(backend: &Backend, catalog: &meta::Catalog) {
+    let listed: std::collections::HashMap<u64, &RangeDescriptor> = catalog.ranges.iter().map(|d| (d.range_id, d)).collect();
+    for st in backend.raft.status().await {
+        let Some(listed) = listed.get(&st.range_id) else { continue };
+        let settled = st.role == meridian_raftstore::raft_types::StateRole::Leader && !st.dormant && st.voters_outgoing.is_empty();
+        if !(settled && membership_behind(listed.epoch, st.epoch)) {
+            continue;
+        }
+        info!(range = st.range_id, listed = ?listed.epoch, current = ?st.epoch, "the catalog's descriptor is behind the range's membership: publishing it again");
+        if let Err(e) = meta::publish(backend, &descriptor_of(&st)).await {
+            warn!(range = st.range_id, "publishing the range's descriptor again: {e}");
+        }
+    }
+}
+
+/// Whether the catalog's `listed` epoch names an older membership of the
+/// same span than a replica's `current` one.
+fn membership_behind(listed: meridian_storage::RangeEpoch, current: meridian_storage::RangeEpoch) -> bool {
+    listed.version == current.version && listed.conf_ver < current.conf_ver
+}
 
 /// The identity file beside the data: node id, labels, role.
 const IDENTITY_FILE: &str = "identity.toml";
@@ -383,4 +416,21 @@ pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()>) -> Resul
     }
     node.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_storage::RangeEpoch;
+
+    use super::membership_behind;
+
+    #[test]
+    fn only_an_older_membership_of_the_same_span_is_published_again() {
+        let e = |conf_ver, version| RangeEpoch { conf_ver, version };
+        assert!(membership_behind(e(3, 2), e(5, 2)), "a membership change whose publication was lost");
+        assert!(!membership_behind(e(5, 2), e(5, 2)), "up to date");
+        assert!(!membership_behind(e(6, 2), e(5, 2)), "the catalog is ahead of this replica (it lags)");
+        assert!(!membership_behind(e(3, 2), e(5, 3)), "a span change is the namespace operation's to publish");
+        assert!(!membership_behind(e(3, 3), e(5, 2)), "a span change is the namespace operation's to publish");
+    }
 }
