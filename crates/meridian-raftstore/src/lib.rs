@@ -50,8 +50,8 @@ pub use error::RaftstoreError;
 pub use meridian_codes::ReplicaState;
 pub use state_machine::{data_bounds, ApplyContext, Savepoint, SplitOff, StateMachine, StateMachineFactory};
 pub use store::{
-    AppliedEntry, Bootstrap, Completion, Destroyed, RangeRequest, RangeStatus, RangeView, RequestId, Retirement, Store, StoreMetrics,
-    INITIAL_LOG_INDEX, MAX_INCOMING_SNAPSHOTS, PINNED_SNAPSHOT_TICKS, STORE_FORMAT,
+    generation, next_generation, AppliedEntry, Bootstrap, Completion, Destroyed, Promotion, RangeRequest, RangeStatus, RangeView,
+    RequestId, Retirement, Store, StoreMetrics, INITIAL_LOG_INDEX, MAX_INCOMING_SNAPSHOTS, PINNED_SNAPSHOT_TICKS, STORE_FORMAT,
 };
 
 /// raft-rs types callers need (conf changes, roles).

@@ -15,6 +15,10 @@ pub struct Checker {
     /// Acknowledged proposals: (range, index) → command.
     acked: HashMap<(u64, u64), Vec<u8>>,
     violations: Vec<String>,
+    /// range → the lineage (epoch generation) a forced promotion started:
+    /// what replicas of an older one apply or lead is the lost region's
+    /// history, which the operator gave up ([`Checker::accept_loss`]).
+    lineages: HashMap<u64, u64>,
 }
 
 /// Violations kept per run; past this the run is broken enough.
@@ -29,7 +33,7 @@ impl Checker {
 
     /// Election safety: at most one leader per term per range.
     pub fn observe_status(&mut self, step: u64, node: u64, st: &RangeStatus) {
-        if st.role != StateRole::Leader {
+        if st.role != StateRole::Leader || self.superseded(st.range_id, st.epoch.conf_ver) {
             return;
         }
         match self.leaders.insert((st.range_id, st.term), node) {
@@ -41,7 +45,11 @@ impl Checker {
 
     /// State-machine safety: every replica applies the same entry at the
     /// same index.
-    pub fn observe_applied(&mut self, step: u64, node: u64, e: &AppliedEntry) {
+    /// (`conf_ver`: the applying replica's epoch.)
+    pub fn observe_applied(&mut self, step: u64, node: u64, conf_ver: u64, e: &AppliedEntry) {
+        if self.superseded(e.range_id, conf_ver) {
+            return;
+        }
         let key = (e.range_id, e.index);
         match self.applied.get(&key) {
             Some((term, data)) if *term != e.term || *data != e.data => {
@@ -82,6 +90,27 @@ impl Checker {
     /// Terms (of any range) led by one of `nodes`.
     pub fn terms_led_by(&self, nodes: &[u64]) -> u64 {
         self.leaders.values().filter(|n| nodes.contains(n)).count() as u64
+    }
+
+    /// An operator forced a promotion of `range_id` (accepting data loss):
+    /// only the entries up to `kept_index` (what the promoted replica knew
+    /// committed) are the range's history from here on. Entries past it —
+    /// applied or acknowledged by the lost voters — are forgotten, as are
+    /// the terms the old lineage led (the new one numbers its own).
+    /// From now on, replicas of a lineage older than `conf_ver`'s are not
+    /// observed (a returning node of the lost region applying the entries
+    /// it had committed before it was lost).
+    pub fn accept_loss(&mut self, range_id: u64, kept_index: u64, conf_ver: u64) {
+        self.applied.retain(|(r, i), _| *r != range_id || *i <= kept_index);
+        self.acked.retain(|(r, i), _| *r != range_id || *i <= kept_index);
+        self.leaders.retain(|(r, _), _| *r != range_id);
+        self.lineages.insert(range_id, meridian_raftstore::generation(conf_ver));
+    }
+
+    /// Whether a replica at `conf_ver` belongs to a lineage a forced
+    /// promotion superseded (epoch 0: an empty replica, of none yet).
+    fn superseded(&self, range_id: u64, conf_ver: u64) -> bool {
+        conf_ver != 0 && self.lineages.get(&range_id).is_some_and(|g| meridian_raftstore::generation(conf_ver) < *g)
     }
 
     pub fn fail(&mut self, what: String) {

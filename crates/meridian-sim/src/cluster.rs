@@ -352,7 +352,8 @@ impl Cluster {
             }
         };
         for e in store.take_applied() {
-            self.checker.observe_applied(now, id, &e);
+            let conf_ver = store.range_status(e.range_id).map_or(0, |s| s.epoch.conf_ver);
+            self.checker.observe_applied(now, id, conf_ver, &e);
         }
         for st in store.statuses() {
             self.checker.observe_status(now, id, &st);

@@ -50,6 +50,14 @@ pub enum Retirement {
     /// The range was retired (its namespace dropped): it serves nothing,
     /// ever again.
     Retired,
+    /// A forced promotion started the range's next lineage (the
+    /// generation of `conf_ver`, see `promote.rs`) without this replica,
+    /// which belongs to an older one: its log and configuration are never
+    /// carried on. Its tombstone refuses the whole old generation.
+    Superseded {
+        /// An epoch of the new lineage.
+        conf_ver: u64,
+    },
 }
 
 impl Retirement {
@@ -58,6 +66,7 @@ impl Retirement {
         match self {
             Retirement::Removed { conf_ver } => conf_ver,
             Retirement::Retired => u64::MAX,
+            Retirement::Superseded { conf_ver } => super::promote::before_generation(conf_ver),
         }
     }
 }
@@ -147,6 +156,18 @@ impl Store {
             (Retirement::Retired, None) => {
                 let done = p.go_dormant(u64::MAX);
                 self.completions.extend(done);
+            }
+            (Retirement::Superseded { conf_ver }, dormant) => {
+                let local = p.desc.epoch.conf_ver;
+                if super::promote::generation(local) >= super::promote::generation(conf_ver) {
+                    return refuse(format!(
+                        "the replica is at epoch {local}, of the lineage of epoch {conf_ver} or a later one: no forced promotion superseded it"
+                    ));
+                }
+                if dormant.is_none() {
+                    let done = p.go_dormant(local);
+                    self.completions.extend(done);
+                }
             }
             _ => {}
         }

@@ -24,6 +24,8 @@
 //!   `MsgSnapshot` accepted only once its chunks all did;
 //! - `outbox.rs`: outgoing messages (queue, flush) and the transport's
 //!   feedback;
+//! - `promote.rs`: a learner made the only voter by force (a lost
+//!   region), and replicas of the lineage it superseded;
 //! - `liveness.rs`: logical time (`tick`), node pings, quiescence and which
 //!   nodes were heard from.
 //!
@@ -37,6 +39,7 @@ mod liveness;
 mod outbox;
 mod peers;
 mod poll;
+mod promote;
 mod propose;
 mod read;
 mod snapshot;
@@ -60,6 +63,7 @@ use crate::state_machine::StateMachineFactory;
 pub use destroy::{Destroyed, Retirement};
 use incoming::IncomingSnapshots;
 use meridian_codes::seeded::splitmix64;
+pub use promote::{generation, next_generation, Promotion};
 pub(crate) use snapshot::PinnedSnapshot;
 
 /// What every request handed to the store names: the range, the epoch the

@@ -63,6 +63,9 @@ impl Store {
             debug!(range = env.range_id, from, conf_ver = env.conf_ver, "message for a destroyed replica");
             return;
         }
+        if !self.supersede_for(env.range_id, env.conf_ver) {
+            return;
+        }
         if !self.peers.contains_key(&env.range_id) && !self.maybe_create_peer(&env, &msg) {
             return;
         }
@@ -72,7 +75,12 @@ impl Store {
             p.rejoin();
         }
         let cs = &p.raft.store().raft_state().conf_state;
-        if env.conf_ver < p.desc.epoch.conf_ver && !Peer::in_conf(cs, from) {
+        // A replica of a lineage a forced promotion superseded (epoch 0:
+        // one created empty, which has none yet) is refused even from a
+        // node the new lineage holds: its log and terms are another
+        // history's (see `promote.rs`).
+        let superseded = env.conf_ver != 0 && super::promote::generation(env.conf_ver) < super::promote::generation(p.desc.epoch.conf_ver);
+        if superseded || (env.conf_ver < p.desc.epoch.conf_ver && !Peer::in_conf(cs, from)) {
             debug!(
                 range = env.range_id,
                 from,
