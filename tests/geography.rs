@@ -76,11 +76,26 @@ async fn write_and_lock(cl: &Client) -> i64 {
 
 /// /global/job taken and released through `cl`: its token.
 async fn lock_token(cl: &Client) -> i64 {
-    let s = cl.session("/global/", 30).await.unwrap();
-    let g = s.lock("/global/job", LockOptions::default()).await.unwrap().unwrap();
+    lock_token_in(cl, "/global/").await
+}
+
+/// `namespace`job taken and released through `cl`: its token.
+async fn lock_token_in(cl: &Client, namespace: &str) -> i64 {
+    let s = cl.session(namespace, 30).await.unwrap();
+    let g = s.lock(format!("{namespace}job"), LockOptions::default()).await.unwrap().unwrap();
     let t = g.token();
     g.release().await.unwrap();
     t
+}
+
+/// `POST /v1/namespaces/promote` on member `i`: the status and the answer
+/// (the report, or the error text of a refusal).
+fn promote(c: &ProcCluster, i: usize, body: &str) -> (u16, serde_json::Value) {
+    use meridian_client::http;
+    let body = http::Body { content_type: "application/json", bytes: body.as_bytes() };
+    let (code, answer) = http::request(&c.members[i].http_addr, "POST", "/v1/namespaces/promote", Some(body), Duration::from_secs(90))
+        .unwrap_or((0, String::new()));
+    (code, serde_json::from_str(&answer).unwrap_or(serde_json::Value::String(answer)))
 }
 
 /// After the home region's loss at `lost`: the time to the first write
@@ -162,6 +177,20 @@ fn namespaces_follow_their_region_policy_survive_the_home_regions_loss_and_lead_
 
     // Acknowledged writes and a lock before the home region is lost.
     let before_token = rt().block_on(async { write_and_lock(&client_of(&c, 0..9)).await });
+    let us_before = rt().block_on(async {
+        let cl = client_of(&c, 0..9);
+        for k in 0..20 {
+            cl.put(format!("/us/k{k}"), "v").await.unwrap();
+        }
+        lock_token_in(&cl, "/us/").await
+    });
+    // /us/'s read replicas (eu, ap) have them: serializable reads there.
+    wait_until("/us/'s writes on its read replicas", Duration::from_secs(30), || {
+        (3..9).all(|i| {
+            let (ok, out) = etcdctl(&c.members[i].client_addr.to_string(), &["get", "--consistency=s", "--print-value-only", "/us/k19"]);
+            ok && out.lines().next() == Some("v")
+        })
+    });
 
     // Every process of the home region killed.
     for i in 0..3 {
@@ -181,6 +210,54 @@ fn namespaces_follow_their_region_policy_survive_the_home_regions_loss_and_lead_
     assert_ne!(region_of(leader), "us");
     println!("geography: home region killed; first write acknowledged in a surviving region after {:.2} s", elected.as_secs_f64());
 
+    // The operator forces the issue for /us/. Bad requests first: refused,
+    // nothing changed.
+    for (body, code, why) in [
+        (r#"{"name": "/us/", "to_region": "eu"}"#, 400, "--accept-data-loss"),
+        (r#"{"name": "/us/", "to_region": "mars", "accept_data_loss": true}"#, 400, "unknown region \"mars\""),
+        (r#"{"name": "/us/", "to_region": "us", "accept_data_loss": true}"#, 400, "home region already"),
+        (r#"{"name": "/global/", "to_region": "eu", "accept_data_loss": true}"#, 400, "nothing to promote"),
+        (r#"{"name": "/nope/", "to_region": "eu", "accept_data_loss": true}"#, 404, "not found"),
+    ] {
+        let (got, answer) = promote(&c, 3, body);
+        assert_eq!(got, code, "{body}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| e.contains(why)), "{body}: expected {why:?} in {answer}");
+    }
+    // (describe asks the range for its keys: the list, from the records.)
+    let home_of = |name: &str| -> String {
+        let (_, body) = http_get(&c.members[3].http_addr, "/v1/namespaces");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let list = v.as_array().cloned().unwrap_or_default();
+        list.iter().find(|n| n["name"] == name).and_then(|n| n["home_region"].as_str()).unwrap_or("?").to_string()
+    };
+    assert_eq!(home_of("/us/"), "us", "a refused promotion changed the policy");
+    // Then with --accept-data-loss (asked again while a member's gossip
+    // still holds a voter not dead yet).
+    let mut report = serde_json::Value::Null;
+    let promoted = wait_until("/us/ promoted to eu", Duration::from_secs(90), || {
+        let (code, answer) = promote(&c, 3, r#"{"name": "/us/", "to_region": "eu", "accept_data_loss": true}"#);
+        assert!(
+            code == 200 || (code == 409 && answer["error"].as_str().is_some_and(|e| e.contains("not every voter"))),
+            "{code}: {answer}"
+        );
+        report = answer;
+        code == 200
+    });
+    println!("geography: /us/ promoted to eu by force in {:.1} s: {report}", promoted.as_secs_f64());
+    assert_eq!((report["region"].as_str(), report["previous_home_region"].as_str()), (Some("eu"), Some("us")), "{report}");
+    let floor = report["revision_floor"].as_i64().unwrap();
+    assert!(floor >= report["revision_before"].as_i64().unwrap() + (1 << 40), "{report}");
+    let us_after = rt().block_on(async {
+        let cl = client_of(&c, 3..9);
+        cl.put("/us/after", "v").await.unwrap();
+        for k in 0..20 {
+            assert!(cl.get(format!("/us/k{k}")).await.unwrap().is_some(), "/us/k{k}, on the read replica, lost by the promotion");
+        }
+        lock_token_in(&cl, "/us/").await
+    });
+    assert!(us_after > floor && floor > us_before, "tokens: {us_before} before, floor {floor}, {us_after} after");
+    assert_eq!(home_of("/us/"), "eu");
+
     // The home region back: leadership goes home.
     for i in 0..3 {
         c.restart(i);
@@ -197,6 +274,21 @@ fn namespaces_follow_their_region_policy_survive_the_home_regions_loss_and_lead_
     rt().block_on(async {
         let cl = client_of(&c, 0..9);
         assert!(cl.get("/global/after").await.unwrap().is_some());
+    });
+    // /us/ now lives in eu: the driver gives it eu voters and read
+    // replicas in ap and in the returned us (its replicas there, of the
+    // lineage the promotion superseded, destroyed and filled afresh).
+    let replaced = wait_until("/us/ placed in its new home", Duration::from_secs(180), || {
+        describe(&c, 0, "/us/").is_some_and(|u| {
+            let (v, l) = layout(&u);
+            v == BTreeMap::from([("eu".to_string(), 3)]) && l == BTreeMap::from([("ap".to_string(), 1), ("us".to_string(), 1)])
+        })
+    });
+    println!("geography: /us/ re-placed around eu {:.1} s after the home region returned", replaced.as_secs_f64());
+    rt().block_on(async {
+        let cl = client_of(&c, 0..9);
+        assert!(cl.get("/us/after").await.unwrap().is_some());
+        assert!(lock_token_in(&cl, "/us/").await > us_after);
     });
 }
 

@@ -13,7 +13,7 @@ use crate::mvcc::KeyValue;
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Command {
     /// What to do; `None` is invalid.
-    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18")]
+    #[prost(oneof = "Op", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19")]
     pub op: Option<Op>,
     /// The proposer's wall clock (Unix ms), recorded as information only
     /// ("held since"); nothing decides on it.
@@ -90,6 +90,13 @@ pub enum Op {
     /// the merge (placement driver only; see [`crate::carve`]).
     #[prost(message, tag = "18")]
     Absorb(AbsorbOp),
+    /// Raise the range's revision to at least this, touching no key: after
+    /// a forced promotion (`meridian namespace promote
+    /// --accept-data-loss`), so that every fencing token and revision
+    /// granted from then on exceeds every one the lost voters could have
+    /// granted past what the promoted replica had received.
+    #[prost(int64, tag = "19")]
+    RaiseRevision(i64),
 }
 
 /// [`Op::Carve`]: move the keys under `prefix` to namespace
@@ -808,7 +815,7 @@ pub fn op_keys(op: &Op) -> Vec<KeyInterval> {
         Op::LockDelayEnd(name) => out.push(KeyInterval::key(name)),
         // The prefix is this range's until the carve applies; naming it
         // would make the carve refuse itself.
-        Op::Carve(_) | Op::Uncarve(_) | Op::Seal(_) | Op::Absorb(_) => {}
+        Op::Carve(_) | Op::Uncarve(_) | Op::Seal(_) | Op::Absorb(_) | Op::RaiseRevision(_) => {}
         Op::Compact(_) | Op::LeaseGrant(_) | Op::LeaseRevoke(_) | Op::LeaseCheckpoint(_) | Op::LeaseExpire(_) => {}
     }
     out

@@ -384,6 +384,10 @@ impl KvMachine {
                 }
                 OutcomeKind::Done(applied)
             }
+            Op::RaiseRevision(floor) => {
+                w.raise_revision(*floor);
+                OutcomeKind::Done(true)
+            }
             Op::LeaseCheckpoint(c) => {
                 let rec = w.checkpoint_lease(c.id, c.remaining_ttl_s, c.resets)?;
                 OutcomeKind::Lease(LeaseOutcome { id: rec.id, ttl_s: rec.ttl_s, resets: rec.resets })

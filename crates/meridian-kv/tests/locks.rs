@@ -346,3 +346,28 @@ fn random_operations_match_a_fifo_model() {
         }
     }
 }
+
+/// A forced promotion raises the revision: every token granted after it
+/// exceeds the floor, and a lock queue carries on (the next waiter's
+/// grant comes after it too). Raising to a floor below the revision
+/// changes nothing.
+#[test]
+fn tokens_after_a_raised_revision_exceed_the_floor() {
+    let mut f = Fixture::new();
+    let (a, b) = (f.session(60), f.session(60));
+    let first = f.acquire("job", a, 1);
+    assert!(first.granted);
+    assert!(!f.acquire("job", b, 2).granted);
+    let floor = (1_i64 << 40) + f.revision();
+    let raised = f.apply(Op::RaiseRevision(floor));
+    assert_eq!(error_code(&raised), None);
+    assert_eq!(f.revision(), floor, "the revision is the floor");
+    let lower = f.apply(Op::RaiseRevision(5));
+    assert_eq!(error_code(&lower), None);
+    assert_eq!(f.revision(), floor, "a lower floor changes nothing");
+    assert_eq!(error_code(&f.release("job", a, first.token)), None);
+    let next = f.describe("job").holder.expect("the waiter was granted");
+    assert!(next.token > floor, "token {} after the floor {floor}", next.token);
+    let c = f.session(60);
+    assert!(f.acquire("other", c, 3).token > floor);
+}

@@ -160,6 +160,12 @@ impl NodeHandle {
         self.call(|| format!("leader transfer in range {range_id}"), |reply| Command::TransferLeader { range_id, to, reply }).await
     }
 
+    /// Makes this node's read replica of `range_id` its only voter, by
+    /// force; see `meridian_raftstore::Store::force_promote`.
+    pub async fn force_promote(&self, range_id: u64) -> Result<meridian_raftstore::Promotion, NodeError> {
+        self.call(|| format!("forced promotion in range {range_id}"), |reply| Command::ForcePromote { range_id, reply }).await
+    }
+
     /// Destroys this node's replica of `range_id`; see
     /// `meridian_raftstore::Store::destroy_replica`.
     pub async fn destroy_replica(

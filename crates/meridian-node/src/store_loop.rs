@@ -87,6 +87,10 @@ pub(crate) enum Command {
         to: u64,
         reply: Reply<()>,
     },
+    ForcePromote {
+        range_id: u64,
+        reply: Reply<meridian_raftstore::Promotion>,
+    },
     Status {
         reply: Reply<Vec<RangeStatus>>,
     },
@@ -452,6 +456,9 @@ impl StoreLoop {
             }
             Command::TransferLeader { range_id, to, reply } => {
                 let _ = reply.send(self.store.transfer_leader(range_id, to).map_err(NodeError::from));
+            }
+            Command::ForcePromote { range_id, reply } => {
+                let _ = reply.send(self.store.force_promote(range_id).map_err(NodeError::from));
             }
             Command::Status { reply } => {
                 let _ = reply.send(Ok(self.store.statuses()));

@@ -69,6 +69,11 @@ pub trait RaftAccess: Send + Sync + 'static {
     ) -> Result<meridian_raftstore::Destroyed, ApiError> {
         Err(ApiError::Unimplemented("destroying replicas".into()))
     }
+    /// Makes this node's read replica of the range its only voter, by
+    /// force (`meridian_raftstore::Store::force_promote`).
+    async fn force_promote(&self, _range_id: u64) -> Result<meridian_raftstore::Promotion, ApiError> {
+        Err(ApiError::Unimplemented("forced promotion".into()))
+    }
     /// Proposes a membership change on the range's leader (this node);
     /// answers once the change is applied here.
     async fn change_membership(&self, _req: RangeRequest, _change: meridian_raftstore::raft_types::ConfChangeV2) -> Result<(), ApiError> {
@@ -186,6 +191,7 @@ fn op_name(op: &c::Op) -> &'static str {
         c::Op::Uncarve(_) => "namespace_uncarve",
         c::Op::Seal(_) => "namespace_seal",
         c::Op::Absorb(_) => "namespace_absorb",
+        c::Op::RaiseRevision(_) => "revision_raise",
     }
 }
 
@@ -831,7 +837,7 @@ impl Backend {
     /// the range cannot answer until they are back, and the error says
     /// where they are (a zone-survival namespace whose home region is
     /// lost). At once `None` when this node holds one of them.
-    fn voters_down(&self, range_id: u64) -> Option<ApiError> {
+    pub(crate) fn voters_down(&self, range_id: u64) -> Option<ApiError> {
         let voters: Vec<u64> = {
             let lists = self.replicas.lock().expect("replica lists");
             let (nodes, count) = lists.get(&range_id)?;

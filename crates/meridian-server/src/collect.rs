@@ -4,8 +4,10 @@
 //! ```text
 //!  every COLLECT_EVERY, on every member:
 //!    local replicas ─┬─ range retired (a dropped namespace's) ─────────────► destroy (Retired)
-//!                    └─ dormant since epoch d, and the catalog's descriptor
-//!                       at epoch X >= d leaves this node out ──────────────► destroy (Removed at X)
+//!                    ├─ dormant since epoch d, and the catalog's descriptor
+//!                    │  at epoch X >= d leaves this node out ──────────────► destroy (Removed at X)
+//!                    └─ of an epoch generation before the catalog's (a
+//!                       forced promotion superseded its lineage) ──────────► destroy (Superseded)
 //! ```
 //!
 //! A removed replica keeps its log and data while it is dormant, because a
@@ -71,6 +73,24 @@ pub fn decide(
     out
 }
 
+/// The local replicas (id, epoch) whose lineage a forced promotion
+/// superseded: the catalog (`catalog_conf_vers`, the route cache's epochs
+/// as published) names a later epoch generation for the range (see
+/// `meridian_raftstore::generation`). Their log and data are another
+/// history's; they go whether or not they are dormant. (Epoch 0: a replica
+/// created empty, of no lineage yet.)
+pub fn superseded(local: &[(u64, u64)], catalog_conf_vers: &BTreeMap<u64, u64>) -> Vec<(u64, Retirement)> {
+    let mut out = Vec::new();
+    for &(range_id, conf_ver) in local {
+        let Some(&listed) = catalog_conf_vers.get(&range_id) else { continue };
+        if conf_ver != 0 && meridian_raftstore::generation(conf_ver) < meridian_raftstore::generation(listed) {
+            out.push((range_id, Retirement::Superseded { conf_ver: listed }));
+        }
+    }
+    out.truncate(MAX_PER_ROUND);
+    out
+}
+
 /// The ranges retired so far (their markers in the meta range).
 async fn retired(backend: &Backend) -> Result<BTreeSet<u64>, ApiError> {
     let op = c::RangeOp {
@@ -114,8 +134,17 @@ pub async fn round(backend: &Backend) -> Result<usize, ApiError> {
         }
     }
     let local: Vec<(u64, Option<u64>)> = statuses.iter().map(|s| (s.range_id, s.dormant_at)).collect();
+    let epochs: Vec<(u64, u64)> = statuses.iter().map(|s| (s.range_id, s.epoch.conf_ver)).collect();
+    let listed: BTreeMap<u64, u64> =
+        statuses.iter().filter_map(|s| Some((s.range_id, backend.cached_epoch(s.range_id)?.conf_ver))).collect();
+    let mut doomed = decide(backend.cfg.node_id, &local, &retired, &catalog);
+    for (range_id, why) in superseded(&epochs, &listed) {
+        if !doomed.iter().any(|(r, _)| *r == range_id) {
+            doomed.push((range_id, why));
+        }
+    }
     let mut destroyed = 0;
-    for (range_id, why) in decide(backend.cfg.node_id, &local, &retired, &catalog) {
+    for (range_id, why) in doomed {
         match backend.raft.destroy_replica(range_id, why).await {
             Ok(Destroyed::Done) => {
                 destroyed += 1;
@@ -142,6 +171,18 @@ pub async fn run(backend: Arc<Backend>) {
 mod tests {
     use super::*;
     use meridian_storage::{RangeEpoch, ReplicaDesc, ReplicaRole};
+
+    #[test]
+    fn a_lineage_a_forced_promotion_superseded_is_collected_dormant_or_not() {
+        let next = meridian_raftstore::next_generation(9);
+        let catalog = BTreeMap::from([(5, next + 2), (6, 9), (7, next)]);
+        // Range 5: this replica predates the promotion; range 6: same
+        // generation (an ordinary lag); range 7: empty replica (epoch 0);
+        // range 8: not in the catalog.
+        let local = [(5, 7), (6, 3), (7, 0), (8, 4)];
+        assert_eq!(superseded(&local, &catalog), vec![(5, Retirement::Superseded { conf_ver: next + 2 })]);
+        assert!(superseded(&[(5, next + 3)], &catalog).is_empty(), "a replica of the new lineage stays");
+    }
 
     fn desc(range_id: u64, conf_ver: u64, nodes: &[u64]) -> RangeDescriptor {
         RangeDescriptor {

@@ -55,6 +55,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/namespaces", get(namespaces_list).post(namespaces_create).delete(namespaces_drop))
         .route("/v1/namespaces/describe", get(namespaces_describe))
         .route("/v1/namespaces/merge", post(namespaces_merge))
+        .route("/v1/namespaces/promote", post(namespaces_promote))
         .route("/v1/namespaces/split", post(namespaces_split))
         .route("/v1/nodes/status", get(node_status))
         .route("/v1/nodes/drain", axum::routing::post(node_drain))
@@ -445,6 +446,20 @@ async fn namespaces_create(State(s): State<HttpState>, raw: Bytes) -> Response {
     };
     match crate::namespace::create_via(&s.backend, &spec, false).await {
         Ok(info) => (StatusCode::CREATED, Json(info)).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn namespaces_promote(State(s): State<HttpState>, raw: Bytes) -> Response {
+    let spec: crate::promote::PromoteSpec = match serde_json::from_slice(&raw) {
+        Ok(b) => b,
+        Err(e) => {
+            let why = format!(r#"body must be {{"name": "/prefix/", "to_region": "REGION", "accept_data_loss": true}}: {e}"#);
+            return error_response(ApiError::Invalid(why));
+        }
+    };
+    match crate::promote::promote_via(&s.backend, &spec, false).await {
+        Ok(report) => Json(report).into_response(),
         Err(e) => error_response(e),
     }
 }

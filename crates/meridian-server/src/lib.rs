@@ -36,6 +36,7 @@ pub mod namespace;
 pub mod native;
 pub mod node_admin;
 pub mod placement;
+pub mod promote;
 pub mod reach;
 pub mod routing;
 pub mod server;

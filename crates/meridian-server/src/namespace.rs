@@ -396,7 +396,7 @@ fn json(r: &NsRecord) -> Result<Vec<u8>, ApiError> {
 
 /// Retries `f` while it fails with an error a retry may cure, up to
 /// [`SETTLE`].
-async fn settle<T, F, Fut>(what: &str, mut f: F) -> Result<T, ApiError>
+pub(crate) async fn settle<T, F, Fut>(what: &str, mut f: F) -> Result<T, ApiError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ApiError>>,
@@ -449,7 +449,7 @@ async fn guarded(backend: &Backend, record: &NsRecord, ops: Vec<c::RequestOp>) -
 
 /// Writes `record` (changed) over the version read; the new mod revision,
 /// or an error if another request changed it meanwhile.
-async fn rewrite(backend: &Backend, record: &mut NsRecord) -> Result<(), ApiError> {
+pub(crate) async fn rewrite(backend: &Backend, record: &mut NsRecord) -> Result<(), ApiError> {
     record.changed_ms = crate::backend::wall_ms();
     let value = json(record)?;
     match guarded(backend, record, vec![put(ns_key(&record.name), value)]).await? {
@@ -787,8 +787,38 @@ fn new_record(name: &str, range_id: u64, namespace_id: u64, replicas: usize, con
 /// merge (a retry, the placement driver) then never both undo and do: the
 /// later claim makes the earlier one's conditional writes (its undo of a
 /// refused step, its last step) fail, and it stops.
+/// A claim whose answer was lost (a timeout, the meta range's leader
+/// changing) is read back: it landed if the record reads exactly as
+/// written, and is made again if the record is still as it was; anything
+/// else is another request's claim.
 async fn claim(backend: &Backend, record: &mut NsRecord) -> Result<(), ApiError> {
-    rewrite(backend, record).await
+    let started = tokio::time::Instant::now();
+    loop {
+        let before = record.clone();
+        match rewrite(backend, record).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() && started.elapsed() < SETTLE => {
+                tracing::debug!(namespace = record.name, "claiming the record: {e}; reading it back");
+                tokio::time::sleep(RETRY_MAX).await;
+                let now = settle("reading the namespace's record back", || record_of(backend, &record.name)).await?;
+                let written = |r: &NsRecord| NsRecord { mod_revision: 0, ..r.clone() } == NsRecord { mod_revision: 0, ..record.clone() };
+                match now {
+                    Some(r) if written(&r) => {
+                        record.mod_revision = r.mod_revision;
+                        return Ok(());
+                    }
+                    Some(r) if r.mod_revision == before.mod_revision => *record = before,
+                    _ => {
+                        return Err(ApiError::NamespaceExists(format!(
+                            "namespace {:?} was changed by another request meanwhile; look again (meridian namespace describe)",
+                            record.name
+                        )))
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Steps 3–5 of a create, for a `creating` record (idempotent).
@@ -1477,6 +1507,10 @@ impl api::namespaces_server::Namespaces for NamespacesService {
     async fn describe(&self, req: Request<api::NamespaceDescribeRequest>) -> Result<Response<api::NamespaceInfo>, Status> {
         let forwarded = req.metadata().get(crate::backend::FORWARDED_HEADER).is_some();
         Ok(Response::new(to_wire(describe_via(&self.backend, &req.get_ref().name, forwarded).await?)))
+    }
+
+    async fn promote(&self, req: Request<api::NamespacePromoteRequest>) -> Result<Response<api::NamespacePromoteResponse>, Status> {
+        crate::promote::serve(&self.backend, req).await
     }
 
     async fn drop(&self, req: Request<api::NamespaceDropRequest>) -> Result<Response<api::NamespaceDropResponse>, Status> {

@@ -110,6 +110,10 @@ impl RaftAccess for NodeRaft {
         self.node.conf_change(req, change).await.map(|_| ()).map_err(api_err)
     }
 
+    async fn force_promote(&self, range_id: u64) -> Result<meridian_raftstore::Promotion, ApiError> {
+        self.node.force_promote(range_id).await.map_err(api_err)
+    }
+
     async fn destroy_replica(&self, range_id: u64, why: meridian_raftstore::Retirement) -> Result<meridian_raftstore::Destroyed, ApiError> {
         self.node.destroy_replica(range_id, why).await.map_err(api_err)
     }

@@ -323,6 +323,27 @@ enum NamespaceOp {
         #[arg(short = 'o', long, default_value = "table")]
         output: String,
     },
+    /// The last resort for a zone-survival namespace whose home region is
+    /// lost (every voter down): its read replica in REGION becomes its only
+    /// voter, by force, and REGION its home. Writes the lost voters
+    /// acknowledged past what that replica received are lost; every token
+    /// granted afterwards exceeds every token they could still hand out.
+    /// Reports how far behind the replica was. Refused without
+    /// --accept-data-loss, while any voter is alive, or with no read
+    /// replica in REGION.
+    Promote {
+        name: String,
+        /// The region whose read replica becomes the voter.
+        #[arg(long, value_name = "REGION")]
+        to_region: String,
+        /// Accept losing what the replica had not received.
+        #[arg(long)]
+        accept_data_loss: bool,
+        #[arg(long, default_value = DEV_HTTP)]
+        http: String,
+        #[arg(short = 'o', long, default_value = "table")]
+        output: String,
+    },
     /// Every namespace (created at runtime or declared in the config).
     List {
         #[arg(long, default_value = DEV_HTTP)]
@@ -576,6 +597,9 @@ fn main() -> Result<()> {
             }
             NamespaceOp::Merge { name, http, output } => namespace_cli::regroup(&http, &name, "merge", json_output(&output)?),
             NamespaceOp::Split { name, http, output } => namespace_cli::regroup(&http, &name, "split", json_output(&output)?),
+            NamespaceOp::Promote { name, to_region, accept_data_loss, http, output } => {
+                namespace_cli::promote(&http, &name, &to_region, accept_data_loss, json_output(&output)?)
+            }
             NamespaceOp::List { http, output } => namespace_cli::list(&http, json_output(&output)?),
             NamespaceOp::Describe { name, http, output } => namespace_cli::describe(&http, &name, json_output(&output)?),
             NamespaceOp::Drop { name, force, http } => namespace_cli::drop(&http, &name, force),

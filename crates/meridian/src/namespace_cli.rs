@@ -1,4 +1,4 @@
-//! `meridian namespace create|list|describe|drop|merge|split`: the HTTP API of the
+//! `meridian namespace create|list|describe|drop|merge|split|promote`: the HTTP API of the
 //! first member that answers (see `docs/api.md`, "Namespaces").
 
 use std::time::Duration;
@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use meridian_client::http::{request, Body, HttpError};
 use meridian_server::namespace::{CreateSpec, NsInfo};
+use meridian_server::promote::{PromoteReport, PromoteSpec};
 
 /// A create waits for the carve, the catalog and the new range's leader:
 /// each step retries up to 15 s on the server.
@@ -139,6 +140,44 @@ pub fn regroup(http: &str, name: &str, what: &str, json: bool) -> Result<()> {
     }
     print!("{}", describe_text(&info));
     Ok(())
+}
+
+/// `meridian namespace promote`: the server checks everything (a refusal
+/// changes nothing); the report says how far behind the replica was.
+pub fn promote(http: &str, name: &str, to_region: &str, accept_data_loss: bool, json: bool) -> Result<()> {
+    let spec = PromoteSpec { name: name.to_string(), to_region: to_region.to_string(), accept_data_loss };
+    let v = call(http, "POST", "/v1/namespaces/promote", Some(&serde_json::to_string(&spec)?), CREATE_TIMEOUT)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let r: PromoteReport = serde_json::from_value(v).context("parsing the promote answer")?;
+    print!("{}", promote_text(&r));
+    Ok(())
+}
+
+fn promote_text(r: &PromoteReport) -> String {
+    format!(
+        "namespace {} promoted by force: node {}'s read replica in {} is its only voter (home region {} -> {})
+           kept:      every entry up to index {} (it knew index {} committed, had applied {})
+           lost:      whatever the lost voters committed past index {} (writes acknowledged after this replica last heard from them)
+           revisions: {} when promoted; every later revision and fencing token exceeds {}
+           epoch:     {} (replicas of the lost region are destroyed when they return; the placement driver adds voters in {})
+",
+        r.name,
+        r.node,
+        r.region,
+        r.previous_home_region,
+        r.region,
+        r.last_index,
+        r.commit_index,
+        r.applied_index,
+        r.last_index,
+        r.revision_before,
+        r.revision_floor,
+        r.epoch,
+        r.region
+    )
 }
 
 pub fn drop(http: &str, name: &str, force: bool) -> Result<()> {
