@@ -94,6 +94,8 @@ sim-long: setup
 	MERIDIAN_MERGE_SEEDS=$${MERGE_SEEDS:-$${SEEDS:-500}} $(CARGO) test -p meridian-sim --test merge -- --nocapture
 	MERIDIAN_SIM_SEEDS=$${REGION_SEEDS:-$${SEEDS:-500}} MERIDIAN_SIM_STEPS=$${STEPS:-4000} \
 	  $(CARGO) test -p meridian-sim --test regions -- --nocapture
+	MERIDIAN_SIM_SEEDS=$${PROMOTE_SEEDS:-$${SEEDS:-500}} MERIDIAN_SIM_STEPS=$${PROMOTE_STEPS:-1000} \
+	  $(CARGO) test -p meridian-sim --test promote -- --nocapture
 
 # A long fuzzing run of every decoder that takes untrusted bytes (peer
 # frames, raft messages, stored records, KV commands and queries, etcd
