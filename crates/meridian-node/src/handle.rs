@@ -161,9 +161,10 @@ impl NodeHandle {
     }
 
     /// Makes this node's read replica of `range_id` its only voter, by
-    /// force; see `meridian_raftstore::Store::force_promote`.
-    pub async fn force_promote(&self, range_id: u64) -> Result<meridian_raftstore::Promotion, NodeError> {
-        self.call(|| format!("forced promotion in range {range_id}"), |reply| Command::ForcePromote { range_id, reply }).await
+    /// force, `first` proposed right after; see
+    /// `meridian_raftstore::Store::force_promote`.
+    pub async fn force_promote(&self, range_id: u64, first: Option<Vec<u8>>) -> Result<meridian_raftstore::Promotion, NodeError> {
+        self.call(|| format!("forced promotion in range {range_id}"), |reply| Command::ForcePromote { range_id, first, reply }).await
     }
 
     /// Destroys this node's replica of `range_id`; see

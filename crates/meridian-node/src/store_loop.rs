@@ -89,6 +89,7 @@ pub(crate) enum Command {
     },
     ForcePromote {
         range_id: u64,
+        first: Option<Vec<u8>>,
         reply: Reply<meridian_raftstore::Promotion>,
     },
     Status {
@@ -457,8 +458,8 @@ impl StoreLoop {
             Command::TransferLeader { range_id, to, reply } => {
                 let _ = reply.send(self.store.transfer_leader(range_id, to).map_err(NodeError::from));
             }
-            Command::ForcePromote { range_id, reply } => {
-                let _ = reply.send(self.store.force_promote(range_id).map_err(NodeError::from));
+            Command::ForcePromote { range_id, first, reply } => {
+                let _ = reply.send(self.store.force_promote(range_id, first).map_err(NodeError::from));
             }
             Command::Status { reply } => {
                 let _ = reply.send(Ok(self.store.statuses()));

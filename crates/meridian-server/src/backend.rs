@@ -70,8 +70,9 @@ pub trait RaftAccess: Send + Sync + 'static {
         Err(ApiError::Unimplemented("destroying replicas".into()))
     }
     /// Makes this node's read replica of the range its only voter, by
-    /// force (`meridian_raftstore::Store::force_promote`).
-    async fn force_promote(&self, _range_id: u64) -> Result<meridian_raftstore::Promotion, ApiError> {
+    /// force, `first` proposed right after
+    /// (`meridian_raftstore::Store::force_promote`).
+    async fn force_promote(&self, _range_id: u64, _first: Option<Vec<u8>>) -> Result<meridian_raftstore::Promotion, ApiError> {
         Err(ApiError::Unimplemented("forced promotion".into()))
     }
     /// Proposes a membership change on the range's leader (this node);
@@ -653,9 +654,17 @@ impl Backend {
     }
 
     /// The epoch a replica refused a request with becomes the route's.
+    /// Never one of an older generation than the cached one: a replica of
+    /// a lineage a forced promotion superseded still answers with its own.
     pub fn learn_epoch(&self, range_id: u64, current: RangeEpoch) {
         tracing::debug!(range = range_id, ?current, "route epoch refreshed");
-        self.epochs.lock().expect("route cache").insert(range_id, current);
+        let mut epochs = self.epochs.lock().expect("route cache");
+        let older = epochs
+            .get(&range_id)
+            .is_some_and(|e| meridian_raftstore::generation(current.conf_ver) < meridian_raftstore::generation(e.conf_ver));
+        if !older {
+            epochs.insert(range_id, current);
+        }
     }
 
     /// Answers `q` from this node's replica (after ReadIndex when

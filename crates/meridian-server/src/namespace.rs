@@ -159,6 +159,12 @@ pub struct NsRecord {
     /// Keys the last merge carried into the root group.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub merged_keys: u64,
+    /// A forced promotion under way (`meridian namespace promote`): the
+    /// node whose read replica it promotes, and the region. Recorded
+    /// before the replica is touched, so that a second request finishes
+    /// this one rather than promoting another replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<crate::promote::PromotionIntent>,
     /// The meta range's revision the record was last written at: every
     /// change of the record is conditional on it (two creates or drops of
     /// one name never both act).
@@ -778,6 +784,7 @@ fn new_record(name: &str, range_id: u64, namespace_id: u64, replicas: usize, con
         drop_force: false,
         split: false,
         merged_keys: 0,
+        promotion: None,
         mod_revision: 0,
     }
 }

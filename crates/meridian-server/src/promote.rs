@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use meridian_kv::command as c;
 use meridian_proto::meridian::v1 as api;
+use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -72,16 +73,29 @@ pub struct PromoteReport {
     pub epoch: String,
 }
 
+/// A forced promotion under way, in the namespace's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionIntent {
+    /// The node whose read replica is promoted.
+    pub node: u64,
+    /// The region promoted to.
+    pub region: String,
+}
+
 /// Which replica a promotion takes, once the request is checked.
 struct Plan {
     range_id: u64,
     node: u64,
     geo: GeoPolicy,
+    /// The record names this promotion already (a request asked again):
+    /// finish it.
+    resume: bool,
+    record: crate::namespace::NsRecord,
 }
 
 /// Checks `spec` against the namespace's record, the gossip's view of its
-/// voters and the catalog's replicas: the read replica to promote.
-/// Refused, changing nothing, otherwise.
+/// voters and the catalog's replicas: the read replica to promote (or the
+/// one a promotion under way named). Refused, changing nothing, otherwise.
 async fn plan(backend: &Backend, spec: &PromoteSpec) -> Result<Plan, ApiError> {
     let name = spec.name.as_str();
     validate_name(name)?;
@@ -95,6 +109,17 @@ async fn plan(backend: &Backend, spec: &PromoteSpec) -> Result<Plan, ApiError> {
         )));
     }
     let rec = record(backend, name, true).await?.ok_or_else(|| ApiError::NamespaceNotFound(format!("namespace {name:?} not found")))?;
+    if let Some(intent) = rec.promotion.clone() {
+        if intent.region != region {
+            return Err(ApiError::Membership(format!(
+                "a forced promotion of {name:?} to {} (node {}'s read replica) is under way: ask for that one again to finish it",
+                intent.region, intent.node
+            )));
+        }
+        let geo =
+            rec.geo.clone().ok_or_else(|| ApiError::Internal(format!("namespace {name:?} records a promotion but no home region")))?;
+        return Ok(Plan { range_id: rec.range_id, node: intent.node, geo, resume: true, record: rec });
+    }
     if rec.state != NsState::Ready || rec.split {
         return Err(ApiError::Invalid(format!("namespace {name:?} is {} (a group of its own, ready, is promoted)", rec.state.as_str())));
     }
@@ -135,20 +160,30 @@ async fn plan(backend: &Backend, spec: &PromoteSpec) -> Result<Plan, ApiError> {
             "namespace {name:?} has no read replica in region {region} (create it with --read-replicas, and let the placement driver place one)"
         )));
     };
-    Ok(Plan { range_id, node, geo })
+    Ok(Plan { range_id, node, geo, resume: false, record: rec })
 }
 
-/// Checks the request, then promotes here or on the member holding the
-/// read replica (once, unless `forwarded`). What the gRPC and HTTP APIs
-/// call.
+/// Checks the request, records it in the namespace's record, then
+/// promotes here or on the member holding the read replica (once, unless
+/// `forwarded`). What the gRPC and HTTP APIs call. Asked again after a
+/// failure, it finishes the promotion the record names.
 pub async fn promote_via(backend: &Backend, spec: &PromoteSpec, forwarded: bool) -> Result<PromoteReport, ApiError> {
-    let plan = plan(backend, spec).await?;
+    let mut plan = plan(backend, spec).await?;
+    if !plan.resume {
+        // Recorded before anything changes: a concurrent or later request
+        // finishes this promotion instead of promoting another replica
+        // into the same generation. (A concurrent one loses the
+        // conditional write: 409, nothing changed.)
+        plan.record.promotion = Some(PromotionIntent { node: plan.node, region: spec.to_region.trim().to_string() });
+        rewrite(backend, &mut plan.record).await?;
+        plan.resume = true;
+    }
     if plan.node == backend.cfg.node_id {
         return promote_here(backend, spec, plan).await;
     }
     if forwarded {
         return Err(ApiError::Membership(format!(
-            "this member (node {}) was asked to promote its read replica, but the catalog names node {}'s; ask again",
+            "this member (node {}) was asked to promote its read replica, but the record names node {}'s; ask again",
             backend.cfg.node_id, plan.node
         )));
     }
@@ -162,19 +197,39 @@ pub async fn promote_via(backend: &Backend, spec: &PromoteSpec, forwarded: bool)
     Ok(from_wire(r))
 }
 
+/// The raise of the revision a promotion makes, as a command.
+fn raise_command(floor: i64) -> Vec<u8> {
+    c::Command { op: Some(c::Op::RaiseRevision(floor)), wall_ms: crate::backend::wall_ms() }.encode_to_vec()
+}
+
 async fn promote_here(backend: &Backend, spec: &PromoteSpec, plan: Plan) -> Result<PromoteReport, ApiError> {
-    let Plan { range_id, node, geo } = plan;
+    let Plan { range_id, node, geo, .. } = plan;
     let name = spec.name.as_str();
     let region = spec.to_region.trim().to_string();
     // The revision this replica reached, before it changes anything.
     let revision_before = backend.query_here(range_id, c::QueryKind::Leases(true), false).await?.revision;
+    let floor = revision_before + PROMOTE_REVISION_GAP;
     let deadline = tokio::time::Instant::now() + PROMOTE_WAIT;
-    let promotion = match promoted_already(backend, range_id).await {
-        // A promotion cut short after its forced step (asked again): the
-        // steps after it are finished now.
-        Some(p) => p,
-        None => loop {
-            match backend.raft.force_promote(range_id).await {
+    let local = local_status(backend, range_id).await?;
+    // (The record names this node's promotion, and its replica votes in
+    // a forced generation: that promotion's forced step is done.)
+    let already = local.voters.contains(&node) && meridian_raftstore::generation(local.epoch.conf_ver) > 0;
+    let (promotion, raised) = if already {
+        // A promotion cut short after its forced step: the steps after it
+        // are finished now (the revision raised again, from where it is).
+        (promotion_of(&local), false)
+    } else {
+        // A replica that missed a split or merge of the range would publish
+        // a span the catalog no longer has.
+        let listed = backend.cached_epoch(range_id).map_or(0, |e| e.version);
+        if local.epoch.version < listed {
+            return Err(ApiError::Membership(format!(
+                "node {node}'s read replica of {name:?} has not applied the range's last split or merge (version {} of {listed}): it cannot be promoted",
+                local.epoch.version
+            )));
+        }
+        let p = loop {
+            match backend.raft.force_promote(range_id, Some(raise_command(floor))).await {
                 Ok(p) => break p,
                 Err(e @ (ApiError::TooBusy | ApiError::NoLeader { .. })) if tokio::time::Instant::now() < deadline => {
                     tracing::debug!(range = range_id, "forced promotion: {e}; asking again");
@@ -182,7 +237,9 @@ async fn promote_here(backend: &Backend, spec: &PromoteSpec, plan: Plan) -> Resu
                 }
                 Err(e) => return Err(e),
             }
-        },
+        };
+        let raised = p.first_proposed;
+        (p, raised)
     };
     warn!(
         namespace = name,
@@ -199,40 +256,40 @@ async fn promote_here(backend: &Backend, spec: &PromoteSpec, plan: Plan) -> Resu
         }
         tokio::time::sleep(POLL).await;
     }
-    // The catalog first: until it names the new voter, every member
-    // (this one too) holds the range's voters down and refuses requests.
+    // The catalog next: until it names the new voter, every member (this
+    // one too) holds the range's voters down and refuses requests.
     let status = local_status(backend, range_id).await?;
     let desc = crate::server::descriptor_of(&status);
     crate::namespace::settle("publishing the descriptor", || crate::meta::publish(backend, &desc)).await?;
     crate::namespace::settle("reading the catalog", || backend.refresh_routes_now()).await?;
-    let floor = revision_before + PROMOTE_REVISION_GAP;
-    let raised = crate::namespace::settle("raising the revision", || backend.execute(range_id, c::Op::RaiseRevision(floor))).await?;
+    if !raised {
+        // (Proposed with the election when the replica led at once, as it
+        // does alone: before any lease expiry or lock grant of its own.)
+        crate::namespace::settle("raising the revision", || backend.execute(range_id, c::Op::RaiseRevision(floor))).await?;
+    }
+    let revision_floor = floor.max(backend.query_here(range_id, c::QueryKind::Leases(true), false).await?.revision);
     // The namespace's new home: the voters it asked for, in the region
     // promoted to; a read replica where it had one, and in the lost home
     // region (for when it returns).
     let mut new_geo = geo.clone();
-    let voters = geo.voters();
     new_geo.home_region = region.clone();
-    new_geo.region_voters = std::iter::once((region.clone(), voters)).collect();
+    new_geo.region_voters = std::iter::once((region.clone(), geo.voters())).collect();
     if !geo.read_regions.is_empty() {
         new_geo.read_regions.insert(geo.home_region.clone());
         new_geo.read_regions.remove(&region);
     }
-    let rewritten = crate::namespace::settle("recording the new home region", || async {
+    crate::namespace::settle("recording the new home region", || async {
         let mut rec =
             record(backend, name, true).await?.ok_or_else(|| ApiError::NamespaceNotFound(format!("namespace {name:?} not found")))?;
+        if rec.promotion.is_none() {
+            return Ok(()); // another request finished it
+        }
         rec.geo = Some(new_geo.clone());
+        rec.promotion = None;
         rewrite(backend, &mut rec).await
     })
-    .await;
-    if let Err(e) = rewritten {
-        // The range is promoted either way; the placement driver keeps the
-        // old policy until the record is written (ask again: a second
-        // promotion finds the voter and is refused, so rewrite by hand).
-        warn!(namespace = name, "recording the promoted namespace's new home region: {e}");
-        return Err(e);
-    }
-    info!(namespace = name, range = range_id, floor = raised.revision, "forced promotion done");
+    .await?;
+    info!(namespace = name, range = range_id, floor = revision_floor, "forced promotion done");
     Ok(PromoteReport {
         name: name.to_string(),
         range_id,
@@ -243,7 +300,7 @@ async fn promote_here(backend: &Backend, spec: &PromoteSpec, plan: Plan) -> Resu
         last_index: promotion.last_index,
         commit_index: promotion.commit_index,
         revision_before,
-        revision_floor: raised.revision,
+        revision_floor,
         epoch: format!("{}.{}", desc.epoch.conf_ver, desc.epoch.version),
     })
 }
@@ -253,25 +310,18 @@ async fn local_status(backend: &Backend, range_id: u64) -> Result<meridian_rafts
     backend.raft.status().await.into_iter().find(|s| s.range_id == range_id).ok_or(ApiError::UnknownRange { range_id })
 }
 
-/// A promotion of this node's replica that an earlier request made and
-/// did not finish: the replica is the range's only voter, in a forced
-/// generation, while the catalog (not published yet) lists it a learner.
-async fn promoted_already(backend: &Backend, range_id: u64) -> Option<meridian_raftstore::Promotion> {
-    let st = local_status(backend, range_id).await.ok()?;
-    let me = backend.cfg.node_id;
-    let (replicas, voters) = backend.catalog_replicas_and_voters(range_id);
-    let listed_learner = replicas.iter().skip(voters).any(|n| *n == me);
-    let forced = meridian_raftstore::generation(st.epoch.conf_ver) > 0;
-    let listed = backend.cached_epoch(range_id).map_or(0, |e| e.conf_ver);
-    (forced && listed_learner && st.voters == [me]).then_some(meridian_raftstore::Promotion {
-        range_id,
+/// What a replica promoted by an earlier request reports now.
+fn promotion_of(st: &meridian_raftstore::RangeStatus) -> meridian_raftstore::Promotion {
+    meridian_raftstore::Promotion {
+        range_id: st.range_id,
         applied_index: st.applied,
         last_index: st.last_index,
         commit_index: st.commit,
         last_term: st.term,
-        conf_ver_before: listed,
+        conf_ver_before: 0,
         conf_ver: st.epoch.conf_ver,
-    })
+        first_proposed: false,
+    }
 }
 
 fn to_wire(r: PromoteReport) -> api::NamespacePromoteResponse {

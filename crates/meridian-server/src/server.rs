@@ -110,8 +110,8 @@ impl RaftAccess for NodeRaft {
         self.node.conf_change(req, change).await.map(|_| ()).map_err(api_err)
     }
 
-    async fn force_promote(&self, range_id: u64) -> Result<meridian_raftstore::Promotion, ApiError> {
-        self.node.force_promote(range_id).await.map_err(api_err)
+    async fn force_promote(&self, range_id: u64, first: Option<Vec<u8>>) -> Result<meridian_raftstore::Promotion, ApiError> {
+        self.node.force_promote(range_id, first).await.map_err(api_err)
     }
 
     async fn destroy_replica(&self, range_id: u64, why: meridian_raftstore::Retirement) -> Result<meridian_raftstore::Destroyed, ApiError> {
@@ -249,9 +249,12 @@ async fn republish_behind(backend: &Backend, catalog: &meta::Catalog) {
 }
 
 /// Whether the catalog's `listed` epoch names an older membership of the
-/// same span than a replica's `current` one.
+/// same span, in the same generation, than a replica's `current` one (a
+/// forced promotion publishes its own generation's first descriptor).
 fn membership_behind(listed: meridian_storage::RangeEpoch, current: meridian_storage::RangeEpoch) -> bool {
-    listed.version == current.version && listed.conf_ver < current.conf_ver
+    listed.version == current.version
+        && listed.conf_ver < current.conf_ver
+        && meridian_raftstore::generation(listed.conf_ver) == meridian_raftstore::generation(current.conf_ver)
 }
 
 /// The identity file beside the data: node id, labels, role.
@@ -436,5 +439,8 @@ mod tests {
         assert!(!membership_behind(e(6, 2), e(5, 2)), "the catalog is ahead of this replica (it lags)");
         assert!(!membership_behind(e(3, 2), e(5, 3)), "a span change is the namespace operation's to publish");
         assert!(!membership_behind(e(3, 3), e(5, 2)), "a span change is the namespace operation's to publish");
+        let forced = meridian_raftstore::next_generation(3);
+        assert!(!membership_behind(e(3, 2), e(forced, 2)), "a forced promotion publishes its own descriptor");
+        assert!(membership_behind(e(forced, 2), e(forced + 2, 2)), "changes within the new generation are caught up");
     }
 }

@@ -22,6 +22,7 @@
 use rand::Rng;
 
 use meridian_raftstore::raft_types::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use meridian_raftstore::test_machine::put_command;
 use meridian_raftstore::{generation, Promotion, RaftstoreError, Retirement};
 
 use crate::cluster::{Cluster, SimConfig};
@@ -104,7 +105,7 @@ pub fn promote_run(seed: u64, writes_steps: u64) -> PromoteReport {
     // writes on their way to disk or moves a snapshot into place).
     let mut promotion = None;
     for _ in 0..100 {
-        match c.store_mut(READ_REPLICA).map(|s| s.force_promote(RANGE)) {
+        match c.store_mut(READ_REPLICA).map(|s| s.force_promote(RANGE, Some(put_command(b"/r0001/promoted", b"1")))) {
             Some(Ok(p)) => {
                 promotion = Some(p);
                 break;
@@ -121,6 +122,9 @@ pub fn promote_run(seed: u64, writes_steps: u64) -> PromoteReport {
         return finish(c, report);
     };
     report.promotion = Some(p);
+    if !p.first_proposed {
+        fail(&mut c, "the promoted replica did not lead at once (its first command was not proposed)".into());
+    }
     let before = c.checker.acked_count();
     c.checker.accept_loss(RANGE, p.commit_index, p.conf_ver);
     report.lost = before - c.checker.acked_count();

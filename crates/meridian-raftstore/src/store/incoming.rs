@@ -60,6 +60,12 @@ impl IncomingSnapshots {
 
     /// True if a complete transfer matches this `MsgSnapshot` (from
     /// `from`, at `index`/`term`) and raft-rs has not taken it yet.
+    /// Whether a snapshot of `range_id` was accepted and not handed to a
+    /// Ready yet.
+    pub(super) fn is_accepted(&self, range_id: u64) -> bool {
+        self.transfers.get(&range_id).is_some_and(|t| t.accepted)
+    }
+
     fn ready_to_step(&self, range_id: u64, from: u64, index: u64, term: u64) -> bool {
         self.transfers.get(&range_id).is_some_and(|t| t.complete && !t.accepted && (t.from, t.index, t.term) == (from, index, term))
     }

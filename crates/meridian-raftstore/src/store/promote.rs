@@ -32,8 +32,8 @@
 //! Deterministic like the rest of the store: it reads no clock and draws
 //! nothing, so the simulation replays it from its seed.
 
-use meridian_storage::{keys, Cf, WriteBatch};
-use raft::prelude::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2};
+use meridian_storage::{keys, Cf, ReplicaDesc, ReplicaRole, WriteBatch};
+use raft::prelude::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, EntryType};
 use tracing::{info, warn};
 
 use super::{not_found, Destroyed, Retirement, Store, INITIAL_LOG_INDEX};
@@ -41,6 +41,9 @@ use crate::error::RaftstoreError;
 
 /// Bits of `conf_ver` below the generation.
 const GENERATION_SHIFT: u32 = 32;
+/// A promoted replica campaigns at a term of at least its generation
+/// shifted by this: past any term the lineage it supersedes reached.
+const TERM_GENERATION_SHIFT: u32 = 40;
 
 /// The forced-promotion generation of a configuration epoch.
 pub fn generation(conf_ver: u64) -> u64 {
@@ -77,22 +80,34 @@ pub struct Promotion {
     pub conf_ver_before: u64,
     /// Its epoch after: the first of the next generation.
     pub conf_ver: u64,
+    /// Whether the command given was proposed right after the election
+    /// (the replica led at once, as it does alone).
+    pub first_proposed: bool,
 }
 
 impl Store {
     /// Makes this node's replica of `range_id`, a learner, the range's
     /// only voter and starts an election it wins alone (see the module
-    /// docs). Refused, changing nothing, for a replica that is a voter
-    /// (the range has a quorum to change its membership with), a witness,
-    /// dormant, not filled yet or installing a snapshot; `TooBusy` while
-    /// it has writes on their way to disk (ask again after the next
-    /// round).
-    pub fn force_promote(&mut self, range_id: u64) -> Result<Promotion, RaftstoreError> {
+    /// docs); `first` (a state-machine command) is then proposed at once,
+    /// so it is the first entry of the new lineage after the leader's own
+    /// (the server raises the revision with it, before any lease expiry or
+    /// lock grant of the new leader). Refused, changing nothing, for a
+    /// replica that is a voter (the range has a quorum to change its
+    /// membership with), a witness, dormant, not filled yet, and for one
+    /// whose log holds a membership change past its applied index (the
+    /// lost voters' change, which it could not apply alone); `TooBusy`
+    /// while it has committed entries to apply or writes on their way to
+    /// disk, `SnapshotInstalling` while a snapshot is on its way in (ask
+    /// again).
+    pub fn force_promote(&mut self, range_id: u64, first: Option<Vec<u8>>) -> Result<Promotion, RaftstoreError> {
         let node = self.cfg.node_id;
+        let accepted_snapshot = self.incoming_accepted(range_id);
         let p = self.peers.get_mut(&range_id).ok_or_else(|| not_found(range_id))?;
         p.serving()?;
         let invalid = |reason: String| RaftstoreError::InvalidRequest { range_id, reason };
-        let cs = p.raft.store().raft_state().conf_state.clone();
+        // Raft-rs's own view (a snapshot accepted but not handed out yet
+        // is refused below).
+        let cs = p.raft.raft.prs().conf().to_conf_state();
         if cs.voters.contains(&node) || cs.voters_outgoing.contains(&node) {
             return Err(invalid(format!(
                 "node {node} is a voter of range {range_id}: only a read replica (learner) is promoted by force, and a range with a voter here changes its membership by consensus"
@@ -105,54 +120,81 @@ impl Store {
             return Err(invalid(format!("node {node}'s replica of range {range_id} is not in its configuration yet (still being filled)")));
         }
         let applied_index = p.raft.store().apply_state().applied_index;
-        if applied_index < INITIAL_LOG_INDEX {
+        if applied_index < INITIAL_LOG_INDEX || accepted_snapshot || p.raft.raft.raft_log.unstable.snapshot.is_some() {
             return Err(RaftstoreError::SnapshotInstalling { range_id });
         }
-        if !p.unsynced.is_empty() {
+        let log = &p.raft.raft.raft_log;
+        if !p.unsynced.is_empty() || applied_index < log.committed {
             return Err(RaftstoreError::TooBusy { range_id, pending: p.pending() });
         }
+        // The tail past what it applied is kept and committed by the new
+        // leader: a membership change there is the lost voters', which
+        // would undo the forced configuration once applied.
+        let tail = log
+            .entries(applied_index + 1, u64::MAX, raft::GetEntriesContext::empty(false))
+            .map_err(|e| RaftstoreError::Storage(e.to_string()))?;
+        if let Some(e) = tail.iter().find(|e| e.get_entry_type() != EntryType::EntryNormal) {
+            return Err(invalid(format!(
+                "the read replica's log holds a membership change of the lost voters at index {} (past what it applied): it cannot be promoted alone",
+                e.index
+            )));
+        }
+        let (last_index, commit_index, last_term) = (log.last_index(), log.committed, log.last_term());
+        // Stored first: a failed write changes nothing.
+        let forced = ConfState { voters: vec![node], ..Default::default() };
+        let conf_ver_before = p.desc.epoch.conf_ver;
+        let conf_ver = next_generation(conf_ver_before);
+        let mut desc = p.desc.clone();
+        desc.replicas = vec![ReplicaDesc { node_id: node, role: ReplicaRole::Voter }];
+        desc.epoch.conf_ver = conf_ver;
+        let mut batch = WriteBatch::new();
+        p.raft.mut_store().set_conf_state(forced.clone(), &mut batch);
+        batch.put(Cf::Meta, keys::state_key(range_id), desc.encode());
+        if let Err(e) = self.engine.write(&batch, true) {
+            let p = self.peers.get_mut(&range_id).expect("looked up above");
+            p.raft.mut_store().set_conf_state(cs, &mut WriteBatch::new());
+            return Err(e.into());
+        }
+        let p = self.peers.get_mut(&range_id).expect("looked up above");
+        // Raft-rs's tracker follows: enter and leave a joint configuration
+        // that keeps only this replica.
         let mut changes = vec![single(ConfChangeType::AddNode, node)];
         changes.extend(cs.voters.iter().chain(&cs.learners).filter(|n| **n != node).map(|n| single(ConfChangeType::RemoveNode, *n)));
         let mut enter = ConfChangeV2::default();
         enter.set_transition(ConfChangeTransition::Explicit);
         enter.set_changes(changes.into());
-        p.raft.raft.apply_conf_change(&enter).map_err(|e| invalid(format!("entering the forced configuration: {e}")))?;
-        let forced = match p.raft.raft.apply_conf_change(&ConfChangeV2::default()) {
-            Ok(cs) => cs,
-            Err(e) => {
-                // Not reachable with the checks above; never leave the
-                // replica joint by force.
-                warn!(range = range_id, "leaving the forced joint configuration: {e}");
-                return Err(invalid(format!("leaving the forced configuration: {e}")));
-            }
-        };
-        let conf_ver_before = p.desc.epoch.conf_ver;
-        p.set_conf(&forced);
-        p.desc.epoch.conf_ver = next_generation(conf_ver_before);
-        let mut batch = WriteBatch::new();
-        p.raft.mut_store().set_conf_state(forced.clone(), &mut batch);
-        batch.put(Cf::Meta, keys::state_key(range_id), p.desc.encode());
-        let log = &p.raft.raft.raft_log;
-        let promotion = Promotion {
-            range_id,
-            applied_index,
-            last_index: log.last_index(),
-            commit_index: log.committed,
-            last_term: log.last_term(),
-            conf_ver_before,
-            conf_ver: p.desc.epoch.conf_ver,
-        };
-        self.engine.write(&batch, true)?;
+        let applied = p.raft.raft.apply_conf_change(&enter).and_then(|_| p.raft.raft.apply_conf_change(&ConfChangeV2::default()));
+        match applied {
+            Ok(cs) if cs.voters == forced.voters && cs.learners.is_empty() && cs.voters_outgoing.is_empty() => {}
+            // The checks above rule this out; the stored configuration is
+            // the forced one, which the replica takes at its next start.
+            other => panic!("range {range_id}: raft-rs did not take the forced configuration it was checked for: {other:?}"),
+        }
+        p.desc = desc;
+        // A term past any the lost lineage could have reached: a replica
+        // of it (recreated from a tombstone with its old term) never
+        // deposes the new leader.
+        let term_floor = generation(conf_ver) << TERM_GENERATION_SHIFT;
+        if p.raft.raft.term < term_floor {
+            p.raft.raft.become_follower(term_floor, raft::INVALID_ID);
+        }
         p.wake();
         let campaign = p.raft.campaign();
+        let mut first_proposed = false;
+        if let (Some(cmd), true) = (first, p.is_leader()) {
+            first_proposed = p.raft.propose(vec![], cmd).is_ok();
+        }
         p.after_raft_call();
+        let promotion =
+            Promotion { range_id, applied_index, last_index, commit_index, last_term, conf_ver_before, conf_ver, first_proposed };
         info!(
             node,
             range = range_id,
-            voters = ?forced.voters,
-            conf_ver = promotion.conf_ver,
-            last_index = promotion.last_index,
+            conf_ver,
+            last_index,
             applied = applied_index,
+            term = p.raft.raft.term,
+            first_proposed,
             "read replica promoted by force: the only voter of the range (--accept-data-loss)"
         );
         if let Err(e) = campaign {
@@ -166,31 +208,47 @@ impl Store {
     /// A message of `conf_ver`'s generation came for `range_id`, whose
     /// replica here belongs to an older lineage (a forced promotion
     /// superseded it): that replica is destroyed, so that a fresh one is
-    /// created and filled by snapshot. True if no replica of the old
-    /// lineage is left here (the message may go on).
-    pub(super) fn supersede_for(&mut self, range_id: u64, conf_ver: u64) -> bool {
-        let Some(p) = self.peers.get(&range_id) else { return true };
+    /// created and filled by snapshot.
+    pub(super) fn supersede_for(&mut self, range_id: u64, conf_ver: u64) -> Superseding {
+        let Some(p) = self.peers.get(&range_id) else { return Superseding::None };
         // (Epoch 0: a replica created empty, of no lineage yet.)
         let local = p.desc.epoch.conf_ver;
         if local == 0 || generation(local) >= generation(conf_ver) {
-            return true;
+            return Superseding::None;
         }
         info!(
             node = self.cfg.node_id,
             range = range_id,
-            local_conf_ver = p.desc.epoch.conf_ver,
+            local_conf_ver = local,
             conf_ver,
             "a forced promotion superseded this replica's lineage: destroying it to be filled afresh"
         );
         match self.destroy_replica(range_id, Retirement::Superseded { conf_ver }) {
-            Ok(Destroyed::Done) => true,
-            Ok(Destroyed::Later) => false,
+            Ok(Destroyed::Done) => Superseding::Destroyed,
+            Ok(Destroyed::Later) => Superseding::Later,
             Err(e) => {
                 warn!(range = range_id, "destroying a superseded replica: {e}");
-                false
+                Superseding::Later
             }
         }
     }
+
+    /// Whether a snapshot of `range_id` was accepted here and not moved
+    /// into place yet.
+    fn incoming_accepted(&self, range_id: u64) -> bool {
+        self.incoming.is_accepted(range_id)
+    }
+}
+
+/// What [`Store::supersede_for`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Superseding {
+    /// No replica of an older lineage here.
+    None,
+    /// It was destroyed (a message's staged snapshot data with it).
+    Destroyed,
+    /// It is being destroyed: drop the message (its sender sends again).
+    Later,
 }
 
 fn single(change_type: ConfChangeType, node_id: u64) -> ConfChangeSingle {

@@ -63,8 +63,12 @@ impl Store {
             debug!(range = env.range_id, from, conf_ver = env.conf_ver, "message for a destroyed replica");
             return;
         }
-        if !self.supersede_for(env.range_id, env.conf_ver) {
-            return;
+        match self.supersede_for(env.range_id, env.conf_ver) {
+            super::promote::Superseding::None => {}
+            // The destroy deleted a snapshot's staged chunks: its
+            // `MsgSnapshot` is dropped (the leader sends another).
+            super::promote::Superseding::Destroyed if snapshot_index.is_none() => {}
+            _ => return,
         }
         if !self.peers.contains_key(&env.range_id) && !self.maybe_create_peer(&env, &msg) {
             return;
