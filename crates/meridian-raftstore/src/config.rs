@@ -72,7 +72,7 @@ impl StoreConfig {
             max_size_per_msg_bytes: 1 << 20,
             max_inflight_msgs: 256,
             compact_log_entries: 1024,
-            max_log_lag_entries: 16 * 1024,
+            max_log_lag_entries: DEFAULT_MAX_LOG_LAG_ENTRIES,
             quiesce_after_ticks: 20,
             node_ping_ticks: 2,
             read_retry_ticks: 5,
@@ -87,3 +87,7 @@ impl StoreConfig {
         }
     }
 }
+
+/// [`StoreConfig::max_log_lag_entries`] by default: also the log a
+/// witness keeps past what it applied.
+pub const DEFAULT_MAX_LOG_LAG_ENTRIES: u64 = 16 * 1024;

@@ -45,7 +45,7 @@ mod state_machine;
 mod store;
 pub mod test_machine;
 
-pub use config::StoreConfig;
+pub use config::{StoreConfig, DEFAULT_MAX_LOG_LAG_ENTRIES};
 pub use error::RaftstoreError;
 pub use meridian_codes::ReplicaState;
 pub use state_machine::{data_bounds, ApplyContext, Savepoint, SplitOff, StateMachine, StateMachineFactory};

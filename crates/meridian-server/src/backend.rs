@@ -165,6 +165,41 @@ pub struct RangeBrief {
     /// 0: none known.
     pub leader: u64,
     pub leading: bool,
+    /// On a leader of a range with a witness voter: how far (entries) the
+    /// most up-to-date live full voter outside this node's region is
+    /// behind the commit index ([`far_lag`]); 0 otherwise.
+    pub far_lag: u64,
+}
+
+/// Entries the full voters outside a leader's region may lag, in a range
+/// with a witness, before the leader holds writes back: half the log a
+/// witness keeps past what it applied. A witness can bring a voter up to
+/// date only from its log; were the home region lost with the voters
+/// beyond it lagging further, the survivors could not catch up (the
+/// range would wait for the home region, though nothing is lost).
+pub const WITNESS_HOLD_LAG: u64 = meridian_raftstore::DEFAULT_MAX_LOG_LAG_ENTRIES / 2;
+/// How long a write is held back for that, at most, before it is refused
+/// as `TooBusy` (429 / `RESOURCE_EXHAUSTED`: the client slows down).
+const WITNESS_HOLD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The [`RangeBrief::far_lag`] of a replica at `st` on node `me`: on a
+/// leader whose voters include a witness, the commit index minus the
+/// matched index of the most up-to-date full voter outside `me`'s region
+/// that the leader heard from lately (0 when none is: a lost second
+/// region must not stop the writes the home region and the witness carry
+/// on with).
+pub(crate) fn far_lag(
+    st: &meridian_raftstore::RangeStatus,
+    me: u64,
+    region_of: impl Fn(u64) -> Option<String>,
+    is_witness: impl Fn(u64) -> bool,
+) -> u64 {
+    if st.role != meridian_raftstore::raft_types::StateRole::Leader || !st.voters.iter().any(|v| is_witness(*v)) {
+        return 0;
+    }
+    let mine = region_of(me);
+    let far = |n: u64| n != me && !is_witness(n) && !st.silent.contains(&n) && region_of(n) != mine && st.voters.contains(&n);
+    st.progress.iter().filter(|(n, ..)| far(*n)).map(|(_, matched, _)| *matched).max().map_or(0, |best| st.commit.saturating_sub(best))
 }
 
 /// (operation, result) of a client request.
@@ -449,6 +484,7 @@ impl Backend {
         let cmd = c::Command { op: Some(op), wall_ms: wall_ms() };
         let cost = cmd.encoded_len();
         self.admit(range_id, cmd.op.as_ref().expect("set above"), cost).await?;
+        self.hold_for_witness(range_id).await?;
         let cmd = cmd.encode_to_vec();
         let (keys_of, cmd) = (&keys, &cmd);
         let out = self
@@ -783,6 +819,24 @@ impl Backend {
         pb::ResponseHeader { cluster_id: self.cluster_id(), member_id: self.cfg.node_id, revision, raft_term: term }
     }
 
+    /// Holds a write back while this node leads `range_id` and its full
+    /// voters outside this region lag past [`WITNESS_HOLD_LAG`] (see
+    /// there), for at most [`WITNESS_HOLD_WAIT`]; then `TooBusy`.
+    async fn hold_for_witness(&self, range_id: u64) -> Result<(), ApiError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let lag = self.brief(range_id).await.map_or(0, |b| b.far_lag);
+            if lag <= WITNESS_HOLD_LAG {
+                return Ok(());
+            }
+            if started.elapsed() >= WITNESS_HOLD_WAIT {
+                tracing::debug!(range = range_id, lag, "write refused: the voters beyond this region lag past the witness's log");
+                return Err(ApiError::TooBusy);
+            }
+            tokio::time::sleep(BRIEF_TTL).await;
+        }
+    }
+
     /// A request for `range_id` failed with `e`. On a node that joined
     /// (`--join`) and holds no replica of the range, the answer becomes
     /// `NotLeader` naming a node that holds one, per the catalog, so the
@@ -912,10 +966,10 @@ impl Backend {
             .into_iter()
             .filter(|s| !s.dormant)
             .map(|s| {
-                (
-                    s.range_id,
-                    RangeBrief { term: s.term, leader: s.leader_id, leading: s.role == meridian_raftstore::raft_types::StateRole::Leader },
-                )
+                let region_of = |n: u64| self.node(n).map(|r| r.labels.region);
+                let far_lag = far_lag(&s, self.cfg.node_id, region_of, |n| self.is_witness(n));
+                let leading = s.role == meridian_raftstore::raft_types::StateRole::Leader;
+                (s.range_id, RangeBrief { term: s.term, leader: s.leader_id, leading, far_lag })
             })
             .collect();
         let brief = briefs.get(&range_id).copied();
@@ -983,4 +1037,67 @@ fn learn_descriptor_epoch(epochs: &mut HashMap<u64, RangeEpoch>, d: &RangeDescri
 enum Failed {
     Unsent(ApiError),
     Refused(ApiError),
+}
+
+#[cfg(test)]
+mod tests {
+    use meridian_raftstore::raft_types::StateRole;
+    use meridian_raftstore::{RangeStatus, ReplicaState};
+
+    use super::far_lag;
+
+    /// A leader (node 1, region us) of voters 1, 2 (us), 3, 4 (ap) and 5
+    /// (the eu witness) at commit 50,000, with `matched` for 3 and 4.
+    fn leader(matched: [u64; 2], silent: Vec<u64>) -> RangeStatus {
+        RangeStatus {
+            installing: false,
+            range_id: 7,
+            role: StateRole::Leader,
+            term: 3,
+            leader_id: 1,
+            commit: 50_000,
+            applied: 50_000,
+            last_index: 50_000,
+            first_index: 1,
+            namespace_id: 7,
+            start: vec![],
+            end: vec![],
+            epoch: Default::default(),
+            voters: vec![1, 2, 3, 4, 5],
+            learners: vec![],
+            voters_outgoing: vec![],
+            quiesced: false,
+            dormant: false,
+            dormant_at: None,
+            silent,
+            live_peers: vec![2, 3, 4, 5],
+            progress: [(1, 50_000), (2, 50_000), (3, matched[0]), (4, matched[1]), (5, 50_000)]
+                .into_iter()
+                .map(|(n, m)| (n, m, ReplicaState::Replicate))
+                .collect(),
+        }
+    }
+
+    fn region(n: u64) -> Option<String> {
+        Some(
+            match n {
+                1 | 2 => "us",
+                3 | 4 => "ap",
+                _ => "eu",
+            }
+            .to_string(),
+        )
+    }
+
+    #[test]
+    fn the_lag_that_holds_writes_back_is_the_best_live_voter_beyond_the_region() {
+        let witness = |n: u64| n == 5;
+        assert_eq!(far_lag(&leader([40_000, 30_000], vec![]), 1, region, witness), 10_000, "the better of ap's two");
+        assert_eq!(far_lag(&leader([40_000, 30_000], vec![3]), 1, region, witness), 20_000, "a silent voter does not count");
+        assert_eq!(far_lag(&leader([40_000, 30_000], vec![3, 4]), 1, region, witness), 0, "the second region lost: no hold");
+        assert_eq!(far_lag(&leader([1, 1], vec![]), 1, region, |_| false), 0, "no witness: no hold");
+        let mut follower = leader([1, 1], vec![]);
+        follower.role = StateRole::Follower;
+        assert_eq!(far_lag(&follower, 1, region, witness), 0, "only a leader holds writes back");
+    }
 }
