@@ -1,9 +1,13 @@
 //! The forced-promotion run: a zone-survival range's voters all live in
 //! one region (nodes 1-3) and a read replica (learner) in another (node 4).
 //! Writes flow, the learner is now and then cut off from the home region
-//! (so it lags), then the home region is lost at once and the operator
+//! (so it lags) and the home voters change now and then (one removed,
+//! added back as a learner, promoted), then the home region is lost at once and the operator
 //! promotes the learner by force (`Store::force_promote`). Checked:
 //!
+//! - a replica whose log holds a membership change past what it applied
+//!   (the lost voters' change, cut off with them) is refused, and nothing
+//!   changes;
 //! - the promoted replica leads within an election's time and takes
 //!   writes, alone, at once;
 //! - every write acknowledged at or below the index it knew committed is
@@ -45,6 +49,12 @@ pub struct PromoteReport {
     pub promotion: Option<Promotion>,
     /// Steps from the promotion to the first write it acknowledged.
     pub steps_to_first_write: u64,
+    /// Membership changes of the home region's voters proposed during the
+    /// writes (a voter removed, added back as a learner, promoted).
+    pub membership_changes: u64,
+    /// The promotion was refused: the replica's log held a membership
+    /// change past what it applied (checked to change nothing).
+    pub refused: bool,
     pub violations: Vec<String>,
 }
 
@@ -80,6 +90,10 @@ pub fn promote_run(seed: u64, writes_steps: u64) -> PromoteReport {
                 pending.push(p);
             }
         }
+        if c.rng.gen_bool(0.004) {
+            home_membership_step(&mut c);
+            report.membership_changes += 1;
+        }
         if c.rng.gen_bool(0.01) {
             if cut {
                 c.net.heal();
@@ -111,6 +125,16 @@ pub fn promote_run(seed: u64, writes_steps: u64) -> PromoteReport {
                 break;
             }
             Some(Err(RaftstoreError::TooBusy { .. } | RaftstoreError::SnapshotInstalling { .. })) => c.step(),
+            // The lost voters' membership change in its log past what it
+            // applied: refused, and nothing changed.
+            Some(Err(RaftstoreError::InvalidRequest { reason, .. })) if reason.contains("membership change of the lost voters") => {
+                let st = c.status(READ_REPLICA, RANGE);
+                if st.as_ref().is_none_or(|st| !st.learners.contains(&READ_REPLICA) || generation(st.epoch.conf_ver) != 0) {
+                    fail(&mut c, format!("a refused promotion changed the replica: {st:?}"));
+                }
+                report.refused = true;
+                return finish(c, report);
+            }
             other => {
                 fail(&mut c, format!("the forced promotion was refused: {other:?}"));
                 return finish(c, report);
@@ -196,6 +220,34 @@ pub fn promote_run(seed: u64, writes_steps: u64) -> PromoteReport {
         }
     }
     finish(c, report)
+}
+
+/// One membership change of the home region's voters on the range's
+/// leader, never waited for: a home learner promoted, else a missing home
+/// node added back as a learner, else a home follower removed.
+fn home_membership_step(c: &mut Cluster) {
+    let Some(l) = c.leader_of(RANGE) else { return };
+    let Some(st) = c.status(l, RANGE) else { return };
+    if !st.voters_outgoing.is_empty() {
+        return;
+    }
+    let learner = HOME.into_iter().find(|n| st.learners.contains(n));
+    let missing = HOME.into_iter().find(|n| !st.voters.contains(n) && !st.learners.contains(n));
+    let follower = HOME.into_iter().find(|n| *n != l && st.voters.contains(n));
+    let (kind, node) = match (learner, missing, follower) {
+        (Some(n), _, _) => (ConfChangeType::AddNode, n),
+        (None, Some(n), _) => (ConfChangeType::AddLearnerNode, n),
+        (None, None, Some(n)) => (ConfChangeType::RemoveNode, n),
+        _ => return,
+    };
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = node;
+    let mut cc = ConfChangeV2::default();
+    cc.set_changes(vec![single].into());
+    if let Some(s) = c.store_mut(l) {
+        let _ = s.propose_conf_change(s.request(RANGE), cc);
+    }
 }
 
 /// Proposes one membership change on the range's leader (asked again

@@ -17,10 +17,13 @@ fn a_read_replica_promoted_by_force_leads_keeps_what_it_knew_committed_and_super
     }
     let (seeds, steps) = meridian_sim::seeds_from_env(16, 9000, 600);
     let (mut acked, mut lost, mut first_write, mut failed) = (0, 0, 0, Vec::new());
+    let (mut changes, mut refused) = (0, 0);
     for seed in &seeds {
         let r = promote_run(*seed, steps);
         acked += r.acked_before;
         lost += r.lost;
+        changes += r.membership_changes;
+        refused += usize::from(r.refused);
         first_write = first_write.max(r.steps_to_first_write);
         if !r.ok() {
             eprintln!("seed {seed} FAILED:\n  {}", r.violations.join("\n  "));
@@ -29,10 +32,11 @@ fn a_read_replica_promoted_by_force_leads_keeps_what_it_knew_committed_and_super
         }
     }
     eprintln!(
-        "promote: {} seeds x {steps} steps of writes, {acked} writes acknowledged before the region's loss, {lost} of them past what the read replica knew committed (the accepted loss), first write after the promotion within {first_write} steps, {} failed",
+        "promote: {} seeds x {steps} steps of writes, {changes} membership changes of the home voters, {acked} writes acknowledged before the region's loss, {lost} of them past what the read replica knew committed (the accepted loss), first write after the promotion within {first_write} steps, {refused} promotions refused (a membership change in the replica's log past what it applied), {} failed",
         seeds.len(),
         failed.len()
     );
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
+    assert!(refused < seeds.len(), "every promotion was refused: the run proves nothing");
     assert!(acked > 0, "the workload made no progress at all");
 }

@@ -88,7 +88,8 @@ pub struct Promotion {
 impl Store {
     /// Makes this node's replica of `range_id`, a learner, the range's
     /// only voter and starts an election it wins alone (see the module
-    /// docs); `first` (a state-machine command) is then proposed at once,
+    /// docs), whatever configuration the lost voters were in (a joint one
+    /// too: a membership change cut short by the loss); `first` (a state-machine command) is then proposed at once,
     /// so it is the first entry of the new lineage after the leader's own
     /// (the server raises the revision with it, before any lease expiry or
     /// lock grant of the new leader). Refused, changing nothing, for a
@@ -112,9 +113,6 @@ impl Store {
             return Err(invalid(format!(
                 "node {node} is a voter of range {range_id}: only a read replica (learner) is promoted by force, and a range with a voter here changes its membership by consensus"
             )));
-        }
-        if !cs.voters_outgoing.is_empty() || !cs.learners_next.is_empty() {
-            return Err(invalid(format!("range {range_id} is in a joint configuration here; promote a replica that applied its end")));
         }
         if !cs.learners.contains(&node) {
             return Err(invalid(format!("node {node}'s replica of range {range_id} is not in its configuration yet (still being filled)")));
@@ -156,14 +154,18 @@ impl Store {
             return Err(e.into());
         }
         let p = self.peers.get_mut(&range_id).expect("looked up above");
-        // Raft-rs's tracker follows: enter and leave a joint configuration
-        // that keeps only this replica.
-        let mut changes = vec![single(ConfChangeType::AddNode, node)];
-        changes.extend(cs.voters.iter().chain(&cs.learners).filter(|n| **n != node).map(|n| single(ConfChangeType::RemoveNode, *n)));
-        let mut enter = ConfChangeV2::default();
-        enter.set_transition(ConfChangeTransition::Explicit);
-        enter.set_changes(changes.into());
-        let applied = p.raft.raft.apply_conf_change(&enter).and_then(|_| p.raft.raft.apply_conf_change(&ConfChangeV2::default()));
+        // Raft-rs's tracker follows: out of the joint configuration the
+        // lost voters were in, if any (a membership change cut short by
+        // the loss), then into and out of one that keeps only this replica.
+        let left = if cs.voters_outgoing.is_empty() { Ok(cs.clone()) } else { p.raft.raft.apply_conf_change(&ConfChangeV2::default()) };
+        let applied = left.and_then(|cs| {
+            let mut changes = vec![single(ConfChangeType::AddNode, node)];
+            changes.extend(cs.voters.iter().chain(&cs.learners).filter(|n| **n != node).map(|n| single(ConfChangeType::RemoveNode, *n)));
+            let mut enter = ConfChangeV2::default();
+            enter.set_transition(ConfChangeTransition::Explicit);
+            enter.set_changes(changes.into());
+            p.raft.raft.apply_conf_change(&enter).and_then(|_| p.raft.raft.apply_conf_change(&ConfChangeV2::default()))
+        });
         match applied {
             Ok(cs) if cs.voters == forced.voters && cs.learners.is_empty() && cs.voters_outgoing.is_empty() => {}
             // The checks above rule this out; the stored configuration is
