@@ -188,7 +188,7 @@ const WITNESS_HOLD_WAIT: std::time::Duration = std::time::Duration::from_secs(2)
 /// that the leader heard from lately (0 when none is: a lost second
 /// region must not stop the writes the home region and the witness carry
 /// on with).
-pub(crate) fn far_lag(
+pub fn far_lag(
     st: &meridian_raftstore::RangeStatus,
     me: u64,
     region_of: impl Fn(u64) -> Option<String>,
