@@ -240,12 +240,18 @@ fn home_membership_step(c: &mut Cluster) {
         (None, None, Some(n)) => (ConfChangeType::RemoveNode, n),
         _ => return,
     };
+    propose_change(c, l, kind, node);
+}
+
+/// Proposes `kind` of `node` on `leader`, unwaited (a refusal is part of
+/// the game: the callers look at the configuration, not the answer).
+fn propose_change(c: &mut Cluster, leader: u64, kind: ConfChangeType, node: u64) {
     let mut single = ConfChangeSingle::default();
     single.set_change_type(kind);
     single.node_id = node;
     let mut cc = ConfChangeV2::default();
     cc.set_changes(vec![single].into());
-    if let Some(s) = c.store_mut(l) {
+    if let Some(s) = c.store_mut(leader) {
         let _ = s.propose_conf_change(s.request(RANGE), cc);
     }
 }
@@ -272,14 +278,7 @@ fn add(c: &mut Cluster, kind: ConfChangeType, node: u64) -> bool {
             });
         }
         if let Some(l) = c.leader_of(RANGE) {
-            let mut single = ConfChangeSingle::default();
-            single.set_change_type(kind);
-            single.node_id = node;
-            let mut cc = ConfChangeV2::default();
-            cc.set_changes(vec![single].into());
-            if let Some(s) = c.store_mut(l) {
-                let _ = s.propose_conf_change(s.request(RANGE), cc);
-            }
+            propose_change(c, l, kind, node);
         }
         c.run(25);
     }
